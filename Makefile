@@ -1,0 +1,43 @@
+# floe — the two commands a fresh machine needs are `make demo` and `make test`.
+CARGO ?= cargo
+RELEASE_BIN := target/release
+
+.PHONY: all setup build demo test test-unit test-cluster bench lint clean
+
+all: build
+
+# Checks the toolchain. Everything else comes from crates.io through cargo
+# (protoc is vendored), so no system packages are needed for this stage.
+setup:
+	@command -v $(CARGO) >/dev/null || { echo "error: cargo not found; install Rust (rustup) first" >&2; exit 1; }
+	@$(CARGO) --version
+
+build: setup
+	$(CARGO) build --release --bin floe --bin floe-demo --bin floe-bench
+
+# A local 3-node cluster as separate processes: form, write, SIGKILL the
+# leader, fail over, restart, catch up, summary.
+demo: build
+	$(RELEASE_BIN)/floe-demo --binary $(RELEASE_BIN)/floe
+
+test: setup test-unit test-cluster
+
+# Unit, property, conformance and crash tests of every crate.
+test-unit:
+	$(CARGO) test --workspace --lib --bins
+	$(CARGO) test -p floe-storage -p floe-raft --tests
+
+# Black-box cluster tests start several node processes each: one at a time.
+test-cluster:
+	$(CARGO) test -p floe-node --tests -- --test-threads=1
+
+# Throughput, latency, failover and memory against etcd (installs etcd-server from Debian).
+bench: build
+	deploy/bench-etcd-setup.sh
+	$(RELEASE_BIN)/floe-bench --binary $(RELEASE_BIN)/floe --etcd "$$(command -v etcd)" --out BENCHMARKS.results.md
+
+lint:
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+clean:
+	$(CARGO) clean

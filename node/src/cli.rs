@@ -1,0 +1,485 @@
+//! The `floe` command line: data on stdout, messages on stderr; tables for
+//! people and `--json` for scripts.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use crate::api;
+use crate::client::{ClientOptions, FloeClient};
+use crate::config::NodeConfig;
+
+#[derive(Parser, Debug)]
+#[command(name = "floe", version, about = "floe: a Raft-replicated workflow engine in one binary")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run a node.
+    Serve(ServeArgs),
+    /// Create the cluster CA and node or client certificates (offline).
+    #[command(subcommand)]
+    Cert(CertCommand),
+    /// Form, grow, shrink and inspect the cluster.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+    /// The replicated key-value store for settings and operator metadata.
+    #[command(subcommand)]
+    Kv(KvCommand),
+}
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// TOML config file.
+    #[arg(long, env = "FLOE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Override any config key, e.g. `--set raft.heartbeat_interval_ms=50` (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub overrides: Vec<String>,
+    #[arg(long)]
+    pub node_id: Option<u64>,
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    #[arg(long)]
+    pub raft_addr: Option<String>,
+    #[arg(long)]
+    pub api_addr: Option<String>,
+    #[arg(long)]
+    pub http_addr: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CertCommand {
+    /// Create `ca.pem` and `ca-key.pem`; keep the key off the nodes.
+    CreateCa {
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value = "floe")]
+        name: String,
+    },
+    /// Create `node.pem`, `node-key.pem` and a copy of `ca.pem` for one node.
+    CreateNode {
+        #[arg(long)]
+        ca_dir: PathBuf,
+        #[arg(long)]
+        node_id: u64,
+        /// Extra host names or IP addresses the node is reached by (repeatable).
+        #[arg(long = "san")]
+        sans: Vec<String>,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Create `client.pem`, `client-key.pem` and `ca.pem` for the CLI or a worker.
+    CreateClient {
+        #[arg(long)]
+        ca_dir: PathBuf,
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ClientArgs {
+    /// Node API address(es), comma separated; the first that answers is used.
+    #[arg(long, env = "FLOE_ENDPOINT", default_value = "127.0.0.1:7100", global = true)]
+    pub endpoint: String,
+    #[arg(long, env = "FLOE_CA", default_value = "certs/ca.pem", global = true)]
+    pub ca: PathBuf,
+    #[arg(long, env = "FLOE_CERT", default_value = "certs/client.pem", global = true)]
+    pub cert: PathBuf,
+    #[arg(long, env = "FLOE_KEY", default_value = "certs/client-key.pem", global = true)]
+    pub key: PathBuf,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Seconds to wait for an answer.
+    #[arg(long, default_value_t = 10, global = true)]
+    pub timeout: u64,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ClusterCommand {
+    /// Initialize a new single-member cluster on the endpoint's node.
+    Init {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Add a running node (by id and QUIC address) to the cluster.
+    Join {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[arg(long)]
+        node_id: u64,
+        /// The new node's QUIC address (`host:port`).
+        #[arg(long)]
+        raft_addr: String,
+        /// Keep it a non-voting learner.
+        #[arg(long)]
+        learner: bool,
+    },
+    /// Remove a node for good; its id is never accepted again.
+    Remove {
+        #[command(flatten)]
+        client: ClientArgs,
+        node_id: u64,
+    },
+    /// Members, roles, leader, term, indexes and health.
+    Status {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum KvCommand {
+    Put {
+        #[command(flatten)]
+        client: ClientArgs,
+        key: String,
+        value: String,
+    },
+    Get {
+        #[command(flatten)]
+        client: ClientArgs,
+        key: String,
+        /// Read this node's applied state without confirming with a quorum (may be stale).
+        #[arg(long)]
+        local: bool,
+    },
+    /// Compare-and-set: replace only if the current value matches.
+    Cas {
+        #[command(flatten)]
+        client: ClientArgs,
+        key: String,
+        /// The value the key must hold now; leave out to require that it is absent.
+        #[arg(long)]
+        expect: Option<String>,
+        /// The new value; leave out to delete on success.
+        #[arg(long)]
+        new: Option<String>,
+    },
+    Delete {
+        #[command(flatten)]
+        client: ClientArgs,
+        key: String,
+    },
+    List {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[arg(default_value = "")]
+        prefix: String,
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        #[arg(long, default_value = "")]
+        start_after: String,
+        #[arg(long)]
+        local: bool,
+    },
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve(args) => serve(args).await,
+        Command::Cert(command) => cert(command),
+        Command::Cluster(command) => cluster(command).await,
+        Command::Kv(command) => kv(command).await,
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let mut overrides = Vec::new();
+    let flags = [
+        ("node_id", args.node_id.map(|id| id.to_string())),
+        ("data_dir", args.data_dir.map(|dir| dir.display().to_string())),
+        ("raft_addr", args.raft_addr),
+        ("api_addr", args.api_addr),
+        ("http_addr", args.http_addr),
+    ];
+    for (key, value) in flags {
+        if let Some(value) = value {
+            overrides.push(format!("{key}={value}"));
+        }
+    }
+    overrides.extend(args.overrides);
+    let config = NodeConfig::load(args.config.as_deref(), std::env::vars(), &overrides)?;
+    init_logging(&config.log_level);
+    let cancel = CancellationToken::new();
+    let on_signal = cancel.clone();
+    tokio::spawn(async move {
+        wait_for_shutdown_signal().await;
+        tracing::info!("shutdown signal received");
+        on_signal.cancel();
+    });
+    crate::service::serve(config, cancel).await
+}
+
+async fn wait_for_shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut terminate) => {
+            tokio::select! {
+                _ = terminate.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+pub fn init_logging(level: &str) {
+    let filter = std::env::var("FLOE_LOG").unwrap_or_else(|_| level.to_string());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
+fn cert(command: CertCommand) -> anyhow::Result<()> {
+    match command {
+        CertCommand::CreateCa { out, name } => {
+            let paths = floe_raft::certs::create_ca(&out, &name)?;
+            eprintln!("created CA {} and key {} (keep the key off the nodes)", paths.cert.display(), paths.key.display());
+        }
+        CertCommand::CreateNode { ca_dir, node_id, sans, out } => {
+            let paths = floe_raft::certs::create_node(&ca_dir, node_id, &sans, &out)?;
+            eprintln!("created node {node_id} certificate {} and key {}", paths.cert.display(), paths.key.display());
+        }
+        CertCommand::CreateClient { ca_dir, name, out } => {
+            let paths = floe_raft::certs::create_client(&ca_dir, &name, &out)?;
+            eprintln!("created client {name:?} certificate {} and key {}", paths.cert.display(), paths.key.display());
+        }
+    }
+    Ok(())
+}
+
+async fn connect(args: &ClientArgs) -> anyhow::Result<FloeClient> {
+    let options = ClientOptions {
+        endpoints: args.endpoint.split(',').map(|e| e.trim().to_string()).filter(|e| !e.is_empty()).collect(),
+        ca: args.ca.clone(),
+        cert: args.cert.clone(),
+        key: args.key.clone(),
+        connect_timeout: Duration::from_secs(3),
+        request_timeout: Duration::from_secs(args.timeout),
+    };
+    FloeClient::connect(&options).await
+}
+
+/// gRPC errors as one line naming the code and the server's message.
+fn status_error(status: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!("{:?}: {}", status.code(), status.message())
+}
+
+fn print_json(value: serde_json::Value) {
+    println!("{value}");
+}
+
+/// Left-aligned columns, two spaces apart.
+pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.len());
+        }
+    }
+    let mut out = String::new();
+    let line = |cells: Vec<&str>| {
+        let padded: Vec<String> = cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        padded.join("  ").trim_end().to_string()
+    };
+    out.push_str(&line(headers.to_vec()));
+    out.push('\n');
+    for row in rows {
+        out.push_str(&line(row.iter().map(String::as_str).collect()));
+        out.push('\n');
+    }
+    out
+}
+
+async fn cluster(command: ClusterCommand) -> anyhow::Result<()> {
+    match command {
+        ClusterCommand::Init { client } => {
+            let mut conn = connect(&client).await?;
+            let reply = conn.cluster.init(api::InitRequest {}).await.map_err(status_error)?.into_inner();
+            if client.json {
+                print_json(json!({ "initialized": reply.node_id }));
+            } else {
+                eprintln!("cluster initialized with node {} as its first member", reply.node_id);
+            }
+        }
+        ClusterCommand::Join { client, node_id, raft_addr, learner } => {
+            let mut conn = connect(&client).await?;
+            let request = api::JoinRequest { node_id, raft_addr, learner_only: learner };
+            let reply = conn.cluster.join(request).await.map_err(status_error)?.into_inner();
+            membership_out(client.json, &format!("node {node_id} joined"), &reply.voters, &reply.learners);
+        }
+        ClusterCommand::Remove { client, node_id } => {
+            let mut conn = connect(&client).await?;
+            let reply = conn.cluster.remove(api::RemoveRequest { node_id }).await.map_err(status_error)?.into_inner();
+            membership_out(client.json, &format!("node {node_id} removed"), &reply.voters, &reply.learners);
+        }
+        ClusterCommand::Status { client } => {
+            let mut conn = connect(&client).await?;
+            let status = conn.cluster.status(api::StatusRequest {}).await.map_err(status_error)?.into_inner();
+            print_status(&status, client.json);
+        }
+    }
+    Ok(())
+}
+
+fn membership_out(as_json: bool, message: &str, voters: &[u64], learners: &[u64]) {
+    if as_json {
+        print_json(json!({ "voters": voters, "learners": learners }));
+    } else {
+        eprintln!("{message}");
+        println!("voters: {voters:?}  learners: {learners:?}");
+    }
+}
+
+fn print_status(status: &api::StatusResponse, as_json: bool) {
+    if as_json {
+        let nodes: Vec<_> = status
+            .nodes
+            .iter()
+            .map(|n| {
+                json!({
+                    "node_id": n.node_id, "raft_addr": n.raft_addr, "api_addr": n.api_addr, "http_addr": n.http_addr,
+                    "membership": n.membership, "role": n.role, "reachable": n.reachable, "term": n.term,
+                    "last_log_index": n.last_log_index, "applied_index": n.applied_index,
+                    "error": if n.error.is_empty() { None } else { Some(&n.error) },
+                })
+            })
+            .collect();
+        print_json(json!({
+            "answered_by": status.answered_by,
+            "leader": if status.has_leader { Some(status.leader_id) } else { None },
+            "term": status.term, "commit_index": status.commit_index, "applied_index": status.applied_index,
+            "cluster_fingerprint": status.cluster_fingerprint, "nodes": nodes,
+        }));
+        return;
+    }
+    let leader = if status.has_leader { status.leader_id.to_string() } else { "none".into() };
+    println!(
+        "leader: {leader}  term: {}  commit: {}  applied: {}  (answered by node {})",
+        status.term, status.commit_index, status.applied_index, status.answered_by
+    );
+    let rows: Vec<Vec<String>> = status
+        .nodes
+        .iter()
+        .map(|n| {
+            vec![
+                n.node_id.to_string(),
+                n.membership.clone(),
+                n.role.clone(),
+                if n.reachable { "ok".into() } else { format!("down ({})", n.error) },
+                n.term.to_string(),
+                n.last_log_index.to_string(),
+                n.applied_index.to_string(),
+                n.raft_addr.clone(),
+                n.api_addr.clone(),
+            ]
+        })
+        .collect();
+    print!("{}", table(&["NODE", "MEMBER", "ROLE", "HEALTH", "TERM", "LAST-LOG", "APPLIED", "RAFT", "API"], &rows));
+}
+
+fn consistency(local: bool) -> i32 {
+    let level = if local { api::ReadConsistency::Local } else { api::ReadConsistency::Linearizable };
+    level as i32
+}
+
+async fn kv(command: KvCommand) -> anyhow::Result<()> {
+    match command {
+        KvCommand::Put { client, key, value } => {
+            let mut conn = connect(&client).await?;
+            let reply = conn.kv.put(api::PutRequest { key: key.clone(), value: value.into_bytes() }).await.map_err(status_error)?;
+            let revision = reply.into_inner().revision;
+            if client.json {
+                print_json(json!({ "key": key, "revision": revision }));
+            } else {
+                println!("{key} written at revision {revision}");
+            }
+        }
+        KvCommand::Get { client, key, local } => {
+            let mut conn = connect(&client).await?;
+            let request = api::GetRequest { key: key.clone(), consistency: consistency(local) };
+            let reply = conn.kv.get(request).await.map_err(status_error)?.into_inner();
+            if client.json {
+                let value = reply.found.then(|| String::from_utf8_lossy(&reply.value).to_string());
+                print_json(json!({ "key": key, "found": reply.found, "value": value, "revision": reply.revision }));
+            } else if reply.found {
+                println!("{}", String::from_utf8_lossy(&reply.value));
+            } else {
+                anyhow::bail!("key {key:?} not found");
+            }
+        }
+        KvCommand::Cas { client, key, expect, new } => {
+            let mut conn = connect(&client).await?;
+            let request = api::CasRequest {
+                key: key.clone(),
+                expected: expect.map(String::into_bytes),
+                new_value: new.map(String::into_bytes),
+            };
+            let reply = conn.kv.cas(request).await.map_err(status_error)?.into_inner();
+            let current = reply.found.then(|| String::from_utf8_lossy(&reply.current).to_string());
+            if client.json {
+                print_json(json!({ "key": key, "succeeded": reply.succeeded, "current": current, "revision": reply.revision }));
+            } else if reply.succeeded {
+                println!("{key} swapped at revision {}", reply.revision);
+            } else {
+                anyhow::bail!("compare-and-set on {key:?} failed: current value is {}", current.map(|v| format!("{v:?}")).unwrap_or_else(|| "absent".into()));
+            }
+        }
+        KvCommand::Delete { client, key } => {
+            let mut conn = connect(&client).await?;
+            let reply = conn.kv.delete(api::DeleteRequest { key: key.clone() }).await.map_err(status_error)?.into_inner();
+            if client.json {
+                print_json(json!({ "key": key, "existed": reply.existed }));
+            } else if reply.existed {
+                println!("{key} deleted");
+            } else {
+                println!("{key} was not set");
+            }
+        }
+        KvCommand::List { client, prefix, limit, start_after, local } => {
+            let mut conn = connect(&client).await?;
+            let request = api::ListRequest { prefix, start_after, limit, consistency: consistency(local) };
+            let reply = conn.kv.list(request).await.map_err(status_error)?.into_inner();
+            if client.json {
+                let items: Vec<_> = reply
+                    .items
+                    .iter()
+                    .map(|kv| json!({ "key": kv.key, "value": String::from_utf8_lossy(&kv.value), "revision": kv.revision }))
+                    .collect();
+                print_json(json!({ "items": items, "more": reply.more }));
+            } else {
+                let rows: Vec<Vec<String>> = reply
+                    .items
+                    .iter()
+                    .map(|kv| vec![kv.key.clone(), kv.revision.to_string(), String::from_utf8_lossy(&kv.value).to_string()])
+                    .collect();
+                print!("{}", table(&["KEY", "REVISION", "VALUE"], &rows));
+                if reply.more {
+                    eprintln!("(more keys: pass --start-after {:?})", reply.items.last().map(|kv| kv.key.as_str()).unwrap_or(""));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Exit code and message for a failed command; errors go to stderr.
+pub fn report(err: &anyhow::Error) -> i32 {
+    eprintln!("error: {}", crate::client::error_chain(err));
+    1
+}

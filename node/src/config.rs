@@ -1,0 +1,469 @@
+//! Node configuration: one TOML file, every key overridable by `FLOE_*`
+//! environment variables and by `--set KEY=VALUE` flags (in that order of
+//! precedence, lowest first). Unknown keys and bad values are errors that name
+//! the key and where it came from.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use toml::{Table, Value};
+
+/// Everything `floe serve` needs. Defaults suit a single edge box.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeConfig {
+    /// This node's id: unique in the cluster and never reused.
+    pub node_id: u64,
+    /// Where the sled store and snapshots live.
+    pub data_dir: PathBuf,
+    /// QUIC listen address for node-to-node traffic.
+    pub raft_addr: String,
+    /// gRPC listen address for clients and workers.
+    pub api_addr: String,
+    /// HTTP listen address for health and metrics.
+    pub http_addr: String,
+    /// Addresses other nodes and clients use to reach this node; default to
+    /// the listen addresses (which then must not be unspecified, like 0.0.0.0).
+    pub advertise_raft_addr: String,
+    pub advertise_api_addr: String,
+    pub advertise_http_addr: String,
+    /// `error`, `warn`, `info`, `debug` or a tracing filter directive.
+    pub log_level: String,
+    pub tls: TlsConfig,
+    pub bootstrap: BootstrapConfig,
+    pub raft: RaftTuning,
+    pub storage: StorageConfig,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// The cluster CA certificate (never its key).
+    pub ca: PathBuf,
+    /// This node's certificate, naming `node-<id>.floe`.
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// Static-membership bootstrap for appliances: every node lists the same
+/// peers; once all `expect` of them are up and none holds Raft state, the
+/// lowest id initializes the cluster. Starting again is a no-op.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BootstrapConfig {
+    /// 0 disables expect-N bootstrap (use `floe cluster init` and `join`).
+    pub expect: u32,
+    /// `ID@HOST:PORT` (QUIC address) for every member, this node included.
+    pub peers: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RaftTuning {
+    pub heartbeat_interval_ms: u64,
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+    /// Build a snapshot after this many applied entries.
+    pub snapshot_after_entries: u64,
+    /// Log entries kept behind the snapshot for slow followers.
+    pub keep_entries_after_snapshot: u64,
+    /// Time allowed to send or install one snapshot.
+    pub snapshot_timeout_ms: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// sled page cache; small on edge boxes.
+    pub cache_capacity_bytes: u64,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            node_id: 1,
+            data_dir: PathBuf::from("floe-data"),
+            raft_addr: "127.0.0.1:7000".into(),
+            api_addr: "127.0.0.1:7100".into(),
+            http_addr: "127.0.0.1:7200".into(),
+            advertise_raft_addr: String::new(),
+            advertise_api_addr: String::new(),
+            advertise_http_addr: String::new(),
+            log_level: "info".into(),
+            tls: TlsConfig::default(),
+            bootstrap: BootstrapConfig::default(),
+            raft: RaftTuning::default(),
+            storage: StorageConfig::default(),
+        }
+    }
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        TlsConfig { ca: "certs/ca.pem".into(), cert: "certs/node.pem".into(), key: "certs/node-key.pem".into() }
+    }
+}
+
+impl Default for RaftTuning {
+    fn default() -> Self {
+        RaftTuning {
+            heartbeat_interval_ms: 100,
+            election_timeout_min_ms: 300,
+            election_timeout_max_ms: 600,
+            snapshot_after_entries: 10_000,
+            keep_entries_after_snapshot: 1_000,
+            snapshot_timeout_ms: 60_000,
+        }
+    }
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig { cache_capacity_bytes: 32 * 1024 * 1024 }
+    }
+}
+
+/// A configuration problem, naming the key and where its value came from.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {path}: {reason}")]
+    File { path: PathBuf, reason: String },
+    #[error("config key `{key}` (from {source_name}): {reason}")]
+    BadValue { key: String, source_name: String, reason: String },
+    #[error("unknown config key `{key}` (from {source_name}); known keys: {known}")]
+    UnknownKey { key: String, source_name: String, known: String },
+    #[error("config key `{key}`: {reason}")]
+    Invalid { key: String, reason: String },
+}
+
+/// Environment variables under `FLOE_` that are client settings, not node keys.
+const CLIENT_ENV_VARS: &[&str] = &["FLOE_CONFIG", "FLOE_ENDPOINT", "FLOE_CA", "FLOE_CERT", "FLOE_KEY", "FLOE_LOG"];
+
+impl NodeConfig {
+    /// Loads the file (if any), then `FLOE_*` variables from `env`, then `--set` overrides.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+        overrides: &[String],
+    ) -> Result<NodeConfig, ConfigError> {
+        let mut table = match file {
+            Some(path) => read_table(path)?,
+            None => Table::new(),
+        };
+        // Parse the file alone first, so its errors carry line and column.
+        if let Some(path) = file {
+            table_to_config(table.clone(), &path.display().to_string())?;
+        }
+        let known = known_keys();
+        let mut env_vars: Vec<(String, String)> = env.into_iter().filter(|(k, _)| k.starts_with("FLOE_")).collect();
+        env_vars.sort();
+        for (var, raw) in env_vars {
+            if CLIENT_ENV_VARS.contains(&var.as_str()) {
+                continue;
+            }
+            let source_name = format!("environment variable {var}");
+            let Some(key) = known.iter().find(|k| env_name(k) == var) else {
+                return Err(ConfigError::UnknownKey { key: var, source_name, known: known.join(", ") });
+            };
+            set_key(&mut table, key, &raw, &source_name)?;
+        }
+        for assignment in overrides {
+            let source_name = format!("--set {assignment}");
+            let Some((key, raw)) = assignment.split_once('=') else {
+                return Err(ConfigError::BadValue {
+                    key: assignment.clone(),
+                    source_name,
+                    reason: "expected KEY=VALUE".into(),
+                });
+            };
+            let key = key.trim();
+            if !known.iter().any(|k| k == key) {
+                return Err(ConfigError::UnknownKey { key: key.into(), source_name, known: known.join(", ") });
+            }
+            set_key(&mut table, key, raw.trim(), &source_name)?;
+        }
+        let config = table_to_config(table, "the merged configuration")?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks relations between keys that serde cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &str, reason: String| Err(ConfigError::Invalid { key: key.into(), reason });
+        if self.node_id == 0 {
+            return invalid("node_id", "must be at least 1".into());
+        }
+        for (key, addr) in [("raft_addr", &self.raft_addr), ("api_addr", &self.api_addr), ("http_addr", &self.http_addr)] {
+            if addr.parse::<SocketAddr>().is_err() {
+                return invalid(key, format!("{addr:?} is not an IP:PORT socket address"));
+            }
+        }
+        for (key, addr) in [
+            ("advertise_raft_addr", self.advertised_raft_addr()),
+            ("advertise_api_addr", self.advertised_api_addr()),
+            ("advertise_http_addr", self.advertised_http_addr()),
+        ] {
+            match addr.parse::<SocketAddr>() {
+                Ok(sock) if sock.ip().is_unspecified() => {
+                    return invalid(key, format!("{addr} is not reachable by other nodes; set {key}"));
+                }
+                Ok(_) => {}
+                Err(_) if addr.rsplit_once(':').is_some_and(|(_, port)| port.parse::<u16>().is_ok()) => {}
+                Err(_) => return invalid(key, format!("{addr:?} is not HOST:PORT")),
+            }
+        }
+        let raft = &self.raft;
+        if raft.heartbeat_interval_ms == 0 {
+            return invalid("raft.heartbeat_interval_ms", "must be above 0".into());
+        }
+        if raft.election_timeout_min_ms <= raft.heartbeat_interval_ms {
+            return invalid(
+                "raft.election_timeout_min_ms",
+                format!(
+                    "{} must exceed raft.heartbeat_interval_ms ({})",
+                    raft.election_timeout_min_ms, raft.heartbeat_interval_ms
+                ),
+            );
+        }
+        if raft.election_timeout_max_ms <= raft.election_timeout_min_ms {
+            return invalid(
+                "raft.election_timeout_max_ms",
+                format!(
+                    "{} must exceed raft.election_timeout_min_ms ({})",
+                    raft.election_timeout_max_ms, raft.election_timeout_min_ms
+                ),
+            );
+        }
+        if raft.snapshot_timeout_ms < 1_000 {
+            return invalid("raft.snapshot_timeout_ms", "must be at least 1000".into());
+        }
+        if raft.snapshot_after_entries == 0 {
+            return invalid("raft.snapshot_after_entries", "must be above 0".into());
+        }
+        if self.storage.cache_capacity_bytes < 1024 * 1024 {
+            return invalid("storage.cache_capacity_bytes", "must be at least 1048576 (1 MiB)".into());
+        }
+        let peers = self.bootstrap_peers()?;
+        if self.bootstrap.expect > 0 {
+            if peers.len() != self.bootstrap.expect as usize {
+                return invalid(
+                    "bootstrap.peers",
+                    format!("lists {} peers but bootstrap.expect is {}", peers.len(), self.bootstrap.expect),
+                );
+            }
+            if !peers.iter().any(|(id, _)| *id == self.node_id) {
+                return invalid("bootstrap.peers", format!("does not list this node (node_id {})", self.node_id));
+            }
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.log_level).is_err() {
+            return invalid("log_level", format!("{:?} is not a log level or filter directive", self.log_level));
+        }
+        Ok(())
+    }
+
+    /// `bootstrap.peers` parsed as `(id, raft address)`, ids unique.
+    pub fn bootstrap_peers(&self) -> Result<Vec<(u64, String)>, ConfigError> {
+        let mut peers: Vec<(u64, String)> = Vec::new();
+        for (position, entry) in self.bootstrap.peers.iter().enumerate() {
+            let bad = |reason: String| ConfigError::Invalid { key: format!("bootstrap.peers[{position}]"), reason };
+            let (id, addr) = entry.split_once('@').ok_or_else(|| bad(format!("{entry:?} is not ID@HOST:PORT")))?;
+            let id: u64 = id.trim().parse().map_err(|_| bad(format!("{id:?} is not a node id")))?;
+            if id == 0 {
+                return Err(bad("node id 0 is not allowed".into()));
+            }
+            if peers.iter().any(|(seen, _)| *seen == id) {
+                return Err(bad(format!("node id {id} is listed twice")));
+            }
+            peers.push((id, addr.trim().to_string()));
+        }
+        Ok(peers)
+    }
+
+    pub fn advertised_raft_addr(&self) -> &str {
+        non_empty_or(&self.advertise_raft_addr, &self.raft_addr)
+    }
+
+    pub fn advertised_api_addr(&self) -> &str {
+        non_empty_or(&self.advertise_api_addr, &self.api_addr)
+    }
+
+    pub fn advertised_http_addr(&self) -> &str {
+        non_empty_or(&self.advertise_http_addr, &self.http_addr)
+    }
+}
+
+fn non_empty_or<'a>(preferred: &'a str, fallback: &'a str) -> &'a str {
+    if preferred.is_empty() {
+        fallback
+    } else {
+        preferred
+    }
+}
+
+fn read_table(path: &Path) -> Result<Table, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|err| ConfigError::File { path: path.to_path_buf(), reason: err.to_string() })?;
+    text.parse::<Table>().map_err(|err| ConfigError::File { path: path.to_path_buf(), reason: err.to_string() })
+}
+
+fn table_to_config(table: Table, source_name: &str) -> Result<NodeConfig, ConfigError> {
+    // Re-serializing keeps serde's error (which names the unknown or mistyped key).
+    let text = toml::to_string(&table).map_err(|err| ConfigError::Invalid { key: "<root>".into(), reason: err.to_string() })?;
+    toml::from_str::<NodeConfig>(&text).map_err(|err| ConfigError::File {
+        path: PathBuf::from(source_name),
+        reason: err.message().to_string(),
+    })
+}
+
+/// Dotted paths of every key, derived from the defaults so the list cannot drift.
+pub fn known_keys() -> Vec<String> {
+    let mut keys = Vec::new();
+    if let Ok(Value::Table(table)) = Value::try_from(NodeConfig::default()) {
+        collect_keys(&table, "", &mut keys);
+    }
+    keys
+}
+
+fn collect_keys(table: &Table, prefix: &str, keys: &mut Vec<String>) {
+    for (name, value) in table {
+        let path = if prefix.is_empty() { name.clone() } else { format!("{prefix}.{name}") };
+        match value {
+            Value::Table(inner) => collect_keys(inner, &path, keys),
+            _ => keys.push(path),
+        }
+    }
+}
+
+/// `raft.heartbeat_interval_ms` → `FLOE_RAFT_HEARTBEAT_INTERVAL_MS`.
+pub fn env_name(key: &str) -> String {
+    format!("FLOE_{}", key.replace('.', "_").to_uppercase())
+}
+
+/// Writes `raw` at `key`, typed like the default value found there.
+fn set_key(table: &mut Table, key: &str, raw: &str, source_name: &str) -> Result<(), ConfigError> {
+    let defaults = Value::try_from(NodeConfig::default())
+        .map_err(|err| ConfigError::Invalid { key: key.into(), reason: err.to_string() })?;
+    let mut template = &defaults;
+    for part in key.split('.') {
+        template = template.get(part).ok_or_else(|| ConfigError::UnknownKey {
+            key: key.into(),
+            source_name: source_name.into(),
+            known: known_keys().join(", "),
+        })?;
+    }
+    let bad = |reason: String| ConfigError::BadValue { key: key.into(), source_name: source_name.into(), reason };
+    let value = match template {
+        Value::Integer(_) => {
+            Value::Integer(raw.parse::<i64>().map_err(|_| bad(format!("expected a whole number, got {raw:?}")))?)
+        }
+        Value::Boolean(_) => Value::Boolean(raw.parse::<bool>().map_err(|_| bad(format!("expected true or false, got {raw:?}")))?),
+        Value::Array(_) => Value::Array(
+            raw.split(',').map(str::trim).filter(|item| !item.is_empty()).map(|item| Value::String(item.into())).collect(),
+        ),
+        _ => Value::String(raw.into()),
+    };
+    let mut cursor = table;
+    let parts: Vec<&str> = key.split('.').collect();
+    let (last, parents) = parts.split_last().ok_or_else(|| bad("empty key".into()))?;
+    for part in parents {
+        let entry = cursor.entry(part.to_string()).or_insert_with(|| Value::Table(Table::new()));
+        cursor = match entry {
+            Value::Table(inner) => inner,
+            _ => return Err(bad(format!("`{part}` is not a table in the config file"))),
+        };
+    }
+    cursor.insert(last.to_string(), value);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    fn write(text: &str) -> tempfile::NamedTempFile {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), text).unwrap();
+        file
+    }
+
+    #[test]
+    fn file_env_and_flags_layer_in_order() {
+        let file = write("node_id = 2\n[raft]\nheartbeat_interval_ms = 50\n");
+        let config = NodeConfig::load(
+            Some(file.path()),
+            env(&[("FLOE_RAFT_HEARTBEAT_INTERVAL_MS", "60"), ("FLOE_DATA_DIR", "/tmp/x"), ("PATH", "/bin")]),
+            &["raft.heartbeat_interval_ms=70".into()],
+        )
+        .unwrap();
+        assert_eq!(config.node_id, 2);
+        assert_eq!(config.raft.heartbeat_interval_ms, 70);
+        assert_eq!(config.data_dir, PathBuf::from("/tmp/x"));
+    }
+
+    #[test]
+    fn unknown_file_key_is_named() {
+        let file = write("node_id = 2\n[raft]\nhearbeat_interval_ms = 50\n");
+        let err = NodeConfig::load(Some(file.path()), env(&[]), &[]).unwrap_err().to_string();
+        assert!(err.contains("hearbeat_interval_ms"), "{err}");
+    }
+
+    #[test]
+    fn unknown_env_key_is_named() {
+        let err = NodeConfig::load(None, env(&[("FLOE_NODE_IDX", "3")]), &[]).unwrap_err().to_string();
+        assert!(err.contains("FLOE_NODE_IDX"), "{err}");
+    }
+
+    #[test]
+    fn bad_value_names_key_and_source() {
+        let err = NodeConfig::load(None, env(&[("FLOE_NODE_ID", "three")]), &[]).unwrap_err().to_string();
+        assert!(err.contains("node_id") && err.contains("FLOE_NODE_ID") && err.contains("three"), "{err}");
+        let err = NodeConfig::load(None, env(&[]), &["storage.cache_capacity_bytes=lots".into()]).unwrap_err().to_string();
+        assert!(err.contains("storage.cache_capacity_bytes"), "{err}");
+    }
+
+    #[test]
+    fn mistyped_file_value_is_named() {
+        let file = write("node_id = \"two\"\n");
+        let err = NodeConfig::load(Some(file.path()), env(&[]), &[]).unwrap_err().to_string();
+        assert!(err.contains("node_id"), "{err}");
+    }
+
+    #[test]
+    fn relations_are_validated() {
+        let err = NodeConfig::load(None, env(&[]), &["raft.election_timeout_min_ms=50".into()]).unwrap_err().to_string();
+        assert!(err.contains("raft.election_timeout_min_ms"), "{err}");
+        let err = NodeConfig::load(None, env(&[]), &["raft_addr=nowhere".into()]).unwrap_err().to_string();
+        assert!(err.contains("raft_addr"), "{err}");
+        let err = NodeConfig::load(None, env(&[]), &["raft_addr=0.0.0.0:7000".into()]).unwrap_err().to_string();
+        assert!(err.contains("advertise_raft_addr"), "{err}");
+    }
+
+    #[test]
+    fn bootstrap_peers_are_checked() {
+        let overrides = ["bootstrap.expect=3".to_string(), "bootstrap.peers=1@127.0.0.1:1,2@127.0.0.1:2".to_string()];
+        let err = NodeConfig::load(None, env(&[]), &overrides).unwrap_err().to_string();
+        assert!(err.contains("bootstrap.peers"), "{err}");
+        let overrides = ["bootstrap.peers=1@a:1,1@b:2".to_string()];
+        let err = NodeConfig::load(None, env(&[]), &overrides).unwrap_err().to_string();
+        assert!(err.contains("bootstrap.peers[1]") && err.contains("twice"), "{err}");
+        let overrides = [
+            "bootstrap.expect=2".to_string(),
+            "bootstrap.peers=1@127.0.0.1:1, 2@127.0.0.1:2".to_string(),
+        ];
+        let config = NodeConfig::load(None, env(&[]), &overrides).unwrap();
+        assert_eq!(config.bootstrap_peers().unwrap(), vec![(1, "127.0.0.1:1".into()), (2, "127.0.0.1:2".into())]);
+    }
+
+    #[test]
+    fn every_key_has_an_env_name() {
+        let keys = known_keys();
+        assert!(keys.contains(&"raft.snapshot_timeout_ms".to_string()));
+        assert!(keys.contains(&"tls.ca".to_string()));
+        assert_eq!(env_name("tls.ca"), "FLOE_TLS_CA");
+    }
+}

@@ -1,0 +1,562 @@
+//! A test-cluster harness: real `floe` processes on loopback, each with its
+//! own data dir, ports and certificates, driven the way an operator would.
+//! Shared by the integration tests, the benchmark and the chaos suite.
+//!
+//! Every wait polls a condition against a deadline. Dropping the cluster kills
+//! its processes; when the thread is panicking the directory (configs, data,
+//! logs) is kept and the tail of each log is printed.
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::api;
+use crate::client::{ClientOptions, FloeClient};
+
+/// How the cluster is formed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Formation {
+    /// Static peers with `bootstrap.expect = n` (the appliance way).
+    ExpectN,
+    /// `floe cluster init` on node 1, then `floe cluster join` for the rest.
+    InitAndJoin,
+}
+
+#[derive(Clone, Debug)]
+pub struct ClusterOptions {
+    pub binary: PathBuf,
+    pub nodes: u64,
+    pub formation: Formation,
+    /// `KEY=VALUE` overrides given to every node (`--set`).
+    pub overrides: Vec<String>,
+    /// Parent for the cluster directory; a fresh temp dir when `None`.
+    pub base_dir: Option<PathBuf>,
+    pub ready_timeout: Duration,
+}
+
+impl ClusterOptions {
+    pub fn new(binary: impl Into<PathBuf>, nodes: u64) -> ClusterOptions {
+        ClusterOptions {
+            binary: binary.into(),
+            nodes,
+            formation: Formation::ExpectN,
+            overrides: Vec::new(),
+            base_dir: None,
+            ready_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// One node's files, addresses and (while running) process.
+pub struct NodeProcess {
+    pub id: u64,
+    pub dir: PathBuf,
+    pub config_path: PathBuf,
+    pub raft_addr: String,
+    pub api_addr: String,
+    pub http_addr: String,
+    pub log_path: PathBuf,
+    child: Option<Child>,
+    paused: bool,
+}
+
+impl NodeProcess {
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+}
+
+pub struct TestCluster {
+    pub options: ClusterOptions,
+    pub dir: PathBuf,
+    /// Keeps an owned temp dir alive; `None` when the caller gave a base dir.
+    temp: Option<tempfile::TempDir>,
+    pub nodes: BTreeMap<u64, NodeProcess>,
+    pub ca_dir: PathBuf,
+    pub client_dir: PathBuf,
+    /// Overrides for nodes whose config is kept across restarts.
+    node_overrides: BTreeMap<u64, Vec<String>>,
+}
+
+fn free_tcp_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn free_udp_port() -> anyhow::Result<u16> {
+    Ok(UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+impl TestCluster {
+    /// Creates certificates and configs, starts every node, forms the cluster
+    /// and waits until every node is ready.
+    pub async fn start(options: ClusterOptions) -> anyhow::Result<TestCluster> {
+        let mut cluster = TestCluster::prepare(options)?;
+        let ids: Vec<u64> = (1..=cluster.options.nodes).collect();
+        match cluster.options.formation {
+            Formation::ExpectN => {
+                for id in &ids {
+                    cluster.spawn(*id)?;
+                }
+            }
+            Formation::InitAndJoin => {
+                cluster.spawn(1)?;
+                cluster.wait_http_up(1, cluster.options.ready_timeout).await?;
+                cluster.cli_ok(1, &["cluster", "init"])?;
+                for id in ids.iter().skip(1) {
+                    cluster.spawn(*id)?;
+                    cluster.wait_http_up(*id, cluster.options.ready_timeout).await?;
+                    let raft_addr = cluster.node(*id)?.raft_addr.clone();
+                    cluster.cli_ok(1, &["cluster", "join", "--node-id", &id.to_string(), "--raft-addr", &raft_addr])?;
+                }
+            }
+        }
+        cluster.wait_ready(&ids, cluster.options.ready_timeout).await?;
+        Ok(cluster)
+    }
+
+    /// Directories, certificates and configs for `options.nodes` nodes; starts nothing.
+    pub fn prepare(options: ClusterOptions) -> anyhow::Result<TestCluster> {
+        let (dir, temp) = match &options.base_dir {
+            Some(base) => {
+                std::fs::create_dir_all(base)?;
+                (base.clone(), None)
+            }
+            None => {
+                let temp = tempfile::Builder::new().prefix("floe-cluster-").tempdir()?;
+                (temp.path().to_path_buf(), Some(temp))
+            }
+        };
+        let ca_dir = dir.join("ca");
+        let client_dir = dir.join("client");
+        let mut cluster = TestCluster {
+            options,
+            dir,
+            temp,
+            nodes: BTreeMap::new(),
+            ca_dir,
+            client_dir,
+            node_overrides: BTreeMap::new(),
+        };
+        cluster.run_floe(&["cert", "create-ca", "--out", &path_str(&cluster.ca_dir)])?;
+        cluster.run_floe(&[
+            "cert",
+            "create-client",
+            "--ca-dir",
+            &path_str(&cluster.ca_dir),
+            "--name",
+            "harness",
+            "--out",
+            &path_str(&cluster.client_dir),
+        ])?;
+        for id in 1..=cluster.options.nodes {
+            cluster.add_node_files(id)?;
+        }
+        if cluster.options.formation == Formation::ExpectN {
+            cluster.write_configs()?;
+        }
+        Ok(cluster)
+    }
+
+    /// Files for a node that is not part of the static peer list (for join tests).
+    pub fn add_node_files(&mut self, id: u64) -> anyhow::Result<()> {
+        let dir = self.dir.join(format!("node{id}"));
+        std::fs::create_dir_all(&dir)?;
+        let certs = dir.join("certs");
+        if !certs.join("node.pem").exists() {
+            self.run_floe(&[
+                "cert",
+                "create-node",
+                "--ca-dir",
+                &path_str(&self.ca_dir),
+                "--node-id",
+                &id.to_string(),
+                "--san",
+                "127.0.0.1",
+                "--out",
+                &path_str(&certs),
+            ])?;
+        }
+        let node = NodeProcess {
+            id,
+            config_path: dir.join("floe.toml"),
+            log_path: dir.join("floe.log"),
+            raft_addr: format!("127.0.0.1:{}", free_udp_port()?),
+            api_addr: format!("127.0.0.1:{}", free_tcp_port()?),
+            http_addr: format!("127.0.0.1:{}", free_tcp_port()?),
+            dir,
+            child: None,
+            paused: false,
+        };
+        self.nodes.insert(id, node);
+        self.write_config(id)?;
+        Ok(())
+    }
+
+    fn write_configs(&self) -> anyhow::Result<()> {
+        for id in self.nodes.keys() {
+            self.write_config(*id)?;
+        }
+        Ok(())
+    }
+
+    fn write_config(&self, id: u64) -> anyhow::Result<()> {
+        let node = self.node(id)?;
+        let mut text = format!(
+            "node_id = {id}\ndata_dir = {data:?}\nraft_addr = {raft:?}\napi_addr = {api:?}\nhttp_addr = {http:?}\nlog_level = \"info\"\n\n[tls]\nca = {ca:?}\ncert = {cert:?}\nkey = {key:?}\n",
+            data = path_str(&node.data_dir()),
+            raft = node.raft_addr,
+            api = node.api_addr,
+            http = node.http_addr,
+            ca = path_str(&node.dir.join("certs/ca.pem")),
+            cert = path_str(&node.dir.join("certs/node.pem")),
+            key = path_str(&node.dir.join("certs/node-key.pem")),
+        );
+        if self.options.formation == Formation::ExpectN && id <= self.options.nodes {
+            let peers: Vec<String> = self
+                .nodes
+                .values()
+                .filter(|peer| peer.id <= self.options.nodes)
+                .map(|peer| format!("\"{}@{}\"", peer.id, peer.raft_addr))
+                .collect();
+            text.push_str(&format!("\n[bootstrap]\nexpect = {}\npeers = [{}]\n", self.options.nodes, peers.join(", ")));
+        }
+        std::fs::write(&node.config_path, text)?;
+        Ok(())
+    }
+
+    pub fn node(&self, id: u64) -> anyhow::Result<&NodeProcess> {
+        self.nodes.get(&id).with_context(|| format!("no node {id} in this cluster"))
+    }
+
+    fn node_mut(&mut self, id: u64) -> anyhow::Result<&mut NodeProcess> {
+        self.nodes.get_mut(&id).with_context(|| format!("no node {id} in this cluster"))
+    }
+
+    /// Extra `--set` overrides for one node, used from its next start on.
+    pub fn set_node_overrides(&mut self, id: u64, overrides: Vec<String>) {
+        self.node_overrides.insert(id, overrides);
+    }
+
+    /// Starts node `id`'s process (its log is appended to across restarts).
+    pub fn spawn(&mut self, id: u64) -> anyhow::Result<()> {
+        let binary = self.options.binary.clone();
+        let mut overrides = self.options.overrides.clone();
+        overrides.extend(self.node_overrides.get(&id).cloned().unwrap_or_default());
+        let node = self.node_mut(id)?;
+        if node.child.is_some() {
+            bail!("node {id} is already running");
+        }
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&node.log_path)?;
+        let mut command = Command::new(&binary);
+        command.arg("serve").arg("--config").arg(&node.config_path);
+        for assignment in &overrides {
+            command.arg("--set").arg(assignment);
+        }
+        scrub_floe_env(&mut command);
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {}", binary.display()))?;
+        node.child = Some(child);
+        node.paused = false;
+        Ok(())
+    }
+
+    /// SIGKILL: the process gets no chance to flush anything.
+    pub fn kill(&mut self, id: u64) -> anyhow::Result<()> {
+        let node = self.node_mut(id)?;
+        if let Some(mut child) = node.child.take() {
+            child.kill()?;
+            child.wait()?;
+        }
+        node.paused = false;
+        Ok(())
+    }
+
+    /// SIGTERM and wait for a clean exit (SIGKILL after `grace`).
+    pub fn stop(&mut self, id: u64, grace: Duration) -> anyhow::Result<()> {
+        let node = self.node_mut(id)?;
+        let Some(mut child) = node.child.take() else { return Ok(()) };
+        if node.paused {
+            signal(child.id(), "CONT")?;
+            node.paused = false;
+        }
+        signal(child.id(), "TERM")?;
+        let deadline = Instant::now() + grace;
+        loop {
+            if child.try_wait()?.is_some() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                child.kill()?;
+                child.wait()?;
+                bail!("node {id} did not stop within {grace:?} of SIGTERM; killed");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGSTOP: the process is frozen but keeps its sockets.
+    pub fn pause(&mut self, id: u64) -> anyhow::Result<()> {
+        let node = self.node_mut(id)?;
+        let pid = node.child.as_ref().map(Child::id).with_context(|| format!("node {id} is not running"))?;
+        signal(pid, "STOP")?;
+        node.paused = true;
+        Ok(())
+    }
+
+    pub fn resume(&mut self, id: u64) -> anyhow::Result<()> {
+        let node = self.node_mut(id)?;
+        let pid = node.child.as_ref().map(Child::id).with_context(|| format!("node {id} is not running"))?;
+        signal(pid, "CONT")?;
+        node.paused = false;
+        Ok(())
+    }
+
+    pub fn restart(&mut self, id: u64) -> anyhow::Result<()> {
+        self.kill(id)?;
+        self.spawn(id)
+    }
+
+    /// Whether the process has exited on its own (a crash), with its status.
+    pub fn exited(&mut self, id: u64) -> anyhow::Result<Option<std::process::ExitStatus>> {
+        let node = self.node_mut(id)?;
+        match node.child.as_mut() {
+            Some(child) => Ok(child.try_wait()?),
+            None => Ok(None),
+        }
+    }
+
+    pub fn running_ids(&self) -> Vec<u64> {
+        self.nodes.values().filter(|node| node.child.is_some() && !node.paused).map(|node| node.id).collect()
+    }
+
+    /// Polls `/health/livez` until the HTTP server answers.
+    pub async fn wait_http_up(&self, id: u64, timeout: Duration) -> anyhow::Result<()> {
+        let addr = self.node(id)?.http_addr.clone();
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok((200, _)) = http_get(&addr, "/health/livez").await {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("node {id} HTTP {addr} not up within {timeout:?}; log: {}", self.log_tail(id, 20));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Polls `/health/readyz` on each node until all answer 200.
+    pub async fn wait_ready(&self, ids: &[u64], timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        for id in ids {
+            let addr = self.node(*id)?.http_addr.clone();
+            loop {
+                let answer = http_get(&addr, "/health/readyz").await;
+                if let Ok((200, _)) = answer {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    bail!("node {id} not ready within {timeout:?} (last answer {answer:?}); log: {}", self.log_tail(*id, 30));
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// The leader as seen by the running nodes: polls until a running node
+    /// says it is the leader and every other running node agrees.
+    pub async fn wait_leader(&self, timeout: Duration) -> anyhow::Result<u64> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(leader) = self.agreed_leader().await {
+                return Ok(leader);
+            }
+            if Instant::now() > deadline {
+                bail!("no agreed leader among nodes {:?} within {timeout:?}", self.running_ids());
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    async fn agreed_leader(&self) -> Option<u64> {
+        let running = self.running_ids();
+        let mut agreed = None;
+        for id in &running {
+            let node = self.node(*id).ok()?;
+            let (code, body) = http_get(&node.http_addr, "/health/readyz").await.ok()?;
+            if code != 200 {
+                return None;
+            }
+            let readiness: serde_json::Value = serde_json::from_str(&body).ok()?;
+            let leader = readiness.get("leader")?.as_u64()?;
+            if agreed.is_some_and(|seen| seen != leader) {
+                return None;
+            }
+            agreed = Some(leader);
+        }
+        agreed.filter(|leader| running.contains(leader))
+    }
+
+    pub fn client_options(&self, ids: &[u64]) -> anyhow::Result<ClientOptions> {
+        let mut endpoints = Vec::new();
+        for id in ids {
+            endpoints.push(self.node(*id)?.api_addr.clone());
+        }
+        Ok(ClientOptions {
+            endpoints,
+            ca: self.client_dir.join("ca.pem"),
+            cert: self.client_dir.join("client.pem"),
+            key: self.client_dir.join("client-key.pem"),
+            connect_timeout: Duration::from_secs(2),
+            request_timeout: Duration::from_secs(10),
+        })
+    }
+
+    /// A gRPC client bound to one node.
+    pub async fn client(&self, id: u64) -> anyhow::Result<FloeClient> {
+        FloeClient::connect(&self.client_options(&[id])?).await
+    }
+
+    /// Runs `floe` with this cluster's client certificates against node `id`.
+    pub fn cli(&self, id: u64, args: &[&str]) -> anyhow::Result<Output> {
+        let node = self.node(id)?;
+        let mut command = Command::new(&self.options.binary);
+        scrub_floe_env(&mut command);
+        command
+            .args(args)
+            .env("FLOE_ENDPOINT", &node.api_addr)
+            .env("FLOE_CA", self.client_dir.join("ca.pem"))
+            .env("FLOE_CERT", self.client_dir.join("client.pem"))
+            .env("FLOE_KEY", self.client_dir.join("client-key.pem"))
+            .stdin(Stdio::null());
+        Ok(command.output()?)
+    }
+
+    /// Like `cli`, but fails with the command's stderr when it exits non-zero.
+    pub fn cli_ok(&self, id: u64, args: &[&str]) -> anyhow::Result<String> {
+        let output = self.cli(id, args)?;
+        if !output.status.success() {
+            bail!("floe {} on node {id} failed: {}", args.join(" "), String::from_utf8_lossy(&output.stderr).trim());
+        }
+        Ok(String::from_utf8_lossy(&output.stdout).to_string())
+    }
+
+    fn run_floe(&self, args: &[&str]) -> anyhow::Result<()> {
+        let mut command = Command::new(&self.options.binary);
+        scrub_floe_env(&mut command);
+        let output = command.args(args).stdin(Stdio::null()).output()?;
+        if !output.status.success() {
+            bail!("floe {} failed: {}", args.join(" "), String::from_utf8_lossy(&output.stderr).trim());
+        }
+        Ok(())
+    }
+
+    /// Cluster status as answered by node `id`.
+    pub async fn status(&self, id: u64) -> anyhow::Result<api::StatusResponse> {
+        let mut client = self.client(id).await?;
+        Ok(client.cluster.status(api::StatusRequest {}).await?.into_inner())
+    }
+
+    /// Scrapes one gauge or counter from node `id`'s `/metrics`.
+    pub async fn metric(&self, id: u64, name: &str) -> anyhow::Result<f64> {
+        let (_, body) = http_get(&self.node(id)?.http_addr, "/metrics").await?;
+        for line in body.lines() {
+            if let Some(value) = line.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')) {
+                return Ok(value.trim().parse()?);
+            }
+        }
+        bail!("metric {name} not exported by node {id}")
+    }
+
+    pub fn log_tail(&self, id: u64, lines: usize) -> String {
+        let Ok(node) = self.node(id) else { return String::new() };
+        let text = std::fs::read_to_string(&node.log_path).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    /// Keeps the cluster directory after drop (for a failed run's logs).
+    pub fn keep(&mut self) -> PathBuf {
+        if let Some(temp) = self.temp.take() {
+            return temp.keep();
+        }
+        self.dir.clone()
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        for node in self.nodes.values_mut() {
+            if let Some(mut child) = node.child.take() {
+                if node.paused {
+                    let _ = signal(child.id(), "CONT");
+                }
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+        if std::thread::panicking() {
+            let kept = self.keep();
+            eprintln!("test failed; cluster files kept in {}", kept.display());
+            let ids: Vec<u64> = self.nodes.keys().copied().collect();
+            for id in ids {
+                eprintln!("--- node {id} log (tail) ---\n{}", self.log_tail(id, 40));
+            }
+        }
+    }
+}
+
+fn path_str(path: &Path) -> String {
+    path.display().to_string()
+}
+
+/// Node and CLI processes must not inherit the caller's `FLOE_*` settings.
+fn scrub_floe_env(command: &mut Command) {
+    for (key, _) in std::env::vars() {
+        if key.starts_with("FLOE_") && key != "FLOE_LOG" {
+            command.env_remove(key);
+        }
+    }
+}
+
+fn signal(pid: u32, name: &str) -> anyhow::Result<()> {
+    let status = Command::new("kill").arg(format!("-{name}")).arg(pid.to_string()).status()?;
+    if !status.success() {
+        bail!("kill -{name} {pid} failed");
+    }
+    Ok(())
+}
+
+/// A minimal HTTP/1.0 GET, enough for health and metrics on loopback.
+pub async fn http_get(addr: &str, path: &str) -> anyhow::Result<(u16, String)> {
+    let socket: SocketAddr = addr.parse()?;
+    let attempt = async {
+        let mut stream = tokio::net::TcpStream::connect(socket).await?;
+        stream.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes()).await?;
+        let mut raw = Vec::new();
+        stream.read_to_end(&mut raw).await?;
+        anyhow::Ok(raw)
+    };
+    let raw = tokio::time::timeout(Duration::from_secs(2), attempt).await.context("HTTP request timed out")??;
+    let text = String::from_utf8_lossy(&raw).to_string();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let code = head.split_whitespace().nth(1).and_then(|code| code.parse().ok()).context("malformed HTTP response")?;
+    Ok((code, body.to_string()))
+}

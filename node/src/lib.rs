@@ -1,0 +1,20 @@
+//! floe-node: the `floe` binary's library — config, CLI, the gRPC and HTTP
+//! API, and the node runtime that ties storage, Raft and transport together.
+
+pub mod api {
+    //! Generated from `proto/floe.proto`.
+    #![allow(clippy::all, missing_docs)]
+    tonic::include_proto!("floe.v1");
+}
+pub mod bootstrap;
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod error;
+pub mod grpc;
+pub mod harness;
+pub mod http;
+pub mod metrics;
+pub mod ops;
+pub mod peer_api;
+pub mod service;

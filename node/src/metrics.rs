@@ -1,0 +1,135 @@
+//! Prometheus metrics, rendered in the text exposition format. Names follow
+//! `floe_<subsystem>_<name>_<unit>`; no per-run labels.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::service::Node;
+
+const LATENCY_BUCKETS: [f64; 12] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0];
+
+/// Counters the node updates itself; Raft and storage numbers are read when scraped.
+#[derive(Default)]
+pub struct NodeMetrics {
+    leader_changes: AtomicU64,
+    writes_ok: AtomicU64,
+    writes_failed: AtomicU64,
+    write_latency: Mutex<Histogram>,
+}
+
+#[derive(Default)]
+struct Histogram {
+    counts: [u64; LATENCY_BUCKETS.len()],
+    sum: f64,
+    count: u64,
+}
+
+impl NodeMetrics {
+    pub fn observe_write(&self, elapsed: Duration, ok: bool) {
+        let counter = if ok { &self.writes_ok } else { &self.writes_failed };
+        counter.fetch_add(1, Ordering::Relaxed);
+        let seconds = elapsed.as_secs_f64();
+        if let Ok(mut histogram) = self.write_latency.lock() {
+            for (bound, count) in LATENCY_BUCKETS.iter().zip(histogram.counts.iter_mut()) {
+                if seconds <= *bound {
+                    *count += 1;
+                }
+            }
+            histogram.sum += seconds;
+            histogram.count += 1;
+        }
+    }
+
+    pub fn leader_changes(&self) -> u64 {
+        self.leader_changes.load(Ordering::Relaxed)
+    }
+}
+
+/// Counts leader changes seen by this node (including "no leader" → leader).
+pub async fn track_leader_changes(node: Arc<Node>, cancel: CancellationToken) -> anyhow::Result<()> {
+    let mut watch = node.raft.metrics();
+    let mut last_leader = watch.borrow().current_leader;
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return Ok(()),
+            changed = watch.changed() => {
+                if changed.is_err() {
+                    return Ok(());
+                }
+            }
+        }
+        let leader = watch.borrow().current_leader;
+        if leader.is_some() && leader != last_leader {
+            node.metrics.leader_changes.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(node_id = node.id, leader = ?leader, "leader changed");
+        }
+        last_leader = leader;
+    }
+}
+
+fn gauge(out: &mut String, name: &str, help: &str, value: f64) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
+}
+
+fn counter(out: &mut String, name: &str, help: &str, value: u64) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}");
+}
+
+fn histogram(out: &mut String, name: &str, help: &str, bounds: &[f64], cumulative: &[u64], sum: f64, count: u64) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+    for (bound, bucket) in bounds.iter().zip(cumulative) {
+        let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {bucket}");
+    }
+    let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}\n{name}_sum {sum}\n{name}_count {count}");
+}
+
+/// The `/metrics` page.
+pub async fn render(node: &Node) -> String {
+    let metrics = node.raft.metrics().borrow().clone();
+    let committed = node.raft.with_raft_state(|state| state.committed).await.ok().flatten();
+    let commit_index = committed.map(|id| id.index).unwrap_or(0);
+    let applied_index = metrics.last_applied.map(|id| id.index).unwrap_or(0);
+    let mut out = String::new();
+    gauge(&mut out, "floe_raft_term", "Current Raft term.", metrics.current_term as f64);
+    gauge(&mut out, "floe_raft_commit_index", "Highest log index known committed.", commit_index as f64);
+    gauge(&mut out, "floe_raft_applied_index", "Highest log index applied to the state machine.", applied_index as f64);
+    gauge(
+        &mut out,
+        "floe_raft_apply_lag_entries",
+        "Committed entries not yet applied.",
+        commit_index.saturating_sub(applied_index) as f64,
+    );
+    gauge(&mut out, "floe_raft_last_log_index", "Last index in the local log.", metrics.last_log_index.unwrap_or(0) as f64);
+    gauge(&mut out, "floe_raft_snapshot_index", "Last log index covered by this node's snapshot.", metrics.snapshot.map(|id| id.index).unwrap_or(0) as f64);
+    gauge(&mut out, "floe_raft_purged_index", "Last log index purged from this node's log.", metrics.purged.map(|id| id.index).unwrap_or(0) as f64);
+    gauge(&mut out, "floe_raft_is_leader", "1 when this node is the leader.", f64::from(u8::from(metrics.current_leader == Some(node.id))));
+    counter(&mut out, "floe_raft_leader_changes_total", "Leader changes seen by this node.", node.metrics.leader_changes());
+    let _ = writeln!(out, "# HELP floe_raft_peer_rtt_seconds QUIC round-trip time to each peer.\n# TYPE floe_raft_peer_rtt_seconds gauge");
+    for (peer, rtt) in node.peers.rtts() {
+        let _ = writeln!(out, "floe_raft_peer_rtt_seconds{{peer=\"{peer}\"}} {}", rtt.as_secs_f64());
+    }
+    let flushes = node.store.flush_stats().histogram();
+    let (bounds, cumulative): (Vec<f64>, Vec<u64>) = flushes.buckets.into_iter().unzip();
+    histogram(&mut out, "floe_storage_flush_duration_seconds", "Time to make a log append, vote or purge durable.", &bounds, &cumulative, flushes.sum_seconds, flushes.count);
+    counter(&mut out, "floe_api_writes_total", "Writes proposed on this node as leader that committed.", node.metrics.writes_ok.load(Ordering::Relaxed));
+    counter(&mut out, "floe_api_write_failures_total", "Writes proposed on this node as leader that failed.", node.metrics.writes_failed.load(Ordering::Relaxed));
+    if let Ok(histo) = node.metrics.write_latency.lock() {
+        histogram(&mut out, "floe_api_write_duration_seconds", "Propose-to-apply latency of writes on the leader.", &LATENCY_BUCKETS, &histo.counts, histo.sum, histo.count);
+    }
+    if let Some(rss) = resident_memory_bytes() {
+        gauge(&mut out, "floe_process_resident_memory_bytes", "Resident set size of this process.", rss as f64);
+    }
+    out
+}
+
+/// Resident memory of this process, from sysinfo.
+pub fn resident_memory_bytes() -> Option<u64> {
+    let pid = sysinfo::get_current_pid().ok()?;
+    let mut system = sysinfo::System::new();
+    system.refresh_processes(sysinfo::ProcessesToUpdate::Some(&[pid]), true);
+    system.process(pid).map(|process| process.memory())
+}

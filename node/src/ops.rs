@@ -1,0 +1,349 @@
+//! What the API does: each client operation runs on the leader, reached
+//! directly or by one forward over QUIC; every wait is bounded.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::time::Duration;
+
+use floe_storage::{Command, CommandResponse, KvEntry, NodeId, NodeInfo};
+use openraft::error::{ClientWriteError, RaftError};
+
+use crate::error::ApiError;
+use crate::peer_api::{self, PeerRequest, PeerResponse};
+use crate::service::{Node, CLIENT_REQUEST_TIMEOUT};
+
+/// Largest key and value the key-value API accepts.
+pub const MAX_KEY_BYTES: usize = 4 * 1024;
+pub const MAX_VALUE_BYTES: usize = 1024 * 1024;
+pub const MAX_LIST_LIMIT: usize = 10_000;
+
+/// Where a request must go when this node cannot serve it.
+enum Route {
+    Local,
+    Forward { leader: NodeId, addr: String },
+}
+
+impl Node {
+    fn route(&self) -> Result<Route, ApiError> {
+        let metrics = self.raft.metrics().borrow().clone();
+        match metrics.current_leader {
+            Some(leader) if leader == self.id => Ok(Route::Local),
+            Some(leader) => {
+                let addr = metrics
+                    .membership_config
+                    .membership()
+                    .get_node(&leader)
+                    .map(|info| info.raft_addr.clone())
+                    .ok_or_else(|| ApiError::Unavailable(format!("leader {leader} is not in this node's membership")))?;
+                Ok(Route::Forward { leader, addr })
+            }
+            None => Err(ApiError::Unavailable(format!(
+                "no leader known to node {} (term {}): the cluster has no quorum or is electing",
+                self.id, metrics.current_term
+            ))),
+        }
+    }
+
+    async fn forward(&self, request: PeerRequest) -> Result<PeerResponse, ApiError> {
+        match self.route()? {
+            Route::Local => Err(ApiError::Internal("forward called on the leader".into())),
+            Route::Forward { leader, addr } => {
+                peer_api::call(self, leader, &addr, &request, CLIENT_REQUEST_TIMEOUT).await
+            }
+        }
+    }
+
+    /// Proposes `command`, forwarding to the leader when this node is not it.
+    pub async fn write(&self, command: Command) -> Result<CommandResponse, ApiError> {
+        validate_command(&command)?;
+        match self.route()? {
+            Route::Local => self.write_as_leader(command).await,
+            Route::Forward { .. } => match self.forward(PeerRequest::Write(command)).await? {
+                PeerResponse::Written(response) => Ok(response),
+                other => Err(unexpected(&other)),
+            },
+        }
+    }
+
+    /// Proposes on this node, which must be the leader.
+    pub async fn write_as_leader(&self, command: Command) -> Result<CommandResponse, ApiError> {
+        validate_command(&command)?;
+        let started = std::time::Instant::now();
+        let result = bounded(CLIENT_REQUEST_TIMEOUT, "write", self.raft.client_write(command)).await;
+        let outcome = match result {
+            Err(timeout) => Err(timeout),
+            Ok(Ok(written)) => Ok(written.data),
+            Ok(Err(err)) => Err(write_error(self.id, err)),
+        };
+        self.metrics.observe_write(started.elapsed(), outcome.is_ok());
+        outcome
+    }
+
+    pub async fn get(&self, key: &str, linearizable: bool) -> Result<Option<KvEntry>, ApiError> {
+        validate_key(key)?;
+        if !linearizable {
+            return self.reader.get(key).map_err(internal);
+        }
+        match self.route()? {
+            Route::Local => self.get_as_leader(key).await,
+            Route::Forward { .. } => match self.forward(PeerRequest::Get { key: key.to_string() }).await? {
+                PeerResponse::Got(entry) => Ok(entry),
+                other => Err(unexpected(&other)),
+            },
+        }
+    }
+
+    pub async fn get_as_leader(&self, key: &str) -> Result<Option<KvEntry>, ApiError> {
+        self.confirm_leadership().await?;
+        self.reader.get(key).map_err(internal)
+    }
+
+    pub async fn list(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: usize,
+        linearizable: bool,
+    ) -> Result<(Vec<(String, KvEntry)>, bool), ApiError> {
+        let limit = clamp_limit(limit)?;
+        if !linearizable {
+            return self.list_local(prefix, start_after, limit);
+        }
+        match self.route()? {
+            Route::Local => self.list_as_leader(prefix, start_after, limit).await,
+            Route::Forward { .. } => {
+                let request =
+                    PeerRequest::List { prefix: prefix.to_string(), start_after: start_after.map(str::to_string), limit };
+                match self.forward(request).await? {
+                    PeerResponse::Listed { items, more } => Ok((items, more)),
+                    other => Err(unexpected(&other)),
+                }
+            }
+        }
+    }
+
+    pub async fn list_as_leader(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<(String, KvEntry)>, bool), ApiError> {
+        let limit = clamp_limit(limit)?;
+        self.confirm_leadership().await?;
+        self.list_local(prefix, start_after, limit)
+    }
+
+    fn list_local(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<(String, KvEntry)>, bool), ApiError> {
+        // One extra row tells the caller whether another page exists.
+        let mut items = self.reader.list(prefix, start_after, limit + 1).map_err(internal)?;
+        let more = items.len() > limit;
+        items.truncate(limit);
+        Ok((items, more))
+    }
+
+    /// Confirms with a quorum that this node still leads, and waits until the
+    /// state machine has applied everything committed before the read.
+    async fn confirm_leadership(&self) -> Result<(), ApiError> {
+        match bounded(CLIENT_REQUEST_TIMEOUT, "linearizable read", self.raft.ensure_linearizable()).await? {
+            Ok(_) => Ok(()),
+            Err(RaftError::APIError(err)) => Err(ApiError::Unavailable(format!(
+                "node {} cannot confirm leadership for a linearizable read: {err}",
+                self.id
+            ))),
+            Err(RaftError::Fatal(err)) => Err(ApiError::Unavailable(format!("node {} raft stopped: {err}", self.id))),
+        }
+    }
+
+    pub async fn init_cluster(&self) -> Result<(), ApiError> {
+        let mut members = BTreeMap::new();
+        members.insert(self.id, self.info.clone());
+        match self.raft.initialize(members).await {
+            Ok(()) => Ok(()),
+            Err(RaftError::APIError(err)) => Err(ApiError::FailedPrecondition(format!(
+                "node {} cannot initialize a cluster: {err} (it already holds Raft state)",
+                self.id
+            ))),
+            Err(RaftError::Fatal(err)) => Err(ApiError::Unavailable(err.to_string())),
+        }
+    }
+
+    pub async fn join(&self, node_id: NodeId, raft_addr: &str, learner_only: bool) -> Result<(Vec<NodeId>, Vec<NodeId>), ApiError> {
+        match self.route()? {
+            Route::Local => self.join_as_leader(node_id, raft_addr, learner_only).await,
+            Route::Forward { .. } => {
+                let request = PeerRequest::Join { node_id, raft_addr: raft_addr.to_string(), learner_only };
+                membership_reply(self.forward(request).await?)
+            }
+        }
+    }
+
+    /// Adds `node_id` as a learner, waits until it has caught up, then makes it a voter.
+    pub async fn join_as_leader(
+        &self,
+        node_id: NodeId,
+        raft_addr: &str,
+        learner_only: bool,
+    ) -> Result<(Vec<NodeId>, Vec<NodeId>), ApiError> {
+        if node_id == 0 {
+            return Err(ApiError::InvalidArgument("node id 0 is not allowed".into()));
+        }
+        if self.reader.is_tombstoned(node_id).map_err(internal)? {
+            return Err(ApiError::FailedPrecondition(format!(
+                "node id {node_id} was removed from this cluster and is never reused; give the node a new id and an empty data dir"
+            )));
+        }
+        let probe = peer_api::call(self, node_id, raft_addr, &PeerRequest::Probe, CLIENT_REQUEST_TIMEOUT).await?;
+        let PeerResponse::Probe(probe) = probe else {
+            return Err(unexpected(&probe));
+        };
+        if probe.node_id != node_id {
+            return Err(ApiError::FailedPrecondition(format!(
+                "{raft_addr} is node {}, not node {node_id}",
+                probe.node_id
+            )));
+        }
+        let (nodes, voters) = self.members();
+        if voters.contains(&node_id) {
+            return Ok(membership_ids(self));
+        }
+        if !nodes.contains_key(&node_id) {
+            let added = bounded(Duration::from_secs(60), "add learner", self.raft.add_learner(node_id, probe.info, true)).await?;
+            added.map_err(|err| write_error(self.id, err))?;
+        }
+        if !learner_only {
+            let voter_ids: BTreeSet<NodeId> = [node_id].into_iter().collect();
+            let change = openraft::ChangeMembers::AddVoterIds(voter_ids);
+            let changed = bounded(CLIENT_REQUEST_TIMEOUT * 4, "promote to voter", self.raft.change_membership(change, false)).await?;
+            changed.map_err(|err| write_error(self.id, err))?;
+        }
+        tracing::info!(node_id, learner_only, "node joined");
+        Ok(membership_ids(self))
+    }
+
+    pub async fn remove(&self, node_id: NodeId) -> Result<(Vec<NodeId>, Vec<NodeId>), ApiError> {
+        match self.route()? {
+            Route::Local => self.remove_as_leader(node_id).await,
+            Route::Forward { .. } => membership_reply(self.forward(PeerRequest::Remove { node_id }).await?),
+        }
+    }
+
+    /// Tombstones the id first, so a crash between the two steps can only
+    /// leave a member that can never be re-added, never a reusable id.
+    pub async fn remove_as_leader(&self, node_id: NodeId) -> Result<(Vec<NodeId>, Vec<NodeId>), ApiError> {
+        let (nodes, voters) = self.members();
+        if !nodes.contains_key(&node_id) {
+            return Err(ApiError::FailedPrecondition(format!("node {node_id} is not a member of this cluster")));
+        }
+        if voters.len() == 1 && voters.contains(&node_id) {
+            return Err(ApiError::FailedPrecondition(format!("node {node_id} is the last voter; a cluster cannot remove it")));
+        }
+        self.write_as_leader(Command::TombstoneNode { node_id }).await?;
+        let ids: BTreeSet<NodeId> = [node_id].into_iter().collect();
+        let change = if voters.contains(&node_id) {
+            openraft::ChangeMembers::RemoveVoters(ids)
+        } else {
+            openraft::ChangeMembers::RemoveNodes(ids)
+        };
+        let changed = bounded(CLIENT_REQUEST_TIMEOUT * 4, "remove member", self.raft.change_membership(change, false)).await?;
+        changed.map_err(|err| write_error(self.id, err))?;
+        tracing::info!(node_id, "node removed");
+        Ok(membership_ids(self))
+    }
+
+    /// Addresses of every member except this node.
+    pub fn other_members(&self) -> Vec<(NodeId, NodeInfo)> {
+        self.members().0.into_iter().filter(|(id, _)| *id != self.id).collect()
+    }
+}
+
+fn membership_ids(node: &Node) -> (Vec<NodeId>, Vec<NodeId>) {
+    let (nodes, voters) = node.members();
+    let learners = nodes.keys().filter(|id| !voters.contains(id)).copied().collect();
+    (voters, learners)
+}
+
+fn membership_reply(response: PeerResponse) -> Result<(Vec<NodeId>, Vec<NodeId>), ApiError> {
+    match response {
+        PeerResponse::Membership { voters, learners } => Ok((voters, learners)),
+        other => Err(unexpected(&other)),
+    }
+}
+
+async fn bounded<T>(limit: Duration, what: &str, future: impl Future<Output = T>) -> Result<T, ApiError> {
+    tokio::time::timeout(limit, future).await.map_err(|_| {
+        ApiError::OutcomeUnknown(format!(
+            "{what} not confirmed within {} ms: the leader may have lost its quorum",
+            limit.as_millis()
+        ))
+    })
+}
+
+fn write_error(node_id: NodeId, err: RaftError<NodeId, ClientWriteError<NodeId, NodeInfo>>) -> ApiError {
+    match err {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(forward)) => ApiError::Unavailable(format!(
+            "node {node_id} is no longer the leader (leader now: {:?}); retry",
+            forward.leader_id
+        )),
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(err)) => ApiError::FailedPrecondition(err.to_string()),
+        RaftError::Fatal(err) => ApiError::Unavailable(format!("node {node_id} raft stopped: {err}")),
+    }
+}
+
+fn validate_key(key: &str) -> Result<(), ApiError> {
+    if key.is_empty() {
+        return Err(ApiError::InvalidArgument("key is empty".into()));
+    }
+    if key.len() > MAX_KEY_BYTES {
+        return Err(ApiError::InvalidArgument(format!("key is {} bytes; the limit is {MAX_KEY_BYTES}", key.len())));
+    }
+    Ok(())
+}
+
+fn validate_value(key: &str, value: &[u8]) -> Result<(), ApiError> {
+    if value.len() > MAX_VALUE_BYTES {
+        return Err(ApiError::InvalidArgument(format!(
+            "value for key {key:?} is {} bytes; the limit is {MAX_VALUE_BYTES}",
+            value.len()
+        )));
+    }
+    Ok(())
+}
+
+fn validate_command(command: &Command) -> Result<(), ApiError> {
+    match command {
+        Command::KvPut { key, value } => {
+            validate_key(key)?;
+            validate_value(key, value)
+        }
+        Command::KvDelete { key } => validate_key(key),
+        Command::KvCas { key, expected, new } => {
+            validate_key(key)?;
+            for value in [expected, new].into_iter().flatten() {
+                validate_value(key, value)?;
+            }
+            Ok(())
+        }
+        Command::TombstoneNode { .. } => Ok(()),
+    }
+}
+
+fn clamp_limit(limit: usize) -> Result<usize, ApiError> {
+    match limit {
+        0 => Ok(100),
+        n if n > MAX_LIST_LIMIT => Err(ApiError::InvalidArgument(format!("limit {n} is above {MAX_LIST_LIMIT}"))),
+        n => Ok(n),
+    }
+}
+
+fn internal(err: impl std::fmt::Display) -> ApiError {
+    ApiError::Internal(err.to_string())
+}
+
+fn unexpected(response: &PeerResponse) -> ApiError {
+    ApiError::Internal(format!("unexpected peer response {response:?}"))
+}

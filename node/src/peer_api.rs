@@ -1,0 +1,150 @@
+//! Node-to-node requests that are not Raft RPCs: forwarded client writes and
+//! reads, join/remove on the leader, probes for bootstrap and status. They ride
+//! the QUIC transport's opaque `App` channel, bincode-encoded.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use floe_raft::{AppHandler, PeerIdentity};
+use floe_storage::{Command, CommandResponse, KvEntry, NodeId, NodeInfo};
+use futures::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+
+use crate::error::ApiError;
+use crate::service::Node;
+
+/// Bumped when a message changes shape; a node refuses a version it cannot read.
+const PEER_API_VERSION: u8 = 1;
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum PeerRequest {
+    /// Who are you, and do you hold Raft state? (bootstrap, join)
+    Probe,
+    /// Propose a command; only the leader accepts it.
+    Write(Command),
+    /// Linearizable point read, served by the leader.
+    Get { key: String },
+    /// Linearizable range read, served by the leader.
+    List { prefix: String, start_after: Option<String>, limit: usize },
+    Join { node_id: NodeId, raft_addr: String, learner_only: bool },
+    Remove { node_id: NodeId },
+    /// This node's own view: role, term, indexes.
+    LocalStatus,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum PeerResponse {
+    Probe(ProbeInfo),
+    Written(CommandResponse),
+    Got(Option<KvEntry>),
+    Listed { items: Vec<(String, KvEntry)>, more: bool },
+    Membership { voters: Vec<NodeId>, learners: Vec<NodeId> },
+    LocalStatus(LocalStatus),
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ProbeInfo {
+    pub node_id: NodeId,
+    pub info: NodeInfo,
+    pub has_raft_state: bool,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LocalStatus {
+    pub node_id: NodeId,
+    pub role: String,
+    pub term: u64,
+    pub last_log_index: u64,
+    pub applied_index: u64,
+    pub current_leader: Option<NodeId>,
+}
+
+pub fn encode<T: Serialize>(message: &T) -> Result<Vec<u8>, ApiError> {
+    let mut bytes = vec![PEER_API_VERSION];
+    let body = bincode::serde::encode_to_vec(message, bincode::config::standard())
+        .map_err(|err| ApiError::Internal(format!("encoding peer message: {err}")))?;
+    bytes.extend_from_slice(&body);
+    Ok(bytes)
+}
+
+pub fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, ApiError> {
+    let Some((&version, body)) = bytes.split_first() else {
+        return Err(ApiError::Internal("empty peer message".into()));
+    };
+    if version != PEER_API_VERSION {
+        return Err(ApiError::Internal(format!(
+            "peer message version {version}, this node reads {PEER_API_VERSION}; upgrade all nodes to one release"
+        )));
+    }
+    let (message, _) = bincode::serde::decode_from_slice(body, bincode::config::standard())
+        .map_err(|err| ApiError::Internal(format!("decoding peer message: {err}")))?;
+    Ok(message)
+}
+
+/// Sends `request` to `target` and decodes its answer.
+pub async fn call(
+    node: &Node,
+    target: NodeId,
+    raft_addr: &str,
+    request: &PeerRequest,
+    timeout: Duration,
+) -> Result<PeerResponse, ApiError> {
+    let payload = encode(request)?;
+    let reply = node
+        .peers
+        .call_app(target, raft_addr, payload, timeout)
+        .await
+        .map_err(|err| transport_error(target, err))?;
+    decode::<Result<PeerResponse, ApiError>>(&reply)?
+}
+
+fn transport_error(target: NodeId, err: floe_raft::TransportError) -> ApiError {
+    // Only a request that provably never reached the peer is safe to call "unavailable".
+    if matches!(err, floe_raft::TransportError::Unreachable { .. }) {
+        ApiError::Unavailable(format!("node {target} unreachable: {err}"))
+    } else {
+        ApiError::OutcomeUnknown(format!("node {target} did not answer: {err}"))
+    }
+}
+
+/// Serves peer requests for the transport.
+pub struct PeerApi {
+    pub node: Arc<Node>,
+}
+
+impl AppHandler for PeerApi {
+    fn handle(&self, from: PeerIdentity, request: Vec<u8>) -> BoxFuture<'static, Result<Vec<u8>, String>> {
+        let node = self.node.clone();
+        Box::pin(async move {
+            let outcome = match decode::<PeerRequest>(&request) {
+                Ok(request) => serve(&node, from, request).await,
+                Err(err) => Err(err),
+            };
+            encode(&outcome).map_err(|err| err.to_string())
+        })
+    }
+}
+
+async fn serve(node: &Node, from: PeerIdentity, request: PeerRequest) -> Result<PeerResponse, ApiError> {
+    tracing::debug!(?from, ?request, "peer request");
+    // Forwarded requests are served locally only: a second hop could loop while
+    // leadership moves, so a stale forward fails and the client retries.
+    match request {
+        PeerRequest::Probe => Ok(PeerResponse::Probe(node.probe_info())),
+        PeerRequest::Write(command) => node.write_as_leader(command).await.map(PeerResponse::Written),
+        PeerRequest::Get { key } => node.get_as_leader(&key).await.map(PeerResponse::Got),
+        PeerRequest::List { prefix, start_after, limit } => node
+            .list_as_leader(&prefix, start_after.as_deref(), limit)
+            .await
+            .map(|(items, more)| PeerResponse::Listed { items, more }),
+        PeerRequest::Join { node_id, raft_addr, learner_only } => node
+            .join_as_leader(node_id, &raft_addr, learner_only)
+            .await
+            .map(|(voters, learners)| PeerResponse::Membership { voters, learners }),
+        PeerRequest::Remove { node_id } => node
+            .remove_as_leader(node_id)
+            .await
+            .map(|(voters, learners)| PeerResponse::Membership { voters, learners }),
+        PeerRequest::LocalStatus => Ok(PeerResponse::LocalStatus(node.local_status())),
+    }
+}

@@ -1,0 +1,345 @@
+//! The QUIC server: accepts peers, checks who they are, dispatches requests.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use floe_storage::snapshot::SnapshotFile;
+use floe_storage::{NodeId, Raft, Snapshot, SnapshotMeta, Vote};
+use futures::future::BoxFuture;
+use openraft::error::{Fatal, RaftError};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
+};
+use quinn::{Connection, Endpoint, RecvStream, SendStream};
+use serde::{Deserialize, Serialize};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::peers::TransportOptions;
+use crate::tls::{peer_identity, PeerIdentity, TlsError, TlsMaterial, RAFT_ALPN};
+use crate::wire::{
+    read_frame, receive_snapshot_body, write_frame, RemoteError, RequestBody, RequestFrame,
+    ResponseBody, ResponseFrame,
+};
+
+/// How long a peer may take to send a request header after opening a stream.
+const REQUEST_HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+/// QUIC application close code for connections without a floe identity.
+const CLOSE_NO_IDENTITY: u32 = 1;
+
+/// Handles the node layer's opaque requests (forwarded writes, reads, status).
+pub trait AppHandler: Send + Sync + 'static {
+    /// Answers one request from a verified peer.
+    fn handle(&self, from: PeerIdentity, request: Vec<u8>) -> BoxFuture<'static, Result<Vec<u8>, String>>;
+}
+
+/// Where the server listens and keeps incoming snapshots.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RaftServerOptions {
+    /// This node's id; must match the id in its certificate.
+    pub node_id: NodeId,
+    /// UDP address to listen on.
+    pub bind_addr: SocketAddr,
+    /// Directory incoming snapshots are written to before install.
+    pub snapshot_dir: PathBuf,
+    /// QUIC keep-alive and idle timeouts.
+    #[serde(default)]
+    pub transport: TransportOptions,
+}
+
+/// Errors starting the server.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// Our certificate does not name the configured node id.
+    #[error("certificate identity is {found}, but this node is configured as node {expected}")]
+    IdentityMismatch { expected: NodeId, found: PeerIdentity },
+    /// The TLS material is unusable.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// The endpoint could not be created.
+    #[error("raft server on {addr}: {reason}")]
+    Setup { addr: SocketAddr, reason: String },
+}
+
+/// The Raft calls the server dispatches to; a trait so tests can stand in.
+pub(crate) trait RaftRpcHandler: Send + Sync + 'static {
+    fn vote(&self, rpc: VoteRequest<NodeId>) -> BoxFuture<'static, Result<VoteResponse<NodeId>, RaftError<NodeId>>>;
+    fn append_entries(
+        &self,
+        rpc: AppendEntriesRequest<floe_storage::TypeConfig>,
+    ) -> BoxFuture<'static, Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>>;
+    fn install_full_snapshot(
+        &self,
+        vote: Vote,
+        snapshot: Snapshot,
+    ) -> BoxFuture<'static, Result<SnapshotResponse<NodeId>, Fatal<NodeId>>>;
+}
+
+impl RaftRpcHandler for Raft {
+    fn vote(&self, rpc: VoteRequest<NodeId>) -> BoxFuture<'static, Result<VoteResponse<NodeId>, RaftError<NodeId>>> {
+        let raft = self.clone();
+        Box::pin(async move { raft.vote(rpc).await })
+    }
+
+    fn append_entries(
+        &self,
+        rpc: AppendEntriesRequest<floe_storage::TypeConfig>,
+    ) -> BoxFuture<'static, Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>> {
+        let raft = self.clone();
+        Box::pin(async move { raft.append_entries(rpc).await })
+    }
+
+    fn install_full_snapshot(
+        &self,
+        vote: Vote,
+        snapshot: Snapshot,
+    ) -> BoxFuture<'static, Result<SnapshotResponse<NodeId>, Fatal<NodeId>>> {
+        let raft = self.clone();
+        Box::pin(async move { raft.install_full_snapshot(vote, snapshot).await })
+    }
+}
+
+/// Handle to the running server; dropping it does not stop the server,
+/// cancelling the token given to [`RaftServer::start`] does.
+pub struct RaftServer {
+    local_addr: SocketAddr,
+    task: JoinHandle<()>,
+}
+
+struct ServerState {
+    fingerprint: String,
+    snapshot_dir: PathBuf,
+    raft: Arc<dyn RaftRpcHandler>,
+    app: Arc<dyn AppHandler>,
+}
+
+impl RaftServer {
+    /// Binds the QUIC endpoint and starts accepting peers until `shutdown`.
+    /// Must be called inside a tokio runtime.
+    pub fn start(
+        options: RaftServerOptions,
+        tls: &TlsMaterial,
+        raft: Raft,
+        app: Arc<dyn AppHandler>,
+        shutdown: CancellationToken,
+    ) -> Result<RaftServer, ServerError> {
+        RaftServer::start_with(options, tls, Arc::new(raft), app, shutdown)
+    }
+
+    pub(crate) fn start_with(
+        options: RaftServerOptions,
+        tls: &TlsMaterial,
+        raft: Arc<dyn RaftRpcHandler>,
+        app: Arc<dyn AppHandler>,
+        shutdown: CancellationToken,
+    ) -> Result<RaftServer, ServerError> {
+        let identity = tls.identity()?;
+        if identity != PeerIdentity::Node(options.node_id) {
+            return Err(ServerError::IdentityMismatch { expected: options.node_id, found: identity });
+        }
+        let addr = options.bind_addr;
+        let setup_error = |reason: String| ServerError::Setup { addr, reason };
+        let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls.server_config(&[RAFT_ALPN])?)
+            .map_err(|error| setup_error(format!("quic server tls: {error}")))?;
+        let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+        let transport = options.transport.transport_config().map_err(|error| setup_error(error.to_string()))?;
+        server_config.transport_config(Arc::new(transport));
+        let endpoint = Endpoint::server(server_config, addr).map_err(|error| setup_error(format!("bind: {error}")))?;
+        let local_addr = endpoint.local_addr().map_err(|error| setup_error(error.to_string()))?;
+
+        let state = Arc::new(ServerState {
+            fingerprint: tls.ca_fingerprint().to_string(),
+            snapshot_dir: options.snapshot_dir,
+            raft,
+            app,
+        });
+        info!(node_id = options.node_id, addr = %local_addr, "raft server listening");
+        let task = tokio::spawn(accept_loop(endpoint, state, shutdown));
+        Ok(RaftServer { local_addr, task })
+    }
+
+    /// The bound address (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Waits until the server has stopped (after its token was cancelled).
+    pub async fn stopped(self) {
+        if let Err(error) = self.task.await {
+            warn!(error = %error, "raft server task failed");
+        }
+    }
+}
+
+async fn accept_loop(endpoint: Endpoint, state: Arc<ServerState>, shutdown: CancellationToken) {
+    loop {
+        let incoming = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            incoming = endpoint.accept() => incoming,
+        };
+        let Some(incoming) = incoming else { break };
+        tokio::spawn(serve_connection(incoming, state.clone(), shutdown.clone()));
+    }
+    // Tell peers now rather than letting them wait for the idle timeout.
+    endpoint.close(0u32.into(), b"shutdown");
+    let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
+    info!("raft server stopped");
+}
+
+async fn serve_connection(incoming: quinn::Incoming, state: Arc<ServerState>, shutdown: CancellationToken) {
+    let peer_addr = incoming.remote_address();
+    let connection = match incoming.await {
+        Ok(connection) => connection,
+        Err(error) => {
+            warn!(peer = %peer_addr, error = %error, "peer handshake refused");
+            return;
+        }
+    };
+    let identity = match peer_identity(&connection) {
+        Ok(identity) => identity,
+        Err(error) => {
+            warn!(peer = %peer_addr, error = %error, "peer connection refused");
+            connection.close(CLOSE_NO_IDENTITY.into(), b"certificate carries no floe identity");
+            return;
+        }
+    };
+    debug!(peer = %peer_addr, identity = %identity, "peer connected");
+    loop {
+        let stream = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            stream = connection.accept_bi() => stream,
+        };
+        let Ok((send, recv)) = stream else { break };
+        let stream_context = StreamContext {
+            peer_addr,
+            identity: identity.clone(),
+            state: state.clone(),
+        };
+        tokio::spawn(stream_context.serve(send, recv, connection.clone()));
+    }
+}
+
+struct StreamContext {
+    peer_addr: SocketAddr,
+    identity: PeerIdentity,
+    state: Arc<ServerState>,
+}
+
+impl StreamContext {
+    async fn serve(self, mut send: SendStream, mut recv: RecvStream, _connection: Connection) {
+        let header = tokio::time::timeout(REQUEST_HEADER_TIMEOUT, read_frame::<_, RequestFrame>(&mut recv)).await;
+        let request = match header {
+            Ok(Ok(request)) => request,
+            Ok(Err(error)) => {
+                warn!(peer = %self.peer_addr, identity = %self.identity, error = %error, "unreadable peer request");
+                let _ = send.reset(1u32.into());
+                return;
+            }
+            Err(_) => {
+                warn!(peer = %self.peer_addr, identity = %self.identity, "peer request header timed out");
+                let _ = send.reset(1u32.into());
+                return;
+            }
+        };
+
+        let response = match self.refusal(&request) {
+            Some(reason) => {
+                warn!(
+                    peer = %self.peer_addr,
+                    claimed = %request.from,
+                    identity = %self.identity,
+                    kind = request.body.kind(),
+                    reason = %reason,
+                    "peer request refused"
+                );
+                Err(RemoteError::Refused(reason))
+            }
+            None => self.dispatch(request.body, &mut recv).await,
+        };
+        if let Err(error) = write_frame(&mut send, &response).await {
+            debug!(peer = %self.peer_addr, error = %error, "cannot send response");
+            return;
+        }
+        let _ = send.finish();
+    }
+
+    /// Why a request must not be served, if it must not.
+    fn refusal(&self, request: &RequestFrame) -> Option<String> {
+        if request.cluster != self.state.fingerprint {
+            return Some(format!(
+                "cluster CA fingerprint {} differs from ours {}",
+                request.cluster, self.state.fingerprint
+            ));
+        }
+        if request.from != self.identity {
+            return Some(format!(
+                "request claims to come from {} but the certificate is {}",
+                request.from, self.identity
+            ));
+        }
+        if request.body.is_raft() && !matches!(self.identity, PeerIdentity::Node(_)) {
+            return Some(format!("{} may not send raft {} requests", self.identity, request.body.kind()));
+        }
+        None
+    }
+
+    async fn dispatch(&self, body: RequestBody, recv: &mut RecvStream) -> ResponseFrame {
+        let raft = &self.state.raft;
+        match body {
+            RequestBody::Vote(rpc) => raft.vote(rpc).await.map(ResponseBody::Vote).map_err(RemoteError::Raft),
+            RequestBody::AppendEntries(rpc) => raft
+                .append_entries(rpc)
+                .await
+                .map(ResponseBody::AppendEntries)
+                .map_err(RemoteError::Raft),
+            RequestBody::Snapshot { vote, meta, total_len } => self.receive_snapshot(vote, meta, total_len, recv).await,
+            RequestBody::App(payload) => self
+                .state
+                .app
+                .handle(self.identity.clone(), payload)
+                .await
+                .map(ResponseBody::App)
+                .map_err(RemoteError::App),
+        }
+    }
+
+    async fn receive_snapshot(
+        &self,
+        vote: Vote,
+        meta: SnapshotMeta,
+        total_len: u64,
+        recv: &mut RecvStream,
+    ) -> ResponseFrame {
+        let snapshot_id = meta.snapshot_id.clone();
+        let failed = |what: &str, error: &dyn std::fmt::Display| {
+            warn!(peer = %self.peer_addr, snapshot_id = %snapshot_id, error = %error, "{what}");
+            RemoteError::Failed(format!("snapshot {snapshot_id}: {what}: {error}"))
+        };
+        let mut file = SnapshotFile::create_incoming(&self.state.snapshot_dir)
+            .await
+            .map_err(|error| failed("cannot create incoming snapshot file", &error))?;
+        let received = async {
+            receive_snapshot_body(recv, &mut file, total_len)
+                .await
+                .map_err(|error| failed("snapshot transfer failed", &error))?;
+            file.finish_receiving().await.map_err(|error| failed("cannot sync snapshot file", &error))
+        };
+        if let Err(error) = received.await {
+            // A partial file must never be mistaken for a snapshot.
+            let _ = tokio::fs::remove_file(file.path()).await;
+            return Err(error);
+        }
+        info!(peer = %self.peer_addr, snapshot_id = %snapshot_id, bytes = total_len, "snapshot received");
+        let snapshot = Snapshot { meta, snapshot: Box::new(file) };
+        self.state
+            .raft
+            .install_full_snapshot(vote, snapshot)
+            .await
+            .map(ResponseBody::Snapshot)
+            .map_err(RemoteError::Fatal)
+    }
+}

@@ -1,0 +1,8 @@
+//! Tests over real QUIC on 127.0.0.1 with real generated certificates.
+
+mod certs;
+mod harness;
+mod network;
+mod snapshot;
+mod transport;
+mod wire;

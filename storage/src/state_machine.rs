@@ -1,0 +1,212 @@
+//! The replicated state machine: deterministic apply over the active data generation.
+//!
+//! Apply is a pure function of (state, entry): no clock, no randomness, no
+//! I/O but the store. A batch is applied in one sled transaction over the
+//! data tree and `sm_meta`, so the applied log id never disagrees with the
+//! data, whatever the moment of a crash.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use openraft::storage::RaftStateMachine;
+use openraft::{EntryPayload, ErrorSubject, ErrorVerb, OptionalSend};
+use sled::transaction::{ConflictableTransactionError, TransactionalTree};
+use sled::Transactional;
+
+use crate::codec;
+use crate::error::{run_blocking, StoreError};
+use crate::snapshot::SnapshotFile;
+use crate::snapshot_store::SnapshotBuilder;
+use crate::store::{Shared, KEY_APPLIED, KEY_MEMBERSHIP, KEY_TOMBSTONES, SM_META_TREE};
+use crate::types::{
+    Command, CommandResponse, Entry, KvEntry, LogId, NodeId, Snapshot, SnapshotMeta, StorageError, StoredMembership,
+    TypeConfig,
+};
+
+/// The state machine half of the store. Cheap to clone.
+#[derive(Clone)]
+pub struct StateMachineStore {
+    pub(crate) shared: Arc<Shared>,
+}
+
+type TxError = ConflictableTransactionError<Box<StoreError>>;
+
+fn abort(error: StoreError) -> TxError {
+    ConflictableTransactionError::Abort(Box::new(error))
+}
+
+fn kv_record_name(tree: &str, key: &str) -> impl Fn() -> String {
+    let name = format!("{tree} key {key:?}");
+    move || name.clone()
+}
+
+/// Reads `applied` and `membership` from `sm_meta`.
+pub(crate) fn read_applied_state(shared: &Shared) -> Result<(Option<LogId>, StoredMembership), StoreError> {
+    let applied = Shared::get_record(&shared.sm_meta, SM_META_TREE, KEY_APPLIED)?;
+    let membership = Shared::get_record(&shared.sm_meta, SM_META_TREE, KEY_MEMBERSHIP)?.unwrap_or_default();
+    Ok((applied, membership))
+}
+
+pub(crate) fn read_tombstones(shared: &Shared) -> Result<BTreeSet<NodeId>, StoreError> {
+    Ok(Shared::get_record(&shared.sm_meta, SM_META_TREE, KEY_TOMBSTONES)?.unwrap_or_default())
+}
+
+/// What one transaction attempt changes besides the data itself.
+struct BatchOutcome {
+    responses: Vec<CommandResponse>,
+}
+
+fn apply_batch(shared: &Shared, entries: &[Entry]) -> Result<Vec<CommandResponse>, StoreError> {
+    let state = shared.write_state();
+    let data_tree_name = crate::store::data_tree_name(state.generation);
+    let result = (&state.data, &shared.sm_meta).transaction(|(data, meta)| {
+        // May run more than once (sled retries on conflict), so it only
+        // reads and writes through the transaction.
+        let mut tombstones: Option<BTreeSet<NodeId>> = None;
+        let mut membership: Option<StoredMembership> = None;
+        let mut responses = Vec::with_capacity(entries.len());
+        for entry in entries {
+            let response = match &entry.payload {
+                EntryPayload::Blank => CommandResponse::Applied,
+                EntryPayload::Membership(new_membership) => {
+                    membership = Some(StoredMembership::new(Some(entry.log_id), new_membership.clone()));
+                    CommandResponse::Applied
+                }
+                EntryPayload::Normal(command) => {
+                    apply_command(data, meta, &data_tree_name, &mut tombstones, entry.log_id.index, command)?
+                }
+            };
+            responses.push(response);
+        }
+        if let Some(last) = entries.last() {
+            put_tx(meta, KEY_APPLIED, &last.log_id)?;
+        }
+        if let Some(membership) = &membership {
+            put_tx(meta, KEY_MEMBERSHIP, membership)?;
+        }
+        if let Some(tombstones) = &tombstones {
+            put_tx(meta, KEY_TOMBSTONES, tombstones)?;
+        }
+        Ok(BatchOutcome { responses })
+    });
+    match result {
+        Ok(outcome) => Ok(outcome.responses),
+        Err(sled::transaction::TransactionError::Abort(error)) => Err(*error),
+        Err(sled::transaction::TransactionError::Storage(error)) => Err(StoreError::sled("apply log entries", error)),
+    }
+}
+
+fn put_tx<T: serde::Serialize>(meta: &TransactionalTree, key: &[u8], value: &T) -> Result<(), TxError> {
+    let bytes = codec::encode(|| format!("{SM_META_TREE} {}", String::from_utf8_lossy(key)), value).map_err(abort)?;
+    meta.insert(key, bytes)?;
+    Ok(())
+}
+
+fn apply_command(
+    data: &TransactionalTree,
+    meta: &TransactionalTree,
+    data_tree_name: &str,
+    tombstones: &mut Option<BTreeSet<NodeId>>,
+    index: u64,
+    command: &Command,
+) -> Result<CommandResponse, TxError> {
+    match command {
+        Command::KvPut { key, value } => {
+            let entry = KvEntry { value: value.clone(), revision: index };
+            let bytes = codec::encode(kv_record_name(data_tree_name, key), &entry).map_err(abort)?;
+            data.insert(key.as_bytes(), bytes)?;
+            Ok(CommandResponse::Put { revision: index })
+        }
+        Command::KvDelete { key } => {
+            let existed = data.remove(key.as_bytes())?.is_some();
+            Ok(CommandResponse::Delete { existed })
+        }
+        Command::KvCas { key, expected, new } => {
+            let current: Option<KvEntry> = match data.get(key.as_bytes())? {
+                Some(bytes) => Some(codec::decode(kv_record_name(data_tree_name, key), &bytes).map_err(abort)?),
+                None => None,
+            };
+            let current_value = current.as_ref().map(|entry| &entry.value);
+            if current_value != expected.as_ref() {
+                let revision = current.as_ref().map_or(0, |entry| entry.revision);
+                return Ok(CommandResponse::Cas { succeeded: false, current: current.map(|entry| entry.value), revision });
+            }
+            match new {
+                Some(value) => {
+                    let entry = KvEntry { value: value.clone(), revision: index };
+                    let bytes = codec::encode(kv_record_name(data_tree_name, key), &entry).map_err(abort)?;
+                    data.insert(key.as_bytes(), bytes)?;
+                }
+                None => {
+                    data.remove(key.as_bytes())?;
+                }
+            }
+            Ok(CommandResponse::Cas { succeeded: true, current: new.clone(), revision: index })
+        }
+        Command::TombstoneNode { node_id } => {
+            if tombstones.is_none() {
+                let bytes = meta.get(KEY_TOMBSTONES)?;
+                let loaded = match bytes {
+                    Some(bytes) => codec::decode(|| format!("{SM_META_TREE} tombstones"), &bytes).map_err(abort)?,
+                    None => BTreeSet::new(),
+                };
+                *tombstones = Some(loaded);
+            }
+            if let Some(set) = tombstones.as_mut() {
+                set.insert(*node_id);
+            }
+            Ok(CommandResponse::Applied)
+        }
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachineStore {
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+        read_applied_state(&self.shared).map_err(|error| error.into_storage(ErrorSubject::StateMachine, ErrorVerb::Read))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<CommandResponse>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        let Some(last_log_id) = entries.last().map(|entry| entry.log_id) else {
+            return Ok(Vec::new());
+        };
+        let shared = Arc::clone(&self.shared);
+        let responses = run_blocking("apply log entries", move || apply_batch(&shared, &entries))
+            .await
+            .map_err(|error| error.into_storage(ErrorSubject::Apply(last_log_id), ErrorVerb::Write))?;
+        tracing::trace!(%last_log_id, count = responses.len(), "entries applied");
+        Ok(responses)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        SnapshotBuilder { shared: Arc::clone(&self.shared) }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<SnapshotFile>, StorageError> {
+        let file = SnapshotFile::create_incoming(&self.shared.snapshot_dir()).await.map_err(|error| {
+            StoreError::io("create incoming snapshot file", error).into_storage(ErrorSubject::Snapshot(None), ErrorVerb::Write)
+        })?;
+        Ok(Box::new(file))
+    }
+
+    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: Box<SnapshotFile>) -> Result<(), StorageError> {
+        let shared = Arc::clone(&self.shared);
+        let install_meta = meta.clone();
+        run_blocking("install snapshot", move || crate::snapshot_store::install(&shared, &install_meta, *snapshot))
+            .await
+            .map_err(|error| error.into_storage(ErrorSubject::Snapshot(Some(meta.signature())), ErrorVerb::Write))
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
+        let shared = Arc::clone(&self.shared);
+        run_blocking("read current snapshot", move || crate::snapshot_store::current(&shared))
+            .await
+            .map_err(|error| error.into_storage(ErrorSubject::Snapshot(None), ErrorVerb::Read))
+    }
+}

@@ -1,0 +1,248 @@
+//! Opening the database and sharing it between the log, the state machine and readers.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+use crate::codec;
+use crate::error::StoreError;
+use crate::log_store::LogStore;
+use crate::metrics::FlushStats;
+use crate::snapshot::INCOMING_PREFIX;
+use crate::reader::StateReader;
+use crate::state_machine::StateMachineStore;
+
+pub(crate) const LOG_TREE: &str = "log";
+pub(crate) const RAFT_META_TREE: &str = "raft_meta";
+pub(crate) const SM_META_TREE: &str = "sm_meta";
+pub(crate) const IDENTITY_TREE: &str = "identity";
+pub(crate) const SM_DATA_PREFIX: &str = "sm_data_";
+
+pub(crate) const KEY_VOTE: &[u8] = b"vote";
+pub(crate) const KEY_COMMITTED: &[u8] = b"committed";
+pub(crate) const KEY_LAST_PURGED: &[u8] = b"last_purged";
+pub(crate) const KEY_APPLIED: &[u8] = b"applied";
+pub(crate) const KEY_MEMBERSHIP: &[u8] = b"membership";
+pub(crate) const KEY_GENERATION: &[u8] = b"generation";
+pub(crate) const KEY_TOMBSTONES: &[u8] = b"tombstones";
+
+/// How the store is opened.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreOptions {
+    /// sled page cache size in bytes. Default 32 MiB, sized for edge boxes;
+    /// raise it on larger machines with big state.
+    pub cache_capacity_bytes: u64,
+    /// Interval of sled's background flush in milliseconds. Default 500.
+    /// Acknowledged writes never depend on it: appends, votes, truncates and
+    /// purges flush explicitly before they return.
+    pub background_flush_ms: u64,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions { cache_capacity_bytes: 32 * 1024 * 1024, background_flush_ms: 500 }
+    }
+}
+
+/// The active key-value generation; replaced whole by a snapshot install.
+pub(crate) struct DataGeneration {
+    pub(crate) generation: u64,
+    pub(crate) data: sled::Tree,
+}
+
+/// State shared by every handle of one open store.
+pub(crate) struct Shared {
+    pub(crate) dir: PathBuf,
+    pub(crate) db: sled::Db,
+    pub(crate) log: sled::Tree,
+    pub(crate) raft_meta: sled::Tree,
+    pub(crate) sm_meta: sled::Tree,
+    pub(crate) identity: sled::Tree,
+    /// Applies and installs write-lock it; snapshot builds and readers
+    /// read-lock it so they see one consistent state.
+    pub(crate) state: RwLock<DataGeneration>,
+    /// Serializes changes to the set of snapshot files (build, install,
+    /// pick current). Taken before `state` when both are needed.
+    pub(crate) snapshot_files: Mutex<()>,
+    pub(crate) flush_stats: FlushStats,
+}
+
+impl Shared {
+    pub(crate) fn snapshot_dir(&self) -> PathBuf {
+        self.dir.join("snapshots")
+    }
+
+    /// Flushes everything written so far to disk, recording its latency.
+    pub(crate) async fn flush(&self, what: &str) -> Result<(), StoreError> {
+        let started = Instant::now();
+        self.db.flush_async().await.map_err(|error| StoreError::sled(format!("flush after {what}"), error))?;
+        self.flush_stats.record(started.elapsed());
+        Ok(())
+    }
+
+    /// Blocking flush, for code already on a blocking thread.
+    pub(crate) fn flush_blocking(&self, what: &str) -> Result<(), StoreError> {
+        let started = Instant::now();
+        self.db.flush().map_err(|error| StoreError::sled(format!("flush after {what}"), error))?;
+        self.flush_stats.record(started.elapsed());
+        Ok(())
+    }
+
+    // The lock only guards which tree is active and serializes writers; a
+    // panic while holding it leaves sled consistent (sled transactions are
+    // atomic), so a poisoned lock is still safe to use.
+    pub(crate) fn read_state(&self) -> RwLockReadGuard<'_, DataGeneration> {
+        self.state.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub(crate) fn write_state(&self) -> RwLockWriteGuard<'_, DataGeneration> {
+        self.state.write().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub(crate) fn lock_snapshot_files(&self) -> MutexGuard<'_, ()> {
+        self.snapshot_files.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub(crate) fn get_record<T: serde::de::DeserializeOwned>(
+        tree: &sled::Tree,
+        tree_name: &str,
+        key: &[u8],
+    ) -> Result<Option<T>, StoreError> {
+        let name = || format!("{tree_name} {}", String::from_utf8_lossy(key));
+        let Some(bytes) = tree.get(key).map_err(|error| StoreError::sled(format!("read {}", name()), error))? else {
+            return Ok(None);
+        };
+        codec::decode(name, &bytes).map(Some)
+    }
+}
+
+/// One node's open store. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("dir", &self.shared.dir).finish_non_exhaustive()
+    }
+}
+
+pub(crate) fn data_tree_name(generation: u64) -> String {
+    format!("{SM_DATA_PREFIX}{generation}")
+}
+
+impl Store {
+    /// Opens (or creates) the store in `dir`. Blocking: call at startup or
+    /// from a blocking thread.
+    ///
+    /// Cleans up what a crash may have left: data generations other than
+    /// the active one, and snapshot files that were being built or received.
+    pub fn open(dir: &Path, options: StoreOptions) -> Result<Store, StoreError> {
+        std::fs::create_dir_all(dir).map_err(|error| StoreError::io(format!("create data dir {}", dir.display()), error))?;
+        let db_path = dir.join("db");
+        let db = sled::Config::new()
+            .path(&db_path)
+            .cache_capacity(options.cache_capacity_bytes)
+            .flush_every_ms(Some(options.background_flush_ms.max(1)))
+            .open()
+            .map_err(|error| StoreError::sled(format!("open sled database {}", db_path.display()), error))?;
+        let open_tree = |name: &str| db.open_tree(name).map_err(|error| StoreError::sled(format!("open tree {name}"), error));
+        let log = open_tree(LOG_TREE)?;
+        let raft_meta = open_tree(RAFT_META_TREE)?;
+        let sm_meta = open_tree(SM_META_TREE)?;
+        let identity = open_tree(IDENTITY_TREE)?;
+
+        let generation: u64 = Shared::get_record(&sm_meta, SM_META_TREE, KEY_GENERATION)?.unwrap_or(0);
+        let active_name = data_tree_name(generation);
+        drop_stale_generations(&db, &active_name)?;
+        let data = open_tree(&active_name)?;
+
+        let shared = Shared {
+            dir: dir.to_path_buf(),
+            db,
+            log,
+            raft_meta,
+            sm_meta,
+            identity,
+            state: RwLock::new(DataGeneration { generation, data }),
+            snapshot_files: Mutex::new(()),
+            flush_stats: FlushStats::default(),
+        };
+        remove_partial_snapshot_files(&shared.snapshot_dir())?;
+        tracing::info!(dir = %dir.display(), generation, "store opened");
+        Ok(Store { shared: Arc::new(shared) })
+    }
+
+    /// The Raft log half, for `openraft::Raft::new`.
+    pub fn log_store(&self) -> LogStore {
+        LogStore { shared: Arc::clone(&self.shared) }
+    }
+
+    /// The state machine half, for `openraft::Raft::new`.
+    pub fn state_machine(&self) -> StateMachineStore {
+        StateMachineStore { shared: Arc::clone(&self.shared) }
+    }
+
+    /// A cheap, clonable read handle on the applied state.
+    pub fn reader(&self) -> StateReader {
+        StateReader { shared: Arc::clone(&self.shared) }
+    }
+
+    /// Where snapshot files live; incoming snapshots are created here too.
+    pub fn snapshot_dir(&self) -> PathBuf {
+        self.shared.snapshot_dir()
+    }
+
+    /// The data directory this store was opened in.
+    pub fn dir(&self) -> &Path {
+        &self.shared.dir
+    }
+
+    /// Whether this node ever took part in a Raft group (a vote, a log entry
+    /// or a purge exists). A node with Raft state must never bootstrap a new
+    /// cluster.
+    pub fn has_raft_state(&self) -> Result<bool, StoreError> {
+        let sled_error = |error| StoreError::sled("check for raft state", error);
+        let has_vote = self.shared.raft_meta.contains_key(KEY_VOTE).map_err(sled_error)?;
+        let has_purged = self.shared.raft_meta.contains_key(KEY_LAST_PURGED).map_err(sled_error)?;
+        let has_log = !self.shared.log.is_empty();
+        Ok(has_vote || has_purged || has_log)
+    }
+
+    /// Flush latency statistics, for `/metrics`.
+    pub fn flush_stats(&self) -> FlushStats {
+        self.shared.flush_stats.clone()
+    }
+}
+
+fn drop_stale_generations(db: &sled::Db, active_name: &str) -> Result<(), StoreError> {
+    for name in db.tree_names() {
+        let name = String::from_utf8_lossy(&name).into_owned();
+        if name.starts_with(SM_DATA_PREFIX) && name != active_name {
+            tracing::info!(tree = %name, "dropping stale state machine generation");
+            db.drop_tree(name.as_bytes()).map_err(|error| StoreError::sled(format!("drop tree {name}"), error))?;
+        }
+    }
+    Ok(())
+}
+
+fn remove_partial_snapshot_files(snapshot_dir: &Path) -> Result<(), StoreError> {
+    let entries = match std::fs::read_dir(snapshot_dir) {
+        Ok(entries) => entries,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(error) => return Err(StoreError::io(format!("list {}", snapshot_dir.display()), error)),
+    };
+    for entry in entries {
+        let entry = entry.map_err(|error| StoreError::io(format!("list {}", snapshot_dir.display()), error))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with(INCOMING_PREFIX) || name.ends_with(".tmp") {
+            let path = entry.path();
+            std::fs::remove_file(&path).map_err(|error| StoreError::io(format!("remove {}", path.display()), error))?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,101 @@
+//! The Raft type configuration and the replicated command set.
+//!
+//! Everything that crosses the Raft log is defined here, so the log store, the
+//! state machine and the transport agree on one set of types.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// Node ids are never reused: a removed id stays tombstoned in the state machine.
+pub type NodeId = u64;
+
+/// Where a member can be reached, as recorded in the Raft membership.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    /// QUIC address for node-to-node traffic (`host:port`).
+    pub raft_addr: String,
+    /// gRPC address for clients (`host:port`).
+    pub api_addr: String,
+    /// HTTP address for health and metrics (`host:port`).
+    pub http_addr: String,
+}
+
+impl fmt::Display for NodeInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "raft={} api={} http={}", self.raft_addr, self.api_addr, self.http_addr)
+    }
+}
+
+/// A command proposed by the leader and applied on every node.
+///
+/// Anything non-deterministic is decided by the proposer and carried inside
+/// the command, so apply stays a pure function of (state, command).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// Set `key` to `value`.
+    KvPut { key: String, value: Vec<u8> },
+    /// Remove `key`; a missing key is not an error.
+    KvDelete { key: String },
+    /// Atomically replace `key`'s value when its current value equals
+    /// `expected` (`None` = the key must be absent). `new = None` deletes.
+    KvCas { key: String, expected: Option<Vec<u8>>, new: Option<Vec<u8>> },
+    /// Records that a node left the membership for good; its id is never
+    /// accepted again.
+    TombstoneNode { node_id: NodeId },
+}
+
+impl fmt::Display for Command {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Command::KvPut { key, value } => write!(f, "kv-put {key} ({} bytes)", value.len()),
+            Command::KvDelete { key } => write!(f, "kv-delete {key}"),
+            Command::KvCas { key, .. } => write!(f, "kv-cas {key}"),
+            Command::TombstoneNode { node_id } => write!(f, "tombstone-node {node_id}"),
+        }
+    }
+}
+
+/// What applying one log entry produced.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CommandResponse {
+    /// Blank and membership entries, and commands with nothing to report.
+    #[default]
+    Applied,
+    /// A put took effect at `revision` (the log index that applied it).
+    Put { revision: u64 },
+    /// A delete; `existed` tells whether a value was removed.
+    Delete { existed: bool },
+    /// A compare-and-set; `current` is the value after the operation.
+    Cas { succeeded: bool, current: Option<Vec<u8>>, revision: u64 },
+}
+
+/// A stored key-value entry.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KvEntry {
+    pub value: Vec<u8>,
+    /// Log index of the command that last wrote this key.
+    pub revision: u64,
+}
+
+openraft::declare_raft_types!(
+    /// floe's Raft type configuration.
+    pub TypeConfig:
+        D = Command,
+        R = CommandResponse,
+        NodeId = NodeId,
+        Node = NodeInfo,
+        Entry = openraft::Entry<TypeConfig>,
+        SnapshotData = crate::snapshot::SnapshotFile,
+        AsyncRuntime = openraft::TokioRuntime,
+        Responder = openraft::impls::OneshotResponder<TypeConfig>,
+);
+
+pub type Raft = openraft::Raft<TypeConfig>;
+pub type Entry = openraft::Entry<TypeConfig>;
+pub type LogId = openraft::LogId<NodeId>;
+pub type Vote = openraft::Vote<NodeId>;
+pub type StoredMembership = openraft::StoredMembership<NodeId, NodeInfo>;
+pub type SnapshotMeta = openraft::SnapshotMeta<NodeId, NodeInfo>;
+pub type Snapshot = openraft::Snapshot<TypeConfig>;
+pub type StorageError = openraft::StorageError<NodeId>;

@@ -1,0 +1,231 @@
+//! State machine semantics, snapshots and reopening, through the public API.
+
+mod common;
+
+use common::{command_entry, log_id, payload, put};
+use floe_storage::{Command, CommandResponse, KvEntry, Store, StoreOptions, Vote};
+use openraft::storage::{RaftLogStorage, RaftLogStorageExt, RaftStateMachine};
+use openraft::{RaftLogReader, RaftSnapshotBuilder};
+
+fn open(dir: &std::path::Path) -> Store {
+    Store::open(dir, StoreOptions::default()).expect("open store")
+}
+
+fn cas(index: u64, key: &str, expected: Option<&[u8]>, new: Option<&[u8]>) -> floe_storage::Entry {
+    command_entry(
+        1,
+        index,
+        Command::KvCas { key: key.into(), expected: expected.map(<[u8]>::to_vec), new: new.map(<[u8]>::to_vec) },
+    )
+}
+
+#[tokio::test]
+async fn put_delete_and_cas_follow_their_contract() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let mut sm = store.state_machine();
+    let responses = sm
+        .apply(vec![
+            put(1, "a", b"one"),
+            cas(2, "a", Some(b"wrong"), Some(b"two")),
+            cas(3, "a", Some(b"one"), Some(b"two")),
+            cas(4, "b", None, Some(b"new")),
+            cas(5, "b", None, Some(b"again")),
+            command_entry(1, 6, Command::KvDelete { key: "a".into() }),
+            command_entry(1, 7, Command::KvDelete { key: "a".into() }),
+            cas(8, "b", Some(b"new"), None),
+            command_entry(1, 9, Command::TombstoneNode { node_id: 7 }),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        responses,
+        vec![
+            CommandResponse::Put { revision: 1 },
+            CommandResponse::Cas { succeeded: false, current: Some(b"one".to_vec()), revision: 1 },
+            CommandResponse::Cas { succeeded: true, current: Some(b"two".to_vec()), revision: 3 },
+            CommandResponse::Cas { succeeded: true, current: Some(b"new".to_vec()), revision: 4 },
+            CommandResponse::Cas { succeeded: false, current: Some(b"new".to_vec()), revision: 4 },
+            CommandResponse::Delete { existed: true },
+            CommandResponse::Delete { existed: false },
+            CommandResponse::Cas { succeeded: true, current: None, revision: 8 },
+            CommandResponse::Applied,
+        ]
+    );
+    let reader = store.reader();
+    assert_eq!(reader.get("a").unwrap(), None);
+    assert_eq!(reader.get("b").unwrap(), None);
+    assert!(reader.is_tombstoned(7).unwrap());
+    assert!(!reader.is_tombstoned(8).unwrap());
+    assert_eq!(reader.applied_log_id().unwrap(), Some(log_id(1, 9)));
+}
+
+#[tokio::test]
+async fn list_pages_by_prefix() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let mut sm = store.state_machine();
+    let keys = ["a/1", "b/1", "b/2", "b/3", "c/1"];
+    let entries = keys.iter().enumerate().map(|(i, key)| put(i as u64 + 1, key, key.as_bytes())).collect::<Vec<_>>();
+    sm.apply(entries).await.unwrap();
+    let reader = store.reader();
+    let first_page: Vec<String> = reader.list("b/", None, 2).unwrap().into_iter().map(|(key, _)| key).collect();
+    assert_eq!(first_page, ["b/1", "b/2"]);
+    let second_page = reader.list("b/", Some("b/2"), 2).unwrap();
+    assert_eq!(second_page, vec![("b/3".to_string(), KvEntry { value: b"b/3".to_vec(), revision: 4 })]);
+    assert_eq!(reader.list("b/", Some("a"), 10).unwrap().len(), 3);
+}
+
+async fn fill(store: &Store, count: u64) {
+    let mut sm = store.state_machine();
+    let mut entries = Vec::new();
+    for index in 1..=count {
+        entries.push(put(index, &format!("key/{index:06}"), &payload(index)));
+        if entries.len() == 1000 {
+            sm.apply(std::mem::take(&mut entries)).await.unwrap();
+        }
+    }
+    entries.push(command_entry(1, count + 1, Command::TombstoneNode { node_id: 42 }));
+    sm.apply(entries).await.unwrap();
+}
+
+#[tokio::test]
+async fn snapshot_round_trip_preserves_the_digest() {
+    let leader_dir = tempfile::tempdir().unwrap();
+    let follower_dir = tempfile::tempdir().unwrap();
+    let leader = open(leader_dir.path());
+    let follower = open(follower_dir.path());
+    fill(&leader, 12_000).await;
+    // The follower has unrelated state that the snapshot must replace.
+    follower.state_machine().apply(vec![put(1, "stale", b"x")]).await.unwrap();
+
+    let snapshot = leader.state_machine().get_snapshot_builder().await.build_snapshot().await.unwrap();
+    assert_eq!(snapshot.meta.last_log_id, Some(log_id(1, 12_001)));
+
+    // Ship it the way the transport does: chunk by chunk into an incoming file.
+    let mut follower_sm = follower.state_machine();
+    let mut incoming = follower_sm.begin_receiving_snapshot().await.unwrap();
+    let total = snapshot.snapshot.len().await.unwrap();
+    let mut offset = 0;
+    while offset < total {
+        let chunk = snapshot.snapshot.read_at(offset, 64 * 1024).await.unwrap();
+        assert!(!chunk.is_empty());
+        incoming.write_chunk(&chunk).await.unwrap();
+        offset += chunk.len() as u64;
+    }
+    incoming.finish_receiving().await.unwrap();
+    follower_sm.install_snapshot(&snapshot.meta, incoming).await.unwrap();
+
+    let leader_digest = leader.reader().state_digest().unwrap();
+    assert_eq!(follower.reader().state_digest().unwrap(), leader_digest);
+    assert_eq!(follower.reader().get("stale").unwrap(), None);
+    assert!(follower.reader().is_tombstoned(42).unwrap());
+    assert_eq!(follower_sm.applied_state().await.unwrap().0, Some(log_id(1, 12_001)));
+    let current = follower_sm.get_current_snapshot().await.unwrap().expect("current snapshot after install");
+    assert_eq!(current.meta, snapshot.meta);
+
+    // Survives a reopen: the new generation is the active one.
+    drop(follower_sm);
+    drop(follower);
+    let reopened = open(follower_dir.path());
+    assert_eq!(reopened.reader().state_digest().unwrap(), leader_digest);
+    let only_one_snapshot = std::fs::read_dir(reopened.snapshot_dir()).unwrap().count();
+    assert_eq!(only_one_snapshot, 1);
+}
+
+#[tokio::test]
+async fn corrupt_snapshot_is_refused_and_state_untouched() {
+    let leader_dir = tempfile::tempdir().unwrap();
+    let follower_dir = tempfile::tempdir().unwrap();
+    let leader = open(leader_dir.path());
+    let follower = open(follower_dir.path());
+    fill(&leader, 500).await;
+    follower.state_machine().apply(vec![put(1, "mine", b"keep")]).await.unwrap();
+    let digest_before = follower.reader().state_digest().unwrap();
+
+    let snapshot = leader.state_machine().get_snapshot_builder().await.build_snapshot().await.unwrap();
+    let total = snapshot.snapshot.len().await.unwrap();
+    let bytes = snapshot.snapshot.read_at(0, total as usize).await.unwrap();
+
+    let mut follower_sm = follower.state_machine();
+    for flip_at in [total as usize / 2, total as usize - 1] {
+        let mut corrupted = bytes.clone();
+        corrupted[flip_at] ^= 0x55;
+        let mut incoming = follower_sm.begin_receiving_snapshot().await.unwrap();
+        incoming.write_chunk(&corrupted).await.unwrap();
+        incoming.finish_receiving().await.unwrap();
+        let result = follower_sm.install_snapshot(&snapshot.meta, incoming).await;
+        assert!(result.is_err(), "corruption at byte {flip_at} was accepted");
+    }
+    // Truncated as well.
+    let mut incoming = follower_sm.begin_receiving_snapshot().await.unwrap();
+    incoming.write_chunk(&bytes[..bytes.len() - 10]).await.unwrap();
+    assert!(follower_sm.install_snapshot(&snapshot.meta, incoming).await.is_err());
+
+    assert_eq!(follower.reader().state_digest().unwrap(), digest_before);
+    assert_eq!(follower.reader().applied_log_id().unwrap(), Some(log_id(1, 1)));
+    assert!(follower_sm.get_current_snapshot().await.unwrap().is_none());
+    let leftover_files = std::fs::read_dir(follower.snapshot_dir()).unwrap().count();
+    assert_eq!(leftover_files, 0, "refused incoming files are removed");
+}
+
+#[tokio::test]
+async fn streaming_survives_replacement_by_a_newer_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    fill(&store, 200).await;
+    let mut sm = store.state_machine();
+    let first = sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
+    let first_len = first.snapshot.len().await.unwrap();
+    let first_bytes = first.snapshot.read_at(0, first_len as usize).await.unwrap();
+    sm.apply(vec![put(202, "later", b"x")]).await.unwrap();
+    let second = sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
+    assert_ne!(first.meta.snapshot_id, second.meta.snapshot_id);
+    assert!(!first.snapshot.path().exists(), "old snapshot file removed");
+    let again = first.snapshot.read_at(0, first_len as usize).await.unwrap();
+    assert_eq!(again, first_bytes);
+    let current = sm.get_current_snapshot().await.unwrap().unwrap();
+    assert_eq!(current.meta, second.meta);
+}
+
+#[tokio::test]
+async fn reopen_keeps_vote_log_and_applied_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let vote = Vote::new(5, 2);
+    {
+        let store = open(dir.path());
+        assert!(!store.has_raft_state().unwrap());
+        let mut log = store.log_store();
+        log.save_vote(&vote).await.unwrap();
+        log.blocking_append((1..=20).map(|index| put(index, &format!("k{index}"), &payload(index)))).await.unwrap();
+        log.save_committed(Some(log_id(1, 15))).await.unwrap();
+        log.purge(log_id(1, 3)).await.unwrap();
+        store.state_machine().apply((1..=15).map(|index| put(index, &format!("k{index}"), &payload(index)))).await.unwrap();
+    }
+    let store = open(dir.path());
+    assert!(store.has_raft_state().unwrap());
+    let mut log = store.log_store();
+    assert_eq!(log.read_vote().await.unwrap(), Some(vote));
+    assert_eq!(log.read_committed().await.unwrap(), Some(log_id(1, 15)));
+    let state = log.get_log_state().await.unwrap();
+    assert_eq!(state.last_purged_log_id, Some(log_id(1, 3)));
+    assert_eq!(state.last_log_id, Some(log_id(1, 20)));
+    let entries = log.try_get_log_entries(0..100).await.unwrap();
+    assert_eq!(entries.first().map(|entry| entry.log_id.index), Some(4));
+    assert_eq!(entries.len(), 17);
+    assert_eq!(store.reader().applied_log_id().unwrap(), Some(log_id(1, 15)));
+    assert_eq!(store.reader().get("k15").unwrap(), Some(KvEntry { value: payload(15), revision: 15 }));
+    assert_eq!(store.reader().get("k16").unwrap(), None);
+    assert!(store.flush_stats().histogram().count == 0, "stats are per process");
+}
+
+#[tokio::test]
+async fn flushes_are_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    store.log_store().save_vote(&Vote::new(1, 1)).await.unwrap();
+    store.log_store().blocking_append([put(1, "a", b"b")]).await.unwrap();
+    let histogram = store.flush_stats().histogram();
+    assert_eq!(histogram.count, 2);
+    assert_eq!(histogram.buckets.last().map(|(_, count)| *count).unwrap_or(0) <= 2, true);
+}
