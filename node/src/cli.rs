@@ -95,8 +95,8 @@ pub struct ClientArgs {
     pub ca: PathBuf,
     #[arg(long, env = "FLOE_CERT", default_value = "certs/client.pem", global = true)]
     pub cert: PathBuf,
-    #[arg(long, env = "FLOE_KEY", default_value = "certs/client-key.pem", global = true)]
-    pub key: PathBuf,
+    #[arg(long = "key", id = "client_key", env = "FLOE_KEY", default_value = "certs/client-key.pem", global = true)]
+    pub key_file: PathBuf,
     /// Print JSON instead of tables.
     #[arg(long, global = true)]
     pub json: bool,
@@ -241,6 +241,7 @@ pub fn init_logging(level: &str) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .try_init();
 }
@@ -268,7 +269,7 @@ async fn connect(args: &ClientArgs) -> anyhow::Result<FloeClient> {
         endpoints: args.endpoint.split(',').map(|e| e.trim().to_string()).filter(|e| !e.is_empty()).collect(),
         ca: args.ca.clone(),
         cert: args.cert.clone(),
-        key: args.key.clone(),
+        key: args.key_file.clone(),
         connect_timeout: Duration::from_secs(3),
         request_timeout: Duration::from_secs(args.timeout),
     };
@@ -482,4 +483,29 @@ async fn kv(command: KvCommand) -> anyhow::Result<()> {
 pub fn report(err: &anyhow::Error) -> i32 {
     eprintln!("error: {}", crate::client::error_chain(err));
     1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn command_line_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn kv_put_takes_key_value_and_client_key_file() {
+        let cli = Cli::try_parse_from(["floe", "kv", "put", "a/b", "v", "--key", "k.pem"]).unwrap();
+        let Command::Kv(KvCommand::Put { client, key, value }) = cli.command else { panic!("parsed as another command") };
+        assert_eq!((key.as_str(), value.as_str()), ("a/b", "v"));
+        assert_eq!(client.key_file, PathBuf::from("k.pem"));
+    }
+
+    #[test]
+    fn table_pads_columns() {
+        let out = table(&["A", "LONGER"], &[vec!["wide-cell".into(), "x".into()]]);
+        assert_eq!(out, "A          LONGER\nwide-cell  x\n");
+    }
 }

@@ -104,6 +104,17 @@ impl TestCluster {
     /// and waits until every node is ready.
     pub async fn start(options: ClusterOptions) -> anyhow::Result<TestCluster> {
         let mut cluster = TestCluster::prepare(options)?;
+        match cluster.form().await {
+            Ok(()) => Ok(cluster),
+            Err(err) => {
+                let kept = cluster.keep();
+                Err(err.context(format!("cluster files kept in {}", kept.display())))
+            }
+        }
+    }
+
+    async fn form(&mut self) -> anyhow::Result<()> {
+        let cluster = self;
         let ids: Vec<u64> = (1..=cluster.options.nodes).collect();
         match cluster.options.formation {
             Formation::ExpectN => {
@@ -123,8 +134,7 @@ impl TestCluster {
                 }
             }
         }
-        cluster.wait_ready(&ids, cluster.options.ready_timeout).await?;
-        Ok(cluster)
+        cluster.wait_ready(&ids, cluster.options.ready_timeout).await
     }
 
     /// Directories, certificates and configs for `options.nodes` nodes; starts nothing.

@@ -148,9 +148,8 @@ pub async fn serve(config: NodeConfig, cancel: CancellationToken) -> anyhow::Res
     tasks.spawn(crate::metrics::track_leader_changes(node.clone(), cancel.clone()));
     tasks.spawn(crate::grpc::serve(node.clone(), material.clone(), cancel.clone()));
     tasks.spawn(crate::http::serve(node.clone(), cancel.clone()));
-    if config.bootstrap.expect > 0 {
-        tasks.spawn(crate::bootstrap::run(node.clone(), cancel.clone()));
-    }
+    // Bootstrap ends on its own once the cluster exists; it is not a server.
+    let bootstrap = (config.bootstrap.expect > 0).then(|| tokio::spawn(crate::bootstrap::run(node.clone(), cancel.clone())));
     tracing::info!(node_id = config.node_id, raft = %config.raft_addr, api = %config.api_addr, http = %config.http_addr, "node started");
 
     let mut failure = None;
@@ -158,13 +157,22 @@ pub async fn serve(config: NodeConfig, cancel: CancellationToken) -> anyhow::Res
         _ = cancel.cancelled() => {}
         Some(result) = tasks.join_next() => {
             // A server that stops on its own is fatal: stop the rest and report it.
-            if let Ok(Err(err)) = result {
-                failure = Some(err);
-            }
+            failure = Some(match result {
+                Ok(Err(err)) => err,
+                Ok(Ok(())) => anyhow::anyhow!("a node service stopped unexpectedly"),
+                Err(err) => anyhow::anyhow!("a node service panicked: {err}"),
+            });
             cancel.cancel();
         }
     }
     tracing::info!(node_id = config.node_id, "node stopping");
+    if let Some(bootstrap) = bootstrap {
+        match bootstrap.await {
+            Ok(Err(err)) => tracing::warn!(error = %err, "bootstrap failed"),
+            Err(err) => tracing::warn!(error = %err, "bootstrap task failed"),
+            Ok(Ok(())) => {}
+        }
+    }
     while let Some(result) = tasks.join_next().await {
         if let Ok(Err(err)) = result {
             failure.get_or_insert(err);

@@ -44,7 +44,10 @@ pub enum CertError {
     AlreadyExists { path: PathBuf },
     /// Reading or writing a file failed.
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     /// A file exists but could not be used (not PEM, not a CA, ...).
     #[error("{path}: {reason}")]
     Invalid { path: PathBuf, reason: String },
@@ -94,7 +97,10 @@ pub fn create_ca(out_dir: &Path, cluster_name: &str) -> Result<CaPaths, CertErro
     create_dir(out_dir)?;
     write_new(&key_path, key.serialize_pem().as_bytes(), true)?;
     write_new(&cert_path, cert.pem().as_bytes(), false)?;
-    Ok(CaPaths { cert: cert_path, key: key_path })
+    Ok(CaPaths {
+        cert: cert_path,
+        key: key_path,
+    })
 }
 
 /// Creates `node.pem`, `node-key.pem` and a copy of `ca.pem` in `out_dir`,
@@ -116,8 +122,10 @@ pub fn create_node(
         sans.push(extra_san(extra)?);
     }
     let mut params = leaf_params(&format!("floe node {node_id}"), sans);
-    params.extended_key_usages =
-        vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+    params.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
     write_leaf(ca_dir, &params, &paths)?;
     Ok(paths)
 }
@@ -129,8 +137,10 @@ pub fn create_client(ca_dir: &Path, name: &str, out_dir: &Path) -> Result<LeafPa
     let paths = leaf_paths(out_dir, CLIENT_CERT_FILE, CLIENT_KEY_FILE);
     refuse_existing(&[&paths.ca, &paths.cert, &paths.key])?;
 
-    let mut params =
-        leaf_params(&format!("floe client {name}"), vec![dns_san(&client_dns_name(name))?]);
+    let mut params = leaf_params(
+        &format!("floe client {name}"),
+        vec![dns_san(&client_dns_name(name))?],
+    );
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
     write_leaf(ca_dir, &params, &paths)?;
     Ok(paths)
@@ -156,7 +166,11 @@ fn leaf_params(common_name: &str, sans: Vec<SanType>) -> CertificateParams {
 }
 
 /// Signs `params` with the CA in `ca_dir` and writes cert, key and CA copy.
-fn write_leaf(ca_dir: &Path, params: &CertificateParams, paths: &LeafPaths) -> Result<(), CertError> {
+fn write_leaf(
+    ca_dir: &Path,
+    params: &CertificateParams,
+    paths: &LeafPaths,
+) -> Result<(), CertError> {
     let ca_cert_path = ca_dir.join(CA_CERT_FILE);
     let ca_key_path = ca_dir.join(CA_KEY_FILE);
     let ca_cert_pem = read_text(&ca_cert_path)?;
@@ -165,12 +179,11 @@ fn write_leaf(ca_dir: &Path, params: &CertificateParams, paths: &LeafPaths) -> R
         path: ca_key_path.clone(),
         reason: format!("not a PEM private key: {error}"),
     })?;
-    let issuer = Issuer::from_ca_cert_pem(&ca_cert_pem, ca_key).map_err(|error| {
-        CertError::Invalid {
+    let issuer =
+        Issuer::from_ca_cert_pem(&ca_cert_pem, ca_key).map_err(|error| CertError::Invalid {
             path: ca_cert_path.clone(),
             reason: format!("not a PEM CA certificate: {error}"),
-        }
-    })?;
+        })?;
 
     let key = KeyPair::generate()?;
     let cert = params.signed_by(&key, &issuer)?;
@@ -198,10 +211,12 @@ fn set_validity(params: &mut CertificateParams) {
 }
 
 fn dns_san(name: &str) -> Result<SanType, CertError> {
-    let ia5 = name.try_into().map_err(|error: rcgen::Error| CertError::InvalidName {
-        name: name.to_string(),
-        reason: error.to_string(),
-    })?;
+    let ia5 = name
+        .try_into()
+        .map_err(|error: rcgen::Error| CertError::InvalidName {
+            name: name.to_string(),
+            reason: error.to_string(),
+        })?;
     Ok(SanType::DnsName(ia5))
 }
 
@@ -237,18 +252,26 @@ fn validate_client_name(name: &str) -> Result<(), CertError> {
 fn refuse_existing(paths: &[&Path]) -> Result<(), CertError> {
     for path in paths {
         if path.exists() {
-            return Err(CertError::AlreadyExists { path: path.to_path_buf() });
+            return Err(CertError::AlreadyExists {
+                path: path.to_path_buf(),
+            });
         }
     }
     Ok(())
 }
 
 fn create_dir(dir: &Path) -> Result<(), CertError> {
-    fs::create_dir_all(dir).map_err(|source| CertError::Io { path: dir.to_path_buf(), source })
+    fs::create_dir_all(dir).map_err(|source| CertError::Io {
+        path: dir.to_path_buf(),
+        source,
+    })
 }
 
 fn read_text(path: &Path) -> Result<String, CertError> {
-    fs::read_to_string(path).map_err(|source| CertError::Io { path: path.to_path_buf(), source })
+    fs::read_to_string(path).map_err(|source| CertError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 /// Writes a new file; `create_new` closes the race between the existence
@@ -264,10 +287,18 @@ fn write_new(path: &Path, contents: &[u8], private: bool) -> Result<(), CertErro
     #[cfg(not(unix))]
     let _ = private;
     let mut file = options.open(path).map_err(|source| match source.kind() {
-        std::io::ErrorKind::AlreadyExists => CertError::AlreadyExists { path: path.to_path_buf() },
-        _ => CertError::Io { path: path.to_path_buf(), source },
+        std::io::ErrorKind::AlreadyExists => CertError::AlreadyExists {
+            path: path.to_path_buf(),
+        },
+        _ => CertError::Io {
+            path: path.to_path_buf(),
+            source,
+        },
     })?;
     file.write_all(contents)
         .and_then(|()| file.sync_all())
-        .map_err(|source| CertError::Io { path: path.to_path_buf(), source })
+        .map_err(|source| CertError::Io {
+            path: path.to_path_buf(),
+            source,
+        })
 }

@@ -8,16 +8,16 @@ use openraft::error::{
     Fatal, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError as RaftRemoteError,
     ReplicationClosed, StreamingError, Timeout, Unreachable,
 };
-use openraft::{StorageError, StorageIOError};
 use openraft::network::{RPCOption, RPCTypes, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
 };
+use openraft::{StorageError, StorageIOError};
 
 use crate::peers::{Peers, TransportError};
 use crate::wire::{
-    read_frame, send_snapshot_body, write_frame, FrameError, RemoteError, RequestBody, ResponseBody,
-    ResponseFrame,
+    read_frame, send_snapshot_body, write_frame, FrameError, RemoteError, RequestBody,
+    ResponseBody, ResponseFrame,
 };
 
 /// Builds one [`PeerNetwork`] per replication target; give it to `Raft::new`.
@@ -66,13 +66,26 @@ impl RaftNetwork<TypeConfig> for PeerNetwork {
     ) -> Result<AppendEntriesResponse<NodeId>, RaftRpcError> {
         let entry_count = rpc.entries.len() as u64;
         let ttl = option.hard_ttl();
-        let result = self.peers.call(self.target, &self.addr, RequestBody::AppendEntries(rpc), ttl).await;
+        let result = self
+            .peers
+            .call(
+                self.target,
+                &self.addr,
+                RequestBody::AppendEntries(rpc),
+                ttl,
+            )
+            .await;
         match result {
             Ok(ResponseBody::AppendEntries(response)) => Ok(response),
             Ok(other) => Err(self.unexpected("append-entries", other)),
-            Err(TransportError::Stream { source: FrameError::TooLarge { .. }, .. }) if entry_count > 1 => {
+            Err(TransportError::Stream {
+                source: FrameError::TooLarge { .. },
+                ..
+            }) if entry_count > 1 => {
                 // openraft retries with fewer entries per request.
-                Err(RPCError::PayloadTooLarge(PayloadTooLarge::new_entries_hint(entry_count / 2)))
+                Err(RPCError::PayloadTooLarge(
+                    PayloadTooLarge::new_entries_hint(entry_count / 2),
+                ))
             }
             Err(error) => Err(self.rpc_error(error, RPCTypes::AppendEntries, ttl)),
         }
@@ -84,7 +97,11 @@ impl RaftNetwork<TypeConfig> for PeerNetwork {
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RaftRpcError> {
         let ttl = option.hard_ttl();
-        match self.peers.call(self.target, &self.addr, RequestBody::Vote(rpc), ttl).await {
+        match self
+            .peers
+            .call(self.target, &self.addr, RequestBody::Vote(rpc), ttl)
+            .await
+        {
             Ok(ResponseBody::Vote(response)) => Ok(response),
             Ok(other) => Err(self.unexpected("vote", other)),
             Err(error) => Err(self.rpc_error(error, RPCTypes::Vote, ttl)),
@@ -112,7 +129,13 @@ impl RaftNetwork<TypeConfig> for PeerNetwork {
             .await
             .map_err(|error| self.snapshot_error(error, ttl))?;
         let (mut send, mut recv) = connection.open_bi().await.map_err(|source| {
-            self.snapshot_error(TransportError::Connection { target: self.target, source }, ttl)
+            self.snapshot_error(
+                TransportError::Connection {
+                    target: self.target,
+                    source,
+                },
+                ttl,
+            )
         })?;
 
         let header = self.peers.request_frame(RequestBody::Snapshot {
@@ -141,16 +164,18 @@ impl RaftNetwork<TypeConfig> for PeerNetwork {
             };
             tokio::select! {
                 closed = cancel => Err(Cancelled(closed)),
-                result = transfer => result.map_err(Failed),
+                result = transfer => result.map_err(|error| Failed(Box::new(error))),
             }
         };
         match outcome {
             Ok(ResponseBody::Snapshot(response)) => Ok(response),
-            Ok(other) => Err(SnapshotError::Network(NetworkError::new(&TransportError::UnexpectedResponse {
-                target,
-                expected: "snapshot",
-                got: other.kind(),
-            }))),
+            Ok(other) => Err(SnapshotError::Network(NetworkError::new(
+                &TransportError::UnexpectedResponse {
+                    target,
+                    expected: "snapshot",
+                    got: other.kind(),
+                },
+            ))),
             Err(Cancelled(closed)) => {
                 // Dropping a send stream would finish it; reset so the receiver discards the file.
                 let _ = send.reset(1u32.into());
@@ -158,7 +183,7 @@ impl RaftNetwork<TypeConfig> for PeerNetwork {
             }
             Err(Failed(error)) => {
                 let _ = send.reset(1u32.into());
-                Err(self.snapshot_error(error, ttl))
+                Err(self.snapshot_error(*error, ttl))
             }
         }
     }
@@ -171,7 +196,7 @@ impl RaftNetwork<TypeConfig> for PeerNetwork {
 
 enum SnapshotFailure {
     Cancelled(ReplicationClosed),
-    Failed(TransportError),
+    Failed(Box<TransportError>),
 }
 use SnapshotFailure::{Cancelled, Failed};
 
@@ -179,9 +204,10 @@ impl PeerNetwork {
     fn rpc_error(&self, error: TransportError, action: RPCTypes, ttl: Duration) -> RaftRpcError {
         match error {
             TransportError::Timeout { .. } => RPCError::Timeout(self.timeout(action, ttl)),
-            TransportError::Remote { source: RemoteError::Raft(raft_error), .. } => {
-                RPCError::RemoteError(RaftRemoteError::new(self.target, raft_error))
-            }
+            TransportError::Remote {
+                source: RemoteError::Raft(raft_error),
+                ..
+            } => RPCError::RemoteError(RaftRemoteError::new(self.target, *raft_error)),
             error if is_unreachable(&error) => RPCError::Unreachable(Unreachable::new(&error)),
             error => RPCError::Network(NetworkError::new(&error)),
         }
@@ -192,23 +218,36 @@ impl PeerNetwork {
             TransportError::Timeout { .. } => {
                 StreamingError::Timeout(self.timeout(RPCTypes::InstallSnapshot, ttl))
             }
-            TransportError::Remote { source: RemoteError::Fatal(fatal), .. } => {
-                StreamingError::RemoteError(RaftRemoteError::new(self.target, fatal))
+            TransportError::Remote {
+                source: RemoteError::Fatal(fatal),
+                ..
+            } => StreamingError::RemoteError(RaftRemoteError::new(self.target, *fatal)),
+            TransportError::Stream {
+                source: FrameError::ChunkTimeout { .. },
+                ..
+            } => StreamingError::Timeout(self.timeout(RPCTypes::InstallSnapshot, ttl)),
+            error if is_unreachable(&error) => {
+                StreamingError::Unreachable(Unreachable::new(&error))
             }
-            TransportError::Stream { source: FrameError::ChunkTimeout { .. }, .. } => {
-                StreamingError::Timeout(self.timeout(RPCTypes::InstallSnapshot, ttl))
-            }
-            error if is_unreachable(&error) => StreamingError::Unreachable(Unreachable::new(&error)),
             error => StreamingError::Network(NetworkError::new(&error)),
         }
     }
 
     fn timeout(&self, action: RPCTypes, ttl: Duration) -> Timeout<NodeId> {
-        Timeout { action, id: self.our_id, target: self.target, timeout: ttl }
+        Timeout {
+            action,
+            id: self.our_id,
+            target: self.target,
+            timeout: ttl,
+        }
     }
 
     fn unexpected(&self, expected: &'static str, got: ResponseBody) -> RaftRpcError {
-        let error = TransportError::UnexpectedResponse { target: self.target, expected, got: got.kind() };
+        let error = TransportError::UnexpectedResponse {
+            target: self.target,
+            expected,
+            got: got.kind(),
+        };
         RPCError::Network(NetworkError::new(&error))
     }
 }
@@ -219,7 +258,10 @@ fn is_unreachable(error: &TransportError) -> bool {
     matches!(
         error,
         TransportError::Unreachable { .. }
-            | TransportError::Remote { source: RemoteError::Refused(_), .. }
+            | TransportError::Remote {
+                source: RemoteError::Refused(_),
+                ..
+            }
             | TransportError::Tls(_)
             | TransportError::Setup(_)
     )

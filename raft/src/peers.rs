@@ -69,13 +69,20 @@ impl TransportOptions {
 pub enum TransportError {
     /// No connection could be made (address, network, TLS refusal, backoff).
     #[error("node {target} at {addr}: unreachable: {reason}")]
-    Unreachable { target: NodeId, addr: String, reason: String },
+    Unreachable {
+        target: NodeId,
+        addr: String,
+        reason: String,
+    },
     /// The peer did not answer in time.
     #[error("node {target}: no response within {after:?}")]
     Timeout { target: NodeId, after: Duration },
     /// The connection broke during the call.
     #[error("node {target}: connection lost: {source}")]
-    Connection { target: NodeId, source: quinn::ConnectionError },
+    Connection {
+        target: NodeId,
+        source: quinn::ConnectionError,
+    },
     /// A frame could not be sent or read.
     #[error("node {target}: {source}")]
     Stream { target: NodeId, source: FrameError },
@@ -84,7 +91,11 @@ pub enum TransportError {
     Remote { target: NodeId, source: RemoteError },
     /// The peer answered a different kind of request.
     #[error("node {target}: {got} response to a {expected} request")]
-    UnexpectedResponse { target: NodeId, expected: &'static str, got: &'static str },
+    UnexpectedResponse {
+        target: NodeId,
+        expected: &'static str,
+        got: &'static str,
+    },
     /// The TLS material could not be used.
     #[error(transparent)]
     Tls(#[from] TlsError),
@@ -162,7 +173,10 @@ impl Peers {
         payload: Vec<u8>,
         timeout: Duration,
     ) -> Result<Vec<u8>, TransportError> {
-        match self.call(target, addr, RequestBody::App(payload), timeout).await? {
+        match self
+            .call(target, addr, RequestBody::App(payload), timeout)
+            .await?
+        {
             ResponseBody::App(reply) => Ok(reply),
             other => Err(TransportError::UnexpectedResponse {
                 target,
@@ -179,7 +193,10 @@ impl Peers {
         for (node_id, slot) in slots {
             // A slot busy dialing has no connection worth reporting.
             let Ok(slot) = slot.try_lock() else { continue };
-            if let Some(connection) = slot.connection.as_ref().filter(|c| c.close_reason().is_none())
+            if let Some(connection) = slot
+                .connection
+                .as_ref()
+                .filter(|c| c.close_reason().is_none())
             {
                 rtts.push((node_id, connection.rtt()));
             }
@@ -210,7 +227,9 @@ impl Peers {
                 .await
                 .map_err(|source| TransportError::Connection { target, source })?;
             let stream_error = |source| TransportError::Stream { target, source };
-            write_frame(&mut send, &self.request_frame(body)).await.map_err(stream_error)?;
+            write_frame(&mut send, &self.request_frame(body))
+                .await
+                .map_err(stream_error)?;
             // Finishing only fails if the stream was already reset; the read below reports why.
             let _ = send.finish();
             let response: ResponseFrame = read_frame(&mut recv).await.map_err(stream_error)?;
@@ -218,7 +237,10 @@ impl Peers {
         };
         tokio::time::timeout(remaining, exchange)
             .await
-            .map_err(|_| TransportError::Timeout { target, after: timeout })?
+            .map_err(|_| TransportError::Timeout {
+                target,
+                after: timeout,
+            })?
     }
 
     /// Wraps a request body with our identity and cluster fingerprint.
@@ -245,11 +267,21 @@ impl Peers {
         };
         match tokio::time::timeout(timeout, dial).await {
             Ok(result) => result,
-            Err(_) => Err(TransportError::Unreachable {
-                target,
-                addr: addr.to_string(),
-                reason: format!("no connection within {timeout:?}"),
-            }),
+            Err(_) => {
+                let reason = format!("no connection within {timeout:?}");
+                // A silent (black-holed) peer must back off like a refusing one.
+                // If another call holds the slot, it is dialing and will record its outcome.
+                if let Ok(mut slot) = slot.try_lock() {
+                    if slot.connection.is_none() && slot.addr == addr {
+                        self.record_failure(target, addr, &mut slot, reason.clone());
+                    }
+                }
+                Err(TransportError::Unreachable {
+                    target,
+                    addr: addr.to_string(),
+                    reason,
+                })
+            }
         }
     }
 
@@ -261,7 +293,10 @@ impl Peers {
     ) -> Result<Connection, TransportError> {
         if slot.addr != addr {
             // Membership moved the node: forget the old connection and backoff.
-            *slot = PeerSlot { addr: addr.to_string(), ..PeerSlot::default() };
+            *slot = PeerSlot {
+                addr: addr.to_string(),
+                ..PeerSlot::default()
+            };
         }
         if let Some(connection) = &slot.connection {
             if connection.close_reason().is_none() {
@@ -290,17 +325,26 @@ impl Peers {
                 Ok(connection)
             }
             Err(reason) => {
-                slot.failures += 1;
-                slot.retry_at = Some(Instant::now() + self.inner.options.backoff(slot.failures));
-                slot.last_error = reason.clone();
-                if slot.failures == 1 {
-                    warn!(target, addr, reason = %reason, "cannot connect to peer");
-                } else {
-                    debug!(target, addr, failures = slot.failures, reason = %reason, "cannot connect to peer");
-                }
-                Err(TransportError::Unreachable { target, addr: addr.to_string(), reason })
+                self.record_failure(target, addr, slot, reason.clone());
+                Err(TransportError::Unreachable {
+                    target,
+                    addr: addr.to_string(),
+                    reason,
+                })
             }
         }
+    }
+
+    /// Schedules the next dial after a failure; warns once per outage.
+    fn record_failure(&self, target: NodeId, addr: &str, slot: &mut PeerSlot, reason: String) {
+        slot.failures += 1;
+        slot.retry_at = Some(Instant::now() + self.inner.options.backoff(slot.failures));
+        if slot.failures == 1 {
+            warn!(target, addr, reason = %reason, "cannot connect to peer");
+        } else {
+            debug!(target, addr, failures = slot.failures, reason = %reason, "cannot connect to peer");
+        }
+        slot.last_error = reason;
     }
 
     /// Dials `addr`, requiring its certificate to name node `target`.
@@ -316,7 +360,9 @@ impl Peers {
             .endpoint
             .connect_with(self.inner.client_config.clone(), socket_addr, &server_name)
             .map_err(|error| format!("cannot start connection: {error}"))?;
-        connecting.await.map_err(|error| format!("handshake as {server_name} failed: {error}"))
+        connecting
+            .await
+            .map_err(|error| format!("handshake as {server_name} failed: {error}"))
     }
 
     fn slot(&self, target: NodeId) -> Arc<tokio::sync::Mutex<PeerSlot>> {
@@ -333,6 +379,9 @@ impl Peers {
             Ok(slots) => slots,
             Err(poisoned) => poisoned.into_inner(),
         };
-        slots.iter().map(|(node_id, slot)| (*node_id, slot.clone())).collect()
+        slots
+            .iter()
+            .map(|(node_id, slot)| (*node_id, slot.clone()))
+            .collect()
     }
 }

@@ -12,7 +12,7 @@ use openraft::error::{Fatal, RaftError};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
 };
-use quinn::{Connection, Endpoint, RecvStream, SendStream};
+use quinn::{Endpoint, RecvStream, SendStream};
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -33,7 +33,11 @@ const CLOSE_NO_IDENTITY: u32 = 1;
 /// Handles the node layer's opaque requests (forwarded writes, reads, status).
 pub trait AppHandler: Send + Sync + 'static {
     /// Answers one request from a verified peer.
-    fn handle(&self, from: PeerIdentity, request: Vec<u8>) -> BoxFuture<'static, Result<Vec<u8>, String>>;
+    fn handle(
+        &self,
+        from: PeerIdentity,
+        request: Vec<u8>,
+    ) -> BoxFuture<'static, Result<Vec<u8>, String>>;
 }
 
 /// Where the server listens and keeps incoming snapshots.
@@ -56,7 +60,10 @@ pub struct RaftServerOptions {
 pub enum ServerError {
     /// Our certificate does not name the configured node id.
     #[error("certificate identity is {found}, but this node is configured as node {expected}")]
-    IdentityMismatch { expected: NodeId, found: PeerIdentity },
+    IdentityMismatch {
+        expected: NodeId,
+        found: PeerIdentity,
+    },
     /// The TLS material is unusable.
     #[error(transparent)]
     Tls(#[from] TlsError),
@@ -67,7 +74,10 @@ pub enum ServerError {
 
 /// The Raft calls the server dispatches to; a trait so tests can stand in.
 pub(crate) trait RaftRpcHandler: Send + Sync + 'static {
-    fn vote(&self, rpc: VoteRequest<NodeId>) -> BoxFuture<'static, Result<VoteResponse<NodeId>, RaftError<NodeId>>>;
+    fn vote(
+        &self,
+        rpc: VoteRequest<NodeId>,
+    ) -> BoxFuture<'static, Result<VoteResponse<NodeId>, RaftError<NodeId>>>;
     fn append_entries(
         &self,
         rpc: AppendEntriesRequest<floe_storage::TypeConfig>,
@@ -80,7 +90,10 @@ pub(crate) trait RaftRpcHandler: Send + Sync + 'static {
 }
 
 impl RaftRpcHandler for Raft {
-    fn vote(&self, rpc: VoteRequest<NodeId>) -> BoxFuture<'static, Result<VoteResponse<NodeId>, RaftError<NodeId>>> {
+    fn vote(
+        &self,
+        rpc: VoteRequest<NodeId>,
+    ) -> BoxFuture<'static, Result<VoteResponse<NodeId>, RaftError<NodeId>>> {
         let raft = self.clone();
         Box::pin(async move { raft.vote(rpc).await })
     }
@@ -139,17 +152,27 @@ impl RaftServer {
     ) -> Result<RaftServer, ServerError> {
         let identity = tls.identity()?;
         if identity != PeerIdentity::Node(options.node_id) {
-            return Err(ServerError::IdentityMismatch { expected: options.node_id, found: identity });
+            return Err(ServerError::IdentityMismatch {
+                expected: options.node_id,
+                found: identity,
+            });
         }
         let addr = options.bind_addr;
         let setup_error = |reason: String| ServerError::Setup { addr, reason };
-        let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls.server_config(&[RAFT_ALPN])?)
-            .map_err(|error| setup_error(format!("quic server tls: {error}")))?;
+        let crypto =
+            quinn::crypto::rustls::QuicServerConfig::try_from(tls.server_config(&[RAFT_ALPN])?)
+                .map_err(|error| setup_error(format!("quic server tls: {error}")))?;
         let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-        let transport = options.transport.transport_config().map_err(|error| setup_error(error.to_string()))?;
+        let transport = options
+            .transport
+            .transport_config()
+            .map_err(|error| setup_error(error.to_string()))?;
         server_config.transport_config(Arc::new(transport));
-        let endpoint = Endpoint::server(server_config, addr).map_err(|error| setup_error(format!("bind: {error}")))?;
-        let local_addr = endpoint.local_addr().map_err(|error| setup_error(error.to_string()))?;
+        let endpoint = Endpoint::server(server_config, addr)
+            .map_err(|error| setup_error(format!("bind: {error}")))?;
+        let local_addr = endpoint
+            .local_addr()
+            .map_err(|error| setup_error(error.to_string()))?;
 
         let state = Arc::new(ServerState {
             fingerprint: tls.ca_fingerprint().to_string(),
@@ -190,7 +213,11 @@ async fn accept_loop(endpoint: Endpoint, state: Arc<ServerState>, shutdown: Canc
     info!("raft server stopped");
 }
 
-async fn serve_connection(incoming: quinn::Incoming, state: Arc<ServerState>, shutdown: CancellationToken) {
+async fn serve_connection(
+    incoming: quinn::Incoming,
+    state: Arc<ServerState>,
+    shutdown: CancellationToken,
+) {
     let peer_addr = incoming.remote_address();
     let connection = match incoming.await {
         Ok(connection) => connection,
@@ -203,7 +230,10 @@ async fn serve_connection(incoming: quinn::Incoming, state: Arc<ServerState>, sh
         Ok(identity) => identity,
         Err(error) => {
             warn!(peer = %peer_addr, error = %error, "peer connection refused");
-            connection.close(CLOSE_NO_IDENTITY.into(), b"certificate carries no floe identity");
+            connection.close(
+                CLOSE_NO_IDENTITY.into(),
+                b"certificate carries no floe identity",
+            );
             return;
         }
     };
@@ -219,7 +249,7 @@ async fn serve_connection(incoming: quinn::Incoming, state: Arc<ServerState>, sh
             identity: identity.clone(),
             state: state.clone(),
         };
-        tokio::spawn(stream_context.serve(send, recv, connection.clone()));
+        tokio::spawn(stream_context.serve(send, recv));
     }
 }
 
@@ -230,8 +260,12 @@ struct StreamContext {
 }
 
 impl StreamContext {
-    async fn serve(self, mut send: SendStream, mut recv: RecvStream, _connection: Connection) {
-        let header = tokio::time::timeout(REQUEST_HEADER_TIMEOUT, read_frame::<_, RequestFrame>(&mut recv)).await;
+    async fn serve(self, mut send: SendStream, mut recv: RecvStream) {
+        let header = tokio::time::timeout(
+            REQUEST_HEADER_TIMEOUT,
+            read_frame::<_, RequestFrame>(&mut recv),
+        )
+        .await;
         let request = match header {
             Ok(Ok(request)) => request,
             Ok(Err(error)) => {
@@ -282,7 +316,11 @@ impl StreamContext {
             ));
         }
         if request.body.is_raft() && !matches!(self.identity, PeerIdentity::Node(_)) {
-            return Some(format!("{} may not send raft {} requests", self.identity, request.body.kind()));
+            return Some(format!(
+                "{} may not send raft {} requests",
+                self.identity,
+                request.body.kind()
+            ));
         }
         None
     }
@@ -290,13 +328,21 @@ impl StreamContext {
     async fn dispatch(&self, body: RequestBody, recv: &mut RecvStream) -> ResponseFrame {
         let raft = &self.state.raft;
         match body {
-            RequestBody::Vote(rpc) => raft.vote(rpc).await.map(ResponseBody::Vote).map_err(RemoteError::Raft),
+            RequestBody::Vote(rpc) => raft
+                .vote(rpc)
+                .await
+                .map(ResponseBody::Vote)
+                .map_err(|e| RemoteError::Raft(Box::new(e))),
             RequestBody::AppendEntries(rpc) => raft
                 .append_entries(rpc)
                 .await
                 .map(ResponseBody::AppendEntries)
-                .map_err(RemoteError::Raft),
-            RequestBody::Snapshot { vote, meta, total_len } => self.receive_snapshot(vote, meta, total_len, recv).await,
+                .map_err(|error| RemoteError::Raft(Box::new(error))),
+            RequestBody::Snapshot {
+                vote,
+                meta,
+                total_len,
+            } => self.receive_snapshot(vote, meta, total_len, recv).await,
             RequestBody::App(payload) => self
                 .state
                 .app
@@ -326,7 +372,9 @@ impl StreamContext {
             receive_snapshot_body(recv, &mut file, total_len)
                 .await
                 .map_err(|error| failed("snapshot transfer failed", &error))?;
-            file.finish_receiving().await.map_err(|error| failed("cannot sync snapshot file", &error))
+            file.finish_receiving()
+                .await
+                .map_err(|error| failed("cannot sync snapshot file", &error))
         };
         if let Err(error) = received.await {
             // A partial file must never be mistaken for a snapshot.
@@ -334,12 +382,15 @@ impl StreamContext {
             return Err(error);
         }
         info!(peer = %self.peer_addr, snapshot_id = %snapshot_id, bytes = total_len, "snapshot received");
-        let snapshot = Snapshot { meta, snapshot: Box::new(file) };
+        let snapshot = Snapshot {
+            meta,
+            snapshot: Box::new(file),
+        };
         self.state
             .raft
             .install_full_snapshot(vote, snapshot)
             .await
             .map(ResponseBody::Snapshot)
-            .map_err(RemoteError::Fatal)
+            .map_err(|error| RemoteError::Fatal(Box::new(error)))
     }
 }

@@ -40,7 +40,10 @@ pub fn client_dns_name(name: &str) -> String {
 pub enum TlsError {
     /// A file could not be read.
     #[error("{path}: cannot read: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     /// A file was read but holds nothing usable.
     #[error("{path}: {reason}")]
     Invalid { path: PathBuf, reason: String },
@@ -90,7 +93,9 @@ pub struct TlsMaterial {
 impl fmt::Debug for TlsMaterial {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // Never print the key.
-        f.debug_struct("TlsMaterial").field("ca_fingerprint", &self.fingerprint).finish()
+        f.debug_struct("TlsMaterial")
+            .field("ca_fingerprint", &self.fingerprint)
+            .finish()
     }
 }
 
@@ -115,19 +120,36 @@ impl TlsMaterial {
         let cert_pem = read_file(cert_path)?;
         let key_pem = read_file(key_path)?;
 
-        let ca_cert = parse_certs(ca_path, &ca_pem)?.into_iter().next().ok_or_else(|| {
-            invalid(ca_path, "no CERTIFICATE block found (is this a PEM certificate?)")
-        })?;
+        let ca_cert = parse_certs(ca_path, &ca_pem)?
+            .into_iter()
+            .next()
+            .ok_or_else(|| {
+                invalid(
+                    ca_path,
+                    "no CERTIFICATE block found (is this a PEM certificate?)",
+                )
+            })?;
         let cert_chain = parse_certs(cert_path, &cert_pem)?;
         if cert_chain.is_empty() {
-            return Err(invalid(cert_path, "no CERTIFICATE block found (is this a PEM certificate?)"));
+            return Err(invalid(
+                cert_path,
+                "no CERTIFICATE block found (is this a PEM certificate?)",
+            ));
         }
         let key = rustls_pemfile::private_key(&mut key_pem.as_slice())
             .map_err(|error| invalid(key_path, &format!("not PEM: {error}")))?
             .ok_or_else(|| invalid(key_path, "no private key found (is this a PEM key file?)"))?;
 
         let fingerprint = hex::encode(Sha256::digest(ca_cert.as_ref()));
-        Ok(TlsMaterial { ca_pem, cert_pem, key_pem, ca_cert, cert_chain, key, fingerprint })
+        Ok(TlsMaterial {
+            ca_pem,
+            cert_pem,
+            key_pem,
+            ca_cert,
+            cert_chain,
+            key,
+            fingerprint,
+        })
     }
 
     /// SHA-256 (lowercase hex) of the CA certificate's DER: the cluster identity.
@@ -162,7 +184,8 @@ impl TlsMaterial {
     pub fn server_config(&self, alpn: &[&[u8]]) -> Result<ServerConfig, TlsError> {
         let provider = crypto_provider();
         let roots = Arc::new(self.root_store()?);
-        let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider.clone()).build()?;
+        let verifier =
+            WebPkiClientVerifier::builder_with_provider(roots, provider.clone()).build()?;
         let mut config = ServerConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])?
             .with_client_cert_verifier(verifier)
@@ -214,8 +237,12 @@ pub fn identity_from_cert(cert: &CertificateDer<'_>) -> Result<PeerIdentity, Tls
 
     let mut found: Option<PeerIdentity> = None;
     for name in &san.value.general_names {
-        let GeneralName::DNSName(dns) = name else { continue };
-        let Some(identity) = identity_from_dns_name(dns) else { continue };
+        let GeneralName::DNSName(dns) = name else {
+            continue;
+        };
+        let Some(identity) = identity_from_dns_name(dns) else {
+            continue;
+        };
         if let Some(previous) = &found {
             return Err(TlsError::Identity(format!(
                 "certificate names two identities: {previous} and {identity}"
@@ -224,7 +251,9 @@ pub fn identity_from_cert(cert: &CertificateDer<'_>) -> Result<PeerIdentity, Tls
         found = Some(identity);
     }
     found.ok_or_else(|| {
-        TlsError::Identity("no node-<id>.floe or client-<name>.floe name in certificate".to_string())
+        TlsError::Identity(
+            "no node-<id>.floe or client-<name>.floe name in certificate".to_string(),
+        )
     })
 }
 
@@ -240,7 +269,10 @@ fn identity_from_dns_name(dns: &str) -> Option<PeerIdentity> {
 }
 
 fn read_file(path: &Path) -> Result<Vec<u8>, TlsError> {
-    fs::read(path).map_err(|source| TlsError::Read { path: path.to_path_buf(), source })
+    fs::read(path).map_err(|source| TlsError::Read {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 fn parse_certs(path: &Path, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, TlsError> {
@@ -252,5 +284,8 @@ fn parse_certs(path: &Path, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, 
 }
 
 fn invalid(path: &Path, reason: &str) -> TlsError {
-    TlsError::Invalid { path: path.to_path_buf(), reason: reason.to_string() }
+    TlsError::Invalid {
+        path: path.to_path_buf(),
+        reason: reason.to_string(),
+    }
 }

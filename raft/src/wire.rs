@@ -75,7 +75,11 @@ pub(crate) enum RequestBody {
     AppendEntries(AppendEntriesRequest<TypeConfig>),
     Vote(VoteRequest<NodeId>),
     /// Followed on the stream by `total_len` raw bytes, then the stream's end.
-    Snapshot { vote: Vote, meta: SnapshotMeta, total_len: u64 },
+    Snapshot {
+        vote: Vote,
+        meta: SnapshotMeta,
+        total_len: u64,
+    },
     /// Opaque to the transport; handled by the node layer.
     App(Vec<u8>),
 }
@@ -118,6 +122,8 @@ impl ResponseBody {
 }
 
 /// Why the remote side did not answer a request with a result.
+///
+/// Raft errors are boxed: they are large and rare, and every result carries this type.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 pub enum RemoteError {
     /// The server refused the request (identity, cluster or permission).
@@ -125,10 +131,10 @@ pub enum RemoteError {
     Refused(String),
     /// Raft returned an error for a vote or append-entries.
     #[error("raft: {0}")]
-    Raft(RaftError<NodeId>),
+    Raft(Box<RaftError<NodeId>>),
     /// Raft failed fatally while installing a snapshot.
     #[error("raft fatal: {0}")]
-    Fatal(Fatal<NodeId>),
+    Fatal(Box<Fatal<NodeId>>),
     /// The node layer's handler returned an error.
     #[error("{0}")]
     App(String),
@@ -149,7 +155,10 @@ pub(crate) fn encode_frame<T: Serialize>(value: &T) -> Result<Vec<u8>, FrameErro
     let payload = bincode::serde::encode_to_vec(value, bincode_config())?;
     let frame_len = payload.len() + 1;
     if frame_len > MAX_FRAME_BYTES {
-        return Err(FrameError::TooLarge { len: frame_len, max: MAX_FRAME_BYTES });
+        return Err(FrameError::TooLarge {
+            len: frame_len,
+            max: MAX_FRAME_BYTES,
+        });
     }
     let mut frame = Vec::with_capacity(4 + frame_len);
     // frame_len <= MAX_FRAME_BYTES (64 MiB) fits in u32.
@@ -180,7 +189,10 @@ where
     reader.read_exact(&mut length_bytes).await?;
     let frame_len = u32::from_be_bytes(length_bytes) as usize;
     if frame_len > MAX_FRAME_BYTES {
-        return Err(FrameError::TooLarge { len: frame_len, max: MAX_FRAME_BYTES });
+        return Err(FrameError::TooLarge {
+            len: frame_len,
+            max: MAX_FRAME_BYTES,
+        });
     }
     if frame_len == 0 {
         return Err(FrameError::Empty);
@@ -200,7 +212,11 @@ pub trait SnapshotSource: Sync {
     /// Total size in bytes.
     fn total_len(&self) -> impl Future<Output = io::Result<u64>> + Send;
     /// Reads up to `len` bytes at `offset`.
-    fn read_chunk(&self, offset: u64, len: usize) -> impl Future<Output = io::Result<Vec<u8>>> + Send;
+    fn read_chunk(
+        &self,
+        offset: u64,
+        len: usize,
+    ) -> impl Future<Output = io::Result<Vec<u8>>> + Send;
 }
 
 /// Where snapshot bytes go on the receiving side.
@@ -214,7 +230,11 @@ impl SnapshotSource for SnapshotFile {
         self.len()
     }
 
-    fn read_chunk(&self, offset: u64, len: usize) -> impl Future<Output = io::Result<Vec<u8>>> + Send {
+    fn read_chunk(
+        &self,
+        offset: u64,
+        len: usize,
+    ) -> impl Future<Output = io::Result<Vec<u8>>> + Send {
         self.read_at(offset, len)
     }
 }
@@ -248,14 +268,20 @@ where
             let chunk = source.read_chunk(offset, chunk_len).await?;
             if chunk.is_empty() {
                 // The file shrank under us; the receiver would wait forever.
-                return Err(FrameError::SnapshotLength { expected: total_len, received: offset });
+                return Err(FrameError::SnapshotLength {
+                    expected: total_len,
+                    received: offset,
+                });
             }
             writer.write_all(&chunk).await?;
             Ok(chunk.len() as u64)
         };
         let sent = tokio::time::timeout(chunk_timeout, send_chunk)
             .await
-            .map_err(|_| FrameError::ChunkTimeout { offset, after: chunk_timeout })??;
+            .map_err(|_| FrameError::ChunkTimeout {
+                offset,
+                after: chunk_timeout,
+            })??;
         offset += sent;
     }
     Ok(())
@@ -277,7 +303,10 @@ where
         let wanted = (total_len - received).min(SNAPSHOT_CHUNK_BYTES as u64) as usize;
         let read = reader.read(&mut buffer[..wanted]).await?;
         if read == 0 {
-            return Err(FrameError::SnapshotLength { expected: total_len, received });
+            return Err(FrameError::SnapshotLength {
+                expected: total_len,
+                received,
+            });
         }
         sink.write_chunk(&buffer[..read]).await?;
         received += read as u64;
@@ -285,7 +314,10 @@ where
     // Anything after the announced length means sender and receiver disagree.
     let trailing = reader.read(&mut buffer[..1]).await?;
     if trailing != 0 {
-        return Err(FrameError::SnapshotLength { expected: total_len, received: received + 1 });
+        return Err(FrameError::SnapshotLength {
+            expected: total_len,
+            received: received + 1,
+        });
     }
     Ok(())
 }

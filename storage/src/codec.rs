@@ -17,24 +17,43 @@ fn bincode_config() -> bincode::config::Configuration {
 }
 
 /// Encodes `value` as a versioned record; `record` names it in errors.
-pub fn encode<T: Serialize>(record: impl FnOnce() -> String, value: &T) -> Result<Vec<u8>, StoreError> {
+pub fn encode<T: Serialize>(
+    record: impl FnOnce() -> String,
+    value: &T,
+) -> Result<Vec<u8>, StoreError> {
     let mut bytes = vec![FORMAT_VERSION];
-    let payload = bincode::serde::encode_to_vec(value, bincode_config())
-        .map_err(|source| StoreError::Encode { record: record(), source })?;
+    let payload = bincode::serde::encode_to_vec(value, bincode_config()).map_err(|source| {
+        StoreError::Encode {
+            record: record(),
+            source,
+        }
+    })?;
     bytes.extend_from_slice(&payload);
     Ok(bytes)
 }
 
 /// Decodes a versioned record; `record` names it in errors, e.g. "log entry 42".
-pub fn decode<T: DeserializeOwned>(record: impl FnOnce() -> String, bytes: &[u8]) -> Result<T, StoreError> {
+pub fn decode<T: DeserializeOwned>(
+    record: impl FnOnce() -> String,
+    bytes: &[u8],
+) -> Result<T, StoreError> {
     let Some((&version, payload)) = bytes.split_first() else {
         return Err(StoreError::EmptyRecord { record: record() });
     };
     if version != FORMAT_VERSION {
-        return Err(StoreError::UnknownFormatVersion { record: record(), found: version, supported: FORMAT_VERSION });
+        return Err(StoreError::UnknownFormatVersion {
+            record: record(),
+            found: version,
+            supported: FORMAT_VERSION,
+        });
     }
-    let (value, _read) = bincode::serde::decode_from_slice(payload, bincode_config())
-        .map_err(|source| StoreError::Decode { record: record(), source })?;
+    let (value, _read) =
+        bincode::serde::decode_from_slice(payload, bincode_config()).map_err(|source| {
+            StoreError::Decode {
+                record: record(),
+                source,
+            }
+        })?;
     Ok(value)
 }
 
@@ -45,7 +64,10 @@ mod tests {
 
     #[test]
     fn round_trip_keeps_the_value() {
-        let entry = KvEntry { value: b"hello".to_vec(), revision: 7 };
+        let entry = KvEntry {
+            value: b"hello".to_vec(),
+            revision: 7,
+        };
         let bytes = encode(|| "kv a".into(), &entry).unwrap();
         assert_eq!(bytes[0], FORMAT_VERSION);
         let decoded: KvEntry = decode(|| "kv a".into(), &bytes).unwrap();
@@ -57,8 +79,18 @@ mod tests {
         let mut bytes = encode(|| "x".into(), &5u64).unwrap();
         bytes[0] = 9;
         let error = decode::<u64>(|| "log entry 42".into(), &bytes).unwrap_err();
-        assert!(matches!(error, StoreError::UnknownFormatVersion { found: 9, supported: 1, .. }));
-        assert_eq!(error.to_string(), "log entry 42: record format version 9, this build reads 1");
+        assert!(matches!(
+            error,
+            StoreError::UnknownFormatVersion {
+                found: 9,
+                supported: 1,
+                ..
+            }
+        ));
+        assert_eq!(
+            error.to_string(),
+            "log entry 42: record format version 9, this build reads 1"
+        );
     }
 
     #[test]
@@ -69,7 +101,14 @@ mod tests {
 
     #[test]
     fn truncated_payload_is_a_decode_error() {
-        let bytes = encode(|| "x".into(), &KvEntry { value: vec![1; 100], revision: 1 }).unwrap();
+        let bytes = encode(
+            || "x".into(),
+            &KvEntry {
+                value: vec![1; 100],
+                revision: 1,
+            },
+        )
+        .unwrap();
         let error = decode::<KvEntry>(|| "sm_data_0 key \"a\"".into(), &bytes[..10]).unwrap_err();
         assert!(matches!(error, StoreError::Decode { .. }), "{error}");
     }

@@ -33,7 +33,11 @@ pub enum StoreError {
     },
     /// A record written by a newer (or unknown) build.
     #[error("{record}: record format version {found}, this build reads {supported}")]
-    UnknownFormatVersion { record: String, found: u8, supported: u8 },
+    UnknownFormatVersion {
+        record: String,
+        found: u8,
+        supported: u8,
+    },
     /// A record with no bytes at all, not even its version byte.
     #[error("{record}: empty record, expected a format version byte")]
     EmptyRecord { record: String },
@@ -56,13 +60,21 @@ pub enum StoreError {
         "data dir {dir} belongs to node {stored}, but this node is configured as node {configured}; \
          node ids are never reused, use a fresh data dir or the right node id"
     )]
-    WrongNode { dir: PathBuf, stored: NodeId, configured: NodeId },
+    WrongNode {
+        dir: PathBuf,
+        stored: NodeId,
+        configured: NodeId,
+    },
     /// The data directory belongs to another cluster.
     #[error(
         "data dir {dir} belongs to cluster {stored:?}, but this node is configured for cluster {configured:?}; \
          use a fresh data dir to join another cluster"
     )]
-    WrongCluster { dir: PathBuf, stored: String, configured: String },
+    WrongCluster {
+        dir: PathBuf,
+        stored: String,
+        configured: String,
+    },
     /// A snapshot file failed verification; nothing was changed.
     #[error("snapshot {path}: {reason}")]
     CorruptSnapshot { path: PathBuf, reason: String },
@@ -77,16 +89,28 @@ pub enum StoreError {
 
 impl StoreError {
     pub(crate) fn sled(context: impl Into<String>, source: sled::Error) -> Self {
-        StoreError::Sled { context: context.into(), source }
+        StoreError::Sled {
+            context: context.into(),
+            source,
+        }
     }
 
     pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
-        StoreError::Io { context: context.into(), source }
+        StoreError::Io {
+            context: context.into(),
+            source,
+        }
     }
 
     /// Wraps this error for openraft, saying what was being done to what.
-    pub(crate) fn into_storage(self, subject: ErrorSubject<NodeId>, verb: ErrorVerb) -> StorageError {
-        StorageError::IO { source: StorageIOError::new(subject, verb, openraft::AnyError::new(&self)) }
+    pub(crate) fn into_storage(
+        self,
+        subject: ErrorSubject<NodeId>,
+        verb: ErrorVerb,
+    ) -> StorageError {
+        StorageError::IO {
+            source: StorageIOError::new(subject, verb, openraft::AnyError::new(&self)),
+        }
     }
 }
 
@@ -98,6 +122,9 @@ where
 {
     match tokio::task::spawn_blocking(work).await {
         Ok(result) => result,
-        Err(source) => Err(StoreError::Task { context: context.to_string(), source }),
+        Err(source) => Err(StoreError::Task {
+            context: context.to_string(),
+            source,
+        }),
     }
 }

@@ -26,21 +26,33 @@ impl Store {
     /// same values, otherwise [`StoreError::WrongNode`] or
     /// [`StoreError::WrongCluster`] names the directory and both values.
     /// Blocking (one flush): call at startup.
-    pub fn claim_identity(&self, node_id: NodeId, cluster_fingerprint: &str) -> Result<(), StoreError> {
+    pub fn claim_identity(
+        &self,
+        node_id: NodeId,
+        cluster_fingerprint: &str,
+    ) -> Result<(), StoreError> {
         let shared = &self.shared;
-        let stored: Option<Identity> = Shared::get_record(&shared.identity, IDENTITY_TREE, KEY_IDENTITY)?;
+        let stored: Option<Identity> =
+            Shared::get_record(&shared.identity, IDENTITY_TREE, KEY_IDENTITY)?;
         match stored {
-            Some(stored) if stored.node_id != node_id => {
-                Err(StoreError::WrongNode { dir: shared.dir.clone(), stored: stored.node_id, configured: node_id })
-            }
-            Some(stored) if stored.cluster_fingerprint != cluster_fingerprint => Err(StoreError::WrongCluster {
+            Some(stored) if stored.node_id != node_id => Err(StoreError::WrongNode {
                 dir: shared.dir.clone(),
-                stored: stored.cluster_fingerprint,
-                configured: cluster_fingerprint.to_string(),
+                stored: stored.node_id,
+                configured: node_id,
             }),
+            Some(stored) if stored.cluster_fingerprint != cluster_fingerprint => {
+                Err(StoreError::WrongCluster {
+                    dir: shared.dir.clone(),
+                    stored: stored.cluster_fingerprint,
+                    configured: cluster_fingerprint.to_string(),
+                })
+            }
             Some(_) => Ok(()),
             None => {
-                let identity = Identity { node_id, cluster_fingerprint: cluster_fingerprint.to_string() };
+                let identity = Identity {
+                    node_id,
+                    cluster_fingerprint: cluster_fingerprint.to_string(),
+                };
                 let bytes = codec::encode(|| "identity record".to_string(), &identity)?;
                 shared
                     .identity
@@ -70,15 +82,31 @@ mod tests {
         store.claim_identity(3, "cluster-a").unwrap();
 
         let wrong_node = store.claim_identity(4, "cluster-a").unwrap_err();
-        assert!(matches!(wrong_node, StoreError::WrongNode { stored: 3, configured: 4, .. }), "{wrong_node}");
+        assert!(
+            matches!(
+                wrong_node,
+                StoreError::WrongNode {
+                    stored: 3,
+                    configured: 4,
+                    ..
+                }
+            ),
+            "{wrong_node}"
+        );
         let text = wrong_node.to_string();
         assert!(text.contains(&dir.path().display().to_string()), "{text}");
         assert!(text.contains("node 3") && text.contains("node 4"), "{text}");
 
         let wrong_cluster = store.claim_identity(3, "cluster-b").unwrap_err();
-        assert!(matches!(wrong_cluster, StoreError::WrongCluster { .. }), "{wrong_cluster}");
+        assert!(
+            matches!(wrong_cluster, StoreError::WrongCluster { .. }),
+            "{wrong_cluster}"
+        );
         let text = wrong_cluster.to_string();
         assert!(text.contains(&dir.path().display().to_string()), "{text}");
-        assert!(text.contains("cluster-a") && text.contains("cluster-b"), "{text}");
+        assert!(
+            text.contains("cluster-a") && text.contains("cluster-b"),
+            "{text}"
+        );
     }
 }

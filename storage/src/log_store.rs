@@ -49,16 +49,26 @@ impl LogStore {
     fn put_meta<T: serde::Serialize>(&self, key: &[u8], value: &T) -> Result<(), StoreError> {
         let name = || format!("{RAFT_META_TREE} {}", String::from_utf8_lossy(key));
         let bytes = codec::encode(name, value)?;
-        self.shared.raft_meta.insert(key, bytes).map_err(|error| StoreError::sled(format!("write {}", name()), error))?;
+        self.shared
+            .raft_meta
+            .insert(key, bytes)
+            .map_err(|error| StoreError::sled(format!("write {}", name()), error))?;
         Ok(())
     }
 
-    fn get_meta<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StoreError> {
+    fn get_meta<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &[u8],
+    ) -> Result<Option<T>, StoreError> {
         Shared::get_record(&self.shared.raft_meta, RAFT_META_TREE, key)
     }
 
     fn last_entry_log_id(&self) -> Result<Option<LogId>, StoreError> {
-        let Some((key, bytes)) = self.shared.log.last().map_err(|error| StoreError::sled("read last log entry", error))?
+        let Some((key, bytes)) = self
+            .shared
+            .log
+            .last()
+            .map_err(|error| StoreError::sled("read last log entry", error))?
         else {
             return Ok(None);
         };
@@ -68,7 +78,11 @@ impl LogStore {
     }
 
     /// Removes every entry in `range` (on a blocking thread: it may be many).
-    async fn remove_range(&self, range: (Bound<[u8; 8]>, Bound<[u8; 8]>), what: &'static str) -> Result<(), StoreError> {
+    async fn remove_range(
+        &self,
+        range: (Bound<[u8; 8]>, Bound<[u8; 8]>),
+        what: &'static str,
+    ) -> Result<(), StoreError> {
         let shared = Arc::clone(&self.shared);
         run_blocking(what, move || {
             let mut batch = sled::Batch::default();
@@ -76,7 +90,10 @@ impl LogStore {
                 let (key, _) = item.map_err(|error| StoreError::sled(what, error))?;
                 batch.remove(key);
             }
-            shared.log.apply_batch(batch).map_err(|error| StoreError::sled(what, error))
+            shared
+                .log
+                .apply_batch(batch)
+                .map_err(|error| StoreError::sled(what, error))
         })
         .await
     }
@@ -92,7 +109,8 @@ impl RaftLogReader<TypeConfig> for LogStore {
         run_blocking("read log entries", move || {
             let mut entries = Vec::new();
             for item in shared.log.range(key_range) {
-                let (key, bytes) = item.map_err(|error| StoreError::sled("read log entries", error))?;
+                let (key, bytes) =
+                    item.map_err(|error| StoreError::sled("read log entries", error))?;
                 let index = u64::from_be_bytes(key.as_ref().try_into().unwrap_or_default());
                 let entry: Entry = codec::decode(entry_record_name(index), &bytes)?;
                 entries.push(entry);
@@ -108,10 +126,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = LogStore;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
-        let last_purged_log_id: Option<LogId> = self.get_meta(KEY_LAST_PURGED).map_err(read_logs_error)?;
+        let last_purged_log_id: Option<LogId> =
+            self.get_meta(KEY_LAST_PURGED).map_err(read_logs_error)?;
         let last_entry = self.last_entry_log_id().map_err(read_logs_error)?;
         let last_log_id = last_entry.or(last_purged_log_id);
-        Ok(LogState { last_purged_log_id, last_log_id })
+        Ok(LogState {
+            last_purged_log_id,
+            last_log_id,
+        })
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
@@ -119,15 +141,20 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
-        let write_vote_error = |error: StoreError| error.into_storage(ErrorSubject::Vote, ErrorVerb::Write);
+        let write_vote_error =
+            |error: StoreError| error.into_storage(ErrorSubject::Vote, ErrorVerb::Write);
         self.put_meta(KEY_VOTE, vote).map_err(write_vote_error)?;
-        self.shared.flush("save vote").await.map_err(write_vote_error)?;
+        self.shared
+            .flush("save vote")
+            .await
+            .map_err(write_vote_error)?;
         tracing::debug!(%vote, "vote saved");
         Ok(())
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
-        self.get_meta(KEY_VOTE).map_err(|error| error.into_storage(ErrorSubject::Vote, ErrorVerb::Read))
+        self.get_meta(KEY_VOTE)
+            .map_err(|error| error.into_storage(ErrorSubject::Vote, ErrorVerb::Read))
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
@@ -149,7 +176,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.get_meta(KEY_COMMITTED).map_err(read_logs_error)
     }
 
-    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError>
     where
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
@@ -158,11 +189,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let mut last_index = None;
         for entry in entries {
             let index = entry.log_id.index;
-            let bytes = codec::encode(entry_record_name(index), &entry).map_err(write_logs_error)?;
+            let bytes =
+                codec::encode(entry_record_name(index), &entry).map_err(write_logs_error)?;
             batch.insert(&index_key(index), bytes);
             last_index = Some(index);
         }
-        self.shared.log.apply_batch(batch).map_err(|error| write_logs_error(StoreError::sled("append log entries", error)))?;
+        self.shared
+            .log
+            .apply_batch(batch)
+            .map_err(|error| write_logs_error(StoreError::sled("append log entries", error)))?;
         // Acknowledge only what is on disk: openraft counts an acknowledged
         // entry towards the commit quorum.
         match self.shared.flush("append").await {
@@ -182,17 +217,25 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
         tracing::debug!(%log_id, "truncating log from index");
         let range = (Bound::Included(index_key(log_id.index)), Bound::Unbounded);
-        self.remove_range(range, "truncate log").await.map_err(write_logs_error)?;
-        self.shared.flush("truncate").await.map_err(write_logs_error)
+        self.remove_range(range, "truncate log")
+            .await
+            .map_err(write_logs_error)?;
+        self.shared
+            .flush("truncate")
+            .await
+            .map_err(write_logs_error)
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
         tracing::debug!(%log_id, "purging log up to index");
         // Record the purge point first: if a crash interrupts the removal,
         // the log state still reports everything up to it as purged.
-        self.put_meta(KEY_LAST_PURGED, &log_id).map_err(write_logs_error)?;
+        self.put_meta(KEY_LAST_PURGED, &log_id)
+            .map_err(write_logs_error)?;
         let range = (Bound::Unbounded, Bound::Included(index_key(log_id.index)));
-        self.remove_range(range, "purge log").await.map_err(write_logs_error)?;
+        self.remove_range(range, "purge log")
+            .await
+            .map_err(write_logs_error)?;
         self.shared.flush("purge").await.map_err(write_logs_error)
     }
 }

@@ -5,7 +5,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// Upper bounds (seconds) of the flush latency buckets.
-pub const FLUSH_BUCKETS_SECONDS: [f64; 11] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0];
+pub const FLUSH_BUCKETS_SECONDS: [f64; 11] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+];
 
 /// Durations of sled flushes (log appends, votes, truncates, purges, installs).
 ///
@@ -39,7 +41,10 @@ impl FlushStats {
     /// Records one flush that took `elapsed`.
     pub fn record(&self, elapsed: Duration) {
         let seconds = elapsed.as_secs_f64();
-        if let Some(bucket) = FLUSH_BUCKETS_SECONDS.iter().position(|&bound| seconds <= bound) {
+        if let Some(bucket) = FLUSH_BUCKETS_SECONDS
+            .iter()
+            .position(|&bound| seconds <= bound)
+        {
             self.inner.bucket_counts[bucket].fetch_add(1, Ordering::Relaxed);
         }
         let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
@@ -56,7 +61,11 @@ impl FlushStats {
             buckets.push((*bound, cumulative));
         }
         let sum_seconds = self.inner.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
-        FlushHistogram { buckets, sum_seconds, count: self.inner.count.load(Ordering::Relaxed) }
+        FlushHistogram {
+            buckets,
+            sum_seconds,
+            count: self.inner.count.load(Ordering::Relaxed),
+        }
     }
 }
 

@@ -24,7 +24,9 @@ pub struct StateReader {
 
 impl std::fmt::Debug for StateReader {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("StateReader").field("dir", &self.shared.dir).finish_non_exhaustive()
+        f.debug_struct("StateReader")
+            .field("dir", &self.shared.dir)
+            .finish_non_exhaustive()
     }
 }
 
@@ -40,9 +42,12 @@ fn decode_kv(tree_name: &str, key: &[u8], bytes: &[u8]) -> Result<(String, KvEnt
 impl StateReader {
     /// The entry stored under `key`, if any.
     pub fn get(&self, key: &str) -> Result<Option<KvEntry>, StoreError> {
-        let state = self.shared.read_state();
+        let state = self.shared.read_active();
         let tree_name = data_tree_name(state.generation);
-        let bytes = state.data.get(key.as_bytes()).map_err(|error| StoreError::sled(format!("read {tree_name} key {key:?}"), error))?;
+        let bytes = state
+            .data
+            .get(key.as_bytes())
+            .map_err(|error| StoreError::sled(format!("read {tree_name} key {key:?}"), error))?;
         match bytes {
             Some(bytes) => codec::decode(|| format!("{tree_name} key {key:?}"), &bytes).map(Some),
             None => Ok(None),
@@ -51,8 +56,13 @@ impl StateReader {
 
     /// Up to `limit` entries whose key starts with `prefix`, in key order,
     /// beginning after `start_after` when given (for paging).
-    pub fn list(&self, prefix: &str, start_after: Option<&str>, limit: usize) -> Result<Vec<(String, KvEntry)>, StoreError> {
-        let state = self.shared.read_state();
+    pub fn list(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, KvEntry)>, StoreError> {
+        let state = self.shared.read_active();
         let tree_name = data_tree_name(state.generation);
         let start = match start_after {
             Some(after) if after >= prefix => Bound::Excluded(after.as_bytes().to_vec()),
@@ -63,7 +73,8 @@ impl StateReader {
             if entries.len() >= limit {
                 break;
             }
-            let (key, bytes) = item.map_err(|error| StoreError::sled(format!("list {tree_name}"), error))?;
+            let (key, bytes) =
+                item.map_err(|error| StoreError::sled(format!("list {tree_name}"), error))?;
             if !key.starts_with(prefix.as_bytes()) {
                 break;
             }
@@ -79,19 +90,16 @@ impl StateReader {
 
     /// Every node id removed for good.
     pub fn tombstones(&self) -> Result<BTreeSet<NodeId>, StoreError> {
-        let _state = self.shared.read_state();
         read_tombstones(&self.shared)
     }
 
     /// The last log id applied to the state machine.
     pub fn applied_log_id(&self) -> Result<Option<LogId>, StoreError> {
-        let _state = self.shared.read_state();
         Ok(read_applied_state(&self.shared)?.0)
     }
 
     /// The last membership applied to the state machine.
     pub fn last_membership(&self) -> Result<StoredMembership, StoreError> {
-        let _state = self.shared.read_state();
         Ok(read_applied_state(&self.shared)?.1)
     }
 
@@ -99,11 +107,13 @@ impl StateReader {
     /// order: equal on nodes that applied the same log prefix. Reads the
     /// whole state; call from a blocking thread.
     pub fn state_digest(&self) -> Result<String, StoreError> {
-        let state = self.shared.read_state();
+        let _consistent = self.shared.lock_consistent_view();
+        let state = self.shared.read_active();
         let tree_name = data_tree_name(state.generation);
         let mut hasher = Sha256::new();
         for item in state.data.iter() {
-            let (key, bytes) = item.map_err(|error| StoreError::sled(format!("digest {tree_name}"), error))?;
+            let (key, bytes) =
+                item.map_err(|error| StoreError::sled(format!("digest {tree_name}"), error))?;
             let (_, entry) = decode_kv(&tree_name, &key, &bytes)?;
             hasher.update(b"kv");
             hasher.update((key.len() as u64).to_be_bytes());

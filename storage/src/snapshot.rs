@@ -43,9 +43,22 @@ impl SnapshotFile {
         blocking(move || {
             std::fs::create_dir_all(&dir)?;
             let sequence = INCOMING_COUNTER.fetch_add(1, Ordering::Relaxed);
-            let path = dir.join(format!("{INCOMING_PREFIX}{}-{sequence}.snap", std::process::id()));
-            let file = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&path)?;
-            Ok(SnapshotFile { path, file: Arc::new(file), write_offset: 0, remove_on_drop: true })
+            let path = dir.join(format!(
+                "{INCOMING_PREFIX}{}-{sequence}.snap",
+                std::process::id()
+            ));
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&path)?;
+            Ok(SnapshotFile {
+                path,
+                file: Arc::new(file),
+                write_offset: 0,
+                remove_on_drop: true,
+            })
         })
         .await
     }
@@ -53,7 +66,12 @@ impl SnapshotFile {
     /// Opens an existing, complete snapshot file for reading.
     pub(crate) fn open_existing(path: &Path) -> io::Result<SnapshotFile> {
         let file = File::open(path)?;
-        Ok(SnapshotFile { path: path.to_path_buf(), file: Arc::new(file), write_offset: 0, remove_on_drop: false })
+        Ok(SnapshotFile {
+            path: path.to_path_buf(),
+            file: Arc::new(file),
+            write_offset: 0,
+            remove_on_drop: false,
+        })
     }
 
     /// Where the bytes are (the file may have been replaced since it was opened).
@@ -160,5 +178,7 @@ where
     F: FnOnce() -> io::Result<T> + Send + 'static,
     T: Send + 'static,
 {
-    tokio::task::spawn_blocking(work).await.map_err(io::Error::other)?
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(io::Error::other)?
 }

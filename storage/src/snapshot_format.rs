@@ -48,8 +48,12 @@ pub(crate) struct SnapshotWriter<W: Write> {
 
 impl<W: Write> SnapshotWriter<W> {
     pub(crate) fn new(out: W, path: &Path, header: &SnapshotHeader) -> Result<Self, StoreError> {
-        let mut writer =
-            SnapshotWriter { out: BufWriter::new(out), hasher: Sha256::new(), record_count: 0, path: path.to_path_buf() };
+        let mut writer = SnapshotWriter {
+            out: BufWriter::new(out),
+            hasher: Sha256::new(),
+            record_count: 0,
+            path: path.to_path_buf(),
+        };
         writer.write_hashed(MAGIC)?;
         let bytes = codec::encode(|| format!("snapshot {} header", path.display()), header)?;
         writer.write_framed(&bytes)?;
@@ -57,7 +61,10 @@ impl<W: Write> SnapshotWriter<W> {
     }
 
     pub(crate) fn write_record(&mut self, record: &SnapshotRecord) -> Result<(), StoreError> {
-        let bytes = codec::encode(|| format!("snapshot {} record", self.path.display()), record)?;
+        let bytes = codec::encode(
+            || format!("snapshot {} record", self.path.display()),
+            record,
+        )?;
         self.write_framed(&bytes)?;
         self.record_count += 1;
         Ok(())
@@ -70,13 +77,22 @@ impl<W: Write> SnapshotWriter<W> {
         let checksum = self.hasher.clone().finalize();
         self.write_raw(&checksum)?;
         let path = self.path.clone();
-        self.out.into_inner().map_err(|error| StoreError::io(format!("write snapshot {}", path.display()), error.into_error()))
+        self.out.into_inner().map_err(|error| {
+            StoreError::io(
+                format!("write snapshot {}", path.display()),
+                error.into_error(),
+            )
+        })
     }
 
     fn write_framed(&mut self, bytes: &[u8]) -> Result<(), StoreError> {
-        let length = u32::try_from(bytes.len()).ok().filter(|length| *length <= MAX_RECORD_BYTES).ok_or_else(|| {
-            StoreError::CorruptSnapshot { path: self.path.clone(), reason: format!("record of {} bytes is too large", bytes.len()) }
-        })?;
+        let length = u32::try_from(bytes.len())
+            .ok()
+            .filter(|length| *length <= MAX_RECORD_BYTES)
+            .ok_or_else(|| StoreError::CorruptSnapshot {
+                path: self.path.clone(),
+                reason: format!("record of {} bytes is too large", bytes.len()),
+            })?;
         self.write_hashed(&length.to_le_bytes())?;
         self.write_hashed(bytes)
     }
@@ -87,7 +103,9 @@ impl<W: Write> SnapshotWriter<W> {
     }
 
     fn write_raw(&mut self, bytes: &[u8]) -> Result<(), StoreError> {
-        self.out.write_all(bytes).map_err(|error| StoreError::io(format!("write snapshot {}", self.path.display()), error))
+        self.out.write_all(bytes).map_err(|error| {
+            StoreError::io(format!("write snapshot {}", self.path.display()), error)
+        })
     }
 }
 
@@ -109,7 +127,9 @@ impl<R: Read> SnapshotReader<R> {
             hasher: Sha256::new(),
             record_count: 0,
             path: path.to_path_buf(),
-            header: SnapshotHeader { meta: SnapshotMeta::default() },
+            header: SnapshotHeader {
+                meta: SnapshotMeta::default(),
+            },
         };
         let mut magic = [0u8; 8];
         reader.read_hashed(&mut magic)?;
@@ -120,7 +140,10 @@ impl<R: Read> SnapshotReader<R> {
             Some(bytes) => bytes,
             None => return Err(reader.corrupt("missing header")),
         };
-        reader.header = codec::decode(|| format!("snapshot {} header", path.display()), &header_bytes)?;
+        reader.header = codec::decode(
+            || format!("snapshot {} header", path.display()),
+            &header_bytes,
+        )?;
         Ok(reader)
     }
 
@@ -135,7 +158,10 @@ impl<R: Read> SnapshotReader<R> {
             return Ok(None);
         };
         let index = self.record_count;
-        let record = codec::decode(|| format!("snapshot {} record {index}", self.path.display()), &bytes)?;
+        let record = codec::decode(
+            || format!("snapshot {} record {index}", self.path.display()),
+            &bytes,
+        )?;
         self.record_count += 1;
         Ok(Some(record))
     }
@@ -151,10 +177,16 @@ impl<R: Read> SnapshotReader<R> {
         }
         let stored_count = u64::from_le_bytes(count_bytes);
         if stored_count != self.record_count {
-            return Err(self.corrupt(&format!("trailer says {stored_count} records, found {}", self.record_count)));
+            return Err(self.corrupt(&format!(
+                "trailer says {stored_count} records, found {}",
+                self.record_count
+            )));
         }
         let mut extra = [0u8; 1];
-        let trailing = self.input.read(&mut extra).map_err(|error| self.io_error(error))?;
+        let trailing = self
+            .input
+            .read(&mut extra)
+            .map_err(|error| self.io_error(error))?;
         if trailing != 0 {
             return Err(self.corrupt("bytes after the checksum"));
         }
@@ -186,13 +218,18 @@ impl<R: Read> SnapshotReader<R> {
     fn read_raw(&mut self, buffer: &mut [u8]) -> Result<(), StoreError> {
         match self.input.read_exact(buffer) {
             Ok(()) => Ok(()),
-            Err(error) if error.kind() == io::ErrorKind::UnexpectedEof => Err(self.corrupt("truncated")),
+            Err(error) if error.kind() == io::ErrorKind::UnexpectedEof => {
+                Err(self.corrupt("truncated"))
+            }
             Err(error) => Err(self.io_error(error)),
         }
     }
 
     fn corrupt(&self, reason: &str) -> StoreError {
-        StoreError::CorruptSnapshot { path: self.path.clone(), reason: reason.to_string() }
+        StoreError::CorruptSnapshot {
+            path: self.path.clone(),
+            reason: reason.to_string(),
+        }
     }
 
     fn io_error(&self, error: io::Error) -> StoreError {

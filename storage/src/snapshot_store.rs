@@ -21,7 +21,8 @@ use crate::snapshot::{PositionalReader, SnapshotFile};
 use crate::snapshot_format::{SnapshotHeader, SnapshotReader, SnapshotRecord, SnapshotWriter};
 use crate::state_machine::{read_applied_state, read_tombstones};
 use crate::store::{
-    data_tree_name, DataGeneration, Shared, KEY_APPLIED, KEY_GENERATION, KEY_MEMBERSHIP, KEY_TOMBSTONES, SM_META_TREE,
+    data_tree_name, DataGeneration, Shared, KEY_APPLIED, KEY_GENERATION, KEY_MEMBERSHIP,
+    KEY_TOMBSTONES, SM_META_TREE,
 };
 use crate::types::{KvEntry, NodeId, Snapshot, SnapshotMeta, StorageError, TypeConfig};
 
@@ -46,8 +47,16 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
 }
 
 fn snapshot_file_name(snapshot_id: &str) -> String {
-    let safe_id: String =
-        snapshot_id.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect();
+    let safe_id: String = snapshot_id
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
     format!("{SNAPSHOT_PREFIX}{safe_id}{SNAPSHOT_SUFFIX}")
 }
 
@@ -56,7 +65,9 @@ fn io_error(context: String) -> impl FnOnce(std::io::Error) -> StoreError {
 }
 
 fn sync_dir(dir: &Path) -> Result<(), StoreError> {
-    File::open(dir).and_then(|handle| handle.sync_all()).map_err(io_error(format!("sync directory {}", dir.display())))
+    File::open(dir)
+        .and_then(|handle| handle.sync_all())
+        .map_err(io_error(format!("sync directory {}", dir.display())))
 }
 
 fn ensure_dir(dir: &Path) -> Result<(), StoreError> {
@@ -66,25 +77,35 @@ fn ensure_dir(dir: &Path) -> Result<(), StoreError> {
 fn build(shared: &Shared) -> Result<Snapshot, StoreError> {
     let _files = shared.lock_snapshot_files();
     // Held while streaming: applies wait, so the file is one consistent state.
-    let state = shared.read_state();
+    let consistent = shared.lock_consistent_view();
+    let (generation, data) = shared.active_while_locked();
     let (last_log_id, last_membership) = read_applied_state(shared)?;
     let tombstones = read_tombstones(shared)?;
-    let counter = shared.db.generate_id().map_err(|error| StoreError::sled("generate snapshot id", error))?;
+    let counter = shared
+        .db
+        .generate_id()
+        .map_err(|error| StoreError::sled("generate snapshot id", error))?;
     let snapshot_id = match last_log_id {
         Some(log_id) => format!("{}-{}-{counter}", log_id.index, log_id.leader_id.term),
         None => format!("0-0-{counter}"),
     };
-    let meta = SnapshotMeta { last_log_id, last_membership, snapshot_id };
+    let meta = SnapshotMeta {
+        last_log_id,
+        last_membership,
+        snapshot_id,
+    };
 
     let dir = shared.snapshot_dir();
     ensure_dir(&dir)?;
     let temp_path = dir.join(format!("building-{}.tmp", meta.snapshot_id));
-    let file = File::create(&temp_path).map_err(io_error(format!("create {}", temp_path.display())))?;
+    let file =
+        File::create(&temp_path).map_err(io_error(format!("create {}", temp_path.display())))?;
     let mut writer = SnapshotWriter::new(file, &temp_path, &SnapshotHeader { meta: meta.clone() })?;
-    let tree_name = data_tree_name(state.generation);
+    let tree_name = data_tree_name(generation);
     let mut kv_count: u64 = 0;
-    for item in state.data.iter() {
-        let (key_bytes, value_bytes) = item.map_err(|error| StoreError::sled(format!("read {tree_name}"), error))?;
+    for item in data.iter() {
+        let (key_bytes, value_bytes) =
+            item.map_err(|error| StoreError::sled(format!("read {tree_name}"), error))?;
         let key = String::from_utf8_lossy(&key_bytes).into_owned();
         let entry: KvEntry = codec::decode(|| format!("{tree_name} key {key:?}"), &value_bytes)?;
         writer.write_record(&SnapshotRecord::Kv { key, entry })?;
@@ -94,18 +115,26 @@ fn build(shared: &Shared) -> Result<Snapshot, StoreError> {
         writer.write_record(&SnapshotRecord::Tombstone { node_id })?;
     }
     let file = writer.finish()?;
-    file.sync_all().map_err(io_error(format!("sync {}", temp_path.display())))?;
+    file.sync_all()
+        .map_err(io_error(format!("sync {}", temp_path.display())))?;
     drop(file);
-    drop(state);
+    drop(consistent);
 
     let final_path = dir.join(snapshot_file_name(&meta.snapshot_id));
-    std::fs::rename(&temp_path, &final_path)
-        .map_err(io_error(format!("rename {} to {}", temp_path.display(), final_path.display())))?;
+    std::fs::rename(&temp_path, &final_path).map_err(io_error(format!(
+        "rename {} to {}",
+        temp_path.display(),
+        final_path.display()
+    )))?;
     sync_dir(&dir)?;
     remove_other_snapshots(&dir, &final_path);
     tracing::info!(snapshot_id = %meta.snapshot_id, kv_count, path = %final_path.display(), "snapshot built");
-    let snapshot = SnapshotFile::open_existing(&final_path).map_err(io_error(format!("open {}", final_path.display())))?;
-    Ok(Snapshot { meta, snapshot: Box::new(snapshot) })
+    let snapshot = SnapshotFile::open_existing(&final_path)
+        .map_err(io_error(format!("open {}", final_path.display())))?;
+    Ok(Snapshot {
+        meta,
+        snapshot: Box::new(snapshot),
+    })
 }
 
 /// Keeps only `keep` among complete snapshots; failures only cost disk space.
@@ -143,7 +172,8 @@ pub(crate) fn current(shared: &Shared) -> Result<Option<Snapshot>, StoreError> {
     let _files = shared.lock_snapshot_files();
     let mut newest: Option<(SnapshotMeta, SnapshotFile)> = None;
     for path in list_snapshot_files(&shared.snapshot_dir()) {
-        let file = SnapshotFile::open_existing(&path).map_err(io_error(format!("open {}", path.display())))?;
+        let file = SnapshotFile::open_existing(&path)
+            .map_err(io_error(format!("open {}", path.display())))?;
         let header = match read_header(&file) {
             Ok(header) => header,
             Err(error) => {
@@ -151,21 +181,33 @@ pub(crate) fn current(shared: &Shared) -> Result<Option<Snapshot>, StoreError> {
                 continue;
             }
         };
-        let is_newer = newest.as_ref().is_none_or(|(meta, _)| header.meta.last_log_id > meta.last_log_id);
+        let is_newer = newest
+            .as_ref()
+            .is_none_or(|(meta, _)| header.meta.last_log_id > meta.last_log_id);
         if is_newer {
             newest = Some((header.meta, file));
         }
     }
-    Ok(newest.map(|(meta, file)| Snapshot { meta, snapshot: Box::new(file) }))
+    Ok(newest.map(|(meta, file)| Snapshot {
+        meta,
+        snapshot: Box::new(file),
+    }))
 }
 
 /// Loads `file` into `tree`; returns the tombstones. Verifies the whole
 /// file, checksum included, before returning success.
-fn load_records(tree: &sled::Tree, tree_name: &str, meta: &SnapshotMeta, file: &SnapshotFile) -> Result<BTreeSet<NodeId>, StoreError> {
+fn load_records(
+    tree: &sled::Tree,
+    tree_name: &str,
+    meta: &SnapshotMeta,
+    file: &SnapshotFile,
+) -> Result<BTreeSet<NodeId>, StoreError> {
     let input = BufReader::new(PositionalReader::new(file.handle()));
     let mut reader = SnapshotReader::open(input, file.path())?;
     let header_meta = &reader.header().meta;
-    if header_meta.last_log_id != meta.last_log_id || header_meta.last_membership != meta.last_membership {
+    if header_meta.last_log_id != meta.last_log_id
+        || header_meta.last_membership != meta.last_membership
+    {
         return Err(StoreError::CorruptSnapshot {
             path: file.path().to_path_buf(),
             reason: format!(
@@ -184,7 +226,8 @@ fn load_records(tree: &sled::Tree, tree_name: &str, meta: &SnapshotMeta, file: &
                 batch.insert(key.as_bytes(), bytes);
                 batched += 1;
                 if batched >= INSTALL_BATCH_RECORDS {
-                    tree.apply_batch(std::mem::take(&mut batch)).map_err(|error| StoreError::sled(format!("load {tree_name}"), error))?;
+                    tree.apply_batch(std::mem::take(&mut batch))
+                        .map_err(|error| StoreError::sled(format!("load {tree_name}"), error))?;
                     batched = 0;
                 }
             }
@@ -193,19 +236,32 @@ fn load_records(tree: &sled::Tree, tree_name: &str, meta: &SnapshotMeta, file: &
             }
         }
     }
-    tree.apply_batch(batch).map_err(|error| StoreError::sled(format!("load {tree_name}"), error))?;
+    tree.apply_batch(batch)
+        .map_err(|error| StoreError::sled(format!("load {tree_name}"), error))?;
     Ok(tombstones)
 }
 
-pub(crate) fn install(shared: &Shared, meta: &SnapshotMeta, mut file: SnapshotFile) -> Result<(), StoreError> {
+pub(crate) fn install(
+    shared: &Shared,
+    meta: &SnapshotMeta,
+    mut file: SnapshotFile,
+) -> Result<(), StoreError> {
     let _files = shared.lock_snapshot_files();
-    let mut state = shared.write_state();
-    let old_generation = state.generation;
+    let writes = shared.lock_writes();
+    let (old_generation, _) = shared.active_while_locked();
     let new_generation = old_generation + 1;
     let new_name = data_tree_name(new_generation);
-    let drop_tree = |name: &str| shared.db.drop_tree(name.as_bytes()).map_err(|error| StoreError::sled(format!("drop tree {name}"), error));
+    let drop_tree = |name: &str| {
+        shared
+            .db
+            .drop_tree(name.as_bytes())
+            .map_err(|error| StoreError::sled(format!("drop tree {name}"), error))
+    };
     drop_tree(&new_name)?;
-    let new_tree = shared.db.open_tree(&new_name).map_err(|error| StoreError::sled(format!("open tree {new_name}"), error))?;
+    let new_tree = shared
+        .db
+        .open_tree(&new_name)
+        .map_err(|error| StoreError::sled(format!("open tree {new_name}"), error))?;
 
     let tombstones = match load_records(&new_tree, &new_name, meta, &file) {
         Ok(tombstones) => tombstones,
@@ -217,15 +273,28 @@ pub(crate) fn install(shared: &Shared, meta: &SnapshotMeta, mut file: SnapshotFi
         }
     };
 
-    let encode_meta = |key: &[u8], bytes: Result<Vec<u8>, StoreError>| bytes.map(|bytes| (key.to_vec(), bytes));
+    let encode_meta =
+        |key: &[u8], bytes: Result<Vec<u8>, StoreError>| bytes.map(|bytes| (key.to_vec(), bytes));
     let meta_name = |key: &'static str| move || format!("{SM_META_TREE} {key}");
     let mut updates = vec![
-        encode_meta(KEY_GENERATION, codec::encode(meta_name("generation"), &new_generation))?,
-        encode_meta(KEY_MEMBERSHIP, codec::encode(meta_name("membership"), &meta.last_membership))?,
-        encode_meta(KEY_TOMBSTONES, codec::encode(meta_name("tombstones"), &tombstones))?,
+        encode_meta(
+            KEY_GENERATION,
+            codec::encode(meta_name("generation"), &new_generation),
+        )?,
+        encode_meta(
+            KEY_MEMBERSHIP,
+            codec::encode(meta_name("membership"), &meta.last_membership),
+        )?,
+        encode_meta(
+            KEY_TOMBSTONES,
+            codec::encode(meta_name("tombstones"), &tombstones),
+        )?,
     ];
     if let Some(last_log_id) = &meta.last_log_id {
-        updates.push(encode_meta(KEY_APPLIED, codec::encode(meta_name("applied"), last_log_id))?);
+        updates.push(encode_meta(
+            KEY_APPLIED,
+            codec::encode(meta_name("applied"), last_log_id),
+        )?);
     }
     let switched = (&shared.sm_meta,).transaction(|(sm_meta,)| {
         if meta.last_log_id.is_none() {
@@ -236,15 +305,23 @@ pub(crate) fn install(shared: &Shared, meta: &SnapshotMeta, mut file: SnapshotFi
         }
         Ok::<(), sled::transaction::ConflictableTransactionError<Box<StoreError>>>(())
     });
-    switched.map_err(|source| StoreError::Transaction { context: "switch state machine generation".into(), source })?;
+    switched.map_err(|source| StoreError::Transaction {
+        context: "switch state machine generation".into(),
+        source,
+    })?;
     shared.flush_blocking("install snapshot")?;
-    *state = DataGeneration { generation: new_generation, data: new_tree };
+    let old = shared.swap_active(DataGeneration {
+        generation: new_generation,
+        data: new_tree,
+    });
+    drop(old);
+    // No reader can still use the old tree: readers hold `active` while reading.
     let old_name = data_tree_name(old_generation);
     if let Err(error) = drop_tree(&old_name) {
         // Harmless: stale generations are dropped at the next open.
         tracing::warn!(tree = %old_name, %error, "could not drop old state machine generation");
     }
-    drop(state);
+    drop(writes);
     tracing::info!(snapshot_id = %meta.snapshot_id, last_log_id = ?meta.last_log_id, generation = new_generation, "snapshot installed");
 
     // The state is installed; keeping the file only spares a rebuild, so a
@@ -256,7 +333,11 @@ pub(crate) fn install(shared: &Shared, meta: &SnapshotMeta, mut file: SnapshotFi
 }
 
 /// Makes the installed file this node's current snapshot.
-fn adopt_file(shared: &Shared, meta: &SnapshotMeta, file: &mut SnapshotFile) -> Result<(), StoreError> {
+fn adopt_file(
+    shared: &Shared,
+    meta: &SnapshotMeta,
+    file: &mut SnapshotFile,
+) -> Result<(), StoreError> {
     let dir = shared.snapshot_dir();
     ensure_dir(&dir)?;
     let final_path = dir.join(snapshot_file_name(&meta.snapshot_id));
@@ -264,18 +345,30 @@ fn adopt_file(shared: &Shared, meta: &SnapshotMeta, file: &mut SnapshotFile) -> 
         return Ok(());
     }
     if file.is_incoming() && file.path().parent() == Some(dir.as_path()) {
-        std::fs::rename(file.path(), &final_path)
-            .map_err(io_error(format!("rename {} to {}", file.path().display(), final_path.display())))?;
+        std::fs::rename(file.path(), &final_path).map_err(io_error(format!(
+            "rename {} to {}",
+            file.path().display(),
+            final_path.display()
+        )))?;
         file.mark_adopted();
     } else {
         // Someone else's file (another store's snapshot): copy it in.
         let temp_path = dir.join(format!("adopting-{}.tmp", meta.snapshot_id));
-        let mut output = File::create(&temp_path).map_err(io_error(format!("create {}", temp_path.display())))?;
+        let mut output = File::create(&temp_path)
+            .map_err(io_error(format!("create {}", temp_path.display())))?;
         let mut input = BufReader::new(PositionalReader::new(file.handle()));
-        std::io::copy(&mut input, &mut output).map_err(io_error(format!("copy snapshot to {}", temp_path.display())))?;
-        output.sync_all().map_err(io_error(format!("sync {}", temp_path.display())))?;
-        std::fs::rename(&temp_path, &final_path)
-            .map_err(io_error(format!("rename {} to {}", temp_path.display(), final_path.display())))?;
+        std::io::copy(&mut input, &mut output).map_err(io_error(format!(
+            "copy snapshot to {}",
+            temp_path.display()
+        )))?;
+        output
+            .sync_all()
+            .map_err(io_error(format!("sync {}", temp_path.display())))?;
+        std::fs::rename(&temp_path, &final_path).map_err(io_error(format!(
+            "rename {} to {}",
+            temp_path.display(),
+            final_path.display()
+        )))?;
     }
     sync_dir(&dir)?;
     remove_other_snapshots(&dir, &final_path);

@@ -19,8 +19,8 @@ use crate::snapshot::SnapshotFile;
 use crate::snapshot_store::SnapshotBuilder;
 use crate::store::{Shared, KEY_APPLIED, KEY_MEMBERSHIP, KEY_TOMBSTONES, SM_META_TREE};
 use crate::types::{
-    Command, CommandResponse, Entry, KvEntry, LogId, NodeId, Snapshot, SnapshotMeta, StorageError, StoredMembership,
-    TypeConfig,
+    Command, CommandResponse, Entry, KvEntry, LogId, NodeId, Snapshot, SnapshotMeta, StorageError,
+    StoredMembership, TypeConfig,
 };
 
 /// The state machine half of the store. Cheap to clone.
@@ -41,9 +41,12 @@ fn kv_record_name(tree: &str, key: &str) -> impl Fn() -> String {
 }
 
 /// Reads `applied` and `membership` from `sm_meta`.
-pub(crate) fn read_applied_state(shared: &Shared) -> Result<(Option<LogId>, StoredMembership), StoreError> {
+pub(crate) fn read_applied_state(
+    shared: &Shared,
+) -> Result<(Option<LogId>, StoredMembership), StoreError> {
     let applied = Shared::get_record(&shared.sm_meta, SM_META_TREE, KEY_APPLIED)?;
-    let membership = Shared::get_record(&shared.sm_meta, SM_META_TREE, KEY_MEMBERSHIP)?.unwrap_or_default();
+    let membership =
+        Shared::get_record(&shared.sm_meta, SM_META_TREE, KEY_MEMBERSHIP)?.unwrap_or_default();
     Ok((applied, membership))
 }
 
@@ -57,9 +60,10 @@ struct BatchOutcome {
 }
 
 fn apply_batch(shared: &Shared, entries: &[Entry]) -> Result<Vec<CommandResponse>, StoreError> {
-    let state = shared.write_state();
-    let data_tree_name = crate::store::data_tree_name(state.generation);
-    let result = (&state.data, &shared.sm_meta).transaction(|(data, meta)| {
+    let _writes = shared.lock_writes();
+    let (generation, data_tree) = shared.active_while_locked();
+    let data_tree_name = crate::store::data_tree_name(generation);
+    let result = (&data_tree, &shared.sm_meta).transaction(|(data, meta)| {
         // May run more than once (sled retries on conflict), so it only
         // reads and writes through the transaction.
         let mut tombstones: Option<BTreeSet<NodeId>> = None;
@@ -69,12 +73,20 @@ fn apply_batch(shared: &Shared, entries: &[Entry]) -> Result<Vec<CommandResponse
             let response = match &entry.payload {
                 EntryPayload::Blank => CommandResponse::Applied,
                 EntryPayload::Membership(new_membership) => {
-                    membership = Some(StoredMembership::new(Some(entry.log_id), new_membership.clone()));
+                    membership = Some(StoredMembership::new(
+                        Some(entry.log_id),
+                        new_membership.clone(),
+                    ));
                     CommandResponse::Applied
                 }
-                EntryPayload::Normal(command) => {
-                    apply_command(data, meta, &data_tree_name, &mut tombstones, entry.log_id.index, command)?
-                }
+                EntryPayload::Normal(command) => apply_command(
+                    data,
+                    meta,
+                    &data_tree_name,
+                    &mut tombstones,
+                    entry.log_id.index,
+                    command,
+                )?,
             };
             responses.push(response);
         }
@@ -92,12 +104,22 @@ fn apply_batch(shared: &Shared, entries: &[Entry]) -> Result<Vec<CommandResponse
     match result {
         Ok(outcome) => Ok(outcome.responses),
         Err(sled::transaction::TransactionError::Abort(error)) => Err(*error),
-        Err(sled::transaction::TransactionError::Storage(error)) => Err(StoreError::sled("apply log entries", error)),
+        Err(sled::transaction::TransactionError::Storage(error)) => {
+            Err(StoreError::sled("apply log entries", error))
+        }
     }
 }
 
-fn put_tx<T: serde::Serialize>(meta: &TransactionalTree, key: &[u8], value: &T) -> Result<(), TxError> {
-    let bytes = codec::encode(|| format!("{SM_META_TREE} {}", String::from_utf8_lossy(key)), value).map_err(abort)?;
+fn put_tx<T: serde::Serialize>(
+    meta: &TransactionalTree,
+    key: &[u8],
+    value: &T,
+) -> Result<(), TxError> {
+    let bytes = codec::encode(
+        || format!("{SM_META_TREE} {}", String::from_utf8_lossy(key)),
+        value,
+    )
+    .map_err(abort)?;
     meta.insert(key, bytes)?;
     Ok(())
 }
@@ -112,8 +134,12 @@ fn apply_command(
 ) -> Result<CommandResponse, TxError> {
     match command {
         Command::KvPut { key, value } => {
-            let entry = KvEntry { value: value.clone(), revision: index };
-            let bytes = codec::encode(kv_record_name(data_tree_name, key), &entry).map_err(abort)?;
+            let entry = KvEntry {
+                value: value.clone(),
+                revision: index,
+            };
+            let bytes =
+                codec::encode(kv_record_name(data_tree_name, key), &entry).map_err(abort)?;
             data.insert(key.as_bytes(), bytes)?;
             Ok(CommandResponse::Put { revision: index })
         }
@@ -123,31 +149,46 @@ fn apply_command(
         }
         Command::KvCas { key, expected, new } => {
             let current: Option<KvEntry> = match data.get(key.as_bytes())? {
-                Some(bytes) => Some(codec::decode(kv_record_name(data_tree_name, key), &bytes).map_err(abort)?),
+                Some(bytes) => Some(
+                    codec::decode(kv_record_name(data_tree_name, key), &bytes).map_err(abort)?,
+                ),
                 None => None,
             };
             let current_value = current.as_ref().map(|entry| &entry.value);
             if current_value != expected.as_ref() {
                 let revision = current.as_ref().map_or(0, |entry| entry.revision);
-                return Ok(CommandResponse::Cas { succeeded: false, current: current.map(|entry| entry.value), revision });
+                return Ok(CommandResponse::Cas {
+                    succeeded: false,
+                    current: current.map(|entry| entry.value),
+                    revision,
+                });
             }
             match new {
                 Some(value) => {
-                    let entry = KvEntry { value: value.clone(), revision: index };
-                    let bytes = codec::encode(kv_record_name(data_tree_name, key), &entry).map_err(abort)?;
+                    let entry = KvEntry {
+                        value: value.clone(),
+                        revision: index,
+                    };
+                    let bytes = codec::encode(kv_record_name(data_tree_name, key), &entry)
+                        .map_err(abort)?;
                     data.insert(key.as_bytes(), bytes)?;
                 }
                 None => {
                     data.remove(key.as_bytes())?;
                 }
             }
-            Ok(CommandResponse::Cas { succeeded: true, current: new.clone(), revision: index })
+            Ok(CommandResponse::Cas {
+                succeeded: true,
+                current: new.clone(),
+                revision: index,
+            })
         }
         Command::TombstoneNode { node_id } => {
             if tombstones.is_none() {
                 let bytes = meta.get(KEY_TOMBSTONES)?;
                 let loaded = match bytes {
-                    Some(bytes) => codec::decode(|| format!("{SM_META_TREE} tombstones"), &bytes).map_err(abort)?,
+                    Some(bytes) => codec::decode(|| format!("{SM_META_TREE} tombstones"), &bytes)
+                        .map_err(abort)?,
                     None => BTreeSet::new(),
                 };
                 *tombstones = Some(loaded);
@@ -164,7 +205,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     type SnapshotBuilder = SnapshotBuilder;
 
     async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
-        read_applied_state(&self.shared).map_err(|error| error.into_storage(ErrorSubject::StateMachine, ErrorVerb::Read))
+        read_applied_state(&self.shared)
+            .map_err(|error| error.into_storage(ErrorSubject::StateMachine, ErrorVerb::Read))
     }
 
     async fn apply<I>(&mut self, entries: I) -> Result<Vec<CommandResponse>, StorageError>
@@ -179,34 +221,54 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let shared = Arc::clone(&self.shared);
         let responses = run_blocking("apply log entries", move || apply_batch(&shared, &entries))
             .await
-            .map_err(|error| error.into_storage(ErrorSubject::Apply(last_log_id), ErrorVerb::Write))?;
+            .map_err(|error| {
+                error.into_storage(ErrorSubject::Apply(last_log_id), ErrorVerb::Write)
+            })?;
         tracing::trace!(%last_log_id, count = responses.len(), "entries applied");
         Ok(responses)
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
-        SnapshotBuilder { shared: Arc::clone(&self.shared) }
+        SnapshotBuilder {
+            shared: Arc::clone(&self.shared),
+        }
     }
 
     async fn begin_receiving_snapshot(&mut self) -> Result<Box<SnapshotFile>, StorageError> {
-        let file = SnapshotFile::create_incoming(&self.shared.snapshot_dir()).await.map_err(|error| {
-            StoreError::io("create incoming snapshot file", error).into_storage(ErrorSubject::Snapshot(None), ErrorVerb::Write)
-        })?;
+        let file = SnapshotFile::create_incoming(&self.shared.snapshot_dir())
+            .await
+            .map_err(|error| {
+                StoreError::io("create incoming snapshot file", error)
+                    .into_storage(ErrorSubject::Snapshot(None), ErrorVerb::Write)
+            })?;
         Ok(Box::new(file))
     }
 
-    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: Box<SnapshotFile>) -> Result<(), StorageError> {
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Box<SnapshotFile>,
+    ) -> Result<(), StorageError> {
         let shared = Arc::clone(&self.shared);
         let install_meta = meta.clone();
-        run_blocking("install snapshot", move || crate::snapshot_store::install(&shared, &install_meta, *snapshot))
-            .await
-            .map_err(|error| error.into_storage(ErrorSubject::Snapshot(Some(meta.signature())), ErrorVerb::Write))
+        run_blocking("install snapshot", move || {
+            crate::snapshot_store::install(&shared, &install_meta, *snapshot)
+        })
+        .await
+        .map_err(|error| {
+            error.into_storage(
+                ErrorSubject::Snapshot(Some(meta.signature())),
+                ErrorVerb::Write,
+            )
+        })
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
         let shared = Arc::clone(&self.shared);
-        run_blocking("read current snapshot", move || crate::snapshot_store::current(&shared))
-            .await
-            .map_err(|error| error.into_storage(ErrorSubject::Snapshot(None), ErrorVerb::Read))
+        run_blocking("read current snapshot", move || {
+            crate::snapshot_store::current(&shared)
+        })
+        .await
+        .map_err(|error| error.into_storage(ErrorSubject::Snapshot(None), ErrorVerb::Read))
     }
 }

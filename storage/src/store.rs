@@ -10,8 +10,8 @@ use crate::codec;
 use crate::error::StoreError;
 use crate::log_store::LogStore;
 use crate::metrics::FlushStats;
-use crate::snapshot::INCOMING_PREFIX;
 use crate::reader::StateReader;
+use crate::snapshot::INCOMING_PREFIX;
 use crate::state_machine::StateMachineStore;
 
 pub(crate) const LOG_TREE: &str = "log";
@@ -43,7 +43,10 @@ pub struct StoreOptions {
 
 impl Default for StoreOptions {
     fn default() -> Self {
-        StoreOptions { cache_capacity_bytes: 32 * 1024 * 1024, background_flush_ms: 500 }
+        StoreOptions {
+            cache_capacity_bytes: 32 * 1024 * 1024,
+            background_flush_ms: 500,
+        }
     }
 }
 
@@ -61,9 +64,12 @@ pub(crate) struct Shared {
     pub(crate) raft_meta: sled::Tree,
     pub(crate) sm_meta: sled::Tree,
     pub(crate) identity: sled::Tree,
-    /// Applies and installs write-lock it; snapshot builds and readers
-    /// read-lock it so they see one consistent state.
-    pub(crate) state: RwLock<DataGeneration>,
+    /// Serializes state changes: applies and installs write-lock it;
+    /// snapshot builds and digests read-lock it for one consistent view.
+    pub(crate) writes: RwLock<()>,
+    /// Which data tree is active. Held only briefly (a read, or the swap at
+    /// the end of an install), so API readers never wait for a snapshot build.
+    pub(crate) active: RwLock<DataGeneration>,
     /// Serializes changes to the set of snapshot files (build, install,
     /// pick current). Taken before `state` when both are needed.
     pub(crate) snapshot_files: Mutex<()>,
@@ -78,7 +84,10 @@ impl Shared {
     /// Flushes everything written so far to disk, recording its latency.
     pub(crate) async fn flush(&self, what: &str) -> Result<(), StoreError> {
         let started = Instant::now();
-        self.db.flush_async().await.map_err(|error| StoreError::sled(format!("flush after {what}"), error))?;
+        self.db
+            .flush_async()
+            .await
+            .map_err(|error| StoreError::sled(format!("flush after {what}"), error))?;
         self.flush_stats.record(started.elapsed());
         Ok(())
     }
@@ -86,24 +95,55 @@ impl Shared {
     /// Blocking flush, for code already on a blocking thread.
     pub(crate) fn flush_blocking(&self, what: &str) -> Result<(), StoreError> {
         let started = Instant::now();
-        self.db.flush().map_err(|error| StoreError::sled(format!("flush after {what}"), error))?;
+        self.db
+            .flush()
+            .map_err(|error| StoreError::sled(format!("flush after {what}"), error))?;
         self.flush_stats.record(started.elapsed());
         Ok(())
     }
 
-    // The lock only guards which tree is active and serializes writers; a
-    // panic while holding it leaves sled consistent (sled transactions are
-    // atomic), so a poisoned lock is still safe to use.
-    pub(crate) fn read_state(&self) -> RwLockReadGuard<'_, DataGeneration> {
-        self.state.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+    // These locks guard no data of their own (sled transactions are atomic),
+    // so a lock poisoned by a panic is still safe to use.
+    // Lock order: `snapshot_files`, then `writes`, then `active`.
+    pub(crate) fn lock_writes(&self) -> RwLockWriteGuard<'_, ()> {
+        self.writes
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    pub(crate) fn write_state(&self) -> RwLockWriteGuard<'_, DataGeneration> {
-        self.state.write().unwrap_or_else(|poisoned| poisoned.into_inner())
+    pub(crate) fn lock_consistent_view(&self) -> RwLockReadGuard<'_, ()> {
+        self.writes
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The active tree; hold the guard while reading it, since an install
+    /// drops the previous tree right after swapping.
+    pub(crate) fn read_active(&self) -> RwLockReadGuard<'_, DataGeneration> {
+        self.active
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The active generation and tree, for a holder of the `writes` lock
+    /// (which keeps it from changing).
+    pub(crate) fn active_while_locked(&self) -> (u64, sled::Tree) {
+        let active = self.read_active();
+        (active.generation, active.data.clone())
+    }
+
+    pub(crate) fn swap_active(&self, new: DataGeneration) -> DataGeneration {
+        let mut active = self
+            .active
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        std::mem::replace(&mut *active, new)
     }
 
     pub(crate) fn lock_snapshot_files(&self) -> MutexGuard<'_, ()> {
-        self.snapshot_files.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.snapshot_files
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     pub(crate) fn get_record<T: serde::de::DeserializeOwned>(
@@ -112,7 +152,10 @@ impl Shared {
         key: &[u8],
     ) -> Result<Option<T>, StoreError> {
         let name = || format!("{tree_name} {}", String::from_utf8_lossy(key));
-        let Some(bytes) = tree.get(key).map_err(|error| StoreError::sled(format!("read {}", name()), error))? else {
+        let Some(bytes) = tree
+            .get(key)
+            .map_err(|error| StoreError::sled(format!("read {}", name()), error))?
+        else {
             return Ok(None);
         };
         codec::decode(name, &bytes).map(Some)
@@ -127,7 +170,9 @@ pub struct Store {
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store").field("dir", &self.shared.dir).finish_non_exhaustive()
+        f.debug_struct("Store")
+            .field("dir", &self.shared.dir)
+            .finish_non_exhaustive()
     }
 }
 
@@ -142,21 +187,28 @@ impl Store {
     /// Cleans up what a crash may have left: data generations other than
     /// the active one, and snapshot files that were being built or received.
     pub fn open(dir: &Path, options: StoreOptions) -> Result<Store, StoreError> {
-        std::fs::create_dir_all(dir).map_err(|error| StoreError::io(format!("create data dir {}", dir.display()), error))?;
+        std::fs::create_dir_all(dir)
+            .map_err(|error| StoreError::io(format!("create data dir {}", dir.display()), error))?;
         let db_path = dir.join("db");
         let db = sled::Config::new()
             .path(&db_path)
             .cache_capacity(options.cache_capacity_bytes)
             .flush_every_ms(Some(options.background_flush_ms.max(1)))
             .open()
-            .map_err(|error| StoreError::sled(format!("open sled database {}", db_path.display()), error))?;
-        let open_tree = |name: &str| db.open_tree(name).map_err(|error| StoreError::sled(format!("open tree {name}"), error));
+            .map_err(|error| {
+                StoreError::sled(format!("open sled database {}", db_path.display()), error)
+            })?;
+        let open_tree = |name: &str| {
+            db.open_tree(name)
+                .map_err(|error| StoreError::sled(format!("open tree {name}"), error))
+        };
         let log = open_tree(LOG_TREE)?;
         let raft_meta = open_tree(RAFT_META_TREE)?;
         let sm_meta = open_tree(SM_META_TREE)?;
         let identity = open_tree(IDENTITY_TREE)?;
 
-        let generation: u64 = Shared::get_record(&sm_meta, SM_META_TREE, KEY_GENERATION)?.unwrap_or(0);
+        let generation: u64 =
+            Shared::get_record(&sm_meta, SM_META_TREE, KEY_GENERATION)?.unwrap_or(0);
         let active_name = data_tree_name(generation);
         drop_stale_generations(&db, &active_name)?;
         let data = open_tree(&active_name)?;
@@ -168,28 +220,37 @@ impl Store {
             raft_meta,
             sm_meta,
             identity,
-            state: RwLock::new(DataGeneration { generation, data }),
+            writes: RwLock::new(()),
+            active: RwLock::new(DataGeneration { generation, data }),
             snapshot_files: Mutex::new(()),
             flush_stats: FlushStats::default(),
         };
         remove_partial_snapshot_files(&shared.snapshot_dir())?;
         tracing::info!(dir = %dir.display(), generation, "store opened");
-        Ok(Store { shared: Arc::new(shared) })
+        Ok(Store {
+            shared: Arc::new(shared),
+        })
     }
 
     /// The Raft log half, for `openraft::Raft::new`.
     pub fn log_store(&self) -> LogStore {
-        LogStore { shared: Arc::clone(&self.shared) }
+        LogStore {
+            shared: Arc::clone(&self.shared),
+        }
     }
 
     /// The state machine half, for `openraft::Raft::new`.
     pub fn state_machine(&self) -> StateMachineStore {
-        StateMachineStore { shared: Arc::clone(&self.shared) }
+        StateMachineStore {
+            shared: Arc::clone(&self.shared),
+        }
     }
 
     /// A cheap, clonable read handle on the applied state.
     pub fn reader(&self) -> StateReader {
-        StateReader { shared: Arc::clone(&self.shared) }
+        StateReader {
+            shared: Arc::clone(&self.shared),
+        }
     }
 
     /// Where snapshot files live; incoming snapshots are created here too.
@@ -207,8 +268,16 @@ impl Store {
     /// cluster.
     pub fn has_raft_state(&self) -> Result<bool, StoreError> {
         let sled_error = |error| StoreError::sled("check for raft state", error);
-        let has_vote = self.shared.raft_meta.contains_key(KEY_VOTE).map_err(sled_error)?;
-        let has_purged = self.shared.raft_meta.contains_key(KEY_LAST_PURGED).map_err(sled_error)?;
+        let has_vote = self
+            .shared
+            .raft_meta
+            .contains_key(KEY_VOTE)
+            .map_err(sled_error)?;
+        let has_purged = self
+            .shared
+            .raft_meta
+            .contains_key(KEY_LAST_PURGED)
+            .map_err(sled_error)?;
         let has_log = !self.shared.log.is_empty();
         Ok(has_vote || has_purged || has_log)
     }
@@ -224,7 +293,8 @@ fn drop_stale_generations(db: &sled::Db, active_name: &str) -> Result<(), StoreE
         let name = String::from_utf8_lossy(&name).into_owned();
         if name.starts_with(SM_DATA_PREFIX) && name != active_name {
             tracing::info!(tree = %name, "dropping stale state machine generation");
-            db.drop_tree(name.as_bytes()).map_err(|error| StoreError::sled(format!("drop tree {name}"), error))?;
+            db.drop_tree(name.as_bytes())
+                .map_err(|error| StoreError::sled(format!("drop tree {name}"), error))?;
         }
     }
     Ok(())
@@ -234,14 +304,21 @@ fn remove_partial_snapshot_files(snapshot_dir: &Path) -> Result<(), StoreError> 
     let entries = match std::fs::read_dir(snapshot_dir) {
         Ok(entries) => entries,
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(error) => return Err(StoreError::io(format!("list {}", snapshot_dir.display()), error)),
+        Err(error) => {
+            return Err(StoreError::io(
+                format!("list {}", snapshot_dir.display()),
+                error,
+            ))
+        }
     };
     for entry in entries {
-        let entry = entry.map_err(|error| StoreError::io(format!("list {}", snapshot_dir.display()), error))?;
+        let entry = entry
+            .map_err(|error| StoreError::io(format!("list {}", snapshot_dir.display()), error))?;
         let name = entry.file_name().to_string_lossy().into_owned();
         if name.starts_with(INCOMING_PREFIX) || name.ends_with(".tmp") {
             let path = entry.path();
-            std::fs::remove_file(&path).map_err(|error| StoreError::io(format!("remove {}", path.display()), error))?;
+            std::fs::remove_file(&path)
+                .map_err(|error| StoreError::io(format!("remove {}", path.display()), error))?;
         }
     }
     Ok(())

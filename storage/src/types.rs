@@ -23,7 +23,11 @@ pub struct NodeInfo {
 
 impl fmt::Display for NodeInfo {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "raft={} api={} http={}", self.raft_addr, self.api_addr, self.http_addr)
+        write!(
+            f,
+            "raft={} api={} http={}",
+            self.raft_addr, self.api_addr, self.http_addr
+        )
     }
 }
 
@@ -39,7 +43,11 @@ pub enum Command {
     KvDelete { key: String },
     /// Atomically replace `key`'s value when its current value equals
     /// `expected` (`None` = the key must be absent). `new = None` deletes.
-    KvCas { key: String, expected: Option<Vec<u8>>, new: Option<Vec<u8>> },
+    KvCas {
+        key: String,
+        expected: Option<Vec<u8>>,
+        new: Option<Vec<u8>>,
+    },
     /// Records that a node left the membership for good; its id is never
     /// accepted again.
     TombstoneNode { node_id: NodeId },
@@ -67,7 +75,11 @@ pub enum CommandResponse {
     /// A delete; `existed` tells whether a value was removed.
     Delete { existed: bool },
     /// A compare-and-set; `current` is the value after the operation.
-    Cas { succeeded: bool, current: Option<Vec<u8>>, revision: u64 },
+    Cas {
+        succeeded: bool,
+        current: Option<Vec<u8>>,
+        revision: u64,
+    },
 }
 
 /// A stored key-value entry.

@@ -10,7 +10,10 @@ use crate::tls::{identity_from_cert, PeerIdentity, TlsError, TlsMaterial};
 
 fn pem_der(path: &std::path::Path) -> Vec<u8> {
     let pem = std::fs::read(path).unwrap();
-    let cert: CertificateDer<'static> = rustls_pemfile::certs(&mut pem.as_slice()).next().unwrap().unwrap();
+    let cert: CertificateDer<'static> = rustls_pemfile::certs(&mut pem.as_slice())
+        .next()
+        .unwrap()
+        .unwrap();
     cert.to_vec()
 }
 
@@ -29,7 +32,14 @@ fn parse(der: &[u8]) -> Parsed {
         ips: vec![],
         server_auth: false,
         client_auth: false,
-        common_name: cert.subject().iter_common_name().next().unwrap().as_str().unwrap().to_string(),
+        common_name: cert
+            .subject()
+            .iter_common_name()
+            .next()
+            .unwrap()
+            .as_str()
+            .unwrap()
+            .to_string(),
     };
     for extension in cert.extensions() {
         match extension.parsed_extension() {
@@ -53,8 +63,12 @@ fn parse(der: &[u8]) -> Parsed {
         }
     }
     let validity = cert.validity();
-    let years = (validity.not_after.timestamp() - validity.not_before.timestamp()) / (365 * 24 * 3600);
-    assert!(years >= 9, "certificate valid for about ten years, got {years}");
+    let years =
+        (validity.not_after.timestamp() - validity.not_before.timestamp()) / (365 * 24 * 3600);
+    assert!(
+        years >= 9,
+        "certificate valid for about ten years, got {years}"
+    );
     parsed
 }
 
@@ -75,8 +89,14 @@ fn ca_node_and_client_certificates_round_trip() {
     let extra = ["10.0.0.7".to_string(), "floe-7.local".to_string()];
     let node = create_node(&ca_dir, 7, &extra, &node_dir).unwrap();
     assert!(node.cert.exists() && node.key.exists() && node.ca.exists());
-    assert!(!node_dir.join("ca-key.pem").exists(), "the CA key never leaves the CA dir");
-    assert_eq!(std::fs::read(&node.ca).unwrap(), std::fs::read(&ca.cert).unwrap());
+    assert!(
+        !node_dir.join("ca-key.pem").exists(),
+        "the CA key never leaves the CA dir"
+    );
+    assert_eq!(
+        std::fs::read(&node.ca).unwrap(),
+        std::fs::read(&ca.cert).unwrap()
+    );
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
@@ -98,9 +118,15 @@ fn ca_node_and_client_certificates_round_trip() {
 
     let material = TlsMaterial::load(&node.ca, &node.cert, &node.key).unwrap();
     assert_eq!(material.identity().unwrap(), PeerIdentity::Node(7));
-    assert_eq!(material.ca_fingerprint(), hex::encode(Sha256::digest(pem_der(&ca.cert))));
+    assert_eq!(
+        material.ca_fingerprint(),
+        hex::encode(Sha256::digest(pem_der(&ca.cert)))
+    );
     let client_material = TlsMaterial::load(&client.ca, &client.cert, &client.key).unwrap();
-    assert_eq!(client_material.identity().unwrap(), PeerIdentity::Client("cli".to_string()));
+    assert_eq!(
+        client_material.identity().unwrap(),
+        PeerIdentity::Client("cli".to_string())
+    );
     assert_eq!(client_material.ca_fingerprint(), material.ca_fingerprint());
 }
 
@@ -109,26 +135,50 @@ fn existing_files_are_never_overwritten() {
     let ca = TestCa::new("test");
     let before = std::fs::read(ca.ca_dir().join("ca-key.pem")).unwrap();
     match create_ca(&ca.ca_dir(), "again") {
-        Err(CertError::AlreadyExists { path }) => assert!(path.ends_with("ca.pem") || path.ends_with("ca-key.pem")),
+        Err(CertError::AlreadyExists { path }) => {
+            assert!(path.ends_with("ca.pem") || path.ends_with("ca-key.pem"))
+        }
         other => panic!("expected AlreadyExists, got {other:?}"),
     }
-    assert_eq!(std::fs::read(ca.ca_dir().join("ca-key.pem")).unwrap(), before);
+    assert_eq!(
+        std::fs::read(ca.ca_dir().join("ca-key.pem")).unwrap(),
+        before
+    );
 
     let out = ca.dir.path().join("n1");
     create_node(&ca.ca_dir(), 1, &[], &out).unwrap();
     let error = create_node(&ca.ca_dir(), 1, &[], &out).unwrap_err();
-    assert!(error.to_string().contains("n1"), "error names the path: {error}");
+    assert!(
+        error.to_string().contains("n1"),
+        "error names the path: {error}"
+    );
     assert!(matches!(error, CertError::AlreadyExists { .. }));
 }
 
 #[test]
 fn reserved_and_invalid_names_are_rejected() {
     let ca = TestCa::new("test");
-    let spoof = create_node(&ca.ca_dir(), 1, &["node-2.floe".to_string()], &ca.dir.path().join("x"));
-    assert!(matches!(spoof, Err(CertError::InvalidName { .. })), "{spoof:?}");
+    let spoof = create_node(
+        &ca.ca_dir(),
+        1,
+        &["node-2.floe".to_string()],
+        &ca.dir.path().join("x"),
+    );
+    assert!(
+        matches!(spoof, Err(CertError::InvalidName { .. })),
+        "{spoof:?}"
+    );
     let bad_client = create_client(&ca.ca_dir(), "a.b", &ca.dir.path().join("y"));
-    assert!(matches!(bad_client, Err(CertError::InvalidName { .. })), "{bad_client:?}");
-    let missing_ca = create_node(&ca.dir.path().join("nope"), 1, &[], &ca.dir.path().join("z"));
+    assert!(
+        matches!(bad_client, Err(CertError::InvalidName { .. })),
+        "{bad_client:?}"
+    );
+    let missing_ca = create_node(
+        &ca.dir.path().join("nope"),
+        1,
+        &[],
+        &ca.dir.path().join("z"),
+    );
     match missing_ca {
         Err(CertError::Io { path, .. }) => assert!(path.ends_with("nope/ca.pem")),
         other => panic!("expected Io naming ca.pem, got {other:?}"),
@@ -148,11 +198,17 @@ fn loading_bad_material_names_the_file() {
     let garbage = dir.join("garbage.pem");
     std::fs::write(&garbage, "hello").unwrap();
     let not_pem = TlsMaterial::load(&paths.ca, &garbage, &paths.key).unwrap_err();
-    assert!(not_pem.to_string().contains("garbage.pem") && not_pem.to_string().contains("CERTIFICATE"), "{not_pem}");
+    assert!(
+        not_pem.to_string().contains("garbage.pem") && not_pem.to_string().contains("CERTIFICATE"),
+        "{not_pem}"
+    );
 
     // A certificate where a key belongs.
     let no_key = TlsMaterial::load(&paths.ca, &paths.cert, &paths.cert).unwrap_err();
-    assert!(no_key.to_string().contains("node.pem") && no_key.to_string().contains("private key"), "{no_key}");
+    assert!(
+        no_key.to_string().contains("node.pem") && no_key.to_string().contains("private key"),
+        "{no_key}"
+    );
 }
 
 #[test]
@@ -160,10 +216,16 @@ fn identity_is_read_only_from_canonical_floe_names() {
     let ca = TestCa::new("test");
     let material = ca.node(42);
     let der = pem_der(&ca.dir.path().join("node-42/node.pem"));
-    assert_eq!(identity_from_cert(&CertificateDer::from(der)).unwrap(), PeerIdentity::Node(42));
+    assert_eq!(
+        identity_from_cert(&CertificateDer::from(der)).unwrap(),
+        PeerIdentity::Node(42)
+    );
     assert_eq!(material.identity().unwrap(), PeerIdentity::Node(42));
 
     // A CA certificate has no floe identity.
     let ca_der = pem_der(&ca.ca_dir().join("ca.pem"));
-    assert!(matches!(identity_from_cert(&CertificateDer::from(ca_der)), Err(TlsError::Identity(_))));
+    assert!(matches!(
+        identity_from_cert(&CertificateDer::from(ca_der)),
+        Err(TlsError::Identity(_))
+    ));
 }

@@ -37,8 +37,15 @@ impl TestCa {
 
     pub fn node(&self, node_id: NodeId) -> TlsMaterial {
         let out = self.dir.path().join(format!("node-{node_id}"));
-        let paths = create_node(&self.ca_dir(), node_id, &["127.0.0.1".to_string()], &out).unwrap();
-        TlsMaterial::load(&paths.ca, &paths.cert, &paths.key).unwrap()
+        if !out.exists() {
+            create_node(&self.ca_dir(), node_id, &["127.0.0.1".to_string()], &out).unwrap();
+        }
+        TlsMaterial::load(
+            &out.join("ca.pem"),
+            &out.join("node.pem"),
+            &out.join("node-key.pem"),
+        )
+        .unwrap()
     }
 
     pub fn client(&self, name: &str) -> TlsMaterial {
@@ -55,7 +62,11 @@ pub struct EchoApp {
 }
 
 impl AppHandler for EchoApp {
-    fn handle(&self, from: PeerIdentity, request: Vec<u8>) -> BoxFuture<'static, Result<Vec<u8>, String>> {
+    fn handle(
+        &self,
+        from: PeerIdentity,
+        request: Vec<u8>,
+    ) -> BoxFuture<'static, Result<Vec<u8>, String>> {
         self.calls.fetch_add(1, Ordering::SeqCst);
         let reply = format!("{from}: {}", String::from_utf8_lossy(&request));
         Box::pin(async move { Ok(reply.into_bytes()) })
@@ -72,7 +83,10 @@ pub struct FakeRaft {
 }
 
 impl RaftRpcHandler for FakeRaft {
-    fn vote(&self, rpc: VoteRequest<NodeId>) -> BoxFuture<'static, Result<VoteResponse<NodeId>, RaftError<NodeId>>> {
+    fn vote(
+        &self,
+        rpc: VoteRequest<NodeId>,
+    ) -> BoxFuture<'static, Result<VoteResponse<NodeId>, RaftError<NodeId>>> {
         self.calls.fetch_add(1, Ordering::SeqCst);
         let delay = self.vote_delay;
         Box::pin(async move {
@@ -99,7 +113,10 @@ impl RaftRpcHandler for FakeRaft {
         Box::pin(async move {
             let file = snapshot.snapshot;
             let len = file.len().await.map_err(|_| Fatal::Panicked)?;
-            let bytes = file.read_at(0, len as usize).await.map_err(|_| Fatal::Panicked)?;
+            let bytes = file
+                .read_at(0, len as usize)
+                .await
+                .map_err(|_| Fatal::Panicked)?;
             *installed.lock().unwrap() = Some(bytes);
             Ok(SnapshotResponse::new(vote))
         })
@@ -120,7 +137,12 @@ impl TestServer {
         TestServer::start_with(tls, node_id, bind_addr, FakeRaft::default())
     }
 
-    pub fn start_with(tls: &TlsMaterial, node_id: NodeId, bind_addr: SocketAddr, raft: FakeRaft) -> TestServer {
+    pub fn start_with(
+        tls: &TlsMaterial,
+        node_id: NodeId,
+        bind_addr: SocketAddr,
+        raft: FakeRaft,
+    ) -> TestServer {
         let snapshots = tempfile::tempdir().unwrap();
         let options = RaftServerOptions {
             node_id,
@@ -131,12 +153,25 @@ impl TestServer {
         let raft = Arc::new(raft);
         let app = Arc::new(EchoApp::default());
         let shutdown = CancellationToken::new();
-        let server = RaftServer::start_with(options, tls, raft.clone(), app.clone(), shutdown.clone()).unwrap();
-        TestServer { server, shutdown, raft, app, _snapshots: snapshots }
+        let server =
+            RaftServer::start_with(options, tls, raft.clone(), app.clone(), shutdown.clone())
+                .unwrap();
+        TestServer {
+            server,
+            shutdown,
+            raft,
+            app,
+            _snapshots: snapshots,
+        }
     }
 
     /// Binds `addr`, retrying until `until` while the old socket is released.
-    pub async fn start_retrying(tls: &TlsMaterial, node_id: NodeId, addr: SocketAddr, until: Instant) -> TestServer {
+    pub async fn start_retrying(
+        tls: &TlsMaterial,
+        node_id: NodeId,
+        addr: SocketAddr,
+        until: Instant,
+    ) -> TestServer {
         loop {
             let bound = std::net::UdpSocket::bind(addr).map(drop);
             match bound {

@@ -26,7 +26,8 @@ impl SnapshotSource for MemorySource {
     }
 
     async fn read_chunk(&self, offset: u64, len: usize) -> io::Result<Vec<u8>> {
-        self.largest_read.fetch_max(len, std::sync::atomic::Ordering::SeqCst);
+        self.largest_read
+            .fetch_max(len, std::sync::atomic::Ordering::SeqCst);
         let start = (offset as usize).min(self.bytes.len());
         let end = (start + len).min(self.bytes.len());
         Ok(self.bytes[start..end].to_vec())
@@ -50,8 +51,15 @@ fn pseudo_random(len: usize) -> Vec<u8> {
 async fn transfer(source: MemorySource, announced: u64) -> Result<Vec<u8>, FrameError> {
     let ca = TestCa::new("snap");
     let server_tls = ca.node(1);
-    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(server_tls.server_config(&[RAFT_ALPN]).unwrap()).unwrap();
-    let endpoint = quinn::Endpoint::server(quinn::ServerConfig::with_crypto(Arc::new(crypto)), localhost()).unwrap();
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(
+        server_tls.server_config(&[RAFT_ALPN]).unwrap(),
+    )
+    .unwrap();
+    let endpoint = quinn::Endpoint::server(
+        quinn::ServerConfig::with_crypto(Arc::new(crypto)),
+        localhost(),
+    )
+    .unwrap();
     let addr = endpoint.local_addr().unwrap().to_string();
     let receive_dir = tempfile::tempdir().unwrap();
     let dir = receive_dir.path().to_path_buf();
@@ -78,16 +86,24 @@ async fn transfer(source: MemorySource, announced: u64) -> Result<Vec<u8>, Frame
     });
 
     let peers = Peers::new(&ca.node(2), TransportOptions::default()).unwrap();
-    let connection = peers.connection(1, &addr, Duration::from_secs(5)).await.unwrap();
+    let connection = peers
+        .connection(1, &addr, Duration::from_secs(5))
+        .await
+        .unwrap();
     let (mut send, mut recv) = connection.open_bi().await.unwrap();
     write_frame(&mut send, &announced).await.unwrap();
     let total = source.bytes.len() as u64;
-    send_snapshot_body(&mut send, &source, total, Duration::from_secs(5)).await.unwrap();
+    send_snapshot_body(&mut send, &source, total, Duration::from_secs(5))
+        .await
+        .unwrap();
     send.finish().unwrap();
     let acked: bool = read_frame(&mut recv).await.unwrap();
     assert!(acked);
     assert!(
-        source.largest_read.load(std::sync::atomic::Ordering::SeqCst) <= crate::wire::SNAPSHOT_CHUNK_BYTES,
+        source
+            .largest_read
+            .load(std::sync::atomic::Ordering::SeqCst)
+            <= crate::wire::SNAPSHOT_CHUNK_BYTES,
         "the sender reads bounded chunks"
     );
     peers.close();
@@ -99,7 +115,10 @@ async fn multi_megabyte_snapshot_arrives_byte_identical() {
     let bytes = pseudo_random(5 * 1024 * 1024 + 12_345);
     let expected_hash = Sha256::digest(&bytes);
     let announced = bytes.len() as u64;
-    let source = MemorySource { bytes, largest_read: Default::default() };
+    let source = MemorySource {
+        bytes,
+        largest_read: Default::default(),
+    };
     let received = transfer(source, announced).await.unwrap();
     assert_eq!(received.len() as u64, announced);
     assert_eq!(Sha256::digest(&received), expected_hash);
@@ -109,13 +128,19 @@ async fn multi_megabyte_snapshot_arrives_byte_identical() {
 async fn truncated_snapshot_is_detected() {
     let bytes = pseudo_random(2 * 1024 * 1024);
     let announced = bytes.len() as u64 + 10;
-    let source = MemorySource { bytes, largest_read: Default::default() };
+    let source = MemorySource {
+        bytes,
+        largest_read: Default::default(),
+    };
     match transfer(source, announced).await {
         Err(FrameError::SnapshotLength { expected, received }) => {
             assert_eq!(expected, announced);
             assert_eq!(received, announced - 10);
         }
-        other => panic!("expected a length mismatch, got {:?}", other.map(|bytes| bytes.len())),
+        other => panic!(
+            "expected a length mismatch, got {:?}",
+            other.map(|bytes| bytes.len())
+        ),
     }
 }
 
@@ -123,7 +148,14 @@ async fn truncated_snapshot_is_detected() {
 async fn overlong_snapshot_is_detected() {
     let bytes = pseudo_random(1024 * 1024 + 7);
     let announced = bytes.len() as u64 - 7;
-    let source = MemorySource { bytes, largest_read: Default::default() };
+    let source = MemorySource {
+        bytes,
+        largest_read: Default::default(),
+    };
     let result = transfer(source, announced).await;
-    assert!(matches!(result, Err(FrameError::SnapshotLength { .. })), "{:?}", result.map(|b| b.len()));
+    assert!(
+        matches!(result, Err(FrameError::SnapshotLength { .. })),
+        "{:?}",
+        result.map(|b| b.len())
+    );
 }

@@ -23,7 +23,10 @@ fn vote_request() -> RequestBody {
 
 fn refusal(result: Result<impl std::fmt::Debug, TransportError>) -> String {
     match result {
-        Err(TransportError::Remote { source: RemoteError::Refused(reason), .. }) => reason,
+        Err(TransportError::Remote {
+            source: RemoteError::Refused(reason),
+            ..
+        }) => reason,
         other => panic!("expected a refusal, got {other:?}"),
     }
 }
@@ -41,10 +44,16 @@ async fn app_call_between_two_nodes_succeeds() {
     let server = TestServer::start(&ca.node(1), 1, localhost());
     let client = peers(&ca.node(2));
 
-    let reply = client.call_app(1, &server.addr(), b"hello".to_vec(), RPC_TIMEOUT).await.unwrap();
+    let reply = client
+        .call_app(1, &server.addr(), b"hello".to_vec(), RPC_TIMEOUT)
+        .await
+        .unwrap();
     assert_eq!(reply, b"node 2: hello");
     // The connection is reused, and its round-trip time is reported.
-    let reply = client.call_app(1, &server.addr(), b"again".to_vec(), RPC_TIMEOUT).await.unwrap();
+    let reply = client
+        .call_app(1, &server.addr(), b"again".to_vec(), RPC_TIMEOUT)
+        .await
+        .unwrap();
     assert_eq!(reply, b"node 2: again");
     let rtts = client.rtts();
     assert_eq!(rtts.len(), 1);
@@ -59,7 +68,10 @@ async fn node_can_send_raft_requests() {
     let ca = TestCa::new("c");
     let server = TestServer::start(&ca.node(1), 1, localhost());
     let client = peers(&ca.node(2));
-    let response = client.call(1, &server.addr(), vote_request(), RPC_TIMEOUT).await.unwrap();
+    let response = client
+        .call(1, &server.addr(), vote_request(), RPC_TIMEOUT)
+        .await
+        .unwrap();
     assert!(matches!(response, ResponseBody::Vote(vote) if vote.vote_granted));
     assert_eq!(server.raft.calls.load(Ordering::SeqCst), 1);
     server.stop().await;
@@ -72,7 +84,11 @@ async fn client_from_another_ca_is_refused_by_the_server() {
     let server = TestServer::start(&ca.node(1), 1, localhost());
     let intruder = peers(&foreign.node(2));
 
-    let reason = unreachable(intruder.call_app(1, &server.addr(), b"x".to_vec(), RPC_TIMEOUT).await);
+    let reason = unreachable(
+        intruder
+            .call_app(1, &server.addr(), b"x".to_vec(), RPC_TIMEOUT)
+            .await,
+    );
     assert!(reason.contains("handshake"), "{reason}");
     assert_eq!(server.app.calls.load(Ordering::SeqCst), 0);
     server.stop().await;
@@ -85,7 +101,11 @@ async fn server_from_another_ca_is_refused_by_the_client() {
     let impostor = TestServer::start(&foreign.node(1), 1, localhost());
     let client = peers(&ca.node(2));
 
-    let reason = unreachable(client.call_app(1, &impostor.addr(), b"x".to_vec(), RPC_TIMEOUT).await);
+    let reason = unreachable(
+        client
+            .call_app(1, &impostor.addr(), b"x".to_vec(), RPC_TIMEOUT)
+            .await,
+    );
     assert!(reason.to_lowercase().contains("certificate"), "{reason}");
     assert_eq!(impostor.app.calls.load(Ordering::SeqCst), 0);
     impostor.stop().await;
@@ -97,11 +117,18 @@ async fn dialing_the_wrong_node_is_refused() {
     let node_3 = TestServer::start(&ca.node(3), 3, localhost());
     let client = peers(&ca.node(1));
 
-    let reason = unreachable(client.call_app(2, &node_3.addr(), b"x".to_vec(), RPC_TIMEOUT).await);
+    let reason = unreachable(
+        client
+            .call_app(2, &node_3.addr(), b"x".to_vec(), RPC_TIMEOUT)
+            .await,
+    );
     assert!(reason.contains("node-2.floe"), "{reason}");
     assert_eq!(node_3.app.calls.load(Ordering::SeqCst), 0);
     // The same address answers when dialed as the node that lives there.
-    let reply = client.call_app(3, &node_3.addr(), b"x".to_vec(), RPC_TIMEOUT).await.unwrap();
+    let reply = client
+        .call_app(3, &node_3.addr(), b"x".to_vec(), RPC_TIMEOUT)
+        .await
+        .unwrap();
     assert_eq!(reply, b"node 1: x");
     node_3.stop().await;
 }
@@ -111,11 +138,26 @@ async fn request_claiming_another_node_is_refused() {
     let ca = TestCa::new("c");
     let server = TestServer::start(&ca.node(1), 1, localhost());
     let node_3 = ca.node(3);
-    let liar = Peers::build(&node_3, PeerIdentity::Node(2), node_3.ca_fingerprint().to_string(), TransportOptions::default()).unwrap();
+    let liar = Peers::build(
+        &node_3,
+        PeerIdentity::Node(2),
+        node_3.ca_fingerprint().to_string(),
+        TransportOptions::default(),
+    )
+    .unwrap();
 
-    let reason = refusal(liar.call(1, &server.addr(), vote_request(), RPC_TIMEOUT).await);
-    assert!(reason.contains("node 2") && reason.contains("node 3"), "{reason}");
-    let reason = refusal(liar.call_app(1, &server.addr(), b"x".to_vec(), RPC_TIMEOUT).await);
+    let reason = refusal(
+        liar.call(1, &server.addr(), vote_request(), RPC_TIMEOUT)
+            .await,
+    );
+    assert!(
+        reason.contains("node 2") && reason.contains("node 3"),
+        "{reason}"
+    );
+    let reason = refusal(
+        liar.call_app(1, &server.addr(), b"x".to_vec(), RPC_TIMEOUT)
+            .await,
+    );
     assert!(reason.contains("claims"), "{reason}");
     assert_eq!(server.raft.calls.load(Ordering::SeqCst), 0);
     assert_eq!(server.app.calls.load(Ordering::SeqCst), 0);
@@ -128,11 +170,20 @@ async fn client_certificate_may_send_app_but_not_raft_requests() {
     let server = TestServer::start(&ca.node(1), 1, localhost());
     let cli = peers(&ca.client("cli"));
 
-    let reason = refusal(cli.call(1, &server.addr(), vote_request(), RPC_TIMEOUT).await);
-    assert!(reason.contains("client cli") && reason.contains("vote"), "{reason}");
+    let reason = refusal(
+        cli.call(1, &server.addr(), vote_request(), RPC_TIMEOUT)
+            .await,
+    );
+    assert!(
+        reason.contains("client cli") && reason.contains("vote"),
+        "{reason}"
+    );
     assert_eq!(server.raft.calls.load(Ordering::SeqCst), 0);
 
-    let reply = cli.call_app(1, &server.addr(), b"status".to_vec(), RPC_TIMEOUT).await.unwrap();
+    let reply = cli
+        .call_app(1, &server.addr(), b"status".to_vec(), RPC_TIMEOUT)
+        .await
+        .unwrap();
     assert_eq!(reply, b"client cli: status");
     server.stop().await;
 }
@@ -142,9 +193,19 @@ async fn fingerprint_mismatch_is_refused() {
     let ca = TestCa::new("c");
     let server = TestServer::start(&ca.node(1), 1, localhost());
     let node_2 = ca.node(2);
-    let confused = Peers::build(&node_2, PeerIdentity::Node(2), "00".repeat(32), TransportOptions::default()).unwrap();
+    let confused = Peers::build(
+        &node_2,
+        PeerIdentity::Node(2),
+        "00".repeat(32),
+        TransportOptions::default(),
+    )
+    .unwrap();
 
-    let reason = refusal(confused.call_app(1, &server.addr(), b"x".to_vec(), RPC_TIMEOUT).await);
+    let reason = refusal(
+        confused
+            .call_app(1, &server.addr(), b"x".to_vec(), RPC_TIMEOUT)
+            .await,
+    );
     assert!(reason.contains("fingerprint"), "{reason}");
     assert_eq!(server.app.calls.load(Ordering::SeqCst), 0);
     server.stop().await;
@@ -157,17 +218,35 @@ async fn client_reconnects_after_the_server_restarts_on_the_same_port() {
     let server = TestServer::start(&node_1, 1, localhost());
     let addr = server.server.local_addr();
     let client = peers(&ca.node(2));
-    client.call_app(1, &addr.to_string(), b"before".to_vec(), RPC_TIMEOUT).await.unwrap();
+    client
+        .call_app(1, &addr.to_string(), b"before".to_vec(), RPC_TIMEOUT)
+        .await
+        .unwrap();
     server.stop().await;
 
     // While the server is down calls fail fast instead of hanging.
-    let down = client.call_app(1, &addr.to_string(), b"down".to_vec(), Duration::from_secs(2)).await;
+    let down = client
+        .call_app(
+            1,
+            &addr.to_string(),
+            b"down".to_vec(),
+            Duration::from_secs(2),
+        )
+        .await;
     assert!(down.is_err(), "{down:?}");
 
     let until = deadline(Duration::from_secs(15));
     let restarted = TestServer::start_retrying(&node_1, 1, addr, until).await;
     let reply = loop {
-        match client.call_app(1, &addr.to_string(), b"after".to_vec(), Duration::from_secs(1)).await {
+        match client
+            .call_app(
+                1,
+                &addr.to_string(),
+                b"after".to_vec(),
+                Duration::from_secs(1),
+            )
+            .await
+        {
             Ok(reply) => break reply,
             Err(error) if Instant::now() < until => {
                 tracing::debug!(error = %error, "not reconnected yet");
@@ -197,5 +276,43 @@ async fn server_refuses_to_start_with_another_nodes_certificate() {
         std::sync::Arc::new(super::harness::EchoApp::default()),
         tokio_util::sync::CancellationToken::new(),
     );
-    assert!(matches!(result, Err(crate::ServerError::IdentityMismatch { expected: 1, .. })));
+    assert!(matches!(
+        result,
+        Err(crate::ServerError::IdentityMismatch { expected: 1, .. })
+    ));
+}
+
+#[tokio::test]
+async fn dead_peer_is_backed_off_instead_of_redialed_per_call() {
+    let ca = TestCa::new("c");
+    let options = TransportOptions {
+        backoff_initial_ms: 10_000,
+        backoff_max_ms: 10_000,
+        ..TransportOptions::default()
+    };
+    let client = Peers::new(&ca.node(2), options).unwrap();
+    // Nothing listens on a port we just released.
+    let dead_addr = std::net::UdpSocket::bind(localhost())
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string();
+
+    let first = unreachable(
+        client
+            .call_app(1, &dead_addr, b"x".to_vec(), Duration::from_millis(500))
+            .await,
+    );
+    assert!(!first.contains("backing off"), "{first}");
+    let started = Instant::now();
+    let second = unreachable(
+        client
+            .call_app(1, &dead_addr, b"x".to_vec(), Duration::from_secs(5))
+            .await,
+    );
+    assert!(second.contains("backing off"), "{second}");
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "a backed-off call fails fast"
+    );
 }

@@ -1,4 +1,6 @@
-use crate::wire::{encode_frame, read_frame, FrameError, RemoteError, FORMAT_VERSION, MAX_FRAME_BYTES};
+use crate::wire::{
+    encode_frame, read_frame, FrameError, RemoteError, FORMAT_VERSION, MAX_FRAME_BYTES,
+};
 
 #[tokio::test]
 async fn frames_round_trip() {
@@ -14,13 +16,19 @@ async fn oversized_frames_are_refused_on_both_sides() {
     let huge = vec![0u8; MAX_FRAME_BYTES];
     match encode_frame(&huge) {
         Err(FrameError::TooLarge { len, max }) => assert!(len > max),
-        other => panic!("expected TooLarge, got {:?}", other.map(|frame| frame.len())),
+        other => panic!(
+            "expected TooLarge, got {:?}",
+            other.map(|frame| frame.len())
+        ),
     }
     // A header announcing 100 MiB is refused before anything is allocated.
     let mut header = (100u32 * 1024 * 1024).to_be_bytes().to_vec();
     header.push(FORMAT_VERSION);
     let result: Result<Vec<u8>, FrameError> = read_frame(&mut header.as_slice()).await;
-    assert!(matches!(result, Err(FrameError::TooLarge { .. })), "{result:?}");
+    assert!(
+        matches!(result, Err(FrameError::TooLarge { .. })),
+        "{result:?}"
+    );
 }
 
 #[tokio::test]
