@@ -312,7 +312,8 @@ fn table_to_config(table: Table, source_name: &str) -> Result<NodeConfig, Config
     let text = toml::to_string(&table).map_err(|err| ConfigError::Invalid { key: "<root>".into(), reason: err.to_string() })?;
     toml::from_str::<NodeConfig>(&text).map_err(|err| ConfigError::File {
         path: PathBuf::from(source_name),
-        reason: err.message().to_string(),
+        // The full message quotes the offending line, so the key is named.
+        reason: err.to_string().trim_end().to_string(),
     })
 }
 
