@@ -299,7 +299,7 @@ impl TestCluster {
     }
 
     /// SIGTERM and wait for a clean exit (SIGKILL after `grace`).
-    pub fn stop(&mut self, id: u64, grace: Duration) -> anyhow::Result<()> {
+    pub async fn stop(&mut self, id: u64, grace: Duration) -> anyhow::Result<()> {
         let node = self.node_mut(id)?;
         let Some(mut child) = node.child.take() else { return Ok(()) };
         if node.paused {
@@ -317,7 +317,7 @@ impl TestCluster {
                 child.wait()?;
                 bail!("node {id} did not stop within {grace:?} of SIGTERM; killed");
             }
-            std::thread::sleep(Duration::from_millis(20));
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 

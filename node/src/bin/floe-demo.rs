@@ -106,7 +106,7 @@ async fn main() -> anyhow::Result<()> {
 
     step("stopping all nodes (SIGTERM)");
     for id in [1, 2, 3] {
-        cluster.stop(id, Duration::from_secs(10))?;
+        cluster.stop(id, Duration::from_secs(10)).await?;
     }
     summary.push(("total".into(), format!("{:.1} s", started.elapsed().as_secs_f64())));
 
