@@ -108,9 +108,9 @@ impl Default for TlsConfig {
 impl Default for RaftTuning {
     fn default() -> Self {
         RaftTuning {
-            heartbeat_interval_ms: 100,
-            election_timeout_min_ms: 300,
-            election_timeout_max_ms: 600,
+            heartbeat_interval_ms: 50,
+            election_timeout_min_ms: 200,
+            election_timeout_max_ms: 400,
             snapshot_after_entries: 10_000,
             keep_entries_after_snapshot: 1_000,
             snapshot_timeout_ms: 60_000,

@@ -115,6 +115,22 @@ pub async fn serve(config: NodeConfig, cancel: CancellationToken) -> anyhow::Res
     .await
     .context("starting raft")?;
 
+    // A restarted voter holds back its first election: the leader needs a
+    // moment to reach it, and an election from a node that merely has not
+    // heard from the leader yet would depose a healthy leader.
+    if store.has_raft_state()? {
+        let grace = Duration::from_millis(config.raft.election_timeout_max_ms * 2);
+        raft.runtime_config().elect(false);
+        let raft = raft.clone();
+        let cancel = cancel.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = cancel.cancelled() => {}
+                _ = tokio::time::sleep(grace) => raft.runtime_config().elect(true),
+            }
+        });
+    }
+
     let metrics = Arc::new(NodeMetrics::default());
     let node = Arc::new(Node {
         id: config.node_id,

@@ -168,7 +168,9 @@ impl RaftServer {
             .transport_config()
             .map_err(|error| setup_error(error.to_string()))?;
         server_config.transport_config(Arc::new(transport));
-        let endpoint = Endpoint::server(server_config, addr)
+        let socket = std::net::UdpSocket::bind(addr).map_err(|error| setup_error(format!("bind: {error}")))?;
+        let runtime = quinn::default_runtime().ok_or_else(|| setup_error("no async runtime".into()))?;
+        let endpoint = Endpoint::new(stable_endpoint_config(tls), Some(server_config), socket, runtime)
             .map_err(|error| setup_error(format!("bind: {error}")))?;
         let local_addr = endpoint
             .local_addr()
@@ -393,4 +395,25 @@ impl StreamContext {
             .map(ResponseBody::Snapshot)
             .map_err(|error| RemoteError::Fatal(Box::new(error)))
     }
+}
+
+/// An endpoint config whose stateless-reset key survives restarts.
+///
+/// After a crash, peers still hold connections to our old process. With the
+/// same reset key, the restarted endpoint answers their packets with a valid
+/// stateless reset and they reconnect at once, instead of timing out for the
+/// idle timeout while this node, hearing no leader, starts needless elections.
+/// Both keys are derived from the node's private key, so they stay secret.
+fn stable_endpoint_config(tls: &TlsMaterial) -> quinn::EndpointConfig {
+    use sha2::{Digest, Sha256};
+    let secret = Sha256::new().chain_update(b"floe quic stateless reset v1").chain_update(tls.key_pem()).finalize();
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &secret);
+    let mut config = quinn::EndpointConfig::new(Arc::new(key));
+    // The restarted endpoint only answers packets whose connection ids it
+    // recognises as its own, so the id generator's key must be stable too.
+    let mut cid_key = [0u8; 8];
+    cid_key.copy_from_slice(&secret[..8]);
+    let cid_key = u64::from_le_bytes(cid_key);
+    config.cid_generator(move || Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key)));
+    config
 }
