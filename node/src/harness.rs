@@ -419,6 +419,9 @@ impl TestCluster {
             if agreed.is_some_and(|seen| seen != leader) {
                 return None;
             }
+            if leader == *id && readiness.get("role")?.as_str()? != "leader" {
+                return None;
+            }
             agreed = Some(leader);
         }
         agreed.filter(|leader| running.contains(leader))

@@ -50,6 +50,10 @@ async fn readyz(State(node): State<Arc<Node>>) -> (StatusCode, Json<Readiness>) 
         Some("not a member of a cluster yet".to_string())
     } else if metrics.current_leader.is_none() {
         Some("no known leader".to_string())
+    } else if metrics.current_leader == Some(node.id) && metrics.state != openraft::ServerState::Leader {
+        Some("leadership from the stored vote is not confirmed yet".to_string())
+    } else if node.restart_grace_until.is_some_and(|until| std::time::Instant::now() < until) {
+        Some("restarted: waiting for the leader to reach this node".to_string())
     } else if applied_index < commit_index {
         Some(format!("applying: {applied_index} of {commit_index}"))
     } else {

@@ -29,6 +29,9 @@ pub struct Node {
     pub fingerprint: String,
     pub metrics: Arc<NodeMetrics>,
     pub config: NodeConfig,
+    /// Until then, a restarted node's idea of the leader comes from its stored
+    /// vote and is not yet confirmed by contact.
+    pub restart_grace_until: Option<std::time::Instant>,
 }
 
 impl Node {
@@ -118,8 +121,10 @@ pub async fn serve(config: NodeConfig, cancel: CancellationToken) -> anyhow::Res
     // A restarted voter holds back its first election: the leader needs a
     // moment to reach it, and an election from a node that merely has not
     // heard from the leader yet would depose a healthy leader.
-    if store.has_raft_state()? {
-        let grace = Duration::from_millis(config.raft.election_timeout_max_ms * 2);
+    let restarted = store.has_raft_state()?;
+    let grace = Duration::from_millis(config.raft.election_timeout_max_ms * 2);
+    let restart_grace_until = restarted.then(|| std::time::Instant::now() + grace);
+    if restarted {
         raft.runtime_config().elect(false);
         let raft = raft.clone();
         let cancel = cancel.clone();
@@ -142,6 +147,7 @@ pub async fn serve(config: NodeConfig, cancel: CancellationToken) -> anyhow::Res
         fingerprint: fingerprint.clone(),
         metrics,
         config: config.clone(),
+        restart_grace_until,
     });
 
     let raft_bind: SocketAddr = config.raft_addr.parse().context("raft_addr")?;

@@ -14,6 +14,7 @@
 
 pub mod codec;
 mod error;
+mod group_commit;
 mod identity;
 mod log_store;
 mod metrics;

@@ -198,20 +198,16 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .log
             .apply_batch(batch)
             .map_err(|error| write_logs_error(StoreError::sled("append log entries", error)))?;
-        // Acknowledge only what is on disk: openraft counts an acknowledged
-        // entry towards the commit quorum.
-        match self.shared.flush("append").await {
-            Ok(()) => {
-                tracing::trace!(last_index, "log entries flushed");
-                callback.log_io_completed(Ok(()));
-                Ok(())
-            }
-            Err(error) => {
-                let message = error.to_string();
-                callback.log_io_completed(Err(std::io::Error::other(message)));
-                Err(write_logs_error(error))
-            }
+        // Acknowledge only what is on disk (openraft counts an acknowledged
+        // entry towards the commit quorum); the flush is shared with every
+        // append queued meanwhile.
+        tracing::trace!(last_index, "log entries written, flush queued");
+        if let Err(callback) = self.shared.group_commit.submit(callback) {
+            callback.log_io_completed(Err(std::io::Error::other("log flusher thread stopped")));
+            let error = std::io::Error::other("the flusher thread stopped");
+            return Err(write_logs_error(StoreError::io("append log entries", error)));
         }
+        Ok(())
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::codec;
 use crate::error::StoreError;
 use crate::log_store::LogStore;
+use crate::group_commit::GroupCommit;
 use crate::metrics::FlushStats;
 use crate::reader::StateReader;
 use crate::snapshot::INCOMING_PREFIX;
@@ -74,6 +75,7 @@ pub(crate) struct Shared {
     /// pick current). Taken before `state` when both are needed.
     pub(crate) snapshot_files: Mutex<()>,
     pub(crate) flush_stats: FlushStats,
+    pub(crate) group_commit: GroupCommit,
 }
 
 impl Shared {
@@ -213,6 +215,9 @@ impl Store {
         drop_stale_generations(&db, &active_name)?;
         let data = open_tree(&active_name)?;
 
+        let flush_stats = FlushStats::default();
+        let group_commit = GroupCommit::start(db.clone(), flush_stats.clone())
+            .map_err(|error| StoreError::io("start the log flusher thread", error))?;
         let shared = Shared {
             dir: dir.to_path_buf(),
             db,
@@ -223,7 +228,8 @@ impl Store {
             writes: RwLock::new(()),
             active: RwLock::new(DataGeneration { generation, data }),
             snapshot_files: Mutex::new(()),
-            flush_stats: FlushStats::default(),
+            flush_stats,
+            group_commit,
         };
         remove_partial_snapshot_files(&shared.snapshot_dir())?;
         tracing::info!(dir = %dir.display(), generation, "store opened");
