@@ -17,4 +17,5 @@ pub mod http;
 pub mod metrics;
 pub mod ops;
 pub mod peer_api;
+pub mod proposer;
 pub mod service;

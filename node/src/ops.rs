@@ -6,10 +6,11 @@ use std::future::Future;
 use std::time::Duration;
 
 use floe_storage::{Command, CommandResponse, KvEntry, NodeId, NodeInfo};
-use openraft::error::{ClientWriteError, RaftError};
+use openraft::error::RaftError;
 
 use crate::error::ApiError;
 use crate::peer_api::{self, PeerRequest, PeerResponse};
+use crate::proposer::write_error;
 use crate::service::{Node, CLIENT_REQUEST_TIMEOUT};
 
 /// Largest key and value the key-value API accepts.
@@ -69,12 +70,7 @@ impl Node {
     pub async fn write_as_leader(&self, command: Command) -> Result<CommandResponse, ApiError> {
         validate_command(&command)?;
         let started = std::time::Instant::now();
-        let result = bounded(CLIENT_REQUEST_TIMEOUT, "write", self.raft.client_write(command)).await;
-        let outcome = match result {
-            Err(timeout) => Err(timeout),
-            Ok(Ok(written)) => Ok(written.data),
-            Ok(Err(err)) => Err(write_error(self.id, err)),
-        };
+        let outcome = self.proposer.propose(command).await;
         self.metrics.observe_write(started.elapsed(), outcome.is_ok());
         outcome
     }
@@ -283,16 +279,6 @@ async fn bounded<T>(limit: Duration, what: &str, future: impl Future<Output = T>
     })
 }
 
-fn write_error(node_id: NodeId, err: RaftError<NodeId, ClientWriteError<NodeId, NodeInfo>>) -> ApiError {
-    match err {
-        RaftError::APIError(ClientWriteError::ForwardToLeader(forward)) => ApiError::Unavailable(format!(
-            "node {node_id} is no longer the leader (leader now: {:?}); retry",
-            forward.leader_id
-        )),
-        RaftError::APIError(ClientWriteError::ChangeMembershipError(err)) => ApiError::FailedPrecondition(err.to_string()),
-        RaftError::Fatal(err) => ApiError::Unavailable(format!("node {node_id} raft stopped: {err}")),
-    }
-}
 
 fn validate_key(key: &str) -> Result<(), ApiError> {
     if key.is_empty() {
@@ -329,6 +315,7 @@ fn validate_command(command: &Command) -> Result<(), ApiError> {
             Ok(())
         }
         Command::TombstoneNode { .. } => Ok(()),
+        Command::Batch(_) => Err(ApiError::InvalidArgument("batches are formed by the leader, not sent to it".into())),
     }
 }
 

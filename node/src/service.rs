@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::NodeConfig;
 use crate::metrics::NodeMetrics;
 use crate::peer_api::{LocalStatus, PeerApi, ProbeInfo};
+use crate::proposer::Proposer;
 
 /// How long a client request may wait for the cluster before it fails.
 pub const CLIENT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
@@ -28,6 +29,7 @@ pub struct Node {
     pub peers: Peers,
     pub fingerprint: String,
     pub metrics: Arc<NodeMetrics>,
+    pub proposer: Proposer,
     pub config: NodeConfig,
     /// Until then, a restarted node's idea of the leader comes from its stored
     /// vote and is not yet confirmed by contact.
@@ -146,6 +148,7 @@ pub async fn serve(config: NodeConfig, cancel: CancellationToken) -> anyhow::Res
         peers,
         fingerprint: fingerprint.clone(),
         metrics,
+        proposer: Proposer::start(raft.clone(), config.node_id, CLIENT_REQUEST_TIMEOUT, cancel.clone()),
         config: config.clone(),
         restart_grace_until,
     });

@@ -183,6 +183,13 @@ fn apply_command(
                 revision: index,
             })
         }
+        Command::Batch(commands) => {
+            let mut responses = Vec::with_capacity(commands.len());
+            for command in commands {
+                responses.push(apply_command(data, meta, data_tree_name, tombstones, index, command)?);
+            }
+            Ok(CommandResponse::Batch(responses))
+        }
         Command::TombstoneNode { node_id } => {
             if tombstones.is_none() {
                 let bytes = meta.get(KEY_TOMBSTONES)?;

@@ -51,6 +51,9 @@ pub enum Command {
     /// Records that a node left the membership for good; its id is never
     /// accepted again.
     TombstoneNode { node_id: NodeId },
+    /// Several client commands proposed as one entry (proposal batching),
+    /// applied in order; they share the entry's log index as revision.
+    Batch(Vec<Command>),
 }
 
 impl fmt::Display for Command {
@@ -60,6 +63,7 @@ impl fmt::Display for Command {
             Command::KvDelete { key } => write!(f, "kv-delete {key}"),
             Command::KvCas { key, .. } => write!(f, "kv-cas {key}"),
             Command::TombstoneNode { node_id } => write!(f, "tombstone-node {node_id}"),
+            Command::Batch(commands) => write!(f, "batch of {}", commands.len()),
         }
     }
 }
@@ -80,6 +84,8 @@ pub enum CommandResponse {
         current: Option<Vec<u8>>,
         revision: u64,
     },
+    /// One response per command of a `Command::Batch`, in order.
+    Batch(Vec<CommandResponse>),
 }
 
 /// A stored key-value entry.

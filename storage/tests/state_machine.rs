@@ -353,3 +353,28 @@ async fn flushes_are_counted() {
     );
     assert!(histogram.sum_seconds > 0.0);
 }
+
+#[tokio::test]
+async fn a_batch_applies_its_commands_in_order_at_one_revision() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let mut sm = store.state_machine();
+    let batch = Command::Batch(vec![
+        Command::KvPut { key: "x".into(), value: b"1".to_vec() },
+        Command::KvCas { key: "x".into(), expected: Some(b"1".to_vec()), new: Some(b"2".to_vec()) },
+        Command::KvCas { key: "x".into(), expected: Some(b"1".to_vec()), new: Some(b"3".to_vec()) },
+        Command::KvDelete { key: "y".into() },
+    ]);
+    let responses = sm.apply(vec![command_entry(1, 4, batch)]).await.unwrap();
+    assert_eq!(
+        responses,
+        vec![CommandResponse::Batch(vec![
+            CommandResponse::Put { revision: 4 },
+            CommandResponse::Cas { succeeded: true, current: Some(b"2".to_vec()), revision: 4 },
+            CommandResponse::Cas { succeeded: false, current: Some(b"2".to_vec()), revision: 4 },
+            CommandResponse::Delete { existed: false },
+        ])]
+    );
+    let stored = store.reader().get("x").unwrap().unwrap();
+    assert_eq!((stored.value, stored.revision), (b"2".to_vec(), 4));
+}

@@ -134,17 +134,40 @@ struct EtcdCluster {
     client_urls: Vec<String>,
 }
 
+/// The floe cluster's certificates, reused so etcd runs with the same mutual TLS.
+struct EtcdTls {
+    /// Per member: (ca.pem, node.pem, node-key.pem).
+    members: Vec<(PathBuf, PathBuf, PathBuf)>,
+    client: tonic::transport::ClientTlsConfig,
+}
+
+impl EtcdTls {
+    fn from_cluster(cluster: &TestCluster) -> anyhow::Result<EtcdTls> {
+        let mut members = Vec::new();
+        for id in 1..=3 {
+            let certs = cluster.node(id)?.dir.join("certs");
+            members.push((certs.join("ca.pem"), certs.join("node.pem"), certs.join("node-key.pem")));
+        }
+        let read = |name: &str| std::fs::read(cluster.client_dir.join(name));
+        let client = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(read("ca.pem")?))
+            .identity(tonic::transport::Identity::from_pem(read("client.pem")?, read("client-key.pem")?))
+            .domain_name(floe_node::client::API_SERVER_NAME);
+        Ok(EtcdTls { members, client })
+    }
+}
+
 impl EtcdCluster {
-    async fn start(binary: &Path, dir: &Path) -> anyhow::Result<EtcdCluster> {
+    async fn start(binary: &Path, dir: &Path, tls: &EtcdTls) -> anyhow::Result<EtcdCluster> {
         let mut peers = Vec::new();
         let mut client_urls = Vec::new();
         for member in 1..=3 {
-            peers.push((format!("e{member}"), format!("http://127.0.0.1:{}", free_port()?)));
-            client_urls.push(format!("http://127.0.0.1:{}", free_port()?));
+            peers.push((format!("e{member}"), format!("https://127.0.0.1:{}", free_port()?)));
+            client_urls.push(format!("https://127.0.0.1:{}", free_port()?));
         }
         let initial: Vec<String> = peers.iter().map(|(name, url)| format!("{name}={url}")).collect();
         let mut cluster = EtcdCluster { children: Vec::new(), client_urls: client_urls.clone() };
-        for ((name, peer_url), client_url) in peers.iter().zip(&client_urls) {
+        for (((name, peer_url), client_url), (ca, cert, key)) in peers.iter().zip(&client_urls).zip(&tls.members) {
             let data = dir.join(name);
             std::fs::create_dir_all(&data)?;
             let log = std::fs::File::create(dir.join(format!("{name}.log")))?;
@@ -155,6 +178,20 @@ impl EtcdCluster {
                 .args(["--listen-client-urls", client_url, "--advertise-client-urls", client_url])
                 .args(["--initial-cluster", &initial.join(","), "--initial-cluster-state", "new"])
                 .args(["--heartbeat-interval", "100", "--election-timeout", "1000", "--log-level", "warn"])
+                .arg("--client-cert-auth")
+                .arg("--trusted-ca-file")
+                .arg(ca)
+                .arg("--cert-file")
+                .arg(cert)
+                .arg("--key-file")
+                .arg(key)
+                .arg("--peer-client-cert-auth")
+                .arg("--peer-trusted-ca-file")
+                .arg(ca)
+                .arg("--peer-cert-file")
+                .arg(cert)
+                .arg("--peer-key-file")
+                .arg(key)
                 .env("ETCD_UNSUPPORTED_ARCH", "")
                 .stdin(Stdio::null())
                 .stdout(log.try_clone()?)
@@ -167,11 +204,11 @@ impl EtcdCluster {
     }
 
     /// Waits for a leader and returns the leader's client URL.
-    async fn leader_url(&self, timeout: Duration) -> anyhow::Result<String> {
+    async fn leader_url(&self, tls: &EtcdTls, timeout: Duration) -> anyhow::Result<String> {
         let deadline = Instant::now() + timeout;
         loop {
             for url in &self.client_urls {
-                if let Ok(channel) = Endpoint::from_shared(url.clone())?.connect().await {
+                if let Ok(channel) = Endpoint::from_shared(url.clone())?.tls_config(tls.client.clone())?.connect().await {
                     let mut maintenance = etcd::maintenance_client::MaintenanceClient::new(channel);
                     if let Ok(status) = maintenance.status(etcd::StatusRequest {}).await {
                         let status = status.into_inner();
@@ -207,10 +244,10 @@ async fn floe_channels(cluster: &TestCluster, node: u64, count: usize) -> anyhow
     Ok(clients)
 }
 
-async fn etcd_channels(url: &str, count: usize) -> anyhow::Result<Vec<etcd::kv_client::KvClient<Channel>>> {
+async fn etcd_channels(url: &str, tls: &EtcdTls, count: usize) -> anyhow::Result<Vec<etcd::kv_client::KvClient<Channel>>> {
     let mut clients = Vec::new();
     for _ in 0..count {
-        let channel = Endpoint::from_shared(url.to_string())?.tcp_nodelay(true).connect().await?;
+        let channel = Endpoint::from_shared(url.to_string())?.tls_config(tls.client.clone())?.tcp_nodelay(true).connect().await?;
         clients.push(etcd::kv_client::KvClient::new(channel));
     }
     Ok(clients)
@@ -268,7 +305,7 @@ async fn main() -> anyhow::Result<()> {
     let value = vec![b'v'; args.value_bytes];
     let mut report = String::new();
     report.push_str(&format!(
-        "Three nodes on loopback, one machine ({} cores); puts of {}-byte values to the leader, {} s per level.\n\n",
+        "Three nodes on loopback, one machine ({} cores); puts of {}-byte values to the leader, {} s per level; both systems with mutual TLS on client and peer traffic, both fsync before acknowledging.\n\n",
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
         args.value_bytes,
         args.seconds
@@ -284,12 +321,13 @@ async fn main() -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let floe_rss: Vec<u64> = cluster.nodes.values().filter_map(|node| node.pid().and_then(rss_bytes)).collect();
 
+    let etcd_tls = EtcdTls::from_cluster(&cluster)?;
     let etcd_cluster = match &args.etcd {
-        Some(binary) => Some(EtcdCluster::start(binary, &dir.join("etcd")).await?),
+        Some(binary) => Some(EtcdCluster::start(binary, &dir.join("etcd"), &etcd_tls).await?),
         None => None,
     };
     let etcd_leader = match &etcd_cluster {
-        Some(etcd) => Some(etcd.leader_url(Duration::from_secs(30)).await?),
+        Some(etcd) => Some(etcd.leader_url(&etcd_tls, Duration::from_secs(30)).await?),
         None => None,
     };
     let etcd_rss: Vec<u64> = match &etcd_cluster {
@@ -302,9 +340,11 @@ async fn main() -> anyhow::Result<()> {
 
     report.push_str("| concurrency | floe writes/s | floe p50 ms | floe p99 ms | etcd writes/s | etcd p50 ms | etcd p99 ms | floe/etcd throughput |\n");
     report.push_str("|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    let mut breakdowns = Vec::new();
     for &concurrency in &args.concurrency {
         let connections = concurrency.clamp(1, 8);
         let clients = Arc::new(floe_channels(&cluster, leader, connections).await?);
+        let before = LeaderTimes::scrape(&cluster, leader).await?;
         let payload = value.clone();
         let floe = drive(concurrency, args.seconds, move |worker, seq| {
             let mut client = clients[worker % clients.len()].clone();
@@ -313,9 +353,11 @@ async fn main() -> anyhow::Result<()> {
         })
         .await;
         eprintln!("floe c={concurrency}: {:.0} writes/s ({} errors)", floe.per_second(), floe.errors);
+        let breakdown = LeaderTimes::scrape(&cluster, leader).await?.since(&before);
+        breakdowns.push((concurrency, floe.latencies.iter().sum::<Duration>() / floe.ops.max(1) as u32, breakdown));
         let etcd = match &etcd_leader {
             Some(url) => {
-                let clients = Arc::new(etcd_channels(url, connections).await?);
+                let clients = Arc::new(etcd_channels(url, &etcd_tls, connections).await?);
                 let payload = value.clone();
                 let load = drive(concurrency, args.seconds, move |worker, seq| {
                     let mut client = clients[worker % clients.len()].clone();
@@ -350,6 +392,17 @@ async fn main() -> anyhow::Result<()> {
     }
     drop(etcd_cluster);
 
+    report.push_str("\nWhere a floe write's time goes (means, from the leader's own metrics over each level):\n\n| concurrency | client round trip ms | leader propose→applied ms | log flush ms | flushes per write |\n|---:|---:|---:|---:|---:|\n");
+    for (concurrency, client_mean, times) in &breakdowns {
+        report.push_str(&format!(
+            "| {concurrency} | {} | {} | {} | {:.2} |\n",
+            ms(*client_mean),
+            ms(times.write_mean()),
+            ms(times.flush_mean()),
+            times.flushes / times.writes.max(1.0),
+        ));
+    }
+
     let failovers = failover_trials(&mut cluster, args.failover_trials).await?;
     report.push_str(&format!(
         "\n| failover (SIGKILL leader → first acknowledged write), {} trials | p50 {} ms | p99 {} ms | max {} ms |\n|---|---:|---:|---:|\n",
@@ -370,4 +423,40 @@ async fn main() -> anyhow::Result<()> {
         std::fs::write(out, &report)?;
     }
     Ok(())
+}
+
+/// Counters from the leader's `/metrics`, to split a write's latency.
+struct LeaderTimes {
+    writes: f64,
+    write_seconds: f64,
+    flushes: f64,
+    flush_seconds: f64,
+}
+
+impl LeaderTimes {
+    async fn scrape(cluster: &TestCluster, leader: u64) -> anyhow::Result<LeaderTimes> {
+        Ok(LeaderTimes {
+            writes: cluster.metric(leader, "floe_api_write_duration_seconds_count").await?,
+            write_seconds: cluster.metric(leader, "floe_api_write_duration_seconds_sum").await?,
+            flushes: cluster.metric(leader, "floe_storage_flush_duration_seconds_count").await?,
+            flush_seconds: cluster.metric(leader, "floe_storage_flush_duration_seconds_sum").await?,
+        })
+    }
+
+    fn since(&self, earlier: &LeaderTimes) -> LeaderTimes {
+        LeaderTimes {
+            writes: self.writes - earlier.writes,
+            write_seconds: self.write_seconds - earlier.write_seconds,
+            flushes: self.flushes - earlier.flushes,
+            flush_seconds: self.flush_seconds - earlier.flush_seconds,
+        }
+    }
+
+    fn write_mean(&self) -> Duration {
+        Duration::from_secs_f64(self.write_seconds / self.writes.max(1.0))
+    }
+
+    fn flush_mean(&self) -> Duration {
+        Duration::from_secs_f64(self.flush_seconds / self.flushes.max(1.0))
+    }
 }

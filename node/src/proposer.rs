@@ -1,0 +1,153 @@
+//! Proposal batching: concurrent writes on the leader become one Raft entry.
+//!
+//! openraft pays a fixed cost per entry (a pass of its core loop, a log
+//! append and flush, replication bookkeeping, an apply). A queue in front of
+//! it takes whatever writes arrived while earlier proposals were in flight
+//! and proposes them together as `Command::Batch`, so under load the cost is
+//! paid per batch. A lone write is proposed as itself, without waiting.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use floe_storage::{Command, CommandResponse, NodeId, NodeInfo, Raft};
+use openraft::error::{ClientWriteError, RaftError};
+use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+use crate::error::ApiError;
+
+/// Most commands in one entry.
+pub const MAX_BATCH_COMMANDS: usize = 256;
+/// Most payload bytes in one entry (a batch closes once it passes this).
+pub const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
+/// Proposals in flight at once; more arrive meanwhile and form the next batch.
+const MAX_IN_FLIGHT: usize = 1;
+/// Queued writes before callers wait (backpressure instead of unbounded memory).
+const QUEUE_DEPTH: usize = 4096;
+
+struct Pending {
+    command: Command,
+    reply: oneshot::Sender<Result<CommandResponse, ApiError>>,
+}
+
+/// Handle to the proposal queue; cheap to clone.
+#[derive(Clone)]
+pub struct Proposer {
+    queue: mpsc::Sender<Pending>,
+}
+
+impl Proposer {
+    /// Starts the batching task; it stops when `cancel` fires.
+    pub fn start(raft: Raft, node_id: NodeId, timeout: Duration, cancel: CancellationToken) -> Proposer {
+        let (queue, pending) = mpsc::channel(QUEUE_DEPTH);
+        tokio::spawn(run(raft, node_id, timeout, pending, cancel));
+        Proposer { queue }
+    }
+
+    /// Proposes `command` and waits until it is applied on this leader.
+    pub async fn propose(&self, command: Command) -> Result<CommandResponse, ApiError> {
+        let (reply, answer) = oneshot::channel();
+        self.queue
+            .send(Pending { command, reply })
+            .await
+            .map_err(|_| ApiError::Unavailable("node is shutting down".into()))?;
+        answer.await.map_err(|_| ApiError::OutcomeUnknown("node stopped before the write was confirmed".into()))?
+    }
+}
+
+async fn run(raft: Raft, node_id: NodeId, timeout: Duration, mut pending: mpsc::Receiver<Pending>, cancel: CancellationToken) {
+    let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    loop {
+        let first = tokio::select! {
+            _ = cancel.cancelled() => return,
+            first = pending.recv() => match first {
+                Some(first) => first,
+                None => return,
+            },
+        };
+        // Waiting for a slot is what lets the next batch fill up.
+        let Ok(permit) = in_flight.clone().acquire_owned().await else { return };
+        let mut bytes = payload_bytes(&first.command);
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH_COMMANDS && bytes < MAX_BATCH_BYTES {
+            match pending.try_recv() {
+                Ok(next) => {
+                    bytes += payload_bytes(&next.command);
+                    batch.push(next);
+                }
+                Err(_) => break,
+            }
+        }
+        let raft = raft.clone();
+        tokio::spawn(async move {
+            commit(&raft, node_id, timeout, batch).await;
+            drop(permit);
+        });
+    }
+}
+
+async fn commit(raft: &Raft, node_id: NodeId, timeout: Duration, batch: Vec<Pending>) {
+    let (mut commands, replies): (Vec<Command>, Vec<_>) = batch.into_iter().map(|p| (p.command, p.reply)).unzip();
+    let count = commands.len();
+    let proposal = if count == 1 { commands.remove(0) } else { Command::Batch(commands) };
+    let outcome = match tokio::time::timeout(timeout, raft.client_write(proposal)).await {
+        Err(_) => Err(ApiError::OutcomeUnknown(format!(
+            "write not confirmed within {} ms: the leader may have lost its quorum",
+            timeout.as_millis()
+        ))),
+        Ok(Err(err)) => Err(write_error(node_id, err)),
+        Ok(Ok(written)) => Ok(written.data),
+    };
+    let responses: Vec<Result<CommandResponse, ApiError>> = match outcome {
+        Ok(CommandResponse::Batch(responses)) if count > 1 && responses.len() == count => {
+            responses.into_iter().map(Ok).collect()
+        }
+        Ok(response) if count == 1 => vec![Ok(response)],
+        Ok(other) => {
+            let err = ApiError::Internal(format!("batch of {count} writes applied with unexpected result {other:?}"));
+            vec![Err(err); count]
+        }
+        Err(err) => vec![Err(err); count],
+    };
+    for (reply, response) in replies.into_iter().zip(responses) {
+        // A caller that gave up no longer listens; the write stands regardless.
+        let _ = reply.send(response);
+    }
+}
+
+fn payload_bytes(command: &Command) -> usize {
+    match command {
+        Command::KvPut { key, value } => key.len() + value.len(),
+        Command::KvDelete { key } => key.len(),
+        Command::KvCas { key, expected, new } => {
+            key.len() + expected.as_ref().map_or(0, Vec::len) + new.as_ref().map_or(0, Vec::len)
+        }
+        Command::TombstoneNode { .. } => 8,
+        Command::Batch(commands) => commands.iter().map(payload_bytes).sum(),
+    }
+}
+
+pub fn write_error(node_id: NodeId, err: RaftError<NodeId, ClientWriteError<NodeId, NodeInfo>>) -> ApiError {
+    match err {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(forward)) => ApiError::Unavailable(format!(
+            "node {node_id} is no longer the leader (leader now: {:?}); retry",
+            forward.leader_id
+        )),
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(err)) => ApiError::FailedPrecondition(err.to_string()),
+        RaftError::Fatal(err) => ApiError::Unavailable(format!("node {node_id} raft stopped: {err}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batch_size_counts_keys_and_values() {
+        let batch = Command::Batch(vec![
+            Command::KvPut { key: "ab".into(), value: vec![0; 10] },
+            Command::KvCas { key: "c".into(), expected: Some(vec![0; 3]), new: None },
+        ]);
+        assert_eq!(payload_bytes(&batch), 12 + 4);
+    }
+}
