@@ -17,6 +17,7 @@ use crate::service::{Node, CLIENT_REQUEST_TIMEOUT};
 pub const MAX_KEY_BYTES: usize = 4 * 1024;
 pub const MAX_VALUE_BYTES: usize = 1024 * 1024;
 pub const MAX_LIST_LIMIT: usize = 10_000;
+pub const MAX_FLOW_BYTES: usize = 1024 * 1024;
 
 /// Where a request must go when this node cannot serve it.
 enum Route {
@@ -315,6 +316,10 @@ fn validate_command(command: &Command) -> Result<(), ApiError> {
             Ok(())
         }
         Command::TombstoneNode { .. } => Ok(()),
+        Command::PutFlow { name, definition, .. } if definition.len() > MAX_FLOW_BYTES => Err(ApiError::InvalidArgument(
+            format!("flow {name:?} definition is {} bytes; the limit is {MAX_FLOW_BYTES}", definition.len()),
+        )),
+        Command::PutFlow { .. } => Ok(()),
         Command::Batch(_) => Err(ApiError::InvalidArgument("batches are formed by the leader, not sent to it".into())),
     }
 }

@@ -123,6 +123,7 @@ fn payload_bytes(command: &Command) -> usize {
             key.len() + expected.as_ref().map_or(0, Vec::len) + new.as_ref().map_or(0, Vec::len)
         }
         Command::TombstoneNode { .. } => 8,
+        Command::PutFlow { name, definition, hash, .. } => name.len() + definition.len() + hash.len(),
         Command::Batch(commands) => commands.iter().map(payload_bytes).sum(),
     }
 }

@@ -16,6 +16,7 @@ pub mod codec;
 mod error;
 mod group_commit;
 mod identity;
+mod keys;
 mod log_store;
 mod metrics;
 mod reader;

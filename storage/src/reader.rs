@@ -11,10 +11,11 @@ use std::sync::Arc;
 use sha2::{Digest, Sha256};
 
 use crate::codec;
+use crate::keys;
 use crate::error::StoreError;
 use crate::state_machine::{read_applied_state, read_tombstones};
 use crate::store::{data_tree_name, Shared};
-use crate::types::{KvEntry, LogId, NodeId, StoredMembership};
+use crate::types::{FlowRecord, KvEntry, LogId, NodeId, StoredMembership};
 
 /// A cheap, clonable read handle on the applied state machine state.
 #[derive(Clone)]
@@ -46,7 +47,7 @@ impl StateReader {
         let tree_name = data_tree_name(state.generation);
         let bytes = state
             .data
-            .get(key.as_bytes())
+            .get(keys::kv(key))
             .map_err(|error| StoreError::sled(format!("read {tree_name} key {key:?}"), error))?;
         match bytes {
             Some(bytes) => codec::decode(|| format!("{tree_name} key {key:?}"), &bytes).map(Some),
@@ -64,9 +65,10 @@ impl StateReader {
     ) -> Result<Vec<(String, KvEntry)>, StoreError> {
         let state = self.shared.read_active();
         let tree_name = data_tree_name(state.generation);
+        let prefix_key = keys::kv(prefix);
         let start = match start_after {
-            Some(after) if after >= prefix => Bound::Excluded(after.as_bytes().to_vec()),
-            _ => Bound::Included(prefix.as_bytes().to_vec()),
+            Some(after) if after >= prefix => Bound::Excluded(keys::kv(after)),
+            _ => Bound::Included(prefix_key.clone()),
         };
         let mut entries = Vec::new();
         for item in state.data.range::<Vec<u8>, _>((start, Bound::Unbounded)) {
@@ -75,12 +77,70 @@ impl StateReader {
             }
             let (key, bytes) =
                 item.map_err(|error| StoreError::sled(format!("list {tree_name}"), error))?;
-            if !key.starts_with(prefix.as_bytes()) {
+            if !key.starts_with(&prefix_key) {
                 break;
             }
-            entries.push(decode_kv(&tree_name, &key, &bytes)?);
+            entries.push(decode_kv(&tree_name, &key[keys::KV_PREFIX.len()..], &bytes)?);
         }
         Ok(entries)
+    }
+
+    /// Flow `name` at `version`, or its latest version when `None`.
+    pub fn flow(&self, name: &str, version: Option<u64>) -> Result<Option<FlowRecord>, StoreError> {
+        let state = self.shared.read_active();
+        let tree_name = data_tree_name(state.generation);
+        let read = |key: Vec<u8>| {
+            state.data.get(key).map_err(|error| StoreError::sled(format!("read {tree_name} flow {name}"), error))
+        };
+        let version = match version {
+            Some(version) => version,
+            None => match read(keys::flow_latest(name))? {
+                Some(bytes) => codec::decode(|| format!("{tree_name} flow {name} latest"), &bytes)?,
+                None => return Ok(None),
+            },
+        };
+        match read(keys::flow_def(name, version))? {
+            Some(bytes) => codec::decode(|| format!("{tree_name} flow {name} v{version}"), &bytes).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Up to `limit` flow names with their latest version, in name order,
+    /// after `start_after` when given.
+    pub fn flows(&self, start_after: Option<&str>, limit: usize) -> Result<Vec<(String, u64)>, StoreError> {
+        let state = self.shared.read_active();
+        let tree_name = data_tree_name(state.generation);
+        let prefix = keys::FLOW_LATEST_PREFIX.as_bytes();
+        let start = match start_after {
+            Some(after) => Bound::Excluded(keys::flow_latest(after)),
+            None => Bound::Included(prefix.to_vec()),
+        };
+        let mut flows = Vec::new();
+        for item in state.data.range::<Vec<u8>, _>((start, Bound::Unbounded)) {
+            if flows.len() >= limit {
+                break;
+            }
+            let (key, bytes) = item.map_err(|error| StoreError::sled(format!("list {tree_name} flows"), error))?;
+            if !key.starts_with(prefix) {
+                break;
+            }
+            let name = String::from_utf8_lossy(&key[prefix.len()..]).into_owned();
+            let version: u64 = codec::decode(|| format!("{tree_name} flow {name} latest"), &bytes)?;
+            flows.push((name, version));
+        }
+        Ok(flows)
+    }
+
+    /// Every version of flow `name`, oldest first.
+    pub fn flow_versions(&self, name: &str) -> Result<Vec<FlowRecord>, StoreError> {
+        let state = self.shared.read_active();
+        let tree_name = data_tree_name(state.generation);
+        let mut versions = Vec::new();
+        for item in state.data.scan_prefix(keys::flow_defs_of(name)) {
+            let (_, bytes) = item.map_err(|error| StoreError::sled(format!("list {tree_name} flow {name}"), error))?;
+            versions.push(codec::decode(|| format!("{tree_name} flow {name}"), &bytes)?);
+        }
+        Ok(versions)
     }
 
     /// Whether `node_id` was removed for good.
@@ -103,9 +163,9 @@ impl StateReader {
         Ok(read_applied_state(&self.shared)?.1)
     }
 
-    /// sha256 (hex) over every applied key-value entry and tombstone, in
-    /// order: equal on nodes that applied the same log prefix. Reads the
-    /// whole state; call from a blocking thread.
+    /// sha256 (hex) over every applied record (key-value entries, flows, …)
+    /// and tombstone, in order: equal on nodes that applied the same log
+    /// prefix. Reads the whole state; call from a blocking thread.
     pub fn state_digest(&self) -> Result<String, StoreError> {
         let _consistent = self.shared.lock_consistent_view();
         let state = self.shared.read_active();
@@ -114,13 +174,12 @@ impl StateReader {
         for item in state.data.iter() {
             let (key, bytes) =
                 item.map_err(|error| StoreError::sled(format!("digest {tree_name}"), error))?;
-            let (_, entry) = decode_kv(&tree_name, &key, &bytes)?;
-            hasher.update(b"kv");
+            // Records are deterministic encodings, so raw bytes compare states.
+            hasher.update(b"record");
             hasher.update((key.len() as u64).to_be_bytes());
             hasher.update(&key);
-            hasher.update(entry.revision.to_be_bytes());
-            hasher.update((entry.value.len() as u64).to_be_bytes());
-            hasher.update(&entry.value);
+            hasher.update((bytes.len() as u64).to_be_bytes());
+            hasher.update(&bytes);
         }
         for node_id in read_tombstones(&self.shared)? {
             hasher.update(b"tombstone");

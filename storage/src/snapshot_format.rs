@@ -19,7 +19,7 @@ use sha2::{Digest, Sha256};
 
 use crate::codec;
 use crate::error::StoreError;
-use crate::types::{KvEntry, NodeId, SnapshotMeta};
+use crate::types::{NodeId, SnapshotMeta};
 
 const MAGIC: &[u8; 8] = b"FLOESNAP";
 /// A record longer than this is taken as corruption, not allocated.
@@ -34,7 +34,8 @@ pub(crate) struct SnapshotHeader {
 /// One piece of state machine state.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub(crate) enum SnapshotRecord {
-    Kv { key: String, entry: KvEntry },
+    /// A raw data-tree record: the value is itself a versioned record.
+    Data { key: Vec<u8>, value: Vec<u8> },
     Tombstone { node_id: NodeId },
 }
 

@@ -24,7 +24,7 @@ use crate::store::{
     data_tree_name, DataGeneration, Shared, KEY_APPLIED, KEY_GENERATION, KEY_MEMBERSHIP,
     KEY_TOMBSTONES, SM_META_TREE,
 };
-use crate::types::{KvEntry, NodeId, Snapshot, SnapshotMeta, StorageError, TypeConfig};
+use crate::types::{NodeId, Snapshot, SnapshotMeta, StorageError, TypeConfig};
 
 const SNAPSHOT_PREFIX: &str = "snapshot-";
 const SNAPSHOT_SUFFIX: &str = ".snap";
@@ -106,9 +106,7 @@ fn build(shared: &Shared) -> Result<Snapshot, StoreError> {
     for item in data.iter() {
         let (key_bytes, value_bytes) =
             item.map_err(|error| StoreError::sled(format!("read {tree_name}"), error))?;
-        let key = String::from_utf8_lossy(&key_bytes).into_owned();
-        let entry: KvEntry = codec::decode(|| format!("{tree_name} key {key:?}"), &value_bytes)?;
-        writer.write_record(&SnapshotRecord::Kv { key, entry })?;
+        writer.write_record(&SnapshotRecord::Data { key: key_bytes.to_vec(), value: value_bytes.to_vec() })?;
         kv_count += 1;
     }
     for node_id in tombstones {
@@ -221,9 +219,8 @@ fn load_records(
     let mut batched = 0;
     while let Some(record) = reader.next_record()? {
         match record {
-            SnapshotRecord::Kv { key, entry } => {
-                let bytes = codec::encode(|| format!("{tree_name} key {key:?}"), &entry)?;
-                batch.insert(key.as_bytes(), bytes);
+            SnapshotRecord::Data { key, value } => {
+                batch.insert(key, value);
                 batched += 1;
                 if batched >= INSTALL_BATCH_RECORDS {
                     tree.apply_batch(std::mem::take(&mut batch))

@@ -14,12 +14,13 @@ use sled::transaction::{ConflictableTransactionError, TransactionalTree};
 use sled::Transactional;
 
 use crate::codec;
+use crate::keys;
 use crate::error::{run_blocking, StoreError};
 use crate::snapshot::SnapshotFile;
 use crate::snapshot_store::SnapshotBuilder;
 use crate::store::{Shared, KEY_APPLIED, KEY_MEMBERSHIP, KEY_TOMBSTONES, SM_META_TREE};
 use crate::types::{
-    Command, CommandResponse, Entry, KvEntry, LogId, NodeId, Snapshot, SnapshotMeta, StorageError,
+    Command, CommandResponse, Entry, FlowRecord, KvEntry, LogId, NodeId, Snapshot, SnapshotMeta, StorageError,
     StoredMembership, TypeConfig,
 };
 
@@ -140,15 +141,15 @@ fn apply_command(
             };
             let bytes =
                 codec::encode(kv_record_name(data_tree_name, key), &entry).map_err(abort)?;
-            data.insert(key.as_bytes(), bytes)?;
+            data.insert(keys::kv(key), bytes)?;
             Ok(CommandResponse::Put { revision: index })
         }
         Command::KvDelete { key } => {
-            let existed = data.remove(key.as_bytes())?.is_some();
+            let existed = data.remove(keys::kv(key))?.is_some();
             Ok(CommandResponse::Delete { existed })
         }
         Command::KvCas { key, expected, new } => {
-            let current: Option<KvEntry> = match data.get(key.as_bytes())? {
+            let current: Option<KvEntry> = match data.get(keys::kv(key))? {
                 Some(bytes) => Some(
                     codec::decode(kv_record_name(data_tree_name, key), &bytes).map_err(abort)?,
                 ),
@@ -171,10 +172,10 @@ fn apply_command(
                     };
                     let bytes = codec::encode(kv_record_name(data_tree_name, key), &entry)
                         .map_err(abort)?;
-                    data.insert(key.as_bytes(), bytes)?;
+                    data.insert(keys::kv(key), bytes)?;
                 }
                 None => {
-                    data.remove(key.as_bytes())?;
+                    data.remove(keys::kv(key))?;
                 }
             }
             Ok(CommandResponse::Cas {
@@ -182,6 +183,30 @@ fn apply_command(
                 current: new.clone(),
                 revision: index,
             })
+        }
+        Command::PutFlow { name, definition, hash, at_ms } => {
+            let hash_key = keys::flow_hash(name, hash);
+            if let Some(bytes) = data.get(&hash_key)? {
+                let version: u64 = codec::decode(|| format!("{data_tree_name} flow {name} hash {hash}"), &bytes).map_err(abort)?;
+                return Ok(CommandResponse::FlowPut { version, created: false });
+            }
+            let latest: u64 = match data.get(keys::flow_latest(name))? {
+                Some(bytes) => codec::decode(|| format!("{data_tree_name} flow {name} latest"), &bytes).map_err(abort)?,
+                None => 0,
+            };
+            let version = latest + 1;
+            let record = FlowRecord {
+                name: name.clone(),
+                version,
+                hash: hash.clone(),
+                definition: definition.clone(),
+                created_at_ms: *at_ms,
+            };
+            let encode_version = || codec::encode(|| format!("{data_tree_name} flow {name} version"), &version);
+            data.insert(keys::flow_def(name, version), codec::encode(|| format!("{data_tree_name} flow {name} v{version}"), &record).map_err(abort)?)?;
+            data.insert(hash_key, encode_version().map_err(abort)?)?;
+            data.insert(keys::flow_latest(name), encode_version().map_err(abort)?)?;
+            Ok(CommandResponse::FlowPut { version, created: true })
         }
         Command::Batch(commands) => {
             let mut responses = Vec::with_capacity(commands.len());

@@ -51,6 +51,11 @@ pub enum Command {
     /// Records that a node left the membership for good; its id is never
     /// accepted again.
     TombstoneNode { node_id: NodeId },
+    /// Stores a validated flow definition (canonical JSON, content hash
+    /// computed by the proposer). An identical definition returns its
+    /// existing version; a changed one gets the next. `at_ms` is the
+    /// proposer's clock, recorded as the creation time.
+    PutFlow { name: String, definition: Vec<u8>, hash: String, at_ms: u64 },
     /// Several client commands proposed as one entry (proposal batching),
     /// applied in order; they share the entry's log index as revision.
     Batch(Vec<Command>),
@@ -64,6 +69,7 @@ impl fmt::Display for Command {
             Command::KvCas { key, .. } => write!(f, "kv-cas {key}"),
             Command::TombstoneNode { node_id } => write!(f, "tombstone-node {node_id}"),
             Command::Batch(commands) => write!(f, "batch of {}", commands.len()),
+            Command::PutFlow { name, hash, .. } => write!(f, "put-flow {name} ({hash})"),
         }
     }
 }
@@ -84,8 +90,22 @@ pub enum CommandResponse {
         current: Option<Vec<u8>>,
         revision: u64,
     },
+    /// A flow definition stored (`created`) or found identical to `version`.
+    FlowPut { version: u64, created: bool },
     /// One response per command of a `Command::Batch`, in order.
     Batch(Vec<CommandResponse>),
+}
+
+/// One immutable version of a flow definition.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlowRecord {
+    pub name: String,
+    pub version: u64,
+    /// sha256 of the canonical definition.
+    pub hash: String,
+    /// Canonical JSON of the definition.
+    pub definition: Vec<u8>,
+    pub created_at_ms: u64,
 }
 
 /// A stored key-value entry.

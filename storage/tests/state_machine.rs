@@ -378,3 +378,39 @@ async fn a_batch_applies_its_commands_in_order_at_one_revision() {
     let stored = store.reader().get("x").unwrap().unwrap();
     assert_eq!((stored.value, stored.revision), (b"2".to_vec(), 4));
 }
+
+#[tokio::test]
+async fn flow_versions_are_immutable_and_identical_definitions_reuse_theirs() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let mut sm = store.state_machine();
+    let put = |index: u64, hash: &str| {
+        command_entry(
+            1,
+            index,
+            Command::PutFlow { name: "intake".into(), definition: hash.as_bytes().to_vec(), hash: hash.into(), at_ms: index },
+        )
+    };
+    let responses = sm.apply(vec![put(1, "aaa"), put(2, "bbb"), put(3, "aaa"), put(4, "ccc")]).await.unwrap();
+    assert_eq!(
+        responses,
+        vec![
+            CommandResponse::FlowPut { version: 1, created: true },
+            CommandResponse::FlowPut { version: 2, created: true },
+            CommandResponse::FlowPut { version: 1, created: false },
+            CommandResponse::FlowPut { version: 3, created: true },
+        ]
+    );
+    let reader = store.reader();
+    assert_eq!(reader.flow("intake", None).unwrap().unwrap().version, 3);
+    assert_eq!(reader.flow("intake", Some(2)).unwrap().unwrap().definition, b"bbb".to_vec());
+    assert!(reader.flow("intake", Some(9)).unwrap().is_none());
+    assert!(reader.flow("other", None).unwrap().is_none());
+    let versions: Vec<u64> = reader.flow_versions("intake").unwrap().iter().map(|f| f.version).collect();
+    assert_eq!(versions, vec![1, 2, 3]);
+    assert_eq!(reader.flows(None, 10).unwrap(), vec![("intake".to_string(), 3)]);
+    // Flows live beside key-value entries without showing up in key listings.
+    sm.apply(vec![command_entry(1, 5, Command::KvPut { key: "flow/x".into(), value: b"v".to_vec() })]).await.unwrap();
+    let keys: Vec<String> = reader.list("", None, 10).unwrap().into_iter().map(|(k, _)| k).collect();
+    assert_eq!(keys, vec!["flow/x".to_string()]);
+}
