@@ -192,14 +192,7 @@ impl Store {
         std::fs::create_dir_all(dir)
             .map_err(|error| StoreError::io(format!("create data dir {}", dir.display()), error))?;
         let db_path = dir.join("db");
-        let db = sled::Config::new()
-            .path(&db_path)
-            .cache_capacity(options.cache_capacity_bytes)
-            .flush_every_ms(Some(options.background_flush_ms.max(1)))
-            .open()
-            .map_err(|error| {
-                StoreError::sled(format!("open sled database {}", db_path.display()), error)
-            })?;
+        let db = open_sled(&db_path, &options)?;
         let open_tree = |name: &str| {
             db.open_tree(name)
                 .map_err(|error| StoreError::sled(format!("open tree {name}"), error))
@@ -291,6 +284,36 @@ impl Store {
     /// Flush latency statistics, for `/metrics`.
     pub fn flush_stats(&self) -> FlushStats {
         self.shared.flush_stats.clone()
+    }
+}
+
+/// How long `open` waits for a data dir's lock: sled's own background work
+/// for a store dropped in this process releases it a moment after the drop.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+fn open_sled(db_path: &Path, options: &StoreOptions) -> Result<sled::Db, StoreError> {
+    let started = Instant::now();
+    loop {
+        let opened = sled::Config::new()
+            .path(db_path)
+            .cache_capacity(options.cache_capacity_bytes)
+            .flush_every_ms(Some(options.background_flush_ms.max(1)))
+            .open();
+        match opened {
+            Ok(db) => return Ok(db),
+            Err(sled::Error::Io(error)) if error.to_string().contains("could not acquire lock") => {
+                if started.elapsed() > LOCK_WAIT {
+                    return Err(StoreError::io(
+                        format!("data dir {} is in use by another process (its lock is held)", db_path.display()),
+                        error,
+                    ));
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(error) => {
+                return Err(StoreError::sled(format!("open sled database {}", db_path.display()), error));
+            }
+        }
     }
 }
 
