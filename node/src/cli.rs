@@ -32,6 +32,9 @@ pub enum Command {
     /// The replicated key-value store for settings and operator metadata.
     #[command(subcommand)]
     Kv(KvCommand),
+    /// Versioned flow definitions (see docs/flows.md).
+    #[command(subcommand)]
+    Flow(FlowCommand),
 }
 
 #[derive(Args, Debug)]
@@ -139,6 +142,39 @@ pub enum ClusterCommand {
 }
 
 #[derive(Subcommand, Debug)]
+pub enum FlowCommand {
+    /// Validate and store a definition (JSON file, `-` for stdin).
+    Put {
+        #[command(flatten)]
+        client: ClientArgs,
+        file: PathBuf,
+    },
+    /// Print a definition (the latest version unless --version).
+    Get {
+        #[command(flatten)]
+        client: ClientArgs,
+        name: String,
+        #[arg(long)]
+        version: Option<u64>,
+    },
+    /// Flow names and their latest versions.
+    List {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        #[arg(long, default_value = "")]
+        start_after: String,
+    },
+    /// Every version of one flow.
+    Versions {
+        #[command(flatten)]
+        client: ClientArgs,
+        name: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
 pub enum KvCommand {
     Put {
         #[command(flatten)]
@@ -191,6 +227,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Cert(command) => cert(command),
         Command::Cluster(command) => cluster(command).await,
         Command::Kv(command) => kv(command).await,
+        Command::Flow(command) => flow(command).await,
     }
 }
 
@@ -479,6 +516,90 @@ async fn kv(command: KvCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn read_definition(file: &std::path::Path) -> anyhow::Result<Vec<u8>> {
+    if file == std::path::Path::new("-") {
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::stdin(), &mut bytes)?;
+        return Ok(bytes);
+    }
+    std::fs::read(file).map_err(|err| anyhow::anyhow!("flow file {}: {err}", file.display()))
+}
+
+fn format_ms(at_ms: u64) -> String {
+    let seconds = at_ms / 1000;
+    let (days, rest) = (seconds / 86_400, seconds % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}Z", rest / 3600, rest % 3600 / 60, rest % 60)
+}
+
+async fn flow(command: FlowCommand) -> anyhow::Result<()> {
+    match command {
+        FlowCommand::Put { client, file } => {
+            let definition = read_definition(&file)?;
+            let mut conn = connect(&client).await?;
+            let reply = conn.flows.put(api::PutFlowRequest { definition }).await.map_err(status_error)?.into_inner();
+            if client.json {
+                print_json(json!({ "name": reply.name, "version": reply.version, "created": reply.created, "hash": reply.hash }));
+            } else if reply.created {
+                println!("flow {} version {} stored", reply.name, reply.version);
+            } else {
+                println!("flow {} unchanged: identical to version {}", reply.name, reply.version);
+            }
+        }
+        FlowCommand::Get { client, name, version } => {
+            let mut conn = connect(&client).await?;
+            let request = api::GetFlowRequest { name, version: version.unwrap_or(0), consistency: consistency(false) };
+            let reply = conn.flows.get(request).await.map_err(status_error)?.into_inner();
+            let definition: serde_json::Value = serde_json::from_slice(&reply.definition)?;
+            if client.json {
+                print_json(json!({ "name": reply.name, "version": reply.version, "hash": reply.hash, "created_at_ms": reply.created_at_ms, "definition": definition }));
+            } else {
+                eprintln!("flow {} version {} ({}), stored {}", reply.name, reply.version, &reply.hash[..12.min(reply.hash.len())], format_ms(reply.created_at_ms));
+                println!("{}", serde_json::to_string_pretty(&definition)?);
+            }
+        }
+        FlowCommand::List { client, limit, start_after } => {
+            let mut conn = connect(&client).await?;
+            let request = api::ListFlowsRequest { start_after, limit, consistency: consistency(false) };
+            let reply = conn.flows.list(request).await.map_err(status_error)?.into_inner();
+            if client.json {
+                let flows: Vec<_> = reply.flows.iter().map(|f| json!({ "name": f.name, "latest_version": f.latest_version })).collect();
+                print_json(json!({ "flows": flows, "more": reply.more }));
+            } else {
+                let rows: Vec<Vec<String>> = reply.flows.iter().map(|f| vec![f.name.clone(), f.latest_version.to_string()]).collect();
+                print!("{}", table(&["FLOW", "LATEST"], &rows));
+            }
+        }
+        FlowCommand::Versions { client, name } => {
+            let mut conn = connect(&client).await?;
+            let request = api::FlowVersionsRequest { name: name.clone(), consistency: consistency(false) };
+            let reply = conn.flows.versions(request).await.map_err(status_error)?.into_inner();
+            if client.json {
+                let versions: Vec<_> = reply
+                    .versions
+                    .iter()
+                    .map(|v| json!({ "version": v.version, "hash": v.hash, "created_at_ms": v.created_at_ms }))
+                    .collect();
+                print_json(json!({ "name": name, "versions": versions }));
+            } else {
+                let rows: Vec<Vec<String>> =
+                    reply.versions.iter().map(|v| vec![v.version.to_string(), v.hash.clone(), format_ms(v.created_at_ms)]).collect();
+                print!("{}", table(&["VERSION", "HASH", "STORED"], &rows));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Exit code and message for a failed command; errors go to stderr.
 pub fn report(err: &anyhow::Error) -> i32 {
     eprintln!("error: {}", crate::client::error_chain(err));
@@ -501,6 +622,13 @@ mod tests {
         let Command::Kv(KvCommand::Put { client, key, value }) = cli.command else { panic!("parsed as another command") };
         assert_eq!((key.as_str(), value.as_str()), ("a/b", "v"));
         assert_eq!(client.key_file, PathBuf::from("k.pem"));
+    }
+
+    #[test]
+    fn timestamps_print_as_utc() {
+        assert_eq!(format_ms(0), "1970-01-01 00:00:00Z");
+        assert_eq!(format_ms(1_795_219_200_000), "2026-11-21 00:00:00Z");
+        assert_eq!(format_ms(951_782_400_000 + 3_723_000), "2000-02-29 01:02:03Z");
     }
 
     #[test]

@@ -7,6 +7,7 @@ use std::time::Duration;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use crate::api::cluster_client::ClusterClient;
+use crate::api::flows_client::FlowsClient;
 use crate::api::kv_client::KvClient;
 
 /// The DNS name every node certificate carries for its API.
@@ -27,6 +28,7 @@ pub struct ClientOptions {
 pub struct FloeClient {
     pub kv: KvClient<Channel>,
     pub cluster: ClusterClient<Channel>,
+    pub flows: FlowsClient<Channel>,
     pub endpoint: String,
 }
 
@@ -57,7 +59,8 @@ impl FloeClient {
                 Ok(channel) => {
                     return Ok(FloeClient {
                         kv: KvClient::new(channel.clone()),
-                        cluster: ClusterClient::new(channel),
+                        cluster: ClusterClient::new(channel.clone()),
+                        flows: FlowsClient::new(channel),
                         endpoint: endpoint.clone(),
                     })
                 }

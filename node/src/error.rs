@@ -13,6 +13,8 @@ pub enum ApiError {
     OutcomeUnknown(String),
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+    #[error("not found: {0}")]
+    NotFound(String),
     #[error("failed precondition: {0}")]
     FailedPrecondition(String),
     #[error("internal error: {0}")]
@@ -26,6 +28,7 @@ impl From<ApiError> for tonic::Status {
             ApiError::Unavailable(_) => tonic::Status::unavailable(message),
             ApiError::OutcomeUnknown(_) => tonic::Status::deadline_exceeded(message),
             ApiError::InvalidArgument(_) => tonic::Status::invalid_argument(message),
+            ApiError::NotFound(_) => tonic::Status::not_found(message),
             ApiError::FailedPrecondition(_) => tonic::Status::failed_precondition(message),
             ApiError::Internal(_) => tonic::Status::internal(message),
         }

@@ -11,6 +11,7 @@ use tonic::{Request, Response, Status};
 
 use crate::api;
 use crate::api::cluster_server::{Cluster, ClusterServer};
+use crate::api::flows_server::{Flows, FlowsServer};
 use crate::api::kv_server::{Kv, KvServer};
 use crate::error::ApiError;
 use crate::peer_api::{self, PeerRequest, PeerResponse};
@@ -24,6 +25,7 @@ pub async fn serve(node: Arc<Node>, material: TlsMaterial, cancel: CancellationT
     tonic::transport::Server::builder()
         .tls_config(tls)?
         .add_service(ClusterServer::new(ClusterApi { node: node.clone() }))
+        .add_service(FlowsServer::new(FlowsApi { node: node.clone() }))
         .add_service(KvServer::new(KvApi { node }))
         .serve_with_shutdown(addr, cancel.cancelled_owned())
         .await
@@ -190,5 +192,54 @@ impl Kv for KvApi {
             .map(|(key, entry)| api::KeyValue { key, value: entry.value, revision: entry.revision })
             .collect();
         Ok(Response::new(api::ListResponse { items, more }))
+    }
+}
+
+struct FlowsApi {
+    node: Arc<Node>,
+}
+
+#[tonic::async_trait]
+impl Flows for FlowsApi {
+    async fn put(&self, request: Request<api::PutFlowRequest>) -> Result<Response<api::PutFlowResponse>, Status> {
+        let outcome = self.node.put_flow(&request.into_inner().definition).await?;
+        Ok(Response::new(api::PutFlowResponse {
+            name: outcome.name,
+            version: outcome.version,
+            created: outcome.created,
+            hash: outcome.hash,
+        }))
+    }
+
+    async fn get(&self, request: Request<api::GetFlowRequest>) -> Result<Response<api::GetFlowResponse>, Status> {
+        let request = request.into_inner();
+        let version = (request.version > 0).then_some(request.version);
+        let flow = self.node.get_flow(&request.name, version, linearizable(request.consistency)?).await?;
+        Ok(Response::new(api::GetFlowResponse {
+            name: flow.name,
+            version: flow.version,
+            hash: flow.hash,
+            definition: flow.definition,
+            created_at_ms: flow.created_at_ms,
+        }))
+    }
+
+    async fn list(&self, request: Request<api::ListFlowsRequest>) -> Result<Response<api::ListFlowsResponse>, Status> {
+        let request = request.into_inner();
+        let start_after = (!request.start_after.is_empty()).then_some(request.start_after.as_str());
+        let (flows, more) =
+            self.node.list_flows(start_after, request.limit as usize, linearizable(request.consistency)?).await?;
+        let flows = flows.into_iter().map(|(name, latest_version)| api::FlowSummary { name, latest_version }).collect();
+        Ok(Response::new(api::ListFlowsResponse { flows, more }))
+    }
+
+    async fn versions(&self, request: Request<api::FlowVersionsRequest>) -> Result<Response<api::FlowVersionsResponse>, Status> {
+        let request = request.into_inner();
+        let versions = self.node.flow_versions(&request.name, linearizable(request.consistency)?).await?;
+        let versions = versions
+            .into_iter()
+            .map(|flow| api::FlowVersion { version: flow.version, hash: flow.hash, created_at_ms: flow.created_at_ms })
+            .collect();
+        Ok(Response::new(api::FlowVersionsResponse { versions }))
     }
 }

@@ -11,6 +11,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod error;
+pub mod flows;
 pub mod grpc;
 pub mod harness;
 pub mod http;

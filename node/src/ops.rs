@@ -78,21 +78,32 @@ impl Node {
 
     pub async fn get(&self, key: &str, linearizable: bool) -> Result<Option<KvEntry>, ApiError> {
         validate_key(key)?;
-        if !linearizable {
-            return self.reader.get(key).map_err(internal);
+        if linearizable {
+            self.read_barrier().await?;
         }
-        match self.route()? {
-            Route::Local => self.get_as_leader(key).await,
-            Route::Forward { .. } => match self.forward(PeerRequest::Get { key: key.to_string() }).await? {
-                PeerResponse::Got(entry) => Ok(entry),
-                other => Err(unexpected(&other)),
-            },
-        }
+        self.reader.get(key).map_err(internal)
     }
 
-    pub async fn get_as_leader(&self, key: &str) -> Result<Option<KvEntry>, ApiError> {
-        self.confirm_leadership().await?;
-        self.reader.get(key).map_err(internal)
+    /// Makes this node's state at least as new as every write committed
+    /// before the call (the ReadIndex protocol): the leader confirms its
+    /// leadership with a quorum and names its commit index; this node waits
+    /// until it has applied that far. Reads after it are linearizable on any node.
+    pub async fn read_barrier(&self) -> Result<(), ApiError> {
+        let read_index = match self.route()? {
+            Route::Local => self.confirm_leadership().await?,
+            Route::Forward { .. } => match self.forward(PeerRequest::ReadIndex).await? {
+                PeerResponse::ReadIndex(index) => index,
+                other => return Err(unexpected(&other)),
+            },
+        };
+        let waited = self
+            .raft
+            .wait(Some(CLIENT_REQUEST_TIMEOUT))
+            .applied_index_at_least(read_index, "read barrier")
+            .await;
+        waited.map(|_| ()).map_err(|err| {
+            ApiError::Unavailable(format!("node {} did not apply up to the read index {read_index:?}: {err}", self.id))
+        })
     }
 
     pub async fn list(
@@ -103,30 +114,9 @@ impl Node {
         linearizable: bool,
     ) -> Result<(Vec<(String, KvEntry)>, bool), ApiError> {
         let limit = clamp_limit(limit)?;
-        if !linearizable {
-            return self.list_local(prefix, start_after, limit);
+        if linearizable {
+            self.read_barrier().await?;
         }
-        match self.route()? {
-            Route::Local => self.list_as_leader(prefix, start_after, limit).await,
-            Route::Forward { .. } => {
-                let request =
-                    PeerRequest::List { prefix: prefix.to_string(), start_after: start_after.map(str::to_string), limit };
-                match self.forward(request).await? {
-                    PeerResponse::Listed { items, more } => Ok((items, more)),
-                    other => Err(unexpected(&other)),
-                }
-            }
-        }
-    }
-
-    pub async fn list_as_leader(
-        &self,
-        prefix: &str,
-        start_after: Option<&str>,
-        limit: usize,
-    ) -> Result<(Vec<(String, KvEntry)>, bool), ApiError> {
-        let limit = clamp_limit(limit)?;
-        self.confirm_leadership().await?;
         self.list_local(prefix, start_after, limit)
     }
 
@@ -143,11 +133,12 @@ impl Node {
         Ok((items, more))
     }
 
-    /// Confirms with a quorum that this node still leads, and waits until the
-    /// state machine has applied everything committed before the read.
-    async fn confirm_leadership(&self) -> Result<(), ApiError> {
+    /// Confirms with a quorum that this node still leads, waits until its
+    /// state machine has applied everything committed before the call, and
+    /// returns that read index.
+    pub async fn confirm_leadership(&self) -> Result<Option<u64>, ApiError> {
         match bounded(CLIENT_REQUEST_TIMEOUT, "linearizable read", self.raft.ensure_linearizable()).await? {
-            Ok(_) => Ok(()),
+            Ok(read_log_id) => Ok(read_log_id.map(|id| id.index)),
             Err(RaftError::APIError(err)) => Err(ApiError::Unavailable(format!(
                 "node {} cannot confirm leadership for a linearizable read: {err}",
                 self.id

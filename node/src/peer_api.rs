@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use floe_raft::{AppHandler, PeerIdentity};
-use floe_storage::{Command, CommandResponse, KvEntry, NodeId, NodeInfo};
+use floe_storage::{Command, CommandResponse, NodeId, NodeInfo};
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
@@ -22,10 +22,8 @@ pub enum PeerRequest {
     Probe,
     /// Propose a command; only the leader accepts it.
     Write(Command),
-    /// Linearizable point read, served by the leader.
-    Get { key: String },
-    /// Linearizable range read, served by the leader.
-    List { prefix: String, start_after: Option<String>, limit: usize },
+    /// The leader's confirmed read index, for a linearizable read elsewhere.
+    ReadIndex,
     Join { node_id: NodeId, raft_addr: String, learner_only: bool },
     Remove { node_id: NodeId },
     /// This node's own view: role, term, indexes.
@@ -36,8 +34,7 @@ pub enum PeerRequest {
 pub enum PeerResponse {
     Probe(ProbeInfo),
     Written(CommandResponse),
-    Got(Option<KvEntry>),
-    Listed { items: Vec<(String, KvEntry)>, more: bool },
+    ReadIndex(Option<u64>),
     Membership { voters: Vec<NodeId>, learners: Vec<NodeId> },
     LocalStatus(LocalStatus),
 }
@@ -132,11 +129,7 @@ async fn serve(node: &Node, from: PeerIdentity, request: PeerRequest) -> Result<
     match request {
         PeerRequest::Probe => Ok(PeerResponse::Probe(node.probe_info())),
         PeerRequest::Write(command) => node.write_as_leader(command).await.map(PeerResponse::Written),
-        PeerRequest::Get { key } => node.get_as_leader(&key).await.map(PeerResponse::Got),
-        PeerRequest::List { prefix, start_after, limit } => node
-            .list_as_leader(&prefix, start_after.as_deref(), limit)
-            .await
-            .map(|(items, more)| PeerResponse::Listed { items, more }),
+        PeerRequest::ReadIndex => node.confirm_leadership().await.map(PeerResponse::ReadIndex),
         PeerRequest::Join { node_id, raft_addr, learner_only } => node
             .join_as_leader(node_id, &raft_addr, learner_only)
             .await
