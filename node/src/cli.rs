@@ -35,6 +35,9 @@ pub enum Command {
     /// Versioned flow definitions (see docs/flows.md).
     #[command(subcommand)]
     Flow(FlowCommand),
+    /// Runs of flows.
+    #[command(subcommand)]
+    Run(RunCommand),
 }
 
 #[derive(Args, Debug)]
@@ -175,6 +178,78 @@ pub enum FlowCommand {
 }
 
 #[derive(Subcommand, Debug)]
+pub enum RunCommand {
+    /// Start a run; prints its id.
+    Start {
+        #[command(flatten)]
+        client: ClientArgs,
+        flow: String,
+        /// Pin a version (default: the latest).
+        #[arg(long)]
+        version: Option<u64>,
+        /// The input as JSON, or @FILE.
+        #[arg(long, default_value = "null")]
+        input: String,
+        #[arg(long, default_value = "")]
+        correlation_id: String,
+        /// A repeated key returns the run it started first.
+        #[arg(long, default_value = "")]
+        idempotency_key: String,
+    },
+    /// A run with each step's attempts, input, output and error.
+    Get {
+        #[command(flatten)]
+        client: ClientArgs,
+        run_id: String,
+    },
+    /// Runs, newest first.
+    List {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[arg(long, default_value = "")]
+        flow: String,
+        /// running, completed, failed or cancelled.
+        #[arg(long, default_value = "")]
+        status: String,
+        #[arg(long, default_value = "")]
+        correlation_id: String,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        #[arg(long, default_value = "")]
+        page_token: String,
+    },
+    Cancel {
+        #[command(flatten)]
+        client: ClientArgs,
+        run_id: String,
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Retry a failed run from its failed step(s).
+    Retry {
+        #[command(flatten)]
+        client: ClientArgs,
+        run_id: String,
+    },
+    /// Deliver a signal to a waiting step.
+    Signal {
+        #[command(flatten)]
+        client: ClientArgs,
+        run_id: String,
+        signal: String,
+        /// JSON payload, or @FILE.
+        #[arg(long, default_value = "null")]
+        payload: String,
+    },
+    /// Print the run each time it changes until it ends.
+    Watch {
+        #[command(flatten)]
+        client: ClientArgs,
+        run_id: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
 pub enum KvCommand {
     Put {
         #[command(flatten)]
@@ -228,6 +303,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Cluster(command) => cluster(command).await,
         Command::Kv(command) => kv(command).await,
         Command::Flow(command) => flow(command).await,
+        Command::Run(command) => run_command(command).await,
     }
 }
 
@@ -594,6 +670,143 @@ async fn flow(command: FlowCommand) -> anyhow::Result<()> {
                 let rows: Vec<Vec<String>> =
                     reply.versions.iter().map(|v| vec![v.version.to_string(), v.hash.clone(), format_ms(v.created_at_ms)]).collect();
                 print!("{}", table(&["VERSION", "HASH", "STORED"], &rows));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// JSON given inline or as `@FILE`, checked before it is sent.
+fn json_argument(text: &str, what: &str) -> anyhow::Result<Vec<u8>> {
+    let bytes = match text.strip_prefix('@') {
+        Some(path) => std::fs::read(path).map_err(|err| anyhow::anyhow!("{what} file {path}: {err}"))?,
+        None => text.as_bytes().to_vec(),
+    };
+    serde_json::from_slice::<serde_json::Value>(&bytes).map_err(|err| anyhow::anyhow!("{what} is not JSON: {err}"))?;
+    Ok(bytes)
+}
+
+fn print_run(run: &serde_json::Value) {
+    let text = |field: &str| run.get(field).and_then(|v| v.as_str()).unwrap_or("").to_string();
+    println!(
+        "run {}  flow {} v{}  status {}",
+        text("run_id"),
+        text("flow"),
+        run.get("version").and_then(|v| v.as_u64()).unwrap_or(0),
+        run.get("status").map(|s| s.to_string().trim_matches('"').to_lowercase()).unwrap_or_default()
+    );
+    if let Some(error) = run.get("error").and_then(|e| e.as_str()) {
+        println!("error: {error}");
+    }
+    let mut rows = Vec::new();
+    if let Some(steps) = run.get("steps").and_then(|s| s.as_object()) {
+        for (id, step) in steps {
+            let attempts = step.get("attempts").and_then(|a| a.as_array()).cloned().unwrap_or_default();
+            let last = attempts.last();
+            let node = last.and_then(|a| a.get("node")).and_then(|n| n.as_u64()).map(|n| n.to_string()).unwrap_or_default();
+            let status = step.get("status").map(|s| s.to_string().trim_matches('"').to_lowercase()).unwrap_or_default();
+            let started = step.get("started_at_ms").and_then(|v| v.as_u64()).unwrap_or(0);
+            let took = step
+                .get("finished_at_ms")
+                .and_then(|v| v.as_u64())
+                .map(|finished| format!("{} ms", finished.saturating_sub(started)))
+                .unwrap_or_default();
+            let error = step.get("error").and_then(|e| e.as_str()).unwrap_or("").to_string();
+            rows.push(vec![id.clone(), status, attempts.len().to_string(), node, took, error]);
+        }
+    }
+    print!("{}", table(&["STEP", "STATUS", "ATTEMPTS", "NODE", "TOOK", "ERROR"], &rows));
+    if let Some(output) = run.get("output").filter(|o| !o.is_null()) {
+        println!("output: {output}");
+    }
+}
+
+async fn run_command(command: RunCommand) -> anyhow::Result<()> {
+    match command {
+        RunCommand::Start { client, flow, version, input, correlation_id, idempotency_key } => {
+            let input = json_argument(&input, "run input")?;
+            let mut conn = connect(&client).await?;
+            let request = api::StartRunRequest { flow, version: version.unwrap_or(0), input, correlation_id, idempotency_key };
+            let reply = conn.runs.start(request).await.map_err(status_error)?.into_inner();
+            if client.json {
+                print_json(json!({ "run_id": reply.run_id, "created": reply.created, "version": reply.version }));
+            } else {
+                if !reply.created {
+                    eprintln!("idempotency key already used: this is the run it started");
+                }
+                println!("{}", reply.run_id);
+            }
+        }
+        RunCommand::Get { client, run_id } => {
+            let mut conn = connect(&client).await?;
+            let reply = conn.runs.get(api::GetRunRequest { run_id, consistency: consistency(false) }).await.map_err(status_error)?;
+            let run: serde_json::Value = serde_json::from_slice(&reply.into_inner().run)?;
+            if client.json {
+                print_json(run);
+            } else {
+                print_run(&run);
+            }
+        }
+        RunCommand::List { client, flow, status, correlation_id, limit, page_token } => {
+            let mut conn = connect(&client).await?;
+            let request = api::ListRunsRequest {
+                flow,
+                status,
+                correlation_id,
+                limit,
+                page_token,
+                consistency: consistency(false),
+                ..Default::default()
+            };
+            let reply = conn.runs.list(request).await.map_err(status_error)?.into_inner();
+            if client.json {
+                let runs: Vec<_> = reply
+                    .runs
+                    .iter()
+                    .map(|r| json!({ "run_id": r.run_id, "flow": r.flow, "version": r.version, "status": r.status,
+                                     "created_at_ms": r.created_at_ms, "finished_at_ms": r.finished_at_ms,
+                                     "correlation_id": r.correlation_id, "error": r.error }))
+                    .collect();
+                print_json(json!({ "runs": runs, "next_page_token": reply.next_page_token }));
+            } else {
+                let rows: Vec<Vec<String>> = reply
+                    .runs
+                    .iter()
+                    .map(|r| vec![r.run_id.clone(), format!("{} v{}", r.flow, r.version), r.status.clone(), format_ms(r.created_at_ms), r.error.clone()])
+                    .collect();
+                print!("{}", table(&["RUN", "FLOW", "STATUS", "CREATED", "ERROR"], &rows));
+                if !reply.next_page_token.is_empty() {
+                    eprintln!("(more runs: pass --page-token {})", reply.next_page_token);
+                }
+            }
+        }
+        RunCommand::Cancel { client, run_id, reason } => {
+            let mut conn = connect(&client).await?;
+            conn.runs.cancel(api::CancelRunRequest { run_id: run_id.clone(), reason }).await.map_err(status_error)?;
+            eprintln!("run {run_id} cancelled");
+        }
+        RunCommand::Retry { client, run_id } => {
+            let mut conn = connect(&client).await?;
+            conn.runs.retry(api::RetryRunRequest { run_id: run_id.clone() }).await.map_err(status_error)?;
+            eprintln!("run {run_id} retried from its failed step");
+        }
+        RunCommand::Signal { client, run_id, signal, payload } => {
+            let payload = json_argument(&payload, "signal payload")?;
+            let mut conn = connect(&client).await?;
+            conn.runs.signal(api::SignalRunRequest { run_id: run_id.clone(), signal: signal.clone(), payload }).await.map_err(status_error)?;
+            eprintln!("signal {signal} delivered to run {run_id}");
+        }
+        RunCommand::Watch { client, run_id } => {
+            let mut conn = connect(&client).await?;
+            let mut updates = conn.runs.watch(api::WatchRunRequest { run_id }).await.map_err(status_error)?.into_inner();
+            while let Some(update) = updates.message().await.map_err(status_error)? {
+                let run: serde_json::Value = serde_json::from_slice(&update.run)?;
+                if client.json {
+                    print_json(run);
+                } else {
+                    print_run(&run);
+                    println!();
+                }
             }
         }
     }

@@ -8,6 +8,8 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 
 use crate::api::cluster_client::ClusterClient;
 use crate::api::flows_client::FlowsClient;
+use crate::api::runs_client::RunsClient;
+use crate::api::workers_client::WorkersClient;
 use crate::api::kv_client::KvClient;
 
 /// The DNS name every node certificate carries for its API.
@@ -21,6 +23,7 @@ pub struct ClientOptions {
     pub cert: PathBuf,
     pub key: PathBuf,
     pub connect_timeout: Duration,
+    /// Zero: no deadline (long-lived streams).
     pub request_timeout: Duration,
 }
 
@@ -29,6 +32,8 @@ pub struct FloeClient {
     pub kv: KvClient<Channel>,
     pub cluster: ClusterClient<Channel>,
     pub flows: FlowsClient<Channel>,
+    pub runs: RunsClient<Channel>,
+    pub workers: WorkersClient<Channel>,
     pub endpoint: String,
 }
 
@@ -46,13 +51,14 @@ impl FloeClient {
         for endpoint in &options.endpoints {
             let uri = if endpoint.contains("://") { endpoint.clone() } else { format!("https://{endpoint}") };
             let attempt = async {
-                let channel = Endpoint::from_shared(uri.clone())?
+                let mut endpoint = Endpoint::from_shared(uri.clone())?
                     .tls_config(tls.clone())?
                     .connect_timeout(options.connect_timeout)
-                    .timeout(options.request_timeout)
-                    .tcp_nodelay(true)
-                    .connect()
-                    .await?;
+                    .tcp_nodelay(true);
+                if !options.request_timeout.is_zero() {
+                    endpoint = endpoint.timeout(options.request_timeout);
+                }
+                let channel = endpoint.connect().await?;
                 anyhow::Ok(channel)
             };
             match attempt.await {
@@ -60,7 +66,9 @@ impl FloeClient {
                     return Ok(FloeClient {
                         kv: KvClient::new(channel.clone()),
                         cluster: ClusterClient::new(channel.clone()),
-                        flows: FlowsClient::new(channel),
+                        flows: FlowsClient::new(channel.clone()),
+                        runs: RunsClient::new(channel.clone()),
+                        workers: WorkersClient::new(channel),
                         endpoint: endpoint.clone(),
                     })
                 }

@@ -13,6 +13,8 @@ use crate::api;
 use crate::api::cluster_server::{Cluster, ClusterServer};
 use crate::api::flows_server::{Flows, FlowsServer};
 use crate::api::kv_server::{Kv, KvServer};
+use crate::api::runs_server::{Runs, RunsServer};
+use crate::api::workers_server::{Workers, WorkersServer};
 use crate::error::ApiError;
 use crate::peer_api::{self, PeerRequest, PeerResponse};
 use crate::service::Node;
@@ -26,6 +28,8 @@ pub async fn serve(node: Arc<Node>, material: TlsMaterial, cancel: CancellationT
         .tls_config(tls)?
         .add_service(ClusterServer::new(ClusterApi { node: node.clone() }))
         .add_service(FlowsServer::new(FlowsApi { node: node.clone() }))
+        .add_service(RunsServer::new(RunsApi { node: node.clone() }))
+        .add_service(WorkersServer::new(WorkersApi { node: node.clone() }))
         .add_service(KvServer::new(KvApi { node }))
         .serve_with_shutdown(addr, cancel.cancelled_owned())
         .await
@@ -241,5 +245,140 @@ impl Flows for FlowsApi {
             .map(|flow| api::FlowVersion { version: flow.version, hash: flow.hash, created_at_ms: flow.created_at_ms })
             .collect();
         Ok(Response::new(api::FlowVersionsResponse { versions }))
+    }
+}
+
+struct RunsApi {
+    node: Arc<Node>,
+}
+
+fn run_json(run: &floe_engine::run::RunRecord) -> Result<Vec<u8>, Status> {
+    serde_json::to_vec(run).map_err(|err| Status::internal(format!("encoding run {}: {err}", run.run_id)))
+}
+
+fn non_empty(text: String) -> Option<String> {
+    (!text.is_empty()).then_some(text)
+}
+
+#[tonic::async_trait]
+impl Runs for RunsApi {
+    async fn start(&self, request: Request<api::StartRunRequest>) -> Result<Response<api::StartRunResponse>, Status> {
+        let request = request.into_inner();
+        let version = (request.version > 0).then_some(request.version);
+        let started = self
+            .node
+            .start_run(&request.flow, version, &request.input, &request.correlation_id, &request.idempotency_key)
+            .await?;
+        Ok(Response::new(api::StartRunResponse { run_id: started.run_id, created: started.created, version: started.version }))
+    }
+
+    async fn get(&self, request: Request<api::GetRunRequest>) -> Result<Response<api::GetRunResponse>, Status> {
+        let request = request.into_inner();
+        let run = self.node.get_run(&request.run_id, linearizable(request.consistency)?).await?;
+        Ok(Response::new(api::GetRunResponse { run: run_json(&run)? }))
+    }
+
+    async fn list(&self, request: Request<api::ListRunsRequest>) -> Result<Response<api::ListRunsResponse>, Status> {
+        let request = request.into_inner();
+        let filter = floe_storage::RunFilter {
+            flow: non_empty(request.flow),
+            status: non_empty(request.status),
+            correlation_id: non_empty(request.correlation_id),
+            created_from_ms: (request.created_from_ms > 0).then_some(request.created_from_ms),
+            created_to_ms: (request.created_to_ms > 0).then_some(request.created_to_ms),
+        };
+        if let Some(status) = &filter.status {
+            if !["running", "completed", "failed", "cancelled"].contains(&status.as_str()) {
+                return Err(ApiError::InvalidArgument(format!("status {status:?} is not running, completed, failed or cancelled")).into());
+            }
+        }
+        let page = self
+            .node
+            .list_runs(&filter, &request.page_token, request.limit as usize, linearizable(request.consistency)?)
+            .await?;
+        let runs = page
+            .runs
+            .iter()
+            .map(|run| api::RunSummary {
+                run_id: run.run_id.clone(),
+                flow: run.flow.clone(),
+                version: run.version,
+                status: floe_storage::runs::status_name(run.status).to_string(),
+                created_at_ms: run.created_at_ms,
+                finished_at_ms: run.finished_at_ms.unwrap_or(0),
+                correlation_id: run.correlation_id.clone(),
+                error: run.error.clone().unwrap_or_default(),
+            })
+            .collect();
+        let next_page_token = match (&page.last_key, page.more) {
+            (Some(key), true) => hex::encode(key),
+            _ => String::new(),
+        };
+        Ok(Response::new(api::ListRunsResponse { runs, next_page_token }))
+    }
+
+    async fn cancel(&self, request: Request<api::CancelRunRequest>) -> Result<Response<api::RunActionResponse>, Status> {
+        let request = request.into_inner();
+        self.node.cancel_run(&request.run_id, &request.reason).await?;
+        Ok(Response::new(api::RunActionResponse {}))
+    }
+
+    async fn retry(&self, request: Request<api::RetryRunRequest>) -> Result<Response<api::RunActionResponse>, Status> {
+        self.node.retry_run(&request.into_inner().run_id).await?;
+        Ok(Response::new(api::RunActionResponse {}))
+    }
+
+    async fn signal(&self, request: Request<api::SignalRunRequest>) -> Result<Response<api::RunActionResponse>, Status> {
+        let request = request.into_inner();
+        self.node.signal_run(&request.run_id, &request.signal, &request.payload).await?;
+        Ok(Response::new(api::RunActionResponse {}))
+    }
+
+    type WatchStream = tokio_stream::wrappers::ReceiverStream<Result<api::RunUpdate, Status>>;
+
+    async fn watch(&self, request: Request<api::WatchRunRequest>) -> Result<Response<Self::WatchStream>, Status> {
+        let run_id = request.into_inner().run_id;
+        let first = self.node.get_run(&run_id, true).await?;
+        let (sender, receiver) = tokio::sync::mpsc::channel(16);
+        let node = self.node.clone();
+        tokio::spawn(async move {
+            let mut last = first;
+            if sender.send(run_json(&last).map(|run| api::RunUpdate { run })).await.is_err() {
+                return;
+            }
+            let mut applied = node.raft.metrics();
+            // Each applied entry may change the run; compare and send on change.
+            while last.status == floe_engine::run::RunStatus::Running {
+                if applied.changed().await.is_err() {
+                    return;
+                }
+                let Ok(Some(current)) = node.reader.run(&run_id) else { continue };
+                if current != last {
+                    if sender.send(run_json(&current).map(|run| api::RunUpdate { run })).await.is_err() {
+                        return;
+                    }
+                    last = current;
+                }
+            }
+        });
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(receiver)))
+    }
+}
+
+struct WorkersApi {
+    node: Arc<Node>,
+}
+
+#[tonic::async_trait]
+impl Workers for WorkersApi {
+    type AttachStream = tokio_stream::wrappers::ReceiverStream<Result<api::WorkerTask, Status>>;
+
+    async fn attach(
+        &self,
+        request: Request<tonic::Streaming<api::WorkerMessage>>,
+    ) -> Result<Response<Self::AttachStream>, Status> {
+        let (sender, receiver) = crate::workers::worker_channel();
+        tokio::spawn(crate::workers::serve_worker(self.node.clone(), request.into_inner(), sender));
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(receiver)))
     }
 }

@@ -89,6 +89,8 @@ pub struct TestCluster {
     pub client_dir: PathBuf,
     /// Overrides for nodes whose config is kept across restarts.
     node_overrides: BTreeMap<u64, Vec<String>>,
+    /// Worker processes started with `spawn_worker`, by worker id.
+    pub workers: BTreeMap<String, Child>,
 }
 
 fn free_tcp_port() -> anyhow::Result<u16> {
@@ -159,6 +161,7 @@ impl TestCluster {
             ca_dir,
             client_dir,
             node_overrides: BTreeMap::new(),
+            workers: BTreeMap::new(),
         };
         cluster.run_floe(&["cert", "create-ca", "--out", &path_str(&cluster.ca_dir)])?;
         cluster.run_floe(&[
@@ -284,6 +287,56 @@ impl TestCluster {
             .with_context(|| format!("starting {}", binary.display()))?;
         node.child = Some(child);
         node.paused = false;
+        Ok(())
+    }
+
+    /// Starts the example worker (`floe-worker`, next to the `floe` binary)
+    /// attached to the given nodes, serving `blocks` (`NAME=BEHAVIOUR`).
+    /// Its executions are recorded to `<cluster dir>/<id>.executions`.
+    pub fn spawn_worker(&mut self, id: &str, nodes: &[u64], blocks: &[&str], concurrency: u32) -> anyhow::Result<PathBuf> {
+        let binary = self.options.binary.with_file_name("floe-worker");
+        let mut endpoints = Vec::new();
+        for node in nodes {
+            endpoints.push(self.node(*node)?.api_addr.clone());
+        }
+        let record = self.dir.join(format!("{id}.executions"));
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join(format!("{id}.log")))?;
+        let mut command = Command::new(&binary);
+        scrub_floe_env(&mut command);
+        command
+            .arg("--endpoint")
+            .arg(endpoints.join(","))
+            .arg("--ca")
+            .arg(self.client_dir.join("ca.pem"))
+            .arg("--cert")
+            .arg(self.client_dir.join("client.pem"))
+            .arg("--key")
+            .arg(self.client_dir.join("client-key.pem"))
+            .arg("--id")
+            .arg(id)
+            .arg("--concurrency")
+            .arg(concurrency.to_string())
+            .arg("--record")
+            .arg(&record);
+        for block in blocks {
+            command.arg("--block").arg(block);
+        }
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {}", binary.display()))?;
+        self.workers.insert(id.to_string(), child);
+        Ok(record)
+    }
+
+    /// SIGKILL a worker process.
+    pub fn kill_worker(&mut self, id: &str) -> anyhow::Result<()> {
+        if let Some(mut child) = self.workers.remove(id) {
+            child.kill()?;
+            child.wait()?;
+        }
         Ok(())
     }
 
@@ -516,6 +569,10 @@ impl TestCluster {
 
 impl Drop for TestCluster {
     fn drop(&mut self) {
+        for worker in self.workers.values_mut() {
+            let _ = worker.kill();
+            let _ = worker.wait();
+        }
         for node in self.nodes.values_mut() {
             if let Some(mut child) = node.child.take() {
                 if node.paused {

@@ -19,4 +19,8 @@ pub mod metrics;
 pub mod ops;
 pub mod peer_api;
 pub mod proposer;
+pub mod runs;
+pub mod scheduler;
 pub mod service;
+pub mod worker;
+pub mod workers;

@@ -311,6 +311,11 @@ fn validate_command(command: &Command) -> Result<(), ApiError> {
             format!("flow {name:?} definition is {} bytes; the limit is {MAX_FLOW_BYTES}", definition.len()),
         )),
         Command::PutFlow { .. } => Ok(()),
+        Command::StartRun { .. }
+        | Command::RunEvent { .. }
+        | Command::AssignTask { .. }
+        | Command::UnassignTask { .. }
+        | Command::FireTimers { .. } => Ok(()),
         Command::Batch(_) => Err(ApiError::InvalidArgument("batches are formed by the leader, not sent to it".into())),
     }
 }

@@ -28,6 +28,8 @@ pub enum PeerRequest {
     Remove { node_id: NodeId },
     /// This node's own view: role, term, indexes.
     LocalStatus,
+    /// A node's worker capacity and load, for the leader's scheduler.
+    Report(crate::scheduler::NodeReport),
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -37,6 +39,7 @@ pub enum PeerResponse {
     ReadIndex(Option<u64>),
     Membership { voters: Vec<NodeId>, learners: Vec<NodeId> },
     LocalStatus(LocalStatus),
+    Ack,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -139,5 +142,9 @@ async fn serve(node: &Node, from: PeerIdentity, request: PeerRequest) -> Result<
             .await
             .map(|(voters, learners)| PeerResponse::Membership { voters, learners }),
         PeerRequest::LocalStatus => Ok(PeerResponse::LocalStatus(node.local_status())),
+        PeerRequest::Report(report) => {
+            node.reports.record(report);
+            Ok(PeerResponse::Ack)
+        }
     }
 }

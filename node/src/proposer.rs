@@ -124,6 +124,13 @@ fn payload_bytes(command: &Command) -> usize {
         }
         Command::TombstoneNode { .. } => 8,
         Command::PutFlow { name, definition, hash, .. } => name.len() + definition.len() + hash.len(),
+        Command::StartRun { run_id, flow, input, correlation_id, idempotency_key, .. } => {
+            run_id.len() + flow.len() + input.len() + correlation_id.len() + idempotency_key.len()
+        }
+        Command::RunEvent { run_id, event, .. } => run_id.len() + event.len(),
+        Command::AssignTask { task, worker, .. } => task.len() + worker.len(),
+        Command::UnassignTask { task, .. } => task.len(),
+        Command::FireTimers { timers, .. } => timers.iter().map(String::len).sum(),
         Command::Batch(commands) => commands.iter().map(payload_bytes).sum(),
     }
 }

@@ -30,6 +30,8 @@ pub struct Node {
     pub fingerprint: String,
     pub metrics: Arc<NodeMetrics>,
     pub proposer: Proposer,
+    pub workers: crate::workers::WorkerRegistry,
+    pub reports: crate::scheduler::Reports,
     pub config: NodeConfig,
     /// Until then, a restarted node's idea of the leader comes from its stored
     /// vote and is not yet confirmed by contact.
@@ -149,6 +151,8 @@ pub async fn serve(config: NodeConfig, cancel: CancellationToken) -> anyhow::Res
         fingerprint: fingerprint.clone(),
         metrics,
         proposer: Proposer::start(raft.clone(), config.node_id, CLIENT_REQUEST_TIMEOUT, cancel.clone()),
+        workers: Default::default(),
+        reports: Default::default(),
         config: config.clone(),
         restart_grace_until,
     });
@@ -173,6 +177,9 @@ pub async fn serve(config: NodeConfig, cancel: CancellationToken) -> anyhow::Res
     tasks.spawn(crate::metrics::track_leader_changes(node.clone(), cancel.clone()));
     tasks.spawn(crate::grpc::serve(node.clone(), material.clone(), cancel.clone()));
     tasks.spawn(crate::http::serve(node.clone(), cancel.clone()));
+    tasks.spawn(crate::workers::dispatch(node.clone(), cancel.clone()));
+    tasks.spawn(crate::scheduler::report(node.clone(), cancel.clone()));
+    tasks.spawn(crate::scheduler::schedule(node.clone(), cancel.clone()));
     // Bootstrap ends on its own once the cluster exists; it is not a server.
     let bootstrap = (config.bootstrap.expect > 0).then(|| tokio::spawn(crate::bootstrap::run(node.clone(), cancel.clone())));
     tracing::info!(node_id = config.node_id, raft = %config.raft_addr, api = %config.api_addr, http = %config.http_addr, "node started");

@@ -31,6 +31,9 @@ pub enum StoreError {
         #[source]
         source: std::io::Error,
     },
+    /// A JSON-bodied record (runs, tasks) that does not parse or encode.
+    #[error("{record}: {reason}")]
+    Json { record: String, reason: String },
     /// A record written by a newer (or unknown) build.
     #[error("{record}: record format version {found}, this build reads {supported}")]
     UnknownFormatVersion {

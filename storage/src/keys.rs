@@ -6,6 +6,15 @@
 //! - `flow/def/<name>/<version:020>`     → `FlowRecord`
 //! - `flow/hash/<name>/<sha256>`         → version (identical definitions)
 //! - `flow/latest/<name>`                → latest version
+//! - `run/<run id>`                      → run record (JSON)
+//! - `idem/<idempotency key>`            → run id
+//! - `runs/created/<ms:020>/<run id>`, `runs/status/<status>/<ms:020>/<run id>`,
+//!   `runs/flow/<flow>/<ms:020>/<run id>`, `runs/corr/<correlation id>/<ms:020>/<run id>`:
+//!   (empty) indexes for listing runs
+//! - `task/<task key>`                   → task record (JSON)
+//! - `taskq/<not before ms:020>/<task key>` → (empty) tasks waiting for a worker
+//! - `tasknode/<node:020>/<task key>`    → (empty) tasks assigned to a node
+//! - `timer/<due ms:020>/<timer key>`    → timer (JSON); `timerkey/<timer key>` → due ms
 
 pub(crate) const KV_PREFIX: &[u8] = b"kv/";
 const FLOW_DEF_PREFIX: &str = "flow/def/";
@@ -32,4 +41,56 @@ pub(crate) fn flow_hash(name: &str, hash: &str) -> Vec<u8> {
 
 pub(crate) fn flow_latest(name: &str) -> Vec<u8> {
     format!("{FLOW_LATEST_PREFIX}{name}").into_bytes()
+}
+
+pub(crate) const RUN_PREFIX: &str = "run/";
+pub(crate) const TASK_QUEUE_PREFIX: &str = "taskq/";
+pub(crate) const TIMER_PREFIX: &str = "timer/";
+
+pub(crate) fn run(run_id: &str) -> Vec<u8> {
+    format!("{RUN_PREFIX}{run_id}").into_bytes()
+}
+
+pub(crate) fn idempotency(key: &str) -> Vec<u8> {
+    format!("idem/{key}").into_bytes()
+}
+
+pub(crate) fn run_by_created(created_ms: u64, run_id: &str) -> Vec<u8> {
+    format!("runs/created/{created_ms:020}/{run_id}").into_bytes()
+}
+
+pub(crate) fn run_by_status(status: &str, created_ms: u64, run_id: &str) -> Vec<u8> {
+    format!("runs/status/{status}/{created_ms:020}/{run_id}").into_bytes()
+}
+
+pub(crate) fn run_by_flow(flow: &str, created_ms: u64, run_id: &str) -> Vec<u8> {
+    format!("runs/flow/{flow}/{created_ms:020}/{run_id}").into_bytes()
+}
+
+pub(crate) fn run_by_correlation(correlation_id: &str, created_ms: u64, run_id: &str) -> Vec<u8> {
+    format!("runs/corr/{correlation_id}/{created_ms:020}/{run_id}").into_bytes()
+}
+
+pub(crate) fn task(task: &str) -> Vec<u8> {
+    format!("task/{task}").into_bytes()
+}
+
+pub(crate) fn task_queue(not_before_ms: u64, task: &str) -> Vec<u8> {
+    format!("{TASK_QUEUE_PREFIX}{not_before_ms:020}/{task}").into_bytes()
+}
+
+pub(crate) fn task_on_node(node: u64, task: &str) -> Vec<u8> {
+    format!("tasknode/{node:020}/{task}").into_bytes()
+}
+
+pub(crate) fn tasks_on_node(node: u64) -> Vec<u8> {
+    format!("tasknode/{node:020}/").into_bytes()
+}
+
+pub(crate) fn timer_due(due_ms: u64, timer: &str) -> Vec<u8> {
+    format!("{TIMER_PREFIX}{due_ms:020}/{timer}").into_bytes()
+}
+
+pub(crate) fn timer_by_key(timer: &str) -> Vec<u8> {
+    format!("timerkey/{timer}").into_bytes()
 }

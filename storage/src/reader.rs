@@ -15,7 +15,41 @@ use crate::keys;
 use crate::error::StoreError;
 use crate::state_machine::{read_applied_state, read_tombstones};
 use crate::store::{data_tree_name, Shared};
+use crate::runs::TaskRecord;
 use crate::types::{FlowRecord, KvEntry, LogId, NodeId, StoredMembership};
+use floe_engine::run::RunRecord;
+
+/// Criteria for listing runs; all that are set must hold.
+#[derive(Clone, Debug, Default)]
+pub struct RunFilter {
+    pub flow: Option<String>,
+    /// "running", "completed", "failed" or "cancelled".
+    pub status: Option<String>,
+    pub correlation_id: Option<String>,
+    pub created_from_ms: Option<u64>,
+    pub created_to_ms: Option<u64>,
+}
+
+impl RunFilter {
+    fn matches(&self, run: &RunRecord) -> bool {
+        let status_ok = self.status.as_deref().is_none_or(|status| crate::runs::status_name(run.status) == status);
+        let flow_ok = self.flow.as_deref().is_none_or(|flow| run.flow == flow);
+        let correlation_ok = self.correlation_id.as_deref().is_none_or(|id| run.correlation_id == id);
+        let from_ok = self.created_from_ms.is_none_or(|from| run.created_at_ms >= from);
+        let to_ok = self.created_to_ms.is_none_or(|to| run.created_at_ms < to);
+        status_ok && flow_ok && correlation_ok && from_ok && to_ok
+    }
+}
+
+/// One page of runs, newest first.
+#[derive(Clone, Debug, Default)]
+pub struct RunPage {
+    pub runs: Vec<RunRecord>,
+    /// Pass back as `page_after` for the next page.
+    pub last_key: Option<Vec<u8>>,
+    pub more: bool,
+}
+
 
 /// A cheap, clonable read handle on the applied state machine state.
 #[derive(Clone)]
@@ -141,6 +175,118 @@ impl StateReader {
             versions.push(codec::decode(|| format!("{tree_name} flow {name}"), &bytes)?);
         }
         Ok(versions)
+    }
+
+    fn get_json<T: serde::de::DeserializeOwned>(&self, key: &[u8], what: &str) -> Result<Option<T>, StoreError> {
+        let state = self.shared.read_active();
+        let tree_name = data_tree_name(state.generation);
+        let Some(bytes) = state.data.get(key).map_err(|error| StoreError::sled(format!("read {tree_name} {what}"), error))?
+        else {
+            return Ok(None);
+        };
+        let json: Vec<u8> = codec::decode(|| format!("{tree_name} {what}"), &bytes)?;
+        serde_json::from_slice(&json)
+            .map(Some)
+            .map_err(|err| StoreError::Json { record: format!("{tree_name} {what}"), reason: err.to_string() })
+    }
+
+    /// Run `run_id`'s record.
+    pub fn run(&self, run_id: &str) -> Result<Option<RunRecord>, StoreError> {
+        self.get_json(&keys::run(run_id), &format!("run {run_id}"))
+    }
+
+    /// Runs matching `filter`, newest first, from the index that narrows it
+    /// most (correlation id, then flow, then status, then creation time);
+    /// the remaining criteria are checked on the records. `page_after` is
+    /// the last index key of the previous page.
+    pub fn runs(&self, filter: &RunFilter, page_after: Option<&[u8]>, limit: usize) -> Result<RunPage, StoreError> {
+        let state = self.shared.read_active();
+        let tree_name = data_tree_name(state.generation);
+        let prefix = match (&filter.correlation_id, &filter.flow, &filter.status) {
+            (Some(correlation), _, _) => format!("runs/corr/{correlation}/"),
+            (None, Some(flow), _) => format!("runs/flow/{flow}/"),
+            (None, None, Some(status)) => format!("runs/status/{status}/"),
+            (None, None, None) => "runs/created/".to_string(),
+        };
+        let lower = format!("{prefix}{:020}", filter.created_from_ms.unwrap_or(0)).into_bytes();
+        let upper = match filter.created_to_ms {
+            Some(to) => Bound::Excluded(format!("{prefix}{to:020}").into_bytes()),
+            None => Bound::Excluded(format!("{prefix}~").into_bytes()),
+        };
+        let upper = match page_after {
+            Some(after) if after.starts_with(prefix.as_bytes()) => Bound::Excluded(after.to_vec()),
+            _ => upper,
+        };
+        let mut page = RunPage::default();
+        // Scanned index entries are bounded too, so a selective filter cannot scan everything.
+        let mut scanned = 0usize;
+        for item in state.data.range::<Vec<u8>, _>((Bound::Included(lower), upper)).rev() {
+            let (key, _) = item.map_err(|error| StoreError::sled(format!("list {tree_name} runs"), error))?;
+            scanned += 1;
+            let run_id = String::from_utf8_lossy(key.rsplit(|byte| *byte == b'/').next().unwrap_or_default()).into_owned();
+            if let Some(run) = self.run(&run_id)? {
+                if filter.matches(&run) {
+                    page.runs.push(run);
+                }
+            }
+            page.last_key = Some(key.to_vec());
+            if page.runs.len() >= limit || scanned >= limit.saturating_mul(20).max(1000) {
+                page.more = true;
+                break;
+            }
+        }
+        if page.runs.len() < limit && !page.more {
+            page.last_key = None;
+        }
+        Ok(page)
+    }
+
+    /// Tasks waiting for a worker whose backoff has passed by `now_ms`, oldest first.
+    pub fn ready_tasks(&self, now_ms: u64, limit: usize) -> Result<Vec<TaskRecord>, StoreError> {
+        let state = self.shared.read_active();
+        let tree_name = data_tree_name(state.generation);
+        let upper = keys::task_queue(now_ms, "~");
+        let mut tasks = Vec::new();
+        for item in state.data.range::<Vec<u8>, _>(keys::TASK_QUEUE_PREFIX.as_bytes().to_vec()..upper) {
+            if tasks.len() >= limit {
+                break;
+            }
+            let (key, _) = item.map_err(|error| StoreError::sled(format!("scan {tree_name} task queue"), error))?;
+            let text = String::from_utf8_lossy(&key[keys::TASK_QUEUE_PREFIX.len() + 21..]).into_owned();
+            if let Some(task) = self.get_json::<TaskRecord>(&keys::task(&text), &format!("task {text}"))? {
+                tasks.push(task);
+            }
+        }
+        Ok(tasks)
+    }
+
+    /// Tasks the scheduler placed on `node`.
+    pub fn tasks_on_node(&self, node: NodeId) -> Result<Vec<TaskRecord>, StoreError> {
+        let state = self.shared.read_active();
+        let tree_name = data_tree_name(state.generation);
+        let prefix = keys::tasks_on_node(node);
+        let mut tasks = Vec::new();
+        for item in state.data.scan_prefix(&prefix) {
+            let (key, _) = item.map_err(|error| StoreError::sled(format!("scan {tree_name} node tasks"), error))?;
+            let text = String::from_utf8_lossy(&key[prefix.len()..]).into_owned();
+            if let Some(task) = self.get_json::<TaskRecord>(&keys::task(&text), &format!("task {text}"))? {
+                tasks.push(task);
+            }
+        }
+        Ok(tasks)
+    }
+
+    /// Keys of timers due by `now_ms`, earliest first.
+    pub fn due_timers(&self, now_ms: u64, limit: usize) -> Result<Vec<String>, StoreError> {
+        let state = self.shared.read_active();
+        let tree_name = data_tree_name(state.generation);
+        let upper = keys::timer_due(now_ms, "~");
+        let mut timers = Vec::new();
+        for item in state.data.range::<Vec<u8>, _>(keys::TIMER_PREFIX.as_bytes().to_vec()..upper).take(limit) {
+            let (key, _) = item.map_err(|error| StoreError::sled(format!("scan {tree_name} timers"), error))?;
+            timers.push(String::from_utf8_lossy(&key[keys::TIMER_PREFIX.len() + 21..]).into_owned());
+        }
+        Ok(timers)
     }
 
     /// Whether `node_id` was removed for good.

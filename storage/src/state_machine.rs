@@ -15,6 +15,7 @@ use sled::Transactional;
 
 use crate::codec;
 use crate::keys;
+use crate::runs::{self, DefinitionCache, RunTx, StartRun};
 use crate::error::{run_blocking, StoreError};
 use crate::snapshot::SnapshotFile;
 use crate::snapshot_store::SnapshotBuilder;
@@ -81,9 +82,7 @@ fn apply_batch(shared: &Shared, entries: &[Entry]) -> Result<Vec<CommandResponse
                     CommandResponse::Applied
                 }
                 EntryPayload::Normal(command) => apply_command(
-                    data,
-                    meta,
-                    &data_tree_name,
+                    &ApplyTx { data, meta, data_tree_name: &data_tree_name, definitions: &shared.definitions },
                     &mut tombstones,
                     entry.log_id.index,
                     command,
@@ -125,15 +124,44 @@ fn put_tx<T: serde::Serialize>(
     Ok(())
 }
 
+/// The transaction's trees and what apply needs besides them.
+struct ApplyTx<'a> {
+    data: &'a TransactionalTree,
+    meta: &'a TransactionalTree,
+    data_tree_name: &'a str,
+    definitions: &'a DefinitionCache,
+}
+
 fn apply_command(
-    data: &TransactionalTree,
-    meta: &TransactionalTree,
-    data_tree_name: &str,
+    apply: &ApplyTx<'_>,
     tombstones: &mut Option<BTreeSet<NodeId>>,
     index: u64,
     command: &Command,
 ) -> Result<CommandResponse, TxError> {
+    let (data, meta, data_tree_name) = (apply.data, apply.meta, apply.data_tree_name);
+    let runs = RunTx { data, tree_name: data_tree_name, definitions: apply.definitions };
     match command {
+        Command::StartRun { run_id, flow, version, input, correlation_id, idempotency_key, at_ms } => {
+            let start = StartRun {
+                run_id,
+                flow,
+                version: *version,
+                input,
+                correlation_id,
+                idempotency_key,
+                at_ms: *at_ms,
+            };
+            runs::start_run(&runs, start)
+        }
+        Command::RunEvent { run_id, event, at_ms } => match serde_json::from_slice::<floe_engine::run::RunEvent>(event) {
+            Ok(event) => runs::run_event(&runs, run_id, event, *at_ms),
+            Err(err) => Ok(CommandResponse::RunRejected { reason: format!("run event for {run_id} is not valid: {err}") }),
+        },
+        Command::AssignTask { task, attempt, node, worker, at_ms } => {
+            runs::assign(&runs, task, *attempt, *node, worker, *at_ms)
+        }
+        Command::FireTimers { timers, at_ms } => runs::fire_timers(&runs, timers, *at_ms),
+        Command::UnassignTask { task, attempt, at_ms } => runs::unassign(&runs, task, *attempt, *at_ms),
         Command::KvPut { key, value } => {
             let entry = KvEntry {
                 value: value.clone(),
@@ -211,7 +239,7 @@ fn apply_command(
         Command::Batch(commands) => {
             let mut responses = Vec::with_capacity(commands.len());
             for command in commands {
-                responses.push(apply_command(data, meta, data_tree_name, tombstones, index, command)?);
+                responses.push(apply_command(apply, tombstones, index, command)?);
             }
             Ok(CommandResponse::Batch(responses))
         }

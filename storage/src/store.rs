@@ -10,6 +10,7 @@ use crate::codec;
 use crate::error::StoreError;
 use crate::log_store::LogStore;
 use crate::group_commit::GroupCommit;
+use crate::runs::DefinitionCache;
 use crate::metrics::FlushStats;
 use crate::reader::StateReader;
 use crate::snapshot::INCOMING_PREFIX;
@@ -76,6 +77,7 @@ pub(crate) struct Shared {
     pub(crate) snapshot_files: Mutex<()>,
     pub(crate) flush_stats: FlushStats,
     pub(crate) group_commit: GroupCommit,
+    pub(crate) definitions: DefinitionCache,
 }
 
 impl Shared {
@@ -223,6 +225,7 @@ impl Store {
             snapshot_files: Mutex::new(()),
             flush_stats,
             group_commit,
+            definitions: DefinitionCache::default(),
         };
         remove_partial_snapshot_files(&shared.snapshot_dir())?;
         tracing::info!(dir = %dir.display(), generation, "store opened");

@@ -56,6 +56,27 @@ pub enum Command {
     /// existing version; a changed one gets the next. `at_ms` is the
     /// proposer's clock, recorded as the creation time.
     PutFlow { name: String, definition: Vec<u8>, hash: String, at_ms: u64 },
+    /// Starts a run of `flow` at `version` (both resolved by the proposer).
+    /// `input` is JSON. A repeated non-empty idempotency key returns the run
+    /// it started first.
+    StartRun {
+        run_id: String,
+        flow: String,
+        version: u64,
+        input: Vec<u8>,
+        correlation_id: String,
+        idempotency_key: String,
+        at_ms: u64,
+    },
+    /// Feeds one event to a run; `event` is a JSON `floe_engine::run::RunEvent`.
+    RunEvent { run_id: String, event: Vec<u8>, at_ms: u64 },
+    /// The scheduler's placement of a task's current attempt on a node.
+    AssignTask { task: String, attempt: u32, node: NodeId, worker: String, at_ms: u64 },
+    /// Returns a placed task's current attempt to the queue (its node has no
+    /// worker for it any more); the attempt is not consumed.
+    UnassignTask { task: String, attempt: u32, at_ms: u64 },
+    /// Timers the leader found due at `at_ms` (by timer key text).
+    FireTimers { timers: Vec<String>, at_ms: u64 },
     /// Several client commands proposed as one entry (proposal batching),
     /// applied in order; they share the entry's log index as revision.
     Batch(Vec<Command>),
@@ -70,6 +91,11 @@ impl fmt::Display for Command {
             Command::TombstoneNode { node_id } => write!(f, "tombstone-node {node_id}"),
             Command::Batch(commands) => write!(f, "batch of {}", commands.len()),
             Command::PutFlow { name, hash, .. } => write!(f, "put-flow {name} ({hash})"),
+            Command::StartRun { run_id, flow, version, .. } => write!(f, "start-run {run_id} ({flow} v{version})"),
+            Command::RunEvent { run_id, .. } => write!(f, "run-event {run_id}"),
+            Command::AssignTask { task, attempt, node, .. } => write!(f, "assign-task {task}#{attempt} to node {node}"),
+            Command::FireTimers { timers, .. } => write!(f, "fire {} timers", timers.len()),
+            Command::UnassignTask { task, attempt, .. } => write!(f, "unassign-task {task}#{attempt}"),
         }
     }
 }
@@ -92,6 +118,14 @@ pub enum CommandResponse {
     },
     /// A flow definition stored (`created`) or found identical to `version`.
     FlowPut { version: u64, created: bool },
+    /// A run was started (`created`) or an earlier run with the same
+    /// idempotency key was found.
+    RunStarted { run_id: String, created: bool },
+    /// A run event took effect.
+    RunUpdated,
+    /// A run command was refused, changing nothing (unknown flow, bad input,
+    /// stale attempt, finished run); the reason names what and where.
+    RunRejected { reason: String },
     /// One response per command of a `Command::Batch`, in order.
     Batch(Vec<CommandResponse>),
 }

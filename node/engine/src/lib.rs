@@ -13,6 +13,7 @@ mod graph;
 mod mapping;
 mod model;
 mod names;
+pub mod run;
 pub mod schema;
 mod step_values;
 mod structure;

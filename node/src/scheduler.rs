@@ -1,0 +1,252 @@
+//! Placement, timers and node leases.
+//!
+//! Every node reports its free worker slots and load to the leader over
+//! QUIC (not through the Raft log) a few times a second. The leader places
+//! each ready task on the least-loaded node with a free slot for its block,
+//! as an `AssignTask` command; fires due timers with `FireTimers`; and fails
+//! (retryably) the tasks of a node that stopped reporting, so the run engine
+//! schedules new attempts elsewhere.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use floe_engine::run::TaskFailure;
+use floe_storage::runs::task_key_text;
+use floe_storage::{Command, NodeId};
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+use crate::peer_api::{self, PeerRequest};
+use crate::runs::now_ms;
+use crate::service::Node;
+
+const REPORT_EVERY: Duration = Duration::from_millis(200);
+const SCHEDULE_EVERY: Duration = Duration::from_millis(10);
+/// A node silent this long loses its tasks.
+pub const NODE_LEASE: Duration = Duration::from_secs(3);
+const BATCH: usize = 256;
+
+/// What a node tells the leader about itself.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct NodeReport {
+    pub node_id: NodeId,
+    /// Free worker slots per block, net of tasks placed and not yet pushed.
+    pub free_slots: BTreeMap<String, u32>,
+    pub running_tasks: u32,
+    /// 1-minute load average divided by cores.
+    pub cpu_load: f32,
+    pub memory_used_ratio: f32,
+}
+
+/// The leader's view of the nodes' reports.
+#[derive(Default)]
+pub struct Reports {
+    latest: Mutex<BTreeMap<NodeId, (Instant, NodeReport)>>,
+    /// When this node last became leader; a node never heard from since
+    /// then counts as silent once a lease has passed.
+    leader_since: Mutex<Option<Instant>>,
+}
+
+impl Reports {
+    pub fn record(&self, report: NodeReport) {
+        if let Ok(mut latest) = self.latest.lock() {
+            latest.insert(report.node_id, (Instant::now(), report));
+        }
+    }
+
+    fn fresh(&self) -> BTreeMap<NodeId, NodeReport> {
+        let Ok(latest) = self.latest.lock() else { return BTreeMap::new() };
+        latest.iter().filter(|(_, (at, _))| at.elapsed() < NODE_LEASE).map(|(id, (_, report))| (*id, report.clone())).collect()
+    }
+
+    fn silent_nodes(&self, members: &[NodeId]) -> Vec<NodeId> {
+        let leading_long_enough =
+            self.leader_since.lock().ok().and_then(|since| *since).is_some_and(|since| since.elapsed() >= NODE_LEASE);
+        if !leading_long_enough {
+            return Vec::new();
+        }
+        let Ok(latest) = self.latest.lock() else { return Vec::new() };
+        members
+            .iter()
+            .copied()
+            .filter(|id| latest.get(id).is_none_or(|(at, _)| at.elapsed() >= NODE_LEASE))
+            .collect()
+    }
+
+    fn note_leadership(&self, leading: bool) {
+        if let Ok(mut since) = self.leader_since.lock() {
+            match (leading, since.is_some()) {
+                (true, false) => *since = Some(Instant::now()),
+                (false, true) => *since = None,
+                _ => {}
+            }
+        }
+    }
+}
+
+fn local_report(node: &Node) -> NodeReport {
+    let queued = crate::workers::queued_blocks(node);
+    let load = sysinfo::System::load_average().one as f32;
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) as f32;
+    NodeReport {
+        node_id: node.id,
+        free_slots: node.workers.free_slots(&queued),
+        running_tasks: node.workers.running(),
+        cpu_load: load / cores,
+        memory_used_ratio: 0.0,
+    }
+}
+
+/// Sends this node's report to the leader (or records it, on the leader).
+pub async fn report(node: Arc<Node>, cancel: CancellationToken) -> anyhow::Result<()> {
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(REPORT_EVERY) => {}
+        }
+        let report = {
+            let node = node.clone();
+            match tokio::task::spawn_blocking(move || local_report(&node)).await {
+                Ok(report) => report,
+                Err(_) => continue,
+            }
+        };
+        let leader = node.raft.metrics().borrow().current_leader;
+        match leader {
+            Some(leader) if leader == node.id => node.reports.record(report),
+            Some(leader) => {
+                let Some(addr) = node.members().0.get(&leader).map(|info| info.raft_addr.clone()) else { continue };
+                let request = PeerRequest::Report(report);
+                if let Err(err) = peer_api::call(&node, leader, &addr, &request, REPORT_EVERY * 2).await {
+                    tracing::debug!(leader, error = %err, "node report not delivered");
+                }
+            }
+            None => {}
+        }
+    }
+}
+
+/// The leader's loop: place ready tasks, fire due timers, expire silent nodes.
+pub async fn schedule(node: Arc<Node>, cancel: CancellationToken) -> anyhow::Result<()> {
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(SCHEDULE_EVERY) => {}
+        }
+        let leading = node.raft.metrics().borrow().current_leader == Some(node.id);
+        node.reports.note_leadership(leading);
+        if !leading {
+            continue;
+        }
+        let now = now_ms();
+        let reader = node.reader.clone();
+        let scanned = tokio::task::spawn_blocking(move || {
+            let timers = reader.due_timers(now, BATCH)?;
+            let ready = reader.ready_tasks(now, BATCH)?;
+            Ok::<_, floe_storage::StoreError>((timers, ready))
+        })
+        .await;
+        let (timers, ready) = match scanned {
+            Ok(Ok(found)) => found,
+            Ok(Err(err)) => {
+                tracing::warn!(error = %err, "scheduler scan failed");
+                continue;
+            }
+            Err(_) => continue,
+        };
+        let mut writes = Vec::new();
+        if !timers.is_empty() {
+            writes.push(Command::FireTimers { timers, at_ms: now });
+        }
+        let mut reports = node.reports.fresh();
+        for task in ready {
+            let Some(target) = pick_node(&reports, &task.spec.block) else { continue };
+            if let Some(report) = reports.get_mut(&target) {
+                if let Some(slots) = report.free_slots.get_mut(&task.spec.block) {
+                    *slots = slots.saturating_sub(1);
+                }
+                report.running_tasks += 1;
+            }
+            writes.push(Command::AssignTask {
+                task: task_key_text(&task.spec.key),
+                attempt: task.spec.attempt,
+                node: target,
+                worker: String::new(),
+                at_ms: now,
+            });
+        }
+        // Concurrent proposals become one batched entry on the leader.
+        let results = futures::future::join_all(writes.into_iter().map(|command| node.write(command))).await;
+        for result in results {
+            if let Err(err) = result {
+                tracing::debug!(error = %err, "scheduler proposal failed");
+            }
+        }
+        expire_silent_nodes(&node).await;
+    }
+}
+
+/// The least-loaded node with a free slot for `block`.
+fn pick_node(reports: &BTreeMap<NodeId, NodeReport>, block: &str) -> Option<NodeId> {
+    reports
+        .values()
+        .filter(|report| report.free_slots.get(block).copied().unwrap_or(0) > 0)
+        .min_by(|a, b| load_score(a).total_cmp(&load_score(b)).then(a.node_id.cmp(&b.node_id)))
+        .map(|report| report.node_id)
+}
+
+fn load_score(report: &NodeReport) -> f32 {
+    let free: u32 = report.free_slots.values().sum();
+    let busy = report.running_tasks as f32 / (report.running_tasks + free).max(1) as f32;
+    busy + report.cpu_load + report.memory_used_ratio
+}
+
+async fn expire_silent_nodes(node: &Arc<Node>) {
+    let members: Vec<NodeId> = node.members().0.keys().copied().collect();
+    for silent in node.reports.silent_nodes(&members) {
+        let Ok(tasks) = node.reader.tasks_on_node(silent) else { continue };
+        for task in tasks {
+            let failure = TaskFailure { error: format!("node {silent} stopped reporting; lease expired"), retryable: true };
+            let key = task.spec.key.clone();
+            if let Err(err) = node.task_result(key, task.spec.attempt, Err(failure)).await {
+                tracing::debug!(node = silent, error = %err, "expiring a silent node's task");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(node_id: NodeId, block: &str, free: u32, running: u32, cpu: f32) -> NodeReport {
+        NodeReport {
+            node_id,
+            free_slots: [(block.to_string(), free)].into_iter().collect(),
+            running_tasks: running,
+            cpu_load: cpu,
+            memory_used_ratio: 0.0,
+        }
+    }
+
+    #[test]
+    fn picks_the_least_loaded_node_with_a_free_slot() {
+        let reports: BTreeMap<NodeId, NodeReport> = [
+            (1, report(1, "ocr", 0, 4, 0.1)),
+            (2, report(2, "ocr", 2, 2, 0.5)),
+            (3, report(3, "ocr", 3, 1, 0.2)),
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(pick_node(&reports, "ocr"), Some(3));
+        assert_eq!(pick_node(&reports, "classify"), None, "no node serves the block");
+    }
+
+    #[test]
+    fn ties_break_by_node_id() {
+        let reports: BTreeMap<NodeId, NodeReport> =
+            [(2, report(2, "a", 1, 0, 0.0)), (1, report(1, "a", 1, 0, 0.0))].into_iter().collect();
+        assert_eq!(pick_node(&reports, "a"), Some(1));
+    }
+}

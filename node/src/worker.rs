@@ -1,0 +1,117 @@
+//! The Rust worker library: connect to any node, declare the blocks served
+//! and a concurrency, receive pushed tasks, answer each with its attempt's
+//! fencing number. Reconnects (to the next endpoint) when the stream ends.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use tokio::sync::{mpsc, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+use crate::api;
+use crate::client::{ClientOptions, FloeClient};
+
+/// A task as the handler sees it.
+#[derive(Clone, Debug)]
+pub struct Task {
+    pub task: String,
+    pub attempt: u32,
+    pub run_id: String,
+    pub step_id: String,
+    pub block: String,
+    pub item: Option<u32>,
+    pub input: serde_json::Value,
+}
+
+/// Why a task failed; `retryable: false` tells the engine not to retry.
+#[derive(Clone, Debug)]
+pub struct TaskError {
+    pub message: String,
+    pub retryable: bool,
+}
+
+/// Runs one block. Called concurrently, up to the worker's concurrency.
+pub trait Handler: Send + Sync + 'static {
+    fn run(&self, task: Task) -> BoxFuture<'static, Result<serde_json::Value, TaskError>>;
+}
+
+#[derive(Clone, Debug)]
+pub struct WorkerOptions {
+    pub client: ClientOptions,
+    pub worker_id: String,
+    pub blocks: Vec<String>,
+    pub concurrency: u32,
+}
+
+/// Serves tasks until `cancel` fires, reconnecting with backoff.
+pub async fn run_worker(options: WorkerOptions, handler: Arc<dyn Handler>, cancel: CancellationToken) -> anyhow::Result<()> {
+    let mut backoff = Duration::from_millis(100);
+    while !cancel.is_cancelled() {
+        match serve_once(&options, handler.clone(), &cancel).await {
+            Ok(()) => backoff = Duration::from_millis(100),
+            Err(err) => tracing::warn!(worker = %options.worker_id, error = %crate::client::error_chain(&err), "worker stream ended"),
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
+    Ok(())
+}
+
+async fn serve_once(options: &WorkerOptions, handler: Arc<dyn Handler>, cancel: &CancellationToken) -> anyhow::Result<()> {
+    let mut client = FloeClient::connect(&options.client).await?;
+    let (outbound, outbound_rx) = mpsc::channel::<api::WorkerMessage>(256);
+    let hello = api::WorkerHello {
+        worker_id: options.worker_id.clone(),
+        blocks: options.blocks.clone(),
+        concurrency: options.concurrency,
+        labels: Default::default(),
+    };
+    outbound.send(api::WorkerMessage { kind: Some(api::worker_message::Kind::Hello(hello)) }).await?;
+    let mut tasks = client.workers.attach(tokio_stream::wrappers::ReceiverStream::new(outbound_rx)).await?.into_inner();
+    tracing::info!(worker = %options.worker_id, endpoint = %client.endpoint, blocks = ?options.blocks, "worker connected");
+    let slots = Arc::new(Semaphore::new(options.concurrency.max(1) as usize));
+    loop {
+        let message = tokio::select! {
+            _ = cancel.cancelled() => return Ok(()),
+            message = tasks.message() => message?,
+        };
+        let Some(message) = message else { return Ok(()) };
+        let permit = slots.clone().acquire_owned().await?;
+        let handler = handler.clone();
+        let outbound = outbound.clone();
+        tokio::spawn(async move {
+            let input = serde_json::from_slice(&message.input).unwrap_or(serde_json::Value::Null);
+            let task = Task {
+                task: message.task.clone(),
+                attempt: message.attempt,
+                run_id: message.run_id,
+                step_id: message.step_id,
+                block: message.block,
+                item: u32::try_from(message.item).ok(),
+                input,
+            };
+            let result = match handler.run(task).await {
+                Ok(output) => api::TaskResult {
+                    task: message.task,
+                    attempt: message.attempt,
+                    output: serde_json::to_vec(&output).unwrap_or_else(|_| b"null".to_vec()),
+                    ..Default::default()
+                },
+                Err(err) => api::TaskResult {
+                    task: message.task,
+                    attempt: message.attempt,
+                    failed: true,
+                    error: err.message,
+                    retryable: err.retryable,
+                    ..Default::default()
+                },
+            };
+            let _ = outbound.send(api::WorkerMessage { kind: Some(api::worker_message::Kind::Result(result)) }).await;
+            drop(permit);
+        });
+    }
+}

@@ -1,0 +1,316 @@
+//! Workers attached to this node: the gRPC stream they connect with, the
+//! registry of what they serve, and the dispatcher that pushes the tasks the
+//! scheduler placed on this node to them (no polling by workers).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use floe_engine::run::TaskFailure;
+use floe_storage::runs::{task_key_text, TaskRecord};
+use tokio::sync::{mpsc, Notify};
+use tokio_util::sync::CancellationToken;
+use tonic::Status;
+
+use crate::api;
+use crate::runs::parse_task_key;
+use crate::service::Node;
+
+/// Tasks buffered towards one worker's stream.
+const WORKER_QUEUE: usize = 64;
+
+type TaskSender = mpsc::Sender<Result<api::WorkerTask, Status>>;
+
+/// The channel a worker stream is fed from.
+pub fn worker_channel() -> (TaskSender, mpsc::Receiver<Result<api::WorkerTask, Status>>) {
+    mpsc::channel(WORKER_QUEUE)
+}
+
+struct WorkerConn {
+    blocks: BTreeSet<String>,
+    concurrency: u32,
+    /// Task key text → attempt, for tasks pushed and not yet answered.
+    in_flight: BTreeMap<String, u32>,
+    sender: mpsc::Sender<Result<api::WorkerTask, Status>>,
+}
+
+impl WorkerConn {
+    fn free(&self) -> u32 {
+        self.concurrency.saturating_sub(self.in_flight.len() as u32)
+    }
+}
+
+/// The workers connected to this node and the tasks pushed to them.
+#[derive(Default)]
+pub struct WorkerRegistry {
+    workers: Mutex<BTreeMap<String, WorkerConn>>,
+    /// Placed tasks no worker here serves, since when (to hand them back).
+    unserved: Mutex<BTreeMap<String, std::time::Instant>>,
+    /// Attempts answered by a worker whose outcome is not applied yet:
+    /// never pushed again, even though they are still placed here.
+    answered: Mutex<BTreeMap<String, u32>>,
+    /// Wakes the dispatcher (new worker, freed slot, new assignment).
+    pub wake: Notify,
+}
+
+impl WorkerRegistry {
+    /// Free slots per block across this node's workers, less the tasks
+    /// already placed here and not yet pushed (`queued`).
+    pub fn free_slots(&self, queued: &BTreeMap<String, u32>) -> BTreeMap<String, u32> {
+        let mut free: BTreeMap<String, u32> = BTreeMap::new();
+        if let Ok(workers) = self.workers.lock() {
+            for worker in workers.values() {
+                for block in &worker.blocks {
+                    *free.entry(block.clone()).or_default() += worker.free();
+                }
+            }
+        }
+        for (block, count) in queued {
+            if let Some(slots) = free.get_mut(block) {
+                *slots = slots.saturating_sub(*count);
+            }
+        }
+        free
+    }
+
+    pub fn running(&self) -> u32 {
+        self.workers.lock().map(|workers| workers.values().map(|w| w.in_flight.len() as u32).sum()).unwrap_or(0)
+    }
+
+    fn is_pushed(&self, task: &str, attempt: u32) -> bool {
+        let answered = self.answered.lock().map(|answered| answered.get(task) == Some(&attempt)).unwrap_or(false);
+        answered
+            || self
+                .workers
+                .lock()
+                .map(|workers| workers.values().any(|worker| worker.in_flight.get(task) == Some(&attempt)))
+                .unwrap_or(false)
+    }
+
+    /// Pushes `task` to the least busy worker serving its block; false when none has room.
+    fn push(&self, task: &TaskRecord) -> bool {
+        let text = task_key_text(&task.spec.key);
+        let Ok(mut workers) = self.workers.lock() else { return false };
+        let chosen = workers
+            .iter_mut()
+            .filter(|(_, worker)| worker.blocks.contains(&task.spec.block) && worker.free() > 0)
+            .min_by_key(|(_, worker)| worker.in_flight.len());
+        let Some((_, worker)) = chosen else { return false };
+        let message = api::WorkerTask {
+            task: text.clone(),
+            attempt: task.spec.attempt,
+            run_id: task.spec.key.run_id.clone(),
+            step_id: task.spec.key.step_id.clone(),
+            block: task.spec.block.clone(),
+            input: serde_json::to_vec(&task.spec.input).unwrap_or_else(|_| b"null".to_vec()),
+            item: task.spec.key.item.map_or(-1, i64::from),
+        };
+        if worker.sender.try_send(Ok(message)).is_err() {
+            return false;
+        }
+        worker.in_flight.insert(text, task.spec.attempt);
+        true
+    }
+
+    fn serves(&self, block: &str) -> bool {
+        self.workers.lock().map(|workers| workers.values().any(|worker| worker.blocks.contains(block))).unwrap_or(false)
+    }
+
+    /// Tracks tasks no worker here serves; returns those waiting longer than `grace`.
+    fn unserved_for(&self, now_unserved: BTreeMap<String, u32>, grace: Duration) -> Vec<(String, u32)> {
+        let Ok(mut unserved) = self.unserved.lock() else { return Vec::new() };
+        unserved.retain(|task, _| now_unserved.contains_key(task));
+        let mut overdue = Vec::new();
+        for (task, attempt) in now_unserved {
+            let since = *unserved.entry(task.clone()).or_insert_with(std::time::Instant::now);
+            if since.elapsed() >= grace {
+                overdue.push((task.clone(), attempt));
+                unserved.remove(&task);
+            }
+        }
+        overdue
+    }
+
+    fn finish(&self, worker_id: &str, task: &str, attempt: u32) {
+        if let Ok(mut answered) = self.answered.lock() {
+            answered.insert(task.to_string(), attempt);
+        }
+        if let Ok(mut workers) = self.workers.lock() {
+            if let Some(worker) = workers.get_mut(worker_id) {
+                worker.in_flight.remove(task);
+            }
+        }
+        self.wake.notify_one();
+    }
+
+    /// Forgets pushed tasks that are no longer placed on this node
+    /// (completed, cancelled, moved), freeing their slots.
+    fn retain(&self, placed: &BTreeMap<String, u32>) {
+        if let Ok(mut answered) = self.answered.lock() {
+            answered.retain(|task, attempt| placed.get(task) == Some(attempt));
+        }
+        if let Ok(mut workers) = self.workers.lock() {
+            for worker in workers.values_mut() {
+                worker.in_flight.retain(|task, attempt| placed.get(task) == Some(attempt));
+            }
+        }
+    }
+}
+
+/// Serves one worker's stream until it disconnects; its unanswered tasks are
+/// then failed (retryable), so the run engine schedules a new attempt.
+pub async fn serve_worker(
+    node: Arc<Node>,
+    mut incoming: tonic::Streaming<api::WorkerMessage>,
+    sender: mpsc::Sender<Result<api::WorkerTask, Status>>,
+) {
+    let hello = match incoming.message().await {
+        Ok(Some(api::WorkerMessage { kind: Some(api::worker_message::Kind::Hello(hello)) })) => hello,
+        _ => {
+            let _ = sender.send(Err(Status::invalid_argument("the first message on a worker stream must be hello"))).await;
+            return;
+        }
+    };
+    let problem = if hello.worker_id.is_empty() {
+        Some("worker_id is empty".to_string())
+    } else if hello.blocks.is_empty() {
+        Some("a worker must serve at least one block".to_string())
+    } else if hello.concurrency == 0 {
+        Some("concurrency must be at least 1".to_string())
+    } else {
+        hello.blocks.iter().find(|block| !floe_engine::is_block_name(block)).map(|block| format!("block name {block:?} is not valid"))
+    };
+    if let Some(problem) = problem {
+        let _ = sender.send(Err(Status::invalid_argument(problem))).await;
+        return;
+    }
+    let worker_id = hello.worker_id.clone();
+    let refused_sender = register(&node, &hello, sender);
+    if let Some(sender) = refused_sender {
+        let message = format!("worker {worker_id:?} is already connected to node {}", node.id);
+        let _ = sender.send(Err(Status::already_exists(message))).await;
+        return;
+    }
+    tracing::info!(node_id = node.id, worker = %worker_id, blocks = ?hello.blocks, concurrency = hello.concurrency, "worker connected");
+    node.workers.wake.notify_one();
+
+    while let Ok(Some(message)) = incoming.message().await {
+        match message.kind {
+            Some(api::worker_message::Kind::Result(result)) => {
+                let outcome = if result.failed {
+                    Err(TaskFailure { error: result.error.clone(), retryable: result.retryable })
+                } else {
+                    Ok(result.output.as_slice())
+                };
+                match parse_task_key(&result.task) {
+                    Ok(key) => {
+                        if let Err(err) = node.task_result(key, result.attempt, outcome).await {
+                            tracing::warn!(worker = %worker_id, task = %result.task, attempt = result.attempt, error = %err, "task result refused");
+                        }
+                    }
+                    Err(err) => tracing::warn!(worker = %worker_id, error = %err, "task result for a malformed task key"),
+                }
+                node.workers.finish(&worker_id, &result.task, result.attempt);
+            }
+            Some(api::worker_message::Kind::Heartbeat(_)) => {}
+            Some(api::worker_message::Kind::Hello(_)) | None => {
+                tracing::warn!(worker = %worker_id, "unexpected message on an established worker stream");
+            }
+        }
+    }
+
+    let orphaned = node
+        .workers
+        .workers
+        .lock()
+        .ok()
+        .and_then(|mut workers| workers.remove(&worker_id))
+        .map(|conn| conn.in_flight)
+        .unwrap_or_default();
+    tracing::info!(node_id = node.id, worker = %worker_id, unanswered = orphaned.len(), "worker disconnected");
+    for (task, attempt) in orphaned {
+        let Ok(key) = parse_task_key(&task) else { continue };
+        let failure = TaskFailure { error: format!("worker {worker_id} disconnected"), retryable: true };
+        if let Err(err) = node.task_result(key, attempt, Err(failure)).await {
+            tracing::debug!(task = %task, error = %err, "orphaned task already settled");
+        }
+    }
+    node.workers.wake.notify_one();
+}
+
+/// Adds the worker; hands the sender back when its id is already connected.
+fn register(
+    node: &Node,
+    hello: &api::WorkerHello,
+    sender: mpsc::Sender<Result<api::WorkerTask, Status>>,
+) -> Option<mpsc::Sender<Result<api::WorkerTask, Status>>> {
+    let Ok(mut workers) = node.workers.workers.lock() else { return Some(sender) };
+    if workers.contains_key(&hello.worker_id) {
+        return Some(sender);
+    }
+    let conn = WorkerConn {
+        blocks: hello.blocks.iter().cloned().collect(),
+        concurrency: hello.concurrency,
+        in_flight: BTreeMap::new(),
+        sender,
+    };
+    workers.insert(hello.worker_id.clone(), conn);
+    None
+}
+
+/// Pushes the tasks placed on this node to its workers as slots free up.
+pub async fn dispatch(node: Arc<Node>, cancel: CancellationToken) -> anyhow::Result<()> {
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return Ok(()),
+            _ = node.workers.wake.notified() => {}
+            _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+        }
+        let reader = node.reader.clone();
+        let node_id = node.id;
+        let placed = match tokio::task::spawn_blocking(move || reader.tasks_on_node(node_id)).await {
+            Ok(Ok(placed)) => placed,
+            Ok(Err(err)) => {
+                tracing::warn!(error = %err, "reading this node's tasks");
+                continue;
+            }
+            Err(_) => continue,
+        };
+        let attempts: BTreeMap<String, u32> =
+            placed.iter().map(|task| (task_key_text(&task.spec.key), task.spec.attempt)).collect();
+        node.workers.retain(&attempts);
+        let mut unserved_now = BTreeMap::new();
+        for task in &placed {
+            let text = task_key_text(&task.spec.key);
+            if node.workers.is_pushed(&text, task.spec.attempt) || node.workers.push(task) {
+                continue;
+            }
+            if !node.workers.serves(&task.spec.block) {
+                unserved_now.insert(text, task.spec.attempt);
+            }
+        }
+        for (task, attempt) in node.workers.unserved_for(unserved_now, UNSERVED_GRACE) {
+            let command = floe_storage::Command::UnassignTask { task: task.clone(), attempt, at_ms: crate::runs::now_ms() };
+            match node.write(command).await {
+                Ok(_) => tracing::info!(node_id = node.id, task = %task, "task handed back: no worker here serves its block"),
+                Err(err) => tracing::debug!(task = %task, error = %err, "handing a task back failed"),
+            }
+        }
+    }
+}
+
+/// How long a task placed here may wait for a worker serving its block.
+const UNSERVED_GRACE: Duration = Duration::from_secs(1);
+
+/// Blocks of tasks placed on this node but not pushed yet.
+pub fn queued_blocks(node: &Node) -> BTreeMap<String, u32> {
+    let mut queued = BTreeMap::new();
+    if let Ok(placed) = node.reader.tasks_on_node(node.id) {
+        for task in placed {
+            if !node.workers.is_pushed(&task_key_text(&task.spec.key), task.spec.attempt) {
+                *queued.entry(task.spec.block).or_default() += 1;
+            }
+        }
+    }
+    queued
+}

@@ -1,0 +1,221 @@
+//! Runs end to end: a three-node cluster, workers in separate processes,
+//! flows with tasks, decisions, forks, retries, signals and cancellation.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use floe_node::api;
+use floe_node::client::FloeClient;
+use floe_node::harness::{ClusterOptions, TestCluster};
+use serde_json::{json, Value};
+
+const BINARY: &str = env!("CARGO_BIN_EXE_floe");
+const WAIT: Duration = Duration::from_secs(30);
+
+fn example(name: &str) -> Vec<u8> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/examples/flows").join(name);
+    std::fs::read(path).unwrap()
+}
+
+async fn put_flow(client: &mut FloeClient, definition: Vec<u8>) -> u64 {
+    client.flows.put(api::PutFlowRequest { definition }).await.unwrap().into_inner().version
+}
+
+async fn start(client: &mut FloeClient, flow: &str, input: Value, key: &str) -> String {
+    let request = api::StartRunRequest {
+        flow: flow.into(),
+        input: serde_json::to_vec(&input).unwrap(),
+        idempotency_key: key.into(),
+        ..Default::default()
+    };
+    client.runs.start(request).await.unwrap().into_inner().run_id
+}
+
+async fn get(client: &mut FloeClient, run_id: &str) -> Value {
+    let reply = client.runs.get(api::GetRunRequest { run_id: run_id.into(), consistency: 0 }).await.unwrap();
+    serde_json::from_slice(&reply.into_inner().run).unwrap()
+}
+
+/// Polls until the run leaves Running; returns its record.
+async fn finished(client: &mut FloeClient, run_id: &str) -> Value {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let run = get(client, run_id).await;
+        if run["status"] != "Running" {
+            return run;
+        }
+        assert!(Instant::now() < deadline, "run {run_id} still running: {run:#}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_step_runs_complete_through_workers_on_other_nodes() {
+    let mut cluster = TestCluster::start(ClusterOptions::new(BINARY, 3)).await.unwrap();
+    let record = cluster.spawn_worker("w1", &[2], &["noop=echo"], 8).unwrap();
+    let mut client = cluster.client(3).await.unwrap();
+    put_flow(&mut client, example("three-step.json")).await;
+
+    let mut runs = Vec::new();
+    for i in 0..20 {
+        runs.push(start(&mut client, "three-step", json!({ "n": i }), "").await);
+    }
+    for (i, run_id) in runs.iter().enumerate() {
+        let run = finished(&mut client, run_id).await;
+        assert_eq!(run["status"], "Completed", "{run:#}");
+        assert_eq!(run["output"], json!({ "n": i }));
+        for step in ["first", "second", "third"] {
+            let attempts = run["steps"][step]["attempts"].as_array().unwrap();
+            assert_eq!(attempts.len(), 1, "{step}: {run:#}");
+            assert_eq!(attempts[0]["node"], 2, "worker w1 is attached to node 2 only");
+        }
+    }
+    // Exactly one execution per step: no step transition was applied twice.
+    let executions = std::fs::read_to_string(record).unwrap();
+    assert_eq!(executions.lines().count(), 60, "{executions}");
+
+    let listed = client
+        .runs
+        .list(api::ListRunsRequest { flow: "three-step".into(), status: "completed".into(), limit: 15, ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.runs.len(), 15);
+    assert!(!listed.next_page_token.is_empty());
+    let rest = client
+        .runs
+        .list(api::ListRunsRequest {
+            flow: "three-step".into(),
+            status: "completed".into(),
+            limit: 15,
+            page_token: listed.next_page_token,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(rest.runs.len(), 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn document_intake_decides_forks_joins_and_waits_for_review() {
+    let mut cluster = TestCluster::start(ClusterOptions::new(BINARY, 3)).await.unwrap();
+    cluster
+        .spawn_worker("docs", &[1, 2, 3], &["classify=classify", "extract=echo", "validate.schema=valid", "validate.totals=valid"], 8)
+        .unwrap();
+    let mut client = cluster.client(1).await.unwrap();
+    put_flow(&mut client, example("document-intake.json")).await;
+
+    let confident = start(&mut client, "document-intake", json!({ "document": "invoice-17.pdf" }), "doc-17").await;
+    let run = finished(&mut client, &confident).await;
+    assert_eq!(run["status"], "Completed", "{run:#}");
+    assert_eq!(run["output"]["valid"], true);
+    assert_eq!(run["output"]["document_class"], "invoice");
+    assert!(run["steps"].get("review").is_none(), "a confident document went to review");
+    assert_eq!(run["steps"]["check_schema"]["status"], "Completed");
+    assert_eq!(run["steps"]["check_totals"]["status"], "Completed");
+
+    // The same idempotency key returns the same run.
+    assert_eq!(start(&mut client, "document-intake", json!({ "document": "other" }), "doc-17").await, confident);
+
+    // A blurry document waits for a person's review signal.
+    let blurry = start(&mut client, "document-intake", json!({ "document": "blurry-receipt.png" }), "").await;
+    let deadline = Instant::now() + WAIT;
+    while get(&mut client, &blurry).await["steps"].get("review").is_none() {
+        assert!(Instant::now() < deadline, "the review step was never reached");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let wrong = client
+        .runs
+        .signal(api::SignalRunRequest { run_id: blurry.clone(), signal: "approve".into(), payload: b"{}".to_vec() })
+        .await
+        .unwrap_err();
+    assert_eq!(wrong.code(), tonic::Code::FailedPrecondition, "{wrong:?}");
+    client
+        .runs
+        .signal(api::SignalRunRequest { run_id: blurry.clone(), signal: "review.done".into(), payload: br#"{"total": 12}"#.to_vec() })
+        .await
+        .unwrap();
+    let run = finished(&mut client, &blurry).await;
+    assert_eq!(run["status"], "Completed", "{run:#}");
+    assert_eq!(run["steps"]["review"]["output"], json!({ "total": 12 }));
+
+    let bad_input = client
+        .runs
+        .start(api::StartRunRequest { flow: "document-intake".into(), input: b"{}".to_vec(), ..Default::default() })
+        .await
+        .unwrap_err();
+    assert_eq!(bad_input.code(), tonic::Code::InvalidArgument);
+    assert!(bad_input.message().contains("document"), "{}", bad_input.message());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_cancellation_and_worker_crash_redelivery() {
+    let mut cluster = TestCluster::start(ClusterOptions::new(BINARY, 3)).await.unwrap();
+    let mut client = cluster.client(2).await.unwrap();
+    let flaky = r#"{"name": "flaky", "steps": [
+        {"id": "try", "type": "task", "block": "flaky", "input": "input",
+         "retry": {"max_attempts": 3, "backoff": "fixed", "initial_backoff_ms": 50}}
+    ]}"#;
+    put_flow(&mut client, flaky.as_bytes().to_vec()).await;
+    let slow = r#"{"name": "slow", "steps": [
+        {"id": "work", "type": "task", "block": "slow", "input": "input",
+         "retry": {"max_attempts": 3, "backoff": "fixed", "initial_backoff_ms": 10}}
+    ]}"#;
+    put_flow(&mut client, slow.as_bytes().to_vec()).await;
+    let waits = r#"{"name": "waits", "steps": [{"id": "hold", "type": "signal", "signal": "go"}]}"#;
+    put_flow(&mut client, waits.as_bytes().to_vec()).await;
+
+    cluster.spawn_worker("flaky", &[1], &["flaky=fail-first:2"], 4).unwrap();
+    let run_id = start(&mut client, "flaky", json!("x"), "").await;
+    let run = finished(&mut client, &run_id).await;
+    assert_eq!(run["status"], "Completed", "{run:#}");
+    assert_eq!(run["steps"]["try"]["attempts"].as_array().unwrap().len(), 3);
+
+    // A worker killed mid-task: its task is re-delivered as a new attempt.
+    let hanging = cluster.spawn_worker("hangs", &[3], &["slow=sleep:60000"], 1).unwrap();
+    let run_id = start(&mut client, "slow", json!("y"), "").await;
+    let deadline = Instant::now() + WAIT;
+    while std::fs::read_to_string(&hanging).unwrap_or_default().is_empty() {
+        assert!(Instant::now() < deadline, "the slow task never reached the worker");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    cluster.kill_worker("hangs").unwrap();
+    cluster.spawn_worker("quick", &[1], &["slow=echo"], 1).unwrap();
+    let run = finished(&mut client, &run_id).await;
+    assert_eq!(run["status"], "Completed", "{run:#}");
+    let attempts = run["steps"]["work"]["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 2, "{run:#}");
+    assert!(attempts[0]["error"].as_str().unwrap().contains("disconnected"), "{run:#}");
+
+    let waiting = start(&mut client, "waits", Value::Null, "").await;
+    client.runs.cancel(api::CancelRunRequest { run_id: waiting.clone(), reason: "operator".into() }).await.unwrap();
+    let run = finished(&mut client, &waiting).await;
+    assert_eq!(run["status"], "Cancelled", "{run:#}");
+    let again = client.runs.cancel(api::CancelRunRequest { run_id: waiting, reason: String::new() }).await.unwrap_err();
+    assert_eq!(again.code(), tonic::Code::FailedPrecondition);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_result_for_a_stale_attempt_is_refused() {
+    let cluster = TestCluster::start(ClusterOptions::new(BINARY, 1)).await.unwrap();
+    let mut client = cluster.client(1).await.unwrap();
+    let flow = r#"{"name": "one", "steps": [{"id": "only", "type": "task", "block": "manual", "input": "input"}]}"#;
+    put_flow(&mut client, flow.as_bytes().to_vec()).await;
+    let (outbound, receiver) = tokio::sync::mpsc::channel(8);
+    let hello = api::WorkerHello { worker_id: "hand".into(), blocks: vec!["manual".into()], concurrency: 1, labels: Default::default() };
+    outbound.send(api::WorkerMessage { kind: Some(api::worker_message::Kind::Hello(hello)) }).await.unwrap();
+    let mut tasks = client.workers.attach(tokio_stream::wrappers::ReceiverStream::new(receiver)).await.unwrap().into_inner();
+    let run_id = start(&mut client, "one", json!(1), "").await;
+    let task = tokio::time::timeout(WAIT, tasks.message()).await.unwrap().unwrap().unwrap();
+    assert_eq!((task.run_id.as_str(), task.attempt), (run_id.as_str(), 1));
+
+    let stale = api::TaskResult { task: task.task.clone(), attempt: 7, output: b"\"late\"".to_vec(), ..Default::default() };
+    outbound.send(api::WorkerMessage { kind: Some(api::worker_message::Kind::Result(stale)) }).await.unwrap();
+    // The node handles one stream's results in order: had the stale result
+    // been accepted, the run would end with "late" and refuse the current one.
+    let current = api::TaskResult { task: task.task, attempt: 1, output: b"\"done\"".to_vec(), ..Default::default() };
+    outbound.send(api::WorkerMessage { kind: Some(api::worker_message::Kind::Result(current)) }).await.unwrap();
+    let run = finished(&mut client, &run_id).await;
+    assert_eq!((run["status"].as_str(), &run["output"]), (Some("Completed"), &json!("done")));
+}

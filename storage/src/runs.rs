@@ -1,0 +1,462 @@
+//! Runs inside apply: the run engine (floe-engine) decides, this module
+//! stores. Every change of one command happens in the caller's sled
+//! transaction; run records, tasks, timers and indexes never disagree.
+//!
+//! Records hold JSON (`serde_json::Value` cannot travel through bincode),
+//! wrapped in the versioned record codec.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Mutex};
+
+use floe_engine::run::{
+    self, ChildOutcome, Effect, NewRun, RunError, RunEvent, RunRecord, RunStatus, TaskKey, TaskSpec, TimerKey,
+};
+use floe_engine::FlowDefinition;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use sled::transaction::TransactionalTree;
+
+use crate::codec;
+use crate::error::StoreError;
+use crate::keys;
+use crate::types::{CommandResponse, FlowRecord};
+
+type TxError = sled::transaction::ConflictableTransactionError<Box<StoreError>>;
+
+fn abort(error: StoreError) -> TxError {
+    sled::transaction::ConflictableTransactionError::Abort(Box::new(error))
+}
+
+/// How deep sub-flows may nest (a guard against a flow that starts itself).
+const MAX_SUBFLOW_DEPTH: usize = 16;
+
+/// A task waiting for, or assigned to, a worker.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TaskRecord {
+    pub spec: TaskSpec,
+    pub scheduled_at_ms: u64,
+    pub assignment: Option<Assignment>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Assignment {
+    pub node: u64,
+    pub worker: String,
+    pub at_ms: u64,
+}
+
+/// Parsed flow definitions by (name, version); versions are immutable, so
+/// the cache never goes stale.
+#[derive(Default)]
+pub(crate) struct DefinitionCache {
+    flows: Mutex<BTreeMap<(String, u64), Arc<FlowDefinition>>>,
+}
+
+/// The transaction and what it needs to read definitions.
+pub(crate) struct RunTx<'a> {
+    pub(crate) data: &'a TransactionalTree,
+    pub(crate) tree_name: &'a str,
+    pub(crate) definitions: &'a DefinitionCache,
+}
+
+impl RunTx<'_> {
+    fn get_json<T: DeserializeOwned>(&self, key: &[u8], what: &str) -> Result<Option<T>, TxError> {
+        let Some(bytes) = self.data.get(key)? else { return Ok(None) };
+        let json: Vec<u8> = codec::decode(|| format!("{} {what}", self.tree_name), &bytes).map_err(abort)?;
+        serde_json::from_slice(&json)
+            .map(Some)
+            .map_err(|err| abort(StoreError::Json { record: format!("{} {what}", self.tree_name), reason: err.to_string() }))
+    }
+
+    fn put_json<T: Serialize>(&self, key: Vec<u8>, value: &T, what: &str) -> Result<(), TxError> {
+        let json = serde_json::to_vec(value)
+            .map_err(|err| abort(StoreError::Json { record: format!("{} {what}", self.tree_name), reason: err.to_string() }))?;
+        let bytes = codec::encode(|| format!("{} {what}", self.tree_name), &json).map_err(abort)?;
+        self.data.insert(key, bytes)?;
+        Ok(())
+    }
+
+    fn mark(&self, key: Vec<u8>) -> Result<(), TxError> {
+        self.data.insert(key, Vec::<u8>::new())?;
+        Ok(())
+    }
+
+    fn definition(&self, name: &str, version: u64) -> Result<Option<Arc<FlowDefinition>>, TxError> {
+        if let Ok(cache) = self.definitions.flows.lock() {
+            if let Some(found) = cache.get(&(name.to_string(), version)) {
+                return Ok(Some(found.clone()));
+            }
+        }
+        let Some(bytes) = self.data.get(keys::flow_def(name, version))? else { return Ok(None) };
+        let record: FlowRecord = codec::decode(|| format!("{} flow {name} v{version}", self.tree_name), &bytes).map_err(abort)?;
+        let definition = floe_engine::parse_flow(&record.definition).map_err(|errors| {
+            abort(StoreError::Json {
+                record: format!("{} flow {name} v{version}", self.tree_name),
+                reason: format!("stored definition no longer parses: {errors:?}"),
+            })
+        })?;
+        let definition = Arc::new(definition);
+        if let Ok(mut cache) = self.definitions.flows.lock() {
+            cache.insert((name.to_string(), version), definition.clone());
+        }
+        Ok(Some(definition))
+    }
+
+    fn run(&self, run_id: &str) -> Result<Option<RunRecord>, TxError> {
+        self.get_json(&keys::run(run_id), &format!("run {run_id}"))
+    }
+
+    fn save_run(&self, record: &RunRecord, previous: Option<RunStatus>) -> Result<(), TxError> {
+        self.put_json(keys::run(&record.run_id), record, &format!("run {}", record.run_id))?;
+        if previous != Some(record.status) {
+            if let Some(previous) = previous {
+                self.data.remove(keys::run_by_status(status_name(previous), record.created_at_ms, &record.run_id))?;
+            }
+            self.mark(keys::run_by_status(status_name(record.status), record.created_at_ms, &record.run_id))?;
+        }
+        Ok(())
+    }
+}
+
+pub fn status_name(status: RunStatus) -> &'static str {
+    match status {
+        RunStatus::Running => "running",
+        RunStatus::Completed => "completed",
+        RunStatus::Failed => "failed",
+        RunStatus::Cancelled => "cancelled",
+    }
+}
+
+/// The canonical text of a task key, used in index keys.
+pub fn task_key_text(key: &TaskKey) -> String {
+    match key.item {
+        Some(item) => format!("{}/{}/{item}", key.run_id, key.step_id),
+        None => format!("{}/{}/-", key.run_id, key.step_id),
+    }
+}
+
+pub fn timer_key_text(timer: &TimerKey) -> String {
+    let item = timer.item.map_or_else(|| "-".to_string(), |item| item.to_string());
+    format!("{}/{}/{item}/{}/{}", timer.run_id, timer.step_id, timer.purpose, timer.attempt)
+}
+
+/// Parameters of a run start, as decided by the proposer.
+pub struct StartRun<'a> {
+    pub run_id: &'a str,
+    pub flow: &'a str,
+    pub version: u64,
+    pub input: &'a [u8],
+    pub correlation_id: &'a str,
+    pub idempotency_key: &'a str,
+    pub at_ms: u64,
+}
+
+pub(crate) fn start_run(tx: &RunTx<'_>, start: StartRun<'_>) -> Result<CommandResponse, TxError> {
+    if !start.idempotency_key.is_empty() {
+        if let Some(bytes) = tx.data.get(keys::idempotency(start.idempotency_key))? {
+            let run_id = String::from_utf8_lossy(&bytes).into_owned();
+            return Ok(CommandResponse::RunStarted { run_id, created: false });
+        }
+    }
+    if tx.data.get(keys::run(start.run_id))?.is_some() {
+        return Ok(CommandResponse::RunRejected { reason: format!("run id {} is already taken", start.run_id) });
+    }
+    let input: serde_json::Value = match serde_json::from_slice(start.input) {
+        Ok(input) => input,
+        Err(err) => return Ok(CommandResponse::RunRejected { reason: format!("run input is not JSON: {err}") }),
+    };
+    let new_run = NewRun {
+        run_id: start.run_id.to_string(),
+        version: start.version,
+        input,
+        correlation_id: start.correlation_id.to_string(),
+        idempotency_key: start.idempotency_key.to_string(),
+        parent: None,
+    };
+    let mut work = VecDeque::new();
+    if let Err(reason) = create_run(tx, start.flow, new_run, start.at_ms, &mut work)? {
+        return Ok(CommandResponse::RunRejected { reason });
+    }
+    if !start.idempotency_key.is_empty() {
+        tx.data.insert(keys::idempotency(start.idempotency_key), start.run_id.as_bytes())?;
+    }
+    drain(tx, work, start.at_ms, 0)?;
+    Ok(CommandResponse::RunStarted { run_id: start.run_id.to_string(), created: true })
+}
+
+/// Creates a run record and carries out its first effects; `Ok(Err(reason))`
+/// when the engine refuses it (unknown flow, bad input).
+fn create_run(
+    tx: &RunTx<'_>,
+    flow: &str,
+    new_run: NewRun,
+    at_ms: u64,
+    work: &mut VecDeque<(String, RunEvent)>,
+) -> Result<Result<(), String>, TxError> {
+    let version = new_run.version;
+    let Some(definition) = tx.definition(flow, version)? else {
+        return Ok(Err(format!("flow {flow:?} has no version {version}")));
+    };
+    let (record, effects) = match run::start(&definition, new_run, at_ms) {
+        Ok(started) => started,
+        Err(err) => return Ok(Err(err.to_string())),
+    };
+    tx.save_run(&record, None)?;
+    tx.mark(keys::run_by_created(record.created_at_ms, &record.run_id))?;
+    tx.mark(keys::run_by_flow(&record.flow, record.created_at_ms, &record.run_id))?;
+    if !record.correlation_id.is_empty() {
+        tx.mark(keys::run_by_correlation(&record.correlation_id, record.created_at_ms, &record.run_id))?;
+    }
+    apply_effects(tx, &record, effects, at_ms, work)?;
+    Ok(Ok(()))
+}
+
+/// Feeds `event` to run `run_id`; a refusal (stale attempt, finished run)
+/// comes back as `RunRejected` and changes nothing.
+pub(crate) fn run_event(tx: &RunTx<'_>, run_id: &str, event: RunEvent, at_ms: u64) -> Result<CommandResponse, TxError> {
+    let mut work = VecDeque::new();
+    work.push_back((run_id.to_string(), event));
+    match drain(tx, work, at_ms, 0)? {
+        Some(reason) => Ok(CommandResponse::RunRejected { reason }),
+        None => Ok(CommandResponse::RunUpdated),
+    }
+}
+
+/// Processes queued events (the first is the caller's; the rest come from
+/// sub-flow starts and completions). Returns the refusal of the first event.
+fn drain(
+    tx: &RunTx<'_>,
+    mut work: VecDeque<(String, RunEvent)>,
+    at_ms: u64,
+    depth: usize,
+) -> Result<Option<String>, TxError> {
+    let mut first_refusal = None;
+    let mut first = true;
+    let mut processed = 0usize;
+    while let Some((run_id, event)) = work.pop_front() {
+        processed += 1;
+        if processed > 10_000 || depth > MAX_SUBFLOW_DEPTH {
+            return Err(abort(StoreError::Json {
+                record: format!("{} run {run_id}", tx.tree_name),
+                reason: "runaway chain of sub-flow events".into(),
+            }));
+        }
+        let refusal = handle_one(tx, &run_id, event, at_ms, &mut work)?;
+        if first {
+            first_refusal = refusal;
+            first = false;
+        }
+    }
+    Ok(first_refusal)
+}
+
+fn handle_one(
+    tx: &RunTx<'_>,
+    run_id: &str,
+    event: RunEvent,
+    at_ms: u64,
+    work: &mut VecDeque<(String, RunEvent)>,
+) -> Result<Option<String>, TxError> {
+    let Some(mut record) = tx.run(run_id)? else {
+        return Ok(Some(format!("no run {run_id}")));
+    };
+    let Some(definition) = tx.definition(&record.flow, record.version)? else {
+        return Ok(Some(format!("run {run_id}: flow {} v{} is missing", record.flow, record.version)));
+    };
+    if let RunEvent::TaskStarted { key, attempt, node, worker } = &event {
+        assign_task(tx, key, *attempt, *node, worker, at_ms)?;
+    }
+    // A settled attempt leaves the queues (before effects may schedule the next).
+    let settled = match &event {
+        RunEvent::TaskCompleted { key, attempt, .. } | RunEvent::TaskFailed { key, attempt, .. } => Some((key.clone(), *attempt)),
+        _ => None,
+    };
+    let previous = record.status;
+    let effects = match run::handle(&definition, &mut record, event, at_ms) {
+        Ok(effects) => effects,
+        Err(RunError::StaleAttempt { key, attempt, current }) => {
+            return Ok(Some(format!(
+                "stale attempt {attempt} for {}: the current attempt is {current}",
+                task_key_text(&key)
+            )))
+        }
+        Err(err) => return Ok(Some(err.to_string())),
+    };
+    tx.save_run(&record, Some(previous))?;
+    if let Some((key, attempt)) = settled {
+        remove_task_attempt(tx, &key, attempt)?;
+    }
+    apply_effects(tx, &record, effects, at_ms, work)?;
+    Ok(None)
+}
+
+fn assign_task(tx: &RunTx<'_>, key: &TaskKey, attempt: u32, node: u64, worker: &str, at_ms: u64) -> Result<(), TxError> {
+    let text = task_key_text(key);
+    let Some(mut task): Option<TaskRecord> = tx.get_json(&keys::task(&text), &format!("task {text}"))? else {
+        return Ok(());
+    };
+    if task.spec.attempt != attempt {
+        return Ok(());
+    }
+    if let Some(previous) = &task.assignment {
+        tx.data.remove(keys::task_on_node(previous.node, &text))?;
+    } else {
+        tx.data.remove(keys::task_queue(task.spec.not_before_ms, &text))?;
+    }
+    task.assignment = Some(Assignment { node, worker: worker.to_string(), at_ms });
+    tx.put_json(keys::task(&text), &task, &format!("task {text}"))?;
+    tx.mark(keys::task_on_node(node, &text))
+}
+
+/// Removes the task only if it is still at `attempt`.
+fn remove_task_attempt(tx: &RunTx<'_>, key: &TaskKey, attempt: u32) -> Result<(), TxError> {
+    let text = task_key_text(key);
+    match tx.get_json::<TaskRecord>(&keys::task(&text), &format!("task {text}"))? {
+        Some(task) if task.spec.attempt == attempt => remove_task(tx, key),
+        _ => Ok(()),
+    }
+}
+
+fn remove_task(tx: &RunTx<'_>, key: &TaskKey) -> Result<(), TxError> {
+    let text = task_key_text(key);
+    let Some(task): Option<TaskRecord> = tx.get_json(&keys::task(&text), &format!("task {text}"))? else {
+        return Ok(());
+    };
+    match &task.assignment {
+        Some(assignment) => tx.data.remove(keys::task_on_node(assignment.node, &text))?,
+        None => tx.data.remove(keys::task_queue(task.spec.not_before_ms, &text))?,
+    };
+    tx.data.remove(keys::task(&text))?;
+    Ok(())
+}
+
+fn apply_effects(
+    tx: &RunTx<'_>,
+    record: &RunRecord,
+    effects: Vec<Effect>,
+    at_ms: u64,
+    work: &mut VecDeque<(String, RunEvent)>,
+) -> Result<(), TxError> {
+    for effect in effects {
+        match effect {
+            Effect::ScheduleTask(spec) => {
+                // A new attempt replaces the previous one's record and index entry.
+                remove_task(tx, &spec.key)?;
+                let text = task_key_text(&spec.key);
+                tx.mark(keys::task_queue(spec.not_before_ms, &text))?;
+                let task = TaskRecord { spec, scheduled_at_ms: at_ms, assignment: None };
+                tx.put_json(keys::task(&text), &task, &format!("task {text}"))?;
+            }
+            Effect::CancelTask { key } => remove_task(tx, &key)?,
+            Effect::StartTimer { timer, due_ms } => {
+                let text = timer_key_text(&timer);
+                if let Some(old_due) = tx.get_json::<u64>(&keys::timer_by_key(&text), &format!("timer {text}"))? {
+                    tx.data.remove(keys::timer_due(old_due, &text))?;
+                }
+                tx.put_json(keys::timer_by_key(&text), &due_ms, &format!("timer {text}"))?;
+                tx.put_json(keys::timer_due(due_ms, &text), &timer, &format!("timer {text}"))?;
+            }
+            Effect::CancelTimer { timer } => {
+                let text = timer_key_text(&timer);
+                if let Some(due) = tx.get_json::<u64>(&keys::timer_by_key(&text), &format!("timer {text}"))? {
+                    tx.data.remove(keys::timer_due(due, &text))?;
+                    tx.data.remove(keys::timer_by_key(&text))?;
+                }
+            }
+            Effect::StartChildRun { step_id, flow, version, input } => {
+                let child_id = child_run_id(&record.run_id, &step_id);
+                let new_run = NewRun {
+                    run_id: child_id,
+                    version,
+                    input,
+                    correlation_id: record.correlation_id.clone(),
+                    idempotency_key: String::new(),
+                    parent: Some((record.run_id.clone(), step_id.clone())),
+                };
+                if let Err(reason) = create_run(tx, &flow, new_run, at_ms, work)? {
+                    let outcome = ChildOutcome::Failed(format!("sub-flow {flow} v{version} did not start: {reason}"));
+                    work.push_back((record.run_id.clone(), RunEvent::ChildFinished { step_id, outcome }));
+                }
+            }
+            Effect::CancelChildRun { step_id } => {
+                let child_id = child_run_id(&record.run_id, &step_id);
+                work.push_back((child_id, RunEvent::Cancel { reason: format!("parent run {} ended", record.run_id) }));
+            }
+            Effect::RunFinished { status } => {
+                if let Some((parent_run, parent_step)) = &record.parent {
+                    let outcome = match status {
+                        RunStatus::Completed => ChildOutcome::Completed(record.output.clone().unwrap_or(serde_json::Value::Null)),
+                        RunStatus::Cancelled => ChildOutcome::Cancelled,
+                        RunStatus::Failed | RunStatus::Running => {
+                            ChildOutcome::Failed(record.error.clone().unwrap_or_else(|| "sub-flow failed".into()))
+                        }
+                    };
+                    work.push_back((parent_run.clone(), RunEvent::ChildFinished { step_id: parent_step.clone(), outcome }));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Child run ids derive from the parent's, so a retried apply picks the same one.
+pub fn child_run_id(run_id: &str, step_id: &str) -> String {
+    format!("{run_id}.{step_id}")
+}
+
+pub(crate) fn assign(
+    tx: &RunTx<'_>,
+    task: &str,
+    attempt: u32,
+    node: u64,
+    worker: &str,
+    at_ms: u64,
+) -> Result<CommandResponse, TxError> {
+    let Some(record): Option<TaskRecord> = tx.get_json(&keys::task(task), &format!("task {task}"))? else {
+        return Ok(CommandResponse::RunRejected { reason: format!("no task {task}") });
+    };
+    if record.spec.attempt != attempt {
+        return Ok(CommandResponse::RunRejected {
+            reason: format!("stale attempt {attempt} for {task}: the current attempt is {}", record.spec.attempt),
+        });
+    }
+    let event = RunEvent::TaskStarted { key: record.spec.key.clone(), attempt, node, worker: worker.to_string() };
+    run_event(tx, &record.spec.key.run_id.clone(), event, at_ms)
+}
+
+pub(crate) fn fire_timers(tx: &RunTx<'_>, timers: &[String], at_ms: u64) -> Result<CommandResponse, TxError> {
+    for text in timers {
+        let Some(due) = tx.get_json::<u64>(&keys::timer_by_key(text), &format!("timer {text}"))? else { continue };
+        if due > at_ms {
+            continue;
+        }
+        let Some(timer): Option<TimerKey> = tx.get_json(&keys::timer_due(due, text), &format!("timer {text}"))? else {
+            continue;
+        };
+        tx.data.remove(keys::timer_due(due, text))?;
+        tx.data.remove(keys::timer_by_key(text))?;
+        let run_id = timer.run_id.clone();
+        // A refusal (the run moved on) is expected here and changes nothing.
+        run_event(tx, &run_id, RunEvent::TimerFired { timer }, at_ms)?;
+    }
+    Ok(CommandResponse::RunUpdated)
+}
+
+pub(crate) fn unassign(tx: &RunTx<'_>, task: &str, attempt: u32, at_ms: u64) -> Result<CommandResponse, TxError> {
+    let Some(mut record): Option<TaskRecord> = tx.get_json(&keys::task(task), &format!("task {task}"))? else {
+        return Ok(CommandResponse::RunRejected { reason: format!("no task {task}") });
+    };
+    let Some(assignment) = record.assignment.take() else {
+        return Ok(CommandResponse::RunRejected { reason: format!("task {task} is not placed on a node") });
+    };
+    if record.spec.attempt != attempt {
+        return Ok(CommandResponse::RunRejected {
+            reason: format!("stale attempt {attempt} for {task}: the current attempt is {}", record.spec.attempt),
+        });
+    }
+    tx.data.remove(keys::task_on_node(assignment.node, task))?;
+    record.spec.not_before_ms = at_ms;
+    tx.mark(keys::task_queue(at_ms, task))?;
+    tx.put_json(keys::task(task), &record, &format!("task {task}"))?;
+    Ok(CommandResponse::RunUpdated)
+}
