@@ -140,6 +140,14 @@ impl Node {
     }
 }
 
+impl Node {
+    /// An attempt lost with its worker or node: re-delivered as a new attempt.
+    pub async fn task_lost(&self, key: TaskKey, attempt: u32, reason: String) -> Result<(), ApiError> {
+        let run_id = key.run_id.clone();
+        self.run_event(&run_id, RunEvent::TaskLost { key, attempt, reason }).await
+    }
+}
+
 /// `run/step/item` (item `-` for none) back into a task key.
 pub fn parse_task_key(text: &str) -> Result<TaskKey, ApiError> {
     let mut parts = text.rsplitn(3, '/');

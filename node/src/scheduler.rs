@@ -11,7 +11,6 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use floe_engine::run::TaskFailure;
 use floe_storage::runs::task_key_text;
 use floe_storage::{Command, NodeId};
 use serde::{Deserialize, Serialize};
@@ -207,9 +206,8 @@ async fn expire_silent_nodes(node: &Arc<Node>) {
     for silent in node.reports.silent_nodes(&members) {
         let Ok(tasks) = node.reader.tasks_on_node(silent) else { continue };
         for task in tasks {
-            let failure = TaskFailure { error: format!("node {silent} stopped reporting; lease expired"), retryable: true };
-            let key = task.spec.key.clone();
-            if let Err(err) = node.task_result(key, task.spec.attempt, Err(failure)).await {
+            let reason = format!("node {silent} stopped reporting; lease expired");
+            if let Err(err) = node.task_lost(task.spec.key.clone(), task.spec.attempt, reason).await {
                 tracing::debug!(node = silent, error = %err, "expiring a silent node's task");
             }
         }

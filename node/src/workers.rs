@@ -230,8 +230,7 @@ pub async fn serve_worker(
     tracing::info!(node_id = node.id, worker = %worker_id, unanswered = orphaned.len(), "worker disconnected");
     for (task, attempt) in orphaned {
         let Ok(key) = parse_task_key(&task) else { continue };
-        let failure = TaskFailure { error: format!("worker {worker_id} disconnected"), retryable: true };
-        if let Err(err) = node.task_result(key, attempt, Err(failure)).await {
+        if let Err(err) = node.task_lost(key, attempt, format!("worker {worker_id} disconnected")).await {
             tracing::debug!(task = %task, error = %err, "orphaned task already settled");
         }
     }

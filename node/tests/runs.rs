@@ -219,3 +219,85 @@ async fn a_result_for_a_stale_attempt_is_refused() {
     let run = finished(&mut client, &run_id).await;
     assert_eq!((run["status"].as_str(), &run["output"]), (Some("Completed"), &json!("done")));
 }
+
+/// Starts a run, retrying through failovers with the same idempotency key.
+async fn start_eventually(client: &mut FloeClient, flow: &str, input: Value, key: &str) -> String {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let request = api::StartRunRequest {
+            flow: flow.into(),
+            input: serde_json::to_vec(&input).unwrap(),
+            idempotency_key: key.into(),
+            ..Default::default()
+        };
+        match client.runs.start(request).await {
+            Ok(reply) => return reply.into_inner().run_id,
+            Err(status) if Instant::now() < deadline => {
+                eprintln!("retrying start {key}: {status}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(status) => panic!("start {key} never succeeded: {status}"),
+        }
+    }
+}
+
+/// Like `finished`, but tolerant of failovers while it polls.
+async fn finished_eventually(client: &mut FloeClient, run_id: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(reply) = client.runs.get(api::GetRunRequest { run_id: run_id.into(), consistency: 0 }).await {
+            let run: Value = serde_json::from_slice(&reply.into_inner().run).unwrap();
+            if run["status"] != "Running" {
+                return run;
+            }
+        }
+        assert!(Instant::now() < deadline, "run {run_id} did not finish");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_complete_when_the_leader_and_then_a_follower_are_killed_mid_flight() {
+    let mut cluster = TestCluster::start(ClusterOptions::new(BINARY, 3)).await.unwrap();
+    let record = cluster.spawn_worker("w", &[1, 2, 3], &["noop=sleep:20"], 8).unwrap();
+    let mut client = FloeClient::connect(&cluster.client_options(&[1, 2, 3]).unwrap()).await.unwrap();
+    put_flow(&mut client, example("three-step.json")).await;
+
+    let mut runs = Vec::new();
+    for i in 0..40 {
+        if i == 15 {
+            let leader = cluster.wait_leader(WAIT).await.unwrap();
+            cluster.kill(leader).unwrap();
+            // The client may have been talking to the killed node.
+            client = FloeClient::connect(&cluster.client_options(&cluster.running_ids()).unwrap()).await.unwrap();
+        }
+        if i == 30 {
+            let down: Vec<u64> = [1, 2, 3].into_iter().filter(|id| !cluster.running_ids().contains(id)).collect();
+            for id in down {
+                cluster.spawn(id).unwrap();
+            }
+            let leader = cluster.wait_leader(WAIT).await.unwrap();
+            let follower = cluster.running_ids().into_iter().find(|id| *id != leader).unwrap();
+            cluster.kill(follower).unwrap();
+            client = FloeClient::connect(&cluster.client_options(&cluster.running_ids()).unwrap()).await.unwrap();
+        }
+        let key = format!("chaos-{i}");
+        runs.push((key.clone(), start_eventually(&mut client, "three-step", json!({ "n": i }), &key).await));
+    }
+    for (i, (key, run_id)) in runs.iter().enumerate() {
+        let run = finished_eventually(&mut client, run_id).await;
+        assert_eq!(run["status"], "Completed", "{key}: {run:#}");
+        assert_eq!(run["output"], json!({ "n": i }), "{key}");
+        // Each step completed exactly once, whatever attempts were lost on the way.
+        for step in ["first", "second", "third"] {
+            assert_eq!(run["steps"][step]["status"], "Completed", "{key} {step}");
+        }
+        // The idempotency key still names the same run.
+        assert_eq!(start_eventually(&mut client, "three-step", json!({ "n": i }), key).await, *run_id);
+    }
+    let executions = std::fs::read_to_string(record).unwrap();
+    let ok_per_run = |run_id: &str| executions.lines().filter(|line| line.contains(run_id) && line.contains("\"ok\"")).count();
+    for (_, run_id) in &runs {
+        assert!(ok_per_run(run_id) >= 3, "run {run_id} has fewer executions than steps");
+    }
+}

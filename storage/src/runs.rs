@@ -364,7 +364,14 @@ fn apply_effects(
                 }
             }
             Effect::StartChildRun { step_id, flow, version, input } => {
-                let child_id = child_run_id(&record.run_id, &step_id);
+                // A retried parent re-enters the step: later children get a suffix.
+                let base = child_run_id(&record.run_id, &step_id);
+                let mut child_id = base.clone();
+                let mut round = 1;
+                while tx.data.get(keys::run(&child_id))?.is_some() {
+                    round += 1;
+                    child_id = format!("{base}.{round}");
+                }
                 let new_run = NewRun {
                     run_id: child_id,
                     version,
@@ -379,7 +386,14 @@ fn apply_effects(
                 }
             }
             Effect::CancelChildRun { step_id } => {
-                let child_id = child_run_id(&record.run_id, &step_id);
+                let base = child_run_id(&record.run_id, &step_id);
+                let mut child_id = base.clone();
+                let mut round = 1;
+                // Only the newest child can still be running.
+                while tx.data.get(keys::run(&format!("{base}.{}", round + 1)))?.is_some() {
+                    round += 1;
+                    child_id = format!("{base}.{round}");
+                }
                 work.push_back((child_id, RunEvent::Cancel { reason: format!("parent run {} ended", record.run_id) }));
             }
             Effect::RunFinished { status } => {

@@ -105,6 +105,11 @@ impl<'a> Machine<'a> {
                 self.on_attempt_failed(slot, failure.error, failure.retryable, false);
                 Ok(())
             }
+            RunEvent::TaskLost { key, attempt, reason } => {
+                let slot = self.current_slot(&key, attempt)?;
+                self.on_attempt_lost(slot, reason);
+                Ok(())
+            }
             RunEvent::TaskStarted {
                 key,
                 attempt,
@@ -481,6 +486,7 @@ fn event_name(event: &RunEvent) -> &'static str {
     match event {
         RunEvent::TaskCompleted { .. } => "a task completion",
         RunEvent::TaskFailed { .. } => "a task failure",
+        RunEvent::TaskLost { .. } => "a lost task",
         RunEvent::TaskStarted { .. } => "a task start",
         RunEvent::TimerFired { .. } => "a timer",
         RunEvent::Signal { .. } => "a signal",

@@ -228,6 +228,14 @@ pub enum RunEvent {
         attempt: u32,
         failure: TaskFailure,
     },
+    /// The attempt was lost with its worker or node (not the task's fault):
+    /// it is re-delivered as a new attempt (fencing the old one) without
+    /// counting against `max_attempts`.
+    TaskLost {
+        key: TaskKey,
+        attempt: u32,
+        reason: String,
+    },
     /// The storage layer recorded an assignment (for attempt bookkeeping).
     TaskStarted {
         key: TaskKey,

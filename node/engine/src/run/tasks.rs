@@ -374,6 +374,33 @@ impl<'a> Machine<'a> {
         self.slot_failed(&slot, message);
     }
 
+    /// Re-delivers a lost attempt as the next one at once; the round's first
+    /// attempt moves with it, so the loss does not use up a retry.
+    pub(super) fn on_attempt_lost(&mut self, slot: Slot, reason: String) {
+        self.close_attempt(&slot, Some(reason));
+        self.cancel_attempt_timers(&slot.key, slot.attempt);
+        match slot.key.item {
+            None => {
+                if let Some(record) = self.record_mut(&slot.key.step_id) {
+                    let mut progress = serde_json::from_value::<TaskProgress>(record.progress.clone()).unwrap_or_default();
+                    progress.first_attempt = progress.first_attempt.max(1).saturating_add(1);
+                    record.progress = serde_json::to_value(progress).unwrap_or(Value::Null);
+                }
+            }
+            Some(item) => self.update_item(&slot.key.step_id, item, |entry| {
+                entry.first_attempt = entry.first_attempt.max(1).saturating_add(1);
+            }),
+        }
+        match self.slot_input(&slot.key) {
+            Ok(input) => {
+                let next_attempt = slot.attempt.saturating_add(1);
+                let now = self.now;
+                self.schedule_attempt(slot.key, next_attempt, input, now);
+            }
+            Err(input_error) => self.slot_failed(&slot, input_error),
+        }
+    }
+
     /// The slot failed for good.
     fn slot_failed(&mut self, slot: &Slot, message: String) {
         self.run.outstanding.tasks.remove(&slot.key);

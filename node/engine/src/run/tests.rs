@@ -1297,3 +1297,22 @@ fn a_signal_reaches_every_step_waiting_for_it() {
     assert_eq!(finished(&effects), Some(RunStatus::Completed));
     assert_eq!(run.output, Some(json!({"x": 7, "y": 7})));
 }
+
+#[test]
+fn a_lost_attempt_is_redelivered_at_once_without_using_a_retry() {
+    let def = retrying_flow(json!({"max_attempts": 1, "jitter": false}), None);
+    let (mut run, _) = start_ok(&def, json!(null));
+    let lost = RunEvent::TaskLost { key: key("a", None), attempt: 1, reason: "node 2 stopped reporting".into() };
+    let effects = handle(&def, &mut run, lost, 2_000).unwrap();
+    let specs = scheduled(&effects);
+    assert_eq!((specs.len(), specs[0].attempt, specs[0].not_before_ms), (1, 2, 2_000));
+    assert_eq!(run.steps["a"].attempts[0].error.as_deref(), Some("node 2 stopped reporting"));
+    // The old attempt is fenced off.
+    let stale = RunEvent::TaskCompleted { key: key("a", None), attempt: 1, output: json!("late") };
+    assert!(matches!(handle(&def, &mut run, stale, 2_001), Err(RunError::StaleAttempt { .. })));
+    // With max_attempts 1, a real failure of the new attempt is final: the loss did not count.
+    let effects = fail(&def, &mut run, "a", None, 2, true);
+    assert_eq!(finished(&effects), Some(RunStatus::Failed));
+    let error = run.error.clone().unwrap_or_default();
+    assert!(error.contains("1 of 1"), "{error}");
+}
