@@ -2,7 +2,7 @@
 CARGO ?= cargo
 RELEASE_BIN := target/release
 
-.PHONY: all setup build demo test test-unit test-cluster bench lint clean
+.PHONY: all setup build demo test test-unit test-cluster python-worker-deps bench lint clean
 
 all: build
 
@@ -13,10 +13,11 @@ setup:
 	@$(CARGO) --version
 
 build: setup
-	$(CARGO) build --release --bin floe --bin floe-demo --bin floe-bench
+	$(CARGO) build --release --bin floe --bin floe-worker --bin floe-demo --bin floe-bench
 
 # A local 3-node cluster as separate processes: form, write, SIGKILL the
-# leader, fail over, restart, catch up, summary.
+# leader, fail over, restart, catch up; then the document-intake flow with
+# workers in separate processes; summary.
 demo: build
 	$(RELEASE_BIN)/floe-demo --binary $(RELEASE_BIN)/floe
 
@@ -28,8 +29,15 @@ test-unit:
 	$(CARGO) test -p floe-storage -p floe-raft --test '*'
 
 # Black-box cluster tests start several node processes each: one at a time.
-test-cluster:
+# python_worker.rs runs the Python example worker, hence its dependencies.
+test-cluster: python-worker-deps
 	$(CARGO) test -p floe-node --tests -- --test-threads=1
+
+# grpcio and grpcio-tools for node/examples/python-worker (and its test).
+# Quiet and quick when they are already installed at the pinned versions.
+python-worker-deps:
+	@python3 -c "import sys, importlib.metadata as m; pins = [l.split('==') for l in open('node/examples/python-worker/requirements.txt').read().split() if '==' in l]; sys.exit(any(m.version(n) != v for n, v in pins))" 2>/dev/null \
+	  || python3 -m pip install -q --disable-pip-version-check -r node/examples/python-worker/requirements.txt
 
 # Throughput, latency, failover and memory against etcd 3.4 (Debian's
 # etcd-server, installed here when missing). Prints a Markdown table and

@@ -349,8 +349,9 @@ impl Runs for RunsApi {
             let mut applied = node.raft.metrics();
             // Each applied entry may change the run; compare and send on change.
             while last.status == floe_engine::run::RunStatus::Running {
-                if applied.changed().await.is_err() {
-                    return;
+                tokio::select! {
+                    _ = node.shutdown.cancelled() => return,
+                    changed = applied.changed() => if changed.is_err() { return },
                 }
                 let Ok(Some(current)) = node.reader.run(&run_id) else { continue };
                 if current != last {

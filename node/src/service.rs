@@ -36,6 +36,8 @@ pub struct Node {
     /// Until then, a restarted node's idea of the leader comes from its stored
     /// vote and is not yet confirmed by contact.
     pub restart_grace_until: Option<std::time::Instant>,
+    /// Fires when the node stops; long-lived streams (workers, watches) end on it.
+    pub shutdown: CancellationToken,
 }
 
 impl Node {
@@ -155,6 +157,7 @@ pub async fn serve(config: NodeConfig, cancel: CancellationToken) -> anyhow::Res
         reports: Default::default(),
         config: config.clone(),
         restart_grace_until,
+        shutdown: cancel.clone(),
     });
 
     let raft_bind: SocketAddr = config.raft_addr.parse().context("raft_addr")?;

@@ -194,7 +194,15 @@ pub async fn serve_worker(
     tracing::info!(node_id = node.id, worker = %worker_id, blocks = ?hello.blocks, concurrency = hello.concurrency, "worker connected");
     node.workers.wake.notify_one();
 
-    while let Ok(Some(message)) = incoming.message().await {
+    loop {
+        // A stopping node ends worker streams, so its gRPC server can drain.
+        let message = tokio::select! {
+            _ = node.shutdown.cancelled() => break,
+            message = incoming.message() => match message {
+                Ok(Some(message)) => message,
+                _ => break,
+            },
+        };
         match message.kind {
             Some(api::worker_message::Kind::Result(result)) => {
                 let outcome = if result.failed {
@@ -228,6 +236,10 @@ pub async fn serve_worker(
         .map(|conn| conn.in_flight)
         .unwrap_or_default();
     tracing::info!(node_id = node.id, worker = %worker_id, unanswered = orphaned.len(), "worker disconnected");
+    if node.shutdown.is_cancelled() {
+        // The leader re-delivers this node's attempts once its lease lapses.
+        return;
+    }
     for (task, attempt) in orphaned {
         let Ok(key) = parse_task_key(&task) else { continue };
         if let Err(err) = node.task_lost(key, attempt, format!("worker {worker_id} disconnected")).await {
