@@ -88,12 +88,18 @@ fn local_report(node: &Node) -> NodeReport {
     let queued = crate::workers::queued_blocks(node);
     let load = sysinfo::System::load_average().one as f32;
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) as f32;
+    let mut system = sysinfo::System::new();
+    system.refresh_memory();
+    let memory_used_ratio = match system.total_memory() {
+        0 => 0.0,
+        total => system.used_memory() as f32 / total as f32,
+    };
     NodeReport {
         node_id: node.id,
         free_slots: node.workers.free_slots(&queued),
         running_tasks: node.workers.running(),
         cpu_load: load / cores,
-        memory_used_ratio: 0.0,
+        memory_used_ratio,
     }
 }
 
@@ -128,9 +134,12 @@ pub async fn report(node: Arc<Node>, cancel: CancellationToken) -> anyhow::Resul
 
 /// The leader's loop: place ready tasks, fire due timers, expire silent nodes.
 pub async fn schedule(node: Arc<Node>, cancel: CancellationToken) -> anyhow::Result<()> {
+    // New ready tasks appear with applied entries; timers need the clock too.
+    let mut applied = node.raft.metrics();
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return Ok(()),
+            _ = applied.changed() => {}
             _ = tokio::time::sleep(SCHEDULE_EVERY) => {}
         }
         let leading = node.raft.metrics().borrow().current_leader == Some(node.id);

@@ -271,10 +271,13 @@ fn register(
 
 /// Pushes the tasks placed on this node to its workers as slots free up.
 pub async fn dispatch(node: Arc<Node>, cancel: CancellationToken) -> anyhow::Result<()> {
+    // Every applied entry may place a task here: wake on the applied index.
+    let mut applied = node.raft.metrics();
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return Ok(()),
             _ = node.workers.wake.notified() => {}
+            _ = applied.changed() => {}
             _ = tokio::time::sleep(Duration::from_millis(20)) => {}
         }
         let reader = node.reader.clone();

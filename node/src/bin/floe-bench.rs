@@ -47,6 +47,9 @@ struct Args {
     /// Also write the Markdown report here.
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Measure three-step workflow runs instead of key-value writes.
+    #[arg(long)]
+    runs: bool,
 }
 
 /// Upper bound on operations per worker per level, so a level always ends.
@@ -302,6 +305,9 @@ async fn main() -> anyhow::Result<()> {
     }
     std::fs::create_dir_all(&args.dir)?;
     let dir = std::fs::canonicalize(&args.dir)?;
+    if args.runs {
+        return bench_runs(&args, &binary, &dir).await;
+    }
     let value = vec![b'v'; args.value_bytes];
     let mut report = String::new();
     report.push_str(&format!(
@@ -459,4 +465,86 @@ impl LeaderTimes {
     fn flush_mean(&self) -> Duration {
         Duration::from_secs_f64(self.flush_seconds / self.flushes.max(1.0))
     }
+}
+
+/// Three-step runs through no-op workers (one per node): completed runs per
+/// second at each concurrency, run latency, and the step hop (a step's
+/// completion to the next task's placement on a node).
+async fn bench_runs(args: &Args, binary: &Path, dir: &Path) -> anyhow::Result<()> {
+    let mut options = ClusterOptions::new(binary, 3);
+    options.base_dir = Some(dir.join("floe"));
+    options.overrides = vec!["log_level=warn".into()];
+    let mut cluster = TestCluster::start(options).await?;
+    for node in 1..=3 {
+        cluster.spawn_worker(&format!("noop-{node}"), &[node], &["noop=echo"], 64)?;
+    }
+    let mut client = cluster.client(1).await?;
+    let definition = std::fs::read("docs/examples/flows/three-step.json").context("run from the repository root")?;
+    client.flows.put(api::PutFlowRequest { definition }).await?;
+    let mut report = String::from(
+        "Three-step runs (block `noop`, an echo worker on each node), started and watched to completion by N concurrent clients.\n\n| concurrency | completed runs/s | run p50 ms | run p99 ms | step hop p50 ms | step hop p99 ms |\n|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for &concurrency in &args.concurrency {
+        let clients: Vec<FloeClient> = {
+            let mut clients = Vec::new();
+            for index in 0..concurrency.clamp(1, 8) {
+                clients.push(cluster.client((index as u64 % 3) + 1).await?);
+            }
+            clients
+        };
+        let clients = Arc::new(clients);
+        let run_ids = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let ids = run_ids.clone();
+        let load = drive(concurrency, args.seconds, move |worker, _seq| {
+            let mut client = clients[worker % clients.len()].clone();
+            let ids = ids.clone();
+            async move {
+                let request = api::StartRunRequest { flow: "three-step".into(), input: b"{}".to_vec(), ..Default::default() };
+                let Ok(started) = client.runs.start(request).await else { return false };
+                let run_id = started.into_inner().run_id;
+                let Ok(updates) = client.runs.watch(api::WatchRunRequest { run_id: run_id.clone() }).await else { return false };
+                let mut updates = updates.into_inner();
+                let mut completed = false;
+                while let Ok(Some(update)) = updates.message().await {
+                    let run: serde_json::Value = serde_json::from_slice(&update.run).unwrap_or_default();
+                    completed = run["status"] == "Completed";
+                }
+                if completed {
+                    if let Ok(mut ids) = ids.lock() {
+                        ids.push(run_id);
+                    }
+                }
+                completed
+            }
+        })
+        .await;
+        let ids: Vec<String> = run_ids.lock().map(|ids| ids.clone()).unwrap_or_default();
+        let mut hops = Vec::new();
+        for run_id in ids.iter().take(500) {
+            let reply = client.runs.get(api::GetRunRequest { run_id: run_id.clone(), consistency: 1 }).await?;
+            let run: serde_json::Value = serde_json::from_slice(&reply.into_inner().run)?;
+            for (before, after) in [("first", "second"), ("second", "third")] {
+                let finished = run["steps"][before]["finished_at_ms"].as_u64();
+                let placed = run["steps"][after]["attempts"][0]["started_at_ms"].as_u64();
+                if let (Some(finished), Some(placed)) = (finished, placed) {
+                    hops.push(Duration::from_millis(placed.saturating_sub(finished)));
+                }
+            }
+        }
+        hops.sort();
+        eprintln!("runs c={concurrency}: {:.0} completed/s ({} errors)", load.per_second(), load.errors);
+        report.push_str(&format!(
+            "| {concurrency} | {:.0} | {} | {} | {} | {} |\n",
+            load.per_second(),
+            ms(percentile(&load.latencies, 0.5)),
+            ms(percentile(&load.latencies, 0.99)),
+            ms(percentile(&hops, 0.5)),
+            ms(percentile(&hops, 0.99)),
+        ));
+    }
+    println!("{report}");
+    if let Some(out) = &args.out {
+        std::fs::write(out, &report)?;
+    }
+    Ok(())
 }
