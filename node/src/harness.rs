@@ -93,13 +93,28 @@ pub struct TestCluster {
     pub workers: BTreeMap<String, Child>,
 }
 
-fn free_tcp_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+/// Ports for test nodes come from below the kernel's ephemeral range
+/// (32768+), so a port handed out here cannot be taken meanwhile by some
+/// process's outgoing socket (every node's QUIC client binds one). Each
+/// process starts at its own offset and skips ports that are in use.
+fn free_port() -> anyhow::Result<u16> {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let _ = NEXT.compare_exchange(u32::MAX, (std::process::id() * 97) % SPAN, Ordering::SeqCst, Ordering::SeqCst);
+    for _ in 0..SPAN {
+        let port = (LOW + NEXT.fetch_add(1, Ordering::SeqCst) % SPAN) as u16;
+        // Free for both protocols, so the port suits QUIC as well as TCP.
+        let tcp_free = TcpListener::bind(("127.0.0.1", port)).is_ok();
+        let udp_free = UdpSocket::bind(("127.0.0.1", port)).is_ok();
+        if tcp_free && udp_free {
+            return Ok(port);
+        }
+    }
+    bail!("no free port between {LOW} and {}", LOW + SPAN)
 }
 
-fn free_udp_port() -> anyhow::Result<u16> {
-    Ok(UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port())
-}
 
 impl TestCluster {
     /// Creates certificates and configs, starts every node, forms the cluster
@@ -206,9 +221,9 @@ impl TestCluster {
             id,
             config_path: dir.join("floe.toml"),
             log_path: dir.join("floe.log"),
-            raft_addr: format!("127.0.0.1:{}", free_udp_port()?),
-            api_addr: format!("127.0.0.1:{}", free_tcp_port()?),
-            http_addr: format!("127.0.0.1:{}", free_tcp_port()?),
+            raft_addr: format!("127.0.0.1:{}", free_port()?),
+            api_addr: format!("127.0.0.1:{}", free_port()?),
+            http_addr: format!("127.0.0.1:{}", free_port()?),
             dir,
             child: None,
             paused: false,
