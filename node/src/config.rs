@@ -34,6 +34,21 @@ pub struct NodeConfig {
     pub bootstrap: BootstrapConfig,
     pub raft: RaftTuning,
     pub storage: StorageConfig,
+    pub runs: RunsConfig,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RunsConfig {
+    /// Finished runs (and their idempotency keys) are deleted, through the
+    /// log, this long after they ended. Default: 7 days.
+    pub retention_ms: u64,
+}
+
+impl Default for RunsConfig {
+    fn default() -> Self {
+        RunsConfig { retention_ms: 7 * 24 * 3600 * 1000 }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -95,6 +110,7 @@ impl Default for NodeConfig {
             bootstrap: BootstrapConfig::default(),
             raft: RaftTuning::default(),
             storage: StorageConfig::default(),
+            runs: RunsConfig::default(),
         }
     }
 }
@@ -240,6 +256,9 @@ impl NodeConfig {
         }
         if raft.snapshot_after_entries == 0 {
             return invalid("raft.snapshot_after_entries", "must be above 0".into());
+        }
+        if self.runs.retention_ms < 1_000 {
+            return invalid("runs.retention_ms", "must be at least 1000".into());
         }
         if self.storage.cache_capacity_bytes < 1024 * 1024 {
             return invalid("storage.cache_capacity_bytes", "must be at least 1048576 (1 MiB)".into());
@@ -438,6 +457,8 @@ mod tests {
     fn relations_are_validated() {
         let err = NodeConfig::load(None, env(&[]), &["raft.election_timeout_min_ms=50".into()]).unwrap_err().to_string();
         assert!(err.contains("raft.election_timeout_min_ms"), "{err}");
+        let err = NodeConfig::load(None, env(&[]), &["runs.retention_ms=5".into()]).unwrap_err().to_string();
+        assert!(err.contains("runs.retention_ms"), "{err}");
         let err = NodeConfig::load(None, env(&[]), &["raft_addr=nowhere".into()]).unwrap_err().to_string();
         assert!(err.contains("raft_addr"), "{err}");
         let err = NodeConfig::load(None, env(&[]), &["raft_addr=0.0.0.0:7000".into()]).unwrap_err().to_string();

@@ -315,6 +315,7 @@ fn validate_command(command: &Command) -> Result<(), ApiError> {
         | Command::RunEvent { .. }
         | Command::AssignTask { .. }
         | Command::UnassignTask { .. }
+        | Command::PurgeRuns { .. }
         | Command::FireTimers { .. } => Ok(()),
         Command::Batch(_) => Err(ApiError::InvalidArgument("batches are formed by the leader, not sent to it".into())),
     }

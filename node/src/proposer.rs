@@ -130,6 +130,7 @@ fn payload_bytes(command: &Command) -> usize {
         Command::RunEvent { run_id, event, .. } => run_id.len() + event.len(),
         Command::AssignTask { task, worker, .. } => task.len() + worker.len(),
         Command::UnassignTask { task, .. } => task.len(),
+        Command::PurgeRuns { run_ids, .. } => run_ids.iter().map(String::len).sum(),
         Command::FireTimers { timers, .. } => timers.iter().map(String::len).sum(),
         Command::Batch(commands) => commands.iter().map(payload_bytes).sum(),
     }

@@ -223,6 +223,39 @@ async fn expire_silent_nodes(node: &Arc<Node>) {
     }
 }
 
+/// On the leader: deletes runs that finished longer ago than the retention,
+/// a bounded batch per second, through the log.
+pub async fn retain(node: Arc<Node>, cancel: CancellationToken) -> anyhow::Result<()> {
+    let retention = node.config.runs.retention_ms;
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+        if node.raft.metrics().borrow().current_leader != Some(node.id) {
+            continue;
+        }
+        let cutoff = now_ms().saturating_sub(retention);
+        let reader = node.reader.clone();
+        let expired = match tokio::task::spawn_blocking(move || reader.finished_runs(cutoff, BATCH)).await {
+            Ok(Ok(expired)) => expired,
+            Ok(Err(err)) => {
+                tracing::warn!(error = %err, "retention scan failed");
+                continue;
+            }
+            Err(_) => continue,
+        };
+        if expired.is_empty() {
+            continue;
+        }
+        let count = expired.len();
+        match node.write(Command::PurgeRuns { run_ids: expired, finished_before_ms: cutoff }).await {
+            Ok(_) => tracing::info!(count, "finished runs past retention purged"),
+            Err(err) => tracing::debug!(error = %err, "retention purge not committed"),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

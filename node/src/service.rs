@@ -183,6 +183,7 @@ pub async fn serve(config: NodeConfig, cancel: CancellationToken) -> anyhow::Res
     tasks.spawn(crate::workers::dispatch(node.clone(), cancel.clone()));
     tasks.spawn(crate::scheduler::report(node.clone(), cancel.clone()));
     tasks.spawn(crate::scheduler::schedule(node.clone(), cancel.clone()));
+    tasks.spawn(crate::scheduler::retain(node.clone(), cancel.clone()));
     // Bootstrap ends on its own once the cluster exists; it is not a server.
     let bootstrap = (config.bootstrap.expect > 0).then(|| tokio::spawn(crate::bootstrap::run(node.clone(), cancel.clone())));
     tracing::info!(node_id = config.node_id, raft = %config.raft_addr, api = %config.api_addr, http = %config.http_addr, "node started");

@@ -301,3 +301,36 @@ async fn runs_complete_when_the_leader_and_then_a_follower_are_killed_mid_flight
         assert!(ok_per_run(run_id) >= 3, "run {run_id} has fewer executions than steps");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finished_runs_are_purged_after_the_retention_and_running_ones_are_kept() {
+    let mut options = ClusterOptions::new(BINARY, 3);
+    options.overrides = vec!["runs.retention_ms=1000".into()];
+    let cluster = TestCluster::start(options).await.unwrap();
+    let mut client = cluster.client(2).await.unwrap();
+    let quick = r#"{"name": "quick", "steps": [{"id": "t", "type": "transform", "output": "input"}]}"#;
+    put_flow(&mut client, quick.as_bytes().to_vec()).await;
+    let waits = r#"{"name": "waits", "steps": [{"id": "hold", "type": "signal", "signal": "go"}]}"#;
+    put_flow(&mut client, waits.as_bytes().to_vec()).await;
+    let done = start(&mut client, "quick", json!(1), "once").await;
+    let open = start(&mut client, "waits", Value::Null, "").await;
+    assert_eq!(finished(&mut client, &done).await["status"], "Completed");
+
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let found = client.runs.get(api::GetRunRequest { run_id: done.clone(), consistency: 0 }).await;
+        match found {
+            Err(status) if status.code() == tonic::Code::NotFound => break,
+            _ => {
+                assert!(Instant::now() < deadline, "the finished run was never purged");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    assert_eq!(get(&mut client, &open).await["status"], "Running", "a running run was purged");
+    let listed = client.runs.list(api::ListRunsRequest::default()).await.unwrap().into_inner();
+    let ids: Vec<&str> = listed.runs.iter().map(|run| run.run_id.as_str()).collect();
+    assert_eq!(ids, vec![open.as_str()]);
+    // Its idempotency key was purged with it: the same key starts a new run.
+    assert_ne!(start(&mut client, "quick", json!(2), "once").await, done);
+}

@@ -11,6 +11,7 @@
 //! - `runs/created/<ms:020>/<run id>`, `runs/status/<status>/<ms:020>/<run id>`,
 //!   `runs/flow/<flow>/<ms:020>/<run id>`, `runs/corr/<correlation id>/<ms:020>/<run id>`:
 //!   (empty) indexes for listing runs
+//! - `runs/finished/<ms:020>/<run id>` → (empty) finished runs, for retention
 //! - `task/<task key>`                   → task record (JSON)
 //! - `taskq/<not before ms:020>/<task key>` → (empty) tasks waiting for a worker
 //! - `tasknode/<node:020>/<task key>`    → (empty) tasks assigned to a node
@@ -93,4 +94,10 @@ pub(crate) fn timer_due(due_ms: u64, timer: &str) -> Vec<u8> {
 
 pub(crate) fn timer_by_key(timer: &str) -> Vec<u8> {
     format!("timerkey/{timer}").into_bytes()
+}
+
+pub(crate) const RUN_FINISHED_PREFIX: &str = "runs/finished/";
+
+pub(crate) fn run_by_finished(finished_ms: u64, run_id: &str) -> Vec<u8> {
+    format!("{RUN_FINISHED_PREFIX}{finished_ms:020}/{run_id}").into_bytes()
 }

@@ -241,6 +241,19 @@ impl StateReader {
         Ok(page)
     }
 
+    /// Ids of runs that finished at or before `finished_before_ms`, oldest first.
+    pub fn finished_runs(&self, finished_before_ms: u64, limit: usize) -> Result<Vec<String>, StoreError> {
+        let state = self.shared.read_active();
+        let tree_name = data_tree_name(state.generation);
+        let upper = keys::run_by_finished(finished_before_ms, "~");
+        let mut run_ids = Vec::new();
+        for item in state.data.range::<Vec<u8>, _>(keys::RUN_FINISHED_PREFIX.as_bytes().to_vec()..upper).take(limit) {
+            let (key, _) = item.map_err(|error| StoreError::sled(format!("scan {tree_name} finished runs"), error))?;
+            run_ids.push(String::from_utf8_lossy(&key[keys::RUN_FINISHED_PREFIX.len() + 21..]).into_owned());
+        }
+        Ok(run_ids)
+    }
+
     /// Tasks waiting for a worker whose backoff has passed by `now_ms`, oldest first.
     pub fn ready_tasks(&self, now_ms: u64, limit: usize) -> Result<Vec<TaskRecord>, StoreError> {
         let state = self.shared.read_active();

@@ -106,13 +106,50 @@ impl RunTx<'_> {
         self.get_json(&keys::run(run_id), &format!("run {run_id}"))
     }
 
-    fn save_run(&self, record: &RunRecord, previous: Option<RunStatus>) -> Result<(), TxError> {
+    /// Stores the record and moves its status and finish-time index entries
+    /// from `previous` (status, finish time) when they changed.
+    fn save_run(&self, record: &RunRecord, previous: Option<(RunStatus, Option<u64>)>) -> Result<(), TxError> {
         self.put_json(keys::run(&record.run_id), record, &format!("run {}", record.run_id))?;
-        if previous != Some(record.status) {
-            if let Some(previous) = previous {
+        let (previous_status, previous_finished) = match previous {
+            Some((status, finished)) => (Some(status), finished),
+            None => (None, None),
+        };
+        if previous_status != Some(record.status) {
+            if let Some(previous) = previous_status {
                 self.data.remove(keys::run_by_status(status_name(previous), record.created_at_ms, &record.run_id))?;
             }
             self.mark(keys::run_by_status(status_name(record.status), record.created_at_ms, &record.run_id))?;
+        }
+        let finished = if record.status == RunStatus::Running { None } else { record.finished_at_ms };
+        if previous_finished != finished {
+            if let Some(previous) = previous_finished {
+                self.data.remove(keys::run_by_finished(previous, &record.run_id))?;
+            }
+            if let Some(finished) = finished {
+                self.mark(keys::run_by_finished(finished, &record.run_id))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes a finished run and every index entry that names it.
+    fn delete_run(&self, record: &RunRecord) -> Result<(), TxError> {
+        let run_id = &record.run_id;
+        self.data.remove(keys::run(run_id))?;
+        self.data.remove(keys::run_by_created(record.created_at_ms, run_id))?;
+        self.data.remove(keys::run_by_status(status_name(record.status), record.created_at_ms, run_id))?;
+        self.data.remove(keys::run_by_flow(&record.flow, record.created_at_ms, run_id))?;
+        if !record.correlation_id.is_empty() {
+            self.data.remove(keys::run_by_correlation(&record.correlation_id, record.created_at_ms, run_id))?;
+        }
+        if let Some(finished) = record.finished_at_ms {
+            self.data.remove(keys::run_by_finished(finished, run_id))?;
+        }
+        if !record.idempotency_key.is_empty() {
+            // Only if the key still names this run.
+            if self.data.get(keys::idempotency(&record.idempotency_key))?.as_deref() == Some(run_id.as_bytes()) {
+                self.data.remove(keys::idempotency(&record.idempotency_key))?;
+            }
         }
         Ok(())
     }
@@ -271,7 +308,7 @@ fn handle_one(
         RunEvent::TaskCompleted { key, attempt, .. } | RunEvent::TaskFailed { key, attempt, .. } => Some((key.clone(), *attempt)),
         _ => None,
     };
-    let previous = record.status;
+    let previous = (record.status, if record.status == RunStatus::Running { None } else { record.finished_at_ms });
     let effects = match run::handle(&definition, &mut record, event, at_ms) {
         Ok(effects) => effects,
         Err(RunError::StaleAttempt { key, attempt, current }) => {
@@ -473,4 +510,20 @@ pub(crate) fn unassign(tx: &RunTx<'_>, task: &str, attempt: u32, at_ms: u64) -> 
     tx.mark(keys::task_queue(at_ms, task))?;
     tx.put_json(keys::task(task), &record, &format!("task {task}"))?;
     Ok(CommandResponse::RunUpdated)
+}
+
+/// Deletes the given runs if they ended at or before `finished_before_ms`
+/// (retention). The leader picks them from the finish-time index; apply
+/// checks again, so a run retried meanwhile is kept.
+pub(crate) fn purge_runs(tx: &RunTx<'_>, run_ids: &[String], finished_before_ms: u64) -> Result<CommandResponse, TxError> {
+    let mut purged = 0u64;
+    for run_id in run_ids {
+        let Some(record) = tx.run(run_id)? else { continue };
+        let expired = record.status != RunStatus::Running && record.finished_at_ms.is_some_and(|at| at <= finished_before_ms);
+        if expired {
+            tx.delete_run(&record)?;
+            purged += 1;
+        }
+    }
+    Ok(CommandResponse::RunsPurged { purged })
 }

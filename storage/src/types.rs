@@ -75,6 +75,9 @@ pub enum Command {
     /// Returns a placed task's current attempt to the queue (its node has no
     /// worker for it any more); the attempt is not consumed.
     UnassignTask { task: String, attempt: u32, at_ms: u64 },
+    /// Retention: deletes these runs if they finished at or before
+    /// `finished_before_ms` (picked by the leader from the finish index).
+    PurgeRuns { run_ids: Vec<String>, finished_before_ms: u64 },
     /// Timers the leader found due at `at_ms` (by timer key text).
     FireTimers { timers: Vec<String>, at_ms: u64 },
     /// Several client commands proposed as one entry (proposal batching),
@@ -96,6 +99,7 @@ impl fmt::Display for Command {
             Command::AssignTask { task, attempt, node, .. } => write!(f, "assign-task {task}#{attempt} to node {node}"),
             Command::FireTimers { timers, .. } => write!(f, "fire {} timers", timers.len()),
             Command::UnassignTask { task, attempt, .. } => write!(f, "unassign-task {task}#{attempt}"),
+            Command::PurgeRuns { run_ids, .. } => write!(f, "purge {} runs", run_ids.len()),
         }
     }
 }
@@ -123,6 +127,8 @@ pub enum CommandResponse {
     RunStarted { run_id: String, created: bool },
     /// A run event took effect.
     RunUpdated,
+    /// Retention deleted this many runs.
+    RunsPurged { purged: u64 },
     /// A run command was refused, changing nothing (unknown flow, bad input,
     /// stale attempt, finished run); the reason names what and where.
     RunRejected { reason: String },

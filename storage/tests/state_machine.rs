@@ -414,3 +414,62 @@ async fn flow_versions_are_immutable_and_identical_definitions_reuse_theirs() {
     let keys: Vec<String> = reader.list("", None, 10).unwrap().into_iter().map(|(k, _)| k).collect();
     assert_eq!(keys, vec!["flow/x".to_string()]);
 }
+
+#[tokio::test]
+async fn retention_purges_only_runs_finished_before_the_cutoff() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let mut sm = store.state_machine();
+    let flow = |name: &str, steps: &str| {
+        let json = format!(r#"{{"name": "{name}", "steps": {steps}}}"#);
+        let definition = floe_engine::parse_flow(json.as_bytes()).unwrap();
+        Command::PutFlow {
+            name: name.into(),
+            definition: floe_engine::canonical_bytes(&definition),
+            hash: floe_engine::content_hash(&definition),
+            at_ms: 0,
+        }
+    };
+    let start = |run_id: &str, flow: &str, key: &str, at_ms: u64| Command::StartRun {
+        run_id: run_id.into(),
+        flow: flow.into(),
+        version: 1,
+        input: b"1".to_vec(),
+        correlation_id: "batch-7".into(),
+        idempotency_key: key.into(),
+        at_ms,
+    };
+    let entries = vec![
+        command_entry(1, 1, flow("quick", r#"[{"id": "t", "type": "transform", "output": "input + 1"}]"#)),
+        command_entry(1, 2, flow("waits", r#"[{"id": "s", "type": "signal", "signal": "go"}]"#)),
+        command_entry(1, 3, start("old", "quick", "k-old", 1_000)),
+        command_entry(1, 4, start("new", "quick", "k-new", 9_000)),
+        command_entry(1, 5, start("open", "waits", "", 1_000)),
+    ];
+    sm.apply(entries).await.unwrap();
+    let reader = store.reader();
+    assert_eq!(reader.run("old").unwrap().unwrap().output, Some(serde_json::json!(2)));
+    let due = reader.finished_runs(5_000, 10).unwrap();
+    assert_eq!(due, vec!["old".to_string()], "only the run finished by the cutoff is due");
+
+    let purge = Command::PurgeRuns { run_ids: vec!["old".into(), "new".into(), "open".into()], finished_before_ms: 5_000 };
+    let responses = sm.apply(vec![command_entry(1, 6, purge)]).await.unwrap();
+    assert_eq!(responses, vec![CommandResponse::RunsPurged { purged: 1 }]);
+    assert!(reader.run("old").unwrap().is_none());
+    assert!(reader.run("new").unwrap().is_some() && reader.run("open").unwrap().is_some());
+    let listed: Vec<String> = reader
+        .runs(&floe_storage::RunFilter { correlation_id: Some("batch-7".into()), ..Default::default() }, None, 10)
+        .unwrap()
+        .runs
+        .into_iter()
+        .map(|run| run.run_id)
+        .collect();
+    assert_eq!(listed.len(), 2);
+    assert!(!listed.contains(&"old".to_string()), "{listed:?}");
+    assert!(reader.finished_runs(u64::MAX, 10).unwrap() == vec!["new".to_string()]);
+    // The purged run's idempotency key is free again; the kept one still answers.
+    let again = sm.apply(vec![command_entry(1, 7, start("old-2", "quick", "k-old", 20_000))]).await.unwrap();
+    assert_eq!(again, vec![CommandResponse::RunStarted { run_id: "old-2".into(), created: true }]);
+    let repeat = sm.apply(vec![command_entry(1, 8, start("new-2", "quick", "k-new", 20_000))]).await.unwrap();
+    assert_eq!(repeat, vec![CommandResponse::RunStarted { run_id: "new".into(), created: false }]);
+}
