@@ -85,6 +85,24 @@ async fn serve_once(options: &WorkerOptions, handler: Arc<dyn Handler>, cancel: 
         let outbound = outbound.clone();
         tokio::spawn(async move {
             let input = serde_json::from_slice(&message.input).unwrap_or(serde_json::Value::Null);
+            // Heartbeats keep a long task's attempt alive while the handler runs.
+            let beating = CancellationToken::new();
+            if message.heartbeat_ms > 0 {
+                let every = Duration::from_millis((message.heartbeat_ms / 3).max(1));
+                let (outbound, beating, task, attempt) = (outbound.clone(), beating.clone(), message.task.clone(), message.attempt);
+                tokio::spawn(async move {
+                    loop {
+                        tokio::select! {
+                            _ = beating.cancelled() => return,
+                            _ = tokio::time::sleep(every) => {}
+                        }
+                        let beat = api::TaskHeartbeat { task: task.clone(), attempt };
+                        if outbound.send(api::WorkerMessage { kind: Some(api::worker_message::Kind::Heartbeat(beat)) }).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
             let task = Task {
                 task: message.task.clone(),
                 attempt: message.attempt,
@@ -94,7 +112,9 @@ async fn serve_once(options: &WorkerOptions, handler: Arc<dyn Handler>, cancel: 
                 item: u32::try_from(message.item).ok(),
                 input,
             };
-            let result = match handler.run(task).await {
+            let outcome = handler.run(task).await;
+            beating.cancel();
+            let result = match outcome {
                 Ok(output) => api::TaskResult {
                     task: message.task,
                     attempt: message.attempt,

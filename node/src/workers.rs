@@ -29,9 +29,16 @@ pub fn worker_channel() -> (TaskSender, mpsc::Receiver<Result<api::WorkerTask, S
 struct WorkerConn {
     blocks: BTreeSet<String>,
     concurrency: u32,
-    /// Task key text → attempt, for tasks pushed and not yet answered.
-    in_flight: BTreeMap<String, u32>,
+    /// Task key text → the attempt pushed and not yet answered.
+    in_flight: BTreeMap<String, InFlight>,
     sender: mpsc::Sender<Result<api::WorkerTask, Status>>,
+}
+
+struct InFlight {
+    attempt: u32,
+    /// Since the push or the last heartbeat.
+    last_beat: std::time::Instant,
+    heartbeat: Option<Duration>,
 }
 
 impl WorkerConn {
@@ -73,6 +80,39 @@ impl WorkerRegistry {
         free
     }
 
+    fn beat(&self, worker_id: &str, task: &str, attempt: u32) {
+        if let Ok(mut workers) = self.workers.lock() {
+            if let Some(pushed) = workers.get_mut(worker_id).and_then(|worker| worker.in_flight.get_mut(task)) {
+                if pushed.attempt == attempt {
+                    pushed.last_beat = std::time::Instant::now();
+                }
+            }
+        }
+    }
+
+    /// Pushed attempts whose worker sent no heartbeat in time; they are
+    /// taken back (and remembered as answered, so never pushed again).
+    fn overdue(&self) -> Vec<(String, u32)> {
+        let mut overdue = Vec::new();
+        if let Ok(mut workers) = self.workers.lock() {
+            for worker in workers.values_mut() {
+                worker.in_flight.retain(|task, pushed| {
+                    let late = pushed.heartbeat.is_some_and(|limit| pushed.last_beat.elapsed() > limit);
+                    if late {
+                        overdue.push((task.clone(), pushed.attempt));
+                    }
+                    !late
+                });
+            }
+        }
+        if let Ok(mut answered) = self.answered.lock() {
+            for (task, attempt) in &overdue {
+                answered.insert(task.clone(), *attempt);
+            }
+        }
+        overdue
+    }
+
     pub fn running(&self) -> u32 {
         self.workers.lock().map(|workers| workers.values().map(|w| w.in_flight.len() as u32).sum()).unwrap_or(0)
     }
@@ -83,7 +123,7 @@ impl WorkerRegistry {
             || self
                 .workers
                 .lock()
-                .map(|workers| workers.values().any(|worker| worker.in_flight.get(task) == Some(&attempt)))
+                .map(|workers| workers.values().any(|worker| worker.in_flight.get(task).is_some_and(|f| f.attempt == attempt)))
                 .unwrap_or(false)
     }
 
@@ -104,11 +144,13 @@ impl WorkerRegistry {
             block: task.spec.block.clone(),
             input: serde_json::to_vec(&task.spec.input).unwrap_or_else(|_| b"null".to_vec()),
             item: task.spec.key.item.map_or(-1, i64::from),
+            heartbeat_ms: task.spec.timeouts.heartbeat_ms.unwrap_or(0),
         };
         if worker.sender.try_send(Ok(message)).is_err() {
             return false;
         }
-        worker.in_flight.insert(text, task.spec.attempt);
+        let heartbeat = task.spec.timeouts.heartbeat_ms.map(Duration::from_millis);
+        worker.in_flight.insert(text, InFlight { attempt: task.spec.attempt, last_beat: std::time::Instant::now(), heartbeat });
         true
     }
 
@@ -151,7 +193,7 @@ impl WorkerRegistry {
         }
         if let Ok(mut workers) = self.workers.lock() {
             for worker in workers.values_mut() {
-                worker.in_flight.retain(|task, attempt| placed.get(task) == Some(attempt));
+                worker.in_flight.retain(|task, pushed| placed.get(task) == Some(&pushed.attempt));
             }
         }
     }
@@ -220,7 +262,7 @@ pub async fn serve_worker(
                 }
                 node.workers.finish(&worker_id, &result.task, result.attempt);
             }
-            Some(api::worker_message::Kind::Heartbeat(_)) => {}
+            Some(api::worker_message::Kind::Heartbeat(beat)) => node.workers.beat(&worker_id, &beat.task, beat.attempt),
             Some(api::worker_message::Kind::Hello(_)) | None => {
                 tracing::warn!(worker = %worker_id, "unexpected message on an established worker stream");
             }
@@ -235,6 +277,7 @@ pub async fn serve_worker(
         .and_then(|mut workers| workers.remove(&worker_id))
         .map(|conn| conn.in_flight)
         .unwrap_or_default();
+    let orphaned: Vec<(String, u32)> = orphaned.into_iter().map(|(task, pushed)| (task, pushed.attempt)).collect();
     tracing::info!(node_id = node.id, worker = %worker_id, unanswered = orphaned.len(), "worker disconnected");
     if node.shutdown.is_cancelled() {
         // The leader re-delivers this node's attempts once its lease lapses.
@@ -301,6 +344,20 @@ pub async fn dispatch(node: Arc<Node>, cancel: CancellationToken) -> anyhow::Res
             }
             if !node.workers.serves(&task.spec.block) {
                 unserved_now.insert(text, task.spec.attempt);
+            }
+        }
+        for (task, attempt) in node.workers.overdue() {
+            let Ok(key) = parse_task_key(&task) else { continue };
+            let timer = floe_engine::run::TimerKey {
+                run_id: key.run_id.clone(),
+                step_id: key.step_id.clone(),
+                item: key.item,
+                purpose: "heartbeat".into(),
+                attempt,
+            };
+            tracing::info!(node_id = node.id, task = %task, attempt, "no heartbeat in time; attempt timed out");
+            if let Err(err) = node.run_event(&key.run_id, floe_engine::run::RunEvent::TimerFired { timer }).await {
+                tracing::debug!(task = %task, error = %err, "heartbeat timeout not applied");
             }
         }
         for (task, attempt) in node.workers.unserved_for(unserved_now, UNSERVED_GRACE) {

@@ -334,3 +334,41 @@ async fn finished_runs_are_purged_after_the_retention_and_running_ones_are_kept(
     // Its idempotency key was purged with it: the same key starts a new run.
     assert_ne!(start(&mut client, "quick", json!(2), "once").await, done);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_attempt_without_heartbeats_times_out_and_heartbeats_keep_a_long_one_alive() {
+    let mut cluster = TestCluster::start(ClusterOptions::new(BINARY, 1)).await.unwrap();
+    let mut client = cluster.client(1).await.unwrap();
+    let flow = |name: &str, block: &str| {
+        format!(
+            r#"{{"name": "{name}", "steps": [{{"id": "long", "type": "task", "block": "{block}", "input": "input",
+                "timeouts": {{"heartbeat_ms": 300}}, "retry": {{"max_attempts": 3, "initial_backoff_ms": 10}}}}]}}"#
+        )
+    };
+    put_flow(&mut client, flow("silent", "manual").into_bytes()).await;
+    put_flow(&mut client, flow("beating", "slow").into_bytes()).await;
+
+    // A worker that never sends heartbeats loses its attempt after 300 ms.
+    let (outbound, receiver) = tokio::sync::mpsc::channel(8);
+    let hello = api::WorkerHello { worker_id: "mute".into(), blocks: vec!["manual".into()], concurrency: 1, labels: Default::default() };
+    outbound.send(api::WorkerMessage { kind: Some(api::worker_message::Kind::Hello(hello)) }).await.unwrap();
+    let mut tasks = client.workers.attach(tokio_stream::wrappers::ReceiverStream::new(receiver)).await.unwrap().into_inner();
+    let run_id = start(&mut client, "silent", json!("x"), "").await;
+    let first = tokio::time::timeout(WAIT, tasks.message()).await.unwrap().unwrap().unwrap();
+    assert_eq!((first.attempt, first.heartbeat_ms), (1, 300));
+    let second = tokio::time::timeout(WAIT, tasks.message()).await.unwrap().unwrap().unwrap();
+    assert_eq!(second.attempt, 2, "the silent attempt was not taken back");
+    let done = api::TaskResult { task: second.task, attempt: 2, output: b"\"ok\"".to_vec(), ..Default::default() };
+    outbound.send(api::WorkerMessage { kind: Some(api::worker_message::Kind::Result(done)) }).await.unwrap();
+    let run = finished(&mut client, &run_id).await;
+    assert_eq!(run["status"], "Completed", "{run:#}");
+    let error = run["steps"]["long"]["attempts"][0]["error"].as_str().unwrap_or_default().to_string();
+    assert!(error.contains("heartbeat"), "{error}");
+
+    // The worker library sends heartbeats, so a task four times longer than the limit survives.
+    cluster.spawn_worker("patient", &[1], &["slow=sleep:1200"], 1).unwrap();
+    let run_id = start(&mut client, "beating", json!("y"), "").await;
+    let run = finished(&mut client, &run_id).await;
+    assert_eq!(run["status"], "Completed", "{run:#}");
+    assert_eq!(run["steps"]["long"]["attempts"].as_array().unwrap().len(), 1, "{run:#}");
+}
