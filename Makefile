@@ -2,7 +2,7 @@
 CARGO ?= cargo
 RELEASE_BIN := target/release
 
-.PHONY: all setup build demo test test-unit test-cluster python-worker-deps bench lint clean
+.PHONY: all setup build demo test test-unit test-cluster python-worker-deps inference-runtime bench bench-inference lint clean
 
 all: build
 
@@ -23,10 +23,11 @@ demo: build
 
 test: setup test-unit test-cluster
 
-# Unit, property, conformance and crash tests of every crate.
-test-unit:
+# Unit, property, conformance and crash tests of every crate; the
+# inference tests run the real ONNX Runtime on the PP-OCR models.
+test-unit: inference-runtime
 	$(CARGO) test --workspace --lib --bins
-	$(CARGO) test -p floe-storage -p floe-raft --test '*'
+	$(CARGO) test -p floe-storage -p floe-raft -p floe-inference --test '*'
 
 # Black-box cluster tests start several node processes each: one at a time.
 # python_worker.rs runs the Python example worker, hence its dependencies.
@@ -38,6 +39,16 @@ test-cluster: python-worker-deps
 python-worker-deps:
 	@python3 -c "import sys, importlib.metadata as m; pins = [l.split('==') for l in open('node/examples/python-worker/requirements.txt').read().split() if '==' in l]; sys.exit(any(m.version(n) != v for n, v in pins))" 2>/dev/null \
 	  || python3 -m pip install -q --disable-pip-version-check -r node/examples/python-worker/requirements.txt
+
+# ONNX Runtime 1.31.1 (from the onnxruntime wheel on PyPI), the PP-OCRv4
+# models (from the rapidocr-onnxruntime wheel) and a font for rendering test
+# pages, into .floe-runtime/. Quiet when they are already there.
+inference-runtime:
+	@bash inference/fetch-runtime.sh
+
+# Pools against calling ONNX Runtime directly, batching, warm vs cold, memory.
+bench-inference: inference-runtime
+	$(CARGO) run --release -p floe-inference --bin floe-inference-bench -- --seconds 3 --out bench-inference.md
 
 # Throughput, latency, failover and memory against etcd 3.4 (Debian's
 # etcd-server, installed here when missing). Prints a Markdown table and

@@ -38,6 +38,51 @@ pub enum Command {
     /// Runs of flows.
     #[command(subcommand)]
     Run(RunCommand),
+    /// Large payloads that runs refer to as {"$blob": "sha256:…"}.
+    #[command(subcommand)]
+    Blob(BlobCommand),
+    /// Cluster-wide concurrency limits per block type or per flow.
+    #[command(subcommand)]
+    Limit(LimitCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum LimitCommand {
+    /// At most LIMIT tasks of this block type (or of this flow's runs) placed at once.
+    Set {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// "block" or "flow".
+        scope: String,
+        name: String,
+        limit: u32,
+    },
+    /// Remove a limit.
+    Clear {
+        #[command(flatten)]
+        client: ClientArgs,
+        scope: String,
+        name: String,
+    },
+    /// Limits, and how many tasks each block type and flow has placed now.
+    List {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum BlobCommand {
+    /// Write a blob's bytes to stdout, or to a file.
+    Get {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// "sha256:<hex>" as a run shows it, or the bare hex digest.
+        address: String,
+        /// Write here instead of stdout.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -304,7 +349,63 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Kv(command) => kv(command).await,
         Command::Flow(command) => flow(command).await,
         Command::Run(command) => run_command(command).await,
+        Command::Blob(command) => blob(command).await,
+        Command::Limit(command) => limit(command).await,
     }
+}
+
+async fn limit(command: LimitCommand) -> anyhow::Result<()> {
+    match command {
+        LimitCommand::Set { client, scope, name, limit } => {
+            let mut conn = connect(&client).await?;
+            let request = api::SetLimitRequest { scope: scope.clone(), name: name.clone(), limit: Some(limit) };
+            conn.runs.set_limit(request).await.map_err(status_error)?;
+            eprintln!("{scope} {name}: at most {limit} tasks placed at once");
+        }
+        LimitCommand::Clear { client, scope, name } => {
+            let mut conn = connect(&client).await?;
+            let request = api::SetLimitRequest { scope: scope.clone(), name: name.clone(), limit: None };
+            conn.runs.set_limit(request).await.map_err(status_error)?;
+            eprintln!("{scope} {name}: no limit");
+        }
+        LimitCommand::List { client } => {
+            let mut conn = connect(&client).await?;
+            let reply = conn.runs.list_limits(api::ListLimitsRequest { consistency: consistency(false) }).await.map_err(status_error)?;
+            let limits = reply.into_inner().limits;
+            if client.json {
+                let rows: Vec<_> = limits
+                    .iter()
+                    .map(|l| serde_json::json!({"scope": l.scope, "name": l.name, "limit": l.limit, "active": l.active}))
+                    .collect();
+                print_json(serde_json::Value::Array(rows));
+            } else {
+                let rows: Vec<Vec<String>> = limits
+                    .iter()
+                    .map(|l| {
+                        let limit = l.limit.map_or_else(|| "-".to_string(), |limit| limit.to_string());
+                        vec![l.scope.clone(), l.name.clone(), limit, l.active.to_string()]
+                    })
+                    .collect();
+                print!("{}", table(&["SCOPE", "NAME", "LIMIT", "PLACED"], &rows));
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn blob(command: BlobCommand) -> anyhow::Result<()> {
+    match command {
+        BlobCommand::Get { client, address, out } => {
+            let mut conn = connect(&client).await?;
+            let reply = conn.blobs.get(api::GetBlobRequest { address }).await.map_err(status_error)?;
+            let data = reply.into_inner().data;
+            match out {
+                Some(path) => std::fs::write(&path, &data).map_err(|err| anyhow::anyhow!("writing {}: {err}", path.display()))?,
+                None => std::io::Write::write_all(&mut std::io::stdout(), &data)?,
+            }
+        }
+    }
+    Ok(())
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
+use crate::api::blobs_client::BlobsClient;
 use crate::api::cluster_client::ClusterClient;
 use crate::api::flows_client::FlowsClient;
 use crate::api::runs_client::RunsClient;
@@ -34,8 +35,12 @@ pub struct FloeClient {
     pub flows: FlowsClient<Channel>,
     pub runs: RunsClient<Channel>,
     pub workers: WorkersClient<Channel>,
+    pub blobs: BlobsClient<Channel>,
     pub endpoint: String,
 }
+
+/// Largest message a client accepts: a node's payload ceiling plus framing.
+const CLIENT_MESSAGE_LIMIT: usize = crate::config::MAX_PAYLOAD_CEILING as usize + 1024 * 1024;
 
 fn read(path: &Path, what: &str) -> anyhow::Result<Vec<u8>> {
     std::fs::read(path).map_err(|err| anyhow::anyhow!("{what} {}: {err}", path.display()))
@@ -67,8 +72,13 @@ impl FloeClient {
                         kv: KvClient::new(channel.clone()),
                         cluster: ClusterClient::new(channel.clone()),
                         flows: FlowsClient::new(channel.clone()),
-                        runs: RunsClient::new(channel.clone()),
-                        workers: WorkersClient::new(channel),
+                        runs: RunsClient::new(channel.clone())
+                            .max_decoding_message_size(CLIENT_MESSAGE_LIMIT)
+                            .max_encoding_message_size(CLIENT_MESSAGE_LIMIT),
+                        workers: WorkersClient::new(channel.clone())
+                            .max_decoding_message_size(CLIENT_MESSAGE_LIMIT)
+                            .max_encoding_message_size(CLIENT_MESSAGE_LIMIT),
+                        blobs: BlobsClient::new(channel).max_decoding_message_size(CLIENT_MESSAGE_LIMIT),
                         endpoint: endpoint.clone(),
                     })
                 }

@@ -43,13 +43,22 @@ pub struct RunsConfig {
     /// Finished runs (and their idempotency keys) are deleted, through the
     /// log, this long after they ended. Default: 7 days.
     pub retention_ms: u64,
+    /// A run input, signal payload or task output above this many bytes is
+    /// stored as a replicated blob and the run carries a reference. Default: 256 KiB.
+    pub inline_payload_bytes: u64,
+    /// Payloads above this are refused. Default: 16 MiB; at most 48 MiB
+    /// (a blob travels between nodes as one QUIC frame of at most 64 MiB).
+    pub max_payload_bytes: u64,
 }
 
 impl Default for RunsConfig {
     fn default() -> Self {
-        RunsConfig { retention_ms: 7 * 24 * 3600 * 1000 }
+        RunsConfig { retention_ms: 7 * 24 * 3600 * 1000, inline_payload_bytes: 256 * 1024, max_payload_bytes: 16 * 1024 * 1024 }
     }
 }
+
+/// The largest `runs.max_payload_bytes` accepted.
+pub const MAX_PAYLOAD_CEILING: u64 = 48 * 1024 * 1024;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -92,6 +101,9 @@ pub struct RaftTuning {
 pub struct StorageConfig {
     /// sled page cache; small on edge boxes.
     pub cache_capacity_bytes: u64,
+    /// A blob no record refers to is deleted once it is this old (the age
+    /// covers a blob stored for a write that has not committed yet). Default: 10 minutes.
+    pub blob_gc_grace_ms: u64,
 }
 
 impl Default for NodeConfig {
@@ -136,7 +148,7 @@ impl Default for RaftTuning {
 
 impl Default for StorageConfig {
     fn default() -> Self {
-        StorageConfig { cache_capacity_bytes: 32 * 1024 * 1024 }
+        StorageConfig { cache_capacity_bytes: 32 * 1024 * 1024, blob_gc_grace_ms: 10 * 60 * 1000 }
     }
 }
 
@@ -259,6 +271,15 @@ impl NodeConfig {
         }
         if self.runs.retention_ms < 1_000 {
             return invalid("runs.retention_ms", "must be at least 1000".into());
+        }
+        if self.runs.max_payload_bytes > MAX_PAYLOAD_CEILING {
+            return invalid("runs.max_payload_bytes", format!("must be at most {MAX_PAYLOAD_CEILING}"));
+        }
+        if self.runs.inline_payload_bytes > self.runs.max_payload_bytes {
+            return invalid("runs.inline_payload_bytes", "must not be above runs.max_payload_bytes".into());
+        }
+        if self.storage.blob_gc_grace_ms < 1_000 {
+            return invalid("storage.blob_gc_grace_ms", "must be at least 1000".into());
         }
         if self.storage.cache_capacity_bytes < 1024 * 1024 {
             return invalid("storage.cache_capacity_bytes", "must be at least 1048576 (1 MiB)".into());

@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 use crate::api;
+use crate::api::blobs_server::{Blobs, BlobsServer};
 use crate::api::cluster_server::{Cluster, ClusterServer};
 use crate::api::flows_server::{Flows, FlowsServer};
 use crate::api::kv_server::{Kv, KvServer};
@@ -24,12 +25,23 @@ pub async fn serve(node: Arc<Node>, material: TlsMaterial, cancel: CancellationT
     let tls = tonic::transport::ServerTlsConfig::new()
         .identity(tonic::transport::Identity::from_pem(material.cert_pem(), material.key_pem()))
         .client_ca_root(tonic::transport::Certificate::from_pem(material.ca_pem()));
+    // Payloads up to runs.max_payload_bytes, plus room for the message around them.
+    let message_limit = node.config.runs.max_payload_bytes as usize + 1024 * 1024;
     tonic::transport::Server::builder()
         .tls_config(tls)?
         .add_service(ClusterServer::new(ClusterApi { node: node.clone() }))
         .add_service(FlowsServer::new(FlowsApi { node: node.clone() }))
-        .add_service(RunsServer::new(RunsApi { node: node.clone() }))
-        .add_service(WorkersServer::new(WorkersApi { node: node.clone() }))
+        .add_service(
+            RunsServer::new(RunsApi { node: node.clone() })
+                .max_decoding_message_size(message_limit)
+                .max_encoding_message_size(message_limit),
+        )
+        .add_service(
+            WorkersServer::new(WorkersApi { node: node.clone() })
+                .max_decoding_message_size(message_limit)
+                .max_encoding_message_size(message_limit),
+        )
+        .add_service(BlobsServer::new(BlobsApi { node: node.clone() }).max_encoding_message_size(message_limit))
         .add_service(KvServer::new(KvApi { node }))
         .serve_with_shutdown(addr, cancel.cancelled_owned())
         .await
@@ -252,6 +264,20 @@ struct RunsApi {
     node: Arc<Node>,
 }
 
+struct BlobsApi {
+    node: Arc<Node>,
+}
+
+#[tonic::async_trait]
+impl Blobs for BlobsApi {
+    async fn get(&self, request: Request<api::GetBlobRequest>) -> Result<Response<api::GetBlobResponse>, Status> {
+        let address = request.into_inner().address;
+        let hash = address.strip_prefix("sha256:").unwrap_or(&address);
+        let data = self.node.load_blob(hash).await?;
+        Ok(Response::new(api::GetBlobResponse { data }))
+    }
+}
+
 fn run_json(run: &floe_engine::run::RunRecord) -> Result<Vec<u8>, Status> {
     serde_json::to_vec(run).map_err(|err| Status::internal(format!("encoding run {}: {err}", run.run_id)))
 }
@@ -335,6 +361,28 @@ impl Runs for RunsApi {
     }
 
     type WatchStream = tokio_stream::wrappers::ReceiverStream<Result<api::RunUpdate, Status>>;
+
+    async fn set_limit(&self, request: Request<api::SetLimitRequest>) -> Result<Response<api::SetLimitResponse>, Status> {
+        let request = request.into_inner();
+        let scope = crate::runs::parse_limit_scope(&request.scope)?;
+        self.node.set_limit(scope, &request.name, request.limit).await?;
+        Ok(Response::new(api::SetLimitResponse {}))
+    }
+
+    async fn list_limits(&self, request: Request<api::ListLimitsRequest>) -> Result<Response<api::ListLimitsResponse>, Status> {
+        let request = request.into_inner();
+        let limits = self.node.list_limits(linearizable(request.consistency)?).await?;
+        let limits = limits
+            .into_iter()
+            .map(|state| api::LimitInfo {
+                scope: state.scope.name().to_string(),
+                name: state.name,
+                limit: state.limit,
+                active: state.active,
+            })
+            .collect();
+        Ok(Response::new(api::ListLimitsResponse { limits }))
+    }
 
     async fn watch(&self, request: Request<api::WatchRunRequest>) -> Result<Response<Self::WatchStream>, Status> {
         let run_id = request.into_inner().run_id;

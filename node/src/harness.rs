@@ -630,6 +630,33 @@ fn signal(pid: u32, name: &str) -> anyhow::Result<()> {
 }
 
 /// A minimal HTTP/1.0 GET, enough for health and metrics on loopback.
+/// Polls a run until it leaves Running and returns its record (JSON).
+/// Reads that fail while the cluster is busy (a leader change, a slow
+/// quorum) are retried, as a client would; a missing run or the deadline
+/// is an error.
+pub async fn finished_run(client: &mut FloeClient, run_id: &str, timeout: Duration) -> anyhow::Result<serde_json::Value> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let request = api::GetRunRequest { run_id: run_id.into(), consistency: 0 };
+        match client.runs.get(request).await {
+            Ok(reply) => {
+                let run: serde_json::Value = serde_json::from_slice(&reply.into_inner().run)?;
+                if run["status"] != "Running" {
+                    return Ok(run);
+                }
+                if Instant::now() >= deadline {
+                    bail!("run {run_id} still running after {timeout:?}: {run:#}");
+                }
+            }
+            Err(status) if status.code() != tonic::Code::NotFound && Instant::now() < deadline => {
+                tracing::debug!(run_id, ?status, "reading a run failed; retrying");
+            }
+            Err(status) => bail!("reading run {run_id}: {status:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 pub async fn http_get(addr: &str, path: &str) -> anyhow::Result<(u16, String)> {
     let socket: SocketAddr = addr.parse()?;
     let attempt = async {

@@ -6,6 +6,7 @@ pub mod api {
     #![allow(clippy::all, missing_docs)]
     tonic::include_proto!("floe.v1");
 }
+pub mod blobs;
 pub mod bootstrap;
 pub mod cli;
 pub mod client;

@@ -317,6 +317,10 @@ fn validate_command(command: &Command) -> Result<(), ApiError> {
         | Command::UnassignTask { .. }
         | Command::PurgeRuns { .. }
         | Command::FireTimers { .. } => Ok(()),
+        Command::SetLimit { name, .. } if name.is_empty() || name.len() > 256 => {
+            Err(ApiError::InvalidArgument(format!("limit name {name:?} must be 1 to 256 bytes")))
+        }
+        Command::SetLimit { .. } => Ok(()),
         Command::Batch(_) => Err(ApiError::InvalidArgument("batches are formed by the leader, not sent to it".into())),
     }
 }

@@ -30,6 +30,10 @@ pub enum PeerRequest {
     LocalStatus,
     /// A node's worker capacity and load, for the leader's scheduler.
     Report(crate::scheduler::NodeReport),
+    /// Keep this blob (durably) before its reference is proposed.
+    BlobPut { hash: String, bytes: serde_bytes::ByteBuf },
+    /// Send this node's copy of a blob, if it has one.
+    BlobGet { hash: String },
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -40,6 +44,7 @@ pub enum PeerResponse {
     Membership { voters: Vec<NodeId>, learners: Vec<NodeId> },
     LocalStatus(LocalStatus),
     Ack,
+    Blob(Option<serde_bytes::ByteBuf>),
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -89,9 +94,19 @@ pub async fn call(
     request: &PeerRequest,
     timeout: Duration,
 ) -> Result<PeerResponse, ApiError> {
+    call_via(&node.peers, target, raft_addr, request, timeout).await
+}
+
+/// [`call`] for tasks that outlive a borrow of the node.
+pub async fn call_via(
+    peers: &floe_raft::Peers,
+    target: NodeId,
+    raft_addr: &str,
+    request: &PeerRequest,
+    timeout: Duration,
+) -> Result<PeerResponse, ApiError> {
     let payload = encode(request)?;
-    let reply = node
-        .peers
+    let reply = peers
         .call_app(target, raft_addr, payload, timeout)
         .await
         .map_err(|err| transport_error(target, err))?;
@@ -126,7 +141,10 @@ impl AppHandler for PeerApi {
 }
 
 async fn serve(node: &Node, from: PeerIdentity, request: PeerRequest) -> Result<PeerResponse, ApiError> {
-    tracing::debug!(?from, ?request, "peer request");
+    match &request {
+        PeerRequest::BlobPut { hash, bytes } => tracing::debug!(?from, blob = %hash, size = bytes.len(), "peer blob put"),
+        other => tracing::debug!(?from, request = ?other, "peer request"),
+    }
     // Forwarded requests are served locally only: a second hop could loop while
     // leadership moves, so a stale forward fails and the client retries.
     match request {
@@ -145,6 +163,10 @@ async fn serve(node: &Node, from: PeerIdentity, request: PeerRequest) -> Result<
         PeerRequest::Report(report) => {
             node.reports.record(report);
             Ok(PeerResponse::Ack)
+        }
+        PeerRequest::BlobPut { hash, bytes } => node.accept_blob(hash, bytes.into_vec()).await.map(|()| PeerResponse::Ack),
+        PeerRequest::BlobGet { hash } => {
+            node.local_blob(hash).await.map(|bytes| PeerResponse::Blob(bytes.map(serde_bytes::ByteBuf::from)))
         }
     }
 }

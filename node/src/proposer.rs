@@ -133,6 +133,7 @@ fn payload_bytes(command: &Command) -> usize {
         Command::PurgeRuns { run_ids, .. } => run_ids.iter().map(String::len).sum(),
         Command::FireTimers { timers, .. } => timers.iter().map(String::len).sum(),
         Command::Batch(commands) => commands.iter().map(payload_bytes).sum(),
+        Command::SetLimit { name, .. } => name.len() + 8,
     }
 }
 

@@ -3,31 +3,16 @@
 //! in the command; the state machine and the run engine do the rest.
 
 use floe_engine::run::{RunEvent, RunRecord, TaskFailure, TaskKey};
+use floe_storage::runs::{LimitScope, LimitState};
 use floe_storage::{Command, CommandResponse, RunFilter, RunPage};
 
 use crate::error::ApiError;
 use crate::service::Node;
 
-/// Largest run input, signal payload or task output accepted inline.
-pub const MAX_PAYLOAD_BYTES: usize = 256 * 1024;
-
 pub struct StartedRun {
     pub run_id: String,
     pub created: bool,
     pub version: u64,
-}
-
-fn parse_json(bytes: &[u8], what: &str) -> Result<serde_json::Value, ApiError> {
-    if bytes.len() > MAX_PAYLOAD_BYTES {
-        return Err(ApiError::InvalidArgument(format!(
-            "{what} is {} bytes; the limit is {MAX_PAYLOAD_BYTES}",
-            bytes.len()
-        )));
-    }
-    if bytes.is_empty() {
-        return Ok(serde_json::Value::Null);
-    }
-    serde_json::from_slice(bytes).map_err(|err| ApiError::InvalidArgument(format!("{what} is not JSON: {err}")))
 }
 
 fn new_run_id() -> String {
@@ -50,7 +35,7 @@ impl Node {
         correlation_id: &str,
         idempotency_key: &str,
     ) -> Result<StartedRun, ApiError> {
-        let input_value = parse_json(input, "run input")?;
+        let input_value = self.payload_value(input, "run input").await?;
         let flow_record = self.get_flow(flow, version, true).await?;
         let command = Command::StartRun {
             run_id: new_run_id(),
@@ -120,7 +105,7 @@ impl Node {
     }
 
     pub async fn signal_run(&self, run_id: &str, name: &str, payload: &[u8]) -> Result<(), ApiError> {
-        let payload = parse_json(payload, "signal payload")?;
+        let payload = self.payload_value(payload, "signal payload").await?;
         self.run_event(run_id, RunEvent::Signal { name: name.to_string(), payload }).await
     }
 
@@ -133,14 +118,48 @@ impl Node {
     ) -> Result<(), ApiError> {
         let run_id = key.run_id.clone();
         let event = match outcome {
-            Ok(output) => RunEvent::TaskCompleted { key, attempt, output: parse_json(output, "task output")? },
+            Ok(output) => RunEvent::TaskCompleted { key, attempt, output: self.payload_value(output, "task output").await? },
             Err(failure) => RunEvent::TaskFailed { key, attempt, failure },
         };
         self.run_event(&run_id, event).await
     }
 }
 
+/// "block" or "flow".
+pub fn parse_limit_scope(text: &str) -> Result<LimitScope, ApiError> {
+    match text {
+        "block" => Ok(LimitScope::Block),
+        "flow" => Ok(LimitScope::Flow),
+        other => Err(ApiError::InvalidArgument(format!("limit scope {other:?} is not \"block\" or \"flow\""))),
+    }
+}
+
 impl Node {
+    /// Sets (`Some`) or clears a cluster-wide concurrency limit.
+    pub async fn set_limit(&self, scope: LimitScope, name: &str, limit: Option<u32>) -> Result<(), ApiError> {
+        let valid_name = match scope {
+            LimitScope::Block => floe_engine::is_block_name(name),
+            LimitScope::Flow => floe_engine::is_flow_name(name),
+        };
+        if !valid_name {
+            return Err(ApiError::InvalidArgument(format!("{} name {name:?} is not valid", scope.name())));
+        }
+        if limit == Some(0) {
+            return Err(ApiError::InvalidArgument(format!(
+                "a limit of 0 would hold every task of {} {name} forever; clear the limit or pause its workers instead",
+                scope.name()
+            )));
+        }
+        self.write(Command::SetLimit { scope, name: name.to_string(), limit }).await.map(|_| ())
+    }
+
+    pub async fn list_limits(&self, linearizable: bool) -> Result<Vec<LimitState>, ApiError> {
+        if linearizable {
+            self.read_barrier().await?;
+        }
+        self.reader.limits().map_err(|err| ApiError::Internal(err.to_string()))
+    }
+
     /// An attempt lost with its worker or node: re-delivered as a new attempt.
     pub async fn task_lost(&self, key: TaskKey, attempt: u32, reason: String) -> Result<(), ApiError> {
         let run_id = key.run_id.clone();
@@ -172,13 +191,5 @@ mod tests {
         let key = TaskKey { run_id: "abc".into(), step_id: "a".into(), item: None };
         assert_eq!(parse_task_key(&floe_storage::runs::task_key_text(&key)).unwrap(), key);
         assert!(parse_task_key("nothing").is_err());
-    }
-
-    #[test]
-    fn payloads_are_limited_and_checked() {
-        assert_eq!(parse_json(b"", "x").unwrap(), serde_json::Value::Null);
-        assert!(parse_json(b"{", "run input").unwrap_err().to_string().contains("run input is not JSON"));
-        let big = vec![b' '; MAX_PAYLOAD_BYTES + 1];
-        assert!(parse_json(&big, "run input").unwrap_err().to_string().contains("limit"));
     }
 }

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use floe_storage::runs::task_key_text;
+use floe_storage::runs::{task_key_text, LimitScope, LimitState, TaskRecord};
 use floe_storage::{Command, NodeId};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
@@ -152,10 +152,11 @@ pub async fn schedule(node: Arc<Node>, cancel: CancellationToken) -> anyhow::Res
         let scanned = tokio::task::spawn_blocking(move || {
             let timers = reader.due_timers(now, BATCH)?;
             let ready = reader.ready_tasks(now, BATCH)?;
-            Ok::<_, floe_storage::StoreError>((timers, ready))
+            let limits = if ready.is_empty() { Vec::new() } else { reader.limits()? };
+            Ok::<_, floe_storage::StoreError>((timers, ready, limits))
         })
         .await;
-        let (timers, ready) = match scanned {
+        let (timers, ready, limits) = match scanned {
             Ok(Ok(found)) => found,
             Ok(Err(err)) => {
                 tracing::warn!(error = %err, "scheduler scan failed");
@@ -168,8 +169,13 @@ pub async fn schedule(node: Arc<Node>, cancel: CancellationToken) -> anyhow::Res
             writes.push(Command::FireTimers { timers, at_ms: now });
         }
         let mut reports = node.reports.fresh();
+        let mut headroom = Headroom::new(&limits);
         for task in ready {
+            if !headroom.allows(&task) {
+                continue;
+            }
             let Some(target) = pick_node(&reports, &task.spec.block) else { continue };
+            headroom.take(&task);
             if let Some(report) = reports.get_mut(&target) {
                 if let Some(slots) = report.free_slots.get_mut(&task.spec.block) {
                     *slots = slots.saturating_sub(1);
@@ -192,6 +198,42 @@ pub async fn schedule(node: Arc<Node>, cancel: CancellationToken) -> anyhow::Res
             }
         }
         expire_silent_nodes(&node).await;
+    }
+}
+
+/// What the concurrency limits leave for this pass: the state machine
+/// refuses a placement over a limit anyway; this keeps the leader from
+/// proposing ones it knows will be refused.
+struct Headroom {
+    left: BTreeMap<(LimitScope, String), u64>,
+}
+
+impl Headroom {
+    fn new(limits: &[LimitState]) -> Headroom {
+        let left = limits
+            .iter()
+            .filter_map(|state| {
+                let limit = u64::from(state.limit?);
+                Some(((state.scope, state.name.clone()), limit.saturating_sub(state.active)))
+            })
+            .collect();
+        Headroom { left }
+    }
+
+    fn scopes(task: &TaskRecord) -> [(LimitScope, String); 2] {
+        [(LimitScope::Block, task.spec.block.clone()), (LimitScope::Flow, task.flow.clone())]
+    }
+
+    fn allows(&self, task: &TaskRecord) -> bool {
+        Self::scopes(task).iter().all(|scope| self.left.get(scope).is_none_or(|left| *left > 0))
+    }
+
+    fn take(&mut self, task: &TaskRecord) {
+        for scope in Self::scopes(task) {
+            if let Some(left) = self.left.get_mut(&scope) {
+                *left = left.saturating_sub(1);
+            }
+        }
     }
 }
 
@@ -288,5 +330,36 @@ mod tests {
         let reports: BTreeMap<NodeId, NodeReport> =
             [(2, report(2, "a", 1, 0, 0.0)), (1, report(1, "a", 1, 0, 0.0))].into_iter().collect();
         assert_eq!(pick_node(&reports, "a"), Some(1));
+    }
+
+    fn task(block: &str, flow: &str, step: &str) -> TaskRecord {
+        let spec: floe_engine::run::TaskSpec = serde_json::from_value(serde_json::json!({
+            "key": {"run_id": "r", "step_id": step, "item": null},
+            "attempt": 1, "block": block, "input": null, "not_before_ms": 0,
+            "timeouts": {}
+        }))
+        .unwrap();
+        TaskRecord { spec, scheduled_at_ms: 0, assignment: None, flow: flow.to_string() }
+    }
+
+    #[test]
+    fn headroom_counts_down_per_block_and_per_flow() {
+        let limits = vec![
+            LimitState { scope: LimitScope::Block, name: "ocr".into(), limit: Some(3), active: 1 },
+            LimitState { scope: LimitScope::Flow, name: "intake".into(), limit: Some(1), active: 0 },
+            LimitState { scope: LimitScope::Block, name: "free".into(), limit: None, active: 9 },
+        ];
+        let mut headroom = Headroom::new(&limits);
+        let (first, second, third) = (task("ocr", "other", "a"), task("ocr", "other", "b"), task("ocr", "other", "c"));
+        for placed in [&first, &second] {
+            assert!(headroom.allows(placed));
+            headroom.take(placed);
+        }
+        assert!(!headroom.allows(&third), "block ocr: 1 active + 2 placed = its limit of 3");
+        let intake = task("classify", "intake", "d");
+        assert!(headroom.allows(&intake));
+        headroom.take(&intake);
+        assert!(!headroom.allows(&task("classify", "intake", "e")), "flow intake allows one");
+        assert!(headroom.allows(&task("free", "other", "f")), "no limit set");
     }
 }

@@ -25,6 +25,8 @@ pub struct Node {
     pub info: NodeInfo,
     pub raft: Raft,
     pub store: Store,
+    /// Large payloads and model artifacts, by content hash (see `blobs.rs`).
+    pub blobs: floe_storage::BlobStore,
     pub reader: StateReader,
     pub peers: Peers,
     pub fingerprint: String,
@@ -106,6 +108,8 @@ pub async fn serve(config: NodeConfig, cancel: CancellationToken) -> anyhow::Res
         .await?
         .with_context(|| format!("opening data dir {}", config.data_dir.display()))?;
     store.claim_identity(config.node_id, &fingerprint)?;
+    let blob_dir = config.data_dir.join("blobs");
+    let blobs = tokio::task::spawn_blocking(move || floe_storage::BlobStore::open(&blob_dir)).await??;
 
     let info = NodeInfo {
         raft_addr: config.advertised_raft_addr().to_string(),
@@ -149,6 +153,7 @@ pub async fn serve(config: NodeConfig, cancel: CancellationToken) -> anyhow::Res
         raft: raft.clone(),
         reader: store.reader(),
         store,
+        blobs,
         peers,
         fingerprint: fingerprint.clone(),
         metrics,
@@ -184,6 +189,7 @@ pub async fn serve(config: NodeConfig, cancel: CancellationToken) -> anyhow::Res
     tasks.spawn(crate::scheduler::report(node.clone(), cancel.clone()));
     tasks.spawn(crate::scheduler::schedule(node.clone(), cancel.clone()));
     tasks.spawn(crate::scheduler::retain(node.clone(), cancel.clone()));
+    tasks.spawn(crate::blobs::maintain(node.clone(), cancel.clone()));
     // Bootstrap ends on its own once the cluster exists; it is not a server.
     let bootstrap = (config.bootstrap.expect > 0).then(|| tokio::spawn(crate::bootstrap::run(node.clone(), cancel.clone())));
     tracing::info!(node_id = config.node_id, raft = %config.raft_addr, api = %config.api_addr, http = %config.http_addr, "node started");

@@ -128,7 +128,7 @@ impl WorkerRegistry {
     }
 
     /// Pushes `task` to the least busy worker serving its block; false when none has room.
-    fn push(&self, task: &TaskRecord) -> bool {
+    fn push(&self, task: &TaskRecord, input: Vec<u8>) -> bool {
         let text = task_key_text(&task.spec.key);
         let Ok(mut workers) = self.workers.lock() else { return false };
         let chosen = workers
@@ -142,7 +142,7 @@ impl WorkerRegistry {
             run_id: task.spec.key.run_id.clone(),
             step_id: task.spec.key.step_id.clone(),
             block: task.spec.block.clone(),
-            input: serde_json::to_vec(&task.spec.input).unwrap_or_else(|_| b"null".to_vec()),
+            input,
             item: task.spec.key.item.map_or(-1, i64::from),
             heartbeat_ms: task.spec.timeouts.heartbeat_ms.unwrap_or(0),
         };
@@ -152,6 +152,14 @@ impl WorkerRegistry {
         let heartbeat = task.spec.timeouts.heartbeat_ms.map(Duration::from_millis);
         worker.in_flight.insert(text, InFlight { attempt: task.spec.attempt, last_beat: std::time::Instant::now(), heartbeat });
         true
+    }
+
+    /// Whether a worker here serving `block` has a free slot now.
+    fn has_room(&self, block: &str) -> bool {
+        self.workers
+            .lock()
+            .map(|workers| workers.values().any(|worker| worker.blocks.contains(block) && worker.free() > 0))
+            .unwrap_or(false)
     }
 
     fn serves(&self, block: &str) -> bool {
@@ -339,8 +347,14 @@ pub async fn dispatch(node: Arc<Node>, cancel: CancellationToken) -> anyhow::Res
         let mut unserved_now = BTreeMap::new();
         for task in &placed {
             let text = task_key_text(&task.spec.key);
-            if node.workers.is_pushed(&text, task.spec.attempt) || node.workers.push(task) {
+            if node.workers.is_pushed(&text, task.spec.attempt) {
                 continue;
+            }
+            if node.workers.has_room(&task.spec.block) {
+                let Some(input) = worker_input(&node, task).await else { continue };
+                if node.workers.push(task, input) {
+                    continue;
+                }
             }
             if !node.workers.serves(&task.spec.block) {
                 unserved_now.insert(text, task.spec.attempt);
@@ -368,6 +382,31 @@ pub async fn dispatch(node: Arc<Node>, cancel: CancellationToken) -> anyhow::Res
             }
         }
     }
+}
+
+/// The task's input as a worker receives it: blob references resolved.
+/// When a referenced blob cannot be had, the attempt fails (retryable) with
+/// the reason, so the run's retry policy decides, instead of the task
+/// silently waiting here.
+async fn worker_input(node: &Node, task: &TaskRecord) -> Option<Vec<u8>> {
+    let input = serde_json::to_vec(&task.spec.input).unwrap_or_else(|_| b"null".to_vec());
+    if floe_storage::blobs::referenced_hashes(&input).is_empty() {
+        return Some(input);
+    }
+    let failure = match node.resolve_blobs(&task.spec.input).await {
+        Ok(resolved) => match serde_json::to_vec(&resolved) {
+            Ok(bytes) => return Some(bytes),
+            Err(err) => err.to_string(),
+        },
+        Err(err) => err.to_string(),
+    };
+    let text = task_key_text(&task.spec.key);
+    tracing::warn!(node_id = node.id, task = %text, attempt = task.spec.attempt, error = %failure, "task input not resolved");
+    let failure = TaskFailure { error: format!("input not available: {failure}"), retryable: true };
+    if let Err(err) = node.task_result(task.spec.key.clone(), task.spec.attempt, Err(failure)).await {
+        tracing::debug!(task = %text, error = %err, "failing the attempt was refused");
+    }
+    None
 }
 
 /// How long a task placed here may wait for a worker serving its block.

@@ -6,7 +6,7 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use floe_node::api;
 use floe_node::client::FloeClient;
@@ -57,18 +57,8 @@ async fn start(client: &mut FloeClient, input: &[u8]) -> String {
     client.runs.start(request).await.unwrap().into_inner().run_id
 }
 
-/// Polls until the run leaves Running; returns its record.
 async fn finished(client: &mut FloeClient, run_id: &str) -> Value {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let reply = client.runs.get(api::GetRunRequest { run_id: run_id.into(), consistency: 0 }).await.unwrap();
-        let run: Value = serde_json::from_slice(&reply.into_inner().run).unwrap();
-        if run["status"] != "Running" {
-            return run;
-        }
-        assert!(Instant::now() < deadline, "run {run_id} still running after {WAIT:?}: {run:#}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    floe_node::harness::finished_run(client, run_id, WAIT).await.unwrap()
 }
 
 /// Every error string in a run record: the run's and its attempts'.

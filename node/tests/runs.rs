@@ -31,9 +31,20 @@ async fn start(client: &mut FloeClient, flow: &str, input: Value, key: &str) -> 
     client.runs.start(request).await.unwrap().into_inner().run_id
 }
 
+/// Reads a run; a read that fails while the cluster is busy (a leader
+/// change, a slow quorum) is retried, as a client would.
 async fn get(client: &mut FloeClient, run_id: &str) -> Value {
-    let reply = client.runs.get(api::GetRunRequest { run_id: run_id.into(), consistency: 0 }).await.unwrap();
-    serde_json::from_slice(&reply.into_inner().run).unwrap()
+    let deadline = Instant::now() + WAIT;
+    loop {
+        match client.runs.get(api::GetRunRequest { run_id: run_id.into(), consistency: 0 }).await {
+            Ok(reply) => return serde_json::from_slice(&reply.into_inner().run).unwrap(),
+            Err(status) if status.code() != tonic::Code::NotFound && Instant::now() < deadline => {
+                eprintln!("reading run {run_id}: {status:?}; retrying");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(status) => panic!("reading run {run_id}: {status:?}"),
+        }
+    }
 }
 
 /// Polls until the run leaves Running; returns its record.

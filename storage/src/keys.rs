@@ -16,6 +16,10 @@
 //! - `taskq/<not before ms:020>/<task key>` → (empty) tasks waiting for a worker
 //! - `tasknode/<node:020>/<task key>`    → (empty) tasks assigned to a node
 //! - `timer/<due ms:020>/<timer key>`    → timer (JSON); `timerkey/<timer key>` → due ms
+//! - `limit/<block|flow>/<name>`        → u32 cluster-wide concurrency limit (JSON)
+//! - `active/<block|flow>/<name>`       → u64 tasks of it placed on nodes now (JSON)
+//! - `blobref/<sha256>/<owner>`          → (empty) a record that refers to a blob
+//!   (`run/<run id>`, `model/<name>/<version>`); a blob with no owner may be deleted
 
 pub(crate) const KV_PREFIX: &[u8] = b"kv/";
 const FLOW_DEF_PREFIX: &str = "flow/def/";
@@ -100,4 +104,30 @@ pub(crate) const RUN_FINISHED_PREFIX: &str = "runs/finished/";
 
 pub(crate) fn run_by_finished(finished_ms: u64, run_id: &str) -> Vec<u8> {
     format!("{RUN_FINISHED_PREFIX}{finished_ms:020}/{run_id}").into_bytes()
+}
+
+pub(crate) const BLOB_OWNER_PREFIX: &str = "blobref/";
+
+pub(crate) fn blob_owner(hash: &str, owner: &str) -> Vec<u8> {
+    format!("{BLOB_OWNER_PREFIX}{hash}/{owner}").into_bytes()
+}
+
+pub(crate) fn blob_owners_of(hash: &str) -> Vec<u8> {
+    format!("{BLOB_OWNER_PREFIX}{hash}/").into_bytes()
+}
+
+pub(crate) fn run_owner(run_id: &str) -> String {
+    format!("run/{run_id}")
+}
+
+pub(crate) const LIMIT_PREFIX: &str = "limit/";
+
+pub(crate) fn limit(scope: &str, name: &str) -> Vec<u8> {
+    format!("{LIMIT_PREFIX}{scope}/{name}").into_bytes()
+}
+
+pub(crate) const ACTIVE_PREFIX: &str = "active/";
+
+pub(crate) fn active_count(scope: &str, name: &str) -> Vec<u8> {
+    format!("{ACTIVE_PREFIX}{scope}/{name}").into_bytes()
 }

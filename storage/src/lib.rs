@@ -12,6 +12,7 @@
 //! [`Store`] hands out the openraft storage halves ([`LogStore`],
 //! [`StateMachineStore`]) and a read handle for the API ([`StateReader`]).
 
+pub mod blobs;
 pub mod codec;
 mod error;
 mod group_commit;
@@ -28,6 +29,7 @@ mod state_machine;
 mod store;
 pub mod types;
 
+pub use blobs::{BlobRef, BlobStore};
 pub use error::StoreError;
 pub use log_store::LogStore;
 pub use metrics::{FlushHistogram, FlushStats, FLUSH_BUCKETS_SECONDS};

@@ -15,7 +15,7 @@ use crate::keys;
 use crate::error::StoreError;
 use crate::state_machine::{read_applied_state, read_tombstones};
 use crate::store::{data_tree_name, Shared};
-use crate::runs::TaskRecord;
+use crate::runs::{LimitScope, LimitState, TaskRecord};
 use crate::types::{FlowRecord, KvEntry, LogId, NodeId, StoredMembership};
 use floe_engine::run::RunRecord;
 
@@ -300,6 +300,78 @@ impl StateReader {
             timers.push(String::from_utf8_lossy(&key[keys::TIMER_PREFIX.len() + 21..]).into_owned());
         }
         Ok(timers)
+    }
+
+    /// Every concurrency limit and every block or flow with tasks placed now.
+    pub fn limits(&self) -> Result<Vec<LimitState>, StoreError> {
+        let state = self.shared.read_active();
+        let tree_name = data_tree_name(state.generation);
+        let mut found: std::collections::BTreeMap<(LimitScope, String), LimitState> = Default::default();
+        for (prefix, is_limit) in [(keys::LIMIT_PREFIX, true), (keys::ACTIVE_PREFIX, false)] {
+            for item in state.data.scan_prefix(prefix.as_bytes()) {
+                let (key, bytes) = item.map_err(|error| StoreError::sled(format!("scan {tree_name} limits"), error))?;
+                let rest = String::from_utf8_lossy(&key[prefix.len()..]).into_owned();
+                let Some((scope, name)) = rest.split_once('/') else { continue };
+                let scope = match scope {
+                    "block" => LimitScope::Block,
+                    "flow" => LimitScope::Flow,
+                    _ => continue,
+                };
+                let what = format!("{tree_name} {rest}");
+                let json: Vec<u8> = codec::decode(|| what.clone(), &bytes)?;
+                let entry = found.entry((scope, name.to_string())).or_insert_with(|| LimitState {
+                    scope,
+                    name: name.to_string(),
+                    limit: None,
+                    active: 0,
+                });
+                let parse_error = |err: serde_json::Error| StoreError::Json { record: what.clone(), reason: err.to_string() };
+                if is_limit {
+                    entry.limit = Some(serde_json::from_slice(&json).map_err(parse_error)?);
+                } else {
+                    entry.active = serde_json::from_slice(&json).map_err(parse_error)?;
+                }
+            }
+        }
+        Ok(found.into_values().collect())
+    }
+
+    /// Whether any record still refers to blob `hash`.
+    pub fn blob_is_referenced(&self, hash: &str) -> Result<bool, StoreError> {
+        let state = self.shared.read_active();
+        let first = state.data.scan_prefix(keys::blob_owners_of(hash)).next();
+        match first {
+            Some(Err(error)) => Err(StoreError::sled(format!("scan {} blob owners", data_tree_name(state.generation)), error)),
+            Some(Ok(_)) => Ok(true),
+            None => Ok(false),
+        }
+    }
+
+    /// Referenced blob hashes after `start_after`, in order, at most `limit`
+    /// (for the repair loop, which walks them in pages).
+    pub fn referenced_blobs(&self, start_after: Option<&str>, limit: usize) -> Result<Vec<String>, StoreError> {
+        let state = self.shared.read_active();
+        let tree_name = data_tree_name(state.generation);
+        let start = match start_after {
+            // '0' follows '/': this skips every owner of `hash` and nothing else.
+            Some(hash) => format!("{}{hash}0", keys::BLOB_OWNER_PREFIX).into_bytes(),
+            None => keys::BLOB_OWNER_PREFIX.as_bytes().to_vec(),
+        };
+        let end = format!("{}~", keys::BLOB_OWNER_PREFIX).into_bytes();
+        let mut hashes: Vec<String> = Vec::new();
+        for item in state.data.range(start..end) {
+            let (key, _) = item.map_err(|error| StoreError::sled(format!("scan {tree_name} blob owners"), error))?;
+            let rest = &key[keys::BLOB_OWNER_PREFIX.len()..];
+            let Some(hash) = rest.split(|byte| *byte == b'/').next() else { continue };
+            let hash = String::from_utf8_lossy(hash).into_owned();
+            if hashes.last() != Some(&hash) {
+                if hashes.len() >= limit {
+                    break;
+                }
+                hashes.push(hash);
+            }
+        }
+        Ok(hashes)
     }
 
     /// Whether `node_id` was removed for good.

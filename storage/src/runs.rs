@@ -16,6 +16,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use sled::transaction::TransactionalTree;
 
+use crate::blobs;
 use crate::codec;
 use crate::error::StoreError;
 use crate::keys;
@@ -36,6 +37,35 @@ pub struct TaskRecord {
     pub spec: TaskSpec,
     pub scheduled_at_ms: u64,
     pub assignment: Option<Assignment>,
+    /// The run's flow, for per-flow concurrency limits.
+    #[serde(default)]
+    pub flow: String,
+}
+
+/// What a concurrency limit applies to: every task of a block type, or
+/// every task of a flow's runs, across the whole cluster.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum LimitScope {
+    Block,
+    Flow,
+}
+
+impl LimitScope {
+    pub fn name(self) -> &'static str {
+        match self {
+            LimitScope::Block => "block",
+            LimitScope::Flow => "flow",
+        }
+    }
+}
+
+/// A limit and how many tasks it covers are placed on nodes right now.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LimitState {
+    pub scope: LimitScope,
+    pub name: String,
+    pub limit: Option<u32>,
+    pub active: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -69,11 +99,15 @@ impl RunTx<'_> {
     }
 
     fn put_json<T: Serialize>(&self, key: Vec<u8>, value: &T, what: &str) -> Result<(), TxError> {
-        let json = serde_json::to_vec(value)
-            .map_err(|err| abort(StoreError::Json { record: format!("{} {what}", self.tree_name), reason: err.to_string() }))?;
+        self.put_json_bytes(key, value, what).map(|_| ())
+    }
+
+    /// Stores `value`; hands back its JSON so callers can index what it holds.
+    fn put_json_bytes<T: Serialize>(&self, key: Vec<u8>, value: &T, what: &str) -> Result<Vec<u8>, TxError> {
+        let json = to_json(value, self.tree_name, what)?;
         let bytes = codec::encode(|| format!("{} {what}", self.tree_name), &json).map_err(abort)?;
         self.data.insert(key, bytes)?;
-        Ok(())
+        Ok(json)
     }
 
     fn mark(&self, key: Vec<u8>) -> Result<(), TxError> {
@@ -109,7 +143,11 @@ impl RunTx<'_> {
     /// Stores the record and moves its status and finish-time index entries
     /// from `previous` (status, finish time) when they changed.
     fn save_run(&self, record: &RunRecord, previous: Option<(RunStatus, Option<u64>)>) -> Result<(), TxError> {
-        self.put_json(keys::run(&record.run_id), record, &format!("run {}", record.run_id))?;
+        let json = self.put_json_bytes(keys::run(&record.run_id), record, &format!("run {}", record.run_id))?;
+        // A run holds its blobs until it is purged: references only ever get added.
+        for hash in blobs::referenced_hashes(&json) {
+            self.mark(keys::blob_owner(&hash, &keys::run_owner(&record.run_id)))?;
+        }
         let (previous_status, previous_finished) = match previous {
             Some((status, finished)) => (Some(status), finished),
             None => (None, None),
@@ -145,6 +183,10 @@ impl RunTx<'_> {
         if let Some(finished) = record.finished_at_ms {
             self.data.remove(keys::run_by_finished(finished, run_id))?;
         }
+        let json = to_json(record, self.tree_name, &format!("run {run_id}"))?;
+        for hash in blobs::referenced_hashes(&json) {
+            self.data.remove(keys::blob_owner(&hash, &keys::run_owner(run_id)))?;
+        }
         if !record.idempotency_key.is_empty() {
             // Only if the key still names this run.
             if self.data.get(keys::idempotency(&record.idempotency_key))?.as_deref() == Some(run_id.as_bytes()) {
@@ -153,6 +195,11 @@ impl RunTx<'_> {
         }
         Ok(())
     }
+}
+
+fn to_json<T: Serialize>(value: &T, tree_name: &str, what: &str) -> Result<Vec<u8>, TxError> {
+    serde_json::to_vec(value)
+        .map_err(|err| abort(StoreError::Json { record: format!("{tree_name} {what}"), reason: err.to_string() }))
 }
 
 pub fn status_name(status: RunStatus) -> &'static str {
@@ -339,6 +386,7 @@ fn assign_task(tx: &RunTx<'_>, key: &TaskKey, attempt: u32, node: u64, worker: &
         tx.data.remove(keys::task_on_node(previous.node, &text))?;
     } else {
         tx.data.remove(keys::task_queue(task.spec.not_before_ms, &text))?;
+        count_placed(tx, &task, 1)?;
     }
     task.assignment = Some(Assignment { node, worker: worker.to_string(), at_ms });
     tx.put_json(keys::task(&text), &task, &format!("task {text}"))?;
@@ -360,11 +408,67 @@ fn remove_task(tx: &RunTx<'_>, key: &TaskKey) -> Result<(), TxError> {
         return Ok(());
     };
     match &task.assignment {
-        Some(assignment) => tx.data.remove(keys::task_on_node(assignment.node, &text))?,
-        None => tx.data.remove(keys::task_queue(task.spec.not_before_ms, &text))?,
+        Some(assignment) => {
+            tx.data.remove(keys::task_on_node(assignment.node, &text))?;
+            count_placed(tx, &task, -1)?;
+        }
+        None => {
+            tx.data.remove(keys::task_queue(task.spec.not_before_ms, &text))?;
+        }
     };
     tx.data.remove(keys::task(&text))?;
     Ok(())
+}
+
+/// Moves the placed-task counters of the task's block and flow by `delta`.
+fn count_placed(tx: &RunTx<'_>, task: &TaskRecord, delta: i64) -> Result<(), TxError> {
+    let mut scopes = vec![(LimitScope::Block, task.spec.block.as_str())];
+    if !task.flow.is_empty() {
+        scopes.push((LimitScope::Flow, task.flow.as_str()));
+    }
+    for (scope, name) in scopes {
+        let key = keys::active_count(scope.name(), name);
+        let current: u64 = tx.get_json(&key, &format!("{} {name} placed count", scope.name()))?.unwrap_or(0);
+        let next = current.saturating_add_signed(delta);
+        debug_assert!(delta >= 0 || current > 0, "a placed-task counter went below zero");
+        if next == 0 {
+            tx.data.remove(key)?;
+        } else {
+            tx.put_json(key, &next, &format!("{} {name} placed count", scope.name()))?;
+        }
+    }
+    Ok(())
+}
+
+/// The first limit that placing `task` would exceed, as a refusal reason.
+fn limit_reached(tx: &RunTx<'_>, task: &TaskRecord) -> Result<Option<String>, TxError> {
+    let mut scopes = vec![(LimitScope::Block, task.spec.block.as_str())];
+    if !task.flow.is_empty() {
+        scopes.push((LimitScope::Flow, task.flow.as_str()));
+    }
+    for (scope, name) in scopes {
+        let what = format!("{} {name}", scope.name());
+        let Some(limit) = tx.get_json::<u32>(&keys::limit(scope.name(), name), &format!("{what} limit"))? else { continue };
+        let active: u64 = tx.get_json(&keys::active_count(scope.name(), name), &format!("{what} placed count"))?.unwrap_or(0);
+        if active >= u64::from(limit) {
+            return Ok(Some(format!("{what} is at its concurrency limit ({active} of {limit} placed)")));
+        }
+    }
+    Ok(None)
+}
+
+/// Sets (or with `None` clears) a cluster-wide concurrency limit. Tasks
+/// placed already keep running; a lowered limit holds new placements back
+/// until enough of them finish.
+pub(crate) fn set_limit(tx: &RunTx<'_>, scope: LimitScope, name: &str, limit: Option<u32>) -> Result<CommandResponse, TxError> {
+    let key = keys::limit(scope.name(), name);
+    match limit {
+        Some(limit) => tx.put_json(key, &limit, &format!("{} {name} limit", scope.name()))?,
+        None => {
+            tx.data.remove(key)?;
+        }
+    }
+    Ok(CommandResponse::Applied)
 }
 
 fn apply_effects(
@@ -381,7 +485,7 @@ fn apply_effects(
                 remove_task(tx, &spec.key)?;
                 let text = task_key_text(&spec.key);
                 tx.mark(keys::task_queue(spec.not_before_ms, &text))?;
-                let task = TaskRecord { spec, scheduled_at_ms: at_ms, assignment: None };
+                let task = TaskRecord { spec, scheduled_at_ms: at_ms, assignment: None, flow: record.flow.clone() };
                 tx.put_json(keys::task(&text), &task, &format!("task {text}"))?;
             }
             Effect::CancelTask { key } => remove_task(tx, &key)?,
@@ -471,6 +575,11 @@ pub(crate) fn assign(
             reason: format!("stale attempt {attempt} for {task}: the current attempt is {}", record.spec.attempt),
         });
     }
+    if record.assignment.is_none() {
+        if let Some(reason) = limit_reached(tx, &record)? {
+            return Ok(CommandResponse::RunRejected { reason: format!("task {task} not placed: {reason}") });
+        }
+    }
     let event = RunEvent::TaskStarted { key: record.spec.key.clone(), attempt, node, worker: worker.to_string() };
     run_event(tx, &record.spec.key.run_id.clone(), event, at_ms)
 }
@@ -506,6 +615,7 @@ pub(crate) fn unassign(tx: &RunTx<'_>, task: &str, attempt: u32, at_ms: u64) -> 
         });
     }
     tx.data.remove(keys::task_on_node(assignment.node, task))?;
+    count_placed(tx, &record, -1)?;
     record.spec.not_before_ms = at_ms;
     tx.mark(keys::task_queue(at_ms, task))?;
     tx.put_json(keys::task(task), &record, &format!("task {task}"))?;

@@ -163,6 +163,7 @@ fn apply_command(
         Command::FireTimers { timers, at_ms } => runs::fire_timers(&runs, timers, *at_ms),
         Command::UnassignTask { task, attempt, at_ms } => runs::unassign(&runs, task, *attempt, *at_ms),
         Command::PurgeRuns { run_ids, finished_before_ms } => runs::purge_runs(&runs, run_ids, *finished_before_ms),
+        Command::SetLimit { scope, name, limit } => runs::set_limit(&runs, *scope, name, *limit),
         Command::KvPut { key, value } => {
             let entry = KvEntry {
                 value: value.clone(),

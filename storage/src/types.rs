@@ -83,6 +83,10 @@ pub enum Command {
     /// Several client commands proposed as one entry (proposal batching),
     /// applied in order; they share the entry's log index as revision.
     Batch(Vec<Command>),
+    /// Sets (`Some`) or clears (`None`) a cluster-wide concurrency limit:
+    /// at most `limit` tasks of the block type or flow placed at once.
+    /// (Appended last: a variant's position is its encoding in the log.)
+    SetLimit { scope: crate::runs::LimitScope, name: String, limit: Option<u32> },
 }
 
 impl fmt::Display for Command {
@@ -100,6 +104,7 @@ impl fmt::Display for Command {
             Command::FireTimers { timers, .. } => write!(f, "fire {} timers", timers.len()),
             Command::UnassignTask { task, attempt, .. } => write!(f, "unassign-task {task}#{attempt}"),
             Command::PurgeRuns { run_ids, .. } => write!(f, "purge {} runs", run_ids.len()),
+            Command::SetLimit { scope, name, limit } => write!(f, "set-limit {} {name} {limit:?}", scope.name()),
         }
     }
 }

@@ -125,7 +125,13 @@ class Worker:
             private_key=read(args.key),
             certificate_chain=read(args.cert),
         )
-        self.options = [("grpc.ssl_target_name_override", "api.floe")]
+        # Task inputs and outputs may be as large as the cluster's
+        # runs.max_payload_bytes (16 MiB by default), above gRPC's 4 MiB default.
+        self.options = [
+            ("grpc.ssl_target_name_override", "api.floe"),
+            ("grpc.max_receive_message_length", 49 * 1024 * 1024),
+            ("grpc.max_send_message_length", 49 * 1024 * 1024),
+        ]
 
     def shutdown(self, signum=None, _frame=None):
         if signum is not None:

@@ -1,0 +1,29 @@
+//! floe-inference: warm ONNX Runtime model replicas ("pools") that every workflow on
+//! a node shares, with dynamic batching, bounded queues, GPU fractions, and the
+//! PP-OCR pipeline built on them.
+//!
+//! - `runtime`: load ONNX Runtime once per process (`OrtRuntime::load`).
+//! - `signature`: what a model takes and returns (`inspect_model`).
+//! - `tensor`: `Tensor`, the wire type for inputs and outputs.
+//! - `pool`: `Pool::start` → `PoolHandle::infer`; `batcher` merges and splits batches.
+//! - `gpu`: GPU inventory and fractional allocation.
+//! - `ocr`: PP-OCRv4 pre/post-processing and `OcrPipeline`.
+
+mod batcher;
+pub mod error;
+pub mod gpu;
+pub mod memory;
+pub mod ocr;
+pub mod pool;
+pub mod runtime;
+pub mod session;
+pub mod signature;
+pub mod tensor;
+
+pub use error::{Error, Result};
+pub use gpu::{GpuAllocator, GpuDevice, GpuError, GpuFraction, GpuInventory, GpuLease, GpuUsage};
+pub use pool::{Pool, PoolHandle, PoolOptions, PoolStats};
+pub use runtime::{DevRuntimeFiles, OrtRuntime};
+pub use session::{Device, SessionConfig};
+pub use signature::{inspect_model, Dim, ModelSignature, TensorSpec};
+pub use tensor::{DType, Element, Tensor, TensorError, TensorMap};

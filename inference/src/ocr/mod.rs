@@ -1,0 +1,16 @@
+//! PP-OCR (v4 det and rec, mobile v2 cls) as pure functions over images and
+//! tensors, so each model step can go through a `PoolHandle`, and `OcrPipeline`,
+//! which chains them.
+
+pub mod crop;
+pub mod ctc;
+pub mod detect;
+pub mod pipeline;
+pub mod preprocess;
+pub mod render;
+
+pub use ctc::{ctc_greedy_decode, Charset, Decoded};
+pub use detect::{extract_boxes, DetPostprocess, TextBox};
+pub use pipeline::{OcrLine, OcrOptions, OcrPipeline};
+pub use preprocess::{cls_input, det_input, rec_input, rec_width, DetInput, DetPreprocess};
+pub use render::{render_text_line, stack_lines};

@@ -1,0 +1,329 @@
+//! Large payloads as replicated, content-addressed blobs.
+//!
+//! A payload over `runs.inline_payload_bytes` is stored here and the run
+//! carries a `{"$blob": "sha256:…", "size": N}` reference instead. Before the
+//! command holding that reference is proposed, the blob is durable on a
+//! majority of voters (this node counts as one), so a committed reference can
+//! always be resolved while a majority lives. The other voters get it in the
+//! background, and every node's repair loop fetches referenced blobs it
+//! lacks; blobs that no record refers to any more are deleted after a grace
+//! period (they may belong to a write still on its way through the log).
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use floe_storage::blobs::BlobRef;
+use floe_storage::NodeId;
+use futures::stream::{FuturesUnordered, StreamExt};
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::ApiError;
+use crate::peer_api::{self, PeerRequest, PeerResponse};
+use crate::service::Node;
+
+/// How long pushing one blob to one peer may take, plus a share per MiB.
+const BLOB_TIMEOUT_BASE: Duration = Duration::from_secs(5);
+const BLOB_TIMEOUT_PER_MIB: Duration = Duration::from_millis(200);
+/// How often each node sweeps unreferenced blobs and fetches missing ones.
+const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(30);
+/// Referenced blobs checked per maintenance pass.
+const REPAIR_PAGE: usize = 1_000;
+
+fn blob_timeout(size: usize) -> Duration {
+    BLOB_TIMEOUT_BASE + BLOB_TIMEOUT_PER_MIB * (size / (1024 * 1024)) as u32
+}
+
+fn blocking_error(err: tokio::task::JoinError) -> ApiError {
+    ApiError::Internal(format!("blob store thread: {err}"))
+}
+
+impl Node {
+    /// Parses a client's or worker's JSON payload; one over the inline limit
+    /// becomes a replicated blob and the returned value is its reference.
+    pub async fn payload_value(&self, bytes: &[u8], what: &str) -> Result<Value, ApiError> {
+        let (value, inline) = check_payload(bytes, what, &self.config.runs)?;
+        if inline {
+            return Ok(value);
+        }
+        let blob = self.store_blob(bytes.to_vec()).await?;
+        tracing::debug!(node_id = self.id, blob = %blob.hash, size = blob.size, what, "payload stored as a blob");
+        Ok(blob.to_json())
+    }
+
+    /// Stores `bytes` here and on a majority of voters; returns once they
+    /// hold it durably. The remaining voters are served in the background.
+    pub async fn store_blob(&self, bytes: Vec<u8>) -> Result<BlobRef, ApiError> {
+        let blobs = self.blobs.clone();
+        let bytes = Arc::new(bytes);
+        let local_bytes = bytes.clone();
+        let blob = tokio::task::spawn_blocking(move || blobs.put(&local_bytes))
+            .await
+            .map_err(blocking_error)?
+            .map_err(|err| ApiError::Internal(err.to_string()))?;
+
+        let (nodes, voters) = self.members();
+        let others: Vec<(NodeId, String)> = voters
+            .iter()
+            .filter(|id| **id != self.id)
+            .filter_map(|id| nodes.get(id).map(|info| (*id, info.raft_addr.clone())))
+            .collect();
+        let quorum = voters.len() / 2 + 1;
+        let local_copies = usize::from(voters.contains(&self.id));
+        let mut needed = quorum.saturating_sub(local_copies);
+
+        let mut pushes: FuturesUnordered<_> = others
+            .into_iter()
+            .map(|(peer, raft_addr)| {
+                let request = PeerRequest::BlobPut { hash: blob.hash.clone(), bytes: serde_bytes::ByteBuf::from(bytes.to_vec()) };
+                let timeout = blob_timeout(bytes.len());
+                let peers = self.peers.clone();
+                async move {
+                    let outcome = peer_api::call_via(&peers, peer, &raft_addr, &request, timeout).await;
+                    (peer, outcome)
+                }
+            })
+            .collect();
+        let mut failures = Vec::new();
+        while needed > 0 {
+            let Some((peer, outcome)) = pushes.next().await else { break };
+            match outcome {
+                Ok(_) => needed -= 1,
+                Err(err) => {
+                    tracing::warn!(node_id = self.id, peer, blob = %blob.hash, error = %err, "blob not stored on peer");
+                    failures.push(format!("node {peer}: {err}"));
+                }
+            }
+        }
+        if needed > 0 {
+            return Err(ApiError::Unavailable(format!(
+                "blob {} ({} bytes) reached too few voters ({quorum} needed): {}",
+                blob.hash,
+                blob.size,
+                failures.join("; ")
+            )));
+        }
+        if !pushes.is_empty() {
+            let hash = blob.hash.clone();
+            tokio::spawn(async move {
+                while let Some((peer, outcome)) = pushes.next().await {
+                    if let Err(err) = outcome {
+                        // The peer's repair loop fetches it once the reference commits.
+                        tracing::debug!(peer, blob = %hash, error = %err, "background blob copy failed");
+                    }
+                }
+            });
+        }
+        Ok(blob)
+    }
+
+    /// The blob's bytes, from this node or, when missing here, from a peer
+    /// (then kept here too).
+    pub async fn load_blob(&self, hash: &str) -> Result<Vec<u8>, ApiError> {
+        if !floe_storage::blobs::is_hash(hash) {
+            return Err(ApiError::InvalidArgument(format!("{hash:?} is not a sha256 blob address")));
+        }
+        let blobs = self.blobs.clone();
+        let wanted = hash.to_string();
+        let local = tokio::task::spawn_blocking(move || blobs.get(&wanted))
+            .await
+            .map_err(blocking_error)?
+            .map_err(|err| ApiError::Internal(err.to_string()))?;
+        if let Some(bytes) = local {
+            return Ok(bytes);
+        }
+        self.fetch_blob(hash).await
+    }
+
+    async fn fetch_blob(&self, hash: &str) -> Result<Vec<u8>, ApiError> {
+        let (nodes, _) = self.members();
+        let mut problems = Vec::new();
+        for (peer, info) in nodes.iter().filter(|(id, _)| **id != self.id) {
+            let request = PeerRequest::BlobGet { hash: hash.to_string() };
+            match peer_api::call(self, *peer, &info.raft_addr, &request, blob_timeout(64 * 1024 * 1024)).await {
+                Ok(PeerResponse::Blob(Some(bytes))) => {
+                    let blobs = self.blobs.clone();
+                    let expected = hash.to_string();
+                    let bytes = bytes.into_vec();
+                    let stored = tokio::task::spawn_blocking(move || blobs.put_expecting(&expected, &bytes).map(|_| bytes))
+                        .await
+                        .map_err(blocking_error)?;
+                    match stored {
+                        Ok(bytes) => return Ok(bytes),
+                        Err(err) => problems.push(format!("node {peer}: {err}")),
+                    }
+                }
+                Ok(PeerResponse::Blob(None)) => problems.push(format!("node {peer}: not there")),
+                Ok(other) => problems.push(format!("node {peer}: unexpected answer {other:?}")),
+                Err(err) => problems.push(format!("node {peer}: {err}")),
+            }
+        }
+        Err(ApiError::NotFound(format!("blob sha256:{hash} is on no reachable node ({})", problems.join("; "))))
+    }
+
+    /// `value` with every blob reference replaced by the JSON it stands for
+    /// (what workers receive: they never see references).
+    pub async fn resolve_blobs(&self, value: &Value) -> Result<Value, ApiError> {
+        if let Some(blob) = BlobRef::from_json(value) {
+            let bytes = self.load_blob(&blob.hash).await?;
+            return serde_json::from_slice(&bytes)
+                .map_err(|err| ApiError::Internal(format!("blob sha256:{} is not JSON: {err}", blob.hash)));
+        }
+        match value {
+            Value::Array(items) => {
+                let mut resolved = Vec::with_capacity(items.len());
+                for item in items {
+                    resolved.push(Box::pin(self.resolve_blobs(item)).await?);
+                }
+                Ok(Value::Array(resolved))
+            }
+            Value::Object(fields) => {
+                let mut resolved = serde_json::Map::with_capacity(fields.len());
+                for (name, field) in fields {
+                    resolved.insert(name.clone(), Box::pin(self.resolve_blobs(field)).await?);
+                }
+                Ok(Value::Object(resolved))
+            }
+            other => Ok(other.clone()),
+        }
+    }
+
+    /// Serves a peer's copy of a blob.
+    pub async fn accept_blob(&self, hash: String, bytes: Vec<u8>) -> Result<(), ApiError> {
+        if bytes.len() as u64 > crate::config::MAX_PAYLOAD_CEILING {
+            return Err(ApiError::InvalidArgument(format!("blob {hash} is {} bytes; too large", bytes.len())));
+        }
+        let blobs = self.blobs.clone();
+        tokio::task::spawn_blocking(move || blobs.put_expecting(&hash, &bytes))
+            .await
+            .map_err(blocking_error)?
+            .map(|_| ())
+            .map_err(|err| ApiError::InvalidArgument(err.to_string()))
+    }
+
+    /// This node's copy of a blob, for a peer.
+    pub async fn local_blob(&self, hash: String) -> Result<Option<Vec<u8>>, ApiError> {
+        let blobs = self.blobs.clone();
+        tokio::task::spawn_blocking(move || blobs.get(&hash))
+            .await
+            .map_err(blocking_error)?
+            .map_err(|err| ApiError::Internal(err.to_string()))
+    }
+}
+
+/// Parses a payload within the limits; the flag says whether it may stay inline.
+pub fn check_payload(bytes: &[u8], what: &str, limits: &crate::config::RunsConfig) -> Result<(Value, bool), ApiError> {
+    if bytes.len() as u64 > limits.max_payload_bytes {
+        return Err(ApiError::InvalidArgument(format!(
+            "{what} is {} bytes; the limit is {} (runs.max_payload_bytes)",
+            bytes.len(),
+            limits.max_payload_bytes
+        )));
+    }
+    if bytes.is_empty() {
+        return Ok((Value::Null, true));
+    }
+    let value: Value =
+        serde_json::from_slice(bytes).map_err(|err| ApiError::InvalidArgument(format!("{what} is not JSON: {err}")))?;
+    Ok((value, bytes.len() as u64 <= limits.inline_payload_bytes))
+}
+
+/// Deletes unreferenced blobs past their grace and fetches referenced ones
+/// this node lacks, every [`MAINTENANCE_INTERVAL`].
+pub async fn maintain(node: Arc<Node>, cancel: CancellationToken) -> anyhow::Result<()> {
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(MAINTENANCE_INTERVAL) => {}
+        }
+        if let Err(err) = sweep(&node).await {
+            tracing::warn!(node_id = node.id, error = %err, "blob sweep failed");
+        }
+        if let Err(err) = repair(&node).await {
+            tracing::warn!(node_id = node.id, error = %err, "blob repair failed");
+        }
+    }
+}
+
+/// Removes blobs that no applied record refers to and that are older than
+/// `storage.blob_gc_grace_ms`. Returns how many went.
+pub async fn sweep(node: &Node) -> Result<usize, ApiError> {
+    let blobs = node.blobs.clone();
+    let reader = node.reader.clone();
+    let grace = Duration::from_millis(node.config.storage.blob_gc_grace_ms);
+    let node_id = node.id;
+    tokio::task::spawn_blocking(move || -> Result<usize, ApiError> {
+        let internal = |err: floe_storage::StoreError| ApiError::Internal(err.to_string());
+        let now = SystemTime::now();
+        let mut removed = 0;
+        for (blob, modified) in blobs.list().map_err(internal)? {
+            let old_enough = now.duration_since(modified).is_ok_and(|age| age >= grace);
+            if old_enough && !reader.blob_is_referenced(&blob.hash).map_err(internal)? {
+                blobs.remove(&blob.hash).map_err(internal)?;
+                tracing::info!(node_id, blob = %blob.hash, size = blob.size, "unreferenced blob deleted");
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    })
+    .await
+    .map_err(blocking_error)?
+}
+
+/// Fetches referenced blobs missing here (a voter that was down when they
+/// were written, or that caught up by snapshot). Returns how many it fetched.
+pub async fn repair(node: &Node) -> Result<usize, ApiError> {
+    let (_, voters) = node.members();
+    if !voters.contains(&node.id) {
+        return Ok(0);
+    }
+    let mut fetched = 0;
+    let mut after: Option<String> = None;
+    loop {
+        let reader = node.reader.clone();
+        let blobs = node.blobs.clone();
+        let start = after.clone();
+        let (page, missing) = tokio::task::spawn_blocking(move || {
+            let page = reader.referenced_blobs(start.as_deref(), REPAIR_PAGE)?;
+            let missing: Vec<String> = page.iter().filter(|hash| !blobs.has(hash)).cloned().collect();
+            Ok::<_, floe_storage::StoreError>((page, missing))
+        })
+        .await
+        .map_err(blocking_error)?
+        .map_err(|err| ApiError::Internal(err.to_string()))?;
+        for hash in missing {
+            match node.fetch_blob(&hash).await {
+                Ok(_) => fetched += 1,
+                Err(err) => tracing::warn!(node_id = node.id, blob = %hash, error = %err, "referenced blob missing here and not fetched"),
+            }
+        }
+        if page.len() < REPAIR_PAGE {
+            return Ok(fetched);
+        }
+        after = page.last().cloned();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payloads_are_checked_against_both_limits() {
+        let limits = crate::config::RunsConfig { inline_payload_bytes: 16, max_payload_bytes: 64, ..Default::default() };
+        assert_eq!(check_payload(b"", "x", &limits).unwrap(), (Value::Null, true));
+        assert_eq!(check_payload(b"[1,2]", "x", &limits).unwrap(), (serde_json::json!([1, 2]), true));
+        let large = format!("\"{}\"", "a".repeat(30));
+        assert!(!check_payload(large.as_bytes(), "x", &limits).unwrap().1, "over the inline limit: a blob");
+        let err = check_payload(b"{", "run input", &limits).unwrap_err().to_string();
+        assert!(err.contains("run input is not JSON"), "{err}");
+        let err = check_payload(&[b' '; 65], "task output", &limits).unwrap_err().to_string();
+        assert!(err.contains("task output is 65 bytes") && err.contains("runs.max_payload_bytes"), "{err}");
+    }
+
+    #[test]
+    fn timeouts_grow_with_size() {
+        assert_eq!(blob_timeout(10), BLOB_TIMEOUT_BASE);
+        assert!(blob_timeout(40 * 1024 * 1024) > blob_timeout(1024 * 1024));
+    }
+}
