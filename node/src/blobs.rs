@@ -258,8 +258,11 @@ pub async fn sweep(node: &Node) -> Result<usize, ApiError> {
         let mut removed = 0;
         for (blob, modified) in blobs.list().map_err(internal)? {
             let old_enough = now.duration_since(modified).is_ok_and(|age| age >= grace);
-            if old_enough && !reader.blob_is_referenced(&blob.hash).map_err(internal)? {
-                blobs.remove(&blob.hash).map_err(internal)?;
+            if !old_enough || reader.blob_is_referenced(&blob.hash).map_err(internal)? {
+                continue;
+            }
+            // Checked again under the store's lock: a write may have just stored it anew.
+            if blobs.remove_if_older(&blob.hash, grace).map_err(internal)? {
                 tracing::info!(node_id, blob = %blob.hash, size = blob.size, "unreferenced blob deleted");
                 removed += 1;
             }

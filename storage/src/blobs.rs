@@ -13,6 +13,7 @@
 use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
@@ -88,12 +89,16 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 #[derive(Clone, Debug)]
 pub struct BlobStore {
     dir: PathBuf,
+    /// Orders "store again" (which refreshes the age) against "remove if
+    /// old", so the sweep never deletes a blob that a write is about to
+    /// refer to.
+    aging: Arc<Mutex<()>>,
 }
 
 impl BlobStore {
     pub fn open(dir: &Path) -> Result<BlobStore, StoreError> {
         fs::create_dir_all(dir).map_err(|error| StoreError::io(format!("create blob dir {}", dir.display()), error))?;
-        let store = BlobStore { dir: dir.to_path_buf() };
+        let store = BlobStore { dir: dir.to_path_buf(), aging: Arc::default() };
         store.remove_partial_files()?;
         Ok(store)
     }
@@ -106,8 +111,17 @@ impl BlobStore {
     /// already here is a no-op.
     pub fn put(&self, bytes: &[u8]) -> Result<BlobRef, StoreError> {
         let blob = BlobRef::of(bytes);
-        if self.has(&blob.hash) {
-            return Ok(blob);
+        {
+            let _aging = self.aging.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            if self.has(&blob.hash) {
+                // A new reference is coming: restart its grace period.
+                let touched = File::options().append(true).open(self.path(&blob.hash)).and_then(|file| file.set_modified(SystemTime::now()));
+                match touched {
+                    Ok(()) => return Ok(blob),
+                    Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(error) => return Err(StoreError::io(format!("refresh blob {}", blob.hash), error)),
+                }
+            }
         }
         let final_path = self.path(&blob.hash);
         let parent = final_path.parent().unwrap_or(&self.dir).to_path_buf();
@@ -161,6 +175,21 @@ impl BlobStore {
             return Ok(None);
         }
         Ok(Some(bytes))
+    }
+
+    /// Removes the blob if it was last stored at least `grace` ago; true when it went.
+    pub fn remove_if_older(&self, hash: &str, grace: std::time::Duration) -> Result<bool, StoreError> {
+        let _aging = self.aging.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let modified = match fs::metadata(self.path(hash)).and_then(|metadata| metadata.modified()) {
+            Ok(modified) => modified,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+            Err(error) => return Err(StoreError::io(format!("stat blob {hash}"), error)),
+        };
+        if SystemTime::now().duration_since(modified).map_or(true, |age| age < grace) {
+            return Ok(false);
+        }
+        self.remove(hash)?;
+        Ok(true)
     }
 
     pub fn remove(&self, hash: &str) -> Result<(), StoreError> {
@@ -230,6 +259,21 @@ mod tests {
         assert_eq!(store.list().unwrap().len(), 1);
         store.remove(&blob.hash).unwrap();
         assert!(store.get(&blob.hash).unwrap().is_none());
+    }
+
+    #[test]
+    fn storing_again_restarts_the_grace_period() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path()).unwrap();
+        let blob = store.put(b"kept").unwrap();
+        let old = SystemTime::now() - std::time::Duration::from_secs(3600);
+        File::options().append(true).open(store.path(&blob.hash)).unwrap().set_modified(old).unwrap();
+        store.put(b"kept").unwrap();
+        assert!(!store.remove_if_older(&blob.hash, std::time::Duration::from_secs(60)).unwrap());
+        assert!(store.has(&blob.hash));
+        File::options().append(true).open(store.path(&blob.hash)).unwrap().set_modified(old).unwrap();
+        assert!(store.remove_if_older(&blob.hash, std::time::Duration::from_secs(60)).unwrap());
+        assert!(!store.has(&blob.hash));
     }
 
     #[test]
