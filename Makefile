@@ -23,16 +23,17 @@ demo: build
 
 test: setup test-unit test-cluster
 
-# Unit, property, conformance and crash tests of every crate; the
-# inference tests run the real ONNX Runtime on the PP-OCR models.
+# Unit and property tests of every crate.
 test-unit: inference-runtime
 	$(CARGO) test --workspace --lib --bins
-	$(CARGO) test -p floe-storage -p floe-raft -p floe-inference --test '*'
 
-# Black-box cluster tests start several node processes each: one at a time.
-# python_worker.rs runs the Python example worker, hence its dependencies.
-test-cluster: python-worker-deps
-	$(CARGO) test -p floe-node --tests -- --test-threads=1
+# Integration tests of every crate, one at a time: storage conformance and
+# crash tests, the inference tests (the real ONNX Runtime on the PP-OCR
+# models), and the black-box cluster tests, which start several node
+# processes each. python_worker.rs runs the Python example worker, hence its
+# dependencies. `--workspace` as above, so cargo reuses the same build.
+test-cluster: python-worker-deps inference-runtime
+	$(CARGO) test --workspace --test '*' -- --test-threads=1
 
 # grpcio and grpcio-tools for node/examples/python-worker (and its test).
 # Quiet and quick when they are already installed at the pinned versions.
