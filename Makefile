@@ -2,7 +2,8 @@
 CARGO ?= cargo
 RELEASE_BIN := target/release
 
-.PHONY: all setup build demo test test-unit test-cluster python-worker-deps inference-runtime bench bench-inference lint clean
+.PHONY: all setup build demo test test-unit test-cluster python-worker-deps inference-runtime bench bench-inference lint clean \
+	faketime test-chaos chaos chaos-soak chaos-containers chaos-defects image
 
 all: build
 
@@ -30,9 +31,11 @@ test-unit: inference-runtime
 # Integration tests of every crate, one at a time: storage conformance and
 # crash tests, the inference tests (the real ONNX Runtime on the PP-OCR
 # models), and the black-box cluster tests, which start several node
-# processes each. python_worker.rs runs the Python example worker, hence its
+# processes each, and the bounded chaos matrix (every nemesis once on local
+# processes, two on the container appliance when docker works; libfaketime
+# for clock skew). python_worker.rs runs the Python example worker, hence its
 # dependencies. `--workspace` as above, so cargo reuses the same build.
-test-cluster: python-worker-deps inference-runtime
+test-cluster: python-worker-deps inference-runtime faketime
 	$(CARGO) test --workspace --test '*' -- --test-threads=1
 
 # grpcio and grpcio-tools for node/examples/python-worker (and its test).
@@ -60,6 +63,50 @@ bench: build
 
 lint:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+# --- chaos suite (docs/chaos.md) -------------------------------------------
+# Partitions (iptables) and disk-full (tmpfs) need root; clock skew needs
+# libfaketime from Debian's faketime package, installed here when missing.
+CHAOS_OUT ?= chaos-out
+CHAOS_SEED ?=
+CHAOS_SOAK_SECONDS ?= 600
+CHAOS_SEED_FLAG = $(if $(CHAOS_SEED),--seed $(CHAOS_SEED))
+
+faketime:
+	@ls /usr/lib/*/faketime/libfaketime.so.1 >/dev/null 2>&1 \
+	  || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq faketime; }
+
+# The bounded matrix CI runs: every nemesis once on local processes, two on
+# the container appliance when docker works (skipped cleanly otherwise).
+test-chaos: faketime
+	$(CARGO) test -p floe-chaos -- --test-threads=1
+
+# Every nemesis once with both workloads; summary table on stdout, report in $(CHAOS_OUT).
+chaos: faketime
+	$(CARGO) build --release --bin floe --bin floe-chaos
+	$(RELEASE_BIN)/floe-chaos --target local --nemesis all --workload both --out $(CHAOS_OUT) $(CHAOS_SEED_FLAG)
+
+# A long seeded random schedule of every nemesis (CHAOS_SOAK_SECONDS, CHAOS_SEED to replay).
+chaos-soak: faketime
+	$(CARGO) build --release --bin floe --bin floe-chaos
+	$(RELEASE_BIN)/floe-chaos --target local --nemesis random --workload both \
+	  --seconds $(CHAOS_SOAK_SECONDS) --out $(CHAOS_OUT)/soak $(CHAOS_SEED_FLAG)
+
+# The three-node container appliance from deploy/ (image built from our binary, no pull).
+chaos-containers:
+	$(CARGO) build --release --bin floe --bin floe-chaos
+	$(RELEASE_BIN)/floe-chaos --target containers --nemesis kill-leader,pause-leader,partition-follower,power-cut \
+	  --workload both --binary $(RELEASE_BIN)/floe --deploy-dir deploy --rebuild-image --out $(CHAOS_OUT)/containers $(CHAOS_SEED_FLAG)
+
+# Builds three deliberately defective nodes (test-only features) into
+# target dirs of their own and asserts the suite catches each. Slow.
+chaos-defects: faketime
+	$(CARGO) test -p floe-chaos --test defects -- --ignored --test-threads=1 --nocapture
+
+# The container image floe:local (FROM scratch: our binary and its libraries).
+image:
+	$(CARGO) build --release --bin floe
+	deploy/build-image.sh $(RELEASE_BIN)/floe
 
 clean:
 	$(CARGO) clean

@@ -28,6 +28,10 @@ pub struct NodeConfig {
     pub advertise_raft_addr: String,
     pub advertise_api_addr: String,
     pub advertise_http_addr: String,
+    /// Local `IP:PORT` that outgoing QUIC connections to peers are sent
+    /// from; empty: any address, any port. The chaos suite gives each local
+    /// node its own loopback address so that firewall rules can cut links.
+    pub raft_client_bind_addr: String,
     /// `error`, `warn`, `info`, `debug` or a tracing filter directive.
     pub log_level: String,
     pub tls: TlsConfig,
@@ -117,6 +121,7 @@ impl Default for NodeConfig {
             advertise_raft_addr: String::new(),
             advertise_api_addr: String::new(),
             advertise_http_addr: String::new(),
+            raft_client_bind_addr: String::new(),
             log_level: "info".into(),
             tls: TlsConfig::default(),
             bootstrap: BootstrapConfig::default(),
@@ -226,6 +231,12 @@ impl NodeConfig {
             if addr.parse::<SocketAddr>().is_err() {
                 return invalid(key, format!("{addr:?} is not an IP:PORT socket address"));
             }
+        }
+        if !self.raft_client_bind_addr.is_empty() && self.raft_client_bind_addr.parse::<SocketAddr>().is_err() {
+            return invalid(
+                "raft_client_bind_addr",
+                format!("{:?} is not an IP:PORT socket address", self.raft_client_bind_addr),
+            );
         }
         for (key, addr) in [
             ("advertise_raft_addr", self.advertised_raft_addr()),

@@ -37,6 +37,11 @@ pub struct ClusterOptions {
     /// Parent for the cluster directory; a fresh temp dir when `None`.
     pub base_dir: Option<PathBuf>,
     pub ready_timeout: Duration,
+    /// Give node N its own loopback address, 127.0.0.(10+N), for every
+    /// listener and for its outgoing QUIC connections, so that firewall
+    /// rules on addresses can cut the links between two nodes (the chaos
+    /// suite's partitions). Clients keep using 127.0.0.1 and stay connected.
+    pub loopback_per_node: bool,
 }
 
 impl ClusterOptions {
@@ -48,6 +53,7 @@ impl ClusterOptions {
             overrides: Vec::new(),
             base_dir: None,
             ready_timeout: Duration::from_secs(30),
+            loopback_per_node: false,
         }
     }
 }
@@ -89,6 +95,8 @@ pub struct TestCluster {
     pub client_dir: PathBuf,
     /// Overrides for nodes whose config is kept across restarts.
     node_overrides: BTreeMap<u64, Vec<String>>,
+    /// Extra environment variables for a node's process (e.g. LD_PRELOAD).
+    node_env: BTreeMap<u64, Vec<(String, String)>>,
     /// Worker processes started with `spawn_worker`, by worker id.
     pub workers: BTreeMap<String, Child>,
 }
@@ -97,7 +105,7 @@ pub struct TestCluster {
 /// (32768+), so a port handed out here cannot be taken meanwhile by some
 /// process's outgoing socket (every node's QUIC client binds one). Each
 /// process starts at its own offset and skips ports that are in use.
-fn free_port() -> anyhow::Result<u16> {
+fn free_port(host: &str) -> anyhow::Result<u16> {
     use std::sync::atomic::{AtomicU32, Ordering};
     const LOW: u32 = 20_000;
     const SPAN: u32 = 12_000;
@@ -106,8 +114,8 @@ fn free_port() -> anyhow::Result<u16> {
     for _ in 0..SPAN {
         let port = (LOW + NEXT.fetch_add(1, Ordering::SeqCst) % SPAN) as u16;
         // Free for both protocols, so the port suits QUIC as well as TCP.
-        let tcp_free = TcpListener::bind(("127.0.0.1", port)).is_ok();
-        let udp_free = UdpSocket::bind(("127.0.0.1", port)).is_ok();
+        let tcp_free = TcpListener::bind((host, port)).is_ok();
+        let udp_free = UdpSocket::bind((host, port)).is_ok();
         if tcp_free && udp_free {
             return Ok(port);
         }
@@ -176,6 +184,7 @@ impl TestCluster {
             ca_dir,
             client_dir,
             node_overrides: BTreeMap::new(),
+            node_env: BTreeMap::new(),
             workers: BTreeMap::new(),
         };
         cluster.run_floe(&["cert", "create-ca", "--out", &path_str(&cluster.ca_dir)])?;
@@ -202,6 +211,7 @@ impl TestCluster {
     pub fn add_node_files(&mut self, id: u64) -> anyhow::Result<()> {
         let dir = self.dir.join(format!("node{id}"));
         std::fs::create_dir_all(&dir)?;
+        let host = self.node_host(id);
         let certs = dir.join("certs");
         if !certs.join("node.pem").exists() {
             self.run_floe(&[
@@ -212,7 +222,7 @@ impl TestCluster {
                 "--node-id",
                 &id.to_string(),
                 "--san",
-                "127.0.0.1",
+                &host,
                 "--out",
                 &path_str(&certs),
             ])?;
@@ -221,9 +231,9 @@ impl TestCluster {
             id,
             config_path: dir.join("floe.toml"),
             log_path: dir.join("floe.log"),
-            raft_addr: format!("127.0.0.1:{}", free_port()?),
-            api_addr: format!("127.0.0.1:{}", free_port()?),
-            http_addr: format!("127.0.0.1:{}", free_port()?),
+            raft_addr: format!("{host}:{}", free_port(&host)?),
+            api_addr: format!("{host}:{}", free_port(&host)?),
+            http_addr: format!("{host}:{}", free_port(&host)?),
             dir,
             child: None,
             paused: false,
@@ -231,6 +241,15 @@ impl TestCluster {
         self.nodes.insert(id, node);
         self.write_config(id)?;
         Ok(())
+    }
+
+    /// The loopback address node `id` listens on.
+    pub fn node_host(&self, id: u64) -> String {
+        if self.options.loopback_per_node {
+            format!("127.0.0.{}", 10 + id)
+        } else {
+            "127.0.0.1".to_string()
+        }
     }
 
     fn write_configs(&self) -> anyhow::Result<()> {
@@ -252,6 +271,9 @@ impl TestCluster {
             cert = path_str(&node.dir.join("certs/node.pem")),
             key = path_str(&node.dir.join("certs/node-key.pem")),
         );
+        if self.options.loopback_per_node {
+            text.insert_str(0, &format!("raft_client_bind_addr = \"{}:0\"\n", self.node_host(id)));
+        }
         if self.options.formation == Formation::ExpectN && id <= self.options.nodes {
             let peers: Vec<String> = self
                 .nodes
@@ -278,11 +300,17 @@ impl TestCluster {
         self.node_overrides.insert(id, overrides);
     }
 
+    /// Extra environment variables for one node's process, from its next start on.
+    pub fn set_node_env(&mut self, id: u64, env: Vec<(String, String)>) {
+        self.node_env.insert(id, env);
+    }
+
     /// Starts node `id`'s process (its log is appended to across restarts).
     pub fn spawn(&mut self, id: u64) -> anyhow::Result<()> {
         let binary = self.options.binary.clone();
         let mut overrides = self.options.overrides.clone();
         overrides.extend(self.node_overrides.get(&id).cloned().unwrap_or_default());
+        let env = self.node_env.get(&id).cloned().unwrap_or_default();
         let node = self.node_mut(id)?;
         if node.child.is_some() {
             bail!("node {id} is already running");
@@ -294,6 +322,7 @@ impl TestCluster {
             command.arg("--set").arg(assignment);
         }
         scrub_floe_env(&mut command);
+        command.envs(env);
         let child = command
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)

@@ -78,7 +78,9 @@ impl Node {
 
     pub async fn get(&self, key: &str, linearizable: bool) -> Result<Option<KvEntry>, ApiError> {
         validate_key(key)?;
-        if linearizable {
+        // Test-only defect for the chaos suite: no ReadIndex barrier, so a
+        // lagging or cut-off node serves stale "linearizable" reads.
+        if linearizable && !cfg!(feature = "defect-stale-reads") {
             self.read_barrier().await?;
         }
         self.reader.get(key).map_err(internal)

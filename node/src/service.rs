@@ -116,7 +116,10 @@ pub async fn serve(config: NodeConfig, cancel: CancellationToken) -> anyhow::Res
         api_addr: config.advertised_api_addr().to_string(),
         http_addr: config.advertised_http_addr().to_string(),
     };
-    let transport_options = TransportOptions::default();
+    let mut transport_options = TransportOptions::default();
+    if !config.raft_client_bind_addr.is_empty() {
+        transport_options.client_bind_addr = config.raft_client_bind_addr.parse().context("raft_client_bind_addr")?;
+    }
     let peers = Peers::new(&material, transport_options.clone())?;
     let raft = Raft::new(
         config.node_id,

@@ -262,7 +262,7 @@ pub async fn serve_worker(
                 };
                 match parse_task_key(&result.task) {
                     Ok(key) => {
-                        if let Err(err) = node.task_result(key, result.attempt, outcome).await {
+                        if let Err(err) = deliver_result(&node, key, result.attempt, outcome).await {
                             tracing::warn!(worker = %worker_id, task = %result.task, attempt = result.attempt, error = %err, "task result refused");
                         }
                     }
@@ -298,6 +298,38 @@ pub async fn serve_worker(
         }
     }
     node.workers.wake.notify_one();
+}
+
+/// How long a worker's result is retried while the cluster changes leader.
+const RESULT_RETRY_LIMIT: Duration = Duration::from_secs(30);
+
+/// Proposes a worker's result, retrying while the outcome is unavailable or
+/// unknown (a leader change under the proposal). Dropping it instead would
+/// leave its attempt open for good: its worker is still connected and its
+/// node still holds the lease, so nothing else would ever end the attempt.
+/// Retrying is safe: a result that was applied meanwhile is refused as
+/// finished. (Found by the chaos suite: kill-leader, pause-leader.)
+async fn deliver_result(
+    node: &Node,
+    key: floe_engine::run::TaskKey,
+    attempt: u32,
+    outcome: Result<&[u8], TaskFailure>,
+) -> Result<(), crate::error::ApiError> {
+    use crate::error::ApiError;
+    let deadline = std::time::Instant::now() + RESULT_RETRY_LIMIT;
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        match node.task_result(key.clone(), attempt, outcome.clone()).await {
+            Err(ApiError::Unavailable(reason) | ApiError::OutcomeUnknown(reason))
+                if std::time::Instant::now() < deadline && !node.shutdown.is_cancelled() =>
+            {
+                tracing::debug!(task = ?key, attempt, reason = %reason, "task result not proposed yet; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+            }
+            other => return other,
+        }
+    }
 }
 
 /// Adds the worker; hands the sender back when its id is already connected.

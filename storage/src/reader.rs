@@ -14,7 +14,7 @@ use crate::codec;
 use crate::keys;
 use crate::error::StoreError;
 use crate::state_machine::{read_applied_state, read_tombstones};
-use crate::store::{data_tree_name, Shared};
+use crate::store::{data_tree_name, DataGeneration, Shared};
 use crate::runs::{LimitScope, LimitState, TaskRecord};
 use crate::types::{FlowRecord, KvEntry, LogId, NodeId, StoredMembership};
 use floe_engine::run::RunRecord;
@@ -179,15 +179,7 @@ impl StateReader {
 
     fn get_json<T: serde::de::DeserializeOwned>(&self, key: &[u8], what: &str) -> Result<Option<T>, StoreError> {
         let state = self.shared.read_active();
-        let tree_name = data_tree_name(state.generation);
-        let Some(bytes) = state.data.get(key).map_err(|error| StoreError::sled(format!("read {tree_name} {what}"), error))?
-        else {
-            return Ok(None);
-        };
-        let json: Vec<u8> = codec::decode(|| format!("{tree_name} {what}"), &bytes)?;
-        serde_json::from_slice(&json)
-            .map(Some)
-            .map_err(|err| StoreError::Json { record: format!("{tree_name} {what}"), reason: err.to_string() })
+        json_in(&state, key, what)
     }
 
     /// Run `run_id`'s record.
@@ -224,7 +216,7 @@ impl StateReader {
             let (key, _) = item.map_err(|error| StoreError::sled(format!("list {tree_name} runs"), error))?;
             scanned += 1;
             let run_id = String::from_utf8_lossy(key.rsplit(|byte| *byte == b'/').next().unwrap_or_default()).into_owned();
-            if let Some(run) = self.run(&run_id)? {
+            if let Some(run) = json_in::<RunRecord>(&state, &keys::run(&run_id), &format!("run {run_id}"))? {
                 if filter.matches(&run) {
                     page.runs.push(run);
                 }
@@ -266,7 +258,7 @@ impl StateReader {
             }
             let (key, _) = item.map_err(|error| StoreError::sled(format!("scan {tree_name} task queue"), error))?;
             let text = String::from_utf8_lossy(&key[keys::TASK_QUEUE_PREFIX.len() + 21..]).into_owned();
-            if let Some(task) = self.get_json::<TaskRecord>(&keys::task(&text), &format!("task {text}"))? {
+            if let Some(task) = json_in::<TaskRecord>(&state, &keys::task(&text), &format!("task {text}"))? {
                 tasks.push(task);
             }
         }
@@ -282,7 +274,7 @@ impl StateReader {
         for item in state.data.scan_prefix(&prefix) {
             let (key, _) = item.map_err(|error| StoreError::sled(format!("scan {tree_name} node tasks"), error))?;
             let text = String::from_utf8_lossy(&key[prefix.len()..]).into_owned();
-            if let Some(task) = self.get_json::<TaskRecord>(&keys::task(&text), &format!("task {text}"))? {
+            if let Some(task) = json_in::<TaskRecord>(&state, &keys::task(&text), &format!("task {text}"))? {
                 tasks.push(task);
             }
         }
@@ -399,6 +391,19 @@ impl StateReader {
     /// prefix. Reads the whole state; call from a blocking thread.
     pub fn state_digest(&self) -> Result<String, StoreError> {
         let _consistent = self.shared.lock_consistent_view();
+        self.digest_locked()
+    }
+
+    /// The applied log id and the state digest, read under one lock so the
+    /// two describe the same state (the chaos suite compares nodes by them).
+    /// Reads the whole state; call from a blocking thread.
+    pub fn applied_state_digest(&self) -> Result<(Option<LogId>, String), StoreError> {
+        let _consistent = self.shared.lock_consistent_view();
+        let applied = read_applied_state(&self.shared)?.0;
+        Ok((applied, self.digest_locked()?))
+    }
+
+    fn digest_locked(&self) -> Result<String, StoreError> {
         let state = self.shared.read_active();
         let tree_name = data_tree_name(state.generation);
         let mut hasher = Sha256::new();
@@ -418,4 +423,20 @@ impl StateReader {
         }
         Ok(hex::encode(hasher.finalize()))
     }
+}
+
+/// Reads one JSON record from a generation the caller already holds: a
+/// second `read_active` while holding one deadlocks as soon as a snapshot
+/// install waits for the write lock (std's RwLock queues new readers
+/// behind a waiting writer). Found by the chaos suite (snapshot-catchup).
+fn json_in<T: serde::de::DeserializeOwned>(state: &DataGeneration, key: &[u8], what: &str) -> Result<Option<T>, StoreError> {
+    let tree_name = data_tree_name(state.generation);
+    let Some(bytes) = state.data.get(key).map_err(|error| StoreError::sled(format!("read {tree_name} {what}"), error))?
+    else {
+        return Ok(None);
+    };
+    let json: Vec<u8> = codec::decode(|| format!("{tree_name} {what}"), &bytes)?;
+    serde_json::from_slice(&json)
+        .map(Some)
+        .map_err(|err| StoreError::Json { record: format!("{tree_name} {what}"), reason: err.to_string() })
 }
