@@ -19,6 +19,7 @@ pub mod runtime;
 pub mod session;
 pub mod signature;
 pub mod tensor;
+pub mod tensor_json;
 
 pub use error::{Error, Result};
 pub use gpu::{GpuAllocator, GpuDevice, GpuError, GpuFraction, GpuInventory, GpuLease, GpuUsage};
@@ -27,3 +28,4 @@ pub use runtime::{DevRuntimeFiles, OrtRuntime};
 pub use session::{Device, SessionConfig};
 pub use signature::{inspect_model, Dim, ModelSignature, TensorSpec};
 pub use tensor::{DType, Element, Tensor, TensorError, TensorMap};
+pub use tensor_json::{tensor_from_json, tensor_to_json, tensors_from_json, tensors_to_json, Encoding, JsonTensorError};
