@@ -20,6 +20,12 @@
 //! - `active/<block|flow>/<name>`       → u64 tasks of it placed on nodes now (JSON)
 //! - `blobref/<sha256>/<owner>`          → (empty) a record that refers to a blob
 //!   (`run/<run id>`, `model/<name>/<version>`); a blob with no owner may be deleted
+//! - `model/def/<name>/<version:020>`    → model record (JSON: blob hash, size, signature)
+//! - `model/hash/<name>/<sha256>`        → version (the same artifact again)
+//! - `model/latest/<name>`               → latest version
+//! - `model/deploy/<name>/<version:020>` → deployment (JSON: replicas wanted, pool settings)
+//! - `model/replica/<name>/<version:020>/<replica:06>` → where one replica is placed (JSON)
+//! - `model/gpu/<node:020>/<device>`    → thousandths of that GPU held by placed replicas
 
 pub(crate) const KV_PREFIX: &[u8] = b"kv/";
 const FLOW_DEF_PREFIX: &str = "flow/def/";
@@ -130,4 +136,45 @@ pub(crate) const ACTIVE_PREFIX: &str = "active/";
 
 pub(crate) fn active_count(scope: &str, name: &str) -> Vec<u8> {
     format!("{ACTIVE_PREFIX}{scope}/{name}").into_bytes()
+}
+
+pub(crate) const MODEL_DEF_PREFIX: &str = "model/def/";
+pub(crate) const MODEL_DEPLOY_PREFIX: &str = "model/deploy/";
+pub(crate) const MODEL_REPLICA_PREFIX: &str = "model/replica/";
+
+pub(crate) fn model_def(name: &str, version: u64) -> Vec<u8> {
+    format!("{MODEL_DEF_PREFIX}{name}/{version:020}").into_bytes()
+}
+
+pub(crate) fn model_defs_of(name: &str) -> Vec<u8> {
+    format!("{MODEL_DEF_PREFIX}{name}/").into_bytes()
+}
+
+pub(crate) fn model_hash(name: &str, hash: &str) -> Vec<u8> {
+    format!("model/hash/{name}/{hash}").into_bytes()
+}
+
+pub(crate) fn model_latest(name: &str) -> Vec<u8> {
+    format!("model/latest/{name}").into_bytes()
+}
+
+pub(crate) fn model_owner(name: &str, version: u64) -> String {
+    format!("model/{name}/{version}")
+}
+
+pub(crate) fn model_deployment(name: &str, version: u64) -> Vec<u8> {
+    format!("{MODEL_DEPLOY_PREFIX}{name}/{version:020}").into_bytes()
+}
+
+pub(crate) fn model_replicas_of(name: &str, version: u64) -> Vec<u8> {
+    format!("{MODEL_REPLICA_PREFIX}{name}/{version:020}/").into_bytes()
+}
+
+pub(crate) fn model_replica(name: &str, version: u64, replica: u32) -> Vec<u8> {
+    format!("{MODEL_REPLICA_PREFIX}{name}/{version:020}/{replica:06}").into_bytes()
+}
+
+/// Thousandths of a node's GPU held by replicas placed there (u32 JSON).
+pub(crate) fn gpu_used(node: u64, device: u32) -> Vec<u8> {
+    format!("model/gpu/{node:020}/{device}").into_bytes()
 }

@@ -20,6 +20,7 @@ mod identity;
 mod keys;
 mod log_store;
 mod metrics;
+pub mod models;
 mod reader;
 pub mod runs;
 pub mod snapshot;

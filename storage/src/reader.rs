@@ -15,6 +15,7 @@ use crate::keys;
 use crate::error::StoreError;
 use crate::state_machine::{read_applied_state, read_tombstones};
 use crate::store::{data_tree_name, DataGeneration, Shared};
+use crate::models::{Deployment, ModelRecord, ReplicaRecord};
 use crate::runs::{LimitScope, LimitState, TaskRecord};
 use crate::types::{FlowRecord, KvEntry, LogId, NodeId, StoredMembership};
 use floe_engine::run::RunRecord;
@@ -180,6 +181,57 @@ impl StateReader {
     fn get_json<T: serde::de::DeserializeOwned>(&self, key: &[u8], what: &str) -> Result<Option<T>, StoreError> {
         let state = self.shared.read_active();
         json_in(&state, key, what)
+    }
+
+    /// Model `name` at `version`, or its latest version.
+    pub fn model(&self, name: &str, version: Option<u64>) -> Result<Option<ModelRecord>, StoreError> {
+        let state = self.shared.read_active();
+        let version = match version {
+            Some(version) => version,
+            None => match json_in::<u64>(&state, &keys::model_latest(name), &format!("model {name} latest"))? {
+                Some(version) => version,
+                None => return Ok(None),
+            },
+        };
+        json_in(&state, &keys::model_def(name, version), &format!("model {name} v{version}"))
+    }
+
+    /// Every version of model `name`, oldest first.
+    pub fn model_versions(&self, name: &str) -> Result<Vec<ModelRecord>, StoreError> {
+        self.json_records(&keys::model_defs_of(name), &format!("model {name}"))
+    }
+
+    /// Every version of every model, by name then version.
+    pub fn models(&self) -> Result<Vec<ModelRecord>, StoreError> {
+        self.json_records(keys::MODEL_DEF_PREFIX.as_bytes(), "models")
+    }
+
+    /// Every deployment, by model then version.
+    pub fn deployments(&self) -> Result<Vec<Deployment>, StoreError> {
+        self.json_records(keys::MODEL_DEPLOY_PREFIX.as_bytes(), "deployments")
+    }
+
+    /// Every replica record (placed or evicted), by model, version, index.
+    pub fn replicas(&self) -> Result<Vec<ReplicaRecord>, StoreError> {
+        self.json_records(keys::MODEL_REPLICA_PREFIX.as_bytes(), "model replicas")
+    }
+
+    /// The replicas of one deployment.
+    pub fn replicas_of(&self, name: &str, version: u64) -> Result<Vec<ReplicaRecord>, StoreError> {
+        self.json_records(&keys::model_replicas_of(name, version), &format!("replicas of {name} v{version}"))
+    }
+
+    fn json_records<T: serde::de::DeserializeOwned>(&self, prefix: &[u8], what: &str) -> Result<Vec<T>, StoreError> {
+        let state = self.shared.read_active();
+        let tree_name = data_tree_name(state.generation);
+        let mut records = Vec::new();
+        for item in state.data.scan_prefix(prefix) {
+            let (key, _) = item.map_err(|error| StoreError::sled(format!("list {tree_name} {what}"), error))?;
+            if let Some(record) = json_in(&state, &key, what)? {
+                records.push(record);
+            }
+        }
+        Ok(records)
     }
 
     /// Run `run_id`'s record.

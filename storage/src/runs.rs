@@ -90,7 +90,7 @@ pub(crate) struct RunTx<'a> {
 }
 
 impl RunTx<'_> {
-    fn get_json<T: DeserializeOwned>(&self, key: &[u8], what: &str) -> Result<Option<T>, TxError> {
+    pub(crate) fn get_json<T: DeserializeOwned>(&self, key: &[u8], what: &str) -> Result<Option<T>, TxError> {
         let Some(bytes) = self.data.get(key)? else { return Ok(None) };
         let json: Vec<u8> = codec::decode(|| format!("{} {what}", self.tree_name), &bytes).map_err(abort)?;
         serde_json::from_slice(&json)
@@ -98,7 +98,7 @@ impl RunTx<'_> {
             .map_err(|err| abort(StoreError::Json { record: format!("{} {what}", self.tree_name), reason: err.to_string() }))
     }
 
-    fn put_json<T: Serialize>(&self, key: Vec<u8>, value: &T, what: &str) -> Result<(), TxError> {
+    pub(crate) fn put_json<T: Serialize>(&self, key: Vec<u8>, value: &T, what: &str) -> Result<(), TxError> {
         self.put_json_bytes(key, value, what).map(|_| ())
     }
 
@@ -110,7 +110,7 @@ impl RunTx<'_> {
         Ok(json)
     }
 
-    fn mark(&self, key: Vec<u8>) -> Result<(), TxError> {
+    pub(crate) fn mark(&self, key: Vec<u8>) -> Result<(), TxError> {
         self.data.insert(key, Vec::<u8>::new())?;
         Ok(())
     }

@@ -15,6 +15,7 @@ use sled::Transactional;
 
 use crate::codec;
 use crate::keys;
+use crate::models;
 use crate::runs::{self, DefinitionCache, RunTx, StartRun};
 use crate::error::{run_blocking, StoreError};
 use crate::snapshot::SnapshotFile;
@@ -164,6 +165,12 @@ fn apply_command(
         Command::UnassignTask { task, attempt, at_ms } => runs::unassign(&runs, task, *attempt, *at_ms),
         Command::PurgeRuns { run_ids, finished_before_ms } => runs::purge_runs(&runs, run_ids, *finished_before_ms),
         Command::SetLimit { scope, name, limit } => runs::set_limit(&runs, *scope, name, *limit),
+        Command::PutModel { name, hash, size, signature, at_ms } => {
+            models::put_model(&runs, name, hash, *size, signature, *at_ms)
+        }
+        Command::DeployModel { deployment } => models::deploy(&runs, deployment),
+        Command::UndeployModel { name, version } => models::undeploy(&runs, name, *version),
+        Command::ChangeReplicas { changes, at_ms } => models::change_replicas(&runs, changes, *at_ms),
         Command::KvPut { key, value } => {
             let entry = KvEntry {
                 value: value.clone(),

@@ -87,6 +87,16 @@ pub enum Command {
     /// at most `limit` tasks of the block type or flow placed at once.
     /// (Appended last: a variant's position is its encoding in the log.)
     SetLimit { scope: crate::runs::LimitScope, name: String, limit: Option<u32> },
+    /// Registers a model artifact already stored as blob `hash` (checked
+    /// by loading it on the proposing node); `signature` is JSON. The same
+    /// artifact again returns its existing version.
+    PutModel { name: String, hash: String, size: u64, signature: Vec<u8>, at_ms: u64 },
+    /// Creates or changes a deployment (changed settings rebuild its replicas).
+    DeployModel { deployment: crate::models::Deployment },
+    /// Removes a deployment and its replicas.
+    UndeployModel { name: String, version: u64 },
+    /// The leader's replica placements, moves and evictions.
+    ChangeReplicas { changes: Vec<crate::models::ReplicaChange>, at_ms: u64 },
 }
 
 impl fmt::Display for Command {
@@ -105,6 +115,10 @@ impl fmt::Display for Command {
             Command::UnassignTask { task, attempt, .. } => write!(f, "unassign-task {task}#{attempt}"),
             Command::PurgeRuns { run_ids, .. } => write!(f, "purge {} runs", run_ids.len()),
             Command::SetLimit { scope, name, limit } => write!(f, "set-limit {} {name} {limit:?}", scope.name()),
+            Command::PutModel { name, hash, .. } => write!(f, "put-model {name} ({hash})"),
+            Command::DeployModel { deployment } => write!(f, "deploy-model {} v{}", deployment.model, deployment.version),
+            Command::UndeployModel { name, version } => write!(f, "undeploy-model {name} v{version}"),
+            Command::ChangeReplicas { changes, .. } => write!(f, "change {} model replicas", changes.len()),
         }
     }
 }
@@ -139,6 +153,10 @@ pub enum CommandResponse {
     RunRejected { reason: String },
     /// One response per command of a `Command::Batch`, in order.
     Batch(Vec<CommandResponse>),
+    /// A model version stored (`created`) or found identical to `version`.
+    ModelPut { version: u64, created: bool },
+    /// A command refused, changing nothing it names; the reason says why.
+    Refused { reason: String },
 }
 
 /// One immutable version of a flow definition.

@@ -473,3 +473,85 @@ async fn retention_purges_only_runs_finished_before_the_cutoff() {
     let repeat = sm.apply(vec![command_entry(1, 8, start("new-2", "quick", "k-new", 20_000))]).await.unwrap();
     assert_eq!(repeat, vec![CommandResponse::RunStarted { run_id: "new".into(), created: false }]);
 }
+
+#[tokio::test]
+async fn model_versions_deployments_and_gpu_shares_hold_their_rules() {
+    use floe_storage::models::{DeploySpec, Deployment, GpuShare, ReplicaChange};
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let mut sm = store.state_machine();
+    let put = |index: u64, hash: &str| {
+        let signature = br#"{"inputs":[],"outputs":[]}"#.to_vec();
+        command_entry(1, index, Command::PutModel { name: "det".into(), hash: hash.into(), size: 10, signature, at_ms: index })
+    };
+    let responses = sm.apply(vec![put(1, "aa"), put(2, "bb"), put(3, "aa")]).await.unwrap();
+    assert_eq!(
+        responses,
+        vec![
+            CommandResponse::ModelPut { version: 1, created: true },
+            CommandResponse::ModelPut { version: 2, created: true },
+            CommandResponse::ModelPut { version: 1, created: false },
+        ]
+    );
+    let reader = store.reader();
+    assert_eq!(reader.model("det", None).unwrap().unwrap().version, 2);
+    assert_eq!(reader.model("det", Some(1)).unwrap().unwrap().hash, "aa");
+    assert!(reader.blob_is_referenced("aa").unwrap() && reader.blob_is_referenced("bb").unwrap());
+
+    let spec = DeploySpec { replicas: 3, threads: 1, max_batch: 8, max_delay_ms: 2, queue: 64, gpu_milli: 400 };
+    let deploy = |index: u64, version: u64, spec: DeploySpec| {
+        command_entry(1, index, Command::DeployModel { deployment: Deployment { model: "det".into(), version, spec, created_at_ms: 0 } })
+    };
+    let bad = DeploySpec { replicas: 0, gpu_milli: 1500, ..spec.clone() };
+    let responses = sm.apply(vec![deploy(4, 7, spec.clone()), deploy(5, 1, bad), deploy(6, 1, spec.clone())]).await.unwrap();
+    assert!(matches!(&responses[0], CommandResponse::Refused { reason } if reason.contains("no version 7")), "{responses:?}");
+    assert!(
+        matches!(&responses[1], CommandResponse::Refused { reason } if reason.contains("replicas must be") && reason.contains("gpu must be")),
+        "{responses:?}"
+    );
+    assert_eq!(responses[2], CommandResponse::Applied);
+
+    let place = |replica: u32, node: Option<u64>, gpu: Option<GpuShare>| ReplicaChange {
+        model: "det".into(),
+        version: 1,
+        replica,
+        node,
+        gpu,
+        evicted: false,
+        reason: String::new(),
+    };
+    let share = |milli| Some(GpuShare { device: 0, milli });
+    let changes = vec![place(0, Some(1), share(400)), place(1, Some(1), share(400)), place(2, Some(1), share(400))];
+    let responses = sm.apply(vec![command_entry(1, 7, Command::ChangeReplicas { changes, at_ms: 7 })]).await.unwrap();
+    assert!(
+        matches!(&responses[0], CommandResponse::Refused { reason } if reason.contains("replica 2") && reason.contains("200 thousandths left")),
+        "two shares of 0.4 fit on one device, a third does not: {responses:?}"
+    );
+    let wrong = vec![place(2, Some(2), share(300)), place(2, Some(2), None), place(5, Some(2), share(400))];
+    let responses = sm.apply(vec![command_entry(1, 8, Command::ChangeReplicas { changes: wrong, at_ms: 8 })]).await.unwrap();
+    let CommandResponse::Refused { reason } = &responses[0] else { panic!("{responses:?}") };
+    assert!(reason.contains("differs") && reason.contains("needs a GPU share") && reason.contains("has 3 replicas"), "{reason}");
+    // Moving replica 1 off node 1 frees its share for replica 2.
+    let moves = vec![place(1, None, None), place(2, Some(1), share(400))];
+    let responses = sm.apply(vec![command_entry(1, 9, Command::ChangeReplicas { changes: moves, at_ms: 9 })]).await.unwrap();
+    assert_eq!(responses, vec![CommandResponse::Applied]);
+    let placed: Vec<(u32, Option<u64>)> = reader.replicas().unwrap().iter().map(|r| (r.replica, r.node)).collect();
+    assert_eq!(placed, vec![(0, Some(1)), (2, Some(1))]);
+
+    // Undeploying drops the replicas and their shares: the device is free again.
+    let responses = sm
+        .apply(vec![
+            command_entry(1, 10, Command::UndeployModel { name: "det".into(), version: 1 }),
+            command_entry(1, 11, Command::UndeployModel { name: "det".into(), version: 1 }),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(responses[0], CommandResponse::Applied);
+    assert!(matches!(&responses[1], CommandResponse::Refused { reason } if reason.contains("not deployed")));
+    assert!(reader.replicas().unwrap().is_empty() && reader.deployments().unwrap().is_empty());
+    let full = DeploySpec { replicas: 1, gpu_milli: 1000, ..spec };
+    sm.apply(vec![deploy(12, 2, full)]).await.unwrap();
+    let whole = vec![ReplicaChange { version: 2, ..place(0, Some(1), share(1000)) }];
+    let responses = sm.apply(vec![command_entry(1, 13, Command::ChangeReplicas { changes: whole, at_ms: 13 })]).await.unwrap();
+    assert_eq!(responses, vec![CommandResponse::Applied], "a whole device once the shares are released");
+}
