@@ -323,6 +323,14 @@ fn validate_command(command: &Command) -> Result<(), ApiError> {
             Err(ApiError::InvalidArgument(format!("limit name {name:?} must be 1 to 256 bytes")))
         }
         Command::SetLimit { .. } => Ok(()),
+        Command::PutModel { signature, .. } if signature.len() > MAX_FLOW_BYTES => Err(ApiError::InvalidArgument(format!(
+            "model signature is {} bytes; the limit is {MAX_FLOW_BYTES}",
+            signature.len()
+        ))),
+        Command::PutModel { .. }
+        | Command::DeployModel { .. }
+        | Command::UndeployModel { .. }
+        | Command::ChangeReplicas { .. } => Ok(()),
         Command::Batch(_) => Err(ApiError::InvalidArgument("batches are formed by the leader, not sent to it".into())),
     }
 }

@@ -134,6 +134,10 @@ fn payload_bytes(command: &Command) -> usize {
         Command::FireTimers { timers, .. } => timers.iter().map(String::len).sum(),
         Command::Batch(commands) => commands.iter().map(payload_bytes).sum(),
         Command::SetLimit { name, .. } => name.len() + 8,
+        Command::PutModel { name, hash, signature, .. } => name.len() + hash.len() + signature.len(),
+        Command::DeployModel { deployment } => deployment.model.len() + 48,
+        Command::UndeployModel { name, .. } => name.len() + 8,
+        Command::ChangeReplicas { changes, .. } => changes.iter().map(|c| c.model.len() + c.reason.len() + 40).sum(),
     }
 }
 

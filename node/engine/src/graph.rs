@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use crate::error::{push_index, push_key, ValidationError};
-use crate::model::{ErrorAction, Step};
+use crate::model::{ErrorAction, InferenceStep, Step, TaskStep};
 
 /// One control-flow edge; `path` is the JSONPath of the field that makes it.
 #[derive(Clone, Debug)]
@@ -28,8 +28,8 @@ pub(crate) fn flow_edges(step: &Step, path: &str) -> Vec<(String, String)> {
         edges.push((push_key(path, "next"), next.to_string()));
     }
     match step {
-        Step::Task(task) => {
-            if let Some(ErrorAction::Goto(target)) = &task.on_error {
+        Step::Task(TaskStep { on_error, .. }) | Step::Inference(InferenceStep { on_error, .. }) => {
+            if let Some(ErrorAction::Goto(target)) = on_error {
                 edges.push((
                     push_key(&push_key(path, "on_error"), "goto"),
                     target.clone(),

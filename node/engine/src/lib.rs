@@ -26,11 +26,11 @@ pub use canonical::{canonical_bytes, content_hash};
 pub use error::{EvalError, ValidationError};
 pub use mapping::{evaluate_mapping, CompiledMapping};
 pub use model::{
-    Backoff, DecisionCase, DecisionStep, ErrorAction, FailStep, FlowDefinition, ForkBranch,
-    ForkStep, JoinStep, MapStep, MapTask, Mapping, RetryPolicy, SignalStep, Step, SubflowStep,
+    inference_block, Backoff, DecisionCase, DecisionStep, ErrorAction, FailStep, FlowDefinition,
+    ForkBranch, ForkStep, InferenceStep, JoinStep, TensorEncoding, INFERENCE_BLOCK_PREFIX, MapStep, MapTask, Mapping, RetryPolicy, SignalStep, Step, SubflowStep,
     TaskStep, TerminateStep, Timeouts, TransformStep, WaitStep, STEP_TYPES,
 };
-pub use names::{is_block_name, is_flow_name, is_step_id};
+pub use names::{is_block_name, is_flow_name, is_model_name, is_step_id};
 pub use schema::{validate_input, InputSchema, SchemaType};
 
 use serde_json::Value;

@@ -50,6 +50,8 @@ impl FlowDefinition {
 pub enum Step {
     /// An external block run by a worker.
     Task(TaskStep),
+    /// A model run on a warm replica of a deployed model.
+    Inference(InferenceStep),
     /// Picks the next step by the first case whose condition holds.
     Decision(DecisionStep),
     /// Runs several branches in parallel up to a join.
@@ -73,8 +75,9 @@ pub enum Step {
 }
 
 /// The JSON `type` names of every step kind, in documentation order.
-pub const STEP_TYPES: [&str; 11] = [
+pub const STEP_TYPES: [&str; 12] = [
     "task",
+    "inference",
     "decision",
     "fork",
     "join",
@@ -92,6 +95,7 @@ impl Step {
     pub fn id(&self) -> &str {
         match self {
             Step::Task(step) => &step.id,
+            Step::Inference(step) => &step.id,
             Step::Decision(step) => &step.id,
             Step::Fork(step) => &step.id,
             Step::Join(step) => &step.id,
@@ -109,6 +113,7 @@ impl Step {
     pub fn type_name(&self) -> &'static str {
         match self {
             Step::Task(_) => "task",
+            Step::Inference(_) => "inference",
             Step::Decision(_) => "decision",
             Step::Fork(_) => "fork",
             Step::Join(_) => "join",
@@ -126,6 +131,7 @@ impl Step {
     pub fn next(&self) -> Option<&str> {
         let next = match self {
             Step::Task(step) => &step.next,
+            Step::Inference(step) => &step.next,
             Step::Join(step) => &step.next,
             Step::Map(step) => &step.next,
             Step::Transform(step) => &step.next,
@@ -276,6 +282,71 @@ pub struct TaskStep {
     /// Following step; the run ends with this step's output when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next: Option<String>,
+}
+
+/// Block names of inference tasks start with this; workers may not serve them.
+pub const INFERENCE_BLOCK_PREFIX: &str = "model.";
+
+/// The block an inference step's tasks run as: `model.<name>` (the latest
+/// deployed version) or `model.<name>.v<version>`. Nodes holding a warm
+/// replica serve it, so placement routes the task to one of them.
+pub fn inference_block(model: &str, version: Option<u64>) -> String {
+    match version {
+        Some(version) => format!("{INFERENCE_BLOCK_PREFIX}{model}.v{version}"),
+        None => format!("{INFERENCE_BLOCK_PREFIX}{model}"),
+    }
+}
+
+/// How an inference step writes output tensors.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TensorEncoding {
+    /// `b64`: the raw little-endian bytes in base64 (exact, compact).
+    #[default]
+    Base64,
+    /// `data`: a flat list of numbers, for expressions to read.
+    List,
+}
+
+/// `type: "inference"`: runs a deployed model. The input mapping yields an
+/// object of input name → tensor (`{"dtype", "shape", "b64" | "data"}`);
+/// the step's output is the object of output name → tensor.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InferenceStep {
+    /// Step id.
+    pub id: String,
+    /// Free text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Registered model name.
+    pub model: String,
+    /// Model version; the latest deployed version when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<u64>,
+    /// The model's inputs.
+    pub input: Mapping,
+    /// How output tensors are written (default base64).
+    #[serde(default)]
+    pub outputs: TensorEncoding,
+    /// Retry policy; one attempt when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<RetryPolicy>,
+    /// Timeouts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeouts: Option<Timeouts>,
+    /// What happens once every attempt failed; the run fails when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_error: Option<ErrorAction>,
+    /// Following step; the run ends with this step's output when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
+}
+
+impl InferenceStep {
+    pub fn block(&self) -> String {
+        inference_block(&self.model, self.version)
+    }
 }
 
 /// One case of a decision.

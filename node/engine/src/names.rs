@@ -23,6 +23,14 @@ pub fn is_step_id(text: &str) -> bool {
     })
 }
 
+/// Longest model name: `model.<name>.v<version>` must stay a block name.
+pub const MAX_MODEL_NAME_CHARS: usize = 40;
+
+/// `^[a-z][a-z0-9_-]{0,39}$`
+pub fn is_model_name(text: &str) -> bool {
+    is_flow_name(text) && text.len() <= MAX_MODEL_NAME_CHARS
+}
+
 /// `^[a-z][a-z0-9_.-]{0,62}$` — blocks and signals.
 pub fn is_block_name(text: &str) -> bool {
     is_name(text, |c| {

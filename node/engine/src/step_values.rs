@@ -1,8 +1,8 @@
 //! Per-step value checks: names, counts and numeric ranges.
 
 use crate::error::{push_index, push_key, ValidationError};
-use crate::model::{ErrorAction, RetryPolicy, Step, Timeouts};
-use crate::names::{is_block_name, is_flow_name, is_step_id};
+use crate::model::{ErrorAction, RetryPolicy, Step, Timeouts, INFERENCE_BLOCK_PREFIX};
+use crate::names::{is_block_name, is_flow_name, is_model_name, is_step_id};
 
 /// Most cases in one decision.
 pub const MAX_DECISION_CASES: usize = 100;
@@ -14,15 +14,31 @@ pub(crate) fn check_step_values(step: &Step, path: &str, errors: &mut Vec<Valida
     match step {
         Step::Task(task) => {
             check_block(&task.block, &push_key(path, "block"), errors);
-            if let Some(retry) = &task.retry {
-                check_retry(retry, &push_key(path, "retry"), errors);
+            if task.block.starts_with(INFERENCE_BLOCK_PREFIX) {
+                errors.push(ValidationError::new(
+                    push_key(path, "block"),
+                    format!("block names starting with \"{INFERENCE_BLOCK_PREFIX}\" are reserved for inference steps"),
+                ));
             }
-            if let Some(timeouts) = &task.timeouts {
-                check_timeouts(timeouts, &push_key(path, "timeouts"), errors);
+            check_attempt_policy(task.retry.as_ref(), task.timeouts.as_ref(), task.on_error.as_ref(), path, errors);
+        }
+        Step::Inference(inference) => {
+            if !is_model_name(&inference.model) {
+                errors.push(ValidationError::new(
+                    push_key(path, "model"),
+                    format!("invalid model name \"{}\": must match ^[a-z][a-z0-9_-]{{0,39}}$", inference.model),
+                ));
             }
-            if let Some(action) = &task.on_error {
-                check_action(action, &push_key(path, "on_error"), errors);
+            if inference.version == Some(0) {
+                errors.push(ValidationError::new(push_key(path, "version"), "versions start at 1"));
             }
+            check_attempt_policy(
+                inference.retry.as_ref(),
+                inference.timeouts.as_ref(),
+                inference.on_error.as_ref(),
+                path,
+                errors,
+            );
         }
         Step::Decision(decision) => {
             let count = decision.cases.len();
@@ -162,6 +178,24 @@ pub(crate) fn check_step_values(step: &Step, path: &str, errors: &mut Vec<Valida
             }
         }
         Step::Join(_) | Step::Transform(_) | Step::Terminate(_) => {}
+    }
+}
+
+fn check_attempt_policy(
+    retry: Option<&RetryPolicy>,
+    timeouts: Option<&Timeouts>,
+    on_error: Option<&ErrorAction>,
+    path: &str,
+    errors: &mut Vec<ValidationError>,
+) {
+    if let Some(retry) = retry {
+        check_retry(retry, &push_key(path, "retry"), errors);
+    }
+    if let Some(timeouts) = timeouts {
+        check_timeouts(timeouts, &push_key(path, "timeouts"), errors);
+    }
+    if let Some(action) = on_error {
+        check_action(action, &push_key(path, "on_error"), errors);
     }
 }
 

@@ -18,6 +18,7 @@ enum Shape {
     F64,
     Bool,
     Backoff,
+    Encoding,
     Mapping,
     Action,
     Retry,
@@ -96,6 +97,16 @@ fn step_fields(step_type: &str) -> &'static [Field] {
         opt("on_error", Shape::Action),
         opt("next", Shape::Str),
     ];
+    const INFERENCE: &[Field] = &[
+        req("model", Shape::Str),
+        opt("version", Shape::U64),
+        req("input", Shape::Mapping),
+        opt("outputs", Shape::Encoding),
+        opt("retry", Shape::Retry),
+        opt("timeouts", Shape::Timeouts),
+        opt("on_error", Shape::Action),
+        opt("next", Shape::Str),
+    ];
     const DECISION: &[Field] = &[req("cases", Shape::Cases), req("default", Shape::Str)];
     const FORK: &[Field] = &[req("branches", Shape::Branches), req("join", Shape::Str)];
     const NEXT_ONLY: &[Field] = &[opt("next", Shape::Str)];
@@ -128,6 +139,7 @@ fn step_fields(step_type: &str) -> &'static [Field] {
     const FAIL: &[Field] = &[req("reason", Shape::Str)];
     match step_type {
         "task" => TASK,
+        "inference" => INFERENCE,
         "decision" => DECISION,
         "fork" => FORK,
         "join" => NEXT_ONLY,
@@ -338,6 +350,11 @@ fn check_shape(value: &Value, path: &str, shape: Shape, errors: &mut Vec<Validat
         Shape::Backoff => {
             if !matches!(value.as_str(), Some("fixed" | "exponential")) {
                 errors.push(type_error(path, "\"fixed\" or \"exponential\"", value));
+            }
+        }
+        Shape::Encoding => {
+            if !matches!(value.as_str(), Some("base64" | "list")) {
+                errors.push(type_error(path, "\"base64\" or \"list\"", value));
             }
         }
         Shape::Mapping => check_mapping(value, path, errors),

@@ -774,3 +774,35 @@ mod properties {
         }
     }
 }
+
+#[test]
+fn inference_steps_validate_model_version_input_and_policies() {
+    let good = flow(vec![
+        json!({"id": "detect", "type": "inference", "model": "ppocr-det", "version": 2,
+               "input": {"x": "input.tensor"}, "retry": {"max_attempts": 3}, "on_error": {"goto": "fallback"}, "next": "done"}),
+        json!({"id": "fallback", "type": "terminate", "output": "'none'"}),
+        json!({"id": "done", "type": "terminate", "output": "steps.detect.output"}),
+    ]);
+    let errors = errors_of(good);
+    assert!(errors.is_empty(), "{errors:#?}");
+
+    let errors = errors_of(flow(vec![
+        json!({"id": "a", "type": "inference", "model": "Bad.Name", "version": 0, "input": {"x": "steps.nope.output"},
+               "retry": {"max_attempts": 0}, "outputs": "hex"}),
+    ]));
+    assert_error(&errors, "$.steps[0].outputs", "\"base64\" or \"list\"");
+    let errors = errors_of(flow(vec![
+        json!({"id": "a", "type": "inference", "model": "Bad.Name", "version": 0, "input": {"x": "steps.nope.output"},
+               "retry": {"max_attempts": 0}}),
+    ]));
+    assert_error(&errors, "$.steps[0].model", "invalid model name");
+    assert_error(&errors, "$.steps[0].version", "versions start at 1");
+    assert_error(&errors, "$.steps[0].retry.max_attempts", "");
+    assert_error(&errors, "$.steps[0].input.x", "nope");
+}
+
+#[test]
+fn model_blocks_are_reserved_for_inference_steps() {
+    let errors = errors_of(flow(vec![json!({"id": "a", "type": "task", "block": "model.ppocr-det", "input": "input"})]));
+    assert_error(&errors, "$.steps[0].block", "reserved for inference steps");
+}

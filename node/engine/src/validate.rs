@@ -153,6 +153,7 @@ fn step_expressions(step: &Step, path: &str) -> Vec<(String, String, bool)> {
     };
     match step {
         Step::Task(task) => add_mapping(&task.input, push_key(path, "input"), false, &mut found),
+        Step::Inference(inference) => add_mapping(&inference.input, push_key(path, "input"), false, &mut found),
         Step::Decision(decision) => {
             let cases_path = push_key(path, "cases");
             for (index, case) in decision.cases.iter().enumerate() {

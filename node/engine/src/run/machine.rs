@@ -205,6 +205,7 @@ impl<'a> Machine<'a> {
         self.begin_step(step_id);
         match step {
             Step::Task(task) => self.enter_task(index, task),
+            Step::Inference(step) => self.enter_inference(index, step),
             Step::Decision(decision) => self.enter_decision(index, decision),
             Step::Fork(fork) => self.enter_fork(fork),
             Step::Join(join) => {

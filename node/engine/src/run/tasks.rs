@@ -1,6 +1,8 @@
 //! Task slots: task steps and the items of map steps. Attempts, fencing,
 //! retries with backoff, task timeouts, and the map step's item window.
 
+use std::borrow::Cow;
+
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -9,7 +11,7 @@ use super::machine::Machine;
 use super::steps::{not_pending, step_path};
 use super::{AttemptRecord, Effect, RunError, TaskKey, TaskSpec, TimerKey};
 use crate::error::{excerpt, kind_of};
-use crate::model::{MapStep, RetryPolicy, Step, TaskStep, Timeouts};
+use crate::model::{InferenceStep, MapStep, RetryPolicy, Step, TaskStep, Timeouts};
 
 pub(super) const SCHEDULE_TO_START_TIMER: &str = "schedule-to-start";
 pub(super) const START_TO_CLOSE_TIMER: &str = "start-to-close";
@@ -70,7 +72,7 @@ impl MapItem {
 
 /// What a slot runs: block, retry policy and timeouts.
 struct SlotSpec<'a> {
-    block: &'a str,
+    block: Cow<'a, str>,
     retry: Option<&'a RetryPolicy>,
     timeouts: Option<&'a Timeouts>,
 }
@@ -94,12 +96,17 @@ impl<'a> Machine<'a> {
     fn slot_spec(&self, step_id: &str) -> Option<SlotSpec<'a>> {
         match self.step_at(step_id)?.1 {
             Step::Task(task) => Some(SlotSpec {
-                block: &task.block,
+                block: Cow::Borrowed(&task.block),
                 retry: task.retry.as_ref(),
                 timeouts: task.timeouts.as_ref(),
             }),
+            Step::Inference(inference) => Some(SlotSpec {
+                block: Cow::Owned(inference.block()),
+                retry: inference.retry.as_ref(),
+                timeouts: inference.timeouts.as_ref(),
+            }),
             Step::Map(map) => Some(SlotSpec {
-                block: &map.task.block,
+                block: Cow::Borrowed(&map.task.block),
                 retry: map.task.retry.as_ref(),
                 timeouts: map.task.timeouts.as_ref(),
             }),
@@ -190,15 +197,31 @@ impl<'a> Machine<'a> {
             Ok(input) => input,
             Err(error) => return self.fail_step(&task.id, error, task.on_error.as_ref()),
         };
-        let attempt = self.next_attempt_number(&task.id, None);
-        if let Some(record) = self.record_mut(&task.id) {
+        self.schedule_first_attempt(&task.id, input);
+    }
+
+    /// An inference step is a task of its model's block; the task input
+    /// carries the evaluated inputs and the output encoding.
+    pub(super) fn enter_inference(&mut self, index: usize, step: &InferenceStep) {
+        let path = format!("{}.input", step_path(index));
+        let inputs = match self.evaluate_mapping(&step.id, &path, &step.input, self.variables()) {
+            Ok(inputs) => inputs,
+            Err(error) => return self.fail_step(&step.id, error, step.on_error.as_ref()),
+        };
+        let input = serde_json::json!({ "inputs": inputs, "outputs": step.outputs });
+        self.schedule_first_attempt(&step.id, input);
+    }
+
+    fn schedule_first_attempt(&mut self, step_id: &str, input: Value) {
+        let attempt = self.next_attempt_number(step_id, None);
+        if let Some(record) = self.record_mut(step_id) {
             record.input = Some(input.clone());
             record.progress = serde_json::to_value(TaskProgress {
                 first_attempt: attempt,
             })
             .unwrap_or(Value::Null);
         }
-        let key = self.task_key(&task.id, None);
+        let key = self.task_key(step_id, None);
         self.schedule_attempt(key, attempt, input, 0);
     }
 
@@ -216,7 +239,7 @@ impl<'a> Machine<'a> {
             return Err(not_applicable("the task belongs to another run"));
         }
         let shape_matches = match self.def.step(&key.step_id) {
-            Some(Step::Task(_)) => key.item.is_none(),
+            Some(Step::Task(_) | Step::Inference(_)) => key.item.is_none(),
             Some(Step::Map(_)) => key.item.is_some(),
             _ => false,
         };
@@ -311,6 +334,9 @@ impl<'a> Machine<'a> {
         ) {
             (Some(Step::Task(task)), None) => {
                 self.complete_step(&task.id, output, task.next.as_deref())
+            }
+            (Some(Step::Inference(step)), None) => {
+                self.complete_step(&step.id, output, step.next.as_deref())
             }
             (Some(Step::Map(map)), Some(item)) => {
                 self.update_item(&map.id, item, |entry| {
@@ -415,6 +441,9 @@ impl<'a> Machine<'a> {
             (Some(Step::Task(task)), None) => {
                 self.fail_step(&task.id, message, task.on_error.as_ref())
             }
+            (Some(Step::Inference(step)), None) => {
+                self.fail_step(&step.id, message, step.on_error.as_ref())
+            }
             (Some(Step::Map(map)), Some(item)) => {
                 self.update_item(&map.id, item, |entry| {
                     entry.status = ItemStatus::Failed;
@@ -449,7 +478,7 @@ impl<'a> Machine<'a> {
     fn slot_input(&self, key: &TaskKey) -> Result<Value, String> {
         let record = self.run.steps.get(&key.step_id);
         match (self.step_at(&key.step_id), key.item) {
-            (Some((_, Step::Task(_))), None) => Ok(record
+            (Some((_, Step::Task(_) | Step::Inference(_))), None) => Ok(record
                 .and_then(|record| record.input.clone())
                 .unwrap_or(Value::Null)),
             (Some((index, Step::Map(map))), Some(item)) => {

@@ -1316,3 +1316,31 @@ fn a_lost_attempt_is_redelivered_at_once_without_using_a_retry() {
     let error = run.error.clone().unwrap_or_default();
     assert!(error.contains("1 of 1"), "{error}");
 }
+
+// ---- inference ----
+
+#[test]
+fn an_inference_step_schedules_its_model_block_with_inputs_and_encoding() {
+    let def = flow(vec![
+        json!({"id": "score", "type": "inference", "model": "cls", "input": {"x": "input.t"}, "outputs": "list", "next": "pinned"}),
+        json!({"id": "pinned", "type": "inference", "model": "cls", "version": 3, "input": "steps.score.output",
+               "retry": {"max_attempts": 2, "jitter": false, "initial_backoff_ms": 10}}),
+    ]);
+    let tensor = json!({"dtype": "f32", "shape": [1], "data": [0.5]});
+    let (mut run, effects) = start_ok(&def, json!({ "t": tensor }));
+    let specs = scheduled(&effects);
+    assert_eq!(specs[0].block, "model.cls", "unversioned: the latest deployed version serves it");
+    assert_eq!(specs[0].input, json!({"inputs": {"x": tensor}, "outputs": "list"}));
+    assert_eq!(run.steps["score"].input, Some(specs[0].input.clone()));
+
+    let outputs = json!({"y": {"dtype": "f32", "shape": [1, 2], "data": [0.1, 0.9]}});
+    let effects = complete(&def, &mut run, "score", None, 1, outputs.clone());
+    let specs = scheduled(&effects);
+    assert_eq!(specs[0].block, "model.cls.v3");
+    assert_eq!(specs[0].input, json!({"inputs": outputs, "outputs": "base64"}));
+    // Retries follow the step's policy like any task.
+    let effects = fail(&def, &mut run, "pinned", None, 1, true);
+    assert!(finished(&effects).is_none());
+    let effects = fail(&def, &mut run, "pinned", None, 2, true);
+    assert_eq!(finished(&effects), Some(RunStatus::Failed));
+}
