@@ -44,6 +44,9 @@ pub enum Command {
     /// Cluster-wide concurrency limits per block type or per flow.
     #[command(subcommand)]
     Limit(LimitCommand),
+    /// ONNX models: register, deploy warm replicas, status, direct inference.
+    #[command(subcommand)]
+    Model(crate::model_cli::ModelCommand),
 }
 
 #[derive(Subcommand, Debug)]
@@ -351,6 +354,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Run(command) => run_command(command).await,
         Command::Blob(command) => blob(command).await,
         Command::Limit(command) => limit(command).await,
+        Command::Model(command) => crate::model_cli::model(command).await,
     }
 }
 
@@ -478,7 +482,7 @@ fn cert(command: CertCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn connect(args: &ClientArgs) -> anyhow::Result<FloeClient> {
+pub(crate) async fn connect(args: &ClientArgs) -> anyhow::Result<FloeClient> {
     let options = ClientOptions {
         endpoints: args.endpoint.split(',').map(|e| e.trim().to_string()).filter(|e| !e.is_empty()).collect(),
         ca: args.ca.clone(),
@@ -491,11 +495,11 @@ async fn connect(args: &ClientArgs) -> anyhow::Result<FloeClient> {
 }
 
 /// gRPC errors as one line naming the code and the server's message.
-fn status_error(status: tonic::Status) -> anyhow::Error {
+pub(crate) fn status_error(status: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("{:?}: {}", status.code(), status.message())
 }
 
-fn print_json(value: serde_json::Value) {
+pub(crate) fn print_json(value: serde_json::Value) {
     println!("{value}");
 }
 

@@ -12,6 +12,7 @@ use crate::api::flows_client::FlowsClient;
 use crate::api::runs_client::RunsClient;
 use crate::api::workers_client::WorkersClient;
 use crate::api::kv_client::KvClient;
+use crate::api::models_client::ModelsClient;
 
 /// The DNS name every node certificate carries for its API.
 pub const API_SERVER_NAME: &str = "api.floe";
@@ -36,6 +37,7 @@ pub struct FloeClient {
     pub runs: RunsClient<Channel>,
     pub workers: WorkersClient<Channel>,
     pub blobs: BlobsClient<Channel>,
+    pub models: ModelsClient<Channel>,
     pub endpoint: String,
 }
 
@@ -78,7 +80,10 @@ impl FloeClient {
                         workers: WorkersClient::new(channel.clone())
                             .max_decoding_message_size(CLIENT_MESSAGE_LIMIT)
                             .max_encoding_message_size(CLIENT_MESSAGE_LIMIT),
-                        blobs: BlobsClient::new(channel).max_decoding_message_size(CLIENT_MESSAGE_LIMIT),
+                        blobs: BlobsClient::new(channel.clone()).max_decoding_message_size(CLIENT_MESSAGE_LIMIT),
+                        models: ModelsClient::new(channel)
+                            .max_decoding_message_size(CLIENT_MESSAGE_LIMIT)
+                            .max_encoding_message_size(CLIENT_MESSAGE_LIMIT),
                         endpoint: endpoint.clone(),
                     })
                 }

@@ -39,6 +39,42 @@ pub struct NodeConfig {
     pub raft: RaftTuning,
     pub storage: StorageConfig,
     pub runs: RunsConfig,
+    pub inference: InferenceConfig,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct InferenceConfig {
+    /// ONNX Runtime 1.31 library (`libonnxruntime.so.1.31.1`); empty: the
+    /// `FLOE_ORT_LIB` environment variable. Loaded on first use; a missing
+    /// or too-old library fails the replicas (and `model put`) with its path.
+    pub ort_library: PathBuf,
+    /// Memory model replicas may take on this node; 0: half the machine's.
+    pub memory_budget_bytes: u64,
+    /// A replica unused this long may be evicted when another needs its
+    /// memory. Default: 60 s.
+    pub idle_evict_ms: u64,
+    /// Largest model file `model put` accepts. Default and ceiling: 48 MiB
+    /// (a blob travels between nodes as one QUIC frame).
+    pub max_model_bytes: u64,
+    /// How long a direct inference request waits for a replica that is
+    /// loading (or evicted and placed again on demand). Default: 30 s.
+    pub cold_start_wait_ms: u64,
+    /// GPUs this node offers to replicas; empty: what NVML finds (GPU builds).
+    pub gpus: Vec<floe_inference::GpuDevice>,
+}
+
+impl Default for InferenceConfig {
+    fn default() -> Self {
+        InferenceConfig {
+            ort_library: PathBuf::new(),
+            memory_budget_bytes: 0,
+            idle_evict_ms: 60_000,
+            max_model_bytes: MAX_PAYLOAD_CEILING,
+            cold_start_wait_ms: 30_000,
+            gpus: Vec::new(),
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -128,6 +164,7 @@ impl Default for NodeConfig {
             raft: RaftTuning::default(),
             storage: StorageConfig::default(),
             runs: RunsConfig::default(),
+            inference: InferenceConfig::default(),
         }
     }
 }
@@ -288,6 +325,15 @@ impl NodeConfig {
         }
         if self.runs.inline_payload_bytes > self.runs.max_payload_bytes {
             return invalid("runs.inline_payload_bytes", "must not be above runs.max_payload_bytes".into());
+        }
+        if self.inference.max_model_bytes > MAX_PAYLOAD_CEILING || self.inference.max_model_bytes < 1024 {
+            return invalid("inference.max_model_bytes", format!("must be 1024 to {MAX_PAYLOAD_CEILING}"));
+        }
+        if self.inference.idle_evict_ms < 1_000 {
+            return invalid("inference.idle_evict_ms", "must be at least 1000".into());
+        }
+        if let Err(err) = floe_inference::GpuInventory::declared(self.inference.gpus.clone()) {
+            return invalid("inference.gpus", err.to_string());
         }
         if self.storage.blob_gc_grace_ms < 1_000 {
             return invalid("storage.blob_gc_grace_ms", "must be at least 1000".into());

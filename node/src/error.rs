@@ -19,6 +19,9 @@ pub enum ApiError {
     FailedPrecondition(String),
     #[error("internal error: {0}")]
     Internal(String),
+    /// Out of capacity now (a full model queue); retrying later is safe.
+    #[error("resource exhausted: {0}")]
+    ResourceExhausted(String),
 }
 
 impl From<ApiError> for tonic::Status {
@@ -31,6 +34,7 @@ impl From<ApiError> for tonic::Status {
             ApiError::NotFound(_) => tonic::Status::not_found(message),
             ApiError::FailedPrecondition(_) => tonic::Status::failed_precondition(message),
             ApiError::Internal(_) => tonic::Status::internal(message),
+            ApiError::ResourceExhausted(_) => tonic::Status::resource_exhausted(message),
         }
     }
 }

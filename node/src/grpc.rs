@@ -14,6 +14,7 @@ use crate::api::blobs_server::{Blobs, BlobsServer};
 use crate::api::cluster_server::{Cluster, ClusterServer};
 use crate::api::flows_server::{Flows, FlowsServer};
 use crate::api::kv_server::{Kv, KvServer};
+use crate::api::models_server::{Models, ModelsServer};
 use crate::api::runs_server::{Runs, RunsServer};
 use crate::api::workers_server::{Workers, WorkersServer};
 use crate::error::ApiError;
@@ -27,6 +28,7 @@ pub async fn serve(node: Arc<Node>, material: TlsMaterial, cancel: CancellationT
         .client_ca_root(tonic::transport::Certificate::from_pem(material.ca_pem()));
     // Payloads up to runs.max_payload_bytes, plus room for the message around them.
     let message_limit = node.config.runs.max_payload_bytes as usize + 1024 * 1024;
+    let model_limit = (node.config.inference.max_model_bytes as usize).max(message_limit) + 1024 * 1024;
     tonic::transport::Server::builder()
         .tls_config(tls)?
         .add_service(ClusterServer::new(ClusterApi { node: node.clone() }))
@@ -42,6 +44,11 @@ pub async fn serve(node: Arc<Node>, material: TlsMaterial, cancel: CancellationT
                 .max_encoding_message_size(message_limit),
         )
         .add_service(BlobsServer::new(BlobsApi { node: node.clone() }).max_encoding_message_size(message_limit))
+        .add_service(
+            ModelsServer::new(ModelsApi { node: node.clone() })
+                .max_decoding_message_size(model_limit)
+                .max_encoding_message_size(model_limit),
+        )
         .add_service(KvServer::new(KvApi { node }))
         .serve_with_shutdown(addr, cancel.cancelled_owned())
         .await
@@ -275,6 +282,137 @@ impl Blobs for BlobsApi {
         let hash = address.strip_prefix("sha256:").unwrap_or(&address);
         let data = self.node.load_blob(hash).await?;
         Ok(Response::new(api::GetBlobResponse { data }))
+    }
+}
+
+struct ModelsApi {
+    node: Arc<Node>,
+}
+
+fn tensors_in(tensors: std::collections::HashMap<String, api::TensorData>) -> Result<floe_inference::TensorMap, ApiError> {
+    tensors
+        .into_iter()
+        .map(|(name, tensor)| {
+            let dtype = floe_inference::tensor_json::dtype_from_name(&tensor.dtype)
+                .ok_or_else(|| ApiError::InvalidArgument(format!("input {name}: unknown dtype {:?}", tensor.dtype)))?;
+            let shape = tensor.shape.iter().map(|&dim| dim as usize).collect();
+            let tensor = floe_inference::Tensor::new(dtype, shape, tensor.data)
+                .map_err(|err| ApiError::InvalidArgument(format!("input {name}: {err}")))?;
+            Ok((name, tensor))
+        })
+        .collect()
+}
+
+fn tensors_out(tensors: floe_inference::TensorMap) -> std::collections::HashMap<String, api::TensorData> {
+    tensors
+        .into_iter()
+        .map(|(name, tensor)| {
+            let data = api::TensorData {
+                dtype: tensor.dtype().name().to_string(),
+                shape: tensor.shape().iter().map(|&dim| dim as u64).collect(),
+                data: tensor.into_data(),
+            };
+            (name, data)
+        })
+        .collect()
+}
+
+fn model_info(record: floe_storage::models::ModelRecord) -> api::ModelInfo {
+    api::ModelInfo {
+        name: record.name,
+        version: record.version,
+        hash: record.hash,
+        size: record.size,
+        signature_json: record.signature.to_string(),
+        created_at_ms: record.created_at_ms,
+    }
+}
+
+#[tonic::async_trait]
+impl Models for ModelsApi {
+    async fn put(&self, request: Request<api::PutModelRequest>) -> Result<Response<api::PutModelResponse>, Status> {
+        let request = request.into_inner();
+        let put = self.node.put_model(&request.name, request.onnx).await?;
+        Ok(Response::new(api::PutModelResponse {
+            version: put.version,
+            created: put.created,
+            hash: put.hash,
+            signature_json: put.signature_json,
+        }))
+    }
+
+    async fn list(&self, request: Request<api::ListModelsRequest>) -> Result<Response<api::ListModelsResponse>, Status> {
+        let models = self.node.list_models(&request.into_inner().name).await?;
+        Ok(Response::new(api::ListModelsResponse { models: models.into_iter().map(model_info).collect() }))
+    }
+
+    async fn deploy(&self, request: Request<api::DeployModelRequest>) -> Result<Response<api::DeployModelResponse>, Status> {
+        let request = request.into_inner();
+        let spec = floe_storage::models::DeploySpec {
+            replicas: request.replicas,
+            threads: request.threads,
+            max_batch: request.max_batch,
+            max_delay_ms: request.max_delay_ms,
+            queue: request.queue,
+            gpu_milli: crate::registry::gpu_milli(request.gpu)?,
+        };
+        let version = self.node.deploy_model(&request.name, request.version, spec).await?;
+        Ok(Response::new(api::DeployModelResponse { version }))
+    }
+
+    async fn undeploy(&self, request: Request<api::UndeployModelRequest>) -> Result<Response<api::UndeployModelResponse>, Status> {
+        let request = request.into_inner();
+        let version = self.node.undeploy_model(&request.name, request.version).await?;
+        Ok(Response::new(api::UndeployModelResponse { version }))
+    }
+
+    async fn status(&self, request: Request<api::ModelStatusRequest>) -> Result<Response<api::ModelStatusResponse>, Status> {
+        let statuses = self.node.model_status(&request.into_inner().name).await?;
+        let deployments = statuses
+            .into_iter()
+            .map(|(deployment, views)| api::DeploymentStatus {
+                model: deployment.model,
+                version: deployment.version,
+                replicas: deployment.spec.replicas,
+                threads: deployment.spec.threads,
+                max_batch: deployment.spec.max_batch,
+                max_delay_ms: deployment.spec.max_delay_ms,
+                queue: deployment.spec.queue,
+                gpu: f64::from(deployment.spec.gpu_milli) / 1000.0,
+                replica_status: views
+                    .into_iter()
+                    .map(|view| {
+                        let report = view.report.unwrap_or_default();
+                        api::ReplicaStatus {
+                            replica: view.replica,
+                            node: view.node.unwrap_or(0),
+                            state: view.state,
+                            detail: view.detail,
+                            gpu_device: view.gpu.map_or(0, |(device, _)| device),
+                            gpu: view.gpu.map_or(0.0, |(_, milli)| f64::from(milli) / 1000.0),
+                            memory_bytes: report.memory_bytes,
+                            queue_depth: report.queue_depth,
+                            queue_capacity: report.queue_capacity,
+                            p50_ms: report.p50_ms,
+                            p99_ms: report.p99_ms,
+                            completed: report.completed,
+                            last_used_ms: report.last_used_ms,
+                        }
+                    })
+                    .collect(),
+            })
+            .collect();
+        Ok(Response::new(api::ModelStatusResponse { deployments }))
+    }
+
+    async fn infer(&self, request: Request<api::InferRequest>) -> Result<Response<api::InferResponse>, Status> {
+        let request = request.into_inner();
+        if request.model.is_empty() {
+            return Err(ApiError::InvalidArgument("model is empty".into()).into());
+        }
+        let inputs = tensors_in(request.inputs)?;
+        let served = self.node.infer(&request.model, request.version, inputs).await?;
+        Ok(Response::new(api::InferResponse { outputs: tensors_out(served.outputs), node: served.node, replica: served.replica }))
     }
 }
 

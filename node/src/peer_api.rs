@@ -34,6 +34,10 @@ pub enum PeerRequest {
     BlobPut { hash: String, bytes: serde_bytes::ByteBuf },
     /// Send this node's copy of a blob, if it has one.
     BlobGet { hash: String },
+    /// Run this on a warm local replica of the model (no further hop).
+    Infer { model: String, version: u64, inputs: floe_inference::TensorMap },
+    /// The leader's latest replica reports from every node (model status).
+    ModelReports,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -45,6 +49,9 @@ pub enum PeerResponse {
     LocalStatus(LocalStatus),
     Ack,
     Blob(Option<serde_bytes::ByteBuf>),
+    /// Outputs and the replica index; `None`: no warm replica here.
+    Inferred(Option<(floe_inference::TensorMap, u32)>),
+    ModelReports(Vec<(NodeId, Vec<crate::models::ReplicaReport>)>),
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -168,5 +175,10 @@ async fn serve(node: &Node, from: PeerIdentity, request: PeerRequest) -> Result<
         PeerRequest::BlobGet { hash } => {
             node.local_blob(hash).await.map(|bytes| PeerResponse::Blob(bytes.map(serde_bytes::ByteBuf::from)))
         }
+        PeerRequest::Infer { model, version, inputs } => node
+            .infer_local(&model, version, inputs)
+            .await
+            .map(|served| PeerResponse::Inferred(served.map(|served| (served.outputs, served.replica)))),
+        PeerRequest::ModelReports => Ok(PeerResponse::ModelReports(node.reports.replica_reports())),
     }
 }

@@ -36,6 +36,14 @@ pub struct NodeReport {
     /// 1-minute load average divided by cores.
     pub cpu_load: f32,
     pub memory_used_ratio: f32,
+    /// Memory model replicas may take here (`inference.memory_budget_bytes`).
+    pub model_memory_budget: u64,
+    /// This node's model replicas and their state.
+    pub replicas: Vec<crate::models::ReplicaReport>,
+    /// GPUs offered to replicas.
+    pub gpus: Vec<floe_inference::GpuDevice>,
+    /// Model versions asked for here with no warm replica anywhere.
+    pub model_demand: Vec<(String, u64)>,
 }
 
 /// The leader's view of the nodes' reports.
@@ -54,12 +62,17 @@ impl Reports {
         }
     }
 
-    fn fresh(&self) -> BTreeMap<NodeId, NodeReport> {
+    /// Every fresh report's replicas, for model status.
+    pub fn replica_reports(&self) -> Vec<(NodeId, Vec<crate::models::ReplicaReport>)> {
+        self.fresh().into_iter().map(|(id, report)| (id, report.replicas)).collect()
+    }
+
+    pub(crate) fn fresh(&self) -> BTreeMap<NodeId, NodeReport> {
         let Ok(latest) = self.latest.lock() else { return BTreeMap::new() };
         latest.iter().filter(|(_, (at, _))| at.elapsed() < NODE_LEASE).map(|(id, (_, report))| (*id, report.clone())).collect()
     }
 
-    fn silent_nodes(&self, members: &[NodeId]) -> Vec<NodeId> {
+    pub(crate) fn silent_nodes(&self, members: &[NodeId]) -> Vec<NodeId> {
         let leading_long_enough =
             self.leader_since.lock().ok().and_then(|since| *since).is_some_and(|since| since.elapsed() >= NODE_LEASE);
         if !leading_long_enough {
@@ -94,12 +107,26 @@ fn local_report(node: &Node) -> NodeReport {
         0 => 0.0,
         total => system.used_memory() as f32 / total as f32,
     };
+    let mut free_slots = node.workers.free_slots(&queued);
+    let latest = node.reader.deployments().map(|d| crate::models::latest_deployed(&d)).unwrap_or_default();
+    for (block, room) in node.models.free_slots(&latest) {
+        let waiting = queued.get(&block).copied().unwrap_or(0);
+        *free_slots.entry(block).or_default() += room.saturating_sub(waiting);
+    }
+    let model_memory_budget = match node.config.inference.memory_budget_bytes {
+        0 => system.total_memory() / 2,
+        budget => budget,
+    };
     NodeReport {
         node_id: node.id,
-        free_slots: node.workers.free_slots(&queued),
-        running_tasks: node.workers.running(),
+        free_slots,
+        running_tasks: node.workers.running() + node.models.running_count(),
         cpu_load: load / cores,
         memory_used_ratio,
+        model_memory_budget,
+        replicas: node.models.reports(),
+        gpus: node.models.gpus().to_vec(),
+        model_demand: node.models.demand(),
     }
 }
 
@@ -136,6 +163,7 @@ pub async fn report(node: Arc<Node>, cancel: CancellationToken) -> anyhow::Resul
 pub async fn schedule(node: Arc<Node>, cancel: CancellationToken) -> anyhow::Result<()> {
     // New ready tasks appear with applied entries; timers need the clock too.
     let mut applied = node.raft.metrics();
+    let mut last_placement = Instant::now();
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return Ok(()),
@@ -169,12 +197,20 @@ pub async fn schedule(node: Arc<Node>, cancel: CancellationToken) -> anyhow::Res
             writes.push(Command::FireTimers { timers, at_ms: now });
         }
         let mut reports = node.reports.fresh();
+        let reports_before = reports.clone();
+        // Inference blocks with ready tasks and no replica to run them.
+        let mut waiting_blocks = std::collections::BTreeSet::new();
         let mut headroom = Headroom::new(&limits);
         for task in ready {
             if !headroom.allows(&task) {
                 continue;
             }
-            let Some(target) = pick_node(&reports, &task.spec.block) else { continue };
+            let Some(target) = pick_node(&reports, &task.spec.block) else {
+                if task.spec.block.starts_with(floe_engine::INFERENCE_BLOCK_PREFIX) {
+                    waiting_blocks.insert(task.spec.block.clone());
+                }
+                continue;
+            };
             headroom.take(&task);
             if let Some(report) = reports.get_mut(&target) {
                 if let Some(slots) = report.free_slots.get_mut(&task.spec.block) {
@@ -198,6 +234,10 @@ pub async fn schedule(node: Arc<Node>, cancel: CancellationToken) -> anyhow::Res
             }
         }
         expire_silent_nodes(&node).await;
+        if last_placement.elapsed() >= crate::placement::PLACE_EVERY {
+            last_placement = Instant::now();
+            crate::placement::place_replicas(&node, &reports_before, &waiting_blocks).await;
+        }
     }
 }
 
@@ -246,7 +286,7 @@ fn pick_node(reports: &BTreeMap<NodeId, NodeReport>, block: &str) -> Option<Node
         .map(|report| report.node_id)
 }
 
-fn load_score(report: &NodeReport) -> f32 {
+pub(crate) fn load_score(report: &NodeReport) -> f32 {
     let free: u32 = report.free_slots.values().sum();
     let busy = report.running_tasks as f32 / (report.running_tasks + free).max(1) as f32;
     busy + report.cpu_load + report.memory_used_ratio
@@ -308,7 +348,7 @@ mod tests {
             free_slots: [(block.to_string(), free)].into_iter().collect(),
             running_tasks: running,
             cpu_load: cpu,
-            memory_used_ratio: 0.0,
+            ..NodeReport::default()
         }
     }
 

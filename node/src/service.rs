@@ -33,6 +33,8 @@ pub struct Node {
     pub metrics: Arc<NodeMetrics>,
     pub proposer: Proposer,
     pub workers: crate::workers::WorkerRegistry,
+    /// Model replicas on this node (see `models.rs`).
+    pub models: crate::models::ModelManager,
     pub reports: crate::scheduler::Reports,
     pub config: NodeConfig,
     /// Until then, a restarted node's idea of the leader comes from its stored
@@ -111,6 +113,10 @@ pub async fn serve(config: NodeConfig, cancel: CancellationToken) -> anyhow::Res
     let blob_dir = config.data_dir.join("blobs");
     let blobs = tokio::task::spawn_blocking(move || floe_storage::BlobStore::open(&blob_dir)).await??;
 
+    let declared_gpus = config.inference.gpus.clone();
+    let gpus = tokio::task::spawn_blocking(move || floe_inference::GpuInventory::declared_or_detected(declared_gpus))
+        .await?
+        .context("inference.gpus")?;
     let info = NodeInfo {
         raft_addr: config.advertised_raft_addr().to_string(),
         api_addr: config.advertised_api_addr().to_string(),
@@ -162,6 +168,7 @@ pub async fn serve(config: NodeConfig, cancel: CancellationToken) -> anyhow::Res
         metrics,
         proposer: Proposer::start(raft.clone(), config.node_id, CLIENT_REQUEST_TIMEOUT, cancel.clone()),
         workers: Default::default(),
+        models: crate::models::ModelManager::new(gpus),
         reports: Default::default(),
         config: config.clone(),
         restart_grace_until,
@@ -193,6 +200,7 @@ pub async fn serve(config: NodeConfig, cancel: CancellationToken) -> anyhow::Res
     tasks.spawn(crate::scheduler::schedule(node.clone(), cancel.clone()));
     tasks.spawn(crate::scheduler::retain(node.clone(), cancel.clone()));
     tasks.spawn(crate::blobs::maintain(node.clone(), cancel.clone()));
+    tasks.spawn(crate::models::maintain(node.clone(), cancel.clone()));
     // Bootstrap ends on its own once the cluster exists; it is not a server.
     let bootstrap = (config.bootstrap.expect > 0).then(|| tokio::spawn(crate::bootstrap::run(node.clone(), cancel.clone())));
     tracing::info!(node_id = config.node_id, raft = %config.raft_addr, api = %config.api_addr, http = %config.http_addr, "node started");

@@ -181,6 +181,13 @@ impl WorkerRegistry {
         overdue
     }
 
+    /// Remembers an attempt as answered: never pushed or run again here.
+    pub fn mark_answered(&self, task: &str, attempt: u32) {
+        if let Ok(mut answered) = self.answered.lock() {
+            answered.insert(task.to_string(), attempt);
+        }
+    }
+
     fn finish(&self, worker_id: &str, task: &str, attempt: u32) {
         if let Ok(mut answered) = self.answered.lock() {
             answered.insert(task.to_string(), attempt);
@@ -228,7 +235,15 @@ pub async fn serve_worker(
     } else if hello.concurrency == 0 {
         Some("concurrency must be at least 1".to_string())
     } else {
-        hello.blocks.iter().find(|block| !floe_engine::is_block_name(block)).map(|block| format!("block name {block:?} is not valid"))
+        hello.blocks.iter().find_map(|block| {
+            if !floe_engine::is_block_name(block) {
+                Some(format!("block name {block:?} is not valid"))
+            } else if is_inference(block) {
+                Some(format!("block {block:?}: names starting with {:?} are served by model replicas", floe_engine::INFERENCE_BLOCK_PREFIX))
+            } else {
+                None
+            }
+        })
     };
     if let Some(problem) = problem {
         let _ = sender.send(Err(Status::invalid_argument(problem))).await;
@@ -309,7 +324,7 @@ const RESULT_RETRY_LIMIT: Duration = Duration::from_secs(30);
 /// node still holds the lease, so nothing else would ever end the attempt.
 /// Retrying is safe: a result that was applied meanwhile is refused as
 /// finished. (Found by the chaos suite: kill-leader, pause-leader.)
-async fn deliver_result(
+pub(crate) async fn deliver_result(
     node: &Node,
     key: floe_engine::run::TaskKey,
     attempt: u32,
@@ -377,9 +392,25 @@ pub async fn dispatch(node: Arc<Node>, cancel: CancellationToken) -> anyhow::Res
             placed.iter().map(|task| (task_key_text(&task.spec.key), task.spec.attempt)).collect();
         node.workers.retain(&attempts);
         let mut unserved_now = BTreeMap::new();
+        let latest = if placed.iter().any(|task| is_inference(&task.spec.block)) {
+            node.reader.deployments().map(|d| crate::models::latest_deployed(&d)).unwrap_or_default()
+        } else {
+            BTreeMap::new()
+        };
         for task in &placed {
             let text = task_key_text(&task.spec.key);
-            if node.workers.is_pushed(&text, task.spec.attempt) {
+            if dispatched(&node, &text, task.spec.attempt) {
+                continue;
+            }
+            if is_inference(&task.spec.block) {
+                // Run by a warm model replica here, not by a worker.
+                if node.models.serves(&task.spec.block, &latest) {
+                    let Some(input) = worker_input(&node, task).await else { continue };
+                    let input = serde_json::from_slice(&input).unwrap_or(serde_json::Value::Null);
+                    crate::models::start_task(&node, task, input, &latest);
+                } else {
+                    unserved_now.insert(text, task.spec.attempt);
+                }
                 continue;
             }
             if node.workers.has_room(&task.spec.block) {
@@ -449,10 +480,19 @@ pub fn queued_blocks(node: &Node) -> BTreeMap<String, u32> {
     let mut queued = BTreeMap::new();
     if let Ok(placed) = node.reader.tasks_on_node(node.id) {
         for task in placed {
-            if !node.workers.is_pushed(&task_key_text(&task.spec.key), task.spec.attempt) {
+            if !dispatched(node, &task_key_text(&task.spec.key), task.spec.attempt) {
                 *queued.entry(task.spec.block).or_default() += 1;
             }
         }
     }
     queued
+}
+
+fn is_inference(block: &str) -> bool {
+    block.starts_with(floe_engine::INFERENCE_BLOCK_PREFIX)
+}
+
+/// Whether this attempt was handed to a worker or a model replica here.
+fn dispatched(node: &Node, task: &str, attempt: u32) -> bool {
+    node.workers.is_pushed(task, attempt) || node.models.is_running(task, attempt)
 }

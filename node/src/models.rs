@@ -1,0 +1,591 @@
+//! Model replicas on this node: the warm ONNX Runtime pools every workflow
+//! shares, built from the replica placements the leader committed, and the
+//! inference tasks and direct requests they serve.
+//!
+//! A placed replica is one `floe_inference::Pool` (one session on its own
+//! thread, a bounded queue, the batcher). The node learns its replicas from
+//! the state machine (`model/replica/…`), loads the artifact from the blob
+//! store (fetching it from a peer when missing), warms the pool, and
+//! reports each replica's state, footprint, queue and latency to the leader
+//! with its load report. Nodes holding a warm replica of a model serve the
+//! `model.<name>` blocks, so the scheduler places inference tasks on them.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use floe_engine::run::TaskFailure;
+use floe_inference::{Device, Encoding, GpuDevice, GpuInventory, OrtRuntime, Pool, PoolHandle, PoolOptions, TensorMap};
+use floe_storage::models::{DeploySpec, Deployment, GpuShare, ReplicaRecord};
+use floe_storage::runs::{task_key_text, TaskRecord};
+use floe_storage::NodeId;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::ApiError;
+use crate::runs::now_ms;
+use crate::service::Node;
+
+/// Inference tasks a warm replica takes at once, per `max_batch`: enough
+/// for the next batch to form while one runs.
+const TASKS_PER_BATCH_SLOT: u32 = 2;
+
+/// One replica of one deployed model version.
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ReplicaId {
+    pub model: String,
+    pub version: u64,
+    pub replica: u32,
+}
+
+impl ReplicaId {
+    pub fn of(record: &ReplicaRecord) -> ReplicaId {
+        ReplicaId { model: record.model.clone(), version: record.version, replica: record.replica }
+    }
+}
+
+impl std::fmt::Display for ReplicaId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}@{}#{}", self.model, self.version, self.replica)
+    }
+}
+
+/// A replica as its node reports it to the leader.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ReplicaReport {
+    pub id: ReplicaId,
+    /// `loading`, `warm` or `failed`.
+    pub state: String,
+    /// Why it failed, when it did.
+    pub detail: String,
+    pub memory_bytes: u64,
+    pub queue_depth: u32,
+    pub queue_capacity: u32,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub completed: u64,
+    /// Wall clock of its last request (its load, when never used).
+    pub last_used_ms: u64,
+}
+
+enum LocalState {
+    Loading,
+    Warm(PoolHandle),
+    Failed(String),
+}
+
+struct LocalReplica {
+    state: LocalState,
+    /// What it was built from; a change rebuilds it.
+    spec: DeploySpec,
+    gpu: Option<GpuShare>,
+    last_used_ms: Arc<AtomicU64>,
+    /// Inference tasks running on it now.
+    tasks: u32,
+}
+
+/// The replicas on this node and the inference tasks they run.
+pub struct ModelManager {
+    runtime: OnceLock<Result<OrtRuntime, String>>,
+    replicas: Mutex<BTreeMap<ReplicaId, LocalReplica>>,
+    /// Inference tasks running here: task key text → (attempt, replica).
+    running: Mutex<BTreeMap<String, (u32, ReplicaId)>>,
+    /// Direct requests that found no warm replica, by model version, with
+    /// when they last asked: the leader places evicted replicas again.
+    demand: Mutex<BTreeMap<(String, u64), Instant>>,
+    gpus: GpuInventory,
+    /// Fires when a replica changes state.
+    pub changed: Notify,
+}
+
+impl ModelManager {
+    pub fn new(gpus: GpuInventory) -> ModelManager {
+        ModelManager {
+            runtime: OnceLock::new(),
+            replicas: Mutex::new(BTreeMap::new()),
+            running: Mutex::new(BTreeMap::new()),
+            demand: Mutex::new(BTreeMap::new()),
+            gpus,
+            changed: Notify::new(),
+        }
+    }
+
+    pub fn gpus(&self) -> &[GpuDevice] {
+        &self.gpus.devices
+    }
+
+    /// The process's ONNX Runtime, loaded on first use.
+    pub async fn runtime(&self, library: &std::path::Path) -> Result<OrtRuntime, ApiError> {
+        if let Some(loaded) = self.runtime.get() {
+            return loaded.clone().map_err(ApiError::FailedPrecondition);
+        }
+        let library = library.to_path_buf();
+        let loaded = tokio::task::spawn_blocking(move || {
+            if library.as_os_str().is_empty() {
+                return Err("no ONNX Runtime library configured: set inference.ort_library or FLOE_ORT_LIB".to_string());
+            }
+            OrtRuntime::load(&library).map_err(|err| err.to_string())
+        })
+        .await
+        .map_err(|err| ApiError::Internal(format!("loading ONNX Runtime: {err}")))?;
+        let loaded = self.runtime.get_or_init(|| loaded).clone();
+        loaded.map_err(ApiError::FailedPrecondition)
+    }
+
+    pub fn reports(&self) -> Vec<ReplicaReport> {
+        let Ok(replicas) = self.replicas.lock() else { return Vec::new() };
+        replicas
+            .iter()
+            .map(|(id, local)| {
+                let mut report = ReplicaReport {
+                    id: id.clone(),
+                    state: String::new(),
+                    detail: String::new(),
+                    memory_bytes: 0,
+                    queue_depth: 0,
+                    queue_capacity: local.spec.queue,
+                    p50_ms: 0.0,
+                    p99_ms: 0.0,
+                    completed: 0,
+                    last_used_ms: local.last_used_ms.load(Ordering::Relaxed),
+                };
+                match &local.state {
+                    LocalState::Loading => report.state = "loading".into(),
+                    LocalState::Failed(reason) => {
+                        report.state = "failed".into();
+                        report.detail = reason.clone();
+                    }
+                    LocalState::Warm(pool) => {
+                        let stats = pool.stats();
+                        report.state = "warm".into();
+                        report.memory_bytes = stats.memory_bytes;
+                        report.queue_depth = stats.queue_depth as u32;
+                        report.queue_capacity = stats.queue_capacity as u32;
+                        report.p50_ms = stats.latency_p50_ms;
+                        report.p99_ms = stats.latency_p99_ms;
+                        report.completed = stats.completed;
+                    }
+                }
+                report
+            })
+            .collect()
+    }
+
+    /// Model versions asked for lately with no warm replica to serve them.
+    pub fn demand(&self) -> Vec<(String, u64)> {
+        let Ok(mut demand) = self.demand.lock() else { return Vec::new() };
+        demand.retain(|_, at| at.elapsed() < Duration::from_secs(10));
+        demand.keys().cloned().collect()
+    }
+
+    fn note_demand(&self, model: &str, version: u64) {
+        if let Ok(mut demand) = self.demand.lock() {
+            demand.insert((model.to_string(), version), Instant::now());
+        }
+    }
+
+    /// Free inference task slots per `model.…` block served here. `latest`
+    /// maps a model to its highest deployed version, which also serves the
+    /// unversioned block.
+    pub fn free_slots(&self, latest: &BTreeMap<String, u64>) -> BTreeMap<String, u32> {
+        let mut free: BTreeMap<String, u32> = BTreeMap::new();
+        let Ok(replicas) = self.replicas.lock() else { return free };
+        for (id, local) in replicas.iter() {
+            if !matches!(local.state, LocalState::Warm(_)) {
+                continue;
+            }
+            let room = (local.spec.max_batch * TASKS_PER_BATCH_SLOT).saturating_sub(local.tasks);
+            *free.entry(floe_engine::inference_block(&id.model, Some(id.version))).or_default() += room;
+            if latest.get(&id.model) == Some(&id.version) {
+                *free.entry(floe_engine::inference_block(&id.model, None)).or_default() += room;
+            }
+        }
+        free
+    }
+
+    pub fn is_running(&self, task: &str, attempt: u32) -> bool {
+        self.running.lock().map(|running| running.get(task).is_some_and(|(a, _)| *a == attempt)).unwrap_or(false)
+    }
+
+    pub fn running_count(&self) -> u32 {
+        self.running.lock().map(|running| running.len() as u32).unwrap_or(0)
+    }
+
+    /// The warm replica with the most room among those matching, and its pool.
+    fn pick(&self, matches: impl Fn(&ReplicaId) -> bool, for_task: bool) -> Option<(ReplicaId, PoolHandle)> {
+        let replicas = self.replicas.lock().ok()?;
+        replicas
+            .iter()
+            .filter(|(id, _)| matches(id))
+            .filter_map(|(id, local)| match &local.state {
+                LocalState::Warm(pool) => {
+                    let task_room = local.spec.max_batch * TASKS_PER_BATCH_SLOT > local.tasks;
+                    (!for_task || task_room).then(|| (id.clone(), pool.clone(), local.tasks, pool.stats().queue_depth))
+                }
+                _ => None,
+            })
+            .min_by_key(|(_, _, tasks, depth)| (*depth, *tasks))
+            .map(|(id, pool, _, _)| (id, pool))
+    }
+
+    fn touch(&self, id: &ReplicaId) {
+        if let Ok(replicas) = self.replicas.lock() {
+            if let Some(local) = replicas.get(id) {
+                local.last_used_ms.store(now_ms(), Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn adjust_tasks(&self, id: &ReplicaId, delta: i32) {
+        if let Ok(mut replicas) = self.replicas.lock() {
+            if let Some(local) = replicas.get_mut(id) {
+                local.tasks = local.tasks.saturating_add_signed(delta);
+            }
+        }
+    }
+
+    /// Whether a replica here serves inference `block` (warm, room or not).
+    pub fn serves(&self, block: &str, latest: &BTreeMap<String, u64>) -> bool {
+        let Ok(replicas) = self.replicas.lock() else { return false };
+        replicas.iter().any(|(id, local)| matches!(local.state, LocalState::Warm(_)) && block_matches(block, id, latest))
+    }
+}
+
+/// Whether replica `id` serves inference block `block`.
+fn block_matches(block: &str, id: &ReplicaId, latest: &BTreeMap<String, u64>) -> bool {
+    block == floe_engine::inference_block(&id.model, Some(id.version))
+        || (block == floe_engine::inference_block(&id.model, None) && latest.get(&id.model) == Some(&id.version))
+}
+
+/// Highest deployed version per model: the one unversioned requests use.
+pub fn latest_deployed(deployments: &[Deployment]) -> BTreeMap<String, u64> {
+    let mut latest = BTreeMap::new();
+    for deployment in deployments {
+        let entry = latest.entry(deployment.model.clone()).or_insert(deployment.version);
+        *entry = (*entry).max(deployment.version);
+    }
+    latest
+}
+
+/// Keeps this node's replicas in line with the committed placements.
+pub async fn maintain(node: Arc<Node>, cancel: CancellationToken) -> anyhow::Result<()> {
+    let mut applied = node.raft.metrics();
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            _ = applied.changed() => {}
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+        let reader = node.reader.clone();
+        let read = tokio::task::spawn_blocking(move || Ok::<_, floe_storage::StoreError>((reader.replicas()?, reader.deployments()?))).await;
+        let (records, deployments) = match read {
+            Ok(Ok(found)) => found,
+            Ok(Err(err)) => {
+                tracing::warn!(error = %err, "reading model placements");
+                continue;
+            }
+            Err(_) => continue,
+        };
+        reconcile(&node, &records, &deployments);
+    }
+    let pools: Vec<PoolHandle> = match node.models.replicas.lock() {
+        Ok(mut replicas) => std::mem::take(&mut *replicas)
+            .into_values()
+            .filter_map(|local| match local.state {
+                LocalState::Warm(pool) => Some(pool),
+                _ => None,
+            })
+            .collect(),
+        Err(_) => Vec::new(),
+    };
+    for pool in pools {
+        pool.shutdown().await;
+    }
+    Ok(())
+}
+
+fn reconcile(node: &Arc<Node>, records: &[ReplicaRecord], deployments: &[Deployment]) {
+    let specs: BTreeMap<(String, u64), &DeploySpec> =
+        deployments.iter().map(|d| ((d.model.clone(), d.version), &d.spec)).collect();
+    let wanted: BTreeMap<ReplicaId, (DeploySpec, Option<GpuShare>)> = records
+        .iter()
+        .filter(|record| record.node == Some(node.id))
+        .filter_map(|record| {
+            let spec = specs.get(&(record.model.clone(), record.version))?;
+            Some((ReplicaId::of(record), ((*spec).clone(), record.gpu)))
+        })
+        .collect();
+    let mut to_stop = Vec::new();
+    let mut to_load = Vec::new();
+    if let Ok(mut replicas) = node.models.replicas.lock() {
+        let stale: Vec<ReplicaId> = replicas
+            .iter()
+            .filter(|(id, local)| wanted.get(*id).is_none_or(|(spec, gpu)| *spec != local.spec || *gpu != local.gpu))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in stale {
+            if let Some(local) = replicas.remove(&id) {
+                tracing::info!(node_id = node.id, replica = %id, "model replica removed from this node");
+                if let LocalState::Warm(pool) = local.state {
+                    to_stop.push(pool);
+                }
+            }
+        }
+        for (id, (spec, gpu)) in &wanted {
+            if replicas.contains_key(id) {
+                continue;
+            }
+            let local = LocalReplica {
+                state: LocalState::Loading,
+                spec: spec.clone(),
+                gpu: *gpu,
+                last_used_ms: Arc::new(AtomicU64::new(now_ms())),
+                tasks: 0,
+            };
+            replicas.insert(id.clone(), local);
+            to_load.push((id.clone(), spec.clone(), *gpu));
+        }
+    }
+    for pool in to_stop {
+        // Queued requests still get answers; new ones go elsewhere.
+        tokio::spawn(async move { pool.shutdown().await });
+    }
+    for (id, spec, gpu) in to_load {
+        let node = node.clone();
+        tokio::spawn(async move {
+            let outcome = load_replica(&node, &id, &spec, gpu).await;
+            finish_load(&node, &id, &spec, gpu, outcome).await;
+        });
+    }
+}
+
+async fn load_replica(node: &Node, id: &ReplicaId, spec: &DeploySpec, gpu: Option<GpuShare>) -> Result<PoolHandle, String> {
+    let started = Instant::now();
+    let runtime = node.models.runtime(&node.ort_library()).await.map_err(|err| err.to_string())?;
+    let record = node
+        .reader
+        .model(&id.model, Some(id.version))
+        .map_err(|err| err.to_string())?
+        .ok_or_else(|| format!("model {} has no version {}", id.model, id.version))?;
+    let bytes = node.load_blob(&record.hash).await.map_err(|err| format!("model artifact: {err}"))?;
+    let device = match gpu {
+        None => Device::Cpu,
+        Some(share) => {
+            let device = node
+                .models
+                .gpus
+                .device(share.device)
+                .ok_or_else(|| format!("GPU {} is not in this node's inventory", share.device))?;
+            Device::Cuda { device_id: share.device, mem_limit_bytes: device.memory_bytes / 1000 * u64::from(share.milli) }
+        }
+    };
+    let options = PoolOptions {
+        name: id.to_string(),
+        replicas: 1,
+        intra_threads: spec.threads as usize,
+        max_batch: spec.max_batch as usize,
+        max_delay: Duration::from_millis(spec.max_delay_ms),
+        queue_capacity: spec.queue as usize,
+        device,
+        ..PoolOptions::default()
+    };
+    let pool = Pool::start(&runtime, bytes, options).await.map_err(|err| err.to_string())?;
+    tracing::info!(
+        node_id = node.id,
+        replica = %id,
+        memory_mib = pool.stats().memory_bytes / (1024 * 1024),
+        load_ms = started.elapsed().as_millis() as u64,
+        "model replica warm"
+    );
+    Ok(pool)
+}
+
+async fn finish_load(node: &Node, id: &ReplicaId, spec: &DeploySpec, gpu: Option<GpuShare>, outcome: Result<PoolHandle, String>) {
+    let mut orphan = None;
+    if let Ok(mut replicas) = node.models.replicas.lock() {
+        match replicas.get_mut(id) {
+            // Still wanted with the settings it was built from.
+            Some(local) if local.spec == *spec && local.gpu == gpu && matches!(local.state, LocalState::Loading) => {
+                local.state = match outcome {
+                    Ok(pool) => LocalState::Warm(pool),
+                    Err(reason) => {
+                        tracing::warn!(node_id = node.id, replica = %id, error = %reason, "model replica failed to load");
+                        LocalState::Failed(reason)
+                    }
+                };
+                local.last_used_ms.store(now_ms(), Ordering::Relaxed);
+            }
+            _ => orphan = outcome.ok(),
+        }
+    }
+    if let Some(pool) = orphan {
+        pool.shutdown().await;
+    }
+    node.models.changed.notify_waiters();
+    node.workers.wake.notify_one();
+}
+
+/// The input an inference task carries: `{"inputs": {...}, "outputs": "base64"|"list"}`.
+#[derive(Deserialize)]
+struct InferenceTaskInput {
+    inputs: Value,
+    #[serde(default)]
+    outputs: floe_engine::TensorEncoding,
+}
+
+/// Starts an inference task placed here on a warm replica with room; false
+/// when none has room now.
+pub fn start_task(node: &Arc<Node>, task: &TaskRecord, input: Value, latest: &BTreeMap<String, u64>) -> bool {
+    let block = task.spec.block.clone();
+    let Some((replica, pool)) = node.models.pick(|id| block_matches(&block, id, latest), true) else { return false };
+    let text = task_key_text(&task.spec.key);
+    if let Ok(mut running) = node.models.running.lock() {
+        running.insert(text.clone(), (task.spec.attempt, replica.clone()));
+    }
+    node.models.adjust_tasks(&replica, 1);
+    node.models.touch(&replica);
+    let node = node.clone();
+    let (key, attempt) = (task.spec.key.clone(), task.spec.attempt);
+    tokio::spawn(async move {
+        let outcome = run_inference_task(&pool, input).await;
+        let delivered = match &outcome {
+            Ok(output) => crate::workers::deliver_result(&node, key, attempt, Ok(output.as_slice())).await,
+            Err(failure) => crate::workers::deliver_result(&node, key, attempt, Err(failure.clone())).await,
+        };
+        if let Err(err) = delivered {
+            tracing::warn!(task = %text, attempt, error = %err, "inference result refused");
+        }
+        node.workers.mark_answered(&text, attempt);
+        if let Ok(mut running) = node.models.running.lock() {
+            running.remove(&text);
+        }
+        node.models.adjust_tasks(&replica, -1);
+        node.workers.wake.notify_one();
+    });
+    true
+}
+
+async fn run_inference_task(pool: &PoolHandle, input: Value) -> Result<Vec<u8>, TaskFailure> {
+    let reject = |error: String| TaskFailure { error, retryable: false };
+    let input: InferenceTaskInput =
+        serde_json::from_value(input).map_err(|err| reject(format!("inference task input: {err}")))?;
+    let inputs = floe_inference::tensors_from_json(&input.inputs, "input").map_err(|err| reject(err.to_string()))?;
+    let outputs = pool.infer(inputs).await.map_err(inference_failure)?;
+    let encoding = match input.outputs {
+        floe_engine::TensorEncoding::Base64 => Encoding::Base64,
+        floe_engine::TensorEncoding::List => Encoding::List,
+    };
+    serde_json::to_vec(&floe_inference::tensors_to_json(&outputs, encoding))
+        .map_err(|err| TaskFailure { error: format!("encoding outputs: {err}"), retryable: false })
+}
+
+/// Bad inputs are final; a full queue or a replica going away may pass.
+fn inference_failure(err: floe_inference::Error) -> TaskFailure {
+    use floe_inference::Error;
+    let retryable = matches!(err, Error::QueueFull { .. } | Error::PoolClosed { .. } | Error::ReplicaGone { .. } | Error::Run { .. });
+    TaskFailure { error: err.to_string(), retryable }
+}
+
+fn api_error(err: floe_inference::Error) -> ApiError {
+    use floe_inference::Error;
+    match err {
+        Error::InvalidInput { .. } => ApiError::InvalidArgument(err.to_string()),
+        Error::QueueFull { .. } => ApiError::ResourceExhausted(err.to_string()),
+        Error::PoolClosed { .. } | Error::ReplicaGone { .. } => ApiError::Unavailable(err.to_string()),
+        other => ApiError::Internal(other.to_string()),
+    }
+}
+
+/// Where a direct request ran.
+pub struct Served {
+    pub outputs: TensorMap,
+    pub node: NodeId,
+    pub replica: u32,
+}
+
+impl Node {
+    pub fn ort_library(&self) -> std::path::PathBuf {
+        if !self.config.inference.ort_library.as_os_str().is_empty() {
+            return self.config.inference.ort_library.clone();
+        }
+        std::env::var_os("FLOE_ORT_LIB").map(std::path::PathBuf::from).unwrap_or_default()
+    }
+
+    /// Runs a request on a warm replica of this node, if it has one.
+    pub async fn infer_local(&self, model: &str, version: u64, inputs: TensorMap) -> Result<Option<Served>, ApiError> {
+        let Some((id, pool)) = self.models.pick(|id| id.model == model && id.version == version, false) else {
+            return Ok(None);
+        };
+        self.models.touch(&id);
+        let outputs = pool.infer(inputs).await.map_err(api_error)?;
+        Ok(Some(Served { outputs, node: self.id, replica: id.replica }))
+    }
+
+    /// Runs a request on a warm replica: this node's when it has one, else
+    /// a node holding one, over QUIC. Waits (up to
+    /// `inference.cold_start_wait_ms`) while replicas load or are placed
+    /// again after an eviction.
+    pub async fn infer(&self, model: &str, version: u64, inputs: TensorMap) -> Result<Served, ApiError> {
+        let version = self.resolve_deployed_version(model, version)?;
+        let deadline = Instant::now() + Duration::from_millis(self.config.inference.cold_start_wait_ms);
+        let mut problems = Vec::new();
+        loop {
+            if let Some(served) = self.infer_local(model, version, inputs.clone()).await? {
+                return Ok(served);
+            }
+            let holders: Vec<NodeId> = self
+                .reader
+                .replicas_of(model, version)
+                .map_err(|err| ApiError::Internal(err.to_string()))?
+                .iter()
+                .filter_map(|record| record.node)
+                .filter(|id| *id != self.id)
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .collect();
+            problems.clear();
+            for holder in holders {
+                match self.infer_remote(holder, model, version, &inputs).await {
+                    Ok(Some(served)) => return Ok(served),
+                    Ok(None) => problems.push(format!("node {holder}: no warm replica yet")),
+                    Err(err @ (ApiError::InvalidArgument(_) | ApiError::ResourceExhausted(_))) => return Err(err),
+                    Err(err) => problems.push(format!("node {holder}: {err}")),
+                }
+            }
+            self.models.note_demand(model, version);
+            if Instant::now() >= deadline || self.shutdown.is_cancelled() {
+                let detail = if problems.is_empty() { "no replica is placed".to_string() } else { problems.join("; ") };
+                return Err(ApiError::Unavailable(format!("model {model} v{version} has no warm replica: {detail}")));
+            }
+            tokio::select! {
+                _ = self.models.changed.notified() => {}
+                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            }
+        }
+    }
+
+    async fn infer_remote(&self, holder: NodeId, model: &str, version: u64, inputs: &TensorMap) -> Result<Option<Served>, ApiError> {
+        let Some(info) = self.members().0.get(&holder).cloned() else { return Ok(None) };
+        let request = crate::peer_api::PeerRequest::Infer { model: model.to_string(), version, inputs: inputs.clone() };
+        let timeout = Duration::from_secs(60);
+        match crate::peer_api::call(self, holder, &info.raft_addr, &request, timeout).await? {
+            crate::peer_api::PeerResponse::Inferred(Some((outputs, replica))) => Ok(Some(Served { outputs, node: holder, replica })),
+            crate::peer_api::PeerResponse::Inferred(None) => Ok(None),
+            other => Err(ApiError::Internal(format!("unexpected peer answer {other:?}"))),
+        }
+    }
+
+    /// `version`, or with 0 the highest deployed version of `model`.
+    pub fn resolve_deployed_version(&self, model: &str, version: u64) -> Result<u64, ApiError> {
+        let deployments = self.reader.deployments().map_err(|err| ApiError::Internal(err.to_string()))?;
+        let deployed: Vec<u64> = deployments.iter().filter(|d| d.model == model).map(|d| d.version).collect();
+        match version {
+            0 => deployed.iter().max().copied().ok_or_else(|| ApiError::NotFound(format!("model {model:?} is not deployed"))),
+            v if deployed.contains(&v) => Ok(v),
+            v => Err(ApiError::NotFound(format!("model {model:?} version {v} is not deployed"))),
+        }
+    }
+}
