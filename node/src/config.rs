@@ -45,9 +45,9 @@ pub struct NodeConfig {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct InferenceConfig {
-    /// ONNX Runtime 1.31 library (`libonnxruntime.so.1.31.1`); empty: the
-    /// `FLOE_ORT_LIB` environment variable. Loaded on first use; a missing
-    /// or too-old library fails the replicas (and `model put`) with its path.
+    /// ONNX Runtime 1.31 library (`libonnxruntime.so.1.31.1`). Loaded on
+    /// first use; a missing or too-old library fails the replicas (and
+    /// `model put`) with its path.
     pub ort_library: PathBuf,
     /// Memory model replicas may take on this node; 0: half the machine's.
     pub memory_budget_bytes: u64,
@@ -208,7 +208,19 @@ pub enum ConfigError {
 }
 
 /// Environment variables under `FLOE_` that are client settings, not node keys.
-const CLIENT_ENV_VARS: &[&str] = &["FLOE_CONFIG", "FLOE_ENDPOINT", "FLOE_CA", "FLOE_CERT", "FLOE_KEY", "FLOE_LOG"];
+/// `FLOE_*` variables that are not node settings: the CLI's, and the
+/// development runtime files the inference tools and tests read.
+const CLIENT_ENV_VARS: &[&str] = &[
+    "FLOE_CONFIG",
+    "FLOE_ENDPOINT",
+    "FLOE_CA",
+    "FLOE_CERT",
+    "FLOE_KEY",
+    "FLOE_LOG",
+    "FLOE_ORT_LIB",
+    "FLOE_MODELS_DIR",
+    "FLOE_FONT",
+];
 
 impl NodeConfig {
     /// Loads the file (if any), then `FLOE_*` variables from `env`, then `--set` overrides.

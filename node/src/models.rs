@@ -125,7 +125,7 @@ impl ModelManager {
         let library = library.to_path_buf();
         let loaded = tokio::task::spawn_blocking(move || {
             if library.as_os_str().is_empty() {
-                return Err("no ONNX Runtime library configured: set inference.ort_library or FLOE_ORT_LIB".to_string());
+                return Err("no ONNX Runtime library configured: set inference.ort_library (FLOE_INFERENCE_ORT_LIBRARY)".to_string());
             }
             OrtRuntime::load(&library).map_err(|err| err.to_string())
         })
@@ -508,10 +508,7 @@ pub struct Served {
 
 impl Node {
     pub fn ort_library(&self) -> std::path::PathBuf {
-        if !self.config.inference.ort_library.as_os_str().is_empty() {
-            return self.config.inference.ort_library.clone();
-        }
-        std::env::var_os("FLOE_ORT_LIB").map(std::path::PathBuf::from).unwrap_or_default()
+        self.config.inference.ort_library.clone()
     }
 
     /// Runs a request on a warm replica of this node, if it has one.

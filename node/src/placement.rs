@@ -32,8 +32,11 @@ pub const PLACE_EVERY: Duration = Duration::from_millis(500);
 /// Footprint assumed before a replica of a version has been measured:
 /// sessions hold the weights plus ONNX Runtime's arenas and graph copies.
 pub fn estimated_footprint(model_bytes: u64) -> u64 {
-    model_bytes.saturating_mul(2) + 16 * 1024 * 1024
+    model_bytes.saturating_mul(2) + RUNTIME_OVERHEAD
 }
+
+/// Memory a session takes beyond its weights at the least.
+const RUNTIME_OVERHEAD: u64 = 16 * 1024 * 1024;
 
 /// What placement decides from.
 pub struct PlanInput<'a> {
@@ -135,10 +138,11 @@ impl Plan<'_> {
             .max()
             .unwrap_or(0);
         let size = self.input.model_sizes.get(&(model.to_string(), version)).copied().unwrap_or(0);
-        // A measured delta below the file size means other threads freed
-        // memory meanwhile: the weights alone take that much.
+        // RSS deltas are noisy (other threads allocate and free meanwhile):
+        // a replica is never counted below its weights plus the runtime's
+        // fixed overhead.
         if measured > 0 {
-            measured.max(size)
+            measured.max(size + RUNTIME_OVERHEAD)
         } else {
             estimated_footprint(size)
         }
