@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use tracing::debug;
 
 use super::crop::{crop_line, rotate_half_turn};
-use super::ctc::{ctc_greedy_decode, Charset};
+use super::ctc::{ctc_greedy_decode, Charset, Decoded};
 use super::detect::{extract_boxes, DetPostprocess, TextBox};
 use super::preprocess::{cls_input, det_input, rec_input, rec_width, DetPreprocess};
 use crate::error::{Error, Result};
@@ -123,8 +123,7 @@ impl OcrPipeline {
     /// Decodes a PNG or JPEG and recognises it.
     pub async fn recognize_encoded(&self, encoded: Vec<u8>) -> Result<Vec<OcrLine>> {
         let page = blocking(move || {
-            image::load_from_memory(&encoded)
-                .map(|image| image.to_rgb8())
+            decode_image(&encoded)
                 .map_err(|error| Error::Ocr(format!("decoding the image: {error}")))
         })
         .await??;
@@ -143,14 +142,7 @@ impl OcrPipeline {
             let page = Arc::clone(&page);
             let boxes = boxes.clone();
             let padding = options.line_padding;
-            move || {
-                let padded =
-                    |text_box: &TextBox| text_box.padded(padding, page.width(), page.height());
-                boxes
-                    .iter()
-                    .map(|text_box| crop_line(&page, &padded(text_box)))
-                    .collect::<Vec<_>>()
-            }
+            move || line_crops(&page, &boxes, padding)
         })
         .await?;
         let (crops, rotated) = match &self.cls {
@@ -163,15 +155,10 @@ impl OcrPipeline {
         let texts = self.read(crops).await?;
         let mut lines = Vec::new();
         for ((text_box, rotated), decoded) in boxes.into_iter().zip(rotated).zip(texts) {
-            if decoded.confidence < options.text_threshold || decoded.text.trim().is_empty() {
-                continue;
+            if let Some(line) = recognised_line(text_box, rotated, decoded, options.text_threshold)
+            {
+                lines.push(line);
             }
-            lines.push(OcrLine {
-                text: decoded.text,
-                confidence: decoded.confidence,
-                bbox: text_box,
-                rotated,
-            });
         }
         debug!(lines = lines.len(), "page recognised");
         Ok(lines)
@@ -189,22 +176,25 @@ impl OcrPipeline {
             .infer(single_input(&self.det, input.tensor))
             .await?;
         let probabilities = first_output(&self.det, outputs)?;
-        let shape = probabilities.shape().to_vec();
-        let [1, 1, height, width] = shape[..] else {
+        let Some(map_size) = probability_map_size(probabilities.shape()) else {
             return Err(Error::Ocr(format!(
-                "pool {}: det output has shape {shape:?}, expected [1, 1, h, w]",
-                self.det.name()
+                "pool {}: det output has shape {:?}, expected [1, 1, h, w]",
+                self.det.name(),
+                probabilities.shape()
             )));
         };
         let postprocess = self.options.det_postprocess.clone();
-        let (scale_x, scale_y) = (input.scale_x, input.scale_y);
+        let scale = (input.scale_x, input.scale_y);
         blocking(move || {
             let values = probabilities.to_vec::<f32>()?;
-            let boxes = extract_boxes(&values, width, height, &postprocess);
-            Ok(boxes
-                .iter()
-                .map(|found| found.scaled(scale_x, scale_y, page.width(), page.height()))
-                .collect())
+            let page_size = (page.width(), page.height());
+            Ok(page_boxes(
+                &values,
+                map_size,
+                scale,
+                page_size,
+                &postprocess,
+            ))
         })
         .await?
     }
@@ -225,12 +215,7 @@ impl OcrPipeline {
             .map(|tensor| async move {
                 let outputs = cls.infer(single_input(cls, tensor)).await?;
                 let probabilities = first_output(cls, outputs)?.to_vec::<f32>()?;
-                // Classes are [0°, 180°].
-                Ok::<bool, Error>(
-                    probabilities.len() == 2
-                        && probabilities[1] > probabilities[0]
-                        && probabilities[1] > threshold,
-                )
+                Ok::<bool, Error>(is_upside_down(&probabilities, threshold))
             })
             .buffered(self.options.max_requests_per_page.max(1))
             .try_collect()
@@ -253,7 +238,7 @@ impl OcrPipeline {
         Ok((turned, flips))
     }
 
-    async fn read(&self, crops: Vec<RgbImage>) -> Result<Vec<super::ctc::Decoded>> {
+    async fn read(&self, crops: Vec<RgbImage>) -> Result<Vec<Decoded>> {
         let (bucket, max_width) = (self.options.rec_width_bucket, self.options.rec_max_width);
         let inputs = blocking(move || {
             crops
@@ -275,6 +260,70 @@ impl OcrPipeline {
             .try_collect()
             .await
     }
+}
+
+/// Decodes a PNG or JPEG into RGB pixels.
+pub(crate) fn decode_image(encoded: &[u8]) -> std::result::Result<RgbImage, image::ImageError> {
+    image::load_from_memory(encoded).map(|image| image.to_rgb8())
+}
+
+/// `(width, height)` of a detector probability map shaped `[1, 1, height, width]`.
+pub(crate) fn probability_map_size(shape: &[usize]) -> Option<(usize, usize)> {
+    match shape {
+        [1, 1, height, width] => Some((*width, *height)),
+        _ => None,
+    }
+}
+
+/// Text boxes in page pixels, in reading order, from a probability map of
+/// `map_size` (width, height) whose pixels cover `scale` page pixels each.
+pub(crate) fn page_boxes(
+    probabilities: &[f32],
+    map_size: (usize, usize),
+    scale: (f32, f32),
+    page_size: (u32, u32),
+    postprocess: &DetPostprocess,
+) -> Vec<TextBox> {
+    let (map_width, map_height) = map_size;
+    let (scale_x, scale_y) = scale;
+    let (page_width, page_height) = page_size;
+    extract_boxes(probabilities, map_width, map_height, postprocess)
+        .iter()
+        .map(|found| found.scaled(scale_x, scale_y, page_width, page_height))
+        .collect()
+}
+
+/// The crop of each box, grown by `padding` (see `OcrOptions::line_padding`).
+pub(crate) fn line_crops(page: &RgbImage, boxes: &[TextBox], padding: f32) -> Vec<RgbImage> {
+    boxes
+        .iter()
+        .map(|text_box| crop_line(page, &text_box.padded(padding, page.width(), page.height())))
+        .collect()
+}
+
+/// Whether the direction classifier's probabilities (classes `[0°, 180°]`) say
+/// the line is upside down with more than `threshold`.
+pub(crate) fn is_upside_down(probabilities: &[f32], threshold: f32) -> bool {
+    probabilities.len() == 2 && probabilities[1] > probabilities[0] && probabilities[1] > threshold
+}
+
+/// The line as recognised, or `None` when its text is blank or less confident
+/// than `text_threshold`.
+pub(crate) fn recognised_line(
+    bbox: TextBox,
+    rotated: bool,
+    decoded: Decoded,
+    text_threshold: f32,
+) -> Option<OcrLine> {
+    if decoded.confidence < text_threshold || decoded.text.trim().is_empty() {
+        return None;
+    }
+    Some(OcrLine {
+        text: decoded.text,
+        confidence: decoded.confidence,
+        bbox,
+        rotated,
+    })
 }
 
 fn single_input(pool: &PoolHandle, tensor: Tensor) -> TensorMap {
