@@ -41,12 +41,44 @@ fn blocking_error(err: tokio::task::JoinError) -> ApiError {
 impl Node {
     /// Parses a client's or worker's JSON payload; one over the inline limit
     /// becomes a replicated blob and the returned value is its reference.
+    ///
+    /// An object keeps its small fields inline: its largest fields become
+    /// blobs one by one until the rest fits, so expressions can still read
+    /// the small ones (a count, a status) and pass the large ones on as
+    /// references, which workers and model replicas receive resolved.
     pub async fn payload_value(&self, bytes: &[u8], what: &str) -> Result<Value, ApiError> {
         let (value, inline) = check_payload(bytes, what, &self.config.runs)?;
         if inline {
             return Ok(value);
         }
-        let blob = self.store_blob(bytes.to_vec()).await?;
+        let limit = self.config.runs.inline_payload_bytes as usize;
+        let Value::Object(mut fields) = value else {
+            return self.payload_blob(bytes.to_vec(), what).await;
+        };
+        let mut sizes: Vec<(String, usize)> = fields
+            .iter()
+            .map(|(name, field)| (name.clone(), serde_json::to_vec(field).map_or(0, |bytes| bytes.len())))
+            .collect();
+        sizes.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        let mut total = bytes.len();
+        for (name, size) in sizes {
+            if total <= limit || size < MIN_FIELD_BLOB_BYTES {
+                break;
+            }
+            let Some(field) = fields.get_mut(&name) else { continue };
+            let field_bytes = serde_json::to_vec(field).map_err(|err| ApiError::Internal(err.to_string()))?;
+            let reference = self.payload_blob(field_bytes, what).await?;
+            total = total - size + serde_json::to_vec(&reference).map_or(0, |bytes| bytes.len());
+            *field = reference;
+        }
+        if total > limit {
+            return self.payload_blob(bytes.to_vec(), what).await;
+        }
+        Ok(Value::Object(fields))
+    }
+
+    async fn payload_blob(&self, bytes: Vec<u8>, what: &str) -> Result<Value, ApiError> {
+        let blob = self.store_blob(bytes).await?;
         tracing::debug!(node_id = self.id, blob = %blob.hash, size = blob.size, what, "payload stored as a blob");
         Ok(blob.to_json())
     }
@@ -210,6 +242,9 @@ impl Node {
             .map_err(|err| ApiError::Internal(err.to_string()))
     }
 }
+
+/// Fields smaller than this stay inline even in a payload over the limit.
+const MIN_FIELD_BLOB_BYTES: usize = 1024;
 
 /// Parses a payload within the limits; the flag says whether it may stay inline.
 pub fn check_payload(bytes: &[u8], what: &str, limits: &crate::config::RunsConfig) -> Result<(Value, bool), ApiError> {
