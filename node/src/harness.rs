@@ -338,12 +338,26 @@ impl TestCluster {
     /// attached to the given nodes, serving `blocks` (`NAME=BEHAVIOUR`).
     /// Its executions are recorded to `<cluster dir>/<id>.executions`.
     pub fn spawn_worker(&mut self, id: &str, nodes: &[u64], blocks: &[&str], concurrency: u32) -> anyhow::Result<PathBuf> {
-        let binary = self.options.binary.with_file_name("floe-worker");
+        let record = self.dir.join(format!("{id}.executions"));
+        let mut args = vec!["--concurrency".to_string(), concurrency.to_string(), "--record".to_string()];
+        args.push(record.display().to_string());
+        for block in blocks {
+            args.push("--block".into());
+            args.push(block.to_string());
+        }
+        self.spawn_client_process("floe-worker", id, nodes, &args)?;
+        Ok(record)
+    }
+
+    /// Starts `binary` (next to the `floe` binary) as a worker process with
+    /// the client certificates, `--endpoint` for `nodes`, `--id` and `args`;
+    /// its output goes to `<cluster dir>/<id>.log`.
+    pub fn spawn_client_process(&mut self, binary: &str, id: &str, nodes: &[u64], args: &[String]) -> anyhow::Result<()> {
+        let binary = self.options.binary.with_file_name(binary);
         let mut endpoints = Vec::new();
         for node in nodes {
             endpoints.push(self.node(*node)?.api_addr.clone());
         }
-        let record = self.dir.join(format!("{id}.executions"));
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join(format!("{id}.log")))?;
         let mut command = Command::new(&binary);
         scrub_floe_env(&mut command);
@@ -358,13 +372,7 @@ impl TestCluster {
             .arg(self.client_dir.join("client-key.pem"))
             .arg("--id")
             .arg(id)
-            .arg("--concurrency")
-            .arg(concurrency.to_string())
-            .arg("--record")
-            .arg(&record);
-        for block in blocks {
-            command.arg("--block").arg(block);
-        }
+            .args(args);
         let child = command
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -372,7 +380,7 @@ impl TestCluster {
             .spawn()
             .with_context(|| format!("starting {}", binary.display()))?;
         self.workers.insert(id.to_string(), child);
-        Ok(record)
+        Ok(())
     }
 
     /// SIGKILL a worker process.

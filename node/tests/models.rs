@@ -248,3 +248,55 @@ async fn idle_replicas_are_evicted_for_a_new_model_and_come_back_on_demand() {
     assert_eq!(answer.node, 1);
     wait_status(&mut client, "second", "second evicted", |s| s.replica_status[0].state == "evicted").await;
 }
+
+fn page_png_base64(files: &DevRuntimeFiles, lines: &[&str]) -> String {
+    use base64::Engine as _;
+    let font = std::fs::read(&files.font).unwrap();
+    let rendered: Vec<_> = lines.iter().map(|text| floe_inference::ocr::render_text_line(&font, text, 40.0, 24).unwrap()).collect();
+    let page = floe_inference::ocr::stack_lines(&rendered, 16);
+    let mut png = Vec::new();
+    page.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png).unwrap();
+    base64::engine::general_purpose::STANDARD.encode(png)
+}
+
+/// The OCR flow of docs/examples/flows/ocr.json: image stages in the OCR
+/// worker, the three PP-OCR models as inference steps on shared replicas.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ocr_flow_reads_rendered_pages_through_shared_replicas() {
+    let files = runtime_files();
+    let mut cluster = TestCluster::start(options(3, &files)).await.unwrap();
+    let mut client = cluster.client(1).await.unwrap();
+    for (name, file) in [("ppocr-det", "det.onnx"), ("ppocr-cls", "cls.onnx"), ("ppocr-rec", "rec.onnx")] {
+        let onnx = std::fs::read(files.models_dir.join(file)).unwrap();
+        client.models.put(api::PutModelRequest { name: name.into(), onnx }).await.unwrap();
+        client.models.deploy(deploy_request(name, 1)).await.unwrap();
+    }
+    for name in ["ppocr-det", "ppocr-cls", "ppocr-rec"] {
+        wait_status(&mut client, name, "warm", |s| warm_nodes(s).len() == 1).await;
+    }
+    cluster.spawn_client_process("floe-ocr-worker", "ocr-worker", &[1, 2, 3], &["--concurrency".into(), "2".into()]).unwrap();
+    let flow = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/examples/flows/ocr.json")).unwrap();
+    client.flows.put(api::PutFlowRequest { definition: flow }).await.unwrap();
+
+    let pages: [&[&str]; 3] = [&["FLOE 42 INVOICE TOTAL"], &["SHIP TO NORTH PLANT", "LINE 3"], &[]];
+    let mut runs = Vec::new();
+    for lines in pages {
+        let image = if lines.is_empty() {
+            use base64::Engine as _;
+            let blank = image::RgbImage::from_pixel(200, 80, image::Rgb([255, 255, 255]));
+            let mut png = Vec::new();
+            blank.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png).unwrap();
+            base64::engine::general_purpose::STANDARD.encode(png)
+        } else {
+            page_png_base64(&files, lines)
+        };
+        let input = serde_json::to_vec(&json!({ "image": image })).unwrap();
+        let request = api::StartRunRequest { flow: "ocr".into(), input, ..Default::default() };
+        runs.push((lines, client.runs.start(request).await.unwrap().into_inner().run_id));
+    }
+    for (lines, run_id) in runs {
+        let run = floe_node::harness::finished_run(&mut client, &run_id, WAIT).await.unwrap();
+        assert_eq!(run["status"], "Completed", "{}", summary(&run));
+        assert_eq!(run["output"]["text"], lines.join("\n"), "{}", summary(&run));
+    }
+}

@@ -318,8 +318,10 @@ pub(crate) fn recognised_line(
     if decoded.confidence < text_threshold || decoded.text.trim().is_empty() {
         return None;
     }
+    // Padding right of a short line (batched at a wider line's width) can
+    // read as a space; spaces at a line's ends carry nothing.
     Some(OcrLine {
-        text: decoded.text,
+        text: decoded.text.trim().to_string(),
         confidence: decoded.confidence,
         bbox,
         rotated,
