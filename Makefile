@@ -14,12 +14,13 @@ setup:
 	@$(CARGO) --version
 
 build: setup
-	$(CARGO) build --release --bin floe --bin floe-worker --bin floe-demo --bin floe-bench
+	$(CARGO) build --release --bin floe --bin floe-worker --bin floe-ocr-worker --bin floe-demo --bin floe-bench
 
 # A local 3-node cluster as separate processes: form, write, SIGKILL the
 # leader, fail over, restart, catch up; then the document-intake flow with
-# workers in separate processes; summary.
-demo: build
+# workers in separate processes; then the PP-OCR models deployed as shared
+# replicas and the OCR flow on several pages at once; summary.
+demo: build inference-runtime
 	$(RELEASE_BIN)/floe-demo --binary $(RELEASE_BIN)/floe
 
 test: setup test-unit test-cluster

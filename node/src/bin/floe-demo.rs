@@ -44,8 +44,11 @@ async fn main() -> anyhow::Result<()> {
     let mut summary: Vec<(String, String)> = Vec::new();
 
     step("creating a cluster CA, three node certificates and a client certificate; starting three nodes");
+    let runtime = floe_inference::DevRuntimeFiles::locate();
+    runtime.require().map_err(|missing| anyhow::anyhow!("{missing}; run `make inference-runtime`"))?;
     let mut options = ClusterOptions::new(&binary, 3);
     options.base_dir = Some(std::env::current_dir()?.join(&args.dir));
+    options.overrides = vec![format!("inference.ort_library={}", runtime.ort_library.display())];
     let formed = Instant::now();
     let mut cluster = TestCluster::start(options).await?;
     let leader = cluster.wait_leader(WAIT).await?;
@@ -106,6 +109,8 @@ async fn main() -> anyhow::Result<()> {
 
     let intake = document_intake(&mut cluster).await?;
     summary.extend(intake);
+    let ocr = ocr_pages(&mut cluster, &runtime).await?;
+    summary.extend(ocr);
 
     step("stopping all nodes (SIGTERM)");
     for id in [1, 2, 3] {
@@ -198,5 +203,81 @@ async fn document_intake(cluster: &mut TestCluster) -> anyhow::Result<Vec<(Strin
     Ok(vec![
         ("document-intake runs completed".into(), format!("{completed}/{}", runs.len())),
         ("document-intake wall time (12 runs, 4 via review)".into(), format!("{} ms", took.as_millis())),
+    ])
+}
+
+/// Sample pages: rendered text, so the recognised text can be checked.
+const PAGES: [&[&str]; 4] = [
+    &["FLOE 42 INVOICE TOTAL"],
+    &["SHIP TO NORTH PLANT", "LINE 3 DOCK 7"],
+    &["PART 1187 QTY 24"],
+    &["RECEIPT 2026 11 21", "PAID"],
+];
+
+/// The PP-OCR models registered and deployed once as shared replicas; the
+/// OCR flow on several pages at once, its model steps served by them.
+async fn ocr_pages(cluster: &mut TestCluster, runtime: &floe_inference::DevRuntimeFiles) -> anyhow::Result<Vec<(String, String)>> {
+    use base64::Engine as _;
+    step("registering the PP-OCRv4 models and deploying one warm replica of each (shared by every flow)");
+    for (name, file) in [("ppocr-det", "det.onnx"), ("ppocr-cls", "cls.onnx"), ("ppocr-rec", "rec.onnx")] {
+        let path = runtime.models_dir.join(file);
+        floe(cluster, 1, &["model", "put", name, &path.display().to_string()])?;
+        floe(cluster, 2, &["model", "deploy", name, "--replicas", "1", "--max-batch", "8", "--max-delay-ms", "5"])?;
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let status: serde_json::Value = serde_json::from_str(&cluster.cli_ok(3, &["model", "status", "--json"])?)?;
+        let warm = status.as_array().into_iter().flatten().flat_map(|d| d["replica_status"].as_array().cloned().unwrap_or_default()).filter(|r| r["state"] == "warm").count();
+        if warm == 3 {
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "model replicas not warm within 60 s: {status}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    floe(cluster, 3, &["model", "status"])?;
+
+    step("running the OCR flow on four pages at once: image stages in floe-ocr-worker, models on the shared replicas");
+    floe(cluster, 1, &["flow", "put", "docs/examples/flows/ocr.json"])?;
+    cluster.spawn_client_process("floe-ocr-worker", "ocr-worker", &[1, 2, 3], &["--concurrency".into(), "2".into()])?;
+    let font = std::fs::read(&runtime.font)?;
+    let pages_dir = cluster.dir.join("pages");
+    std::fs::create_dir_all(&pages_dir)?;
+    let started = Instant::now();
+    let mut runs = Vec::new();
+    for (index, lines) in PAGES.iter().enumerate() {
+        let rendered = lines
+            .iter()
+            .map(|text| floe_inference::ocr::render_text_line(&font, text, 40.0, 24))
+            .collect::<Result<Vec<_>, _>>()?;
+        let page = floe_inference::ocr::stack_lines(&rendered, 16);
+        let path = pages_dir.join(format!("page-{}.png", index + 1));
+        page.save(&path)?;
+        let image = base64::engine::general_purpose::STANDARD.encode(std::fs::read(&path)?);
+        let input = serde_json::json!({ "image": image }).to_string();
+        let via = (index as u64 % 3) + 1;
+        let run_id = cluster.cli_ok(via, &["run", "start", "ocr", "--input", &input])?;
+        eprintln!("  {} → run {}", path.display(), run_id.trim());
+        runs.push((path, lines.join(" / "), run_id.trim().to_string()));
+    }
+    let mut client = cluster.client(1).await?;
+    let mut rows = Vec::new();
+    let mut matched = 0;
+    for (path, expected, run_id) in &runs {
+        let run = floe_node::harness::finished_run(&mut client, run_id, Duration::from_secs(120)).await?;
+        let text = run["output"]["text"].as_str().unwrap_or("").replace('\n', " / ");
+        if run["status"] == "Completed" && text == *expected {
+            matched += 1;
+        }
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        rows.push(vec![name, run["status"].as_str().unwrap_or("?").to_lowercase(), text, expected.clone()]);
+    }
+    let took = started.elapsed();
+    println!();
+    print!("{}", floe_node::cli::table(&["PAGE", "STATUS", "RECOGNISED", "RENDERED"], &rows));
+    floe(cluster, 3, &["model", "status"])?;
+    anyhow::ensure!(matched == runs.len(), "{matched} of {} pages read back exactly", runs.len());
+    Ok(vec![
+        ("OCR pages read back exactly (shared det/cls/rec replicas)".into(), format!("{matched}/{}", runs.len())),
+        ("OCR wall time (4 pages at once)".into(), format!("{} ms", took.as_millis())),
     ])
 }
