@@ -52,8 +52,9 @@ inference-runtime:
 	@bash inference/fetch-runtime.sh
 
 # Pools against calling ONNX Runtime directly, batching, warm vs cold, memory.
-bench-inference: inference-runtime
+bench-inference: inference-runtime build
 	$(CARGO) run --release -p floe-inference --bin floe-inference-bench -- --seconds 3 --out bench-inference.md
+	$(CARGO) run --release -p floe-node --bin floe-infer-bench -- --binary $(RELEASE_BIN)/floe --out bench-infer-hop.md
 
 # Throughput, latency, failover and memory against etcd 3.4 (Debian's
 # etcd-server, installed here when missing). Prints a Markdown table and

@@ -701,6 +701,11 @@ fn schema_file_is_valid_json() {
         schema["$schema"],
         json!("https://json-schema.org/draft/2020-12/schema")
     );
+    assert_eq!(
+        schema["$defs"]["step"]["properties"]["type"]["enum"],
+        json!(crate::STEP_TYPES),
+        "the schema lists every step kind"
+    );
 }
 
 mod properties {
