@@ -227,7 +227,7 @@ async fn idle_replicas_are_evicted_for_a_new_model_and_come_back_on_demand() {
     let mut options = options(1, &files);
     options.overrides.push("inference.idle_evict_ms=1000".into());
     options.overrides.push(format!("inference.memory_budget_bytes={budget}"));
-    let mut cluster = TestCluster::start(options).await.unwrap();
+    let cluster = TestCluster::start(options).await.unwrap();
     let mut client = cluster.client(1).await.unwrap();
     for name in ["first", "second"] {
         client.models.put(api::PutModelRequest { name: name.into(), onnx: onnx.clone() }).await.unwrap();
