@@ -292,29 +292,31 @@ struct ModelsApi {
 fn tensors_in(tensors: std::collections::HashMap<String, api::TensorData>) -> Result<floe_inference::TensorMap, ApiError> {
     tensors
         .into_iter()
-        .map(|(name, tensor)| {
-            let dtype = floe_inference::tensor_json::dtype_from_name(&tensor.dtype)
-                .ok_or_else(|| ApiError::InvalidArgument(format!("input {name}: unknown dtype {:?}", tensor.dtype)))?;
-            let shape = tensor.shape.iter().map(|&dim| dim as usize).collect();
-            let tensor = floe_inference::Tensor::new(dtype, shape, tensor.data)
-                .map_err(|err| ApiError::InvalidArgument(format!("input {name}: {err}")))?;
+        .map(|(name, data)| {
+            let tensor = tensor_from_wire(data).map_err(|err| ApiError::InvalidArgument(format!("input {name}: {err}")))?;
             Ok((name, tensor))
         })
         .collect()
 }
 
 fn tensors_out(tensors: floe_inference::TensorMap) -> std::collections::HashMap<String, api::TensorData> {
-    tensors
-        .into_iter()
-        .map(|(name, tensor)| {
-            let data = api::TensorData {
-                dtype: tensor.dtype().name().to_string(),
-                shape: tensor.shape().iter().map(|&dim| dim as u64).collect(),
-                data: tensor.into_data(),
-            };
-            (name, data)
-        })
-        .collect()
+    tensors.into_iter().map(|(name, tensor)| (name, tensor_to_wire(tensor))).collect()
+}
+
+/// A tensor as the gRPC API carries it.
+pub fn tensor_to_wire(tensor: floe_inference::Tensor) -> api::TensorData {
+    api::TensorData {
+        dtype: tensor.dtype().name().to_string(),
+        shape: tensor.shape().iter().map(|&dim| dim as u64).collect(),
+        data: tensor.into_data(),
+    }
+}
+
+/// A tensor from the gRPC API; the error says what does not fit.
+pub fn tensor_from_wire(data: api::TensorData) -> Result<floe_inference::Tensor, String> {
+    let dtype = floe_inference::tensor_json::dtype_from_name(&data.dtype).ok_or_else(|| format!("unknown dtype {:?}", data.dtype))?;
+    let shape = data.shape.iter().map(|&dim| dim as usize).collect();
+    floe_inference::Tensor::new(dtype, shape, data.data).map_err(|err| err.to_string())
 }
 
 fn model_info(record: floe_storage::models::ModelRecord) -> api::ModelInfo {

@@ -182,26 +182,13 @@ pub async fn model(command: ModelCommand) -> anyhow::Result<()> {
             };
             let value: Value = serde_json::from_str(&text).map_err(|err| anyhow::anyhow!("--input is not JSON: {err}"))?;
             let tensors = floe_inference::tensors_from_json(&value, "input").map_err(|err| anyhow::anyhow!("{err}"))?;
-            let inputs = tensors
-                .into_iter()
-                .map(|(name, tensor)| {
-                    let data = api::TensorData {
-                        dtype: tensor.dtype().name().to_string(),
-                        shape: tensor.shape().iter().map(|&d| d as u64).collect(),
-                        data: tensor.into_data(),
-                    };
-                    (name, data)
-                })
-                .collect();
+            let inputs = tensors.into_iter().map(|(name, tensor)| (name, crate::grpc::tensor_to_wire(tensor))).collect();
             let mut conn = connect(&client).await?;
             let reply = conn.models.infer(api::InferRequest { model: name, version, inputs }).await.map_err(status_error)?.into_inner();
             let encoding = if list { floe_inference::Encoding::List } else { floe_inference::Encoding::Base64 };
             let mut outputs = serde_json::Map::new();
-            for (name, tensor) in reply.outputs {
-                let dtype = floe_inference::tensor_json::dtype_from_name(&tensor.dtype)
-                    .ok_or_else(|| anyhow::anyhow!("output {name}: unknown dtype {:?}", tensor.dtype))?;
-                let tensor = floe_inference::Tensor::new(dtype, tensor.shape.iter().map(|&d| d as usize).collect(), tensor.data)
-                    .map_err(|err| anyhow::anyhow!("output {name}: {err}"))?;
+            for (name, data) in reply.outputs {
+                let tensor = crate::grpc::tensor_from_wire(data).map_err(|err| anyhow::anyhow!("output {name}: {err}"))?;
                 outputs.insert(name, floe_inference::tensor_to_json(&tensor, encoding));
             }
             print_json(json!({"node": reply.node, "replica": reply.replica, "outputs": outputs}));

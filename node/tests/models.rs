@@ -32,16 +32,8 @@ fn cls_input(value: f32) -> Tensor {
     Tensor::from_vec(vec![1, 3, 48, 192], vec![value; 3 * 48 * 192]).unwrap()
 }
 
-fn wire(tensor: &Tensor) -> api::TensorData {
-    api::TensorData {
-        dtype: tensor.dtype().name().into(),
-        shape: tensor.shape().iter().map(|&d| d as u64).collect(),
-        data: tensor.data().to_vec(),
-    }
-}
-
 async fn infer(client: &mut FloeClient, model: &str, inputs: Vec<(&str, Tensor)>) -> Result<api::InferResponse, tonic::Status> {
-    let inputs = inputs.into_iter().map(|(name, tensor)| (name.to_string(), wire(&tensor))).collect();
+    let inputs = inputs.into_iter().map(|(name, tensor)| (name.to_string(), floe_node::grpc::tensor_to_wire(tensor))).collect();
     let request = api::InferRequest { model: model.into(), version: 0, inputs };
     client.models.infer(request).await.map(|reply| reply.into_inner())
 }

@@ -82,7 +82,7 @@ async fn main() -> anyhow::Result<()> {
     };
     let outsider = (1..=3).find(|id| *id != holder).context("no second node")?;
     let tensor = floe_inference::Tensor::from_vec(vec![1, 3, 48, 192], vec![0.5f32; 3 * 48 * 192])?;
-    let input = api::TensorData { dtype: "f32".into(), shape: vec![1, 3, 48, 192], data: tensor.data().to_vec() };
+    let input = floe_node::grpc::tensor_to_wire(tensor);
     let request = api::InferRequest { model: "cls".into(), version: 0, inputs: [("x".to_string(), input)].into_iter().collect() };
     let mut local_client = cluster.client(holder).await?;
     let mut remote_client = cluster.client(outsider).await?;
