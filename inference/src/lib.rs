@@ -28,4 +28,6 @@ pub use runtime::{DevRuntimeFiles, OrtRuntime};
 pub use session::{Device, SessionConfig};
 pub use signature::{inspect_model, Dim, ModelSignature, TensorSpec};
 pub use tensor::{DType, Element, Tensor, TensorError, TensorMap};
-pub use tensor_json::{tensor_from_json, tensor_to_json, tensors_from_json, tensors_to_json, Encoding, JsonTensorError};
+pub use tensor_json::{
+    tensor_from_json, tensor_to_json, tensors_from_json, tensors_to_json, Encoding, JsonTensorError,
+};

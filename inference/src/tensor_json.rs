@@ -29,7 +29,10 @@ pub struct JsonTensorError {
 }
 
 fn problem(path: &str, reason: impl Into<String>) -> JsonTensorError {
-    JsonTensorError { path: path.to_string(), reason: reason.into() }
+    JsonTensorError {
+        path: path.to_string(),
+        reason: reason.into(),
+    }
 }
 
 pub fn dtype_from_name(name: &str) -> Option<DType> {
@@ -52,14 +55,24 @@ pub fn dtype_from_name(name: &str) -> Option<DType> {
 /// One tensor from its JSON form; `path` is used in errors.
 pub fn tensor_from_json(value: &Value, path: &str) -> Result<Tensor, JsonTensorError> {
     let Value::Object(fields) = value else {
-        return Err(problem(path, "a tensor is an object with dtype, shape and b64 or data"));
+        return Err(problem(
+            path,
+            "a tensor is an object with dtype, shape and b64 or data",
+        ));
     };
-    if let Some(unknown) = fields.keys().find(|key| !matches!(key.as_str(), "dtype" | "shape" | "b64" | "data")) {
-        return Err(problem(&format!("{path}.{unknown}"), "unknown tensor field (expected dtype, shape, b64 or data)"));
+    if let Some(unknown) = fields
+        .keys()
+        .find(|key| !matches!(key.as_str(), "dtype" | "shape" | "b64" | "data"))
+    {
+        return Err(problem(
+            &format!("{path}.{unknown}"),
+            "unknown tensor field (expected dtype, shape, b64 or data)",
+        ));
     }
     let dtype_path = format!("{path}.dtype");
     let dtype = match fields.get("dtype") {
-        Some(Value::String(name)) => dtype_from_name(name).ok_or_else(|| problem(&dtype_path, format!("unknown dtype {name:?}")))?,
+        Some(Value::String(name)) => dtype_from_name(name)
+            .ok_or_else(|| problem(&dtype_path, format!("unknown dtype {name:?}")))?,
         Some(_) => return Err(problem(&dtype_path, "dtype is a string such as \"f32\"")),
         None => return Err(problem(&dtype_path, "missing")),
     };
@@ -71,7 +84,12 @@ pub fn tensor_from_json(value: &Value, path: &str) -> Result<Tensor, JsonTensorE
             .map(|(i, dim)| {
                 dim.as_u64()
                     .and_then(|dim| usize::try_from(dim).ok())
-                    .ok_or_else(|| problem(&format!("{shape_path}[{i}]"), "a dimension is a non-negative integer"))
+                    .ok_or_else(|| {
+                        problem(
+                            &format!("{shape_path}[{i}]"),
+                            "a dimension is a non-negative integer",
+                        )
+                    })
             })
             .collect::<Result<Vec<usize>, _>>()?,
         Some(_) => return Err(problem(&shape_path, "shape is a list of integers")),
@@ -83,7 +101,12 @@ pub fn tensor_from_json(value: &Value, path: &str) -> Result<Tensor, JsonTensorE
             .map_err(|err| problem(&format!("{path}.b64"), format!("not base64: {err}")))?,
         (Some(_), None) => return Err(problem(&format!("{path}.b64"), "b64 is a base64 string")),
         (None, Some(Value::Array(values))) => list_bytes(dtype, values, &format!("{path}.data"))?,
-        (None, Some(_)) => return Err(problem(&format!("{path}.data"), "data is a flat list of numbers")),
+        (None, Some(_)) => {
+            return Err(problem(
+                &format!("{path}.data"),
+                "data is a flat list of numbers",
+            ))
+        }
         (Some(_), Some(_)) => return Err(problem(path, "give either b64 or data, not both")),
         (None, None) => return Err(problem(path, "missing b64 or data")),
     };
@@ -96,7 +119,9 @@ fn list_bytes(dtype: DType, values: &[Value], path: &str) -> Result<Vec<u8>, Jso
         let bad = || problem(&format!("{path}[{i}]"), format!("not a {dtype} value"));
         match dtype {
             DType::Bool => out.push(u8::from(value.as_bool().ok_or_else(bad)?)),
-            DType::F32 => out.extend_from_slice(&(value.as_f64().ok_or_else(bad)? as f32).to_le_bytes()),
+            DType::F32 => {
+                out.extend_from_slice(&(value.as_f64().ok_or_else(bad)? as f32).to_le_bytes())
+            }
             DType::F64 => out.extend_from_slice(&value.as_f64().ok_or_else(bad)?.to_le_bytes()),
             DType::I8 => out.extend_from_slice(&int::<i8>(value).ok_or_else(bad)?.to_le_bytes()),
             DType::I16 => out.extend_from_slice(&int::<i16>(value).ok_or_else(bad)?.to_le_bytes()),
@@ -126,7 +151,10 @@ pub fn tensor_to_json(tensor: &Tensor, encoding: Encoding) -> Value {
     fields.insert("shape".into(), Value::from(tensor.shape().to_vec()));
     match encoding {
         Encoding::Base64 => {
-            fields.insert("b64".into(), Value::from(base64::engine::general_purpose::STANDARD.encode(tensor.data())));
+            fields.insert(
+                "b64".into(),
+                Value::from(base64::engine::general_purpose::STANDARD.encode(tensor.data())),
+            );
         }
         Encoding::List => {
             fields.insert("data".into(), Value::Array(list_values(tensor)));
@@ -166,12 +194,25 @@ pub fn tensors_from_json(value: &Value, path: &str) -> Result<TensorMap, JsonTen
     let Value::Object(fields) = value else {
         return Err(problem(path, "inputs are an object of input name → tensor"));
     };
-    fields.iter().map(|(name, tensor)| Ok((name.clone(), tensor_from_json(tensor, &format!("{path}.{name}"))?))).collect()
+    fields
+        .iter()
+        .map(|(name, tensor)| {
+            Ok((
+                name.clone(),
+                tensor_from_json(tensor, &format!("{path}.{name}"))?,
+            ))
+        })
+        .collect()
 }
 
 /// A model's named outputs as a JSON object.
 pub fn tensors_to_json(tensors: &TensorMap, encoding: Encoding) -> Value {
-    Value::Object(tensors.iter().map(|(name, tensor)| (name.clone(), tensor_to_json(tensor, encoding))).collect())
+    Value::Object(
+        tensors
+            .iter()
+            .map(|(name, tensor)| (name.clone(), tensor_to_json(tensor, encoding)))
+            .collect(),
+    )
 }
 
 #[cfg(test)]
@@ -181,7 +222,8 @@ mod tests {
 
     #[test]
     fn base64_round_trip_is_exact() {
-        let tensor = Tensor::from_vec(vec![2, 2], vec![0.1f32, -2.5, f32::MIN_POSITIVE, 1e30]).unwrap();
+        let tensor =
+            Tensor::from_vec(vec![2, 2], vec![0.1f32, -2.5, f32::MIN_POSITIVE, 1e30]).unwrap();
         let back = tensor_from_json(&tensor_to_json(&tensor, Encoding::Base64), "x").unwrap();
         assert_eq!(back, tensor);
     }
@@ -192,9 +234,20 @@ mod tests {
         let tensor = tensor_from_json(&value, "x").unwrap();
         assert_eq!(tensor.to_vec::<i64>().unwrap(), vec![1, -2, 3]);
         assert_eq!(tensor_to_json(&tensor, Encoding::List), value);
-        let flags = tensor_from_json(&json!({"dtype": "bool", "shape": [2], "data": [true, false]}), "x").unwrap();
-        assert_eq!(tensor_to_json(&flags, Encoding::List)["data"], json!([true, false]));
-        let floats = tensor_from_json(&json!({"dtype": "float32", "shape": [1, 2], "data": [0.5, 2]}), "x").unwrap();
+        let flags = tensor_from_json(
+            &json!({"dtype": "bool", "shape": [2], "data": [true, false]}),
+            "x",
+        )
+        .unwrap();
+        assert_eq!(
+            tensor_to_json(&flags, Encoding::List)["data"],
+            json!([true, false])
+        );
+        let floats = tensor_from_json(
+            &json!({"dtype": "float32", "shape": [1, 2], "data": [0.5, 2]}),
+            "x",
+        )
+        .unwrap();
         assert_eq!(floats.to_vec::<f32>().unwrap(), vec![0.5, 2.0]);
     }
 
@@ -202,13 +255,41 @@ mod tests {
     fn errors_name_the_field() {
         let cases = [
             (json!([1, 2]), "in.x", "a tensor is an object"),
-            (json!({"dtype": "f16", "shape": [1], "data": [1]}), "in.x.dtype", "unknown dtype"),
-            (json!({"dtype": "f32", "shape": [1, -1], "data": [1]}), "in.x.shape[1]", "non-negative"),
-            (json!({"dtype": "f32", "shape": [2], "data": [1]}), "in.x", "expected 8 bytes"),
-            (json!({"dtype": "u8", "shape": [2], "data": [1, 300]}), "in.x.data[1]", "not a u8"),
-            (json!({"dtype": "f32", "shape": [1], "b64": "%%%"}), "in.x.b64", "not base64"),
-            (json!({"dtype": "f32", "shape": [1]}), "in.x", "missing b64 or data"),
-            (json!({"dtype": "f32", "shape": [1], "data": [1], "extra": 1}), "in.x.extra", "unknown tensor field"),
+            (
+                json!({"dtype": "f16", "shape": [1], "data": [1]}),
+                "in.x.dtype",
+                "unknown dtype",
+            ),
+            (
+                json!({"dtype": "f32", "shape": [1, -1], "data": [1]}),
+                "in.x.shape[1]",
+                "non-negative",
+            ),
+            (
+                json!({"dtype": "f32", "shape": [2], "data": [1]}),
+                "in.x",
+                "expected 8 bytes",
+            ),
+            (
+                json!({"dtype": "u8", "shape": [2], "data": [1, 300]}),
+                "in.x.data[1]",
+                "not a u8",
+            ),
+            (
+                json!({"dtype": "f32", "shape": [1], "b64": "%%%"}),
+                "in.x.b64",
+                "not base64",
+            ),
+            (
+                json!({"dtype": "f32", "shape": [1]}),
+                "in.x",
+                "missing b64 or data",
+            ),
+            (
+                json!({"dtype": "f32", "shape": [1], "data": [1], "extra": 1}),
+                "in.x.extra",
+                "unknown tensor field",
+            ),
         ];
         for (value, path, reason) in cases {
             let err = tensors_from_json(&json!({ "x": value }), "in").unwrap_err();
@@ -220,6 +301,9 @@ mod tests {
     #[test]
     fn non_finite_floats_become_null_in_lists() {
         let tensor = Tensor::from_vec(vec![1], vec![f32::NAN]).unwrap();
-        assert_eq!(tensor_to_json(&tensor, Encoding::List)["data"], json!([null]));
+        assert_eq!(
+            tensor_to_json(&tensor, Encoding::List)["data"],
+            json!([null])
+        );
     }
 }

@@ -10,7 +10,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use floe_inference::ocr::{render_text_line, stack_lines, OcrOptions, OcrPipeline};
-use floe_inference::{Error, Pool, PoolHandle, PoolOptions};
+use floe_inference::{Error, PoolHandle};
 use futures::future::join_all;
 use image::RgbImage;
 
@@ -29,17 +29,7 @@ fn pools() -> &'static Pools {
     static POOLS: OnceLock<Pools> = OnceLock::new();
     POOLS.get_or_init(|| {
         let runtime = common::runtime();
-        let start = |model: &str, max_batch: usize| {
-            let options = PoolOptions {
-                name: format!("ppocr-{model}"),
-                intra_threads: 2,
-                max_batch,
-                max_delay: Duration::from_millis(10),
-                ..PoolOptions::default()
-            };
-            Pool::start_blocking(&runtime, common::model(&format!("{model}.onnx")), options)
-                .unwrap()
-        };
+        let start = |model: &str, max_batch: usize| common::ppocr_pool(&runtime, model, max_batch);
         let (det, cls, rec) = (start("det", 4), start("cls", 8), start("rec", 8));
         let pipeline = OcrPipeline::new(
             det.clone(),

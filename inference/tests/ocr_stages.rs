@@ -15,8 +15,7 @@ use floe_inference::ocr::{
     render_text_line, stack_lines, Charset, OcrOptions, OcrPipeline, TextBox,
 };
 use floe_inference::{
-    inspect_model, tensors_from_json, tensors_to_json, Encoding, Pool, PoolHandle, PoolOptions,
-    Tensor, TensorMap,
+    inspect_model, tensors_from_json, tensors_to_json, Encoding, PoolHandle, Tensor, TensorMap,
 };
 use image::RgbImage;
 use serde_json::{json, Value};
@@ -42,17 +41,7 @@ fn pools() -> &'static Pools {
     static POOLS: OnceLock<Pools> = OnceLock::new();
     POOLS.get_or_init(|| {
         let runtime = common::runtime();
-        let start = |model: &str, max_batch: usize| {
-            let options = PoolOptions {
-                name: format!("ppocr-{model}"),
-                intra_threads: 2,
-                max_batch,
-                max_delay: Duration::from_millis(10),
-                ..PoolOptions::default()
-            };
-            Pool::start_blocking(&runtime, common::model(&format!("{model}.onnx")), options)
-                .unwrap()
-        };
+        let start = |model: &str, max_batch: usize| common::ppocr_pool(&runtime, model, max_batch);
         let (det, cls, rec) = (start("det", 4), start("cls", 8), start("rec", 8));
         let options = OcrOptions::default();
         let pipeline =
