@@ -46,45 +46,7 @@ impl Target for ExternalTarget {
     fn kind(&self) -> &'static str {
         "external"
     }
-    fn nodes(&self) -> Vec<NodeId> {
-        self.cluster.node_ids()
-    }
-    fn capabilities(&self) -> Capabilities {
-        self.cluster.capabilities()
-    }
-    fn client_options(&self, nodes: &[NodeId]) -> anyhow::Result<ClientOptions> {
-        self.cluster.client_options(nodes)
-    }
-    fn http_addr(&self, node: NodeId) -> anyhow::Result<String> {
-        self.cluster.http_addr(node)
-    }
-    fn kill(&mut self, node: NodeId) -> TargetResult<()> {
-        self.cluster.kill(node)
-    }
-    fn start(&mut self, node: NodeId) -> TargetResult<()> {
-        self.cluster.start(node)
-    }
-    fn stop(&mut self, node: NodeId) -> TargetResult<()> {
-        self.cluster.stop(node)
-    }
-    fn pause(&mut self, node: NodeId) -> TargetResult<()> {
-        self.cluster.pause(node)
-    }
-    fn resume(&mut self, node: NodeId) -> TargetResult<()> {
-        self.cluster.resume(node)
-    }
-    fn isolate(&mut self, node: NodeId) -> TargetResult<()> {
-        self.cluster.isolate(node)
-    }
-    fn heal_network(&mut self) -> TargetResult<()> {
-        self.cluster.heal_network()
-    }
-    fn poll_exits(&mut self) -> Vec<(NodeId, String)> {
-        self.cluster.poll_exits()
-    }
-    fn is_up(&self, node: NodeId) -> bool {
-        self.cluster.is_up(node)
-    }
+    crate::delegate_to_command_cluster!();
     fn logs_location(&self) -> Option<PathBuf> {
         None
     }
