@@ -223,7 +223,7 @@ impl ModelManager {
             .filter_map(|(id, local)| match &local.state {
                 LocalState::Warm(pool) => {
                     let task_room = local.spec.max_batch * TASKS_PER_BATCH_SLOT > local.tasks;
-                    (!for_task || task_room).then(|| (id.clone(), pool.clone(), local.tasks, pool.stats().queue_depth))
+                    (!for_task || task_room).then(|| (id.clone(), pool.clone(), local.tasks, pool.queue_depth()))
                 }
                 _ => None,
             })

@@ -241,10 +241,10 @@ impl Plan<'_> {
 pub async fn place_replicas(node: &Node, reports: &BTreeMap<NodeId, NodeReport>, waiting_blocks: &BTreeSet<String>) {
     let read = (|| {
         let deployments = node.reader.deployments()?;
-        if deployments.is_empty() && node.reader.replicas()?.is_empty() {
+        let replicas = node.reader.replicas()?;
+        if deployments.is_empty() && replicas.is_empty() {
             return Ok(None);
         }
-        let replicas = node.reader.replicas()?;
         let mut sizes = BTreeMap::new();
         for deployment in &deployments {
             if let Some(model) = node.reader.model(&deployment.model, Some(deployment.version))? {

@@ -194,7 +194,11 @@ impl WorkerRegistry {
         }
         if let Ok(mut workers) = self.workers.lock() {
             if let Some(worker) = workers.get_mut(worker_id) {
-                worker.in_flight.remove(task);
+                // A late answer for an older attempt must not free the slot
+                // of the attempt pushed since.
+                if worker.in_flight.get(task).is_some_and(|pushed| pushed.attempt == attempt) {
+                    worker.in_flight.remove(task);
+                }
             }
         }
         self.wake.notify_one();
@@ -405,8 +409,7 @@ pub async fn dispatch(node: Arc<Node>, cancel: CancellationToken) -> anyhow::Res
             if is_inference(&task.spec.block) {
                 // Run by a warm model replica here, not by a worker.
                 if node.models.serves(&task.spec.block, &latest) {
-                    let Some(input) = worker_input(&node, task).await else { continue };
-                    let input = serde_json::from_slice(&input).unwrap_or(serde_json::Value::Null);
+                    let Some(input) = resolved_input(&node, task).await else { continue };
                     crate::models::start_task(&node, task, input, &latest);
                 } else {
                     unserved_now.insert(text, task.spec.attempt);
@@ -447,20 +450,18 @@ pub async fn dispatch(node: Arc<Node>, cancel: CancellationToken) -> anyhow::Res
     }
 }
 
-/// The task's input as a worker receives it: blob references resolved.
-/// When a referenced blob cannot be had, the attempt fails (retryable) with
-/// the reason, so the run's retry policy decides, instead of the task
-/// silently waiting here.
+/// The task's input as a worker receives it: JSON, blob references resolved.
 async fn worker_input(node: &Node, task: &TaskRecord) -> Option<Vec<u8>> {
-    let input = serde_json::to_vec(&task.spec.input).unwrap_or_else(|_| b"null".to_vec());
-    if floe_storage::blobs::referenced_hashes(&input).is_empty() {
-        return Some(input);
-    }
+    let input = resolved_input(node, task).await?;
+    Some(serde_json::to_vec(&input).unwrap_or_else(|_| b"null".to_vec()))
+}
+
+/// The task's input with blob references resolved. When a referenced blob
+/// cannot be had, the attempt fails (retryable) with the reason, so the
+/// run's retry policy decides, instead of the task silently waiting here.
+async fn resolved_input(node: &Node, task: &TaskRecord) -> Option<serde_json::Value> {
     let failure = match node.resolve_blobs(&task.spec.input).await {
-        Ok(resolved) => match serde_json::to_vec(&resolved) {
-            Ok(bytes) => return Some(bytes),
-            Err(err) => err.to_string(),
-        },
+        Ok(resolved) => return Some(resolved),
         Err(err) => err.to_string(),
     };
     let text = task_key_text(&task.spec.key);
@@ -495,4 +496,28 @@ fn is_inference(block: &str) -> bool {
 /// Whether this attempt was handed to a worker or a model replica here.
 fn dispatched(node: &Node, task: &str, attempt: u32) -> bool {
     node.workers.is_pushed(task, attempt) || node.models.is_running(task, attempt)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_late_answer_for_an_older_attempt_keeps_the_current_attempts_slot() {
+        let registry = WorkerRegistry::default();
+        let (sender, _tasks) = worker_channel();
+        let pushed = InFlight { attempt: 2, last_beat: std::time::Instant::now(), heartbeat: None };
+        let conn = WorkerConn {
+            blocks: ["ocr".to_string()].into_iter().collect(),
+            concurrency: 1,
+            in_flight: [("t".to_string(), pushed)].into_iter().collect(),
+            sender,
+        };
+        registry.workers.lock().unwrap().insert("w".into(), conn);
+        registry.finish("w", "t", 1);
+        assert_eq!(registry.running(), 1, "attempt 2 still holds the slot");
+        assert!(registry.is_pushed("t", 2));
+        registry.finish("w", "t", 2);
+        assert_eq!(registry.running(), 0);
+    }
 }
