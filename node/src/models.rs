@@ -33,6 +33,9 @@ use crate::service::Node;
 /// for the next batch to form while one runs.
 const TASKS_PER_BATCH_SLOT: u32 = 2;
 
+/// How often a node compares its replicas with the committed placements.
+const RECONCILE_EVERY: Duration = Duration::from_millis(250);
+
 /// One replica of one deployed model version.
 #[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct ReplicaId {
@@ -272,12 +275,12 @@ pub fn latest_deployed(deployments: &[Deployment]) -> BTreeMap<String, u64> {
 
 /// Keeps this node's replicas in line with the committed placements.
 pub async fn maintain(node: Arc<Node>, cancel: CancellationToken) -> anyhow::Result<()> {
-    let mut applied = node.raft.metrics();
+    // A fixed period, not every applied entry: placements change seldom and
+    // busy run traffic must not pay for rereading them.
     loop {
         tokio::select! {
             _ = cancel.cancelled() => break,
-            _ = applied.changed() => {}
-            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            _ = tokio::time::sleep(RECONCILE_EVERY) => {}
         }
         let reader = node.reader.clone();
         let read = tokio::task::spawn_blocking(move || Ok::<_, floe_storage::StoreError>((reader.replicas()?, reader.deployments()?))).await;
