@@ -9,7 +9,7 @@ use std::io::Cursor;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use floe_inference::ocr::{render_text_line, stack_lines, OcrOptions, OcrPipeline};
+use floe_inference::ocr::{stack_lines, OcrOptions, OcrPipeline};
 use floe_inference::{Error, PoolHandle};
 use futures::future::join_all;
 use image::RgbImage;
@@ -47,11 +47,6 @@ fn pools() -> &'static Pools {
     })
 }
 
-fn line(text: &str) -> RgbImage {
-    let font = std::fs::read(common::files().font).unwrap();
-    render_text_line(&font, text, 40.0, 24).unwrap()
-}
-
 async fn read(page: RgbImage) -> Vec<String> {
     let lines = tokio::time::timeout(BOUND, pools().pipeline.recognize(page))
         .await
@@ -63,7 +58,7 @@ async fn read(page: RgbImage) -> Vec<String> {
 #[tokio::test]
 async fn a_rendered_line_is_read_back_exactly() {
     let text = "FLOE 42 INVOICE TOTAL";
-    let page = line(text);
+    let page = common::line(text);
     let lines = tokio::time::timeout(BOUND, pools().pipeline.recognize(page.clone()))
         .await
         .unwrap()
@@ -90,14 +85,14 @@ async fn lines_of_a_page_come_back_in_reading_order() {
         "Amount due 1375.20",
         "Customer AB-7731",
     ];
-    let page = stack_lines(&texts.map(line), 16);
+    let page = stack_lines(&texts.map(common::line), 16);
     assert_eq!(read(page).await, texts);
 }
 
 #[tokio::test]
 async fn an_upside_down_line_is_turned_by_the_classifier() {
     let text = "ROTATED 180 DEGREES";
-    let page = image::imageops::rotate180(&line(text));
+    let page = image::imageops::rotate180(&common::line(text));
     let lines = tokio::time::timeout(BOUND, pools().pipeline.recognize(page))
         .await
         .unwrap()
@@ -111,7 +106,7 @@ async fn an_upside_down_line_is_turned_by_the_classifier() {
 async fn encoded_images_are_decoded_and_garbage_is_a_clear_error() {
     let text = "PNG 7 BYTES";
     let mut png = Vec::new();
-    line(text)
+    common::line(text)
         .write_to(&mut Cursor::new(&mut png), image::ImageFormat::Png)
         .unwrap();
     let lines = tokio::time::timeout(BOUND, pools().pipeline.recognize_encoded(png))
@@ -151,7 +146,7 @@ async fn concurrent_pages_share_the_pools() {
         "FOURTH PAGE 4",
     ];
     let before = pools().rec.stats().completed;
-    let results = join_all(texts.iter().map(|text| read(line(text)))).await;
+    let results = join_all(texts.iter().map(|text| read(common::line(text)))).await;
     for (text, lines) in texts.iter().zip(results) {
         assert_eq!(lines, vec![text.to_string()]);
     }
@@ -160,7 +155,7 @@ async fn concurrent_pages_share_the_pools() {
 
 #[tokio::test]
 async fn pools_report_their_memory_and_batching() {
-    let _ = read(line("WARM")).await;
+    let _ = read(common::line("WARM")).await;
     let (det, cls, rec) = (
         pools().det.stats(),
         pools().cls.stats(),

@@ -11,9 +11,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use floe_inference::ocr::stages::{self, StageError};
-use floe_inference::ocr::{
-    render_text_line, stack_lines, Charset, OcrOptions, OcrPipeline, TextBox,
-};
+use floe_inference::ocr::{stack_lines, Charset, OcrOptions, OcrPipeline, TextBox};
 use floe_inference::{
     inspect_model, tensors_from_json, tensors_to_json, Encoding, PoolHandle, Tensor, TensorMap,
 };
@@ -56,11 +54,6 @@ fn pools() -> &'static Pools {
             options,
         }
     })
-}
-
-fn line(text: &str) -> RgbImage {
-    let font = std::fs::read(common::files().font).unwrap();
-    render_text_line(&font, text, 40.0, 24).unwrap()
 }
 
 fn png_base64(page: &RgbImage) -> String {
@@ -169,7 +162,7 @@ fn the_models_take_and_give_the_names_the_flow_expects() {
 #[tokio::test]
 async fn a_rendered_line_reads_the_same_through_the_stages() {
     let text = "FLOE 42 INVOICE TOTAL";
-    let output = assert_stages_match_pipeline(line(text), &[text]).await;
+    let output = assert_stages_match_pipeline(common::line(text), &[text]).await;
     assert_eq!(output["lines"][0]["rotated"], false);
     assert!(output["lines"][0].get("crop").is_none(), "{output}");
 }
@@ -182,14 +175,14 @@ async fn a_page_of_lines_of_different_widths_reads_in_order() {
         "Customer AB-7731",
         "OK",
     ];
-    let page = stack_lines(&texts.map(line), 16);
+    let page = stack_lines(&texts.map(common::line), 16);
     assert_stages_match_pipeline(page, &texts).await;
 }
 
 #[tokio::test]
 async fn an_upside_down_line_is_turned_before_recognition() {
     let text = "ROTATED 180 DEGREES";
-    let page = image::imageops::rotate180(&line(text));
+    let page = image::imageops::rotate180(&common::line(text));
     let output = assert_stages_match_pipeline(page, &[text]).await;
     assert_eq!(output["lines"][0]["rotated"], true);
 }
@@ -342,7 +335,10 @@ fn orient_and_decode_name_a_count_mismatch() {
 #[tokio::test]
 async fn only_the_upside_down_line_of_a_page_is_turned() {
     let texts = ["UPRIGHT LINE 1", "TURNED LINE 2"];
-    let lines = [line(texts[0]), image::imageops::rotate180(&line(texts[1]))];
+    let lines = [
+        common::line(texts[0]),
+        image::imageops::rotate180(&common::line(texts[1])),
+    ];
     let output = assert_stages_match_pipeline(stack_lines(&lines, 16), &texts).await;
     assert_eq!(output["lines"][0]["rotated"], false);
     assert_eq!(output["lines"][1]["rotated"], true);

@@ -526,6 +526,8 @@ impl Runs for RunsApi {
 
     async fn watch(&self, request: Request<api::WatchRunRequest>) -> Result<Response<Self::WatchStream>, Status> {
         let run_id = request.into_inner().run_id;
+        // Subscribed before the first read, so no change falls in between.
+        let mut changes = self.node.changes.watch_run(&run_id);
         let first = self.node.get_run(&run_id, true).await?;
         let (sender, receiver) = tokio::sync::mpsc::channel(16);
         let node = self.node.clone();
@@ -534,12 +536,11 @@ impl Runs for RunsApi {
             if sender.send(run_json(&last).map(|run| api::RunUpdate { run })).await.is_err() {
                 return;
             }
-            let mut applied = node.raft.metrics();
-            // Each applied entry may change the run; compare and send on change.
             while last.status == floe_engine::run::RunStatus::Running {
                 tokio::select! {
                     _ = node.shutdown.cancelled() => return,
-                    changed = applied.changed() => if changed.is_err() { return },
+                    _ = sender.closed() => return,
+                    _ = changes.changed() => {}
                 }
                 let Ok(Some(current)) = node.reader.run(&run_id) else { continue };
                 if current != last {

@@ -8,6 +8,7 @@ pub mod api {
 }
 pub mod blobs;
 pub mod bootstrap;
+pub mod changes;
 pub mod cli;
 pub mod client;
 pub mod config;

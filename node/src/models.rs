@@ -194,13 +194,23 @@ impl ModelManager {
     /// maps a model to its highest deployed version, which also serves the
     /// unversioned block.
     pub fn free_slots(&self, latest: &BTreeMap<String, u64>) -> BTreeMap<String, u32> {
+        self.slots(latest, true)
+    }
+
+    /// Task slots of the warm replicas here, busy or not.
+    pub fn capacity(&self, latest: &BTreeMap<String, u64>) -> BTreeMap<String, u32> {
+        self.slots(latest, false)
+    }
+
+    fn slots(&self, latest: &BTreeMap<String, u64>, only_free: bool) -> BTreeMap<String, u32> {
         let mut free: BTreeMap<String, u32> = BTreeMap::new();
         let Ok(replicas) = self.replicas.lock() else { return free };
         for (id, local) in replicas.iter() {
             if !matches!(local.state, LocalState::Warm(_)) {
                 continue;
             }
-            let room = (local.spec.max_batch * TASKS_PER_BATCH_SLOT).saturating_sub(local.tasks);
+            let busy = if only_free { local.tasks } else { 0 };
+            let room = (local.spec.max_batch * TASKS_PER_BATCH_SLOT).saturating_sub(busy);
             *free.entry(floe_engine::inference_block(&id.model, Some(id.version))).or_default() += room;
             if latest.get(&id.model) == Some(&id.version) {
                 *free.entry(floe_engine::inference_block(&id.model, None)).or_default() += room;

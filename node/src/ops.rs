@@ -50,7 +50,7 @@ impl Node {
         match self.route()? {
             Route::Local => Err(ApiError::Internal("forward called on the leader".into())),
             Route::Forward { leader, addr } => {
-                peer_api::call(self, leader, &addr, &request, CLIENT_REQUEST_TIMEOUT).await
+                peer_api::call_leader(self, leader, &addr, &request, CLIENT_REQUEST_TIMEOUT).await
             }
         }
     }
@@ -330,7 +330,8 @@ fn validate_command(command: &Command) -> Result<(), ApiError> {
         Command::PutModel { .. }
         | Command::DeployModel { .. }
         | Command::UndeployModel { .. }
-        | Command::ChangeReplicas { .. } => Ok(()),
+        | Command::ChangeReplicas { .. }
+        | Command::NodeSlots { .. } => Ok(()),
         Command::Batch(_) => Err(ApiError::InvalidArgument("batches are formed by the leader, not sent to it".into())),
     }
 }

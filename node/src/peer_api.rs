@@ -112,12 +112,43 @@ pub async fn call_via(
     request: &PeerRequest,
     timeout: Duration,
 ) -> Result<PeerResponse, ApiError> {
+    call_mapped(peers, target, raft_addr, request, timeout, |err| err).await
+}
+
+async fn call_mapped(
+    peers: &floe_raft::Peers,
+    target: NodeId,
+    raft_addr: &str,
+    request: &PeerRequest,
+    timeout: Duration,
+    transport: impl FnOnce(ApiError) -> ApiError,
+) -> Result<PeerResponse, ApiError> {
     let payload = encode(request)?;
     let reply = peers
         .call_app(target, raft_addr, payload, timeout)
         .await
-        .map_err(|err| transport_error(target, err))?;
+        .map_err(|err| transport(transport_error(target, err)))?;
     decode::<Result<PeerResponse, ApiError>>(&reply)?
+}
+
+/// [`call`] to the leader with a forwarded client request: a transport
+/// failure says that it was the leader that could not be reached or did not
+/// answer, which a client needs to make sense of the refusal.
+pub async fn call_leader(
+    node: &Node,
+    leader: NodeId,
+    raft_addr: &str,
+    request: &PeerRequest,
+    timeout: Duration,
+) -> Result<PeerResponse, ApiError> {
+    call_mapped(&node.peers, leader, raft_addr, request, timeout, |err| match err {
+        ApiError::Unavailable(reason) => ApiError::Unavailable(format!("the leader, {reason}; retry")),
+        ApiError::OutcomeUnknown(reason) => ApiError::OutcomeUnknown(format!(
+            "the leader, {reason}; it may have failed or lost its quorum, and the request may or may not have been applied"
+        )),
+        other => other,
+    })
+    .await
 }
 
 fn transport_error(target: NodeId, err: floe_raft::TransportError) -> ApiError {

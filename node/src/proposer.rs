@@ -138,6 +138,7 @@ fn payload_bytes(command: &Command) -> usize {
         Command::DeployModel { deployment } => deployment.model.len() + 48,
         Command::UndeployModel { name, .. } => name.len() + 8,
         Command::ChangeReplicas { changes, .. } => changes.iter().map(|c| c.model.len() + c.reason.len() + 40).sum(),
+        Command::NodeSlots { offer, .. } => offer.slots.keys().map(|block| block.len() + 4).sum::<usize>() + 12,
     }
 }
 

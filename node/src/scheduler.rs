@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use floe_storage::runs::{task_key_text, LimitScope, LimitState, TaskRecord};
+use floe_storage::slots::NodeSlots;
 use floe_storage::{Command, NodeId};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
@@ -32,6 +33,9 @@ pub struct NodeReport {
     pub node_id: NodeId,
     /// Free worker slots per block, net of tasks placed and not yet pushed.
     pub free_slots: BTreeMap<String, u32>,
+    /// All worker and model replica slots per block, busy or not: what the
+    /// node offers to placement inside apply.
+    pub capacity: BTreeMap<String, u32>,
     pub running_tasks: u32,
     /// 1-minute load average divided by cores.
     pub cpu_load: f32,
@@ -113,6 +117,10 @@ fn local_report(node: &Node) -> NodeReport {
         let waiting = queued.get(&block).copied().unwrap_or(0);
         *free_slots.entry(block).or_default() += room.saturating_sub(waiting);
     }
+    let mut capacity = node.workers.capacity();
+    for (block, slots) in node.models.capacity(&latest) {
+        *capacity.entry(block).or_default() += slots;
+    }
     let model_memory_budget = match node.config.inference.memory_budget_bytes {
         0 => system.total_memory() / 2,
         budget => budget,
@@ -120,6 +128,7 @@ fn local_report(node: &Node) -> NodeReport {
     NodeReport {
         node_id: node.id,
         free_slots,
+        capacity,
         running_tasks: node.workers.running() + node.models.running_count(),
         cpu_load: load / cores,
         memory_used_ratio,
@@ -161,13 +170,12 @@ pub async fn report(node: Arc<Node>, cancel: CancellationToken) -> anyhow::Resul
 
 /// The leader's loop: place ready tasks, fire due timers, expire silent nodes.
 pub async fn schedule(node: Arc<Node>, cancel: CancellationToken) -> anyhow::Result<()> {
-    // New ready tasks appear with applied entries; timers need the clock too.
-    let mut applied = node.raft.metrics();
+    // New ready tasks come with applied changes; timers and reports need the clock too.
     let mut last_placement = Instant::now();
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return Ok(()),
-            _ = applied.changed() => {}
+            _ = node.changes.queue.notified() => {}
             _ = tokio::time::sleep(SCHEDULE_EVERY) => {}
         }
         let leading = node.raft.metrics().borrow().current_leader == Some(node.id);
@@ -197,6 +205,7 @@ pub async fn schedule(node: Arc<Node>, cancel: CancellationToken) -> anyhow::Res
             writes.push(Command::FireTimers { timers, at_ms: now });
         }
         let mut reports = node.reports.fresh();
+        sync_node_slots(&node, &reports).await;
         let reports_before = reports.clone();
         // Inference blocks with ready tasks and no replica to run them.
         let mut waiting_blocks = std::collections::BTreeSet::new();
@@ -237,6 +246,63 @@ pub async fn schedule(node: Arc<Node>, cancel: CancellationToken) -> anyhow::Res
         if last_placement.elapsed() >= crate::placement::PLACE_EVERY {
             last_placement = Instant::now();
             crate::placement::place_replicas(&node, &reports_before, &waiting_blocks).await;
+        }
+    }
+}
+
+/// Load differences smaller than this (in thousandths) are not proposed:
+/// placement needs a coarse load, and the log should not carry every wobble.
+const LOAD_STEP_MILLI: u32 = 250;
+
+/// What `report` offers to placement inside apply.
+fn offer_of(report: &NodeReport) -> NodeSlots {
+    let slots = report.capacity.iter().filter(|(_, slots)| **slots > 0).map(|(block, slots)| (block.clone(), *slots)).collect();
+    let load = (report.cpu_load + report.memory_used_ratio).clamp(0.0, 64.0);
+    NodeSlots { slots, load_milli: (load * 1000.0).round() as u32 }
+}
+
+/// The offers to propose: a fresh report whose slots changed, or whose load
+/// moved by a step, and an empty offer for a node that went silent (its
+/// tasks are about to be taken back; none may be placed there meanwhile).
+fn offer_changes(
+    stored: &floe_storage::slots::Offers,
+    reports: &BTreeMap<NodeId, NodeReport>,
+    silent: &[NodeId],
+) -> Vec<(NodeId, NodeSlots)> {
+    let mut changes = Vec::new();
+    for (id, report) in reports {
+        if silent.contains(id) {
+            continue;
+        }
+        let wanted = offer_of(report);
+        let changed = match stored.get(id) {
+            Some(current) => current.slots != wanted.slots || current.load_milli.abs_diff(wanted.load_milli) >= LOAD_STEP_MILLI,
+            None => !wanted.slots.is_empty(),
+        };
+        if changed {
+            changes.push((*id, wanted));
+        }
+    }
+    for id in silent {
+        if stored.contains_key(id) {
+            changes.push((*id, NodeSlots::default()));
+        }
+    }
+    changes
+}
+
+/// Keeps the replicated offers in step with the nodes' reports.
+async fn sync_node_slots(node: &Arc<Node>, reports: &BTreeMap<NodeId, NodeReport>) {
+    let Ok(stored) = node.reader.node_slots() else { return };
+    // A removed node keeps no offer: nodes with one count as members here.
+    let members: std::collections::BTreeSet<NodeId> = node.members().0.into_keys().chain(stored.keys().copied()).collect();
+    let silent = node.reports.silent_nodes(&members.into_iter().collect::<Vec<_>>());
+    let writes = offer_changes(&stored, reports, &silent)
+        .into_iter()
+        .map(|(id, offer)| node.write(Command::NodeSlots { node: id, offer }));
+    for result in futures::future::join_all(writes).await {
+        if let Err(err) = result {
+            tracing::debug!(error = %err, "node slots not proposed");
         }
     }
 }
@@ -363,6 +429,31 @@ mod tests {
         .collect();
         assert_eq!(pick_node(&reports, "ocr"), Some(3));
         assert_eq!(pick_node(&reports, "classify"), None, "no node serves the block");
+    }
+
+    #[test]
+    fn offers_follow_slot_changes_and_large_load_moves_only() {
+        let mut reports: BTreeMap<NodeId, NodeReport> = BTreeMap::new();
+        let mut first = report(1, "ocr", 2, 2, 0.30);
+        first.capacity = [("ocr".to_string(), 4), ("idle".to_string(), 0)].into_iter().collect();
+        reports.insert(1, first.clone());
+        let stored = floe_storage::slots::Offers::new();
+        let changes = offer_changes(&stored, &reports, &[]);
+        assert_eq!(changes.len(), 1);
+        assert_eq!(changes[0].1.slots, [("ocr".to_string(), 4)].into_iter().collect(), "blocks without slots are left out");
+        assert_eq!(changes[0].1.load_milli, 300);
+        let stored: floe_storage::slots::Offers = changes.into_iter().collect();
+        assert!(offer_changes(&stored, &reports, &[]).is_empty(), "nothing changed");
+        reports.get_mut(&1).unwrap().cpu_load = 0.5;
+        assert!(offer_changes(&stored, &reports, &[]).is_empty(), "a small load move is not proposed");
+        reports.get_mut(&1).unwrap().cpu_load = 0.6;
+        assert_eq!(offer_changes(&stored, &reports, &[]).len(), 1, "a load step is");
+        reports.get_mut(&1).unwrap().cpu_load = 0.3;
+        reports.get_mut(&1).unwrap().capacity.insert("ocr".into(), 5);
+        assert_eq!(offer_changes(&stored, &reports, &[])[0].1.slots["ocr"], 5, "a worker came");
+        let withdrawn = offer_changes(&stored, &BTreeMap::new(), &[1]);
+        assert_eq!(withdrawn, vec![(1, NodeSlots::default())], "a silent node offers nothing");
+        assert!(offer_changes(&BTreeMap::new(), &BTreeMap::new(), &[1]).is_empty(), "nothing to withdraw");
     }
 
     #[test]

@@ -36,6 +36,8 @@ pub struct Node {
     /// Model replicas on this node (see `models.rs`).
     pub models: crate::models::ModelManager,
     pub reports: crate::scheduler::Reports,
+    /// Wake-ups from applied state (see `changes.rs`).
+    pub changes: Arc<crate::changes::ChangeHub>,
     pub config: NodeConfig,
     /// Until then, a restarted node's idea of the leader comes from its stored
     /// vote and is not yet confirmed by contact.
@@ -127,6 +129,9 @@ pub async fn serve(config: NodeConfig, cancel: CancellationToken) -> anyhow::Res
         transport_options.client_bind_addr = config.raft_client_bind_addr.parse().context("raft_client_bind_addr")?;
     }
     let peers = Peers::new(&material, transport_options.clone())?;
+    // Before Raft starts: a restart applies its log right away.
+    let changes = crate::changes::ChangeHub::new(config.node_id);
+    store.on_applied(changes.listener());
     let raft = Raft::new(
         config.node_id,
         Arc::new(raft_config(&config)?),
@@ -170,6 +175,7 @@ pub async fn serve(config: NodeConfig, cancel: CancellationToken) -> anyhow::Res
         workers: Default::default(),
         models: crate::models::ModelManager::new(gpus),
         reports: Default::default(),
+        changes,
         config: config.clone(),
         restart_grace_until,
         shutdown: cancel.clone(),

@@ -80,6 +80,19 @@ impl WorkerRegistry {
         free
     }
 
+    /// Slots per block across this node's workers, busy or not.
+    pub fn capacity(&self) -> BTreeMap<String, u32> {
+        let mut capacity: BTreeMap<String, u32> = BTreeMap::new();
+        if let Ok(workers) = self.workers.lock() {
+            for worker in workers.values() {
+                for block in &worker.blocks {
+                    *capacity.entry(block.clone()).or_default() += worker.concurrency;
+                }
+            }
+        }
+        capacity
+    }
+
     fn beat(&self, worker_id: &str, task: &str, attempt: u32) {
         if let Ok(mut workers) = self.workers.lock() {
             if let Some(pushed) = workers.get_mut(worker_id).and_then(|worker| worker.in_flight.get_mut(task)) {
@@ -262,6 +275,7 @@ pub async fn serve_worker(
     }
     tracing::info!(node_id = node.id, worker = %worker_id, blocks = ?hello.blocks, concurrency = hello.concurrency, "worker connected");
     node.workers.wake.notify_one();
+    let deliveries = Arc::new(tokio::sync::Semaphore::new(hello.concurrency.clamp(16, 1024) as usize));
 
     loop {
         // A stopping node ends worker streams, so its gRPC server can drain.
@@ -273,21 +287,36 @@ pub async fn serve_worker(
             },
         };
         match message.kind {
-            Some(api::worker_message::Kind::Result(result)) => {
+            Some(api::worker_message::Kind::Result(mut result)) => {
                 let outcome = if result.failed {
                     Err(TaskFailure { error: result.error.clone(), retryable: result.retryable })
                 } else {
-                    Ok(result.output.as_slice())
+                    Ok(std::mem::take(&mut result.output))
                 };
-                match parse_task_key(&result.task) {
-                    Ok(key) => {
-                        if let Err(err) = deliver_result(&node, key, result.attempt, outcome).await {
-                            tracing::warn!(worker = %worker_id, task = %result.task, attempt = result.attempt, error = %err, "task result refused");
-                        }
-                    }
-                    Err(err) => tracing::warn!(worker = %worker_id, error = %err, "task result for a malformed task key"),
-                }
+                // The worker's slot frees now; the attempt stays answered (never
+                // pushed again) until its outcome is applied.
                 node.workers.finish(&worker_id, &result.task, result.attempt);
+                let key = match parse_task_key(&result.task) {
+                    Ok(key) => key,
+                    Err(err) => {
+                        tracing::warn!(worker = %worker_id, error = %err, "task result for a malformed task key");
+                        continue;
+                    }
+                };
+                // Results commit concurrently (the proposer batches them); the
+                // permits bound how many one stream may have in flight.
+                let Ok(permit) = deliveries.clone().acquire_owned().await else { break };
+                let (node, worker_id) = (node.clone(), worker_id.clone());
+                tokio::spawn(async move {
+                    let outcome = match &outcome {
+                        Ok(output) => Ok(output.as_slice()),
+                        Err(failure) => Err(failure.clone()),
+                    };
+                    if let Err(err) = deliver_result(&node, key, result.attempt, outcome).await {
+                        tracing::warn!(worker = %worker_id, task = %result.task, attempt = result.attempt, error = %err, "task result refused");
+                    }
+                    drop(permit);
+                });
             }
             Some(api::worker_message::Kind::Heartbeat(beat)) => node.workers.beat(&worker_id, &beat.task, beat.attempt),
             Some(api::worker_message::Kind::Hello(_)) | None => {
@@ -373,18 +402,21 @@ fn register(
 
 /// Pushes the tasks placed on this node to its workers as slots free up.
 pub async fn dispatch(node: Arc<Node>, cancel: CancellationToken) -> anyhow::Result<()> {
-    // Every applied entry may place a task here: wake on the applied index.
-    let mut applied = node.raft.metrics();
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return Ok(()),
             _ = node.workers.wake.notified() => {}
-            _ = applied.changed() => {}
-            _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+            _ = node.changes.tasks_here.notified() => {}
+            // Heartbeat deadlines and the unserved grace need the clock.
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
         }
-        let reader = node.reader.clone();
-        let node_id = node.id;
-        let placed = match tokio::task::spawn_blocking(move || reader.tasks_on_node(node_id)).await {
+        // Only the records of attempts not handed out yet are read.
+        let scan_node = node.clone();
+        let placed = tokio::task::spawn_blocking(move || {
+            scan_node.reader.placed_tasks(scan_node.id, |task, attempt| !dispatched(&scan_node, task, attempt))
+        })
+        .await;
+        let placed = match placed {
             Ok(Ok(placed)) => placed,
             Ok(Err(err)) => {
                 tracing::warn!(error = %err, "reading this node's tasks");
@@ -392,9 +424,9 @@ pub async fn dispatch(node: Arc<Node>, cancel: CancellationToken) -> anyhow::Res
             }
             Err(_) => continue,
         };
-        let attempts: BTreeMap<String, u32> =
-            placed.iter().map(|task| (task_key_text(&task.spec.key), task.spec.attempt)).collect();
+        let attempts: BTreeMap<String, u32> = placed.iter().map(|(text, attempt, _)| (text.clone(), *attempt)).collect();
         node.workers.retain(&attempts);
+        let placed: Vec<TaskRecord> = placed.into_iter().filter_map(|(_, _, record)| record).collect();
         let mut unserved_now = BTreeMap::new();
         let latest = if placed.iter().any(|task| is_inference(&task.spec.block)) {
             node.reader.deployments().map(|d| crate::models::latest_deployed(&d)).unwrap_or_default()
@@ -479,11 +511,9 @@ const UNSERVED_GRACE: Duration = Duration::from_secs(1);
 /// Blocks of tasks placed on this node but not pushed yet.
 pub fn queued_blocks(node: &Node) -> BTreeMap<String, u32> {
     let mut queued = BTreeMap::new();
-    if let Ok(placed) = node.reader.tasks_on_node(node.id) {
-        for task in placed {
-            if !dispatched(node, &task_key_text(&task.spec.key), task.spec.attempt) {
-                *queued.entry(task.spec.block).or_default() += 1;
-            }
+    if let Ok(placed) = node.reader.placed_tasks(node.id, |task, attempt| !dispatched(node, task, attempt)) {
+        for task in placed.into_iter().filter_map(|(_, _, record)| record) {
+            *queued.entry(task.spec.block).or_default() += 1;
         }
     }
     queued

@@ -147,6 +147,9 @@ async fn a_minority_refuses_writes_and_linearizable_reads() {
     let leader = cluster.wait_leader(WAIT).await.unwrap();
     put(&cluster, leader, "settled", "old").await.unwrap();
     let survivor = follower_of(&cluster, leader);
+    // A follower learns that an entry committed only from the leader's next
+    // message; killing the leader first could leave "settled" unapplied here.
+    wait_local_value(&cluster, survivor, "settled", "old").await;
     for id in [1, 2, 3] {
         if id != survivor {
             cluster.kill(id).unwrap();

@@ -57,6 +57,29 @@ pub fn decode<T: DeserializeOwned>(
     Ok(value)
 }
 
+/// Encodes a byte string as a versioned record (JSON records). The payload
+/// is the same as `encode` of a `Vec<u8>` (a length, then the bytes), so
+/// either function reads what the other wrote.
+pub fn encode_bytes(record: impl FnOnce() -> String, value: &[u8]) -> Result<Vec<u8>, StoreError> {
+    encode(record, &serde_bytes::Bytes::new(value))
+}
+
+/// Decodes a versioned byte-string record without copying it: the bytes
+/// come back as a slice of `bytes` (a `Vec<u8>` through serde is read one
+/// element at a time, which dominated reading JSON run records).
+pub fn decode_bytes(record: impl FnOnce() -> String, bytes: &[u8]) -> Result<&[u8], StoreError> {
+    let Some((&version, payload)) = bytes.split_first() else {
+        return Err(StoreError::EmptyRecord { record: record() });
+    };
+    if version != FORMAT_VERSION {
+        return Err(StoreError::UnknownFormatVersion { record: record(), found: version, supported: FORMAT_VERSION });
+    }
+    let (value, _read): (&serde_bytes::Bytes, usize) =
+        bincode::serde::borrow_decode_from_slice(payload, bincode_config())
+            .map_err(|source| StoreError::Decode { record: record(), source })?;
+    Ok(value)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -91,6 +114,19 @@ mod tests {
             error.to_string(),
             "log entry 42: record format version 9, this build reads 1"
         );
+    }
+
+    #[test]
+    fn byte_records_read_and_write_like_byte_vectors() {
+        let json = br#"{"a":[1,2,3],"b":"\u00ff"}"#.repeat(20);
+        let as_vec = encode(|| "run a".into(), &json.to_vec()).unwrap();
+        let as_bytes = encode_bytes(|| "run a".into(), &json).unwrap();
+        assert_eq!(as_vec, as_bytes, "same stored form");
+        assert_eq!(decode_bytes(|| "run a".into(), &as_vec).unwrap(), &json[..]);
+        let back: Vec<u8> = decode(|| "run a".into(), &as_bytes).unwrap();
+        assert_eq!(back, json);
+        let error = decode_bytes(|| "run a".into(), &as_vec[..10]).unwrap_err();
+        assert!(error.to_string().contains("run a"), "{error}");
     }
 
     #[test]

@@ -14,7 +14,8 @@
 //! - `runs/finished/<ms:020>/<run id>` → (empty) finished runs, for retention
 //! - `task/<task key>`                   → task record (JSON)
 //! - `taskq/<not before ms:020>/<task key>` → (empty) tasks waiting for a worker
-//! - `tasknode/<node:020>/<task key>`    → (empty) tasks assigned to a node
+//! - `tasknode/<node:020>/<task key>`    → the attempt placed (u32 big-endian; empty in
+//!   older stores) — tasks assigned to a node
 //! - `timer/<due ms:020>/<timer key>`    → timer (JSON); `timerkey/<timer key>` → due ms
 //! - `limit/<block|flow>/<name>`        → u32 cluster-wide concurrency limit (JSON)
 //! - `active/<block|flow>/<name>`       → u64 tasks of it placed on nodes now (JSON)
@@ -26,6 +27,8 @@
 //! - `model/deploy/<name>/<version:020>` → deployment (JSON: replicas wanted, pool settings)
 //! - `model/replica/<name>/<version:020>/<replica:06>` → where one replica is placed (JSON)
 //! - `model/gpu/<node:020>/<device>`    → thousandths of that GPU held by placed replicas
+//! - `slots`                            → node id → `NodeSlots`: the worker slots each node offers per block
+//! - `placed/<node:020>/<block>`         → u32 tasks of the block placed on the node now
 
 pub(crate) const KV_PREFIX: &[u8] = b"kv/";
 const FLOW_DEF_PREFIX: &str = "flow/def/";
@@ -177,4 +180,12 @@ pub(crate) fn model_replica(name: &str, version: u64, replica: u32) -> Vec<u8> {
 /// Thousandths of a node's GPU held by replicas placed there (u32 JSON).
 pub(crate) fn gpu_used(node: u64, device: u32) -> Vec<u8> {
     format!("model/gpu/{node:020}/{device}").into_bytes()
+}
+
+/// One record for all nodes: apply reads every offer at each placement, and
+/// a transaction cannot scan a prefix.
+pub(crate) const NODE_SLOTS: &[u8] = b"slots";
+
+pub(crate) fn placed_count(node: u64, block: &str) -> Vec<u8> {
+    format!("placed/{node:020}/{block}").into_bytes()
 }

@@ -13,6 +13,7 @@
 //! [`StateMachineStore`]) and a read handle for the API ([`StateReader`]).
 
 pub mod blobs;
+mod changes;
 pub mod codec;
 mod error;
 mod group_commit;
@@ -23,6 +24,7 @@ mod metrics;
 pub mod models;
 mod reader;
 pub mod runs;
+pub mod slots;
 pub mod snapshot;
 mod snapshot_format;
 mod snapshot_store;
@@ -31,6 +33,7 @@ mod store;
 pub mod types;
 
 pub use blobs::{BlobRef, BlobStore};
+pub use changes::{AppliedChanges, ChangeListener};
 pub use error::StoreError;
 pub use log_store::LogStore;
 pub use metrics::{FlushHistogram, FlushStats, FLUSH_BUCKETS_SECONDS};

@@ -317,6 +317,36 @@ impl StateReader {
         Ok(tasks)
     }
 
+    /// Tasks placed on `node` as (task key text, attempt), with the record
+    /// of those `wanted` picks: a dispatcher reads only the records of the
+    /// attempts it has not handed out yet.
+    pub fn placed_tasks(
+        &self,
+        node: NodeId,
+        wanted: impl Fn(&str, u32) -> bool,
+    ) -> Result<Vec<(String, u32, Option<TaskRecord>)>, StoreError> {
+        let state = self.shared.read_active();
+        let tree_name = data_tree_name(state.generation);
+        let prefix = keys::tasks_on_node(node);
+        let mut tasks = Vec::new();
+        for item in state.data.scan_prefix(&prefix) {
+            let (key, value) = item.map_err(|error| StoreError::sled(format!("scan {tree_name} node tasks"), error))?;
+            let text = String::from_utf8_lossy(&key[prefix.len()..]).into_owned();
+            let read = || json_in::<TaskRecord>(&state, &keys::task(&text), &format!("task {text}"));
+            let (attempt, record) = match <[u8; 4]>::try_from(value.as_ref()).ok().map(u32::from_be_bytes) {
+                Some(attempt) => (attempt, if wanted(&text, attempt) { read()? } else { None }),
+                // An entry from before attempts were kept in the index.
+                None => match read()? {
+                    Some(record) => (record.spec.attempt, Some(record)),
+                    None => continue,
+                },
+            };
+            let record = record.filter(|_| wanted(&text, attempt));
+            tasks.push((text, attempt, record));
+        }
+        Ok(tasks)
+    }
+
     /// Tasks the scheduler placed on `node`.
     pub fn tasks_on_node(&self, node: NodeId) -> Result<Vec<TaskRecord>, StoreError> {
         let state = self.shared.read_active();
@@ -346,6 +376,27 @@ impl StateReader {
         Ok(timers)
     }
 
+    /// What each node offers to placement inside apply, and how many tasks
+    /// of each block are placed on it now.
+    pub fn node_slots(&self) -> Result<crate::slots::Offers, StoreError> {
+        let state = self.shared.read_active();
+        let tree_name = data_tree_name(state.generation);
+        match state.data.get(keys::NODE_SLOTS).map_err(|error| StoreError::sled(format!("read {tree_name} node slots"), error))? {
+            Some(bytes) => codec::decode(|| format!("{tree_name} node slots"), &bytes),
+            None => Ok(Default::default()),
+        }
+    }
+
+    /// Tasks of `block` placed on `node` now (as apply counts them).
+    pub fn placed_count(&self, node: NodeId, block: &str) -> Result<u32, StoreError> {
+        let state = self.shared.read_active();
+        let tree_name = data_tree_name(state.generation);
+        match state.data.get(keys::placed_count(node, block)).map_err(|error| StoreError::sled(format!("read {tree_name} placed count"), error))? {
+            Some(bytes) => codec::decode(|| format!("{tree_name} placed count"), &bytes),
+            None => Ok(0),
+        }
+    }
+
     /// Every concurrency limit and every block or flow with tasks placed now.
     pub fn limits(&self) -> Result<Vec<LimitState>, StoreError> {
         let state = self.shared.read_active();
@@ -362,7 +413,7 @@ impl StateReader {
                     _ => continue,
                 };
                 let what = format!("{tree_name} {rest}");
-                let json: Vec<u8> = codec::decode(|| what.clone(), &bytes)?;
+                let json = codec::decode_bytes(|| what.clone(), &bytes)?;
                 let entry = found.entry((scope, name.to_string())).or_insert_with(|| LimitState {
                     scope,
                     name: name.to_string(),
@@ -371,9 +422,9 @@ impl StateReader {
                 });
                 let parse_error = |err: serde_json::Error| StoreError::Json { record: what.clone(), reason: err.to_string() };
                 if is_limit {
-                    entry.limit = Some(serde_json::from_slice(&json).map_err(parse_error)?);
+                    entry.limit = Some(serde_json::from_slice(json).map_err(parse_error)?);
                 } else {
-                    entry.active = serde_json::from_slice(&json).map_err(parse_error)?;
+                    entry.active = serde_json::from_slice(json).map_err(parse_error)?;
                 }
             }
         }
@@ -487,8 +538,8 @@ fn json_in<T: serde::de::DeserializeOwned>(state: &DataGeneration, key: &[u8], w
     else {
         return Ok(None);
     };
-    let json: Vec<u8> = codec::decode(|| format!("{tree_name} {what}"), &bytes)?;
-    serde_json::from_slice(&json)
+    let json = codec::decode_bytes(|| format!("{tree_name} {what}"), &bytes)?;
+    serde_json::from_slice(json)
         .map(Some)
         .map_err(|err| StoreError::Json { record: format!("{tree_name} {what}"), reason: err.to_string() })
 }

@@ -18,13 +18,14 @@ use sled::transaction::TransactionalTree;
 
 use crate::blobs;
 use crate::codec;
+use crate::slots;
 use crate::error::StoreError;
 use crate::keys;
 use crate::types::{CommandResponse, FlowRecord};
 
-type TxError = sled::transaction::ConflictableTransactionError<Box<StoreError>>;
+pub(crate) type TxError = sled::transaction::ConflictableTransactionError<Box<StoreError>>;
 
-fn abort(error: StoreError) -> TxError {
+pub(crate) fn abort(error: StoreError) -> TxError {
     sled::transaction::ConflictableTransactionError::Abort(Box::new(error))
 }
 
@@ -87,13 +88,14 @@ pub(crate) struct RunTx<'a> {
     pub(crate) data: &'a TransactionalTree,
     pub(crate) tree_name: &'a str,
     pub(crate) definitions: &'a DefinitionCache,
+    pub(crate) changes: &'a std::cell::RefCell<crate::changes::AppliedChanges>,
 }
 
 impl RunTx<'_> {
     pub(crate) fn get_json<T: DeserializeOwned>(&self, key: &[u8], what: &str) -> Result<Option<T>, TxError> {
         let Some(bytes) = self.data.get(key)? else { return Ok(None) };
-        let json: Vec<u8> = codec::decode(|| format!("{} {what}", self.tree_name), &bytes).map_err(abort)?;
-        serde_json::from_slice(&json)
+        let json = codec::decode_bytes(|| format!("{} {what}", self.tree_name), &bytes).map_err(abort)?;
+        serde_json::from_slice(json)
             .map(Some)
             .map_err(|err| abort(StoreError::Json { record: format!("{} {what}", self.tree_name), reason: err.to_string() }))
     }
@@ -105,9 +107,33 @@ impl RunTx<'_> {
     /// Stores `value`; hands back its JSON so callers can index what it holds.
     fn put_json_bytes<T: Serialize>(&self, key: Vec<u8>, value: &T, what: &str) -> Result<Vec<u8>, TxError> {
         let json = to_json(value, self.tree_name, what)?;
-        let bytes = codec::encode(|| format!("{} {what}", self.tree_name), &json).map_err(abort)?;
+        let bytes = codec::encode_bytes(|| format!("{} {what}", self.tree_name), &json).map_err(abort)?;
         self.data.insert(key, bytes)?;
         Ok(json)
+    }
+
+    /// A bincode record (counters, node offers).
+    pub(crate) fn get_record<T: DeserializeOwned>(&self, key: &[u8], what: &str) -> Result<Option<T>, TxError> {
+        let Some(bytes) = self.data.get(key)? else { return Ok(None) };
+        codec::decode(|| format!("{} {what}", self.tree_name), &bytes).map(Some).map_err(abort)
+    }
+
+    pub(crate) fn put_record<T: Serialize>(&self, key: Vec<u8>, value: &T, what: &str) -> Result<(), TxError> {
+        let bytes = codec::encode(|| format!("{} {what}", self.tree_name), value).map_err(abort)?;
+        self.data.insert(key, bytes)?;
+        Ok(())
+    }
+
+    fn changed_run(&self, run_id: &str) {
+        self.changes.borrow_mut().runs.insert(run_id.to_string());
+    }
+
+    fn changed_node(&self, node: u64) {
+        self.changes.borrow_mut().task_nodes.insert(node);
+    }
+
+    fn changed_queue(&self) {
+        self.changes.borrow_mut().queue = true;
     }
 
     pub(crate) fn mark(&self, key: Vec<u8>) -> Result<(), TxError> {
@@ -144,6 +170,7 @@ impl RunTx<'_> {
     /// from `previous` (status, finish time) when they changed.
     fn save_run(&self, record: &RunRecord, previous: Option<(RunStatus, Option<u64>)>) -> Result<(), TxError> {
         let json = self.put_json_bytes(keys::run(&record.run_id), record, &format!("run {}", record.run_id))?;
+        self.changed_run(&record.run_id);
         // A run holds its blobs until it is purged: references only ever get added.
         for hash in blobs::referenced_hashes(&json) {
             self.mark(keys::blob_owner(&hash, &keys::run_owner(&record.run_id)))?;
@@ -174,6 +201,7 @@ impl RunTx<'_> {
     fn delete_run(&self, record: &RunRecord) -> Result<(), TxError> {
         let run_id = &record.run_id;
         self.data.remove(keys::run(run_id))?;
+        self.changed_run(run_id);
         self.data.remove(keys::run_by_created(record.created_at_ms, run_id))?;
         self.data.remove(keys::run_by_status(status_name(record.status), record.created_at_ms, run_id))?;
         self.data.remove(keys::run_by_flow(&record.flow, record.created_at_ms, run_id))?;
@@ -285,13 +313,16 @@ fn create_run(
         Ok(started) => started,
         Err(err) => return Ok(Err(err.to_string())),
     };
+    let mut record = record;
+    let mut placed_now = Vec::new();
+    apply_effects(tx, &record, effects, at_ms, work, &mut placed_now)?;
+    start_placed(tx, &definition, &mut record, placed_now, at_ms)?;
     tx.save_run(&record, None)?;
     tx.mark(keys::run_by_created(record.created_at_ms, &record.run_id))?;
     tx.mark(keys::run_by_flow(&record.flow, record.created_at_ms, &record.run_id))?;
     if !record.correlation_id.is_empty() {
         tx.mark(keys::run_by_correlation(&record.correlation_id, record.created_at_ms, &record.run_id))?;
     }
-    apply_effects(tx, &record, effects, at_ms, work)?;
     Ok(Ok(()))
 }
 
@@ -366,12 +397,45 @@ fn handle_one(
         }
         Err(err) => return Ok(Some(err.to_string())),
     };
-    tx.save_run(&record, Some(previous))?;
+    // The settled attempt frees its slot before the next task is placed.
     if let Some((key, attempt)) = settled {
         remove_task_attempt(tx, &key, attempt)?;
     }
-    apply_effects(tx, &record, effects, at_ms, work)?;
+    let mut placed_now = Vec::new();
+    apply_effects(tx, &record, effects, at_ms, work, &mut placed_now)?;
+    start_placed(tx, &definition, &mut record, placed_now, at_ms)?;
+    tx.save_run(&record, Some(previous))?;
     Ok(None)
+}
+
+/// Records in the run the attempts `apply_effects` placed on a node at once
+/// (as a `TaskStarted` would), so the run is stored once per event.
+fn start_placed(
+    tx: &RunTx<'_>,
+    definition: &FlowDefinition,
+    record: &mut RunRecord,
+    placed_now: Vec<(TaskKey, u32, u64)>,
+    at_ms: u64,
+) -> Result<(), TxError> {
+    for (key, attempt, node) in placed_now {
+        let event = RunEvent::TaskStarted { key, attempt, node, worker: String::new() };
+        match run::handle(definition, record, event, at_ms) {
+            Ok(effects) => {
+                // A start only cancels its schedule-to-start timer.
+                let (mut unused_work, mut unused_placed) = (VecDeque::new(), Vec::new());
+                apply_effects(tx, record, effects, at_ms, &mut unused_work, &mut unused_placed)?;
+                debug_assert!(unused_work.is_empty() && unused_placed.is_empty(), "a task start had further effects");
+            }
+            // Cannot happen (the attempt was scheduled by this very event);
+            // failing the whole apply over it would stop every node, so the
+            // task stays placed and only its start time is missing.
+            Err(err) => {
+                tracing::warn!(run = %record.run_id, error = %err, "a task placed in the same entry did not start");
+                debug_assert!(false, "a task placed in the same entry did not start: {err}");
+            }
+        }
+    }
+    Ok(())
 }
 
 fn assign_task(tx: &RunTx<'_>, key: &TaskKey, attempt: u32, node: u64, worker: &str, at_ms: u64) -> Result<(), TxError> {
@@ -384,13 +448,19 @@ fn assign_task(tx: &RunTx<'_>, key: &TaskKey, attempt: u32, node: u64, worker: &
     }
     if let Some(previous) = &task.assignment {
         tx.data.remove(keys::task_on_node(previous.node, &text))?;
+        tx.changed_node(previous.node);
+        slots::move_placed(tx, previous.node, &task.spec.block, -1)?;
     } else {
         tx.data.remove(keys::task_queue(task.spec.not_before_ms, &text))?;
+        tx.changed_queue();
         count_placed(tx, &task, 1)?;
     }
     task.assignment = Some(Assignment { node, worker: worker.to_string(), at_ms });
     tx.put_json(keys::task(&text), &task, &format!("task {text}"))?;
-    tx.mark(keys::task_on_node(node, &text))
+    tx.changed_node(node);
+    slots::move_placed(tx, node, &task.spec.block, 1)?;
+    tx.data.insert(keys::task_on_node(node, &text), &attempt.to_be_bytes())?;
+    Ok(())
 }
 
 /// Removes the task only if it is still at `attempt`.
@@ -410,10 +480,13 @@ fn remove_task(tx: &RunTx<'_>, key: &TaskKey) -> Result<(), TxError> {
     match &task.assignment {
         Some(assignment) => {
             tx.data.remove(keys::task_on_node(assignment.node, &text))?;
+            tx.changed_node(assignment.node);
             count_placed(tx, &task, -1)?;
+            slots::move_placed(tx, assignment.node, &task.spec.block, -1)?;
         }
         None => {
             tx.data.remove(keys::task_queue(task.spec.not_before_ms, &text))?;
+            tx.changed_queue();
         }
     };
     tx.data.remove(keys::task(&text))?;
@@ -471,12 +544,16 @@ pub(crate) fn set_limit(tx: &RunTx<'_>, scope: LimitScope, name: &str, limit: Op
     Ok(CommandResponse::Applied)
 }
 
+/// Carries out the engine's effects. A task ready now is placed on a node
+/// with a free slot right away when one has it (see `slots.rs`); those
+/// placements are added to `placed_now` for the run record.
 fn apply_effects(
     tx: &RunTx<'_>,
     record: &RunRecord,
     effects: Vec<Effect>,
     at_ms: u64,
     work: &mut VecDeque<(String, RunEvent)>,
+    placed_now: &mut Vec<(TaskKey, u32, u64)>,
 ) -> Result<(), TxError> {
     for effect in effects {
         match effect {
@@ -484,8 +561,26 @@ fn apply_effects(
                 // A new attempt replaces the previous one's record and index entry.
                 remove_task(tx, &spec.key)?;
                 let text = task_key_text(&spec.key);
-                tx.mark(keys::task_queue(spec.not_before_ms, &text))?;
-                let task = TaskRecord { spec, scheduled_at_ms: at_ms, assignment: None, flow: record.flow.clone() };
+                let mut task = TaskRecord { spec, scheduled_at_ms: at_ms, assignment: None, flow: record.flow.clone() };
+                let node = if task.spec.not_before_ms <= at_ms && limit_reached(tx, &task)?.is_none() {
+                    slots::choose_node(tx, &task.spec.block)?
+                } else {
+                    None
+                };
+                match node {
+                    Some(node) => {
+                        task.assignment = Some(Assignment { node, worker: String::new(), at_ms });
+                        count_placed(tx, &task, 1)?;
+                        slots::move_placed(tx, node, &task.spec.block, 1)?;
+                        tx.data.insert(keys::task_on_node(node, &text), &task.spec.attempt.to_be_bytes())?;
+                        tx.changed_node(node);
+                        placed_now.push((task.spec.key.clone(), task.spec.attempt, node));
+                    }
+                    None => {
+                        tx.mark(keys::task_queue(task.spec.not_before_ms, &text))?;
+                        tx.changed_queue();
+                    }
+                }
                 tx.put_json(keys::task(&text), &task, &format!("task {text}"))?;
             }
             Effect::CancelTask { key } => remove_task(tx, &key)?,
@@ -496,6 +591,7 @@ fn apply_effects(
                 }
                 tx.put_json(keys::timer_by_key(&text), &due_ms, &format!("timer {text}"))?;
                 tx.put_json(keys::timer_due(due_ms, &text), &timer, &format!("timer {text}"))?;
+                tx.changed_queue();
             }
             Effect::CancelTimer { timer } => {
                 let text = timer_key_text(&timer);
@@ -615,9 +711,12 @@ pub(crate) fn unassign(tx: &RunTx<'_>, task: &str, attempt: u32, at_ms: u64) -> 
         });
     }
     tx.data.remove(keys::task_on_node(assignment.node, task))?;
+    tx.changed_node(assignment.node);
     count_placed(tx, &record, -1)?;
+    slots::move_placed(tx, assignment.node, &record.spec.block, -1)?;
     record.spec.not_before_ms = at_ms;
     tx.mark(keys::task_queue(at_ms, task))?;
+    tx.changed_queue();
     tx.put_json(keys::task(task), &record, &format!("task {task}"))?;
     Ok(CommandResponse::RunUpdated)
 }

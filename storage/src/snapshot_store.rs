@@ -320,6 +320,7 @@ pub(crate) fn install(
     }
     drop(writes);
     tracing::info!(snapshot_id = %meta.snapshot_id, last_log_id = ?meta.last_log_id, generation = new_generation, "snapshot installed");
+    shared.listeners.publish(&crate::changes::AppliedChanges { everything: true, ..Default::default() });
 
     // The state is installed; keeping the file only spares a rebuild, so a
     // failure here is logged, not returned.

@@ -60,6 +60,7 @@ pub(crate) fn read_tombstones(shared: &Shared) -> Result<BTreeSet<NodeId>, Store
 /// What one transaction attempt changes besides the data itself.
 struct BatchOutcome {
     responses: Vec<CommandResponse>,
+    changes: crate::changes::AppliedChanges,
 }
 
 fn apply_batch(shared: &Shared, entries: &[Entry]) -> Result<Vec<CommandResponse>, StoreError> {
@@ -72,6 +73,7 @@ fn apply_batch(shared: &Shared, entries: &[Entry]) -> Result<Vec<CommandResponse
         let mut tombstones: Option<BTreeSet<NodeId>> = None;
         let mut membership: Option<StoredMembership> = None;
         let mut responses = Vec::with_capacity(entries.len());
+        let changes = std::cell::RefCell::new(crate::changes::AppliedChanges::default());
         for entry in entries {
             let response = match &entry.payload {
                 EntryPayload::Blank => CommandResponse::Applied,
@@ -83,7 +85,13 @@ fn apply_batch(shared: &Shared, entries: &[Entry]) -> Result<Vec<CommandResponse
                     CommandResponse::Applied
                 }
                 EntryPayload::Normal(command) => apply_command(
-                    &ApplyTx { data, meta, data_tree_name: &data_tree_name, definitions: &shared.definitions },
+                    &ApplyTx {
+                        data,
+                        meta,
+                        data_tree_name: &data_tree_name,
+                        definitions: &shared.definitions,
+                        changes: &changes,
+                    },
                     &mut tombstones,
                     entry.log_id.index,
                     command,
@@ -100,10 +108,13 @@ fn apply_batch(shared: &Shared, entries: &[Entry]) -> Result<Vec<CommandResponse
         if let Some(tombstones) = &tombstones {
             put_tx(meta, KEY_TOMBSTONES, tombstones)?;
         }
-        Ok(BatchOutcome { responses })
+        Ok(BatchOutcome { responses, changes: changes.into_inner() })
     });
     match result {
-        Ok(outcome) => Ok(outcome.responses),
+        Ok(outcome) => {
+            shared.listeners.publish(&outcome.changes);
+            Ok(outcome.responses)
+        }
         Err(sled::transaction::TransactionError::Abort(error)) => Err(*error),
         Err(sled::transaction::TransactionError::Storage(error)) => {
             Err(StoreError::sled("apply log entries", error))
@@ -131,6 +142,7 @@ struct ApplyTx<'a> {
     meta: &'a TransactionalTree,
     data_tree_name: &'a str,
     definitions: &'a DefinitionCache,
+    changes: &'a std::cell::RefCell<crate::changes::AppliedChanges>,
 }
 
 fn apply_command(
@@ -140,7 +152,7 @@ fn apply_command(
     command: &Command,
 ) -> Result<CommandResponse, TxError> {
     let (data, meta, data_tree_name) = (apply.data, apply.meta, apply.data_tree_name);
-    let runs = RunTx { data, tree_name: data_tree_name, definitions: apply.definitions };
+    let runs = RunTx { data, tree_name: data_tree_name, definitions: apply.definitions, changes: apply.changes };
     match command {
         Command::StartRun { run_id, flow, version, input, correlation_id, idempotency_key, at_ms } => {
             let start = StartRun {
@@ -171,6 +183,7 @@ fn apply_command(
         Command::DeployModel { deployment } => models::deploy(&runs, deployment),
         Command::UndeployModel { name, version } => models::undeploy(&runs, name, *version),
         Command::ChangeReplicas { changes, at_ms } => models::change_replicas(&runs, changes, *at_ms),
+        Command::NodeSlots { node, offer } => crate::slots::set_node_slots(&runs, *node, offer),
         Command::KvPut { key, value } => {
             let entry = KvEntry {
                 value: value.clone(),

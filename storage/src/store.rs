@@ -78,6 +78,7 @@ pub(crate) struct Shared {
     pub(crate) flush_stats: FlushStats,
     pub(crate) group_commit: GroupCommit,
     pub(crate) definitions: DefinitionCache,
+    pub(crate) listeners: crate::changes::Listeners,
 }
 
 impl Shared {
@@ -226,6 +227,7 @@ impl Store {
             flush_stats,
             group_commit,
             definitions: DefinitionCache::default(),
+            listeners: Default::default(),
         };
         remove_partial_snapshot_files(&shared.snapshot_dir())?;
         tracing::info!(dir = %dir.display(), generation, "store opened");
@@ -246,6 +248,11 @@ impl Store {
         StateMachineStore {
             shared: Arc::clone(&self.shared),
         }
+    }
+
+    /// Tells `listener` what each committed batch of entries changed.
+    pub fn on_applied(&self, listener: crate::changes::ChangeListener) {
+        self.shared.listeners.set(listener);
     }
 
     /// A cheap, clonable read handle on the applied state.

@@ -35,18 +35,24 @@ impl fmt::Display for NodeInfo {
 ///
 /// Anything non-deterministic is decided by the proposer and carried inside
 /// the command, so apply stays a pure function of (state, command).
+/// Byte fields are serde bytes: in bincode the same length-then-bytes form
+/// as a plain `Vec<u8>`, so stored logs read unchanged, but decoded at once
+/// instead of byte by byte.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
     /// Set `key` to `value`.
-    KvPut { key: String, value: Vec<u8> },
+    KvPut {
+        key: String,
+        #[serde(with = "serde_bytes")] value: Vec<u8>,
+    },
     /// Remove `key`; a missing key is not an error.
     KvDelete { key: String },
     /// Atomically replace `key`'s value when its current value equals
     /// `expected` (`None` = the key must be absent). `new = None` deletes.
     KvCas {
         key: String,
-        expected: Option<Vec<u8>>,
-        new: Option<Vec<u8>>,
+        #[serde(with = "serde_bytes")] expected: Option<Vec<u8>>,
+        #[serde(with = "serde_bytes")] new: Option<Vec<u8>>,
     },
     /// Records that a node left the membership for good; its id is never
     /// accepted again.
@@ -55,7 +61,7 @@ pub enum Command {
     /// computed by the proposer). An identical definition returns its
     /// existing version; a changed one gets the next. `at_ms` is the
     /// proposer's clock, recorded as the creation time.
-    PutFlow { name: String, definition: Vec<u8>, hash: String, at_ms: u64 },
+    PutFlow { name: String, #[serde(with = "serde_bytes")] definition: Vec<u8>, hash: String, at_ms: u64 },
     /// Starts a run of `flow` at `version` (both resolved by the proposer).
     /// `input` is JSON. A repeated non-empty idempotency key returns the run
     /// it started first.
@@ -63,13 +69,13 @@ pub enum Command {
         run_id: String,
         flow: String,
         version: u64,
-        input: Vec<u8>,
+        #[serde(with = "serde_bytes")] input: Vec<u8>,
         correlation_id: String,
         idempotency_key: String,
         at_ms: u64,
     },
     /// Feeds one event to a run; `event` is a JSON `floe_engine::run::RunEvent`.
-    RunEvent { run_id: String, event: Vec<u8>, at_ms: u64 },
+    RunEvent { run_id: String, #[serde(with = "serde_bytes")] event: Vec<u8>, at_ms: u64 },
     /// The scheduler's placement of a task's current attempt on a node.
     AssignTask { task: String, attempt: u32, node: NodeId, worker: String, at_ms: u64 },
     /// Returns a placed task's current attempt to the queue (its node has no
@@ -90,13 +96,16 @@ pub enum Command {
     /// Registers a model artifact already stored as blob `hash` (checked
     /// by loading it on the proposing node); `signature` is JSON. The same
     /// artifact again returns its existing version.
-    PutModel { name: String, hash: String, size: u64, signature: Vec<u8>, at_ms: u64 },
+    PutModel { name: String, hash: String, size: u64, #[serde(with = "serde_bytes")] signature: Vec<u8>, at_ms: u64 },
     /// Creates or changes a deployment (changed settings rebuild its replicas).
     DeployModel { deployment: crate::models::Deployment },
     /// Removes a deployment and its replicas.
     UndeployModel { name: String, version: u64 },
     /// The leader's replica placements, moves and evictions.
     ChangeReplicas { changes: Vec<crate::models::ReplicaChange>, at_ms: u64 },
+    /// The slots a node offers to placement inside apply (`slots.rs`); an
+    /// empty offer withdraws it (a silent node).
+    NodeSlots { node: NodeId, offer: crate::slots::NodeSlots },
 }
 
 impl fmt::Display for Command {
@@ -119,6 +128,7 @@ impl fmt::Display for Command {
             Command::DeployModel { deployment } => write!(f, "deploy-model {} v{}", deployment.model, deployment.version),
             Command::UndeployModel { name, version } => write!(f, "undeploy-model {name} v{version}"),
             Command::ChangeReplicas { changes, .. } => write!(f, "change {} model replicas", changes.len()),
+            Command::NodeSlots { node, offer } => write!(f, "node-slots {node} ({} blocks)", offer.slots.len()),
         }
     }
 }
@@ -200,3 +210,40 @@ pub type StoredMembership = openraft::StoredMembership<NodeId, NodeInfo>;
 pub type SnapshotMeta = openraft::SnapshotMeta<NodeId, NodeInfo>;
 pub type Snapshot = openraft::Snapshot<TypeConfig>;
 pub type StorageError = openraft::StorageError<NodeId>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The byte fields' encoding before they became serde bytes; the
+    /// variants mirror `Command`'s first three (their position is their tag).
+    #[allow(clippy::enum_variant_names)]
+    #[derive(Serialize)]
+    enum PlainCommand {
+        KvPut { key: String, value: Vec<u8> },
+        KvDelete { key: String },
+        KvCas { key: String, expected: Option<Vec<u8>>, new: Option<Vec<u8>> },
+    }
+
+    #[test]
+    fn byte_fields_keep_the_stored_log_format() {
+        let value = (0..=255u8).collect::<Vec<u8>>();
+        let pairs = [
+            (
+                crate::codec::encode(|| "x".into(), &Command::KvPut { key: "k".into(), value: value.clone() }).unwrap(),
+                crate::codec::encode(|| "x".into(), &PlainCommand::KvPut { key: "k".into(), value: value.clone() }).unwrap(),
+            ),
+            (
+                crate::codec::encode(|| "x".into(), &Command::KvCas { key: "k".into(), expected: None, new: Some(value.clone()) })
+                    .unwrap(),
+                crate::codec::encode(|| "x".into(), &PlainCommand::KvCas { key: "k".into(), expected: None, new: Some(value.clone()) })
+                    .unwrap(),
+            ),
+        ];
+        for (new, plain) in pairs {
+            assert_eq!(new, plain);
+            let _: Command = crate::codec::decode(|| "x".into(), &plain).unwrap();
+        }
+        let _ = PlainCommand::KvDelete { key: String::new() };
+    }
+}

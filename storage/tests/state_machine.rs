@@ -555,3 +555,92 @@ async fn model_versions_deployments_and_gpu_shares_hold_their_rules() {
     let responses = sm.apply(vec![command_entry(1, 13, Command::ChangeReplicas { changes: whole, at_ms: 13 })]).await.unwrap();
     assert_eq!(responses, vec![CommandResponse::Applied], "a whole device once the shares are released");
 }
+
+#[tokio::test]
+async fn ready_tasks_are_placed_in_the_entry_that_makes_them_ready() {
+    use floe_engine::run::{RunEvent, TaskKey};
+    use floe_storage::slots::NodeSlots;
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let mut sm = store.state_machine();
+    let reader = store.reader();
+    let definition = floe_engine::parse_flow(
+        br#"{"name": "chain", "steps": [
+            {"id": "a", "type": "task", "block": "noop", "input": "input", "next": "b"},
+            {"id": "b", "type": "task", "block": "noop", "input": "steps.a.output"}]}"#,
+    )
+    .unwrap();
+    let offer = |node: u64, slots: u32, load_milli: u32| Command::NodeSlots {
+        node,
+        offer: NodeSlots { slots: [("noop".to_string(), slots)].into_iter().collect(), load_milli },
+    };
+    let start = |run_id: &str, at_ms: u64| Command::StartRun {
+        run_id: run_id.into(),
+        flow: "chain".into(),
+        version: 1,
+        input: b"{}".to_vec(),
+        correlation_id: String::new(),
+        idempotency_key: String::new(),
+        at_ms,
+    };
+    let completed = |run_id: &str, step: &str, attempt: u32| {
+        let key = TaskKey { run_id: run_id.into(), step_id: step.into(), item: None };
+        let event = RunEvent::TaskCompleted { key, attempt, output: serde_json::json!({"done": step}) };
+        Command::RunEvent { run_id: run_id.into(), event: serde_json::to_vec(&event).unwrap(), at_ms: 20 }
+    };
+    let mut index = 0;
+    let mut apply = |commands: Vec<Command>| {
+        let entries: Vec<_> = commands
+            .into_iter()
+            .map(|command| {
+                index += 1;
+                command_entry(1, index, command)
+            })
+            .collect();
+        entries
+    };
+    let put = Command::PutFlow {
+        name: "chain".into(),
+        definition: floe_engine::canonical_bytes(&definition),
+        hash: floe_engine::content_hash(&definition),
+        at_ms: 0,
+    };
+    // No offers yet: the first task waits in the queue for the scheduler.
+    sm.apply(apply(vec![put, start("queued", 10)])).await.unwrap();
+    assert_eq!(reader.ready_tasks(10, 10).unwrap().len(), 1);
+
+    // Node 2 is less loaded; node 1 has one slot.
+    sm.apply(apply(vec![offer(1, 1, 100), offer(2, 2, 600)])).await.unwrap();
+    assert_eq!(reader.node_slots().unwrap().len(), 2);
+    sm.apply(apply(vec![start("r1", 10), start("r2", 10), start("r3", 10), start("r4", 10)])).await.unwrap();
+    let node_of = |run: &str, step: &str| {
+        let record = reader.run(run).unwrap().unwrap();
+        record.steps.get(step).and_then(|step| step.attempts.last()).and_then(|attempt| attempt.node)
+    };
+    assert_eq!(node_of("r1", "a"), Some(1), "node 1: 0 of 1 placed + 0.1 load beats node 2's 0.6");
+    assert_eq!(node_of("r2", "a"), Some(2), "node 1 is full");
+    assert_eq!(node_of("r3", "a"), Some(2));
+    assert_eq!(node_of("r4", "a"), None, "no free slot anywhere: queued");
+    assert_eq!(reader.placed_count(1, "noop").unwrap(), 1);
+    assert_eq!(reader.placed_count(2, "noop").unwrap(), 2);
+    let on_two: Vec<(String, u32)> =
+        reader.placed_tasks(2, |_, _| false).unwrap().into_iter().map(|(task, attempt, _)| (task, attempt)).collect();
+    assert_eq!(on_two, vec![("r2/a/-".to_string(), 1), ("r3/a/-".to_string(), 1)]);
+    let started = reader.run("r1").unwrap().unwrap().steps["a"].attempts[0].started_at_ms;
+    assert_eq!(started, Some(10), "the attempt started in the entry that scheduled it");
+
+    // A completion frees its slot before the next step is placed, in the same entry.
+    sm.apply(apply(vec![completed("r1", "a", 1)])).await.unwrap();
+    assert_eq!(node_of("r1", "b"), Some(1), "step b took the slot step a freed on node 1");
+    assert_eq!(reader.placed_count(1, "noop").unwrap(), 1);
+    assert_eq!(reader.run("r1").unwrap().unwrap().steps["b"].attempts[0].started_at_ms, Some(20));
+
+    // A withdrawn node gets nothing new; the slots counted on it stay until its tasks end.
+    sm.apply(apply(vec![Command::NodeSlots { node: 1, offer: NodeSlots::default() }])).await.unwrap();
+    assert_eq!(reader.node_slots().unwrap().keys().copied().collect::<Vec<_>>(), vec![2]);
+    sm.apply(apply(vec![completed("r2", "a", 1)])).await.unwrap();
+    assert_eq!(node_of("r2", "b"), Some(2));
+    sm.apply(apply(vec![completed("r1", "b", 1)])).await.unwrap();
+    assert_eq!(reader.placed_count(1, "noop").unwrap(), 0, "counts return to zero");
+    assert_eq!(reader.run("r1").unwrap().unwrap().status, floe_engine::run::RunStatus::Completed);
+}

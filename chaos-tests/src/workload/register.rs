@@ -14,6 +14,7 @@ use rand::{Rng, SeedableRng};
 use tokio_util::sync::CancellationToken;
 
 use super::history::{classify, error_text, Clock, History, Op, OpRecord, Outcome};
+use super::{connected, pause};
 
 /// Keys of one scenario live under `chaos/<scenario>-<seed>/`, and values
 /// carry the seed too: on a cluster reused across scenarios (the external
@@ -75,16 +76,8 @@ pub async fn run_client(
         if stop.is_cancelled() {
             break;
         }
-        let connected = match client.as_mut() {
-            Some(connected) => connected,
-            None => match FloeClient::connect(&client_options).await {
-                Ok(fresh) => client.insert(fresh),
-                Err(err) => {
-                    tracing::debug!(process, node, error = %err, "client cannot connect");
-                    pause(&stop, Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
+        let Some(connected) = connected(&mut client, &client_options, &stop, Duration::from_millis(100)).await else {
+            continue;
         };
         let key = register_key(&namespace, rng.gen_range(0..options.keys));
         let value = format!("{seed:x}-p{process}-{sequence}");
@@ -119,13 +112,6 @@ pub async fn run_client(
         history.push(OpRecord { process, node, op, invoked_us, completed_us, outcome, error });
         let think = if outcome == Outcome::Ok { options.think_time } else { Duration::from_millis(50) };
         pause(&stop, think).await;
-    }
-}
-
-async fn pause(stop: &CancellationToken, duration: Duration) {
-    tokio::select! {
-        _ = stop.cancelled() => {}
-        _ = tokio::time::sleep(duration) => {}
     }
 }
 

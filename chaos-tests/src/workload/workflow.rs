@@ -12,6 +12,7 @@ use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
 use super::history::{classify, error_text, Clock, History, Op, OpRecord, Outcome};
+use super::{connected, pause};
 
 pub const FLOW_NAME: &str = "chaos-fanout";
 /// Items per run's map step.
@@ -91,15 +92,8 @@ pub async fn run_starter(
         if stop.is_cancelled() {
             break;
         }
-        let connected = match client.as_mut() {
-            Some(connected) => connected,
-            None => match FloeClient::connect(&client_options).await {
-                Ok(fresh) => client.insert(fresh),
-                Err(_) => {
-                    sleep_or_stop(&stop, Duration::from_millis(200)).await;
-                    continue;
-                }
-            },
+        let Some(connected) = connected(&mut client, &client_options, &stop, Duration::from_millis(200)).await else {
+            continue;
         };
         let key = format!("{key_prefix}-p{process}-{sequence}");
         let invoked_us = clock.now_us();
@@ -107,14 +101,7 @@ pub async fn run_starter(
         let completed_us = clock.now_us();
         let op = Op::RunStart { idempotency_key: key, run_id };
         history.push(OpRecord { process, node, op, invoked_us, completed_us, outcome, error });
-        sleep_or_stop(&stop, options.interval).await;
-    }
-}
-
-async fn sleep_or_stop(stop: &CancellationToken, duration: Duration) {
-    tokio::select! {
-        _ = stop.cancelled() => {}
-        _ = tokio::time::sleep(duration) => {}
+        pause(&stop, options.interval).await;
     }
 }
 

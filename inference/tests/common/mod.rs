@@ -53,3 +53,9 @@ pub fn ppocr_pool(runtime: &OrtRuntime, model: &str, max_batch: usize) -> PoolHa
 fn model_bytes(model: &str) -> Vec<u8> {
     self::model(&format!("{model}.onnx"))
 }
+
+/// One line of `text` rendered with the test font, as the OCR tests read it.
+pub fn line(text: &str) -> image::RgbImage {
+    let font = std::fs::read(files().font).unwrap();
+    floe_inference::ocr::render_text_line(&font, text, 40.0, 24).unwrap()
+}

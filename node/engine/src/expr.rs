@@ -7,9 +7,9 @@
 //! reads the clock or the environment (the `chrono` feature, which brings
 //! `timestamp`/`duration`, is off).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock, Mutex};
 
 use cel_interpreter::objects::Key;
 use cel_interpreter::{Context, ExecutionError, FunctionContext, Value as CelValue};
@@ -35,6 +35,9 @@ pub const MAX_CONDITIONALS: usize = 32;
 /// Deepest accepted syntax tree (long operator or member chains).
 pub const MAX_TREE_DEPTH: usize = 32;
 
+/// Most compiled expressions kept for reuse (the cache empties when full).
+const COMPILE_CACHE_ENTRIES: usize = 4096;
+
 /// Name of the internal function wrapped around every comprehension range.
 /// It cannot be written in CEL source (`@` is not an identifier character).
 const ITERATION_FUNCTION: &str = "@floe_iter";
@@ -58,7 +61,26 @@ impl PartialEq for Expression {
 impl Expression {
     /// Compiles CEL source text. Errors name the problem and, for syntax
     /// errors, the line and column inside the expression.
+    ///
+    /// Apply evaluates a flow's expressions on every run event; parsing
+    /// dominates their cost, so compiled expressions are kept in a bounded
+    /// process-wide cache by source (compiling is a pure function of it).
     pub fn compile(src: &str) -> Result<Self, String> {
+        static CACHE: LazyLock<Mutex<HashMap<String, Expression>>> = LazyLock::new(Default::default);
+        if let Some(found) = CACHE.lock().ok().and_then(|cache| cache.get(src).cloned()) {
+            return Ok(found);
+        }
+        let compiled = Self::compile_uncached(src)?;
+        if let Ok(mut cache) = CACHE.lock() {
+            if cache.len() >= COMPILE_CACHE_ENTRIES {
+                cache.clear();
+            }
+            cache.insert(src.to_string(), compiled.clone());
+        }
+        Ok(compiled)
+    }
+
+    fn compile_uncached(src: &str) -> Result<Self, String> {
         if src.len() > MAX_EXPRESSION_BYTES {
             return Err(format!(
                 "expression is {} bytes long, more than the limit of {MAX_EXPRESSION_BYTES}",

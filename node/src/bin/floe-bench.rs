@@ -469,20 +469,20 @@ impl LeaderTimes {
 
 /// Three-step runs through no-op workers (one per node): completed runs per
 /// second at each concurrency, run latency, and the step hop (a step's
-/// completion to the next task's placement on a node).
+/// answer to the next task reaching its worker).
 async fn bench_runs(args: &Args, binary: &Path, dir: &Path) -> anyhow::Result<()> {
     let mut options = ClusterOptions::new(binary, 3);
     options.base_dir = Some(dir.join("floe"));
     options.overrides = vec!["log_level=warn".into()];
     let mut cluster = TestCluster::start(options).await?;
     for node in 1..=3 {
-        cluster.spawn_worker(&format!("noop-{node}"), &[node], &["noop=echo"], 64)?;
+        cluster.spawn_worker(&format!("noop-{node}"), &[node], &["noop=stamp"], 64)?;
     }
     let mut client = cluster.client(1).await?;
     let definition = std::fs::read("docs/examples/flows/three-step.json").context("run from the repository root")?;
     client.flows.put(api::PutFlowRequest { definition }).await?;
     let mut report = String::from(
-        "Three-step runs (block `noop`, an echo worker on each node), started and watched to completion by N concurrent clients.\n\n| concurrency | completed runs/s | run p50 ms | run p99 ms | step hop p50 ms | step hop p99 ms |\n|---:|---:|---:|---:|---:|---:|\n",
+        "Three-step runs (block `noop`, a `stamp` worker on each node), started and watched to completion by N concurrent clients.\n\n| concurrency | completed runs/s | run p50 ms | run p99 ms | step hop p50 ms | step hop p99 ms |\n|---:|---:|---:|---:|---:|---:|\n",
     );
     for &concurrency in &args.concurrency {
         let clients: Vec<FloeClient> = {
@@ -523,11 +523,14 @@ async fn bench_runs(args: &Args, binary: &Path, dir: &Path) -> anyhow::Result<()
         for run_id in ids.iter().take(500) {
             let reply = client.runs.get(api::GetRunRequest { run_id: run_id.clone(), consistency: 1 }).await?;
             let run: serde_json::Value = serde_json::from_slice(&reply.into_inner().run)?;
+            // The stamp worker answers at once with the time a task reached
+            // it: the difference between two steps is one completion → commit
+            // → placement → delivery to the next worker.
             for (before, after) in [("first", "second"), ("second", "third")] {
-                let finished = run["steps"][before]["finished_at_ms"].as_u64();
-                let placed = run["steps"][after]["attempts"][0]["started_at_ms"].as_u64();
-                if let (Some(finished), Some(placed)) = (finished, placed) {
-                    hops.push(Duration::from_millis(placed.saturating_sub(finished)));
+                let answered = run["steps"][before]["output"]["received_at_us"].as_u64();
+                let delivered = run["steps"][after]["output"]["received_at_us"].as_u64();
+                if let (Some(answered), Some(delivered)) = (answered, delivered) {
+                    hops.push(Duration::from_micros(delivered.saturating_sub(answered)));
                 }
             }
         }

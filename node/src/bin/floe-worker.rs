@@ -5,7 +5,9 @@
 //! Behaviours: `echo` (output = input), `classify` (label and confidence
 //! derived from the input's text), `valid` (the input plus `"valid": true`), `fail` (always fails, retryable),
 //! `reject` (fails, not retryable), `fail-first:N` (fails the first N
-//! attempts of each task), `sleep:MS` (echo after MS milliseconds).
+//! attempts of each task), `sleep:MS` (echo after MS milliseconds),
+//! `stamp` (outputs `{"received_at_us": …}`, the wall-clock time the task
+//! reached the worker, for measuring step hops).
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
@@ -53,6 +55,7 @@ enum Behaviour {
     Reject,
     FailFirst(u32),
     Sleep(u64),
+    Stamp,
 }
 
 fn parse_behaviour(text: &str) -> anyhow::Result<Behaviour> {
@@ -62,9 +65,10 @@ fn parse_behaviour(text: &str) -> anyhow::Result<Behaviour> {
         None if text == "valid" => Behaviour::Valid,
         None if text == "fail" => Behaviour::Fail,
         None if text == "reject" => Behaviour::Reject,
+        None if text == "stamp" => Behaviour::Stamp,
         Some(("fail-first", n)) => Behaviour::FailFirst(n.parse()?),
         Some(("sleep", ms)) => Behaviour::Sleep(ms.parse()?),
-        _ => anyhow::bail!("unknown behaviour {text:?} (echo, classify, valid, fail, reject, fail-first:N, sleep:MS)"),
+        _ => anyhow::bail!("unknown behaviour {text:?} (echo, classify, valid, fail, reject, stamp, fail-first:N, sleep:MS)"),
     })
 }
 
@@ -114,6 +118,10 @@ impl Handler for Blocks {
                 Err(TaskError { message: format!("attempt {} fails by design", task.attempt), retryable: true })
             }
             Some(Behaviour::FailFirst(_)) => Ok(task.input.clone()),
+            Some(Behaviour::Stamp) => {
+                let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+                Ok(json!({ "received_at_us": now.as_micros() as u64 }))
+            }
         };
         self.record(&task, if outcome.is_ok() { "ok" } else { "failed" });
         let delay = match behaviour {

@@ -1,0 +1,83 @@
+//! Placement inside apply. The leader keeps each node's offer — worker
+//! slots per block and a coarse load — in the replicated state
+//! (`NodeSlots`, proposed when a node's report changes it), and apply
+//! counts the tasks placed on each node per block. A task that becomes
+//! ready is then placed in the same entry that made it ready, on the
+//! least-loaded node with a free slot: a step hop costs one commit instead
+//! of two, and the choice is a deterministic function of the state.
+//! Tasks that find no free slot wait in the queue for the leader's
+//! scheduler, as before.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::keys;
+use crate::runs::{RunTx, TxError};
+use crate::types::{CommandResponse, NodeId};
+
+/// What a node offers to placement.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeSlots {
+    /// Worker (or model replica) slots per block.
+    pub slots: BTreeMap<String, u32>,
+    /// CPU and memory load in thousandths (the report's load score).
+    pub load_milli: u32,
+}
+
+/// Every node's offer, by node id.
+pub type Offers = BTreeMap<NodeId, NodeSlots>;
+
+pub(crate) fn offers(tx: &RunTx<'_>) -> Result<Offers, TxError> {
+    Ok(tx.get_record::<Offers>(keys::NODE_SLOTS, "node slots")?.unwrap_or_default())
+}
+
+/// Records `node`'s offer; an empty one withdraws the node from placement.
+pub(crate) fn set_node_slots(tx: &RunTx<'_>, node: NodeId, offer: &NodeSlots) -> Result<CommandResponse, TxError> {
+    let mut all = offers(tx)?;
+    if offer.slots.is_empty() {
+        all.remove(&node);
+    } else {
+        all.insert(node, offer.clone());
+    }
+    if all.is_empty() {
+        tx.data.remove(keys::NODE_SLOTS)?;
+    } else {
+        tx.put_record(keys::NODE_SLOTS.to_vec(), &all, "node slots")?;
+    }
+    Ok(CommandResponse::Applied)
+}
+
+pub(crate) fn placed(tx: &RunTx<'_>, node: NodeId, block: &str) -> Result<u32, TxError> {
+    Ok(tx.get_record::<u32>(&keys::placed_count(node, block), "placed count")?.unwrap_or(0))
+}
+
+/// Moves the count of `block` tasks placed on `node` by `delta`.
+pub(crate) fn move_placed(tx: &RunTx<'_>, node: NodeId, block: &str, delta: i64) -> Result<(), TxError> {
+    let key = keys::placed_count(node, block);
+    let next = i64::from(placed(tx, node, block)?) + delta;
+    if next <= 0 {
+        tx.data.remove(key)?;
+    } else {
+        tx.put_record(key, &(next as u32), "placed count")?;
+    }
+    Ok(())
+}
+
+/// The least-loaded node with a free slot for `block` — fewest placed per
+/// slot plus load, ties to the lowest id — or none.
+pub(crate) fn choose_node(tx: &RunTx<'_>, block: &str) -> Result<Option<NodeId>, TxError> {
+    let mut best: Option<(u64, NodeId)> = None;
+    for (node, offer) in offers(tx)? {
+        let Some(&slots) = offer.slots.get(block) else { continue };
+        let placed = placed(tx, node, block)?;
+        if placed >= slots {
+            continue;
+        }
+        let score = u64::from(placed) * 1000 / u64::from(slots) + u64::from(offer.load_milli);
+        if best.is_none_or(|(best_score, _)| score < best_score) {
+            best = Some((score, node));
+        }
+    }
+    Ok(best.map(|(_, node)| node))
+}
