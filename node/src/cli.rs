@@ -289,7 +289,8 @@ pub enum RunCommand {
         #[arg(long, default_value = "null")]
         payload: String,
     },
-    /// Print the run each time it changes until it ends.
+    /// Stream what happens to the run (its history so far first) until it
+    /// ends, then print it; `--json`: each update's events and run record.
     Watch {
         #[command(flatten)]
         client: ClientArgs,
@@ -809,6 +810,7 @@ fn print_run(run: &serde_json::Value) {
             let attempts = step.get("attempts").and_then(|a| a.as_array()).cloned().unwrap_or_default();
             let last = attempts.last();
             let node = last.and_then(|a| a.get("node")).and_then(|n| n.as_u64()).map(|n| n.to_string()).unwrap_or_default();
+            let worker = last.and_then(|a| a.get("worker")).and_then(|w| w.as_str()).unwrap_or("").to_string();
             let status = step.get("status").map(|s| s.to_string().trim_matches('"').to_lowercase()).unwrap_or_default();
             let started = step.get("started_at_ms").and_then(|v| v.as_u64()).unwrap_or(0);
             let took = step
@@ -817,10 +819,10 @@ fn print_run(run: &serde_json::Value) {
                 .map(|finished| format!("{} ms", finished.saturating_sub(started)))
                 .unwrap_or_default();
             let error = step.get("error").and_then(|e| e.as_str()).unwrap_or("").to_string();
-            rows.push(vec![id.clone(), status, attempts.len().to_string(), node, took, error]);
+            rows.push(vec![id.clone(), status, attempts.len().to_string(), node, worker, took, error]);
         }
     }
-    print!("{}", table(&["STEP", "STATUS", "ATTEMPTS", "NODE", "TOOK", "ERROR"], &rows));
+    print!("{}", table(&["STEP", "STATUS", "ATTEMPTS", "NODE", "WORKER", "TOOK", "ERROR"], &rows));
     if let Some(output) = run.get("output").filter(|o| !o.is_null()) {
         println!("output: {output}");
     }
@@ -904,18 +906,74 @@ async fn run_command(command: RunCommand) -> anyhow::Result<()> {
         RunCommand::Watch { client, run_id } => {
             let mut conn = connect(&client).await?;
             let mut updates = conn.runs.watch(api::WatchRunRequest { run_id }).await.map_err(status_error)?.into_inner();
+            let mut last = None;
             while let Some(update) = updates.message().await.map_err(status_error)? {
                 let run: serde_json::Value = serde_json::from_slice(&update.run)?;
                 if client.json {
-                    print_json(run);
+                    let events: Vec<_> = update.events.iter().map(event_json).collect();
+                    print_json(json!({ "events": events, "run": run }));
                 } else {
-                    print_run(&run);
-                    println!();
+                    for event in &update.events {
+                        println!("{}", event_line(event));
+                    }
                 }
+                last = Some(run);
+            }
+            if let (false, Some(run)) = (client.json, last) {
+                println!();
+                print_run(&run);
             }
         }
     }
     Ok(())
+}
+
+fn event_json(event: &api::RunHistoryEvent) -> serde_json::Value {
+    let mut value = json!({ "at_ms": event.at_ms, "kind": event.kind });
+    let optional = [
+        ("step", (!event.step.is_empty()).then(|| json!(event.step))),
+        ("item", (event.item >= 0).then(|| json!(event.item))),
+        ("attempt", (event.attempt > 0).then(|| json!(event.attempt))),
+        ("node", (event.node > 0).then(|| json!(event.node))),
+        ("worker", (!event.worker.is_empty()).then(|| json!(event.worker))),
+        ("error", (!event.error.is_empty()).then(|| json!(event.error))),
+    ];
+    for (field, present) in optional {
+        if let Some(present) = present {
+            value[field] = present;
+        }
+    }
+    value
+}
+
+/// `17:02:03.456Z  step classify[2] attempt 1 started on node 2`.
+fn event_line(event: &api::RunHistoryEvent) -> String {
+    let stamp = format_ms(event.at_ms);
+    let time = stamp.split(' ').nth(1).unwrap_or(&stamp).trim_end_matches('Z');
+    let mut line = format!("{time}.{:03}Z  ", event.at_ms % 1000);
+    let (subject, what) = event.kind.split_once('_').unwrap_or((event.kind.as_str(), ""));
+    if subject == "run" {
+        line += &format!("run {what}");
+    } else {
+        line += &format!("step {}", event.step);
+        if event.item >= 0 {
+            line += &format!("[{}]", event.item);
+        }
+        if subject == "attempt" {
+            line += &format!(" attempt {}", event.attempt);
+        }
+        line += &format!(" {what}");
+        if event.node > 0 {
+            line += &format!(" on node {}", event.node);
+        }
+        if !event.worker.is_empty() {
+            line += &format!(" by {}", event.worker);
+        }
+    }
+    if !event.error.is_empty() {
+        line += &format!(": {}", event.error);
+    }
+    line
 }
 
 /// Exit code and message for a failed command; errors go to stderr.
@@ -947,6 +1005,26 @@ mod tests {
         assert_eq!(format_ms(0), "1970-01-01 00:00:00Z");
         assert_eq!(format_ms(1_795_219_200_000), "2026-11-21 00:00:00Z");
         assert_eq!(format_ms(951_782_400_000 + 3_723_000), "2000-02-29 01:02:03Z");
+    }
+
+    #[test]
+    fn watch_events_print_as_one_line_each() {
+        let at_ms = 1_795_219_200_000 + 3_723_045;
+        let attempt = api::RunHistoryEvent {
+            at_ms,
+            kind: "attempt_finished".into(),
+            step: "pages".into(),
+            item: 2,
+            attempt: 1,
+            node: 3,
+            worker: "ocr-1".into(),
+            error: "bad page".into(),
+        };
+        assert_eq!(event_line(&attempt), "01:02:03.045Z  step pages[2] attempt 1 finished on node 3 by ocr-1: bad page");
+        let run = api::RunHistoryEvent { at_ms, kind: "run_completed".into(), item: -1, ..Default::default() };
+        assert_eq!(event_line(&run), "01:02:03.045Z  run completed");
+        assert_eq!(event_json(&run), json!({"at_ms": at_ms, "kind": "run_completed"}));
+        assert_eq!(event_json(&attempt)["worker"], "ocr-1");
     }
 
     #[test]

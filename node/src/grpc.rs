@@ -422,6 +422,28 @@ fn run_json(run: &floe_engine::run::RunRecord) -> Result<Vec<u8>, Status> {
     serde_json::to_vec(run).map_err(|err| Status::internal(format!("encoding run {}: {err}", run.run_id)))
 }
 
+/// A watch update: the run as it is now and the events that led there
+/// from `before` (none: from its start).
+fn run_update(
+    before: Option<&floe_engine::run::RunRecord>,
+    run: &floe_engine::run::RunRecord,
+) -> Result<api::RunUpdate, Status> {
+    let events = floe_engine::run::history_between(before, run)
+        .into_iter()
+        .map(|event| api::RunHistoryEvent {
+            at_ms: event.at_ms,
+            kind: event.kind.name().to_string(),
+            step: event.step,
+            item: event.item.map_or(-1, i64::from),
+            attempt: event.attempt,
+            node: event.node.unwrap_or(0),
+            worker: event.worker.unwrap_or_default(),
+            error: event.error.unwrap_or_default(),
+        })
+        .collect();
+    Ok(api::RunUpdate { run: run_json(run)?, events })
+}
+
 fn non_empty(text: String) -> Option<String> {
     (!text.is_empty()).then_some(text)
 }
@@ -532,10 +554,10 @@ impl Runs for RunsApi {
         let (sender, receiver) = tokio::sync::mpsc::channel(16);
         let node = self.node.clone();
         tokio::spawn(async move {
-            let mut last = first;
-            if sender.send(run_json(&last).map(|run| api::RunUpdate { run })).await.is_err() {
+            if sender.send(run_update(None, &first)).await.is_err() {
                 return;
             }
+            let mut last = first;
             while last.status == floe_engine::run::RunStatus::Running {
                 tokio::select! {
                     _ = node.shutdown.cancelled() => return,
@@ -544,7 +566,7 @@ impl Runs for RunsApi {
                 }
                 let Ok(Some(current)) = node.reader.run(&run_id) else { continue };
                 if current != last {
-                    if sender.send(run_json(&current).map(|run| api::RunUpdate { run })).await.is_err() {
+                    if sender.send(run_update(Some(&last), &current)).await.is_err() {
                         return;
                     }
                     last = current;

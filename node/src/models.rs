@@ -464,10 +464,11 @@ pub fn start_task(node: &Arc<Node>, task: &TaskRecord, input: Value, latest: &BT
     let (key, attempt) = (task.spec.key.clone(), task.spec.attempt);
     tokio::spawn(async move {
         let outcome = run_inference_task(&pool, input).await;
-        let delivered = match &outcome {
-            Ok(output) => crate::workers::deliver_result(&node, key, attempt, Ok(output.as_slice())).await,
-            Err(failure) => crate::workers::deliver_result(&node, key, attempt, Err(failure.clone())).await,
+        let outcome = match &outcome {
+            Ok(output) => Ok(output.as_slice()),
+            Err(failure) => Err(failure.clone()),
         };
+        let delivered = crate::workers::deliver_result(&node, key, attempt, &replica.to_string(), outcome).await;
         if let Err(err) = delivered {
             tracing::warn!(task = %text, attempt, error = %err, "inference result refused");
         }

@@ -109,17 +109,22 @@ impl Node {
         self.run_event(run_id, RunEvent::Signal { name: name.to_string(), payload }).await
     }
 
-    /// A worker's result for one attempt; a stale attempt is refused.
+    /// A result for one attempt, from `worker` (none: the node failed the
+    /// attempt itself); a stale attempt is refused.
     pub async fn task_result(
         &self,
         key: TaskKey,
         attempt: u32,
+        worker: Option<&str>,
         outcome: Result<&[u8], TaskFailure>,
     ) -> Result<(), ApiError> {
         let run_id = key.run_id.clone();
+        let worker = worker.map(str::to_string);
         let event = match outcome {
-            Ok(output) => RunEvent::TaskCompleted { key, attempt, output: self.payload_value(output, "task output").await? },
-            Err(failure) => RunEvent::TaskFailed { key, attempt, failure },
+            Ok(output) => {
+                RunEvent::TaskCompleted { key, attempt, output: self.payload_value(output, "task output").await?, worker }
+            }
+            Err(failure) => RunEvent::TaskFailed { key, attempt, failure, worker },
         };
         self.run_event(&run_id, event).await
     }

@@ -312,7 +312,7 @@ pub async fn serve_worker(
                         Ok(output) => Ok(output.as_slice()),
                         Err(failure) => Err(failure.clone()),
                     };
-                    if let Err(err) = deliver_result(&node, key, result.attempt, outcome).await {
+                    if let Err(err) = deliver_result(&node, key, result.attempt, &worker_id, outcome).await {
                         tracing::warn!(worker = %worker_id, task = %result.task, attempt = result.attempt, error = %err, "task result refused");
                     }
                     drop(permit);
@@ -361,13 +361,14 @@ pub(crate) async fn deliver_result(
     node: &Node,
     key: floe_engine::run::TaskKey,
     attempt: u32,
+    worker: &str,
     outcome: Result<&[u8], TaskFailure>,
 ) -> Result<(), crate::error::ApiError> {
     use crate::error::ApiError;
     let deadline = std::time::Instant::now() + RESULT_RETRY_LIMIT;
     let mut backoff = Duration::from_millis(50);
     loop {
-        match node.task_result(key.clone(), attempt, outcome.clone()).await {
+        match node.task_result(key.clone(), attempt, Some(worker), outcome.clone()).await {
             Err(ApiError::Unavailable(reason) | ApiError::OutcomeUnknown(reason))
                 if std::time::Instant::now() < deadline && !node.shutdown.is_cancelled() =>
             {
@@ -499,7 +500,7 @@ async fn resolved_input(node: &Node, task: &TaskRecord) -> Option<serde_json::Va
     let text = task_key_text(&task.spec.key);
     tracing::warn!(node_id = node.id, task = %text, attempt = task.spec.attempt, error = %failure, "task input not resolved");
     let failure = TaskFailure { error: format!("input not available: {failure}"), retryable: true };
-    if let Err(err) = node.task_result(task.spec.key.clone(), task.spec.attempt, Err(failure)).await {
+    if let Err(err) = node.task_result(task.spec.key.clone(), task.spec.attempt, None, Err(failure)).await {
         tracing::debug!(task = %text, error = %err, "failing the attempt was refused");
     }
     None

@@ -176,6 +176,8 @@ async fn models_register_deploy_serve_flows_and_move_off_a_dead_node() {
     assert_eq!(listed, probabilities(&remote), "the flow's step got the same answer");
     let ran_on = run["steps"]["classify"]["attempts"][0]["node"].as_u64().expect("attempt node");
     assert!(holders.contains(&ran_on), "placed on a holder: {}", summary(&run));
+    let replica = run["steps"]["classify"]["attempts"][0]["worker"].as_str().unwrap_or_default().to_string();
+    assert!(replica.starts_with("cls@1#"), "the attempt names the replica that ran it: {}", summary(&run));
 
     // Bad tensors fail the step for good, naming the field.
     let input = serde_json::to_vec(&json!({ "tensors": { "x": { "dtype": "f32", "shape": [2], "data": [1] } } })).unwrap();

@@ -60,6 +60,16 @@ async fn finished(client: &mut FloeClient, run_id: &str) -> Value {
     }
 }
 
+/// Every event of a run's watch stream, until the stream ends with the run.
+async fn watch_events(mut client: FloeClient, run_id: String) -> Vec<api::RunHistoryEvent> {
+    let mut stream = client.runs.watch(api::WatchRunRequest { run_id }).await.unwrap().into_inner();
+    let mut events = Vec::new();
+    while let Some(update) = stream.message().await.unwrap() {
+        events.extend(update.events);
+    }
+    events
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_step_runs_complete_through_workers_on_other_nodes() {
     let mut cluster = TestCluster::start(ClusterOptions::new(BINARY, 3)).await.unwrap();
@@ -71,6 +81,8 @@ async fn three_step_runs_complete_through_workers_on_other_nodes() {
     for i in 0..20 {
         runs.push(start(&mut client, "three-step", json!({ "n": i }), "").await);
     }
+    // Watched from its start, through another node than the one it started on.
+    let watched = tokio::spawn(watch_events(cluster.client(1).await.unwrap(), runs[19].clone()));
     for (i, run_id) in runs.iter().enumerate() {
         let run = finished(&mut client, run_id).await;
         assert_eq!(run["status"], "Completed", "{run:#}");
@@ -79,8 +91,34 @@ async fn three_step_runs_complete_through_workers_on_other_nodes() {
             let attempts = run["steps"][step]["attempts"].as_array().unwrap();
             assert_eq!(attempts.len(), 1, "{step}: {run:#}");
             assert_eq!(attempts[0]["node"], 2, "worker w1 is attached to node 2 only");
+            assert_eq!(attempts[0]["worker"], "w1", "{step}: {run:#}");
         }
     }
+
+    // The live stream and a replay after the end tell the same story.
+    let live = tokio::time::timeout(WAIT, watched).await.expect("watch stream ended with the run").unwrap();
+    let replay = watch_events(cluster.client(3).await.unwrap(), runs[19].clone()).await;
+    assert_eq!(live, replay);
+    let kinds: Vec<String> = live.iter().map(|e| format!("{} {}", e.kind, e.step)).collect();
+    let mut expected = vec!["run_started ".to_string()];
+    for step in ["first", "second", "third"] {
+        for kind in ["step_started", "attempt_scheduled", "attempt_started", "attempt_finished", "step_completed"] {
+            expected.push(format!("{kind} {step}"));
+        }
+    }
+    expected.push("run_completed ".to_string());
+    assert_eq!(kinds, expected);
+    assert!(live.windows(2).all(|pair| pair[0].at_ms <= pair[1].at_ms), "events out of time order: {live:#?}");
+    let finished_attempts: Vec<_> = live.iter().filter(|e| e.kind == "attempt_finished").collect();
+    assert!(finished_attempts.iter().all(|e| e.node == 2 && e.worker == "w1" && e.attempt == 1), "{finished_attempts:#?}");
+
+    // The CLI prints the events, then the run.
+    let printed = cluster.cli_ok(2, &["run", "watch", &runs[19]]).unwrap();
+    assert!(printed.contains("step second attempt 1 finished on node 2 by w1"), "{printed}");
+    assert!(printed.contains("run completed") && printed.contains("WORKER"), "{printed}");
+    let missing = cluster.cli(2, &["run", "watch", "no-such-run"]).unwrap();
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("no-such-run"), "{missing:?}");
     // Exactly one execution per step: no step transition was applied twice.
     let executions = std::fs::read_to_string(record).unwrap();
     assert_eq!(executions.lines().count(), 60, "{executions}");

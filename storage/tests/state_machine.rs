@@ -585,7 +585,7 @@ async fn ready_tasks_are_placed_in_the_entry_that_makes_them_ready() {
     };
     let completed = |run_id: &str, step: &str, attempt: u32| {
         let key = TaskKey { run_id: run_id.into(), step_id: step.into(), item: None };
-        let event = RunEvent::TaskCompleted { key, attempt, output: serde_json::json!({"done": step}) };
+        let event = RunEvent::TaskCompleted { key, attempt, output: serde_json::json!({"done": step}), worker: None };
         Command::RunEvent { run_id: run_id.into(), event: serde_json::to_vec(&event).unwrap(), at_ms: 20 }
     };
     let mut index = 0;

@@ -66,7 +66,8 @@ impl Expression {
     /// dominates their cost, so compiled expressions are kept in a bounded
     /// process-wide cache by source (compiling is a pure function of it).
     pub fn compile(src: &str) -> Result<Self, String> {
-        static CACHE: LazyLock<Mutex<HashMap<String, Expression>>> = LazyLock::new(Default::default);
+        static CACHE: LazyLock<Mutex<HashMap<String, Expression>>> =
+            LazyLock::new(Default::default);
         if let Some(found) = CACHE.lock().ok().and_then(|cache| cache.get(src).cloned()) {
             return Ok(found);
         }

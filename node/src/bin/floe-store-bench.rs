@@ -72,6 +72,7 @@ impl Bench {
             key: key.clone(),
             attempt: 1,
             output: serde_json::json!({"document": run_id, "pages": 3}),
+            worker: None,
         };
         Ok([
             Command::AssignTask { task: task_key_text(&key), attempt: 1, node: 2, worker: String::new(), at_ms: self.clock_ms },

@@ -95,17 +95,28 @@ impl<'a> Machine<'a> {
                 key,
                 attempt,
                 output,
-            } => self.on_task_completed(&key, attempt, output),
+                worker,
+            } => {
+                self.on_task_completed(&key, attempt, output)?;
+                self.note_worker(&key, attempt, worker);
+                Ok(())
+            }
             RunEvent::TaskFailed {
                 key,
                 attempt,
                 failure,
+                worker,
             } => {
                 let slot = self.current_slot(&key, attempt)?;
                 self.on_attempt_failed(slot, failure.error, failure.retryable, false);
+                self.note_worker(&key, attempt, worker);
                 Ok(())
             }
-            RunEvent::TaskLost { key, attempt, reason } => {
+            RunEvent::TaskLost {
+                key,
+                attempt,
+                reason,
+            } => {
                 let slot = self.current_slot(&key, attempt)?;
                 self.on_attempt_lost(slot, reason);
                 Ok(())

@@ -53,6 +53,7 @@ use serde_json::Value;
 use crate::model::{FlowDefinition, Timeouts};
 
 mod backoff;
+mod history;
 mod machine;
 mod steps;
 mod tasks;
@@ -60,9 +61,10 @@ mod tasks;
 #[cfg(test)]
 mod proptests;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 pub use backoff::{backoff_delay_ms, jittered_delay_ms, retry_delay_ms};
+pub use history::{history_between, HistoryEvent, HistoryKind};
 
 /// Identifies one task slot: a task step, or one item of a map step.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -123,8 +125,9 @@ pub struct AttemptRecord {
     pub attempt: u32,
     pub item: Option<u32>,
     pub scheduled_at_ms: u64,
-    /// Filled in by the storage layer when the scheduler assigns it.
+    /// Filled in when the attempt is placed on a node.
     pub node: Option<u64>,
+    /// The worker (or model replica) that answered the attempt.
     pub worker: Option<String>,
     pub started_at_ms: Option<u64>,
     pub finished_at_ms: Option<u64>,
@@ -222,11 +225,16 @@ pub enum RunEvent {
         key: TaskKey,
         attempt: u32,
         output: Value,
+        /// The worker that answered (recorded on the attempt).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        worker: Option<String>,
     },
     TaskFailed {
         key: TaskKey,
         attempt: u32,
         failure: TaskFailure,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        worker: Option<String>,
     },
     /// The attempt was lost with its worker or node (not the task's fault):
     /// it is re-delivered as a new attempt (fencing the old one) without

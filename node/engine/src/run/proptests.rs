@@ -146,6 +146,7 @@ impl Driver {
                     key: key.clone(),
                     attempt: *attempt,
                     output: output_for(pick / 7),
+                    worker: None,
                 })
             }
             3 if !tasks.is_empty() => {
@@ -158,6 +159,7 @@ impl Driver {
                     key: key.clone(),
                     attempt: *attempt,
                     failure,
+                    worker: None,
                 })
             }
             4 if !tasks.is_empty() => {
@@ -168,6 +170,7 @@ impl Driver {
                         key: key.clone(),
                         attempt: attempt - 1,
                         output: json!(1),
+                        worker: None,
                     });
                 }
                 Some(RunEvent::TaskStarted {

@@ -274,20 +274,30 @@ impl<'a> Machine<'a> {
         })
     }
 
+    /// The attempt record of `attempt` of the task `key`, if it was opened.
+    fn attempt_mut(&mut self, key: &TaskKey, attempt: u32) -> Option<&mut AttemptRecord> {
+        self.record_mut(&key.step_id)?
+            .attempts
+            .iter_mut()
+            .rev()
+            .find(|entry| entry.item == key.item && entry.attempt == attempt)
+    }
+
     /// Marks the slot's current attempt finished.
     fn close_attempt(&mut self, slot: &Slot, error: Option<String>) {
         let now = self.now;
-        let item = slot.key.item;
-        let attempt = slot.attempt;
-        if let Some(record) = self.record_mut(&slot.key.step_id) {
-            if let Some(entry) = record
-                .attempts
-                .iter_mut()
-                .rev()
-                .find(|entry| entry.item == item && entry.attempt == attempt)
-            {
-                entry.finished_at_ms = Some(now);
-                entry.error = error;
+        if let Some(entry) = self.attempt_mut(&slot.key, slot.attempt) {
+            entry.finished_at_ms = Some(now);
+            entry.error = error;
+        }
+    }
+
+    /// Records the worker that answered `attempt` (results carry it; the
+    /// placement inside apply knows only the node).
+    pub(super) fn note_worker(&mut self, key: &TaskKey, attempt: u32, worker: Option<String>) {
+        if let Some(worker) = worker.filter(|worker| !worker.is_empty()) {
+            if let Some(entry) = self.attempt_mut(key, attempt) {
+                entry.worker = Some(worker);
             }
         }
     }
@@ -301,17 +311,10 @@ impl<'a> Machine<'a> {
     ) -> Result<(), RunError> {
         let slot = self.current_slot(key, attempt)?;
         let now = self.now;
-        if let Some(record) = self.record_mut(&slot.key.step_id) {
-            if let Some(entry) = record
-                .attempts
-                .iter_mut()
-                .rev()
-                .find(|entry| entry.item == slot.key.item && entry.attempt == attempt)
-            {
-                entry.node = Some(node);
-                entry.worker = Some(worker);
-                entry.started_at_ms = Some(now);
-            }
+        if let Some(entry) = self.attempt_mut(&slot.key, attempt) {
+            entry.node = Some(node);
+            entry.worker = Some(worker).filter(|worker| !worker.is_empty());
+            entry.started_at_ms = Some(now);
         }
         let timer = self.timer_key(&key.step_id, key.item, SCHEDULE_TO_START_TIMER, attempt);
         self.cancel_timer(&timer);
@@ -412,7 +415,9 @@ impl<'a> Machine<'a> {
         match slot.key.item {
             None => {
                 if let Some(record) = self.record_mut(&slot.key.step_id) {
-                    let mut progress = serde_json::from_value::<TaskProgress>(record.progress.clone()).unwrap_or_default();
+                    let mut progress =
+                        serde_json::from_value::<TaskProgress>(record.progress.clone())
+                            .unwrap_or_default();
                     progress.first_attempt = progress.first_attempt.max(1).saturating_add(1);
                     record.progress = serde_json::to_value(progress).unwrap_or(Value::Null);
                 }

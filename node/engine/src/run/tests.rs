@@ -85,6 +85,7 @@ fn complete(
         key: key(step, item),
         attempt,
         output,
+        worker: None,
     };
     handle(def, run, event, 2_000).expect("completion accepted")
 }
@@ -105,6 +106,7 @@ fn fail(
         key: key(step, item),
         attempt,
         failure,
+        worker: None,
     };
     handle(def, run, event, 2_000).expect("failure accepted")
 }
@@ -286,6 +288,60 @@ fn failed_attempt_is_retried_after_backoff_and_old_timers_cancelled() {
 }
 
 #[test]
+fn attempts_record_the_node_they_were_placed_on_and_the_worker_that_answered() {
+    let def = retrying_flow(json!({"max_attempts": 3, "jitter": false}), None);
+    let (mut run, _) = start_ok(&def, json!(null));
+    // Placement inside apply knows the node, not the worker.
+    let placed = |attempt| RunEvent::TaskStarted {
+        key: key("a", None),
+        attempt,
+        node: 2,
+        worker: String::new(),
+    };
+    handle(&def, &mut run, placed(1), 1_010).expect("start accepted");
+    assert_eq!(run.steps["a"].attempts[0].worker, None);
+    let failed = RunEvent::TaskFailed {
+        key: key("a", None),
+        attempt: 1,
+        failure: TaskFailure {
+            error: "boom".to_string(),
+            retryable: true,
+        },
+        worker: Some("ocr-1".to_string()),
+    };
+    handle(&def, &mut run, failed, 1_020).expect("failure accepted");
+    handle(&def, &mut run, placed(2), 1_500).expect("start accepted");
+    let completed = RunEvent::TaskCompleted {
+        key: key("a", None),
+        attempt: 2,
+        output: json!(1),
+        worker: Some("ocr-2".to_string()),
+    };
+    handle(&def, &mut run, completed, 1_600).expect("completion accepted");
+    let attempts: Vec<_> = run.steps["a"]
+        .attempts
+        .iter()
+        .map(|a| (a.attempt, a.node, a.worker.as_deref(), a.error.as_deref()))
+        .collect();
+    assert_eq!(
+        attempts,
+        vec![
+            (1, Some(2), Some("ocr-1"), Some("boom")),
+            (2, Some(2), Some("ocr-2"), None),
+        ]
+    );
+    // A stale answer names no worker on the attempt it does not own.
+    let stale = RunEvent::TaskCompleted {
+        key: key("a", None),
+        attempt: 1,
+        output: json!(1),
+        worker: Some("late".to_string()),
+    };
+    assert!(handle(&def, &mut run, stale, 1_700).is_err());
+    assert_eq!(run.steps["a"].attempts[0].worker.as_deref(), Some("ocr-1"));
+}
+
+#[test]
 fn retries_exhausted_fail_the_run() {
     let def = retrying_flow(json!({"max_attempts": 2, "jitter": false}), None);
     let (mut run, _) = start_ok(&def, json!(null));
@@ -414,6 +470,7 @@ fn completion_for_a_stale_attempt_is_refused_and_changes_nothing() {
         key: key("a", None),
         attempt: 1,
         output: json!(1),
+        worker: None,
     };
     let error = handle(&def, &mut run, stale, 3_000).expect_err("stale");
     assert_eq!(
@@ -431,6 +488,7 @@ fn completion_for_a_stale_attempt_is_refused_and_changes_nothing() {
         key: key("a", None),
         attempt: 2,
         output: json!(2),
+        worker: None,
     };
     assert!(handle(&def, &mut run, duplicate, 3_000).is_err());
 }
@@ -634,6 +692,7 @@ fn branch_failure_fails_the_run_and_cancels_the_other_branch() {
         key: key("check_totals", None),
         attempt: 1,
         output: json!(1),
+        worker: None,
     };
     assert!(matches!(
         handle(&def, &mut run, late, 3_000),
@@ -962,6 +1021,7 @@ fn events_after_the_run_finished_are_not_applicable() {
             key: key("review", None),
             attempt: 1,
             output: json!(1),
+            worker: None,
         },
         RunEvent::ChildFinished {
             step_id: "x".to_string(),
@@ -1193,11 +1253,13 @@ fn the_same_events_on_two_copies_give_identical_records_and_effects() {
                 error: "x".to_string(),
                 retryable: true,
             },
+            worker: None,
         },
         RunEvent::TaskCompleted {
             key: key("classify", None),
             attempt: 2,
             output: json!({"label": "l", "confidence": 0.1}),
+            worker: None,
         },
         RunEvent::Signal {
             name: "review.done".to_string(),
@@ -1207,11 +1269,13 @@ fn the_same_events_on_two_copies_give_identical_records_and_effects() {
             key: key("check_schema", None),
             attempt: 1,
             output: json!({"valid": true}),
+            worker: None,
         },
         RunEvent::TaskCompleted {
             key: key("check_totals", None),
             attempt: 1,
             output: json!({"valid": true}),
+            worker: None,
         },
     ];
     let mut first = run.clone();
@@ -1302,14 +1366,32 @@ fn a_signal_reaches_every_step_waiting_for_it() {
 fn a_lost_attempt_is_redelivered_at_once_without_using_a_retry() {
     let def = retrying_flow(json!({"max_attempts": 1, "jitter": false}), None);
     let (mut run, _) = start_ok(&def, json!(null));
-    let lost = RunEvent::TaskLost { key: key("a", None), attempt: 1, reason: "node 2 stopped reporting".into() };
+    let lost = RunEvent::TaskLost {
+        key: key("a", None),
+        attempt: 1,
+        reason: "node 2 stopped reporting".into(),
+    };
     let effects = handle(&def, &mut run, lost, 2_000).unwrap();
     let specs = scheduled(&effects);
-    assert_eq!((specs.len(), specs[0].attempt, specs[0].not_before_ms), (1, 2, 2_000));
-    assert_eq!(run.steps["a"].attempts[0].error.as_deref(), Some("node 2 stopped reporting"));
+    assert_eq!(
+        (specs.len(), specs[0].attempt, specs[0].not_before_ms),
+        (1, 2, 2_000)
+    );
+    assert_eq!(
+        run.steps["a"].attempts[0].error.as_deref(),
+        Some("node 2 stopped reporting")
+    );
     // The old attempt is fenced off.
-    let stale = RunEvent::TaskCompleted { key: key("a", None), attempt: 1, output: json!("late") };
-    assert!(matches!(handle(&def, &mut run, stale, 2_001), Err(RunError::StaleAttempt { .. })));
+    let stale = RunEvent::TaskCompleted {
+        key: key("a", None),
+        attempt: 1,
+        output: json!("late"),
+        worker: None,
+    };
+    assert!(matches!(
+        handle(&def, &mut run, stale, 2_001),
+        Err(RunError::StaleAttempt { .. })
+    ));
     // With max_attempts 1, a real failure of the new attempt is final: the loss did not count.
     let effects = fail(&def, &mut run, "a", None, 2, true);
     assert_eq!(finished(&effects), Some(RunStatus::Failed));
@@ -1329,15 +1411,24 @@ fn an_inference_step_schedules_its_model_block_with_inputs_and_encoding() {
     let tensor = json!({"dtype": "f32", "shape": [1], "data": [0.5]});
     let (mut run, effects) = start_ok(&def, json!({ "t": tensor }));
     let specs = scheduled(&effects);
-    assert_eq!(specs[0].block, "model.cls", "unversioned: the latest deployed version serves it");
-    assert_eq!(specs[0].input, json!({"inputs": {"x": tensor}, "outputs": "list"}));
+    assert_eq!(
+        specs[0].block, "model.cls",
+        "unversioned: the latest deployed version serves it"
+    );
+    assert_eq!(
+        specs[0].input,
+        json!({"inputs": {"x": tensor}, "outputs": "list"})
+    );
     assert_eq!(run.steps["score"].input, Some(specs[0].input.clone()));
 
     let outputs = json!({"y": {"dtype": "f32", "shape": [1, 2], "data": [0.1, 0.9]}});
     let effects = complete(&def, &mut run, "score", None, 1, outputs.clone());
     let specs = scheduled(&effects);
     assert_eq!(specs[0].block, "model.cls.v3");
-    assert_eq!(specs[0].input, json!({"inputs": outputs, "outputs": "base64"}));
+    assert_eq!(
+        specs[0].input,
+        json!({"inputs": outputs, "outputs": "base64"})
+    );
     // Retries follow the step's policy like any task.
     let effects = fail(&def, &mut run, "pinned", None, 1, true);
     assert!(finished(&effects).is_none());
