@@ -338,12 +338,28 @@ impl TestCluster {
     /// attached to the given nodes, serving `blocks` (`NAME=BEHAVIOUR`).
     /// Its executions are recorded to `<cluster dir>/<id>.executions`.
     pub fn spawn_worker(&mut self, id: &str, nodes: &[u64], blocks: &[&str], concurrency: u32) -> anyhow::Result<PathBuf> {
+        self.spawn_labelled_worker(id, nodes, blocks, concurrency, &[])
+    }
+
+    /// [`spawn_worker`](Self::spawn_worker) declaring `labels` (`KEY=VALUE`).
+    pub fn spawn_labelled_worker(
+        &mut self,
+        id: &str,
+        nodes: &[u64],
+        blocks: &[&str],
+        concurrency: u32,
+        labels: &[&str],
+    ) -> anyhow::Result<PathBuf> {
         let record = self.dir.join(format!("{id}.executions"));
         let mut args = vec!["--concurrency".to_string(), concurrency.to_string(), "--record".to_string()];
         args.push(record.display().to_string());
         for block in blocks {
             args.push("--block".into());
             args.push(block.to_string());
+        }
+        for label in labels {
+            args.push("--label".into());
+            args.push(label.to_string());
         }
         self.spawn_client_process("floe-worker", id, nodes, &args)?;
         Ok(record)

@@ -214,7 +214,8 @@ pub async fn schedule(node: Arc<Node>, cancel: CancellationToken) -> anyhow::Res
             if !headroom.allows(&task) {
                 continue;
             }
-            let Some(target) = pick_node(&reports, &task.spec.block) else {
+            let key = task.spec.placement_key();
+            let Some(target) = pick_node(&reports, &key) else {
                 if task.spec.block.starts_with(floe_engine::INFERENCE_BLOCK_PREFIX) {
                     waiting_blocks.insert(task.spec.block.clone());
                 }
@@ -222,7 +223,7 @@ pub async fn schedule(node: Arc<Node>, cancel: CancellationToken) -> anyhow::Res
             };
             headroom.take(&task);
             if let Some(report) = reports.get_mut(&target) {
-                if let Some(slots) = report.free_slots.get_mut(&task.spec.block) {
+                if let Some(slots) = report.free_slots.get_mut(&key) {
                     *slots = slots.saturating_sub(1);
                 }
                 report.running_tasks += 1;
@@ -343,17 +344,18 @@ impl Headroom {
     }
 }
 
-/// The least-loaded node with a free slot for `block`.
-fn pick_node(reports: &BTreeMap<NodeId, NodeReport>, block: &str) -> Option<NodeId> {
+/// The least-loaded node with a free slot for placement key `key`.
+fn pick_node(reports: &BTreeMap<NodeId, NodeReport>, key: &str) -> Option<NodeId> {
     reports
         .values()
-        .filter(|report| report.free_slots.get(block).copied().unwrap_or(0) > 0)
+        .filter(|report| report.free_slots.get(key).copied().unwrap_or(0) > 0)
         .min_by(|a, b| load_score(a).total_cmp(&load_score(b)).then(a.node_id.cmp(&b.node_id)))
         .map(|report| report.node_id)
 }
 
 pub(crate) fn load_score(report: &NodeReport) -> f32 {
-    let free: u32 = report.free_slots.values().sum();
+    // Labelled keys repeat their block's slots; count each slot once.
+    let free: u32 = report.free_slots.iter().filter(|(key, _)| !key.contains('[')).map(|(_, free)| free).sum();
     let busy = report.running_tasks as f32 / (report.running_tasks + free).max(1) as f32;
     busy + report.cpu_load + report.memory_used_ratio
 }

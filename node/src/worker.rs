@@ -42,6 +42,9 @@ pub struct WorkerOptions {
     pub worker_id: String,
     pub blocks: Vec<String>,
     pub concurrency: u32,
+    /// Declared to the node; steps with `worker_labels` go only to workers
+    /// that have every one of them.
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 /// Serves tasks until `cancel` fires, reconnecting with backoff.
@@ -68,7 +71,7 @@ async fn serve_once(options: &WorkerOptions, handler: Arc<dyn Handler>, cancel: 
         worker_id: options.worker_id.clone(),
         blocks: options.blocks.clone(),
         concurrency: options.concurrency,
-        labels: Default::default(),
+        labels: options.labels.iter().map(|(key, value)| (key.clone(), value.clone())).collect(),
     };
     outbound.send(api::WorkerMessage { kind: Some(api::worker_message::Kind::Hello(hello)) }).await?;
     let mut tasks = client.workers.attach(tokio_stream::wrappers::ReceiverStream::new(outbound_rx)).await?.into_inner();

@@ -27,7 +27,9 @@ pub fn worker_channel() -> (TaskSender, mpsc::Receiver<Result<api::WorkerTask, S
 }
 
 struct WorkerConn {
-    blocks: BTreeSet<String>,
+    /// The placement keys it serves: each block alone and with every subset
+    /// of the worker's labels (`floe_engine::placement_key`).
+    keys: BTreeSet<String>,
     concurrency: u32,
     /// Task key text → the attempt pushed and not yet answered.
     in_flight: BTreeMap<String, InFlight>,
@@ -61,14 +63,14 @@ pub struct WorkerRegistry {
 }
 
 impl WorkerRegistry {
-    /// Free slots per block across this node's workers, less the tasks
-    /// already placed here and not yet pushed (`queued`).
+    /// Free slots per placement key across this node's workers, less the
+    /// tasks already placed here and not yet pushed (`queued`).
     pub fn free_slots(&self, queued: &BTreeMap<String, u32>) -> BTreeMap<String, u32> {
         let mut free: BTreeMap<String, u32> = BTreeMap::new();
         if let Ok(workers) = self.workers.lock() {
             for worker in workers.values() {
-                for block in &worker.blocks {
-                    *free.entry(block.clone()).or_default() += worker.free();
+                for key in &worker.keys {
+                    *free.entry(key.clone()).or_default() += worker.free();
                 }
             }
         }
@@ -80,13 +82,13 @@ impl WorkerRegistry {
         free
     }
 
-    /// Slots per block across this node's workers, busy or not.
+    /// Slots per placement key across this node's workers, busy or not.
     pub fn capacity(&self) -> BTreeMap<String, u32> {
         let mut capacity: BTreeMap<String, u32> = BTreeMap::new();
         if let Ok(workers) = self.workers.lock() {
             for worker in workers.values() {
-                for block in &worker.blocks {
-                    *capacity.entry(block.clone()).or_default() += worker.concurrency;
+                for key in &worker.keys {
+                    *capacity.entry(key.clone()).or_default() += worker.concurrency;
                 }
             }
         }
@@ -140,13 +142,15 @@ impl WorkerRegistry {
                 .unwrap_or(false)
     }
 
-    /// Pushes `task` to the least busy worker serving its block; false when none has room.
+    /// Pushes `task` to the least busy worker serving its block with the
+    /// labels it requires; false when none has room.
     fn push(&self, task: &TaskRecord, input: Vec<u8>) -> bool {
         let text = task_key_text(&task.spec.key);
+        let key = task.spec.placement_key();
         let Ok(mut workers) = self.workers.lock() else { return false };
         let chosen = workers
             .iter_mut()
-            .filter(|(_, worker)| worker.blocks.contains(&task.spec.block) && worker.free() > 0)
+            .filter(|(_, worker)| worker.keys.contains(&key) && worker.free() > 0)
             .min_by_key(|(_, worker)| worker.in_flight.len());
         let Some((_, worker)) = chosen else { return false };
         let message = api::WorkerTask {
@@ -167,16 +171,16 @@ impl WorkerRegistry {
         true
     }
 
-    /// Whether a worker here serving `block` has a free slot now.
-    fn has_room(&self, block: &str) -> bool {
+    /// Whether a worker here serving placement key `key` has a free slot now.
+    fn has_room(&self, key: &str) -> bool {
         self.workers
             .lock()
-            .map(|workers| workers.values().any(|worker| worker.blocks.contains(block) && worker.free() > 0))
+            .map(|workers| workers.values().any(|worker| worker.keys.contains(key) && worker.free() > 0))
             .unwrap_or(false)
     }
 
-    fn serves(&self, block: &str) -> bool {
-        self.workers.lock().map(|workers| workers.values().any(|worker| worker.blocks.contains(block))).unwrap_or(false)
+    fn serves(&self, key: &str) -> bool {
+        self.workers.lock().map(|workers| workers.values().any(|worker| worker.keys.contains(key))).unwrap_or(false)
     }
 
     /// Tracks tasks no worker here serves; returns those waiting longer than `grace`.
@@ -261,7 +265,8 @@ pub async fn serve_worker(
                 None
             }
         })
-    };
+    }
+    .or_else(|| label_problem(&hello.labels));
     if let Some(problem) = problem {
         let _ = sender.send(Err(Status::invalid_argument(problem))).await;
         return;
@@ -273,7 +278,7 @@ pub async fn serve_worker(
         let _ = sender.send(Err(Status::already_exists(message))).await;
         return;
     }
-    tracing::info!(node_id = node.id, worker = %worker_id, blocks = ?hello.blocks, concurrency = hello.concurrency, "worker connected");
+    tracing::info!(node_id = node.id, worker = %worker_id, blocks = ?hello.blocks, labels = ?hello.labels, concurrency = hello.concurrency, "worker connected");
     node.workers.wake.notify_one();
     let deliveries = Arc::new(tokio::sync::Semaphore::new(hello.concurrency.clamp(16, 1024) as usize));
 
@@ -391,8 +396,14 @@ fn register(
     if workers.contains_key(&hello.worker_id) {
         return Some(sender);
     }
+    let labels: BTreeMap<String, String> = hello.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    let subsets = floe_engine::label_subsets(&labels);
     let conn = WorkerConn {
-        blocks: hello.blocks.iter().cloned().collect(),
+        keys: hello
+            .blocks
+            .iter()
+            .flat_map(|block| subsets.iter().map(move |subset| floe_engine::placement_key(block, subset)))
+            .collect(),
         concurrency: hello.concurrency,
         in_flight: BTreeMap::new(),
         sender,
@@ -449,13 +460,14 @@ pub async fn dispatch(node: Arc<Node>, cancel: CancellationToken) -> anyhow::Res
                 }
                 continue;
             }
-            if node.workers.has_room(&task.spec.block) {
+            let key = task.spec.placement_key();
+            if node.workers.has_room(&key) {
                 let Some(input) = worker_input(&node, task).await else { continue };
                 if node.workers.push(task, input) {
                     continue;
                 }
             }
-            if !node.workers.serves(&task.spec.block) {
+            if !node.workers.serves(&key) {
                 unserved_now.insert(text, task.spec.attempt);
             }
         }
@@ -509,15 +521,31 @@ async fn resolved_input(node: &Node, task: &TaskRecord) -> Option<serde_json::Va
 /// How long a task placed here may wait for a worker serving its block.
 const UNSERVED_GRACE: Duration = Duration::from_secs(1);
 
-/// Blocks of tasks placed on this node but not pushed yet.
+/// Placement keys of tasks placed on this node but not pushed yet.
 pub fn queued_blocks(node: &Node) -> BTreeMap<String, u32> {
     let mut queued = BTreeMap::new();
     if let Ok(placed) = node.reader.placed_tasks(node.id, |task, attempt| !dispatched(node, task, attempt)) {
         for task in placed.into_iter().filter_map(|(_, _, record)| record) {
-            *queued.entry(task.spec.block).or_default() += 1;
+            *queued.entry(task.spec.placement_key()).or_default() += 1;
         }
     }
     queued
+}
+
+/// What is wrong with the labels a worker declared, if anything.
+fn label_problem(labels: &std::collections::HashMap<String, String>) -> Option<String> {
+    if labels.len() > floe_engine::MAX_LABELS {
+        return Some(format!("at most {} labels per worker, found {}", floe_engine::MAX_LABELS, labels.len()));
+    }
+    labels.iter().find_map(|(key, value)| {
+        if !floe_engine::is_label_key(key) {
+            Some(format!("label key {key:?} is not valid: must match ^[a-z][a-z0-9_.-]{{0,62}}$"))
+        } else if !floe_engine::is_label_value(value) {
+            Some(format!("label {key}={value:?}: the value must match ^[A-Za-z0-9][A-Za-z0-9_.-]{{0,62}}$"))
+        } else {
+            None
+        }
+    })
 }
 
 fn is_inference(block: &str) -> bool {
@@ -534,12 +562,22 @@ mod tests {
     use super::*;
 
     #[test]
+    fn declared_labels_are_checked() {
+        let labels = |pairs: &[(&str, &str)]| pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        assert_eq!(label_problem(&labels(&[("site", "north"), ("gpu", "yes")])), None);
+        assert!(label_problem(&labels(&[("Site", "north")])).unwrap().contains("label key \"Site\""));
+        assert!(label_problem(&labels(&[("site", "a=b")])).unwrap().contains("site=\"a=b\""));
+        let five = labels(&[("a", "1"), ("b", "1"), ("c", "1"), ("d", "1"), ("e", "1")]);
+        assert!(label_problem(&five).unwrap().contains("at most 4 labels"));
+    }
+
+    #[test]
     fn a_late_answer_for_an_older_attempt_keeps_the_current_attempts_slot() {
         let registry = WorkerRegistry::default();
         let (sender, _tasks) = worker_channel();
         let pushed = InFlight { attempt: 2, last_beat: std::time::Instant::now(), heartbeat: None };
         let conn = WorkerConn {
-            blocks: ["ocr".to_string()].into_iter().collect(),
+            keys: ["ocr".to_string()].into_iter().collect(),
             concurrency: 1,
             in_flight: [("t".to_string(), pushed)].into_iter().collect(),
             sender,

@@ -144,6 +144,29 @@ async fn three_step_runs_complete_through_workers_on_other_nodes() {
         .unwrap()
         .into_inner();
     assert_eq!(rest.runs.len(), 5);
+
+    // Worker labels: items that require site=south reach only the worker
+    // that declared it, whatever else serves the block.
+    cluster.spawn_labelled_worker("north", &[1], &["sited=echo"], 4, &["site=north"]).unwrap();
+    cluster.spawn_labelled_worker("south", &[3], &["sited=echo"], 2, &["site=south", "gpu=yes"]).unwrap();
+    let sited = json!({"name": "sited", "steps": [
+        {"id": "items", "type": "map", "items": "input.list", "max_parallelism": 6,
+         "task": {"block": "sited", "input": "item", "worker_labels": {"site": "south"}}, "next": "east"},
+        {"id": "east", "type": "task", "block": "sited", "input": "input", "worker_labels": {"site": "east"},
+         "timeouts": {"schedule_to_start_ms": 1000}}
+    ]});
+    put_flow(&mut client, serde_json::to_vec(&sited).unwrap()).await;
+    let run_id = start(&mut client, "sited", json!({"list": [1, 2, 3, 4, 5, 6]}), "").await;
+    let run = finished(&mut client, &run_id).await;
+    assert_eq!(run["steps"]["items"]["output"], json!([1, 2, 3, 4, 5, 6]), "{run:#}");
+    let attempts = run["steps"]["items"]["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 6, "{run:#}");
+    assert!(attempts.iter().all(|a| a["worker"] == "south" && a["node"] == 3), "{attempts:#?}");
+    // No worker declares site=east: the task is never started, and times out.
+    assert_eq!(run["status"], "Failed", "{run:#}");
+    let error = run["error"].as_str().unwrap_or_default();
+    assert!(error.contains("east") && error.contains("schedule-to-start"), "{error}");
+    assert!(run["steps"]["east"]["attempts"][0]["worker"].is_null(), "{run:#}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -449,7 +449,7 @@ fn assign_task(tx: &RunTx<'_>, key: &TaskKey, attempt: u32, node: u64, worker: &
     if let Some(previous) = &task.assignment {
         tx.data.remove(keys::task_on_node(previous.node, &text))?;
         tx.changed_node(previous.node);
-        slots::move_placed(tx, previous.node, &task.spec.block, -1)?;
+        slots::move_placed(tx, previous.node, &task.spec.placement_key(), -1)?;
     } else {
         tx.data.remove(keys::task_queue(task.spec.not_before_ms, &text))?;
         tx.changed_queue();
@@ -458,7 +458,7 @@ fn assign_task(tx: &RunTx<'_>, key: &TaskKey, attempt: u32, node: u64, worker: &
     task.assignment = Some(Assignment { node, worker: worker.to_string(), at_ms });
     tx.put_json(keys::task(&text), &task, &format!("task {text}"))?;
     tx.changed_node(node);
-    slots::move_placed(tx, node, &task.spec.block, 1)?;
+    slots::move_placed(tx, node, &task.spec.placement_key(), 1)?;
     tx.data.insert(keys::task_on_node(node, &text), &attempt.to_be_bytes())?;
     Ok(())
 }
@@ -482,7 +482,7 @@ fn remove_task(tx: &RunTx<'_>, key: &TaskKey) -> Result<(), TxError> {
             tx.data.remove(keys::task_on_node(assignment.node, &text))?;
             tx.changed_node(assignment.node);
             count_placed(tx, &task, -1)?;
-            slots::move_placed(tx, assignment.node, &task.spec.block, -1)?;
+            slots::move_placed(tx, assignment.node, &task.spec.placement_key(), -1)?;
         }
         None => {
             tx.data.remove(keys::task_queue(task.spec.not_before_ms, &text))?;
@@ -563,7 +563,7 @@ fn apply_effects(
                 let text = task_key_text(&spec.key);
                 let mut task = TaskRecord { spec, scheduled_at_ms: at_ms, assignment: None, flow: record.flow.clone() };
                 let node = if task.spec.not_before_ms <= at_ms && limit_reached(tx, &task)?.is_none() {
-                    slots::choose_node(tx, &task.spec.block)?
+                    slots::choose_node(tx, &task.spec.placement_key())?
                 } else {
                     None
                 };
@@ -571,7 +571,7 @@ fn apply_effects(
                     Some(node) => {
                         task.assignment = Some(Assignment { node, worker: String::new(), at_ms });
                         count_placed(tx, &task, 1)?;
-                        slots::move_placed(tx, node, &task.spec.block, 1)?;
+                        slots::move_placed(tx, node, &task.spec.placement_key(), 1)?;
                         tx.data.insert(keys::task_on_node(node, &text), &task.spec.attempt.to_be_bytes())?;
                         tx.changed_node(node);
                         placed_now.push((task.spec.key.clone(), task.spec.attempt, node));
@@ -713,7 +713,7 @@ pub(crate) fn unassign(tx: &RunTx<'_>, task: &str, attempt: u32, at_ms: u64) -> 
     tx.data.remove(keys::task_on_node(assignment.node, task))?;
     tx.changed_node(assignment.node);
     count_placed(tx, &record, -1)?;
-    slots::move_placed(tx, assignment.node, &record.spec.block, -1)?;
+    slots::move_placed(tx, assignment.node, &record.spec.placement_key(), -1)?;
     record.spec.not_before_ms = at_ms;
     tx.mark(keys::task_queue(at_ms, task))?;
     tx.changed_queue();

@@ -19,7 +19,8 @@ use crate::types::{CommandResponse, NodeId};
 /// What a node offers to placement.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeSlots {
-    /// Worker (or model replica) slots per block.
+    /// Worker (or model replica) slots per placement key: a block, or a
+    /// block with worker labels (`floe_engine::placement_key`).
     pub slots: BTreeMap<String, u32>,
     /// CPU and memory load in thousandths (the report's load score).
     pub load_milli: u32,

@@ -644,3 +644,55 @@ async fn ready_tasks_are_placed_in_the_entry_that_makes_them_ready() {
     assert_eq!(reader.placed_count(1, "noop").unwrap(), 0, "counts return to zero");
     assert_eq!(reader.run("r1").unwrap().unwrap().status, floe_engine::run::RunStatus::Completed);
 }
+
+#[tokio::test]
+async fn tasks_that_require_worker_labels_go_only_to_nodes_offering_them() {
+    use floe_storage::slots::NodeSlots;
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let mut sm = store.state_machine();
+    let reader = store.reader();
+    let definition = floe_engine::parse_flow(
+        br#"{"name": "north", "steps": [
+            {"id": "a", "type": "task", "block": "noop", "worker_labels": {"site": "north"}, "input": "input"}]}"#,
+    )
+    .unwrap();
+    let put = Command::PutFlow {
+        name: "north".into(),
+        definition: floe_engine::canonical_bytes(&definition),
+        hash: floe_engine::content_hash(&definition),
+        at_ms: 0,
+    };
+    let start = |run_id: &str| Command::StartRun {
+        run_id: run_id.into(),
+        flow: "north".into(),
+        version: 1,
+        input: b"{}".to_vec(),
+        correlation_id: String::new(),
+        idempotency_key: String::new(),
+        at_ms: 10,
+    };
+    let offer = |node: u64, keys: &[(&str, u32)]| Command::NodeSlots {
+        node,
+        offer: NodeSlots { slots: keys.iter().map(|(key, slots)| (key.to_string(), *slots)).collect(), load_milli: 0 },
+    };
+    let node_of = |run: &str| {
+        let record = reader.run(run).unwrap().unwrap();
+        record.steps["a"].attempts.last().and_then(|attempt| attempt.node)
+    };
+    // Node 1 serves the block without the label; node 2 with a south worker.
+    let commands = vec![put, offer(1, &[("noop", 4)]), offer(2, &[("noop", 1), ("noop[site=south]", 1)]), start("r1")];
+    let entries: Vec<_> = commands.into_iter().enumerate().map(|(i, c)| command_entry(1, i as u64 + 1, c)).collect();
+    sm.apply(entries).await.unwrap();
+    assert_eq!(node_of("r1"), None, "no node offers site=north: queued");
+    assert_eq!(reader.ready_tasks(10, 10).unwrap()[0].spec.placement_key(), "noop[site=north]");
+
+    // Node 3's worker is labelled site=north (and more): it gets the task,
+    // though node 1 has more room and a lower id.
+    let commands = vec![offer(3, &[("noop", 1), ("noop[site=north]", 1), ("noop[gpu=yes,site=north]", 1)]), start("r2")];
+    let entries: Vec<_> = commands.into_iter().enumerate().map(|(i, c)| command_entry(1, i as u64 + 5, c)).collect();
+    sm.apply(entries).await.unwrap();
+    assert_eq!(node_of("r2"), Some(3));
+    assert_eq!(reader.placed_count(3, "noop[site=north]").unwrap(), 1);
+    assert_eq!(reader.placed_count(1, "noop").unwrap(), 0);
+}

@@ -30,7 +30,10 @@ pub use model::{
     ForkBranch, ForkStep, InferenceStep, JoinStep, TensorEncoding, INFERENCE_BLOCK_PREFIX, MapStep, MapTask, Mapping, RetryPolicy, SignalStep, Step, SubflowStep,
     TaskStep, TerminateStep, Timeouts, TransformStep, WaitStep, STEP_TYPES,
 };
-pub use names::{is_block_name, is_flow_name, is_model_name, is_step_id};
+pub use names::{
+    is_block_name, is_flow_name, is_label_key, is_label_value, is_model_name, is_step_id, label_subsets, placement_key,
+    MAX_LABELS,
+};
 pub use schema::{validate_input, InputSchema, SchemaType};
 
 use serde_json::Value;

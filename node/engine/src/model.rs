@@ -268,6 +268,9 @@ pub struct TaskStep {
     pub description: Option<String>,
     /// Block name, `^[a-z][a-z0-9_.-]{0,62}$`.
     pub block: String,
+    /// Labels a worker must have declared to get this step's tasks.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub worker_labels: BTreeMap<String, String>,
     /// The block's input.
     pub input: Mapping,
     /// Retry policy; one attempt when absent.
@@ -419,6 +422,9 @@ pub struct JoinStep {
 pub struct MapTask {
     /// Block name.
     pub block: String,
+    /// Labels a worker must have declared to get the items' tasks.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub worker_labels: BTreeMap<String, String>,
     /// The block's input; may use `item` and `index`.
     pub input: Mapping,
     /// Retry policy per item.

@@ -38,6 +38,52 @@ pub fn is_block_name(text: &str) -> bool {
     })
 }
 
+/// Most labels a worker declares or a step requires: a worker offers a slot
+/// for every subset of its labels (`label_subsets`), so this stays small.
+pub const MAX_LABELS: usize = 4;
+
+/// A label key: `^[a-z][a-z0-9_.-]{0,62}$`, as block names.
+pub fn is_label_key(text: &str) -> bool {
+    is_block_name(text)
+}
+
+/// A label value: `^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$`.
+pub fn is_label_value(text: &str) -> bool {
+    let mut chars = text.chars();
+    chars.next().is_some_and(|first| first.is_ascii_alphanumeric())
+        && text.len() <= MAX_NAME_CHARS
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.' || c == '-')
+}
+
+/// What placement matches a task on: its block, and the worker labels it
+/// requires as `block[key=value,...]` (keys in order). Names and values
+/// cannot hold `[`, `=` or `,`, so the text is unambiguous.
+pub fn placement_key(block: &str, labels: &std::collections::BTreeMap<String, String>) -> String {
+    if labels.is_empty() {
+        return block.to_string();
+    }
+    let pairs: Vec<String> = labels.iter().map(|(key, value)| format!("{key}={value}")).collect();
+    format!("{block}[{}]", pairs.join(","))
+}
+
+/// Every subset of `labels` (the empty one first): the label requirements a
+/// worker with these labels satisfies.
+pub fn label_subsets(
+    labels: &std::collections::BTreeMap<String, String>,
+) -> Vec<std::collections::BTreeMap<String, String>> {
+    let pairs: Vec<(&String, &String)> = labels.iter().take(MAX_LABELS).collect();
+    (0u32..1 << pairs.len())
+        .map(|mask| {
+            pairs
+                .iter()
+                .enumerate()
+                .filter(|(bit, _)| mask & (1 << bit) != 0)
+                .map(|(_, (key, value))| ((*key).clone(), (*value).clone()))
+                .collect()
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -53,5 +99,18 @@ mod tests {
         assert!(!is_step_id("2classify"));
         assert!(is_block_name("ocr.v2-fast"));
         assert!(!is_block_name(""));
+        assert!(is_label_key("site") && !is_label_key("Site") && !is_label_key("a=b"));
+        assert!(is_label_value("North-1.b") && !is_label_value("") && !is_label_value("a,b") && !is_label_value("[x"));
+    }
+
+    #[test]
+    fn placement_keys_and_the_requirements_a_worker_satisfies() {
+        let labels: std::collections::BTreeMap<String, String> =
+            [("site".to_string(), "north".to_string()), ("gpu".to_string(), "yes".to_string())].into_iter().collect();
+        assert_eq!(placement_key("ocr", &Default::default()), "ocr");
+        assert_eq!(placement_key("ocr", &labels), "ocr[gpu=yes,site=north]");
+        let keys: Vec<String> = label_subsets(&labels).iter().map(|subset| placement_key("ocr", subset)).collect();
+        assert_eq!(keys, ["ocr", "ocr[gpu=yes]", "ocr[site=north]", "ocr[gpu=yes,site=north]"]);
+        assert_eq!(label_subsets(&Default::default()).len(), 1);
     }
 }

@@ -1,8 +1,10 @@
 //! Per-step value checks: names, counts and numeric ranges.
 
+use std::collections::BTreeMap;
+
 use crate::error::{push_index, push_key, ValidationError};
 use crate::model::{ErrorAction, RetryPolicy, Step, Timeouts, INFERENCE_BLOCK_PREFIX};
-use crate::names::{is_block_name, is_flow_name, is_model_name, is_step_id};
+use crate::names::{is_block_name, is_flow_name, is_label_key, is_label_value, is_model_name, is_step_id, MAX_LABELS};
 
 /// Most cases in one decision.
 pub const MAX_DECISION_CASES: usize = 100;
@@ -20,6 +22,7 @@ pub(crate) fn check_step_values(step: &Step, path: &str, errors: &mut Vec<Valida
                     format!("block names starting with \"{INFERENCE_BLOCK_PREFIX}\" are reserved for inference steps"),
                 ));
             }
+            check_worker_labels(&task.worker_labels, &push_key(path, "worker_labels"), errors);
             check_attempt_policy(task.retry.as_ref(), task.timeouts.as_ref(), task.on_error.as_ref(), path, errors);
         }
         Step::Inference(inference) => {
@@ -104,6 +107,7 @@ pub(crate) fn check_step_values(step: &Step, path: &str, errors: &mut Vec<Valida
             }
             let task_path = push_key(path, "task");
             check_block(&map.task.block, &push_key(&task_path, "block"), errors);
+            check_worker_labels(&map.task.worker_labels, &push_key(&task_path, "worker_labels"), errors);
             if let Some(retry) = &map.task.retry {
                 check_retry(retry, &push_key(&task_path, "retry"), errors);
             }
@@ -196,6 +200,30 @@ fn check_attempt_policy(
     }
     if let Some(action) = on_error {
         check_action(action, &push_key(path, "on_error"), errors);
+    }
+}
+
+fn check_worker_labels(labels: &BTreeMap<String, String>, path: &str, errors: &mut Vec<ValidationError>) {
+    if labels.len() > MAX_LABELS {
+        errors.push(ValidationError::new(
+            path,
+            format!("at most {MAX_LABELS} worker labels, found {}", labels.len()),
+        ));
+    }
+    for (key, value) in labels {
+        let label_path = push_key(path, key);
+        if !is_label_key(key) {
+            errors.push(ValidationError::new(
+                label_path.clone(),
+                format!("invalid label key \"{key}\": must match ^[a-z][a-z0-9_.-]{{0,62}}$"),
+            ));
+        }
+        if !is_label_value(value) {
+            errors.push(ValidationError::new(
+                label_path,
+                format!("invalid label value \"{value}\": must match ^[A-Za-z0-9][A-Za-z0-9_.-]{{0,62}}$"),
+            ));
+        }
     }
 }
 

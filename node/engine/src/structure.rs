@@ -26,6 +26,7 @@ enum Shape {
     Cases,
     Branches,
     MapTask,
+    Labels,
     Schema,
     Steps,
 }
@@ -82,6 +83,7 @@ const BRANCH_FIELDS: &[Field] = &[req("name", Shape::Str), req("start", Shape::S
 
 const MAP_TASK_FIELDS: &[Field] = &[
     req("block", Shape::Str),
+    opt("worker_labels", Shape::Labels),
     req("input", Shape::Mapping),
     opt("retry", Shape::Retry),
     opt("timeouts", Shape::Timeouts),
@@ -91,6 +93,7 @@ const MAP_TASK_FIELDS: &[Field] = &[
 fn step_fields(step_type: &str) -> &'static [Field] {
     const TASK: &[Field] = &[
         req("block", Shape::Str),
+        opt("worker_labels", Shape::Labels),
         req("input", Shape::Mapping),
         opt("retry", Shape::Retry),
         opt("timeouts", Shape::Timeouts),
@@ -364,6 +367,14 @@ fn check_shape(value: &Value, path: &str, shape: Shape, errors: &mut Vec<Validat
         Shape::Cases => check_array_of(value, path, CASE_FIELDS, errors),
         Shape::Branches => check_array_of(value, path, BRANCH_FIELDS, errors),
         Shape::MapTask => check_object(value, path, MAP_TASK_FIELDS, errors),
+        Shape::Labels => match value {
+            Value::Object(object) => {
+                for (key, label) in object {
+                    check_shape(label, &push_key(path, key), Shape::Str, errors);
+                }
+            }
+            other => errors.push(type_error(path, "an object of label values", other)),
+        },
         Shape::Schema => schema::check_schema_shape(value, path, errors),
         Shape::Steps => {
             // Each step is checked on its own by the caller; only the

@@ -106,6 +106,31 @@ fn invalid_step_id() {
 }
 
 #[test]
+fn worker_labels_are_checked_and_reach_the_task() {
+    let mut step = task("a", None);
+    step["worker_labels"] = json!({"site": "north", "gpu": "yes"});
+    let bytes = serde_json::to_vec(&flow(vec![step.clone()])).expect("serializes");
+    let definition = parse_flow(&bytes).expect("valid");
+    let crate::Step::Task(parsed) = &definition.steps[0] else {
+        panic!("a task step")
+    };
+    assert_eq!(parsed.worker_labels.len(), 2);
+
+    step["worker_labels"] = json!({"Site": "north", "zone": "a,b"});
+    let mut typed = task("t", None);
+    typed["worker_labels"] = json!({"rack": 3});
+    let mut map = json!({"id": "m", "type": "map", "items": "input.list",
+        "task": {"block": "noop", "input": "item", "worker_labels": {"a": "1", "b": "2", "c": "3", "d": "4", "e": "5"}}});
+    let errors = errors_of(flow(vec![step, map.clone(), typed]));
+    assert_error(&errors, "$.steps[0].worker_labels.Site", "invalid label key \"Site\"");
+    assert_error(&errors, "$.steps[0].worker_labels.zone", "invalid label value \"a,b\"");
+    assert_error(&errors, "$.steps[2].worker_labels.rack", "expected a string");
+    assert_error(&errors, "$.steps[1].task.worker_labels", "at most 4 worker labels, found 5");
+    map["task"]["worker_labels"] = json!("site=north");
+    assert_error(&errors_of(flow(vec![map])), "$.steps[0].task.worker_labels", "expected an object of label values");
+}
+
+#[test]
 fn duplicate_step_id() {
     let document = flow(vec![task("a", Some("b")), task("b", None), task("a", None)]);
     assert_error(

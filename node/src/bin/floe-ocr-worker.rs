@@ -242,6 +242,7 @@ fn main() -> anyhow::Result<()> {
             .map(|stage| stage.block().to_string())
             .collect(),
         concurrency: args.concurrency,
+        labels: Default::default(),
     };
     tokio::runtime::Runtime::new()?.block_on(async move {
         let cancel = CancellationToken::new();

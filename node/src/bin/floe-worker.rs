@@ -41,9 +41,20 @@ struct Args {
     blocks: Vec<String>,
     #[arg(long, default_value_t = 4)]
     concurrency: u32,
+    /// `KEY=VALUE` label declared to the node (repeatable); steps with
+    /// `worker_labels` go only to workers that have all of theirs.
+    #[arg(long = "label", value_parser = parse_label)]
+    labels: Vec<(String, String)>,
     /// Append one JSON line per execution here.
     #[arg(long)]
     record: Option<PathBuf>,
+}
+
+fn parse_label(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.is_empty() && !value.is_empty() => Ok((key.to_string(), value.to_string())),
+        _ => Err(format!("label {text:?} is not KEY=VALUE")),
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -164,6 +175,7 @@ async fn main() -> anyhow::Result<()> {
         worker_id: args.id,
         blocks: behaviours.keys().cloned().collect(),
         concurrency: args.concurrency,
+        labels: args.labels.into_iter().collect(),
     };
     let cancel = CancellationToken::new();
     let on_signal = cancel.clone();

@@ -96,10 +96,20 @@ pub struct TaskSpec {
     /// The fencing number: a result for another attempt is refused.
     pub attempt: u32,
     pub block: String,
+    /// Only workers that declared these labels get the task.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub worker_labels: BTreeMap<String, String>,
     pub input: Value,
     /// Not to be delivered before this time (retry backoff); 0 = now.
     pub not_before_ms: u64,
     pub timeouts: Timeouts,
+}
+
+impl TaskSpec {
+    /// What placement matches on: the block and the required labels.
+    pub fn placement_key(&self) -> String {
+        crate::names::placement_key(&self.block, &self.worker_labels)
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -2,6 +2,7 @@
 //! retries with backoff, task timeouts, and the map step's item window.
 
 use std::borrow::Cow;
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -73,6 +74,7 @@ impl MapItem {
 /// What a slot runs: block, retry policy and timeouts.
 struct SlotSpec<'a> {
     block: Cow<'a, str>,
+    worker_labels: Option<&'a BTreeMap<String, String>>,
     retry: Option<&'a RetryPolicy>,
     timeouts: Option<&'a Timeouts>,
 }
@@ -97,16 +99,19 @@ impl<'a> Machine<'a> {
         match self.step_at(step_id)?.1 {
             Step::Task(task) => Some(SlotSpec {
                 block: Cow::Borrowed(&task.block),
+                worker_labels: Some(&task.worker_labels),
                 retry: task.retry.as_ref(),
                 timeouts: task.timeouts.as_ref(),
             }),
             Step::Inference(inference) => Some(SlotSpec {
                 block: Cow::Owned(inference.block()),
+                worker_labels: None,
                 retry: inference.retry.as_ref(),
                 timeouts: inference.timeouts.as_ref(),
             }),
             Step::Map(map) => Some(SlotSpec {
                 block: Cow::Borrowed(&map.task.block),
+                worker_labels: Some(&map.task.worker_labels),
                 retry: map.task.retry.as_ref(),
                 timeouts: map.task.timeouts.as_ref(),
             }),
@@ -154,6 +159,7 @@ impl<'a> Machine<'a> {
             key: key.clone(),
             attempt,
             block: spec.block.to_string(),
+            worker_labels: spec.worker_labels.cloned().unwrap_or_default(),
             input,
             not_before_ms,
             timeouts: timeouts.clone(),
