@@ -104,7 +104,7 @@ async fn python_worker_serves_a_flow() {
         .arg(cluster.client_dir.join("client.pem"))
         .arg("--key")
         .arg(cluster.client_dir.join("client-key.pem"))
-        .args(["--id", "py1", "--block", "upper", "--block", "word_count", "--concurrency", "2"])
+        .args(["--id", "py1", "--block", "upper", "--block", "word_count", "--concurrency", "2", "--label", "lang=python"])
         .arg("--stubs")
         .arg(stubs.path())
         .env("PYTHONUNBUFFERED", "1")
@@ -116,7 +116,10 @@ async fn python_worker_serves_a_flow() {
     let _worker = WorkerGuard { child, log };
 
     let mut client = cluster.client(1).await.unwrap();
-    let definition = br#"{"name":"shout","steps":[{"id":"up","type":"task","block":"upper","input":"input"}]}"#.to_vec();
+    // The step requires a label only the Python worker declares.
+    let definition = br#"{"name":"shout","steps":[{"id":"up","type":"task","block":"upper","input":"input",
+        "worker_labels":{"lang":"python"}}]}"#
+        .to_vec();
     client.flows.put(api::PutFlowRequest { definition }).await.unwrap();
 
     // The run waits for a worker serving `upper`: the Python one, once attached.
@@ -126,6 +129,7 @@ async fn python_worker_serves_a_flow() {
     assert_eq!(run["output"], json!("HELLO"), "{run:#}");
     let attempts = run["steps"]["up"]["attempts"].as_array().unwrap();
     assert_eq!(attempts.len(), 1, "{run:#}");
+    assert_eq!(attempts[0]["worker"], "py1", "{run:#}");
 
     // A non-string input fails for good (retryable = false), with the reason.
     let run_id = start(&mut client, b"5").await;

@@ -88,6 +88,13 @@ def parse_args(argv):
     )
     parser.add_argument("--concurrency", type=int, default=4, help="tasks run at once (default 4)")
     parser.add_argument(
+        "--label",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a label declared to the node (repeatable); steps with worker_labels need all of theirs",
+    )
+    parser.add_argument(
         "--stubs",
         default=os.path.join(HERE, "gen"),
         help="directory holding floe_pb2.py and floe_pb2_grpc.py (default: gen/ next to this file)",
@@ -98,6 +105,12 @@ def parse_args(argv):
         parser.error("missing " + ", ".join("--" + flag for flag in missing))
     if args.concurrency < 1:
         parser.error("--concurrency must be at least 1")
+    args.labels = {}
+    for label in args.label:
+        key, sep, value = label.partition("=")
+        if not sep or not key or not value:
+            parser.error(f"--label {label!r} is not KEY=VALUE")
+        args.labels[key] = value
     args.endpoints = [e.strip() for e in args.endpoint.split(",") if e.strip()]
     if not args.endpoints:
         parser.error("--endpoint names no address")
@@ -166,7 +179,10 @@ class Worker:
     def serve_once(self, endpoint):
         outbound = queue.Queue()
         hello = self.pb2.WorkerHello(
-            worker_id=self.args.id, blocks=self.args.blocks, concurrency=self.args.concurrency
+            worker_id=self.args.id,
+            blocks=self.args.blocks,
+            concurrency=self.args.concurrency,
+            labels=self.args.labels,
         )
         outbound.put(self.pb2.WorkerMessage(hello=hello))
 
