@@ -31,10 +31,11 @@ const BATCH: usize = 256;
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct NodeReport {
     pub node_id: NodeId,
-    /// Free worker slots per block, net of tasks placed and not yet pushed.
+    /// Free worker slots per placement key (a block, or a block with worker
+    /// labels), net of tasks placed and not yet pushed.
     pub free_slots: BTreeMap<String, u32>,
-    /// All worker and model replica slots per block, busy or not: what the
-    /// node offers to placement inside apply.
+    /// All worker and model replica slots per placement key, busy or not:
+    /// what the node offers to placement inside apply.
     pub capacity: BTreeMap<String, u32>,
     pub running_tasks: u32,
     /// 1-minute load average divided by cores.
