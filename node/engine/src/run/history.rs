@@ -3,6 +3,8 @@
 //! events are derived from it, so a watcher that joins late (or misses an
 //! update) replays the history from an earlier record, or from none.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use super::{AttemptRecord, RunRecord, RunStatus, StepRecord, StepStatus};
@@ -151,12 +153,17 @@ fn step_history(
             id,
         ));
     }
-    for attempt in &after.attempts {
-        let earlier = before.and_then(|step| {
+    // Indexed: a map step can hold many thousands of attempts.
+    let known: BTreeMap<(Option<u32>, u32), &AttemptRecord> = before
+        .map(|step| {
             step.attempts
                 .iter()
-                .find(|old| old.attempt == attempt.attempt && old.item == attempt.item)
-        });
+                .map(|old| ((old.item, old.attempt), old))
+                .collect()
+        })
+        .unwrap_or_default();
+    for attempt in &after.attempts {
+        let earlier = known.get(&(attempt.item, attempt.attempt)).copied();
         if earlier.is_none() {
             events.push(HistoryEvent::of_attempt(
                 attempt.scheduled_at_ms,
