@@ -224,7 +224,7 @@ pub async fn schedule(node: Arc<Node>, cancel: CancellationToken) -> anyhow::Res
             };
             headroom.take(&task);
             if let Some(report) = reports.get_mut(&target) {
-                if let Some(slots) = report.free_slots.get_mut(&key) {
+                if let Some(slots) = report.free_slots.get_mut(key.as_ref()) {
                     *slots = slots.saturating_sub(1);
                 }
                 report.running_tasks += 1;

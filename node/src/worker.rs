@@ -36,6 +36,34 @@ pub trait Handler: Send + Sync + 'static {
     fn run(&self, task: Task) -> BoxFuture<'static, Result<serde_json::Value, TaskError>>;
 }
 
+/// The connection flags every worker binary takes.
+#[derive(clap::Args, Clone, Debug)]
+pub struct WorkerConnection {
+    /// Node API address(es), comma separated.
+    #[arg(long, env = "FLOE_ENDPOINT")]
+    pub endpoint: String,
+    #[arg(long, env = "FLOE_CA")]
+    pub ca: std::path::PathBuf,
+    #[arg(long, env = "FLOE_CERT")]
+    pub cert: std::path::PathBuf,
+    #[arg(long, env = "FLOE_KEY")]
+    pub key: std::path::PathBuf,
+}
+
+impl WorkerConnection {
+    pub fn client_options(self) -> ClientOptions {
+        ClientOptions {
+            endpoints: self.endpoint.split(',').map(|endpoint| endpoint.trim().to_string()).collect(),
+            ca: self.ca,
+            cert: self.cert,
+            key: self.key,
+            connect_timeout: Duration::from_secs(2),
+            // Zero: no deadline; the task stream lives as long as the worker.
+            request_timeout: Duration::ZERO,
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct WorkerOptions {
     pub client: ClientOptions,

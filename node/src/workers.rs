@@ -150,7 +150,7 @@ impl WorkerRegistry {
         let Ok(mut workers) = self.workers.lock() else { return false };
         let chosen = workers
             .iter_mut()
-            .filter(|(_, worker)| worker.keys.contains(&key) && worker.free() > 0)
+            .filter(|(_, worker)| worker.keys.contains(key.as_ref()) && worker.free() > 0)
             .min_by_key(|(_, worker)| worker.in_flight.len());
         let Some((_, worker)) = chosen else { return false };
         let message = api::WorkerTask {
@@ -526,7 +526,7 @@ pub fn queued_blocks(node: &Node) -> BTreeMap<String, u32> {
     let mut queued = BTreeMap::new();
     if let Ok(placed) = node.reader.placed_tasks(node.id, |task, attempt| !dispatched(node, task, attempt)) {
         for task in placed.into_iter().filter_map(|(_, _, record)| record) {
-            *queued.entry(task.spec.placement_key()).or_default() += 1;
+            *queued.entry(task.spec.placement_key().into_owned()).or_default() += 1;
         }
     }
     queued

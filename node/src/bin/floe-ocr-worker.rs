@@ -8,15 +8,13 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
 use floe_inference::ocr::stages::{self, StageError};
 use floe_inference::ocr::{Charset, OcrOptions};
 use floe_inference::{inspect_model, DevRuntimeFiles, ModelSignature, OrtRuntime};
-use floe_node::client::ClientOptions;
-use floe_node::worker::{run_worker, Handler, Task, TaskError, WorkerOptions};
+use floe_node::worker::{run_worker, Handler, Task, TaskError, WorkerConnection, WorkerOptions};
 use futures::future::BoxFuture;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
@@ -25,15 +23,8 @@ use tracing::info;
 #[derive(Parser)]
 #[command(about = "floe worker for the OCR flow's image stages")]
 struct Args {
-    /// Node API address(es), comma separated.
-    #[arg(long, env = "FLOE_ENDPOINT")]
-    endpoint: String,
-    #[arg(long, env = "FLOE_CA")]
-    ca: PathBuf,
-    #[arg(long, env = "FLOE_CERT")]
-    cert: PathBuf,
-    #[arg(long, env = "FLOE_KEY")]
-    key: PathBuf,
+    #[command(flatten)]
+    connection: WorkerConnection,
     #[arg(long, default_value = "ocr-worker")]
     id: String,
     /// Stages run at once (each on a blocking thread).
@@ -223,19 +214,7 @@ fn main() -> anyhow::Result<()> {
         stages: Arc::new(OcrStages { models, options }),
     };
     let worker_options = WorkerOptions {
-        client: ClientOptions {
-            endpoints: args
-                .endpoint
-                .split(',')
-                .map(|endpoint| endpoint.trim().to_string())
-                .collect(),
-            ca: args.ca,
-            cert: args.cert,
-            key: args.key,
-            connect_timeout: Duration::from_secs(2),
-            // Zero: no deadline; the task stream lives as long as the worker.
-            request_timeout: Duration::ZERO,
-        },
+        client: args.connection.client_options(),
         worker_id: args.id,
         blocks: Stage::ALL
             .iter()

@@ -16,8 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use clap::Parser;
-use floe_node::client::ClientOptions;
-use floe_node::worker::{run_worker, Handler, Task, TaskError, WorkerOptions};
+use floe_node::worker::{run_worker, Handler, Task, TaskError, WorkerConnection, WorkerOptions};
 use futures::future::BoxFuture;
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
@@ -25,15 +24,8 @@ use tokio_util::sync::CancellationToken;
 #[derive(Parser)]
 #[command(about = "Example floe worker")]
 struct Args {
-    /// Node API address(es), comma separated.
-    #[arg(long, env = "FLOE_ENDPOINT")]
-    endpoint: String,
-    #[arg(long, env = "FLOE_CA")]
-    ca: PathBuf,
-    #[arg(long, env = "FLOE_CERT")]
-    cert: PathBuf,
-    #[arg(long, env = "FLOE_KEY")]
-    key: PathBuf,
+    #[command(flatten)]
+    connection: WorkerConnection,
     #[arg(long, default_value = "example-worker")]
     id: String,
     /// `NAME=BEHAVIOUR` (repeatable).
@@ -163,15 +155,7 @@ async fn main() -> anyhow::Result<()> {
     };
     let blocks = Arc::new(Blocks { behaviours: behaviours.clone(), worker_id: args.id.clone(), record });
     let options = WorkerOptions {
-        client: ClientOptions {
-            endpoints: args.endpoint.split(',').map(|e| e.trim().to_string()).collect(),
-            ca: args.ca,
-            cert: args.cert,
-            key: args.key,
-            connect_timeout: Duration::from_secs(2),
-            // Zero: no deadline; the task stream lives as long as the worker.
-            request_timeout: Duration::ZERO,
-        },
+        client: args.connection.client_options(),
         worker_id: args.id,
         blocks: behaviours.keys().cloned().collect(),
         concurrency: args.concurrency,

@@ -106,9 +106,14 @@ pub struct TaskSpec {
 }
 
 impl TaskSpec {
-    /// What placement matches on: the block and the required labels.
-    pub fn placement_key(&self) -> String {
-        crate::names::placement_key(&self.block, &self.worker_labels)
+    /// What placement matches on: the block and the required labels
+    /// (borrowed when there are none, as for most tasks; apply asks often).
+    pub fn placement_key(&self) -> std::borrow::Cow<'_, str> {
+        if self.worker_labels.is_empty() {
+            std::borrow::Cow::Borrowed(&self.block)
+        } else {
+            std::borrow::Cow::Owned(crate::names::placement_key(&self.block, &self.worker_labels))
+        }
     }
 }
 
