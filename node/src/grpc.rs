@@ -550,7 +550,14 @@ impl Runs for RunsApi {
         let run_id = request.into_inner().run_id;
         // Subscribed before the first read, so no change falls in between.
         let mut changes = self.node.changes.watch_run(&run_id);
-        let first = self.node.get_run(&run_id, true).await?;
+        // Every later change streams from this node's applied state, so a
+        // run already here needs no quorum round; one not here yet (started
+        // a moment ago through another node) takes a read barrier, and one
+        // absent after it does not exist.
+        let first = match self.node.reader.run(&run_id) {
+            Ok(Some(run)) => run,
+            _ => self.node.get_run(&run_id, true).await?,
+        };
         let (sender, receiver) = tokio::sync::mpsc::channel(16);
         let node = self.node.clone();
         tokio::spawn(async move {

@@ -1,5 +1,10 @@
 use clap::Parser;
 
+// A node makes many small, short-lived allocations per entry (records,
+// messages); glibc malloc was a sixth of a loaded node's CPU.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     let cli = floe_node::cli::Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
