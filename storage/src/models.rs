@@ -122,26 +122,26 @@ pub(crate) fn put_model(
     signature: &[u8],
     at_ms: u64,
 ) -> Result<CommandResponse, TxError> {
-    if let Some(version) = tx.get_json::<u64>(&keys::model_hash(name, hash), &format!("model {name} hash"))? {
+    if let Some(version) = tx.get_json::<u64>(&keys::model_hash(name, hash), format_args!("model {name} hash"))? {
         return Ok(CommandResponse::ModelPut { version, created: false });
     }
     let signature: serde_json::Value = match serde_json::from_slice(signature) {
         Ok(signature) => signature,
         Err(err) => return Ok(refused(format!("model {name}: signature is not JSON: {err}"))),
     };
-    let latest = tx.get_json::<u64>(&keys::model_latest(name), &format!("model {name} latest"))?.unwrap_or(0);
+    let latest = tx.get_json::<u64>(&keys::model_latest(name), format_args!("model {name} latest"))?.unwrap_or(0);
     let version = latest + 1;
     let record = ModelRecord { name: name.to_string(), version, hash: hash.to_string(), size, signature, created_at_ms: at_ms };
-    tx.put_json(keys::model_def(name, version), &record, &format!("model {name} v{version}"))?;
-    tx.put_json(keys::model_hash(name, hash), &version, &format!("model {name} hash"))?;
-    tx.put_json(keys::model_latest(name), &version, &format!("model {name} latest"))?;
+    tx.put_json(keys::model_def(name, version), &record, format_args!("model {name} v{version}"))?;
+    tx.put_json(keys::model_hash(name, hash), &version, format_args!("model {name} hash"))?;
+    tx.put_json(keys::model_latest(name), &version, format_args!("model {name} latest"))?;
     tx.mark(keys::blob_owner(hash, &keys::model_owner(name, version)))?;
     Ok(CommandResponse::ModelPut { version, created: true })
 }
 
 pub(crate) fn deploy(tx: &RunTx<'_>, deployment: &Deployment) -> Result<CommandResponse, TxError> {
     let (name, version) = (&deployment.model, deployment.version);
-    if tx.get_json::<ModelRecord>(&keys::model_def(name, version), &format!("model {name} v{version}"))?.is_none() {
+    if tx.get_json::<ModelRecord>(&keys::model_def(name, version), format_args!("model {name} v{version}"))?.is_none() {
         return Ok(refused(format!("model {name} has no version {version}")));
     }
     let problems = deployment.spec.problems();
@@ -150,14 +150,14 @@ pub(crate) fn deploy(tx: &RunTx<'_>, deployment: &Deployment) -> Result<CommandR
     }
     let key = keys::model_deployment(name, version);
     let what = format!("deployment {name} v{version}");
-    if let Some(previous) = tx.get_json::<Deployment>(&key, &what)? {
+    if let Some(previous) = tx.get_json::<Deployment>(&key, format_args!("{what}"))? {
         if previous.spec == deployment.spec {
             return Ok(CommandResponse::Applied);
         }
         // Changed settings: every replica is built again with them.
         remove_replicas(tx, name, version)?;
     }
-    tx.put_json(key, deployment, &what)?;
+    tx.put_json(key, deployment, format_args!("{what}"))?;
     Ok(CommandResponse::Applied)
 }
 
@@ -199,7 +199,7 @@ pub(crate) fn change_replicas(tx: &RunTx<'_>, changes: &[ReplicaChange], at_ms: 
 fn change_replica(tx: &RunTx<'_>, change: &ReplicaChange, at_ms: u64) -> Result<Option<String>, TxError> {
     let (name, version, replica) = (&change.model, change.version, change.replica);
     let label = format!("replica {replica} of {name} v{version}");
-    let Some(deployment) = tx.get_json::<Deployment>(&keys::model_deployment(name, version), &format!("deployment {name} v{version}"))?
+    let Some(deployment) = tx.get_json::<Deployment>(&keys::model_deployment(name, version), format_args!("deployment {name} v{version}"))?
     else {
         return Ok(Some(format!("{label}: model is not deployed")));
     };
@@ -234,7 +234,7 @@ fn change_replica(tx: &RunTx<'_>, change: &ReplicaChange, at_ms: u64) -> Result<
         }
         (_, Some(share)) => {
             let mine = tx
-                .get_json::<ReplicaRecord>(&key, &label)?
+                .get_json::<ReplicaRecord>(&key, format_args!("{label}"))?
                 .filter(|old| old.node == Some(node))
                 .and_then(|old| old.gpu)
                 .filter(|old| old.device == share.device)
@@ -267,7 +267,7 @@ fn change_replica(tx: &RunTx<'_>, change: &ReplicaChange, at_ms: u64) -> Result<
 /// Writes (or with `None` removes) a replica record, moving the GPU share
 /// counters of the record it replaces and of the new one.
 fn set_replica(tx: &RunTx<'_>, key: Vec<u8>, record: Option<&ReplicaRecord>, label: &str) -> Result<(), TxError> {
-    if let Some(old) = tx.get_json::<ReplicaRecord>(&key, label)? {
+    if let Some(old) = tx.get_json::<ReplicaRecord>(&key, format_args!("{label}"))? {
         if let (Some(node), Some(share)) = (old.node, old.gpu) {
             let used = gpu_used(tx, node, share.device)?;
             put_gpu_used(tx, node, share.device, used.saturating_sub(share.milli))?;
@@ -279,7 +279,7 @@ fn set_replica(tx: &RunTx<'_>, key: Vec<u8>, record: Option<&ReplicaRecord>, lab
                 let used = gpu_used(tx, node, share.device)?;
                 put_gpu_used(tx, node, share.device, used + share.milli)?;
             }
-            tx.put_json(key, record, label)
+            tx.put_json(key, record, format_args!("{label}"))
         }
         None => {
             tx.data.remove(key)?;
@@ -290,7 +290,7 @@ fn set_replica(tx: &RunTx<'_>, key: Vec<u8>, record: Option<&ReplicaRecord>, lab
 
 /// Thousandths of GPU `device` on `node` held by placed replicas.
 fn gpu_used(tx: &RunTx<'_>, node: NodeId, device: u32) -> Result<u32, TxError> {
-    Ok(tx.get_json::<u32>(&keys::gpu_used(node, device), &format!("GPU {device} of node {node}"))?.unwrap_or(0))
+    Ok(tx.get_json::<u32>(&keys::gpu_used(node, device), format_args!("GPU {device} of node {node}"))?.unwrap_or(0))
 }
 
 fn put_gpu_used(tx: &RunTx<'_>, node: NodeId, device: u32, used: u32) -> Result<(), TxError> {
@@ -299,5 +299,5 @@ fn put_gpu_used(tx: &RunTx<'_>, node: NodeId, device: u32, used: u32) -> Result<
         tx.data.remove(key)?;
         return Ok(());
     }
-    tx.put_json(key, &used, &format!("GPU {device} of node {node}"))
+    tx.put_json(key, &used, format_args!("GPU {device} of node {node}"))
 }

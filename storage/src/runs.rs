@@ -23,6 +23,10 @@ use crate::error::StoreError;
 use crate::keys;
 use crate::types::{CommandResponse, FlowRecord};
 
+/// Names a record in errors; formatted only when one is reported (apply
+/// reads and writes dozens of records per entry).
+pub(crate) type Label<'a> = std::fmt::Arguments<'a>;
+
 pub(crate) type TxError = sled::transaction::ConflictableTransactionError<Box<StoreError>>;
 
 pub(crate) fn abort(error: StoreError) -> TxError {
@@ -92,7 +96,7 @@ pub(crate) struct RunTx<'a> {
 }
 
 impl RunTx<'_> {
-    pub(crate) fn get_json<T: DeserializeOwned>(&self, key: &[u8], what: &str) -> Result<Option<T>, TxError> {
+    pub(crate) fn get_json<T: DeserializeOwned>(&self, key: &[u8], what: Label<'_>) -> Result<Option<T>, TxError> {
         let Some(bytes) = self.data.get(key)? else { return Ok(None) };
         let json = codec::decode_bytes(|| format!("{} {what}", self.tree_name), &bytes).map_err(abort)?;
         serde_json::from_slice(json)
@@ -100,12 +104,12 @@ impl RunTx<'_> {
             .map_err(|err| abort(StoreError::Json { record: format!("{} {what}", self.tree_name), reason: err.to_string() }))
     }
 
-    pub(crate) fn put_json<T: Serialize>(&self, key: Vec<u8>, value: &T, what: &str) -> Result<(), TxError> {
+    pub(crate) fn put_json<T: Serialize>(&self, key: Vec<u8>, value: &T, what: Label<'_>) -> Result<(), TxError> {
         self.put_json_bytes(key, value, what).map(|_| ())
     }
 
     /// Stores `value`; hands back its JSON so callers can index what it holds.
-    fn put_json_bytes<T: Serialize>(&self, key: Vec<u8>, value: &T, what: &str) -> Result<Vec<u8>, TxError> {
+    fn put_json_bytes<T: Serialize>(&self, key: Vec<u8>, value: &T, what: Label<'_>) -> Result<Vec<u8>, TxError> {
         let json = to_json(value, self.tree_name, what)?;
         let bytes = codec::encode_bytes(|| format!("{} {what}", self.tree_name), &json).map_err(abort)?;
         self.data.insert(key, bytes)?;
@@ -113,12 +117,12 @@ impl RunTx<'_> {
     }
 
     /// A bincode record (counters, node offers).
-    pub(crate) fn get_record<T: DeserializeOwned>(&self, key: &[u8], what: &str) -> Result<Option<T>, TxError> {
+    pub(crate) fn get_record<T: DeserializeOwned>(&self, key: &[u8], what: Label<'_>) -> Result<Option<T>, TxError> {
         let Some(bytes) = self.data.get(key)? else { return Ok(None) };
         codec::decode(|| format!("{} {what}", self.tree_name), &bytes).map(Some).map_err(abort)
     }
 
-    pub(crate) fn put_record<T: Serialize>(&self, key: Vec<u8>, value: &T, what: &str) -> Result<(), TxError> {
+    pub(crate) fn put_record<T: Serialize>(&self, key: Vec<u8>, value: &T, what: Label<'_>) -> Result<(), TxError> {
         let bytes = codec::encode(|| format!("{} {what}", self.tree_name), value).map_err(abort)?;
         self.data.insert(key, bytes)?;
         Ok(())
@@ -163,13 +167,13 @@ impl RunTx<'_> {
     }
 
     fn run(&self, run_id: &str) -> Result<Option<RunRecord>, TxError> {
-        self.get_json(&keys::run(run_id), &format!("run {run_id}"))
+        self.get_json(&keys::run(run_id), format_args!("run {run_id}"))
     }
 
     /// Stores the record and moves its status and finish-time index entries
     /// from `previous` (status, finish time) when they changed.
     fn save_run(&self, record: &RunRecord, previous: Option<(RunStatus, Option<u64>)>) -> Result<(), TxError> {
-        let json = self.put_json_bytes(keys::run(&record.run_id), record, &format!("run {}", record.run_id))?;
+        let json = self.put_json_bytes(keys::run(&record.run_id), record, format_args!("run {}", record.run_id))?;
         self.changed_run(&record.run_id);
         // A run holds its blobs until it is purged: references only ever get added.
         for hash in blobs::referenced_hashes(&json) {
@@ -211,7 +215,7 @@ impl RunTx<'_> {
         if let Some(finished) = record.finished_at_ms {
             self.data.remove(keys::run_by_finished(finished, run_id))?;
         }
-        let json = to_json(record, self.tree_name, &format!("run {run_id}"))?;
+        let json = to_json(record, self.tree_name, format_args!("run {run_id}"))?;
         for hash in blobs::referenced_hashes(&json) {
             self.data.remove(keys::blob_owner(&hash, &keys::run_owner(run_id)))?;
         }
@@ -225,7 +229,7 @@ impl RunTx<'_> {
     }
 }
 
-fn to_json<T: Serialize>(value: &T, tree_name: &str, what: &str) -> Result<Vec<u8>, TxError> {
+fn to_json<T: Serialize>(value: &T, tree_name: &str, what: Label<'_>) -> Result<Vec<u8>, TxError> {
     serde_json::to_vec(value)
         .map_err(|err| abort(StoreError::Json { record: format!("{tree_name} {what}"), reason: err.to_string() }))
 }
@@ -440,7 +444,7 @@ fn start_placed(
 
 fn assign_task(tx: &RunTx<'_>, key: &TaskKey, attempt: u32, node: u64, worker: &str, at_ms: u64) -> Result<(), TxError> {
     let text = task_key_text(key);
-    let Some(mut task): Option<TaskRecord> = tx.get_json(&keys::task(&text), &format!("task {text}"))? else {
+    let Some(mut task): Option<TaskRecord> = tx.get_json(&keys::task(&text), format_args!("task {text}"))? else {
         return Ok(());
     };
     if task.spec.attempt != attempt {
@@ -456,7 +460,7 @@ fn assign_task(tx: &RunTx<'_>, key: &TaskKey, attempt: u32, node: u64, worker: &
         count_placed(tx, &task, 1)?;
     }
     task.assignment = Some(Assignment { node, worker: worker.to_string(), at_ms });
-    tx.put_json(keys::task(&text), &task, &format!("task {text}"))?;
+    tx.put_json(keys::task(&text), &task, format_args!("task {text}"))?;
     tx.changed_node(node);
     slots::move_placed(tx, node, &task.spec.placement_key(), 1)?;
     tx.data.insert(keys::task_on_node(node, &text), &attempt.to_be_bytes())?;
@@ -466,30 +470,36 @@ fn assign_task(tx: &RunTx<'_>, key: &TaskKey, attempt: u32, node: u64, worker: &
 /// Removes the task only if it is still at `attempt`.
 fn remove_task_attempt(tx: &RunTx<'_>, key: &TaskKey, attempt: u32) -> Result<(), TxError> {
     let text = task_key_text(key);
-    match tx.get_json::<TaskRecord>(&keys::task(&text), &format!("task {text}"))? {
-        Some(task) if task.spec.attempt == attempt => remove_task(tx, key),
+    match tx.get_json::<TaskRecord>(&keys::task(&text), format_args!("task {text}"))? {
+        Some(task) if task.spec.attempt == attempt => drop_task(tx, &text, &task),
         _ => Ok(()),
     }
 }
 
 fn remove_task(tx: &RunTx<'_>, key: &TaskKey) -> Result<(), TxError> {
     let text = task_key_text(key);
-    let Some(task): Option<TaskRecord> = tx.get_json(&keys::task(&text), &format!("task {text}"))? else {
-        return Ok(());
-    };
+    match tx.get_json::<TaskRecord>(&keys::task(&text), format_args!("task {text}"))? {
+        Some(task) => drop_task(tx, &text, &task),
+        None => Ok(()),
+    }
+}
+
+/// Deletes the stored task `text` and frees what it held (its node's slot
+/// and counters, or its place in the queue).
+fn drop_task(tx: &RunTx<'_>, text: &str, task: &TaskRecord) -> Result<(), TxError> {
     match &task.assignment {
         Some(assignment) => {
-            tx.data.remove(keys::task_on_node(assignment.node, &text))?;
+            tx.data.remove(keys::task_on_node(assignment.node, text))?;
             tx.changed_node(assignment.node);
-            count_placed(tx, &task, -1)?;
+            count_placed(tx, task, -1)?;
             slots::move_placed(tx, assignment.node, &task.spec.placement_key(), -1)?;
         }
         None => {
-            tx.data.remove(keys::task_queue(task.spec.not_before_ms, &text))?;
+            tx.data.remove(keys::task_queue(task.spec.not_before_ms, text))?;
             tx.changed_queue();
         }
     };
-    tx.data.remove(keys::task(&text))?;
+    tx.data.remove(keys::task(text))?;
     Ok(())
 }
 
@@ -501,13 +511,13 @@ fn count_placed(tx: &RunTx<'_>, task: &TaskRecord, delta: i64) -> Result<(), TxE
     }
     for (scope, name) in scopes {
         let key = keys::active_count(scope.name(), name);
-        let current: u64 = tx.get_json(&key, &format!("{} {name} placed count", scope.name()))?.unwrap_or(0);
+        let current: u64 = tx.get_json(&key, format_args!("{} {name} placed count", scope.name()))?.unwrap_or(0);
         let next = current.saturating_add_signed(delta);
         debug_assert!(delta >= 0 || current > 0, "a placed-task counter went below zero");
         if next == 0 {
             tx.data.remove(key)?;
         } else {
-            tx.put_json(key, &next, &format!("{} {name} placed count", scope.name()))?;
+            tx.put_json(key, &next, format_args!("{} {name} placed count", scope.name()))?;
         }
     }
     Ok(())
@@ -521,8 +531,8 @@ fn limit_reached(tx: &RunTx<'_>, task: &TaskRecord) -> Result<Option<String>, Tx
     }
     for (scope, name) in scopes {
         let what = format!("{} {name}", scope.name());
-        let Some(limit) = tx.get_json::<u32>(&keys::limit(scope.name(), name), &format!("{what} limit"))? else { continue };
-        let active: u64 = tx.get_json(&keys::active_count(scope.name(), name), &format!("{what} placed count"))?.unwrap_or(0);
+        let Some(limit) = tx.get_json::<u32>(&keys::limit(scope.name(), name), format_args!("{what} limit"))? else { continue };
+        let active: u64 = tx.get_json(&keys::active_count(scope.name(), name), format_args!("{what} placed count"))?.unwrap_or(0);
         if active >= u64::from(limit) {
             return Ok(Some(format!("{what} is at its concurrency limit ({active} of {limit} placed)")));
         }
@@ -536,7 +546,7 @@ fn limit_reached(tx: &RunTx<'_>, task: &TaskRecord) -> Result<Option<String>, Tx
 pub(crate) fn set_limit(tx: &RunTx<'_>, scope: LimitScope, name: &str, limit: Option<u32>) -> Result<CommandResponse, TxError> {
     let key = keys::limit(scope.name(), name);
     match limit {
-        Some(limit) => tx.put_json(key, &limit, &format!("{} {name} limit", scope.name()))?,
+        Some(limit) => tx.put_json(key, &limit, format_args!("{} {name} limit", scope.name()))?,
         None => {
             tx.data.remove(key)?;
         }
@@ -581,21 +591,21 @@ fn apply_effects(
                         tx.changed_queue();
                     }
                 }
-                tx.put_json(keys::task(&text), &task, &format!("task {text}"))?;
+                tx.put_json(keys::task(&text), &task, format_args!("task {text}"))?;
             }
             Effect::CancelTask { key } => remove_task(tx, &key)?,
             Effect::StartTimer { timer, due_ms } => {
                 let text = timer_key_text(&timer);
-                if let Some(old_due) = tx.get_json::<u64>(&keys::timer_by_key(&text), &format!("timer {text}"))? {
+                if let Some(old_due) = tx.get_json::<u64>(&keys::timer_by_key(&text), format_args!("timer {text}"))? {
                     tx.data.remove(keys::timer_due(old_due, &text))?;
                 }
-                tx.put_json(keys::timer_by_key(&text), &due_ms, &format!("timer {text}"))?;
-                tx.put_json(keys::timer_due(due_ms, &text), &timer, &format!("timer {text}"))?;
+                tx.put_json(keys::timer_by_key(&text), &due_ms, format_args!("timer {text}"))?;
+                tx.put_json(keys::timer_due(due_ms, &text), &timer, format_args!("timer {text}"))?;
                 tx.changed_queue();
             }
             Effect::CancelTimer { timer } => {
                 let text = timer_key_text(&timer);
-                if let Some(due) = tx.get_json::<u64>(&keys::timer_by_key(&text), &format!("timer {text}"))? {
+                if let Some(due) = tx.get_json::<u64>(&keys::timer_by_key(&text), format_args!("timer {text}"))? {
                     tx.data.remove(keys::timer_due(due, &text))?;
                     tx.data.remove(keys::timer_by_key(&text))?;
                 }
@@ -663,7 +673,7 @@ pub(crate) fn assign(
     worker: &str,
     at_ms: u64,
 ) -> Result<CommandResponse, TxError> {
-    let Some(record): Option<TaskRecord> = tx.get_json(&keys::task(task), &format!("task {task}"))? else {
+    let Some(record): Option<TaskRecord> = tx.get_json(&keys::task(task), format_args!("task {task}"))? else {
         return Ok(CommandResponse::RunRejected { reason: format!("no task {task}") });
     };
     if record.spec.attempt != attempt {
@@ -682,11 +692,11 @@ pub(crate) fn assign(
 
 pub(crate) fn fire_timers(tx: &RunTx<'_>, timers: &[String], at_ms: u64) -> Result<CommandResponse, TxError> {
     for text in timers {
-        let Some(due) = tx.get_json::<u64>(&keys::timer_by_key(text), &format!("timer {text}"))? else { continue };
+        let Some(due) = tx.get_json::<u64>(&keys::timer_by_key(text), format_args!("timer {text}"))? else { continue };
         if due > at_ms {
             continue;
         }
-        let Some(timer): Option<TimerKey> = tx.get_json(&keys::timer_due(due, text), &format!("timer {text}"))? else {
+        let Some(timer): Option<TimerKey> = tx.get_json(&keys::timer_due(due, text), format_args!("timer {text}"))? else {
             continue;
         };
         tx.data.remove(keys::timer_due(due, text))?;
@@ -699,7 +709,7 @@ pub(crate) fn fire_timers(tx: &RunTx<'_>, timers: &[String], at_ms: u64) -> Resu
 }
 
 pub(crate) fn unassign(tx: &RunTx<'_>, task: &str, attempt: u32, at_ms: u64) -> Result<CommandResponse, TxError> {
-    let Some(mut record): Option<TaskRecord> = tx.get_json(&keys::task(task), &format!("task {task}"))? else {
+    let Some(mut record): Option<TaskRecord> = tx.get_json(&keys::task(task), format_args!("task {task}"))? else {
         return Ok(CommandResponse::RunRejected { reason: format!("no task {task}") });
     };
     let Some(assignment) = record.assignment.take() else {
@@ -717,7 +727,7 @@ pub(crate) fn unassign(tx: &RunTx<'_>, task: &str, attempt: u32, at_ms: u64) -> 
     record.spec.not_before_ms = at_ms;
     tx.mark(keys::task_queue(at_ms, task))?;
     tx.changed_queue();
-    tx.put_json(keys::task(task), &record, &format!("task {task}"))?;
+    tx.put_json(keys::task(task), &record, format_args!("task {task}"))?;
     Ok(CommandResponse::RunUpdated)
 }
 

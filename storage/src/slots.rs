@@ -30,7 +30,7 @@ pub struct NodeSlots {
 pub type Offers = BTreeMap<NodeId, NodeSlots>;
 
 pub(crate) fn offers(tx: &RunTx<'_>) -> Result<Offers, TxError> {
-    Ok(tx.get_record::<Offers>(keys::NODE_SLOTS, "node slots")?.unwrap_or_default())
+    Ok(tx.get_record::<Offers>(keys::NODE_SLOTS, format_args!("node slots"))?.unwrap_or_default())
 }
 
 /// Records `node`'s offer; an empty one withdraws the node from placement.
@@ -44,13 +44,13 @@ pub(crate) fn set_node_slots(tx: &RunTx<'_>, node: NodeId, offer: &NodeSlots) ->
     if all.is_empty() {
         tx.data.remove(keys::NODE_SLOTS)?;
     } else {
-        tx.put_record(keys::NODE_SLOTS.to_vec(), &all, "node slots")?;
+        tx.put_record(keys::NODE_SLOTS.to_vec(), &all, format_args!("node slots"))?;
     }
     Ok(CommandResponse::Applied)
 }
 
 pub(crate) fn placed(tx: &RunTx<'_>, node: NodeId, block: &str) -> Result<u32, TxError> {
-    Ok(tx.get_record::<u32>(&keys::placed_count(node, block), "placed count")?.unwrap_or(0))
+    Ok(tx.get_record::<u32>(&keys::placed_count(node, block), format_args!("placed count"))?.unwrap_or(0))
 }
 
 /// Moves the count of `block` tasks placed on `node` by `delta`.
@@ -60,7 +60,7 @@ pub(crate) fn move_placed(tx: &RunTx<'_>, node: NodeId, block: &str, delta: i64)
     if next <= 0 {
         tx.data.remove(key)?;
     } else {
-        tx.put_record(key, &(next as u32), "placed count")?;
+        tx.put_record(key, &(next as u32), format_args!("placed count"))?;
     }
     Ok(())
 }
