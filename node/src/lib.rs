@@ -23,6 +23,7 @@ pub mod models;
 pub mod ops;
 pub mod peer_api;
 pub mod placement;
+pub mod forwarder;
 pub mod proposer;
 pub mod registry;
 pub mod runs;

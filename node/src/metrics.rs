@@ -18,6 +18,8 @@ pub struct NodeMetrics {
     leader_changes: AtomicU64,
     writes_ok: AtomicU64,
     writes_failed: AtomicU64,
+    forwarded_writes: AtomicU64,
+    forwards: AtomicU64,
     write_latency: Mutex<Histogram>,
 }
 
@@ -42,6 +44,12 @@ impl NodeMetrics {
             histogram.sum += seconds;
             histogram.count += 1;
         }
+    }
+
+    /// One forward to the leader carrying `writes` writes.
+    pub fn observe_forward(&self, writes: usize) {
+        self.forwards.fetch_add(1, Ordering::Relaxed);
+        self.forwarded_writes.fetch_add(writes as u64, Ordering::Relaxed);
     }
 
     pub fn leader_changes(&self) -> u64 {
@@ -117,6 +125,8 @@ pub async fn render(node: &Node) -> String {
     histogram(&mut out, "floe_storage_flush_duration_seconds", "Time to make a log append, vote or purge durable.", &bounds, &cumulative, flushes.sum_seconds, flushes.count);
     counter(&mut out, "floe_api_writes_total", "Writes proposed on this node as leader that committed.", node.metrics.writes_ok.load(Ordering::Relaxed));
     counter(&mut out, "floe_api_write_failures_total", "Writes proposed on this node as leader that failed.", node.metrics.writes_failed.load(Ordering::Relaxed));
+    counter(&mut out, "floe_api_forwarded_writes_total", "Writes this node sent to the leader.", node.metrics.forwarded_writes.load(Ordering::Relaxed));
+    counter(&mut out, "floe_api_forwards_total", "Requests to the leader that carried them (several writes travel together under load).", node.metrics.forwards.load(Ordering::Relaxed));
     if let Ok(histo) = node.metrics.write_latency.lock() {
         histogram(&mut out, "floe_api_write_duration_seconds", "Propose-to-apply latency of writes on the leader.", &LATENCY_BUCKETS, &histo.counts, histo.sum, histo.count);
     }

@@ -46,7 +46,7 @@ impl Node {
         }
     }
 
-    async fn forward(&self, request: PeerRequest) -> Result<PeerResponse, ApiError> {
+    pub(crate) async fn forward(&self, request: PeerRequest) -> Result<PeerResponse, ApiError> {
         match self.route()? {
             Route::Local => Err(ApiError::Internal("forward called on the leader".into())),
             Route::Forward { leader, addr } => {
@@ -60,11 +60,14 @@ impl Node {
         validate_command(&command)?;
         match self.route()? {
             Route::Local => self.write_as_leader(command).await,
-            Route::Forward { .. } => match self.forward(PeerRequest::Write(command)).await? {
-                PeerResponse::Written(response) => Ok(response),
-                other => Err(unexpected(&other)),
-            },
+            // Travels with other writes waiting here (see `forwarder.rs`).
+            Route::Forward { .. } => self.forwarder.forward(command).await,
         }
+    }
+
+    /// Whether this node is the leader it knows of.
+    pub(crate) fn route_is_local(&self) -> bool {
+        matches!(self.route(), Ok(Route::Local))
     }
 
     /// Proposes on this node, which must be the leader.
@@ -348,6 +351,6 @@ fn internal(err: impl std::fmt::Display) -> ApiError {
     ApiError::Internal(err.to_string())
 }
 
-fn unexpected(response: &PeerResponse) -> ApiError {
+pub(crate) fn unexpected(response: &PeerResponse) -> ApiError {
     ApiError::Internal(format!("unexpected peer response {response:?}"))
 }

@@ -38,6 +38,9 @@ pub enum PeerRequest {
     Infer { model: String, version: u64, inputs: floe_inference::TensorMap },
     /// The leader's latest replica reports from every node (model status).
     ModelReports,
+    /// Propose each command (a follower's forwarded writes, sent together);
+    /// each is answered on its own.
+    WriteMany(Vec<Command>),
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -52,6 +55,7 @@ pub enum PeerResponse {
     /// Outputs and the replica index; `None`: no warm replica here.
     Inferred(Option<(floe_inference::TensorMap, u32)>),
     ModelReports(Vec<(NodeId, Vec<crate::models::ReplicaReport>)>),
+    WrittenMany(Vec<Result<CommandResponse, ApiError>>),
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -188,6 +192,10 @@ async fn serve(node: &Node, from: PeerIdentity, request: PeerRequest) -> Result<
     match request {
         PeerRequest::Probe => Ok(PeerResponse::Probe(node.probe_info())),
         PeerRequest::Write(command) => node.write_as_leader(command).await.map(PeerResponse::Written),
+        PeerRequest::WriteMany(commands) => {
+            let writes = commands.into_iter().map(|command| node.write_as_leader(command));
+            Ok(PeerResponse::WrittenMany(futures::future::join_all(writes).await))
+        }
         PeerRequest::ReadIndex => node.confirm_leadership().await.map(PeerResponse::ReadIndex),
         PeerRequest::Join { node_id, raft_addr, learner_only } => node
             .join_as_leader(node_id, &raft_addr, learner_only)

@@ -115,7 +115,7 @@ async fn commit(raft: &Raft, node_id: NodeId, timeout: Duration, batch: Vec<Pend
     }
 }
 
-fn payload_bytes(command: &Command) -> usize {
+pub fn payload_bytes(command: &Command) -> usize {
     match command {
         Command::KvPut { key, value } => key.len() + value.len(),
         Command::KvDelete { key } => key.len(),

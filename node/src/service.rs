@@ -32,6 +32,8 @@ pub struct Node {
     pub fingerprint: String,
     pub metrics: Arc<NodeMetrics>,
     pub proposer: Proposer,
+    /// Writes on their way to the leader (see `forwarder.rs`).
+    pub forwarder: crate::forwarder::Forwarder,
     pub workers: crate::workers::WorkerRegistry,
     /// Model replicas on this node (see `models.rs`).
     pub models: crate::models::ModelManager,
@@ -161,6 +163,7 @@ pub async fn serve(config: NodeConfig, cancel: CancellationToken) -> anyhow::Res
     }
 
     let metrics = Arc::new(NodeMetrics::default());
+    let (forwarder, forward_queue) = crate::forwarder::Forwarder::new();
     let node = Arc::new(Node {
         id: config.node_id,
         info,
@@ -172,6 +175,7 @@ pub async fn serve(config: NodeConfig, cancel: CancellationToken) -> anyhow::Res
         fingerprint: fingerprint.clone(),
         metrics,
         proposer: Proposer::start(raft.clone(), config.node_id, CLIENT_REQUEST_TIMEOUT, cancel.clone()),
+        forwarder,
         workers: Default::default(),
         models: crate::models::ModelManager::new(gpus),
         reports: Default::default(),
@@ -199,6 +203,7 @@ pub async fn serve(config: NodeConfig, cancel: CancellationToken) -> anyhow::Res
 
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(crate::metrics::track_leader_changes(node.clone(), cancel.clone()));
+    tasks.spawn(crate::forwarder::run(node.clone(), forward_queue, cancel.clone()));
     tasks.spawn(crate::grpc::serve(node.clone(), material.clone(), cancel.clone()));
     tasks.spawn(crate::http::serve(node.clone(), cancel.clone()));
     tasks.spawn(crate::workers::dispatch(node.clone(), cancel.clone()));

@@ -340,3 +340,60 @@ fn cluster_copy(from: &std::path::Path, to: &std::path::Path) -> std::io::Result
     }
     Ok(())
 }
+
+/// A follower sends the writes waiting on it to the leader together; each
+/// caller must still get its own write's answer, refusals included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writes_through_a_follower_each_get_their_own_answer() {
+    let cluster = TestCluster::start(options(3)).await.unwrap();
+    let leader = cluster.wait_leader(WAIT).await.unwrap();
+    let via = follower_of(&cluster, leader);
+    for index in 0..8 {
+        put(&cluster, via, &format!("seed/{index}"), &format!("value-{index}")).await.unwrap();
+    }
+    let client = cluster.client(via).await.unwrap();
+    let mut writes = tokio::task::JoinSet::new();
+    for index in 0..96u32 {
+        let mut client = client.clone();
+        writes.spawn(async move {
+            if index % 12 == 0 {
+                // Refused: the stored value is not the one expected.
+                let key = format!("seed/{}", index / 12);
+                let reply = client
+                    .kv
+                    .cas(api::CasRequest { key: key.clone(), expected: Some(b"wrong".to_vec()), new_value: Some(b"x".to_vec()) })
+                    .await
+                    .unwrap()
+                    .into_inner();
+                (key, None, Some((reply.succeeded, String::from_utf8_lossy(&reply.current).to_string())))
+            } else {
+                let key = format!("burst/{index}");
+                let reply = client.kv.put(api::PutRequest { key: key.clone(), value: format!("v{index}").into_bytes() }).await.unwrap();
+                (key, Some(reply.into_inner().revision), None)
+            }
+        });
+    }
+    let mut written = 0;
+    while let Some(outcome) = writes.join_next().await {
+        let (key, revision, refused) = outcome.unwrap();
+        if let Some((succeeded, current)) = refused {
+            let index: u32 = key.trim_start_matches("seed/").parse().unwrap();
+            assert!(!succeeded, "a CAS expecting the wrong value succeeded on {key}");
+            assert_eq!(current, format!("value-{index}"), "the refusal for {key} names another key's value");
+            continue;
+        }
+        // Writes in one Raft entry share its index as their revision.
+        let revision = revision.unwrap();
+        written += 1;
+        let mut reader = cluster.client(leader).await.unwrap();
+        let stored = reader.kv.get(api::GetRequest { key: key.clone(), consistency: 0 }).await.unwrap().into_inner();
+        let index = key.trim_start_matches("burst/");
+        assert_eq!(stored.value, format!("v{index}").into_bytes(), "{key}");
+        assert_eq!(stored.revision, revision, "the answer for {key} carries another write's revision");
+    }
+    assert_eq!(written, 88);
+    let forwarded = cluster.metric(via, "floe_api_forwarded_writes_total").await.unwrap();
+    let forwards = cluster.metric(via, "floe_api_forwards_total").await.unwrap();
+    assert!(forwarded >= 104.0, "the follower forwarded {forwarded} writes");
+    assert!(forwards < forwarded, "{forwarded} writes took {forwards} forwards: none travelled together");
+}

@@ -76,6 +76,24 @@ fn percentile(sorted: &[Duration], fraction: f64) -> Duration {
     sorted[index.min(sorted.len() - 1)]
 }
 
+/// CPU time the cluster's node processes have used so far, in ms (a
+/// measure the machine's other load disturbs far less than wall-clock rates).
+fn nodes_cpu_ms(cluster: &TestCluster) -> u64 {
+    let pids: Vec<sysinfo::Pid> = cluster
+        .running_ids()
+        .into_iter()
+        .filter_map(|id| cluster.node(id).ok()?.pid())
+        .map(sysinfo::Pid::from_u32)
+        .collect();
+    let mut system = sysinfo::System::new();
+    system.refresh_processes_specifics(
+        sysinfo::ProcessesToUpdate::Some(&pids),
+        true,
+        sysinfo::ProcessRefreshKind::nothing().with_cpu(),
+    );
+    pids.iter().filter_map(|pid| system.process(*pid)).map(sysinfo::Process::accumulated_cpu_time).sum()
+}
+
 fn ms(duration: Duration) -> String {
     format!("{:.2}", duration.as_secs_f64() * 1000.0)
 }
@@ -482,7 +500,7 @@ async fn bench_runs(args: &Args, binary: &Path, dir: &Path) -> anyhow::Result<()
     let definition = std::fs::read("docs/examples/flows/three-step.json").context("run from the repository root")?;
     client.flows.put(api::PutFlowRequest { definition }).await?;
     let mut report = String::from(
-        "Three-step runs (block `noop`, a `stamp` worker on each node), started and watched to completion by N concurrent clients.\n\n| concurrency | completed runs/s | run p50 ms | run p99 ms | step hop p50 ms | step hop p99 ms |\n|---:|---:|---:|---:|---:|---:|\n",
+        "Three-step runs (block `noop`, a `stamp` worker on each node), started and watched to completion by N concurrent clients. Node CPU: CPU time of the three node processes per completed run.\n\n| concurrency | completed runs/s | run p50 ms | run p99 ms | step hop p50 ms | step hop p99 ms | node CPU ms/run |\n|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for &concurrency in &args.concurrency {
         let clients: Vec<FloeClient> = {
@@ -495,6 +513,7 @@ async fn bench_runs(args: &Args, binary: &Path, dir: &Path) -> anyhow::Result<()
         let clients = Arc::new(clients);
         let run_ids = Arc::new(std::sync::Mutex::new(Vec::new()));
         let ids = run_ids.clone();
+        let cpu_before = nodes_cpu_ms(&cluster);
         let load = drive(concurrency, args.seconds, move |worker, _seq| {
             let mut client = clients[worker % clients.len()].clone();
             let ids = ids.clone();
@@ -518,6 +537,7 @@ async fn bench_runs(args: &Args, binary: &Path, dir: &Path) -> anyhow::Result<()
             }
         })
         .await;
+        let cpu_ms_per_run = (nodes_cpu_ms(&cluster) - cpu_before) as f64 / load.ops.max(1) as f64;
         let ids: Vec<String> = run_ids.lock().map(|ids| ids.clone()).unwrap_or_default();
         let mut hops = Vec::new();
         for run_id in ids.iter().take(500) {
@@ -537,7 +557,7 @@ async fn bench_runs(args: &Args, binary: &Path, dir: &Path) -> anyhow::Result<()
         hops.sort();
         eprintln!("runs c={concurrency}: {:.0} completed/s ({} errors)", load.per_second(), load.errors);
         report.push_str(&format!(
-            "| {concurrency} | {:.0} | {} | {} | {} | {} |\n",
+            "| {concurrency} | {:.0} | {} | {} | {} | {} | {cpu_ms_per_run:.2} |\n",
             load.per_second(),
             ms(percentile(&load.latencies, 0.5)),
             ms(percentile(&load.latencies, 0.99)),

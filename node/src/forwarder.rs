@@ -1,0 +1,115 @@
+//! Forwarded writes travel together. A follower sends its clients' and
+//! workers' writes to the leader over QUIC; under load that was one
+//! request stream per write (two or three per run), each paying QUIC
+//! framing, a handler task and a proposal on the leader. This queue takes
+//! whatever writes arrived while earlier forwards were in flight and sends
+//! them as one `WriteMany`; the leader proposes each (its proposer batches
+//! them with its own) and answers each separately, so one write's refusal
+//! never fails its neighbours. A lone write goes at once, as itself.
+
+use std::sync::Arc;
+
+use floe_storage::{Command, CommandResponse};
+use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+use crate::error::ApiError;
+use crate::ops::unexpected;
+use crate::peer_api::{PeerRequest, PeerResponse};
+use crate::proposer::{payload_bytes, MAX_BATCH_BYTES, MAX_BATCH_COMMANDS};
+use crate::service::Node;
+
+/// Forwards in flight at once: enough that a batch reaches the leader while
+/// the previous one commits, few enough that batches form under load.
+const MAX_IN_FLIGHT: usize = 4;
+/// Queued writes before callers wait.
+const QUEUE_DEPTH: usize = 4096;
+
+pub struct Pending {
+    command: Command,
+    reply: oneshot::Sender<Result<CommandResponse, ApiError>>,
+}
+
+/// The receiving end, handed to `run` once the node exists.
+pub type ForwardQueue = mpsc::Receiver<Pending>;
+
+/// Handle to the forwarding queue; cheap to clone.
+#[derive(Clone)]
+pub struct Forwarder {
+    queue: mpsc::Sender<Pending>,
+}
+
+impl Forwarder {
+    pub fn new() -> (Forwarder, ForwardQueue) {
+        let (queue, pending) = mpsc::channel(QUEUE_DEPTH);
+        (Forwarder { queue }, pending)
+    }
+
+    /// Sends `command` to the leader and waits for its outcome there.
+    pub async fn forward(&self, command: Command) -> Result<CommandResponse, ApiError> {
+        let (reply, answer) = oneshot::channel();
+        self.queue
+            .send(Pending { command, reply })
+            .await
+            .map_err(|_| ApiError::Unavailable("node is shutting down".into()))?;
+        answer.await.map_err(|_| ApiError::OutcomeUnknown("node stopped before the leader confirmed the write".into()))?
+    }
+}
+
+/// Drains the queue until `cancel` fires.
+pub async fn run(node: Arc<Node>, mut pending: ForwardQueue, cancel: CancellationToken) -> anyhow::Result<()> {
+    let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    loop {
+        let first = tokio::select! {
+            _ = cancel.cancelled() => return Ok(()),
+            first = pending.recv() => match first {
+                Some(first) => first,
+                None => return Ok(()),
+            },
+        };
+        let permit = in_flight.clone().acquire_owned().await?;
+        let mut bytes = payload_bytes(&first.command);
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH_COMMANDS && bytes < MAX_BATCH_BYTES {
+            match pending.try_recv() {
+                Ok(next) => {
+                    bytes += payload_bytes(&next.command);
+                    batch.push(next);
+                }
+                Err(_) => break,
+            }
+        }
+        let node = node.clone();
+        tokio::spawn(async move {
+            send(&node, batch).await;
+            drop(permit);
+        });
+    }
+}
+
+async fn send(node: &Node, batch: Vec<Pending>) {
+    let (mut commands, replies): (Vec<Command>, Vec<_>) = batch.into_iter().map(|p| (p.command, p.reply)).unzip();
+    let count = commands.len();
+    let outcomes: Vec<Result<CommandResponse, ApiError>> = if node.route_is_local() {
+        // Leadership came here while these waited: propose them directly.
+        futures::future::join_all(commands.into_iter().map(|command| node.write_as_leader(command))).await
+    } else if count == 1 {
+        node.metrics.observe_forward(1);
+        let request = PeerRequest::Write(commands.remove(0));
+        vec![node.forward(request).await.and_then(|response| match response {
+            PeerResponse::Written(response) => Ok(response),
+            other => Err(unexpected(&other)),
+        })]
+    } else {
+        node.metrics.observe_forward(count);
+        match node.forward(PeerRequest::WriteMany(commands)).await {
+            Ok(PeerResponse::WrittenMany(outcomes)) if outcomes.len() == count => outcomes,
+            Ok(other) => vec![Err(unexpected(&other)); count],
+            Err(err) => vec![Err(err); count],
+        }
+    };
+    for (reply, outcome) in replies.into_iter().zip(outcomes) {
+        // A caller that gave up no longer listens; the write stands regardless.
+        let _ = reply.send(outcome);
+    }
+}
