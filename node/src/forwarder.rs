@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use crate::error::ApiError;
 use crate::ops::unexpected;
 use crate::peer_api::{PeerRequest, PeerResponse};
-use crate::proposer::{payload_bytes, MAX_BATCH_BYTES, MAX_BATCH_COMMANDS};
+use crate::proposer::{answer, take_batch, Pending};
 use crate::service::Node;
 
 /// Forwards in flight at once: enough that a batch reaches the leader while
@@ -24,11 +24,6 @@ use crate::service::Node;
 const MAX_IN_FLIGHT: usize = 4;
 /// Queued writes before callers wait.
 const QUEUE_DEPTH: usize = 4096;
-
-pub struct Pending {
-    command: Command,
-    reply: oneshot::Sender<Result<CommandResponse, ApiError>>,
-}
 
 /// The receiving end, handed to `run` once the node exists.
 pub type ForwardQueue = mpsc::Receiver<Pending>;
@@ -68,17 +63,7 @@ pub async fn run(node: Arc<Node>, mut pending: ForwardQueue, cancel: Cancellatio
             },
         };
         let permit = in_flight.clone().acquire_owned().await?;
-        let mut bytes = payload_bytes(&first.command);
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH_COMMANDS && bytes < MAX_BATCH_BYTES {
-            match pending.try_recv() {
-                Ok(next) => {
-                    bytes += payload_bytes(&next.command);
-                    batch.push(next);
-                }
-                Err(_) => break,
-            }
-        }
+        let batch = take_batch(first, &mut pending);
         let node = node.clone();
         tokio::spawn(async move {
             send(&node, batch).await;
@@ -108,8 +93,5 @@ async fn send(node: &Node, batch: Vec<Pending>) {
             Err(err) => vec![Err(err); count],
         }
     };
-    for (reply, outcome) in replies.into_iter().zip(outcomes) {
-        // A caller that gave up no longer listens; the write stands regardless.
-        let _ = reply.send(outcome);
-    }
+    answer(replies, outcomes);
 }

@@ -25,9 +25,34 @@ const MAX_IN_FLIGHT: usize = 1;
 /// Queued writes before callers wait (backpressure instead of unbounded memory).
 const QUEUE_DEPTH: usize = 4096;
 
-struct Pending {
-    command: Command,
-    reply: oneshot::Sender<Result<CommandResponse, ApiError>>,
+/// A write waiting in a queue (here or in `forwarder.rs`) and its caller.
+pub struct Pending {
+    pub(crate) command: Command,
+    pub(crate) reply: oneshot::Sender<Result<CommandResponse, ApiError>>,
+}
+
+/// `first` and whatever else is queued now, up to the batch limits.
+pub(crate) fn take_batch(first: Pending, pending: &mut mpsc::Receiver<Pending>) -> Vec<Pending> {
+    let mut bytes = payload_bytes(&first.command);
+    let mut batch = vec![first];
+    while batch.len() < MAX_BATCH_COMMANDS && bytes < MAX_BATCH_BYTES {
+        match pending.try_recv() {
+            Ok(next) => {
+                bytes += payload_bytes(&next.command);
+                batch.push(next);
+            }
+            Err(_) => break,
+        }
+    }
+    batch
+}
+
+/// Hands each caller its outcome.
+pub(crate) fn answer(replies: Vec<oneshot::Sender<Result<CommandResponse, ApiError>>>, outcomes: Vec<Result<CommandResponse, ApiError>>) {
+    for (reply, outcome) in replies.into_iter().zip(outcomes) {
+        // A caller that gave up no longer listens; the write stands regardless.
+        let _ = reply.send(outcome);
+    }
 }
 
 /// Handle to the proposal queue; cheap to clone.
@@ -67,17 +92,7 @@ async fn run(raft: Raft, node_id: NodeId, timeout: Duration, mut pending: mpsc::
         };
         // Waiting for a slot is what lets the next batch fill up.
         let Ok(permit) = in_flight.clone().acquire_owned().await else { return };
-        let mut bytes = payload_bytes(&first.command);
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH_COMMANDS && bytes < MAX_BATCH_BYTES {
-            match pending.try_recv() {
-                Ok(next) => {
-                    bytes += payload_bytes(&next.command);
-                    batch.push(next);
-                }
-                Err(_) => break,
-            }
-        }
+        let batch = take_batch(first, &mut pending);
         let raft = raft.clone();
         tokio::spawn(async move {
             commit(&raft, node_id, timeout, batch).await;
@@ -109,13 +124,10 @@ async fn commit(raft: &Raft, node_id: NodeId, timeout: Duration, batch: Vec<Pend
         }
         Err(err) => vec![Err(err); count],
     };
-    for (reply, response) in replies.into_iter().zip(responses) {
-        // A caller that gave up no longer listens; the write stands regardless.
-        let _ = reply.send(response);
-    }
+    answer(replies, responses);
 }
 
-pub fn payload_bytes(command: &Command) -> usize {
+fn payload_bytes(command: &Command) -> usize {
     match command {
         Command::KvPut { key, value } => key.len() + value.len(),
         Command::KvDelete { key } => key.len(),
