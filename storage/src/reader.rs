@@ -337,11 +337,13 @@ impl StateReader {
                 Some(attempt) => (attempt, if wanted(&text, attempt) { read()? } else { None }),
                 // An entry from before attempts were kept in the index.
                 None => match read()? {
-                    Some(record) => (record.spec.attempt, Some(record)),
+                    Some(record) => {
+                        let attempt = record.spec.attempt;
+                        (attempt, Some(record).filter(|_| wanted(&text, attempt)))
+                    }
                     None => continue,
                 },
             };
-            let record = record.filter(|_| wanted(&text, attempt));
             tasks.push((text, attempt, record));
         }
         Ok(tasks)
