@@ -20,6 +20,8 @@ pub struct NodeMetrics {
     writes_failed: AtomicU64,
     forwarded_writes: AtomicU64,
     forwards: AtomicU64,
+    linearizable_reads: AtomicU64,
+    read_rounds: AtomicU64,
     write_latency: Mutex<Histogram>,
 }
 
@@ -50,6 +52,12 @@ impl NodeMetrics {
     pub fn observe_forward(&self, writes: usize) {
         self.forwards.fetch_add(1, Ordering::Relaxed);
         self.forwarded_writes.fetch_add(writes as u64, Ordering::Relaxed);
+    }
+
+    /// One ReadIndex round shared by `reads` linearizable reads.
+    pub fn observe_read_round(&self, reads: usize) {
+        self.read_rounds.fetch_add(1, Ordering::Relaxed);
+        self.linearizable_reads.fetch_add(reads as u64, Ordering::Relaxed);
     }
 
     pub fn leader_changes(&self) -> u64 {
@@ -127,6 +135,8 @@ pub async fn render(node: &Node) -> String {
     counter(&mut out, "floe_api_write_failures_total", "Writes proposed on this node as leader that failed.", node.metrics.writes_failed.load(Ordering::Relaxed));
     counter(&mut out, "floe_api_forwarded_writes_total", "Writes this node sent to the leader.", node.metrics.forwarded_writes.load(Ordering::Relaxed));
     counter(&mut out, "floe_api_forwards_total", "Requests to the leader that carried them (several writes travel together under load).", node.metrics.forwards.load(Ordering::Relaxed));
+    counter(&mut out, "floe_api_linearizable_reads_total", "Reads on this node that waited for a ReadIndex round (including followers' rounds served as leader).", node.metrics.linearizable_reads.load(Ordering::Relaxed));
+    counter(&mut out, "floe_api_read_rounds_total", "ReadIndex rounds this node ran (reads waiting at once share one).", node.metrics.read_rounds.load(Ordering::Relaxed));
     if let Ok(histo) = node.metrics.write_latency.lock() {
         histogram(&mut out, "floe_api_write_duration_seconds", "Propose-to-apply latency of writes on the leader.", &LATENCY_BUCKETS, &histo.counts, histo.sum, histo.count);
     }

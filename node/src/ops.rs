@@ -94,13 +94,7 @@ impl Node {
     /// leadership with a quorum and names its commit index; this node waits
     /// until it has applied that far. Reads after it are linearizable on any node.
     pub async fn read_barrier(&self) -> Result<(), ApiError> {
-        let read_index = match self.route()? {
-            Route::Local => self.confirm_leadership().await?,
-            Route::Forward { .. } => match self.forward(PeerRequest::ReadIndex).await? {
-                PeerResponse::ReadIndex(index) => index,
-                other => return Err(unexpected(&other)),
-            },
-        };
+        let read_index = self.reads.read_index(false).await?;
         let waited = self
             .raft
             .wait(Some(CLIENT_REQUEST_TIMEOUT))

@@ -14,7 +14,7 @@ use crate::error::ApiError;
 use crate::service::Node;
 
 /// Bumped when a message changes shape; a node refuses a version it cannot read.
-const PEER_API_VERSION: u8 = 1;
+const PEER_API_VERSION: u8 = 2;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum PeerRequest {
@@ -196,7 +196,7 @@ async fn serve(node: &Node, from: PeerIdentity, request: PeerRequest) -> Result<
             let writes = commands.into_iter().map(|command| node.write_as_leader(command));
             Ok(PeerResponse::WrittenMany(futures::future::join_all(writes).await))
         }
-        PeerRequest::ReadIndex => node.confirm_leadership().await.map(PeerResponse::ReadIndex),
+        PeerRequest::ReadIndex => node.reads.read_index(true).await.map(PeerResponse::ReadIndex),
         PeerRequest::Join { node_id, raft_addr, learner_only } => node
             .join_as_leader(node_id, &raft_addr, learner_only)
             .await

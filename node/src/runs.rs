@@ -36,21 +36,22 @@ impl Node {
         idempotency_key: &str,
     ) -> Result<StartedRun, ApiError> {
         let input_value = self.payload_value(input, "run input").await?;
-        let flow_record = self.get_flow(flow, version, true).await?;
+        // The version is resolved where the start applies (0: the latest
+        // then), so a start reads nothing first and still sees every flow
+        // put that finished before it.
         let command = Command::StartRun {
             run_id: new_run_id(),
             flow: flow.to_string(),
-            version: flow_record.version,
+            version: version.unwrap_or(0),
             input: serde_json::to_vec(&input_value).map_err(|err| ApiError::Internal(err.to_string()))?,
             correlation_id: correlation_id.to_string(),
             idempotency_key: idempotency_key.to_string(),
             at_ms: now_ms(),
         };
         match self.write(command).await? {
-            CommandResponse::RunStarted { run_id, created } => {
-                Ok(StartedRun { run_id, created, version: flow_record.version })
-            }
+            CommandResponse::RunStarted { run_id, created, version } => Ok(StartedRun { run_id, created, version }),
             CommandResponse::RunRejected { reason } => Err(ApiError::InvalidArgument(reason)),
+            CommandResponse::Missing { reason } => Err(ApiError::NotFound(reason)),
             other => Err(ApiError::Internal(format!("unexpected apply result {other:?}"))),
         }
     }

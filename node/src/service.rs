@@ -34,6 +34,8 @@ pub struct Node {
     pub proposer: Proposer,
     /// Writes on their way to the leader (see `forwarder.rs`).
     pub forwarder: crate::forwarder::Forwarder,
+    /// Linearizable reads waiting for a shared ReadIndex round (see `reads.rs`).
+    pub reads: crate::reads::ReadRounds,
     pub workers: crate::workers::WorkerRegistry,
     /// Model replicas on this node (see `models.rs`).
     pub models: crate::models::ModelManager,
@@ -164,6 +166,7 @@ pub async fn serve(config: NodeConfig, cancel: CancellationToken) -> anyhow::Res
 
     let metrics = Arc::new(NodeMetrics::default());
     let (forwarder, forward_queue) = crate::forwarder::Forwarder::new();
+    let (reads, read_queue) = crate::reads::ReadRounds::new();
     let node = Arc::new(Node {
         id: config.node_id,
         info,
@@ -176,6 +179,7 @@ pub async fn serve(config: NodeConfig, cancel: CancellationToken) -> anyhow::Res
         metrics,
         proposer: Proposer::start(raft.clone(), config.node_id, CLIENT_REQUEST_TIMEOUT, cancel.clone()),
         forwarder,
+        reads,
         workers: Default::default(),
         models: crate::models::ModelManager::new(gpus),
         reports: Default::default(),
@@ -204,6 +208,7 @@ pub async fn serve(config: NodeConfig, cancel: CancellationToken) -> anyhow::Res
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(crate::metrics::track_leader_changes(node.clone(), cancel.clone()));
     tasks.spawn(crate::forwarder::run(node.clone(), forward_queue, cancel.clone()));
+    tasks.spawn(crate::reads::run(node.clone(), read_queue, cancel.clone()));
     tasks.spawn(crate::grpc::serve(node.clone(), material.clone(), cancel.clone()));
     tasks.spawn(crate::http::serve(node.clone(), cancel.clone()));
     tasks.spawn(crate::workers::dispatch(node.clone(), cancel.clone()));

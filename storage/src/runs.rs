@@ -260,6 +260,7 @@ pub fn timer_key_text(timer: &TimerKey) -> String {
 pub struct StartRun<'a> {
     pub run_id: &'a str,
     pub flow: &'a str,
+    /// 0: the flow's latest version as this entry applies.
     pub version: u64,
     pub input: &'a [u8],
     pub correlation_id: &'a str,
@@ -271,8 +272,19 @@ pub(crate) fn start_run(tx: &RunTx<'_>, start: StartRun<'_>) -> Result<CommandRe
     if !start.idempotency_key.is_empty() {
         if let Some(bytes) = tx.data.get(keys::idempotency(start.idempotency_key))? {
             let run_id = String::from_utf8_lossy(&bytes).into_owned();
-            return Ok(CommandResponse::RunStarted { run_id, created: false });
+            let version = tx.run(&run_id)?.map_or(0, |run| run.version);
+            return Ok(CommandResponse::RunStarted { run_id, created: false, version });
         }
+    }
+    let version = match start.version {
+        0 => match latest_flow_version(tx, start.flow)? {
+            Some(latest) => latest,
+            None => return Ok(CommandResponse::Missing { reason: format!("no flow named {:?}", start.flow) }),
+        },
+        pinned => pinned,
+    };
+    if tx.definition(start.flow, version)?.is_none() {
+        return Ok(CommandResponse::Missing { reason: format!("flow {:?} has no version {version}", start.flow) });
     }
     if tx.data.get(keys::run(start.run_id))?.is_some() {
         return Ok(CommandResponse::RunRejected { reason: format!("run id {} is already taken", start.run_id) });
@@ -283,7 +295,7 @@ pub(crate) fn start_run(tx: &RunTx<'_>, start: StartRun<'_>) -> Result<CommandRe
     };
     let new_run = NewRun {
         run_id: start.run_id.to_string(),
-        version: start.version,
+        version,
         input,
         correlation_id: start.correlation_id.to_string(),
         idempotency_key: start.idempotency_key.to_string(),
@@ -297,7 +309,11 @@ pub(crate) fn start_run(tx: &RunTx<'_>, start: StartRun<'_>) -> Result<CommandRe
         tx.data.insert(keys::idempotency(start.idempotency_key), start.run_id.as_bytes())?;
     }
     drain(tx, work, start.at_ms, 0)?;
-    Ok(CommandResponse::RunStarted { run_id: start.run_id.to_string(), created: true })
+    Ok(CommandResponse::RunStarted { run_id: start.run_id.to_string(), created: true, version })
+}
+
+fn latest_flow_version(tx: &RunTx<'_>, flow: &str) -> Result<Option<u64>, TxError> {
+    tx.get_record(&keys::flow_latest(flow), format_args!("flow {flow} latest"))
 }
 
 /// Creates a run record and carries out its first effects; `Ok(Err(reason))`

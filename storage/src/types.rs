@@ -62,8 +62,9 @@ pub enum Command {
     /// existing version; a changed one gets the next. `at_ms` is the
     /// proposer's clock, recorded as the creation time.
     PutFlow { name: String, #[serde(with = "serde_bytes")] definition: Vec<u8>, hash: String, at_ms: u64 },
-    /// Starts a run of `flow` at `version` (both resolved by the proposer).
-    /// `input` is JSON. A repeated non-empty idempotency key returns the run
+    /// Starts a run of `flow` at `version`; version 0 means the flow's
+    /// latest version when the entry applies, so a start needs no read
+    /// beforehand to stay linearizable. `input` is JSON. A repeated non-empty idempotency key returns the run
     /// it started first.
     StartRun {
         run_id: String,
@@ -152,8 +153,8 @@ pub enum CommandResponse {
     /// A flow definition stored (`created`) or found identical to `version`.
     FlowPut { version: u64, created: bool },
     /// A run was started (`created`) or an earlier run with the same
-    /// idempotency key was found.
-    RunStarted { run_id: String, created: bool },
+    /// idempotency key was found; `version` is the flow version it runs.
+    RunStarted { run_id: String, created: bool, version: u64 },
     /// A run event took effect.
     RunUpdated,
     /// Retention deleted this many runs.
@@ -167,6 +168,9 @@ pub enum CommandResponse {
     ModelPut { version: u64, created: bool },
     /// A command refused, changing nothing it names; the reason says why.
     Refused { reason: String },
+    /// A command named something that does not exist (a run start's flow
+    /// or flow version); nothing changed.
+    Missing { reason: String },
 }
 
 /// One immutable version of a flow definition.

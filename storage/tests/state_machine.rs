@@ -416,6 +416,61 @@ async fn flow_versions_are_immutable_and_identical_definitions_reuse_theirs() {
 }
 
 #[tokio::test]
+async fn a_start_without_a_version_runs_the_latest_when_it_applies() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let mut sm = store.state_machine();
+    let flow = |output: &str, at_ms: u64| {
+        let json = format!(r#"{{"name": "calc", "steps": [{{"id": "t", "type": "transform", "output": "{output}"}}]}}"#);
+        let definition = floe_engine::parse_flow(json.as_bytes()).unwrap();
+        Command::PutFlow {
+            name: "calc".into(),
+            definition: floe_engine::canonical_bytes(&definition),
+            hash: floe_engine::content_hash(&definition),
+            at_ms,
+        }
+    };
+    let start = |run_id: &str, flow: &str, version: u64, key: &str| Command::StartRun {
+        run_id: run_id.into(),
+        flow: flow.into(),
+        version,
+        input: b"1".to_vec(),
+        correlation_id: String::new(),
+        idempotency_key: key.into(),
+        at_ms: 10,
+    };
+    // Put v1, start unpinned, put v2, start unpinned, pinned to 1, and a
+    // repeat of the first key: all in one batch, so each start sees exactly
+    // the puts before it in the log.
+    let responses = sm
+        .apply(vec![
+            command_entry(1, 1, flow("input + 1", 1)),
+            command_entry(1, 2, start("a", "calc", 0, "k-a")),
+            command_entry(1, 3, flow("input + 2", 2)),
+            command_entry(1, 4, start("b", "calc", 0, "")),
+            command_entry(1, 5, start("c", "calc", 1, "")),
+            command_entry(1, 6, start("d", "calc", 0, "k-a")),
+            command_entry(1, 7, start("e", "nope", 0, "")),
+            command_entry(1, 8, start("f", "calc", 7, "")),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(responses[1], CommandResponse::RunStarted { run_id: "a".into(), created: true, version: 1 });
+    assert_eq!(responses[3], CommandResponse::RunStarted { run_id: "b".into(), created: true, version: 2 });
+    assert_eq!(responses[4], CommandResponse::RunStarted { run_id: "c".into(), created: true, version: 1 });
+    // A repeated key answers with the first run and the version it runs.
+    assert_eq!(responses[5], CommandResponse::RunStarted { run_id: "a".into(), created: false, version: 1 });
+    assert_eq!(responses[6], CommandResponse::Missing { reason: r#"no flow named "nope""#.into() });
+    assert_eq!(responses[7], CommandResponse::Missing { reason: r#"flow "calc" has no version 7"#.into() });
+    let reader = store.reader();
+    let output = |run_id: &str| reader.run(run_id).unwrap().unwrap().output;
+    assert_eq!(output("a"), Some(serde_json::json!(2)));
+    assert_eq!(output("b"), Some(serde_json::json!(3)));
+    assert_eq!(output("c"), Some(serde_json::json!(2)));
+    assert!(reader.run("d").unwrap().is_none() && reader.run("e").unwrap().is_none() && reader.run("f").unwrap().is_none());
+}
+
+#[tokio::test]
 async fn retention_purges_only_runs_finished_before_the_cutoff() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());
@@ -469,9 +524,9 @@ async fn retention_purges_only_runs_finished_before_the_cutoff() {
     assert!(reader.finished_runs(u64::MAX, 10).unwrap() == vec!["new".to_string()]);
     // The purged run's idempotency key is free again; the kept one still answers.
     let again = sm.apply(vec![command_entry(1, 7, start("old-2", "quick", "k-old", 20_000))]).await.unwrap();
-    assert_eq!(again, vec![CommandResponse::RunStarted { run_id: "old-2".into(), created: true }]);
+    assert_eq!(again, vec![CommandResponse::RunStarted { run_id: "old-2".into(), created: true, version: 1 }]);
     let repeat = sm.apply(vec![command_entry(1, 8, start("new-2", "quick", "k-new", 20_000))]).await.unwrap();
-    assert_eq!(repeat, vec![CommandResponse::RunStarted { run_id: "new".into(), created: false }]);
+    assert_eq!(repeat, vec![CommandResponse::RunStarted { run_id: "new".into(), created: false, version: 1 }]);
 }
 
 #[tokio::test]

@@ -1,0 +1,94 @@
+//! Linearizable reads share ReadIndex rounds. Each round costs the leader a
+//! heartbeat to a quorum, and a follower one more QUIC request to the
+//! leader; under load that was one round per read (every `run get` and
+//! every watch of a run not yet applied here). Reads that arrive while a
+//! round is in flight wait for the next round and share it: its index is
+//! taken after each of them began, which is all linearizability asks. A
+//! lone read starts a round at once.
+
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::error::ApiError;
+use crate::ops::unexpected;
+use crate::peer_api::{PeerRequest, PeerResponse};
+use crate::service::Node;
+
+/// Queued reads before callers wait.
+const QUEUE_DEPTH: usize = 4096;
+
+type IndexReply = oneshot::Sender<Result<Option<u64>, ApiError>>;
+
+/// A read waiting for a round.
+struct Waiter {
+    /// Asked by a follower: served only while this node leads, since a
+    /// second hop could loop while leadership moves.
+    leader_only: bool,
+    reply: IndexReply,
+}
+
+/// The receiving end, handed to `run` once the node exists.
+pub struct ReadQueue(mpsc::Receiver<Waiter>);
+
+/// Handle to the read-round queue; cheap to clone.
+#[derive(Clone)]
+pub struct ReadRounds {
+    queue: mpsc::Sender<Waiter>,
+}
+
+impl ReadRounds {
+    pub fn new() -> (ReadRounds, ReadQueue) {
+        let (queue, waiting) = mpsc::channel(QUEUE_DEPTH);
+        (ReadRounds { queue }, ReadQueue(waiting))
+    }
+
+    /// The leader's commit index as confirmed by a round that began after
+    /// this call; `leader_only` refuses it unless this node leads then.
+    pub async fn read_index(&self, leader_only: bool) -> Result<Option<u64>, ApiError> {
+        let (reply, answer) = oneshot::channel();
+        self.queue
+            .send(Waiter { leader_only, reply })
+            .await
+            .map_err(|_| ApiError::Unavailable("node is shutting down".into()))?;
+        answer.await.map_err(|_| ApiError::Unavailable("node stopped before the read index was confirmed".into()))?
+    }
+}
+
+/// Runs rounds one after another until `cancel` fires.
+pub async fn run(node: Arc<Node>, queue: ReadQueue, cancel: CancellationToken) -> anyhow::Result<()> {
+    let mut waiting = queue.0;
+    loop {
+        let first = tokio::select! {
+            _ = cancel.cancelled() => return Ok(()),
+            first = waiting.recv() => match first {
+                Some(first) => first,
+                None => return Ok(()),
+            },
+        };
+        let mut batch = vec![first];
+        while let Ok(next) = waiting.try_recv() {
+            batch.push(next);
+        }
+        let local = node.route_is_local();
+        let outcome = if local { node.confirm_leadership().await } else { forwarded_round(&node).await };
+        node.metrics.observe_read_round(batch.len());
+        for waiter in batch {
+            let outcome = if waiter.leader_only && !local {
+                Err(ApiError::Unavailable(format!("node {} is not the leader", node.id)))
+            } else {
+                outcome.clone()
+            };
+            // A caller that gave up no longer listens.
+            let _ = waiter.reply.send(outcome);
+        }
+    }
+}
+
+async fn forwarded_round(node: &Node) -> Result<Option<u64>, ApiError> {
+    match node.forward(PeerRequest::ReadIndex).await? {
+        PeerResponse::ReadIndex(index) => Ok(index),
+        other => Err(unexpected(&other)),
+    }
+}
