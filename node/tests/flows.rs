@@ -49,6 +49,19 @@ async fn flows_are_versioned_validated_and_readable_on_every_node() {
     let v2 = client.flows.put(put(three_step("other"))).await.unwrap().into_inner();
     assert_eq!((v2.version, v2.created), (2, true));
 
+    // A start through another node right after the put runs v2 (the
+    // version is resolved where the start applies); a pinned start runs
+    // its version; an unknown flow or version is NotFound, named.
+    let other = cluster.running_ids().into_iter().find(|id| *id != follower).unwrap();
+    let mut starter = cluster.client(other).await.unwrap();
+    let start = |flow: &str, version: u64| api::StartRunRequest { flow: flow.into(), version, input: b"{}".to_vec(), ..Default::default() };
+    assert_eq!(starter.runs.start(start("chain", 0)).await.unwrap().into_inner().version, 2);
+    assert_eq!(starter.runs.start(start("chain", 1)).await.unwrap().into_inner().version, 1);
+    let unknown = starter.runs.start(start("nope", 0)).await.unwrap_err();
+    assert_eq!((unknown.code(), unknown.message()), (tonic::Code::NotFound, r#"not found: no flow named "nope""#));
+    let unknown = starter.runs.start(start("chain", 9)).await.unwrap_err();
+    assert_eq!((unknown.code(), unknown.message()), (tonic::Code::NotFound, r#"not found: flow "chain" has no version 9"#));
+
     for node in [1, 2, 3] {
         let mut client = cluster.client(node).await.unwrap();
         let request = api::GetFlowRequest { name: "chain".into(), version: 1, consistency: 0 };
