@@ -81,8 +81,19 @@ pub fn referenced_hashes(json: &[u8]) -> Vec<String> {
     hashes
 }
 
+/// Apply scans every run record it stores, so this skips ahead to each
+/// `$` (rare in JSON) instead of comparing the needle at every byte.
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|window| window == needle)
+    let anchor = needle.iter().position(|byte| *byte == b'$')?;
+    let mut from = anchor;
+    while let Some(offset) = haystack.get(from..)?.iter().position(|byte| *byte == b'$') {
+        let at = from + offset - anchor;
+        if haystack.get(at..at + needle.len()) == Some(needle) {
+            return Some(at);
+        }
+        from += offset + 1;
+    }
+    None
 }
 
 /// The blob directory of one node. Blocking file I/O: call from a blocking thread.
@@ -314,7 +325,11 @@ mod tests {
         assert_eq!(BlobRef::from_json(&serde_json::json!({"size": 1})), None);
         let record = serde_json::json!({"input": first.to_json(), "steps": [{"output": second.to_json()}, {"output": first.to_json()}]});
         let bytes = serde_json::to_vec(&record).unwrap();
-        assert_eq!(referenced_hashes(&bytes), vec![first.hash, second.hash]);
+        assert_eq!(referenced_hashes(&bytes), vec![first.hash.clone(), second.hash.clone()]);
         assert!(referenced_hashes(br#"{"$blob":"sha256:short"}"#).is_empty());
+        // Other dollars around (and at the very start of) the text are skipped.
+        let noisy = format!(r#"$"$$blob","$blob":"sha256:{}","price":"$3","$blob":"sha256:{}""#, first.hash, second.hash);
+        assert_eq!(referenced_hashes(noisy.as_bytes()), vec![first.hash, second.hash]);
+        assert!(referenced_hashes(b"$").is_empty() && referenced_hashes(b"").is_empty());
     }
 }
