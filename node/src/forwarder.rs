@@ -10,13 +10,14 @@
 use std::sync::Arc;
 
 use floe_storage::{Command, CommandResponse};
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::ApiError;
 use crate::ops::unexpected;
 use crate::peer_api::{PeerRequest, PeerResponse};
 use crate::proposer::{answer, take_batch, Pending};
+use crate::queue::{ask, next};
 use crate::service::Node;
 
 /// Forwards in flight at once: enough that a batch reaches the leader while
@@ -42,12 +43,8 @@ impl Forwarder {
 
     /// Sends `command` to the leader and waits for its outcome there.
     pub async fn forward(&self, command: Command) -> Result<CommandResponse, ApiError> {
-        let (reply, answer) = oneshot::channel();
-        self.queue
-            .send(Pending { command, reply })
-            .await
-            .map_err(|_| ApiError::Unavailable("node is shutting down".into()))?;
-        answer.await.map_err(|_| ApiError::OutcomeUnknown("node stopped before the leader confirmed the write".into()))?
+        let dropped = || ApiError::OutcomeUnknown("node stopped before the leader confirmed the write".into());
+        ask(&self.queue, |reply| Pending { command, reply }, dropped).await
     }
 }
 
@@ -55,13 +52,7 @@ impl Forwarder {
 pub async fn run(node: Arc<Node>, mut pending: ForwardQueue, cancel: CancellationToken) -> anyhow::Result<()> {
     let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     loop {
-        let first = tokio::select! {
-            _ = cancel.cancelled() => return Ok(()),
-            first = pending.recv() => match first {
-                Some(first) => first,
-                None => return Ok(()),
-            },
-        };
+        let Some(first) = next(&mut pending, &cancel).await else { return Ok(()) };
         let permit = in_flight.clone().acquire_owned().await?;
         let batch = take_batch(first, &mut pending);
         let node = node.clone();

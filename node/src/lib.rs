@@ -25,6 +25,7 @@ pub mod peer_api;
 pub mod placement;
 pub mod forwarder;
 pub mod proposer;
+mod queue;
 pub mod reads;
 pub mod registry;
 pub mod runs;

@@ -11,10 +11,11 @@ use std::time::Duration;
 
 use floe_storage::{Command, CommandResponse, NodeId, NodeInfo, Raft};
 use openraft::error::{ClientWriteError, RaftError};
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::ApiError;
+use crate::queue::{ask, next, Reply};
 
 /// Most commands in one entry.
 pub const MAX_BATCH_COMMANDS: usize = 256;
@@ -28,7 +29,7 @@ const QUEUE_DEPTH: usize = 4096;
 /// A write waiting in a queue (here or in `forwarder.rs`) and its caller.
 pub struct Pending {
     pub(crate) command: Command,
-    pub(crate) reply: oneshot::Sender<Result<CommandResponse, ApiError>>,
+    pub(crate) reply: Reply<CommandResponse>,
 }
 
 /// `first` and whatever else is queued now, up to the batch limits.
@@ -48,7 +49,7 @@ pub(crate) fn take_batch(first: Pending, pending: &mut mpsc::Receiver<Pending>) 
 }
 
 /// Hands each caller its outcome.
-pub(crate) fn answer(replies: Vec<oneshot::Sender<Result<CommandResponse, ApiError>>>, outcomes: Vec<Result<CommandResponse, ApiError>>) {
+pub(crate) fn answer(replies: Vec<Reply<CommandResponse>>, outcomes: Vec<Result<CommandResponse, ApiError>>) {
     for (reply, outcome) in replies.into_iter().zip(outcomes) {
         // A caller that gave up no longer listens; the write stands regardless.
         let _ = reply.send(outcome);
@@ -71,25 +72,15 @@ impl Proposer {
 
     /// Proposes `command` and waits until it is applied on this leader.
     pub async fn propose(&self, command: Command) -> Result<CommandResponse, ApiError> {
-        let (reply, answer) = oneshot::channel();
-        self.queue
-            .send(Pending { command, reply })
-            .await
-            .map_err(|_| ApiError::Unavailable("node is shutting down".into()))?;
-        answer.await.map_err(|_| ApiError::OutcomeUnknown("node stopped before the write was confirmed".into()))?
+        let dropped = || ApiError::OutcomeUnknown("node stopped before the write was confirmed".into());
+        ask(&self.queue, |reply| Pending { command, reply }, dropped).await
     }
 }
 
 async fn run(raft: Raft, node_id: NodeId, timeout: Duration, mut pending: mpsc::Receiver<Pending>, cancel: CancellationToken) {
     let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     loop {
-        let first = tokio::select! {
-            _ = cancel.cancelled() => return,
-            first = pending.recv() => match first {
-                Some(first) => first,
-                None => return,
-            },
-        };
+        let Some(first) = next(&mut pending, &cancel).await else { return };
         // Waiting for a slot is what lets the next batch fill up.
         let Ok(permit) = in_flight.clone().acquire_owned().await else { return };
         let batch = take_batch(first, &mut pending);

@@ -8,25 +8,24 @@
 
 use std::sync::Arc;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::ApiError;
 use crate::ops::unexpected;
 use crate::peer_api::{PeerRequest, PeerResponse};
+use crate::queue::{ask, next, Reply};
 use crate::service::Node;
 
 /// Queued reads before callers wait.
 const QUEUE_DEPTH: usize = 4096;
-
-type IndexReply = oneshot::Sender<Result<Option<u64>, ApiError>>;
 
 /// A read waiting for a round.
 struct Waiter {
     /// Asked by a follower: served only while this node leads, since a
     /// second hop could loop while leadership moves.
     leader_only: bool,
-    reply: IndexReply,
+    reply: Reply<Option<u64>>,
 }
 
 /// The receiving end, handed to `run` once the node exists.
@@ -47,12 +46,8 @@ impl ReadRounds {
     /// The leader's commit index as confirmed by a round that began after
     /// this call; `leader_only` refuses it unless this node leads then.
     pub async fn read_index(&self, leader_only: bool) -> Result<Option<u64>, ApiError> {
-        let (reply, answer) = oneshot::channel();
-        self.queue
-            .send(Waiter { leader_only, reply })
-            .await
-            .map_err(|_| ApiError::Unavailable("node is shutting down".into()))?;
-        answer.await.map_err(|_| ApiError::Unavailable("node stopped before the read index was confirmed".into()))?
+        let dropped = || ApiError::Unavailable("node stopped before the read index was confirmed".into());
+        ask(&self.queue, |reply| Waiter { leader_only, reply }, dropped).await
     }
 }
 
@@ -60,13 +55,7 @@ impl ReadRounds {
 pub async fn run(node: Arc<Node>, queue: ReadQueue, cancel: CancellationToken) -> anyhow::Result<()> {
     let mut waiting = queue.0;
     loop {
-        let first = tokio::select! {
-            _ = cancel.cancelled() => return Ok(()),
-            first = waiting.recv() => match first {
-                Some(first) => first,
-                None => return Ok(()),
-            },
-        };
+        let Some(first) = next(&mut waiting, &cancel).await else { return Ok(()) };
         let mut batch = vec![first];
         while let Ok(next) = waiting.try_recv() {
             batch.push(next);

@@ -283,9 +283,6 @@ pub(crate) fn start_run(tx: &RunTx<'_>, start: StartRun<'_>) -> Result<CommandRe
         },
         pinned => pinned,
     };
-    if tx.definition(start.flow, version)?.is_none() {
-        return Ok(CommandResponse::Missing { reason: format!("flow {:?} has no version {version}", start.flow) });
-    }
     if tx.data.get(keys::run(start.run_id))?.is_some() {
         return Ok(CommandResponse::RunRejected { reason: format!("run id {} is already taken", start.run_id) });
     }
@@ -302,8 +299,10 @@ pub(crate) fn start_run(tx: &RunTx<'_>, start: StartRun<'_>) -> Result<CommandRe
         parent: None,
     };
     let mut work = VecDeque::new();
-    if let Err(reason) = create_run(tx, start.flow, new_run, start.at_ms, &mut work)? {
-        return Ok(CommandResponse::RunRejected { reason });
+    match create_run(tx, start.flow, new_run, start.at_ms, &mut work)? {
+        Ok(()) => {}
+        Err(Refusal::Missing(reason)) => return Ok(CommandResponse::Missing { reason }),
+        Err(Refusal::Refused(reason)) => return Ok(CommandResponse::RunRejected { reason }),
     }
     if !start.idempotency_key.is_empty() {
         tx.data.insert(keys::idempotency(start.idempotency_key), start.run_id.as_bytes())?;
@@ -316,22 +315,30 @@ fn latest_flow_version(tx: &RunTx<'_>, flow: &str) -> Result<Option<u64>, TxErro
     tx.get_record(&keys::flow_latest(flow), format_args!("flow {flow} latest"))
 }
 
-/// Creates a run record and carries out its first effects; `Ok(Err(reason))`
-/// when the engine refuses it (unknown flow, bad input).
+/// Why a run was not created.
+enum Refusal {
+    /// The flow version does not exist.
+    Missing(String),
+    /// The engine refused the start (bad input, say).
+    Refused(String),
+}
+
+/// Creates a run record and carries out its first effects; `Ok(Err(_))`
+/// when the flow version is missing or the engine refuses the start.
 fn create_run(
     tx: &RunTx<'_>,
     flow: &str,
     new_run: NewRun,
     at_ms: u64,
     work: &mut VecDeque<(String, RunEvent)>,
-) -> Result<Result<(), String>, TxError> {
+) -> Result<Result<(), Refusal>, TxError> {
     let version = new_run.version;
     let Some(definition) = tx.definition(flow, version)? else {
-        return Ok(Err(format!("flow {flow:?} has no version {version}")));
+        return Ok(Err(Refusal::Missing(format!("flow {flow:?} has no version {version}"))));
     };
     let (record, effects) = match run::start(&definition, new_run, at_ms) {
         Ok(started) => started,
-        Err(err) => return Ok(Err(err.to_string())),
+        Err(err) => return Ok(Err(Refusal::Refused(err.to_string()))),
     };
     let mut record = record;
     let mut placed_now = Vec::new();
@@ -643,7 +650,7 @@ fn apply_effects(
                     idempotency_key: String::new(),
                     parent: Some((record.run_id.clone(), step_id.clone())),
                 };
-                if let Err(reason) = create_run(tx, &flow, new_run, at_ms, work)? {
+                if let Err(Refusal::Missing(reason) | Refusal::Refused(reason)) = create_run(tx, &flow, new_run, at_ms, work)? {
                     let outcome = ChildOutcome::Failed(format!("sub-flow {flow} v{version} did not start: {reason}"));
                     work.push_back((record.run_id.clone(), RunEvent::ChildFinished { step_id, outcome }));
                 }
