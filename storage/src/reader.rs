@@ -540,8 +540,5 @@ fn json_in<T: serde::de::DeserializeOwned>(state: &DataGeneration, key: &[u8], w
     else {
         return Ok(None);
     };
-    let json = codec::decode_bytes(|| format!("{tree_name} {what}"), &bytes)?;
-    serde_json::from_slice(json)
-        .map(Some)
-        .map_err(|err| StoreError::Json { record: format!("{tree_name} {what}"), reason: err.to_string() })
+    codec::decode_structured(|| format!("{tree_name} {what}"), &bytes).map(Some)
 }

@@ -2,8 +2,11 @@
 //! stores. Every change of one command happens in the caller's sled
 //! transaction; run records, tasks, timers and indexes never disagree.
 //!
-//! Records hold JSON (`serde_json::Value` cannot travel through bincode),
-//! wrapped in the versioned record codec.
+//! Run and task records are bincode with their JSON values as text
+//! (`codec::encode_structured`); counters, limits and timers are JSON. All
+//! go through the versioned record codec, and every JSON reader here also
+//! reads the binary form, so records written as JSON by earlier releases
+//! still read.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -98,22 +101,22 @@ pub(crate) struct RunTx<'a> {
 impl RunTx<'_> {
     pub(crate) fn get_json<T: DeserializeOwned>(&self, key: &[u8], what: Label<'_>) -> Result<Option<T>, TxError> {
         let Some(bytes) = self.data.get(key)? else { return Ok(None) };
-        let json = codec::decode_bytes(|| format!("{} {what}", self.tree_name), &bytes).map_err(abort)?;
-        serde_json::from_slice(json)
-            .map(Some)
-            .map_err(|err| abort(StoreError::Json { record: format!("{} {what}", self.tree_name), reason: err.to_string() }))
+        codec::decode_structured(|| format!("{} {what}", self.tree_name), &bytes).map(Some).map_err(abort)
     }
 
     pub(crate) fn put_json<T: Serialize>(&self, key: Vec<u8>, value: &T, what: Label<'_>) -> Result<(), TxError> {
-        self.put_json_bytes(key, value, what).map(|_| ())
-    }
-
-    /// Stores `value`; hands back its JSON so callers can index what it holds.
-    fn put_json_bytes<T: Serialize>(&self, key: Vec<u8>, value: &T, what: Label<'_>) -> Result<Vec<u8>, TxError> {
         let json = to_json(value, self.tree_name, what)?;
         let bytes = codec::encode_bytes(|| format!("{} {what}", self.tree_name), &json).map_err(abort)?;
         self.data.insert(key, bytes)?;
-        Ok(json)
+        Ok(())
+    }
+
+    /// Stores a run or task record in its binary form (`get_json` reads
+    /// it); hands back the stored bytes so callers can index what it holds.
+    fn put_structured<T: Serialize>(&self, key: Vec<u8>, value: &T, what: Label<'_>) -> Result<sled::IVec, TxError> {
+        let bytes = sled::IVec::from(encode_structured(self.tree_name, value, what)?);
+        self.data.insert(key, bytes.clone())?;
+        Ok(bytes)
     }
 
     /// A bincode record (counters, node offers).
@@ -173,10 +176,11 @@ impl RunTx<'_> {
     /// Stores the record and moves its status and finish-time index entries
     /// from `previous` (status, finish time) when they changed.
     fn save_run(&self, record: &RunRecord, previous: Option<(RunStatus, Option<u64>)>) -> Result<(), TxError> {
-        let json = self.put_json_bytes(keys::run(&record.run_id), record, format_args!("run {}", record.run_id))?;
+        let stored = self.put_structured(keys::run(&record.run_id), record, format_args!("run {}", record.run_id))?;
         self.changed_run(&record.run_id);
-        // A run holds its blobs until it is purged: references only ever get added.
-        for hash in blobs::referenced_hashes(&json) {
+        // A run holds its blobs until it is purged: references only ever get
+        // added. JSON values sit in the record as their text, so a byte scan finds them.
+        for hash in blobs::referenced_hashes(&stored) {
             self.mark(keys::blob_owner(&hash, &keys::run_owner(&record.run_id)))?;
         }
         let (previous_status, previous_finished) = match previous {
@@ -215,8 +219,8 @@ impl RunTx<'_> {
         if let Some(finished) = record.finished_at_ms {
             self.data.remove(keys::run_by_finished(finished, run_id))?;
         }
-        let json = to_json(record, self.tree_name, format_args!("run {run_id}"))?;
-        for hash in blobs::referenced_hashes(&json) {
+        let stored = encode_structured(self.tree_name, record, format_args!("run {run_id}"))?;
+        for hash in blobs::referenced_hashes(&stored) {
             self.data.remove(keys::blob_owner(&hash, &keys::run_owner(run_id)))?;
         }
         if !record.idempotency_key.is_empty() {
@@ -227,6 +231,10 @@ impl RunTx<'_> {
         }
         Ok(())
     }
+}
+
+fn encode_structured<T: Serialize>(tree_name: &str, value: &T, what: Label<'_>) -> Result<Vec<u8>, TxError> {
+    codec::encode_structured(|| format!("{tree_name} {what}"), value).map_err(abort)
 }
 
 fn to_json<T: Serialize>(value: &T, tree_name: &str, what: Label<'_>) -> Result<Vec<u8>, TxError> {
@@ -483,7 +491,7 @@ fn assign_task(tx: &RunTx<'_>, key: &TaskKey, attempt: u32, node: u64, worker: &
         count_placed(tx, &task, 1)?;
     }
     task.assignment = Some(Assignment { node, worker: worker.to_string(), at_ms });
-    tx.put_json(keys::task(&text), &task, format_args!("task {text}"))?;
+    tx.put_structured(keys::task(&text), &task, format_args!("task {text}"))?;
     tx.changed_node(node);
     slots::move_placed(tx, node, &task.spec.placement_key(), 1)?;
     tx.data.insert(keys::task_on_node(node, &text), &attempt.to_be_bytes())?;
@@ -614,7 +622,7 @@ fn apply_effects(
                         tx.changed_queue();
                     }
                 }
-                tx.put_json(keys::task(&text), &task, format_args!("task {text}"))?;
+                tx.put_structured(keys::task(&text), &task, format_args!("task {text}"))?;
             }
             Effect::CancelTask { key } => remove_task(tx, &key)?,
             Effect::StartTimer { timer, due_ms } => {
@@ -750,7 +758,7 @@ pub(crate) fn unassign(tx: &RunTx<'_>, task: &str, attempt: u32, at_ms: u64) -> 
     record.spec.not_before_ms = at_ms;
     tx.mark(keys::task_queue(at_ms, task))?;
     tx.changed_queue();
-    tx.put_json(keys::task(task), &record, format_args!("task {task}"))?;
+    tx.put_structured(keys::task(task), &record, format_args!("task {task}"))?;
     Ok(CommandResponse::RunUpdated)
 }
 

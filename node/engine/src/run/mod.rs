@@ -54,6 +54,7 @@ use crate::model::{FlowDefinition, Timeouts};
 
 mod backoff;
 mod history;
+pub mod json_text;
 mod machine;
 mod steps;
 mod tasks;
@@ -97,11 +98,13 @@ pub struct TaskSpec {
     pub attempt: u32,
     pub block: String,
     /// Only workers that declared these labels get the task.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(default)]
     pub worker_labels: BTreeMap<String, String>,
+    #[serde(with = "json_text")]
     pub input: Value,
     /// Not to be delivered before this time (retry backoff); 0 = now.
     pub not_before_ms: u64,
+    #[serde(with = "json_text")]
     pub timeouts: Timeouts,
 }
 
@@ -154,11 +157,14 @@ pub struct StepRecord {
     pub status: StepStatus,
     pub started_at_ms: u64,
     pub finished_at_ms: Option<u64>,
+    #[serde(default, with = "json_text::option")]
     pub input: Option<Value>,
+    #[serde(default, with = "json_text::option")]
     pub output: Option<Value>,
     pub error: Option<String>,
     pub attempts: Vec<AttemptRecord>,
     /// Step-kind specific progress (map items, fork branches, child run id …).
+    #[serde(with = "json_text")]
     pub progress: Value,
 }
 
@@ -169,7 +175,9 @@ pub struct RunRecord {
     pub flow: String,
     pub version: u64,
     pub status: RunStatus,
+    #[serde(with = "json_text")]
     pub input: Value,
+    #[serde(default, with = "json_text::option")]
     pub output: Option<Value>,
     pub error: Option<String>,
     pub correlation_id: String,
