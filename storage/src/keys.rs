@@ -12,10 +12,11 @@
 //!   `runs/flow/<flow>/<ms:020>/<run id>`, `runs/corr/<correlation id>/<ms:020>/<run id>`:
 //!   (empty) indexes for listing runs
 //! - `runs/finished/<ms:020>/<run id>` → (empty) finished runs, for retention
-//! - `task/<task key>`                   → task record (JSON)
+//! - `task/<task key>`                   → the record of a task waiting for a worker
 //! - `taskq/<not before ms:020>/<task key>` → (empty) tasks waiting for a worker
-//! - `tasknode/<node:020>/<task key>`    → the attempt placed (u32 big-endian; empty in
-//!   older stores) — tasks assigned to a node
+//! - `tasknode/<node:020>/<task key>`    → a task placed on a node: the attempt (u32
+//!   big-endian), then its record. Stores of earlier releases hold the attempt
+//!   alone (or nothing) and the record under `task/`; both read.
 //! - `timer/<due ms:020>/<timer key>`    → timer (JSON); `timerkey/<timer key>` → due ms
 //! - `limit/<block|flow>/<name>`        → u32 cluster-wide concurrency limit (JSON)
 //! - `active/<block|flow>/<name>`       → u64 tasks of it placed on nodes now (JSON)

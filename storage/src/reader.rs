@@ -16,7 +16,7 @@ use crate::error::StoreError;
 use crate::state_machine::{read_applied_state, read_tombstones};
 use crate::store::{data_tree_name, DataGeneration, Shared};
 use crate::models::{Deployment, ModelRecord, ReplicaRecord};
-use crate::runs::{LimitScope, LimitState, TaskRecord};
+use crate::runs::{placed_attempt, placed_record, LimitScope, LimitState, TaskRecord};
 use crate::types::{FlowRecord, KvEntry, LogId, NodeId, StoredMembership};
 use floe_engine::run::RunRecord;
 
@@ -318,8 +318,8 @@ impl StateReader {
     }
 
     /// Tasks placed on `node` as (task key text, attempt), with the record
-    /// of those `wanted` picks: a dispatcher reads only the records of the
-    /// attempts it has not handed out yet.
+    /// of those `wanted` picks: a dispatcher decodes only the records of
+    /// the attempts it has not handed out yet.
     pub fn placed_tasks(
         &self,
         node: NodeId,
@@ -330,13 +330,13 @@ impl StateReader {
         let prefix = keys::tasks_on_node(node);
         let mut tasks = Vec::new();
         for item in state.data.scan_prefix(&prefix) {
-            let (key, value) = item.map_err(|error| StoreError::sled(format!("scan {tree_name} node tasks"), error))?;
+            let (key, entry) = item.map_err(|error| StoreError::sled(format!("scan {tree_name} node tasks"), error))?;
             let text = String::from_utf8_lossy(&key[prefix.len()..]).into_owned();
-            let read = || json_in::<TaskRecord>(&state, &keys::task(&text), &format!("task {text}"));
-            let (attempt, record) = match <[u8; 4]>::try_from(value.as_ref()).ok().map(u32::from_be_bytes) {
-                Some(attempt) => (attempt, if wanted(&text, attempt) { read()? } else { None }),
+            let (attempt, record) = match placed_attempt(&entry) {
+                Some(attempt) if !wanted(&text, attempt) => (attempt, None),
+                Some(attempt) => (attempt, placed_in(&state, &text, &entry)?),
                 // An entry from before attempts were kept in the index.
-                None => match read()? {
+                None => match placed_in(&state, &text, &entry)? {
                     Some(record) => {
                         let attempt = record.spec.attempt;
                         (attempt, Some(record).filter(|_| wanted(&text, attempt)))
@@ -356,9 +356,9 @@ impl StateReader {
         let prefix = keys::tasks_on_node(node);
         let mut tasks = Vec::new();
         for item in state.data.scan_prefix(&prefix) {
-            let (key, _) = item.map_err(|error| StoreError::sled(format!("scan {tree_name} node tasks"), error))?;
+            let (key, entry) = item.map_err(|error| StoreError::sled(format!("scan {tree_name} node tasks"), error))?;
             let text = String::from_utf8_lossy(&key[prefix.len()..]).into_owned();
-            if let Some(task) = json_in::<TaskRecord>(&state, &keys::task(&text), &format!("task {text}"))? {
+            if let Some(task) = placed_in(&state, &text, &entry)? {
                 tasks.push(task);
             }
         }
@@ -527,6 +527,16 @@ impl StateReader {
             hasher.update(node_id.to_be_bytes());
         }
         Ok(hex::encode(hasher.finalize()))
+    }
+}
+
+/// The record of placed task `text` from its node-index entry, or from
+/// `task/` for an entry an earlier release wrote (the attempt alone).
+fn placed_in(state: &DataGeneration, text: &str, entry: &[u8]) -> Result<Option<TaskRecord>, StoreError> {
+    let tree_name = data_tree_name(state.generation);
+    match placed_record(|| format!("{tree_name} task {text}"), entry)? {
+        Some(record) => Ok(Some(record)),
+        None => json_in::<TaskRecord>(state, &keys::task(text), &format!("task {text}")),
     }
 }
 

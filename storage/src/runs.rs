@@ -414,7 +414,7 @@ fn handle_one(
         return Ok(Some(format!("run {run_id}: flow {} v{} is missing", record.flow, record.version)));
     };
     if let RunEvent::TaskStarted { key, attempt, node, worker } = &event {
-        assign_task(tx, key, *attempt, *node, worker, at_ms)?;
+        assign_task(tx, &record, key, *attempt, *node, worker, at_ms)?;
     }
     // A settled attempt leaves the queues (before effects may schedule the next).
     let settled = match &event {
@@ -434,7 +434,7 @@ fn handle_one(
     };
     // The settled attempt frees its slot before the next task is placed.
     if let Some((key, attempt)) = settled {
-        remove_task_attempt(tx, &key, attempt)?;
+        remove_task_attempt(tx, &record, &key, attempt)?;
     }
     let mut placed_now = Vec::new();
     apply_effects(tx, &record, effects, at_ms, work, &mut placed_now)?;
@@ -473,11 +473,18 @@ fn start_placed(
     Ok(())
 }
 
-fn assign_task(tx: &RunTx<'_>, key: &TaskKey, attempt: u32, node: u64, worker: &str, at_ms: u64) -> Result<(), TxError> {
+fn assign_task(
+    tx: &RunTx<'_>,
+    run: &RunRecord,
+    key: &TaskKey,
+    attempt: u32,
+    node: u64,
+    worker: &str,
+    at_ms: u64,
+) -> Result<(), TxError> {
     let text = task_key_text(key);
-    let Some(mut task): Option<TaskRecord> = tx.get_json(&keys::task(&text), format_args!("task {text}"))? else {
-        return Ok(());
-    };
+    let Some(found) = find_task(tx, run, key, &text)? else { return Ok(()) };
+    let mut task = found.task;
     if task.spec.attempt != attempt {
         return Ok(());
     }
@@ -490,34 +497,119 @@ fn assign_task(tx: &RunTx<'_>, key: &TaskKey, attempt: u32, node: u64, worker: &
         tx.changed_queue();
         count_placed(tx, &task, 1)?;
     }
+    if found.under_task_key {
+        tx.data.remove(keys::task(&text))?;
+    }
     task.assignment = Some(Assignment { node, worker: worker.to_string(), at_ms });
-    tx.put_structured(keys::task(&text), &task, format_args!("task {text}"))?;
-    tx.changed_node(node);
+    store_placed(tx, &task, &text)?;
     slots::move_placed(tx, node, &task.spec.placement_key(), 1)?;
-    tx.data.insert(keys::task_on_node(node, &text), &attempt.to_be_bytes())?;
     Ok(())
 }
 
+/// A stored task, and whether its record is under `task/<key>` (queued, or
+/// placed by an earlier release) rather than in its node-index entry.
+struct FoundTask {
+    task: TaskRecord,
+    under_task_key: bool,
+}
+
+/// The task `key` of `run`, wherever its record is. A placed task's record
+/// sits in its node-index entry (`tasknode/<node>/<key>`, after the
+/// attempt), so placing and finishing a task touch one key instead of two;
+/// the node comes from the run's attempts (the newest first; a task has
+/// one record at a time).
+fn find_task(tx: &RunTx<'_>, run: &RunRecord, key: &TaskKey, text: &str) -> Result<Option<FoundTask>, TxError> {
+    if let Some(task) = tx.get_json::<TaskRecord>(&keys::task(text), format_args!("task {text}"))? {
+        return Ok(Some(FoundTask { task, under_task_key: true }));
+    }
+    let Some(step) = run.steps.get(&key.step_id) else { return Ok(None) };
+    let mut tried = Vec::new();
+    for node in step.attempts.iter().rev().filter(|attempt| attempt.item == key.item).filter_map(|attempt| attempt.node) {
+        if tried.contains(&node) {
+            continue;
+        }
+        tried.push(node);
+        if let Some(bytes) = tx.data.get(keys::task_on_node(node, text))? {
+            let label = || format!("{} task {text} on node {node}", tx.tree_name);
+            if let Some(task) = placed_record(label, &bytes).map_err(abort)? {
+                return Ok(Some(FoundTask { task, under_task_key: false }));
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// The task named by its key text (commands from the scheduler carry the
+/// text); the run's attempts say which node's index holds a placed one.
+fn find_task_by_text(tx: &RunTx<'_>, text: &str) -> Result<Option<FoundTask>, TxError> {
+    if let Some(task) = tx.get_json::<TaskRecord>(&keys::task(text), format_args!("task {text}"))? {
+        return Ok(Some(FoundTask { task, under_task_key: true }));
+    }
+    let Some(key) = parse_task_key(text) else { return Ok(None) };
+    let Some(run) = tx.run(&key.run_id)? else { return Ok(None) };
+    find_task(tx, &run, &key, text)
+}
+
+/// Stores a placed task in its node-index entry: the attempt (big-endian
+/// u32, all that entries written by earlier releases hold), then the record.
+fn store_placed(tx: &RunTx<'_>, task: &TaskRecord, text: &str) -> Result<(), TxError> {
+    let node = task.assignment.as_ref().map_or(0, |assignment| assignment.node);
+    let record = encode_structured(tx.tree_name, task, format_args!("task {text}"))?;
+    let mut entry = Vec::with_capacity(4 + record.len());
+    entry.extend_from_slice(&task.spec.attempt.to_be_bytes());
+    entry.extend_from_slice(&record);
+    tx.data.insert(keys::task_on_node(node, text), entry)?;
+    tx.changed_node(node);
+    Ok(())
+}
+
+/// The record in a node-index entry; `None` for an entry of an earlier
+/// release (the attempt alone, or nothing), whose record is under `task/`.
+pub(crate) fn placed_record(record: impl Fn() -> String, entry: &[u8]) -> Result<Option<TaskRecord>, StoreError> {
+    match entry.get(4..) {
+        Some(stored) if !stored.is_empty() => codec::decode_structured(record, stored).map(Some),
+        _ => Ok(None),
+    }
+}
+
+/// The attempt a node-index entry names, if it holds one.
+pub(crate) fn placed_attempt(entry: &[u8]) -> Option<u32> {
+    entry.get(..4).and_then(|bytes| <[u8; 4]>::try_from(bytes).ok()).map(u32::from_be_bytes)
+}
+
+/// The inverse of `task_key_text` (step ids hold no `/`; a run id may).
+pub fn parse_task_key(text: &str) -> Option<TaskKey> {
+    let mut parts = text.rsplitn(3, '/');
+    let item = match parts.next()? {
+        "-" => None,
+        item => Some(item.parse().ok()?),
+    };
+    let step_id = parts.next()?.to_string();
+    let run_id = parts.next()?.to_string();
+    Some(TaskKey { run_id, step_id, item })
+}
+
 /// Removes the task only if it is still at `attempt`.
-fn remove_task_attempt(tx: &RunTx<'_>, key: &TaskKey, attempt: u32) -> Result<(), TxError> {
+fn remove_task_attempt(tx: &RunTx<'_>, run: &RunRecord, key: &TaskKey, attempt: u32) -> Result<(), TxError> {
     let text = task_key_text(key);
-    match tx.get_json::<TaskRecord>(&keys::task(&text), format_args!("task {text}"))? {
-        Some(task) if task.spec.attempt == attempt => drop_task(tx, &text, &task),
+    match find_task(tx, run, key, &text)? {
+        Some(found) if found.task.spec.attempt == attempt => drop_task(tx, &text, &found),
         _ => Ok(()),
     }
 }
 
-fn remove_task(tx: &RunTx<'_>, key: &TaskKey) -> Result<(), TxError> {
+fn remove_task(tx: &RunTx<'_>, run: &RunRecord, key: &TaskKey) -> Result<(), TxError> {
     let text = task_key_text(key);
-    match tx.get_json::<TaskRecord>(&keys::task(&text), format_args!("task {text}"))? {
-        Some(task) => drop_task(tx, &text, &task),
+    match find_task(tx, run, key, &text)? {
+        Some(found) => drop_task(tx, &text, &found),
         None => Ok(()),
     }
 }
 
 /// Deletes the stored task `text` and frees what it held (its node's slot
 /// and counters, or its place in the queue).
-fn drop_task(tx: &RunTx<'_>, text: &str, task: &TaskRecord) -> Result<(), TxError> {
+fn drop_task(tx: &RunTx<'_>, text: &str, found: &FoundTask) -> Result<(), TxError> {
+    let task = &found.task;
     match &task.assignment {
         Some(assignment) => {
             tx.data.remove(keys::task_on_node(assignment.node, text))?;
@@ -530,7 +622,9 @@ fn drop_task(tx: &RunTx<'_>, text: &str, task: &TaskRecord) -> Result<(), TxErro
             tx.changed_queue();
         }
     };
-    tx.data.remove(keys::task(text))?;
+    if found.under_task_key {
+        tx.data.remove(keys::task(text))?;
+    }
     Ok(())
 }
 
@@ -600,7 +694,7 @@ fn apply_effects(
         match effect {
             Effect::ScheduleTask(spec) => {
                 // A new attempt replaces the previous one's record and index entry.
-                remove_task(tx, &spec.key)?;
+                remove_task(tx, record, &spec.key)?;
                 let text = task_key_text(&spec.key);
                 let mut task = TaskRecord { spec, scheduled_at_ms: at_ms, assignment: None, flow: record.flow.clone() };
                 let node = if task.spec.not_before_ms <= at_ms && limit_reached(tx, &task)?.is_none() {
@@ -613,18 +707,17 @@ fn apply_effects(
                         task.assignment = Some(Assignment { node, worker: String::new(), at_ms });
                         count_placed(tx, &task, 1)?;
                         slots::move_placed(tx, node, &task.spec.placement_key(), 1)?;
-                        tx.data.insert(keys::task_on_node(node, &text), &task.spec.attempt.to_be_bytes())?;
-                        tx.changed_node(node);
+                        store_placed(tx, &task, &text)?;
                         placed_now.push((task.spec.key.clone(), task.spec.attempt, node));
                     }
                     None => {
                         tx.mark(keys::task_queue(task.spec.not_before_ms, &text))?;
                         tx.changed_queue();
+                        tx.put_structured(keys::task(&text), &task, format_args!("task {text}"))?;
                     }
                 }
-                tx.put_structured(keys::task(&text), &task, format_args!("task {text}"))?;
             }
-            Effect::CancelTask { key } => remove_task(tx, &key)?,
+            Effect::CancelTask { key } => remove_task(tx, record, &key)?,
             Effect::StartTimer { timer, due_ms } => {
                 let text = timer_key_text(&timer);
                 if let Some(old_due) = tx.get_json::<u64>(&keys::timer_by_key(&text), format_args!("timer {text}"))? {
@@ -704,7 +797,7 @@ pub(crate) fn assign(
     worker: &str,
     at_ms: u64,
 ) -> Result<CommandResponse, TxError> {
-    let Some(record): Option<TaskRecord> = tx.get_json(&keys::task(task), format_args!("task {task}"))? else {
+    let Some(FoundTask { task: record, .. }) = find_task_by_text(tx, task)? else {
         return Ok(CommandResponse::RunRejected { reason: format!("no task {task}") });
     };
     if record.spec.attempt != attempt {
@@ -740,7 +833,7 @@ pub(crate) fn fire_timers(tx: &RunTx<'_>, timers: &[String], at_ms: u64) -> Resu
 }
 
 pub(crate) fn unassign(tx: &RunTx<'_>, task: &str, attempt: u32, at_ms: u64) -> Result<CommandResponse, TxError> {
-    let Some(mut record): Option<TaskRecord> = tx.get_json(&keys::task(task), format_args!("task {task}"))? else {
+    let Some(FoundTask { task: mut record, .. }) = find_task_by_text(tx, task)? else {
         return Ok(CommandResponse::RunRejected { reason: format!("no task {task}") });
     };
     let Some(assignment) = record.assignment.take() else {
@@ -758,6 +851,7 @@ pub(crate) fn unassign(tx: &RunTx<'_>, task: &str, attempt: u32, at_ms: u64) -> 
     record.spec.not_before_ms = at_ms;
     tx.mark(keys::task_queue(at_ms, task))?;
     tx.changed_queue();
+    // Back in the queue: the record lives under `task/` again.
     tx.put_structured(keys::task(task), &record, format_args!("task {task}"))?;
     Ok(CommandResponse::RunUpdated)
 }
@@ -776,4 +870,142 @@ pub(crate) fn purge_runs(tx: &RunTx<'_>, run_ids: &[String], finished_before_ms:
         }
     }
     Ok(CommandResponse::RunsPurged { purged })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::changes::AppliedChanges;
+
+    const FLOW: &str = r#"{"name": "chain", "steps": [
+        {"id": "a", "type": "task", "block": "noop", "input": "input", "next": "b"},
+        {"id": "b", "type": "task", "block": "noop", "input": "steps.a.output"}]}"#;
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        tree: sled::Tree,
+        definitions: DefinitionCache,
+    }
+
+    impl Fixture {
+        fn new() -> Fixture {
+            let dir = tempfile::tempdir().unwrap();
+            let tree = sled::open(dir.path()).unwrap().open_tree("sm_data_0").unwrap();
+            let definitions = DefinitionCache::default();
+            let flow = floe_engine::parse_flow(FLOW.as_bytes()).unwrap();
+            definitions.flows.lock().unwrap().insert(("chain".into(), 1), Arc::new(flow));
+            Fixture { _dir: dir, tree, definitions }
+        }
+
+        fn apply<R>(&self, step: impl Fn(&RunTx<'_>) -> Result<R, TxError>) -> R {
+            let changes = std::cell::RefCell::new(AppliedChanges::default());
+            self.tree
+                .transaction(|data| step(&RunTx { data, tree_name: "sm_data_0", definitions: &self.definitions, changes: &changes }))
+                .unwrap()
+        }
+
+        fn has(&self, key: Vec<u8>) -> bool {
+            self.tree.get(key).unwrap().is_some()
+        }
+
+        fn start(&self, run_id: &str) {
+            let start = |tx: &RunTx<'_>| {
+                let command = StartRun {
+                    run_id,
+                    flow: "chain",
+                    version: 1,
+                    input: br#"{"n": 1}"#,
+                    correlation_id: "",
+                    idempotency_key: "",
+                    at_ms: 10,
+                };
+                start_run(tx, command)
+            };
+            assert!(matches!(self.apply(start), CommandResponse::RunStarted { created: true, .. }));
+        }
+
+        fn complete(&self, run_id: &str, step: &str) -> CommandResponse {
+            let key = TaskKey { run_id: run_id.into(), step_id: step.into(), item: None };
+            let event = RunEvent::TaskCompleted { key, attempt: 1, output: serde_json::json!({"ok": step}), worker: None };
+            self.apply(|tx| run_event(tx, run_id, event.clone(), 30))
+        }
+
+        fn counts_on(&self, node: u64) -> (u32, u64) {
+            self.apply(|tx| {
+                let active: u64 = tx.get_json(&keys::active_count("block", "noop"), format_args!("count"))?.unwrap_or(0);
+                Ok((slots::placed(tx, node, "noop")?, active))
+            })
+        }
+    }
+
+    #[test]
+    fn a_placed_task_lives_in_its_node_entry_and_moves_with_it() {
+        let store = Fixture::new();
+        store.start("r1");
+        // No offers: the first task waits in the queue, its record under `task/`.
+        assert!(store.has(keys::task("r1/a/-")));
+        assert!(store.has(keys::task_queue(0, "r1/a/-")));
+
+        let placed = store.apply(|tx| assign(tx, "r1/a/-", 1, 2, "w", 20));
+        assert_eq!(placed, CommandResponse::RunUpdated);
+        assert!(!store.has(keys::task("r1/a/-")), "a placed task has no separate record");
+        assert!(!store.has(keys::task_queue(0, "r1/a/-")));
+        let entry = store.tree.get(keys::task_on_node(2, "r1/a/-")).unwrap().unwrap();
+        assert_eq!(placed_attempt(&entry), Some(1));
+        let record = placed_record(|| "entry".into(), &entry).unwrap().unwrap();
+        assert_eq!(record.assignment.as_ref().map(|assignment| assignment.node), Some(2));
+        assert_eq!(store.counts_on(2), (1, 1));
+
+        // The node is lost: back to the queue, then placed on node 3.
+        assert_eq!(store.apply(|tx| unassign(tx, "r1/a/-", 1, 25)), CommandResponse::RunUpdated);
+        assert!(!store.has(keys::task_on_node(2, "r1/a/-")));
+        assert!(store.has(keys::task("r1/a/-")) && store.has(keys::task_queue(25, "r1/a/-")));
+        assert_eq!(store.counts_on(2), (0, 0));
+        assert_eq!(store.apply(|tx| assign(tx, "r1/a/-", 1, 3, "w", 26)), CommandResponse::RunUpdated);
+        assert!(!store.has(keys::task("r1/a/-")));
+        assert!(store.has(keys::task_on_node(3, "r1/a/-")));
+
+        // A stale attempt is refused by text, wherever the record lives.
+        let stale = store.apply(|tx| assign(tx, "r1/a/-", 7, 2, "w", 27));
+        assert!(matches!(stale, CommandResponse::RunRejected { ref reason } if reason.contains("stale attempt 7")), "{stale:?}");
+
+        // Completing frees node 3 and queues step b.
+        assert_eq!(store.complete("r1", "a"), CommandResponse::RunUpdated);
+        assert!(!store.has(keys::task_on_node(3, "r1/a/-")));
+        assert_eq!(store.counts_on(3), (0, 0));
+        assert!(store.has(keys::task("r1/b/-")));
+    }
+
+    #[test]
+    fn a_task_placed_by_an_earlier_release_still_completes() {
+        let store = Fixture::new();
+        store.start("r1");
+        store.apply(|tx| assign(tx, "r1/a/-", 1, 2, "w", 20));
+        // Rewrite the placement as earlier releases stored it: a JSON record
+        // under `task/`, the attempt alone in the node entry.
+        let entry = store.tree.get(keys::task_on_node(2, "r1/a/-")).unwrap().unwrap();
+        let record = placed_record(|| "entry".into(), &entry).unwrap().unwrap();
+        let json = codec::encode_bytes(|| "task".into(), &serde_json::to_vec(&record).unwrap()).unwrap();
+        store.tree.insert(keys::task("r1/a/-"), json).unwrap();
+        store.tree.insert(keys::task_on_node(2, "r1/a/-"), &1u32.to_be_bytes()).unwrap();
+
+        let on_node = store.apply(|tx| Ok(find_task_by_text(tx, "r1/a/-")?.map(|found| (found.task, found.under_task_key))));
+        assert_eq!(on_node, Some((record, true)));
+        assert_eq!(store.complete("r1", "a"), CommandResponse::RunUpdated);
+        assert!(!store.has(keys::task("r1/a/-")), "the old record is gone");
+        assert!(!store.has(keys::task_on_node(2, "r1/a/-")), "and its node entry");
+        assert_eq!(store.counts_on(2), (0, 0));
+    }
+
+    #[test]
+    fn task_key_text_parses_back() {
+        for key in [
+            TaskKey { run_id: "r1".into(), step_id: "a".into(), item: None },
+            TaskKey { run_id: "site/north/r1".into(), step_id: "ocr".into(), item: Some(12) },
+        ] {
+            assert_eq!(parse_task_key(&task_key_text(&key)), Some(key));
+        }
+        assert_eq!(parse_task_key("r1/a"), None);
+        assert_eq!(parse_task_key("r1/a/x"), None);
+    }
 }
