@@ -453,7 +453,7 @@ fn start_placed(
     at_ms: u64,
 ) -> Result<(), TxError> {
     for (key, attempt, node) in placed_now {
-        let event = RunEvent::TaskStarted { key, attempt, node, worker: String::new() };
+        let event = RunEvent::TaskStarted { key: key.clone(), attempt, node, worker: String::new() };
         match run::handle(definition, record, event, at_ms) {
             Ok(effects) => {
                 // A start only cancels its schedule-to-start timer.
@@ -463,10 +463,15 @@ fn start_placed(
             }
             // Cannot happen (the attempt was scheduled by this very event);
             // failing the whole apply over it would stop every node, so the
-            // task stays placed and only its start time is missing.
+            // task stays placed and only its start time is missing. Its node
+            // is still noted: that is how `find_task` reaches its record.
             Err(err) => {
                 tracing::warn!(run = %record.run_id, error = %err, "a task placed in the same entry did not start");
                 debug_assert!(false, "a task placed in the same entry did not start: {err}");
+                let attempts = record.steps.get_mut(&key.step_id).map(|step| &mut step.attempts);
+                if let Some(entry) = attempts.into_iter().flatten().find(|entry| entry.item == key.item && entry.attempt == attempt) {
+                    entry.node = Some(node);
+                }
             }
         }
     }
