@@ -520,13 +520,34 @@ struct FoundTask {
 
 /// The task `key` of `run`, wherever its record is. A placed task's record
 /// sits in its node-index entry (`tasknode/<node>/<key>`, after the
-/// attempt), so placing and finishing a task touch one key instead of two;
-/// the node comes from the run's attempts (the newest first; a task has
-/// one record at a time).
+/// attempt), so placing and finishing a task touch one key instead of two.
 fn find_task(tx: &RunTx<'_>, run: &RunRecord, key: &TaskKey, text: &str) -> Result<Option<FoundTask>, TxError> {
-    if let Some(task) = tx.get_json::<TaskRecord>(&keys::task(text), format_args!("task {text}"))? {
-        return Ok(Some(FoundTask { task, under_task_key: true }));
+    match queued_task(tx, text)? {
+        Some(found) => Ok(Some(found)),
+        None => placed_task(tx, run, key, text),
     }
+}
+
+/// The task named by its key text (commands from the scheduler carry the
+/// text, mostly for queued tasks: the run is read only for a placed one).
+fn find_task_by_text(tx: &RunTx<'_>, text: &str) -> Result<Option<FoundTask>, TxError> {
+    if let Some(found) = queued_task(tx, text)? {
+        return Ok(Some(found));
+    }
+    let Some(key) = parse_task_key(text) else { return Ok(None) };
+    let Some(run) = tx.run(&key.run_id)? else { return Ok(None) };
+    placed_task(tx, &run, &key, text)
+}
+
+/// A record under `task/`: a queued task, or one placed by an earlier release.
+fn queued_task(tx: &RunTx<'_>, text: &str) -> Result<Option<FoundTask>, TxError> {
+    let task = tx.get_json::<TaskRecord>(&keys::task(text), format_args!("task {text}"))?;
+    Ok(task.map(|task| FoundTask { task, under_task_key: true }))
+}
+
+/// A record in a node-index entry. The node comes from the run's attempts,
+/// the newest first (a task has one record at a time).
+fn placed_task(tx: &RunTx<'_>, run: &RunRecord, key: &TaskKey, text: &str) -> Result<Option<FoundTask>, TxError> {
     let Some(step) = run.steps.get(&key.step_id) else { return Ok(None) };
     let mut tried = Vec::new();
     for node in step.attempts.iter().rev().filter(|attempt| attempt.item == key.item).filter_map(|attempt| attempt.node) {
@@ -542,17 +563,6 @@ fn find_task(tx: &RunTx<'_>, run: &RunRecord, key: &TaskKey, text: &str) -> Resu
         }
     }
     Ok(None)
-}
-
-/// The task named by its key text (commands from the scheduler carry the
-/// text); the run's attempts say which node's index holds a placed one.
-fn find_task_by_text(tx: &RunTx<'_>, text: &str) -> Result<Option<FoundTask>, TxError> {
-    if let Some(task) = tx.get_json::<TaskRecord>(&keys::task(text), format_args!("task {text}"))? {
-        return Ok(Some(FoundTask { task, under_task_key: true }));
-    }
-    let Some(key) = parse_task_key(text) else { return Ok(None) };
-    let Some(run) = tx.run(&key.run_id)? else { return Ok(None) };
-    find_task(tx, &run, &key, text)
 }
 
 /// Stores a placed task in its node-index entry: the attempt (big-endian
