@@ -215,8 +215,8 @@ pub async fn schedule(node: Arc<Node>, cancel: CancellationToken) -> anyhow::Res
             if !headroom.allows(&task) {
                 continue;
             }
-            let key = task.spec.placement_key();
-            let Some(target) = pick_node(&reports, &key) else {
+            let pools: Vec<_> = task.spec.slot_pools().collect();
+            let Some(target) = pick_node(&reports, &pools) else {
                 if task.spec.block.starts_with(floe_engine::INFERENCE_BLOCK_PREFIX) {
                     waiting_blocks.insert(task.spec.block.clone());
                 }
@@ -224,8 +224,10 @@ pub async fn schedule(node: Arc<Node>, cancel: CancellationToken) -> anyhow::Res
             };
             headroom.take(&task);
             if let Some(report) = reports.get_mut(&target) {
-                if let Some(slots) = report.free_slots.get_mut(key.as_ref()) {
-                    *slots = slots.saturating_sub(1);
+                for pool in &pools {
+                    if let Some(slots) = report.free_slots.get_mut(pool.as_ref()) {
+                        *slots = slots.saturating_sub(1);
+                    }
                 }
                 report.running_tasks += 1;
             }
@@ -346,10 +348,12 @@ impl Headroom {
 }
 
 /// The least-loaded node with a free slot for placement key `key`.
-fn pick_node(reports: &BTreeMap<NodeId, NodeReport>, key: &str) -> Option<NodeId> {
+/// The least-loaded node with a free slot in every one of a task's slot
+/// pools (`TaskSpec::slot_pools`).
+fn pick_node<P: AsRef<str>>(reports: &BTreeMap<NodeId, NodeReport>, pools: &[P]) -> Option<NodeId> {
     reports
         .values()
-        .filter(|report| report.free_slots.get(key).copied().unwrap_or(0) > 0)
+        .filter(|report| pools.iter().all(|pool| report.free_slots.get(pool.as_ref()).copied().unwrap_or(0) > 0))
         .min_by(|a, b| load_score(a).total_cmp(&load_score(b)).then(a.node_id.cmp(&b.node_id)))
         .map(|report| report.node_id)
 }
@@ -430,8 +434,8 @@ mod tests {
         ]
         .into_iter()
         .collect();
-        assert_eq!(pick_node(&reports, "ocr"), Some(3));
-        assert_eq!(pick_node(&reports, "classify"), None, "no node serves the block");
+        assert_eq!(pick_node(&reports, &["ocr"]), Some(3));
+        assert_eq!(pick_node(&reports, &["classify"]), None, "no node serves the block");
     }
 
     #[test]
@@ -460,10 +464,24 @@ mod tests {
     }
 
     #[test]
+    fn a_labelled_task_needs_a_free_slot_of_its_block_too() {
+        // Node 1's labelled worker is busy with unlabelled tasks: its labelled
+        // pool shows a free slot only because those tasks do not count there.
+        let mut busy = report(1, "ocr", 0, 2, 0.0);
+        busy.free_slots.insert("ocr[gpu=yes]".into(), 1);
+        let mut free = report(2, "ocr", 1, 1, 0.9);
+        free.free_slots.insert("ocr[gpu=yes]".into(), 1);
+        let mut reports: BTreeMap<NodeId, NodeReport> = [(1, busy), (2, free)].into_iter().collect();
+        assert_eq!(pick_node(&reports, &["ocr[gpu=yes]", "ocr"]), Some(2));
+        reports.get_mut(&2).unwrap().free_slots.insert("ocr".into(), 0);
+        assert_eq!(pick_node(&reports, &["ocr[gpu=yes]", "ocr"]), None);
+    }
+
+    #[test]
     fn ties_break_by_node_id() {
         let reports: BTreeMap<NodeId, NodeReport> =
             [(2, report(2, "a", 1, 0, 0.0)), (1, report(1, "a", 1, 0, 0.0))].into_iter().collect();
-        assert_eq!(pick_node(&reports, "a"), Some(1));
+        assert_eq!(pick_node(&reports, &["a"]), Some(1));
     }
 
     fn task(block: &str, flow: &str, step: &str) -> TaskRecord {

@@ -521,12 +521,15 @@ async fn resolved_input(node: &Node, task: &TaskRecord) -> Option<serde_json::Va
 /// How long a task placed here may wait for a worker serving its block.
 const UNSERVED_GRACE: Duration = Duration::from_secs(1);
 
-/// Placement keys of tasks placed on this node but not pushed yet.
+/// Tasks placed on this node but not pushed yet, per slot pool (a labelled
+/// task waits for a slot of its labels and of its block).
 pub fn queued_blocks(node: &Node) -> BTreeMap<String, u32> {
     let mut queued = BTreeMap::new();
     if let Ok(placed) = node.reader.placed_tasks(node.id, |task, attempt| !dispatched(node, task, attempt)) {
         for task in placed.into_iter().filter_map(|(_, _, record)| record) {
-            *queued.entry(task.spec.placement_key().into_owned()).or_default() += 1;
+            for pool in task.spec.slot_pools() {
+                *queued.entry(pool.into_owned()).or_default() += 1;
+            }
         }
     }
     queued

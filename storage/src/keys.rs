@@ -29,7 +29,9 @@
 //! - `model/replica/<name>/<version:020>/<replica:06>` → where one replica is placed (JSON)
 //! - `model/gpu/<node:020>/<device>`    → thousandths of that GPU held by placed replicas
 //! - `slots`                            → node id → `NodeSlots`: the worker slots each node offers per block
-//! - `placed/<node:020>/<block>`         → u32 tasks of the block placed on the node now
+//! - `placed/<node:020>/<pool>`          → u32 tasks placed on the node now in a slot pool:
+//!   a placement key (block, or block with labels); a labelled task counts
+//!   under its key and under its block
 
 pub(crate) const KV_PREFIX: &[u8] = b"kv/";
 const FLOW_DEF_PREFIX: &str = "flow/def/";

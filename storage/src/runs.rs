@@ -496,7 +496,7 @@ fn assign_task(
     if let Some(previous) = &task.assignment {
         tx.data.remove(keys::task_on_node(previous.node, &text))?;
         tx.changed_node(previous.node);
-        slots::move_placed(tx, previous.node, &task.spec.placement_key(), -1)?;
+        slots::move_placed(tx, previous.node, &task.spec, -1)?;
     } else {
         tx.data.remove(keys::task_queue(task.spec.not_before_ms, &text))?;
         tx.changed_queue();
@@ -507,7 +507,7 @@ fn assign_task(
     }
     task.assignment = Some(Assignment { node, worker: worker.to_string(), at_ms });
     store_placed(tx, &task, &text)?;
-    slots::move_placed(tx, node, &task.spec.placement_key(), 1)?;
+    slots::move_placed(tx, node, &task.spec, 1)?;
     Ok(())
 }
 
@@ -630,7 +630,7 @@ fn drop_task(tx: &RunTx<'_>, text: &str, found: &FoundTask) -> Result<(), TxErro
             tx.data.remove(keys::task_on_node(assignment.node, text))?;
             tx.changed_node(assignment.node);
             count_placed(tx, task, -1)?;
-            slots::move_placed(tx, assignment.node, &task.spec.placement_key(), -1)?;
+            slots::move_placed(tx, assignment.node, &task.spec, -1)?;
         }
         None => {
             tx.data.remove(keys::task_queue(task.spec.not_before_ms, text))?;
@@ -713,7 +713,7 @@ fn apply_effects(
                 let text = task_key_text(&spec.key);
                 let mut task = TaskRecord { spec, scheduled_at_ms: at_ms, assignment: None, flow: record.flow.clone() };
                 let node = if task.spec.not_before_ms <= at_ms && limit_reached(tx, &task)?.is_none() {
-                    slots::choose_node(tx, &task.spec.placement_key())?
+                    slots::choose_node(tx, &task.spec)?
                 } else {
                     None
                 };
@@ -721,7 +721,7 @@ fn apply_effects(
                     Some(node) => {
                         task.assignment = Some(Assignment { node, worker: String::new(), at_ms });
                         count_placed(tx, &task, 1)?;
-                        slots::move_placed(tx, node, &task.spec.placement_key(), 1)?;
+                        slots::move_placed(tx, node, &task.spec, 1)?;
                         store_placed(tx, &task, &text)?;
                         placed_now.push((task.spec.key.clone(), task.spec.attempt, node));
                     }
@@ -862,7 +862,7 @@ pub(crate) fn unassign(tx: &RunTx<'_>, task: &str, attempt: u32, at_ms: u64) -> 
     tx.data.remove(keys::task_on_node(assignment.node, task))?;
     tx.changed_node(assignment.node);
     count_placed(tx, &record, -1)?;
-    slots::move_placed(tx, assignment.node, &record.spec.placement_key(), -1)?;
+    slots::move_placed(tx, assignment.node, &record.spec, -1)?;
     record.spec.not_before_ms = at_ms;
     tx.mark(keys::task_queue(at_ms, task))?;
     tx.changed_queue();
@@ -989,6 +989,50 @@ mod tests {
         assert!(!store.has(keys::task_on_node(3, "r1/a/-")));
         assert_eq!(store.counts_on(3), (0, 0));
         assert!(store.has(keys::task("r1/b/-")));
+    }
+
+    #[test]
+    fn a_labelled_task_takes_a_slot_of_its_block_as_well() {
+        let store = Fixture::new();
+        // One worker on node 2 labelled gpu=yes with two slots: a node offers
+        // them under the block and under each label subset.
+        let offer = slots::NodeSlots {
+            slots: [("noop".to_string(), 2), ("noop[gpu=yes]".to_string(), 2)].into_iter().collect(),
+            load_milli: 0,
+        };
+        store.apply(|tx| slots::set_node_slots(tx, 2, &offer));
+        let spec = |step: &str, labels: serde_json::Value| -> floe_engine::run::TaskSpec {
+            serde_json::from_value(serde_json::json!({
+                "key": {"run_id": "r", "step_id": step, "item": null},
+                "attempt": 1, "block": "noop", "worker_labels": labels, "input": null,
+                "not_before_ms": 0, "timeouts": {}
+            }))
+            .unwrap()
+        };
+        let (plain, gpu) = (spec("p", serde_json::json!({})), spec("g", serde_json::json!({"gpu": "yes"})));
+        let choose = |task: &floe_engine::run::TaskSpec| store.apply(|tx| slots::choose_node(tx, task));
+        let place = |task: &floe_engine::run::TaskSpec, delta: i64| store.apply(|tx| slots::move_placed(tx, 2, task, delta));
+        let placed = |pool: &str| store.apply(|tx| slots::placed(tx, 2, pool));
+
+        place(&plain, 1);
+        place(&plain, 1);
+        assert_eq!(choose(&gpu), None, "both of the worker's slots hold unlabelled tasks");
+        assert_eq!(choose(&plain), None);
+        place(&plain, -1);
+        assert_eq!(choose(&gpu), Some(2));
+        place(&gpu, 1);
+        assert_eq!((placed("noop"), placed("noop[gpu=yes]")), (2, 1), "a labelled task counts in both pools");
+        assert_eq!(choose(&plain), None, "its labelled sibling took the block's last slot");
+        assert_eq!(choose(&gpu), None);
+        place(&gpu, -1);
+        assert_eq!((placed("noop"), placed("noop[gpu=yes]")), (1, 0));
+        assert!(!store.has(keys::placed_count(2, "noop[gpu=yes]")), "an empty pool leaves no counter");
+        // A node that offers the block without the labels never gets it.
+        let plain_only = slots::NodeSlots { slots: [("noop".to_string(), 8)].into_iter().collect(), load_milli: 0 };
+        store.apply(|tx| slots::set_node_slots(tx, 3, &plain_only));
+        place(&plain, 1);
+        assert_eq!(choose(&gpu), None);
+        assert_eq!(choose(&plain), Some(3));
     }
 
     #[test]

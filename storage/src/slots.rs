@@ -1,7 +1,8 @@
 //! Placement inside apply. The leader keeps each node's offer — worker
 //! slots per block and a coarse load — in the replicated state
 //! (`NodeSlots`, proposed when a node's report changes it), and apply
-//! counts the tasks placed on each node per block. A task that becomes
+//! counts the tasks placed on each node per slot pool (a placement key; a
+//! labelled task takes a slot of its block as well). A task that becomes
 //! ready is then placed in the same entry that made it ready, on the
 //! least-loaded node with a free slot: a step hop costs one commit instead
 //! of two, and the choice is a deterministic function of the state.
@@ -10,6 +11,7 @@
 
 use std::collections::BTreeMap;
 
+use floe_engine::run::TaskSpec;
 use serde::{Deserialize, Serialize};
 
 use crate::keys;
@@ -53,29 +55,37 @@ pub(crate) fn placed(tx: &RunTx<'_>, node: NodeId, block: &str) -> Result<u32, T
     Ok(tx.get_record::<u32>(&keys::placed_count(node, block), format_args!("placed count"))?.unwrap_or(0))
 }
 
-/// Moves the count of `block` tasks placed on `node` by `delta`.
-pub(crate) fn move_placed(tx: &RunTx<'_>, node: NodeId, block: &str, delta: i64) -> Result<(), TxError> {
-    let key = keys::placed_count(node, block);
-    let next = i64::from(placed(tx, node, block)?) + delta;
-    if next <= 0 {
-        tx.data.remove(key)?;
-    } else {
-        tx.put_record(key, &(next as u32), format_args!("placed count"))?;
+/// Moves the counts of `task`'s slot pools on `node` by `delta`.
+pub(crate) fn move_placed(tx: &RunTx<'_>, node: NodeId, task: &TaskSpec, delta: i64) -> Result<(), TxError> {
+    for pool in task.slot_pools() {
+        let key = keys::placed_count(node, &pool);
+        let next = i64::from(placed(tx, node, &pool)?) + delta;
+        if next <= 0 {
+            tx.data.remove(key)?;
+        } else {
+            tx.put_record(key, &(next as u32), format_args!("placed count"))?;
+        }
     }
     Ok(())
 }
 
-/// The least-loaded node with a free slot for `block` — fewest placed per
-/// slot plus load, ties to the lowest id — or none.
-pub(crate) fn choose_node(tx: &RunTx<'_>, block: &str) -> Result<Option<NodeId>, TxError> {
+/// The least-loaded node with a free slot in every pool of `task` — fewest
+/// placed per slot in its fullest pool plus load, ties to the lowest id —
+/// or none.
+pub(crate) fn choose_node(tx: &RunTx<'_>, task: &TaskSpec) -> Result<Option<NodeId>, TxError> {
+    let pools: Vec<_> = task.slot_pools().collect();
     let mut best: Option<(u64, NodeId)> = None;
-    for (node, offer) in offers(tx)? {
-        let Some(&slots) = offer.slots.get(block) else { continue };
-        let placed = placed(tx, node, block)?;
-        if placed >= slots {
-            continue;
+    'nodes: for (node, offer) in offers(tx)? {
+        let mut fullest = 0;
+        for pool in &pools {
+            let Some(&slots) = offer.slots.get(pool.as_ref()) else { continue 'nodes };
+            let placed = placed(tx, node, pool)?;
+            if placed >= slots {
+                continue 'nodes;
+            }
+            fullest = fullest.max(u64::from(placed) * 1000 / u64::from(slots));
         }
-        let score = u64::from(placed) * 1000 / u64::from(slots) + u64::from(offer.load_milli);
+        let score = fullest + u64::from(offer.load_milli);
         if best.is_none_or(|(best_score, _)| score < best_score) {
             best = Some((score, node));
         }

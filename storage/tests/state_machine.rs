@@ -749,5 +749,6 @@ async fn tasks_that_require_worker_labels_go_only_to_nodes_offering_them() {
     sm.apply(entries).await.unwrap();
     assert_eq!(node_of("r2"), Some(3));
     assert_eq!(reader.placed_count(3, "noop[site=north]").unwrap(), 1);
+    assert_eq!(reader.placed_count(3, "noop").unwrap(), 1, "and takes a slot of the block");
     assert_eq!(reader.placed_count(1, "noop").unwrap(), 0);
 }

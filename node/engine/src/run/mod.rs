@@ -118,6 +118,16 @@ impl TaskSpec {
             std::borrow::Cow::Owned(crate::names::placement_key(&self.block, &self.worker_labels))
         }
     }
+
+    /// The slot pools a placed task takes one slot of: its placement key
+    /// and, when labelled, its block too. A labelled worker's slots are
+    /// offered under its block as well as under each label subset, so only
+    /// counting a labelled task against the block keeps a node's tasks of a
+    /// block within its workers' slots.
+    pub fn slot_pools(&self) -> impl Iterator<Item = std::borrow::Cow<'_, str>> {
+        let labelled = !self.worker_labels.is_empty();
+        std::iter::once(self.placement_key()).chain(labelled.then_some(std::borrow::Cow::Borrowed(self.block.as_str())))
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
