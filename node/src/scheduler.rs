@@ -347,7 +347,6 @@ impl Headroom {
     }
 }
 
-/// The least-loaded node with a free slot for placement key `key`.
 /// The least-loaded node with a free slot in every one of a task's slot
 /// pools (`TaskSpec::slot_pools`).
 fn pick_node<P: AsRef<str>>(reports: &BTreeMap<NodeId, NodeReport>, pools: &[P]) -> Option<NodeId> {
