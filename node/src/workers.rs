@@ -64,7 +64,7 @@ pub struct WorkerRegistry {
 
 impl WorkerRegistry {
     /// Free slots per placement key across this node's workers, less the
-    /// tasks already placed here and not yet pushed (`queued`).
+    /// tasks already placed here and not yet pushed (`queued`, per slot pool).
     pub fn free_slots(&self, queued: &BTreeMap<String, u32>) -> BTreeMap<String, u32> {
         let mut free: BTreeMap<String, u32> = BTreeMap::new();
         if let Ok(workers) = self.workers.lock() {
@@ -74,8 +74,8 @@ impl WorkerRegistry {
                 }
             }
         }
-        for (block, count) in queued {
-            if let Some(slots) = free.get_mut(block) {
+        for (pool, count) in queued {
+            if let Some(slots) = free.get_mut(pool) {
                 *slots = slots.saturating_sub(*count);
             }
         }

@@ -51,15 +51,20 @@ pub(crate) fn set_node_slots(tx: &RunTx<'_>, node: NodeId, offer: &NodeSlots) ->
     Ok(CommandResponse::Applied)
 }
 
-pub(crate) fn placed(tx: &RunTx<'_>, node: NodeId, block: &str) -> Result<u32, TxError> {
-    Ok(tx.get_record::<u32>(&keys::placed_count(node, block), format_args!("placed count"))?.unwrap_or(0))
+/// Tasks placed on `node` in slot pool `pool`.
+pub(crate) fn placed(tx: &RunTx<'_>, node: NodeId, pool: &str) -> Result<u32, TxError> {
+    count_at(tx, &keys::placed_count(node, pool))
+}
+
+fn count_at(tx: &RunTx<'_>, key: &[u8]) -> Result<u32, TxError> {
+    Ok(tx.get_record::<u32>(key, format_args!("placed count"))?.unwrap_or(0))
 }
 
 /// Moves the counts of `task`'s slot pools on `node` by `delta`.
 pub(crate) fn move_placed(tx: &RunTx<'_>, node: NodeId, task: &TaskSpec, delta: i64) -> Result<(), TxError> {
     for pool in task.slot_pools() {
         let key = keys::placed_count(node, &pool);
-        let next = i64::from(placed(tx, node, &pool)?) + delta;
+        let next = i64::from(count_at(tx, &key)?) + delta;
         if next <= 0 {
             tx.data.remove(key)?;
         } else {
