@@ -258,6 +258,14 @@ pub fn check_payload(bytes: &[u8], what: &str, limits: &crate::config::RunsConfi
     if bytes.is_empty() {
         return Ok((Value::Null, true));
     }
+    // Before parsing: the parser's own limit would answer with less to go on.
+    let depth = floe_engine::limits::text_depth(bytes);
+    if depth > floe_engine::limits::MAX_VALUE_DEPTH {
+        return Err(ApiError::InvalidArgument(format!(
+            "{what} nests {depth} levels deep; the limit is {} levels of arrays and objects (fixed)",
+            floe_engine::limits::MAX_VALUE_DEPTH
+        )));
+    }
     let value: Value =
         serde_json::from_slice(bytes).map_err(|err| ApiError::InvalidArgument(format!("{what} is not JSON: {err}")))?;
     Ok((value, bytes.len() as u64 <= limits.inline_payload_bytes))
@@ -357,6 +365,11 @@ mod tests {
         assert!(err.contains("run input is not JSON"), "{err}");
         let err = check_payload(&[b' '; 65], "task output", &limits).unwrap_err().to_string();
         assert!(err.contains("task output is 65 bytes") && err.contains("runs.max_payload_bytes"), "{err}");
+        let deep = format!("{}1{}", "[".repeat(65), "]".repeat(65));
+        let err = check_payload(deep.as_bytes(), "run input", &crate::config::RunsConfig::default()).unwrap_err().to_string();
+        assert!(err.contains("run input nests 65 levels deep") && err.contains("64"), "{err}");
+        let at_limit = format!("{}1{}", "[".repeat(64), "]".repeat(64));
+        assert!(check_payload(at_limit.as_bytes(), "run input", &crate::config::RunsConfig::default()).is_ok());
     }
 
     #[test]

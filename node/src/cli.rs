@@ -847,7 +847,8 @@ async fn run_command(command: RunCommand) -> anyhow::Result<()> {
         RunCommand::Get { client, run_id } => {
             let mut conn = connect(&client).await?;
             let reply = conn.runs.get(api::GetRunRequest { run_id, consistency: consistency(false) }).await.map_err(status_error)?;
-            let run: serde_json::Value = serde_json::from_slice(&reply.into_inner().run)?;
+            // Any depth: a run stored before the nesting limit may hold deeper values.
+            let run: serde_json::Value = floe_engine::limits::from_stored_text(&reply.into_inner().run)?;
             if client.json {
                 print_json(run);
             } else {

@@ -19,7 +19,7 @@ pub struct PutFlowOutcome {
 impl Node {
     /// Validates `definition` (JSON) and stores it; nothing is stored on error.
     pub async fn put_flow(&self, definition: &[u8]) -> Result<PutFlowOutcome, ApiError> {
-        let flow = floe_engine::parse_flow(definition).map_err(|errors| {
+        let flow = floe_engine::parse_new_flow(definition).map_err(|errors| {
             let lines: Vec<String> = errors.iter().map(|error| format!("{}: {}", error.path, error.message)).collect();
             ApiError::InvalidArgument(format!(
                 "flow definition has {} problem{}:\n{}",

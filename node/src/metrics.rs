@@ -131,6 +131,11 @@ pub async fn render(node: &Node) -> String {
     let flushes = node.store.flush_stats().histogram();
     let (bounds, cumulative): (Vec<f64>, Vec<u64>) = flushes.buckets.into_iter().unzip();
     histogram(&mut out, "floe_storage_flush_duration_seconds", "Time to make a log append, vote or purge durable.", &bounds, &cumulative, flushes.sum_seconds, flushes.count);
+    let applies = node.store.apply_stats();
+    let apply_durations = applies.durations();
+    let (bounds, cumulative): (Vec<f64>, Vec<u64>) = apply_durations.buckets.into_iter().unzip();
+    histogram(&mut out, "floe_storage_apply_duration_seconds", "Time to apply one batch of committed entries to the state machine.", &bounds, &cumulative, apply_durations.sum_seconds, apply_durations.count);
+    counter(&mut out, "floe_storage_apply_refused_commands_total", "Commands apply refused because they could not be applied (state unchanged; see the node's log).", applies.refused());
     counter(&mut out, "floe_api_writes_total", "Writes proposed on this node as leader that committed.", node.metrics.writes_ok.load(Ordering::Relaxed));
     counter(&mut out, "floe_api_write_failures_total", "Writes proposed on this node as leader that failed.", node.metrics.writes_failed.load(Ordering::Relaxed));
     counter(&mut out, "floe_api_forwarded_writes_total", "Writes this node sent to the leader.", node.metrics.forwarded_writes.load(Ordering::Relaxed));

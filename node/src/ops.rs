@@ -58,10 +58,15 @@ impl Node {
     /// Proposes `command`, forwarding to the leader when this node is not it.
     pub async fn write(&self, command: Command) -> Result<CommandResponse, ApiError> {
         validate_command(&command)?;
-        match self.route()? {
+        let response = match self.route()? {
             Route::Local => self.write_as_leader(command).await,
             // Travels with other writes waiting here (see `forwarder.rs`).
             Route::Forward { .. } => self.forwarder.forward(command).await,
+        }?;
+        match response {
+            // Apply could not carry the command out; nothing changed.
+            CommandResponse::Unapplied { reason } => Err(ApiError::FailedPrecondition(reason)),
+            other => Ok(other),
         }
     }
 

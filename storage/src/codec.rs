@@ -104,7 +104,7 @@ pub fn decode_structured<T: DeserializeOwned>(record: impl Fn() -> String, bytes
         Some((&BINARY_BODY, payload)) => bincode::serde::decode_from_slice(payload, bincode_config())
             .map(|(value, _read)| value)
             .map_err(|source| StoreError::Decode { record: record(), source }),
-        _ => serde_json::from_slice(body).map_err(|err| StoreError::Json { record: record(), reason: err.to_string() }),
+        _ => floe_engine::limits::from_stored_text(body).map_err(|err| StoreError::Json { record: record(), reason: err.to_string() }),
     }
 }
 

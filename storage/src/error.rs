@@ -81,6 +81,12 @@ pub enum StoreError {
     /// A snapshot file failed verification; nothing was changed.
     #[error("snapshot {path}: {reason}")]
     CorruptSnapshot { path: PathBuf, reason: String },
+    /// A command that cannot be applied (a record it reads does not decode,
+    /// a value it would store does not encode, the engine panicked on it).
+    /// Apply refuses it alike on every replica and keeps nothing it did;
+    /// `position` is where it sits in the batch being applied.
+    #[error("{reason}")]
+    CommandRefused { position: Vec<usize>, reason: String },
     /// A blocking task panicked or was cancelled.
     #[error("{context}: background task failed: {source}")]
     Task {
@@ -102,6 +108,27 @@ impl StoreError {
         StoreError::Io {
             context: context.into(),
             source,
+        }
+    }
+
+    /// Whether this error means the store itself failed (I/O, corruption
+    /// sled detected, a lost background task), rather than one command's
+    /// records or values: only these may stop apply.
+    pub fn is_storage_failure(&self) -> bool {
+        match self {
+            StoreError::Json { .. }
+            | StoreError::UnknownFormatVersion { .. }
+            | StoreError::EmptyRecord { .. }
+            | StoreError::Decode { .. }
+            | StoreError::Encode { .. }
+            | StoreError::CommandRefused { .. } => false,
+            StoreError::Sled { .. }
+            | StoreError::Transaction { .. }
+            | StoreError::Io { .. }
+            | StoreError::WrongNode { .. }
+            | StoreError::WrongCluster { .. }
+            | StoreError::CorruptSnapshot { .. }
+            | StoreError::Task { .. } => true,
         }
     }
 

@@ -36,7 +36,7 @@ pub use blobs::{BlobRef, BlobStore};
 pub use changes::{AppliedChanges, ChangeListener};
 pub use error::StoreError;
 pub use log_store::LogStore;
-pub use metrics::{FlushHistogram, FlushStats, FLUSH_BUCKETS_SECONDS};
+pub use metrics::{ApplyStats, FlushHistogram, FlushStats, FLUSH_BUCKETS_SECONDS};
 pub use reader::{RunFilter, RunPage, StateReader};
 pub use snapshot_store::SnapshotBuilder;
 pub use state_machine::StateMachineStore;

@@ -87,3 +87,28 @@ mod tests {
         assert!((histogram.sum_seconds - 2.0031).abs() < 1e-6);
     }
 }
+
+/// What apply did: how long each batch of entries took, and how many
+/// commands it refused because they could not be applied.
+#[derive(Clone, Debug, Default)]
+pub struct ApplyStats {
+    durations: FlushStats,
+    refused: Arc<AtomicU64>,
+}
+
+impl ApplyStats {
+    pub(crate) fn record_batch(&self, elapsed: Duration, refused: usize) {
+        self.durations.record(elapsed);
+        self.refused.fetch_add(refused as u64, Ordering::Relaxed);
+    }
+
+    /// Durations of applied batches (same buckets as flushes).
+    pub fn durations(&self) -> FlushHistogram {
+        self.durations.histogram()
+    }
+
+    /// Commands apply refused since the node started.
+    pub fn refused(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
+    }
+}

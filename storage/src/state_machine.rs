@@ -5,7 +5,7 @@
 //! data tree and `sm_meta`, so the applied log id never disagrees with the
 //! data, whatever the moment of a crash.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use openraft::storage::RaftStateMachine;
@@ -63,61 +63,81 @@ struct BatchOutcome {
     changes: crate::changes::AppliedChanges,
 }
 
+/// How often one batch may be re-applied without a refused command before
+/// apply gives up on it: each retry refuses one more command, so this is
+/// far above any batch openraft hands over, and only a bug reaches it.
+const MAX_REFUSALS_PER_BATCH: usize = 4096;
+
 fn apply_batch(shared: &Shared, entries: &[Entry]) -> Result<Vec<CommandResponse>, StoreError> {
+    let started = std::time::Instant::now();
     let _writes = shared.lock_writes();
     let (generation, data_tree) = shared.active_while_locked();
     let data_tree_name = crate::store::data_tree_name(generation);
-    let result = (&data_tree, &shared.sm_meta).transaction(|(data, meta)| {
-        // May run more than once (sled retries on conflict), so it only
-        // reads and writes through the transaction.
-        let mut tombstones: Option<BTreeSet<NodeId>> = None;
-        let mut membership: Option<StoredMembership> = None;
-        let mut responses = Vec::with_capacity(entries.len());
-        let changes = std::cell::RefCell::new(crate::changes::AppliedChanges::default());
-        for entry in entries {
-            let response = match &entry.payload {
-                EntryPayload::Blank => CommandResponse::Applied,
-                EntryPayload::Membership(new_membership) => {
-                    membership = Some(StoredMembership::new(
-                        Some(entry.log_id),
-                        new_membership.clone(),
-                    ));
-                    CommandResponse::Applied
-                }
-                EntryPayload::Normal(command) => apply_command(
-                    &ApplyTx {
-                        data,
-                        meta,
-                        data_tree_name: &data_tree_name,
-                        definitions: &shared.definitions,
-                        changes: &changes,
-                    },
-                    &mut tombstones,
-                    entry.log_id.index,
-                    command,
-                )?,
+    // A command that cannot be applied aborts the transaction with its
+    // position; the batch is then applied again with that command refused,
+    // so nothing it wrote is kept and every replica refuses it alike.
+    let mut refused: BTreeMap<Vec<usize>, String> = BTreeMap::new();
+    loop {
+        let result = (&data_tree, &shared.sm_meta).transaction(|(data, meta)| {
+            // May run more than once (sled retries on conflict), so it only
+            // reads and writes through the transaction.
+            let mut tombstones: Option<BTreeSet<NodeId>> = None;
+            let mut membership: Option<StoredMembership> = None;
+            let mut responses = Vec::with_capacity(entries.len());
+            let changes = std::cell::RefCell::new(crate::changes::AppliedChanges::default());
+            let apply = ApplyTx {
+                data,
+                meta,
+                data_tree_name: &data_tree_name,
+                definitions: &shared.definitions,
+                changes: &changes,
+                refused: &refused,
+                budget: std::cell::RefCell::new(floe_engine::run::WorkBudget::for_entry()),
             };
-            responses.push(response);
-        }
-        if let Some(last) = entries.last() {
-            put_tx(meta, KEY_APPLIED, &last.log_id)?;
-        }
-        if let Some(membership) = &membership {
-            put_tx(meta, KEY_MEMBERSHIP, membership)?;
-        }
-        if let Some(tombstones) = &tombstones {
-            put_tx(meta, KEY_TOMBSTONES, tombstones)?;
-        }
-        Ok(BatchOutcome { responses, changes: changes.into_inner() })
-    });
-    match result {
-        Ok(outcome) => {
-            shared.listeners.publish(&outcome.changes);
-            Ok(outcome.responses)
-        }
-        Err(sled::transaction::TransactionError::Abort(error)) => Err(*error),
-        Err(sled::transaction::TransactionError::Storage(error)) => {
-            Err(StoreError::sled("apply log entries", error))
+            for (position, entry) in entries.iter().enumerate() {
+                // Each entry has a budget of its own, so replicas that get
+                // entries in other batches still decide alike.
+                *apply.budget.borrow_mut() = floe_engine::run::WorkBudget::for_entry();
+                let response = match &entry.payload {
+                    EntryPayload::Blank => CommandResponse::Applied,
+                    EntryPayload::Membership(new_membership) => {
+                        membership = Some(StoredMembership::new(Some(entry.log_id), new_membership.clone()));
+                        CommandResponse::Applied
+                    }
+                    EntryPayload::Normal(command) => {
+                        apply_command(&apply, &mut tombstones, entry.log_id.index, &[position], command)?
+                    }
+                };
+                responses.push(response);
+            }
+            if let Some(last) = entries.last() {
+                put_tx(meta, KEY_APPLIED, &last.log_id)?;
+            }
+            if let Some(membership) = &membership {
+                put_tx(meta, KEY_MEMBERSHIP, membership)?;
+            }
+            if let Some(tombstones) = &tombstones {
+                put_tx(meta, KEY_TOMBSTONES, tombstones)?;
+            }
+            Ok(BatchOutcome { responses, changes: changes.into_inner() })
+        });
+        match result {
+            Ok(outcome) => {
+                shared.listeners.publish(&outcome.changes);
+                shared.apply_stats.record_batch(started.elapsed(), refused.len());
+                return Ok(outcome.responses);
+            }
+            Err(sled::transaction::TransactionError::Abort(error)) => match *error {
+                StoreError::CommandRefused { position, reason } if refused.len() < MAX_REFUSALS_PER_BATCH => {
+                    let index = position.first().and_then(|&at| entries.get(at)).map(|entry| entry.log_id.index);
+                    tracing::warn!(log_index = ?index, position = ?position, reason = %reason, "command refused by apply; state unchanged");
+                    refused.insert(position, reason);
+                }
+                other => return Err(other),
+            },
+            Err(sled::transaction::TransactionError::Storage(error)) => {
+                return Err(StoreError::sled("apply log entries", error));
+            }
         }
     }
 }
@@ -143,16 +163,80 @@ struct ApplyTx<'a> {
     data_tree_name: &'a str,
     definitions: &'a DefinitionCache,
     changes: &'a std::cell::RefCell<crate::changes::AppliedChanges>,
+    /// Commands an earlier try of this batch could not apply, by position,
+    /// with the reason they are refused.
+    refused: &'a BTreeMap<Vec<usize>, String>,
+    /// What the current entry may still spend on entering steps.
+    budget: std::cell::RefCell<floe_engine::run::WorkBudget>,
 }
 
+/// Applies one command at `position` (its entry's place in the batch, then
+/// its place in nested `Command::Batch`es). A command that fails for a
+/// reason of its own (an unreadable record, a value that does not encode, a
+/// panic in the engine) aborts the transaction as `CommandRefused`, to be
+/// refused on the next try; only storage failures pass through as they are.
 fn apply_command(
+    apply: &ApplyTx<'_>,
+    tombstones: &mut Option<BTreeSet<NodeId>>,
+    index: u64,
+    position: &[usize],
+    command: &Command,
+) -> Result<CommandResponse, TxError> {
+    if let Some(reason) = apply.refused.get(position) {
+        return Ok(CommandResponse::Unapplied { reason: reason.clone() });
+    }
+    if let Command::Batch(commands) = command {
+        let mut responses = Vec::with_capacity(commands.len());
+        for (at, command) in commands.iter().enumerate() {
+            let mut inner = position.to_vec();
+            inner.push(at);
+            responses.push(apply_command(apply, tombstones, index, &inner, command)?);
+        }
+        return Ok(CommandResponse::Batch(responses));
+    }
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        apply_one(apply, tombstones, index, command)
+    }));
+    let error = match outcome {
+        Ok(Ok(response)) => return Ok(response),
+        Ok(Err(ConflictableTransactionError::Abort(error))) if !error.is_storage_failure() => error.to_string(),
+        Ok(Err(other)) => return Err(other),
+        Err(panic) => {
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|text| text.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "no message".to_string());
+            format!("apply panicked: {message}")
+        }
+    };
+    Err(abort(StoreError::CommandRefused {
+        position: position.to_vec(),
+        reason: format!("log entry {index}: {}: {error}; the command was refused and nothing it changed was kept", bounded(&command.to_string())),
+    }))
+}
+
+/// A command's description, cut short: names in it come from clients.
+fn bounded(text: &str) -> String {
+    const MAX: usize = 200;
+    if text.len() <= MAX {
+        return text.to_string();
+    }
+    let mut end = MAX;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… ({} bytes)", &text[..end], text.len())
+}
+
+fn apply_one(
     apply: &ApplyTx<'_>,
     tombstones: &mut Option<BTreeSet<NodeId>>,
     index: u64,
     command: &Command,
 ) -> Result<CommandResponse, TxError> {
     let (data, meta, data_tree_name) = (apply.data, apply.meta, apply.data_tree_name);
-    let runs = RunTx { data, tree_name: data_tree_name, definitions: apply.definitions, changes: apply.changes };
+    let runs = RunTx { data, tree_name: data_tree_name, definitions: apply.definitions, changes: apply.changes, budget: &apply.budget };
     match command {
         Command::StartRun { run_id, flow, version, input, correlation_id, idempotency_key, at_ms } => {
             let start = StartRun {
@@ -258,12 +342,10 @@ fn apply_command(
             data.insert(keys::flow_latest(name), encode_version().map_err(abort)?)?;
             Ok(CommandResponse::FlowPut { version, created: true })
         }
-        Command::Batch(commands) => {
-            let mut responses = Vec::with_capacity(commands.len());
-            for command in commands {
-                responses.push(apply_command(apply, tombstones, index, command)?);
-            }
-            Ok(CommandResponse::Batch(responses))
+        Command::Batch(_) => {
+            // apply_command takes batches apart before they get here.
+            debug_assert!(false, "a batch reached apply_one");
+            Ok(CommandResponse::Unapplied { reason: format!("log entry {index}: a batch nested where it is not expected") })
         }
         Command::TombstoneNode { node_id } => {
             if tombstones.is_none() {
@@ -301,9 +383,21 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             return Ok(Vec::new());
         };
         let shared = Arc::clone(&self.shared);
+        let dir = self.shared.dir.clone();
         let responses = run_blocking("apply log entries", move || apply_batch(&shared, &entries))
             .await
             .map_err(|error| {
+                // Only a failing store gets here (commands that cannot be
+                // applied are refused instead): say what to do about it.
+                tracing::error!(
+                    %last_log_id,
+                    data_dir = %dir.display(),
+                    error = %error,
+                    "the store failed while applying entries; the node stops serving. Check the disk and file system \
+                     under the data dir (space, permissions, I/O errors in the kernel log) and restart the node; \
+                     if its data is damaged, replace the data dir and let the node catch up from the others \
+                     (docs/operations.md, \"When apply stops\")"
+                );
                 error.into_storage(ErrorSubject::Apply(last_log_id), ErrorVerb::Write)
             })?;
         tracing::trace!(%last_log_id, count = responses.len(), "entries applied");

@@ -11,7 +11,7 @@ use crate::error::StoreError;
 use crate::log_store::LogStore;
 use crate::group_commit::GroupCommit;
 use crate::runs::DefinitionCache;
-use crate::metrics::FlushStats;
+use crate::metrics::{ApplyStats, FlushStats};
 use crate::reader::StateReader;
 use crate::snapshot::INCOMING_PREFIX;
 use crate::state_machine::StateMachineStore;
@@ -76,6 +76,7 @@ pub(crate) struct Shared {
     /// pick current). Taken before `state` when both are needed.
     pub(crate) snapshot_files: Mutex<()>,
     pub(crate) flush_stats: FlushStats,
+    pub(crate) apply_stats: ApplyStats,
     pub(crate) group_commit: GroupCommit,
     pub(crate) definitions: DefinitionCache,
     pub(crate) listeners: crate::changes::Listeners,
@@ -225,6 +226,7 @@ impl Store {
             active: RwLock::new(DataGeneration { generation, data }),
             snapshot_files: Mutex::new(()),
             flush_stats,
+            apply_stats: ApplyStats::default(),
             group_commit,
             definitions: DefinitionCache::default(),
             listeners: Default::default(),
@@ -294,6 +296,11 @@ impl Store {
     /// Flush latency statistics, for `/metrics`.
     pub fn flush_stats(&self) -> FlushStats {
         self.shared.flush_stats.clone()
+    }
+
+    /// Apply durations and refused commands, for `/metrics`.
+    pub fn apply_stats(&self) -> ApplyStats {
+        self.shared.apply_stats.clone()
     }
 }
 

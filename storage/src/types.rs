@@ -171,6 +171,11 @@ pub enum CommandResponse {
     /// A command named something that does not exist (a run start's flow
     /// or flow version); nothing changed.
     Missing { reason: String },
+    /// A command apply could not carry out (a record it reads does not
+    /// decode, a value it would store does not encode): refused alike on
+    /// every replica, nothing changed. The reason names the entry and the
+    /// record. (Appended last: a variant's position is its encoding.)
+    Unapplied { reason: String },
 }
 
 /// One immutable version of a flow definition.

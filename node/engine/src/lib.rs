@@ -10,6 +10,7 @@ mod canonical;
 mod error;
 pub mod expr;
 mod graph;
+pub mod limits;
 mod mapping;
 mod model;
 mod names;
@@ -67,6 +68,24 @@ pub fn parse_flow(json: &[u8]) -> Result<FlowDefinition, Vec<ValidationError>> {
         )]
     })?;
     parse_document(&document)
+}
+
+/// [`parse_flow`] for a definition arriving at the door: also holds it to
+/// [`limits::MAX_DEFINITION_DEPTH`]. Stored definitions are read with
+/// `parse_flow` alone, so versions stored before the limit still run.
+pub fn parse_new_flow(json: &[u8]) -> Result<FlowDefinition, Vec<ValidationError>> {
+    let depth = limits::text_depth(json);
+    if depth > limits::MAX_DEFINITION_DEPTH {
+        return Err(vec![ValidationError::new(
+            "$",
+            format!(
+                "definition nests {depth} levels deep, more than the limit of {} (fixed); \
+                 a mapping builds its value from expressions at its leaves, so it needs no deep nesting of its own",
+                limits::MAX_DEFINITION_DEPTH
+            ),
+        )]);
+    }
+    parse_flow(json)
 }
 
 /// Like [`parse_flow`], for a document already parsed as JSON.

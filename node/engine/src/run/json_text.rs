@@ -77,6 +77,7 @@ impl<T: DeserializeOwned> Visitor<'_> for TextVisitor<T> {
     }
 
     fn visit_str<E: de::Error>(self, text: &str) -> Result<T, E> {
-        serde_json::from_str(text).map_err(E::custom)
+        // Any depth: what was stored must read back (see `limits`).
+        crate::limits::from_stored_text(text.as_bytes()).map_err(E::custom)
     }
 }

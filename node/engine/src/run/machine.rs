@@ -9,12 +9,49 @@ use std::collections::{BTreeSet, VecDeque};
 
 use serde_json::{Map, Value};
 
-use super::{Effect, RunError, RunEvent, RunRecord, RunStatus, StepRecord, StepStatus};
+use super::{Effect, RunError, RunEvent, RunRecord, RunStatus, StepRecord, StepStatus, TimerKey};
 use crate::error::EvalError;
 use crate::expr::Expression;
 use crate::graph::flow_edges;
 use crate::mapping::CompiledMapping;
 use crate::model::{ErrorAction, FlowDefinition, Mapping, Step};
+
+/// Most steps one event (or run start) enters before the rest of the work
+/// continues in a later entry. Fixed: every replica must cut alike.
+pub const MAX_STEPS_PER_EVENT: usize = 32;
+
+/// Work units one log entry may spend entering steps, shared by all the
+/// events it carries (a batch of completions, a timer firing for many
+/// runs). Entering a step costs one unit plus one per [`BYTES_PER_UNIT`]
+/// of values its run holds (an expression sees them all). Every event
+/// still enters at least one step, so a task completion always schedules
+/// its next task at once. Fixed: every replica must cut alike.
+/// BENCHMARKS.md ("Worst-case apply stall") has what it bounds.
+pub const ENTRY_WORK_UNITS: usize = 256;
+
+/// Value bytes per work unit (see [`ENTRY_WORK_UNITS`]).
+pub const BYTES_PER_UNIT: usize = 64 * 1024;
+
+/// What one log entry may still spend on entering steps.
+#[derive(Debug)]
+pub struct WorkBudget {
+    units: usize,
+}
+
+impl WorkBudget {
+    /// A whole entry's budget.
+    pub fn for_entry() -> WorkBudget {
+        WorkBudget { units: ENTRY_WORK_UNITS }
+    }
+
+    /// Units left.
+    pub fn units(&self) -> usize {
+        self.units
+    }
+}
+
+/// The purpose of a continuation timer (see `Machine::defer`).
+pub(super) const CONTINUE_TIMER: &str = "continue";
 
 /// One pending piece of work inside a single apply.
 enum Work {
@@ -30,21 +67,34 @@ enum Work {
 }
 
 pub(super) struct Machine<'a> {
+    budget: &'a mut WorkBudget,
     pub(super) def: &'a FlowDefinition,
     pub(super) run: &'a mut RunRecord,
     pub(super) now: u64,
     effects: Vec<Effect>,
     work: VecDeque<Work>,
+    /// Bytes of JSON values the run holds, counted on first need and
+    /// raised by every value produced since (see `note_produced`).
+    value_bytes: std::cell::Cell<Option<usize>>,
 }
 
+/// Most bytes of JSON values (input, step inputs and outputs, progress)
+/// one run's record may hold inline. Every event reads and rewrites the
+/// record, so this bounds what one entry does; large content belongs in
+/// blobs (payloads over `runs.inline_payload_bytes` become references).
+/// Fixed: every replica must decide alike.
+pub const MAX_RUN_VALUE_BYTES: usize = 16 * 1024 * 1024;
+
 impl<'a> Machine<'a> {
-    pub(super) fn new(def: &'a FlowDefinition, run: &'a mut RunRecord, now: u64) -> Self {
+    pub(super) fn new(def: &'a FlowDefinition, run: &'a mut RunRecord, now: u64, budget: &'a mut WorkBudget) -> Self {
         Machine {
+            budget,
             def,
             run,
             now,
             effects: Vec::new(),
             work: VecDeque::new(),
+            value_bytes: std::cell::Cell::new(None),
         }
     }
 
@@ -97,7 +147,17 @@ impl<'a> Machine<'a> {
                 output,
                 worker,
             } => {
-                self.on_task_completed(&key, attempt, output)?;
+                let within_limits = crate::limits::check_value_depth(|| format!("the output of task {key:?} attempt {attempt}"), &output)
+                    .map_err(|too_deep| too_deep.to_string())
+                    .and_then(|()| self.note_produced(|| format!("the output of task {key:?} attempt {attempt}"), &output));
+                match within_limits {
+                    Ok(()) => self.on_task_completed(&key, attempt, output)?,
+                    // Refused at the door too; a worker cannot retry its way past it.
+                    Err(over_limit) => {
+                        let slot = self.current_slot(&key, attempt)?;
+                        self.on_attempt_failed(slot, over_limit, false, false);
+                    }
+                }
                 self.note_worker(&key, attempt, worker);
                 Ok(())
             }
@@ -128,7 +188,11 @@ impl<'a> Machine<'a> {
                 worker,
             } => self.on_task_started(&key, attempt, node, worker),
             RunEvent::TimerFired { timer } => self.on_timer_fired(timer),
-            RunEvent::Signal { name, payload } => self.on_signal(&name, payload),
+            RunEvent::Signal { name, payload } => {
+                crate::limits::check_value_depth(|| format!("the payload of signal {name:?}"), &payload)
+                    .map_err(|too_deep| RunError::NotApplicable(too_deep.to_string()))?;
+                self.on_signal(&name, payload)
+            }
             RunEvent::ChildFinished { step_id, outcome } => {
                 self.on_child_finished(&step_id, outcome)
             }
@@ -188,15 +252,29 @@ impl<'a> Machine<'a> {
         Ok(())
     }
 
-    /// Runs queued work until the run waits or finishes.
+    /// Runs queued work until the run waits or finishes, entering at most
+    /// [`MAX_STEPS_PER_EVENT`] steps and spending at most what is left of
+    /// the entry's [`WorkBudget`] (but always entering one): the rest is
+    /// deferred to continuation timers due at once, so one log entry does a
+    /// bounded amount of work however long a chain of system steps is.
     fn drain(&mut self) {
+        let mut entered = 0usize;
         while let Some(work) = self.work.pop_front() {
             if !self.is_running() {
                 self.work.clear();
                 break;
             }
             match work {
-                Work::Enter(step_id) => self.enter(&step_id),
+                Work::Enter(step_id) => {
+                    let cost = 1 + self.held_value_bytes() / BYTES_PER_UNIT;
+                    if entered > 0 && (entered >= MAX_STEPS_PER_EVENT || cost > self.budget.units) {
+                        self.defer(step_id);
+                        continue;
+                    }
+                    self.budget.units = self.budget.units.saturating_sub(cost);
+                    entered += 1;
+                    self.enter(&step_id);
+                }
                 Work::Arrive {
                     fork_id,
                     branch,
@@ -205,6 +283,34 @@ impl<'a> Machine<'a> {
                 } => self.arrive_at_join(&fork_id, &branch, last_step, output),
             }
         }
+    }
+
+    /// Enters `step_id` in a later entry: a continuation timer due now,
+    /// which the leader fires like any other (`on_timer_fired`). Its
+    /// `attempt` only tells several pending continuations apart.
+    fn defer(&mut self, step_id: String) {
+        let mut timer = TimerKey {
+            run_id: self.run.run_id.clone(),
+            step_id,
+            item: None,
+            purpose: CONTINUE_TIMER.to_string(),
+            attempt: 0,
+        };
+        while self.run.outstanding.timers.contains(&timer) {
+            timer.attempt += 1;
+        }
+        self.run.outstanding.timers.insert(timer.clone());
+        let due_ms = self.now;
+        self.emit(Effect::StartTimer { timer, due_ms });
+    }
+
+    /// A continuation timer fired: enter its step now.
+    pub(super) fn on_continue(&mut self, timer: &TimerKey) -> Result<(), RunError> {
+        if !self.run.outstanding.timers.remove(timer) {
+            return Err(RunError::NotApplicable(format!("continuation {timer:?} is not pending")));
+        }
+        self.work.push_back(Work::Enter(timer.step_id.clone()));
+        Ok(())
     }
 
     fn enter(&mut self, step_id: &str) {
@@ -447,9 +553,8 @@ impl<'a> Machine<'a> {
     ) -> Result<Value, String> {
         let describe = |error: EvalError| describe_eval_error(step_id, field_path, error);
         let compiled = CompiledMapping::compile(mapping).map_err(describe)?;
-        compiled
-            .evaluate(&Value::Object(variables))
-            .map_err(describe)
+        let value = compiled.evaluate(&Value::Object(variables)).map_err(describe)?;
+        self.check_produced(step_id, field_path, value)
     }
 
     /// Evaluates one expression of step `step_id` at `path`.
@@ -463,10 +568,59 @@ impl<'a> Machine<'a> {
         let expression = Expression::compile(source).map_err(|reason| {
             format!("step {step_id:?} at {path}: expression {source:?} does not compile: {reason}")
         })?;
-        expression
+        let value = expression
             .evaluate(&Value::Object(variables))
-            .map_err(|error| describe_eval_error(step_id, path, error))
+            .map_err(|error| describe_eval_error(step_id, path, error))?;
+        self.check_produced(step_id, path, value)
     }
+
+    /// A value produced inside the run must meet the limits values at the
+    /// door do, so that whatever is stored reads back: a deeper one, or
+    /// one that would take the run past [`MAX_RUN_VALUE_BYTES`], fails the
+    /// step.
+    fn check_produced(&self, step_id: &str, path: &str, value: Value) -> Result<Value, String> {
+        crate::limits::check_value_depth(|| format!("the value step {step_id:?} produced at {path}"), &value)
+            .map_err(|too_deep| too_deep.to_string())?;
+        self.note_produced(|| format!("step {step_id:?} at {path}"), &value)?;
+        Ok(value)
+    }
+
+    /// Bytes of values the run holds (counted once per event, then kept up).
+    fn held_value_bytes(&self) -> usize {
+        match self.value_bytes.get() {
+            Some(held) => held,
+            None => {
+                let held = record_value_bytes(self.run);
+                self.value_bytes.set(Some(held));
+                held
+            }
+        }
+    }
+
+    /// Counts `value` against the run's [`MAX_RUN_VALUE_BYTES`].
+    pub(super) fn note_produced(&self, what: impl FnOnce() -> String, value: &Value) -> Result<(), String> {
+        let held = self.held_value_bytes();
+        let total = held.saturating_add(crate::expr::serialized_size(value));
+        if total > MAX_RUN_VALUE_BYTES {
+            return Err(format!(
+                "{}: the run would hold {total} bytes of values, more than the limit of {MAX_RUN_VALUE_BYTES} (fixed); \
+                 pass large content through task outputs over runs.inline_payload_bytes, which are kept as blobs",
+                what()
+            ));
+        }
+        self.value_bytes.set(Some(total));
+        Ok(())
+    }
+}
+
+/// Bytes of the JSON values a run record holds.
+fn record_value_bytes(run: &RunRecord) -> usize {
+    let size = crate::expr::serialized_size;
+    let mut total = size(&run.input) + run.output.as_ref().map_or(0, size);
+    for record in run.steps.values() {
+        total += record.input.as_ref().map_or(0, size) + record.output.as_ref().map_or(0, size) + size(&record.progress);
+    }
+    total
 }
 
 /// A JSON `null` output is stored as `None`: `Some(Value::Null)` would not

@@ -66,6 +66,7 @@ pub(crate) mod tests;
 
 pub use backoff::{backoff_delay_ms, jittered_delay_ms, retry_delay_ms};
 pub use history::{history_between, HistoryEvent, HistoryKind};
+pub use machine::{WorkBudget, BYTES_PER_UNIT, ENTRY_WORK_UNITS, MAX_RUN_VALUE_BYTES, MAX_STEPS_PER_EVENT};
 
 /// Identifies one task slot: a task step, or one item of a map step.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -363,6 +364,20 @@ pub fn start(
     new_run: NewRun,
     now_ms: u64,
 ) -> Result<(RunRecord, Vec<Effect>), RunError> {
+    start_within(def, new_run, now_ms, &mut WorkBudget::for_entry())
+}
+
+/// [`start`], spending from `budget`: the entry's budget, shared by all of
+/// its events (see [`WorkBudget`]).
+pub fn start_within(
+    def: &FlowDefinition,
+    new_run: NewRun,
+    now_ms: u64,
+    budget: &mut WorkBudget,
+) -> Result<(RunRecord, Vec<Effect>), RunError> {
+    if let Err(too_deep) = crate::limits::check_value_depth(|| "run input".to_string(), &new_run.input) {
+        return Err(RunError::BadInput { flow: def.name.clone(), version: new_run.version, problems: vec![too_deep.to_string()] });
+    }
     if let Some(schema) = &def.input {
         let problems = crate::schema::validate_input(schema, &new_run.input);
         if !problems.is_empty() {
@@ -391,7 +406,7 @@ pub fn start(
         outstanding: Outstanding::default(),
         retry_points: Vec::new(),
     };
-    let mut machine = machine::Machine::new(def, &mut run, now_ms);
+    let mut machine = machine::Machine::new(def, &mut run, now_ms, budget);
     machine.begin_run();
     let effects = machine.into_effects();
     Ok((run, effects))
@@ -406,10 +421,21 @@ pub fn handle(
     event: RunEvent,
     now_ms: u64,
 ) -> Result<Vec<Effect>, RunError> {
+    handle_within(def, run, event, now_ms, &mut WorkBudget::for_entry())
+}
+
+/// [`handle`], spending from the entry's `budget` (see [`WorkBudget`]).
+pub fn handle_within(
+    def: &FlowDefinition,
+    run: &mut RunRecord,
+    event: RunEvent,
+    now_ms: u64,
+    budget: &mut WorkBudget,
+) -> Result<Vec<Effect>, RunError> {
     // Work on a copy so that a refused event cannot leave a half-applied
     // record behind.
     let mut working = run.clone();
-    let mut machine = machine::Machine::new(def, &mut working, now_ms);
+    let mut machine = machine::Machine::new(def, &mut working, now_ms, budget);
     machine.handle(event)?;
     let effects = machine.into_effects();
     working.updated_at_ms = now_ms;

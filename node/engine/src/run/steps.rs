@@ -409,6 +409,7 @@ impl<'a> Machine<'a> {
                 self.fail_step(&signal.id, error, signal.on_timeout.as_ref());
                 Ok(())
             }
+            super::machine::CONTINUE_TIMER => self.on_continue(&timer),
             _ => self.on_task_timer_fired(timer),
         }
     }
