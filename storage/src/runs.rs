@@ -837,7 +837,12 @@ pub(crate) fn assign(
 }
 
 pub(crate) fn fire_timers(tx: &RunTx<'_>, timers: &[String], at_ms: u64) -> Result<CommandResponse, TxError> {
-    for text in timers {
+    for (position, text) in timers.iter().enumerate() {
+        // Once the entry's work budget is spent, the rest stay due and the
+        // leader fires them in its next entry (the first always fires).
+        if position > 0 && tx.budget.borrow().units() == 0 {
+            break;
+        }
         let Some(due) = tx.get_json::<u64>(&keys::timer_by_key(text), format_args!("timer {text}"))? else { continue };
         if due > at_ms {
             continue;

@@ -518,27 +518,45 @@ impl<'a> Machine<'a> {
         self.emit(Effect::RunFinished { status });
     }
 
-    /// The variables expressions see: `input` and `steps` (finished steps).
+    /// The variables expressions see but `steps`: `input`. Evaluation adds
+    /// `steps` with only the finished steps its expressions read, so a step
+    /// costs what it reads rather than what the whole run holds.
     pub(super) fn variables(&self) -> Map<String, Value> {
+        let mut variables = Map::new();
+        variables.insert("input".to_string(), self.run.input.clone());
+        variables
+    }
+
+    /// `steps.<id> = {"output", "status"}` for the finished steps in
+    /// `needed` (every finished step when `None`).
+    fn steps_variable(&self, needed: Option<&BTreeSet<String>>) -> Value {
         let mut steps = Map::new();
-        for (step_id, record) in &self.run.steps {
+        let mut add = |step_id: &String, record: &StepRecord| {
             let status = match record.status {
                 StepStatus::Completed => "completed",
                 StepStatus::Failed => "failed",
-                StepStatus::Running | StepStatus::Cancelled => continue,
+                StepStatus::Running | StepStatus::Cancelled => return,
             };
             let mut entry = Map::new();
-            entry.insert(
-                "output".to_string(),
-                record.output.clone().unwrap_or(Value::Null),
-            );
+            entry.insert("output".to_string(), record.output.clone().unwrap_or(Value::Null));
             entry.insert("status".to_string(), Value::String(status.to_string()));
             steps.insert(step_id.clone(), Value::Object(entry));
+        };
+        match needed {
+            Some(needed) => {
+                for step_id in needed {
+                    if let Some(record) = self.run.steps.get(step_id) {
+                        add(step_id, record);
+                    }
+                }
+            }
+            None => {
+                for (step_id, record) in &self.run.steps {
+                    add(step_id, record);
+                }
+            }
         }
-        let mut variables = Map::new();
-        variables.insert("input".to_string(), self.run.input.clone());
-        variables.insert("steps".to_string(), Value::Object(steps));
-        variables
+        Value::Object(steps)
     }
 
     /// Evaluates a mapping of step `step_id`; `field_path` is its JSONPath in
@@ -553,6 +571,8 @@ impl<'a> Machine<'a> {
     ) -> Result<Value, String> {
         let describe = |error: EvalError| describe_eval_error(step_id, field_path, error);
         let compiled = CompiledMapping::compile(mapping).map_err(describe)?;
+        let mut variables = variables;
+        variables.insert("steps".to_string(), self.steps_variable(mapping_steps(&compiled).as_ref()));
         let value = compiled.evaluate(&Value::Object(variables)).map_err(describe)?;
         self.check_produced(step_id, field_path, value)
     }
@@ -568,6 +588,9 @@ impl<'a> Machine<'a> {
         let expression = Expression::compile(source).map_err(|reason| {
             format!("step {step_id:?} at {path}: expression {source:?} does not compile: {reason}")
         })?;
+        let needed = (!expression.has_dynamic_steps_access()).then(|| expression.referenced_steps());
+        let mut variables = variables;
+        variables.insert("steps".to_string(), self.steps_variable(needed.as_ref()));
         let value = expression
             .evaluate(&Value::Object(variables))
             .map_err(|error| describe_eval_error(step_id, path, error))?;
@@ -611,6 +634,25 @@ impl<'a> Machine<'a> {
         self.value_bytes.set(Some(total));
         Ok(())
     }
+}
+
+/// The finished steps a mapping's expressions read (`None`: any of them,
+/// when one reads `steps` other than by id).
+fn mapping_steps(mapping: &CompiledMapping) -> Option<BTreeSet<String>> {
+    let mut needed = BTreeSet::new();
+    let mut pending = vec![mapping];
+    while let Some(current) = pending.pop() {
+        match current {
+            CompiledMapping::Expression(expression) => {
+                if expression.has_dynamic_steps_access() {
+                    return None;
+                }
+                needed.extend(expression.referenced_steps());
+            }
+            CompiledMapping::Object(fields) => pending.extend(fields.values()),
+        }
+    }
+    Some(needed)
 }
 
 /// Bytes of the JSON values a run record holds.
