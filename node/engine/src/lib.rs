@@ -12,7 +12,8 @@ pub mod expr;
 mod graph;
 mod mapping;
 mod model;
-mod names;
+pub mod names;
+mod cost;
 pub mod run;
 pub mod schema;
 mod step_values;
@@ -21,6 +22,8 @@ mod validate;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod expr_tests;
 
 pub use canonical::{canonical_bytes, content_hash};
 pub use error::{EvalError, ValidationError};
