@@ -215,16 +215,27 @@ async fn accept_loop(endpoint: Endpoint, state: Arc<ServerState>, shutdown: Canc
     info!("raft server stopped");
 }
 
+/// A peer that has not finished its QUIC (TLS 1.3) handshake within this
+/// is dropped. A handshake that stops sending is also ended sooner by the
+/// transport's idle timeout (`idle_timeout_ms`).
+const PEER_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
 async fn serve_connection(
     incoming: quinn::Incoming,
     state: Arc<ServerState>,
     shutdown: CancellationToken,
 ) {
     let peer_addr = incoming.remote_address();
-    let connection = match incoming.await {
-        Ok(connection) => connection,
-        Err(error) => {
+    // The idle timeout alone would let a peer that keeps sending packets
+    // hold a half-open handshake for ever; dropping the attempt closes it.
+    let connection = match tokio::time::timeout(PEER_HANDSHAKE_TIMEOUT, incoming).await {
+        Ok(Ok(connection)) => connection,
+        Ok(Err(error)) => {
             warn!(peer = %peer_addr, error = %error, "peer handshake refused");
+            return;
+        }
+        Err(_) => {
+            warn!(peer = %peer_addr, timeout_ms = PEER_HANDSHAKE_TIMEOUT.as_millis() as u64, "peer handshake did not complete in time");
             return;
         }
     };
