@@ -5,22 +5,30 @@
 //! only loops in CEL) are charged their range length times their body size
 //! before they run, and inside their bodies every operator whose work grows
 //! with its operands (`+`, comparisons, `in`, `has`) is charged by operand
-//! size, as are the string functions wherever they are called. An
+//! size, as are the functions whose work grows with their arguments
+//! (string functions, conversions, `max`, `min`) wherever they are called. An
 //! evaluation that needs more than [`MAX_EVALUATION_COST`] fails with an
 //! error naming the budget; every replica fails it the same way.
 
 use std::cell::Cell;
+use std::cmp::Ordering;
 use std::sync::Arc;
 
-use cel_interpreter::extractors::This;
+use cel_interpreter::extractors::{Arguments, This};
+use cel_interpreter::objects::Key;
 use cel_interpreter::{functions, Context, ExecutionError, FunctionContext, Value as CelValue};
-use cel_parser::ast::{operators, CallExpr, Expr, IdedExpr, SelectExpr};
+use cel_parser::ast::{operators, CallExpr, Expr, IdedExpr};
 use cel_parser::reference::Val;
 
-/// Work one evaluation may do, in cost units: one per syntax-tree node a
-/// comprehension step evaluates, one per list item or map entry an operator
-/// touches, one per [`BYTES_PER_UNIT`] bytes of a string it reads or copies.
+/// Work one evaluation may do, in cost units: [`UNITS_PER_NODE`] per
+/// syntax-tree node a comprehension step evaluates (and per charged
+/// operator call), one per list item or map entry an operator touches, one
+/// per [`BYTES_PER_UNIT`] bytes of a string it reads or copies.
 pub const MAX_EVALUATION_COST: u64 = 5_000_000;
+/// Units one syntax-tree node evaluation costs: walking the tree costs
+/// about ten times more than copying one list item (measured in release
+/// builds; see the worst-case test in expr_tests.rs).
+const UNITS_PER_NODE: u64 = 10;
 /// Bytes of a string (or bytes value) one cost unit covers.
 const BYTES_PER_UNIT: u64 = 16;
 /// A regular expression is compiled at every call: each byte of the pattern
@@ -34,10 +42,6 @@ pub(crate) const ITERATION_FUNCTION: &str = "@floe_iter";
 const OPERATOR_FUNCTION: &str = "@floe_op";
 /// The internal function `has(a.f)` inside a comprehension body becomes.
 const HAS_FUNCTION: &str = "@floe_has";
-/// Variable names the charged operators evaluate through; `@` cannot be
-/// written in CEL source.
-const LEFT: &str = "@floe_left";
-const RIGHT: &str = "@floe_right";
 
 /// Operators whose work grows with their operands.
 const CHARGED_OPERATORS: &[&str] = &[
@@ -134,6 +138,12 @@ pub(crate) fn register(context: &mut Context<'static>) {
     context.add_function("endsWith", charged_ends_with);
     context.add_function("matches", charged_matches);
     context.add_function("string", charged_string);
+    context.add_function("bytes", charged_bytes);
+    context.add_function("int", charged_int);
+    context.add_function("uint", charged_uint);
+    context.add_function("double", charged_double);
+    context.add_function("max", charged_max);
+    context.add_function("min", charged_min);
 }
 
 /// Whether `name` is one of the internal functions (never written in source).
@@ -155,13 +165,14 @@ fn iteration_range(ftx: &FunctionContext, range: CelValue, step_cost: i64) -> Re
         }
         other => return Err(ftx.error(format!("macros iterate over a list or a map, found {:?}", other.type_of()))),
     };
-    let step_cost = u64::try_from(step_cost).unwrap_or(u64::MAX).max(1);
+    let step_cost = u64::try_from(step_cost).unwrap_or(u64::MAX).max(1).saturating_mul(UNITS_PER_NODE);
     charge(ftx, (items.len() as u64).saturating_mul(step_cost))?;
     Ok(CelValue::List(items))
 }
 
-/// `left <operator> right`, charged by operand size, then evaluated by the
-/// interpreter itself so the semantics stay its own.
+/// `left <operator> right`, charged by operand size, then computed exactly
+/// as the interpreter computes the operator itself (objects.rs of
+/// cel-interpreter 0.10, `Value::resolve`).
 fn charged_operator(
     ftx: &FunctionContext,
     left: CelValue,
@@ -177,31 +188,44 @@ fn charged_operator(
         },
         _ => deep_cost(&left, cap).min(deep_cost(&right, cap)),
     };
-    charge(ftx, cost)?;
-    let mut scope = ftx.ptx.new_inner_scope();
-    scope.add_variable_from_value(LEFT, left);
-    scope.add_variable_from_value(RIGHT, right);
-    let operation = IdedExpr {
-        id: 0,
-        expr: Expr::Call(CallExpr {
-            func_name: operator.to_string(),
-            target: None,
-            args: vec![identifier(LEFT), identifier(RIGHT)],
-        }),
+    charge(ftx, cost.saturating_add(UNITS_PER_NODE))?;
+    let ordering = |left: CelValue, right: CelValue| {
+        left.partial_cmp(&right).ok_or(ExecutionError::ValuesNotComparable(left, right))
     };
-    CelValue::resolve(&operation, &scope)
+    match operator.as_str() {
+        operators::ADD => left + right,
+        operators::SUBSTRACT => left - right,
+        operators::MULTIPLY => left * right,
+        operators::DIVIDE => left / right,
+        operators::MODULO => left % right,
+        operators::EQUALS => Ok(CelValue::Bool(left.eq(&right))),
+        operators::NOT_EQUALS => Ok(CelValue::Bool(left.ne(&right))),
+        operators::LESS => Ok(CelValue::Bool(ordering(left, right)? == Ordering::Less)),
+        operators::LESS_EQUALS => Ok(CelValue::Bool(ordering(left, right)? != Ordering::Greater)),
+        operators::GREATER => Ok(CelValue::Bool(ordering(left, right)? == Ordering::Greater)),
+        operators::GREATER_EQUALS => Ok(CelValue::Bool(ordering(left, right)? != Ordering::Less)),
+        operators::IN => match (left, right) {
+            (CelValue::String(needle), CelValue::String(text)) => Ok(CelValue::Bool(text.contains(needle.as_str()))),
+            (item, CelValue::List(items)) => Ok(CelValue::Bool(items.contains(&item))),
+            (key, CelValue::Map(map)) => {
+                let key: Result<Key, CelValue> = key.try_into();
+                Ok(CelValue::Bool(key.is_ok_and(|key| map.map.contains_key(&key))))
+            }
+            (left, right) => Err(ExecutionError::ValuesNotComparable(left, right)),
+        },
+        other => Err(ftx.error(format!("operator {other} is not charged"))),
+    }
 }
 
-/// `has(value.field)`: the interpreter scans the map's keys.
+/// `has(value.field)`: true when `value` is a map with that key; the
+/// interpreter scans the map's keys for it.
 fn charged_has(ftx: &FunctionContext, value: CelValue, field: Arc<String>) -> Result<CelValue, ExecutionError> {
-    charge(ftx, shallow_cost(&value))?;
-    let mut scope = ftx.ptx.new_inner_scope();
-    scope.add_variable_from_value(LEFT, value);
-    let test = IdedExpr {
-        id: 0,
-        expr: Expr::Select(SelectExpr { operand: Box::new(identifier(LEFT)), field: field.to_string(), test: true }),
+    charge(ftx, shallow_cost(&value).saturating_add(UNITS_PER_NODE))?;
+    let found = match &value {
+        CelValue::Map(map) => map.map.keys().any(|key| key.to_string() == *field),
+        _ => false,
     };
-    CelValue::resolve(&test, &scope)
+    Ok(CelValue::Bool(found))
 }
 
 fn charged_contains(ftx: &FunctionContext, this: This<CelValue>, argument: CelValue) -> Result<CelValue, ExecutionError> {
@@ -221,8 +245,9 @@ fn charged_ends_with(ftx: &FunctionContext, this: This<Arc<String>>, suffix: Arc
 }
 
 fn charged_matches(ftx: &FunctionContext, this: This<Arc<String>>, regex: Arc<String>) -> Result<bool, ExecutionError> {
+    // Matching reads each byte through the automaton: a unit a byte.
     let pattern_cost = (regex.len() as u64).saturating_mul(REGEX_UNITS_PER_BYTE);
-    charge(ftx, bytes_cost(this.0.len()).saturating_add(pattern_cost))?;
+    charge(ftx, (this.0.len() as u64).saturating_add(pattern_cost))?;
     functions::matches(ftx, this, regex)
 }
 
@@ -231,8 +256,39 @@ fn charged_string(ftx: &FunctionContext, this: This<CelValue>) -> Result<CelValu
     functions::string(ftx, this)
 }
 
-fn identifier(name: &str) -> IdedExpr {
-    IdedExpr { id: 0, expr: Expr::Ident(name.to_string()) }
+fn charged_bytes(ftx: &FunctionContext, text: Arc<String>) -> Result<CelValue, ExecutionError> {
+    charge(ftx, bytes_cost(text.len()))?;
+    functions::bytes(text)
+}
+
+fn charged_int(ftx: &FunctionContext, this: This<CelValue>) -> Result<CelValue, ExecutionError> {
+    charge(ftx, shallow_cost(&this.0))?;
+    functions::int(ftx, this)
+}
+
+fn charged_uint(ftx: &FunctionContext, this: This<CelValue>) -> Result<CelValue, ExecutionError> {
+    charge(ftx, shallow_cost(&this.0))?;
+    functions::uint(ftx, this)
+}
+
+fn charged_double(ftx: &FunctionContext, this: This<CelValue>) -> Result<CelValue, ExecutionError> {
+    charge(ftx, shallow_cost(&this.0))?;
+    functions::double(ftx, this)
+}
+
+/// `max` and `min` walk a list argument, or their arguments.
+fn arguments_cost(arguments: &Arguments) -> u64 {
+    arguments.0.iter().map(shallow_cost).fold(1, u64::saturating_add)
+}
+
+fn charged_max(ftx: &FunctionContext, arguments: Arguments) -> Result<CelValue, ExecutionError> {
+    charge(ftx, arguments_cost(&arguments))?;
+    functions::max(arguments)
+}
+
+fn charged_min(ftx: &FunctionContext, arguments: Arguments) -> Result<CelValue, ExecutionError> {
+    charge(ftx, arguments_cost(&arguments))?;
+    functions::min(arguments)
 }
 
 /// Rewrites, inside a comprehension body, every costly operator into

@@ -179,10 +179,12 @@ pub(crate) fn node_count(expr: &IdedExpr) -> u64 {
     1 + children(expr).into_iter().map(node_count).sum::<u64>()
 }
 
-/// Silences the panic message of a parse that panics (the caller turns it
-/// into an error), for the thread doing that parse only: one hook, set once,
-/// hands every other panic to the hook that was there before it.
-fn parse_quietly(src: &str) -> std::thread::Result<Result<IdedExpr, cel_parser::ParseErrors>> {
+/// Runs `work`, turning a panic in it into an error value without printing
+/// the panic message and backtrace: the parser and the interpreter are
+/// third-party code, and the caller reports their failure as an expression
+/// error. One hook, set once, stays quiet only for the thread inside this
+/// call and hands every other panic to the hook that was there before it.
+fn quietly<T>(work: impl FnOnce() -> T) -> std::thread::Result<T> {
     thread_local! {
         static QUIET: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
     }
@@ -195,10 +197,10 @@ fn parse_quietly(src: &str) -> std::thread::Result<Result<IdedExpr, cel_parser::
             }
         }));
     });
-    QUIET.with(|quiet| quiet.set(true));
-    let parsed = catch_unwind(AssertUnwindSafe(|| cel_parser::Parser::new().parse(src)));
-    QUIET.with(|quiet| quiet.set(false));
-    parsed
+    let was_quiet = QUIET.with(|quiet| quiet.replace(true));
+    let outcome = catch_unwind(AssertUnwindSafe(work));
+    QUIET.with(|quiet| quiet.set(was_quiet));
+    outcome
 }
 
 impl Expression {
@@ -237,7 +239,8 @@ impl Expression {
         check_source_complexity(src)?;
         // The parser is generated code; a panic in it must not take the
         // caller (the Raft apply loop) down with it.
-        let parsed = parse_quietly(src).map_err(|_| "the CEL parser failed on this expression".to_string())?;
+        let parsed = quietly(|| cel_parser::Parser::new().parse(src))
+            .map_err(|_| "the CEL parser failed on this expression".to_string())?;
         let mut tree = parsed.map_err(|errors| {
             let messages: Vec<String> = errors
                 .errors
@@ -310,9 +313,7 @@ impl Expression {
             let cel_value = json_to_cel(value);
             context.add_variable_from_value(name.as_str(), cel_value);
         }
-        let outcome = crate::cost::with_budget(|| {
-            catch_unwind(AssertUnwindSafe(|| CelValue::resolve(&self.tree, &context)))
-        });
+        let outcome = crate::cost::with_budget(|| quietly(|| CelValue::resolve(&self.tree, &context)));
         let resolved = match outcome {
             Ok(Ok(value)) => value,
             Ok(Err(error)) => {
@@ -328,6 +329,16 @@ impl Expression {
                 })
             }
         };
+        // Checked before converting too: values share their parts in CEL
+        // (a list of one string a thousand times is small), not in JSON.
+        let least_size = least_serialized_size(&resolved, MAX_RESULT_BYTES);
+        if least_size > MAX_RESULT_BYTES {
+            return Err(EvalError::ResultTooLarge {
+                expression: self.short_source(),
+                size: least_size,
+                limit: MAX_RESULT_BYTES,
+            });
+        }
         let json = cel_to_json(&resolved).map_err(|reason| EvalError::NotJson {
             expression: self.short_source(),
             reason,
@@ -346,6 +357,32 @@ impl Expression {
     fn short_source(&self) -> String {
         shorten(&self.source, 120)
     }
+}
+
+/// A lower bound of a CEL value's serialized JSON size, counted no further
+/// than just past `limit`.
+fn least_serialized_size(value: &CelValue, limit: usize) -> usize {
+    let mut total: usize = 0;
+    let mut pending = vec![value];
+    while let Some(next) = pending.pop() {
+        total = total.saturating_add(match next {
+            CelValue::String(text) => text.len() + 2,
+            CelValue::Bytes(bytes) => bytes.len(),
+            CelValue::List(items) => {
+                pending.extend(items.iter());
+                items.len() + 1
+            }
+            CelValue::Map(map) => {
+                pending.extend(map.map.values());
+                map.map.len() * 4 + 1
+            }
+            _ => 1,
+        });
+        if total > limit {
+            return total;
+        }
+    }
+    total
 }
 
 /// Serialized JSON size without building the text.

@@ -81,12 +81,12 @@ fn comprehensions_are_charged_against_a_counted_budget() {
 
     // A quantifier does not copy: linear in its range.
     let all = Expression::compile("input.l.all(x, x >= 0)").unwrap();
-    assert_eq!(all.evaluate(&json!({"input": {"l": list_of(100_000)}})).unwrap(), json!(true));
+    assert_eq!(all.evaluate(&json!({"input": {"l": list_of(50_000)}})).unwrap(), json!(true));
 
     // Nested: every inner run is charged; 3000 × 3000 is over the budget,
     // and every evaluation fails the same way.
     let nested = Expression::compile("input.l.all(x, input.l.exists(y, y == x))").unwrap();
-    assert_eq!(nested.evaluate(&json!({"input": {"l": list_of(300)}})).unwrap(), json!(true));
+    assert_eq!(nested.evaluate(&json!({"input": {"l": list_of(200)}})).unwrap(), json!(true));
     let first = nested.evaluate(&json!({"input": {"l": list_of(3000)}})).unwrap_err().to_string();
     let second = nested.evaluate(&json!({"input": {"l": list_of(3000)}})).unwrap_err().to_string();
     assert!(first.contains("evaluation budget"), "{first}");
@@ -125,5 +125,74 @@ proptest! {
     #[test]
     fn compile_never_panics_on_cel_like_text(source in "[a-z_.()\\[\\]{}'\"+*/%<>=!&|?:, 0-9\\\\rbu@$#-]{0,120}") {
         let _ = Expression::compile(&source);
+    }
+}
+
+/// Times the costliest evaluations that pass the checks: for each
+/// expression, the longest list (in an input of at most 1 MiB) that stays
+/// within the budget, found by bisection. Prints numbers, asserts nothing
+/// about time. Run it in a release build:
+/// `cargo test -p floe-engine --release --lib worst_case -- --ignored --nocapture`
+#[test]
+#[ignore]
+fn worst_case_evaluation_times() {
+    const MAX_INPUT_BYTES: usize = 1024 * 1024;
+    let long_body: String = (0..24).map(|index| format!("x.a{index} == 0")).collect::<Vec<_>>().join(" || ");
+    let text = "s".repeat(400_000);
+    let items = |count: usize, item: Value| Value::Array(vec![item; count]);
+    type Input = Box<dyn Fn(usize) -> Value>;
+    let cases: Vec<(String, Input)> = vec![
+        ("size(input.l)".into(), Box::new(move |n| json!({"l": items(n, json!(0))}))),
+        ("input.l.all(x, x == 0)".into(), Box::new(move |n| json!({"l": items(n, json!(0))}))),
+        (format!("input.l.exists(x, {long_body})"), Box::new(move |n| {
+            let item: serde_json::Map<String, Value> = (0..24).map(|index| (format!("a{index}"), json!(1))).collect();
+            json!({"l": items(n, Value::Object(item))})
+        })),
+        ("input.l.all(x, input.l.exists(y, y == x))".into(), Box::new(move |n| json!({"l": items(n, json!(0))}))),
+        ("input.l.map(x, x).size()".into(), Box::new(move |n| json!({"l": items(n, json!(0))}))),
+        ("input.l.filter(x, x == 0).size()".into(), Box::new(move |n| json!({"l": items(n, json!(0))}))),
+        ("input.l.map(x, [x, x, x]).size()".into(), Box::new(move |n| json!({"l": items(n, json!(0))}))),
+        ("input.l.all(x, input.s != input.s + 'x')".into(), { let text = text.clone(); Box::new(move |n| json!({"l": items(n, json!(0)), "s": text})) }),
+        ("input.l.all(x, !input.s.contains('never'))".into(), { let text = text.clone(); Box::new(move |n| json!({"l": items(n, json!(0)), "s": text})) }),
+        ("input.l.all(x, max(input.k) >= 0)".into(), Box::new(move |n| json!({"l": items(n, json!(0)), "k": items(200_000, json!(0))}))),
+        ("input.l.all(x, input.s.matches('^(a|b)*$'))".into(), Box::new(move |n| json!({"l": items(n, json!(0)), "s": "ab".repeat(100_000)}))),
+        ("input.l.all(x, has(input.m.k))".into(), Box::new(move |n| {
+            let wide: serde_json::Map<String, Value> = (0..40_000).map(|key| (format!("k{key}"), json!(0))).collect();
+            json!({"l": items(n, json!(0)), "m": wide})
+        })),
+    ];
+    for (source, input) in cases {
+        let expression = Expression::compile(&source).unwrap_or_else(|err| panic!("{source}: {err}"));
+        let fits = |n: usize| serde_json::to_vec(&input(n)).unwrap().len() <= MAX_INPUT_BYTES;
+        let passes = |n: usize| expression.evaluate(&json!({"input": input(n)})).is_ok();
+        // The longest list that fits in the input and passes the budget.
+        let (mut low, mut high) = (0usize, 1usize);
+        while fits(high) && passes(high) {
+            low = high;
+            high *= 2;
+        }
+        while high - low > 1 {
+            let middle = (low + high) / 2;
+            if fits(middle) && passes(middle) {
+                low = middle;
+            } else {
+                high = middle;
+            }
+        }
+        let variables = json!({"input": input(low)});
+        let size = serde_json::to_vec(&variables).unwrap().len();
+        let started = std::time::Instant::now();
+        let outcome = expression.evaluate(&variables);
+        let elapsed = started.elapsed();
+        assert!(outcome.is_ok(), "{source}: {outcome:?}");
+        let refused_above = expression.evaluate(&json!({"input": input(low + 1)})).is_err();
+        println!(
+            "{:>8.1} ms  list {:>7}  input {:>8} bytes  {}{}",
+            elapsed.as_secs_f64() * 1000.0,
+            low,
+            size,
+            crate::error::shorten(&source, 60),
+            if refused_above { "  (budget)" } else { "  (input size)" }
+        );
     }
 }
