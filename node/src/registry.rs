@@ -65,9 +65,12 @@ impl Node {
             return Err(ApiError::InvalidArgument(format!("model name {} must match ^[a-z][a-z0-9_-]{{0,39}}$", quote_bounded(name))));
         }
         let limit = self.config.inference.max_model_bytes;
-        if bytes.is_empty() || bytes.len() as u64 > limit {
-            return Err(ApiError::InvalidArgument(format!(
-                "model {name}: file is {} bytes; inference.max_model_bytes allows 1 to {limit}",
+        if bytes.is_empty() {
+            return Err(ApiError::InvalidArgument(format!("model {name}: the file is empty")));
+        }
+        if bytes.len() as u64 > limit {
+            return Err(ApiError::ResourceExhausted(format!(
+                "model {name}: file is {} bytes, more than inference.max_model_bytes ({limit})",
                 bytes.len()
             )));
         }
