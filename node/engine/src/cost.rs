@@ -155,7 +155,11 @@ pub(crate) fn is_internal_function(name: &str) -> bool {
 /// (the interpreter's map iterates in a random order), anything else an
 /// error (the interpreter would panic on it). Charges the range length
 /// times `step_cost` before the comprehension runs.
-fn iteration_range(ftx: &FunctionContext, range: CelValue, step_cost: i64) -> Result<CelValue, ExecutionError> {
+fn iteration_range(
+    ftx: &FunctionContext,
+    range: CelValue,
+    step_cost: i64,
+) -> Result<CelValue, ExecutionError> {
     let items = match range {
         CelValue::List(items) => items,
         CelValue::Map(map) => {
@@ -163,9 +167,17 @@ fn iteration_range(ftx: &FunctionContext, range: CelValue, step_cost: i64) -> Re
             keys.sort();
             Arc::new(keys.into_iter().map(CelValue::from).collect())
         }
-        other => return Err(ftx.error(format!("macros iterate over a list or a map, found {:?}", other.type_of()))),
+        other => {
+            return Err(ftx.error(format!(
+                "macros iterate over a list or a map, found {:?}",
+                other.type_of()
+            )))
+        }
     };
-    let step_cost = u64::try_from(step_cost).unwrap_or(u64::MAX).max(1).saturating_mul(UNITS_PER_NODE);
+    let step_cost = u64::try_from(step_cost)
+        .unwrap_or(u64::MAX)
+        .max(1)
+        .saturating_mul(UNITS_PER_NODE);
     charge(ftx, (items.len() as u64).saturating_mul(step_cost))?;
     Ok(CelValue::List(items))
 }
@@ -190,7 +202,8 @@ fn charged_operator(
     };
     charge(ftx, cost.saturating_add(UNITS_PER_NODE))?;
     let ordering = |left: CelValue, right: CelValue| {
-        left.partial_cmp(&right).ok_or(ExecutionError::ValuesNotComparable(left, right))
+        left.partial_cmp(&right)
+            .ok_or(ExecutionError::ValuesNotComparable(left, right))
     };
     match operator.as_str() {
         operators::ADD => left + right,
@@ -205,11 +218,15 @@ fn charged_operator(
         operators::GREATER => Ok(CelValue::Bool(ordering(left, right)? == Ordering::Greater)),
         operators::GREATER_EQUALS => Ok(CelValue::Bool(ordering(left, right)? != Ordering::Less)),
         operators::IN => match (left, right) {
-            (CelValue::String(needle), CelValue::String(text)) => Ok(CelValue::Bool(text.contains(needle.as_str()))),
+            (CelValue::String(needle), CelValue::String(text)) => {
+                Ok(CelValue::Bool(text.contains(needle.as_str())))
+            }
             (item, CelValue::List(items)) => Ok(CelValue::Bool(items.contains(&item))),
             (key, CelValue::Map(map)) => {
                 let key: Result<Key, CelValue> = key.try_into();
-                Ok(CelValue::Bool(key.is_ok_and(|key| map.map.contains_key(&key))))
+                Ok(CelValue::Bool(
+                    key.is_ok_and(|key| map.map.contains_key(&key)),
+                ))
             }
             (left, right) => Err(ExecutionError::ValuesNotComparable(left, right)),
         },
@@ -219,7 +236,11 @@ fn charged_operator(
 
 /// `has(value.field)`: true when `value` is a map with that key; the
 /// interpreter scans the map's keys for it.
-fn charged_has(ftx: &FunctionContext, value: CelValue, field: Arc<String>) -> Result<CelValue, ExecutionError> {
+fn charged_has(
+    ftx: &FunctionContext,
+    value: CelValue,
+    field: Arc<String>,
+) -> Result<CelValue, ExecutionError> {
     charge(ftx, shallow_cost(&value).saturating_add(UNITS_PER_NODE))?;
     let found = match &value {
         CelValue::Map(map) => map.map.keys().any(|key| key.to_string() == *field),
@@ -228,23 +249,42 @@ fn charged_has(ftx: &FunctionContext, value: CelValue, field: Arc<String>) -> Re
     Ok(CelValue::Bool(found))
 }
 
-fn charged_contains(ftx: &FunctionContext, this: This<CelValue>, argument: CelValue) -> Result<CelValue, ExecutionError> {
+fn charged_contains(
+    ftx: &FunctionContext,
+    this: This<CelValue>,
+    argument: CelValue,
+) -> Result<CelValue, ExecutionError> {
     let cap = available().saturating_add(1);
-    charge(ftx, deep_cost(&this.0, cap).saturating_add(shallow_cost(&argument)))?;
+    charge(
+        ftx,
+        deep_cost(&this.0, cap).saturating_add(shallow_cost(&argument)),
+    )?;
     functions::contains(this, argument)
 }
 
-fn charged_starts_with(ftx: &FunctionContext, this: This<Arc<String>>, prefix: Arc<String>) -> Result<bool, ExecutionError> {
+fn charged_starts_with(
+    ftx: &FunctionContext,
+    this: This<Arc<String>>,
+    prefix: Arc<String>,
+) -> Result<bool, ExecutionError> {
     charge(ftx, bytes_cost(prefix.len()))?;
     Ok(functions::starts_with(this, prefix))
 }
 
-fn charged_ends_with(ftx: &FunctionContext, this: This<Arc<String>>, suffix: Arc<String>) -> Result<bool, ExecutionError> {
+fn charged_ends_with(
+    ftx: &FunctionContext,
+    this: This<Arc<String>>,
+    suffix: Arc<String>,
+) -> Result<bool, ExecutionError> {
     charge(ftx, bytes_cost(suffix.len()))?;
     Ok(functions::ends_with(this, suffix))
 }
 
-fn charged_matches(ftx: &FunctionContext, this: This<Arc<String>>, regex: Arc<String>) -> Result<bool, ExecutionError> {
+fn charged_matches(
+    ftx: &FunctionContext,
+    this: This<Arc<String>>,
+    regex: Arc<String>,
+) -> Result<bool, ExecutionError> {
     // Matching reads each byte through the automaton: a unit a byte.
     let pattern_cost = (regex.len() as u64).saturating_mul(REGEX_UNITS_PER_BYTE);
     charge(ftx, (this.0.len() as u64).saturating_add(pattern_cost))?;
@@ -278,7 +318,11 @@ fn charged_double(ftx: &FunctionContext, this: This<CelValue>) -> Result<CelValu
 
 /// `max` and `min` walk a list argument, or their arguments.
 fn arguments_cost(arguments: &Arguments) -> u64 {
-    arguments.0.iter().map(shallow_cost).fold(1, u64::saturating_add)
+    arguments
+        .0
+        .iter()
+        .map(shallow_cost)
+        .fold(1, u64::saturating_add)
 }
 
 fn charged_max(ftx: &FunctionContext, arguments: Arguments) -> Result<CelValue, ExecutionError> {
@@ -297,9 +341,16 @@ fn charged_min(ftx: &FunctionContext, arguments: Arguments) -> Result<CelValue, 
 pub(crate) fn charge_body_operators(expr: &mut IdedExpr) {
     let id = expr.id;
     match &mut expr.expr {
-        Expr::Call(call) if call.args.len() == 2 && call.target.is_none() && CHARGED_OPERATORS.contains(&call.func_name.as_str()) => {
+        Expr::Call(call)
+            if call.args.len() == 2
+                && call.target.is_none()
+                && CHARGED_OPERATORS.contains(&call.func_name.as_str()) =>
+        {
             let operator = std::mem::take(&mut call.func_name);
-            call.args.push(IdedExpr { id, expr: Expr::Literal(Val::String(operator)) });
+            call.args.push(IdedExpr {
+                id,
+                expr: Expr::Literal(Val::String(operator)),
+            });
             call.func_name = OPERATOR_FUNCTION.to_string();
             for arg in call.args.iter_mut().take(2) {
                 charge_body_operators(arg);
@@ -308,8 +359,15 @@ pub(crate) fn charge_body_operators(expr: &mut IdedExpr) {
         Expr::Select(select) if select.test => {
             let mut operand = std::mem::take(select.operand.as_mut());
             charge_body_operators(&mut operand);
-            let field = IdedExpr { id, expr: Expr::Literal(Val::String(std::mem::take(&mut select.field))) };
-            expr.expr = Expr::Call(CallExpr { func_name: HAS_FUNCTION.to_string(), target: None, args: vec![operand, field] });
+            let field = IdedExpr {
+                id,
+                expr: Expr::Literal(Val::String(std::mem::take(&mut select.field))),
+            };
+            expr.expr = Expr::Call(CallExpr {
+                func_name: HAS_FUNCTION.to_string(),
+                target: None,
+                args: vec![operand, field],
+            });
         }
         Expr::Comprehension(comprehension) => {
             // Its range and start run at every step of this body; its own

@@ -99,16 +99,42 @@ const MACROS: &[(&str, &str)] = &[
     (operators::EXISTS, "list.exists(x, predicate)"),
     (operators::EXISTS_ONE, "list.exists_one(x, predicate)"),
     ("existsOne", "list.existsOne(x, predicate)"),
-    (operators::MAP, "list.map(x, value) or list.map(x, predicate, value)"),
+    (
+        operators::MAP,
+        "list.map(x, value) or list.map(x, predicate, value)",
+    ),
     (operators::FILTER, "list.filter(x, predicate)"),
 ];
 
 /// Function names CEL defines; the ones [`FUNCTIONS`] provides are listed
 /// in the error for an unknown function.
 const CEL_FUNCTION_NAMES: &[&str] = &[
-    "contains", "size", "max", "min", "startsWith", "endsWith", "string", "bytes", "double", "int", "uint",
-    "matches", "duration", "timestamp", "type", "dyn", "getFullYear", "getMonth", "getDayOfYear",
-    "getDayOfMonth", "getDate", "getDayOfWeek", "getHours", "getMinutes", "getSeconds", "getMilliseconds",
+    "contains",
+    "size",
+    "max",
+    "min",
+    "startsWith",
+    "endsWith",
+    "string",
+    "bytes",
+    "double",
+    "int",
+    "uint",
+    "matches",
+    "duration",
+    "timestamp",
+    "type",
+    "dyn",
+    "getFullYear",
+    "getMonth",
+    "getDayOfYear",
+    "getDayOfMonth",
+    "getDate",
+    "getDayOfWeek",
+    "getHours",
+    "getMinutes",
+    "getSeconds",
+    "getMilliseconds",
 ];
 
 /// Whether evaluation can call `name`: asks the context itself, as the
@@ -118,17 +144,29 @@ fn context_has_function(name: &str) -> bool {
     let probe = IdedExpr {
         id: 0,
         expr: Expr::Select(SelectExpr {
-            operand: Box::new(IdedExpr { id: 0, expr: Expr::Map(MapExpr { entries: Vec::new() }) }),
+            operand: Box::new(IdedExpr {
+                id: 0,
+                expr: Expr::Map(MapExpr {
+                    entries: Vec::new(),
+                }),
+            }),
             field: name.to_string(),
             test: false,
         }),
     };
-    matches!(CelValue::resolve(&probe, &FUNCTIONS), Ok(CelValue::Function(..)))
+    matches!(
+        CelValue::resolve(&probe, &FUNCTIONS),
+        Ok(CelValue::Function(..))
+    )
 }
 
 /// The functions an expression may call, for messages.
 static KNOWN_FUNCTIONS: LazyLock<Vec<&'static str>> = LazyLock::new(|| {
-    CEL_FUNCTION_NAMES.iter().copied().filter(|name| context_has_function(name)).collect()
+    CEL_FUNCTION_NAMES
+        .iter()
+        .copied()
+        .filter(|name| context_has_function(name))
+        .collect()
 });
 
 /// Refuses calls evaluation would not find: an unknown function, or a
@@ -137,16 +175,23 @@ fn check_functions(expr: &IdedExpr) -> Result<(), String> {
     if let Expr::Call(call) = &expr.expr {
         let name = call.func_name.as_str();
         let internal = crate::cost::is_internal_function(name);
-        let known = !internal && (INTERPRETER_OPERATORS.contains(&name) || context_has_function(name));
+        let known =
+            !internal && (INTERPRETER_OPERATORS.contains(&name) || context_has_function(name));
         if !known {
             if let Some((_, usage)) = MACROS.iter().find(|(macro_name, _)| *macro_name == name) {
-                return Err(format!("macro `{name}` is called with the wrong arguments; write {usage}"));
+                return Err(format!(
+                    "macro `{name}` is called with the wrong arguments; write {usage}"
+                ));
             }
             return Err(format!(
                 "unknown function `{}`; the functions are {} and the macros {}",
                 shorten(name, 64),
                 KNOWN_FUNCTIONS.join(", "),
-                MACROS.iter().map(|(name, _)| *name).collect::<Vec<_>>().join(", ")
+                MACROS
+                    .iter()
+                    .map(|(name, _)| *name)
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ));
         }
     }
@@ -162,15 +207,24 @@ fn check_functions(expr: &IdedExpr) -> Result<(), String> {
 fn comprehension_nesting(expr: &IdedExpr) -> usize {
     match &expr.expr {
         Expr::Comprehension(comprehension) => {
-            let once = [&comprehension.iter_range, &comprehension.accu_init, &comprehension.result]
-                .into_iter()
-                .map(|part| comprehension_nesting(part))
-                .max()
-                .unwrap_or(0);
-            let body = comprehension_nesting(&comprehension.loop_cond).max(comprehension_nesting(&comprehension.loop_step));
+            let once = [
+                &comprehension.iter_range,
+                &comprehension.accu_init,
+                &comprehension.result,
+            ]
+            .into_iter()
+            .map(|part| comprehension_nesting(part))
+            .max()
+            .unwrap_or(0);
+            let body = comprehension_nesting(&comprehension.loop_cond)
+                .max(comprehension_nesting(&comprehension.loop_step));
             once.max(body + 1)
         }
-        _ => children(expr).into_iter().map(comprehension_nesting).max().unwrap_or(0),
+        _ => children(expr)
+            .into_iter()
+            .map(comprehension_nesting)
+            .max()
+            .unwrap_or(0),
     }
 }
 
@@ -313,7 +367,8 @@ impl Expression {
             let cel_value = json_to_cel(value);
             context.add_variable_from_value(name.as_str(), cel_value);
         }
-        let outcome = crate::cost::with_budget(|| quietly(|| CelValue::resolve(&self.tree, &context)));
+        let outcome =
+            crate::cost::with_budget(|| quietly(|| CelValue::resolve(&self.tree, &context)));
         let resolved = match outcome {
             Ok(Ok(value)) => value,
             Ok(Err(error)) => {
@@ -659,7 +714,13 @@ fn wrap_comprehension_ranges(expr: &mut IdedExpr) {
             expr: Expr::Call(CallExpr {
                 func_name: crate::cost::ITERATION_FUNCTION.to_string(),
                 target: None,
-                args: vec![range, IdedExpr { id, expr: Expr::Literal(Val::Int(step_cost)) }],
+                args: vec![
+                    range,
+                    IdedExpr {
+                        id,
+                        expr: Expr::Literal(Val::Int(step_cost)),
+                    },
+                ],
             }),
         };
     }
