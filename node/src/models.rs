@@ -570,7 +570,10 @@ impl Node {
             self.models.note_demand(model, version);
             if Instant::now() >= deadline || self.shutdown.is_cancelled() {
                 let detail = if problems.is_empty() { "no replica is placed".to_string() } else { problems.join("; ") };
-                return Err(ApiError::Unavailable(format!("model {model} v{version} has no warm replica: {detail}")));
+                let waited_ms = self.config.inference.cold_start_wait_ms;
+                return Err(ApiError::Unavailable(format!(
+                    "model {model} v{version} has no warm replica after {waited_ms} ms (inference.cold_start_wait_ms): {detail}"
+                )));
             }
             tokio::select! {
                 _ = self.models.changed.notified() => {}
