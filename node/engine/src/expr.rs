@@ -294,7 +294,8 @@ impl Expression {
         // The parser is generated code; a panic in it must not take the
         // caller (the Raft apply loop) down with it.
         let parsed = quietly(|| cel_parser::Parser::new().parse(src))
-            .map_err(|_| "the CEL parser failed on this expression".to_string())?;
+            .map_err(|_| "syntax error: the CEL parser could not read this expression (an operator without operands, \
+                 a backtick or a bad escape?)".to_string())?;
         let mut tree = parsed.map_err(|errors| {
             let messages: Vec<String> = errors
                 .errors

@@ -313,3 +313,16 @@ fn worst_case_evaluation_times() {
         );
     }
 }
+
+#[test]
+fn inputs_the_parser_panics_on_are_refused() {
+    // cel-parser 0.10 panics on these; compile catches the panic, prints
+    // nothing, and refuses the expression.
+    for source in ["\"\\", "`x`", "!", "-", "in", "a in", "'\\x4'"] {
+        let err = compile_error(source);
+        assert!(
+            err.contains("syntax error: the CEL parser could not read"),
+            "{source}: {err}"
+        );
+    }
+}
