@@ -3,8 +3,8 @@
 //! Apply evaluates expressions on every replica, so the budget cannot use
 //! the clock: work is counted, the same on every node. Comprehensions (the
 //! only loops in CEL) are charged their range length times their body size
-//! before they run, and inside their bodies every operator whose work grows
-//! with its operands (`+`, comparisons, `in`, `has`) is charged by operand
+//! before they run, and every operator whose work grows with its operands
+//! (`+`, comparisons, `in`, `has`) is charged by operand
 //! size, as are the functions whose work grows with their arguments
 //! (string functions, conversions, `max`, `min`) wherever they are called. An
 //! evaluation that needs more than [`MAX_EVALUATION_COST`] fails with an
@@ -335,10 +335,10 @@ fn charged_min(ftx: &FunctionContext, arguments: Arguments) -> Result<CelValue, 
     functions::min(arguments)
 }
 
-/// Rewrites, inside a comprehension body, every costly operator into
-/// `@floe_op(left, right, "op")` and every `has(a.f)` into `@floe_has(a, "f")`.
-/// Comprehensions nested in the body are left to their own rewrite.
-pub(crate) fn charge_body_operators(expr: &mut IdedExpr) {
+/// Rewrites every costly operator into `@floe_op(left, right, "op")` and
+/// every `has(a.f)` into `@floe_has(a, "f")`. The body of a comprehension
+/// in `expr` is left to that comprehension's own rewrite (`expr.rs`).
+pub(crate) fn charge_operators(expr: &mut IdedExpr) {
     let id = expr.id;
     match &mut expr.expr {
         Expr::Call(call)
@@ -353,12 +353,12 @@ pub(crate) fn charge_body_operators(expr: &mut IdedExpr) {
             });
             call.func_name = OPERATOR_FUNCTION.to_string();
             for arg in call.args.iter_mut().take(2) {
-                charge_body_operators(arg);
+                charge_operators(arg);
             }
         }
         Expr::Select(select) if select.test => {
             let mut operand = std::mem::take(select.operand.as_mut());
-            charge_body_operators(&mut operand);
+            charge_operators(&mut operand);
             let field = IdedExpr {
                 id,
                 expr: Expr::Literal(Val::String(std::mem::take(&mut select.field))),
@@ -372,12 +372,12 @@ pub(crate) fn charge_body_operators(expr: &mut IdedExpr) {
         Expr::Comprehension(comprehension) => {
             // Its range and start run at every step of this body; its own
             // body is charged by its own rewrite.
-            charge_body_operators(&mut comprehension.iter_range);
-            charge_body_operators(&mut comprehension.accu_init);
+            charge_operators(&mut comprehension.iter_range);
+            charge_operators(&mut comprehension.accu_init);
         }
         _ => {
             for child in crate::expr::children_mut(expr) {
-                charge_body_operators(child);
+                charge_operators(child);
             }
         }
     }

@@ -325,6 +325,9 @@ impl Expression {
         }
         let mut analysis = Analysis::default();
         analyze(&tree, &mut Vec::new(), &mut analysis)?;
+        // Operators outside comprehensions are charged too: 255 of them
+        // concatenating 1 MiB strings would copy gigabytes.
+        crate::cost::charge_operators(&mut tree);
         wrap_comprehension_ranges(&mut tree);
         Ok(Expression {
             source: src.to_string(),
@@ -706,8 +709,8 @@ fn analyze(
 fn wrap_comprehension_ranges(expr: &mut IdedExpr) {
     if let Expr::Comprehension(comprehension) = &mut expr.expr {
         let step_cost = crate::cost::step_cost(&comprehension.loop_cond, &comprehension.loop_step);
-        crate::cost::charge_body_operators(&mut comprehension.loop_cond);
-        crate::cost::charge_body_operators(&mut comprehension.loop_step);
+        crate::cost::charge_operators(&mut comprehension.loop_cond);
+        crate::cost::charge_operators(&mut comprehension.loop_step);
         let range = std::mem::take(comprehension.iter_range.as_mut());
         let id = range.id;
         *comprehension.iter_range = IdedExpr {

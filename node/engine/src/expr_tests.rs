@@ -168,6 +168,18 @@ fn comprehensions_are_charged_against_a_counted_budget() {
         .to_string();
     assert!(err.contains("evaluation budget"), "{err}");
 
+    // Outside comprehensions too: concatenating a 1 MiB string with itself
+    // again and again would copy gigabytes.
+    let terms = vec!["input"; 30].join(" + ");
+    let concatenation = Expression::compile(&terms).unwrap();
+    let megabyte = json!({"input": "m".repeat(1024 * 1024)});
+    let err = concatenation.evaluate(&megabyte).unwrap_err().to_string();
+    assert!(err.contains("evaluation budget"), "{err}");
+    assert_eq!(
+        concatenation.evaluate(&json!({"input": "ab"})).unwrap(),
+        json!("ab".repeat(30))
+    );
+
     // The budget is per evaluation: a later small one is unaffected.
     assert_eq!(
         nested
@@ -219,6 +231,10 @@ fn worst_case_evaluation_times() {
         (
             "input.l.all(x, x == 0)".into(),
             Box::new(move |n| json!({"l": items(n, json!(0))})),
+        ),
+        (
+            vec!["input.s"; 30].join(" + "),
+            Box::new(move |n| json!({"s": "s".repeat(n)})),
         ),
         (
             format!("input.l.exists(x, {long_body})"),
