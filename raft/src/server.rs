@@ -128,6 +128,7 @@ struct ServerState {
     snapshot_dir: PathBuf,
     raft: Arc<dyn RaftRpcHandler>,
     app: Arc<dyn AppHandler>,
+    handshake_timeout: Duration,
 }
 
 impl RaftServer {
@@ -181,6 +182,7 @@ impl RaftServer {
             snapshot_dir: options.snapshot_dir,
             raft,
             app,
+            handshake_timeout: Duration::from_millis(options.transport.handshake_timeout_ms),
         });
         info!(node_id = options.node_id, addr = %local_addr, "raft server listening");
         let task = tokio::spawn(accept_loop(endpoint, state, shutdown));
@@ -215,11 +217,6 @@ async fn accept_loop(endpoint: Endpoint, state: Arc<ServerState>, shutdown: Canc
     info!("raft server stopped");
 }
 
-/// A peer that has not finished its QUIC (TLS 1.3) handshake within this
-/// is dropped. A handshake that stops sending is also ended sooner by the
-/// transport's idle timeout (`idle_timeout_ms`).
-const PEER_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
 async fn serve_connection(
     incoming: quinn::Incoming,
     state: Arc<ServerState>,
@@ -228,14 +225,16 @@ async fn serve_connection(
     let peer_addr = incoming.remote_address();
     // The idle timeout alone would let a peer that keeps sending packets
     // hold a half-open handshake for ever; dropping the attempt closes it.
-    let connection = match tokio::time::timeout(PEER_HANDSHAKE_TIMEOUT, incoming).await {
+    // A handshake that goes silent ends sooner, at the idle timeout.
+    let handshake_timeout = state.handshake_timeout;
+    let connection = match tokio::time::timeout(handshake_timeout, incoming).await {
         Ok(Ok(connection)) => connection,
         Ok(Err(error)) => {
             warn!(peer = %peer_addr, error = %error, "peer handshake refused");
             return;
         }
         Err(_) => {
-            warn!(peer = %peer_addr, timeout_ms = PEER_HANDSHAKE_TIMEOUT.as_millis() as u64, "peer handshake did not complete in time");
+            warn!(peer = %peer_addr, timeout_ms = handshake_timeout.as_millis() as u64, "peer handshake did not complete in time");
             return;
         }
     };
