@@ -18,6 +18,7 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
+use floe_engine::names::quote_bounded;
 use crate::error::ApiError;
 use crate::peer_api::{self, PeerRequest, PeerResponse};
 use crate::service::Node;
@@ -153,7 +154,7 @@ impl Node {
     /// (then kept here too).
     pub async fn load_blob(&self, hash: &str) -> Result<Vec<u8>, ApiError> {
         if !floe_storage::blobs::is_hash(hash) {
-            return Err(ApiError::InvalidArgument(format!("{hash:?} is not a sha256 blob address")));
+            return Err(ApiError::InvalidArgument(format!("{} is not a sha256 blob address", quote_bounded(hash))));
         }
         let blobs = self.blobs.clone();
         let wanted = hash.to_string();
@@ -249,8 +250,8 @@ const MIN_FIELD_BLOB_BYTES: usize = 1024;
 /// Parses a payload within the limits; the flag says whether it may stay inline.
 pub fn check_payload(bytes: &[u8], what: &str, limits: &crate::config::RunsConfig) -> Result<(Value, bool), ApiError> {
     if bytes.len() as u64 > limits.max_payload_bytes {
-        return Err(ApiError::InvalidArgument(format!(
-            "{what} is {} bytes; the limit is {} (runs.max_payload_bytes)",
+        return Err(ApiError::ResourceExhausted(format!(
+            "{what} is {} bytes, more than runs.max_payload_bytes ({})",
             bytes.len(),
             limits.max_payload_bytes
         )));
@@ -363,8 +364,10 @@ mod tests {
         assert!(!check_payload(large.as_bytes(), "x", &limits).unwrap().1, "over the inline limit: a blob");
         let err = check_payload(b"{", "run input", &limits).unwrap_err().to_string();
         assert!(err.contains("run input is not JSON"), "{err}");
-        let err = check_payload(&[b' '; 65], "task output", &limits).unwrap_err().to_string();
-        assert!(err.contains("task output is 65 bytes") && err.contains("runs.max_payload_bytes"), "{err}");
+        let err = check_payload(&[b' '; 65], "task output", &limits).unwrap_err();
+        assert!(matches!(err, ApiError::ResourceExhausted(_)), "{err:?}");
+        let err = err.to_string();
+        assert!(err.contains("task output is 65 bytes, more than runs.max_payload_bytes (64)"), "{err}");
         let deep = format!("{}1{}", "[".repeat(65), "]".repeat(65));
         let err = check_payload(deep.as_bytes(), "run input", &crate::config::RunsConfig::default()).unwrap_err().to_string();
         assert!(err.contains("run input nests 65 levels deep") && err.contains("64"), "{err}");

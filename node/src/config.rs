@@ -60,6 +60,10 @@ pub struct InferenceConfig {
     /// How long a direct inference request waits for a replica that is
     /// loading (or evicted and placed again on demand). Default: 30 s.
     pub cold_start_wait_ms: u64,
+    /// How long an inference step's task waits for a replica of its model
+    /// before its attempt fails: finally when the model is not deployed,
+    /// retryably when it is but no replica is placed or warm. Default: 30 s.
+    pub no_replica_wait_ms: u64,
     /// GPUs this node offers to replicas; empty: what NVML finds (GPU builds).
     pub gpus: Vec<floe_inference::GpuDevice>,
 }
@@ -72,6 +76,7 @@ impl Default for InferenceConfig {
             idle_evict_ms: 60_000,
             max_model_bytes: MAX_PAYLOAD_CEILING,
             cold_start_wait_ms: 30_000,
+            no_replica_wait_ms: 30_000,
             gpus: Vec::new(),
         }
     }

@@ -24,9 +24,28 @@ pub enum ApiError {
     ResourceExhausted(String),
 }
 
+/// Longest message a gRPC status carries. Clients read it from a header,
+/// and most refuse headers past 8–16 KiB, so a longer one would hide the
+/// error it describes. Messages quote names through
+/// `floe_engine::names::quote_bounded`; this is the last line of defence.
+pub const MAX_STATUS_MESSAGE_BYTES: usize = 4096;
+
+/// `message` cut to [`MAX_STATUS_MESSAGE_BYTES`] at a character boundary,
+/// saying how long it was.
+pub fn bounded_message(message: String) -> String {
+    if message.len() <= MAX_STATUS_MESSAGE_BYTES {
+        return message;
+    }
+    let mut cut = MAX_STATUS_MESSAGE_BYTES - 64;
+    while !message.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}… (message cut, {} bytes in all)", &message[..cut], message.len())
+}
+
 impl From<ApiError> for tonic::Status {
     fn from(err: ApiError) -> tonic::Status {
-        let message = err.to_string();
+        let message = bounded_message(err.to_string());
         match err {
             ApiError::Unavailable(_) => tonic::Status::unavailable(message),
             ApiError::OutcomeUnknown(_) => tonic::Status::deadline_exceeded(message),
@@ -36,5 +55,24 @@ impl From<ApiError> for tonic::Status {
             ApiError::Internal(_) => tonic::Status::internal(message),
             ApiError::ResourceExhausted(_) => tonic::Status::resource_exhausted(message),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_messages_are_bounded() {
+        let status = tonic::Status::from(ApiError::NotFound(format!("no run {}", "r".repeat(20_000))));
+        assert_eq!(status.code(), tonic::Code::NotFound);
+        assert!(status.message().len() <= MAX_STATUS_MESSAGE_BYTES, "{}", status.message().len());
+        assert!(status.message().starts_with("not found: no run rrr"), "{}", &status.message()[..40]);
+        assert!(status.message().ends_with("(message cut, 20018 bytes in all)"), "{}", status.message());
+        let short = tonic::Status::from(ApiError::InvalidArgument("key is empty".into()));
+        assert_eq!(short.message(), "invalid argument: key is empty");
+        // A cut never splits a character.
+        let wide = bounded_message("é".repeat(3000));
+        assert!(wide.len() <= MAX_STATUS_MESSAGE_BYTES && wide.contains("6000 bytes in all"), "{wide}");
     }
 }

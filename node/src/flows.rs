@@ -5,6 +5,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use floe_storage::{Command, CommandResponse, FlowRecord};
 
+use floe_engine::names::quote_bounded;
 use crate::error::ApiError;
 use crate::service::Node;
 
@@ -19,6 +20,13 @@ pub struct PutFlowOutcome {
 impl Node {
     /// Validates `definition` (JSON) and stores it; nothing is stored on error.
     pub async fn put_flow(&self, definition: &[u8]) -> Result<PutFlowOutcome, ApiError> {
+        if definition.len() > floe_engine::MAX_DEFINITION_BYTES {
+            return Err(ApiError::ResourceExhausted(format!(
+                "flow definition is {} bytes, more than the fixed limit of {} (1 MiB)",
+                definition.len(),
+                floe_engine::MAX_DEFINITION_BYTES
+            )));
+        }
         let flow = floe_engine::parse_new_flow(definition).map_err(|errors| {
             let lines: Vec<String> = errors.iter().map(|error| format!("{}: {}", error.path, error.message)).collect();
             ApiError::InvalidArgument(format!(
@@ -75,8 +83,8 @@ impl Node {
         }
         let found = self.reader.flow(name, version).map_err(|err| ApiError::Internal(err.to_string()))?;
         found.ok_or_else(|| match version {
-            Some(version) => ApiError::NotFound(format!("flow {name:?} has no version {version}")),
-            None => ApiError::NotFound(format!("no flow named {name:?}")),
+            Some(version) => ApiError::NotFound(format!("flow {} has no version {version}", quote_bounded(name))),
+            None => ApiError::NotFound(format!("no flow named {}", quote_bounded(name))),
         })
     }
 
@@ -102,7 +110,7 @@ impl Node {
         }
         let versions = self.reader.flow_versions(name).map_err(|err| ApiError::Internal(err.to_string()))?;
         if versions.is_empty() {
-            return Err(ApiError::NotFound(format!("no flow named {name:?}")));
+            return Err(ApiError::NotFound(format!("no flow named {}", quote_bounded(name))));
         }
         Ok(versions)
     }

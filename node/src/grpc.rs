@@ -9,6 +9,7 @@ use floe_storage::{Command, CommandResponse, KvEntry};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
+use floe_engine::names::quote_bounded;
 use crate::api;
 use crate::api::blobs_server::{Blobs, BlobsServer};
 use crate::api::cluster_server::{Cluster, ClusterServer};
@@ -18,38 +19,58 @@ use crate::api::models_server::{Models, ModelsServer};
 use crate::api::runs_server::{Runs, RunsServer};
 use crate::api::workers_server::{Workers, WorkersServer};
 use crate::error::ApiError;
+use crate::grpc_limits::{OversizeAnswerLayer, TransportLimits};
 use crate::peer_api::{self, PeerRequest, PeerResponse};
 use crate::service::Node;
+
+/// A client that opens a connection and does not finish the TLS handshake
+/// within this is disconnected, so idle sockets cannot pile up.
+pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub async fn serve(node: Arc<Node>, material: TlsMaterial, cancel: CancellationToken) -> anyhow::Result<()> {
     let addr = node.config.api_addr.parse()?;
     let tls = tonic::transport::ServerTlsConfig::new()
         .identity(tonic::transport::Identity::from_pem(material.cert_pem(), material.key_pem()))
-        .client_ca_root(tonic::transport::Certificate::from_pem(material.ca_pem()));
-    // Payloads up to runs.max_payload_bytes, plus room for the message around them.
-    let message_limit = node.config.runs.max_payload_bytes as usize + 1024 * 1024;
-    let model_limit = (node.config.inference.max_model_bytes as usize).max(message_limit) + 1024 * 1024;
+        .client_ca_root(tonic::transport::Certificate::from_pem(material.ca_pem()))
+        .timeout(TLS_HANDSHAKE_TIMEOUT);
+    // Each service decodes at least what floe's own checks accept, so those
+    // checks answer; a larger request gets RESOURCE_EXHAUSTED naming the
+    // setting (grpc_limits.rs).
+    let limits = TransportLimits::from_config(&node.config);
     tonic::transport::Server::builder()
         .tls_config(tls)?
-        .add_service(ClusterServer::new(ClusterApi { node: node.clone() }))
-        .add_service(FlowsServer::new(FlowsApi { node: node.clone() }))
+        .layer(OversizeAnswerLayer::new(limits.clone()))
+        .add_service(ClusterServer::new(ClusterApi { node: node.clone() }).max_decoding_message_size(limits.small))
+        .add_service(
+            FlowsServer::new(FlowsApi { node: node.clone() })
+                .max_decoding_message_size(limits.flows)
+                .max_encoding_message_size(limits.flows),
+        )
         .add_service(
             RunsServer::new(RunsApi { node: node.clone() })
-                .max_decoding_message_size(message_limit)
-                .max_encoding_message_size(message_limit),
+                .max_decoding_message_size(limits.runs)
+                .max_encoding_message_size(limits.runs),
         )
         .add_service(
             WorkersServer::new(WorkersApi { node: node.clone() })
-                .max_decoding_message_size(message_limit)
-                .max_encoding_message_size(message_limit),
+                .max_decoding_message_size(limits.workers)
+                .max_encoding_message_size(limits.workers),
         )
-        .add_service(BlobsServer::new(BlobsApi { node: node.clone() }).max_encoding_message_size(message_limit))
+        .add_service(
+            BlobsServer::new(BlobsApi { node: node.clone() })
+                .max_decoding_message_size(limits.small)
+                .max_encoding_message_size(limits.runs),
+        )
         .add_service(
             ModelsServer::new(ModelsApi { node: node.clone() })
-                .max_decoding_message_size(model_limit)
-                .max_encoding_message_size(model_limit),
+                .max_decoding_message_size(limits.models)
+                .max_encoding_message_size(limits.models),
         )
-        .add_service(KvServer::new(KvApi { node }))
+        .add_service(
+            KvServer::new(KvApi { node })
+                .max_decoding_message_size(limits.kv)
+                .max_encoding_message_size(limits.kv),
+        )
         .serve_with_shutdown(addr, cancel.cancelled_owned())
         .await
         .map_err(|err| anyhow::anyhow!("gRPC server on {addr}: {err}"))
@@ -293,7 +314,7 @@ fn tensors_in(tensors: std::collections::HashMap<String, api::TensorData>) -> Re
     tensors
         .into_iter()
         .map(|(name, data)| {
-            let tensor = tensor_from_wire(data).map_err(|err| ApiError::InvalidArgument(format!("input {name}: {err}")))?;
+            let tensor = tensor_from_wire(data).map_err(|err| ApiError::InvalidArgument(format!("input {}: {err}", quote_bounded(&name))))?;
             Ok((name, tensor))
         })
         .collect()
@@ -314,7 +335,7 @@ pub fn tensor_to_wire(tensor: floe_inference::Tensor) -> api::TensorData {
 
 /// A tensor from the gRPC API; the error says what does not fit.
 pub fn tensor_from_wire(data: api::TensorData) -> Result<floe_inference::Tensor, String> {
-    let dtype = floe_inference::tensor_json::dtype_from_name(&data.dtype).ok_or_else(|| format!("unknown dtype {:?}", data.dtype))?;
+    let dtype = floe_inference::tensor_json::dtype_from_name(&data.dtype).ok_or_else(|| format!("unknown dtype {}", quote_bounded(&data.dtype)))?;
     let shape = data.shape.iter().map(|&dim| dim as usize).collect();
     floe_inference::Tensor::new(dtype, shape, data.data).map_err(|err| err.to_string())
 }
@@ -477,7 +498,7 @@ impl Runs for RunsApi {
         };
         if let Some(status) = &filter.status {
             if !["running", "completed", "failed", "cancelled"].contains(&status.as_str()) {
-                return Err(ApiError::InvalidArgument(format!("status {status:?} is not running, completed, failed or cancelled")).into());
+                return Err(ApiError::InvalidArgument(format!("status {} is not running, completed, failed or cancelled", quote_bounded(status))).into());
             }
         }
         let page = self

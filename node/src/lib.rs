@@ -15,6 +15,7 @@ pub mod config;
 pub mod error;
 pub mod flows;
 pub mod grpc;
+pub mod grpc_limits;
 pub mod harness;
 pub mod http;
 pub mod metrics;

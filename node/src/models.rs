@@ -25,6 +25,7 @@ use serde_json::Value;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use floe_engine::names::quote_bounded;
 use crate::error::ApiError;
 use crate::runs::now_ms;
 use crate::service::Node;
@@ -569,7 +570,10 @@ impl Node {
             self.models.note_demand(model, version);
             if Instant::now() >= deadline || self.shutdown.is_cancelled() {
                 let detail = if problems.is_empty() { "no replica is placed".to_string() } else { problems.join("; ") };
-                return Err(ApiError::Unavailable(format!("model {model} v{version} has no warm replica: {detail}")));
+                let waited_ms = self.config.inference.cold_start_wait_ms;
+                return Err(ApiError::Unavailable(format!(
+                    "model {model} v{version} has no warm replica after {waited_ms} ms (inference.cold_start_wait_ms): {detail}"
+                )));
             }
             tokio::select! {
                 _ = self.models.changed.notified() => {}
@@ -594,9 +598,9 @@ impl Node {
         let deployments = self.reader.deployments().map_err(|err| ApiError::Internal(err.to_string()))?;
         let deployed: Vec<u64> = deployments.iter().filter(|d| d.model == model).map(|d| d.version).collect();
         match version {
-            0 => deployed.iter().max().copied().ok_or_else(|| ApiError::NotFound(format!("model {model:?} is not deployed"))),
+            0 => deployed.iter().max().copied().ok_or_else(|| ApiError::NotFound(format!("model {} is not deployed", quote_bounded(model)))),
             v if deployed.contains(&v) => Ok(v),
-            v => Err(ApiError::NotFound(format!("model {model:?} version {v} is not deployed"))),
+            v => Err(ApiError::NotFound(format!("model {} version {v} is not deployed", quote_bounded(model)))),
         }
     }
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 use floe_storage::{Command, CommandResponse, KvEntry, NodeId, NodeInfo};
 use openraft::error::RaftError;
 
+use floe_engine::names::quote_bounded;
 use crate::error::ApiError;
 use crate::peer_api::{self, PeerRequest, PeerResponse};
 use crate::proposer::write_error;
@@ -281,15 +282,19 @@ fn validate_key(key: &str) -> Result<(), ApiError> {
         return Err(ApiError::InvalidArgument("key is empty".into()));
     }
     if key.len() > MAX_KEY_BYTES {
-        return Err(ApiError::InvalidArgument(format!("key is {} bytes; the limit is {MAX_KEY_BYTES}", key.len())));
+        return Err(ApiError::ResourceExhausted(format!(
+            "key is {} bytes, more than the fixed limit of {MAX_KEY_BYTES} (4 KiB)",
+            key.len()
+        )));
     }
     Ok(())
 }
 
 fn validate_value(key: &str, value: &[u8]) -> Result<(), ApiError> {
     if value.len() > MAX_VALUE_BYTES {
-        return Err(ApiError::InvalidArgument(format!(
-            "value for key {key:?} is {} bytes; the limit is {MAX_VALUE_BYTES}",
+        return Err(ApiError::ResourceExhausted(format!(
+            "value for key {} is {} bytes, more than the fixed limit of {MAX_VALUE_BYTES} (1 MiB)",
+            quote_bounded(key),
             value.len()
         )));
     }
@@ -311,8 +316,8 @@ fn validate_command(command: &Command) -> Result<(), ApiError> {
             Ok(())
         }
         Command::TombstoneNode { .. } => Ok(()),
-        Command::PutFlow { name, definition, .. } if definition.len() > MAX_FLOW_BYTES => Err(ApiError::InvalidArgument(
-            format!("flow {name:?} definition is {} bytes; the limit is {MAX_FLOW_BYTES}", definition.len()),
+        Command::PutFlow { name, definition, .. } if definition.len() > MAX_FLOW_BYTES => Err(ApiError::ResourceExhausted(
+            format!("flow {} definition is {} bytes; the limit is {MAX_FLOW_BYTES}", quote_bounded(name), definition.len()),
         )),
         Command::PutFlow { .. } => Ok(()),
         Command::StartRun { .. }
@@ -322,7 +327,7 @@ fn validate_command(command: &Command) -> Result<(), ApiError> {
         | Command::PurgeRuns { .. }
         | Command::FireTimers { .. } => Ok(()),
         Command::SetLimit { name, .. } if name.is_empty() || name.len() > 256 => {
-            Err(ApiError::InvalidArgument(format!("limit name {name:?} must be 1 to 256 bytes")))
+            Err(ApiError::InvalidArgument(format!("limit name {} must be 1 to 256 bytes", quote_bounded(name))))
         }
         Command::SetLimit { .. } => Ok(()),
         Command::PutModel { signature, .. } if signature.len() > MAX_FLOW_BYTES => Err(ApiError::InvalidArgument(format!(

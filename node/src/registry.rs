@@ -7,6 +7,7 @@ use std::time::Duration;
 use floe_storage::models::{DeploySpec, Deployment, ModelRecord, GPU_MILLI_PER_DEVICE};
 use floe_storage::{Command, CommandResponse, NodeId};
 
+use floe_engine::names::quote_bounded;
 use crate::error::ApiError;
 use crate::models::{ReplicaId, ReplicaReport};
 use crate::peer_api::{self, PeerRequest, PeerResponse};
@@ -61,12 +62,15 @@ impl Node {
     /// commits the record. Nothing is recorded when any step fails.
     pub async fn put_model(&self, name: &str, bytes: Vec<u8>) -> Result<PutModel, ApiError> {
         if !floe_engine::is_model_name(name) {
-            return Err(ApiError::InvalidArgument(format!("model name {name:?} must match ^[a-z][a-z0-9_-]{{0,39}}$")));
+            return Err(ApiError::InvalidArgument(format!("model name {} must match ^[a-z][a-z0-9_-]{{0,39}}$", quote_bounded(name))));
         }
         let limit = self.config.inference.max_model_bytes;
-        if bytes.is_empty() || bytes.len() as u64 > limit {
-            return Err(ApiError::InvalidArgument(format!(
-                "model {name}: file is {} bytes; inference.max_model_bytes allows 1 to {limit}",
+        if bytes.is_empty() {
+            return Err(ApiError::InvalidArgument(format!("model {name}: the file is empty")));
+        }
+        if bytes.len() as u64 > limit {
+            return Err(ApiError::ResourceExhausted(format!(
+                "model {name}: file is {} bytes, more than inference.max_model_bytes ({limit})",
                 bytes.len()
             )));
         }
@@ -109,13 +113,13 @@ impl Node {
         let wanted = (version > 0).then_some(version);
         let Some(model) = self.reader.model(name, wanted).map_err(store_error)? else {
             return Err(ApiError::NotFound(match wanted {
-                Some(version) => format!("model {name:?} has no version {version}"),
-                None => format!("model {name:?} is not registered"),
+                Some(version) => format!("model {} has no version {version}", quote_bounded(name)),
+                None => format!("model {} is not registered", quote_bounded(name)),
             }));
         };
         let problems = spec.problems();
         if !problems.is_empty() {
-            return Err(ApiError::InvalidArgument(format!("deployment of {name}: {}", problems.join("; "))));
+            return Err(ApiError::InvalidArgument(format!("deployment of {}: {}", quote_bounded(name), problems.join("; "))));
         }
         let deployment = Deployment { model: name.to_string(), version: model.version, spec, created_at_ms: now_ms() };
         refused(self.write(Command::DeployModel { deployment }).await?)?;
@@ -136,7 +140,7 @@ impl Node {
         let deployments: Vec<Deployment> =
             self.reader.deployments().map_err(store_error)?.into_iter().filter(|d| name.is_empty() || d.model == name).collect();
         if !name.is_empty() && deployments.is_empty() {
-            return Err(ApiError::NotFound(format!("model {name:?} is not deployed")));
+            return Err(ApiError::NotFound(format!("model {} is not deployed", quote_bounded(name))));
         }
         let records = self.reader.replicas().map_err(store_error)?;
         let reports = self.leader_replica_reports().await;

@@ -6,6 +6,7 @@ use floe_engine::run::{RunEvent, RunRecord, TaskFailure, TaskKey};
 use floe_storage::runs::{LimitScope, LimitState};
 use floe_storage::{Command, CommandResponse, RunFilter, RunPage};
 
+use floe_engine::names::quote_bounded;
 use crate::error::ApiError;
 use crate::service::Node;
 
@@ -35,6 +36,10 @@ impl Node {
         correlation_id: &str,
         idempotency_key: &str,
     ) -> Result<StartedRun, ApiError> {
+        // No flow can have such a name; refused here, before the log.
+        if !floe_engine::is_flow_name(flow) {
+            return Err(ApiError::NotFound(format!("no flow named {}", quote_bounded(flow))));
+        }
         let input_value = self.payload_value(input, "run input").await?;
         // The version is resolved where the start applies (0: the latest
         // then), so a start reads nothing first and still sees every flow
@@ -63,7 +68,7 @@ impl Node {
         self.reader
             .run(run_id)
             .map_err(|err| ApiError::Internal(err.to_string()))?
-            .ok_or_else(|| ApiError::NotFound(format!("no run {run_id}")))
+            .ok_or_else(|| ApiError::NotFound(format!("no run {}", quote_bounded(run_id))))
     }
 
     pub async fn list_runs(
@@ -79,7 +84,7 @@ impl Node {
         let page_after = if page_token.is_empty() {
             None
         } else {
-            Some(hex::decode(page_token).map_err(|_| ApiError::InvalidArgument(format!("page token {page_token:?} is not valid")))?)
+            Some(hex::decode(page_token).map_err(|_| ApiError::InvalidArgument(format!("page token {} is not valid", quote_bounded(page_token))))?)
         };
         let limit = if limit == 0 { 50 } else { limit.min(crate::ops::MAX_LIST_LIMIT) };
         self.reader.runs(filter, page_after.as_deref(), limit).map_err(|err| ApiError::Internal(err.to_string()))
@@ -136,7 +141,7 @@ pub fn parse_limit_scope(text: &str) -> Result<LimitScope, ApiError> {
     match text {
         "block" => Ok(LimitScope::Block),
         "flow" => Ok(LimitScope::Flow),
-        other => Err(ApiError::InvalidArgument(format!("limit scope {other:?} is not \"block\" or \"flow\""))),
+        other => Err(ApiError::InvalidArgument(format!("limit scope {} is not \"block\" or \"flow\"", quote_bounded(other)))),
     }
 }
 
@@ -148,7 +153,7 @@ impl Node {
             LimitScope::Flow => floe_engine::is_flow_name(name),
         };
         if !valid_name {
-            return Err(ApiError::InvalidArgument(format!("{} name {name:?} is not valid", scope.name())));
+            return Err(ApiError::InvalidArgument(format!("{} name {} is not valid", scope.name(), quote_bounded(name))));
         }
         if limit == Some(0) {
             return Err(ApiError::InvalidArgument(format!(
@@ -177,11 +182,11 @@ impl Node {
 pub fn parse_task_key(text: &str) -> Result<TaskKey, ApiError> {
     let mut parts = text.rsplitn(3, '/');
     let (Some(item), Some(step_id), Some(run_id)) = (parts.next(), parts.next(), parts.next()) else {
-        return Err(ApiError::InvalidArgument(format!("task {text:?} is not RUN/STEP/ITEM")));
+        return Err(ApiError::InvalidArgument(format!("task {} is not RUN/STEP/ITEM", quote_bounded(text))));
     };
     let item = match item {
         "-" => None,
-        number => Some(number.parse().map_err(|_| ApiError::InvalidArgument(format!("task {text:?} has a bad item")))?),
+        number => Some(number.parse().map_err(|_| ApiError::InvalidArgument(format!("task {} has a bad item", quote_bounded(text))))?),
     };
     Ok(TaskKey { run_id: run_id.to_string(), step_id: step_id.to_string(), item })
 }

@@ -210,6 +210,9 @@ pub async fn schedule(node: Arc<Node>, cancel: CancellationToken) -> anyhow::Res
         let reports_before = reports.clone();
         // Inference blocks with ready tasks and no replica to run them.
         let mut waiting_blocks = std::collections::BTreeSet::new();
+        // Inference tasks that waited past `inference.no_replica_wait_ms`.
+        let mut starved = Vec::new();
+        let no_replica_wait_ms = node.config.inference.no_replica_wait_ms;
         let mut headroom = Headroom::new(&limits);
         for task in ready {
             if !headroom.allows(&task) {
@@ -219,6 +222,9 @@ pub async fn schedule(node: Arc<Node>, cancel: CancellationToken) -> anyhow::Res
             let Some(target) = pick_node(&reports, &pools) else {
                 if task.spec.block.starts_with(floe_engine::INFERENCE_BLOCK_PREFIX) {
                     waiting_blocks.insert(task.spec.block.clone());
+                    if now.saturating_sub(task.scheduled_at_ms) >= no_replica_wait_ms {
+                        starved.push(task);
+                    }
                 }
                 continue;
             };
@@ -246,11 +252,66 @@ pub async fn schedule(node: Arc<Node>, cancel: CancellationToken) -> anyhow::Res
                 tracing::debug!(error = %err, "scheduler proposal failed");
             }
         }
+        fail_starved_inference(&node, starved, no_replica_wait_ms).await;
         expire_silent_nodes(&node).await;
         if last_placement.elapsed() >= crate::placement::PLACE_EVERY {
             last_placement = Instant::now();
             crate::placement::place_replicas(&node, &reports_before, &waiting_blocks).await;
         }
+    }
+}
+
+/// Fails the attempts of inference tasks that found no replica to run them
+/// for `inference.no_replica_wait_ms`, saying why. A model with no
+/// deployment cannot get one by waiting: its failure is final. A deployed
+/// one whose replicas are not placed or not warm may still come up: that
+/// failure is retryable, so the step's retry policy decides.
+async fn fail_starved_inference(node: &Node, starved: Vec<TaskRecord>, waited_ms: u64) {
+    if starved.is_empty() {
+        return;
+    }
+    let deployments = match node.reader.deployments() {
+        Ok(deployments) => deployments,
+        Err(err) => {
+            tracing::warn!(error = %err, "reading deployments for waiting inference tasks");
+            return;
+        }
+    };
+    let failures = starved.into_iter().map(|task| {
+        let (error, retryable) = no_replica_failure(&task.spec.block, &deployments, waited_ms);
+        async move {
+            let failure = floe_engine::run::TaskFailure { error, retryable };
+            let attempt = task.spec.attempt;
+            if let Err(err) = node.task_result(task.spec.key.clone(), attempt, None, Err(failure)).await {
+                tracing::debug!(task = ?task.spec.key, attempt, error = %err, "failing a starved inference task");
+            }
+        }
+    });
+    futures::future::join_all(failures).await;
+}
+
+/// Why an inference task found no replica, and whether waiting more may help.
+fn no_replica_failure(block: &str, deployments: &[floe_storage::models::Deployment], waited_ms: u64) -> (String, bool) {
+    let named = block.strip_prefix(floe_engine::INFERENCE_BLOCK_PREFIX).unwrap_or(block);
+    let (model, version) = match named.rsplit_once(".v").map(|(model, version)| (model, version.parse::<u64>())) {
+        Some((model, Ok(version))) => (model, Some(version)),
+        _ => (named, None),
+    };
+    let deployed = deployments.iter().any(|d| d.model == model && version.is_none_or(|wanted| d.version == wanted));
+    let what = match version {
+        Some(version) => format!("model {model} v{version}"),
+        None => format!("model {model}"),
+    };
+    if deployed {
+        let reason = format!(
+            "{what} had no warm replica for {waited_ms} ms (inference.no_replica_wait_ms): its replicas are not placed or not loaded"
+        );
+        (reason, true)
+    } else {
+        let reason = format!(
+            "{what} is not deployed; waited {waited_ms} ms (inference.no_replica_wait_ms) for a deployment (floe model deploy)"
+        );
+        (reason, false)
     }
 }
 
@@ -412,6 +473,21 @@ pub async fn retain(node: Arc<Node>, cancel: CancellationToken) -> anyhow::Resul
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_starved_inference_task_is_told_why() {
+        let spec = floe_storage::models::DeploySpec { replicas: 1, threads: 1, max_batch: 1, max_delay_ms: 1, queue: 1, gpu_milli: 0 };
+        let deployments = vec![floe_storage::models::Deployment { model: "det".into(), version: 2, spec, created_at_ms: 0 }];
+        let (reason, retryable) = no_replica_failure("model.ghost", &deployments, 30_000);
+        assert!(!retryable);
+        assert_eq!(reason, "model ghost is not deployed; waited 30000 ms (inference.no_replica_wait_ms) for a deployment (floe model deploy)");
+        let (reason, retryable) = no_replica_failure("model.det.v3", &deployments, 5);
+        assert!(!retryable && reason.starts_with("model det v3 is not deployed"), "{reason}");
+        let (reason, retryable) = no_replica_failure("model.det.v2", &deployments, 5);
+        assert!(retryable && reason.starts_with("model det v2 had no warm replica for 5 ms"), "{reason}");
+        let (_, retryable) = no_replica_failure("model.det", &deployments, 5);
+        assert!(retryable);
+    }
+
     use super::*;
 
     fn report(node_id: NodeId, block: &str, free: u32, running: u32, cpu: f32) -> NodeReport {

@@ -100,6 +100,7 @@ async fn serve_once(options: &WorkerOptions, handler: Arc<dyn Handler>, cancel: 
         blocks: options.blocks.clone(),
         concurrency: options.concurrency,
         labels: options.labels.iter().map(|(key, value)| (key.clone(), value.clone())).collect(),
+        accepts_refusals: true,
     };
     outbound.send(api::WorkerMessage { kind: Some(api::worker_message::Kind::Hello(hello)) }).await?;
     let mut tasks = client.workers.attach(tokio_stream::wrappers::ReceiverStream::new(outbound_rx)).await?.into_inner();
@@ -111,6 +112,10 @@ async fn serve_once(options: &WorkerOptions, handler: Arc<dyn Handler>, cancel: 
             message = tasks.message() => message?,
         };
         let Some(message) = message else { return Ok(()) };
+        if let Some(refused) = &message.refused {
+            log_refusal(&options.worker_id, refused);
+            continue;
+        }
         let permit = slots.clone().acquire_owned().await?;
         let handler = handler.clone();
         let outbound = outbound.clone();
@@ -165,4 +170,18 @@ async fn serve_once(options: &WorkerOptions, handler: Arc<dyn Handler>, cancel: 
             drop(permit);
         });
     }
+}
+
+/// A result the node did not record. The task's attempt ends on the node's
+/// side as it would have without the result (timeout, retry, or a later
+/// result), so this only tells the operator why.
+fn log_refusal(worker_id: &str, refused: &api::ResultRefused) {
+    tracing::warn!(
+        worker = %worker_id,
+        task = %refused.task,
+        attempt = refused.attempt,
+        code = %refused.code,
+        reason = %refused.reason,
+        "node refused a task result"
+    );
 }

@@ -12,6 +12,7 @@ use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
+use floe_engine::names::quote_bounded;
 use crate::api;
 use crate::runs::parse_task_key;
 use crate::service::Node;
@@ -162,6 +163,7 @@ impl WorkerRegistry {
             input,
             item: task.spec.key.item.map_or(-1, i64::from),
             heartbeat_ms: task.spec.timeouts.heartbeat_ms.unwrap_or(0),
+            refused: None,
         };
         if worker.sender.try_send(Ok(message)).is_err() {
             return false;
@@ -258,9 +260,9 @@ pub async fn serve_worker(
     } else {
         hello.blocks.iter().find_map(|block| {
             if !floe_engine::is_block_name(block) {
-                Some(format!("block name {block:?} is not valid"))
+                Some(format!("block name {} is not valid", quote_bounded(block)))
             } else if is_inference(block) {
-                Some(format!("block {block:?}: names starting with {:?} are served by model replicas", floe_engine::INFERENCE_BLOCK_PREFIX))
+                Some(format!("block {}: names starting with {:?} are served by model replicas", quote_bounded(block), floe_engine::INFERENCE_BLOCK_PREFIX))
             } else {
                 None
             }
@@ -272,9 +274,13 @@ pub async fn serve_worker(
         return;
     }
     let worker_id = hello.worker_id.clone();
+    // Refusals and the stream's own errors go to the worker through this
+    // copy; the dispatcher pushes tasks through the one registered.
+    let answers = sender.clone();
+    let refusals = hello.accepts_refusals.then(|| sender.clone());
     let refused_sender = register(&node, &hello, sender);
     if let Some(sender) = refused_sender {
-        let message = format!("worker {worker_id:?} is already connected to node {}", node.id);
+        let message = format!("worker {} is already connected to node {}", quote_bounded(&worker_id), node.id);
         let _ = sender.send(Err(Status::already_exists(message))).await;
         return;
     }
@@ -288,7 +294,15 @@ pub async fn serve_worker(
             _ = node.shutdown.cancelled() => break,
             message = incoming.message() => match message {
                 Ok(Some(message)) => message,
-                _ => break,
+                Ok(None) => break,
+                Err(status) => {
+                    // Typically a message past the transport limit: the
+                    // worker learns why its stream ends instead of an OK.
+                    let status = stream_error_answer(&node, status);
+                    tracing::warn!(worker = %worker_id, code = ?status.code(), error = %status.message(), "worker stream failed");
+                    let _ = answers.send(Err(status)).await;
+                    break;
+                }
             },
         };
         match message.kind {
@@ -305,13 +319,14 @@ pub async fn serve_worker(
                     Ok(key) => key,
                     Err(err) => {
                         tracing::warn!(worker = %worker_id, error = %err, "task result for a malformed task key");
+                        refuse(refusals.as_ref(), &result.task, result.attempt, &err).await;
                         continue;
                     }
                 };
                 // Results commit concurrently (the proposer batches them); the
                 // permits bound how many one stream may have in flight.
                 let Ok(permit) = deliveries.clone().acquire_owned().await else { break };
-                let (node, worker_id) = (node.clone(), worker_id.clone());
+                let (node, worker_id, refusals) = (node.clone(), worker_id.clone(), refusals.clone());
                 tokio::spawn(async move {
                     let outcome = match &outcome {
                         Ok(output) => Ok(output.as_slice()),
@@ -319,13 +334,26 @@ pub async fn serve_worker(
                     };
                     if let Err(err) = deliver_result(&node, key, result.attempt, &worker_id, outcome).await {
                         tracing::warn!(worker = %worker_id, task = %result.task, attempt = result.attempt, error = %err, "task result refused");
+                        refuse(refusals.as_ref(), &result.task, result.attempt, &err).await;
                     }
                     drop(permit);
                 });
             }
             Some(api::worker_message::Kind::Heartbeat(beat)) => node.workers.beat(&worker_id, &beat.task, beat.attempt),
-            Some(api::worker_message::Kind::Hello(_)) | None => {
-                tracing::warn!(worker = %worker_id, "unexpected message on an established worker stream");
+            Some(api::worker_message::Kind::Hello(_)) => {
+                let message = format!(
+                    "this stream already said hello as worker {}; a worker says hello once, as the first message of a new stream",
+                    quote_bounded(&worker_id)
+                );
+                tracing::warn!(worker = %worker_id, "second hello on a worker stream refused");
+                let _ = answers.send(Err(Status::failed_precondition(message))).await;
+                break;
+            }
+            None => {
+                let message = "a worker message must be a hello, a result or a heartbeat; this one is empty (or of a newer kind)";
+                tracing::warn!(worker = %worker_id, "empty message on a worker stream refused");
+                let _ = answers.send(Err(Status::invalid_argument(message))).await;
+                break;
             }
         }
     }
@@ -351,6 +379,50 @@ pub async fn serve_worker(
         }
     }
     node.workers.wake.notify_one();
+}
+
+/// Tells a worker that accepts refusals that its result was not recorded.
+async fn refuse(
+    refusals: Option<&mpsc::Sender<Result<api::WorkerTask, Status>>>,
+    task: &str,
+    attempt: u32,
+    err: &crate::error::ApiError,
+) {
+    let Some(refusals) = refusals else { return };
+    let status = Status::from(err.clone());
+    let refused = api::ResultRefused {
+        task: task.to_string(),
+        attempt,
+        code: code_name(status.code()).to_string(),
+        reason: status.message().to_string(),
+    };
+    let message = api::WorkerTask { refused: Some(refused), ..Default::default() };
+    // The stream may have ended meanwhile; the refusal is logged either way.
+    let _ = refusals.send(Ok(message)).await;
+}
+
+/// The gRPC name of a code, as `ResultRefused.code` carries it.
+fn code_name(code: tonic::Code) -> &'static str {
+    match code {
+        tonic::Code::InvalidArgument => "INVALID_ARGUMENT",
+        tonic::Code::NotFound => "NOT_FOUND",
+        tonic::Code::FailedPrecondition => "FAILED_PRECONDITION",
+        tonic::Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        tonic::Code::Unavailable => "UNAVAILABLE",
+        tonic::Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        tonic::Code::Internal => "INTERNAL",
+        _ => "UNKNOWN",
+    }
+}
+
+/// The status a worker gets when its own stream fails: tonic's refusal of
+/// an oversize message becomes RESOURCE_EXHAUSTED naming the setting.
+fn stream_error_answer(node: &Node, status: Status) -> Status {
+    let oversize = status.code() == tonic::Code::OutOfRange && status.message().contains("message length too large");
+    if !oversize {
+        return status;
+    }
+    crate::grpc_limits::TransportLimits::from_config(&node.config).oversize_status("/floe.v1.Workers/Attach", status.message())
 }
 
 /// How long a worker's result is retried while the cluster changes leader.
@@ -542,9 +614,9 @@ fn label_problem(labels: &std::collections::HashMap<String, String>) -> Option<S
     }
     labels.iter().find_map(|(key, value)| {
         if !floe_engine::is_label_key(key) {
-            Some(format!("label key {key:?} is not valid: must match ^[a-z][a-z0-9_.-]{{0,62}}$"))
+            Some(format!("label key {} is not valid: must match ^[a-z][a-z0-9_.-]{{0,62}}$", quote_bounded(key)))
         } else if !floe_engine::is_label_value(value) {
-            Some(format!("label {key}={value:?}: the value must match ^[A-Za-z0-9][A-Za-z0-9_.-]{{0,62}}$"))
+            Some(format!("label {key}={}: the value must match ^[A-Za-z0-9][A-Za-z0-9_.-]{{0,62}}$", quote_bounded(value)))
         } else {
             None
         }

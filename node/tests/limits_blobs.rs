@@ -84,7 +84,7 @@ async fn large_payloads_travel_as_replicated_blobs() {
     // Over the hard limit: refused, naming what and the limit; nothing started.
     let too_big = serde_json::to_vec(&json!({ "pages": "y".repeat(2_200_000) })).unwrap();
     let err = start(&mut client, "big-chain", &too_big).await.unwrap_err();
-    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err:?}");
     assert!(err.message().contains("run input") && err.message().contains("runs.max_payload_bytes"), "{}", err.message());
     let listed = client
         .runs

@@ -275,7 +275,7 @@ async fn a_result_for_a_stale_attempt_is_refused() {
     let flow = r#"{"name": "one", "steps": [{"id": "only", "type": "task", "block": "manual", "input": "input"}]}"#;
     put_flow(&mut client, flow.as_bytes().to_vec()).await;
     let (outbound, receiver) = tokio::sync::mpsc::channel(8);
-    let hello = api::WorkerHello { worker_id: "hand".into(), blocks: vec!["manual".into()], concurrency: 1, labels: Default::default() };
+    let hello = api::WorkerHello { worker_id: "hand".into(), blocks: vec!["manual".into()], concurrency: 1, ..Default::default() };
     outbound.send(api::WorkerMessage { kind: Some(api::worker_message::Kind::Hello(hello)) }).await.unwrap();
     let mut tasks = client.workers.attach(tokio_stream::wrappers::ReceiverStream::new(receiver)).await.unwrap().into_inner();
     let run_id = start(&mut client, "one", json!(1), "").await;
@@ -422,7 +422,7 @@ async fn an_attempt_without_heartbeats_times_out_and_heartbeats_keep_a_long_one_
 
     // A worker that never sends heartbeats loses its attempt after 300 ms.
     let (outbound, receiver) = tokio::sync::mpsc::channel(8);
-    let hello = api::WorkerHello { worker_id: "mute".into(), blocks: vec!["manual".into()], concurrency: 1, labels: Default::default() };
+    let hello = api::WorkerHello { worker_id: "mute".into(), blocks: vec!["manual".into()], concurrency: 1, ..Default::default() };
     outbound.send(api::WorkerMessage { kind: Some(api::worker_message::Kind::Hello(hello)) }).await.unwrap();
     let mut tasks = client.workers.attach(tokio_stream::wrappers::ReceiverStream::new(receiver)).await.unwrap().into_inner();
     let run_id = start(&mut client, "silent", json!("x"), "").await;

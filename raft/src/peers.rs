@@ -32,6 +32,10 @@ pub struct TransportOptions {
     pub backoff_max_ms: u64,
     /// Local address outgoing connections are sent from. Default `0.0.0.0:0`.
     pub client_bind_addr: SocketAddr,
+    /// The server drops a peer whose handshake has not completed this long
+    /// (ms) after its first packet. Default 10000. The idle timeout alone
+    /// would let a peer that keeps sending hold a half-open handshake.
+    pub handshake_timeout_ms: u64,
 }
 
 impl Default for TransportOptions {
@@ -42,6 +46,7 @@ impl Default for TransportOptions {
             backoff_initial_ms: 50,
             backoff_max_ms: 1000,
             client_bind_addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+            handshake_timeout_ms: 10_000,
         }
     }
 }

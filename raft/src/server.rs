@@ -128,6 +128,7 @@ struct ServerState {
     snapshot_dir: PathBuf,
     raft: Arc<dyn RaftRpcHandler>,
     app: Arc<dyn AppHandler>,
+    handshake_timeout: Duration,
 }
 
 impl RaftServer {
@@ -181,6 +182,7 @@ impl RaftServer {
             snapshot_dir: options.snapshot_dir,
             raft,
             app,
+            handshake_timeout: Duration::from_millis(options.transport.handshake_timeout_ms),
         });
         info!(node_id = options.node_id, addr = %local_addr, "raft server listening");
         let task = tokio::spawn(accept_loop(endpoint, state, shutdown));
@@ -221,10 +223,18 @@ async fn serve_connection(
     shutdown: CancellationToken,
 ) {
     let peer_addr = incoming.remote_address();
-    let connection = match incoming.await {
-        Ok(connection) => connection,
-        Err(error) => {
+    // The idle timeout alone would let a peer that keeps sending packets
+    // hold a half-open handshake for ever; dropping the attempt closes it.
+    // A handshake that goes silent ends sooner, at the idle timeout.
+    let handshake_timeout = state.handshake_timeout;
+    let connection = match tokio::time::timeout(handshake_timeout, incoming).await {
+        Ok(Ok(connection)) => connection,
+        Ok(Err(error)) => {
             warn!(peer = %peer_addr, error = %error, "peer handshake refused");
+            return;
+        }
+        Err(_) => {
+            warn!(peer = %peer_addr, timeout_ms = handshake_timeout.as_millis() as u64, "peer handshake did not complete in time");
             return;
         }
     };

@@ -86,23 +86,32 @@ pub enum EvalError {
     },
 }
 
-/// Appends `.key`, or `['key']` when the key is not a plain identifier.
+/// Appends `.key`, or `['key']` when the key is not a short plain identifier;
+/// a key longer than `names::MAX_QUOTED_BYTES` is cut and its length noted.
 pub(crate) fn push_key(path: &str, key: &str) -> String {
     let is_identifier = key
         .chars()
         .next()
         .is_some_and(|first| first.is_ascii_alphabetic() || first == '_')
         && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-    if is_identifier {
+    if is_identifier && key.len() <= crate::names::MAX_QUOTED_BYTES {
         return format!("{path}.{key}");
     }
+    // A long key is cut, as error messages quote names (`quote_bounded`).
+    let mut cut = key.len().min(crate::names::MAX_QUOTED_BYTES);
+    while !key.is_char_boundary(cut) {
+        cut -= 1;
+    }
     let mut out = format!("{path}['");
-    for c in key.chars() {
+    for c in key[..cut].chars() {
         match c {
             '\'' => out.push_str("\\'"),
             '\\' => out.push_str("\\\\"),
             _ => out.push(c),
         }
+    }
+    if cut < key.len() {
+        let _ = write!(out, "… ({} bytes)", key.len());
     }
     out.push_str("']");
     out

@@ -12,8 +12,8 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, LazyLock, Mutex};
 
 use cel_interpreter::objects::Key;
-use cel_interpreter::{Context, ExecutionError, FunctionContext, Value as CelValue};
-use cel_parser::ast::{operators, CallExpr, EntryExpr, Expr, IdedExpr};
+use cel_interpreter::{Context, Value as CelValue};
+use cel_parser::ast::{operators, CallExpr, EntryExpr, Expr, IdedExpr, MapExpr, SelectExpr};
 use cel_parser::reference::Val;
 use serde_json::{Map, Number, Value};
 
@@ -35,12 +35,13 @@ pub const MAX_CONDITIONALS: usize = 32;
 /// Deepest accepted syntax tree (long operator or member chains).
 pub const MAX_TREE_DEPTH: usize = 32;
 
+/// Deepest nesting of comprehensions (`all`, `exists`, `exists_one`, `map`,
+/// `filter`) inside one another: each level multiplies the work.
+pub const MAX_COMPREHENSION_NESTING: usize = 2;
+pub use crate::cost::MAX_EVALUATION_COST;
+
 /// Most compiled expressions kept for reuse (the cache empties when full).
 const COMPILE_CACHE_ENTRIES: usize = 4096;
-
-/// Name of the internal function wrapped around every comprehension range.
-/// It cannot be written in CEL source (`@` is not an identifier character).
-const ITERATION_FUNCTION: &str = "@floe_iter";
 
 /// A compiled CEL expression.
 #[derive(Clone, Debug)]
@@ -63,9 +64,198 @@ impl PartialEq for Expression {
 /// short mapping. Each evaluation adds its variables in a child scope.
 static FUNCTIONS: LazyLock<Context<'static>> = LazyLock::new(|| {
     let mut context = Context::default();
-    context.add_function(ITERATION_FUNCTION, iteration_range);
+    crate::cost::register(&mut context);
     context
 });
+
+/// Operators the interpreter evaluates itself, without a registered function.
+const INTERPRETER_OPERATORS: &[&str] = &[
+    operators::CONDITIONAL,
+    operators::LOGICAL_AND,
+    operators::LOGICAL_OR,
+    operators::LOGICAL_NOT,
+    operators::SUBSTRACT,
+    operators::ADD,
+    operators::MULTIPLY,
+    operators::DIVIDE,
+    operators::MODULO,
+    operators::EQUALS,
+    operators::NOT_EQUALS,
+    operators::GREATER_EQUALS,
+    operators::LESS_EQUALS,
+    operators::GREATER,
+    operators::LESS,
+    operators::NEGATE,
+    operators::INDEX,
+    operators::NOT_STRICTLY_FALSE,
+    operators::IN,
+];
+
+/// CEL macros: the parser expands them into comprehensions (or, for `has`,
+/// a presence test) when called with the right arguments.
+const MACROS: &[(&str, &str)] = &[
+    (operators::HAS, "has(a.field)"),
+    (operators::ALL, "list.all(x, predicate)"),
+    (operators::EXISTS, "list.exists(x, predicate)"),
+    (operators::EXISTS_ONE, "list.exists_one(x, predicate)"),
+    ("existsOne", "list.existsOne(x, predicate)"),
+    (
+        operators::MAP,
+        "list.map(x, value) or list.map(x, predicate, value)",
+    ),
+    (operators::FILTER, "list.filter(x, predicate)"),
+];
+
+/// Function names CEL defines; the ones [`FUNCTIONS`] provides are listed
+/// in the error for an unknown function.
+const CEL_FUNCTION_NAMES: &[&str] = &[
+    "contains",
+    "size",
+    "max",
+    "min",
+    "startsWith",
+    "endsWith",
+    "string",
+    "bytes",
+    "double",
+    "int",
+    "uint",
+    "matches",
+    "duration",
+    "timestamp",
+    "type",
+    "dyn",
+    "getFullYear",
+    "getMonth",
+    "getDayOfYear",
+    "getDayOfMonth",
+    "getDate",
+    "getDayOfWeek",
+    "getHours",
+    "getMinutes",
+    "getSeconds",
+    "getMilliseconds",
+];
+
+/// Whether evaluation can call `name`: asks the context itself, as the
+/// interpreter does when it resolves a member (`{}.name` is a function
+/// value exactly when the context has a function of that name).
+fn context_has_function(name: &str) -> bool {
+    let probe = IdedExpr {
+        id: 0,
+        expr: Expr::Select(SelectExpr {
+            operand: Box::new(IdedExpr {
+                id: 0,
+                expr: Expr::Map(MapExpr {
+                    entries: Vec::new(),
+                }),
+            }),
+            field: name.to_string(),
+            test: false,
+        }),
+    };
+    matches!(
+        CelValue::resolve(&probe, &FUNCTIONS),
+        Ok(CelValue::Function(..))
+    )
+}
+
+/// The functions an expression may call, for messages.
+static KNOWN_FUNCTIONS: LazyLock<Vec<&'static str>> = LazyLock::new(|| {
+    CEL_FUNCTION_NAMES
+        .iter()
+        .copied()
+        .filter(|name| context_has_function(name))
+        .collect()
+});
+
+/// Refuses calls evaluation would not find: an unknown function, or a
+/// macro called with the wrong arguments (the parser then leaves a call).
+fn check_functions(expr: &IdedExpr) -> Result<(), String> {
+    if let Expr::Call(call) = &expr.expr {
+        let name = call.func_name.as_str();
+        let internal = crate::cost::is_internal_function(name);
+        let known =
+            !internal && (INTERPRETER_OPERATORS.contains(&name) || context_has_function(name));
+        if !known {
+            if let Some((_, usage)) = MACROS.iter().find(|(macro_name, _)| *macro_name == name) {
+                return Err(format!(
+                    "macro `{name}` is called with the wrong arguments; write {usage}"
+                ));
+            }
+            return Err(format!(
+                "unknown function `{}`; the functions are {} and the macros {}",
+                shorten(name, 64),
+                KNOWN_FUNCTIONS.join(", "),
+                MACROS
+                    .iter()
+                    .map(|(name, _)| *name)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+    }
+    for child in children(expr) {
+        check_functions(child)?;
+    }
+    Ok(())
+}
+
+/// How deeply comprehensions nest in `expr`: one inside another's body
+/// runs at each of its steps. One in another's range runs once (a chain,
+/// `l.map(...).filter(...)`), so it does not nest.
+fn comprehension_nesting(expr: &IdedExpr) -> usize {
+    match &expr.expr {
+        Expr::Comprehension(comprehension) => {
+            let once = [
+                &comprehension.iter_range,
+                &comprehension.accu_init,
+                &comprehension.result,
+            ]
+            .into_iter()
+            .map(|part| comprehension_nesting(part))
+            .max()
+            .unwrap_or(0);
+            let body = comprehension_nesting(&comprehension.loop_cond)
+                .max(comprehension_nesting(&comprehension.loop_step));
+            once.max(body + 1)
+        }
+        _ => children(expr)
+            .into_iter()
+            .map(comprehension_nesting)
+            .max()
+            .unwrap_or(0),
+    }
+}
+
+/// Number of syntax-tree nodes in `expr`.
+pub(crate) fn node_count(expr: &IdedExpr) -> u64 {
+    1 + children(expr).into_iter().map(node_count).sum::<u64>()
+}
+
+/// Runs `work`, turning a panic in it into an error value without printing
+/// the panic message and backtrace: the parser and the interpreter are
+/// third-party code, and the caller reports their failure as an expression
+/// error. One hook, set once, stays quiet only for the thread inside this
+/// call and hands every other panic to the hook that was there before it.
+fn quietly<T>(work: impl FnOnce() -> T) -> std::thread::Result<T> {
+    thread_local! {
+        static QUIET: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !QUIET.with(|quiet| quiet.get()) {
+                previous(info);
+            }
+        }));
+    });
+    let was_quiet = QUIET.with(|quiet| quiet.replace(true));
+    let outcome = catch_unwind(AssertUnwindSafe(work));
+    QUIET.with(|quiet| quiet.set(was_quiet));
+    outcome
+}
 
 impl Expression {
     /// Compiles CEL source text. Errors name the problem and, for syntax
@@ -103,8 +293,9 @@ impl Expression {
         check_source_complexity(src)?;
         // The parser is generated code; a panic in it must not take the
         // caller (the Raft apply loop) down with it.
-        let parsed = catch_unwind(AssertUnwindSafe(|| cel_parser::Parser::new().parse(src)))
-            .map_err(|_| "the CEL parser failed on this expression".to_string())?;
+        let parsed = quietly(|| cel_parser::Parser::new().parse(src))
+            .map_err(|_| "syntax error: the CEL parser could not read this expression (an operator without operands, \
+                 a backtick or a bad escape?)".to_string())?;
         let mut tree = parsed.map_err(|errors| {
             let messages: Vec<String> = errors
                 .errors
@@ -124,8 +315,19 @@ impl Expression {
                 "expression is nested {depth} levels deep, more than the limit of {MAX_TREE_DEPTH}"
             ));
         }
+        check_functions(&tree)?;
+        let nesting = comprehension_nesting(&tree);
+        if nesting > MAX_COMPREHENSION_NESTING {
+            return Err(format!(
+                "expression nests comprehensions (all, exists, exists_one, map, filter) {nesting} deep, \
+                 more than the limit of {MAX_COMPREHENSION_NESTING}"
+            ));
+        }
         let mut analysis = Analysis::default();
         analyze(&tree, &mut Vec::new(), &mut analysis)?;
+        // Operators outside comprehensions are charged too: 255 of them
+        // concatenating 1 MiB strings would copy gigabytes.
+        crate::cost::charge_operators(&mut tree);
         wrap_comprehension_ranges(&mut tree);
         Ok(Expression {
             source: src.to_string(),
@@ -169,7 +371,8 @@ impl Expression {
             let cel_value = json_to_cel(value);
             context.add_variable_from_value(name.as_str(), cel_value);
         }
-        let outcome = catch_unwind(AssertUnwindSafe(|| CelValue::resolve(&self.tree, &context)));
+        let outcome =
+            crate::cost::with_budget(|| quietly(|| CelValue::resolve(&self.tree, &context)));
         let resolved = match outcome {
             Ok(Ok(value)) => value,
             Ok(Err(error)) => {
@@ -185,6 +388,16 @@ impl Expression {
                 })
             }
         };
+        // Checked before converting too: values share their parts in CEL
+        // (a list of one string a thousand times is small), not in JSON.
+        let least_size = least_serialized_size(&resolved, MAX_RESULT_BYTES);
+        if least_size > MAX_RESULT_BYTES {
+            return Err(EvalError::ResultTooLarge {
+                expression: self.short_source(),
+                size: least_size,
+                limit: MAX_RESULT_BYTES,
+            });
+        }
         let json = cel_to_json(&resolved).map_err(|reason| EvalError::NotJson {
             expression: self.short_source(),
             reason,
@@ -203,6 +416,32 @@ impl Expression {
     fn short_source(&self) -> String {
         shorten(&self.source, 120)
     }
+}
+
+/// A lower bound of a CEL value's serialized JSON size, counted no further
+/// than just past `limit`.
+fn least_serialized_size(value: &CelValue, limit: usize) -> usize {
+    let mut total: usize = 0;
+    let mut pending = vec![value];
+    while let Some(next) = pending.pop() {
+        total = total.saturating_add(match next {
+            CelValue::String(text) => text.len() + 2,
+            CelValue::Bytes(bytes) => bytes.len(),
+            CelValue::List(items) => {
+                pending.extend(items.iter());
+                items.len() + 1
+            }
+            CelValue::Map(map) => {
+                pending.extend(map.map.values());
+                map.map.len() * 4 + 1
+            }
+            _ => 1,
+        });
+        if total > limit {
+            return total;
+        }
+    }
+    total
 }
 
 /// Serialized JSON size without building the text.
@@ -350,6 +589,35 @@ fn entry_children(entry: &EntryExpr) -> Vec<&IdedExpr> {
     }
 }
 
+pub(crate) fn children_mut(expr: &mut IdedExpr) -> Vec<&mut IdedExpr> {
+    match &mut expr.expr {
+        Expr::Unspecified | Expr::Ident(_) | Expr::Literal(_) | Expr::Struct(_) => Vec::new(),
+        Expr::Call(call) => call
+            .target
+            .iter_mut()
+            .map(|target| target.as_mut())
+            .chain(call.args.iter_mut())
+            .collect(),
+        Expr::Comprehension(comprehension) => vec![
+            comprehension.iter_range.as_mut(),
+            comprehension.accu_init.as_mut(),
+            comprehension.loop_cond.as_mut(),
+            comprehension.loop_step.as_mut(),
+            comprehension.result.as_mut(),
+        ],
+        Expr::List(list) => list.elements.iter_mut().collect(),
+        Expr::Map(map) => map
+            .entries
+            .iter_mut()
+            .flat_map(|entry| match &mut entry.expr {
+                EntryExpr::StructField(field) => vec![&mut field.value],
+                EntryExpr::MapEntry(map_entry) => vec![&mut map_entry.key, &mut map_entry.value],
+            })
+            .collect(),
+        Expr::Select(select) => vec![select.operand.as_mut()],
+    }
+}
+
 #[derive(Default)]
 struct Analysis {
     free_variables: BTreeSet<String>,
@@ -435,78 +703,33 @@ fn analyze(
     Ok(())
 }
 
-/// Wraps every comprehension range `r` into `@floe_iter(r)`.
+/// Wraps every comprehension range `r` into `@floe_iter(r, step_cost)`,
+/// which charges the comprehension before it runs, and makes the costly
+/// operators of its body charge by operand size (`cost.rs`).
 fn wrap_comprehension_ranges(expr: &mut IdedExpr) {
-    match &mut expr.expr {
-        Expr::Comprehension(comprehension) => {
-            let range = std::mem::take(comprehension.iter_range.as_mut());
-            let wrapped = IdedExpr {
-                id: range.id,
-                expr: Expr::Call(CallExpr {
-                    func_name: ITERATION_FUNCTION.to_string(),
-                    target: None,
-                    args: vec![range],
-                }),
-            };
-            *comprehension.iter_range = wrapped;
-            if let Expr::Call(call) = &mut comprehension.iter_range.expr {
-                for arg in &mut call.args {
-                    wrap_comprehension_ranges(arg);
-                }
-            }
-            for part in [
-                &mut comprehension.accu_init,
-                &mut comprehension.loop_cond,
-                &mut comprehension.loop_step,
-                &mut comprehension.result,
-            ] {
-                wrap_comprehension_ranges(part);
-            }
-        }
-        Expr::Call(call) => {
-            if let Some(target) = &mut call.target {
-                wrap_comprehension_ranges(target);
-            }
-            for arg in &mut call.args {
-                wrap_comprehension_ranges(arg);
-            }
-        }
-        Expr::List(list) => {
-            for element in &mut list.elements {
-                wrap_comprehension_ranges(element);
-            }
-        }
-        Expr::Map(map) => {
-            for entry in &mut map.entries {
-                match &mut entry.expr {
-                    EntryExpr::StructField(field) => wrap_comprehension_ranges(&mut field.value),
-                    EntryExpr::MapEntry(map_entry) => {
-                        wrap_comprehension_ranges(&mut map_entry.key);
-                        wrap_comprehension_ranges(&mut map_entry.value);
-                    }
-                }
-            }
-        }
-        Expr::Select(select) => wrap_comprehension_ranges(&mut select.operand),
-        Expr::Unspecified | Expr::Ident(_) | Expr::Literal(_) | Expr::Struct(_) => {}
+    if let Expr::Comprehension(comprehension) = &mut expr.expr {
+        let step_cost = crate::cost::step_cost(&comprehension.loop_cond, &comprehension.loop_step);
+        crate::cost::charge_operators(&mut comprehension.loop_cond);
+        crate::cost::charge_operators(&mut comprehension.loop_step);
+        let range = std::mem::take(comprehension.iter_range.as_mut());
+        let id = range.id;
+        *comprehension.iter_range = IdedExpr {
+            id,
+            expr: Expr::Call(CallExpr {
+                func_name: crate::cost::ITERATION_FUNCTION.to_string(),
+                target: None,
+                args: vec![
+                    range,
+                    IdedExpr {
+                        id,
+                        expr: Expr::Literal(Val::Int(step_cost)),
+                    },
+                ],
+            }),
+        };
     }
-}
-
-/// A comprehension range: a list as is, a map as its keys in sorted order,
-/// anything else an error (the interpreter would panic on it).
-fn iteration_range(ftx: &FunctionContext, range: CelValue) -> Result<CelValue, ExecutionError> {
-    match range {
-        CelValue::List(items) => Ok(CelValue::List(items)),
-        CelValue::Map(map) => {
-            let mut keys: Vec<Key> = map.map.keys().cloned().collect();
-            keys.sort();
-            let key_values: Vec<CelValue> = keys.into_iter().map(CelValue::from).collect();
-            Ok(CelValue::List(Arc::new(key_values)))
-        }
-        other => Err(ftx.error(format!(
-            "macros iterate over a list or a map, found {:?}",
-            other.type_of()
-        ))),
+    for child in children_mut(expr) {
+        wrap_comprehension_ranges(child);
     }
 }
 

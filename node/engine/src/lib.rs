@@ -13,7 +13,8 @@ mod graph;
 pub mod limits;
 mod mapping;
 mod model;
-mod names;
+pub mod names;
+mod cost;
 pub mod run;
 pub mod schema;
 mod step_values;
@@ -22,6 +23,8 @@ mod validate;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod expr_tests;
 
 pub use canonical::{canonical_bytes, content_hash};
 pub use error::{EvalError, ValidationError};

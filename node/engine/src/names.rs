@@ -23,6 +23,24 @@ pub fn is_step_id(text: &str) -> bool {
     })
 }
 
+/// Most bytes of a user-supplied text an error message quotes.
+pub const MAX_QUOTED_BYTES: usize = 64;
+
+/// `text` quoted for an error message: in full when short, else its first
+/// [`MAX_QUOTED_BYTES`] bytes (cut at a character boundary) and its length,
+/// as in `"aaaa…"… (10240 bytes)`. A client's error carries the message in
+/// a header, so echoing a 10 KB name whole would hide the error itself.
+pub fn quote_bounded(text: &str) -> String {
+    if text.len() <= MAX_QUOTED_BYTES {
+        return format!("{text:?}");
+    }
+    let mut cut = MAX_QUOTED_BYTES;
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{:?}… ({} bytes)", &text[..cut], text.len())
+}
+
 /// Longest model name: `model.<name>.v<version>` must stay a block name.
 pub const MAX_MODEL_NAME_CHARS: usize = 40;
 
@@ -101,6 +119,20 @@ mod tests {
         assert!(!is_block_name(""));
         assert!(is_label_key("site") && !is_label_key("Site") && !is_label_key("a=b"));
         assert!(is_label_value("North-1.b") && !is_label_value("") && !is_label_value("a,b") && !is_label_value("[x"));
+    }
+
+    #[test]
+    fn quoted_text_is_bounded() {
+        assert_eq!(quote_bounded("intake"), "\"intake\"");
+        assert_eq!(quote_bounded(&"a".repeat(MAX_QUOTED_BYTES)), format!("{:?}", "a".repeat(MAX_QUOTED_BYTES)));
+        let long = "b".repeat(10_240);
+        let quoted = quote_bounded(&long);
+        assert_eq!(quoted, format!("{:?}… (10240 bytes)", "b".repeat(MAX_QUOTED_BYTES)));
+        // Cut at a character boundary: 'é' is two bytes, so 64 bytes is 32 of them.
+        let accented = "é".repeat(100);
+        assert_eq!(quote_bounded(&accented), format!("{:?}… (200 bytes)", "é".repeat(32)));
+        let mixed = format!("a{}", "é".repeat(100));
+        assert!(quote_bounded(&mixed).ends_with("… (201 bytes)"), "{}", quote_bounded(&mixed));
     }
 
     #[test]

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use crate::error::{push_index, push_key, ValidationError};
 use crate::model::{ErrorAction, RetryPolicy, Step, Timeouts, INFERENCE_BLOCK_PREFIX};
-use crate::names::{is_block_name, is_flow_name, is_label_key, is_label_value, is_model_name, is_step_id, MAX_LABELS};
+use crate::names::{is_block_name, is_flow_name, is_label_key, is_label_value, is_model_name, is_step_id, quote_bounded, MAX_LABELS};
 
 /// Most cases in one decision.
 pub const MAX_DECISION_CASES: usize = 100;
@@ -29,7 +29,7 @@ pub(crate) fn check_step_values(step: &Step, path: &str, errors: &mut Vec<Valida
             if !is_model_name(&inference.model) {
                 errors.push(ValidationError::new(
                     push_key(path, "model"),
-                    format!("invalid model name \"{}\": must match ^[a-z][a-z0-9_-]{{0,39}}$", inference.model),
+                    format!("invalid model name {}: must match ^[a-z][a-z0-9_-]{{0,39}}$", quote_bounded(&inference.model)),
                 ));
             }
             if inference.version == Some(0) {
@@ -215,13 +215,13 @@ fn check_worker_labels(labels: &BTreeMap<String, String>, path: &str, errors: &m
         if !is_label_key(key) {
             errors.push(ValidationError::new(
                 label_path.clone(),
-                format!("invalid label key \"{key}\": must match ^[a-z][a-z0-9_.-]{{0,62}}$"),
+                format!("invalid label key {}: must match ^[a-z][a-z0-9_.-]{{0,62}}$", quote_bounded(key)),
             ));
         }
         if !is_label_value(value) {
             errors.push(ValidationError::new(
                 label_path,
-                format!("invalid label value \"{value}\": must match ^[A-Za-z0-9][A-Za-z0-9_.-]{{0,62}}$"),
+                format!("invalid label value {}: must match ^[A-Za-z0-9][A-Za-z0-9_.-]{{0,62}}$", quote_bounded(value)),
             ));
         }
     }
@@ -231,7 +231,7 @@ fn check_block(block: &str, path: &str, errors: &mut Vec<ValidationError>) {
     if !is_block_name(block) {
         errors.push(ValidationError::new(
             path,
-            format!("invalid block name \"{block}\": must match ^[a-z][a-z0-9_.-]{{0,62}}$"),
+            format!("invalid block name {}: must match ^[a-z][a-z0-9_.-]{{0,62}}$", quote_bounded(block)),
         ));
     }
 }

@@ -7,6 +7,7 @@ use serde_json::{Map, Value};
 
 use crate::error::{excerpt, kind_of, push_index, push_key, ValidationError};
 use crate::model::STEP_TYPES;
+use crate::names::quote_bounded;
 use crate::schema;
 
 /// The JSON shape a field must have.
@@ -242,7 +243,8 @@ fn unknown_field(
     ValidationError::new(
         path,
         format!(
-            "unknown field \"{key}\"{owner}; expected one of: {}",
+            "unknown field {}{owner}; expected one of: {}",
+            quote_bounded(key),
             allowed.join(", ")
         ),
     )
@@ -427,7 +429,7 @@ fn check_action(value: &Value, path: &str, errors: &mut Vec<ValidationError>) {
             "goto" | "fail" => check_shape(target, &key_path, Shape::Str, errors),
             _ => errors.push(ValidationError::new(
                 key_path,
-                format!("unknown field \"{key}\"; expected one of: goto, fail"),
+                format!("unknown field {}; expected one of: goto, fail", quote_bounded(key)),
             )),
         }
     }

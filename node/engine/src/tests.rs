@@ -96,6 +96,31 @@ fn invalid_flow_name() {
 }
 
 #[test]
+fn long_names_are_quoted_with_a_bounded_prefix() {
+    let long = "x".repeat(10_240);
+    let mut step = task(&long, Some(&format!("{long}y")));
+    step["block"] = json!(long.to_uppercase());
+    let mut document = flow(vec![step]);
+    document["name"] = json!(long.to_uppercase());
+    document["start"] = json!(format!("{long}w"));
+    let errors = errors_of(document);
+    assert!(errors.len() >= 4, "{errors:#?}");
+    assert_error(&errors, "$.name", "invalid flow name \"XXXX");
+    assert_error(&errors, "$.name", "… (10240 bytes)");
+    assert_error(&errors, "$.start", "… (10241 bytes)");
+    assert_error(&errors, "$.steps[0].block", "… (10240 bytes)");
+    let mut step = task("a", None);
+    step[format!("{long}z")] = json!(1);
+    let unknown_field = errors_of(flow(vec![step]));
+    assert!(!unknown_field.is_empty());
+    for error in errors.iter().chain(&unknown_field) {
+        let text = error.to_string();
+        assert!(text.len() < 600, "{} bytes: {text}", text.len());
+    }
+    assert!(unknown_field[0].to_string().contains("… (10241 bytes)"), "{unknown_field:#?}");
+}
+
+#[test]
 fn invalid_step_id() {
     let document = flow(vec![task("Classify-1", None)]);
     assert_error(

@@ -8,7 +8,7 @@ use crate::expr::Expression;
 use crate::graph::{can_end_run, completed_before, flow_edges, ForkShape, StepGraph, StepSet};
 use crate::mapping::leaves;
 use crate::model::Step;
-use crate::names::{is_flow_name, is_step_id};
+use crate::names::{is_flow_name, is_step_id, quote_bounded};
 use crate::step_values::check_step_values;
 
 /// What the semantic pass sees: the typed parts that parsed, and the ids of
@@ -44,7 +44,7 @@ pub(crate) fn check(draft: &Draft<'_>) -> Vec<ValidationError> {
         if !is_flow_name(name) {
             errors.push(ValidationError::new(
                 "$.name",
-                format!("invalid flow name \"{name}\": must match ^[a-z][a-z0-9_-]{{0,62}}$"),
+                format!("invalid flow name {}: must match ^[a-z][a-z0-9_-]{{0,62}}$", quote_bounded(name)),
             ));
         }
     }
@@ -56,14 +56,14 @@ pub(crate) fn check(draft: &Draft<'_>) -> Vec<ValidationError> {
         if !is_step_id(id) {
             errors.push(ValidationError::new(
                 id_path.clone(),
-                format!("invalid step id \"{id}\": must match ^[a-z][a-z0-9_]{{0,62}}$"),
+                format!("invalid step id {}: must match ^[a-z][a-z0-9_]{{0,62}}$", quote_bounded(id)),
             ));
         }
         if let Some(first_index) = first_index_of.get(id) {
             has_duplicates = true;
             errors.push(ValidationError::new(
                 id_path,
-                format!("duplicate step id \"{id}\" (also used by $.steps[{first_index}])"),
+                format!("duplicate step id {} (also used by $.steps[{first_index}])", quote_bounded(id)),
             ));
         } else {
             first_index_of.insert(id, index);
@@ -74,7 +74,7 @@ pub(crate) fn check(draft: &Draft<'_>) -> Vec<ValidationError> {
         if !all_ids.contains(start) {
             errors.push(ValidationError::new(
                 "$.start",
-                format!("start refers to unknown step \"{start}\""),
+                format!("start refers to unknown step {}", quote_bounded(start)),
             ));
         }
     }
@@ -121,9 +121,9 @@ fn check_references(
                 errors.push(ValidationError::new(
                     join_path,
                     format!(
-                        "fork \"{}\" names \"{}\" as its join, but that is a {} step, not a join step",
-                        fork.id,
-                        fork.join,
+                        "fork {} names {} as its join, but that is a {} step, not a join step",
+                        quote_bounded(&fork.id),
+                        quote_bounded(&fork.join),
                         target.type_name()
                     ),
                 ));
@@ -134,7 +134,7 @@ fn check_references(
         if !all_ids.contains(target.as_str()) {
             errors.push(ValidationError::new(
                 target_path,
-                format!("step \"{}\" refers to unknown step \"{target}\"", step.id()),
+                format!("step {} refers to unknown step {}", quote_bounded(step.id()), quote_bounded(&target)),
             ));
         }
     }
@@ -240,8 +240,9 @@ fn check_expressions(
                 errors.push(ValidationError::new(
                     expression_path.clone(),
                     format!(
-                        "step \"{}\" refers to step \"{target}\" which does not exist",
-                        step.id()
+                        "step {} refers to step {} which does not exist",
+                        quote_bounded(step.id()),
+                        quote_bounded(&target)
                     ),
                 ));
                 continue;

@@ -183,6 +183,7 @@ class Worker:
             blocks=self.args.blocks,
             concurrency=self.args.concurrency,
             labels=self.args.labels,
+            accepts_refusals=True,
         )
         outbound.put(self.pb2.WorkerMessage(hello=hello))
 
@@ -204,6 +205,11 @@ class Worker:
                 if self.stop.is_set():
                     call.cancel()
             for task in call:
+                if task.HasField("refused"):
+                    refused = task.refused
+                    log.warning("node refused the result of task %s attempt %d (%s): %s", refused.task,
+                                refused.attempt, refused.code, refused.reason)
+                    continue
                 self.pool.submit(self.handle, task, outbound)
         finally:
             with self.call_lock:

@@ -316,3 +316,156 @@ async fn dead_peer_is_backed_off_instead_of_redialed_per_call() {
         "a backed-off call fails fast"
     );
 }
+
+/// Accepts any server certificate after a pause: a client that stalls in
+/// the middle of its handshake while its connection stays alive.
+#[derive(Debug)]
+struct StallingVerifier {
+    pause: Duration,
+}
+
+impl rustls::client::danger::ServerCertVerifier for StallingVerifier {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        std::thread::sleep(self.pause);
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &rustls::pki_types::CertificateDer<'_>,
+        _dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        _message: &[u8],
+        _cert: &rustls::pki_types::CertificateDer<'_>,
+        _dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        crate::tls::crypto_provider()
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// Dials `server` with a client that stalls `pause` in its handshake; the
+/// outcome of the connection attempt. Runs on its own thread and runtime,
+/// since the stall blocks the thread driving the client.
+fn dial_stalling(
+    tls: &crate::TlsMaterial,
+    server: std::net::SocketAddr,
+    pause: Duration,
+) -> Result<(), String> {
+    let mut crypto = tls.client_config(&[crate::RAFT_ALPN]).unwrap();
+    crypto
+        .dangerous()
+        .set_certificate_verifier(std::sync::Arc::new(StallingVerifier { pause }));
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(crypto).unwrap();
+    let mut config = quinn::ClientConfig::new(std::sync::Arc::new(crypto));
+    let transport = TransportOptions {
+        idle_timeout_ms: 60_000,
+        ..TransportOptions::default()
+    };
+    config.transport_config(std::sync::Arc::new(transport.transport_config().unwrap()));
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let endpoint = quinn::Endpoint::client(localhost()).unwrap();
+            let connecting = endpoint
+                .connect_with(config, server, &crate::tls::node_dns_name(1))
+                .map_err(|error| error.to_string())?;
+            let connection = connecting.await.map_err(|error| error.to_string())?;
+            // The server may have dropped the attempt only after the
+            // client's side finished: the first stream then fails.
+            let outcome = match tokio::time::timeout(Duration::from_secs(5), connection.open_bi())
+                .await
+            {
+                Ok(Ok(_)) => {
+                    match tokio::time::timeout(Duration::from_secs(2), connection.closed()).await {
+                        Ok(reason) => Err(reason.to_string()),
+                        Err(_) => Ok(()),
+                    }
+                }
+                Ok(Err(error)) => Err(error.to_string()),
+                Err(_) => Err("no stream within 5 s".to_string()),
+            };
+            endpoint.close(0u32.into(), b"done");
+            outcome
+        })
+    })
+    .join()
+    .unwrap()
+}
+
+fn server_with_handshake_timeout(
+    ca: &TestCa,
+    handshake_timeout_ms: u64,
+) -> crate::server::RaftServer {
+    let options = crate::RaftServerOptions {
+        node_id: 1,
+        bind_addr: localhost(),
+        snapshot_dir: ca.dir.path().join(format!("snap-{handshake_timeout_ms}")),
+        transport: TransportOptions {
+            idle_timeout_ms: 60_000,
+            handshake_timeout_ms,
+            ..TransportOptions::default()
+        },
+    };
+    crate::server::RaftServer::start_with(
+        options,
+        &ca.node(1),
+        std::sync::Arc::new(super::harness::FakeRaft::default()),
+        std::sync::Arc::new(super::harness::EchoApp::default()),
+        tokio_util::sync::CancellationToken::new(),
+    )
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handshake_that_does_not_complete_in_time_is_dropped() {
+    let ca = TestCa::new("c");
+    let client = ca.node(2);
+    // A stall shorter than the server's handshake timeout connects.
+    let patient = server_with_handshake_timeout(&ca, 5_000);
+    let addr = patient.local_addr();
+    let outcome = tokio::task::spawn_blocking({
+        let client = client.clone();
+        move || dial_stalling(&client, addr, Duration::from_millis(200))
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        outcome,
+        Ok(()),
+        "a handshake within the timeout must succeed"
+    );
+
+    // A stall longer than it is dropped, though the idle timeout (60 s) is far off.
+    let strict = server_with_handshake_timeout(&ca, 500);
+    let addr = strict.local_addr();
+    let outcome =
+        tokio::task::spawn_blocking(move || dial_stalling(&client, addr, Duration::from_secs(2)))
+            .await
+            .unwrap();
+    assert!(
+        outcome.is_err(),
+        "the server kept a handshake past its timeout"
+    );
+}
