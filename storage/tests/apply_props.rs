@@ -18,13 +18,28 @@ use serde_json::{json, Value};
 static RUNS: &[&str] = &["r0", "r1", "r2", "r3", "r0.sub", "nope"];
 static STEPS: &[&str] = &["a", "b", "t", "hold", "items", "pause", "sub", "missing"];
 static PURPOSES: &[&str] = &["wait", "signal-timeout", "retry", "schedule-to-start", "start-to-close", "heartbeat", "other"];
-static FLOWS: &[&str] = &["echo", "wrap", "chain", "waits", "mapper", "sleeper", "parent", "unknown"];
+static FLOWS: &[&str] = &["echo", "wrap", "deepen", "chain", "waits", "mapper", "sleeper", "parent", "unknown"];
+/// The flows that exist (the last name of `FLOWS` never does).
+const REAL_FLOWS: usize = 8;
+
+fn ten_levels(leaf: &str) -> Value {
+    let mut value = json!(leaf);
+    for _ in 0..10 {
+        value = json!({ "d": value });
+    }
+    value
+}
 
 /// Small real flows, each exercising another kind of step.
 fn flow_json(name: &str) -> Value {
     match name {
         "echo" => json!({ "name": "echo", "steps": [{ "id": "t", "type": "transform", "output": "input" }] }),
         "wrap" => json!({ "name": "wrap", "steps": [{ "id": "t", "type": "transform", "output": { "a": { "b": "input" } } }] }),
+        // Ten levels around its input, then ten more.
+        "deepen" => json!({ "name": "deepen", "steps": [
+            { "id": "t", "type": "transform", "output": ten_levels("input"), "next": "u" },
+            { "id": "u", "type": "transform", "output": ten_levels("steps.t.output") }
+        ]}),
         "chain" => json!({ "name": "chain", "steps": [
             { "id": "a", "type": "task", "block": "noop", "input": "input", "next": "b",
               "retry": { "max_attempts": 2, "initial_backoff_ms": 10 }, "timeouts": { "start_to_close_ms": 100 } },
@@ -39,7 +54,7 @@ fn flow_json(name: &str) -> Value {
             { "id": "items", "type": "map", "items": "input", "max_parallelism": 2, "task": { "block": "noop", "input": "item" } }
         ]}),
         "sleeper" => json!({ "name": "sleeper", "steps": [{ "id": "pause", "type": "wait", "duration_ms": 10 }] }),
-        "parent" => json!({ "name": "parent", "steps": [{ "id": "sub", "type": "subflow", "flow": "echo", "version": 1 }] }),
+        "parent" => json!({ "name": "parent", "steps": [{ "id": "sub", "type": "subflow", "flow": "echo", "version": 1, "input": "input" }] }),
         other => panic!("no flow {other}"),
     }
 }
@@ -94,6 +109,9 @@ fn value() -> impl Strategy<Value = Value> {
         6 => small_value(),
         2 => (0usize..=200).prop_map(nested_arrays),
         1 => (0usize..=200).prop_map(nested_objects),
+        // Around serde_json's default parse limit of 128 levels.
+        2 => (100usize..=130).prop_map(nested_arrays),
+        1 => (100usize..=130).prop_map(nested_objects),
         1 => (0usize..70_000).prop_map(|len| Value::String("s".repeat(len))),
         1 => (0usize..3000).prop_map(|len| Value::Array((0..len as u64).map(Value::from).collect())),
     ]
@@ -189,13 +207,26 @@ fn event_bytes() -> impl Strategy<Value = Vec<u8>> {
     ]
 }
 
+/// A flow put: a real flow, or (with `garbage`) bytes no proposer would
+/// let through, which apply must refuse or store without failing later.
+fn flow_put(garbage: bool) -> BoxedStrategy<Command> {
+    let real = (pick(&FLOWS[..REAL_FLOWS]), 0u64..100_000).prop_map(|(name, at_ms)| put_flow(&name, at_ms));
+    if !garbage {
+        return real.boxed();
+    }
+    prop_oneof![
+        1 => real,
+        1 => (pick(FLOWS), prop::collection::vec(any::<u8>(), 0..40), "[a-f0-9]{0,64}", 0u64..100_000)
+            .prop_map(|(name, definition, hash, at_ms)| Command::PutFlow { name, definition, hash, at_ms }),
+    ]
+    .boxed()
+}
+
 /// Every command but a batch.
-fn single_command() -> BoxedStrategy<Command> {
+fn single_command(garbage: bool) -> BoxedStrategy<Command> {
     let at_ms = 0u64..100_000;
     prop_oneof![
-        3 => (pick(&FLOWS[..7]), at_ms.clone()).prop_map(|(name, at_ms)| put_flow(&name, at_ms)),
-        1 => (pick(FLOWS), prop::collection::vec(any::<u8>(), 0..40), "[a-f0-9]{0,64}", at_ms.clone())
-            .prop_map(|(name, definition, hash, at_ms)| Command::PutFlow { name, definition, hash, at_ms }),
+        3 => flow_put(garbage),
         6 => (pick(RUNS), pick(FLOWS), 0u64..4, json_bytes(), text(), prop_oneof![Just(String::new()), "k[0-3]", text()], at_ms.clone())
             .prop_map(|(run_id, flow, version, input, correlation_id, idempotency_key, at_ms)| Command::StartRun {
                 run_id,
@@ -227,10 +258,10 @@ fn single_command() -> BoxedStrategy<Command> {
     .boxed()
 }
 
-fn command() -> impl Strategy<Value = Command> {
+fn command(garbage: bool) -> impl Strategy<Value = Command> {
     prop_oneof![
-        8 => single_command(),
-        1 => prop::collection::vec(single_command(), 0..6).prop_map(Command::Batch),
+        8 => single_command(garbage),
+        1 => prop::collection::vec(single_command(garbage), 0..6).prop_map(Command::Batch),
     ]
 }
 
@@ -251,22 +282,41 @@ async fn apply_all(commands: &[Command], chunk: usize) -> Result<String, String>
     store.reader().state_digest().map_err(|err| format!("digest: {err}"))
 }
 
-proptest! {
-    #![proptest_config(ProptestConfig { cases: 32, max_shrink_iters: 200, ..ProptestConfig::default() })]
+/// Applies `commands` (after flow puts of `flows`) to two fresh stores.
+fn check(flows: &[String], commands: Vec<Command>, chunk: usize) -> Result<(), TestCaseError> {
+    let mut all: Vec<Command> = flows.iter().enumerate().map(|(i, name)| put_flow(name, i as u64)).collect();
+    all.extend(commands);
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let (first, second) = runtime.block_on(async { (apply_all(&all, chunk).await, apply_all(&all, chunk).await) });
+    let first = first.map_err(TestCaseError::fail)?;
+    let second = second.map_err(TestCaseError::fail)?;
+    prop_assert_eq!(first, second, "two stores applied the same commands to different states");
+    Ok(())
+}
 
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 32, max_shrink_iters: 200, failure_persistence: None, ..ProptestConfig::default() })]
+
+    /// Commands as a proposer makes them: flows validated before they are
+    /// put, but any values, names, events and attempts.
     #[test]
     fn apply_never_fails_and_two_stores_agree(
         // Flows first, so most starts find one; then anything.
-        flows in prop::collection::vec(pick(&FLOWS[..7]), 0..7),
-        commands in prop::collection::vec(command(), 1..40),
+        flows in prop::collection::vec(pick(&FLOWS[..REAL_FLOWS]), 0..8),
+        commands in prop::collection::vec(command(false), 1..40),
         chunk in 1usize..5,
     ) {
-        let mut all: Vec<Command> = flows.iter().enumerate().map(|(i, name)| put_flow(name, i as u64)).collect();
-        all.extend(commands);
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        let (first, second) = runtime.block_on(async { (apply_all(&all, chunk).await, apply_all(&all, chunk).await) });
-        let first = first.map_err(TestCaseError::fail)?;
-        let second = second.map_err(TestCaseError::fail)?;
-        prop_assert_eq!(first, second, "two stores applied the same commands to different states");
+        check(&flows, commands, chunk)?;
+    }
+
+    /// The same with flow definitions that are not flows at all: a command
+    /// that cannot apply is refused, it does not stop apply.
+    #[test]
+    fn apply_never_fails_on_garbage_flow_definitions(
+        flows in prop::collection::vec(pick(&FLOWS[..REAL_FLOWS]), 0..8),
+        commands in prop::collection::vec(command(true), 1..40),
+        chunk in 1usize..5,
+    ) {
+        check(&flows, commands, chunk)?;
     }
 }
