@@ -72,6 +72,31 @@ async fn start(client: &mut FloeClient, flow: &str, input: &Value) -> Result<Str
     start_bytes(client, flow, serde_json::to_vec(input).unwrap()).await
 }
 
+/// Starts a run under an idempotency key. A start not answered in time (its
+/// entry held apply past the write timeout) is a finding; it is asked again
+/// with the same key until it answers, which names the run.
+async fn start_patiently(client: &mut FloeClient, findings: &mut Findings, flow: &str, input: &Value) -> String {
+    let key = format!("hostile-{flow}");
+    let began = Instant::now();
+    let deadline = began + Duration::from_secs(90);
+    let mut late = false;
+    loop {
+        let request = api::StartRunRequest { flow: flow.into(), input: serde_json::to_vec(input).unwrap(), idempotency_key: key.clone(), ..Default::default() };
+        match client.runs.start(request).await {
+            Ok(reply) => {
+                findings.check(!late, || format!("starting {flow} was not answered in time; it answered after {:?}", began.elapsed()));
+                return reply.into_inner().run_id;
+            }
+            Err(status) if Instant::now() < deadline && status.code() != Code::InvalidArgument && status.code() != Code::NotFound => {
+                eprintln!("starting {flow}: {status:?}; asking again");
+                late = true;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(status) => panic!("starting {flow}: {status:?}"),
+        }
+    }
+}
+
 async fn get_run(client: &mut FloeClient, run_id: &str) -> Result<Value, tonic::Status> {
     let reply = client.runs.get(api::GetRunRequest { run_id: run_id.into(), consistency: 0 }).await?;
     Ok(serde_json::from_slice(&reply.into_inner().run).expect("a run record is JSON"))
@@ -98,16 +123,42 @@ fn mentions_depth(text: &str) -> bool {
     text.contains("deep") || text.contains("depth") || text.contains("nest")
 }
 
-/// A refusal with one of `codes` and a message under 1 KiB.
-fn assert_refused_briefly(what: &str, result: Result<impl std::fmt::Debug, tonic::Status>, codes: &[Code]) -> tonic::Status {
-    let status = match result {
-        Ok(answer) => panic!("{what}: accepted ({answer:?}), expected a refusal with one of {codes:?}"),
-        Err(status) => status,
-    };
-    assert!(codes.contains(&status.code()), "{what}: {:?}: {}", status.code(), short(status.message()));
-    assert!(status.message().len() < 1024, "{what}: the message is {} bytes: {}", status.message().len(), short(status.message()));
-    assert!(!status.message().is_empty(), "{what}: an empty message");
-    status
+/// Expectations checked without stopping the test, so that one run names
+/// every member of a class that misbehaves; the test fails at its end (after
+/// the cluster checks) with all of them.
+#[derive(Default)]
+struct Findings(Vec<String>);
+
+impl Findings {
+    fn check(&mut self, ok: bool, what: impl FnOnce() -> String) {
+        if !ok {
+            let what = what();
+            eprintln!("FINDING: {what}");
+            self.0.push(what);
+        }
+    }
+
+    /// A refusal with one of `codes` and a message under 1 KiB; the refusal
+    /// when there was one.
+    fn refused(&mut self, what: &str, result: Result<impl std::fmt::Debug, tonic::Status>, codes: &[Code]) -> Option<tonic::Status> {
+        match result {
+            Ok(answer) => {
+                self.check(false, || format!("{what}: accepted ({}), expected a refusal with one of {codes:?}", short(&format!("{answer:?}"))));
+                None
+            }
+            Err(status) => {
+                let message = status.message();
+                self.check(codes.contains(&status.code()), || format!("{what}: {:?}, expected one of {codes:?}: {}", status.code(), short(message)));
+                self.check(message.len() < 1024, || format!("{what}: the message is {} bytes: {}", message.len(), short(message)));
+                self.check(!message.is_empty(), || format!("{what}: an empty message"));
+                Some(status)
+            }
+        }
+    }
+
+    fn assert_none(self) {
+        assert!(self.0.is_empty(), "{} expectation(s) failed:\n{}", self.0.len(), self.0.join("\n"));
+    }
 }
 
 fn short(text: &str) -> String {
@@ -241,14 +292,18 @@ fn kv_probe(mut client: FloeClient, stop: Arc<AtomicBool>, count: usize, limit: 
     })
 }
 
-fn assert_probe_answered(calls: &[Result<Duration, String>], during: &str) {
-    assert!(calls.len() >= 4, "{during}: only {} kv calls were made", calls.len());
-    for (i, call) in calls.iter().enumerate() {
-        match call {
-            Ok(took) => assert!(*took <= CALL_BOUND, "{during}: kv call {i} took {took:?}, over {CALL_BOUND:?}"),
-            Err(err) => panic!("{during}: kv call {i} failed: {err}"),
-        }
-    }
+fn check_probe_answered(findings: &mut Findings, calls: &[Result<Duration, String>], during: &str) {
+    findings.check(calls.len() >= 4, || format!("{during}: only {} kv calls were made", calls.len()));
+    let slow: Vec<String> = calls
+        .iter()
+        .enumerate()
+        .filter_map(|(i, call)| match call {
+            Ok(took) if *took <= CALL_BOUND => None,
+            Ok(took) => Some(format!("call {i} took {took:?}")),
+            Err(err) => Some(format!("call {i} failed: {err}")),
+        })
+        .collect();
+    findings.check(slow.is_empty(), || format!("{during}: {} of {} kv calls were not answered within {CALL_BOUND:?}: {}", slow.len(), calls.len(), slow.join("; ")));
 }
 
 /// Class a: a run input nested past the limit is refused at the door; one
@@ -261,11 +316,14 @@ async fn deep_run_input_is_refused_at_the_door_and_a_shallower_one_runs() {
     let canary = plant_canary(&mut client, true).await;
     put_flow(&mut client, &transform_flow("echo", "echo", json!("input"))).await.unwrap();
 
+    let mut findings = Findings::default();
     let refused = start(&mut client, "echo", &nested_arrays(100)).await;
-    let status = assert_refused_briefly("a run input of 100 nested arrays", refused, &[Code::InvalidArgument]);
-    assert!(mentions_depth(status.message()) && status.message().contains(&DEPTH_LIMIT.to_string()), "{}", status.message());
-    let listed = client.runs.list(api::ListRunsRequest { flow: "echo".into(), ..Default::default() }).await.unwrap().into_inner();
-    assert!(listed.runs.is_empty(), "the refused start stored a run: {listed:?}");
+    if let Some(status) = findings.refused("a run input of 100 nested arrays", refused, &[Code::InvalidArgument]) {
+        let message = status.message();
+        findings.check(mentions_depth(message) && message.contains(&DEPTH_LIMIT.to_string()), || format!("the refusal names neither the depth nor the limit: {message}"));
+        let listed = client.runs.list(api::ListRunsRequest { flow: "echo".into(), ..Default::default() }).await.unwrap().into_inner();
+        assert!(listed.runs.is_empty(), "the refused start stored a run: {listed:?}");
+    }
 
     let input = nested_arrays(60);
     let run_id = start(&mut client, "echo", &input).await.unwrap();
@@ -281,14 +339,16 @@ async fn deep_run_input_is_refused_at_the_door_and_a_shallower_one_runs() {
     let waiting = start(&mut client, "canary", &json!({ "n": 1, "wait": true })).await.unwrap();
     let payload = serde_json::to_vec(&nested_arrays(100)).unwrap();
     let refused = client.runs.signal(api::SignalRunRequest { run_id: waiting.clone(), signal: "go".into(), payload }).await;
-    let status = assert_refused_briefly("a signal payload of 100 nested arrays", refused, &[Code::InvalidArgument]);
-    assert!(mentions_depth(status.message()), "{}", status.message());
-    assert_eq!(get_run(&mut client, &waiting).await.unwrap()["status"], "Running");
-    client.runs.cancel(api::CancelRunRequest { run_id: waiting, reason: String::new() }).await.unwrap();
+    if let Some(status) = findings.refused("a signal payload of 100 nested arrays", refused, &[Code::InvalidArgument]) {
+        findings.check(mentions_depth(status.message()), || format!("the refusal does not name the depth: {}", status.message()));
+        assert_eq!(get_run(&mut client, &waiting).await.unwrap()["status"], "Running");
+    }
+    let _ = client.runs.cancel(api::CancelRunRequest { run_id: waiting, reason: String::new() }).await;
 
     assert_survives_restart(&mut cluster, &canary).await;
     let run = get_run(&mut client_for(&cluster).await, &run_id).await.unwrap();
     assert_eq!(run["input"], input, "after the restart");
+    findings.assert_none();
 }
 
 async fn client_for(cluster: &TestCluster) -> FloeClient {
@@ -305,28 +365,33 @@ async fn deep_values_built_through_mappings_fail_the_run_not_the_cluster() {
     let mut client = cluster.client(2).await.unwrap();
     let canary = plant_canary(&mut client, true).await;
 
+    let mut findings = Findings::default();
     let refused = put_flow(&mut client, &transform_flow("deep-map", "wrap", nested_mapping(100, "input"))).await;
-    let status = assert_refused_briefly("a transform mapping 100 levels deep", refused, &[Code::InvalidArgument]);
-    assert!(mentions_depth(status.message()), "{}", status.message());
+    if let Some(status) = findings.refused("a transform mapping 100 levels deep", refused, &[Code::InvalidArgument]) {
+        findings.check(mentions_depth(status.message()), || format!("the refusal does not name the depth: {}", status.message()));
+    }
 
     put_flow(&mut client, &transform_flow("wrap-forty", "wrap_forty", nested_mapping(40, "input"))).await.unwrap();
     let run_id = start(&mut client, "wrap-forty", &nested_arrays(40)).await.unwrap();
     let run = finished(&mut client, &run_id).await;
-    assert_eq!(run["status"], "Failed", "a value 80 deep was produced: {}", short(&run.to_string()));
+    let ended = run["status"].as_str().unwrap().to_string();
+    findings.check(ended == "Failed", || format!("the run producing a value 80 deep ended {ended}, not Failed: {}", short(&run.to_string())));
     let error = errors(&run);
-    assert!(error.contains("wrap_forty") && mentions_depth(&error), "{error}");
+    if ended == "Failed" {
+        findings.check(error.contains("wrap_forty") && mentions_depth(&error), || format!("the error names neither the step nor the depth: {error}"));
+    }
 
     // Every read and command on the failed run answers.
     for id in NODES {
         let mut client = cluster.client(id).await.unwrap();
-        assert_eq!(get_run(&mut client, &run_id).await.unwrap()["status"], "Failed", "node {id}");
+        assert_eq!(get_run(&mut client, &run_id).await.unwrap()["status"], ended.as_str(), "node {id}");
         let listed = client.runs.list(api::ListRunsRequest::default()).await.unwrap().into_inner();
-        assert!(listed.runs.iter().any(|summary| summary.run_id == run_id && summary.status.eq_ignore_ascii_case("failed")), "node {id}: {listed:?}");
+        assert!(listed.runs.iter().any(|summary| summary.run_id == run_id && summary.status.eq_ignore_ascii_case(&ended)), "node {id}: {listed:?}");
         let by_flow = client.runs.list(api::ListRunsRequest { flow: "wrap-forty".into(), ..Default::default() }).await.unwrap().into_inner();
         assert_eq!(by_flow.runs.len(), 1, "node {id}: {by_flow:?}");
     }
     let cancel = client.runs.cancel(api::CancelRunRequest { run_id: run_id.clone(), reason: "hostile".into() }).await;
-    assert_eq!(cancel.unwrap_err().code(), Code::FailedPrecondition, "a failed run cannot be cancelled");
+    assert_eq!(cancel.unwrap_err().code(), Code::FailedPrecondition, "a finished run cannot be cancelled");
     match client.runs.retry(api::RetryRunRequest { run_id: run_id.clone() }).await {
         Ok(_) => {
             let run = finished(&mut client, &run_id).await;
@@ -335,13 +400,14 @@ async fn deep_values_built_through_mappings_fail_the_run_not_the_cluster() {
         Err(status) => assert!(matches!(status.code(), Code::FailedPrecondition | Code::InvalidArgument), "{status:?}"),
     }
     let run = get_run(&mut client, &run_id).await.unwrap();
-    assert_eq!(run["status"], "Failed");
+    assert_eq!(run["status"], ended.as_str());
 
     assert_survives_restart(&mut cluster, &canary).await;
     let mut client = client_for(&cluster).await;
-    assert_eq!(get_run(&mut client, &run_id).await.unwrap()["status"], "Failed");
+    assert_eq!(get_run(&mut client, &run_id).await.unwrap()["status"], ended.as_str());
     let listed = client.runs.list(api::ListRunsRequest::default()).await.unwrap().into_inner();
     assert!(listed.runs.iter().any(|summary| summary.run_id == run_id), "{listed:?}");
+    findings.assert_none();
 }
 
 /// `count` transform steps `s0`..; each wraps the previous output in one
@@ -374,9 +440,10 @@ async fn chains_of_transforms_end_and_the_cluster_answers_meanwhile() {
     put_flow(&mut client, &chain_flow("flat-chain", STEPS, false)).await.unwrap();
 
     let stop = Arc::new(AtomicBool::new(false));
-    let probe = kv_probe(cluster.client(3).await.unwrap(), stop.clone(), 400, Duration::from_secs(60));
-    let nesting = start(&mut client, "nesting-chain", &json!({ "n": 1 })).await.unwrap();
-    let flat = start(&mut client, "flat-chain", &json!({ "n": 1 })).await.unwrap();
+    let probe = kv_probe(cluster.client(3).await.unwrap(), stop.clone(), 400, Duration::from_secs(90));
+    let mut findings = Findings::default();
+    let nesting = start_patiently(&mut client, &mut findings, "nesting-chain", &json!({ "n": 1 })).await;
+    let flat = start_patiently(&mut client, &mut findings, "flat-chain", &json!({ "n": 1 })).await;
     let nesting_run = floe_node::harness::finished_run(&mut client, &nesting, Duration::from_secs(60)).await;
     let flat_run = floe_node::harness::finished_run(&mut client, &flat, Duration::from_secs(60)).await;
     // A few more rounds after the runs ended, then the probe stops.
@@ -384,18 +451,20 @@ async fn chains_of_transforms_end_and_the_cluster_answers_meanwhile() {
     stop.store(true, Ordering::SeqCst);
     let calls = probe.await.unwrap();
 
-    let nesting_run = nesting_run.unwrap();
-    assert_eq!(nesting_run["status"], "Failed", "{}", short(&nesting_run.to_string()));
-    assert!(mentions_depth(&errors(&nesting_run)), "{}", short(&errors(&nesting_run)));
-    let flat_run = flat_run.unwrap();
+    check_probe_answered(&mut findings, &calls, "while the chains ran");
+    let nesting_run = nesting_run.unwrap_or_else(|err| panic!("the nesting chain: {err:#}"));
+    findings.check(nesting_run["status"] == "Failed" && mentions_depth(&errors(&nesting_run)), || {
+        format!("the nesting chain did not fail at the depth limit: {}", short(&nesting_run.to_string()))
+    });
+    let flat_run = flat_run.unwrap_or_else(|err| panic!("the flat chain: {err:#}"));
     assert_eq!(flat_run["status"], "Completed", "{}", short(&flat_run.to_string()));
     assert_eq!(flat_run["output"], json!(STEPS), "1 plus one per step after the first");
-    assert_probe_answered(&calls, "while the chains ran");
 
     assert_survives_restart(&mut cluster, &canary).await;
     let mut client = client_for(&cluster).await;
-    assert_eq!(get_run(&mut client, &nesting).await.unwrap()["status"], "Failed");
+    assert_eq!(get_run(&mut client, &nesting).await.unwrap()["status"], nesting_run["status"]);
     assert_eq!(get_run(&mut client, &flat).await.unwrap()["output"], json!(STEPS));
+    findings.assert_none();
 }
 
 /// Class d: expressions that build a huge value fail their step (or the
@@ -423,7 +492,8 @@ async fn expressions_that_explode_fail_their_step() {
     let doubling = json!({ "name": "doubling", "steps": doubling });
 
     let stop = Arc::new(AtomicBool::new(false));
-    let probe = kv_probe(cluster.client(2).await.unwrap(), stop.clone(), 400, Duration::from_secs(60));
+    let probe = kv_probe(cluster.client(2).await.unwrap(), stop.clone(), 400, Duration::from_secs(90));
+    let mut findings = Findings::default();
     let mut outcomes = Vec::new();
     for (flow, step, input) in [
         (&cube, "cube", json!({ "xs": (0..100).collect::<Vec<u32>>(), "s": "x".repeat(100) })),
@@ -432,12 +502,12 @@ async fn expressions_that_explode_fail_their_step() {
         let name = flow["name"].as_str().unwrap().to_string();
         match put_flow(&mut client, flow).await {
             Ok(_) => {
-                let run_id = start(&mut client, &name, &input).await.unwrap();
+                let run_id = start_patiently(&mut client, &mut findings, &name, &input).await;
                 let run = floe_node::harness::finished_run(&mut client, &run_id, Duration::from_secs(60)).await;
                 outcomes.push((name, step, Some(run)));
             }
             Err(status) => {
-                assert_refused_briefly(&format!("flow {name}"), Err::<(), _>(status), &[Code::InvalidArgument]);
+                findings.refused(&format!("flow {name}"), Err::<(), _>(status), &[Code::InvalidArgument]);
                 outcomes.push((name, step, None));
             }
         }
@@ -445,16 +515,16 @@ async fn expressions_that_explode_fail_their_step() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     stop.store(true, Ordering::SeqCst);
     let calls = probe.await.unwrap();
+    check_probe_answered(&mut findings, &calls, "while expressions exploded");
     for (name, step, run) in outcomes {
         let Some(run) = run else { continue };
         let run = run.unwrap_or_else(|err| panic!("flow {name}: {err:#}"));
-        assert_eq!(run["status"], "Failed", "flow {name}: {}", short(&run.to_string()));
         let error = errors(&run);
-        assert!(error.contains(step) && error.len() < 4096, "flow {name}: {}", short(&error));
-        assert!(error.contains("limit") || error.contains("large"), "flow {name}: {}", short(&error));
+        let clear = error.contains(step) && error.len() < 4096 && (error.contains("limit") || error.contains("large"));
+        findings.check(run["status"] == "Failed" && clear, || format!("flow {name} did not fail with a clear error at {step}: {}", short(&run.to_string())));
     }
-    assert_probe_answered(&calls, "while expressions exploded");
     assert_survives_restart(&mut cluster, &canary).await;
+    findings.assert_none();
 }
 
 /// A worker spoken to directly over `Workers/Attach`.
@@ -489,31 +559,40 @@ impl HandWorker {
 /// After a bad result for attempt 1: either the task comes again as a new
 /// attempt (answered well, the run completes) or the run fails with an
 /// error holding one of `words`. Anything else (a run left running with no
-/// attempt open) fails the test.
-async fn retried_or_failed(worker: &mut HandWorker, client: &mut FloeClient, run_id: &str, words: &[&str]) -> &'static str {
+/// attempt open) is a finding.
+async fn retried_or_failed(worker: &mut HandWorker, client: &mut FloeClient, run_id: &str, words: &[&str]) -> Result<&'static str, String> {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         tokio::select! {
             message = worker.tasks.message() => {
                 let task = message.expect("the worker stream stays open").expect("the worker stream stays open");
-                assert_eq!(task.run_id, run_id, "a task of another run: {task:?}");
-                assert!(task.attempt > 1, "the bad attempt was delivered again: {task:?}");
+                if task.run_id != run_id || task.attempt < 2 {
+                    return Err(format!("after a bad result for attempt 1 of run {run_id} the worker got {task:?}"));
+                }
                 worker.answer(&task.task, task.attempt, b"\"good\"".to_vec()).await;
                 let run = finished(client, run_id).await;
-                assert_eq!((run["status"].as_str(), &run["output"]), (Some("Completed"), &json!("good")), "{}", short(&run.to_string()));
+                if (run["status"].as_str(), &run["output"]) != (Some("Completed"), &json!("good")) {
+                    return Err(format!("the good result for the next attempt did not complete run {run_id}: {}", short(&run.to_string())));
+                }
                 let first = run["steps"]["work"]["attempts"][0]["error"].as_str().unwrap_or_default().to_lowercase();
-                assert!(words.iter().any(|word| first.contains(word)), "attempt 1's error says why: {first:?}");
-                return "retried";
+                if !words.iter().any(|word| first.contains(word)) {
+                    return Err(format!("attempt 1's error does not say why ({words:?}): {first:?}"));
+                }
+                return Ok("retried");
             }
             _ = tokio::time::sleep(Duration::from_millis(100)) => {
                 let run = get_run(client, run_id).await.unwrap();
                 if run["status"] == "Failed" {
                     let error = errors(&run).to_lowercase();
-                    assert!(words.iter().any(|word| error.contains(word)), "{}", short(&error));
-                    return "failed";
+                    if !words.iter().any(|word| error.contains(word)) {
+                        return Err(format!("run {run_id} failed without saying why ({words:?}): {}", short(&error)));
+                    }
+                    return Ok("failed");
                 }
                 assert_eq!(run["status"], "Running", "{}", short(&run.to_string()));
-                assert!(Instant::now() < deadline, "the run is left running: the bad result neither failed nor released attempt 1: {}", short(&run.to_string()));
+                if Instant::now() > deadline {
+                    return Err(format!("run {run_id} is left running: the bad result neither failed it nor released attempt 1 within 20 s: {}", short(&run.to_string())));
+                }
             }
         }
     }
@@ -531,6 +610,7 @@ async fn malformed_and_oversize_worker_results_are_refused() {
         "retry": { "max_attempts": 2, "backoff": "fixed", "initial_backoff_ms": 50 } }] });
     put_flow(&mut client, &flow).await.unwrap();
     let mut worker = HandWorker::attach(&mut client, "hand", "manual").await.unwrap();
+    let mut findings = Findings::default();
 
     // Results for tasks that do not exist change nothing.
     worker.answer("no/such/-", 1, b"1".to_vec()).await;
@@ -547,7 +627,10 @@ async fn malformed_and_oversize_worker_results_are_refused() {
         let task = worker.next_task().await.unwrap().expect("a task");
         assert_eq!((task.run_id.as_str(), task.attempt), (run_id.as_str(), 1));
         worker.answer(&task.task, task.attempt, output).await;
-        seen.push((what, retried_or_failed(&mut worker, &mut client, &run_id, words).await));
+        match retried_or_failed(&mut worker, &mut client, &run_id, words).await {
+            Ok(outcome) => seen.push((what, outcome)),
+            Err(finding) => findings.check(false, || format!("a result {what}: {finding}")),
+        }
     }
     eprintln!("bad results: {seen:?}");
 
@@ -601,14 +684,16 @@ async fn malformed_and_oversize_worker_results_are_refused() {
 
     drop(worker);
     assert_survives_restart(&mut cluster, &canary).await;
+    findings.assert_none();
 }
 
-/// The status a node ends a worker stream with after refusing its hello.
-async fn refused_hello(worker: &mut HandWorker) -> tonic::Status {
+/// The status a node ends a worker stream with after refusing its hello
+/// (`Err`), or what happened instead (`Ok`).
+async fn hello_answer(worker: &mut HandWorker) -> Result<String, tonic::Status> {
     match tokio::time::timeout(Duration::from_secs(5), worker.tasks.message()).await {
-        Ok(Err(status)) => status,
-        Ok(Ok(answer)) => panic!("the hello was not refused: {answer:?}"),
-        Err(_) => panic!("the hello was accepted: the stream stays open"),
+        Ok(Err(status)) => Err(status),
+        Ok(Ok(answer)) => Ok(format!("the stream answered {answer:?}")),
+        Err(_) => Ok("the stream stays open".to_string()),
     }
 }
 
@@ -619,65 +704,67 @@ async fn huge_names_are_refused_with_short_messages() {
     let mut cluster = start_cluster(&[]).await;
     let mut client = cluster.client(3).await.unwrap();
     let canary = plant_canary(&mut client, true).await;
+    let mut findings = Findings::default();
     let huge = "n".repeat(10 * 1024);
     let door = [Code::InvalidArgument, Code::ResourceExhausted];
     // Looking up a name that cannot exist may also say it is not there.
     let lookup = [Code::InvalidArgument, Code::ResourceExhausted, Code::NotFound];
 
     let refused = put_flow(&mut client, &transform_flow(&huge, "echo", json!("input"))).await;
-    assert_refused_briefly("a flow name of 10 KB", refused, &door);
+    findings.refused("a flow name of 10 KB", refused, &door);
     let block = json!({ "name": "huge-block", "steps": [{ "id": "work", "type": "task", "block": huge, "input": "input" }] });
-    assert_refused_briefly("a block name of 10 KB", put_flow(&mut client, &block).await, &door);
+    findings.refused("a block name of 10 KB", put_flow(&mut client, &block).await, &door);
     let step = transform_flow("huge-step", &huge, json!("input"));
-    assert_refused_briefly("a step id of 10 KB", put_flow(&mut client, &step).await, &door);
+    findings.refused("a step id of 10 KB", put_flow(&mut client, &step).await, &door);
 
     let started = start(&mut client, &huge, &json!(1)).await;
-    assert_refused_briefly("a run of a flow named with 10 KB", started, &lookup);
+    findings.refused("a run of a flow named with 10 KB", started, &lookup);
     let keyed = client
         .runs
         .start(api::StartRunRequest { flow: "canary".into(), input: b"{\"n\": 1}".to_vec(), idempotency_key: huge.clone(), ..Default::default() })
         .await;
-    assert_refused_briefly("an idempotency key of 10 KB", keyed, &door);
+    findings.refused("an idempotency key of 10 KB", keyed, &door);
     let correlated = client
         .runs
         .start(api::StartRunRequest { flow: "canary".into(), input: b"{\"n\": 1}".to_vec(), correlation_id: huge.clone(), ..Default::default() })
         .await;
-    assert_refused_briefly("a correlation id of 10 KB", correlated, &door);
-    assert_refused_briefly("run get of a 10 KB id", get_run(&mut client, &huge).await, &lookup);
+    findings.refused("a correlation id of 10 KB", correlated, &door);
+    findings.refused("run get of a 10 KB id", get_run(&mut client, &huge).await, &lookup);
     let cancel = client.runs.cancel(api::CancelRunRequest { run_id: huge.clone(), reason: String::new() }).await;
-    assert_refused_briefly("run cancel of a 10 KB id", cancel, &lookup);
+    findings.refused("run cancel of a 10 KB id", cancel, &lookup);
     let signal = client.runs.signal(api::SignalRunRequest { run_id: canary.run_id.clone(), signal: huge.clone(), payload: Vec::new() }).await;
-    assert_refused_briefly("a signal name of 10 KB", signal, &[Code::InvalidArgument, Code::ResourceExhausted, Code::FailedPrecondition]);
+    findings.refused("a signal name of 10 KB", signal, &[Code::InvalidArgument, Code::ResourceExhausted, Code::FailedPrecondition]);
     let limit = client.runs.set_limit(api::SetLimitRequest { scope: "block".into(), name: huge.clone(), limit: Some(1) }).await;
-    assert_refused_briefly("a limit on a block named with 10 KB", limit, &door);
+    findings.refused("a limit on a block named with 10 KB", limit, &door);
 
     let put = client.kv.put(api::PutRequest { key: huge.clone(), value: b"v".to_vec() }).await;
-    assert_refused_briefly("a kv key of 10 KB", put, &door);
+    findings.refused("a kv key of 10 KB", put, &door);
     let got = client.kv.get(api::GetRequest { key: huge.clone(), consistency: 0 }).await;
     if let Err(status) = got {
-        assert_refused_briefly("kv get of a 10 KB key", Err::<(), _>(status), &door);
+        findings.refused("kv get of a 10 KB key", Err::<(), _>(status), &door);
     }
 
     // A worker declaring a block named with 10 KB.
     let attached = HandWorker::attach(&mut client, "huge-block", &huge).await;
-    let status = match attached {
-        Ok(mut worker) => refused_hello(&mut worker).await,
-        Err(status) => status,
+    let answer = match attached {
+        Ok(mut worker) => hello_answer(&mut worker).await,
+        Err(status) => Err(status),
     };
-    assert_refused_briefly("a worker block name of 10 KB", Err::<(), _>(status), &door);
+    findings.refused("a worker block name of 10 KB", answer, &door);
     let attached = HandWorker::attach(&mut client, &huge, "manual").await;
-    let status = match attached {
-        Ok(mut worker) => refused_hello(&mut worker).await,
-        Err(status) => status,
+    let answer = match attached {
+        Ok(mut worker) => hello_answer(&mut worker).await,
+        Err(status) => Err(status),
     };
-    assert_refused_briefly("a worker id of 10 KB", Err::<(), _>(status), &door);
+    findings.refused("a worker id of 10 KB", answer, &door);
 
     // The CLI prints the refusal briefly too.
     let output = cluster.cli(1, &["kv", "put", &huge, "v"]).unwrap();
     assert!(!output.status.success());
-    assert!(output.stderr.len() < 2048, "the CLI printed {} bytes", output.stderr.len());
+    findings.check(output.stderr.len() < 2048, || format!("the CLI printed {} bytes for a refused 10 KB key", output.stderr.len()));
 
     assert_survives_restart(&mut cluster, &canary).await;
+    findings.assert_none();
 }
 
 /// Class g: finished runs whose records hold values at the nesting and size
