@@ -74,8 +74,8 @@ async fn start(client: &mut FloeClient, flow: &str, input: &Value) -> Result<Str
 
 /// Starts a run under an idempotency key. A start not answered in time (its
 /// entry held apply past the write timeout) is a finding; it is asked again
-/// with the same key until it answers, which names the run.
-async fn start_patiently(client: &mut FloeClient, findings: &mut Findings, flow: &str, input: &Value) -> String {
+/// with the same key until it answers, which names the run, or a node exits.
+async fn start_patiently(cluster: &mut TestCluster, client: &mut FloeClient, findings: &mut Findings, flow: &str, input: &Value) -> String {
     let key = format!("hostile-{flow}");
     let began = Instant::now();
     let deadline = began + Duration::from_secs(90);
@@ -90,6 +90,11 @@ async fn start_patiently(client: &mut FloeClient, findings: &mut Findings, flow:
             Err(status) if Instant::now() < deadline && status.code() != Code::InvalidArgument && status.code() != Code::NotFound => {
                 eprintln!("starting {flow}: {status:?}; asking again");
                 late = true;
+                for id in NODES {
+                    if let Some(exit) = cluster.exited(id).unwrap() {
+                        panic!("starting {flow}: node {id} exited ({exit}) after {:?}; log:\n{}", began.elapsed(), cluster.log_tail(id, 6));
+                    }
+                }
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
             Err(status) => panic!("starting {flow}: {status:?}"),
@@ -442,8 +447,8 @@ async fn chains_of_transforms_end_and_the_cluster_answers_meanwhile() {
     let stop = Arc::new(AtomicBool::new(false));
     let probe = kv_probe(cluster.client(3).await.unwrap(), stop.clone(), 400, Duration::from_secs(90));
     let mut findings = Findings::default();
-    let nesting = start_patiently(&mut client, &mut findings, "nesting-chain", &json!({ "n": 1 })).await;
-    let flat = start_patiently(&mut client, &mut findings, "flat-chain", &json!({ "n": 1 })).await;
+    let nesting = start_patiently(&mut cluster, &mut client, &mut findings, "nesting-chain", &json!({ "n": 1 })).await;
+    let flat = start_patiently(&mut cluster, &mut client, &mut findings, "flat-chain", &json!({ "n": 1 })).await;
     let nesting_run = floe_node::harness::finished_run(&mut client, &nesting, Duration::from_secs(60)).await;
     let flat_run = floe_node::harness::finished_run(&mut client, &flat, Duration::from_secs(60)).await;
     // A few more rounds after the runs ended, then the probe stops.
@@ -502,7 +507,7 @@ async fn expressions_that_explode_fail_their_step() {
         let name = flow["name"].as_str().unwrap().to_string();
         match put_flow(&mut client, flow).await {
             Ok(_) => {
-                let run_id = start_patiently(&mut client, &mut findings, &name, &input).await;
+                let run_id = start_patiently(&mut cluster, &mut client, &mut findings, &name, &input).await;
                 let run = floe_node::harness::finished_run(&mut client, &run_id, Duration::from_secs(60)).await;
                 outcomes.push((name, step, Some(run)));
             }
