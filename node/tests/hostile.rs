@@ -97,7 +97,7 @@ async fn start_patiently(cluster: &mut TestCluster, client: &mut FloeClient, fin
                 }
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
-            Err(status) => panic!("starting {flow}: {status:?}"),
+            Err(status) => panic!("starting {flow}: no answer after {:?} (apply held?): {status:?}", began.elapsed()),
         }
     }
 }
