@@ -237,6 +237,18 @@ fn single_command(garbage: bool) -> BoxedStrategy<Command> {
                 idempotency_key,
                 at_ms,
             }),
+        // A flow that nests its input further, started with an input just
+        // under the parse limit: the record holds a value past it.
+        3 => (pick(RUNS), prop::sample::select(&["deepen", "wrap", "echo"][..]), 100usize..128, prop_oneof![Just(String::new()), "k[0-3]"], at_ms.clone())
+            .prop_map(|(run_id, flow, depth, idempotency_key, at_ms)| Command::StartRun {
+                run_id,
+                flow: flow.to_string(),
+                version: 0,
+                input: serde_json::to_vec(&nested_arrays(depth)).unwrap(),
+                correlation_id: String::new(),
+                idempotency_key,
+                at_ms,
+            }),
         6 => (prop_oneof![4 => pick(RUNS), 1 => text()], event_bytes(), at_ms.clone())
             .prop_map(|(run_id, event, at_ms)| Command::RunEvent { run_id, event, at_ms }),
         3 => (task_text(), 0u32..4, 0u64..5, text(), at_ms.clone())
