@@ -27,6 +27,9 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// Longest correlation id or idempotency key: both are index keys.
+pub const MAX_RUN_KEY_BYTES: usize = 256;
+
 impl Node {
     pub async fn start_run(
         &self,
@@ -39,6 +42,14 @@ impl Node {
         // No flow can have such a name; refused here, before the log.
         if !floe_engine::is_flow_name(flow) {
             return Err(ApiError::NotFound(format!("no flow named {}", quote_bounded(flow))));
+        }
+        for (field, text) in [("correlation id", correlation_id), ("idempotency key", idempotency_key)] {
+            if text.len() > MAX_RUN_KEY_BYTES {
+                return Err(ApiError::InvalidArgument(format!(
+                    "{field} {} is longer than the limit of {MAX_RUN_KEY_BYTES} bytes (fixed)",
+                    quote_bounded(text)
+                )));
+            }
         }
         let input_value = self.payload_value(input, "run input").await?;
         // The version is resolved where the start applies (0: the latest

@@ -253,6 +253,11 @@ pub async fn serve_worker(
     };
     let problem = if hello.worker_id.is_empty() {
         Some("worker_id is empty".to_string())
+    } else if hello.worker_id.len() > MAX_WORKER_ID_BYTES {
+        Some(format!(
+            "worker_id {} is longer than the limit of {MAX_WORKER_ID_BYTES} bytes (fixed)",
+            floe_engine::names::quote_bounded(&hello.worker_id)
+        ))
     } else if hello.blocks.is_empty() {
         Some("a worker must serve at least one block".to_string())
     } else if hello.concurrency == 0 {
@@ -332,9 +337,19 @@ pub async fn serve_worker(
                         Ok(output) => Ok(output.as_slice()),
                         Err(failure) => Err(failure.clone()),
                     };
-                    if let Err(err) = deliver_result(&node, key, result.attempt, &worker_id, outcome).await {
+                    let answered_output = outcome.is_ok();
+                    if let Err(err) = deliver_result(&node, key.clone(), result.attempt, &worker_id, outcome).await {
                         tracing::warn!(worker = %worker_id, task = %result.task, attempt = result.attempt, error = %err, "task result refused");
                         refuse(refusals.as_ref(), &result.task, result.attempt, &err).await;
+                        // An output refused for what it is (not JSON, over a limit)
+                        // would leave the attempt open for good: fail it instead,
+                        // so the step's error route decides.
+                        if answered_output && matches!(err, crate::error::ApiError::InvalidArgument(_) | crate::error::ApiError::ResourceExhausted(_)) {
+                            let failure = TaskFailure { error: format!("the worker's output was refused: {err}"), retryable: false };
+                            if let Err(err) = deliver_result(&node, key, result.attempt, &worker_id, Err(failure)).await {
+                                tracing::debug!(worker = %worker_id, task = %result.task, error = %err, "failing the attempt after a refused output was refused");
+                            }
+                        }
                     }
                     drop(permit);
                 });
@@ -380,6 +395,9 @@ pub async fn serve_worker(
     }
     node.workers.wake.notify_one();
 }
+
+/// Longest worker id: it is recorded on every attempt the worker answers.
+const MAX_WORKER_ID_BYTES: usize = 128;
 
 /// Tells a worker that accepts refusals that its result was not recorded.
 async fn refuse(

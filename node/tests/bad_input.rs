@@ -169,24 +169,33 @@ async fn a_worker_is_told_why_its_result_was_refused() {
     assert_eq!((refused.task.as_str(), refused.attempt), (task.task.as_str(), task.attempt + 5));
     assert!(!refused.reason.is_empty(), "{refused:?}");
 
-    worker.result(&task.task, task.attempt, b"{not json".to_vec()).await;
-    let refused = worker.refusal().await;
-    assert_eq!(refused.code, "INVALID_ARGUMENT", "{refused:?}");
-    assert!(refused.reason.contains("task output is not JSON"), "{refused:?}");
-
-    worker.result(&task.task, task.attempt, json_of_size(MAX_PAYLOAD + 1000)).await;
-    let refused = worker.refusal().await;
-    assert_eq!(refused.code, "RESOURCE_EXHAUSTED", "{refused:?}");
-    assert!(refused.reason.contains("runs.max_payload_bytes"), "{refused:?}");
-
     worker.result("no-such-task", 1, b"1".to_vec()).await;
     let refused = worker.refusal().await;
     assert_eq!(refused.code, "INVALID_ARGUMENT", "{refused:?}");
 
-    // The attempt is still open: a good result completes the run.
+    // A stale attempt leaves the attempt open: a good result completes the run.
     worker.result(&task.task, task.attempt, b"\"done\"".to_vec()).await;
     let run = floe_node::harness::finished_run(&mut client, &run_id, WAIT).await.unwrap();
     assert_eq!(run["output"], json!("done"), "{run:#}");
+
+    // An output refused for what it is fails its attempt (never left open):
+    // the worker is told, and the run ends with the reason.
+    for (output, code, reason) in [
+        (b"{not json".to_vec(), "INVALID_ARGUMENT", "task output is not JSON"),
+        (json_of_size(MAX_PAYLOAD + 1000), "RESOURCE_EXHAUSTED", "runs.max_payload_bytes"),
+    ] {
+        let run_id = start(&mut client, "manual-one", b"1".to_vec()).await.unwrap();
+        let task = worker.next().await.unwrap().unwrap();
+        assert_eq!(task.run_id, run_id);
+        worker.result(&task.task, task.attempt, output).await;
+        let refused = worker.refusal().await;
+        assert_eq!(refused.code, code, "{refused:?}");
+        assert!(refused.reason.contains(reason), "{refused:?}");
+        let run = floe_node::harness::finished_run(&mut client, &run_id, WAIT).await.unwrap();
+        assert_eq!(run["status"], json!("Failed"), "{run:#}");
+        let error = run["error"].as_str().unwrap_or_default();
+        assert!(error.contains("output was refused") && error.contains(reason), "{error}");
+    }
 
     // A result past the transport limit ends the stream with a reason.
     worker.result(&task.task, task.attempt, json_of_size(MAX_PAYLOAD + 2 * 1024 * 1024)).await;

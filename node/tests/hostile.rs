@@ -541,7 +541,7 @@ struct HandWorker {
 impl HandWorker {
     async fn attach(client: &mut FloeClient, id: &str, block: &str) -> Result<HandWorker, tonic::Status> {
         let (outbound, receiver) = mpsc::channel(16);
-        let hello = api::WorkerHello { worker_id: id.into(), blocks: vec![block.into()], concurrency: 4, labels: Default::default() };
+        let hello = api::WorkerHello { worker_id: id.into(), blocks: vec![block.into()], concurrency: 4, labels: Default::default(), accepts_refusals: false };
         outbound.send(api::WorkerMessage { kind: Some(Kind::Hello(hello)) }).await.unwrap();
         let tasks = client.workers.attach(tokio_stream::wrappers::ReceiverStream::new(receiver)).await?.into_inner();
         Ok(HandWorker { outbound, tasks })

@@ -290,7 +290,7 @@ pub(crate) fn start_run(tx: &RunTx<'_>, start: StartRun<'_>) -> Result<CommandRe
     let version = match start.version {
         0 => match latest_flow_version(tx, start.flow)? {
             Some(latest) => latest,
-            None => return Ok(CommandResponse::Missing { reason: format!("no flow named {:?}", start.flow) }),
+            None => return Ok(CommandResponse::Missing { reason: format!("no flow named {}", floe_engine::names::quote_bounded(start.flow)) }),
         },
         pinned => pinned,
     };
@@ -413,7 +413,7 @@ fn handle_one(
     work: &mut VecDeque<(String, RunEvent)>,
 ) -> Result<Option<String>, TxError> {
     let Some(mut record) = tx.run(run_id)? else {
-        return Ok(Some(format!("no run {run_id}")));
+        return Ok(Some(format!("no run {}", floe_engine::names::quote_bounded(run_id))));
     };
     let Some(definition) = tx.definition(&record.flow, record.version)? else {
         return Ok(Some(format!("run {run_id}: flow {} v{} is missing", record.flow, record.version)));
@@ -850,6 +850,13 @@ pub(crate) fn fire_timers(tx: &RunTx<'_>, timers: &[String], at_ms: u64) -> Resu
         let Some(timer): Option<TimerKey> = tx.get_json(&keys::timer_due(due, text), format_args!("timer {text}"))? else {
             continue;
         };
+        // Firing reads and rewrites the run's record: charge it before.
+        let record_bytes = tx.data.get(keys::run(&timer.run_id))?.map_or(0, |bytes| bytes.len());
+        let cost = 1 + record_bytes / run::BYTES_PER_UNIT;
+        if position > 0 && cost > tx.budget.borrow().units() {
+            break;
+        }
+        tx.budget.borrow_mut().spend(cost);
         tx.data.remove(keys::timer_due(due, text))?;
         tx.data.remove(keys::timer_by_key(text))?;
         let run_id = timer.run_id.clone();

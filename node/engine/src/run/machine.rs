@@ -30,7 +30,7 @@ pub const MAX_STEPS_PER_EVENT: usize = 32;
 pub const ENTRY_WORK_UNITS: usize = 256;
 
 /// Value bytes per work unit (see [`ENTRY_WORK_UNITS`]).
-pub const BYTES_PER_UNIT: usize = 64 * 1024;
+pub const BYTES_PER_UNIT: usize = 32 * 1024;
 
 /// What one log entry may still spend on entering steps.
 #[derive(Debug)]
@@ -47,6 +47,12 @@ impl WorkBudget {
     /// Units left.
     pub fn units(&self) -> usize {
         self.units
+    }
+
+    /// Spends `units` (the storage layer's share: reading and writing a
+    /// record costs one unit per [`BYTES_PER_UNIT`] of it).
+    pub fn spend(&mut self, units: usize) {
+        self.units = self.units.saturating_sub(units);
     }
 }
 
@@ -83,7 +89,7 @@ pub(super) struct Machine<'a> {
 /// record, so this bounds what one entry does; large content belongs in
 /// blobs (payloads over `runs.inline_payload_bytes` become references).
 /// Fixed: every replica must decide alike.
-pub const MAX_RUN_VALUE_BYTES: usize = 16 * 1024 * 1024;
+pub const MAX_RUN_VALUE_BYTES: usize = 8 * 1024 * 1024;
 
 impl<'a> Machine<'a> {
     pub(super) fn new(def: &'a FlowDefinition, run: &'a mut RunRecord, now: u64, budget: &'a mut WorkBudget) -> Self {
