@@ -152,7 +152,7 @@ async fn main() -> anyhow::Result<()> {
     // Each step outputs about 1 MiB (the expression result limit) from a 200 KiB inline input.
     let big = |_: usize, _: &str| r#""input.s + input.s + input.s + input.s + input.s""#.to_string();
     let big_input = format!(r#"{{"s": "{}"}}"#, "x".repeat(200 * 1024));
-    scenario("one run, transforms of 1 MiB values each (to the 16 MiB run limit)", chain("big", 100, big), 1, big_input.clone()).await?;
+    scenario("one run, transforms of 1 MiB values each (to the 8 MiB run limit)", chain("big", 100, big), 1, big_input.clone()).await?;
     scenario("256 runs of 1000 small transforms started in one entry", chain("small", 1000, pass_on), 256, r#"{"n": 1}"#.into()).await?;
     scenario("16 runs of 1 MiB-value transforms started in one entry", chain("big", 100, big), 16, big_input).await?;
     // Nested comprehensions over a list from the input (the expression limits bound the rest).

@@ -23,25 +23,33 @@ pub const MAX_STEPS_PER_EVENT: usize = 32;
 /// Work units one log entry may spend entering steps, shared by all the
 /// events it carries (a batch of completions, a timer firing for many
 /// runs). Entering a step costs one unit plus one per [`BYTES_PER_UNIT`]
-/// of values its run holds (an expression sees them all). Every event
-/// still enters at least one step, so a task completion always schedules
-/// its next task at once. Fixed: every replica must cut alike.
+/// of values its run holds (its record is read and rewritten). An event
+/// still enters one cheap step when the budget is spent (see
+/// [`ALWAYS_ENTERED_UNITS`]). Fixed: every replica must cut alike.
 /// BENCHMARKS.md ("Worst-case apply stall") has what it bounds.
 pub const ENTRY_WORK_UNITS: usize = 256;
 
 /// Value bytes per work unit (see [`ENTRY_WORK_UNITS`]).
 pub const BYTES_PER_UNIT: usize = 32 * 1024;
 
+/// A step this cheap (its run holds under 128 KiB of values) is entered
+/// even once the entry's budget is spent, so that a task completion in a
+/// busy entry schedules its next task at once.
+pub const ALWAYS_ENTERED_UNITS: usize = 4;
+
 /// What one log entry may still spend on entering steps.
 #[derive(Debug)]
 pub struct WorkBudget {
     units: usize,
+    /// Events started in this entry so far; the first always enters a step,
+    /// so every entry makes progress whatever its runs hold.
+    events: usize,
 }
 
 impl WorkBudget {
     /// A whole entry's budget.
     pub fn for_entry() -> WorkBudget {
-        WorkBudget { units: ENTRY_WORK_UNITS }
+        WorkBudget { units: ENTRY_WORK_UNITS, events: 0 }
     }
 
     /// Units left.
@@ -93,6 +101,7 @@ pub const MAX_RUN_VALUE_BYTES: usize = 8 * 1024 * 1024;
 
 impl<'a> Machine<'a> {
     pub(super) fn new(def: &'a FlowDefinition, run: &'a mut RunRecord, now: u64, budget: &'a mut WorkBudget) -> Self {
+        budget.events += 1;
         Machine {
             budget,
             def,
@@ -260,7 +269,8 @@ impl<'a> Machine<'a> {
 
     /// Runs queued work until the run waits or finishes, entering at most
     /// [`MAX_STEPS_PER_EVENT`] steps and spending at most what is left of
-    /// the entry's [`WorkBudget`] (but always entering one): the rest is
+    /// the entry's [`WorkBudget`] (but entering one when the step is cheap
+    /// or the event is its entry's first): the rest is
     /// deferred to continuation timers due at once, so one log entry does a
     /// bounded amount of work however long a chain of system steps is.
     fn drain(&mut self) {
@@ -273,7 +283,8 @@ impl<'a> Machine<'a> {
             match work {
                 Work::Enter(step_id) => {
                     let cost = 1 + self.held_value_bytes() / BYTES_PER_UNIT;
-                    if entered > 0 && (entered >= MAX_STEPS_PER_EVENT || cost > self.budget.units) {
+                    let must_enter = entered == 0 && (self.budget.events == 1 || cost <= ALWAYS_ENTERED_UNITS);
+                    if !must_enter && (entered >= MAX_STEPS_PER_EVENT || cost > self.budget.units) {
                         self.defer(step_id);
                         continue;
                     }

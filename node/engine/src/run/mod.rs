@@ -66,7 +66,7 @@ pub(crate) mod tests;
 
 pub use backoff::{backoff_delay_ms, jittered_delay_ms, retry_delay_ms};
 pub use history::{history_between, HistoryEvent, HistoryKind};
-pub use machine::{WorkBudget, BYTES_PER_UNIT, ENTRY_WORK_UNITS, MAX_RUN_VALUE_BYTES, MAX_STEPS_PER_EVENT};
+pub use machine::{WorkBudget, ALWAYS_ENTERED_UNITS, BYTES_PER_UNIT, ENTRY_WORK_UNITS, MAX_RUN_VALUE_BYTES, MAX_STEPS_PER_EVENT};
 
 /// Identifies one task slot: a task step, or one item of a map step.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
