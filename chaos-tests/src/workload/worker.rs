@@ -110,6 +110,8 @@ async fn serve_once(args: &WorkerArgs, recorder: Arc<Recorder>) -> anyhow::Resul
         blocks: vec![WORK_BLOCK.into(), FLAKY_BLOCK.into()],
         concurrency: args.concurrency,
         labels: Default::default(),
+        // This worker has no use for the node's reasons; it keeps the plain stream.
+        accepts_refusals: false,
     };
     outbound.send(api::WorkerMessage { kind: Some(api::worker_message::Kind::Hello(hello)) }).await?;
     let stream = tokio_stream::wrappers::ReceiverStream::new(outbound_rx);
@@ -138,7 +140,7 @@ fn result_message(task: &str, attempt: u32, output: serde_json::Value) -> api::W
 /// returns once the node has handled the answer (it reads a stream's
 /// messages in order and ends the stream after the last one).
 async fn late_answer(client: &mut FloeClient, zombie_id: String, message: api::WorkerMessage) -> anyhow::Result<()> {
-    let hello = api::WorkerHello { worker_id: zombie_id, blocks: vec![ZOMBIE_BLOCK.into()], concurrency: 1, labels: Default::default() };
+    let hello = api::WorkerHello { worker_id: zombie_id, blocks: vec![ZOMBIE_BLOCK.into()], concurrency: 1, labels: Default::default(), accepts_refusals: false };
     let messages = vec![api::WorkerMessage { kind: Some(api::worker_message::Kind::Hello(hello)) }, message];
     let mut replies = client.workers.attach(tokio_stream::iter(messages)).await?.into_inner();
     // Bounded: the node ends the stream once our input ended.
