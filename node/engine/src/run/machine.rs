@@ -30,9 +30,9 @@ pub const MAX_STEPS_PER_EVENT: usize = 32;
 pub const ENTRY_WORK_UNITS: usize = 256;
 
 /// Value bytes per work unit (see [`ENTRY_WORK_UNITS`]).
-pub const BYTES_PER_UNIT: usize = 32 * 1024;
+pub const BYTES_PER_UNIT: usize = 16 * 1024;
 
-/// A step this cheap (its run holds under 128 KiB of values) is entered
+/// A step this cheap (its run holds under 64 KiB of values) is entered
 /// even once the entry's budget is spent, so that a task completion in a
 /// busy entry schedules its next task at once.
 pub const ALWAYS_ENTERED_UNITS: usize = 4;
@@ -97,7 +97,7 @@ pub(super) struct Machine<'a> {
 /// record, so this bounds what one entry does; large content belongs in
 /// blobs (payloads over `runs.inline_payload_bytes` become references).
 /// Fixed: every replica must decide alike.
-pub const MAX_RUN_VALUE_BYTES: usize = 8 * 1024 * 1024;
+pub const MAX_RUN_VALUE_BYTES: usize = 4 * 1024 * 1024;
 
 impl<'a> Machine<'a> {
     pub(super) fn new(def: &'a FlowDefinition, run: &'a mut RunRecord, now: u64, budget: &'a mut WorkBudget) -> Self {

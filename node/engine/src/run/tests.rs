@@ -1551,7 +1551,7 @@ fn a_run_that_would_hold_more_than_its_value_budget_fails_the_step() {
     let (effects, _) = continue_until_done(&def, &mut run, effects);
     assert_eq!(finished(&effects), Some(RunStatus::Failed));
     let error = run.error.clone().unwrap_or_default();
-    assert!(error.contains("more than the limit of 8388608"), "{}", &error[..error.len().min(300)]);
+    assert!(error.contains("more than the limit of 4194304"), "{}", &error[..error.len().min(300)]);
     let held: usize = run.steps.values().filter_map(|step| step.output.as_ref()).map(crate::expr::serialized_size).sum();
     assert!(held <= MAX_RUN_VALUE_BYTES, "{held}");
 }
