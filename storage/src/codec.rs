@@ -297,4 +297,90 @@ mod tests {
         let error = decode_structured::<floe_engine::run::RunRecord>(|| "sm_data_0 run r-2".into(), &neither).unwrap_err();
         assert!(error.to_string().contains("sm_data_0 run r-2"), "{error}");
     }
+
+    /// A JSON value nested exactly `depth` levels (the value limit is 64),
+    /// alternating arrays and objects around a leaf that is never `null`
+    /// (an optional output of `null` is stored as absent by design).
+    fn nested_value() -> impl proptest::strategy::Strategy<Value = serde_json::Value> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            any::<i64>().prop_map(serde_json::Value::from),
+            any::<bool>().prop_map(serde_json::Value::from),
+            ".{0,40}".prop_map(serde_json::Value::from),
+            Just(serde_json::json!({"$blob": format!("sha256:{}", "cd".repeat(32)), "size": 300000})),
+        ];
+        (leaf, 0..=floe_engine::limits::MAX_VALUE_DEPTH, ".{0,12}").prop_map(|(leaf, depth, key)| {
+            let mut value = leaf;
+            for level in 0..depth {
+                value = if level % 2 == 0 {
+                    serde_json::Value::Array(vec![value, serde_json::Value::from(level)])
+                } else {
+                    serde_json::json!({ key.clone(): value, "n": level })
+                };
+            }
+            value
+        })
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+        /// Whatever passes the door's value limits stores and reads back,
+        /// in every record that carries values: run records, task records,
+        /// the log's commands (run start, run event), key-value entries.
+        #[test]
+        fn records_holding_values_at_the_limits_round_trip(value in nested_value(), other in nested_value()) {
+            proptest::prop_assert!(floe_engine::limits::value_depth(&value, 100) <= floe_engine::limits::MAX_VALUE_DEPTH);
+            let mut run = sample_run();
+            run.input = value.clone();
+            run.output = Some(other.clone());
+            for step in run.steps.values_mut() {
+                step.input = Some(value.clone());
+                step.output = Some(other.clone());
+                step.progress = value.clone();
+            }
+            let bytes = encode_structured(|| "run r-1".into(), &run).unwrap();
+            proptest::prop_assert_eq!(decode_structured::<floe_engine::run::RunRecord>(|| "run r-1".into(), &bytes).unwrap(), run);
+
+            let task = crate::runs::TaskRecord {
+                spec: floe_engine::run::TaskSpec {
+                    key: floe_engine::run::TaskKey { run_id: "r-1".into(), step_id: "a".into(), item: Some(3) },
+                    attempt: 2,
+                    block: "ocr".into(),
+                    worker_labels: Default::default(),
+                    input: value.clone(),
+                    not_before_ms: 0,
+                    timeouts: Default::default(),
+                },
+                scheduled_at_ms: 5,
+                assignment: None,
+                flow: "chain".into(),
+            };
+            let bytes = encode_structured(|| "task".into(), &task).unwrap();
+            proptest::prop_assert_eq!(decode_structured::<crate::runs::TaskRecord>(|| "task".into(), &bytes).unwrap(), task);
+
+            let event = floe_engine::run::RunEvent::Signal { name: "go".into(), payload: other.clone() };
+            let commands = vec![
+                crate::types::Command::StartRun {
+                    run_id: "r-1".into(),
+                    flow: "chain".into(),
+                    version: 0,
+                    input: serde_json::to_vec(&value).unwrap(),
+                    correlation_id: String::new(),
+                    idempotency_key: String::new(),
+                    at_ms: 1,
+                },
+                crate::types::Command::RunEvent { run_id: "r-1".into(), event: serde_json::to_vec(&event).unwrap(), at_ms: 2 },
+                crate::types::Command::KvPut { key: "k".into(), value: serde_json::to_vec(&other).unwrap() },
+            ];
+            for command in commands {
+                let bytes = encode(|| "log entry".into(), &command).unwrap();
+                let back: crate::types::Command = decode(|| "log entry".into(), &bytes).unwrap();
+                proptest::prop_assert_eq!(&back, &command);
+            }
+            // What apply parses out of a run event reads back as sent.
+            let parsed: floe_engine::run::RunEvent = floe_engine::limits::from_stored_text(&serde_json::to_vec(&event).unwrap()).unwrap();
+            proptest::prop_assert_eq!(parsed, event);
+        }
+    }
 }
