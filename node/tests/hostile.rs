@@ -9,7 +9,7 @@
 //! so the latency bounds measure the cluster, not the other tests.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use floe_node::api;
@@ -30,10 +30,12 @@ const CALL_BOUND: Duration = Duration::from_secs(2);
 const DEPTH_LIMIT: usize = 64;
 const NODES: [u64; 3] = [1, 2, 3];
 
-static TURN: Mutex<()> = Mutex::new(());
+/// One test at a time even when the harness runs them in parallel: the
+/// answer-time bounds are measured on an otherwise quiet machine.
+static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-fn turn() -> MutexGuard<'static, ()> {
-    TURN.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+async fn turn() -> tokio::sync::MutexGuard<'static, ()> {
+    TURN.lock().await
 }
 
 /// `depth` arrays, one inside the other, around `0`.
@@ -315,7 +317,7 @@ fn check_probe_answered(findings: &mut Findings, calls: &[Result<Duration, Strin
 /// below it runs and reads back whole.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deep_run_input_is_refused_at_the_door_and_a_shallower_one_runs() {
-    let _turn = turn();
+    let _turn = turn().await;
     let mut cluster = start_cluster(&[]).await;
     let mut client = cluster.client(1).await.unwrap();
     let canary = plant_canary(&mut client, true).await;
@@ -365,7 +367,7 @@ async fn client_for(cluster: &TestCluster) -> FloeClient {
 /// the failed run stays readable and answers every run command.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deep_values_built_through_mappings_fail_the_run_not_the_cluster() {
-    let _turn = turn();
+    let _turn = turn().await;
     let mut cluster = start_cluster(&[]).await;
     let mut client = cluster.client(2).await.unwrap();
     let canary = plant_canary(&mut client, true).await;
@@ -436,7 +438,7 @@ fn chain_flow(name: &str, count: usize, nesting: bool) -> Value {
 /// every step and one passing a number on; the cluster answers meanwhile.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chains_of_transforms_end_and_the_cluster_answers_meanwhile() {
-    let _turn = turn();
+    let _turn = turn().await;
     let mut cluster = start_cluster(&[]).await;
     let mut client = cluster.client(1).await.unwrap();
     let canary = plant_canary(&mut client, true).await;
@@ -476,7 +478,7 @@ async fn chains_of_transforms_end_and_the_cluster_answers_meanwhile() {
 /// flow is refused), and the cluster keeps answering.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expressions_that_explode_fail_their_step() {
-    let _turn = turn();
+    let _turn = turn().await;
     let mut cluster = start_cluster(&[]).await;
     let mut client = cluster.client(1).await.unwrap();
     let canary = plant_canary(&mut client, true).await;
@@ -607,7 +609,7 @@ async fn retried_or_failed(worker: &mut HandWorker, client: &mut FloeClient, run
 /// the message limit, for a stale attempt, or for no task at all.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_and_oversize_worker_results_are_refused() {
-    let _turn = turn();
+    let _turn = turn().await;
     let mut cluster = start_cluster(&["runs.max_payload_bytes=1048576"]).await;
     let mut client = cluster.client(1).await.unwrap();
     let canary = plant_canary(&mut client, true).await;
@@ -714,7 +716,7 @@ async fn hello_answer(worker: &mut HandWorker) -> Result<String, tonic::Status> 
 /// Class f: names of 10 KB are refused, with a short message.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn huge_names_are_refused_with_short_messages() {
-    let _turn = turn();
+    let _turn = turn().await;
     let mut cluster = start_cluster(&[]).await;
     let mut client = cluster.client(3).await.unwrap();
     let canary = plant_canary(&mut client, true).await;
@@ -786,7 +788,7 @@ async fn huge_names_are_refused_with_short_messages() {
 /// limits are purged by retention, and the cluster stays up through it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn runs_at_the_limits_are_purged_by_retention() {
-    let _turn = turn();
+    let _turn = turn().await;
     const MAX_PAYLOAD: usize = 1024 * 1024;
     let mut cluster = start_cluster(&["runs.retention_ms=5000", "runs.max_payload_bytes=1048576"]).await;
     let mut client = cluster.client(1).await.unwrap();

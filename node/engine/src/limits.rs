@@ -120,7 +120,7 @@ fn render_path(parts: &[PathPart<'_>]) -> String {
             }
         }
         if path.len() > 512 {
-            path.push_str("…");
+            path.push('…');
             break;
         }
     }
