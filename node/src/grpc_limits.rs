@@ -44,7 +44,8 @@ impl TransportLimits {
         TransportLimits {
             runs: payload,
             workers: payload,
-            flows: floe_engine::MAX_DEFINITION_BYTES.max(crate::ops::MAX_FLOW_BYTES) + ENVELOPE_BYTES,
+            flows: floe_engine::MAX_DEFINITION_BYTES.max(crate::ops::MAX_FLOW_BYTES)
+                + ENVELOPE_BYTES,
             kv,
             models: model,
             small: SMALL_REQUEST_BYTES,
@@ -56,7 +57,11 @@ impl TransportLimits {
     /// The limit of the service serving `path` (`/floe.v1.Runs/Start`) and
     /// the sentence that says what sets it.
     fn explain(&self, path: &str) -> (usize, String) {
-        let service = path.trim_start_matches('/').split('/').next().unwrap_or_default();
+        let service = path
+            .trim_start_matches('/')
+            .split('/')
+            .next()
+            .unwrap_or_default();
         let service = service.rsplit('.').next().unwrap_or_default();
         match service {
             "Runs" | "Workers" => (
@@ -96,7 +101,8 @@ impl TransportLimits {
 
 /// Whether a status is tonic's refusal of an oversize message.
 fn is_transport_oversize(status: &tonic::Status) -> bool {
-    status.code() == tonic::Code::OutOfRange && status.message().contains("message length too large")
+    status.code() == tonic::Code::OutOfRange
+        && status.message().contains("message length too large")
 }
 
 /// Rewrites tonic's `OUT_OF_RANGE` for an oversize request (answered in
@@ -110,7 +116,9 @@ pub struct OversizeAnswerLayer {
 
 impl OversizeAnswerLayer {
     pub fn new(limits: TransportLimits) -> Self {
-        OversizeAnswerLayer { limits: Arc::new(limits) }
+        OversizeAnswerLayer {
+            limits: Arc::new(limits),
+        }
     }
 }
 
@@ -118,7 +126,10 @@ impl<S> tower::Layer<S> for OversizeAnswerLayer {
     type Service = OversizeAnswer<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        OversizeAnswer { inner, limits: self.limits.clone() }
+        OversizeAnswer {
+            inner,
+            limits: self.limits.clone(),
+        }
     }
 }
 
@@ -181,10 +192,18 @@ mod tests {
             "request to /floe.v1.Runs/Start is 20971530 bytes, more than the 17825792 bytes this API accepts: \
              runs.max_payload_bytes (16777216) plus 1 MiB for the message around it"
         );
-        let status = limits.oversize_status("/floe.v1.Flows/Put", "decoded message length too large");
-        assert!(status.message().contains("is larger, more than") && status.message().contains("flow definition limit"));
+        let status =
+            limits.oversize_status("/floe.v1.Flows/Put", "decoded message length too large");
+        assert!(
+            status.message().contains("is larger, more than")
+                && status.message().contains("flow definition limit")
+        );
         let status = limits.oversize_status("/floe.v1.Cluster/Status", transport);
-        assert!(status.message().contains("Cluster requests are small"), "{}", status.message());
+        assert!(
+            status.message().contains("Cluster requests are small"),
+            "{}",
+            status.message()
+        );
     }
 
     #[test]
@@ -192,7 +211,11 @@ mod tests {
         assert!(is_transport_oversize(&tonic::Status::out_of_range(
             "Error, decoded message length too large: found 5 bytes, the limit is: 4 bytes"
         )));
-        assert!(!is_transport_oversize(&tonic::Status::out_of_range("page past the end")));
-        assert!(!is_transport_oversize(&tonic::Status::invalid_argument("message length too large")));
+        assert!(!is_transport_oversize(&tonic::Status::out_of_range(
+            "page past the end"
+        )));
+        assert!(!is_transport_oversize(&tonic::Status::invalid_argument(
+            "message length too large"
+        )));
     }
 }

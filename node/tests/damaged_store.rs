@@ -42,11 +42,17 @@ impl Nodes {
                     .unwrap()
             })
             .collect();
-        Nodes { dir: Some(dir), children }
+        Nodes {
+            dir: Some(dir),
+            children,
+        }
     }
 
     fn path(&self) -> &Path {
-        self.dir.as_ref().map(|dir| dir.path()).unwrap_or(Path::new("."))
+        self.dir
+            .as_ref()
+            .map(|dir| dir.path())
+            .unwrap_or(Path::new("."))
     }
 
     fn stop(mut self) -> tempfile::TempDir {
@@ -54,19 +60,27 @@ impl Nodes {
             let _ = child.kill();
             let _ = child.wait();
         }
-        self.dir.take().unwrap_or_else(|| tempfile::tempdir().unwrap())
+        self.dir
+            .take()
+            .unwrap_or_else(|| tempfile::tempdir().unwrap())
     }
 
     fn all_running(&mut self) -> bool {
-        self.children.iter_mut().all(|child| matches!(child.try_wait(), Ok(None)))
+        self.children
+            .iter_mut()
+            .all(|child| matches!(child.try_wait(), Ok(None)))
     }
 
     fn logs(&self) -> String {
         (1..=3)
             .map(|id| {
-                let text = std::fs::read_to_string(self.path().join(format!("node{id}.log"))).unwrap_or_default();
+                let text = std::fs::read_to_string(self.path().join(format!("node{id}.log")))
+                    .unwrap_or_default();
                 let tail: Vec<&str> = text.lines().rev().take(15).collect();
-                format!("--- node {id}\n{}", tail.into_iter().rev().collect::<Vec<_>>().join("\n"))
+                format!(
+                    "--- node {id}\n{}",
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                )
             })
             .collect::<Vec<_>>()
             .join("\n")
@@ -77,7 +91,9 @@ impl Nodes {
         loop {
             let mut ready = 0;
             for id in 1..=3 {
-                if let Ok((200, _)) = http_get(&format!("127.0.0.1:1720{id}"), "/health/readyz").await {
+                if let Ok((200, _)) =
+                    http_get(&format!("127.0.0.1:1720{id}"), "/health/readyz").await
+                {
                     ready += 1;
                 }
             }
@@ -85,7 +101,11 @@ impl Nodes {
                 return;
             }
             assert!(self.all_running(), "a node exited:\n{}", self.logs());
-            assert!(Instant::now() < deadline, "not ready within {DEADLINE:?}:\n{}", self.logs());
+            assert!(
+                Instant::now() < deadline,
+                "not ready within {DEADLINE:?}:\n{}",
+                self.logs()
+            );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
@@ -103,7 +123,13 @@ impl Drop for Nodes {
 fn unpack() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join(FIXTURE);
-    let status = Command::new("tar").arg("xzf").arg(&fixture).arg("-C").arg(dir.path()).status().unwrap();
+    let status = Command::new("tar")
+        .arg("xzf")
+        .arg(&fixture)
+        .arg("-C")
+        .arg(dir.path())
+        .status()
+        .unwrap();
     assert!(status.success(), "unpacking {}", fixture.display());
     dir
 }
@@ -127,25 +153,66 @@ fn depth(value: &serde_json::Value) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cluster_stopped_by_a_deep_value_serves_again_on_this_release() {
     let dir = unpack();
-    let run_id = std::fs::read_to_string(dir.path().join("run_id.txt")).unwrap().trim().to_string();
+    let run_id = std::fs::read_to_string(dir.path().join("run_id.txt"))
+        .unwrap()
+        .trim()
+        .to_string();
     let mut nodes = Nodes::start(dir);
     nodes.wait_ready().await;
     let mut client = connect(nodes.path()).await;
 
     // The stuck entry (the cancel) applied: the run had already finished.
-    let canary = client.kv.get(api::GetRequest { key: "canary".into(), ..Default::default() }).await.unwrap().into_inner();
+    let canary = client
+        .kv
+        .get(api::GetRequest {
+            key: "canary".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(canary.value, b"alive".to_vec(), "{canary:?}");
-    let reply = client.runs.get(api::GetRunRequest { run_id: run_id.clone(), consistency: 0 }).await.unwrap().into_inner();
+    let reply = client
+        .runs
+        .get(api::GetRunRequest {
+            run_id: run_id.clone(),
+            consistency: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
     let run: serde_json::Value = floe_engine::limits::from_stored_text(&reply.run).unwrap();
     assert_eq!(run["status"], "Completed", "{}", &reply.run.len());
     assert_eq!(depth(&run["input"]), 100);
     assert_eq!(depth(&run["output"]), 200, "the record reads back whole");
-    let listed = client.runs.list(api::ListRunsRequest { limit: 10, ..Default::default() }).await.unwrap().into_inner();
+    let listed = client
+        .runs
+        .list(api::ListRunsRequest {
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(listed.runs.len(), 1);
-    let cancel = client.runs.cancel(api::CancelRunRequest { run_id: run_id.clone(), ..Default::default() }).await.unwrap_err();
+    let cancel = client
+        .runs
+        .cancel(api::CancelRunRequest {
+            run_id: run_id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
     assert_eq!(cancel.code(), tonic::Code::FailedPrecondition, "{cancel:?}");
     assert!(cancel.message().contains("already finished"), "{cancel:?}");
-    client.kv.put(api::PutRequest { key: "after".into(), value: b"ok".to_vec() }).await.unwrap();
+    client
+        .kv
+        .put(api::PutRequest {
+            key: "after".into(),
+            value: b"ok".to_vec(),
+        })
+        .await
+        .unwrap();
     assert!(nodes.all_running(), "{}", nodes.logs());
 
     // And again after a restart of all three.
@@ -153,9 +220,25 @@ async fn a_cluster_stopped_by_a_deep_value_serves_again_on_this_release() {
     let mut nodes = Nodes::start(dir);
     nodes.wait_ready().await;
     let mut client = connect(nodes.path()).await;
-    let after = client.kv.get(api::GetRequest { key: "after".into(), ..Default::default() }).await.unwrap().into_inner();
+    let after = client
+        .kv
+        .get(api::GetRequest {
+            key: "after".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(after.value, b"ok".to_vec());
-    let reply = client.runs.get(api::GetRunRequest { run_id, consistency: 0 }).await.unwrap().into_inner();
+    let reply = client
+        .runs
+        .get(api::GetRunRequest {
+            run_id,
+            consistency: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
     let run: serde_json::Value = floe_engine::limits::from_stored_text(&reply.run).unwrap();
     assert_eq!(depth(&run["output"]), 200);
 }

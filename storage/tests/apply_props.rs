@@ -17,8 +17,18 @@ use serde_json::{json, Value};
 
 static RUNS: &[&str] = &["r0", "r1", "r2", "r3", "r0.sub", "nope"];
 static STEPS: &[&str] = &["a", "b", "t", "hold", "items", "pause", "sub", "missing"];
-static PURPOSES: &[&str] = &["wait", "signal-timeout", "retry", "schedule-to-start", "start-to-close", "heartbeat", "other"];
-static FLOWS: &[&str] = &["echo", "wrap", "deepen", "chain", "waits", "mapper", "sleeper", "parent", "unknown"];
+static PURPOSES: &[&str] = &[
+    "wait",
+    "signal-timeout",
+    "retry",
+    "schedule-to-start",
+    "start-to-close",
+    "heartbeat",
+    "other",
+];
+static FLOWS: &[&str] = &[
+    "echo", "wrap", "deepen", "chain", "waits", "mapper", "sleeper", "parent", "unknown",
+];
 /// The flows that exist (the last name of `FLOWS` never does).
 const REAL_FLOWS: usize = 8;
 
@@ -33,8 +43,12 @@ fn ten_levels(leaf: &str) -> Value {
 /// Small real flows, each exercising another kind of step.
 fn flow_json(name: &str) -> Value {
     match name {
-        "echo" => json!({ "name": "echo", "steps": [{ "id": "t", "type": "transform", "output": "input" }] }),
-        "wrap" => json!({ "name": "wrap", "steps": [{ "id": "t", "type": "transform", "output": { "a": { "b": "input" } } }] }),
+        "echo" => {
+            json!({ "name": "echo", "steps": [{ "id": "t", "type": "transform", "output": "input" }] })
+        }
+        "wrap" => {
+            json!({ "name": "wrap", "steps": [{ "id": "t", "type": "transform", "output": { "a": { "b": "input" } } }] })
+        }
         // Ten levels around its input, then ten more.
         "deepen" => json!({ "name": "deepen", "steps": [
             { "id": "t", "type": "transform", "output": ten_levels("input"), "next": "u" },
@@ -53,8 +67,12 @@ fn flow_json(name: &str) -> Value {
         "mapper" => json!({ "name": "mapper", "steps": [
             { "id": "items", "type": "map", "items": "input", "max_parallelism": 2, "task": { "block": "noop", "input": "item" } }
         ]}),
-        "sleeper" => json!({ "name": "sleeper", "steps": [{ "id": "pause", "type": "wait", "duration_ms": 10 }] }),
-        "parent" => json!({ "name": "parent", "steps": [{ "id": "sub", "type": "subflow", "flow": "echo", "version": 1, "input": "input" }] }),
+        "sleeper" => {
+            json!({ "name": "sleeper", "steps": [{ "id": "pause", "type": "wait", "duration_ms": 10 }] })
+        }
+        "parent" => {
+            json!({ "name": "parent", "steps": [{ "id": "sub", "type": "subflow", "flow": "echo", "version": 1, "input": "input" }] })
+        }
         other => panic!("no flow {other}"),
     }
 }
@@ -98,7 +116,8 @@ fn small_value() -> impl Strategy<Value = Value> {
     leaf.prop_recursive(3, 16, 4, |inner| {
         prop_oneof![
             prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
-            prop::collection::btree_map("[a-z]{1,4}", inner, 0..4).prop_map(|map| Value::Object(map.into_iter().collect())),
+            prop::collection::btree_map("[a-z]{1,4}", inner, 0..4)
+                .prop_map(|map| Value::Object(map.into_iter().collect())),
         ]
     })
 }
@@ -142,7 +161,13 @@ fn text() -> impl Strategy<Value = String> {
 }
 
 fn task_key() -> impl Strategy<Value = TaskKey> {
-    (pick(RUNS), pick(STEPS), prop::option::of(0u32..4)).prop_map(|(run_id, step_id, item)| TaskKey { run_id, step_id, item })
+    (pick(RUNS), pick(STEPS), prop::option::of(0u32..4)).prop_map(|(run_id, step_id, item)| {
+        TaskKey {
+            run_id,
+            step_id,
+            item,
+        }
+    })
 }
 
 fn task_text() -> impl Strategy<Value = String> {
@@ -156,9 +181,22 @@ fn task_text() -> impl Strategy<Value = String> {
 
 fn timer_text() -> impl Strategy<Value = String> {
     let purpose = prop::sample::select(PURPOSES);
-    let timer = (pick(RUNS), pick(STEPS), prop::option::of(0u32..4), purpose, 0u32..4).prop_map(|(run_id, step_id, item, purpose, attempt)| {
-        timer_key_text(&TimerKey { run_id, step_id, item, purpose: purpose.to_string(), attempt })
-    });
+    let timer = (
+        pick(RUNS),
+        pick(STEPS),
+        prop::option::of(0u32..4),
+        purpose,
+        0u32..4,
+    )
+        .prop_map(|(run_id, step_id, item, purpose, attempt)| {
+            timer_key_text(&TimerKey {
+                run_id,
+                step_id,
+                item,
+                purpose: purpose.to_string(),
+                attempt,
+            })
+        });
     prop_oneof![4 => timer, 1 => text(), 1 => Just("r0/hold/-/wait/x".to_string())]
 }
 
@@ -210,7 +248,8 @@ fn event_bytes() -> impl Strategy<Value = Vec<u8>> {
 /// A flow put: a real flow, or (with `garbage`) bytes no proposer would
 /// let through, which apply must refuse or store without failing later.
 fn flow_put(garbage: bool) -> BoxedStrategy<Command> {
-    let real = (pick(&FLOWS[..REAL_FLOWS]), 0u64..100_000).prop_map(|(name, at_ms)| put_flow(&name, at_ms));
+    let real = (pick(&FLOWS[..REAL_FLOWS]), 0u64..100_000)
+        .prop_map(|(name, at_ms)| put_flow(&name, at_ms));
     if !garbage {
         return real.boxed();
     }
@@ -283,26 +322,51 @@ async fn apply_all(commands: &[Command], chunk: usize) -> Result<String, String>
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path(), StoreOptions::default()).expect("open store");
     let mut sm = store.state_machine();
-    let entries: Vec<_> = commands.iter().enumerate().map(|(i, command)| command_entry(1, i as u64 + 1, command.clone())).collect();
+    let entries: Vec<_> = commands
+        .iter()
+        .enumerate()
+        .map(|(i, command)| command_entry(1, i as u64 + 1, command.clone()))
+        .collect();
     for (n, entries) in entries.chunks(chunk).enumerate() {
         if let Err(err) = sm.apply(entries.to_vec()).await {
             let first = n * chunk;
-            let shown: Vec<String> = commands[first..first + entries.len()].iter().map(ToString::to_string).collect();
-            return Err(format!("apply of entries {}.. ({shown:?}) failed: {err}", first + 1));
+            let shown: Vec<String> = commands[first..first + entries.len()]
+                .iter()
+                .map(ToString::to_string)
+                .collect();
+            return Err(format!(
+                "apply of entries {}.. ({shown:?}) failed: {err}",
+                first + 1
+            ));
         }
     }
-    store.reader().state_digest().map_err(|err| format!("digest: {err}"))
+    store
+        .reader()
+        .state_digest()
+        .map_err(|err| format!("digest: {err}"))
 }
 
 /// Applies `commands` (after flow puts of `flows`) to two fresh stores.
 fn check(flows: &[String], commands: Vec<Command>, chunk: usize) -> Result<(), TestCaseError> {
-    let mut all: Vec<Command> = flows.iter().enumerate().map(|(i, name)| put_flow(name, i as u64)).collect();
+    let mut all: Vec<Command> = flows
+        .iter()
+        .enumerate()
+        .map(|(i, name)| put_flow(name, i as u64))
+        .collect();
     all.extend(commands);
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let (first, second) = runtime.block_on(async { (apply_all(&all, chunk).await, apply_all(&all, chunk).await) });
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (first, second) =
+        runtime.block_on(async { (apply_all(&all, chunk).await, apply_all(&all, chunk).await) });
     let first = first.map_err(TestCaseError::fail)?;
     let second = second.map_err(TestCaseError::fail)?;
-    prop_assert_eq!(first, second, "two stores applied the same commands to different states");
+    prop_assert_eq!(
+        first,
+        second,
+        "two stores applied the same commands to different states"
+    );
     Ok(())
 }
 

@@ -51,7 +51,11 @@ pub fn value_depth(value: &Value, stop_at: usize) -> usize {
             Value::Object(map) => Box::new(map.values()),
             _ => Box::new(std::iter::empty()),
         };
-        stack.extend(children.filter(|child| is_container(child)).map(|child| (child, depth + 1)));
+        stack.extend(
+            children
+                .filter(|child| is_container(child))
+                .map(|child| (child, depth + 1)),
+        );
     }
     deepest
 }
@@ -110,13 +114,19 @@ fn render_path(parts: &[PathPart<'_>]) -> String {
     for part in parts {
         match part {
             PathPart::Index(index) => path.push_str(&format!("[{index}]")),
-            PathPart::Key(key) if key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') && key.len() <= 64 => {
+            PathPart::Key(key)
+                if key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                    && key.len() <= 64 =>
+            {
                 path.push('.');
                 path.push_str(key);
             }
             PathPart::Key(key) => {
                 let shown: String = key.chars().take(32).collect();
-                path.push_str(&format!("[{shown:?}{}]", if shown.len() < key.len() { "…" } else { "" }));
+                path.push_str(&format!(
+                    "[{shown:?}{}]",
+                    if shown.len() < key.len() { "…" } else { "" }
+                ));
             }
         }
         if path.len() > 512 {
@@ -133,11 +143,19 @@ pub fn check_value_depth(what: impl FnOnce() -> String, value: &Value) -> Result
 }
 
 /// Checks `value` against a depth `limit`.
-pub fn check_depth(what: impl FnOnce() -> String, value: &Value, limit: usize) -> Result<(), TooDeep> {
+pub fn check_depth(
+    what: impl FnOnce() -> String,
+    value: &Value,
+    limit: usize,
+) -> Result<(), TooDeep> {
     if value_depth(value, limit) <= limit {
         return Ok(());
     }
-    Err(TooDeep { what: what(), path: path_past(value, limit), limit })
+    Err(TooDeep {
+        what: what(),
+        path: path_past(value, limit),
+        limit,
+    })
 }
 
 /// The nesting depth of JSON text (as [`value_depth`] counts it), from its brackets alone: cheap, never
@@ -177,7 +195,9 @@ pub fn text_depth(text: &[u8]) -> usize {
 /// ordinary path; only text past its recursion limit (records written
 /// before the depth limit existed) takes the slower one, which grows the
 /// stack on the heap instead of overflowing it.
-pub fn from_stored_text<T: serde::de::DeserializeOwned>(text: &[u8]) -> Result<T, serde_json::Error> {
+pub fn from_stored_text<T: serde::de::DeserializeOwned>(
+    text: &[u8],
+) -> Result<T, serde_json::Error> {
     match serde_json::from_slice(text) {
         Err(error) if is_recursion_limit(&error) => {
             let mut deserializer = serde_json::Deserializer::from_slice(text);
@@ -224,10 +244,17 @@ mod tests {
         deep = json!({"doc": {"pages": deep}});
         let error = check_value_depth(|| "run input".into(), &deep).unwrap_err();
         assert_eq!(error.limit, 64);
-        assert!(error.path.starts_with("$.doc.pages[0][0]"), "{}", error.path);
+        assert!(
+            error.path.starts_with("$.doc.pages[0][0]"),
+            "{}",
+            error.path
+        );
         assert_eq!(error.path.matches("[0]").count(), 62, "{}", error.path);
         let message = error.to_string();
-        assert!(message.contains("run input") && message.contains("64"), "{message}");
+        assert!(
+            message.contains("run input") && message.contains("64"),
+            "{message}"
+        );
     }
 
     #[test]

@@ -37,13 +37,22 @@ impl Bench {
         let dir = tempfile::tempdir()?;
         let store = Store::open(dir.path(), StoreOptions::default())?;
         let sm = store.state_machine();
-        Ok(Bench { _dir: dir, store, sm, index: 0, clock_ms: 1_700_000_000_000 })
+        Ok(Bench {
+            _dir: dir,
+            store,
+            sm,
+            index: 0,
+            clock_ms: 1_700_000_000_000,
+        })
     }
 
     async fn apply(&mut self, command: Command) -> anyhow::Result<(Duration, CommandResponse)> {
         self.index += 1;
         self.clock_ms += 1;
-        let entry = Entry { log_id: LogId::new(CommittedLeaderId::new(1, 1), self.index), payload: EntryPayload::Normal(command) };
+        let entry = Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), self.index),
+            payload: EntryPayload::Normal(command),
+        };
         let began = Instant::now();
         let mut responses = self.sm.apply(vec![entry]).await?;
         let took = began.elapsed();
@@ -51,7 +60,8 @@ impl Bench {
     }
 
     async fn put_flow(&mut self, json: &str) -> anyhow::Result<()> {
-        let definition = floe_engine::parse_new_flow(json.as_bytes()).map_err(|errors| anyhow::anyhow!("{errors:?}"))?;
+        let definition = floe_engine::parse_new_flow(json.as_bytes())
+            .map_err(|errors| anyhow::anyhow!("{errors:?}"))?;
         let command = Command::PutFlow {
             name: definition.name.clone(),
             definition: floe_engine::canonical_bytes(&definition),
@@ -88,7 +98,9 @@ impl Bench {
                 break;
             }
             let at_ms = self.clock_ms;
-            let (took, _) = self.apply(Command::FireTimers { timers: due, at_ms }).await?;
+            let (took, _) = self
+                .apply(Command::FireTimers { timers: due, at_ms })
+                .await?;
             entries += 1;
             if took > slowest {
                 slowest = took;
@@ -104,8 +116,19 @@ impl Bench {
             };
             *statuses.entry(status).or_insert(0) += 1;
         }
-        let finished = statuses.iter().map(|(status, count)| format!("{count} {status}")).collect::<Vec<_>>().join(", ");
-        Ok(Outcome { entries, slowest, slowest_at, total, refused: self.store.apply_stats().refused(), finished })
+        let finished = statuses
+            .iter()
+            .map(|(status, count)| format!("{count} {status}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        Ok(Outcome {
+            entries,
+            slowest,
+            slowest_at,
+            total,
+            refused: self.store.apply_stats().refused(),
+            finished,
+        })
     }
 }
 
@@ -113,9 +136,20 @@ impl Bench {
 fn chain(name: &str, count: usize, output: impl Fn(usize, &str) -> String) -> String {
     let steps: Vec<String> = (0..count)
         .map(|index| {
-            let previous = if index == 0 { "input".to_string() } else { format!("steps.t{}.output", index - 1) };
-            let next = if index + 1 < count { format!(r#", "next": "t{}""#, index + 1) } else { String::new() };
-            format!(r#"{{"id": "t{index}", "type": "transform", "output": {}{next}}}"#, output(index, &previous))
+            let previous = if index == 0 {
+                "input".to_string()
+            } else {
+                format!("steps.t{}.output", index - 1)
+            };
+            let next = if index + 1 < count {
+                format!(r#", "next": "t{}""#, index + 1)
+            } else {
+                String::new()
+            };
+            format!(
+                r#"{{"id": "t{index}", "type": "transform", "output": {}{next}}}"#,
+                output(index, &previous)
+            )
         })
         .collect();
     format!(r#"{{"name": "{name}", "steps": [{}]}}"#, steps.join(","))
@@ -130,10 +164,22 @@ async fn scenario(name: &str, flow: String, starts: usize, input: String) -> any
     }
     let mut bench = Bench::new()?;
     bench.put_flow(&flow).await?;
-    let flow_name = floe_engine::parse_flow(flow.as_bytes()).map_err(|errors| anyhow::anyhow!("{errors:?}"))?.name;
+    let flow_name = floe_engine::parse_flow(flow.as_bytes())
+        .map_err(|errors| anyhow::anyhow!("{errors:?}"))?
+        .name;
     let runs: Vec<String> = (0..starts).map(|index| format!("run-{index}")).collect();
-    let commands: Vec<Command> = runs.iter().map(|run_id| bench.start(run_id.clone(), &flow_name, &input)).collect();
-    let first = if commands.len() == 1 { commands.into_iter().next().unwrap_or(Command::Batch(Vec::new())) } else { Command::Batch(commands) };
+    let commands: Vec<Command> = runs
+        .iter()
+        .map(|run_id| bench.start(run_id.clone(), &flow_name, &input))
+        .collect();
+    let first = if commands.len() == 1 {
+        commands
+            .into_iter()
+            .next()
+            .unwrap_or(Command::Batch(Vec::new()))
+    } else {
+        Command::Batch(commands)
+    };
     let outcome = bench.run_to_end(first, &runs).await?;
     println!(
         "| {name} | {} | {:.1} ms (entry {}) | {:.1} ms | {} | {} |",
@@ -159,18 +205,55 @@ async fn main() -> anyhow::Result<()> {
     println!("| scenario | entries | slowest entry | mean entry | runs | refused |");
     println!("|---|---|---|---|---|---|");
     let pass_on = |_: usize, previous: &str| format!("{previous:?}");
-    scenario("one run, 1000 transforms passing a small value on", chain("small", 1000, pass_on), 1, r#"{"n": 1}"#.into()).await?;
+    scenario(
+        "one run, 1000 transforms passing a small value on",
+        chain("small", 1000, pass_on),
+        1,
+        r#"{"n": 1}"#.into(),
+    )
+    .await?;
     let nest = |_: usize, previous: &str| format!("{:?}", format!("[{previous}]"));
-    scenario("one run, 1000 transforms each nesting one level deeper", chain("nest", 1000, nest), 1, "1".into()).await?;
+    scenario(
+        "one run, 1000 transforms each nesting one level deeper",
+        chain("nest", 1000, nest),
+        1,
+        "1".into(),
+    )
+    .await?;
     // Each step outputs about 1 MiB (the expression result limit) from a 200 KiB inline input.
-    let big = |_: usize, _: &str| r#""input.s + input.s + input.s + input.s + input.s""#.to_string();
+    let big =
+        |_: usize, _: &str| r#""input.s + input.s + input.s + input.s + input.s""#.to_string();
     let big_input = format!(r#"{{"s": "{}"}}"#, "x".repeat(200 * 1024));
-    scenario("one run, transforms of 1 MiB values each (to the 4 MiB run limit)", chain("big", 100, big), 1, big_input.clone()).await?;
-    scenario("256 runs of 1000 small transforms started in one entry", chain("small", 1000, pass_on), 256, r#"{"n": 1}"#.into()).await?;
-    scenario("16 runs of 1 MiB-value transforms started in one entry", chain("big", 100, big), 16, big_input).await?;
+    scenario(
+        "one run, transforms of 1 MiB values each (to the 4 MiB run limit)",
+        chain("big", 100, big),
+        1,
+        big_input.clone(),
+    )
+    .await?;
+    scenario(
+        "256 runs of 1000 small transforms started in one entry",
+        chain("small", 1000, pass_on),
+        256,
+        r#"{"n": 1}"#.into(),
+    )
+    .await?;
+    scenario(
+        "16 runs of 1 MiB-value transforms started in one entry",
+        chain("big", 100, big),
+        16,
+        big_input,
+    )
+    .await?;
     // Nested comprehensions over a list from the input (the expression limits bound the rest).
     let list: Vec<String> = (0..2000).map(|index| index.to_string()).collect();
     let explode = |_: usize, _: &str| r#""input.l.map(x, input.l.map(y, x + y))""#.to_string();
-    scenario("one transform: a comprehension over 2000 items inside another", chain("explode", 1, explode), 1, format!(r#"{{"l": [{}]}}"#, list.join(","))).await?;
+    scenario(
+        "one transform: a comprehension over 2000 items inside another",
+        chain("explode", 1, explode),
+        1,
+        format!(r#"{{"l": [{}]}}"#, list.join(",")),
+    )
+    .await?;
     Ok(())
 }
