@@ -34,6 +34,9 @@ pub struct NodeConfig {
     pub raft_client_bind_addr: String,
     /// `error`, `warn`, `info`, `debug` or a tracing filter directive.
     pub log_level: String,
+    /// On SIGTERM, in-flight requests and streams get this long (ms) to end
+    /// before they are cut off with `Unavailable`; the Raft core stops first.
+    pub shutdown_grace_ms: u64,
     pub tls: TlsConfig,
     pub bootstrap: BootstrapConfig,
     pub raft: RaftTuning,
@@ -130,7 +133,10 @@ pub struct BootstrapConfig {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RaftTuning {
+    /// The leader's heartbeat period.
     pub heartbeat_interval_ms: u64,
+    /// A follower that has heard no leader for a random time between these
+    /// two asks the voters for pre-votes, and campaigns with a majority.
     pub election_timeout_min_ms: u64,
     pub election_timeout_max_ms: u64,
     /// Build a snapshot after this many applied entries.
@@ -164,6 +170,7 @@ impl Default for NodeConfig {
             advertise_http_addr: String::new(),
             raft_client_bind_addr: String::new(),
             log_level: "info".into(),
+            shutdown_grace_ms: 1500,
             tls: TlsConfig::default(),
             bootstrap: BootstrapConfig::default(),
             raft: RaftTuning::default(),
@@ -184,8 +191,11 @@ impl Default for RaftTuning {
     fn default() -> Self {
         RaftTuning {
             heartbeat_interval_ms: 50,
-            election_timeout_min_ms: 200,
-            election_timeout_max_ms: 400,
+            // Six heartbeats of silence before anyone asks: a loaded two-core
+            // box misses one or two, not six; pre-vote keeps a false alarm
+            // from deposing a leader that the others still hear.
+            election_timeout_min_ms: 300,
+            election_timeout_max_ms: 500,
             snapshot_after_entries: 10_000,
             keep_entries_after_snapshot: 1_000,
             snapshot_timeout_ms: 60_000,
@@ -310,11 +320,13 @@ impl NodeConfig {
         if raft.heartbeat_interval_ms == 0 {
             return invalid("raft.heartbeat_interval_ms", "must be above 0".into());
         }
-        if raft.election_timeout_min_ms <= raft.heartbeat_interval_ms {
+        // The vote lease is two heartbeats below the minimum timeout and must
+        // still cover at least one heartbeat.
+        if raft.election_timeout_min_ms < raft.heartbeat_interval_ms.saturating_mul(3) {
             return invalid(
                 "raft.election_timeout_min_ms",
                 format!(
-                    "{} must exceed raft.heartbeat_interval_ms ({})",
+                    "{} must be at least 3 × raft.heartbeat_interval_ms ({})",
                     raft.election_timeout_min_ms, raft.heartbeat_interval_ms
                 ),
             );

@@ -53,8 +53,8 @@ async fn readyz(State(node): State<Arc<Node>>) -> (StatusCode, Json<Readiness>) 
         Some("no known leader".to_string())
     } else if metrics.current_leader == Some(node.id) && metrics.state != openraft::ServerState::Leader {
         Some("leadership from the stored vote is not confirmed yet".to_string())
-    } else if node.restart_grace_until.is_some_and(|until| std::time::Instant::now() < until) {
-        Some("restarted: waiting for the leader to reach this node".to_string())
+    } else if let Some(age) = node.elections.quorum_lost_for() {
+        Some(format!("leader without a quorum: no majority has acknowledged it for {} ms", age.as_millis()))
     } else if applied_index < commit_index {
         Some(format!("applying: {applied_index} of {commit_index}"))
     } else {

@@ -29,8 +29,14 @@ enum Route {
 impl Node {
     fn route(&self) -> Result<Route, ApiError> {
         let metrics = self.raft.metrics().borrow().clone();
-        match metrics.current_leader {
-            Some(leader) if leader == self.id => Ok(Route::Local),
+        // A node that just rejoined learns the leader from pre-vote answers
+        // before the leader's first heartbeat reaches it.
+        match self.elections.leader_hint() {
+            Some(leader) if leader == self.id && metrics.current_leader == Some(leader) => Ok(Route::Local),
+            Some(leader) if leader == self.id => Err(ApiError::Unavailable(format!(
+                "node {} is electing itself (term {})",
+                self.id, metrics.current_term
+            ))),
             Some(leader) => {
                 let addr = metrics
                     .membership_config
@@ -71,6 +77,20 @@ impl Node {
         }
     }
 
+    /// A leader no majority has acknowledged for an election timeout is
+    /// probably cut off while the others elect: fail now, so the client
+    /// tries another node, rather than at its deadline.
+    fn refuse_if_cut_off(&self) -> Result<(), ApiError> {
+        match self.elections.quorum_lost_for() {
+            Some(age) => Err(ApiError::Unavailable(format!(
+                "node {} leads but no majority has acknowledged it for {} ms: it is probably cut off from the other nodes; try another node",
+                self.id,
+                age.as_millis()
+            ))),
+            None => Ok(()),
+        }
+    }
+
     /// Whether this node is the leader it knows of.
     pub(crate) fn route_is_local(&self) -> bool {
         matches!(self.route(), Ok(Route::Local))
@@ -79,6 +99,7 @@ impl Node {
     /// Proposes on this node, which must be the leader.
     pub async fn write_as_leader(&self, command: Command) -> Result<CommandResponse, ApiError> {
         validate_command(&command)?;
+        self.refuse_if_cut_off()?;
         let started = std::time::Instant::now();
         let outcome = self.proposer.propose(command).await;
         self.metrics.observe_write(started.elapsed(), outcome.is_ok());
@@ -142,6 +163,7 @@ impl Node {
     /// state machine has applied everything committed before the call, and
     /// returns that read index.
     pub async fn confirm_leadership(&self) -> Result<Option<u64>, ApiError> {
+        self.refuse_if_cut_off()?;
         match bounded(CLIENT_REQUEST_TIMEOUT, "linearizable read", self.raft.ensure_linearizable()).await? {
             Ok(read_log_id) => Ok(read_log_id.map(|id| id.index)),
             Err(RaftError::APIError(err)) => Err(ApiError::Unavailable(format!(

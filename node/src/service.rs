@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use floe_raft::{NetworkFactory, Peers, RaftServer, RaftServerOptions, TlsMaterial, TransportOptions};
+use floe_raft::{ElectionOptions, Elections, NetworkFactory, Peers, RaftServer, RaftServerOptions, TlsMaterial, TransportOptions};
 use floe_storage::{NodeId, NodeInfo, Raft, StateReader, Store, StoreOptions};
 use tokio_util::sync::CancellationToken;
 
@@ -43,9 +43,8 @@ pub struct Node {
     /// Wake-ups from applied state (see `changes.rs`).
     pub changes: Arc<crate::changes::ChangeHub>,
     pub config: NodeConfig,
-    /// Until then, a restarted node's idea of the leader comes from its stored
-    /// vote and is not yet confirmed by contact.
-    pub restart_grace_until: Option<std::time::Instant>,
+    /// Pre-vote rounds, leader hints, quorum loss (see floe_raft::election).
+    pub elections: Elections,
     /// Fires when the node stops; long-lived streams (workers, watches) end on it.
     pub shutdown: CancellationToken,
 }
@@ -91,13 +90,21 @@ pub fn role_name(metrics: &openraft::RaftMetrics<NodeId, NodeInfo>) -> String {
     .to_string()
 }
 
+fn election_options(config: &NodeConfig) -> ElectionOptions {
+    let tuning = &config.raft;
+    ElectionOptions::from_timeouts(tuning.heartbeat_interval_ms, tuning.election_timeout_min_ms, tuning.election_timeout_max_ms)
+}
+
 fn raft_config(config: &NodeConfig) -> anyhow::Result<openraft::Config> {
     let tuning = &config.raft;
+    // openraft's election timer stays off (see floe_raft::election); its
+    // timeouts only set the vote lease and the vote RPC's time limit.
+    let (election_timeout_min, election_timeout_max) = election_options(config).openraft_timeouts();
     let raft_config = openraft::Config {
         cluster_name: "floe".into(),
         heartbeat_interval: tuning.heartbeat_interval_ms,
-        election_timeout_min: tuning.election_timeout_min_ms,
-        election_timeout_max: tuning.election_timeout_max_ms,
+        election_timeout_min,
+        election_timeout_max,
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(tuning.snapshot_after_entries),
         max_in_snapshot_log_to_keep: tuning.keep_entries_after_snapshot,
         install_snapshot_timeout: tuning.snapshot_timeout_ms,
@@ -146,23 +153,10 @@ pub async fn serve(config: NodeConfig, cancel: CancellationToken) -> anyhow::Res
     .await
     .context("starting raft")?;
 
-    // A restarted voter holds back its first election: the leader needs a
-    // moment to reach it, and an election from a node that merely has not
-    // heard from the leader yet would depose a healthy leader.
-    let restarted = store.has_raft_state()?;
-    let grace = Duration::from_millis(config.raft.election_timeout_max_ms * 2);
-    let restart_grace_until = restarted.then(|| std::time::Instant::now() + grace);
-    if restarted {
-        raft.runtime_config().elect(false);
-        let raft = raft.clone();
-        let cancel = cancel.clone();
-        tokio::spawn(async move {
-            tokio::select! {
-                _ = cancel.cancelled() => {}
-                _ = tokio::time::sleep(grace) => raft.runtime_config().elect(true),
-            }
-        });
-    }
+    // Elections go through a pre-vote round (floe_raft::election): a node
+    // that merely has not heard from the leader yet cannot depose it.
+    raft.runtime_config().elect(false);
+    let elections = Elections::new(raft.clone(), store.log_store(), peers.clone(), config.node_id, election_options(&config));
 
     let metrics = Arc::new(NodeMetrics::default());
     let (forwarder, forward_queue) = crate::forwarder::Forwarder::new();
@@ -185,7 +179,7 @@ pub async fn serve(config: NodeConfig, cancel: CancellationToken) -> anyhow::Res
         reports: Default::default(),
         changes,
         config: config.clone(),
-        restart_grace_until,
+        elections: elections.clone(),
         shutdown: cancel.clone(),
     });
 
@@ -199,13 +193,25 @@ pub async fn serve(config: NodeConfig, cancel: CancellationToken) -> anyhow::Res
     let raft_server = RaftServer::start(
         server_options,
         &material,
-        raft.clone(),
+        elections.clone(),
         Arc::new(PeerApi { node: node.clone() }),
         cancel.clone(),
     )
     .with_context(|| format!("listening for QUIC on {raft_bind}"))?;
 
     let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn({
+        let node = node.clone();
+        let cancel = cancel.clone();
+        async move {
+            node.elections.clone().run(|| true, cancel.clone()).await;
+            if cancel.is_cancelled() {
+                Ok(())
+            } else {
+                Err(anyhow::anyhow!("the raft core stopped; this node can no longer take part in elections"))
+            }
+        }
+    });
     tasks.spawn(crate::metrics::track_leader_changes(node.clone(), cancel.clone()));
     tasks.spawn(crate::forwarder::run(node.clone(), forward_queue, cancel.clone()));
     tasks.spawn(crate::reads::run(node.clone(), read_queue, cancel.clone()));
@@ -234,23 +240,41 @@ pub async fn serve(config: NodeConfig, cancel: CancellationToken) -> anyhow::Res
             cancel.cancel();
         }
     }
-    tracing::info!(node_id = config.node_id, "node stopping");
+    let grace = Duration::from_millis(config.shutdown_grace_ms);
+    tracing::info!(node_id = config.node_id, grace_ms = config.shutdown_grace_ms, "node stopping");
+    let stopping = std::time::Instant::now();
+    // The Raft core stops first: nothing of this node campaigns or votes
+    // while the rest winds down, and requests still waiting on it end now
+    // with an error instead of at their deadline.
+    node.elections.stop();
+    match tokio::time::timeout(grace, raft.shutdown()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(err)) => tracing::warn!(error = %err, "raft shutdown"),
+        Err(_) => tracing::warn!(grace_ms = config.shutdown_grace_ms, "raft core did not stop within the grace period"),
+    }
     if let Some(bootstrap) = bootstrap {
-        match bootstrap.await {
-            Ok(Err(err)) => tracing::warn!(error = %err, "bootstrap failed"),
-            Err(err) => tracing::warn!(error = %err, "bootstrap task failed"),
-            Ok(Ok(())) => {}
+        bootstrap.abort();
+        if let Ok(Ok(Err(err))) = tokio::time::timeout(grace, bootstrap).await {
+            tracing::warn!(error = %err, "bootstrap failed");
         }
     }
-    while let Some(result) = tasks.join_next().await {
-        if let Ok(Err(err)) = result {
-            failure.get_or_insert(err);
+    let drained = tokio::time::timeout(grace.saturating_sub(stopping.elapsed()), async {
+        while let Some(result) = tasks.join_next().await {
+            if let Ok(Err(err)) = result {
+                failure.get_or_insert(err);
+            }
         }
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(grace_ms = config.shutdown_grace_ms, left = tasks.len(), "cutting off services still running after the grace period");
+        tasks.abort_all();
+        while tasks.join_next().await.is_some() {}
     }
-    raft_server.stopped().await;
-    if let Err(err) = raft.shutdown().await {
-        tracing::warn!(error = %err, "raft shutdown");
+    if tokio::time::timeout(Duration::from_secs(1), raft_server.stopped()).await.is_err() {
+        tracing::warn!("raft server did not stop within 1 s");
     }
+    tracing::info!(node_id = config.node_id, took_ms = stopping.elapsed().as_millis() as u64, "node stopped");
     match failure {
         Some(err) => Err(err),
         None => Ok(()),

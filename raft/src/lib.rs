@@ -6,6 +6,8 @@
 //! - [`wire`]: the frame format spoken on QUIC streams.
 //! - [`peers`]: outgoing connections, one per peer, with backoff.
 //! - [`network`]: openraft's `RaftNetworkFactory`/`RaftNetwork` over [`Peers`].
+//! - [`election`]: pre-vote rounds and the decision to campaign (openraft's
+//!   own election timer is off).
 //! - [`server`]: the QUIC server that checks identities and dispatches to Raft
 //!   or to the node layer's [`AppHandler`].
 //!
@@ -13,6 +15,7 @@
 //! it proves who a peer is and moves bytes.
 
 pub mod certs;
+pub mod election;
 pub mod network;
 pub mod peers;
 pub mod server;
@@ -22,6 +25,7 @@ pub mod wire;
 #[cfg(test)]
 mod tests;
 
+pub use election::{ElectionOptions, Elections, PreVoteRequest, PreVoteResponse};
 pub use network::{NetworkFactory, PeerNetwork};
 pub use peers::{Peers, TransportError, TransportOptions};
 pub use server::{AppHandler, RaftServer, RaftServerOptions, ServerError};

@@ -210,6 +210,15 @@ impl Peers {
         rtts
     }
 
+    /// Forgets past dial failures to `target`, so the next call dials at
+    /// once: the peer has just shown it is up.
+    pub async fn forget_failures(&self, target: NodeId) {
+        let slot = self.slot(target);
+        let mut slot = slot.lock().await;
+        slot.failures = 0;
+        slot.retry_at = None;
+    }
+
     /// Closes every connection and the endpoint.
     pub fn close(&self) {
         self.inner.endpoint.close(0u32.into(), b"shutdown");

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use floe_storage::snapshot::SnapshotFile;
-use floe_storage::{NodeId, Raft, Snapshot, SnapshotMeta, Vote};
+use floe_storage::{NodeId, Snapshot, SnapshotMeta, Vote};
 use futures::future::BoxFuture;
 use openraft::error::{Fatal, RaftError};
 use openraft::raft::{
@@ -18,6 +18,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::election::{Elections, PreVoteRequest, PreVoteResponse};
 use crate::peers::TransportOptions;
 use crate::tls::{peer_identity, PeerIdentity, TlsError, TlsMaterial, RAFT_ALPN};
 use crate::wire::{
@@ -87,14 +88,15 @@ pub(crate) trait RaftRpcHandler: Send + Sync + 'static {
         vote: Vote,
         snapshot: Snapshot,
     ) -> BoxFuture<'static, Result<SnapshotResponse<NodeId>, Fatal<NodeId>>>;
+    fn pre_vote(&self, from: NodeId, rpc: PreVoteRequest) -> BoxFuture<'static, PreVoteResponse>;
 }
 
-impl RaftRpcHandler for Raft {
+impl RaftRpcHandler for Elections {
     fn vote(
         &self,
         rpc: VoteRequest<NodeId>,
     ) -> BoxFuture<'static, Result<VoteResponse<NodeId>, RaftError<NodeId>>> {
-        let raft = self.clone();
+        let raft = self.raft().clone();
         Box::pin(async move { raft.vote(rpc).await })
     }
 
@@ -102,7 +104,7 @@ impl RaftRpcHandler for Raft {
         &self,
         rpc: AppendEntriesRequest<floe_storage::TypeConfig>,
     ) -> BoxFuture<'static, Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>> {
-        let raft = self.clone();
+        let raft = self.raft().clone();
         Box::pin(async move { raft.append_entries(rpc).await })
     }
 
@@ -111,8 +113,13 @@ impl RaftRpcHandler for Raft {
         vote: Vote,
         snapshot: Snapshot,
     ) -> BoxFuture<'static, Result<SnapshotResponse<NodeId>, Fatal<NodeId>>> {
-        let raft = self.clone();
+        let raft = self.raft().clone();
         Box::pin(async move { raft.install_full_snapshot(vote, snapshot).await })
+    }
+
+    fn pre_vote(&self, from: NodeId, rpc: PreVoteRequest) -> BoxFuture<'static, PreVoteResponse> {
+        let elections = self.clone();
+        Box::pin(async move { elections.answer_pre_vote(from, &rpc).await })
     }
 }
 
@@ -137,11 +144,11 @@ impl RaftServer {
     pub fn start(
         options: RaftServerOptions,
         tls: &TlsMaterial,
-        raft: Raft,
+        elections: Elections,
         app: Arc<dyn AppHandler>,
         shutdown: CancellationToken,
     ) -> Result<RaftServer, ServerError> {
-        RaftServer::start_with(options, tls, Arc::new(raft), app, shutdown)
+        RaftServer::start_with(options, tls, Arc::new(elections), app, shutdown)
     }
 
     pub(crate) fn start_with(
@@ -355,6 +362,11 @@ impl StreamContext {
                 meta,
                 total_len,
             } => self.receive_snapshot(vote, meta, total_len, recv).await,
+            RequestBody::PreVote(rpc) => match &self.identity {
+                PeerIdentity::Node(from) => Ok(ResponseBody::PreVote(raft.pre_vote(*from, rpc).await)),
+                // `refusal` lets only nodes send Raft requests.
+                other => Err(RemoteError::Refused(format!("{other} may not ask for pre-votes"))),
+            },
             RequestBody::App(payload) => self
                 .state
                 .app

@@ -21,6 +21,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use crate::election::{PreVoteRequest, PreVoteResponse};
 use crate::tls::PeerIdentity;
 
 /// Version byte of every frame; bump when the payload types change shape.
@@ -82,6 +83,8 @@ pub(crate) enum RequestBody {
     },
     /// Opaque to the transport; handled by the node layer.
     App(Vec<u8>),
+    /// Would the receiver vote for the sender? (appended: older variants keep their tags)
+    PreVote(PreVoteRequest),
 }
 
 impl RequestBody {
@@ -97,6 +100,7 @@ impl RequestBody {
             RequestBody::Vote(_) => "vote",
             RequestBody::Snapshot { .. } => "snapshot",
             RequestBody::App(_) => "app",
+            RequestBody::PreVote(_) => "pre-vote",
         }
     }
 }
@@ -108,6 +112,7 @@ pub(crate) enum ResponseBody {
     Vote(VoteResponse<NodeId>),
     Snapshot(SnapshotResponse<NodeId>),
     App(Vec<u8>),
+    PreVote(PreVoteResponse),
 }
 
 impl ResponseBody {
@@ -117,6 +122,7 @@ impl ResponseBody {
             ResponseBody::Vote(_) => "vote",
             ResponseBody::Snapshot(_) => "snapshot",
             ResponseBody::App(_) => "app",
+            ResponseBody::PreVote(_) => "pre-vote",
         }
     }
 }

@@ -16,6 +16,7 @@ use tempfile::TempDir;
 use tokio_util::sync::CancellationToken;
 
 use crate::certs::{create_ca, create_client, create_node};
+use crate::election::{PreVoteRequest, PreVoteResponse};
 use crate::server::{AppHandler, RaftRpcHandler, RaftServer, RaftServerOptions};
 use crate::tls::{PeerIdentity, TlsMaterial};
 
@@ -119,6 +120,20 @@ impl RaftRpcHandler for FakeRaft {
                 .map_err(|_| Fatal::Panicked)?;
             *installed.lock().unwrap() = Some(bytes);
             Ok(SnapshotResponse::new(vote))
+        })
+    }
+
+    /// Grants odd askers, refuses even ones naming node 7 as the leader.
+    fn pre_vote(&self, from: NodeId, rpc: PreVoteRequest) -> BoxFuture<'static, PreVoteResponse> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        let granted = from % 2 == 1;
+        Box::pin(async move {
+            PreVoteResponse {
+                granted,
+                term: rpc.term + 1,
+                leader: (!granted).then_some(7),
+                reason: if granted { String::new() } else { format!("node {from} asked") },
+            }
         })
     }
 }

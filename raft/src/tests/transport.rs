@@ -469,3 +469,37 @@ async fn a_handshake_that_does_not_complete_in_time_is_dropped() {
         "the server kept a handshake past its timeout"
     );
 }
+
+fn pre_vote_request() -> RequestBody {
+    RequestBody::PreVote(crate::election::PreVoteRequest { term: 4, last_log_id: None })
+}
+
+#[tokio::test]
+async fn pre_vote_reaches_the_handler_with_the_askers_certified_id() {
+    let ca = TestCa::new("c");
+    let server = TestServer::start(&ca.node(1), 1, localhost());
+    for (asker, granted) in [(3, true), (2, false)] {
+        let client = peers(&ca.node(asker));
+        let response = client.call(1, &server.addr(), pre_vote_request(), RPC_TIMEOUT).await.unwrap();
+        let ResponseBody::PreVote(answer) = response else { panic!("expected a pre-vote answer, got {response:?}") };
+        assert_eq!(answer.granted, granted, "{answer:?}");
+        assert_eq!(answer.term, 5);
+        if !granted {
+            assert_eq!(answer.leader, Some(7));
+            assert_eq!(answer.reason, format!("node {asker} asked"));
+        }
+    }
+    assert_eq!(server.raft.calls.load(Ordering::SeqCst), 2);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn client_certificate_may_not_ask_for_pre_votes() {
+    let ca = TestCa::new("c");
+    let server = TestServer::start(&ca.node(1), 1, localhost());
+    let cli = peers(&ca.client("cli"));
+    let reason = refusal(cli.call(1, &server.addr(), pre_vote_request(), RPC_TIMEOUT).await);
+    assert!(reason.contains("client cli") && reason.contains("pre-vote"), "{reason}");
+    assert_eq!(server.raft.calls.load(Ordering::SeqCst), 0);
+    server.stop().await;
+}
