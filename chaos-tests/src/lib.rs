@@ -16,6 +16,7 @@ pub mod checker;
 pub mod cli;
 pub mod matrix;
 pub mod nemesis;
+pub mod rejoin;
 pub mod report;
 pub mod scenario;
 pub mod targets;
