@@ -3,7 +3,7 @@ CARGO ?= cargo
 RELEASE_BIN := target/release
 
 .PHONY: all setup build demo test test-unit test-cluster python-worker-deps inference-runtime bench bench-inference lint clean \
-	faketime test-chaos chaos chaos-soak chaos-containers chaos-defects image
+	faketime test-chaos chaos chaos-soak chaos-containers chaos-defects chaos-rejoin image
 
 all: build
 
@@ -93,6 +93,15 @@ chaos-soak: faketime
 	$(CARGO) build --release --bin floe --bin floe-chaos
 	$(RELEASE_BIN)/floe-chaos --target local --nemesis random --workload both \
 	  --seconds $(CHAOS_SOAK_SECONDS) --out $(CHAOS_OUT)/soak $(CHAOS_SEED_FLAG)
+
+# 50 follower restarts (SIGKILL and SIGTERM alternately, down 1–10 s) on a
+# local cluster under light write load: leader changes, failed writes and
+# time to ready per trial, in $(CHAOS_OUT)/rejoin.md. Takes several minutes.
+chaos-rejoin:
+	$(CARGO) build --release --bin floe --bin floe-chaos
+	@mkdir -p $(CHAOS_OUT)
+	$(RELEASE_BIN)/floe-chaos rejoin --trials 50 --down-min-ms 1000 --down-max-ms 10000 \
+	  --out $(CHAOS_OUT)/rejoin.md $(CHAOS_SEED_FLAG)
 
 # The three-node container appliance from deploy/ (image built from our binary, no pull).
 chaos-containers:

@@ -22,6 +22,9 @@ pub enum Command {
     /// Serve the workflow workload's blocks (started by floe-chaos itself).
     #[command(hide = true)]
     Worker(WorkerArgs),
+    /// Measure follower restarts: per trial, stop a follower, restart it,
+    /// and record leader changes, failed writes and its time to ready.
+    Rejoin(RejoinArgs),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -75,6 +78,36 @@ pub struct RunArgs {
     /// Register clients (each pinned to one node).
     #[arg(long, default_value_t = 6)]
     pub clients: usize,
+}
+
+#[derive(Args, Debug)]
+pub struct RejoinArgs {
+    #[arg(long, default_value_t = 50)]
+    pub trials: usize,
+    /// Shortest time a follower stays down, ms.
+    #[arg(long, default_value_t = 1_000)]
+    pub down_min_ms: u64,
+    /// Longest time a follower stays down, ms.
+    #[arg(long, default_value_t = 10_000)]
+    pub down_max_ms: u64,
+    /// Seed for the choice of follower and down time. Default: from the clock.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Time watched after the restarted node is ready, ms.
+    #[arg(long, default_value_t = 1_000)]
+    pub settle_ms: u64,
+    /// Time a restarted node has to become ready and caught up, s.
+    #[arg(long, default_value_t = 60)]
+    pub ready_timeout_seconds: u64,
+    /// Exit 1 when the trials saw more leader changes than this in all.
+    #[arg(long)]
+    pub max_leader_changes: Option<usize>,
+    /// The Markdown table; the trials as JSON go next to it (`.json`).
+    #[arg(long, default_value = "rejoin.md")]
+    pub out: PathBuf,
+    /// The floe binary. Default: `floe` next to this program.
+    #[arg(long)]
+    pub binary: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use floe_chaos::cli::{Cli, Command, RunArgs, TargetKind};
+use floe_chaos::cli::{Cli, Command, RejoinArgs, RunArgs, TargetKind};
 use floe_chaos::scenario::{RunConfig, TargetChoice, Timing};
 use floe_chaos::targets::containers::ContainerOptions;
 use floe_chaos::workload::register::RegisterOptions;
@@ -27,6 +27,7 @@ fn main() -> ExitCode {
     };
     let outcome = match cli.command {
         Some(Command::Worker(args)) => runtime.block_on(floe_chaos::workload::worker::run(args.into_options())).map(|()| true),
+        Some(Command::Rejoin(args)) => runtime.block_on(rejoin(args)),
         None => runtime.block_on(run(cli.run)),
     };
     match outcome {
@@ -44,10 +45,39 @@ fn default_binary() -> anyhow::Result<PathBuf> {
     Ok(me.with_file_name("floe"))
 }
 
+fn seed_from_clock() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|elapsed| elapsed.as_nanos() as u64).unwrap_or(1)
+}
+
+/// Passes unless a restarted node never became ready, or the trials saw
+/// more leader changes than `--max-leader-changes`.
+async fn rejoin(args: RejoinArgs) -> anyhow::Result<bool> {
+    let seed = args.seed.unwrap_or_else(seed_from_clock);
+    eprintln!("[floe-chaos] rejoin seed {seed}");
+    let binary = match args.binary {
+        Some(binary) => binary,
+        None => default_binary()?,
+    };
+    anyhow::ensure!(binary.exists(), "floe binary {} not found; pass --binary", binary.display());
+    anyhow::ensure!(args.down_min_ms <= args.down_max_ms, "--down-min-ms is above --down-max-ms");
+    let options = floe_chaos::rejoin::RejoinOptions {
+        binary: std::fs::canonicalize(&binary)?,
+        trials: args.trials,
+        down_ms: (args.down_min_ms, args.down_max_ms),
+        seed,
+        ready_bound: Duration::from_secs(args.ready_timeout_seconds),
+        settle: Duration::from_millis(args.settle_ms),
+        out: args.out,
+    };
+    let trials = floe_chaos::rejoin::run(&options).await?;
+    let (_, total_changes) = floe_chaos::rejoin::table::changes(&trials);
+    let all_ready = trials.iter().all(|trial| trial.time_to_ready_ms.is_some());
+    let within = args.max_leader_changes.is_none_or(|max| total_changes <= max);
+    Ok(all_ready && within)
+}
+
 async fn run(args: RunArgs) -> anyhow::Result<bool> {
-    let seed = args.seed.unwrap_or_else(|| {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|elapsed| elapsed.as_nanos() as u64).unwrap_or(1)
-    });
+    let seed = args.seed.unwrap_or_else(seed_from_clock);
     eprintln!("[floe-chaos] seed {seed} (replay with --seed {seed})");
     let binary = match args.binary {
         Some(binary) => binary,

@@ -7,12 +7,13 @@ use crate::report::{CellReport, Report};
 use crate::scenario::{run_cell, Cell, RunConfig, TargetChoice};
 
 /// Nemeses a target kind can run (containers and external have no clock
-/// skew or disk-full; external has no tunable config for snapshot catch-up).
+/// skew, disk-full or peer-only isolation; external has no tunable config
+/// for snapshot catch-up).
 pub fn supported(target: &TargetChoice, nemesis: Nemesis) -> bool {
     match target {
         TargetChoice::Local { .. } => true,
         TargetChoice::Containers(_) | TargetChoice::External { .. } => {
-            !matches!(nemesis, Nemesis::ClockSkew | Nemesis::DiskFull | Nemesis::SnapshotCatchup)
+            !matches!(nemesis, Nemesis::ClockSkew | Nemesis::DiskFull | Nemesis::SnapshotCatchup | Nemesis::IsolateLeaderPeers)
         }
     }
 }

@@ -17,6 +17,7 @@ pub const RUNS_TERMINAL: &str = "runs-terminal";
 pub const FENCING: &str = "fencing";
 pub const CONVERGENCE: &str = "convergence";
 pub const NO_CRASH_LOOP: &str = "no-crash-loop";
+pub const FAULT_BOUNDS: &str = "fault-bounds";
 
 #[derive(Clone, Debug, Serialize)]
 pub struct CheckResult {

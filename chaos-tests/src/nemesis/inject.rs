@@ -8,6 +8,7 @@ use rand::seq::SliceRandom;
 use rand::Rng;
 use serde::Serialize;
 
+use super::churn::{self, StormSlot};
 use super::Nemesis;
 use crate::targets::{NodeId, Target, TargetError, TargetResult};
 use crate::workload::history::Clock;
@@ -20,6 +21,8 @@ pub struct FaultContext {
     pub clock: Clock,
     /// The node whose data dir can be filled (set up with the cluster).
     pub disk_full_node: Option<NodeId>,
+    /// The `rejoin-storm` running now, ended at its heal.
+    pub storm: StormSlot,
 }
 
 /// How to undo a fault.
@@ -32,6 +35,8 @@ pub enum Undo {
     /// Start the follower once the leader purged past its last entry.
     StartAfterPurge { node: NodeId, leader: NodeId, follower_last_index: u64 },
     ClockReset { node: NodeId },
+    /// End the kill/restart cycles and leave the node up.
+    EndStorm { node: NodeId },
     DiskFree { node: NodeId },
     Nothing,
 }
@@ -47,6 +52,10 @@ pub struct ActiveFault {
     pub undo: Undo,
     /// What happened while healing (e.g. whether a snapshot was installed).
     pub notes: Vec<String>,
+    /// Bounds the fault itself showed broken (e.g. a node slow to stop);
+    /// reported by the `fault-bounds` checker.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub violations: Vec<String>,
 }
 
 pub fn lock(target: &SharedTarget) -> MutexGuard<'_, Box<dyn Target>> {
@@ -143,6 +152,7 @@ pub async fn inject(nemesis: Nemesis, ctx: &FaultContext, rng: &mut StdRng) -> T
         healed_us: None,
         undo,
         notes: Vec::new(),
+        violations: Vec::new(),
     };
     let kind = with_target(target, |target| target.kind());
     let unsupported = |what: &str| TargetError::Unsupported { target: kind, what: what.to_string() };
@@ -192,6 +202,28 @@ pub async fn inject(nemesis: Nemesis, ctx: &FaultContext, rng: &mut StdRng) -> T
             let node = pick(&up_nodes(target), rng)?;
             with_target(target, |target| target.isolate(node))?;
             Ok(fault(vec![node], format!("node {node} cut off, clients on both sides"), Undo::HealNetwork))
+        }
+        Nemesis::RejoinStorm => {
+            let (_, followers) = leader_and_followers(ctx, rng).await?;
+            let node = pick(&followers, rng)?;
+            let storm = churn::start_storm(target.clone(), node, rng.gen());
+            *ctx.storm.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(storm);
+            Ok(fault(vec![node], format!("follower {node} killed and restarted repeatedly"), Undo::EndStorm { node }))
+        }
+        Nemesis::IsolateLeaderPeers => {
+            let (leader, _) = leader_and_followers(ctx, rng).await?;
+            with_target(target, |target| target.isolate_peers(leader))?;
+            Ok(fault(vec![leader], format!("leader {leader}'s node-to-node traffic dropped; clients still reach it"), Undo::HealNetwork))
+        }
+        Nemesis::SlowShutdown => {
+            let (leader, followers) = leader_and_followers(ctx, rng).await?;
+            let node = if rng.gen_bool(0.5) { leader } else { pick(&followers, rng)? };
+            let role = if node == leader { "leader" } else { "follower" };
+            let outcome = churn::slow_shutdown(target, &http_addrs(target), node, role).await;
+            let mut active = fault(vec![node], format!("SIGTERM {role} {node}"), Undo::Start { nodes: vec![node] });
+            active.notes = outcome.notes;
+            active.violations = outcome.violations;
+            Ok(active)
         }
         Nemesis::PowerCut => {
             let nodes = up_nodes(target);
@@ -291,6 +323,11 @@ pub async fn heal(fault: &mut ActiveFault, ctx: &FaultContext) -> TargetResult<(
             }
         }
         Undo::ClockReset { node } => with_target(target, |target| target.set_clock_offset(node, 0))?,
+        Undo::EndStorm { node } => {
+            let notes = churn::end_storm(&ctx.storm, node).await;
+            fault.notes.extend(notes);
+            with_target(target, |target| target.start(node))?;
+        }
         Undo::DiskFree { node } => {
             with_target(target, |target| target.set_disk_full(node, false))?;
             // A node may stop when its disk is full; an operator restarts it.

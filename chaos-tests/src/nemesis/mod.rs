@@ -2,6 +2,7 @@
 
 use serde::Serialize;
 
+pub mod churn;
 pub mod inject;
 pub mod schedule;
 
@@ -34,13 +35,23 @@ pub enum Nemesis {
     /// A follower down while the leader snapshots and purges its log past
     /// the follower's last entry; on restart it must install a snapshot.
     SnapshotCatchup,
+    /// One follower SIGKILLed and restarted again and again (down 1–3 s,
+    /// up 1–3 s) until the heal: restarts must not cost the cluster its leader.
+    RejoinStorm,
+    /// Only the leader's node-to-node (QUIC, UDP) traffic dropped, both
+    /// ways; its client ports stay reachable and clients keep using it.
+    IsolateLeaderPeers,
+    /// SIGTERM a node (leader or follower) under load: the time it takes to
+    /// exit is measured, and it must not campaign while stopping; started
+    /// again at heal.
+    SlowShutdown,
     /// One node's wall clock shifted by tens of seconds (libfaketime).
     ClockSkew,
     /// One node's filesystem filled up; freed at heal.
     DiskFull,
 }
 
-pub const ALL: [Nemesis; 12] = [
+pub const ALL: [Nemesis; 15] = [
     Nemesis::KillRandom,
     Nemesis::KillLeader,
     Nemesis::PauseLeader,
@@ -51,6 +62,9 @@ pub const ALL: [Nemesis; 12] = [
     Nemesis::PowerCut,
     Nemesis::RollingRestart,
     Nemesis::SnapshotCatchup,
+    Nemesis::RejoinStorm,
+    Nemesis::IsolateLeaderPeers,
+    Nemesis::SlowShutdown,
     Nemesis::ClockSkew,
     Nemesis::DiskFull,
 ];
@@ -68,6 +82,9 @@ impl Nemesis {
             Nemesis::PowerCut => "power-cut",
             Nemesis::RollingRestart => "rolling-restart",
             Nemesis::SnapshotCatchup => "snapshot-catchup",
+            Nemesis::RejoinStorm => "rejoin-storm",
+            Nemesis::IsolateLeaderPeers => "isolate-leader-peers",
+            Nemesis::SlowShutdown => "slow-shutdown",
             Nemesis::ClockSkew => "clock-skew",
             Nemesis::DiskFull => "disk-full",
         }

@@ -10,6 +10,7 @@ use crate::checker::CheckResult;
 use crate::nemesis::schedule::Window;
 use crate::nemesis::ActiveFault;
 
+pub mod availability;
 pub mod stats;
 pub mod svg;
 pub mod table;
@@ -40,6 +41,8 @@ pub struct CellReport {
     pub failover_ms: Vec<u64>,
     pub failover_p50_ms: Option<f64>,
     pub failover_p99_ms: Option<f64>,
+    /// Leader changes, the longest write outage, failed and unknown writes.
+    pub availability: availability::Availability,
     /// Successful operations per second before the first fault and during faults.
     pub steady_ops_per_s: f64,
     pub fault_ops_per_s: f64,

@@ -14,9 +14,9 @@ pub fn markdown(report: &Report) -> String {
     let _ = writeln!(out, "target: {}  seed: {}  result: {}\n", report.target, report.seed, if report.passed { "PASS" } else { "FAIL" });
     let _ = writeln!(
         out,
-        "| nemesis | workload | result | ops ok/fail/unknown | failover p50/p99 ms | ops/s steady → fault (held) | notes |"
+        "| nemesis | workload | result | ops ok/fail/unknown | failover p50/p99 ms | leader changes | longest write gap ms | ops/s steady → fault (held) | notes |"
     );
-    let _ = writeln!(out, "|---|---|---|---|---|---|---|");
+    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|");
     for cell in &report.cells {
         let result = if let Some(reason) = &cell.skipped {
             format!("skip ({reason})")
@@ -28,10 +28,10 @@ pub fn markdown(report: &Report) -> String {
             format!("FAIL ({})", cell.failed_checkers().join(", "))
         };
         let held = cell.held_percent().map(|held| format!(" ({held:.0}%)")).unwrap_or_default();
-        let notes: Vec<String> = cell.faults.iter().flat_map(|fault| fault.notes.iter().cloned()).take(2).collect();
+        let notes: Vec<String> = cell.faults.iter().flat_map(|fault| fault.notes.iter().cloned()).take(4).collect();
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {}/{}/{} | {}/{} | {:.0} → {:.0}{} | {} |",
+            "| {} | {} | {} | {}/{}/{} | {}/{} | {} | {} | {:.0} → {:.0}{} | {} |",
             cell.nemesis,
             cell.workload,
             result,
@@ -40,6 +40,8 @@ pub fn markdown(report: &Report) -> String {
             cell.ops.unknown,
             number(cell.failover_p50_ms),
             number(cell.failover_p99_ms),
+            cell.availability.leader_changes,
+            cell.availability.longest_write_gap_ms,
             cell.steady_ops_per_s,
             cell.fault_ops_per_s,
             held,

@@ -12,14 +12,15 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio_util::sync::CancellationToken;
 
-use crate::nemesis::inject::{find_leader, wait_all_ready, with_target, SharedTarget};
+use crate::nemesis::inject::{find_leader, http_addrs, wait_all_ready, with_target, SharedTarget};
 use crate::nemesis::schedule::Window;
 use crate::nemesis::{self, ActiveFault, FaultContext, Nemesis};
-use crate::report::{stats, CellReport, OpCounts};
+use crate::report::{availability, stats, CellReport, OpCounts};
 use crate::targets::containers::{ContainerOptions, ContainerTarget};
 use crate::targets::external::{ExternalConfig, ExternalTarget};
 use crate::targets::local::LocalTarget;
 use crate::targets::{ClusterSpec, Target, TargetError};
+use crate::watch::LeaderWatch;
 use crate::workload::history::{Clock, History};
 use crate::workload::register::{self, RegisterOptions};
 use crate::workload::worker::WorkerProcess;
@@ -126,6 +127,7 @@ fn empty_report(config: &RunConfig, cell: &Cell) -> CellReport {
         failover_ms: Vec::new(),
         failover_p50_ms: None,
         failover_p99_ms: None,
+        availability: Default::default(),
         steady_ops_per_s: 0.0,
         fault_ops_per_s: 0.0,
         schedule: cell.windows.clone(),
@@ -227,7 +229,10 @@ async fn drive(
     let _monitor_guard = monitor_stop.clone().drop_guard();
     let mut load = start_load(config, cell, target, clock, &history)?;
     let load_start_us = clock.now_us();
-    let context = FaultContext { target: target.clone(), clock, disk_full_node: spec.disk_full_node };
+    // Bounded: the whole planned run plus generous time for recovery.
+    let watch_limit = Duration::from_millis(planned_end_ms) + config.timing.recovery + Duration::from_secs(180);
+    let watch = LeaderWatch::start(http_addrs(target), clock, Duration::from_millis(100), watch_limit);
+    let context = FaultContext { target: target.clone(), clock, disk_full_node: spec.disk_full_node, storm: Default::default() };
 
     let mut faults: Vec<ActiveFault> = Vec::new();
     let mut skipped = Vec::new();
@@ -280,9 +285,11 @@ async fn drive(
     if drained.is_err() {
         load.tasks.abort_all();
     }
+    let samples = watch.stop().await;
 
     let namespace = register::namespace(&cell.label, cell.seed);
-    let checks = final_checks(config, target, &all_nodes, &namespace, &history, &clock, &mut workers, exits.clone()).await;
+    let mut checks = final_checks(config, target, &all_nodes, &namespace, &history, &clock, &mut workers, exits.clone()).await;
+    checks.push(fault_bounds(&faults));
     monitor_stop.cancel();
     let _ = monitor.await;
     for worker in &mut workers {
@@ -297,6 +304,11 @@ async fn drive(
     report.failover_ms = stats::failover_ms(&records, &faults);
     report.failover_p50_ms = stats::quantile(&report.failover_ms, 0.5);
     report.failover_p99_ms = stats::quantile(&report.failover_ms, 0.99);
+    report.availability = availability::measure(&records, &samples, load_start_us, load_end_us);
+    for fault in &mut faults {
+        let notes = availability::isolation_notes(fault, &records, &samples);
+        fault.notes.extend(notes);
+    }
     report.exits = exits.lock().unwrap_or_else(|p| p.into_inner()).clone();
     report.passed = checks.iter().all(|check| check.passed);
     report.checks = checks;
@@ -305,3 +317,12 @@ async fn drive(
     Ok(())
 }
 
+/// The `fault-bounds` checker: bounds a fault itself found broken (a node
+/// that took too long to stop).
+fn fault_bounds(faults: &[ActiveFault]) -> crate::checker::CheckResult {
+    let mut result = crate::checker::CheckResult::new(crate::checker::FAULT_BOUNDS);
+    for violation in faults.iter().flat_map(|fault| fault.violations.iter()) {
+        result.violation(violation.clone());
+    }
+    result
+}

@@ -61,6 +61,18 @@ impl Firewall {
         Ok(())
     }
 
+    /// Drops every UDP packet from or to `host`: node-to-node traffic is
+    /// QUIC, so this cuts the node off from its peers (both directions, its
+    /// own server port and the connections it opens) while clients, which
+    /// speak gRPC and HTTP over TCP, still reach it.
+    pub fn cut_udp(&self, host: &str) -> anyhow::Result<()> {
+        for direction in ["-s", "-d"] {
+            iptables(&["-A", &self.chain, "-p", "udp", direction, host, "-j", "DROP"])?;
+        }
+        tracing::info!(host, "node-to-node traffic cut");
+        Ok(())
+    }
+
     /// Removes every cut.
     pub fn heal(&self) -> anyhow::Result<()> {
         iptables(&["-F", &self.chain])?;

@@ -181,6 +181,12 @@ impl Target for LocalTarget {
         Ok(())
     }
 
+    fn isolate_peers(&mut self, node: NodeId) -> TargetResult<()> {
+        let host = self.host(node)?;
+        self.firewall()?.cut_udp(&host)?;
+        Ok(())
+    }
+
     fn heal_network(&mut self) -> TargetResult<()> {
         self.firewall()?.heal()?;
         Ok(())

@@ -84,7 +84,13 @@ pub trait Target: Send {
         let _ = (a, b);
         Err(TargetError::Unsupported { target: self.kind(), what: "cut single links".into() })
     }
-    /// Restores every link cut by `isolate` and `cut_link`.
+    /// Drops only the node's node-to-node traffic (Raft over QUIC), both
+    /// ways; its client API and HTTP ports stay reachable.
+    fn isolate_peers(&mut self, node: NodeId) -> TargetResult<()> {
+        let _ = node;
+        Err(TargetError::Unsupported { target: self.kind(), what: "drop only node-to-node traffic".into() })
+    }
+    /// Restores every link cut by `isolate`, `isolate_peers` and `cut_link`.
     fn heal_network(&mut self) -> TargetResult<()>;
     /// Shifts the node's wall clock by `offset_s` seconds (0 resets it).
     fn set_clock_offset(&mut self, node: NodeId, offset_s: i64) -> TargetResult<()> {
