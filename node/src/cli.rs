@@ -351,6 +351,21 @@ pub enum KvCommand {
     },
 }
 
+/// Sends a request through `conn`, again on another node when `Repeat`
+/// allows (see `failover.rs`); fails the command with the last status.
+macro_rules! call {
+    ($conn:expr, $repeat:ident, $service:ident . $method:ident ($request:expr)) => {{
+        let request = $request;
+        $conn
+            .call(Repeat::$repeat, |mut client| {
+                let request = request.clone();
+                async move { client.$service.$method(request).await }
+            })
+            .await
+            .map_err(status_error)?
+    }};
+}
+
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => serve(args).await,
@@ -370,18 +385,18 @@ async fn limit(command: LimitCommand) -> anyhow::Result<()> {
         LimitCommand::Set { client, scope, name, limit } => {
             let mut conn = connect(&client).await?;
             let request = api::SetLimitRequest { scope: scope.clone(), name: name.clone(), limit: Some(limit) };
-            { conn.call(Repeat::Write, |mut client| { let request = request.clone(); async move { client.runs.set_limit(request).await } }).await.map_err(status_error)? };
+            call!(conn, Write, runs.set_limit(request));
             eprintln!("{scope} {name}: at most {limit} tasks placed at once");
         }
         LimitCommand::Clear { client, scope, name } => {
             let mut conn = connect(&client).await?;
             let request = api::SetLimitRequest { scope: scope.clone(), name: name.clone(), limit: None };
-            { conn.call(Repeat::Write, |mut client| { let request = request.clone(); async move { client.runs.set_limit(request).await } }).await.map_err(status_error)? };
+            call!(conn, Write, runs.set_limit(request));
             eprintln!("{scope} {name}: no limit");
         }
         LimitCommand::List { client } => {
             let mut conn = connect(&client).await?;
-            let reply = { let request = api::ListLimitsRequest { consistency: consistency(false) }; conn.call(Repeat::Read, |mut client| { let request = request.clone(); async move { client.runs.list_limits(request).await } }).await.map_err(status_error)? };
+            let reply = call!(conn, Read, runs.list_limits(api::ListLimitsRequest { consistency: consistency(false) }));
             let limits = reply.limits;
             if client.json {
                 let rows: Vec<_> = limits
@@ -408,7 +423,7 @@ async fn blob(command: BlobCommand) -> anyhow::Result<()> {
     match command {
         BlobCommand::Get { client, address, out } => {
             let mut conn = connect(&client).await?;
-            let reply = { let request = api::GetBlobRequest { address }; conn.call(Repeat::Read, |mut client| { let request = request.clone(); async move { client.blobs.get(request).await } }).await.map_err(status_error)? };
+            let reply = call!(conn, Read, blobs.get(api::GetBlobRequest { address }));
             let data = reply.data;
             match out {
                 Some(path) => std::fs::write(&path, &data).map_err(|err| anyhow::anyhow!("writing {}: {err}", path.display()))?,
@@ -542,7 +557,7 @@ async fn cluster(command: ClusterCommand) -> anyhow::Result<()> {
     match command {
         ClusterCommand::Init { client } => {
             let mut conn = connect(&client).await?;
-            let reply = { let request = api::InitRequest {}; conn.call(Repeat::Write, |mut client| { let request = request.clone(); async move { client.cluster.init(request).await } }).await.map_err(status_error)? };
+            let reply = call!(conn, Write, cluster.init(api::InitRequest {}));
             if client.json {
                 print_json(json!({ "initialized": reply.node_id }));
             } else {
@@ -552,17 +567,17 @@ async fn cluster(command: ClusterCommand) -> anyhow::Result<()> {
         ClusterCommand::Join { client, node_id, raft_addr, learner } => {
             let mut conn = connect(&client).await?;
             let request = api::JoinRequest { node_id, raft_addr, learner_only: learner };
-            let reply = { conn.call(Repeat::Write, |mut client| { let request = request.clone(); async move { client.cluster.join(request).await } }).await.map_err(status_error)? };
+            let reply = call!(conn, Write, cluster.join(request));
             membership_out(client.json, &format!("node {node_id} joined"), &reply.voters, &reply.learners);
         }
         ClusterCommand::Remove { client, node_id } => {
             let mut conn = connect(&client).await?;
-            let reply = { let request = api::RemoveRequest { node_id }; conn.call(Repeat::Write, |mut client| { let request = request.clone(); async move { client.cluster.remove(request).await } }).await.map_err(status_error)? };
+            let reply = call!(conn, Write, cluster.remove(api::RemoveRequest { node_id }));
             membership_out(client.json, &format!("node {node_id} removed"), &reply.voters, &reply.learners);
         }
         ClusterCommand::Status { client } => {
             let mut conn = connect(&client).await?;
-            let status = { let request = api::StatusRequest {}; conn.call(Repeat::Read, |mut client| { let request = request.clone(); async move { client.cluster.status(request).await } }).await.map_err(status_error)? };
+            let status = call!(conn, Read, cluster.status(api::StatusRequest {}));
             print_status(&status, client.json);
         }
     }
@@ -634,7 +649,7 @@ async fn kv(command: KvCommand) -> anyhow::Result<()> {
     match command {
         KvCommand::Put { client, key, value } => {
             let mut conn = connect(&client).await?;
-            let reply = { let request = api::PutRequest { key: key.clone(), value: value.into_bytes() }; conn.call(Repeat::Write, |mut client| { let request = request.clone(); async move { client.kv.put(request).await } }).await.map_err(status_error)? };
+            let reply = call!(conn, Write, kv.put(api::PutRequest { key: key.clone(), value: value.into_bytes() }));
             let revision = reply.revision;
             if client.json {
                 print_json(json!({ "key": key, "revision": revision }));
@@ -645,7 +660,7 @@ async fn kv(command: KvCommand) -> anyhow::Result<()> {
         KvCommand::Get { client, key, local } => {
             let mut conn = connect(&client).await?;
             let request = api::GetRequest { key: key.clone(), consistency: consistency(local) };
-            let reply = { conn.call(Repeat::Read, |mut client| { let request = request.clone(); async move { client.kv.get(request).await } }).await.map_err(status_error)? };
+            let reply = call!(conn, Read, kv.get(request));
             if client.json {
                 let value = reply.found.then(|| String::from_utf8_lossy(&reply.value).to_string());
                 print_json(json!({ "key": key, "found": reply.found, "value": value, "revision": reply.revision }));
@@ -662,7 +677,7 @@ async fn kv(command: KvCommand) -> anyhow::Result<()> {
                 expected: expect.map(String::into_bytes),
                 new_value: new.map(String::into_bytes),
             };
-            let reply = { conn.call(Repeat::Write, |mut client| { let request = request.clone(); async move { client.kv.cas(request).await } }).await.map_err(status_error)? };
+            let reply = call!(conn, Write, kv.cas(request));
             let current = reply.found.then(|| String::from_utf8_lossy(&reply.current).to_string());
             if client.json {
                 print_json(json!({ "key": key, "succeeded": reply.succeeded, "current": current, "revision": reply.revision }));
@@ -674,7 +689,7 @@ async fn kv(command: KvCommand) -> anyhow::Result<()> {
         }
         KvCommand::Delete { client, key } => {
             let mut conn = connect(&client).await?;
-            let reply = { let request = api::DeleteRequest { key: key.clone() }; conn.call(Repeat::Write, |mut client| { let request = request.clone(); async move { client.kv.delete(request).await } }).await.map_err(status_error)? };
+            let reply = call!(conn, Write, kv.delete(api::DeleteRequest { key: key.clone() }));
             if client.json {
                 print_json(json!({ "key": key, "existed": reply.existed }));
             } else if reply.existed {
@@ -686,7 +701,7 @@ async fn kv(command: KvCommand) -> anyhow::Result<()> {
         KvCommand::List { client, prefix, limit, start_after, local } => {
             let mut conn = connect(&client).await?;
             let request = api::ListRequest { prefix, start_after, limit, consistency: consistency(local) };
-            let reply = { conn.call(Repeat::Read, |mut client| { let request = request.clone(); async move { client.kv.list(request).await } }).await.map_err(status_error)? };
+            let reply = call!(conn, Read, kv.list(request));
             if client.json {
                 let items: Vec<_> = reply
                     .items
@@ -740,7 +755,7 @@ async fn flow(command: FlowCommand) -> anyhow::Result<()> {
         FlowCommand::Put { client, file } => {
             let definition = read_definition(&file)?;
             let mut conn = connect(&client).await?;
-            let reply = { let request = api::PutFlowRequest { definition }; conn.call(Repeat::Write, |mut client| { let request = request.clone(); async move { client.flows.put(request).await } }).await.map_err(status_error)? };
+            let reply = call!(conn, Write, flows.put(api::PutFlowRequest { definition }));
             if client.json {
                 print_json(json!({ "name": reply.name, "version": reply.version, "created": reply.created, "hash": reply.hash }));
             } else if reply.created {
@@ -752,7 +767,7 @@ async fn flow(command: FlowCommand) -> anyhow::Result<()> {
         FlowCommand::Get { client, name, version } => {
             let mut conn = connect(&client).await?;
             let request = api::GetFlowRequest { name, version: version.unwrap_or(0), consistency: consistency(false) };
-            let reply = { conn.call(Repeat::Read, |mut client| { let request = request.clone(); async move { client.flows.get(request).await } }).await.map_err(status_error)? };
+            let reply = call!(conn, Read, flows.get(request));
             let definition: serde_json::Value = serde_json::from_slice(&reply.definition)?;
             if client.json {
                 print_json(json!({ "name": reply.name, "version": reply.version, "hash": reply.hash, "created_at_ms": reply.created_at_ms, "definition": definition }));
@@ -764,7 +779,7 @@ async fn flow(command: FlowCommand) -> anyhow::Result<()> {
         FlowCommand::List { client, limit, start_after } => {
             let mut conn = connect(&client).await?;
             let request = api::ListFlowsRequest { start_after, limit, consistency: consistency(false) };
-            let reply = { conn.call(Repeat::Read, |mut client| { let request = request.clone(); async move { client.flows.list(request).await } }).await.map_err(status_error)? };
+            let reply = call!(conn, Read, flows.list(request));
             if client.json {
                 let flows: Vec<_> = reply.flows.iter().map(|f| json!({ "name": f.name, "latest_version": f.latest_version })).collect();
                 print_json(json!({ "flows": flows, "more": reply.more }));
@@ -776,7 +791,7 @@ async fn flow(command: FlowCommand) -> anyhow::Result<()> {
         FlowCommand::Versions { client, name } => {
             let mut conn = connect(&client).await?;
             let request = api::FlowVersionsRequest { name: name.clone(), consistency: consistency(false) };
-            let reply = { conn.call(Repeat::Read, |mut client| { let request = request.clone(); async move { client.flows.versions(request).await } }).await.map_err(status_error)? };
+            let reply = call!(conn, Read, flows.versions(request));
             if client.json {
                 let versions: Vec<_> = reply
                     .versions
@@ -867,7 +882,7 @@ async fn run_command(command: RunCommand) -> anyhow::Result<()> {
         }
         RunCommand::Get { client, run_id } => {
             let mut conn = connect(&client).await?;
-            let reply = { let request = api::GetRunRequest { run_id, consistency: consistency(false) }; conn.call(Repeat::Read, |mut client| { let request = request.clone(); async move { client.runs.get(request).await } }).await.map_err(status_error)? };
+            let reply = call!(conn, Read, runs.get(api::GetRunRequest { run_id, consistency: consistency(false) }));
             // Any depth: a run stored before the nesting limit may hold deeper values.
             let run: serde_json::Value = floe_engine::limits::from_stored_text(&reply.run)?;
             if client.json {
@@ -887,7 +902,7 @@ async fn run_command(command: RunCommand) -> anyhow::Result<()> {
                 consistency: consistency(false),
                 ..Default::default()
             };
-            let reply = { conn.call(Repeat::Read, |mut client| { let request = request.clone(); async move { client.runs.list(request).await } }).await.map_err(status_error)? };
+            let reply = call!(conn, Read, runs.list(request));
             if client.json {
                 let runs: Vec<_> = reply
                     .runs
@@ -911,18 +926,18 @@ async fn run_command(command: RunCommand) -> anyhow::Result<()> {
         }
         RunCommand::Cancel { client, run_id, reason } => {
             let mut conn = connect(&client).await?;
-            { let request = api::CancelRunRequest { run_id: run_id.clone(), reason }; conn.call(Repeat::Write, |mut client| { let request = request.clone(); async move { client.runs.cancel(request).await } }).await.map_err(status_error)? };
+            call!(conn, Write, runs.cancel(api::CancelRunRequest { run_id: run_id.clone(), reason }));
             eprintln!("run {run_id} cancelled");
         }
         RunCommand::Retry { client, run_id } => {
             let mut conn = connect(&client).await?;
-            { let request = api::RetryRunRequest { run_id: run_id.clone() }; conn.call(Repeat::Write, |mut client| { let request = request.clone(); async move { client.runs.retry(request).await } }).await.map_err(status_error)? };
+            call!(conn, Write, runs.retry(api::RetryRunRequest { run_id: run_id.clone() }));
             eprintln!("run {run_id} retried from its failed step");
         }
         RunCommand::Signal { client, run_id, signal, payload } => {
             let payload = json_argument(&payload, "signal payload")?;
             let mut conn = connect(&client).await?;
-            { let request = api::SignalRunRequest { run_id: run_id.clone(), signal: signal.clone(), payload }; conn.call(Repeat::Write, |mut client| { let request = request.clone(); async move { client.runs.signal(request).await } }).await.map_err(status_error)? };
+            call!(conn, Write, runs.signal(api::SignalRunRequest { run_id: run_id.clone(), signal: signal.clone(), payload }));
             eprintln!("signal {signal} delivered to run {run_id}");
         }
         RunCommand::Watch { client, run_id, follow } => crate::watch_cli::watch(&client, run_id, follow).await?,
