@@ -38,7 +38,10 @@ impl<S> tower::Layer<S> for LeaderHintLayer {
     type Service = LeaderHint<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        LeaderHint { inner, lookup: self.lookup.clone() }
+        LeaderHint {
+            inner,
+            lookup: self.lookup.clone(),
+        }
     }
 }
 
@@ -50,7 +53,8 @@ pub struct LeaderHint<S> {
 
 /// Whether the headers end the call with `UNAVAILABLE`.
 fn is_unavailable(headers: &http::HeaderMap) -> bool {
-    tonic::Status::from_header_map(headers).is_some_and(|status| status.code() == tonic::Code::Unavailable)
+    tonic::Status::from_header_map(headers)
+        .is_some_and(|status| status.code() == tonic::Code::Unavailable)
 }
 
 impl<S, RequestBody, ResponseBody> tower::Service<http::Request<RequestBody>> for LeaderHint<S>
@@ -104,11 +108,15 @@ mod tests {
 
     #[test]
     fn floe_refusals_say_nothing_was_applied_and_carry_the_hint_through_headers() {
-        let status: tonic::Status = crate::error::ApiError::Unavailable("no leader known".into()).into();
+        let status: tonic::Status =
+            crate::error::ApiError::Unavailable("no leader known".into()).into();
         assert!(proves_unapplied(&status));
         let mut headers = status.into_http::<()>().headers().clone();
         assert!(is_unavailable(&headers));
-        headers.insert(LEADER_API_HEADER, http::HeaderValue::from_static("127.0.0.1:7102"));
+        headers.insert(
+            LEADER_API_HEADER,
+            http::HeaderValue::from_static("127.0.0.1:7102"),
+        );
         let back = tonic::Status::from_header_map(&headers).expect("a status in the headers");
         assert_eq!(leader_of(&back).as_deref(), Some("127.0.0.1:7102"));
         assert!(proves_unapplied(&back));

@@ -38,7 +38,10 @@ struct KeyState {
 
 impl LogLimit {
     pub fn new(interval: Duration) -> LogLimit {
-        LogLimit { interval, keys: Mutex::new(HashMap::new()) }
+        LogLimit {
+            interval,
+            keys: Mutex::new(HashMap::new()),
+        }
     }
 
     /// `Some(suppressed)` when a line for `key` may be written now (with the
@@ -50,21 +53,33 @@ impl LogLimit {
     fn allow_at(&self, key: &str, now: Instant) -> Option<u64> {
         // A poisoned lock only means another thread panicked mid-update of
         // counters; they are still usable.
-        let mut keys = self.keys.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut keys = self
+            .keys
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         if let Some(state) = keys.get_mut(key) {
             if now.saturating_duration_since(state.last_written) < self.interval {
                 state.suppressed += 1;
                 return None;
             }
             let suppressed = state.suppressed;
-            *state = KeyState { last_written: now, suppressed: 0 };
+            *state = KeyState {
+                last_written: now,
+                suppressed: 0,
+            };
             return Some(suppressed);
         }
         if keys.len() >= MAX_KEYS {
             let interval = self.interval;
             keys.retain(|_, state| now.saturating_duration_since(state.last_written) < interval);
         }
-        keys.insert(key.to_string(), KeyState { last_written: now, suppressed: 0 });
+        keys.insert(
+            key.to_string(),
+            KeyState {
+                last_written: now,
+                suppressed: 0,
+            },
+        );
         Some(0)
     }
 }
@@ -99,11 +114,15 @@ pub struct OpenraftNoise;
 /// round that fails is reported by floe's read path (`reads.rs`).
 fn is_read_round_heartbeat(metadata: &Metadata<'_>) -> bool {
     let file = metadata.file().unwrap_or_default().replace('\\', "/");
-    metadata.target() == "openraft::core::raft_core" && file.ends_with("core/raft_core.rs") && metadata.line() == Some(383)
+    metadata.target() == "openraft::core::raft_core"
+        && file.ends_with("core/raft_core.rs")
+        && metadata.line() == Some(383)
 }
 
 fn is_openraft_failure(metadata: &Metadata<'_>) -> bool {
-    metadata.is_event() && metadata.target().starts_with("openraft") && *metadata.level() <= Level::WARN
+    metadata.is_event()
+        && metadata.target().starts_with("openraft")
+        && *metadata.level() <= Level::WARN
 }
 
 impl<S: tracing::Subscriber> Layer<S> for OpenraftNoise {
@@ -123,7 +142,11 @@ impl<S: tracing::Subscriber> Layer<S> for OpenraftNoise {
         if is_read_round_heartbeat(metadata) {
             return false;
         }
-        let key = format!("openraft {}:{}", metadata.file().unwrap_or_default(), metadata.line().unwrap_or_default());
+        let key = format!(
+            "openraft {}:{}",
+            metadata.file().unwrap_or_default(),
+            metadata.line().unwrap_or_default()
+        );
         allow(&key).is_some()
     }
 }
@@ -141,13 +164,28 @@ mod tests {
         let start = Instant::now();
         assert_eq!(limit.allow_at("reads", start), Some(0));
         for offset in 1..=5 {
-            assert_eq!(limit.allow_at("reads", start + Duration::from_secs(offset)), None);
+            assert_eq!(
+                limit.allow_at("reads", start + Duration::from_secs(offset)),
+                None
+            );
         }
         // Another key has its own interval.
-        assert_eq!(limit.allow_at("forward", start + Duration::from_secs(1)), Some(0));
-        assert_eq!(limit.allow_at("reads", start + Duration::from_secs(10)), Some(5));
-        assert_eq!(limit.allow_at("reads", start + Duration::from_secs(11)), None);
-        assert_eq!(limit.allow_at("reads", start + Duration::from_secs(25)), Some(1));
+        assert_eq!(
+            limit.allow_at("forward", start + Duration::from_secs(1)),
+            Some(0)
+        );
+        assert_eq!(
+            limit.allow_at("reads", start + Duration::from_secs(10)),
+            Some(5)
+        );
+        assert_eq!(
+            limit.allow_at("reads", start + Duration::from_secs(11)),
+            None
+        );
+        assert_eq!(
+            limit.allow_at("reads", start + Duration::from_secs(25)),
+            Some(1)
+        );
     }
 
     #[test]
@@ -174,7 +212,9 @@ mod tests {
     #[test]
     fn openraft_failure_lines_repeat_once_per_interval_and_others_pass() {
         let written = Arc::new(AtomicUsize::new(0));
-        let subscriber = tracing_subscriber::registry().with(Count(written.clone())).with(OpenraftNoise);
+        let subscriber = tracing_subscriber::registry()
+            .with(Count(written.clone()))
+            .with(OpenraftNoise);
         tracing::subscriber::with_default(subscriber, || {
             for _ in 0..20 {
                 tracing::error!(target: "openraft::core::test_only", "peer unreachable");

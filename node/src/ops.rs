@@ -106,7 +106,8 @@ impl Node {
             .applied_index_at_least(read_index, "read barrier")
             .await;
         waited.map(|_| ()).map_err(|err| {
-            ApiError::Unavailable(format!("node {} did not apply up to the read index {read_index:?}: {err}", self.id))
+            let index = read_index.map_or_else(|| "0".to_string(), |index| index.to_string());
+            ApiError::Unavailable(format!("node {} did not apply up to the read index {index}: {err}", self.id))
         })
     }
 

@@ -14,8 +14,8 @@ use serde_json::{json, Value};
 
 use crate::api;
 use crate::cli::{
-    connect, event_json, event_line, print_json, print_run, status_error, ClientArgs, Exit, EXIT_RUN_NOT_COMPLETED,
-    EXIT_STREAM_LOST,
+    connect, event_json, event_line, print_json, print_run, status_error, ClientArgs, Exit,
+    EXIT_RUN_NOT_COMPLETED, EXIT_STREAM_LOST,
 };
 use crate::client::{FloeClient, Repeat};
 
@@ -43,8 +43,14 @@ struct Shown {
 
 pub async fn watch(args: &ClientArgs, run_id: String, follow: bool) -> anyhow::Result<()> {
     let mut conn = connect(args).await?;
-    let request = api::WatchRunRequest { run_id: run_id.clone() };
-    let mut shown = Shown { json: args.json, events: HashSet::new(), run: None };
+    let request = api::WatchRunRequest {
+        run_id: run_id.clone(),
+    };
+    let mut shown = Shown {
+        json: args.json,
+        events: HashSet::new(),
+        run: None,
+    };
     let mut reconnects = 0;
     loop {
         // The first open fails like any command; later ones are part of following.
@@ -57,23 +63,41 @@ pub async fn watch(args: &ClientArgs, run_id: String, follow: bool) -> anyhow::R
         };
         let Ended::Lost(reason) = ended else { break };
         if !follow || reconnects >= MAX_RECONNECTS {
-            let advice = if follow { format!(" (gave up after {MAX_RECONNECTS} reconnects)") } else { " (pass --follow to go on watching through another endpoint)".to_string() };
+            let advice = if follow {
+                format!(" (gave up after {MAX_RECONNECTS} reconnects)")
+            } else {
+                " (pass --follow to go on watching through another endpoint)".to_string()
+            };
             let message = format!("error: lost the watch of run {run_id} on {} before the run ended: {reason}{advice}", conn.endpoint);
-            return Err(Exit { code: EXIT_STREAM_LOST, message }.into());
+            return Err(Exit {
+                code: EXIT_STREAM_LOST,
+                message,
+            }
+            .into());
         }
         reconnects += 1;
-        eprintln!("watch of run {run_id} on {} lost ({reason}); following through another endpoint", conn.endpoint);
+        eprintln!(
+            "watch of run {run_id} on {} lost ({reason}); following through another endpoint",
+            conn.endpoint
+        );
         tokio::time::sleep(RECONNECT_PAUSE).await;
         // Every endpoint refusing a connection counts as one more loss.
         if let Err(err) = conn.reconnect_elsewhere().await {
-            eprintln!("watch of run {run_id}: {}", crate::client::error_chain(&err));
+            eprintln!(
+                "watch of run {run_id}: {}",
+                crate::client::error_chain(&err)
+            );
         }
     }
     finish(&run_id, &shown)
 }
 
 /// Opens the watch and prints what it streams until it ends.
-async fn stream_once(conn: &mut FloeClient, request: &api::WatchRunRequest, shown: &mut Shown) -> Result<Ended, tonic::Status> {
+async fn stream_once(
+    conn: &mut FloeClient,
+    request: &api::WatchRunRequest,
+    shown: &mut Shown,
+) -> Result<Ended, tonic::Status> {
     let mut updates = conn
         .call(Repeat::Read, |mut client| {
             let request = request.clone();
@@ -84,14 +108,27 @@ async fn stream_once(conn: &mut FloeClient, request: &api::WatchRunRequest, show
         let update = match updates.message().await {
             Ok(Some(update)) => update,
             Ok(None) => break,
-            Err(status) => return Ok(Ended::Lost(format!("{:?}: {}", status.code(), status.message()))),
+            Err(status) => {
+                return Ok(Ended::Lost(format!(
+                    "{:?}: {}",
+                    status.code(),
+                    status.message()
+                )))
+            }
         };
         let run: Value = match serde_json::from_slice(&update.run) {
             Ok(run) => run,
-            Err(err) => return Err(tonic::Status::internal(format!("run record is not JSON: {err}"))),
+            Err(err) => {
+                return Err(tonic::Status::internal(format!(
+                    "run record is not JSON: {err}"
+                )))
+            }
         };
-        let fresh: Vec<&api::RunHistoryEvent> =
-            update.events.iter().filter(|event| shown.events.insert(format!("{event:?}"))).collect();
+        let fresh: Vec<&api::RunHistoryEvent> = update
+            .events
+            .iter()
+            .filter(|event| shown.events.insert(format!("{event:?}")))
+            .collect();
         if shown.json {
             let events: Vec<Value> = fresh.iter().map(|event| event_json(event)).collect();
             print_json(json!({ "events": events, "run": run }));
@@ -102,15 +139,23 @@ async fn stream_once(conn: &mut FloeClient, request: &api::WatchRunRequest, show
         }
         shown.run = Some(run);
     }
-    if shown.run.as_ref().is_some_and(|run| status_of(run) != "Running") {
+    if shown
+        .run
+        .as_ref()
+        .is_some_and(|run| status_of(run) != "Running")
+    {
         Ok(Ended::RunEnded)
     } else {
-        Ok(Ended::Lost("the stream ended before the run did".to_string()))
+        Ok(Ended::Lost(
+            "the stream ended before the run did".to_string(),
+        ))
     }
 }
 
 fn status_of(run: &Value) -> &str {
-    run.get("status").and_then(Value::as_str).unwrap_or("Running")
+    run.get("status")
+        .and_then(Value::as_str)
+        .unwrap_or("Running")
 }
 
 /// Prints the run (tables only) and exits by how it ended.
@@ -123,9 +168,17 @@ fn finish(run_id: &str, shown: &Shown) -> anyhow::Result<()> {
     match status_of(run) {
         "Completed" => Ok(()),
         status => {
-            let error = run.get("error").and_then(Value::as_str).map(|e| format!(": {e}")).unwrap_or_default();
+            let error = run
+                .get("error")
+                .and_then(Value::as_str)
+                .map(|e| format!(": {e}"))
+                .unwrap_or_default();
             let message = format!("run {run_id} ended {}{error}", status.to_lowercase());
-            Err(Exit { code: EXIT_RUN_NOT_COMPLETED, message }.into())
+            Err(Exit {
+                code: EXIT_RUN_NOT_COMPLETED,
+                message,
+            }
+            .into())
         }
     }
 }
