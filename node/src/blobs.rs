@@ -123,7 +123,7 @@ impl Node {
             match outcome {
                 Ok(_) => needed -= 1,
                 Err(err) => {
-                    tracing::warn!(node_id = self.id, peer, blob = %blob.hash, error = %err, "blob not stored on peer");
+                    crate::warn_limited!(format!("blob not stored on peer {peer}"), node_id = self.id, peer, blob = %blob.hash, error = %err, "blob not stored on peer");
                     failures.push(format!("node {peer}: {err}"));
                 }
             }
@@ -281,10 +281,10 @@ pub async fn maintain(node: Arc<Node>, cancel: CancellationToken) -> anyhow::Res
             _ = tokio::time::sleep(MAINTENANCE_INTERVAL) => {}
         }
         if let Err(err) = sweep(&node).await {
-            tracing::warn!(node_id = node.id, error = %err, "blob sweep failed");
+            crate::warn_limited!("blob sweep failed", node_id = node.id, error = %err, "blob sweep failed");
         }
         if let Err(err) = repair(&node).await {
-            tracing::warn!(node_id = node.id, error = %err, "blob repair failed");
+            crate::warn_limited!("blob repair failed", node_id = node.id, error = %err, "blob repair failed");
         }
     }
 }
@@ -341,7 +341,7 @@ pub async fn repair(node: &Node) -> Result<usize, ApiError> {
         for hash in missing {
             match node.fetch_blob(&hash).await {
                 Ok(_) => fetched += 1,
-                Err(err) => tracing::warn!(node_id = node.id, blob = %hash, error = %err, "referenced blob missing here and not fetched"),
+                Err(err) => crate::warn_limited!("referenced blob not fetched", node_id = node.id, blob = %hash, error = %err, "referenced blob missing here and not fetched"),
             }
         }
         if page.len() < REPAIR_PAGE {

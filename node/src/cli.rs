@@ -9,7 +9,7 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use crate::api;
-use crate::client::{ClientOptions, FloeClient};
+use crate::client::{ClientOptions, FloeClient, Repeat};
 use crate::config::NodeConfig;
 
 #[derive(Parser, Debug)]
@@ -291,10 +291,16 @@ pub enum RunCommand {
     },
     /// Stream what happens to the run (its history so far first) until it
     /// ends, then print it; `--json`: each update's events and run record.
+    /// Exits 0 when the run completed, 4 when it failed or was cancelled,
+    /// 3 when the stream was lost before the run ended, 1 on other errors.
     Watch {
         #[command(flatten)]
         client: ClientArgs,
         run_id: String,
+        /// When the stream is lost, go on watching through another endpoint
+        /// (up to 10 times), printing only events not printed yet.
+        #[arg(long)]
+        follow: bool,
     },
 }
 
@@ -345,6 +351,21 @@ pub enum KvCommand {
     },
 }
 
+/// Sends a request through `conn`, again on another node when `Repeat`
+/// allows (see `failover.rs`); fails the command with the last status.
+macro_rules! call {
+    ($conn:expr, $repeat:ident, $service:ident . $method:ident ($request:expr)) => {{
+        let request = $request;
+        $conn
+            .call(Repeat::$repeat, |mut client| {
+                let request = request.clone();
+                async move { client.$service.$method(request).await }
+            })
+            .await
+            .map_err(status_error)?
+    }};
+}
+
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => serve(args).await,
@@ -364,19 +385,19 @@ async fn limit(command: LimitCommand) -> anyhow::Result<()> {
         LimitCommand::Set { client, scope, name, limit } => {
             let mut conn = connect(&client).await?;
             let request = api::SetLimitRequest { scope: scope.clone(), name: name.clone(), limit: Some(limit) };
-            conn.runs.set_limit(request).await.map_err(status_error)?;
+            call!(conn, Write, runs.set_limit(request));
             eprintln!("{scope} {name}: at most {limit} tasks placed at once");
         }
         LimitCommand::Clear { client, scope, name } => {
             let mut conn = connect(&client).await?;
             let request = api::SetLimitRequest { scope: scope.clone(), name: name.clone(), limit: None };
-            conn.runs.set_limit(request).await.map_err(status_error)?;
+            call!(conn, Write, runs.set_limit(request));
             eprintln!("{scope} {name}: no limit");
         }
         LimitCommand::List { client } => {
             let mut conn = connect(&client).await?;
-            let reply = conn.runs.list_limits(api::ListLimitsRequest { consistency: consistency(false) }).await.map_err(status_error)?;
-            let limits = reply.into_inner().limits;
+            let reply = call!(conn, Read, runs.list_limits(api::ListLimitsRequest { consistency: consistency(false) }));
+            let limits = reply.limits;
             if client.json {
                 let rows: Vec<_> = limits
                     .iter()
@@ -402,8 +423,8 @@ async fn blob(command: BlobCommand) -> anyhow::Result<()> {
     match command {
         BlobCommand::Get { client, address, out } => {
             let mut conn = connect(&client).await?;
-            let reply = conn.blobs.get(api::GetBlobRequest { address }).await.map_err(status_error)?;
-            let data = reply.into_inner().data;
+            let reply = call!(conn, Read, blobs.get(api::GetBlobRequest { address }));
+            let data = reply.data;
             match out {
                 Some(path) => std::fs::write(&path, &data).map_err(|err| anyhow::anyhow!("writing {}: {err}", path.display()))?,
                 None => std::io::Write::write_all(&mut std::io::stdout(), &data)?,
@@ -457,12 +478,18 @@ async fn wait_for_shutdown_signal() {
 
 pub fn init_logging(level: &str) {
     let filter = std::env::var("FLOE_LOG").unwrap_or_else(|_| level.to_string());
-    let _ = tracing_subscriber::fmt()
+    let subscriber = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
-        .try_init();
+        .finish();
+    // openraft's per-request failure lines repeat many times a second while a
+    // node is down (see log_limit.rs).
+    let _ = tracing_subscriber::util::SubscriberInitExt::try_init(tracing_subscriber::layer::SubscriberExt::with(
+        subscriber,
+        crate::log_limit::OpenraftNoise,
+    ));
 }
 
 fn cert(command: CertCommand) -> anyhow::Result<()> {
@@ -530,7 +557,7 @@ async fn cluster(command: ClusterCommand) -> anyhow::Result<()> {
     match command {
         ClusterCommand::Init { client } => {
             let mut conn = connect(&client).await?;
-            let reply = conn.cluster.init(api::InitRequest {}).await.map_err(status_error)?.into_inner();
+            let reply = call!(conn, Write, cluster.init(api::InitRequest {}));
             if client.json {
                 print_json(json!({ "initialized": reply.node_id }));
             } else {
@@ -540,17 +567,17 @@ async fn cluster(command: ClusterCommand) -> anyhow::Result<()> {
         ClusterCommand::Join { client, node_id, raft_addr, learner } => {
             let mut conn = connect(&client).await?;
             let request = api::JoinRequest { node_id, raft_addr, learner_only: learner };
-            let reply = conn.cluster.join(request).await.map_err(status_error)?.into_inner();
+            let reply = call!(conn, Write, cluster.join(request));
             membership_out(client.json, &format!("node {node_id} joined"), &reply.voters, &reply.learners);
         }
         ClusterCommand::Remove { client, node_id } => {
             let mut conn = connect(&client).await?;
-            let reply = conn.cluster.remove(api::RemoveRequest { node_id }).await.map_err(status_error)?.into_inner();
+            let reply = call!(conn, Write, cluster.remove(api::RemoveRequest { node_id }));
             membership_out(client.json, &format!("node {node_id} removed"), &reply.voters, &reply.learners);
         }
         ClusterCommand::Status { client } => {
             let mut conn = connect(&client).await?;
-            let status = conn.cluster.status(api::StatusRequest {}).await.map_err(status_error)?.into_inner();
+            let status = call!(conn, Read, cluster.status(api::StatusRequest {}));
             print_status(&status, client.json);
         }
     }
@@ -622,8 +649,8 @@ async fn kv(command: KvCommand) -> anyhow::Result<()> {
     match command {
         KvCommand::Put { client, key, value } => {
             let mut conn = connect(&client).await?;
-            let reply = conn.kv.put(api::PutRequest { key: key.clone(), value: value.into_bytes() }).await.map_err(status_error)?;
-            let revision = reply.into_inner().revision;
+            let reply = call!(conn, Write, kv.put(api::PutRequest { key: key.clone(), value: value.into_bytes() }));
+            let revision = reply.revision;
             if client.json {
                 print_json(json!({ "key": key, "revision": revision }));
             } else {
@@ -633,7 +660,7 @@ async fn kv(command: KvCommand) -> anyhow::Result<()> {
         KvCommand::Get { client, key, local } => {
             let mut conn = connect(&client).await?;
             let request = api::GetRequest { key: key.clone(), consistency: consistency(local) };
-            let reply = conn.kv.get(request).await.map_err(status_error)?.into_inner();
+            let reply = call!(conn, Read, kv.get(request));
             if client.json {
                 let value = reply.found.then(|| String::from_utf8_lossy(&reply.value).to_string());
                 print_json(json!({ "key": key, "found": reply.found, "value": value, "revision": reply.revision }));
@@ -650,7 +677,7 @@ async fn kv(command: KvCommand) -> anyhow::Result<()> {
                 expected: expect.map(String::into_bytes),
                 new_value: new.map(String::into_bytes),
             };
-            let reply = conn.kv.cas(request).await.map_err(status_error)?.into_inner();
+            let reply = call!(conn, Write, kv.cas(request));
             let current = reply.found.then(|| String::from_utf8_lossy(&reply.current).to_string());
             if client.json {
                 print_json(json!({ "key": key, "succeeded": reply.succeeded, "current": current, "revision": reply.revision }));
@@ -662,7 +689,7 @@ async fn kv(command: KvCommand) -> anyhow::Result<()> {
         }
         KvCommand::Delete { client, key } => {
             let mut conn = connect(&client).await?;
-            let reply = conn.kv.delete(api::DeleteRequest { key: key.clone() }).await.map_err(status_error)?.into_inner();
+            let reply = call!(conn, Write, kv.delete(api::DeleteRequest { key: key.clone() }));
             if client.json {
                 print_json(json!({ "key": key, "existed": reply.existed }));
             } else if reply.existed {
@@ -674,7 +701,7 @@ async fn kv(command: KvCommand) -> anyhow::Result<()> {
         KvCommand::List { client, prefix, limit, start_after, local } => {
             let mut conn = connect(&client).await?;
             let request = api::ListRequest { prefix, start_after, limit, consistency: consistency(local) };
-            let reply = conn.kv.list(request).await.map_err(status_error)?.into_inner();
+            let reply = call!(conn, Read, kv.list(request));
             if client.json {
                 let items: Vec<_> = reply
                     .items
@@ -728,7 +755,7 @@ async fn flow(command: FlowCommand) -> anyhow::Result<()> {
         FlowCommand::Put { client, file } => {
             let definition = read_definition(&file)?;
             let mut conn = connect(&client).await?;
-            let reply = conn.flows.put(api::PutFlowRequest { definition }).await.map_err(status_error)?.into_inner();
+            let reply = call!(conn, Write, flows.put(api::PutFlowRequest { definition }));
             if client.json {
                 print_json(json!({ "name": reply.name, "version": reply.version, "created": reply.created, "hash": reply.hash }));
             } else if reply.created {
@@ -740,7 +767,7 @@ async fn flow(command: FlowCommand) -> anyhow::Result<()> {
         FlowCommand::Get { client, name, version } => {
             let mut conn = connect(&client).await?;
             let request = api::GetFlowRequest { name, version: version.unwrap_or(0), consistency: consistency(false) };
-            let reply = conn.flows.get(request).await.map_err(status_error)?.into_inner();
+            let reply = call!(conn, Read, flows.get(request));
             let definition: serde_json::Value = serde_json::from_slice(&reply.definition)?;
             if client.json {
                 print_json(json!({ "name": reply.name, "version": reply.version, "hash": reply.hash, "created_at_ms": reply.created_at_ms, "definition": definition }));
@@ -752,7 +779,7 @@ async fn flow(command: FlowCommand) -> anyhow::Result<()> {
         FlowCommand::List { client, limit, start_after } => {
             let mut conn = connect(&client).await?;
             let request = api::ListFlowsRequest { start_after, limit, consistency: consistency(false) };
-            let reply = conn.flows.list(request).await.map_err(status_error)?.into_inner();
+            let reply = call!(conn, Read, flows.list(request));
             if client.json {
                 let flows: Vec<_> = reply.flows.iter().map(|f| json!({ "name": f.name, "latest_version": f.latest_version })).collect();
                 print_json(json!({ "flows": flows, "more": reply.more }));
@@ -764,7 +791,7 @@ async fn flow(command: FlowCommand) -> anyhow::Result<()> {
         FlowCommand::Versions { client, name } => {
             let mut conn = connect(&client).await?;
             let request = api::FlowVersionsRequest { name: name.clone(), consistency: consistency(false) };
-            let reply = conn.flows.versions(request).await.map_err(status_error)?.into_inner();
+            let reply = call!(conn, Read, flows.versions(request));
             if client.json {
                 let versions: Vec<_> = reply
                     .versions
@@ -792,7 +819,7 @@ fn json_argument(text: &str, what: &str) -> anyhow::Result<Vec<u8>> {
     Ok(bytes)
 }
 
-fn print_run(run: &serde_json::Value) {
+pub(crate) fn print_run(run: &serde_json::Value) {
     let text = |field: &str| run.get(field).and_then(|v| v.as_str()).unwrap_or("").to_string();
     println!(
         "run {}  flow {} v{}  status {}",
@@ -834,7 +861,16 @@ async fn run_command(command: RunCommand) -> anyhow::Result<()> {
             let input = json_argument(&input, "run input")?;
             let mut conn = connect(&client).await?;
             let request = api::StartRunRequest { flow, version: version.unwrap_or(0), input, correlation_id, idempotency_key };
-            let reply = conn.runs.start(request).await.map_err(status_error)?.into_inner();
+            // A start with a key returns the first run on a repeat, so it may
+            // go to another node whatever the failure.
+            let repeat = if request.idempotency_key.is_empty() { Repeat::Write } else { Repeat::Idempotent };
+            let reply = conn
+                .call(repeat, |mut client| {
+                    let request = request.clone();
+                    async move { client.runs.start(request).await }
+                })
+                .await
+                .map_err(status_error)?;
             if client.json {
                 print_json(json!({ "run_id": reply.run_id, "created": reply.created, "version": reply.version }));
             } else {
@@ -846,9 +882,9 @@ async fn run_command(command: RunCommand) -> anyhow::Result<()> {
         }
         RunCommand::Get { client, run_id } => {
             let mut conn = connect(&client).await?;
-            let reply = conn.runs.get(api::GetRunRequest { run_id, consistency: consistency(false) }).await.map_err(status_error)?;
+            let reply = call!(conn, Read, runs.get(api::GetRunRequest { run_id, consistency: consistency(false) }));
             // Any depth: a run stored before the nesting limit may hold deeper values.
-            let run: serde_json::Value = floe_engine::limits::from_stored_text(&reply.into_inner().run)?;
+            let run: serde_json::Value = floe_engine::limits::from_stored_text(&reply.run)?;
             if client.json {
                 print_json(run);
             } else {
@@ -866,7 +902,7 @@ async fn run_command(command: RunCommand) -> anyhow::Result<()> {
                 consistency: consistency(false),
                 ..Default::default()
             };
-            let reply = conn.runs.list(request).await.map_err(status_error)?.into_inner();
+            let reply = call!(conn, Read, runs.list(request));
             if client.json {
                 let runs: Vec<_> = reply
                     .runs
@@ -890,46 +926,26 @@ async fn run_command(command: RunCommand) -> anyhow::Result<()> {
         }
         RunCommand::Cancel { client, run_id, reason } => {
             let mut conn = connect(&client).await?;
-            conn.runs.cancel(api::CancelRunRequest { run_id: run_id.clone(), reason }).await.map_err(status_error)?;
+            call!(conn, Write, runs.cancel(api::CancelRunRequest { run_id: run_id.clone(), reason }));
             eprintln!("run {run_id} cancelled");
         }
         RunCommand::Retry { client, run_id } => {
             let mut conn = connect(&client).await?;
-            conn.runs.retry(api::RetryRunRequest { run_id: run_id.clone() }).await.map_err(status_error)?;
+            call!(conn, Write, runs.retry(api::RetryRunRequest { run_id: run_id.clone() }));
             eprintln!("run {run_id} retried from its failed step");
         }
         RunCommand::Signal { client, run_id, signal, payload } => {
             let payload = json_argument(&payload, "signal payload")?;
             let mut conn = connect(&client).await?;
-            conn.runs.signal(api::SignalRunRequest { run_id: run_id.clone(), signal: signal.clone(), payload }).await.map_err(status_error)?;
+            call!(conn, Write, runs.signal(api::SignalRunRequest { run_id: run_id.clone(), signal: signal.clone(), payload }));
             eprintln!("signal {signal} delivered to run {run_id}");
         }
-        RunCommand::Watch { client, run_id } => {
-            let mut conn = connect(&client).await?;
-            let mut updates = conn.runs.watch(api::WatchRunRequest { run_id }).await.map_err(status_error)?.into_inner();
-            let mut last = None;
-            while let Some(update) = updates.message().await.map_err(status_error)? {
-                let run: serde_json::Value = serde_json::from_slice(&update.run)?;
-                if client.json {
-                    let events: Vec<_> = update.events.iter().map(event_json).collect();
-                    print_json(json!({ "events": events, "run": run }));
-                } else {
-                    for event in &update.events {
-                        println!("{}", event_line(event));
-                    }
-                }
-                last = Some(run);
-            }
-            if let (false, Some(run)) = (client.json, last) {
-                println!();
-                print_run(&run);
-            }
-        }
+        RunCommand::Watch { client, run_id, follow } => crate::watch_cli::watch(&client, run_id, follow).await?,
     }
     Ok(())
 }
 
-fn event_json(event: &api::RunHistoryEvent) -> serde_json::Value {
+pub(crate) fn event_json(event: &api::RunHistoryEvent) -> serde_json::Value {
     let mut value = json!({ "at_ms": event.at_ms, "kind": event.kind });
     let optional = [
         ("step", (!event.step.is_empty()).then(|| json!(event.step))),
@@ -948,7 +964,7 @@ fn event_json(event: &api::RunHistoryEvent) -> serde_json::Value {
 }
 
 /// `17:02:03.456Z  step classify[2] attempt 1 started on node 2`.
-fn event_line(event: &api::RunHistoryEvent) -> String {
+pub(crate) fn event_line(event: &api::RunHistoryEvent) -> String {
     let stamp = format_ms(event.at_ms);
     let time = stamp.split(' ').nth(1).unwrap_or(&stamp).trim_end_matches('Z');
     let mut line = format!("{time}.{:03}Z  ", event.at_ms % 1000);
@@ -979,8 +995,28 @@ fn event_line(event: &api::RunHistoryEvent) -> String {
 
 /// Exit code and message for a failed command; errors go to stderr.
 pub fn report(err: &anyhow::Error) -> i32 {
+    if let Some(exit) = err.downcast_ref::<Exit>() {
+        eprintln!("{}", exit.message);
+        return exit.code;
+    }
     eprintln!("error: {}", crate::client::error_chain(err));
-    1
+    EXIT_ERROR
+}
+
+/// Any failed command.
+pub const EXIT_ERROR: i32 = 1;
+/// `run watch`: the stream ended before the run did.
+pub const EXIT_STREAM_LOST: i32 = 3;
+/// `run watch`: the run ended failed or cancelled.
+pub const EXIT_RUN_NOT_COMPLETED: i32 = 4;
+
+/// A command's outcome that is not a plain error: its own exit code and
+/// the one line that explains it on stderr.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct Exit {
+    pub code: i32,
+    pub message: String,
 }
 
 #[cfg(test)]

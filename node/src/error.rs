@@ -47,7 +47,14 @@ impl From<ApiError> for tonic::Status {
     fn from(err: ApiError) -> tonic::Status {
         let message = bounded_message(err.to_string());
         match err {
-            ApiError::Unavailable(_) => tonic::Status::unavailable(message),
+            ApiError::Unavailable(_) => {
+                let mut status = tonic::Status::unavailable(message);
+                // The node's word that nothing was applied: a client may send
+                // a write elsewhere (leader_hint.rs).
+                let unapplied = tonic::metadata::MetadataValue::from_static("1");
+                status.metadata_mut().insert(crate::leader_hint::UNAPPLIED_HEADER, unapplied);
+                status
+            }
             ApiError::OutcomeUnknown(_) => tonic::Status::deadline_exceeded(message),
             ApiError::InvalidArgument(_) => tonic::Status::invalid_argument(message),
             ApiError::NotFound(_) => tonic::Status::not_found(message),

@@ -20,6 +20,7 @@ use crate::api::runs_server::{Runs, RunsServer};
 use crate::api::workers_server::{Workers, WorkersServer};
 use crate::error::ApiError;
 use crate::grpc_limits::{OversizeAnswerLayer, TransportLimits};
+use crate::leader_hint::{LeaderHintLayer, LeaderLookup};
 use crate::peer_api::{self, PeerRequest, PeerResponse};
 use crate::service::Node;
 
@@ -40,6 +41,7 @@ pub async fn serve(node: Arc<Node>, material: TlsMaterial, cancel: CancellationT
     tonic::transport::Server::builder()
         .tls_config(tls)?
         .layer(OversizeAnswerLayer::new(limits.clone()))
+        .layer(LeaderHintLayer::new(leader_lookup(&node)))
         .add_service(ClusterServer::new(ClusterApi { node: node.clone() }).max_decoding_message_size(limits.small))
         .add_service(
             FlowsServer::new(FlowsApi { node: node.clone() })
@@ -74,6 +76,18 @@ pub async fn serve(node: Arc<Node>, material: TlsMaterial, cancel: CancellationT
         .serve_with_shutdown(addr, cancel.cancelled_owned())
         .await
         .map_err(|err| anyhow::anyhow!("gRPC server on {addr}: {err}"))
+}
+
+/// The leader's API address, while this node knows a leader other than itself.
+fn leader_lookup(node: &Arc<Node>) -> LeaderLookup {
+    let node = node.clone();
+    Arc::new(move || {
+        let metrics = node.raft.metrics().borrow().clone();
+        // Includes a leader named in pre-vote answers, before its first heartbeat.
+        let leader = node.elections.leader_hint().filter(|leader| *leader != node.id)?;
+        let info = metrics.membership_config.membership().get_node(&leader)?;
+        Some(info.api_addr.clone()).filter(|addr| !addr.is_empty())
+    })
 }
 
 struct ClusterApi {
@@ -588,7 +602,12 @@ impl Runs for RunsApi {
             let mut last = first;
             while last.status == floe_engine::run::RunStatus::Running {
                 tokio::select! {
-                    _ = node.shutdown.cancelled() => return,
+                    _ = node.shutdown.cancelled() => {
+                        // Not a clean end: the run goes on, and the watcher
+                        // must be able to tell (and watch it on another node).
+                        let _ = sender.send(Err(shutting_down(&node))).await;
+                        return;
+                    }
                     _ = sender.closed() => return,
                     _ = changes.changed() => {}
                 }
@@ -603,6 +622,11 @@ impl Runs for RunsApi {
         });
         Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(receiver)))
     }
+}
+
+/// How a stream ends when its node stops: `UNAVAILABLE`, safe to resume elsewhere.
+pub(crate) fn shutting_down(node: &Node) -> Status {
+    ApiError::Unavailable(format!("node {} is shutting down", node.id)).into()
 }
 
 struct WorkersApi {

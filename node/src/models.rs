@@ -298,7 +298,7 @@ pub async fn maintain(node: Arc<Node>, cancel: CancellationToken) -> anyhow::Res
         let (records, deployments) = match read {
             Ok(Ok(found)) => found,
             Ok(Err(err)) => {
-                tracing::warn!(error = %err, "reading model placements");
+                crate::warn_limited!("reading model placements", error = %err, "reading model placements");
                 continue;
             }
             Err(_) => continue,
@@ -471,7 +471,7 @@ pub fn start_task(node: &Arc<Node>, task: &TaskRecord, input: Value, latest: &BT
         };
         let delivered = crate::workers::deliver_result(&node, key, attempt, &replica.to_string(), outcome).await;
         if let Err(err) = delivered {
-            tracing::warn!(task = %text, attempt, error = %err, "inference result refused");
+            crate::warn_limited!("inference result refused", task = %text, attempt, error = %err, "inference result refused");
         }
         node.workers.mark_answered(&text, attempt);
         if let Ok(mut running) = node.models.running.lock() {

@@ -6,12 +6,11 @@ use std::future::Future;
 use std::time::Duration;
 
 use floe_storage::{Command, CommandResponse, KvEntry, NodeId, NodeInfo};
-use openraft::error::RaftError;
 
 use floe_engine::names::quote_bounded;
 use crate::error::ApiError;
 use crate::peer_api::{self, PeerRequest, PeerResponse};
-use crate::proposer::write_error;
+use crate::raft_errors::{initialize_error, leadership_error, write_error};
 use crate::service::{Node, CLIENT_REQUEST_TIMEOUT};
 
 /// Largest key and value the key-value API accepts.
@@ -128,7 +127,8 @@ impl Node {
             .applied_index_at_least(read_index, "read barrier")
             .await;
         waited.map(|_| ()).map_err(|err| {
-            ApiError::Unavailable(format!("node {} did not apply up to the read index {read_index:?}: {err}", self.id))
+            let index = read_index.map_or_else(|| "0".to_string(), |index| index.to_string());
+            ApiError::Unavailable(format!("node {} did not apply up to the read index {index}: {err}", self.id))
         })
     }
 
@@ -164,27 +164,21 @@ impl Node {
     /// returns that read index.
     pub async fn confirm_leadership(&self) -> Result<Option<u64>, ApiError> {
         self.refuse_if_cut_off()?;
-        match bounded(CLIENT_REQUEST_TIMEOUT, "linearizable read", self.raft.ensure_linearizable()).await? {
+        let confirmed = bounded(CLIENT_REQUEST_TIMEOUT, "linearizable read", self.raft.ensure_linearizable()).await?;
+        match confirmed {
             Ok(read_log_id) => Ok(read_log_id.map(|id| id.index)),
-            Err(RaftError::APIError(err)) => Err(ApiError::Unavailable(format!(
-                "node {} cannot confirm leadership for a linearizable read: {err}",
-                self.id
-            ))),
-            Err(RaftError::Fatal(err)) => Err(ApiError::Unavailable(format!("node {} raft stopped: {err}", self.id))),
+            Err(err) => {
+                let voters = self.members().1.len();
+                let heartbeat = Duration::from_millis(self.config.raft.heartbeat_interval_ms);
+                Err(leadership_error(self.id, voters, heartbeat, err))
+            }
         }
     }
 
     pub async fn init_cluster(&self) -> Result<(), ApiError> {
         let mut members = BTreeMap::new();
         members.insert(self.id, self.info.clone());
-        match self.raft.initialize(members).await {
-            Ok(()) => Ok(()),
-            Err(RaftError::APIError(err)) => Err(ApiError::FailedPrecondition(format!(
-                "node {} cannot initialize a cluster: {err} (it already holds Raft state)",
-                self.id
-            ))),
-            Err(RaftError::Fatal(err)) => Err(ApiError::Unavailable(err.to_string())),
-        }
+        self.raft.initialize(members).await.map_err(|err| initialize_error(self.id, err))
     }
 
     pub async fn join(&self, node_id: NodeId, raft_addr: &str, learner_only: bool) -> Result<(Vec<NodeId>, Vec<NodeId>), ApiError> {

@@ -257,7 +257,7 @@ pub async fn place_replicas(node: &Node, reports: &BTreeMap<NodeId, NodeReport>,
         Ok(Some(found)) => found,
         Ok(None) => return,
         Err(err) => {
-            tracing::warn!(error = %err, "reading deployments for placement");
+            crate::warn_limited!("reading deployments for placement", error = %err, "reading deployments for placement");
             return;
         }
     };

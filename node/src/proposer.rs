@@ -9,12 +9,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use floe_storage::{Command, CommandResponse, NodeId, NodeInfo, Raft};
-use openraft::error::{ClientWriteError, RaftError};
+use floe_storage::{Command, CommandResponse, NodeId, Raft};
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::ApiError;
+use crate::raft_errors::write_error;
 use crate::queue::{ask, next, Reply};
 
 /// Most commands in one entry.
@@ -142,17 +142,6 @@ fn payload_bytes(command: &Command) -> usize {
         Command::UndeployModel { name, .. } => name.len() + 8,
         Command::ChangeReplicas { changes, .. } => changes.iter().map(|c| c.model.len() + c.reason.len() + 40).sum(),
         Command::NodeSlots { offer, .. } => offer.slots.keys().map(|block| block.len() + 4).sum::<usize>() + 12,
-    }
-}
-
-pub fn write_error(node_id: NodeId, err: RaftError<NodeId, ClientWriteError<NodeId, NodeInfo>>) -> ApiError {
-    match err {
-        RaftError::APIError(ClientWriteError::ForwardToLeader(forward)) => ApiError::Unavailable(format!(
-            "node {node_id} is no longer the leader (leader now: {:?}); retry",
-            forward.leader_id
-        )),
-        RaftError::APIError(ClientWriteError::ChangeMembershipError(err)) => ApiError::FailedPrecondition(err.to_string()),
-        RaftError::Fatal(err) => ApiError::Unavailable(format!("node {node_id} raft stopped: {err}")),
     }
 }
 

@@ -63,6 +63,13 @@ pub async fn run(node: Arc<Node>, queue: ReadQueue, cancel: CancellationToken) -
         let local = node.route_is_local();
         let outcome = if local { node.confirm_leadership().await } else { forwarded_round(&node).await };
         node.metrics.observe_read_round(batch.len());
+        if let Err(err) = &outcome {
+            // Every round fails the same way while the quorum is gone; a
+            // round that reached its quorum is no failure, whoever missed it.
+            if let Some(suppressed) = crate::log_limit::allow("read round failed") {
+                tracing::warn!(node_id = node.id, suppressed, error = %err, "read round failed");
+            }
+        }
         for waiter in batch {
             let outcome = if waiter.leader_only && !local {
                 Err(ApiError::Unavailable(format!("node {} is not the leader", node.id)))

@@ -196,7 +196,7 @@ pub async fn schedule(node: Arc<Node>, cancel: CancellationToken) -> anyhow::Res
         let (timers, ready, limits) = match scanned {
             Ok(Ok(found)) => found,
             Ok(Err(err)) => {
-                tracing::warn!(error = %err, "scheduler scan failed");
+                crate::warn_limited!("scheduler scan failed", error = %err, "scheduler scan failed");
                 continue;
             }
             Err(_) => continue,
@@ -273,7 +273,7 @@ async fn fail_starved_inference(node: &Node, starved: Vec<TaskRecord>, waited_ms
     let deployments = match node.reader.deployments() {
         Ok(deployments) => deployments,
         Err(err) => {
-            tracing::warn!(error = %err, "reading deployments for waiting inference tasks");
+            crate::warn_limited!("reading deployments for waiting inference tasks", error = %err, "reading deployments for waiting inference tasks");
             return;
         }
     };
@@ -455,7 +455,7 @@ pub async fn retain(node: Arc<Node>, cancel: CancellationToken) -> anyhow::Resul
         let expired = match tokio::task::spawn_blocking(move || reader.finished_runs(cutoff, BATCH)).await {
             Ok(Ok(expired)) => expired,
             Ok(Err(err)) => {
-                tracing::warn!(error = %err, "retention scan failed");
+                crate::warn_limited!("retention scan failed", error = %err, "retention scan failed");
                 continue;
             }
             Err(_) => continue,

@@ -296,7 +296,10 @@ pub async fn serve_worker(
     loop {
         // A stopping node ends worker streams, so its gRPC server can drain.
         let message = tokio::select! {
-            _ = node.shutdown.cancelled() => break,
+            _ = node.shutdown.cancelled() => {
+                let _ = answers.send(Err(crate::grpc::shutting_down(&node))).await;
+                break;
+            }
             message = incoming.message() => match message {
                 Ok(Some(message)) => message,
                 Ok(None) => break,
@@ -339,7 +342,7 @@ pub async fn serve_worker(
                     };
                     let answered_output = outcome.is_ok();
                     if let Err(err) = deliver_result(&node, key.clone(), result.attempt, &worker_id, outcome).await {
-                        tracing::warn!(worker = %worker_id, task = %result.task, attempt = result.attempt, error = %err, "task result refused");
+                        crate::warn_limited!("task result refused", worker = %worker_id, task = %result.task, attempt = result.attempt, error = %err, "task result refused");
                         refuse(refusals.as_ref(), &result.task, result.attempt, &err).await;
                         // An output refused for what it is (not JSON, over a limit)
                         // would leave the attempt open for good: fail it instead,
@@ -521,7 +524,7 @@ pub async fn dispatch(node: Arc<Node>, cancel: CancellationToken) -> anyhow::Res
         let placed = match placed {
             Ok(Ok(placed)) => placed,
             Ok(Err(err)) => {
-                tracing::warn!(error = %err, "reading this node's tasks");
+                crate::warn_limited!("reading this node's tasks", error = %err, "reading this node's tasks");
                 continue;
             }
             Err(_) => continue,
@@ -600,7 +603,7 @@ async fn resolved_input(node: &Node, task: &TaskRecord) -> Option<serde_json::Va
         Err(err) => err.to_string(),
     };
     let text = task_key_text(&task.spec.key);
-    tracing::warn!(node_id = node.id, task = %text, attempt = task.spec.attempt, error = %failure, "task input not resolved");
+    crate::warn_limited!("task input not resolved", node_id = node.id, task = %text, attempt = task.spec.attempt, error = %failure, "task input not resolved");
     let failure = TaskFailure { error: format!("input not available: {failure}"), retryable: true };
     if let Err(err) = node.task_result(task.spec.key.clone(), task.spec.attempt, None, Err(failure)).await {
         tracing::debug!(task = %text, error = %err, "failing the attempt was refused");
