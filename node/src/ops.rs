@@ -56,7 +56,18 @@ impl Node {
         match self.route()? {
             Route::Local => Err(ApiError::Internal("forward called on the leader".into())),
             Route::Forward { leader, addr } => {
-                peer_api::call_leader(self, leader, &addr, &request, CLIENT_REQUEST_TIMEOUT).await
+                // A leader that died or was cut off never answers; once the
+                // cluster has moved on, say so now rather than at the deadline.
+                let mut metrics = self.raft.metrics();
+                let term = metrics.borrow().current_term;
+                let moved_on = metrics.wait_for(|m| m.current_term != term || m.current_leader.is_some_and(|l| l != leader));
+                tokio::select! {
+                    answer = peer_api::call_leader(self, leader, &addr, &request, CLIENT_REQUEST_TIMEOUT) => answer,
+                    Ok(now) = moved_on => Err(ApiError::OutcomeUnknown(format!(
+                        "leader {leader} was replaced (term {term} → {}) while the request was in flight; it may or may not have been applied",
+                        now.current_term
+                    ))),
+                }
             }
         }
     }
