@@ -44,7 +44,12 @@ pub fn write_error(
         RaftError::APIError(ClientWriteError::ChangeMembershipError(err)) => {
             ApiError::FailedPrecondition(format!("membership change refused: {err}"))
         }
-        RaftError::Fatal(fatal) => stopped(node_id, &fatal),
+        // The entry may already be in the log and on a majority, to be
+        // committed by the next leader: never call it "not applied".
+        RaftError::Fatal(fatal) => ApiError::OutcomeUnknown(format!(
+            "{}; the write may or may not have been applied",
+            stopped_message(node_id, &fatal)
+        )),
     }
 }
 
@@ -76,14 +81,16 @@ fn not_leader(node_id: NodeId, forward: &ForwardToLeader<NodeId, NodeInfo>) -> A
 }
 
 fn stopped(node_id: NodeId, fatal: &Fatal<NodeId>) -> ApiError {
+    ApiError::Unavailable(stopped_message(node_id, fatal))
+}
+
+fn stopped_message(node_id: NodeId, fatal: &Fatal<NodeId>) -> String {
     let cause = match fatal {
         Fatal::StorageError(_) => "its store failed (see the node's log)",
         Fatal::Panicked => "its Raft core panicked (see the node's log)",
         Fatal::Stopped => "it is shutting down",
     };
-    ApiError::Unavailable(format!(
-        "node {node_id} cannot serve Raft requests: {cause}"
-    ))
+    format!("node {node_id} cannot serve Raft requests: {cause}")
 }
 
 #[cfg(test)]
@@ -117,7 +124,7 @@ mod tests {
             RaftError::Fatal(Fatal::Stopped);
         assert_eq!(
             write_error(3, err).to_string(),
-            "unavailable: node 3 cannot serve Raft requests: it is shutting down"
+            "outcome unknown: node 3 cannot serve Raft requests: it is shutting down; the write may or may not have been applied"
         );
     }
 }
