@@ -59,6 +59,8 @@ impl Node {
     /// Proposes `command`, forwarding to the leader when this node is not it.
     pub async fn write(&self, command: Command) -> Result<CommandResponse, ApiError> {
         validate_command(&command)?;
+        // Fails fast here too rather than forward: a client retries elsewhere.
+        self.refuse_if_degraded()?;
         let response = match self.route()? {
             Route::Local => self.write_as_leader(command).await,
             // Travels with other writes waiting here (see `forwarder.rs`).
@@ -79,6 +81,8 @@ impl Node {
     /// Proposes on this node, which must be the leader.
     pub async fn write_as_leader(&self, command: Command) -> Result<CommandResponse, ApiError> {
         validate_command(&command)?;
+        // Every proposal passes here (clients', forwarded, the node's own).
+        self.refuse_if_degraded()?;
         let started = std::time::Instant::now();
         let outcome = self.proposer.propose(command).await;
         self.metrics.observe_write(started.elapsed(), outcome.is_ok());
@@ -185,6 +189,7 @@ impl Node {
         if node_id == 0 {
             return Err(ApiError::InvalidArgument("node id 0 is not allowed".into()));
         }
+        self.refuse_if_degraded()?;
         if self.reader.is_tombstoned(node_id).map_err(internal)? {
             return Err(ApiError::FailedPrecondition(format!(
                 "node id {node_id} was removed from this cluster and is never reused; give the node a new id and an empty data dir"

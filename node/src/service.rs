@@ -1,5 +1,6 @@
 //! A running node: store, Raft, QUIC transport, gRPC and HTTP servers, and
-//! the bootstrap task, all drained on one cancellation token.
+//! the bootstrap task, all drained on one cancellation token. `outage.rs`
+//! runs it, and runs it again after its data dir failed.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -7,11 +8,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use floe_raft::{NetworkFactory, Peers, RaftServer, RaftServerOptions, TlsMaterial, TransportOptions};
+use floe_raft::{NetworkFactory, Peers, RaftAdmission, RaftServer, RaftServerOptions, TlsMaterial, TransportOptions};
 use floe_storage::{NodeId, NodeInfo, Raft, StateReader, Store, StoreOptions};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::NodeConfig;
+use crate::disk::DiskHealth;
 use crate::metrics::NodeMetrics;
 use crate::peer_api::{LocalStatus, PeerApi, ProbeInfo};
 use crate::proposer::Proposer;
@@ -43,6 +45,8 @@ pub struct Node {
     /// Wake-ups from applied state (see `changes.rs`).
     pub changes: Arc<crate::changes::ChangeHub>,
     pub config: NodeConfig,
+    /// Free space and writability of the data dir (see `disk.rs`).
+    pub disk: DiskHealth,
     /// Until then, a restarted node's idea of the leader comes from its stored
     /// vote and is not yet confirmed by contact.
     pub restart_grace_until: Option<std::time::Instant>,
@@ -79,6 +83,77 @@ impl Node {
     }
 }
 
+/// Lets this node start elections, or stops it from doing so. The one
+/// place that turns campaigning on and off.
+pub(crate) fn allow_campaigning(raft: &Raft, allowed: bool) {
+    raft.runtime_config().elect(allowed);
+}
+
+impl Node {
+    /// Campaigns only with a disk that takes writes (a vote is a write) and
+    /// after a restart's grace.
+    fn update_campaigning(&self) {
+        let in_grace = self.restart_grace_until.is_some_and(|until| std::time::Instant::now() < until);
+        allow_campaigning(&self.raft, !self.disk.is_degraded() && !in_grace);
+    }
+
+    /// Why this node must not write now, as an API error.
+    pub(crate) fn refuse_if_degraded(&self) -> Result<(), crate::error::ApiError> {
+        match self.disk.refusal() {
+            Some(reason) => Err(crate::error::ApiError::Unavailable(format!("node {} refuses writes: {reason}", self.id))),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Follows the disk's condition: a degraded leader stops heartbeating, so
+/// the healthy nodes elect another leader, and a degraded node does not
+/// campaign; both resume with the disk. Ends the grace of a restarted node.
+async fn follow_disk(node: Arc<Node>, cancel: CancellationToken) -> anyhow::Result<()> {
+    let mut disk = node.disk.subscribe();
+    let grace_end = node.restart_grace_until.map(tokio::time::Instant::from_std);
+    let mut grace_pending = grace_end.is_some();
+    loop {
+        let degraded = disk.borrow_and_update().degraded.is_some();
+        node.raft.runtime_config().heartbeat(!degraded);
+        node.update_campaigning();
+        let grace_timer = async {
+            match grace_end {
+                Some(end) if grace_pending => tokio::time::sleep_until(end).await,
+                _ => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = cancel.cancelled() => return Ok(()),
+            _ = grace_timer => grace_pending = false,
+            changed = disk.changed() => {
+                if changed.is_err() {
+                    return Ok(());
+                }
+            }
+        }
+    }
+}
+
+/// Ends with an error when the Raft core stops on its own (a storage
+/// failure, a panic), naming why; ends quietly on `cancel`.
+async fn watch_raft_core(raft: Raft, cancel: CancellationToken) -> anyhow::Result<()> {
+    let mut metrics = raft.metrics();
+    loop {
+        if let Err(fatal) = &metrics.borrow_and_update().running_state {
+            anyhow::bail!("raft core stopped: {fatal}");
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return Ok(()),
+            changed = metrics.changed() => {
+                if changed.is_err() {
+                    anyhow::bail!("raft core stopped");
+                }
+            }
+        }
+    }
+}
+
 pub fn role_name(metrics: &openraft::RaftMetrics<NodeId, NodeInfo>) -> String {
     use openraft::ServerState;
     match metrics.state {
@@ -106,8 +181,53 @@ fn raft_config(config: &NodeConfig) -> anyhow::Result<openraft::Config> {
     raft_config.validate().context("raft settings")
 }
 
-/// Starts every part of a node and runs until `cancel` fires.
-pub async fn serve(config: NodeConfig, cancel: CancellationToken) -> anyhow::Result<()> {
+/// Why a node's run ended other than by its cancellation token.
+#[derive(Debug)]
+pub enum NodeFailure {
+    /// It could not start (the store, a listener, the TLS material).
+    Starting(anyhow::Error),
+    /// It started and then a part of it stopped (the Raft core, a server).
+    Running(anyhow::Error),
+}
+
+impl NodeFailure {
+    pub fn error(&self) -> &anyhow::Error {
+        match self {
+            NodeFailure::Starting(error) | NodeFailure::Running(error) => error,
+        }
+    }
+
+    pub fn into_error(self) -> anyhow::Error {
+        match self {
+            NodeFailure::Starting(error) | NodeFailure::Running(error) => error,
+        }
+    }
+}
+
+/// Starts every part of a node and runs until `cancel` fires or a part
+/// fails; either way everything is drained and the store closed (so it
+/// can be opened again) when it returns.
+pub async fn run(config: NodeConfig, disk: DiskHealth, cancel: CancellationToken) -> Result<(), NodeFailure> {
+    let started = match start(config, disk, cancel.clone()).await {
+        Ok(started) => started,
+        Err(error) => {
+            // Whatever had started (the proposer, a grace timer) stops with it.
+            cancel.cancel();
+            return Err(NodeFailure::Starting(error));
+        }
+    };
+    started.run_until_stopped(cancel).await.map_err(NodeFailure::Running)
+}
+
+/// A node whose parts are all running.
+struct Started {
+    node: Arc<Node>,
+    raft_server: RaftServer,
+    tasks: tokio::task::JoinSet<anyhow::Result<()>>,
+    bootstrap: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+async fn start(config: NodeConfig, disk: DiskHealth, cancel: CancellationToken) -> anyhow::Result<Started> {
     let material = TlsMaterial::load(&config.tls.ca, &config.tls.cert, &config.tls.key)?;
     let fingerprint = material.ca_fingerprint().to_string();
     let store_dir = config.data_dir.clone();
@@ -148,20 +268,13 @@ pub async fn serve(config: NodeConfig, cancel: CancellationToken) -> anyhow::Res
 
     // A restarted voter holds back its first election: the leader needs a
     // moment to reach it, and an election from a node that merely has not
-    // heard from the leader yet would depose a healthy leader.
+    // heard from the leader yet would depose a healthy leader. A degraded
+    // node does not campaign either; `follow_disk` lifts both.
     let restarted = store.has_raft_state()?;
     let grace = Duration::from_millis(config.raft.election_timeout_max_ms * 2);
     let restart_grace_until = restarted.then(|| std::time::Instant::now() + grace);
-    if restarted {
-        raft.runtime_config().elect(false);
-        let raft = raft.clone();
-        let cancel = cancel.clone();
-        tokio::spawn(async move {
-            tokio::select! {
-                _ = cancel.cancelled() => {}
-                _ = tokio::time::sleep(grace) => raft.runtime_config().elect(true),
-            }
-        });
+    if restarted || disk.is_degraded() {
+        allow_campaigning(&raft, false);
     }
 
     let metrics = Arc::new(NodeMetrics::default());
@@ -185,6 +298,7 @@ pub async fn serve(config: NodeConfig, cancel: CancellationToken) -> anyhow::Res
         reports: Default::default(),
         changes,
         config: config.clone(),
+        disk: disk.clone(),
         restart_grace_until,
         shutdown: cancel.clone(),
     });
@@ -195,6 +309,8 @@ pub async fn serve(config: NodeConfig, cancel: CancellationToken) -> anyhow::Res
         bind_addr: raft_bind,
         snapshot_dir: node.store.snapshot_dir(),
         transport: transport_options,
+        // Appends, votes and snapshots all write: refused while the disk cannot take them.
+        admission: RaftAdmission::new(move || disk.refusal()),
     };
     let raft_server = RaftServer::start(
         server_options,
@@ -206,6 +322,8 @@ pub async fn serve(config: NodeConfig, cancel: CancellationToken) -> anyhow::Res
     .with_context(|| format!("listening for QUIC on {raft_bind}"))?;
 
     let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(watch_raft_core(raft.clone(), cancel.clone()));
+    tasks.spawn(follow_disk(node.clone(), cancel.clone()));
     tasks.spawn(crate::metrics::track_leader_changes(node.clone(), cancel.clone()));
     tasks.spawn(crate::forwarder::run(node.clone(), forward_queue, cancel.clone()));
     tasks.spawn(crate::reads::run(node.clone(), read_queue, cancel.clone()));
@@ -220,39 +338,67 @@ pub async fn serve(config: NodeConfig, cancel: CancellationToken) -> anyhow::Res
     // Bootstrap ends on its own once the cluster exists; it is not a server.
     let bootstrap = (config.bootstrap.expect > 0).then(|| tokio::spawn(crate::bootstrap::run(node.clone(), cancel.clone())));
     tracing::info!(node_id = config.node_id, raft = %config.raft_addr, api = %config.api_addr, http = %config.http_addr, "node started");
+    Ok(Started { node, raft_server, tasks, bootstrap })
+}
 
-    let mut failure = None;
-    tokio::select! {
-        _ = cancel.cancelled() => {}
-        Some(result) = tasks.join_next() => {
-            // A server that stops on its own is fatal: stop the rest and report it.
-            failure = Some(match result {
-                Ok(Err(err)) => err,
-                Ok(Ok(())) => anyhow::anyhow!("a node service stopped unexpectedly"),
-                Err(err) => anyhow::anyhow!("a node service panicked: {err}"),
-            });
-            cancel.cancel();
+impl Started {
+    async fn run_until_stopped(self, cancel: CancellationToken) -> anyhow::Result<()> {
+        let Started { node, raft_server, mut tasks, bootstrap } = self;
+        let mut failure = None;
+        tokio::select! {
+            _ = cancel.cancelled() => {}
+            Some(result) = tasks.join_next() => {
+                // A server that stops on its own is fatal: stop the rest and report it.
+                failure = Some(match result {
+                    Ok(Err(err)) => err,
+                    Ok(Ok(())) => anyhow::anyhow!("a node service stopped unexpectedly"),
+                    Err(err) => anyhow::anyhow!("a node service panicked: {err}"),
+                });
+                cancel.cancel();
+            }
+        }
+        // A stopped Raft core is the cause whichever service noticed first.
+        if failure.is_some() {
+            if let Err(fatal) = &node.raft.metrics().borrow().running_state {
+                failure = Some(anyhow::anyhow!("raft core stopped: {fatal}"));
+            }
+        }
+        tracing::info!(node_id = node.id, "node stopping");
+        if let Some(bootstrap) = bootstrap {
+            match bootstrap.await {
+                Ok(Err(err)) => tracing::warn!(error = %err, "bootstrap failed"),
+                Err(err) => tracing::warn!(error = %err, "bootstrap task failed"),
+                Ok(Ok(())) => {}
+            }
+        }
+        while let Some(result) = tasks.join_next().await {
+            if let Ok(Err(err)) = result {
+                failure.get_or_insert(err);
+            }
+        }
+        raft_server.stopped().await;
+        if let Err(err) = node.raft.shutdown().await {
+            tracing::warn!(error = %err, "raft shutdown");
+        }
+        wait_until_released(node).await;
+        match failure {
+            Some(err) => Err(err),
+            None => Ok(()),
         }
     }
-    tracing::info!(node_id = config.node_id, "node stopping");
-    if let Some(bootstrap) = bootstrap {
-        match bootstrap.await {
-            Ok(Err(err)) => tracing::warn!(error = %err, "bootstrap failed"),
-            Err(err) => tracing::warn!(error = %err, "bootstrap task failed"),
-            Ok(Ok(())) => {}
+}
+
+/// Waits (bounded) until nothing holds the node any more, so its store and
+/// sockets are closed before the node is started again in this process.
+async fn wait_until_released(node: Arc<Node>) {
+    let node_id = node.id;
+    let weak = Arc::downgrade(&node);
+    drop(node);
+    for _ in 0..100 {
+        if weak.strong_count() == 0 {
+            return;
         }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    while let Some(result) = tasks.join_next().await {
-        if let Ok(Err(err)) = result {
-            failure.get_or_insert(err);
-        }
-    }
-    raft_server.stopped().await;
-    if let Err(err) = raft.shutdown().await {
-        tracing::warn!(error = %err, "raft shutdown");
-    }
-    match failure {
-        Some(err) => Err(err),
-        None => Ok(()),
-    }
+    tracing::warn!(node_id, holders = weak.strong_count(), "node state still held 5 s after stopping");
 }
