@@ -203,6 +203,25 @@ async fn assert_write_refused(cluster: &TestCluster, id: u64, data_dir: &Path) {
     );
 }
 
+/// A degraded node still answers local (possibly stale) reads.
+async fn assert_local_read_served(cluster: &TestCluster, id: u64) {
+    let mut client = cluster.client(id).await.unwrap();
+    let request = api::GetRequest {
+        key: "gradual/00000".into(),
+        consistency: api::ReadConsistency::Local as i32,
+    };
+    let reply = client
+        .kv
+        .get(request)
+        .await
+        .expect("a degraded node refused a local read")
+        .into_inner();
+    assert!(
+        reply.found && reply.value == b"gradual/00000",
+        "node {id} lost the first write"
+    );
+}
+
 /// A leader other than `not` that the other nodes agree on.
 async fn wait_other_leader(cluster: &TestCluster, not: u64) -> u64 {
     let deadline = Instant::now() + WAIT;
@@ -402,6 +421,7 @@ async fn node_under_the_free_space_floor_refuses_writes_and_recovers() {
                 < FLOOR as f64
         );
         assert_write_refused(cluster, node, &data_dir).await;
+        assert_local_read_served(cluster, node).await;
         if role == "leader" {
             let new_leader = wait_other_leader(cluster, node).await;
             eprintln!("node {new_leader} leads while {node} is degraded");
