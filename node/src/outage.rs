@@ -47,6 +47,11 @@ const DISK_ERRORS: [&str; 8] = [
 /// Runs the node until `cancel` fires, restarting it in place after a
 /// data dir failure.
 pub async fn serve(config: NodeConfig, cancel: CancellationToken) -> anyhow::Result<()> {
+    // The guard reads the data dir's filesystem, so the dir must exist; if
+    // it cannot be created, opening the store says why.
+    if let Err(error) = std::fs::create_dir_all(&config.data_dir) {
+        tracing::debug!(data_dir = %config.data_dir.display(), error = %error, "cannot create the data dir yet");
+    }
     let disk = DiskHealth::start(
         &config.data_dir,
         config.storage.min_free_bytes,

@@ -205,13 +205,14 @@ impl NodeFailure {
 }
 
 /// Starts every part of a node and runs until `cancel` fires or a part
-/// fails; either way everything is drained and the store closed (so it
-/// can be opened again) when it returns.
+/// fails; either way everything is drained when it returns, and after a
+/// failure it waits (bounded) until the store and sockets are released, so
+/// the node can be started again in this process.
 pub async fn run(config: NodeConfig, disk: DiskHealth, cancel: CancellationToken) -> Result<(), NodeFailure> {
     let started = match start(config, disk, cancel.clone()).await {
         Ok(started) => started,
         Err(error) => {
-            // Whatever had started (the proposer, a grace timer) stops with it.
+            // Whatever had started (the proposer) stops with it.
             cancel.cancel();
             return Err(NodeFailure::Starting(error));
         }
@@ -380,7 +381,10 @@ impl Started {
         if let Err(err) = node.raft.shutdown().await {
             tracing::warn!(error = %err, "raft shutdown");
         }
-        wait_until_released(node).await;
+        // Only a failed node may be started again in this process (`outage.rs`).
+        if failure.is_some() {
+            wait_until_released(node).await;
+        }
         match failure {
             Some(err) => Err(err),
             None => Ok(()),
