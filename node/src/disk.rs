@@ -166,10 +166,11 @@ impl DiskHealth {
             },
         };
         shared.free_bytes.store(state.free_bytes, Ordering::Relaxed);
-        shared
+        // Swapped, so that of two samples at once only one logs the change.
+        let previously_degraded = shared
             .degraded
-            .store(state.degraded.is_some(), Ordering::Relaxed);
-        match (&state.degraded, was_degraded) {
+            .swap(state.degraded.is_some(), Ordering::Relaxed);
+        match (&state.degraded, previously_degraded) {
             (Some(reason), false) => tracing::warn!(
                 data_dir = %shared.data_dir.display(),
                 free_bytes = state.free_bytes,

@@ -29,6 +29,30 @@ const FIRST_RESTART_DELAY: Duration = Duration::from_secs(1);
 const MAX_RESTART_DELAY: Duration = Duration::from_secs(10);
 /// A run that lasted this long resets the restart delay.
 const STABLE_RUN: Duration = Duration::from_secs(60);
+
+/// How long to wait before starting the node again: 1 s, doubling up to
+/// 10 s while runs keep failing soon after they start.
+struct RestartDelay {
+    next: Duration,
+}
+
+impl RestartDelay {
+    fn new() -> Self {
+        RestartDelay {
+            next: FIRST_RESTART_DELAY,
+        }
+    }
+
+    /// The pause after a run that lasted `run_lasted` and failed.
+    fn after_failure(&mut self, run_lasted: Duration) -> Duration {
+        if run_lasted > STABLE_RUN {
+            self.next = FIRST_RESTART_DELAY;
+        }
+        let delay = self.next;
+        self.next = (self.next * 2).min(MAX_RESTART_DELAY);
+        delay
+    }
+}
 /// How often a waiting node checks whether its data dir takes writes again.
 const RECHECK_INTERVAL: Duration = Duration::from_millis(200);
 
@@ -57,7 +81,7 @@ pub async fn serve(config: NodeConfig, cancel: CancellationToken) -> anyhow::Res
         config.storage.min_free_bytes,
         cancel.clone(),
     );
-    let mut restart_delay = FIRST_RESTART_DELAY;
+    let mut restart_delays = RestartDelay::new();
     let mut restarting = false;
     loop {
         let started = Instant::now();
@@ -73,15 +97,12 @@ pub async fn serve(config: NodeConfig, cancel: CancellationToken) -> anyhow::Res
         if !retry_start && !is_disk_failure(failure.error(), &disk) {
             return Err(failure.into_error());
         }
-        if started.elapsed() > STABLE_RUN {
-            restart_delay = FIRST_RESTART_DELAY;
-        }
+        let restart_delay = restart_delays.after_failure(started.elapsed());
         let reason = report(&failure, &disk, restart_delay);
         if !wait_for_disk(&config, &disk, reason, restart_delay, &cancel).await {
             return Ok(());
         }
         tracing::info!(data_dir = %config.data_dir.display(), free_bytes = disk.free_bytes(), "data dir takes writes again: starting the node");
-        restart_delay = (restart_delay * 2).min(MAX_RESTART_DELAY);
         restarting = true;
     }
 }
@@ -232,4 +253,36 @@ async fn metrics(
         )],
         out,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restart_delay_doubles_to_ten_seconds_and_resets_after_a_stable_run() {
+        let mut delays = RestartDelay::new();
+        let soon = Duration::from_secs(2);
+        let waits: Vec<u64> = (0..6)
+            .map(|_| delays.after_failure(soon).as_secs())
+            .collect();
+        assert_eq!(waits, [1, 2, 4, 8, 10, 10]);
+        assert_eq!(delays.after_failure(STABLE_RUN * 2), FIRST_RESTART_DELAY);
+        assert_eq!(delays.after_failure(soon), Duration::from_secs(2));
+    }
+
+    #[tokio::test]
+    async fn only_disk_errors_count_as_a_disk_failure() {
+        let dir = tempfile::tempdir().unwrap();
+        let disk = DiskHealth::start(dir.path(), 0, CancellationToken::new());
+        let full =
+            anyhow::anyhow!("append log entries: IO error: No space left on device (os error 28)");
+        let read_only = anyhow::Error::msg(
+            "Os { code: 30, kind: ReadOnlyFilesystem, message: \"Read-only file system\" }",
+        );
+        let corrupt = anyhow::anyhow!("raft core stopped: corrupted log entry at 42");
+        assert!(is_disk_failure(&full, &disk));
+        assert!(is_disk_failure(&read_only, &disk));
+        assert!(!is_disk_failure(&corrupt, &disk));
+    }
 }
