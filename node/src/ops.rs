@@ -105,6 +105,16 @@ impl Node {
     /// until it has applied that far. Reads after it are linearizable on any node.
     pub async fn read_barrier(&self) -> Result<(), ApiError> {
         let read_index = self.reads.read_index(false).await?;
+        if let Some(reason) = self.disk.refusal() {
+            // It refuses appends, so it cannot catch up: answer now, not at the timeout.
+            let applied = self.raft.metrics().borrow().last_applied.map(|id| id.index);
+            if applied < read_index {
+                return Err(ApiError::Unavailable(format!(
+                    "node {} has applied up to {applied:?}, behind the read index {read_index:?}, and cannot catch up: {reason}",
+                    self.id
+                )));
+            }
+        }
         let waited = self
             .raft
             .wait(Some(CLIENT_REQUEST_TIMEOUT))
@@ -146,6 +156,14 @@ impl Node {
     /// state machine has applied everything committed before the call, and
     /// returns that read index.
     pub async fn confirm_leadership(&self) -> Result<Option<u64>, ApiError> {
+        // Confirming sends heartbeats, which would keep the followers from
+        // electing a leader whose disk takes writes.
+        if let Some(reason) = self.disk.refusal() {
+            return Err(ApiError::Unavailable(format!(
+                "node {} leads but does not confirm reads while it refuses writes, so that another node takes over: {reason}",
+                self.id
+            )));
+        }
         match bounded(CLIENT_REQUEST_TIMEOUT, "linearizable read", self.raft.ensure_linearizable()).await? {
             Ok(read_log_id) => Ok(read_log_id.map(|id| id.index)),
             Err(RaftError::APIError(err)) => Err(ApiError::Unavailable(format!(

@@ -317,6 +317,49 @@ impl Writer {
     }
 }
 
+/// Linearizable reads through every node in turn, until dropped: a
+/// leader's read confirmations must not keep a degraded leader in place.
+struct Reader(CancellationToken);
+
+impl Reader {
+    fn start(cluster: &TestCluster) -> Reader {
+        let options: Vec<_> = (1..=3)
+            .map(|id| cluster.client_options(&[id]).unwrap())
+            .collect();
+        let stop = CancellationToken::new();
+        let stopped = stop.clone();
+        tokio::spawn(async move {
+            for via in (0..options.len()).cycle() {
+                if stopped.is_cancelled() {
+                    return;
+                }
+                let read = async {
+                    let mut client = FloeClient::connect(&options[via]).await?;
+                    let consistency = api::ReadConsistency::Linearizable as i32;
+                    client
+                        .kv
+                        .get(api::GetRequest {
+                            key: "gradual/00000".into(),
+                            consistency,
+                        })
+                        .await?;
+                    anyhow::Ok(())
+                };
+                // Refusals are expected while a node is degraded.
+                let _ = tokio::time::timeout(Duration::from_secs(3), read).await;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        });
+        Reader(stop)
+    }
+}
+
+impl Drop for Reader {
+    fn drop(&mut self) {
+        self.0.cancel();
+    }
+}
+
 /// Waits until `count` more writes were acknowledged.
 async fn wait_more_writes(writer: &Writer, count: usize) {
     let target = writer.acknowledged_count() + count;
@@ -401,6 +444,7 @@ async fn node_under_the_free_space_floor_refuses_writes_and_recovers() {
     let cluster = &disks.cluster;
     let writer = Writer::start(cluster, "gradual");
     wait_more_writes(&writer, 10).await;
+    let _reader = Reader::start(cluster);
 
     let (follower, leader) = follower_and_leader(cluster).await;
     for (node, role) in [(follower, "follower"), (leader, "leader")] {
