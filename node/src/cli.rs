@@ -458,7 +458,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         tracing::info!("shutdown signal received");
         on_signal.cancel();
     });
-    crate::service::serve(config, cancel).await
+    crate::outage::serve(config, cancel).await
 }
 
 async fn wait_for_shutdown_signal() {

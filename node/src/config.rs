@@ -155,6 +155,11 @@ pub struct StorageConfig {
     /// A blob no record refers to is deleted once it is this old (the age
     /// covers a blob stored for a write that has not committed yet). Default: 10 minutes.
     pub blob_gc_grace_ms: u64,
+    /// Below this many free bytes on the data dir's filesystem the node
+    /// refuses writes and log appends until space returns (see `disk.rs`);
+    /// room for sled's buffers and a snapshot or two. 0 checks only for a
+    /// read-only filesystem. Default: 256 MiB.
+    pub min_free_bytes: u64,
 }
 
 impl Default for NodeConfig {
@@ -205,7 +210,11 @@ impl Default for RaftTuning {
 
 impl Default for StorageConfig {
     fn default() -> Self {
-        StorageConfig { cache_capacity_bytes: 32 * 1024 * 1024, blob_gc_grace_ms: 10 * 60 * 1000 }
+        StorageConfig {
+            cache_capacity_bytes: 32 * 1024 * 1024,
+            blob_gc_grace_ms: 10 * 60 * 1000,
+            min_free_bytes: 256 * 1024 * 1024,
+        }
     }
 }
 

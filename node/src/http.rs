@@ -40,14 +40,17 @@ struct Readiness {
     reason: Option<String>,
 }
 
-/// Ready = a member of a cluster with a known leader, applied up to the commit index.
+/// Ready = a data dir that takes writes, a member of a cluster with a known
+/// leader, applied up to the commit index.
 async fn readyz(State(node): State<Arc<Node>>) -> (StatusCode, Json<Readiness>) {
     let metrics = node.raft.metrics().borrow().clone();
     let committed = node.raft.with_raft_state(|state| state.committed).await.ok().flatten();
     let commit_index = committed.map(|id| id.index).unwrap_or(0);
     let applied_index = metrics.last_applied.map(|id| id.index).unwrap_or(0);
     let member = metrics.membership_config.membership().get_node(&node.id).is_some();
-    let reason = if !member {
+    let reason = if let Some(disk) = node.disk.reason() {
+        Some(disk)
+    } else if !member {
         Some("not a member of a cluster yet".to_string())
     } else if metrics.current_leader.is_none() {
         Some("no known leader".to_string())

@@ -145,10 +145,17 @@ pub async fn render(node: &Node) -> String {
     if let Ok(histo) = node.metrics.write_latency.lock() {
         histogram(&mut out, "floe_api_write_duration_seconds", "Propose-to-apply latency of writes on the leader.", &LATENCY_BUCKETS, &histo.counts, histo.sum, histo.count);
     }
+    render_disk(&mut out, node.disk.free_bytes(), node.disk.is_degraded());
     if let Some(rss) = resident_memory_bytes() {
         gauge(&mut out, "floe_process_resident_memory_bytes", "Resident set size of this process.", rss as f64);
     }
     out
+}
+
+/// The data dir's gauges; also served while the node waits for its disk (`outage.rs`).
+pub fn render_disk(out: &mut String, free_bytes: u64, degraded: bool) {
+    gauge(out, "floe_storage_free_bytes", "Bytes free on the data dir's filesystem.", free_bytes as f64);
+    gauge(out, "floe_storage_degraded", "1 while the data dir cannot take writes (under storage.min_free_bytes, read-only, or failed) and the node refuses them.", f64::from(u8::from(degraded)));
 }
 
 /// Resident memory of this process, from sysinfo.

@@ -75,6 +75,8 @@ impl Node {
     /// Proposes `command`, forwarding to the leader when this node is not it.
     pub async fn write(&self, command: Command) -> Result<CommandResponse, ApiError> {
         validate_command(&command)?;
+        // Fails fast here too rather than forward: a client retries elsewhere.
+        self.refuse_if_degraded()?;
         let response = match self.route()? {
             Route::Local => self.write_as_leader(command).await,
             // Travels with other writes waiting here (see `forwarder.rs`).
@@ -110,6 +112,8 @@ impl Node {
     pub async fn write_as_leader(&self, command: Command) -> Result<CommandResponse, ApiError> {
         validate_command(&command)?;
         self.refuse_if_cut_off()?;
+        // Every proposal passes here (clients', forwarded, the node's own).
+        self.refuse_if_degraded()?;
         let started = std::time::Instant::now();
         let outcome = self.proposer.propose(command).await;
         self.metrics.observe_write(started.elapsed(), outcome.is_ok());
@@ -132,6 +136,16 @@ impl Node {
     /// until it has applied that far. Reads after it are linearizable on any node.
     pub async fn read_barrier(&self) -> Result<(), ApiError> {
         let read_index = self.reads.read_index(false).await?;
+        if let Some(reason) = self.disk.refusal() {
+            // It refuses appends, so it cannot catch up: answer now, not at the timeout.
+            let applied = self.raft.metrics().borrow().last_applied.map(|id| id.index);
+            if applied < read_index {
+                return Err(ApiError::Unavailable(format!(
+                    "node {} has applied up to {applied:?}, behind the read index {read_index:?}, and cannot catch up: {reason}",
+                    self.id
+                )));
+            }
+        }
         let waited = self
             .raft
             .wait(Some(CLIENT_REQUEST_TIMEOUT))
@@ -175,6 +189,14 @@ impl Node {
     /// returns that read index.
     pub async fn confirm_leadership(&self) -> Result<Option<u64>, ApiError> {
         self.refuse_if_cut_off()?;
+        // Confirming sends heartbeats, which would keep the followers from
+        // electing a leader whose disk takes writes.
+        if let Some(reason) = self.disk.refusal() {
+            return Err(ApiError::Unavailable(format!(
+                "node {} leads but does not confirm reads while it refuses writes, so that another node takes over: {reason}",
+                self.id
+            )));
+        }
         let confirmed = bounded(CLIENT_REQUEST_TIMEOUT, "linearizable read", self.raft.ensure_linearizable()).await?;
         match confirmed {
             Ok(read_log_id) => Ok(read_log_id.map(|id| id.index)),
@@ -212,6 +234,7 @@ impl Node {
         if node_id == 0 {
             return Err(ApiError::InvalidArgument("node id 0 is not allowed".into()));
         }
+        self.refuse_if_degraded()?;
         if self.reader.is_tombstoned(node_id).map_err(internal)? {
             return Err(ApiError::FailedPrecondition(format!(
                 "node id {node_id} was removed from this cluster and is never reused; give the node a new id and an empty data dir"

@@ -1,5 +1,6 @@
 //! A running node: store, Raft, QUIC transport, gRPC and HTTP servers, and
-//! the bootstrap task, all drained on one cancellation token.
+//! the bootstrap task, all drained on one cancellation token. `outage.rs`
+//! runs it, and runs it again after its data dir failed.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -7,11 +8,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use floe_raft::{ElectionOptions, Elections, NetworkFactory, Peers, RaftServer, RaftServerOptions, TlsMaterial, TransportOptions};
+use floe_raft::{ElectionOptions, Elections, NetworkFactory, Peers, RaftAdmission, RaftServer, RaftServerOptions, TlsMaterial, TransportOptions};
 use floe_storage::{NodeId, NodeInfo, Raft, StateReader, Store, StoreOptions};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::NodeConfig;
+use crate::disk::DiskHealth;
 use crate::metrics::NodeMetrics;
 use crate::peer_api::{LocalStatus, PeerApi, ProbeInfo};
 use crate::proposer::Proposer;
@@ -43,6 +45,8 @@ pub struct Node {
     /// Wake-ups from applied state (see `changes.rs`).
     pub changes: Arc<crate::changes::ChangeHub>,
     pub config: NodeConfig,
+    /// Free space and writability of the data dir (see `disk.rs`).
+    pub disk: DiskHealth,
     /// Pre-vote rounds, leader hints, quorum loss (see floe_raft::election).
     pub elections: Elections,
     /// Fires when the node stops; long-lived streams (workers, watches) end on it.
@@ -75,6 +79,59 @@ impl Node {
         let voters: Vec<NodeId> = membership.voter_ids().collect();
         let nodes = membership.nodes().map(|(id, info)| (*id, info.clone())).collect();
         (nodes, voters)
+    }
+}
+
+impl Node {
+    /// Why this node must not write now, as an API error.
+    pub(crate) fn refuse_if_degraded(&self) -> Result<(), crate::error::ApiError> {
+        match self.disk.refusal() {
+            Some(reason) => Err(crate::error::ApiError::Unavailable(format!("node {} refuses writes: {reason}", self.id))),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Follows the disk's condition: a degraded leader stops heartbeating, so
+/// the healthy nodes elect another leader; heartbeats resume with the disk.
+/// (A degraded node does not campaign: the election driver asks the disk.)
+async fn follow_disk(node: Arc<Node>, cancel: CancellationToken) -> anyhow::Result<()> {
+    let mut disk = node.disk.subscribe();
+    loop {
+        let degraded = disk.borrow_and_update().degraded.is_some();
+        node.raft.runtime_config().heartbeat(!degraded);
+        tokio::select! {
+            _ = cancel.cancelled() => return Ok(()),
+            changed = disk.changed() => {
+                if changed.is_err() {
+                    return Ok(());
+                }
+            }
+        }
+    }
+}
+
+/// Ends with an error when the Raft core stops on its own (a storage
+/// failure, a panic), naming why; ends quietly on `cancel`.
+async fn watch_raft_core(raft: Raft, cancel: CancellationToken) -> anyhow::Result<()> {
+    let mut metrics = raft.metrics();
+    loop {
+        // A stopping node shuts its core down itself: not a failure.
+        if cancel.is_cancelled() {
+            return Ok(());
+        }
+        if let Err(fatal) = &metrics.borrow_and_update().running_state {
+            anyhow::bail!("raft core stopped: {fatal}");
+        }
+        tokio::select! {
+            biased;
+            _ = cancel.cancelled() => return Ok(()),
+            changed = metrics.changed() => {
+                if changed.is_err() {
+                    anyhow::bail!("raft core stopped");
+                }
+            }
+        }
     }
 }
 
@@ -113,8 +170,54 @@ fn raft_config(config: &NodeConfig) -> anyhow::Result<openraft::Config> {
     raft_config.validate().context("raft settings")
 }
 
-/// Starts every part of a node and runs until `cancel` fires.
-pub async fn serve(config: NodeConfig, cancel: CancellationToken) -> anyhow::Result<()> {
+/// Why a node's run ended other than by its cancellation token.
+#[derive(Debug)]
+pub enum NodeFailure {
+    /// It could not start (the store, a listener, the TLS material).
+    Starting(anyhow::Error),
+    /// It started and then a part of it stopped (the Raft core, a server).
+    Running(anyhow::Error),
+}
+
+impl NodeFailure {
+    pub fn error(&self) -> &anyhow::Error {
+        match self {
+            NodeFailure::Starting(error) | NodeFailure::Running(error) => error,
+        }
+    }
+
+    pub fn into_error(self) -> anyhow::Error {
+        match self {
+            NodeFailure::Starting(error) | NodeFailure::Running(error) => error,
+        }
+    }
+}
+
+/// Starts every part of a node and runs until `cancel` fires or a part
+/// fails; either way everything is drained when it returns, and after a
+/// failure it waits (bounded) until the store and sockets are released, so
+/// the node can be started again in this process.
+pub async fn run(config: NodeConfig, disk: DiskHealth, cancel: CancellationToken) -> Result<(), NodeFailure> {
+    let started = match start(config, disk, cancel.clone()).await {
+        Ok(started) => started,
+        Err(error) => {
+            // Whatever had started (the proposer) stops with it.
+            cancel.cancel();
+            return Err(NodeFailure::Starting(error));
+        }
+    };
+    started.run_until_stopped(cancel).await.map_err(NodeFailure::Running)
+}
+
+/// A node whose parts are all running.
+struct Started {
+    node: Arc<Node>,
+    raft_server: RaftServer,
+    tasks: tokio::task::JoinSet<anyhow::Result<()>>,
+    bootstrap: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+async fn start(config: NodeConfig, disk: DiskHealth, cancel: CancellationToken) -> anyhow::Result<Started> {
     let material = TlsMaterial::load(&config.tls.ca, &config.tls.cert, &config.tls.key)?;
     let fingerprint = material.ca_fingerprint().to_string();
     let store_dir = config.data_dir.clone();
@@ -179,6 +282,7 @@ pub async fn serve(config: NodeConfig, cancel: CancellationToken) -> anyhow::Res
         reports: Default::default(),
         changes,
         config: config.clone(),
+        disk: disk.clone(),
         elections: elections.clone(),
         shutdown: cancel.clone(),
     });
@@ -189,6 +293,11 @@ pub async fn serve(config: NodeConfig, cancel: CancellationToken) -> anyhow::Res
         bind_addr: raft_bind,
         snapshot_dir: node.store.snapshot_dir(),
         transport: transport_options,
+        // Appends, votes and snapshots all write: refused while the disk cannot take them.
+        admission: {
+            let disk = disk.clone();
+            RaftAdmission::new(move || disk.refusal())
+        },
     };
     let raft_server = RaftServer::start(
         server_options,
@@ -200,11 +309,13 @@ pub async fn serve(config: NodeConfig, cancel: CancellationToken) -> anyhow::Res
     .with_context(|| format!("listening for QUIC on {raft_bind}"))?;
 
     let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(watch_raft_core(raft.clone(), cancel.clone()));
+    tasks.spawn(follow_disk(node.clone(), cancel.clone()));
     tasks.spawn({
-        let node = node.clone();
         let cancel = cancel.clone();
         async move {
-            node.elections.clone().run(|| true, cancel.clone()).await;
+            // A node whose disk cannot take its vote must not campaign.
+            elections.run(move || !disk.is_degraded(), cancel.clone()).await;
             if cancel.is_cancelled() {
                 Ok(())
             } else {
@@ -226,57 +337,88 @@ pub async fn serve(config: NodeConfig, cancel: CancellationToken) -> anyhow::Res
     // Bootstrap ends on its own once the cluster exists; it is not a server.
     let bootstrap = (config.bootstrap.expect > 0).then(|| tokio::spawn(crate::bootstrap::run(node.clone(), cancel.clone())));
     tracing::info!(node_id = config.node_id, raft = %config.raft_addr, api = %config.api_addr, http = %config.http_addr, "node started");
+    Ok(Started { node, raft_server, tasks, bootstrap })
+}
 
-    let mut failure = None;
-    tokio::select! {
-        _ = cancel.cancelled() => {}
-        Some(result) = tasks.join_next() => {
-            // A server that stops on its own is fatal: stop the rest and report it.
-            failure = Some(match result {
-                Ok(Err(err)) => err,
-                Ok(Ok(())) => anyhow::anyhow!("a node service stopped unexpectedly"),
-                Err(err) => anyhow::anyhow!("a node service panicked: {err}"),
-            });
-            cancel.cancel();
-        }
-    }
-    let grace = Duration::from_millis(config.shutdown_grace_ms);
-    tracing::info!(node_id = config.node_id, grace_ms = config.shutdown_grace_ms, "node stopping");
-    let stopping = std::time::Instant::now();
-    // The Raft core stops first: nothing of this node campaigns or votes
-    // while the rest winds down, and requests still waiting on it end now
-    // with an error instead of at their deadline.
-    node.elections.stop();
-    match tokio::time::timeout(grace, raft.shutdown()).await {
-        Ok(Ok(())) => {}
-        Ok(Err(err)) => tracing::warn!(error = %err, "raft shutdown"),
-        Err(_) => tracing::warn!(grace_ms = config.shutdown_grace_ms, "raft core did not stop within the grace period"),
-    }
-    if let Some(bootstrap) = bootstrap {
-        bootstrap.abort();
-        if let Ok(Ok(Err(err))) = tokio::time::timeout(grace, bootstrap).await {
-            tracing::warn!(error = %err, "bootstrap failed");
-        }
-    }
-    let drained = tokio::time::timeout(grace.saturating_sub(stopping.elapsed()), async {
-        while let Some(result) = tasks.join_next().await {
-            if let Ok(Err(err)) = result {
-                failure.get_or_insert(err);
+impl Started {
+    async fn run_until_stopped(self, cancel: CancellationToken) -> anyhow::Result<()> {
+        let Started { node, raft_server, mut tasks, bootstrap } = self;
+        let mut failure = None;
+        tokio::select! {
+            _ = cancel.cancelled() => {}
+            Some(result) = tasks.join_next() => {
+                // A server that stops on its own is fatal: stop the rest and report it.
+                failure = Some(match result {
+                    Ok(Err(err)) => err,
+                    Ok(Ok(())) => anyhow::anyhow!("a node service stopped unexpectedly"),
+                    Err(err) => anyhow::anyhow!("a node service panicked: {err}"),
+                });
+                cancel.cancel();
             }
         }
-    })
-    .await;
-    if drained.is_err() {
-        tracing::warn!(grace_ms = config.shutdown_grace_ms, left = tasks.len(), "cutting off services still running after the grace period");
-        tasks.abort_all();
-        while tasks.join_next().await.is_some() {}
+        // A stopped Raft core is the cause whichever service noticed first.
+        if failure.is_some() {
+            if let Err(fatal) = &node.raft.metrics().borrow().running_state {
+                failure = Some(anyhow::anyhow!("raft core stopped: {fatal}"));
+            }
+        }
+        let grace = Duration::from_millis(node.config.shutdown_grace_ms);
+        tracing::info!(node_id = node.id, grace_ms = node.config.shutdown_grace_ms, "node stopping");
+        let stopping = std::time::Instant::now();
+        // The Raft core stops first: nothing of this node campaigns or votes
+        // while the rest winds down, and requests still waiting on it end now
+        // with an error instead of at their deadline.
+        node.elections.stop();
+        match tokio::time::timeout(grace, node.raft.shutdown()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => tracing::warn!(error = %err, "raft shutdown"),
+            Err(_) => tracing::warn!(grace_ms = node.config.shutdown_grace_ms, "raft core did not stop within the grace period"),
+        }
+        if let Some(bootstrap) = bootstrap {
+            bootstrap.abort();
+            if let Ok(Ok(Err(err))) = tokio::time::timeout(grace, bootstrap).await {
+                tracing::warn!(error = %err, "bootstrap failed");
+            }
+        }
+        let drained = tokio::time::timeout(grace.saturating_sub(stopping.elapsed()), async {
+            while let Some(result) = tasks.join_next().await {
+                if let Ok(Err(err)) = result {
+                    failure.get_or_insert(err);
+                }
+            }
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(grace_ms = node.config.shutdown_grace_ms, left = tasks.len(), "cutting off services still running after the grace period");
+            tasks.abort_all();
+            while tasks.join_next().await.is_some() {}
+        }
+        if tokio::time::timeout(Duration::from_secs(1), raft_server.stopped()).await.is_err() {
+            tracing::warn!("raft server did not stop within 1 s");
+        }
+        tracing::info!(node_id = node.id, took_ms = stopping.elapsed().as_millis() as u64, "node stopped");
+        // Only a failed node may be started again in this process (`outage.rs`).
+        if failure.is_some() {
+            wait_until_released(node).await;
+        }
+        match failure {
+            Some(err) => Err(err),
+            None => Ok(()),
+        }
     }
-    if tokio::time::timeout(Duration::from_secs(1), raft_server.stopped()).await.is_err() {
-        tracing::warn!("raft server did not stop within 1 s");
+}
+
+/// Waits (bounded) until nothing holds the node any more, so its store and
+/// sockets are closed before the node is started again in this process.
+async fn wait_until_released(node: Arc<Node>) {
+    let node_id = node.id;
+    let weak = Arc::downgrade(&node);
+    drop(node);
+    for _ in 0..100 {
+        if weak.strong_count() == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    tracing::info!(node_id = config.node_id, took_ms = stopping.elapsed().as_millis() as u64, "node stopped");
-    match failure {
-        Some(err) => Err(err),
-        None => Ok(()),
-    }
+    tracing::warn!(node_id, holders = weak.strong_count(), "node state still held 5 s after stopping");
 }

@@ -28,6 +28,6 @@ mod tests;
 pub use election::{ElectionOptions, Elections, PreVoteRequest, PreVoteResponse};
 pub use network::{NetworkFactory, PeerNetwork};
 pub use peers::{Peers, TransportError, TransportOptions};
-pub use server::{AppHandler, RaftServer, RaftServerOptions, ServerError};
+pub use server::{AppHandler, RaftAdmission, RaftServer, RaftServerOptions, ServerError};
 pub use tls::{PeerIdentity, TlsError, TlsMaterial, RAFT_ALPN};
 pub use wire::RemoteError;

@@ -54,6 +54,37 @@ pub struct RaftServerOptions {
     /// QUIC keep-alive and idle timeouts.
     #[serde(default)]
     pub transport: TransportOptions,
+    /// Whether Raft requests are served now; every one is by default.
+    #[serde(skip)]
+    pub admission: RaftAdmission,
+}
+
+/// Decides, per request, whether this node serves Raft requests (vote,
+/// append-entries, snapshot) now. The node layer sets it, e.g. to refuse
+/// them while its disk cannot take writes: a refused peer backs off, as
+/// from an unreachable node, and the local Raft core never sees the request.
+#[derive(Clone, Default)]
+pub struct RaftAdmission {
+    refusal: Option<Arc<dyn Fn() -> Option<String> + Send + Sync>>,
+}
+
+impl RaftAdmission {
+    /// `refusal` answers `Some(reason)` while requests must be refused.
+    pub fn new(refusal: impl Fn() -> Option<String> + Send + Sync + 'static) -> Self {
+        RaftAdmission { refusal: Some(Arc::new(refusal)) }
+    }
+
+    /// Why a Raft request must be refused now, if it must.
+    pub fn refusal(&self) -> Option<String> {
+        self.refusal.as_ref().and_then(|refusal| refusal())
+    }
+}
+
+impl std::fmt::Debug for RaftAdmission {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = if self.refusal.is_some() { "conditional" } else { "always" };
+        f.debug_tuple("RaftAdmission").field(&kind).finish()
+    }
 }
 
 /// Errors starting the server.
@@ -135,6 +166,7 @@ struct ServerState {
     snapshot_dir: PathBuf,
     raft: Arc<dyn RaftRpcHandler>,
     app: Arc<dyn AppHandler>,
+    admission: RaftAdmission,
     handshake_timeout: Duration,
 }
 
@@ -189,6 +221,7 @@ impl RaftServer {
             snapshot_dir: options.snapshot_dir,
             raft,
             app,
+            admission: options.admission,
             handshake_timeout: Duration::from_millis(options.transport.handshake_timeout_ms),
         });
         info!(node_id = options.node_id, addr = %local_addr, "raft server listening");
@@ -299,8 +332,12 @@ impl StreamContext {
             }
         };
 
-        let response = match self.refusal(&request) {
-            Some(reason) => {
+        let admission_refusal = match request.body.is_raft() {
+            true => self.state.admission.refusal(),
+            false => None,
+        };
+        let response = match (self.refusal(&request), admission_refusal) {
+            (Some(reason), _) => {
                 warn!(
                     peer = %self.peer_addr,
                     claimed = %request.from,
@@ -311,7 +348,13 @@ impl StreamContext {
                 );
                 Err(RemoteError::Refused(reason))
             }
-            None => self.dispatch(request.body, &mut recv).await,
+            // Expected while it lasts, with peers retrying every few hundred
+            // ms: no warning each time.
+            (None, Some(reason)) => {
+                debug!(peer = %self.peer_addr, kind = request.body.kind(), reason = %reason, "raft request not admitted");
+                Err(RemoteError::Refused(reason))
+            }
+            (None, None) => self.dispatch(request.body, &mut recv).await,
         };
         if let Err(error) = write_frame(&mut send, &response).await {
             debug!(peer = %self.peer_addr, error = %error, "cannot send response");

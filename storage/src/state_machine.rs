@@ -393,10 +393,11 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                     %last_log_id,
                     data_dir = %dir.display(),
                     error = %error,
-                    "the store failed while applying entries; the node stops serving. Check the disk and file system \
-                     under the data dir (space, permissions, I/O errors in the kernel log) and restart the node; \
+                    "the store failed while applying entries; the node stops serving. A full or read-only disk: \
+                     the node starts again by itself once the data dir takes writes. Otherwise check the disk and \
+                     file system under the data dir (permissions, I/O errors in the kernel log) and restart the node; \
                      if its data is damaged, replace the data dir and let the node catch up from the others \
-                     (docs/operations.md, \"When apply stops\")"
+                     (docs/operations.md, \"When apply refuses or stops\")"
                 );
                 error.into_storage(ErrorSubject::Apply(last_log_id), ErrorVerb::Write)
             })?;

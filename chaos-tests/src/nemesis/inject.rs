@@ -329,18 +329,37 @@ pub async fn heal(fault: &mut ActiveFault, ctx: &FaultContext) -> TargetResult<(
             with_target(target, |target| target.start(node))?;
         }
         Undo::DiskFree { node } => {
-            with_target(target, |target| target.set_disk_full(node, false))?;
-            // A node may stop when its disk is full; an operator restarts it.
-            if !with_target(target, |target| target.is_up(node)) {
-                fault.notes.push(format!("node {node} had stopped while its disk was full; restarted"));
-                with_target(target, |target| target.start(node))?;
-            } else if !wait_all_ready(target, Duration::from_secs(10)).await {
-                fault.notes.push(format!("node {node} not ready 10 s after its disk was freed; restarted"));
-                with_target(target, |target| {
-                    target.kill(node)?;
-                    target.start(node)
-                })?;
+            // The node must ride out a full disk by itself: stay up while it
+            // is full and resume once it is freed, never restarted from here.
+            let addr = with_target(target, |target| target.http_addr(node))?;
+            let stayed_up = with_target(target, |target| target.is_up(node));
+            if stayed_up {
+                let readiness = match floe_node::harness::http_get(&addr, "/health/readyz").await {
+                    Ok((code, body)) => format!("readyz {code}: {}", body.chars().take(200).collect::<String>()),
+                    Err(err) => format!("readyz unanswered: {err}"),
+                };
+                fault.notes.push(format!("node {node} stayed up while its disk was full ({readiness})"));
             }
+            with_target(target, |target| target.set_disk_full(node, false))?;
+            if !stayed_up {
+                fault.notes.push(format!("node {node} EXITED while its disk was full"));
+                return Err(TargetError::Failed(anyhow::anyhow!(
+                    "node {node} exited while its disk was full; it must stay up and resume by itself"
+                )));
+            }
+            let freed = Instant::now();
+            if !wait_all_ready(target, Duration::from_secs(30)).await {
+                fault.notes.push(format!("node {node} NOT ready 30 s after its disk was freed"));
+                return Err(TargetError::Failed(anyhow::anyhow!(
+                    "node {node} did not recover by itself within 30 s of its disk being freed"
+                )));
+            }
+            let up = with_target(target, |target| target.is_up(node));
+            fault.notes.push(format!(
+                "node {node} recovered by itself {:.1} s after its disk was freed{}",
+                freed.elapsed().as_secs_f64(),
+                if up { "" } else { " (but its process is gone)" }
+            ));
         }
         Undo::Nothing => {}
     }

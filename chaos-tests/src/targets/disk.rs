@@ -1,6 +1,7 @@
 //! Disk-full faults for local nodes: the node's data dir is a small tmpfs
 //! mounted before the node first starts; filling it with a ballast file
 //! makes every write fail with ENOSPC, removing the ballast frees it again.
+//! The node is expected to stay up through it and resume by itself.
 //!
 //! tmpfs rather than a loop-mounted image: it needs no image file, no
 //! mkfs and no loop device (often missing in containers), and ENOSPC is

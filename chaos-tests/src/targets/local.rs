@@ -17,6 +17,9 @@ use super::{unsupported, Capabilities, ClusterSpec, NodeId, Target, TargetResult
 
 /// Size of the tmpfs under a disk-full node's data dir.
 const DISK_FULL_TMPFS_MIB: u64 = 256;
+/// `storage.min_free_bytes` of that node: the default (256 MiB) would leave
+/// it degraded from the start on a disk this small.
+const DISK_FULL_MIN_FREE_BYTES: u64 = 32 * 1024 * 1024;
 
 pub struct LocalTarget {
     /// `None` once torn down. Dropped before the mounts (field order).
@@ -60,6 +63,8 @@ impl LocalTarget {
         if let Some(node) = spec.disk_full_node {
             let data_dir = target.cluster()?.node(node)?.data_dir();
             target.mounts.insert(node, TmpfsMount::mount(&data_dir, DISK_FULL_TMPFS_MIB)?);
+            let floor = format!("storage.min_free_bytes={DISK_FULL_MIN_FREE_BYTES}");
+            target.cluster_mut()?.set_node_overrides(node, vec![floor]);
         }
         let cluster = target.cluster_mut()?;
         for id in 1..=spec.nodes {
@@ -201,6 +206,8 @@ impl Target for LocalTarget {
         Ok(())
     }
 
+    /// Fills (to the last byte, at once) or frees the node's data dir; the
+    /// node itself is left alone either way.
     fn set_disk_full(&mut self, node: NodeId, full: bool) -> TargetResult<()> {
         let Some(mount) = self.mounts.get(&node) else {
             return unsupported("local", "fill the disk of a node whose data dir is not on a tmpfs");

@@ -158,12 +158,23 @@ impl TestServer {
         bind_addr: SocketAddr,
         raft: FakeRaft,
     ) -> TestServer {
+        TestServer::start_admitting(tls, node_id, bind_addr, raft, Default::default())
+    }
+
+    pub fn start_admitting(
+        tls: &TlsMaterial,
+        node_id: NodeId,
+        bind_addr: SocketAddr,
+        raft: FakeRaft,
+        admission: crate::RaftAdmission,
+    ) -> TestServer {
         let snapshots = tempfile::tempdir().unwrap();
         let options = RaftServerOptions {
             node_id,
             bind_addr,
             snapshot_dir: snapshots.path().to_path_buf(),
             transport: Default::default(),
+            admission,
         };
         let raft = Arc::new(raft);
         let app = Arc::new(EchoApp::default());

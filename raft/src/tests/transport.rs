@@ -64,6 +64,30 @@ async fn app_call_between_two_nodes_succeeds() {
 }
 
 #[tokio::test]
+async fn raft_requests_are_refused_while_not_admitted_and_app_requests_still_served() {
+    let ca = TestCa::new("c");
+    let admitted = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let gate = admitted.clone();
+    let admission = crate::RaftAdmission::new(move || {
+        (!gate.load(Ordering::SeqCst)).then(|| "data dir /d is full".to_string())
+    });
+    let server = TestServer::start_admitting(&ca.node(1), 1, localhost(), Default::default(), admission);
+    let client = peers(&ca.node(2));
+
+    let reason = refusal(client.call(1, &server.addr(), vote_request(), RPC_TIMEOUT).await);
+    assert_eq!(reason, "data dir /d is full");
+    assert_eq!(server.raft.calls.load(Ordering::SeqCst), 0, "a refused request must not reach raft");
+    let reply = client.call_app(1, &server.addr(), b"hi".to_vec(), RPC_TIMEOUT).await.unwrap();
+    assert_eq!(reply, b"node 2: hi");
+
+    admitted.store(true, Ordering::SeqCst);
+    let response = client.call(1, &server.addr(), vote_request(), RPC_TIMEOUT).await.unwrap();
+    assert!(matches!(response, ResponseBody::Vote(vote) if vote.vote_granted));
+    assert_eq!(server.raft.calls.load(Ordering::SeqCst), 1);
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn node_can_send_raft_requests() {
     let ca = TestCa::new("c");
     let server = TestServer::start(&ca.node(1), 1, localhost());
@@ -268,6 +292,7 @@ async fn server_refuses_to_start_with_another_nodes_certificate() {
         bind_addr: localhost(),
         snapshot_dir: ca.dir.path().join("snap"),
         transport: Default::default(),
+        admission: Default::default(),
     };
     let result = crate::server::RaftServer::start_with(
         options,
@@ -427,6 +452,7 @@ fn server_with_handshake_timeout(
             handshake_timeout_ms,
             ..TransportOptions::default()
         },
+        admission: Default::default(),
     };
     crate::server::RaftServer::start_with(
         options,
