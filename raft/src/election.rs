@@ -87,7 +87,12 @@ impl ElectionOptions {
     /// (= its max) and the vote RPC's time limit (= its min).
     pub fn openraft_timeouts(&self) -> (u64, u64) {
         let lease = self.lease().as_millis() as u64;
-        (lease.saturating_sub(1).max(self.heartbeat.as_millis() as u64 + 1), lease.max(self.heartbeat.as_millis() as u64 + 2))
+        (
+            lease
+                .saturating_sub(1)
+                .max(self.heartbeat.as_millis() as u64 + 1),
+            lease.max(self.heartbeat.as_millis() as u64 + 2),
+        )
     }
 
     /// A leader that has had no quorum acknowledgement for this long knows it
@@ -118,19 +123,38 @@ pub(crate) struct LocalView {
 }
 
 /// The pre-vote rule: no while a leader is heard from, or the asker's log is behind.
-pub(crate) fn decide(request: &PreVoteRequest, view: &LocalView, lease: Duration) -> PreVoteResponse {
-    let refuse = |reason: String| PreVoteResponse { granted: false, term: view.term, leader: view.leader, reason };
+pub(crate) fn decide(
+    request: &PreVoteRequest,
+    view: &LocalView,
+    lease: Duration,
+) -> PreVoteResponse {
+    let refuse = |reason: String| PreVoteResponse {
+        granted: false,
+        term: view.term,
+        leader: view.leader,
+        reason,
+    };
     if view.is_leader && view.quorum_ack_age.is_none_or(|age| age < lease) {
         return refuse("this node is the leader and a quorum acknowledges it".into());
     }
     if let Some(age) = view.contact_age.filter(|age| *age < lease) {
-        let leader = view.leader.map_or("a leader".to_string(), |id| format!("leader {id}"));
+        let leader = view
+            .leader
+            .map_or("a leader".to_string(), |id| format!("leader {id}"));
         return refuse(format!("heard from {leader} {} ms ago", age.as_millis()));
     }
     if request.last_log_id < view.last_log_id {
-        return refuse(format!("log is behind: {:?} < {:?}", request.last_log_id, view.last_log_id));
+        return refuse(format!(
+            "log is behind: {:?} < {:?}",
+            request.last_log_id, view.last_log_id
+        ));
     }
-    PreVoteResponse { granted: true, term: view.term, leader: view.leader, reason: String::new() }
+    PreVoteResponse {
+        granted: true,
+        term: view.term,
+        leader: view.leader,
+        reason: String::new(),
+    }
 }
 
 /// This node's elections: answers pre-votes, tracks leader contact, and
@@ -152,7 +176,13 @@ struct Inner {
 }
 
 impl Elections {
-    pub fn new(raft: Raft, log: LogStore, peers: Peers, our_id: NodeId, options: ElectionOptions) -> Self {
+    pub fn new(
+        raft: Raft,
+        log: LogStore,
+        peers: Peers,
+        our_id: NodeId,
+        options: ElectionOptions,
+    ) -> Self {
         Elections {
             inner: Arc::new(Inner {
                 raft,
@@ -177,7 +207,10 @@ impl Elections {
     /// Time since this node's vote was last confirmed (`Ok(None)`: not since
     /// it started). `Err` when the Raft core did not answer within a heartbeat.
     async fn contact_age(&self) -> Result<Option<Duration>, CoreBusy> {
-        let asked = self.inner.raft.with_raft_state(|state| state.vote_last_modified());
+        let asked = self
+            .inner
+            .raft
+            .with_raft_state(|state| state.vote_last_modified());
         match tokio::time::timeout(self.inner.options.heartbeat, asked).await {
             Ok(Ok(modified)) => Ok(modified.map(|at| at.elapsed())),
             _ => Err(CoreBusy),
@@ -195,7 +228,9 @@ impl Elections {
             return Some(leader);
         }
         let valid_for = self.inner.options.timeout_max * 2;
-        lock(&self.inner.hint).filter(|(_, at)| at.elapsed() < valid_for).map(|(leader, _)| leader)
+        lock(&self.inner.hint)
+            .filter(|(_, at)| at.elapsed() < valid_for)
+            .map(|(leader, _)| leader)
     }
 
     /// For a leader: how long it has gone without a quorum acknowledging it,
@@ -210,14 +245,22 @@ impl Elections {
     }
 
     /// Answers a pre-vote from node `from`.
-    pub(crate) async fn answer_pre_vote(&self, from: NodeId, request: &PreVoteRequest) -> PreVoteResponse {
+    pub(crate) async fn answer_pre_vote(
+        &self,
+        from: NodeId,
+        request: &PreVoteRequest,
+    ) -> PreVoteResponse {
         let metrics = self.inner.raft.metrics().borrow().clone();
         let is_leader = metrics.state == ServerState::Leader;
         let view = LocalView {
             is_leader,
             quorum_ack_age: metrics.millis_since_quorum_ack.map(Duration::from_millis),
             // A core too busy to say counts as having heard from a leader.
-            contact_age: if is_leader { None } else { self.contact_age().await.unwrap_or(Some(Duration::ZERO)) },
+            contact_age: if is_leader {
+                None
+            } else {
+                self.contact_age().await.unwrap_or(Some(Duration::ZERO))
+            },
             last_log_id: self.last_log_id().await,
             term: metrics.current_term,
             leader: metrics.current_leader,
@@ -269,12 +312,17 @@ impl Elections {
                 waited_since = Instant::now();
                 continue;
             }
-            let voters: BTreeSet<NodeId> = metrics.membership_config.membership().voter_ids().collect();
+            let voters: BTreeSet<NodeId> =
+                metrics.membership_config.membership().voter_ids().collect();
             if !voters.contains(&self.inner.our_id) {
                 continue;
             }
-            let Ok(contact) = self.contact_age().await else { continue };
-            let silent = contact.map_or(waited_since.elapsed(), |age| age.min(waited_since.elapsed()));
+            let Ok(contact) = self.contact_age().await else {
+                continue;
+            };
+            let silent = contact.map_or(waited_since.elapsed(), |age| {
+                age.min(waited_since.elapsed())
+            });
             if silent < timeout || !may_campaign() {
                 continue;
             }
@@ -285,7 +333,8 @@ impl Elections {
             }
             // Nor one that voted for, or heard from, a leader meanwhile.
             let now = raft.metrics().borrow().clone();
-            let changed = now.current_term != metrics.current_term || now.current_leader != metrics.current_leader;
+            let changed = now.current_term != metrics.current_term
+                || now.current_leader != metrics.current_leader;
             let heard = matches!(self.contact_age().await, Ok(Some(age)) if age < timeout);
             if granted * 2 > voters.len() && !changed && !heard {
                 info!(
@@ -299,7 +348,10 @@ impl Elections {
                     break;
                 }
             } else {
-                debug!(node = self.inner.our_id, granted, asked, changed, heard, "not campaigning");
+                debug!(
+                    node = self.inner.our_id,
+                    granted, asked, changed, heard, "not campaigning"
+                );
             }
             waited_since = Instant::now();
             timeout = self.inner.options.random_timeout();
@@ -312,7 +364,10 @@ impl Elections {
         use futures::StreamExt;
         let metrics = self.inner.raft.metrics().borrow().clone();
         let membership = metrics.membership_config.membership().clone();
-        let request = PreVoteRequest { term: metrics.current_term, last_log_id: self.last_log_id().await };
+        let request = PreVoteRequest {
+            term: metrics.current_term,
+            last_log_id: self.last_log_id().await,
+        };
         let ttl = self.inner.options.lease().max(Duration::from_millis(100));
         let mut answers: futures::stream::FuturesUnordered<_> = membership
             .voter_ids()
@@ -327,7 +382,9 @@ impl Elections {
         let asked = answers.len();
         let mut granted = usize::from(membership.voter_ids().any(|id| id == self.inner.our_id));
         while granted * 2 <= voters {
-            let Some((id, answer)) = answers.next().await else { break };
+            let Some((id, answer)) = answers.next().await else {
+                break;
+            };
             match answer {
                 Some(response) if response.granted => granted += 1,
                 Some(response) => {
@@ -346,15 +403,28 @@ impl Elections {
 /// One pre-vote call. A peer of the previous release does not know the
 /// request and resets the stream: it runs classic elections itself, so its
 /// answer counts as a yes (its real vote still checks logs and leases).
-async fn ask(peers: &Peers, target: NodeId, addr: &str, request: PreVoteRequest, ttl: Duration) -> Option<PreVoteResponse> {
-    match peers.call(target, addr, RequestBody::PreVote(request), ttl).await {
+async fn ask(
+    peers: &Peers,
+    target: NodeId,
+    addr: &str,
+    request: PreVoteRequest,
+    ttl: Duration,
+) -> Option<PreVoteResponse> {
+    match peers
+        .call(target, addr, RequestBody::PreVote(request), ttl)
+        .await
+    {
         Ok(ResponseBody::PreVote(response)) => Some(response),
         Ok(_) => None,
-        Err(TransportError::Stream { source: FrameError::Io(error), .. })
-            if error.kind() == std::io::ErrorKind::ConnectionReset =>
-        {
-            Some(PreVoteResponse { granted: true, term: 0, leader: None, reason: String::new() })
-        }
+        Err(TransportError::Stream {
+            source: FrameError::Io(error),
+            ..
+        }) if error.kind() == std::io::ErrorKind::ConnectionReset => Some(PreVoteResponse {
+            granted: true,
+            term: 0,
+            leader: None,
+            reason: String::new(),
+        }),
         Err(_) => None,
     }
 }
@@ -391,23 +461,39 @@ mod tests {
 
     #[test]
     fn a_voter_that_hears_a_leader_refuses_and_names_it() {
-        let request = PreVoteRequest { term: 3, last_log_id: log_id(3, 10) };
+        let request = PreVoteRequest {
+            term: 3,
+            last_log_id: log_id(3, 10),
+        };
         let answer = decide(&request, &follower(Some(40), log_id(3, 10)), LEASE);
         assert!(!answer.granted);
         assert_eq!(answer.leader, Some(1));
-        assert!(answer.reason.contains("heard from leader"), "{}", answer.reason);
+        assert!(
+            answer.reason.contains("heard from leader"),
+            "{}",
+            answer.reason
+        );
     }
 
     #[test]
     fn a_silent_voter_grants_an_asker_whose_log_is_as_new() {
-        let request = PreVoteRequest { term: 3, last_log_id: log_id(3, 10) };
+        let request = PreVoteRequest {
+            term: 3,
+            last_log_id: log_id(3, 10),
+        };
         assert!(decide(&request, &follower(Some(250), log_id(3, 10)), LEASE).granted);
-        assert!(decide(&request, &follower(None, log_id(2, 12)), LEASE).granted, "a higher term wins over a longer log");
+        assert!(
+            decide(&request, &follower(None, log_id(2, 12)), LEASE).granted,
+            "a higher term wins over a longer log"
+        );
     }
 
     #[test]
     fn a_silent_voter_refuses_an_asker_whose_log_is_behind() {
-        let request = PreVoteRequest { term: 5, last_log_id: log_id(3, 9) };
+        let request = PreVoteRequest {
+            term: 5,
+            last_log_id: log_id(3, 9),
+        };
         let answer = decide(&request, &follower(None, log_id(3, 10)), LEASE);
         assert!(!answer.granted);
         assert!(answer.reason.contains("behind"), "{}", answer.reason);
@@ -415,13 +501,19 @@ mod tests {
 
     #[test]
     fn a_leader_refuses_while_a_quorum_acknowledges_it_and_grants_once_cut_off() {
-        let request = PreVoteRequest { term: 3, last_log_id: log_id(3, 10) };
+        let request = PreVoteRequest {
+            term: 3,
+            last_log_id: log_id(3, 10),
+        };
         let mut leader = follower(None, log_id(3, 10));
         leader.is_leader = true;
         leader.quorum_ack_age = Some(Duration::from_millis(30));
         assert!(!decide(&request, &leader, LEASE).granted);
         leader.quorum_ack_age = None;
-        assert!(!decide(&request, &leader, LEASE).granted, "a new leader has no acks yet");
+        assert!(
+            !decide(&request, &leader, LEASE).granted,
+            "a new leader has no acks yet"
+        );
         leader.quorum_ack_age = Some(Duration::from_millis(900));
         assert!(decide(&request, &leader, LEASE).granted);
     }
