@@ -162,6 +162,11 @@ pub struct StorageConfig {
     pub min_free_bytes: u64,
 }
 
+/// Longest `shutdown_grace_ms`: a minute.
+pub const MAX_SHUTDOWN_GRACE_MS: u64 = 60_000;
+/// Largest `storage.min_free_bytes`: 64 GiB.
+pub const MAX_MIN_FREE_BYTES: u64 = 64 << 30;
+
 impl Default for NodeConfig {
     fn default() -> Self {
         NodeConfig {
@@ -338,6 +343,20 @@ impl NodeConfig {
                     "{} must be at least 3 × raft.heartbeat_interval_ms ({})",
                     raft.election_timeout_min_ms, raft.heartbeat_interval_ms
                 ),
+            );
+        }
+        // A stop must stay bounded for the supervisor that sent SIGTERM.
+        if self.shutdown_grace_ms > MAX_SHUTDOWN_GRACE_MS {
+            return invalid(
+                "shutdown_grace_ms",
+                format!("{} exceeds the {MAX_SHUTDOWN_GRACE_MS} ms limit", self.shutdown_grace_ms),
+            );
+        }
+        // Above this a typical edge disk would never take a write.
+        if self.storage.min_free_bytes > MAX_MIN_FREE_BYTES {
+            return invalid(
+                "storage.min_free_bytes",
+                format!("{} exceeds the {MAX_MIN_FREE_BYTES} byte limit (64 GiB)", self.storage.min_free_bytes),
             );
         }
         if raft.election_timeout_max_ms <= raft.election_timeout_min_ms {
@@ -573,6 +592,10 @@ mod tests {
     fn relations_are_validated() {
         let err = NodeConfig::load(None, env(&[]), &["raft.election_timeout_min_ms=50".into()]).unwrap_err().to_string();
         assert!(err.contains("raft.election_timeout_min_ms"), "{err}");
+        let err = NodeConfig::load(None, env(&[]), &["shutdown_grace_ms=600000".into()]).unwrap_err().to_string();
+        assert!(err.contains("shutdown_grace_ms") && err.contains("60000 ms limit"), "{err}");
+        let err = NodeConfig::load(None, env(&[]), &["storage.min_free_bytes=99999999999999".into()]).unwrap_err().to_string();
+        assert!(err.contains("storage.min_free_bytes") && err.contains("64 GiB"), "{err}");
         let err = NodeConfig::load(None, env(&[]), &["runs.retention_ms=5".into()]).unwrap_err().to_string();
         assert!(err.contains("runs.retention_ms"), "{err}");
         let err = NodeConfig::load(None, env(&[]), &["raft_addr=nowhere".into()]).unwrap_err().to_string();

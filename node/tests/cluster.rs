@@ -292,6 +292,17 @@ async fn bad_config_and_foreign_data_dirs_are_refused_at_start() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("raft.snapshot_timeout_ms") && stderr.contains("FLOE_RAFT_SNAPSHOT_TIMEOUT_MS"), "{stderr}");
 
+    // The availability settings are bounded; the running node is untouched.
+    for (key, setting) in [("shutdown_grace_ms", "shutdown_grace_ms=600000"), ("storage.min_free_bytes", "storage.min_free_bytes=99999999999999"), ("raft.election_timeout_min_ms", "raft.election_timeout_min_ms=100")] {
+        let output = std::process::Command::new(BINARY)
+            .args(["serve", "--config", node.config_path.to_str().unwrap(), "--set", setting])
+            .output()
+            .unwrap();
+        assert!(!output.status.success(), "{setting} accepted");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(key), "{setting}: {stderr}");
+    }
+
     // Node 1's data dir started as node 2: refused, naming both ids.
     let copy = cluster.dir.join("copied-data");
     cluster_copy(&node.data_dir(), &copy).unwrap();
