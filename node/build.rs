@@ -5,6 +5,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
     tonic_prost_build::configure().compile_protos(&["proto/floe.proto"], &["proto"])?;
     // etcd's put API, for the benchmark's comparison run only (no server side).
-    tonic_prost_build::configure().build_server(false).compile_protos(&["proto/bench/etcd_kv.proto"], &["proto/bench"])?;
+    tonic_prost_build::configure()
+        .build_server(false)
+        .compile_protos(&["proto/bench/etcd_kv.proto"], &["proto/bench"])?;
     Ok(())
 }

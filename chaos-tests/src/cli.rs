@@ -9,7 +9,11 @@ use crate::nemesis::Selection;
 use crate::workload::WorkloadKind;
 
 #[derive(Parser, Debug)]
-#[command(name = "floe-chaos", about = "Chaos tests for floe clusters: faults, workloads, checkers", version)]
+#[command(
+    name = "floe-chaos",
+    about = "Chaos tests for floe clusters: faults, workloads, checkers",
+    version
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -135,7 +139,11 @@ impl WorkerArgs {
     pub fn into_options(self) -> crate::workload::worker::WorkerArgs {
         crate::workload::worker::WorkerArgs {
             client: floe_node::client::ClientOptions {
-                endpoints: self.endpoint.split(',').map(|endpoint| endpoint.trim().to_string()).collect(),
+                endpoints: self
+                    .endpoint
+                    .split(',')
+                    .map(|endpoint| endpoint.trim().to_string())
+                    .collect(),
                 ca: self.ca,
                 cert: self.cert,
                 key: self.key,

@@ -16,9 +16,16 @@ use floe_chaos::{matrix, report};
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let filter = std::env::var("FLOE_CHAOS_LOG").unwrap_or_else(|_| "warn,floe_chaos=info".into());
-    let _ = tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::new(filter)).with_writer(std::io::stderr).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .try_init();
     // Multi-threaded: target operations run under `block_in_place`.
-    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(4).enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(err) => {
             eprintln!("error: starting the runtime: {err}");
@@ -26,7 +33,9 @@ fn main() -> ExitCode {
         }
     };
     let outcome = match cli.command {
-        Some(Command::Worker(args)) => runtime.block_on(floe_chaos::workload::worker::run(args.into_options())).map(|()| true),
+        Some(Command::Worker(args)) => runtime
+            .block_on(floe_chaos::workload::worker::run(args.into_options()))
+            .map(|()| true),
         Some(Command::Rejoin(args)) => runtime.block_on(rejoin(args)),
         None => runtime.block_on(run(cli.run)),
     };
@@ -46,7 +55,10 @@ fn default_binary() -> anyhow::Result<PathBuf> {
 }
 
 fn seed_from_clock() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|elapsed| elapsed.as_nanos() as u64).unwrap_or(1)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_nanos() as u64)
+        .unwrap_or(1)
 }
 
 /// Passes unless a restarted node never became ready, or the trials saw
@@ -58,8 +70,15 @@ async fn rejoin(args: RejoinArgs) -> anyhow::Result<bool> {
         Some(binary) => binary,
         None => default_binary()?,
     };
-    anyhow::ensure!(binary.exists(), "floe binary {} not found; pass --binary", binary.display());
-    anyhow::ensure!(args.down_min_ms <= args.down_max_ms, "--down-min-ms is above --down-max-ms");
+    anyhow::ensure!(
+        binary.exists(),
+        "floe binary {} not found; pass --binary",
+        binary.display()
+    );
+    anyhow::ensure!(
+        args.down_min_ms <= args.down_max_ms,
+        "--down-min-ms is above --down-max-ms"
+    );
     let options = floe_chaos::rejoin::RejoinOptions {
         binary: std::fs::canonicalize(&binary)?,
         trials: args.trials,
@@ -72,7 +91,9 @@ async fn rejoin(args: RejoinArgs) -> anyhow::Result<bool> {
     let trials = floe_chaos::rejoin::run(&options).await?;
     let (_, total_changes) = floe_chaos::rejoin::table::changes(&trials);
     let all_ready = trials.iter().all(|trial| trial.time_to_ready_ms.is_some());
-    let within = args.max_leader_changes.is_none_or(|max| total_changes <= max);
+    let within = args
+        .max_leader_changes
+        .is_none_or(|max| total_changes <= max);
     Ok(all_ready && within)
 }
 
@@ -85,16 +106,26 @@ async fn run(args: RunArgs) -> anyhow::Result<bool> {
     };
     let target = match args.target {
         TargetKind::Local => {
-            anyhow::ensure!(binary.exists(), "floe binary {} not found; pass --binary", binary.display());
-            TargetChoice::Local { binary: std::fs::canonicalize(&binary)? }
+            anyhow::ensure!(
+                binary.exists(),
+                "floe binary {} not found; pass --binary",
+                binary.display()
+            );
+            TargetChoice::Local {
+                binary: std::fs::canonicalize(&binary)?,
+            }
         }
         TargetKind::Containers => TargetChoice::Containers(ContainerOptions {
-            deploy_dir: std::fs::canonicalize(&args.deploy_dir).with_context(|| format!("deploy dir {}", args.deploy_dir.display()))?,
-            binary: std::fs::canonicalize(&binary).with_context(|| format!("floe binary {}", binary.display()))?,
+            deploy_dir: std::fs::canonicalize(&args.deploy_dir)
+                .with_context(|| format!("deploy dir {}", args.deploy_dir.display()))?,
+            binary: std::fs::canonicalize(&binary)
+                .with_context(|| format!("floe binary {}", binary.display()))?,
             rebuild_image: args.rebuild_image,
         }),
         TargetKind::External => TargetChoice::External {
-            config: args.cluster_file.context("--target external needs --cluster-file")?,
+            config: args
+                .cluster_file
+                .context("--target external needs --cluster-file")?,
         },
     };
     std::fs::create_dir_all(&args.out)?;
@@ -111,7 +142,10 @@ async fn run(args: RunArgs) -> anyhow::Result<bool> {
             recovery: Duration::from_secs(args.recovery_seconds),
             ..Timing::default()
         },
-        register: RegisterOptions { clients: args.clients, ..RegisterOptions::default() },
+        register: RegisterOptions {
+            clients: args.clients,
+            ..RegisterOptions::default()
+        },
         workflow: WorkflowOptions::default(),
         workers: 3,
     };

@@ -12,16 +12,24 @@ use crate::scenario::{run_cell, Cell, RunConfig, TargetChoice};
 pub fn supported(target: &TargetChoice, nemesis: Nemesis) -> bool {
     match target {
         TargetChoice::Local { .. } => true,
-        TargetChoice::Containers(_) | TargetChoice::External { .. } => {
-            !matches!(nemesis, Nemesis::ClockSkew | Nemesis::DiskFull | Nemesis::SnapshotCatchup | Nemesis::IsolateLeaderPeers)
-        }
+        TargetChoice::Containers(_) | TargetChoice::External { .. } => !matches!(
+            nemesis,
+            Nemesis::ClockSkew
+                | Nemesis::DiskFull
+                | Nemesis::SnapshotCatchup
+                | Nemesis::IsolateLeaderPeers
+        ),
     }
 }
 
 /// A seed per scenario derived from the run's seed and the scenario's name,
 /// so one scenario can be replayed alone with the same draws.
 pub fn cell_seed(seed: u64, label: &str) -> u64 {
-    label.bytes().fold(seed ^ 0xcbf2_9ce4_8422_2325, |hash, byte| (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3))
+    label
+        .bytes()
+        .fold(seed ^ 0xcbf2_9ce4_8422_2325, |hash, byte| {
+            (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+        })
 }
 
 fn replay_command(config: &RunConfig, nemesis: &str, seconds: u64) -> String {
@@ -51,7 +59,11 @@ pub fn cells(config: &RunConfig, selection: &Selection, seconds: u64) -> Vec<Cel
     match selection {
         Selection::One(nemesis) => vec![single(*nemesis)],
         Selection::List(list) => list.iter().copied().map(single).collect(),
-        Selection::All => ALL.into_iter().filter(|nemesis| supported(&config.target, *nemesis)).map(single).collect(),
+        Selection::All => ALL
+            .into_iter()
+            .filter(|nemesis| supported(&config.target, *nemesis))
+            .map(single)
+            .collect(),
         Selection::None => vec![Cell {
             label: "none".into(),
             nemesis_name: "none".into(),
@@ -60,9 +72,17 @@ pub fn cells(config: &RunConfig, selection: &Selection, seconds: u64) -> Vec<Cel
             replay: replay_command(config, "none", seconds),
         }],
         Selection::Random => {
-            let enabled: Vec<Nemesis> = ALL.into_iter().filter(|nemesis| supported(&config.target, *nemesis)).collect();
+            let enabled: Vec<Nemesis> = ALL
+                .into_iter()
+                .filter(|nemesis| supported(&config.target, *nemesis))
+                .collect();
             let seed = cell_seed(config.seed, "random");
-            let windows = schedule::random(seed, &enabled, timing.steady, timing.steady + Duration::from_secs(seconds.max(4)));
+            let windows = schedule::random(
+                seed,
+                &enabled,
+                timing.steady,
+                timing.steady + Duration::from_secs(seconds.max(4)),
+            );
             vec![Cell {
                 label: "random".into(),
                 nemesis_name: format!("random ({} faults)", windows.len()),
@@ -85,9 +105,18 @@ pub async fn run(config: &RunConfig, cells: &[Cell]) -> Report {
         } else if report.passed {
             "pass".to_string()
         } else {
-            format!("FAIL {:?} {}", report.failed_checkers(), report.error.clone().unwrap_or_default())
+            format!(
+                "FAIL {:?} {}",
+                report.failed_checkers(),
+                report.error.clone().unwrap_or_default()
+            )
         };
-        eprintln!("[floe-chaos] {} × {}: {verdict} ({:.1}s)", cell.label, config.workload.name(), started.elapsed().as_secs_f64());
+        eprintln!(
+            "[floe-chaos] {} × {}: {verdict} ({:.1}s)",
+            cell.label,
+            config.workload.name(),
+            started.elapsed().as_secs_f64()
+        );
         reports.push(report);
     }
     let passed = reports.iter().all(|report| report.passed);

@@ -31,22 +31,36 @@ fn caught_by(feature: &str, nemesis: &str, workload: &str, attempts: u64) -> Vec
     }
     let floe = build_floe(&[feature], Some(&defect_target_dir()));
     for attempt in 0..attempts {
-        let out = tempfile::Builder::new().prefix(&format!("floe-chaos-{feature}-")).tempdir().unwrap();
+        let out = tempfile::Builder::new()
+            .prefix(&format!("floe-chaos-{feature}-"))
+            .tempdir()
+            .unwrap();
         let seed = (1000 + attempt).to_string();
         let output = chaos(&[
-            "--target", "local",
-            "--nemesis", nemesis,
-            "--workload", workload,
-            "--seconds", "4",
-            "--steady-seconds", "2",
-            "--recovery-seconds", "2",
-            "--seed", &seed,
-            "--binary", floe.to_str().unwrap(),
-            "--out", out.path().to_str().unwrap(),
+            "--target",
+            "local",
+            "--nemesis",
+            nemesis,
+            "--workload",
+            workload,
+            "--seconds",
+            "4",
+            "--steady-seconds",
+            "2",
+            "--recovery-seconds",
+            "2",
+            "--seed",
+            &seed,
+            "--binary",
+            floe.to_str().unwrap(),
+            "--out",
+            out.path().to_str().unwrap(),
         ]);
         if output.status.code() == Some(1) {
-            let text = std::fs::read_to_string(out.path().join("report.json")).expect("report.json written");
-            let report: serde_json::Value = serde_json::from_str(&text).expect("report.json is JSON");
+            let text = std::fs::read_to_string(out.path().join("report.json"))
+                .expect("report.json written");
+            let report: serde_json::Value =
+                serde_json::from_str(&text).expect("report.json is JSON");
             let failed: Vec<String> = report["cells"]
                 .as_array()
                 .into_iter()
@@ -57,13 +71,23 @@ fn caught_by(feature: &str, nemesis: &str, workload: &str, attempts: u64) -> Vec
                 .collect();
             let stderr = String::from_utf8_lossy(&output.stderr);
             for name in &failed {
-                assert!(stderr.contains(name.as_str()), "floe-chaos failed without naming {name} on stderr");
+                assert!(
+                    stderr.contains(name.as_str()),
+                    "floe-chaos failed without naming {name} on stderr"
+                );
             }
-            println!("{feature}: caught on attempt {} with seed {seed} by {failed:?}", attempt + 1);
+            println!(
+                "{feature}: caught on attempt {} with seed {seed} by {failed:?}",
+                attempt + 1
+            );
             let _ = out.keep();
             return failed;
         }
-        assert!(output.status.success() || output.status.code() == Some(1), "floe-chaos itself failed: {:?}", output.status);
+        assert!(
+            output.status.success() || output.status.code() == Some(1),
+            "floe-chaos itself failed: {:?}",
+            output.status
+        );
     }
     Vec::new()
 }
@@ -77,7 +101,9 @@ fn acknowledging_before_the_flush_loses_writes_in_a_power_cut() {
     // stale data, or as nodes whose states diverged at one applied index.
     let checkers = caught_by("defect-ack-before-flush", "power-cut", "register", 8);
     assert!(
-        checkers.iter().any(|name| ["linearizable", "acked-writes-present", "convergence"].contains(&name.as_str())),
+        checkers.iter().any(
+            |name| ["linearizable", "acked-writes-present", "convergence"].contains(&name.as_str())
+        ),
         "the ack-before-flush defect was not caught: {checkers:?}"
     );
 }
@@ -86,12 +112,18 @@ fn acknowledging_before_the_flush_loses_writes_in_a_power_cut() {
 #[ignore = "builds a defective floe; run with make chaos-defects"]
 fn accepting_a_stale_attempts_result_is_caught_by_the_fencing_checker() {
     let checkers = caught_by("defect-skip-fencing", "kill-random", "workflow", 2);
-    assert!(checkers.iter().any(|name| name == "fencing"), "the skip-fencing defect was not caught: {checkers:?}");
+    assert!(
+        checkers.iter().any(|name| name == "fencing"),
+        "the skip-fencing defect was not caught: {checkers:?}"
+    );
 }
 
 #[test]
 #[ignore = "builds a defective floe; run with make chaos-defects"]
 fn reads_without_read_index_are_caught_as_stale() {
     let checkers = caught_by("defect-stale-reads", "partition-follower", "register", 3);
-    assert!(checkers.iter().any(|name| name == "linearizable"), "the stale-reads defect was not caught: {checkers:?}");
+    assert!(
+        checkers.iter().any(|name| name == "linearizable"),
+        "the stale-reads defect was not caught: {checkers:?}"
+    );
 }

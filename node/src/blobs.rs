@@ -18,10 +18,10 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use floe_engine::names::quote_bounded;
 use crate::error::ApiError;
 use crate::peer_api::{self, PeerRequest, PeerResponse};
 use crate::service::Node;
+use floe_engine::names::quote_bounded;
 
 /// How long pushing one blob to one peer may take, plus a share per MiB.
 const BLOB_TIMEOUT_BASE: Duration = Duration::from_secs(5);
@@ -58,7 +58,12 @@ impl Node {
         };
         let mut sizes: Vec<(String, usize)> = fields
             .iter()
-            .map(|(name, field)| (name.clone(), serde_json::to_vec(field).map_or(0, |bytes| bytes.len())))
+            .map(|(name, field)| {
+                (
+                    name.clone(),
+                    serde_json::to_vec(field).map_or(0, |bytes| bytes.len()),
+                )
+            })
             .collect();
         sizes.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
         let mut total = bytes.len();
@@ -66,8 +71,11 @@ impl Node {
             if total <= limit || size < MIN_FIELD_BLOB_BYTES {
                 break;
             }
-            let Some(field) = fields.get_mut(&name) else { continue };
-            let field_bytes = serde_json::to_vec(field).map_err(|err| ApiError::Internal(err.to_string()))?;
+            let Some(field) = fields.get_mut(&name) else {
+                continue;
+            };
+            let field_bytes =
+                serde_json::to_vec(field).map_err(|err| ApiError::Internal(err.to_string()))?;
             let reference = self.payload_blob(field_bytes, what).await?;
             total = total - size + serde_json::to_vec(&reference).map_or(0, |bytes| bytes.len());
             *field = reference;
@@ -108,18 +116,24 @@ impl Node {
         let mut pushes: FuturesUnordered<_> = others
             .into_iter()
             .map(|(peer, raft_addr)| {
-                let request = PeerRequest::BlobPut { hash: blob.hash.clone(), bytes: serde_bytes::ByteBuf::from(bytes.to_vec()) };
+                let request = PeerRequest::BlobPut {
+                    hash: blob.hash.clone(),
+                    bytes: serde_bytes::ByteBuf::from(bytes.to_vec()),
+                };
                 let timeout = blob_timeout(bytes.len());
                 let peers = self.peers.clone();
                 async move {
-                    let outcome = peer_api::call_via(&peers, peer, &raft_addr, &request, timeout).await;
+                    let outcome =
+                        peer_api::call_via(&peers, peer, &raft_addr, &request, timeout).await;
                     (peer, outcome)
                 }
             })
             .collect();
         let mut failures = Vec::new();
         while needed > 0 {
-            let Some((peer, outcome)) = pushes.next().await else { break };
+            let Some((peer, outcome)) = pushes.next().await else {
+                break;
+            };
             match outcome {
                 Ok(_) => needed -= 1,
                 Err(err) => {
@@ -154,7 +168,10 @@ impl Node {
     /// (then kept here too).
     pub async fn load_blob(&self, hash: &str) -> Result<Vec<u8>, ApiError> {
         if !floe_storage::blobs::is_hash(hash) {
-            return Err(ApiError::InvalidArgument(format!("{} is not a sha256 blob address", quote_bounded(hash))));
+            return Err(ApiError::InvalidArgument(format!(
+                "{} is not a sha256 blob address",
+                quote_bounded(hash)
+            )));
         }
         let blobs = self.blobs.clone();
         let wanted = hash.to_string();
@@ -172,15 +189,27 @@ impl Node {
         let (nodes, _) = self.members();
         let mut problems = Vec::new();
         for (peer, info) in nodes.iter().filter(|(id, _)| **id != self.id) {
-            let request = PeerRequest::BlobGet { hash: hash.to_string() };
-            match peer_api::call(self, *peer, &info.raft_addr, &request, blob_timeout(64 * 1024 * 1024)).await {
+            let request = PeerRequest::BlobGet {
+                hash: hash.to_string(),
+            };
+            match peer_api::call(
+                self,
+                *peer,
+                &info.raft_addr,
+                &request,
+                blob_timeout(64 * 1024 * 1024),
+            )
+            .await
+            {
                 Ok(PeerResponse::Blob(Some(bytes))) => {
                     let blobs = self.blobs.clone();
                     let expected = hash.to_string();
                     let bytes = bytes.into_vec();
-                    let stored = tokio::task::spawn_blocking(move || blobs.put_expecting(&expected, &bytes).map(|_| bytes))
-                        .await
-                        .map_err(blocking_error)?;
+                    let stored = tokio::task::spawn_blocking(move || {
+                        blobs.put_expecting(&expected, &bytes).map(|_| bytes)
+                    })
+                    .await
+                    .map_err(blocking_error)?;
                     match stored {
                         Ok(bytes) => return Ok(bytes),
                         Err(err) => problems.push(format!("node {peer}: {err}")),
@@ -191,7 +220,10 @@ impl Node {
                 Err(err) => problems.push(format!("node {peer}: {err}")),
             }
         }
-        Err(ApiError::NotFound(format!("blob sha256:{hash} is on no reachable node ({})", problems.join("; "))))
+        Err(ApiError::NotFound(format!(
+            "blob sha256:{hash} is on no reachable node ({})",
+            problems.join("; ")
+        )))
     }
 
     /// `value` with every blob reference replaced by the JSON it stands for
@@ -199,8 +231,9 @@ impl Node {
     pub async fn resolve_blobs(&self, value: &Value) -> Result<Value, ApiError> {
         if let Some(blob) = BlobRef::from_json(value) {
             let bytes = self.load_blob(&blob.hash).await?;
-            return serde_json::from_slice(&bytes)
-                .map_err(|err| ApiError::Internal(format!("blob sha256:{} is not JSON: {err}", blob.hash)));
+            return serde_json::from_slice(&bytes).map_err(|err| {
+                ApiError::Internal(format!("blob sha256:{} is not JSON: {err}", blob.hash))
+            });
         }
         match value {
             Value::Array(items) => {
@@ -224,7 +257,10 @@ impl Node {
     /// Serves a peer's copy of a blob.
     pub async fn accept_blob(&self, hash: String, bytes: Vec<u8>) -> Result<(), ApiError> {
         if bytes.len() as u64 > crate::config::MAX_PAYLOAD_CEILING {
-            return Err(ApiError::InvalidArgument(format!("blob {hash} is {} bytes; too large", bytes.len())));
+            return Err(ApiError::InvalidArgument(format!(
+                "blob {hash} is {} bytes; too large",
+                bytes.len()
+            )));
         }
         let blobs = self.blobs.clone();
         tokio::task::spawn_blocking(move || blobs.put_expecting(&hash, &bytes))
@@ -248,7 +284,11 @@ impl Node {
 const MIN_FIELD_BLOB_BYTES: usize = 1024;
 
 /// Parses a payload within the limits; the flag says whether it may stay inline.
-pub fn check_payload(bytes: &[u8], what: &str, limits: &crate::config::RunsConfig) -> Result<(Value, bool), ApiError> {
+pub fn check_payload(
+    bytes: &[u8],
+    what: &str,
+    limits: &crate::config::RunsConfig,
+) -> Result<(Value, bool), ApiError> {
     if bytes.len() as u64 > limits.max_payload_bytes {
         return Err(ApiError::ResourceExhausted(format!(
             "{what} is {} bytes, more than runs.max_payload_bytes ({})",
@@ -267,8 +307,8 @@ pub fn check_payload(bytes: &[u8], what: &str, limits: &crate::config::RunsConfi
             floe_engine::limits::MAX_VALUE_DEPTH
         )));
     }
-    let value: Value =
-        serde_json::from_slice(bytes).map_err(|err| ApiError::InvalidArgument(format!("{what} is not JSON: {err}")))?;
+    let value: Value = serde_json::from_slice(bytes)
+        .map_err(|err| ApiError::InvalidArgument(format!("{what} is not JSON: {err}")))?;
     Ok((value, bytes.len() as u64 <= limits.inline_payload_bytes))
 }
 
@@ -332,7 +372,11 @@ pub async fn repair(node: &Node) -> Result<usize, ApiError> {
         let start = after.clone();
         let (page, missing) = tokio::task::spawn_blocking(move || {
             let page = reader.referenced_blobs(start.as_deref(), REPAIR_PAGE)?;
-            let missing: Vec<String> = page.iter().filter(|hash| !blobs.has(hash)).cloned().collect();
+            let missing: Vec<String> = page
+                .iter()
+                .filter(|hash| !blobs.has(hash))
+                .cloned()
+                .collect();
             Ok::<_, floe_storage::StoreError>((page, missing))
         })
         .await
@@ -341,7 +385,9 @@ pub async fn repair(node: &Node) -> Result<usize, ApiError> {
         for hash in missing {
             match node.fetch_blob(&hash).await {
                 Ok(_) => fetched += 1,
-                Err(err) => crate::warn_limited!("referenced blob not fetched", node_id = node.id, blob = %hash, error = %err, "referenced blob missing here and not fetched"),
+                Err(err) => {
+                    crate::warn_limited!("referenced blob not fetched", node_id = node.id, blob = %hash, error = %err, "referenced blob missing here and not fetched")
+                }
             }
         }
         if page.len() < REPAIR_PAGE {
@@ -357,22 +403,54 @@ mod tests {
 
     #[test]
     fn payloads_are_checked_against_both_limits() {
-        let limits = crate::config::RunsConfig { inline_payload_bytes: 16, max_payload_bytes: 64, ..Default::default() };
-        assert_eq!(check_payload(b"", "x", &limits).unwrap(), (Value::Null, true));
-        assert_eq!(check_payload(b"[1,2]", "x", &limits).unwrap(), (serde_json::json!([1, 2]), true));
+        let limits = crate::config::RunsConfig {
+            inline_payload_bytes: 16,
+            max_payload_bytes: 64,
+            ..Default::default()
+        };
+        assert_eq!(
+            check_payload(b"", "x", &limits).unwrap(),
+            (Value::Null, true)
+        );
+        assert_eq!(
+            check_payload(b"[1,2]", "x", &limits).unwrap(),
+            (serde_json::json!([1, 2]), true)
+        );
         let large = format!("\"{}\"", "a".repeat(30));
-        assert!(!check_payload(large.as_bytes(), "x", &limits).unwrap().1, "over the inline limit: a blob");
-        let err = check_payload(b"{", "run input", &limits).unwrap_err().to_string();
+        assert!(
+            !check_payload(large.as_bytes(), "x", &limits).unwrap().1,
+            "over the inline limit: a blob"
+        );
+        let err = check_payload(b"{", "run input", &limits)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("run input is not JSON"), "{err}");
         let err = check_payload(&[b' '; 65], "task output", &limits).unwrap_err();
         assert!(matches!(err, ApiError::ResourceExhausted(_)), "{err:?}");
         let err = err.to_string();
-        assert!(err.contains("task output is 65 bytes, more than runs.max_payload_bytes (64)"), "{err}");
+        assert!(
+            err.contains("task output is 65 bytes, more than runs.max_payload_bytes (64)"),
+            "{err}"
+        );
         let deep = format!("{}1{}", "[".repeat(65), "]".repeat(65));
-        let err = check_payload(deep.as_bytes(), "run input", &crate::config::RunsConfig::default()).unwrap_err().to_string();
-        assert!(err.contains("run input nests 65 levels deep") && err.contains("64"), "{err}");
+        let err = check_payload(
+            deep.as_bytes(),
+            "run input",
+            &crate::config::RunsConfig::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("run input nests 65 levels deep") && err.contains("64"),
+            "{err}"
+        );
         let at_limit = format!("{}1{}", "[".repeat(64), "]".repeat(64));
-        assert!(check_payload(at_limit.as_bytes(), "run input", &crate::config::RunsConfig::default()).is_ok());
+        assert!(check_payload(
+            at_limit.as_bytes(),
+            "run input",
+            &crate::config::RunsConfig::default()
+        )
+        .is_ok());
     }
 
     #[test]

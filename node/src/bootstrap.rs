@@ -19,11 +19,18 @@ pub async fn run(node: Arc<Node>, cancel: CancellationToken) -> anyhow::Result<(
     let peers = node.config.bootstrap_peers()?;
     let lowest = peers.iter().map(|(id, _)| *id).min().unwrap_or(node.id);
     if node.store.has_raft_state()? {
-        tracing::info!(node_id = node.id, "raft state present; bootstrap not needed");
+        tracing::info!(
+            node_id = node.id,
+            "raft state present; bootstrap not needed"
+        );
         return Ok(());
     }
     if node.id != lowest {
-        tracing::info!(node_id = node.id, initializer = lowest, "waiting for the lowest id to form the cluster");
+        tracing::info!(
+            node_id = node.id,
+            initializer = lowest,
+            "waiting for the lowest id to form the cluster"
+        );
         return Ok(());
     }
     let mut backoff = Duration::from_millis(100);
@@ -39,13 +46,20 @@ pub async fn run(node: Arc<Node>, cancel: CancellationToken) -> anyhow::Result<(
             Ok(Some(members)) => {
                 let result = node.raft.initialize(members).await;
                 match result {
-                    Ok(()) => tracing::info!(node_id = node.id, expect = peers.len(), "cluster formed"),
-                    Err(err) => tracing::info!(node_id = node.id, error = %err, "initialize skipped"),
+                    Ok(()) => {
+                        tracing::info!(node_id = node.id, expect = peers.len(), "cluster formed")
+                    }
+                    Err(err) => {
+                        tracing::info!(node_id = node.id, error = %err, "initialize skipped")
+                    }
                 }
                 return Ok(());
             }
             Ok(None) => {
-                tracing::info!(node_id = node.id, "a peer already holds raft state; not bootstrapping");
+                tracing::info!(
+                    node_id = node.id,
+                    "a peer already holds raft state; not bootstrapping"
+                );
                 return Ok(());
             }
             Err(waiting_for) => {

@@ -22,7 +22,12 @@ pub struct ChangeHub {
 
 impl ChangeHub {
     pub fn new(node_id: NodeId) -> Arc<ChangeHub> {
-        Arc::new(ChangeHub { node_id, runs: Mutex::default(), tasks_here: Notify::new(), queue: Notify::new() })
+        Arc::new(ChangeHub {
+            node_id,
+            runs: Mutex::default(),
+            tasks_here: Notify::new(),
+            queue: Notify::new(),
+        })
     }
 
     /// The store's listener; runs on the applying thread, so it only signals.
@@ -43,7 +48,8 @@ impl ChangeHub {
             self.queue.notify_one();
         }
         let Ok(runs) = self.runs.lock() else { return };
-        let bump = |sender: &watch::Sender<u64>| sender.send_modify(|seen| *seen = seen.wrapping_add(1));
+        let bump =
+            |sender: &watch::Sender<u64>| sender.send_modify(|seen| *seen = seen.wrapping_add(1));
         if changes.everything || changes.runs.len() > runs.len() {
             for (run_id, (sender, _)) in runs.iter() {
                 if changes.everything || changes.runs.contains(run_id) {
@@ -61,12 +67,21 @@ impl ChangeHub {
 
     /// Changes of one run from now on; drop the guard to stop watching.
     pub fn watch_run(self: &Arc<Self>, run_id: &str) -> RunWatch {
-        let mut runs = self.runs.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let entry = runs.entry(run_id.to_string()).or_insert_with(|| (watch::channel(0).0, 0));
+        let mut runs = self
+            .runs
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let entry = runs
+            .entry(run_id.to_string())
+            .or_insert_with(|| (watch::channel(0).0, 0));
         entry.1 += 1;
         let mut receiver = entry.0.subscribe();
         receiver.mark_unchanged();
-        RunWatch { hub: self.clone(), run_id: run_id.to_string(), receiver }
+        RunWatch {
+            hub: self.clone(),
+            run_id: run_id.to_string(),
+            receiver,
+        }
     }
 }
 
@@ -87,7 +102,11 @@ impl RunWatch {
 
 impl Drop for RunWatch {
     fn drop(&mut self) {
-        let mut runs = self.hub.runs.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut runs = self
+            .hub
+            .runs
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         if let Some(entry) = runs.get_mut(&self.run_id) {
             entry.1 -= 1;
             if entry.1 == 0 {
@@ -103,7 +122,10 @@ mod tests {
     use std::time::Duration;
 
     fn changed_runs(ids: &[&str]) -> AppliedChanges {
-        AppliedChanges { runs: ids.iter().map(|id| id.to_string()).collect(), ..Default::default() }
+        AppliedChanges {
+            runs: ids.iter().map(|id| id.to_string()).collect(),
+            ..Default::default()
+        }
     }
 
     #[tokio::test]
@@ -112,15 +134,29 @@ mod tests {
         let listener = hub.listener();
         let mut mine = hub.watch_run("a");
         listener(&changed_runs(&["b", "c"]));
-        assert!(tokio::time::timeout(Duration::from_millis(50), mine.changed()).await.is_err(), "other runs changed");
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), mine.changed())
+                .await
+                .is_err(),
+            "other runs changed"
+        );
         listener(&changed_runs(&["a"]));
-        tokio::time::timeout(Duration::from_secs(1), mine.changed()).await.expect("its run changed");
+        tokio::time::timeout(Duration::from_secs(1), mine.changed())
+            .await
+            .expect("its run changed");
         // A change between two waits is not lost.
         listener(&changed_runs(&["a"]));
-        tokio::time::timeout(Duration::from_secs(1), mine.changed()).await.expect("change before the wait");
-        let everything = AppliedChanges { everything: true, ..Default::default() };
+        tokio::time::timeout(Duration::from_secs(1), mine.changed())
+            .await
+            .expect("change before the wait");
+        let everything = AppliedChanges {
+            everything: true,
+            ..Default::default()
+        };
         listener(&everything);
-        tokio::time::timeout(Duration::from_secs(1), mine.changed()).await.expect("a snapshot install wakes everyone");
+        tokio::time::timeout(Duration::from_secs(1), mine.changed())
+            .await
+            .expect("a snapshot install wakes everyone");
     }
 
     #[tokio::test]
@@ -129,8 +165,12 @@ mod tests {
         let mut first = hub.watch_run("a");
         let mut second = hub.watch_run("a");
         hub.listener()(&changed_runs(&["a"]));
-        tokio::time::timeout(Duration::from_secs(1), first.changed()).await.unwrap();
-        tokio::time::timeout(Duration::from_secs(1), second.changed()).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(1), first.changed())
+            .await
+            .unwrap();
+        tokio::time::timeout(Duration::from_secs(1), second.changed())
+            .await
+            .unwrap();
         drop(first);
         assert_eq!(hub.runs.lock().unwrap().len(), 1);
         drop(second);
@@ -141,10 +181,24 @@ mod tests {
     async fn dispatcher_wakes_only_for_this_nodes_tasks() {
         let hub = ChangeHub::new(2);
         let listener = hub.listener();
-        listener(&AppliedChanges { task_nodes: [3].into_iter().collect(), ..Default::default() });
-        assert!(tokio::time::timeout(Duration::from_millis(50), hub.tasks_here.notified()).await.is_err());
-        tokio::time::timeout(Duration::from_secs(1), hub.queue.notified()).await.expect("placements changed");
-        listener(&AppliedChanges { task_nodes: [2].into_iter().collect(), ..Default::default() });
-        tokio::time::timeout(Duration::from_secs(1), hub.tasks_here.notified()).await.expect("a task placed here");
+        listener(&AppliedChanges {
+            task_nodes: [3].into_iter().collect(),
+            ..Default::default()
+        });
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), hub.tasks_here.notified())
+                .await
+                .is_err()
+        );
+        tokio::time::timeout(Duration::from_secs(1), hub.queue.notified())
+            .await
+            .expect("placements changed");
+        listener(&AppliedChanges {
+            task_nodes: [2].into_iter().collect(),
+            ..Default::default()
+        });
+        tokio::time::timeout(Duration::from_secs(1), hub.tasks_here.notified())
+            .await
+            .expect("a task placed here");
     }
 }

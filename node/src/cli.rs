@@ -13,7 +13,11 @@ use crate::client::{ClientOptions, FloeClient, Repeat};
 use crate::config::NodeConfig;
 
 #[derive(Parser, Debug)]
-#[command(name = "floe", version, about = "floe: a Raft-replicated workflow engine in one binary")]
+#[command(
+    name = "floe",
+    version,
+    about = "floe: a Raft-replicated workflow engine in one binary"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -143,13 +147,29 @@ pub enum CertCommand {
 #[derive(Args, Debug, Clone)]
 pub struct ClientArgs {
     /// Node API address(es), comma separated; the first that answers is used.
-    #[arg(long, env = "FLOE_ENDPOINT", default_value = "127.0.0.1:7100", global = true)]
+    #[arg(
+        long,
+        env = "FLOE_ENDPOINT",
+        default_value = "127.0.0.1:7100",
+        global = true
+    )]
     pub endpoint: String,
     #[arg(long, env = "FLOE_CA", default_value = "certs/ca.pem", global = true)]
     pub ca: PathBuf,
-    #[arg(long, env = "FLOE_CERT", default_value = "certs/client.pem", global = true)]
+    #[arg(
+        long,
+        env = "FLOE_CERT",
+        default_value = "certs/client.pem",
+        global = true
+    )]
     pub cert: PathBuf,
-    #[arg(long = "key", id = "client_key", env = "FLOE_KEY", default_value = "certs/client-key.pem", global = true)]
+    #[arg(
+        long = "key",
+        id = "client_key",
+        env = "FLOE_KEY",
+        default_value = "certs/client-key.pem",
+        global = true
+    )]
     pub key_file: PathBuf,
     /// Print JSON instead of tables.
     #[arg(long, global = true)]
@@ -382,21 +402,44 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 
 async fn limit(command: LimitCommand) -> anyhow::Result<()> {
     match command {
-        LimitCommand::Set { client, scope, name, limit } => {
+        LimitCommand::Set {
+            client,
+            scope,
+            name,
+            limit,
+        } => {
             let mut conn = connect(&client).await?;
-            let request = api::SetLimitRequest { scope: scope.clone(), name: name.clone(), limit: Some(limit) };
+            let request = api::SetLimitRequest {
+                scope: scope.clone(),
+                name: name.clone(),
+                limit: Some(limit),
+            };
             call!(conn, Write, runs.set_limit(request));
             eprintln!("{scope} {name}: at most {limit} tasks placed at once");
         }
-        LimitCommand::Clear { client, scope, name } => {
+        LimitCommand::Clear {
+            client,
+            scope,
+            name,
+        } => {
             let mut conn = connect(&client).await?;
-            let request = api::SetLimitRequest { scope: scope.clone(), name: name.clone(), limit: None };
+            let request = api::SetLimitRequest {
+                scope: scope.clone(),
+                name: name.clone(),
+                limit: None,
+            };
             call!(conn, Write, runs.set_limit(request));
             eprintln!("{scope} {name}: no limit");
         }
         LimitCommand::List { client } => {
             let mut conn = connect(&client).await?;
-            let reply = call!(conn, Read, runs.list_limits(api::ListLimitsRequest { consistency: consistency(false) }));
+            let reply = call!(
+                conn,
+                Read,
+                runs.list_limits(api::ListLimitsRequest {
+                    consistency: consistency(false)
+                })
+            );
             let limits = reply.limits;
             if client.json {
                 let rows: Vec<_> = limits
@@ -408,7 +451,9 @@ async fn limit(command: LimitCommand) -> anyhow::Result<()> {
                 let rows: Vec<Vec<String>> = limits
                     .iter()
                     .map(|l| {
-                        let limit = l.limit.map_or_else(|| "-".to_string(), |limit| limit.to_string());
+                        let limit = l
+                            .limit
+                            .map_or_else(|| "-".to_string(), |limit| limit.to_string());
                         vec![l.scope.clone(), l.name.clone(), limit, l.active.to_string()]
                     })
                     .collect();
@@ -421,12 +466,17 @@ async fn limit(command: LimitCommand) -> anyhow::Result<()> {
 
 async fn blob(command: BlobCommand) -> anyhow::Result<()> {
     match command {
-        BlobCommand::Get { client, address, out } => {
+        BlobCommand::Get {
+            client,
+            address,
+            out,
+        } => {
             let mut conn = connect(&client).await?;
             let reply = call!(conn, Read, blobs.get(api::GetBlobRequest { address }));
             let data = reply.data;
             match out {
-                Some(path) => std::fs::write(&path, &data).map_err(|err| anyhow::anyhow!("writing {}: {err}", path.display()))?,
+                Some(path) => std::fs::write(&path, &data)
+                    .map_err(|err| anyhow::anyhow!("writing {}: {err}", path.display()))?,
                 None => std::io::Write::write_all(&mut std::io::stdout(), &data)?,
             }
         }
@@ -438,7 +488,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let mut overrides = Vec::new();
     let flags = [
         ("node_id", args.node_id.map(|id| id.to_string())),
-        ("data_dir", args.data_dir.map(|dir| dir.display().to_string())),
+        (
+            "data_dir",
+            args.data_dir.map(|dir| dir.display().to_string()),
+        ),
         ("raft_addr", args.raft_addr),
         ("api_addr", args.api_addr),
         ("http_addr", args.http_addr),
@@ -486,25 +539,41 @@ pub fn init_logging(level: &str) {
         .finish();
     // openraft's per-request failure lines repeat many times a second while a
     // node is down (see log_limit.rs).
-    let _ = tracing_subscriber::util::SubscriberInitExt::try_init(tracing_subscriber::layer::SubscriberExt::with(
-        subscriber,
-        crate::log_limit::OpenraftNoise,
-    ));
+    let _ = tracing_subscriber::util::SubscriberInitExt::try_init(
+        tracing_subscriber::layer::SubscriberExt::with(subscriber, crate::log_limit::OpenraftNoise),
+    );
 }
 
 fn cert(command: CertCommand) -> anyhow::Result<()> {
     match command {
         CertCommand::CreateCa { out, name } => {
             let paths = floe_raft::certs::create_ca(&out, &name)?;
-            eprintln!("created CA {} and key {} (keep the key off the nodes)", paths.cert.display(), paths.key.display());
+            eprintln!(
+                "created CA {} and key {} (keep the key off the nodes)",
+                paths.cert.display(),
+                paths.key.display()
+            );
         }
-        CertCommand::CreateNode { ca_dir, node_id, sans, out } => {
+        CertCommand::CreateNode {
+            ca_dir,
+            node_id,
+            sans,
+            out,
+        } => {
             let paths = floe_raft::certs::create_node(&ca_dir, node_id, &sans, &out)?;
-            eprintln!("created node {node_id} certificate {} and key {}", paths.cert.display(), paths.key.display());
+            eprintln!(
+                "created node {node_id} certificate {} and key {}",
+                paths.cert.display(),
+                paths.key.display()
+            );
         }
         CertCommand::CreateClient { ca_dir, name, out } => {
             let paths = floe_raft::certs::create_client(&ca_dir, &name, &out)?;
-            eprintln!("created client {name:?} certificate {} and key {}", paths.cert.display(), paths.key.display());
+            eprintln!(
+                "created client {name:?} certificate {} and key {}",
+                paths.cert.display(),
+                paths.key.display()
+            );
         }
     }
     Ok(())
@@ -512,7 +581,12 @@ fn cert(command: CertCommand) -> anyhow::Result<()> {
 
 pub(crate) async fn connect(args: &ClientArgs) -> anyhow::Result<FloeClient> {
     let options = ClientOptions {
-        endpoints: args.endpoint.split(',').map(|e| e.trim().to_string()).filter(|e| !e.is_empty()).collect(),
+        endpoints: args
+            .endpoint
+            .split(',')
+            .map(|e| e.trim().to_string())
+            .filter(|e| !e.is_empty())
+            .collect(),
         ca: args.ca.clone(),
         cert: args.cert.clone(),
         key: args.key_file.clone(),
@@ -541,7 +615,11 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
     }
     let mut out = String::new();
     let line = |cells: Vec<&str>| {
-        let padded: Vec<String> = cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
         padded.join("  ").trim_end().to_string()
     };
     out.push_str(&line(headers.to_vec()));
@@ -561,19 +639,41 @@ async fn cluster(command: ClusterCommand) -> anyhow::Result<()> {
             if client.json {
                 print_json(json!({ "initialized": reply.node_id }));
             } else {
-                eprintln!("cluster initialized with node {} as its first member", reply.node_id);
+                eprintln!(
+                    "cluster initialized with node {} as its first member",
+                    reply.node_id
+                );
             }
         }
-        ClusterCommand::Join { client, node_id, raft_addr, learner } => {
+        ClusterCommand::Join {
+            client,
+            node_id,
+            raft_addr,
+            learner,
+        } => {
             let mut conn = connect(&client).await?;
-            let request = api::JoinRequest { node_id, raft_addr, learner_only: learner };
+            let request = api::JoinRequest {
+                node_id,
+                raft_addr,
+                learner_only: learner,
+            };
             let reply = call!(conn, Write, cluster.join(request));
-            membership_out(client.json, &format!("node {node_id} joined"), &reply.voters, &reply.learners);
+            membership_out(
+                client.json,
+                &format!("node {node_id} joined"),
+                &reply.voters,
+                &reply.learners,
+            );
         }
         ClusterCommand::Remove { client, node_id } => {
             let mut conn = connect(&client).await?;
             let reply = call!(conn, Write, cluster.remove(api::RemoveRequest { node_id }));
-            membership_out(client.json, &format!("node {node_id} removed"), &reply.voters, &reply.learners);
+            membership_out(
+                client.json,
+                &format!("node {node_id} removed"),
+                &reply.voters,
+                &reply.learners,
+            );
         }
         ClusterCommand::Status { client } => {
             let mut conn = connect(&client).await?;
@@ -615,7 +715,11 @@ fn print_status(status: &api::StatusResponse, as_json: bool) {
         }));
         return;
     }
-    let leader = if status.has_leader { status.leader_id.to_string() } else { "none".into() };
+    let leader = if status.has_leader {
+        status.leader_id.to_string()
+    } else {
+        "none".into()
+    };
     println!(
         "leader: {leader}  term: {}  commit: {}  applied: {}  (answered by node {})",
         status.term, status.commit_index, status.applied_index, status.answered_by
@@ -628,7 +732,11 @@ fn print_status(status: &api::StatusResponse, as_json: bool) {
                 n.node_id.to_string(),
                 n.membership.clone(),
                 n.role.clone(),
-                if n.reachable { "ok".into() } else { format!("down ({})", n.error) },
+                if n.reachable {
+                    "ok".into()
+                } else {
+                    format!("down ({})", n.error)
+                },
                 n.term.to_string(),
                 n.last_log_index.to_string(),
                 n.applied_index.to_string(),
@@ -637,11 +745,21 @@ fn print_status(status: &api::StatusResponse, as_json: bool) {
             ]
         })
         .collect();
-    print!("{}", table(&["NODE", "MEMBER", "ROLE", "HEALTH", "TERM", "LAST-LOG", "APPLIED", "RAFT", "API"], &rows));
+    print!(
+        "{}",
+        table(
+            &["NODE", "MEMBER", "ROLE", "HEALTH", "TERM", "LAST-LOG", "APPLIED", "RAFT", "API"],
+            &rows
+        )
+    );
 }
 
 fn consistency(local: bool) -> i32 {
-    let level = if local { api::ReadConsistency::Local } else { api::ReadConsistency::Linearizable };
+    let level = if local {
+        api::ReadConsistency::Local
+    } else {
+        api::ReadConsistency::Linearizable
+    };
     level as i32
 }
 
@@ -649,7 +767,14 @@ async fn kv(command: KvCommand) -> anyhow::Result<()> {
     match command {
         KvCommand::Put { client, key, value } => {
             let mut conn = connect(&client).await?;
-            let reply = call!(conn, Write, kv.put(api::PutRequest { key: key.clone(), value: value.into_bytes() }));
+            let reply = call!(
+                conn,
+                Write,
+                kv.put(api::PutRequest {
+                    key: key.clone(),
+                    value: value.into_bytes()
+                })
+            );
             let revision = reply.revision;
             if client.json {
                 print_json(json!({ "key": key, "revision": revision }));
@@ -659,18 +784,30 @@ async fn kv(command: KvCommand) -> anyhow::Result<()> {
         }
         KvCommand::Get { client, key, local } => {
             let mut conn = connect(&client).await?;
-            let request = api::GetRequest { key: key.clone(), consistency: consistency(local) };
+            let request = api::GetRequest {
+                key: key.clone(),
+                consistency: consistency(local),
+            };
             let reply = call!(conn, Read, kv.get(request));
             if client.json {
-                let value = reply.found.then(|| String::from_utf8_lossy(&reply.value).to_string());
-                print_json(json!({ "key": key, "found": reply.found, "value": value, "revision": reply.revision }));
+                let value = reply
+                    .found
+                    .then(|| String::from_utf8_lossy(&reply.value).to_string());
+                print_json(
+                    json!({ "key": key, "found": reply.found, "value": value, "revision": reply.revision }),
+                );
             } else if reply.found {
                 println!("{}", String::from_utf8_lossy(&reply.value));
             } else {
                 anyhow::bail!("key {key:?} not found");
             }
         }
-        KvCommand::Cas { client, key, expect, new } => {
+        KvCommand::Cas {
+            client,
+            key,
+            expect,
+            new,
+        } => {
             let mut conn = connect(&client).await?;
             let request = api::CasRequest {
                 key: key.clone(),
@@ -678,18 +815,31 @@ async fn kv(command: KvCommand) -> anyhow::Result<()> {
                 new_value: new.map(String::into_bytes),
             };
             let reply = call!(conn, Write, kv.cas(request));
-            let current = reply.found.then(|| String::from_utf8_lossy(&reply.current).to_string());
+            let current = reply
+                .found
+                .then(|| String::from_utf8_lossy(&reply.current).to_string());
             if client.json {
-                print_json(json!({ "key": key, "succeeded": reply.succeeded, "current": current, "revision": reply.revision }));
+                print_json(
+                    json!({ "key": key, "succeeded": reply.succeeded, "current": current, "revision": reply.revision }),
+                );
             } else if reply.succeeded {
                 println!("{key} swapped at revision {}", reply.revision);
             } else {
-                anyhow::bail!("compare-and-set on {key:?} failed: current value is {}", current.map(|v| format!("{v:?}")).unwrap_or_else(|| "absent".into()));
+                anyhow::bail!(
+                    "compare-and-set on {key:?} failed: current value is {}",
+                    current
+                        .map(|v| format!("{v:?}"))
+                        .unwrap_or_else(|| "absent".into())
+                );
             }
         }
         KvCommand::Delete { client, key } => {
             let mut conn = connect(&client).await?;
-            let reply = call!(conn, Write, kv.delete(api::DeleteRequest { key: key.clone() }));
+            let reply = call!(
+                conn,
+                Write,
+                kv.delete(api::DeleteRequest { key: key.clone() })
+            );
             if client.json {
                 print_json(json!({ "key": key, "existed": reply.existed }));
             } else if reply.existed {
@@ -698,9 +848,20 @@ async fn kv(command: KvCommand) -> anyhow::Result<()> {
                 println!("{key} was not set");
             }
         }
-        KvCommand::List { client, prefix, limit, start_after, local } => {
+        KvCommand::List {
+            client,
+            prefix,
+            limit,
+            start_after,
+            local,
+        } => {
             let mut conn = connect(&client).await?;
-            let request = api::ListRequest { prefix, start_after, limit, consistency: consistency(local) };
+            let request = api::ListRequest {
+                prefix,
+                start_after,
+                limit,
+                consistency: consistency(local),
+            };
             let reply = call!(conn, Read, kv.list(request));
             if client.json {
                 let items: Vec<_> = reply
@@ -713,11 +874,20 @@ async fn kv(command: KvCommand) -> anyhow::Result<()> {
                 let rows: Vec<Vec<String>> = reply
                     .items
                     .iter()
-                    .map(|kv| vec![kv.key.clone(), kv.revision.to_string(), String::from_utf8_lossy(&kv.value).to_string()])
+                    .map(|kv| {
+                        vec![
+                            kv.key.clone(),
+                            kv.revision.to_string(),
+                            String::from_utf8_lossy(&kv.value).to_string(),
+                        ]
+                    })
                     .collect();
                 print!("{}", table(&["KEY", "REVISION", "VALUE"], &rows));
                 if reply.more {
-                    eprintln!("(more keys: pass --start-after {:?})", reply.items.last().map(|kv| kv.key.as_str()).unwrap_or(""));
+                    eprintln!(
+                        "(more keys: pass --start-after {:?})",
+                        reply.items.last().map(|kv| kv.key.as_str()).unwrap_or("")
+                    );
                 }
             }
         }
@@ -747,7 +917,12 @@ fn format_ms(at_ms: u64) -> String {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
-    format!("{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}Z", rest / 3600, rest % 3600 / 60, rest % 60)
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}Z",
+        rest / 3600,
+        rest % 3600 / 60,
+        rest % 60
+    )
 }
 
 async fn flow(command: FlowCommand) -> anyhow::Result<()> {
@@ -757,40 +932,80 @@ async fn flow(command: FlowCommand) -> anyhow::Result<()> {
             let mut conn = connect(&client).await?;
             let reply = call!(conn, Write, flows.put(api::PutFlowRequest { definition }));
             if client.json {
-                print_json(json!({ "name": reply.name, "version": reply.version, "created": reply.created, "hash": reply.hash }));
+                print_json(
+                    json!({ "name": reply.name, "version": reply.version, "created": reply.created, "hash": reply.hash }),
+                );
             } else if reply.created {
                 println!("flow {} version {} stored", reply.name, reply.version);
             } else {
-                println!("flow {} unchanged: identical to version {}", reply.name, reply.version);
+                println!(
+                    "flow {} unchanged: identical to version {}",
+                    reply.name, reply.version
+                );
             }
         }
-        FlowCommand::Get { client, name, version } => {
+        FlowCommand::Get {
+            client,
+            name,
+            version,
+        } => {
             let mut conn = connect(&client).await?;
-            let request = api::GetFlowRequest { name, version: version.unwrap_or(0), consistency: consistency(false) };
+            let request = api::GetFlowRequest {
+                name,
+                version: version.unwrap_or(0),
+                consistency: consistency(false),
+            };
             let reply = call!(conn, Read, flows.get(request));
             let definition: serde_json::Value = serde_json::from_slice(&reply.definition)?;
             if client.json {
-                print_json(json!({ "name": reply.name, "version": reply.version, "hash": reply.hash, "created_at_ms": reply.created_at_ms, "definition": definition }));
+                print_json(
+                    json!({ "name": reply.name, "version": reply.version, "hash": reply.hash, "created_at_ms": reply.created_at_ms, "definition": definition }),
+                );
             } else {
-                eprintln!("flow {} version {} ({}), stored {}", reply.name, reply.version, &reply.hash[..12.min(reply.hash.len())], format_ms(reply.created_at_ms));
+                eprintln!(
+                    "flow {} version {} ({}), stored {}",
+                    reply.name,
+                    reply.version,
+                    &reply.hash[..12.min(reply.hash.len())],
+                    format_ms(reply.created_at_ms)
+                );
                 println!("{}", serde_json::to_string_pretty(&definition)?);
             }
         }
-        FlowCommand::List { client, limit, start_after } => {
+        FlowCommand::List {
+            client,
+            limit,
+            start_after,
+        } => {
             let mut conn = connect(&client).await?;
-            let request = api::ListFlowsRequest { start_after, limit, consistency: consistency(false) };
+            let request = api::ListFlowsRequest {
+                start_after,
+                limit,
+                consistency: consistency(false),
+            };
             let reply = call!(conn, Read, flows.list(request));
             if client.json {
-                let flows: Vec<_> = reply.flows.iter().map(|f| json!({ "name": f.name, "latest_version": f.latest_version })).collect();
+                let flows: Vec<_> = reply
+                    .flows
+                    .iter()
+                    .map(|f| json!({ "name": f.name, "latest_version": f.latest_version }))
+                    .collect();
                 print_json(json!({ "flows": flows, "more": reply.more }));
             } else {
-                let rows: Vec<Vec<String>> = reply.flows.iter().map(|f| vec![f.name.clone(), f.latest_version.to_string()]).collect();
+                let rows: Vec<Vec<String>> = reply
+                    .flows
+                    .iter()
+                    .map(|f| vec![f.name.clone(), f.latest_version.to_string()])
+                    .collect();
                 print!("{}", table(&["FLOW", "LATEST"], &rows));
             }
         }
         FlowCommand::Versions { client, name } => {
             let mut conn = connect(&client).await?;
-            let request = api::FlowVersionsRequest { name: name.clone(), consistency: consistency(false) };
+            let request = api::FlowVersionsRequest {
+                name: name.clone(),
+                consistency: consistency(false),
+            };
             let reply = call!(conn, Read, flows.versions(request));
             if client.json {
                 let versions: Vec<_> = reply
@@ -800,8 +1015,17 @@ async fn flow(command: FlowCommand) -> anyhow::Result<()> {
                     .collect();
                 print_json(json!({ "name": name, "versions": versions }));
             } else {
-                let rows: Vec<Vec<String>> =
-                    reply.versions.iter().map(|v| vec![v.version.to_string(), v.hash.clone(), format_ms(v.created_at_ms)]).collect();
+                let rows: Vec<Vec<String>> = reply
+                    .versions
+                    .iter()
+                    .map(|v| {
+                        vec![
+                            v.version.to_string(),
+                            v.hash.clone(),
+                            format_ms(v.created_at_ms),
+                        ]
+                    })
+                    .collect();
                 print!("{}", table(&["VERSION", "HASH", "STORED"], &rows));
             }
         }
@@ -812,21 +1036,31 @@ async fn flow(command: FlowCommand) -> anyhow::Result<()> {
 /// JSON given inline or as `@FILE`, checked before it is sent.
 fn json_argument(text: &str, what: &str) -> anyhow::Result<Vec<u8>> {
     let bytes = match text.strip_prefix('@') {
-        Some(path) => std::fs::read(path).map_err(|err| anyhow::anyhow!("{what} file {path}: {err}"))?,
+        Some(path) => {
+            std::fs::read(path).map_err(|err| anyhow::anyhow!("{what} file {path}: {err}"))?
+        }
         None => text.as_bytes().to_vec(),
     };
-    serde_json::from_slice::<serde_json::Value>(&bytes).map_err(|err| anyhow::anyhow!("{what} is not JSON: {err}"))?;
+    serde_json::from_slice::<serde_json::Value>(&bytes)
+        .map_err(|err| anyhow::anyhow!("{what} is not JSON: {err}"))?;
     Ok(bytes)
 }
 
 pub(crate) fn print_run(run: &serde_json::Value) {
-    let text = |field: &str| run.get(field).and_then(|v| v.as_str()).unwrap_or("").to_string();
+    let text = |field: &str| {
+        run.get(field)
+            .and_then(|v| v.as_str())
+            .unwrap_or("")
+            .to_string()
+    };
     println!(
         "run {}  flow {} v{}  status {}",
         text("run_id"),
         text("flow"),
         run.get("version").and_then(|v| v.as_u64()).unwrap_or(0),
-        run.get("status").map(|s| s.to_string().trim_matches('"').to_lowercase()).unwrap_or_default()
+        run.get("status")
+            .map(|s| s.to_string().trim_matches('"').to_lowercase())
+            .unwrap_or_default()
     );
     if let Some(error) = run.get("error").and_then(|e| e.as_str()) {
         println!("error: {error}");
@@ -834,22 +1068,58 @@ pub(crate) fn print_run(run: &serde_json::Value) {
     let mut rows = Vec::new();
     if let Some(steps) = run.get("steps").and_then(|s| s.as_object()) {
         for (id, step) in steps {
-            let attempts = step.get("attempts").and_then(|a| a.as_array()).cloned().unwrap_or_default();
+            let attempts = step
+                .get("attempts")
+                .and_then(|a| a.as_array())
+                .cloned()
+                .unwrap_or_default();
             let last = attempts.last();
-            let node = last.and_then(|a| a.get("node")).and_then(|n| n.as_u64()).map(|n| n.to_string()).unwrap_or_default();
-            let worker = last.and_then(|a| a.get("worker")).and_then(|w| w.as_str()).unwrap_or("").to_string();
-            let status = step.get("status").map(|s| s.to_string().trim_matches('"').to_lowercase()).unwrap_or_default();
-            let started = step.get("started_at_ms").and_then(|v| v.as_u64()).unwrap_or(0);
+            let node = last
+                .and_then(|a| a.get("node"))
+                .and_then(|n| n.as_u64())
+                .map(|n| n.to_string())
+                .unwrap_or_default();
+            let worker = last
+                .and_then(|a| a.get("worker"))
+                .and_then(|w| w.as_str())
+                .unwrap_or("")
+                .to_string();
+            let status = step
+                .get("status")
+                .map(|s| s.to_string().trim_matches('"').to_lowercase())
+                .unwrap_or_default();
+            let started = step
+                .get("started_at_ms")
+                .and_then(|v| v.as_u64())
+                .unwrap_or(0);
             let took = step
                 .get("finished_at_ms")
                 .and_then(|v| v.as_u64())
                 .map(|finished| format!("{} ms", finished.saturating_sub(started)))
                 .unwrap_or_default();
-            let error = step.get("error").and_then(|e| e.as_str()).unwrap_or("").to_string();
-            rows.push(vec![id.clone(), status, attempts.len().to_string(), node, worker, took, error]);
+            let error = step
+                .get("error")
+                .and_then(|e| e.as_str())
+                .unwrap_or("")
+                .to_string();
+            rows.push(vec![
+                id.clone(),
+                status,
+                attempts.len().to_string(),
+                node,
+                worker,
+                took,
+                error,
+            ]);
         }
     }
-    print!("{}", table(&["STEP", "STATUS", "ATTEMPTS", "NODE", "WORKER", "TOOK", "ERROR"], &rows));
+    print!(
+        "{}",
+        table(
+            &["STEP", "STATUS", "ATTEMPTS", "NODE", "WORKER", "TOOK", "ERROR"],
+            &rows
+        )
+    );
     if let Some(output) = run.get("output").filter(|o| !o.is_null()) {
         println!("output: {output}");
     }
@@ -857,13 +1127,30 @@ pub(crate) fn print_run(run: &serde_json::Value) {
 
 async fn run_command(command: RunCommand) -> anyhow::Result<()> {
     match command {
-        RunCommand::Start { client, flow, version, input, correlation_id, idempotency_key } => {
+        RunCommand::Start {
+            client,
+            flow,
+            version,
+            input,
+            correlation_id,
+            idempotency_key,
+        } => {
             let input = json_argument(&input, "run input")?;
             let mut conn = connect(&client).await?;
-            let request = api::StartRunRequest { flow, version: version.unwrap_or(0), input, correlation_id, idempotency_key };
+            let request = api::StartRunRequest {
+                flow,
+                version: version.unwrap_or(0),
+                input,
+                correlation_id,
+                idempotency_key,
+            };
             // A start with a key returns the first run on a repeat, so it may
             // go to another node whatever the failure.
-            let repeat = if request.idempotency_key.is_empty() { Repeat::Write } else { Repeat::Idempotent };
+            let repeat = if request.idempotency_key.is_empty() {
+                Repeat::Write
+            } else {
+                Repeat::Idempotent
+            };
             let reply = conn
                 .call(repeat, |mut client| {
                     let request = request.clone();
@@ -872,7 +1159,9 @@ async fn run_command(command: RunCommand) -> anyhow::Result<()> {
                 .await
                 .map_err(status_error)?;
             if client.json {
-                print_json(json!({ "run_id": reply.run_id, "created": reply.created, "version": reply.version }));
+                print_json(
+                    json!({ "run_id": reply.run_id, "created": reply.created, "version": reply.version }),
+                );
             } else {
                 if !reply.created {
                     eprintln!("idempotency key already used: this is the run it started");
@@ -882,7 +1171,14 @@ async fn run_command(command: RunCommand) -> anyhow::Result<()> {
         }
         RunCommand::Get { client, run_id } => {
             let mut conn = connect(&client).await?;
-            let reply = call!(conn, Read, runs.get(api::GetRunRequest { run_id, consistency: consistency(false) }));
+            let reply = call!(
+                conn,
+                Read,
+                runs.get(api::GetRunRequest {
+                    run_id,
+                    consistency: consistency(false)
+                })
+            );
             // Any depth: a run stored before the nesting limit may hold deeper values.
             let run: serde_json::Value = floe_engine::limits::from_stored_text(&reply.run)?;
             if client.json {
@@ -891,7 +1187,14 @@ async fn run_command(command: RunCommand) -> anyhow::Result<()> {
                 print_run(&run);
             }
         }
-        RunCommand::List { client, flow, status, correlation_id, limit, page_token } => {
+        RunCommand::List {
+            client,
+            flow,
+            status,
+            correlation_id,
+            limit,
+            page_token,
+        } => {
             let mut conn = connect(&client).await?;
             let request = api::ListRunsRequest {
                 flow,
@@ -916,31 +1219,76 @@ async fn run_command(command: RunCommand) -> anyhow::Result<()> {
                 let rows: Vec<Vec<String>> = reply
                     .runs
                     .iter()
-                    .map(|r| vec![r.run_id.clone(), format!("{} v{}", r.flow, r.version), r.status.clone(), format_ms(r.created_at_ms), r.error.clone()])
+                    .map(|r| {
+                        vec![
+                            r.run_id.clone(),
+                            format!("{} v{}", r.flow, r.version),
+                            r.status.clone(),
+                            format_ms(r.created_at_ms),
+                            r.error.clone(),
+                        ]
+                    })
                     .collect();
-                print!("{}", table(&["RUN", "FLOW", "STATUS", "CREATED", "ERROR"], &rows));
+                print!(
+                    "{}",
+                    table(&["RUN", "FLOW", "STATUS", "CREATED", "ERROR"], &rows)
+                );
                 if !reply.next_page_token.is_empty() {
                     eprintln!("(more runs: pass --page-token {})", reply.next_page_token);
                 }
             }
         }
-        RunCommand::Cancel { client, run_id, reason } => {
+        RunCommand::Cancel {
+            client,
+            run_id,
+            reason,
+        } => {
             let mut conn = connect(&client).await?;
-            call!(conn, Write, runs.cancel(api::CancelRunRequest { run_id: run_id.clone(), reason }));
+            call!(
+                conn,
+                Write,
+                runs.cancel(api::CancelRunRequest {
+                    run_id: run_id.clone(),
+                    reason
+                })
+            );
             eprintln!("run {run_id} cancelled");
         }
         RunCommand::Retry { client, run_id } => {
             let mut conn = connect(&client).await?;
-            call!(conn, Write, runs.retry(api::RetryRunRequest { run_id: run_id.clone() }));
+            call!(
+                conn,
+                Write,
+                runs.retry(api::RetryRunRequest {
+                    run_id: run_id.clone()
+                })
+            );
             eprintln!("run {run_id} retried from its failed step");
         }
-        RunCommand::Signal { client, run_id, signal, payload } => {
+        RunCommand::Signal {
+            client,
+            run_id,
+            signal,
+            payload,
+        } => {
             let payload = json_argument(&payload, "signal payload")?;
             let mut conn = connect(&client).await?;
-            call!(conn, Write, runs.signal(api::SignalRunRequest { run_id: run_id.clone(), signal: signal.clone(), payload }));
+            call!(
+                conn,
+                Write,
+                runs.signal(api::SignalRunRequest {
+                    run_id: run_id.clone(),
+                    signal: signal.clone(),
+                    payload
+                })
+            );
             eprintln!("signal {signal} delivered to run {run_id}");
         }
-        RunCommand::Watch { client, run_id, follow } => crate::watch_cli::watch(&client, run_id, follow).await?,
+        RunCommand::Watch {
+            client,
+            run_id,
+            follow,
+        } => crate::watch_cli::watch(&client, run_id, follow).await?,
     }
     Ok(())
 }
@@ -952,8 +1300,14 @@ pub(crate) fn event_json(event: &api::RunHistoryEvent) -> serde_json::Value {
         ("item", (event.item >= 0).then(|| json!(event.item))),
         ("attempt", (event.attempt > 0).then(|| json!(event.attempt))),
         ("node", (event.node > 0).then(|| json!(event.node))),
-        ("worker", (!event.worker.is_empty()).then(|| json!(event.worker))),
-        ("error", (!event.error.is_empty()).then(|| json!(event.error))),
+        (
+            "worker",
+            (!event.worker.is_empty()).then(|| json!(event.worker)),
+        ),
+        (
+            "error",
+            (!event.error.is_empty()).then(|| json!(event.error)),
+        ),
     ];
     for (field, present) in optional {
         if let Some(present) = present {
@@ -966,9 +1320,16 @@ pub(crate) fn event_json(event: &api::RunHistoryEvent) -> serde_json::Value {
 /// `17:02:03.456Z  step classify[2] attempt 1 started on node 2`.
 pub(crate) fn event_line(event: &api::RunHistoryEvent) -> String {
     let stamp = format_ms(event.at_ms);
-    let time = stamp.split(' ').nth(1).unwrap_or(&stamp).trim_end_matches('Z');
+    let time = stamp
+        .split(' ')
+        .nth(1)
+        .unwrap_or(&stamp)
+        .trim_end_matches('Z');
     let mut line = format!("{time}.{:03}Z  ", event.at_ms % 1000);
-    let (subject, what) = event.kind.split_once('_').unwrap_or((event.kind.as_str(), ""));
+    let (subject, what) = event
+        .kind
+        .split_once('_')
+        .unwrap_or((event.kind.as_str(), ""));
     if subject == "run" {
         line += &format!("run {what}");
     } else {
@@ -1032,7 +1393,9 @@ mod tests {
     #[test]
     fn kv_put_takes_key_value_and_client_key_file() {
         let cli = Cli::try_parse_from(["floe", "kv", "put", "a/b", "v", "--key", "k.pem"]).unwrap();
-        let Command::Kv(KvCommand::Put { client, key, value }) = cli.command else { panic!("parsed as another command") };
+        let Command::Kv(KvCommand::Put { client, key, value }) = cli.command else {
+            panic!("parsed as another command")
+        };
         assert_eq!((key.as_str(), value.as_str()), ("a/b", "v"));
         assert_eq!(client.key_file, PathBuf::from("k.pem"));
     }
@@ -1041,7 +1404,10 @@ mod tests {
     fn timestamps_print_as_utc() {
         assert_eq!(format_ms(0), "1970-01-01 00:00:00Z");
         assert_eq!(format_ms(1_795_219_200_000), "2026-11-21 00:00:00Z");
-        assert_eq!(format_ms(951_782_400_000 + 3_723_000), "2000-02-29 01:02:03Z");
+        assert_eq!(
+            format_ms(951_782_400_000 + 3_723_000),
+            "2000-02-29 01:02:03Z"
+        );
     }
 
     #[test]
@@ -1057,10 +1423,21 @@ mod tests {
             worker: "ocr-1".into(),
             error: "bad page".into(),
         };
-        assert_eq!(event_line(&attempt), "01:02:03.045Z  step pages[2] attempt 1 finished on node 3 by ocr-1: bad page");
-        let run = api::RunHistoryEvent { at_ms, kind: "run_completed".into(), item: -1, ..Default::default() };
+        assert_eq!(
+            event_line(&attempt),
+            "01:02:03.045Z  step pages[2] attempt 1 finished on node 3 by ocr-1: bad page"
+        );
+        let run = api::RunHistoryEvent {
+            at_ms,
+            kind: "run_completed".into(),
+            item: -1,
+            ..Default::default()
+        };
         assert_eq!(event_line(&run), "01:02:03.045Z  run completed");
-        assert_eq!(event_json(&run), json!({"at_ms": at_ms, "kind": "run_completed"}));
+        assert_eq!(
+            event_json(&run),
+            json!({"at_ms": at_ms, "kind": "run_completed"})
+        );
         assert_eq!(event_json(&attempt)["worker"], "ocr-1");
     }
 

@@ -12,16 +12,16 @@ use std::time::{Duration, Instant};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::Status;
 
-pub use crate::failover::{Repeat, TRIES_PER_ENDPOINT};
 use crate::failover::{jittered_pause, next_endpoint, NO_TIMEOUT_BUDGET};
+pub use crate::failover::{Repeat, TRIES_PER_ENDPOINT};
 
 use crate::api::blobs_client::BlobsClient;
 use crate::api::cluster_client::ClusterClient;
 use crate::api::flows_client::FlowsClient;
-use crate::api::runs_client::RunsClient;
-use crate::api::workers_client::WorkersClient;
 use crate::api::kv_client::KvClient;
 use crate::api::models_client::ModelsClient;
+use crate::api::runs_client::RunsClient;
+use crate::api::workers_client::WorkersClient;
 
 /// The DNS name every node certificate carries for its API.
 pub const API_SERVER_NAME: &str = "api.floe";
@@ -65,7 +65,10 @@ impl FloeClient {
     pub async fn connect(options: &ClientOptions) -> anyhow::Result<FloeClient> {
         let tls = ClientTlsConfig::new()
             .ca_certificate(Certificate::from_pem(read(&options.ca, "CA certificate")?))
-            .identity(Identity::from_pem(read(&options.cert, "client certificate")?, read(&options.key, "client key")?))
+            .identity(Identity::from_pem(
+                read(&options.cert, "client certificate")?,
+                read(&options.key, "client key")?,
+            ))
             .domain_name(API_SERVER_NAME);
         let options = Arc::new(options.clone());
         let mut failures = Vec::new();
@@ -88,7 +91,10 @@ impl FloeClient {
     /// connects (the current one last), for a stream that was lost.
     pub async fn reconnect_elsewhere(&mut self) -> anyhow::Result<()> {
         let endpoints = &self.options.endpoints;
-        let current = endpoints.iter().position(|e| *e == self.endpoint).unwrap_or(endpoints.len());
+        let current = endpoints
+            .iter()
+            .position(|e| *e == self.endpoint)
+            .unwrap_or(endpoints.len());
         let mut failures = Vec::new();
         for offset in 1..=endpoints.len() {
             let endpoint = &endpoints[(current + offset) % endpoints.len()];
@@ -112,7 +118,11 @@ impl FloeClient {
         F: FnMut(FloeClient) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
-        let budget = if self.options.request_timeout.is_zero() { NO_TIMEOUT_BUDGET } else { self.options.request_timeout };
+        let budget = if self.options.request_timeout.is_zero() {
+            NO_TIMEOUT_BUDGET
+        } else {
+            self.options.request_timeout
+        };
         let deadline = Instant::now() + budget;
         let mut tries: HashMap<String, u32> = HashMap::new();
         loop {
@@ -126,7 +136,12 @@ impl FloeClient {
             }
             let hint = crate::leader_hint::leader_of(&status);
             loop {
-                let Some(next) = next_endpoint(&self.options.endpoints, &self.endpoint, hint.as_deref(), &tries) else {
+                let Some(next) = next_endpoint(
+                    &self.options.endpoints,
+                    &self.endpoint,
+                    hint.as_deref(),
+                    &tries,
+                ) else {
                     return Err(status);
                 };
                 let pause = jittered_pause(&tries);
@@ -147,8 +162,16 @@ impl FloeClient {
     }
 }
 
-async fn open(options: &Arc<ClientOptions>, tls: &ClientTlsConfig, endpoint: &str) -> anyhow::Result<FloeClient> {
-    let uri = if endpoint.contains("://") { endpoint.to_string() } else { format!("https://{endpoint}") };
+async fn open(
+    options: &Arc<ClientOptions>,
+    tls: &ClientTlsConfig,
+    endpoint: &str,
+) -> anyhow::Result<FloeClient> {
+    let uri = if endpoint.contains("://") {
+        endpoint.to_string()
+    } else {
+        format!("https://{endpoint}")
+    };
     let mut transport = Endpoint::from_shared(uri)?
         .tls_config(tls.clone())?
         .connect_timeout(options.connect_timeout)
@@ -179,5 +202,8 @@ async fn open(options: &Arc<ClientOptions>, tls: &ClientTlsConfig, endpoint: &st
 
 /// Joins an error and its causes, so TLS and connect failures show their root.
 pub fn error_chain(err: &anyhow::Error) -> String {
-    err.chain().map(|cause| cause.to_string()).collect::<Vec<_>>().join(": ")
+    err.chain()
+        .map(|cause| cause.to_string())
+        .collect::<Vec<_>>()
+        .join(": ")
 }

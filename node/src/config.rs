@@ -101,7 +101,11 @@ pub struct RunsConfig {
 
 impl Default for RunsConfig {
     fn default() -> Self {
-        RunsConfig { retention_ms: 7 * 24 * 3600 * 1000, inline_payload_bytes: 256 * 1024, max_payload_bytes: 16 * 1024 * 1024 }
+        RunsConfig {
+            retention_ms: 7 * 24 * 3600 * 1000,
+            inline_payload_bytes: 256 * 1024,
+            max_payload_bytes: 16 * 1024 * 1024,
+        }
     }
 }
 
@@ -193,7 +197,11 @@ impl Default for NodeConfig {
 
 impl Default for TlsConfig {
     fn default() -> Self {
-        TlsConfig { ca: "certs/ca.pem".into(), cert: "certs/node.pem".into(), key: "certs/node-key.pem".into() }
+        TlsConfig {
+            ca: "certs/ca.pem".into(),
+            cert: "certs/node.pem".into(),
+            key: "certs/node-key.pem".into(),
+        }
     }
 }
 
@@ -229,9 +237,17 @@ pub enum ConfigError {
     #[error("config file {path}: {reason}")]
     File { path: PathBuf, reason: String },
     #[error("config key `{key}` (from {source_name}): {reason}")]
-    BadValue { key: String, source_name: String, reason: String },
+    BadValue {
+        key: String,
+        source_name: String,
+        reason: String,
+    },
     #[error("unknown config key `{key}` (from {source_name}); known keys: {known}")]
-    UnknownKey { key: String, source_name: String, known: String },
+    UnknownKey {
+        key: String,
+        source_name: String,
+        known: String,
+    },
     #[error("config key `{key}`: {reason}")]
     Invalid { key: String, reason: String },
 }
@@ -267,7 +283,10 @@ impl NodeConfig {
             table_to_config(table.clone(), &path.display().to_string())?;
         }
         let known = known_keys();
-        let mut env_vars: Vec<(String, String)> = env.into_iter().filter(|(k, _)| k.starts_with("FLOE_")).collect();
+        let mut env_vars: Vec<(String, String)> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("FLOE_"))
+            .collect();
         env_vars.sort();
         for (var, raw) in env_vars {
             if CLIENT_ENV_VARS.contains(&var.as_str()) {
@@ -275,7 +294,11 @@ impl NodeConfig {
             }
             let source_name = format!("environment variable {var}");
             let Some(key) = known.iter().find(|k| env_name(k) == var) else {
-                return Err(ConfigError::UnknownKey { key: var, source_name, known: known.join(", ") });
+                return Err(ConfigError::UnknownKey {
+                    key: var,
+                    source_name,
+                    known: known.join(", "),
+                });
             };
             set_key(&mut table, key, &raw, &source_name)?;
         }
@@ -290,7 +313,11 @@ impl NodeConfig {
             };
             let key = key.trim();
             if !known.iter().any(|k| k == key) {
-                return Err(ConfigError::UnknownKey { key: key.into(), source_name, known: known.join(", ") });
+                return Err(ConfigError::UnknownKey {
+                    key: key.into(),
+                    source_name,
+                    known: known.join(", "),
+                });
             }
             set_key(&mut table, key, raw.trim(), &source_name)?;
         }
@@ -301,19 +328,33 @@ impl NodeConfig {
 
     /// Checks relations between keys that serde cannot.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let invalid = |key: &str, reason: String| Err(ConfigError::Invalid { key: key.into(), reason });
+        let invalid = |key: &str, reason: String| {
+            Err(ConfigError::Invalid {
+                key: key.into(),
+                reason,
+            })
+        };
         if self.node_id == 0 {
             return invalid("node_id", "must be at least 1".into());
         }
-        for (key, addr) in [("raft_addr", &self.raft_addr), ("api_addr", &self.api_addr), ("http_addr", &self.http_addr)] {
+        for (key, addr) in [
+            ("raft_addr", &self.raft_addr),
+            ("api_addr", &self.api_addr),
+            ("http_addr", &self.http_addr),
+        ] {
             if addr.parse::<SocketAddr>().is_err() {
                 return invalid(key, format!("{addr:?} is not an IP:PORT socket address"));
             }
         }
-        if !self.raft_client_bind_addr.is_empty() && self.raft_client_bind_addr.parse::<SocketAddr>().is_err() {
+        if !self.raft_client_bind_addr.is_empty()
+            && self.raft_client_bind_addr.parse::<SocketAddr>().is_err()
+        {
             return invalid(
                 "raft_client_bind_addr",
-                format!("{:?} is not an IP:PORT socket address", self.raft_client_bind_addr),
+                format!(
+                    "{:?} is not an IP:PORT socket address",
+                    self.raft_client_bind_addr
+                ),
             );
         }
         for (key, addr) in [
@@ -323,10 +364,16 @@ impl NodeConfig {
         ] {
             match addr.parse::<SocketAddr>() {
                 Ok(sock) if sock.ip().is_unspecified() => {
-                    return invalid(key, format!("{addr} is not reachable by other nodes; set {key}"));
+                    return invalid(
+                        key,
+                        format!("{addr} is not reachable by other nodes; set {key}"),
+                    );
                 }
                 Ok(_) => {}
-                Err(_) if addr.rsplit_once(':').is_some_and(|(_, port)| port.parse::<u16>().is_ok()) => {}
+                Err(_)
+                    if addr
+                        .rsplit_once(':')
+                        .is_some_and(|(_, port)| port.parse::<u16>().is_ok()) => {}
                 Err(_) => return invalid(key, format!("{addr:?} is not HOST:PORT")),
             }
         }
@@ -349,14 +396,20 @@ impl NodeConfig {
         if self.shutdown_grace_ms > MAX_SHUTDOWN_GRACE_MS {
             return invalid(
                 "shutdown_grace_ms",
-                format!("{} exceeds the {MAX_SHUTDOWN_GRACE_MS} ms limit", self.shutdown_grace_ms),
+                format!(
+                    "{} exceeds the {MAX_SHUTDOWN_GRACE_MS} ms limit",
+                    self.shutdown_grace_ms
+                ),
             );
         }
         // Above this a typical edge disk would never take a write.
         if self.storage.min_free_bytes > MAX_MIN_FREE_BYTES {
             return invalid(
                 "storage.min_free_bytes",
-                format!("{} exceeds the {MAX_MIN_FREE_BYTES} byte limit (64 GiB)", self.storage.min_free_bytes),
+                format!(
+                    "{} exceeds the {MAX_MIN_FREE_BYTES} byte limit (64 GiB)",
+                    self.storage.min_free_bytes
+                ),
             );
         }
         if raft.election_timeout_max_ms <= raft.election_timeout_min_ms {
@@ -378,13 +431,24 @@ impl NodeConfig {
             return invalid("runs.retention_ms", "must be at least 1000".into());
         }
         if self.runs.max_payload_bytes > MAX_PAYLOAD_CEILING {
-            return invalid("runs.max_payload_bytes", format!("must be at most {MAX_PAYLOAD_CEILING}"));
+            return invalid(
+                "runs.max_payload_bytes",
+                format!("must be at most {MAX_PAYLOAD_CEILING}"),
+            );
         }
         if self.runs.inline_payload_bytes > self.runs.max_payload_bytes {
-            return invalid("runs.inline_payload_bytes", "must not be above runs.max_payload_bytes".into());
+            return invalid(
+                "runs.inline_payload_bytes",
+                "must not be above runs.max_payload_bytes".into(),
+            );
         }
-        if self.inference.max_model_bytes > MAX_PAYLOAD_CEILING || self.inference.max_model_bytes < 1024 {
-            return invalid("inference.max_model_bytes", format!("must be 1024 to {MAX_PAYLOAD_CEILING}"));
+        if self.inference.max_model_bytes > MAX_PAYLOAD_CEILING
+            || self.inference.max_model_bytes < 1024
+        {
+            return invalid(
+                "inference.max_model_bytes",
+                format!("must be 1024 to {MAX_PAYLOAD_CEILING}"),
+            );
         }
         if self.inference.idle_evict_ms < 1_000 {
             return invalid("inference.idle_evict_ms", "must be at least 1000".into());
@@ -396,22 +460,38 @@ impl NodeConfig {
             return invalid("storage.blob_gc_grace_ms", "must be at least 1000".into());
         }
         if self.storage.cache_capacity_bytes < 1024 * 1024 {
-            return invalid("storage.cache_capacity_bytes", "must be at least 1048576 (1 MiB)".into());
+            return invalid(
+                "storage.cache_capacity_bytes",
+                "must be at least 1048576 (1 MiB)".into(),
+            );
         }
         let peers = self.bootstrap_peers()?;
         if self.bootstrap.expect > 0 {
             if peers.len() != self.bootstrap.expect as usize {
                 return invalid(
                     "bootstrap.peers",
-                    format!("lists {} peers but bootstrap.expect is {}", peers.len(), self.bootstrap.expect),
+                    format!(
+                        "lists {} peers but bootstrap.expect is {}",
+                        peers.len(),
+                        self.bootstrap.expect
+                    ),
                 );
             }
             if !peers.iter().any(|(id, _)| *id == self.node_id) {
-                return invalid("bootstrap.peers", format!("does not list this node (node_id {})", self.node_id));
+                return invalid(
+                    "bootstrap.peers",
+                    format!("does not list this node (node_id {})", self.node_id),
+                );
             }
         }
         if tracing_subscriber::EnvFilter::try_new(&self.log_level).is_err() {
-            return invalid("log_level", format!("{:?} is not a log level or filter directive", self.log_level));
+            return invalid(
+                "log_level",
+                format!(
+                    "{:?} is not a log level or filter directive",
+                    self.log_level
+                ),
+            );
         }
         Ok(())
     }
@@ -420,9 +500,17 @@ impl NodeConfig {
     pub fn bootstrap_peers(&self) -> Result<Vec<(u64, String)>, ConfigError> {
         let mut peers: Vec<(u64, String)> = Vec::new();
         for (position, entry) in self.bootstrap.peers.iter().enumerate() {
-            let bad = |reason: String| ConfigError::Invalid { key: format!("bootstrap.peers[{position}]"), reason };
-            let (id, addr) = entry.split_once('@').ok_or_else(|| bad(format!("{entry:?} is not ID@HOST:PORT")))?;
-            let id: u64 = id.trim().parse().map_err(|_| bad(format!("{id:?} is not a node id")))?;
+            let bad = |reason: String| ConfigError::Invalid {
+                key: format!("bootstrap.peers[{position}]"),
+                reason,
+            };
+            let (id, addr) = entry
+                .split_once('@')
+                .ok_or_else(|| bad(format!("{entry:?} is not ID@HOST:PORT")))?;
+            let id: u64 = id
+                .trim()
+                .parse()
+                .map_err(|_| bad(format!("{id:?} is not a node id")))?;
             if id == 0 {
                 return Err(bad("node id 0 is not allowed".into()));
             }
@@ -456,14 +544,22 @@ fn non_empty_or<'a>(preferred: &'a str, fallback: &'a str) -> &'a str {
 }
 
 fn read_table(path: &Path) -> Result<Table, ConfigError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|err| ConfigError::File { path: path.to_path_buf(), reason: err.to_string() })?;
-    text.parse::<Table>().map_err(|err| ConfigError::File { path: path.to_path_buf(), reason: err.to_string() })
+    let text = std::fs::read_to_string(path).map_err(|err| ConfigError::File {
+        path: path.to_path_buf(),
+        reason: err.to_string(),
+    })?;
+    text.parse::<Table>().map_err(|err| ConfigError::File {
+        path: path.to_path_buf(),
+        reason: err.to_string(),
+    })
 }
 
 fn table_to_config(table: Table, source_name: &str) -> Result<NodeConfig, ConfigError> {
     // Re-serializing keeps serde's error (which names the unknown or mistyped key).
-    let text = toml::to_string(&table).map_err(|err| ConfigError::Invalid { key: "<root>".into(), reason: err.to_string() })?;
+    let text = toml::to_string(&table).map_err(|err| ConfigError::Invalid {
+        key: "<root>".into(),
+        reason: err.to_string(),
+    })?;
     toml::from_str::<NodeConfig>(&text).map_err(|err| ConfigError::File {
         path: PathBuf::from(source_name),
         // The full message quotes the offending line, so the key is named.
@@ -482,7 +578,11 @@ pub fn known_keys() -> Vec<String> {
 
 fn collect_keys(table: &Table, prefix: &str, keys: &mut Vec<String>) {
     for (name, value) in table {
-        let path = if prefix.is_empty() { name.clone() } else { format!("{prefix}.{name}") };
+        let path = if prefix.is_empty() {
+            name.clone()
+        } else {
+            format!("{prefix}.{name}")
+        };
         match value {
             Value::Table(inner) => collect_keys(inner, &path, keys),
             _ => keys.push(path),
@@ -497,8 +597,10 @@ pub fn env_name(key: &str) -> String {
 
 /// Writes `raw` at `key`, typed like the default value found there.
 fn set_key(table: &mut Table, key: &str, raw: &str, source_name: &str) -> Result<(), ConfigError> {
-    let defaults = Value::try_from(NodeConfig::default())
-        .map_err(|err| ConfigError::Invalid { key: key.into(), reason: err.to_string() })?;
+    let defaults = Value::try_from(NodeConfig::default()).map_err(|err| ConfigError::Invalid {
+        key: key.into(),
+        reason: err.to_string(),
+    })?;
     let mut template = &defaults;
     for part in key.split('.') {
         template = template.get(part).ok_or_else(|| ConfigError::UnknownKey {
@@ -507,14 +609,26 @@ fn set_key(table: &mut Table, key: &str, raw: &str, source_name: &str) -> Result
             known: known_keys().join(", "),
         })?;
     }
-    let bad = |reason: String| ConfigError::BadValue { key: key.into(), source_name: source_name.into(), reason };
+    let bad = |reason: String| ConfigError::BadValue {
+        key: key.into(),
+        source_name: source_name.into(),
+        reason,
+    };
     let value = match template {
-        Value::Integer(_) => {
-            Value::Integer(raw.parse::<i64>().map_err(|_| bad(format!("expected a whole number, got {raw:?}")))?)
-        }
-        Value::Boolean(_) => Value::Boolean(raw.parse::<bool>().map_err(|_| bad(format!("expected true or false, got {raw:?}")))?),
+        Value::Integer(_) => Value::Integer(
+            raw.parse::<i64>()
+                .map_err(|_| bad(format!("expected a whole number, got {raw:?}")))?,
+        ),
+        Value::Boolean(_) => Value::Boolean(
+            raw.parse::<bool>()
+                .map_err(|_| bad(format!("expected true or false, got {raw:?}")))?,
+        ),
         Value::Array(_) => Value::Array(
-            raw.split(',').map(str::trim).filter(|item| !item.is_empty()).map(|item| Value::String(item.into())).collect(),
+            raw.split(',')
+                .map(str::trim)
+                .filter(|item| !item.is_empty())
+                .map(|item| Value::String(item.into()))
+                .collect(),
         ),
         _ => Value::String(raw.into()),
     };
@@ -522,7 +636,9 @@ fn set_key(table: &mut Table, key: &str, raw: &str, source_name: &str) -> Result
     let parts: Vec<&str> = key.split('.').collect();
     let (last, parents) = parts.split_last().ok_or_else(|| bad("empty key".into()))?;
     for part in parents {
-        let entry = cursor.entry(part.to_string()).or_insert_with(|| Value::Table(Table::new()));
+        let entry = cursor
+            .entry(part.to_string())
+            .or_insert_with(|| Value::Table(Table::new()));
         cursor = match entry {
             Value::Table(inner) => inner,
             _ => return Err(bad(format!("`{part}` is not a table in the config file"))),
@@ -537,7 +653,10 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     fn write(text: &str) -> tempfile::NamedTempFile {
@@ -551,7 +670,11 @@ mod tests {
         let file = write("node_id = 2\n[raft]\nheartbeat_interval_ms = 50\n");
         let config = NodeConfig::load(
             Some(file.path()),
-            env(&[("FLOE_RAFT_HEARTBEAT_INTERVAL_MS", "60"), ("FLOE_DATA_DIR", "/tmp/x"), ("PATH", "/bin")]),
+            env(&[
+                ("FLOE_RAFT_HEARTBEAT_INTERVAL_MS", "60"),
+                ("FLOE_DATA_DIR", "/tmp/x"),
+                ("PATH", "/bin"),
+            ]),
             &["raft.heartbeat_interval_ms=70".into()],
         )
         .unwrap();
@@ -563,61 +686,113 @@ mod tests {
     #[test]
     fn unknown_file_key_is_named() {
         let file = write("node_id = 2\n[raft]\nhearbeat_interval_ms = 50\n");
-        let err = NodeConfig::load(Some(file.path()), env(&[]), &[]).unwrap_err().to_string();
+        let err = NodeConfig::load(Some(file.path()), env(&[]), &[])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("hearbeat_interval_ms"), "{err}");
     }
 
     #[test]
     fn unknown_env_key_is_named() {
-        let err = NodeConfig::load(None, env(&[("FLOE_NODE_IDX", "3")]), &[]).unwrap_err().to_string();
+        let err = NodeConfig::load(None, env(&[("FLOE_NODE_IDX", "3")]), &[])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("FLOE_NODE_IDX"), "{err}");
     }
 
     #[test]
     fn bad_value_names_key_and_source() {
-        let err = NodeConfig::load(None, env(&[("FLOE_NODE_ID", "three")]), &[]).unwrap_err().to_string();
-        assert!(err.contains("node_id") && err.contains("FLOE_NODE_ID") && err.contains("three"), "{err}");
-        let err = NodeConfig::load(None, env(&[]), &["storage.cache_capacity_bytes=lots".into()]).unwrap_err().to_string();
+        let err = NodeConfig::load(None, env(&[("FLOE_NODE_ID", "three")]), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("node_id") && err.contains("FLOE_NODE_ID") && err.contains("three"),
+            "{err}"
+        );
+        let err = NodeConfig::load(
+            None,
+            env(&[]),
+            &["storage.cache_capacity_bytes=lots".into()],
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("storage.cache_capacity_bytes"), "{err}");
     }
 
     #[test]
     fn mistyped_file_value_is_named() {
         let file = write("node_id = \"two\"\n");
-        let err = NodeConfig::load(Some(file.path()), env(&[]), &[]).unwrap_err().to_string();
+        let err = NodeConfig::load(Some(file.path()), env(&[]), &[])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("node_id"), "{err}");
     }
 
     #[test]
     fn relations_are_validated() {
-        let err = NodeConfig::load(None, env(&[]), &["raft.election_timeout_min_ms=50".into()]).unwrap_err().to_string();
+        let err = NodeConfig::load(None, env(&[]), &["raft.election_timeout_min_ms=50".into()])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("raft.election_timeout_min_ms"), "{err}");
-        let err = NodeConfig::load(None, env(&[]), &["shutdown_grace_ms=600000".into()]).unwrap_err().to_string();
-        assert!(err.contains("shutdown_grace_ms") && err.contains("60000 ms limit"), "{err}");
-        let err = NodeConfig::load(None, env(&[]), &["storage.min_free_bytes=99999999999999".into()]).unwrap_err().to_string();
-        assert!(err.contains("storage.min_free_bytes") && err.contains("64 GiB"), "{err}");
-        let err = NodeConfig::load(None, env(&[]), &["runs.retention_ms=5".into()]).unwrap_err().to_string();
+        let err = NodeConfig::load(None, env(&[]), &["shutdown_grace_ms=600000".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("shutdown_grace_ms") && err.contains("60000 ms limit"),
+            "{err}"
+        );
+        let err = NodeConfig::load(
+            None,
+            env(&[]),
+            &["storage.min_free_bytes=99999999999999".into()],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("storage.min_free_bytes") && err.contains("64 GiB"),
+            "{err}"
+        );
+        let err = NodeConfig::load(None, env(&[]), &["runs.retention_ms=5".into()])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("runs.retention_ms"), "{err}");
-        let err = NodeConfig::load(None, env(&[]), &["raft_addr=nowhere".into()]).unwrap_err().to_string();
+        let err = NodeConfig::load(None, env(&[]), &["raft_addr=nowhere".into()])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("raft_addr"), "{err}");
-        let err = NodeConfig::load(None, env(&[]), &["raft_addr=0.0.0.0:7000".into()]).unwrap_err().to_string();
+        let err = NodeConfig::load(None, env(&[]), &["raft_addr=0.0.0.0:7000".into()])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("advertise_raft_addr"), "{err}");
     }
 
     #[test]
     fn bootstrap_peers_are_checked() {
-        let overrides = ["bootstrap.expect=3".to_string(), "bootstrap.peers=1@127.0.0.1:1,2@127.0.0.1:2".to_string()];
-        let err = NodeConfig::load(None, env(&[]), &overrides).unwrap_err().to_string();
+        let overrides = [
+            "bootstrap.expect=3".to_string(),
+            "bootstrap.peers=1@127.0.0.1:1,2@127.0.0.1:2".to_string(),
+        ];
+        let err = NodeConfig::load(None, env(&[]), &overrides)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("bootstrap.peers"), "{err}");
         let overrides = ["bootstrap.peers=1@a:1,1@b:2".to_string()];
-        let err = NodeConfig::load(None, env(&[]), &overrides).unwrap_err().to_string();
-        assert!(err.contains("bootstrap.peers[1]") && err.contains("twice"), "{err}");
+        let err = NodeConfig::load(None, env(&[]), &overrides)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("bootstrap.peers[1]") && err.contains("twice"),
+            "{err}"
+        );
         let overrides = [
             "bootstrap.expect=2".to_string(),
             "bootstrap.peers=1@127.0.0.1:1, 2@127.0.0.1:2".to_string(),
         ];
         let config = NodeConfig::load(None, env(&[]), &overrides).unwrap();
-        assert_eq!(config.bootstrap_peers().unwrap(), vec![(1, "127.0.0.1:1".into()), (2, "127.0.0.1:2".into())]);
+        assert_eq!(
+            config.bootstrap_peers().unwrap(),
+            vec![(1, "127.0.0.1:1".into()), (2, "127.0.0.1:2".into())]
+        );
     }
 
     #[test]

@@ -40,7 +40,11 @@ pub fn bounded_message(message: String) -> String {
     while !message.is_char_boundary(cut) {
         cut -= 1;
     }
-    format!("{}… (message cut, {} bytes in all)", &message[..cut], message.len())
+    format!(
+        "{}… (message cut, {} bytes in all)",
+        &message[..cut],
+        message.len()
+    )
 }
 
 impl From<ApiError> for tonic::Status {
@@ -52,7 +56,9 @@ impl From<ApiError> for tonic::Status {
                 // The node's word that nothing was applied: a client may send
                 // a write elsewhere (leader_hint.rs).
                 let unapplied = tonic::metadata::MetadataValue::from_static("1");
-                status.metadata_mut().insert(crate::leader_hint::UNAPPLIED_HEADER, unapplied);
+                status
+                    .metadata_mut()
+                    .insert(crate::leader_hint::UNAPPLIED_HEADER, unapplied);
                 status
             }
             ApiError::OutcomeUnknown(_) => tonic::Status::deadline_exceeded(message),
@@ -71,15 +77,33 @@ mod tests {
 
     #[test]
     fn status_messages_are_bounded() {
-        let status = tonic::Status::from(ApiError::NotFound(format!("no run {}", "r".repeat(20_000))));
+        let status =
+            tonic::Status::from(ApiError::NotFound(format!("no run {}", "r".repeat(20_000))));
         assert_eq!(status.code(), tonic::Code::NotFound);
-        assert!(status.message().len() <= MAX_STATUS_MESSAGE_BYTES, "{}", status.message().len());
-        assert!(status.message().starts_with("not found: no run rrr"), "{}", &status.message()[..40]);
-        assert!(status.message().ends_with("(message cut, 20018 bytes in all)"), "{}", status.message());
+        assert!(
+            status.message().len() <= MAX_STATUS_MESSAGE_BYTES,
+            "{}",
+            status.message().len()
+        );
+        assert!(
+            status.message().starts_with("not found: no run rrr"),
+            "{}",
+            &status.message()[..40]
+        );
+        assert!(
+            status
+                .message()
+                .ends_with("(message cut, 20018 bytes in all)"),
+            "{}",
+            status.message()
+        );
         let short = tonic::Status::from(ApiError::InvalidArgument("key is empty".into()));
         assert_eq!(short.message(), "invalid argument: key is empty");
         // A cut never splits a character.
         let wide = bounded_message("é".repeat(3000));
-        assert!(wide.len() <= MAX_STATUS_MESSAGE_BYTES && wide.contains("6000 bytes in all"), "{wide}");
+        assert!(
+            wide.len() <= MAX_STATUS_MESSAGE_BYTES && wide.contains("6000 bytes in all"),
+            "{wide}"
+        );
     }
 }

@@ -5,9 +5,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use floe_storage::{Command, CommandResponse, FlowRecord};
 
-use floe_engine::names::quote_bounded;
 use crate::error::ApiError;
 use crate::service::Node;
+use floe_engine::names::quote_bounded;
 
 /// The outcome of storing a definition.
 pub struct PutFlowOutcome {
@@ -28,7 +28,10 @@ impl Node {
             )));
         }
         let flow = floe_engine::parse_new_flow(definition).map_err(|errors| {
-            let lines: Vec<String> = errors.iter().map(|error| format!("{}: {}", error.path, error.message)).collect();
+            let lines: Vec<String> = errors
+                .iter()
+                .map(|error| format!("{}: {}", error.path, error.message))
+                .collect();
             ApiError::InvalidArgument(format!(
                 "flow definition has {} problem{}:\n{}",
                 lines.len(),
@@ -55,18 +58,33 @@ impl Node {
             at_ms: now_ms(),
         };
         match self.write(command).await? {
-            CommandResponse::FlowPut { version, created } => Ok(PutFlowOutcome { name, version, created, hash }),
-            other => Err(ApiError::Internal(format!("unexpected apply result {other:?}"))),
+            CommandResponse::FlowPut { version, created } => Ok(PutFlowOutcome {
+                name,
+                version,
+                created,
+                hash,
+            }),
+            other => Err(ApiError::Internal(format!(
+                "unexpected apply result {other:?}"
+            ))),
         }
     }
 
     /// Sub-flow steps must name a stored flow version.
-    fn missing_subflows(&self, flow: &floe_engine::FlowDefinition) -> Result<Vec<String>, ApiError> {
+    fn missing_subflows(
+        &self,
+        flow: &floe_engine::FlowDefinition,
+    ) -> Result<Vec<String>, ApiError> {
         let mut missing = Vec::new();
         for (position, step) in flow.steps.iter().enumerate() {
-            let floe_engine::Step::Subflow(subflow) = step else { continue };
+            let floe_engine::Step::Subflow(subflow) = step else {
+                continue;
+            };
             let version = u64::from(subflow.version);
-            let found = self.reader.flow(&subflow.flow, Some(version)).map_err(|err| ApiError::Internal(err.to_string()))?;
+            let found = self
+                .reader
+                .flow(&subflow.flow, Some(version))
+                .map_err(|err| ApiError::Internal(err.to_string()))?;
             if found.is_none() {
                 missing.push(format!(
                     "$.steps[{position}].version: sub-flow {:?} version {version} does not exist",
@@ -77,13 +95,24 @@ impl Node {
         Ok(missing)
     }
 
-    pub async fn get_flow(&self, name: &str, version: Option<u64>, linearizable: bool) -> Result<FlowRecord, ApiError> {
+    pub async fn get_flow(
+        &self,
+        name: &str,
+        version: Option<u64>,
+        linearizable: bool,
+    ) -> Result<FlowRecord, ApiError> {
         if linearizable {
             self.read_barrier().await?;
         }
-        let found = self.reader.flow(name, version).map_err(|err| ApiError::Internal(err.to_string()))?;
+        let found = self
+            .reader
+            .flow(name, version)
+            .map_err(|err| ApiError::Internal(err.to_string()))?;
         found.ok_or_else(|| match version {
-            Some(version) => ApiError::NotFound(format!("flow {} has no version {version}", quote_bounded(name))),
+            Some(version) => ApiError::NotFound(format!(
+                "flow {} has no version {version}",
+                quote_bounded(name)
+            )),
             None => ApiError::NotFound(format!("no flow named {}", quote_bounded(name))),
         })
     }
@@ -97,20 +126,37 @@ impl Node {
         if linearizable {
             self.read_barrier().await?;
         }
-        let limit = if limit == 0 { 100 } else { limit.min(crate::ops::MAX_LIST_LIMIT) };
-        let mut flows = self.reader.flows(start_after, limit + 1).map_err(|err| ApiError::Internal(err.to_string()))?;
+        let limit = if limit == 0 {
+            100
+        } else {
+            limit.min(crate::ops::MAX_LIST_LIMIT)
+        };
+        let mut flows = self
+            .reader
+            .flows(start_after, limit + 1)
+            .map_err(|err| ApiError::Internal(err.to_string()))?;
         let more = flows.len() > limit;
         flows.truncate(limit);
         Ok((flows, more))
     }
 
-    pub async fn flow_versions(&self, name: &str, linearizable: bool) -> Result<Vec<FlowRecord>, ApiError> {
+    pub async fn flow_versions(
+        &self,
+        name: &str,
+        linearizable: bool,
+    ) -> Result<Vec<FlowRecord>, ApiError> {
         if linearizable {
             self.read_barrier().await?;
         }
-        let versions = self.reader.flow_versions(name).map_err(|err| ApiError::Internal(err.to_string()))?;
+        let versions = self
+            .reader
+            .flow_versions(name)
+            .map_err(|err| ApiError::Internal(err.to_string()))?;
         if versions.is_empty() {
-            return Err(ApiError::NotFound(format!("no flow named {}", quote_bounded(name))));
+            return Err(ApiError::NotFound(format!(
+                "no flow named {}",
+                quote_bounded(name)
+            )));
         }
         Ok(versions)
     }
@@ -118,5 +164,8 @@ impl Node {
 
 /// The proposer's clock; apply never reads one.
 fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|elapsed| elapsed.as_millis() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_millis() as u64)
+        .unwrap_or(0)
 }

@@ -43,16 +43,24 @@ impl Forwarder {
 
     /// Sends `command` to the leader and waits for its outcome there.
     pub async fn forward(&self, command: Command) -> Result<CommandResponse, ApiError> {
-        let dropped = || ApiError::OutcomeUnknown("node stopped before the leader confirmed the write".into());
+        let dropped = || {
+            ApiError::OutcomeUnknown("node stopped before the leader confirmed the write".into())
+        };
         ask(&self.queue, |reply| Pending { command, reply }, dropped).await
     }
 }
 
 /// Drains the queue until `cancel` fires.
-pub async fn run(node: Arc<Node>, mut pending: ForwardQueue, cancel: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(
+    node: Arc<Node>,
+    mut pending: ForwardQueue,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
     let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     loop {
-        let Some(first) = next(&mut pending, &cancel).await else { return Ok(()) };
+        let Some(first) = next(&mut pending, &cancel).await else {
+            return Ok(());
+        };
         let permit = in_flight.clone().acquire_owned().await?;
         let batch = take_batch(first, &mut pending);
         let node = node.clone();
@@ -64,18 +72,27 @@ pub async fn run(node: Arc<Node>, mut pending: ForwardQueue, cancel: Cancellatio
 }
 
 async fn send(node: &Node, batch: Vec<Pending>) {
-    let (mut commands, replies): (Vec<Command>, Vec<_>) = batch.into_iter().map(|p| (p.command, p.reply)).unzip();
+    let (mut commands, replies): (Vec<Command>, Vec<_>) =
+        batch.into_iter().map(|p| (p.command, p.reply)).unzip();
     let count = commands.len();
     let outcomes: Vec<Result<CommandResponse, ApiError>> = if node.route_is_local() {
         // Leadership came here while these waited: propose them directly.
-        futures::future::join_all(commands.into_iter().map(|command| node.write_as_leader(command))).await
+        futures::future::join_all(
+            commands
+                .into_iter()
+                .map(|command| node.write_as_leader(command)),
+        )
+        .await
     } else if count == 1 {
         node.metrics.observe_forward(1);
         let request = PeerRequest::Write(commands.remove(0));
-        vec![node.forward(request).await.and_then(|response| match response {
-            PeerResponse::Written(response) => Ok(response),
-            other => Err(unexpected(&other)),
-        })]
+        vec![node
+            .forward(request)
+            .await
+            .and_then(|response| match response {
+                PeerResponse::Written(response) => Ok(response),
+                other => Err(unexpected(&other)),
+            })]
     } else {
         node.metrics.observe_forward(count);
         match node.forward(PeerRequest::WriteMany(commands)).await {

@@ -9,7 +9,6 @@ use floe_storage::{Command, CommandResponse, KvEntry};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
-use floe_engine::names::quote_bounded;
 use crate::api;
 use crate::api::blobs_server::{Blobs, BlobsServer};
 use crate::api::cluster_server::{Cluster, ClusterServer};
@@ -23,15 +22,23 @@ use crate::grpc_limits::{OversizeAnswerLayer, TransportLimits};
 use crate::leader_hint::{LeaderHintLayer, LeaderLookup};
 use crate::peer_api::{self, PeerRequest, PeerResponse};
 use crate::service::Node;
+use floe_engine::names::quote_bounded;
 
 /// A client that opens a connection and does not finish the TLS handshake
 /// within this is disconnected, so idle sockets cannot pile up.
 pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-pub async fn serve(node: Arc<Node>, material: TlsMaterial, cancel: CancellationToken) -> anyhow::Result<()> {
+pub async fn serve(
+    node: Arc<Node>,
+    material: TlsMaterial,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
     let addr = node.config.api_addr.parse()?;
     let tls = tonic::transport::ServerTlsConfig::new()
-        .identity(tonic::transport::Identity::from_pem(material.cert_pem(), material.key_pem()))
+        .identity(tonic::transport::Identity::from_pem(
+            material.cert_pem(),
+            material.key_pem(),
+        ))
         .client_ca_root(tonic::transport::Certificate::from_pem(material.ca_pem()))
         .timeout(TLS_HANDSHAKE_TIMEOUT);
     // Each service decodes at least what floe's own checks accept, so those
@@ -42,7 +49,10 @@ pub async fn serve(node: Arc<Node>, material: TlsMaterial, cancel: CancellationT
         .tls_config(tls)?
         .layer(OversizeAnswerLayer::new(limits.clone()))
         .layer(LeaderHintLayer::new(leader_lookup(&node)))
-        .add_service(ClusterServer::new(ClusterApi { node: node.clone() }).max_decoding_message_size(limits.small))
+        .add_service(
+            ClusterServer::new(ClusterApi { node: node.clone() })
+                .max_decoding_message_size(limits.small),
+        )
         .add_service(
             FlowsServer::new(FlowsApi { node: node.clone() })
                 .max_decoding_message_size(limits.flows)
@@ -84,7 +94,10 @@ fn leader_lookup(node: &Arc<Node>) -> LeaderLookup {
     Arc::new(move || {
         let metrics = node.raft.metrics().borrow().clone();
         // Includes a leader named in pre-vote answers, before its first heartbeat.
-        let leader = node.elections.leader_hint().filter(|leader| *leader != node.id)?;
+        let leader = node
+            .elections
+            .leader_hint()
+            .filter(|leader| *leader != node.id)?;
         let info = metrics.membership_config.membership().get_node(&leader)?;
         Some(info.api_addr.clone()).filter(|addr| !addr.is_empty())
     })
@@ -100,26 +113,43 @@ struct KvApi {
 
 #[tonic::async_trait]
 impl Cluster for ClusterApi {
-    async fn init(&self, _request: Request<api::InitRequest>) -> Result<Response<api::InitResponse>, Status> {
+    async fn init(
+        &self,
+        _request: Request<api::InitRequest>,
+    ) -> Result<Response<api::InitResponse>, Status> {
         self.node.init_cluster().await?;
-        Ok(Response::new(api::InitResponse { node_id: self.node.id }))
+        Ok(Response::new(api::InitResponse {
+            node_id: self.node.id,
+        }))
     }
 
-    async fn join(&self, request: Request<api::JoinRequest>) -> Result<Response<api::JoinResponse>, Status> {
+    async fn join(
+        &self,
+        request: Request<api::JoinRequest>,
+    ) -> Result<Response<api::JoinResponse>, Status> {
         let request = request.into_inner();
         if request.raft_addr.is_empty() {
             return Err(ApiError::InvalidArgument("raft_addr is empty".into()).into());
         }
-        let (voters, learners) = self.node.join(request.node_id, &request.raft_addr, request.learner_only).await?;
+        let (voters, learners) = self
+            .node
+            .join(request.node_id, &request.raft_addr, request.learner_only)
+            .await?;
         Ok(Response::new(api::JoinResponse { voters, learners }))
     }
 
-    async fn remove(&self, request: Request<api::RemoveRequest>) -> Result<Response<api::RemoveResponse>, Status> {
+    async fn remove(
+        &self,
+        request: Request<api::RemoveRequest>,
+    ) -> Result<Response<api::RemoveResponse>, Status> {
         let (voters, learners) = self.node.remove(request.into_inner().node_id).await?;
         Ok(Response::new(api::RemoveResponse { voters, learners }))
     }
 
-    async fn status(&self, _request: Request<api::StatusRequest>) -> Result<Response<api::StatusResponse>, Status> {
+    async fn status(
+        &self,
+        _request: Request<api::StatusRequest>,
+    ) -> Result<Response<api::StatusResponse>, Status> {
         Ok(Response::new(cluster_status(&self.node).await))
     }
 }
@@ -127,7 +157,12 @@ impl Cluster for ClusterApi {
 /// This node's metrics plus every member's own answer, asked concurrently.
 async fn cluster_status(node: &Arc<Node>) -> api::StatusResponse {
     let metrics = node.raft.metrics().borrow().clone();
-    let committed = node.raft.with_raft_state(|state| state.committed).await.ok().flatten();
+    let committed = node
+        .raft
+        .with_raft_state(|state| state.committed)
+        .await
+        .ok()
+        .flatten();
     let (nodes, voters) = node.members();
     let mut answers = Vec::new();
     for (id, info) in nodes {
@@ -136,7 +171,15 @@ async fn cluster_status(node: &Arc<Node>) -> api::StatusResponse {
             let status = if id == node.id {
                 Ok(node.local_status())
             } else {
-                match peer_api::call(&node, id, &info.raft_addr, &PeerRequest::LocalStatus, Duration::from_secs(1)).await {
+                match peer_api::call(
+                    &node,
+                    id,
+                    &info.raft_addr,
+                    &PeerRequest::LocalStatus,
+                    Duration::from_secs(1),
+                )
+                .await
+                {
                     Ok(PeerResponse::LocalStatus(status)) => Ok(status),
                     Ok(other) => Err(format!("unexpected answer {other:?}")),
                     Err(err) => Err(err.to_string()),
@@ -149,7 +192,12 @@ async fn cluster_status(node: &Arc<Node>) -> api::StatusResponse {
     let nodes = answers
         .into_iter()
         .map(|(id, info, status)| {
-            let membership = if voters.contains(&id) { "voter" } else { "learner" }.to_string();
+            let membership = if voters.contains(&id) {
+                "voter"
+            } else {
+                "learner"
+            }
+            .to_string();
             let mut row = api::NodeStatus {
                 node_id: id,
                 raft_addr: info.raft_addr,
@@ -190,7 +238,9 @@ fn linearizable(consistency: i32) -> Result<bool, Status> {
     match api::ReadConsistency::try_from(consistency) {
         Ok(api::ReadConsistency::Linearizable) => Ok(true),
         Ok(api::ReadConsistency::Local) => Ok(false),
-        Err(_) => Err(ApiError::InvalidArgument(format!("unknown read consistency {consistency}")).into()),
+        Err(_) => {
+            Err(ApiError::InvalidArgument(format!("unknown read consistency {consistency}")).into())
+        }
     }
 }
 
@@ -200,28 +250,59 @@ fn unexpected(response: CommandResponse) -> Status {
 
 #[tonic::async_trait]
 impl Kv for KvApi {
-    async fn put(&self, request: Request<api::PutRequest>) -> Result<Response<api::PutResponse>, Status> {
+    async fn put(
+        &self,
+        request: Request<api::PutRequest>,
+    ) -> Result<Response<api::PutResponse>, Status> {
         let request = request.into_inner();
-        match self.node.write(Command::KvPut { key: request.key, value: request.value }).await? {
+        match self
+            .node
+            .write(Command::KvPut {
+                key: request.key,
+                value: request.value,
+            })
+            .await?
+        {
             CommandResponse::Put { revision } => Ok(Response::new(api::PutResponse { revision })),
             other => Err(unexpected(other)),
         }
     }
 
-    async fn get(&self, request: Request<api::GetRequest>) -> Result<Response<api::GetResponse>, Status> {
+    async fn get(
+        &self,
+        request: Request<api::GetRequest>,
+    ) -> Result<Response<api::GetResponse>, Status> {
         let request = request.into_inner();
-        let entry = self.node.get(&request.key, linearizable(request.consistency)?).await?;
+        let entry = self
+            .node
+            .get(&request.key, linearizable(request.consistency)?)
+            .await?;
         Ok(Response::new(match entry {
-            Some(KvEntry { value, revision }) => api::GetResponse { found: true, value, revision },
+            Some(KvEntry { value, revision }) => api::GetResponse {
+                found: true,
+                value,
+                revision,
+            },
             None => api::GetResponse::default(),
         }))
     }
 
-    async fn cas(&self, request: Request<api::CasRequest>) -> Result<Response<api::CasResponse>, Status> {
+    async fn cas(
+        &self,
+        request: Request<api::CasRequest>,
+    ) -> Result<Response<api::CasResponse>, Status> {
         let request = request.into_inner();
-        let command = Command::KvCas { key: request.key, expected: request.expected, new: request.new_value };
+        let command = Command::KvCas {
+            key: request.key,
+            expected: request.expected,
+            new: request.new_value,
+        };
         match self.node.write(command).await? {
-            CommandResponse::Cas { succeeded, current, revision } => Ok(Response::new(api::CasResponse {
+            CommandResponse::Cas {
+                succeeded,
+                current,
+                revision,
+            } => Ok(Response::new(api::CasResponse {
                 succeeded,
                 found: current.is_some(),
                 current: current.unwrap_or_default(),
@@ -231,23 +312,46 @@ impl Kv for KvApi {
         }
     }
 
-    async fn delete(&self, request: Request<api::DeleteRequest>) -> Result<Response<api::DeleteResponse>, Status> {
-        match self.node.write(Command::KvDelete { key: request.into_inner().key }).await? {
-            CommandResponse::Delete { existed } => Ok(Response::new(api::DeleteResponse { existed })),
+    async fn delete(
+        &self,
+        request: Request<api::DeleteRequest>,
+    ) -> Result<Response<api::DeleteResponse>, Status> {
+        match self
+            .node
+            .write(Command::KvDelete {
+                key: request.into_inner().key,
+            })
+            .await?
+        {
+            CommandResponse::Delete { existed } => {
+                Ok(Response::new(api::DeleteResponse { existed }))
+            }
             other => Err(unexpected(other)),
         }
     }
 
-    async fn list(&self, request: Request<api::ListRequest>) -> Result<Response<api::ListResponse>, Status> {
+    async fn list(
+        &self,
+        request: Request<api::ListRequest>,
+    ) -> Result<Response<api::ListResponse>, Status> {
         let request = request.into_inner();
         let start_after = (!request.start_after.is_empty()).then_some(request.start_after.as_str());
         let (items, more) = self
             .node
-            .list(&request.prefix, start_after, request.limit as usize, linearizable(request.consistency)?)
+            .list(
+                &request.prefix,
+                start_after,
+                request.limit as usize,
+                linearizable(request.consistency)?,
+            )
             .await?;
         let items = items
             .into_iter()
-            .map(|(key, entry)| api::KeyValue { key, value: entry.value, revision: entry.revision })
+            .map(|(key, entry)| api::KeyValue {
+                key,
+                value: entry.value,
+                revision: entry.revision,
+            })
             .collect();
         Ok(Response::new(api::ListResponse { items, more }))
     }
@@ -259,7 +363,10 @@ struct FlowsApi {
 
 #[tonic::async_trait]
 impl Flows for FlowsApi {
-    async fn put(&self, request: Request<api::PutFlowRequest>) -> Result<Response<api::PutFlowResponse>, Status> {
+    async fn put(
+        &self,
+        request: Request<api::PutFlowRequest>,
+    ) -> Result<Response<api::PutFlowResponse>, Status> {
         let outcome = self.node.put_flow(&request.into_inner().definition).await?;
         Ok(Response::new(api::PutFlowResponse {
             name: outcome.name,
@@ -269,10 +376,16 @@ impl Flows for FlowsApi {
         }))
     }
 
-    async fn get(&self, request: Request<api::GetFlowRequest>) -> Result<Response<api::GetFlowResponse>, Status> {
+    async fn get(
+        &self,
+        request: Request<api::GetFlowRequest>,
+    ) -> Result<Response<api::GetFlowResponse>, Status> {
         let request = request.into_inner();
         let version = (request.version > 0).then_some(request.version);
-        let flow = self.node.get_flow(&request.name, version, linearizable(request.consistency)?).await?;
+        let flow = self
+            .node
+            .get_flow(&request.name, version, linearizable(request.consistency)?)
+            .await?;
         Ok(Response::new(api::GetFlowResponse {
             name: flow.name,
             version: flow.version,
@@ -282,21 +395,46 @@ impl Flows for FlowsApi {
         }))
     }
 
-    async fn list(&self, request: Request<api::ListFlowsRequest>) -> Result<Response<api::ListFlowsResponse>, Status> {
+    async fn list(
+        &self,
+        request: Request<api::ListFlowsRequest>,
+    ) -> Result<Response<api::ListFlowsResponse>, Status> {
         let request = request.into_inner();
         let start_after = (!request.start_after.is_empty()).then_some(request.start_after.as_str());
-        let (flows, more) =
-            self.node.list_flows(start_after, request.limit as usize, linearizable(request.consistency)?).await?;
-        let flows = flows.into_iter().map(|(name, latest_version)| api::FlowSummary { name, latest_version }).collect();
+        let (flows, more) = self
+            .node
+            .list_flows(
+                start_after,
+                request.limit as usize,
+                linearizable(request.consistency)?,
+            )
+            .await?;
+        let flows = flows
+            .into_iter()
+            .map(|(name, latest_version)| api::FlowSummary {
+                name,
+                latest_version,
+            })
+            .collect();
         Ok(Response::new(api::ListFlowsResponse { flows, more }))
     }
 
-    async fn versions(&self, request: Request<api::FlowVersionsRequest>) -> Result<Response<api::FlowVersionsResponse>, Status> {
+    async fn versions(
+        &self,
+        request: Request<api::FlowVersionsRequest>,
+    ) -> Result<Response<api::FlowVersionsResponse>, Status> {
         let request = request.into_inner();
-        let versions = self.node.flow_versions(&request.name, linearizable(request.consistency)?).await?;
+        let versions = self
+            .node
+            .flow_versions(&request.name, linearizable(request.consistency)?)
+            .await?;
         let versions = versions
             .into_iter()
-            .map(|flow| api::FlowVersion { version: flow.version, hash: flow.hash, created_at_ms: flow.created_at_ms })
+            .map(|flow| api::FlowVersion {
+                version: flow.version,
+                hash: flow.hash,
+                created_at_ms: flow.created_at_ms,
+            })
             .collect();
         Ok(Response::new(api::FlowVersionsResponse { versions }))
     }
@@ -312,7 +450,10 @@ struct BlobsApi {
 
 #[tonic::async_trait]
 impl Blobs for BlobsApi {
-    async fn get(&self, request: Request<api::GetBlobRequest>) -> Result<Response<api::GetBlobResponse>, Status> {
+    async fn get(
+        &self,
+        request: Request<api::GetBlobRequest>,
+    ) -> Result<Response<api::GetBlobResponse>, Status> {
         let address = request.into_inner().address;
         let hash = address.strip_prefix("sha256:").unwrap_or(&address);
         let data = self.node.load_blob(hash).await?;
@@ -324,18 +465,27 @@ struct ModelsApi {
     node: Arc<Node>,
 }
 
-fn tensors_in(tensors: std::collections::HashMap<String, api::TensorData>) -> Result<floe_inference::TensorMap, ApiError> {
+fn tensors_in(
+    tensors: std::collections::HashMap<String, api::TensorData>,
+) -> Result<floe_inference::TensorMap, ApiError> {
     tensors
         .into_iter()
         .map(|(name, data)| {
-            let tensor = tensor_from_wire(data).map_err(|err| ApiError::InvalidArgument(format!("input {}: {err}", quote_bounded(&name))))?;
+            let tensor = tensor_from_wire(data).map_err(|err| {
+                ApiError::InvalidArgument(format!("input {}: {err}", quote_bounded(&name)))
+            })?;
             Ok((name, tensor))
         })
         .collect()
 }
 
-fn tensors_out(tensors: floe_inference::TensorMap) -> std::collections::HashMap<String, api::TensorData> {
-    tensors.into_iter().map(|(name, tensor)| (name, tensor_to_wire(tensor))).collect()
+fn tensors_out(
+    tensors: floe_inference::TensorMap,
+) -> std::collections::HashMap<String, api::TensorData> {
+    tensors
+        .into_iter()
+        .map(|(name, tensor)| (name, tensor_to_wire(tensor)))
+        .collect()
 }
 
 /// A tensor as the gRPC API carries it.
@@ -349,7 +499,8 @@ pub fn tensor_to_wire(tensor: floe_inference::Tensor) -> api::TensorData {
 
 /// A tensor from the gRPC API; the error says what does not fit.
 pub fn tensor_from_wire(data: api::TensorData) -> Result<floe_inference::Tensor, String> {
-    let dtype = floe_inference::tensor_json::dtype_from_name(&data.dtype).ok_or_else(|| format!("unknown dtype {}", quote_bounded(&data.dtype)))?;
+    let dtype = floe_inference::tensor_json::dtype_from_name(&data.dtype)
+        .ok_or_else(|| format!("unknown dtype {}", quote_bounded(&data.dtype)))?;
     let shape = data.shape.iter().map(|&dim| dim as usize).collect();
     floe_inference::Tensor::new(dtype, shape, data.data).map_err(|err| err.to_string())
 }
@@ -367,7 +518,10 @@ fn model_info(record: floe_storage::models::ModelRecord) -> api::ModelInfo {
 
 #[tonic::async_trait]
 impl Models for ModelsApi {
-    async fn put(&self, request: Request<api::PutModelRequest>) -> Result<Response<api::PutModelResponse>, Status> {
+    async fn put(
+        &self,
+        request: Request<api::PutModelRequest>,
+    ) -> Result<Response<api::PutModelResponse>, Status> {
         let request = request.into_inner();
         let put = self.node.put_model(&request.name, request.onnx).await?;
         Ok(Response::new(api::PutModelResponse {
@@ -378,12 +532,20 @@ impl Models for ModelsApi {
         }))
     }
 
-    async fn list(&self, request: Request<api::ListModelsRequest>) -> Result<Response<api::ListModelsResponse>, Status> {
+    async fn list(
+        &self,
+        request: Request<api::ListModelsRequest>,
+    ) -> Result<Response<api::ListModelsResponse>, Status> {
         let models = self.node.list_models(&request.into_inner().name).await?;
-        Ok(Response::new(api::ListModelsResponse { models: models.into_iter().map(model_info).collect() }))
+        Ok(Response::new(api::ListModelsResponse {
+            models: models.into_iter().map(model_info).collect(),
+        }))
     }
 
-    async fn deploy(&self, request: Request<api::DeployModelRequest>) -> Result<Response<api::DeployModelResponse>, Status> {
+    async fn deploy(
+        &self,
+        request: Request<api::DeployModelRequest>,
+    ) -> Result<Response<api::DeployModelResponse>, Status> {
         let request = request.into_inner();
         let spec = floe_storage::models::DeploySpec {
             replicas: request.replicas,
@@ -393,17 +555,29 @@ impl Models for ModelsApi {
             queue: request.queue,
             gpu_milli: crate::registry::gpu_milli(request.gpu)?,
         };
-        let version = self.node.deploy_model(&request.name, request.version, spec).await?;
+        let version = self
+            .node
+            .deploy_model(&request.name, request.version, spec)
+            .await?;
         Ok(Response::new(api::DeployModelResponse { version }))
     }
 
-    async fn undeploy(&self, request: Request<api::UndeployModelRequest>) -> Result<Response<api::UndeployModelResponse>, Status> {
+    async fn undeploy(
+        &self,
+        request: Request<api::UndeployModelRequest>,
+    ) -> Result<Response<api::UndeployModelResponse>, Status> {
         let request = request.into_inner();
-        let version = self.node.undeploy_model(&request.name, request.version).await?;
+        let version = self
+            .node
+            .undeploy_model(&request.name, request.version)
+            .await?;
         Ok(Response::new(api::UndeployModelResponse { version }))
     }
 
-    async fn status(&self, request: Request<api::ModelStatusRequest>) -> Result<Response<api::ModelStatusResponse>, Status> {
+    async fn status(
+        &self,
+        request: Request<api::ModelStatusRequest>,
+    ) -> Result<Response<api::ModelStatusResponse>, Status> {
         let statuses = self.node.model_status(&request.into_inner().name).await?;
         let deployments = statuses
             .into_iter()
@@ -442,19 +616,30 @@ impl Models for ModelsApi {
         Ok(Response::new(api::ModelStatusResponse { deployments }))
     }
 
-    async fn infer(&self, request: Request<api::InferRequest>) -> Result<Response<api::InferResponse>, Status> {
+    async fn infer(
+        &self,
+        request: Request<api::InferRequest>,
+    ) -> Result<Response<api::InferResponse>, Status> {
         let request = request.into_inner();
         if request.model.is_empty() {
             return Err(ApiError::InvalidArgument("model is empty".into()).into());
         }
         let inputs = tensors_in(request.inputs)?;
-        let served = self.node.infer(&request.model, request.version, inputs).await?;
-        Ok(Response::new(api::InferResponse { outputs: tensors_out(served.outputs), node: served.node, replica: served.replica }))
+        let served = self
+            .node
+            .infer(&request.model, request.version, inputs)
+            .await?;
+        Ok(Response::new(api::InferResponse {
+            outputs: tensors_out(served.outputs),
+            node: served.node,
+            replica: served.replica,
+        }))
     }
 }
 
 fn run_json(run: &floe_engine::run::RunRecord) -> Result<Vec<u8>, Status> {
-    serde_json::to_vec(run).map_err(|err| Status::internal(format!("encoding run {}: {err}", run.run_id)))
+    serde_json::to_vec(run)
+        .map_err(|err| Status::internal(format!("encoding run {}: {err}", run.run_id)))
 }
 
 /// A watch update: the run as it is now and the events that led there
@@ -476,7 +661,10 @@ fn run_update(
             error: event.error.unwrap_or_default(),
         })
         .collect();
-    Ok(api::RunUpdate { run: run_json(run)?, events })
+    Ok(api::RunUpdate {
+        run: run_json(run)?,
+        events,
+    })
 }
 
 fn non_empty(text: String) -> Option<String> {
@@ -485,23 +673,47 @@ fn non_empty(text: String) -> Option<String> {
 
 #[tonic::async_trait]
 impl Runs for RunsApi {
-    async fn start(&self, request: Request<api::StartRunRequest>) -> Result<Response<api::StartRunResponse>, Status> {
+    async fn start(
+        &self,
+        request: Request<api::StartRunRequest>,
+    ) -> Result<Response<api::StartRunResponse>, Status> {
         let request = request.into_inner();
         let version = (request.version > 0).then_some(request.version);
         let started = self
             .node
-            .start_run(&request.flow, version, &request.input, &request.correlation_id, &request.idempotency_key)
+            .start_run(
+                &request.flow,
+                version,
+                &request.input,
+                &request.correlation_id,
+                &request.idempotency_key,
+            )
             .await?;
-        Ok(Response::new(api::StartRunResponse { run_id: started.run_id, created: started.created, version: started.version }))
+        Ok(Response::new(api::StartRunResponse {
+            run_id: started.run_id,
+            created: started.created,
+            version: started.version,
+        }))
     }
 
-    async fn get(&self, request: Request<api::GetRunRequest>) -> Result<Response<api::GetRunResponse>, Status> {
+    async fn get(
+        &self,
+        request: Request<api::GetRunRequest>,
+    ) -> Result<Response<api::GetRunResponse>, Status> {
         let request = request.into_inner();
-        let run = self.node.get_run(&request.run_id, linearizable(request.consistency)?).await?;
-        Ok(Response::new(api::GetRunResponse { run: run_json(&run)? }))
+        let run = self
+            .node
+            .get_run(&request.run_id, linearizable(request.consistency)?)
+            .await?;
+        Ok(Response::new(api::GetRunResponse {
+            run: run_json(&run)?,
+        }))
     }
 
-    async fn list(&self, request: Request<api::ListRunsRequest>) -> Result<Response<api::ListRunsResponse>, Status> {
+    async fn list(
+        &self,
+        request: Request<api::ListRunsRequest>,
+    ) -> Result<Response<api::ListRunsResponse>, Status> {
         let request = request.into_inner();
         let filter = floe_storage::RunFilter {
             flow: non_empty(request.flow),
@@ -512,12 +724,21 @@ impl Runs for RunsApi {
         };
         if let Some(status) = &filter.status {
             if !["running", "completed", "failed", "cancelled"].contains(&status.as_str()) {
-                return Err(ApiError::InvalidArgument(format!("status {} is not running, completed, failed or cancelled", quote_bounded(status))).into());
+                return Err(ApiError::InvalidArgument(format!(
+                    "status {} is not running, completed, failed or cancelled",
+                    quote_bounded(status)
+                ))
+                .into());
             }
         }
         let page = self
             .node
-            .list_runs(&filter, &request.page_token, request.limit as usize, linearizable(request.consistency)?)
+            .list_runs(
+                &filter,
+                &request.page_token,
+                request.limit as usize,
+                linearizable(request.consistency)?,
+            )
             .await?;
         let runs = page
             .runs
@@ -537,38 +758,65 @@ impl Runs for RunsApi {
             (Some(key), true) => hex::encode(key),
             _ => String::new(),
         };
-        Ok(Response::new(api::ListRunsResponse { runs, next_page_token }))
+        Ok(Response::new(api::ListRunsResponse {
+            runs,
+            next_page_token,
+        }))
     }
 
-    async fn cancel(&self, request: Request<api::CancelRunRequest>) -> Result<Response<api::RunActionResponse>, Status> {
+    async fn cancel(
+        &self,
+        request: Request<api::CancelRunRequest>,
+    ) -> Result<Response<api::RunActionResponse>, Status> {
         let request = request.into_inner();
-        self.node.cancel_run(&request.run_id, &request.reason).await?;
+        self.node
+            .cancel_run(&request.run_id, &request.reason)
+            .await?;
         Ok(Response::new(api::RunActionResponse {}))
     }
 
-    async fn retry(&self, request: Request<api::RetryRunRequest>) -> Result<Response<api::RunActionResponse>, Status> {
+    async fn retry(
+        &self,
+        request: Request<api::RetryRunRequest>,
+    ) -> Result<Response<api::RunActionResponse>, Status> {
         self.node.retry_run(&request.into_inner().run_id).await?;
         Ok(Response::new(api::RunActionResponse {}))
     }
 
-    async fn signal(&self, request: Request<api::SignalRunRequest>) -> Result<Response<api::RunActionResponse>, Status> {
+    async fn signal(
+        &self,
+        request: Request<api::SignalRunRequest>,
+    ) -> Result<Response<api::RunActionResponse>, Status> {
         let request = request.into_inner();
-        self.node.signal_run(&request.run_id, &request.signal, &request.payload).await?;
+        self.node
+            .signal_run(&request.run_id, &request.signal, &request.payload)
+            .await?;
         Ok(Response::new(api::RunActionResponse {}))
     }
 
     type WatchStream = tokio_stream::wrappers::ReceiverStream<Result<api::RunUpdate, Status>>;
 
-    async fn set_limit(&self, request: Request<api::SetLimitRequest>) -> Result<Response<api::SetLimitResponse>, Status> {
+    async fn set_limit(
+        &self,
+        request: Request<api::SetLimitRequest>,
+    ) -> Result<Response<api::SetLimitResponse>, Status> {
         let request = request.into_inner();
         let scope = crate::runs::parse_limit_scope(&request.scope)?;
-        self.node.set_limit(scope, &request.name, request.limit).await?;
+        self.node
+            .set_limit(scope, &request.name, request.limit)
+            .await?;
         Ok(Response::new(api::SetLimitResponse {}))
     }
 
-    async fn list_limits(&self, request: Request<api::ListLimitsRequest>) -> Result<Response<api::ListLimitsResponse>, Status> {
+    async fn list_limits(
+        &self,
+        request: Request<api::ListLimitsRequest>,
+    ) -> Result<Response<api::ListLimitsResponse>, Status> {
         let request = request.into_inner();
-        let limits = self.node.list_limits(linearizable(request.consistency)?).await?;
+        let limits = self
+            .node
+            .list_limits(linearizable(request.consistency)?)
+            .await?;
         let limits = limits
             .into_iter()
             .map(|state| api::LimitInfo {
@@ -581,7 +829,10 @@ impl Runs for RunsApi {
         Ok(Response::new(api::ListLimitsResponse { limits }))
     }
 
-    async fn watch(&self, request: Request<api::WatchRunRequest>) -> Result<Response<Self::WatchStream>, Status> {
+    async fn watch(
+        &self,
+        request: Request<api::WatchRunRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
         let run_id = request.into_inner().run_id;
         // Subscribed before the first read, so no change falls in between.
         let mut changes = self.node.changes.watch_run(&run_id);
@@ -611,16 +862,24 @@ impl Runs for RunsApi {
                     _ = sender.closed() => return,
                     _ = changes.changed() => {}
                 }
-                let Ok(Some(current)) = node.reader.run(&run_id) else { continue };
+                let Ok(Some(current)) = node.reader.run(&run_id) else {
+                    continue;
+                };
                 if current != last {
-                    if sender.send(run_update(Some(&last), &current)).await.is_err() {
+                    if sender
+                        .send(run_update(Some(&last), &current))
+                        .await
+                        .is_err()
+                    {
                         return;
                     }
                     last = current;
                 }
             }
         });
-        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(receiver)))
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
+            receiver,
+        )))
     }
 }
 
@@ -642,7 +901,13 @@ impl Workers for WorkersApi {
         request: Request<tonic::Streaming<api::WorkerMessage>>,
     ) -> Result<Response<Self::AttachStream>, Status> {
         let (sender, receiver) = crate::workers::worker_channel();
-        tokio::spawn(crate::workers::serve_worker(self.node.clone(), request.into_inner(), sender));
-        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(receiver)))
+        tokio::spawn(crate::workers::serve_worker(
+            self.node.clone(),
+            request.into_inner(),
+            sender,
+        ));
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
+            receiver,
+        )))
     }
 }

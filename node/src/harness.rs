@@ -110,7 +110,12 @@ fn free_port(host: &str) -> anyhow::Result<u16> {
     const LOW: u32 = 20_000;
     const SPAN: u32 = 12_000;
     static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
-    let _ = NEXT.compare_exchange(u32::MAX, (std::process::id() * 97) % SPAN, Ordering::SeqCst, Ordering::SeqCst);
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        (std::process::id() * 97) % SPAN,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
     for _ in 0..SPAN {
         let port = (LOW + NEXT.fetch_add(1, Ordering::SeqCst) % SPAN) as u16;
         // Free for both protocols, so the port suits QUIC as well as TCP.
@@ -122,7 +127,6 @@ fn free_port(host: &str) -> anyhow::Result<u16> {
     }
     bail!("no free port between {LOW} and {}", LOW + SPAN)
 }
-
 
 impl TestCluster {
     /// Creates certificates and configs, starts every node, forms the cluster
@@ -149,17 +153,33 @@ impl TestCluster {
             }
             Formation::InitAndJoin => {
                 cluster.spawn(1)?;
-                cluster.wait_http_up(1, cluster.options.ready_timeout).await?;
+                cluster
+                    .wait_http_up(1, cluster.options.ready_timeout)
+                    .await?;
                 cluster.cli_ok(1, &["cluster", "init"])?;
                 for id in ids.iter().skip(1) {
                     cluster.spawn(*id)?;
-                    cluster.wait_http_up(*id, cluster.options.ready_timeout).await?;
+                    cluster
+                        .wait_http_up(*id, cluster.options.ready_timeout)
+                        .await?;
                     let raft_addr = cluster.node(*id)?.raft_addr.clone();
-                    cluster.cli_ok(1, &["cluster", "join", "--node-id", &id.to_string(), "--raft-addr", &raft_addr])?;
+                    cluster.cli_ok(
+                        1,
+                        &[
+                            "cluster",
+                            "join",
+                            "--node-id",
+                            &id.to_string(),
+                            "--raft-addr",
+                            &raft_addr,
+                        ],
+                    )?;
                 }
             }
         }
-        cluster.wait_ready(&ids, cluster.options.ready_timeout).await
+        cluster
+            .wait_ready(&ids, cluster.options.ready_timeout)
+            .await
     }
 
     /// Directories, certificates and configs for `options.nodes` nodes; starts nothing.
@@ -272,7 +292,10 @@ impl TestCluster {
             key = path_str(&node.dir.join("certs/node-key.pem")),
         );
         if self.options.loopback_per_node {
-            text.insert_str(0, &format!("raft_client_bind_addr = \"{}:0\"\n", self.node_host(id)));
+            text.insert_str(
+                0,
+                &format!("raft_client_bind_addr = \"{}:0\"\n", self.node_host(id)),
+            );
         }
         if self.options.formation == Formation::ExpectN && id <= self.options.nodes {
             let peers: Vec<String> = self
@@ -281,18 +304,26 @@ impl TestCluster {
                 .filter(|peer| peer.id <= self.options.nodes)
                 .map(|peer| format!("\"{}@{}\"", peer.id, peer.raft_addr))
                 .collect();
-            text.push_str(&format!("\n[bootstrap]\nexpect = {}\npeers = [{}]\n", self.options.nodes, peers.join(", ")));
+            text.push_str(&format!(
+                "\n[bootstrap]\nexpect = {}\npeers = [{}]\n",
+                self.options.nodes,
+                peers.join(", ")
+            ));
         }
         std::fs::write(&node.config_path, text)?;
         Ok(())
     }
 
     pub fn node(&self, id: u64) -> anyhow::Result<&NodeProcess> {
-        self.nodes.get(&id).with_context(|| format!("no node {id} in this cluster"))
+        self.nodes
+            .get(&id)
+            .with_context(|| format!("no node {id} in this cluster"))
     }
 
     fn node_mut(&mut self, id: u64) -> anyhow::Result<&mut NodeProcess> {
-        self.nodes.get_mut(&id).with_context(|| format!("no node {id} in this cluster"))
+        self.nodes
+            .get_mut(&id)
+            .with_context(|| format!("no node {id} in this cluster"))
     }
 
     /// Extra `--set` overrides for one node, used from its next start on.
@@ -315,7 +346,10 @@ impl TestCluster {
         if node.child.is_some() {
             bail!("node {id} is already running");
         }
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&node.log_path)?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&node.log_path)?;
         let mut command = Command::new(&binary);
         command.arg("serve").arg("--config").arg(&node.config_path);
         for assignment in &overrides {
@@ -337,7 +371,13 @@ impl TestCluster {
     /// Starts the example worker (`floe-worker`, next to the `floe` binary)
     /// attached to the given nodes, serving `blocks` (`NAME=BEHAVIOUR`).
     /// Its executions are recorded to `<cluster dir>/<id>.executions`.
-    pub fn spawn_worker(&mut self, id: &str, nodes: &[u64], blocks: &[&str], concurrency: u32) -> anyhow::Result<PathBuf> {
+    pub fn spawn_worker(
+        &mut self,
+        id: &str,
+        nodes: &[u64],
+        blocks: &[&str],
+        concurrency: u32,
+    ) -> anyhow::Result<PathBuf> {
         self.spawn_labelled_worker(id, nodes, blocks, concurrency, &[])
     }
 
@@ -351,7 +391,11 @@ impl TestCluster {
         labels: &[&str],
     ) -> anyhow::Result<PathBuf> {
         let record = self.dir.join(format!("{id}.executions"));
-        let mut args = vec!["--concurrency".to_string(), concurrency.to_string(), "--record".to_string()];
+        let mut args = vec![
+            "--concurrency".to_string(),
+            concurrency.to_string(),
+            "--record".to_string(),
+        ];
         args.push(record.display().to_string());
         for block in blocks {
             args.push("--block".into());
@@ -368,13 +412,22 @@ impl TestCluster {
     /// Starts `binary` (next to the `floe` binary) as a worker process with
     /// the client certificates, `--endpoint` for `nodes`, `--id` and `args`;
     /// its output goes to `<cluster dir>/<id>.log`.
-    pub fn spawn_client_process(&mut self, binary: &str, id: &str, nodes: &[u64], args: &[String]) -> anyhow::Result<()> {
+    pub fn spawn_client_process(
+        &mut self,
+        binary: &str,
+        id: &str,
+        nodes: &[u64],
+        args: &[String],
+    ) -> anyhow::Result<()> {
         let binary = self.options.binary.with_file_name(binary);
         let mut endpoints = Vec::new();
         for node in nodes {
             endpoints.push(self.node(*node)?.api_addr.clone());
         }
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join(format!("{id}.log")))?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join(format!("{id}.log")))?;
         let mut command = Command::new(&binary);
         scrub_floe_env(&mut command);
         command
@@ -422,7 +475,9 @@ impl TestCluster {
     /// SIGTERM and wait for a clean exit (SIGKILL after `grace`).
     pub async fn stop(&mut self, id: u64, grace: Duration) -> anyhow::Result<()> {
         let node = self.node_mut(id)?;
-        let Some(mut child) = node.child.take() else { return Ok(()) };
+        let Some(mut child) = node.child.take() else {
+            return Ok(());
+        };
         if node.paused {
             signal(child.id(), "CONT")?;
             node.paused = false;
@@ -445,7 +500,11 @@ impl TestCluster {
     /// SIGSTOP: the process is frozen but keeps its sockets.
     pub fn pause(&mut self, id: u64) -> anyhow::Result<()> {
         let node = self.node_mut(id)?;
-        let pid = node.child.as_ref().map(Child::id).with_context(|| format!("node {id} is not running"))?;
+        let pid = node
+            .child
+            .as_ref()
+            .map(Child::id)
+            .with_context(|| format!("node {id} is not running"))?;
         signal(pid, "STOP")?;
         node.paused = true;
         Ok(())
@@ -453,7 +512,11 @@ impl TestCluster {
 
     pub fn resume(&mut self, id: u64) -> anyhow::Result<()> {
         let node = self.node_mut(id)?;
-        let pid = node.child.as_ref().map(Child::id).with_context(|| format!("node {id} is not running"))?;
+        let pid = node
+            .child
+            .as_ref()
+            .map(Child::id)
+            .with_context(|| format!("node {id} is not running"))?;
         signal(pid, "CONT")?;
         node.paused = false;
         Ok(())
@@ -474,7 +537,11 @@ impl TestCluster {
     }
 
     pub fn running_ids(&self) -> Vec<u64> {
-        self.nodes.values().filter(|node| node.child.is_some() && !node.paused).map(|node| node.id).collect()
+        self.nodes
+            .values()
+            .filter(|node| node.child.is_some() && !node.paused)
+            .map(|node| node.id)
+            .collect()
     }
 
     /// Polls `/health/livez` until the HTTP server answers.
@@ -486,7 +553,10 @@ impl TestCluster {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                bail!("node {id} HTTP {addr} not up within {timeout:?}; log: {}", self.log_tail(id, 20));
+                bail!(
+                    "node {id} HTTP {addr} not up within {timeout:?}; log: {}",
+                    self.log_tail(id, 20)
+                );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -503,7 +573,10 @@ impl TestCluster {
                     break;
                 }
                 if Instant::now() > deadline {
-                    bail!("node {id} not ready within {timeout:?} (last answer {answer:?}); log: {}", self.log_tail(*id, 30));
+                    bail!(
+                        "node {id} not ready within {timeout:?} (last answer {answer:?}); log: {}",
+                        self.log_tail(*id, 30)
+                    );
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
@@ -520,7 +593,10 @@ impl TestCluster {
                 return Ok(leader);
             }
             if Instant::now() > deadline {
-                bail!("no agreed leader among nodes {:?} within {timeout:?}", self.running_ids());
+                bail!(
+                    "no agreed leader among nodes {:?} within {timeout:?}",
+                    self.running_ids()
+                );
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
@@ -587,7 +663,11 @@ impl TestCluster {
     pub fn cli_ok(&self, id: u64, args: &[&str]) -> anyhow::Result<String> {
         let output = self.cli(id, args)?;
         if !output.status.success() {
-            bail!("floe {} on node {id} failed: {}", args.join(" "), String::from_utf8_lossy(&output.stderr).trim());
+            bail!(
+                "floe {} on node {id} failed: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&output.stderr).trim()
+            );
         }
         Ok(String::from_utf8_lossy(&output.stdout).to_string())
     }
@@ -597,7 +677,11 @@ impl TestCluster {
         scrub_floe_env(&mut command);
         let output = command.args(args).stdin(Stdio::null()).output()?;
         if !output.status.success() {
-            bail!("floe {} failed: {}", args.join(" "), String::from_utf8_lossy(&output.stderr).trim());
+            bail!(
+                "floe {} failed: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&output.stderr).trim()
+            );
         }
         Ok(())
     }
@@ -605,14 +689,21 @@ impl TestCluster {
     /// Cluster status as answered by node `id`.
     pub async fn status(&self, id: u64) -> anyhow::Result<api::StatusResponse> {
         let mut client = self.client(id).await?;
-        Ok(client.cluster.status(api::StatusRequest {}).await?.into_inner())
+        Ok(client
+            .cluster
+            .status(api::StatusRequest {})
+            .await?
+            .into_inner())
     }
 
     /// Scrapes one gauge or counter from node `id`'s `/metrics`.
     pub async fn metric(&self, id: u64, name: &str) -> anyhow::Result<f64> {
         let (_, body) = http_get(&self.node(id)?.http_addr, "/metrics").await?;
         for line in body.lines() {
-            if let Some(value) = line.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')) {
+            if let Some(value) = line
+                .strip_prefix(name)
+                .and_then(|rest| rest.strip_prefix(' '))
+            {
                 return Ok(value.trim().parse()?);
             }
         }
@@ -620,7 +711,9 @@ impl TestCluster {
     }
 
     pub fn log_tail(&self, id: u64, lines: usize) -> String {
-        let Ok(node) = self.node(id) else { return String::new() };
+        let Ok(node) = self.node(id) else {
+            return String::new();
+        };
         let text = std::fs::read_to_string(&node.log_path).unwrap_or_default();
         let all: Vec<&str> = text.lines().collect();
         all[all.len().saturating_sub(lines)..].join("\n")
@@ -675,7 +768,10 @@ fn scrub_floe_env(command: &mut Command) {
 }
 
 fn signal(pid: u32, name: &str) -> anyhow::Result<()> {
-    let status = Command::new("kill").arg(format!("-{name}")).arg(pid.to_string()).status()?;
+    let status = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .status()?;
     if !status.success() {
         bail!("kill -{name} {pid} failed");
     }
@@ -687,10 +783,17 @@ fn signal(pid: u32, name: &str) -> anyhow::Result<()> {
 /// Reads that fail while the cluster is busy (a leader change, a slow
 /// quorum) are retried, as a client would; a missing run or the deadline
 /// is an error.
-pub async fn finished_run(client: &mut FloeClient, run_id: &str, timeout: Duration) -> anyhow::Result<serde_json::Value> {
+pub async fn finished_run(
+    client: &mut FloeClient,
+    run_id: &str,
+    timeout: Duration,
+) -> anyhow::Result<serde_json::Value> {
     let deadline = Instant::now() + timeout;
     loop {
-        let request = api::GetRunRequest { run_id: run_id.into(), consistency: 0 };
+        let request = api::GetRunRequest {
+            run_id: run_id.into(),
+            consistency: 0,
+        };
         match client.runs.get(request).await {
             Ok(reply) => {
                 let run: serde_json::Value = serde_json::from_slice(&reply.into_inner().run)?;
@@ -714,14 +817,22 @@ pub async fn http_get(addr: &str, path: &str) -> anyhow::Result<(u16, String)> {
     let socket: SocketAddr = addr.parse()?;
     let attempt = async {
         let mut stream = tokio::net::TcpStream::connect(socket).await?;
-        stream.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes()).await?;
+        stream
+            .write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+            .await?;
         let mut raw = Vec::new();
         stream.read_to_end(&mut raw).await?;
         anyhow::Ok(raw)
     };
-    let raw = tokio::time::timeout(Duration::from_secs(2), attempt).await.context("HTTP request timed out")??;
+    let raw = tokio::time::timeout(Duration::from_secs(2), attempt)
+        .await
+        .context("HTTP request timed out")??;
     let text = String::from_utf8_lossy(&raw).to_string();
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let code = head.split_whitespace().nth(1).and_then(|code| code.parse().ok()).context("malformed HTTP response")?;
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .context("malformed HTTP response")?;
     Ok((code, body.to_string()))
 }

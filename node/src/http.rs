@@ -44,27 +44,45 @@ struct Readiness {
 /// leader, applied up to the commit index.
 async fn readyz(State(node): State<Arc<Node>>) -> (StatusCode, Json<Readiness>) {
     let metrics = node.raft.metrics().borrow().clone();
-    let committed = node.raft.with_raft_state(|state| state.committed).await.ok().flatten();
+    let committed = node
+        .raft
+        .with_raft_state(|state| state.committed)
+        .await
+        .ok()
+        .flatten();
     let commit_index = committed.map(|id| id.index).unwrap_or(0);
     let applied_index = metrics.last_applied.map(|id| id.index).unwrap_or(0);
-    let member = metrics.membership_config.membership().get_node(&node.id).is_some();
+    let member = metrics
+        .membership_config
+        .membership()
+        .get_node(&node.id)
+        .is_some();
     let reason = if let Some(disk) = node.disk.reason() {
         Some(disk)
     } else if !member {
         Some("not a member of a cluster yet".to_string())
     } else if metrics.current_leader.is_none() {
         Some("no known leader".to_string())
-    } else if metrics.current_leader == Some(node.id) && metrics.state != openraft::ServerState::Leader {
+    } else if metrics.current_leader == Some(node.id)
+        && metrics.state != openraft::ServerState::Leader
+    {
         Some("leadership from the stored vote is not confirmed yet".to_string())
     } else if let Some(age) = node.elections.quorum_lost_for() {
-        Some(format!("leader without a quorum: no majority has acknowledged it for {} ms", age.as_millis()))
+        Some(format!(
+            "leader without a quorum: no majority has acknowledged it for {} ms",
+            age.as_millis()
+        ))
     } else if applied_index < commit_index {
         Some(format!("applying: {applied_index} of {commit_index}"))
     } else {
         None
     };
     let ready = reason.is_none();
-    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     let body = Readiness {
         ready,
         node_id: node.id,
@@ -78,9 +96,17 @@ async fn readyz(State(node): State<Arc<Node>>) -> (StatusCode, Json<Readiness>) 
     (status, Json(body))
 }
 
-async fn metrics(State(node): State<Arc<Node>>) -> ([(axum::http::HeaderName, &'static str); 1], String) {
+async fn metrics(
+    State(node): State<Arc<Node>>,
+) -> ([(axum::http::HeaderName, &'static str); 1], String) {
     let body = crate::metrics::render(&node).await;
-    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], body)
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        body,
+    )
 }
 
 #[derive(Serialize)]
@@ -95,7 +121,9 @@ struct StateDigest {
 /// The applied index and a digest of the state at it, read together; the
 /// chaos suite compares nodes with it. Hashes the whole state, so it runs
 /// on a blocking thread.
-async fn state_digest(State(node): State<Arc<Node>>) -> Result<Json<StateDigest>, (StatusCode, String)> {
+async fn state_digest(
+    State(node): State<Arc<Node>>,
+) -> Result<Json<StateDigest>, (StatusCode, String)> {
     let reader = node.reader.clone();
     let computed = tokio::task::spawn_blocking(move || reader.applied_state_digest()).await;
     match computed {
@@ -105,7 +133,13 @@ async fn state_digest(State(node): State<Arc<Node>>) -> Result<Json<StateDigest>
             applied_term: applied.map(|id| id.leader_id.term).unwrap_or(0),
             digest,
         })),
-        Ok(Err(err)) => Err((StatusCode::INTERNAL_SERVER_ERROR, format!("state digest: {err}"))),
-        Err(err) => Err((StatusCode::INTERNAL_SERVER_ERROR, format!("state digest task: {err}"))),
+        Ok(Err(err)) => Err((
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("state digest: {err}"),
+        )),
+        Err(err) => Err((
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("state digest task: {err}"),
+        )),
     }
 }

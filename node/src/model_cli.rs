@@ -80,7 +80,9 @@ fn model_ref(text: &str) -> anyhow::Result<(String, u64)> {
     match text.split_once(':') {
         None => Ok((text.to_string(), 0)),
         Some((name, version)) => {
-            let version: u64 = version.parse().map_err(|_| anyhow::anyhow!("{text:?}: the version after ':' must be a number"))?;
+            let version: u64 = version
+                .parse()
+                .map_err(|_| anyhow::anyhow!("{text:?}: the version after ':' must be a number"))?;
             anyhow::ensure!(version > 0, "{text:?}: versions start at 1");
             Ok((name.to_string(), version))
         }
@@ -94,22 +96,48 @@ fn mib(bytes: u64) -> String {
 pub async fn model(command: ModelCommand) -> anyhow::Result<()> {
     match command {
         ModelCommand::Put { client, name, file } => {
-            let onnx = std::fs::read(&file).map_err(|err| anyhow::anyhow!("model file {}: {err}", file.display()))?;
+            let onnx = std::fs::read(&file)
+                .map_err(|err| anyhow::anyhow!("model file {}: {err}", file.display()))?;
             let mut conn = connect(&client).await?;
-            let reply = conn.models.put(api::PutModelRequest { name: name.clone(), onnx }).await.map_err(status_error)?.into_inner();
+            let reply = conn
+                .models
+                .put(api::PutModelRequest {
+                    name: name.clone(),
+                    onnx,
+                })
+                .await
+                .map_err(status_error)?
+                .into_inner();
             if client.json {
-                let signature: Value = serde_json::from_str(&reply.signature_json).unwrap_or(Value::Null);
-                print_json(json!({"name": name, "version": reply.version, "created": reply.created, "hash": reply.hash, "signature": signature}));
+                let signature: Value =
+                    serde_json::from_str(&reply.signature_json).unwrap_or(Value::Null);
+                print_json(
+                    json!({"name": name, "version": reply.version, "created": reply.created, "hash": reply.hash, "signature": signature}),
+                );
             } else if reply.created {
-                println!("{name} version {} registered (sha256:{})", reply.version, reply.hash);
+                println!(
+                    "{name} version {} registered (sha256:{})",
+                    reply.version, reply.hash
+                );
             } else {
-                println!("{name} version {} already holds this file (sha256:{})", reply.version, reply.hash);
+                println!(
+                    "{name} version {} already holds this file (sha256:{})",
+                    reply.version, reply.hash
+                );
             }
         }
         ModelCommand::List { client, name } => {
             let mut conn = connect(&client).await?;
-            let request = api::ListModelsRequest { name: name.unwrap_or_default() };
-            let models = conn.models.list(request).await.map_err(status_error)?.into_inner().models;
+            let request = api::ListModelsRequest {
+                name: name.unwrap_or_default(),
+            };
+            let models = conn
+                .models
+                .list(request)
+                .await
+                .map_err(status_error)?
+                .into_inner()
+                .models;
             if client.json {
                 let rows: Vec<Value> = models
                     .iter()
@@ -123,38 +151,96 @@ pub async fn model(command: ModelCommand) -> anyhow::Result<()> {
                 let rows: Vec<Vec<String>> = models
                     .iter()
                     .map(|m| {
-                        let signature: Value = serde_json::from_str(&m.signature_json).unwrap_or(Value::Null);
-                        vec![m.name.clone(), m.version.to_string(), mib(m.size), tensor_names(&signature["inputs"]), tensor_names(&signature["outputs"])]
+                        let signature: Value =
+                            serde_json::from_str(&m.signature_json).unwrap_or(Value::Null);
+                        vec![
+                            m.name.clone(),
+                            m.version.to_string(),
+                            mib(m.size),
+                            tensor_names(&signature["inputs"]),
+                            tensor_names(&signature["outputs"]),
+                        ]
                     })
                     .collect();
-                print!("{}", table(&["NAME", "VERSION", "MIB", "INPUTS", "OUTPUTS"], &rows));
+                print!(
+                    "{}",
+                    table(&["NAME", "VERSION", "MIB", "INPUTS", "OUTPUTS"], &rows)
+                );
             }
         }
-        ModelCommand::Deploy { client, model, replicas, threads, max_batch, max_delay_ms, queue, gpu } => {
+        ModelCommand::Deploy {
+            client,
+            model,
+            replicas,
+            threads,
+            max_batch,
+            max_delay_ms,
+            queue,
+            gpu,
+        } => {
             let (name, version) = model_ref(&model)?;
             let mut conn = connect(&client).await?;
-            let request = api::DeployModelRequest { name: name.clone(), version, replicas, threads, max_batch, max_delay_ms, queue, gpu };
-            let reply = conn.models.deploy(request).await.map_err(status_error)?.into_inner();
+            let request = api::DeployModelRequest {
+                name: name.clone(),
+                version,
+                replicas,
+                threads,
+                max_batch,
+                max_delay_ms,
+                queue,
+                gpu,
+            };
+            let reply = conn
+                .models
+                .deploy(request)
+                .await
+                .map_err(status_error)?
+                .into_inner();
             eprintln!("{name} version {} deployed: {replicas} replica(s); `floe model status {name}` shows them warming up", reply.version);
         }
         ModelCommand::Undeploy { client, model } => {
             let (name, version) = model_ref(&model)?;
             let mut conn = connect(&client).await?;
-            let reply = conn.models.undeploy(api::UndeployModelRequest { name: name.clone(), version }).await.map_err(status_error)?;
+            let reply = conn
+                .models
+                .undeploy(api::UndeployModelRequest {
+                    name: name.clone(),
+                    version,
+                })
+                .await
+                .map_err(status_error)?;
             eprintln!("{name} version {} undeployed", reply.into_inner().version);
         }
         ModelCommand::Status { client, name } => {
             let mut conn = connect(&client).await?;
-            let request = api::ModelStatusRequest { name: name.unwrap_or_default() };
-            let deployments = conn.models.status(request).await.map_err(status_error)?.into_inner().deployments;
+            let request = api::ModelStatusRequest {
+                name: name.unwrap_or_default(),
+            };
+            let deployments = conn
+                .models
+                .status(request)
+                .await
+                .map_err(status_error)?
+                .into_inner()
+                .deployments;
             if client.json {
-                print_json(Value::Array(deployments.iter().map(deployment_json).collect()));
+                print_json(Value::Array(
+                    deployments.iter().map(deployment_json).collect(),
+                ));
             } else {
                 let mut rows = Vec::new();
                 for d in &deployments {
                     for r in &d.replica_status {
-                        let node = if r.node == 0 { "-".to_string() } else { r.node.to_string() };
-                        let gpu = if r.gpu > 0.0 { format!("{}:{}", r.gpu_device, r.gpu) } else { "-".to_string() };
+                        let node = if r.node == 0 {
+                            "-".to_string()
+                        } else {
+                            r.node.to_string()
+                        };
+                        let gpu = if r.gpu > 0.0 {
+                            format!("{}:{}", r.gpu_device, r.gpu)
+                        } else {
+                            "-".to_string()
+                        };
                         rows.push(vec![
                             format!("{}:{}", d.model, d.version),
                             r.replica.to_string(),
@@ -170,25 +256,53 @@ pub async fn model(command: ModelCommand) -> anyhow::Result<()> {
                         ]);
                     }
                 }
-                let headers = ["MODEL", "REPLICA", "NODE", "STATE", "GPU", "QUEUE", "P50_MS", "P99_MS", "DONE", "MIB", "DETAIL"];
+                let headers = [
+                    "MODEL", "REPLICA", "NODE", "STATE", "GPU", "QUEUE", "P50_MS", "P99_MS",
+                    "DONE", "MIB", "DETAIL",
+                ];
                 print!("{}", table(&headers, &rows));
             }
         }
-        ModelCommand::Infer { client, model, input, list } => {
+        ModelCommand::Infer {
+            client,
+            model,
+            input,
+            list,
+        } => {
             let (name, version) = model_ref(&model)?;
             let text = match input.strip_prefix('@') {
-                Some(path) => std::fs::read_to_string(path).map_err(|err| anyhow::anyhow!("input file {path}: {err}"))?,
+                Some(path) => std::fs::read_to_string(path)
+                    .map_err(|err| anyhow::anyhow!("input file {path}: {err}"))?,
                 None => input,
             };
-            let value: Value = serde_json::from_str(&text).map_err(|err| anyhow::anyhow!("--input is not JSON: {err}"))?;
-            let tensors = floe_inference::tensors_from_json(&value, "input").map_err(|err| anyhow::anyhow!("{err}"))?;
-            let inputs = tensors.into_iter().map(|(name, tensor)| (name, crate::grpc::tensor_to_wire(tensor))).collect();
+            let value: Value = serde_json::from_str(&text)
+                .map_err(|err| anyhow::anyhow!("--input is not JSON: {err}"))?;
+            let tensors = floe_inference::tensors_from_json(&value, "input")
+                .map_err(|err| anyhow::anyhow!("{err}"))?;
+            let inputs = tensors
+                .into_iter()
+                .map(|(name, tensor)| (name, crate::grpc::tensor_to_wire(tensor)))
+                .collect();
             let mut conn = connect(&client).await?;
-            let reply = conn.models.infer(api::InferRequest { model: name, version, inputs }).await.map_err(status_error)?.into_inner();
-            let encoding = if list { floe_inference::Encoding::List } else { floe_inference::Encoding::Base64 };
+            let reply = conn
+                .models
+                .infer(api::InferRequest {
+                    model: name,
+                    version,
+                    inputs,
+                })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            let encoding = if list {
+                floe_inference::Encoding::List
+            } else {
+                floe_inference::Encoding::Base64
+            };
             let mut outputs = serde_json::Map::new();
             for (name, data) in reply.outputs {
-                let tensor = crate::grpc::tensor_from_wire(data).map_err(|err| anyhow::anyhow!("output {name}: {err}"))?;
+                let tensor = crate::grpc::tensor_from_wire(data)
+                    .map_err(|err| anyhow::anyhow!("output {name}: {err}"))?;
                 outputs.insert(name, floe_inference::tensor_to_json(&tensor, encoding));
             }
             print_json(json!({"node": reply.node, "replica": reply.replica, "outputs": outputs}));
@@ -198,7 +312,12 @@ pub async fn model(command: ModelCommand) -> anyhow::Result<()> {
 }
 
 fn tensor_names(specs: &Value) -> String {
-    let names: Vec<&str> = specs.as_array().into_iter().flatten().filter_map(|spec| spec["name"].as_str()).collect();
+    let names: Vec<&str> = specs
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|spec| spec["name"].as_str())
+        .collect();
     names.join(",")
 }
 
@@ -230,7 +349,13 @@ mod tests {
     fn model_references_parse_name_and_version() {
         assert_eq!(model_ref("det").unwrap(), ("det".to_string(), 0));
         assert_eq!(model_ref("det:3").unwrap(), ("det".to_string(), 3));
-        assert!(model_ref("det:x").unwrap_err().to_string().contains("must be a number"));
-        assert!(model_ref("det:0").unwrap_err().to_string().contains("start at 1"));
+        assert!(model_ref("det:x")
+            .unwrap_err()
+            .to_string()
+            .contains("must be a number"));
+        assert!(model_ref("det:0")
+            .unwrap_err()
+            .to_string()
+            .contains("start at 1"));
     }
 }

@@ -16,7 +16,9 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use floe_engine::run::TaskFailure;
-use floe_inference::{Device, Encoding, GpuDevice, GpuInventory, OrtRuntime, Pool, PoolHandle, PoolOptions, TensorMap};
+use floe_inference::{
+    Device, Encoding, GpuDevice, GpuInventory, OrtRuntime, Pool, PoolHandle, PoolOptions, TensorMap,
+};
 use floe_storage::models::{DeploySpec, Deployment, GpuShare, ReplicaRecord};
 use floe_storage::runs::{task_key_text, TaskRecord};
 use floe_storage::NodeId;
@@ -25,10 +27,10 @@ use serde_json::Value;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use floe_engine::names::quote_bounded;
 use crate::error::ApiError;
 use crate::runs::now_ms;
 use crate::service::Node;
+use floe_engine::names::quote_bounded;
 
 /// Inference tasks a warm replica takes at once, per `max_batch`: enough
 /// for the next batch to form while one runs.
@@ -47,7 +49,11 @@ pub struct ReplicaId {
 
 impl ReplicaId {
     pub fn of(record: &ReplicaRecord) -> ReplicaId {
-        ReplicaId { model: record.model.clone(), version: record.version, replica: record.replica }
+        ReplicaId {
+            model: record.model.clone(),
+            version: record.version,
+            replica: record.replica,
+        }
     }
 }
 
@@ -140,7 +146,9 @@ impl ModelManager {
     }
 
     pub fn reports(&self) -> Vec<ReplicaReport> {
-        let Ok(replicas) = self.replicas.lock() else { return Vec::new() };
+        let Ok(replicas) = self.replicas.lock() else {
+            return Vec::new();
+        };
         replicas
             .iter()
             .map(|(id, local)| {
@@ -180,7 +188,9 @@ impl ModelManager {
 
     /// Model versions asked for lately with no warm replica to serve them.
     pub fn demand(&self) -> Vec<(String, u64)> {
-        let Ok(mut demand) = self.demand.lock() else { return Vec::new() };
+        let Ok(mut demand) = self.demand.lock() else {
+            return Vec::new();
+        };
         demand.retain(|_, at| at.elapsed() < Duration::from_secs(10));
         demand.keys().cloned().collect()
     }
@@ -205,31 +215,47 @@ impl ModelManager {
 
     fn slots(&self, latest: &BTreeMap<String, u64>, only_free: bool) -> BTreeMap<String, u32> {
         let mut free: BTreeMap<String, u32> = BTreeMap::new();
-        let Ok(replicas) = self.replicas.lock() else { return free };
+        let Ok(replicas) = self.replicas.lock() else {
+            return free;
+        };
         for (id, local) in replicas.iter() {
             if !matches!(local.state, LocalState::Warm(_)) {
                 continue;
             }
             let busy = if only_free { local.tasks } else { 0 };
             let room = (local.spec.max_batch * TASKS_PER_BATCH_SLOT).saturating_sub(busy);
-            *free.entry(floe_engine::inference_block(&id.model, Some(id.version))).or_default() += room;
+            *free
+                .entry(floe_engine::inference_block(&id.model, Some(id.version)))
+                .or_default() += room;
             if latest.get(&id.model) == Some(&id.version) {
-                *free.entry(floe_engine::inference_block(&id.model, None)).or_default() += room;
+                *free
+                    .entry(floe_engine::inference_block(&id.model, None))
+                    .or_default() += room;
             }
         }
         free
     }
 
     pub fn is_running(&self, task: &str, attempt: u32) -> bool {
-        self.running.lock().map(|running| running.get(task).is_some_and(|(a, _)| *a == attempt)).unwrap_or(false)
+        self.running
+            .lock()
+            .map(|running| running.get(task).is_some_and(|(a, _)| *a == attempt))
+            .unwrap_or(false)
     }
 
     pub fn running_count(&self) -> u32 {
-        self.running.lock().map(|running| running.len() as u32).unwrap_or(0)
+        self.running
+            .lock()
+            .map(|running| running.len() as u32)
+            .unwrap_or(0)
     }
 
     /// The warm replica with the most room among those matching, and its pool.
-    fn pick(&self, matches: impl Fn(&ReplicaId) -> bool, for_task: bool) -> Option<(ReplicaId, PoolHandle)> {
+    fn pick(
+        &self,
+        matches: impl Fn(&ReplicaId) -> bool,
+        for_task: bool,
+    ) -> Option<(ReplicaId, PoolHandle)> {
         let replicas = self.replicas.lock().ok()?;
         replicas
             .iter()
@@ -237,7 +263,8 @@ impl ModelManager {
             .filter_map(|(id, local)| match &local.state {
                 LocalState::Warm(pool) => {
                     let task_room = local.spec.max_batch * TASKS_PER_BATCH_SLOT > local.tasks;
-                    (!for_task || task_room).then(|| (id.clone(), pool.clone(), local.tasks, pool.queue_depth()))
+                    (!for_task || task_room)
+                        .then(|| (id.clone(), pool.clone(), local.tasks, pool.queue_depth()))
                 }
                 _ => None,
             })
@@ -263,22 +290,29 @@ impl ModelManager {
 
     /// Whether a replica here serves inference `block` (warm, room or not).
     pub fn serves(&self, block: &str, latest: &BTreeMap<String, u64>) -> bool {
-        let Ok(replicas) = self.replicas.lock() else { return false };
-        replicas.iter().any(|(id, local)| matches!(local.state, LocalState::Warm(_)) && block_matches(block, id, latest))
+        let Ok(replicas) = self.replicas.lock() else {
+            return false;
+        };
+        replicas.iter().any(|(id, local)| {
+            matches!(local.state, LocalState::Warm(_)) && block_matches(block, id, latest)
+        })
     }
 }
 
 /// Whether replica `id` serves inference block `block`.
 fn block_matches(block: &str, id: &ReplicaId, latest: &BTreeMap<String, u64>) -> bool {
     block == floe_engine::inference_block(&id.model, Some(id.version))
-        || (block == floe_engine::inference_block(&id.model, None) && latest.get(&id.model) == Some(&id.version))
+        || (block == floe_engine::inference_block(&id.model, None)
+            && latest.get(&id.model) == Some(&id.version))
 }
 
 /// Highest deployed version per model: the one unversioned requests use.
 pub fn latest_deployed(deployments: &[Deployment]) -> BTreeMap<String, u64> {
     let mut latest = BTreeMap::new();
     for deployment in deployments {
-        let entry = latest.entry(deployment.model.clone()).or_insert(deployment.version);
+        let entry = latest
+            .entry(deployment.model.clone())
+            .or_insert(deployment.version);
         *entry = (*entry).max(deployment.version);
     }
     latest
@@ -294,7 +328,10 @@ pub async fn maintain(node: Arc<Node>, cancel: CancellationToken) -> anyhow::Res
             _ = tokio::time::sleep(RECONCILE_EVERY) => {}
         }
         let reader = node.reader.clone();
-        let read = tokio::task::spawn_blocking(move || Ok::<_, floe_storage::StoreError>((reader.replicas()?, reader.deployments()?))).await;
+        let read = tokio::task::spawn_blocking(move || {
+            Ok::<_, floe_storage::StoreError>((reader.replicas()?, reader.deployments()?))
+        })
+        .await;
         let (records, deployments) = match read {
             Ok(Ok(found)) => found,
             Ok(Err(err)) => {
@@ -322,8 +359,10 @@ pub async fn maintain(node: Arc<Node>, cancel: CancellationToken) -> anyhow::Res
 }
 
 fn reconcile(node: &Arc<Node>, records: &[ReplicaRecord], deployments: &[Deployment]) {
-    let specs: BTreeMap<(String, u64), &DeploySpec> =
-        deployments.iter().map(|d| ((d.model.clone(), d.version), &d.spec)).collect();
+    let specs: BTreeMap<(String, u64), &DeploySpec> = deployments
+        .iter()
+        .map(|d| ((d.model.clone(), d.version), &d.spec))
+        .collect();
     let wanted: BTreeMap<ReplicaId, (DeploySpec, Option<GpuShare>)> = records
         .iter()
         .filter(|record| record.node == Some(node.id))
@@ -337,7 +376,11 @@ fn reconcile(node: &Arc<Node>, records: &[ReplicaRecord], deployments: &[Deploym
     if let Ok(mut replicas) = node.models.replicas.lock() {
         let stale: Vec<ReplicaId> = replicas
             .iter()
-            .filter(|(id, local)| wanted.get(*id).is_none_or(|(spec, gpu)| *spec != local.spec || *gpu != local.gpu))
+            .filter(|(id, local)| {
+                wanted
+                    .get(*id)
+                    .is_none_or(|(spec, gpu)| *spec != local.spec || *gpu != local.gpu)
+            })
             .map(|(id, _)| id.clone())
             .collect();
         for id in stale {
@@ -376,24 +419,38 @@ fn reconcile(node: &Arc<Node>, records: &[ReplicaRecord], deployments: &[Deploym
     }
 }
 
-async fn load_replica(node: &Node, id: &ReplicaId, spec: &DeploySpec, gpu: Option<GpuShare>) -> Result<PoolHandle, String> {
+async fn load_replica(
+    node: &Node,
+    id: &ReplicaId,
+    spec: &DeploySpec,
+    gpu: Option<GpuShare>,
+) -> Result<PoolHandle, String> {
     let started = Instant::now();
-    let runtime = node.models.runtime(&node.ort_library()).await.map_err(|err| err.to_string())?;
+    let runtime = node
+        .models
+        .runtime(&node.ort_library())
+        .await
+        .map_err(|err| err.to_string())?;
     let record = node
         .reader
         .model(&id.model, Some(id.version))
         .map_err(|err| err.to_string())?
         .ok_or_else(|| format!("model {} has no version {}", id.model, id.version))?;
-    let bytes = node.load_blob(&record.hash).await.map_err(|err| format!("model artifact: {err}"))?;
+    let bytes = node
+        .load_blob(&record.hash)
+        .await
+        .map_err(|err| format!("model artifact: {err}"))?;
     let device = match gpu {
         None => Device::Cpu,
         Some(share) => {
-            let device = node
-                .models
-                .gpus
-                .device(share.device)
-                .ok_or_else(|| format!("GPU {} is not in this node's inventory", share.device))?;
-            Device::Cuda { device_id: share.device, mem_limit_bytes: device.memory_bytes / 1000 * u64::from(share.milli) }
+            let device =
+                node.models.gpus.device(share.device).ok_or_else(|| {
+                    format!("GPU {} is not in this node's inventory", share.device)
+                })?;
+            Device::Cuda {
+                device_id: share.device,
+                mem_limit_bytes: device.memory_bytes / 1000 * u64::from(share.milli),
+            }
         }
     };
     let options = PoolOptions {
@@ -406,7 +463,9 @@ async fn load_replica(node: &Node, id: &ReplicaId, spec: &DeploySpec, gpu: Optio
         device,
         ..PoolOptions::default()
     };
-    let pool = Pool::start(&runtime, bytes, options).await.map_err(|err| err.to_string())?;
+    let pool = Pool::start(&runtime, bytes, options)
+        .await
+        .map_err(|err| err.to_string())?;
     tracing::info!(
         node_id = node.id,
         replica = %id,
@@ -417,12 +476,22 @@ async fn load_replica(node: &Node, id: &ReplicaId, spec: &DeploySpec, gpu: Optio
     Ok(pool)
 }
 
-async fn finish_load(node: &Node, id: &ReplicaId, spec: &DeploySpec, gpu: Option<GpuShare>, outcome: Result<PoolHandle, String>) {
+async fn finish_load(
+    node: &Node,
+    id: &ReplicaId,
+    spec: &DeploySpec,
+    gpu: Option<GpuShare>,
+    outcome: Result<PoolHandle, String>,
+) {
     let mut orphan = None;
     if let Ok(mut replicas) = node.models.replicas.lock() {
         match replicas.get_mut(id) {
             // Still wanted with the settings it was built from.
-            Some(local) if local.spec == *spec && local.gpu == gpu && matches!(local.state, LocalState::Loading) => {
+            Some(local)
+                if local.spec == *spec
+                    && local.gpu == gpu
+                    && matches!(local.state, LocalState::Loading) =>
+            {
                 local.state = match outcome {
                     Ok(pool) => LocalState::Warm(pool),
                     Err(reason) => {
@@ -452,9 +521,19 @@ struct InferenceTaskInput {
 
 /// Starts an inference task placed here on a warm replica with room; false
 /// when none has room now.
-pub fn start_task(node: &Arc<Node>, task: &TaskRecord, input: Value, latest: &BTreeMap<String, u64>) -> bool {
+pub fn start_task(
+    node: &Arc<Node>,
+    task: &TaskRecord,
+    input: Value,
+    latest: &BTreeMap<String, u64>,
+) -> bool {
     let block = task.spec.block.clone();
-    let Some((replica, pool)) = node.models.pick(|id| block_matches(&block, id, latest), true) else { return false };
+    let Some((replica, pool)) = node
+        .models
+        .pick(|id| block_matches(&block, id, latest), true)
+    else {
+        return false;
+    };
     let text = task_key_text(&task.spec.key);
     if let Ok(mut running) = node.models.running.lock() {
         running.insert(text.clone(), (task.spec.attempt, replica.clone()));
@@ -469,7 +548,9 @@ pub fn start_task(node: &Arc<Node>, task: &TaskRecord, input: Value, latest: &BT
             Ok(output) => Ok(output.as_slice()),
             Err(failure) => Err(failure.clone()),
         };
-        let delivered = crate::workers::deliver_result(&node, key, attempt, &replica.to_string(), outcome).await;
+        let delivered =
+            crate::workers::deliver_result(&node, key, attempt, &replica.to_string(), outcome)
+                .await;
         if let Err(err) = delivered {
             crate::warn_limited!("inference result refused", task = %text, attempt, error = %err, "inference result refused");
         }
@@ -484,24 +565,41 @@ pub fn start_task(node: &Arc<Node>, task: &TaskRecord, input: Value, latest: &BT
 }
 
 async fn run_inference_task(pool: &PoolHandle, input: Value) -> Result<Vec<u8>, TaskFailure> {
-    let reject = |error: String| TaskFailure { error, retryable: false };
-    let input: InferenceTaskInput =
-        serde_json::from_value(input).map_err(|err| reject(format!("inference task input: {err}")))?;
-    let inputs = floe_inference::tensors_from_json(&input.inputs, "input").map_err(|err| reject(err.to_string()))?;
+    let reject = |error: String| TaskFailure {
+        error,
+        retryable: false,
+    };
+    let input: InferenceTaskInput = serde_json::from_value(input)
+        .map_err(|err| reject(format!("inference task input: {err}")))?;
+    let inputs = floe_inference::tensors_from_json(&input.inputs, "input")
+        .map_err(|err| reject(err.to_string()))?;
     let outputs = pool.infer(inputs).await.map_err(inference_failure)?;
     let encoding = match input.outputs {
         floe_engine::TensorEncoding::Base64 => Encoding::Base64,
         floe_engine::TensorEncoding::List => Encoding::List,
     };
-    serde_json::to_vec(&floe_inference::tensors_to_json(&outputs, encoding))
-        .map_err(|err| TaskFailure { error: format!("encoding outputs: {err}"), retryable: false })
+    serde_json::to_vec(&floe_inference::tensors_to_json(&outputs, encoding)).map_err(|err| {
+        TaskFailure {
+            error: format!("encoding outputs: {err}"),
+            retryable: false,
+        }
+    })
 }
 
 /// Bad inputs are final; a full queue or a replica going away may pass.
 fn inference_failure(err: floe_inference::Error) -> TaskFailure {
     use floe_inference::Error;
-    let retryable = matches!(err, Error::QueueFull { .. } | Error::PoolClosed { .. } | Error::ReplicaGone { .. } | Error::Run { .. });
-    TaskFailure { error: err.to_string(), retryable }
+    let retryable = matches!(
+        err,
+        Error::QueueFull { .. }
+            | Error::PoolClosed { .. }
+            | Error::ReplicaGone { .. }
+            | Error::Run { .. }
+    );
+    TaskFailure {
+        error: err.to_string(),
+        retryable,
+    }
 }
 
 fn api_error(err: floe_inference::Error) -> ApiError {
@@ -509,7 +607,9 @@ fn api_error(err: floe_inference::Error) -> ApiError {
     match err {
         Error::InvalidInput { .. } => ApiError::InvalidArgument(err.to_string()),
         Error::QueueFull { .. } => ApiError::ResourceExhausted(err.to_string()),
-        Error::PoolClosed { .. } | Error::ReplicaGone { .. } => ApiError::Unavailable(err.to_string()),
+        Error::PoolClosed { .. } | Error::ReplicaGone { .. } => {
+            ApiError::Unavailable(err.to_string())
+        }
         other => ApiError::Internal(other.to_string()),
     }
 }
@@ -527,22 +627,40 @@ impl Node {
     }
 
     /// Runs a request on a warm replica of this node, if it has one.
-    pub async fn infer_local(&self, model: &str, version: u64, inputs: TensorMap) -> Result<Option<Served>, ApiError> {
-        let Some((id, pool)) = self.models.pick(|id| id.model == model && id.version == version, false) else {
+    pub async fn infer_local(
+        &self,
+        model: &str,
+        version: u64,
+        inputs: TensorMap,
+    ) -> Result<Option<Served>, ApiError> {
+        let Some((id, pool)) = self
+            .models
+            .pick(|id| id.model == model && id.version == version, false)
+        else {
             return Ok(None);
         };
         self.models.touch(&id);
         let outputs = pool.infer(inputs).await.map_err(api_error)?;
-        Ok(Some(Served { outputs, node: self.id, replica: id.replica }))
+        Ok(Some(Served {
+            outputs,
+            node: self.id,
+            replica: id.replica,
+        }))
     }
 
     /// Runs a request on a warm replica: this node's when it has one, else
     /// a node holding one, over QUIC. Waits (up to
     /// `inference.cold_start_wait_ms`) while replicas load or are placed
     /// again after an eviction.
-    pub async fn infer(&self, model: &str, version: u64, inputs: TensorMap) -> Result<Served, ApiError> {
+    pub async fn infer(
+        &self,
+        model: &str,
+        version: u64,
+        inputs: TensorMap,
+    ) -> Result<Served, ApiError> {
         let version = self.resolve_deployed_version(model, version)?;
-        let deadline = Instant::now() + Duration::from_millis(self.config.inference.cold_start_wait_ms);
+        let deadline =
+            Instant::now() + Duration::from_millis(self.config.inference.cold_start_wait_ms);
         let mut problems = Vec::new();
         loop {
             if let Some(served) = self.infer_local(model, version, inputs.clone()).await? {
@@ -563,13 +681,19 @@ impl Node {
                 match self.infer_remote(holder, model, version, &inputs).await {
                     Ok(Some(served)) => return Ok(served),
                     Ok(None) => problems.push(format!("node {holder}: no warm replica yet")),
-                    Err(err @ (ApiError::InvalidArgument(_) | ApiError::ResourceExhausted(_))) => return Err(err),
+                    Err(err @ (ApiError::InvalidArgument(_) | ApiError::ResourceExhausted(_))) => {
+                        return Err(err)
+                    }
                     Err(err) => problems.push(format!("node {holder}: {err}")),
                 }
             }
             self.models.note_demand(model, version);
             if Instant::now() >= deadline || self.shutdown.is_cancelled() {
-                let detail = if problems.is_empty() { "no replica is placed".to_string() } else { problems.join("; ") };
+                let detail = if problems.is_empty() {
+                    "no replica is placed".to_string()
+                } else {
+                    problems.join("; ")
+                };
                 let waited_ms = self.config.inference.cold_start_wait_ms;
                 return Err(ApiError::Unavailable(format!(
                     "model {model} v{version} has no warm replica after {waited_ms} ms (inference.cold_start_wait_ms): {detail}"
@@ -582,25 +706,55 @@ impl Node {
         }
     }
 
-    async fn infer_remote(&self, holder: NodeId, model: &str, version: u64, inputs: &TensorMap) -> Result<Option<Served>, ApiError> {
-        let Some(info) = self.members().0.get(&holder).cloned() else { return Ok(None) };
-        let request = crate::peer_api::PeerRequest::Infer { model: model.to_string(), version, inputs: inputs.clone() };
+    async fn infer_remote(
+        &self,
+        holder: NodeId,
+        model: &str,
+        version: u64,
+        inputs: &TensorMap,
+    ) -> Result<Option<Served>, ApiError> {
+        let Some(info) = self.members().0.get(&holder).cloned() else {
+            return Ok(None);
+        };
+        let request = crate::peer_api::PeerRequest::Infer {
+            model: model.to_string(),
+            version,
+            inputs: inputs.clone(),
+        };
         let timeout = Duration::from_secs(60);
         match crate::peer_api::call(self, holder, &info.raft_addr, &request, timeout).await? {
-            crate::peer_api::PeerResponse::Inferred(Some((outputs, replica))) => Ok(Some(Served { outputs, node: holder, replica })),
+            crate::peer_api::PeerResponse::Inferred(Some((outputs, replica))) => Ok(Some(Served {
+                outputs,
+                node: holder,
+                replica,
+            })),
             crate::peer_api::PeerResponse::Inferred(None) => Ok(None),
-            other => Err(ApiError::Internal(format!("unexpected peer answer {other:?}"))),
+            other => Err(ApiError::Internal(format!(
+                "unexpected peer answer {other:?}"
+            ))),
         }
     }
 
     /// `version`, or with 0 the highest deployed version of `model`.
     pub fn resolve_deployed_version(&self, model: &str, version: u64) -> Result<u64, ApiError> {
-        let deployments = self.reader.deployments().map_err(|err| ApiError::Internal(err.to_string()))?;
-        let deployed: Vec<u64> = deployments.iter().filter(|d| d.model == model).map(|d| d.version).collect();
+        let deployments = self
+            .reader
+            .deployments()
+            .map_err(|err| ApiError::Internal(err.to_string()))?;
+        let deployed: Vec<u64> = deployments
+            .iter()
+            .filter(|d| d.model == model)
+            .map(|d| d.version)
+            .collect();
         match version {
-            0 => deployed.iter().max().copied().ok_or_else(|| ApiError::NotFound(format!("model {} is not deployed", quote_bounded(model)))),
+            0 => deployed.iter().max().copied().ok_or_else(|| {
+                ApiError::NotFound(format!("model {} is not deployed", quote_bounded(model)))
+            }),
             v if deployed.contains(&v) => Ok(v),
-            v => Err(ApiError::NotFound(format!("model {} version {v} is not deployed", quote_bounded(model)))),
+            v => Err(ApiError::NotFound(format!(
+                "model {} version {v} is not deployed",
+                quote_bounded(model)
+            ))),
         }
     }
 }

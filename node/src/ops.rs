@@ -7,11 +7,11 @@ use std::time::Duration;
 
 use floe_storage::{Command, CommandResponse, KvEntry, NodeId, NodeInfo};
 
-use floe_engine::names::quote_bounded;
 use crate::error::ApiError;
 use crate::peer_api::{self, PeerRequest, PeerResponse};
 use crate::raft_errors::{initialize_error, leadership_error, write_error};
 use crate::service::{Node, CLIENT_REQUEST_TIMEOUT};
+use floe_engine::names::quote_bounded;
 
 /// Largest key and value the key-value API accepts.
 pub const MAX_KEY_BYTES: usize = 4 * 1024;
@@ -31,7 +31,9 @@ impl Node {
         // A node that just rejoined learns the leader from pre-vote answers
         // before the leader's first heartbeat reaches it.
         match self.elections.leader_hint() {
-            Some(leader) if leader == self.id && metrics.current_leader == Some(leader) => Ok(Route::Local),
+            Some(leader) if leader == self.id && metrics.current_leader == Some(leader) => {
+                Ok(Route::Local)
+            }
             Some(leader) if leader == self.id => Err(ApiError::Unavailable(format!(
                 "node {} is electing itself (term {})",
                 self.id, metrics.current_term
@@ -42,7 +44,11 @@ impl Node {
                     .membership()
                     .get_node(&leader)
                     .map(|info| info.raft_addr.clone())
-                    .ok_or_else(|| ApiError::Unavailable(format!("leader {leader} is not in this node's membership")))?;
+                    .ok_or_else(|| {
+                        ApiError::Unavailable(format!(
+                            "leader {leader} is not in this node's membership"
+                        ))
+                    })?;
                 Ok(Route::Forward { leader, addr })
             }
             None => Err(ApiError::Unavailable(format!(
@@ -60,7 +66,9 @@ impl Node {
                 // cluster has moved on, say so now rather than at the deadline.
                 let mut metrics = self.raft.metrics();
                 let term = metrics.borrow().current_term;
-                let moved_on = metrics.wait_for(|m| m.current_term != term || m.current_leader.is_some_and(|l| l != leader));
+                let moved_on = metrics.wait_for(|m| {
+                    m.current_term != term || m.current_leader.is_some_and(|l| l != leader)
+                });
                 tokio::select! {
                     answer = peer_api::call_leader(self, leader, &addr, &request, CLIENT_REQUEST_TIMEOUT) => answer,
                     Ok(now) = moved_on => Err(ApiError::OutcomeUnknown(format!(
@@ -116,7 +124,8 @@ impl Node {
         self.refuse_if_degraded()?;
         let started = std::time::Instant::now();
         let outcome = self.proposer.propose(command).await;
-        self.metrics.observe_write(started.elapsed(), outcome.is_ok());
+        self.metrics
+            .observe_write(started.elapsed(), outcome.is_ok());
         outcome
     }
 
@@ -153,7 +162,10 @@ impl Node {
             .await;
         waited.map(|_| ()).map_err(|err| {
             let index = read_index.map_or_else(|| "0".to_string(), |index| index.to_string());
-            ApiError::Unavailable(format!("node {} did not apply up to the read index {index}: {err}", self.id))
+            ApiError::Unavailable(format!(
+                "node {} did not apply up to the read index {index}: {err}",
+                self.id
+            ))
         })
     }
 
@@ -178,7 +190,10 @@ impl Node {
         limit: usize,
     ) -> Result<(Vec<(String, KvEntry)>, bool), ApiError> {
         // One extra row tells the caller whether another page exists.
-        let mut items = self.reader.list(prefix, start_after, limit + 1).map_err(internal)?;
+        let mut items = self
+            .reader
+            .list(prefix, start_after, limit + 1)
+            .map_err(internal)?;
         let more = items.len() > limit;
         items.truncate(limit);
         Ok((items, more))
@@ -197,7 +212,12 @@ impl Node {
                 self.id
             )));
         }
-        let confirmed = bounded(CLIENT_REQUEST_TIMEOUT, "linearizable read", self.raft.ensure_linearizable()).await?;
+        let confirmed = bounded(
+            CLIENT_REQUEST_TIMEOUT,
+            "linearizable read",
+            self.raft.ensure_linearizable(),
+        )
+        .await?;
         match confirmed {
             Ok(read_log_id) => Ok(read_log_id.map(|id| id.index)),
             Err(err) => {
@@ -211,14 +231,26 @@ impl Node {
     pub async fn init_cluster(&self) -> Result<(), ApiError> {
         let mut members = BTreeMap::new();
         members.insert(self.id, self.info.clone());
-        self.raft.initialize(members).await.map_err(|err| initialize_error(self.id, err))
+        self.raft
+            .initialize(members)
+            .await
+            .map_err(|err| initialize_error(self.id, err))
     }
 
-    pub async fn join(&self, node_id: NodeId, raft_addr: &str, learner_only: bool) -> Result<(Vec<NodeId>, Vec<NodeId>), ApiError> {
+    pub async fn join(
+        &self,
+        node_id: NodeId,
+        raft_addr: &str,
+        learner_only: bool,
+    ) -> Result<(Vec<NodeId>, Vec<NodeId>), ApiError> {
         match self.route()? {
             Route::Local => self.join_as_leader(node_id, raft_addr, learner_only).await,
             Route::Forward { .. } => {
-                let request = PeerRequest::Join { node_id, raft_addr: raft_addr.to_string(), learner_only };
+                let request = PeerRequest::Join {
+                    node_id,
+                    raft_addr: raft_addr.to_string(),
+                    learner_only,
+                };
                 membership_reply(self.forward(request).await?)
             }
         }
@@ -240,7 +272,14 @@ impl Node {
                 "node id {node_id} was removed from this cluster and is never reused; give the node a new id and an empty data dir"
             )));
         }
-        let probe = peer_api::call(self, node_id, raft_addr, &PeerRequest::Probe, CLIENT_REQUEST_TIMEOUT).await?;
+        let probe = peer_api::call(
+            self,
+            node_id,
+            raft_addr,
+            &PeerRequest::Probe,
+            CLIENT_REQUEST_TIMEOUT,
+        )
+        .await?;
         let PeerResponse::Probe(probe) = probe else {
             return Err(unexpected(&probe));
         };
@@ -255,13 +294,23 @@ impl Node {
             return Ok(membership_ids(self));
         }
         if !nodes.contains_key(&node_id) {
-            let added = bounded(Duration::from_secs(60), "add learner", self.raft.add_learner(node_id, probe.info, true)).await?;
+            let added = bounded(
+                Duration::from_secs(60),
+                "add learner",
+                self.raft.add_learner(node_id, probe.info, true),
+            )
+            .await?;
             added.map_err(|err| write_error(self.id, err))?;
         }
         if !learner_only {
             let voter_ids: BTreeSet<NodeId> = [node_id].into_iter().collect();
             let change = openraft::ChangeMembers::AddVoterIds(voter_ids);
-            let changed = bounded(CLIENT_REQUEST_TIMEOUT * 4, "promote to voter", self.raft.change_membership(change, false)).await?;
+            let changed = bounded(
+                CLIENT_REQUEST_TIMEOUT * 4,
+                "promote to voter",
+                self.raft.change_membership(change, false),
+            )
+            .await?;
             changed.map_err(|err| write_error(self.id, err))?;
         }
         tracing::info!(node_id, learner_only, "node joined");
@@ -271,28 +320,43 @@ impl Node {
     pub async fn remove(&self, node_id: NodeId) -> Result<(Vec<NodeId>, Vec<NodeId>), ApiError> {
         match self.route()? {
             Route::Local => self.remove_as_leader(node_id).await,
-            Route::Forward { .. } => membership_reply(self.forward(PeerRequest::Remove { node_id }).await?),
+            Route::Forward { .. } => {
+                membership_reply(self.forward(PeerRequest::Remove { node_id }).await?)
+            }
         }
     }
 
     /// Tombstones the id first, so a crash between the two steps can only
     /// leave a member that can never be re-added, never a reusable id.
-    pub async fn remove_as_leader(&self, node_id: NodeId) -> Result<(Vec<NodeId>, Vec<NodeId>), ApiError> {
+    pub async fn remove_as_leader(
+        &self,
+        node_id: NodeId,
+    ) -> Result<(Vec<NodeId>, Vec<NodeId>), ApiError> {
         let (nodes, voters) = self.members();
         if !nodes.contains_key(&node_id) {
-            return Err(ApiError::FailedPrecondition(format!("node {node_id} is not a member of this cluster")));
+            return Err(ApiError::FailedPrecondition(format!(
+                "node {node_id} is not a member of this cluster"
+            )));
         }
         if voters.len() == 1 && voters.contains(&node_id) {
-            return Err(ApiError::FailedPrecondition(format!("node {node_id} is the last voter; a cluster cannot remove it")));
+            return Err(ApiError::FailedPrecondition(format!(
+                "node {node_id} is the last voter; a cluster cannot remove it"
+            )));
         }
-        self.write_as_leader(Command::TombstoneNode { node_id }).await?;
+        self.write_as_leader(Command::TombstoneNode { node_id })
+            .await?;
         let ids: BTreeSet<NodeId> = [node_id].into_iter().collect();
         let change = if voters.contains(&node_id) {
             openraft::ChangeMembers::RemoveVoters(ids)
         } else {
             openraft::ChangeMembers::RemoveNodes(ids)
         };
-        let changed = bounded(CLIENT_REQUEST_TIMEOUT * 4, "remove member", self.raft.change_membership(change, false)).await?;
+        let changed = bounded(
+            CLIENT_REQUEST_TIMEOUT * 4,
+            "remove member",
+            self.raft.change_membership(change, false),
+        )
+        .await?;
         changed.map_err(|err| write_error(self.id, err))?;
         tracing::info!(node_id, "node removed");
         Ok(membership_ids(self))
@@ -300,13 +364,21 @@ impl Node {
 
     /// Addresses of every member except this node.
     pub fn other_members(&self) -> Vec<(NodeId, NodeInfo)> {
-        self.members().0.into_iter().filter(|(id, _)| *id != self.id).collect()
+        self.members()
+            .0
+            .into_iter()
+            .filter(|(id, _)| *id != self.id)
+            .collect()
     }
 }
 
 fn membership_ids(node: &Node) -> (Vec<NodeId>, Vec<NodeId>) {
     let (nodes, voters) = node.members();
-    let learners = nodes.keys().filter(|id| !voters.contains(id)).copied().collect();
+    let learners = nodes
+        .keys()
+        .filter(|id| !voters.contains(id))
+        .copied()
+        .collect();
     (voters, learners)
 }
 
@@ -317,7 +389,11 @@ fn membership_reply(response: PeerResponse) -> Result<(Vec<NodeId>, Vec<NodeId>)
     }
 }
 
-async fn bounded<T>(limit: Duration, what: &str, future: impl Future<Output = T>) -> Result<T, ApiError> {
+async fn bounded<T>(
+    limit: Duration,
+    what: &str,
+    future: impl Future<Output = T>,
+) -> Result<T, ApiError> {
     tokio::time::timeout(limit, future).await.map_err(|_| {
         ApiError::OutcomeUnknown(format!(
             "{what} not confirmed within {} ms: the leader may have lost its quorum",
@@ -325,7 +401,6 @@ async fn bounded<T>(limit: Duration, what: &str, future: impl Future<Output = T>
         ))
     })
 }
-
 
 fn validate_key(key: &str) -> Result<(), ApiError> {
     if key.is_empty() {
@@ -366,9 +441,13 @@ fn validate_command(command: &Command) -> Result<(), ApiError> {
             Ok(())
         }
         Command::TombstoneNode { .. } => Ok(()),
-        Command::PutFlow { name, definition, .. } if definition.len() > MAX_FLOW_BYTES => Err(ApiError::ResourceExhausted(
-            format!("flow {} definition is {} bytes; the limit is {MAX_FLOW_BYTES}", quote_bounded(name), definition.len()),
-        )),
+        Command::PutFlow {
+            name, definition, ..
+        } if definition.len() > MAX_FLOW_BYTES => Err(ApiError::ResourceExhausted(format!(
+            "flow {} definition is {} bytes; the limit is {MAX_FLOW_BYTES}",
+            quote_bounded(name),
+            definition.len()
+        ))),
         Command::PutFlow { .. } => Ok(()),
         Command::StartRun { .. }
         | Command::RunEvent { .. }
@@ -377,26 +456,35 @@ fn validate_command(command: &Command) -> Result<(), ApiError> {
         | Command::PurgeRuns { .. }
         | Command::FireTimers { .. } => Ok(()),
         Command::SetLimit { name, .. } if name.is_empty() || name.len() > 256 => {
-            Err(ApiError::InvalidArgument(format!("limit name {} must be 1 to 256 bytes", quote_bounded(name))))
+            Err(ApiError::InvalidArgument(format!(
+                "limit name {} must be 1 to 256 bytes",
+                quote_bounded(name)
+            )))
         }
         Command::SetLimit { .. } => Ok(()),
-        Command::PutModel { signature, .. } if signature.len() > MAX_FLOW_BYTES => Err(ApiError::InvalidArgument(format!(
-            "model signature is {} bytes; the limit is {MAX_FLOW_BYTES}",
-            signature.len()
-        ))),
+        Command::PutModel { signature, .. } if signature.len() > MAX_FLOW_BYTES => {
+            Err(ApiError::InvalidArgument(format!(
+                "model signature is {} bytes; the limit is {MAX_FLOW_BYTES}",
+                signature.len()
+            )))
+        }
         Command::PutModel { .. }
         | Command::DeployModel { .. }
         | Command::UndeployModel { .. }
         | Command::ChangeReplicas { .. }
         | Command::NodeSlots { .. } => Ok(()),
-        Command::Batch(_) => Err(ApiError::InvalidArgument("batches are formed by the leader, not sent to it".into())),
+        Command::Batch(_) => Err(ApiError::InvalidArgument(
+            "batches are formed by the leader, not sent to it".into(),
+        )),
     }
 }
 
 fn clamp_limit(limit: usize) -> Result<usize, ApiError> {
     match limit {
         0 => Ok(100),
-        n if n > MAX_LIST_LIMIT => Err(ApiError::InvalidArgument(format!("limit {n} is above {MAX_LIST_LIMIT}"))),
+        n if n > MAX_LIST_LIMIT => Err(ApiError::InvalidArgument(format!(
+            "limit {n} is above {MAX_LIST_LIMIT}"
+        ))),
         n => Ok(n),
     }
 }

@@ -24,18 +24,33 @@ pub enum PeerRequest {
     Write(Command),
     /// The leader's confirmed read index, for a linearizable read elsewhere.
     ReadIndex,
-    Join { node_id: NodeId, raft_addr: String, learner_only: bool },
-    Remove { node_id: NodeId },
+    Join {
+        node_id: NodeId,
+        raft_addr: String,
+        learner_only: bool,
+    },
+    Remove {
+        node_id: NodeId,
+    },
     /// This node's own view: role, term, indexes.
     LocalStatus,
     /// A node's worker capacity and load, for the leader's scheduler.
     Report(crate::scheduler::NodeReport),
     /// Keep this blob (durably) before its reference is proposed.
-    BlobPut { hash: String, bytes: serde_bytes::ByteBuf },
+    BlobPut {
+        hash: String,
+        bytes: serde_bytes::ByteBuf,
+    },
     /// Send this node's copy of a blob, if it has one.
-    BlobGet { hash: String },
+    BlobGet {
+        hash: String,
+    },
     /// Run this on a warm local replica of the model (no further hop).
-    Infer { model: String, version: u64, inputs: floe_inference::TensorMap },
+    Infer {
+        model: String,
+        version: u64,
+        inputs: floe_inference::TensorMap,
+    },
     /// The leader's latest replica reports from every node (model status).
     ModelReports,
     /// Propose each command (a follower's forwarded writes, sent together);
@@ -48,7 +63,10 @@ pub enum PeerResponse {
     Probe(ProbeInfo),
     Written(CommandResponse),
     ReadIndex(Option<u64>),
-    Membership { voters: Vec<NodeId>, learners: Vec<NodeId> },
+    Membership {
+        voters: Vec<NodeId>,
+        learners: Vec<NodeId>,
+    },
     LocalStatus(LocalStatus),
     Ack,
     Blob(Option<serde_bytes::ByteBuf>),
@@ -170,7 +188,11 @@ pub struct PeerApi {
 }
 
 impl AppHandler for PeerApi {
-    fn handle(&self, from: PeerIdentity, request: Vec<u8>) -> BoxFuture<'static, Result<Vec<u8>, String>> {
+    fn handle(
+        &self,
+        from: PeerIdentity,
+        request: Vec<u8>,
+    ) -> BoxFuture<'static, Result<Vec<u8>, String>> {
         let node = self.node.clone();
         Box::pin(async move {
             let outcome = match decode::<PeerRequest>(&request) {
@@ -182,22 +204,43 @@ impl AppHandler for PeerApi {
     }
 }
 
-async fn serve(node: &Node, from: PeerIdentity, request: PeerRequest) -> Result<PeerResponse, ApiError> {
+async fn serve(
+    node: &Node,
+    from: PeerIdentity,
+    request: PeerRequest,
+) -> Result<PeerResponse, ApiError> {
     match &request {
-        PeerRequest::BlobPut { hash, bytes } => tracing::debug!(?from, blob = %hash, size = bytes.len(), "peer blob put"),
+        PeerRequest::BlobPut { hash, bytes } => {
+            tracing::debug!(?from, blob = %hash, size = bytes.len(), "peer blob put")
+        }
         other => tracing::debug!(?from, request = ?other, "peer request"),
     }
     // Forwarded requests are served locally only: a second hop could loop while
     // leadership moves, so a stale forward fails and the client retries.
     match request {
         PeerRequest::Probe => Ok(PeerResponse::Probe(node.probe_info())),
-        PeerRequest::Write(command) => node.write_as_leader(command).await.map(PeerResponse::Written),
+        PeerRequest::Write(command) => node
+            .write_as_leader(command)
+            .await
+            .map(PeerResponse::Written),
         PeerRequest::WriteMany(commands) => {
-            let writes = commands.into_iter().map(|command| node.write_as_leader(command));
-            Ok(PeerResponse::WrittenMany(futures::future::join_all(writes).await))
+            let writes = commands
+                .into_iter()
+                .map(|command| node.write_as_leader(command));
+            Ok(PeerResponse::WrittenMany(
+                futures::future::join_all(writes).await,
+            ))
         }
-        PeerRequest::ReadIndex => node.reads.read_index(true).await.map(PeerResponse::ReadIndex),
-        PeerRequest::Join { node_id, raft_addr, learner_only } => node
+        PeerRequest::ReadIndex => node
+            .reads
+            .read_index(true)
+            .await
+            .map(PeerResponse::ReadIndex),
+        PeerRequest::Join {
+            node_id,
+            raft_addr,
+            learner_only,
+        } => node
             .join_as_leader(node_id, &raft_addr, learner_only)
             .await
             .map(|(voters, learners)| PeerResponse::Membership { voters, learners }),
@@ -210,14 +253,24 @@ async fn serve(node: &Node, from: PeerIdentity, request: PeerRequest) -> Result<
             node.reports.record(report);
             Ok(PeerResponse::Ack)
         }
-        PeerRequest::BlobPut { hash, bytes } => node.accept_blob(hash, bytes.into_vec()).await.map(|()| PeerResponse::Ack),
-        PeerRequest::BlobGet { hash } => {
-            node.local_blob(hash).await.map(|bytes| PeerResponse::Blob(bytes.map(serde_bytes::ByteBuf::from)))
-        }
-        PeerRequest::Infer { model, version, inputs } => node
+        PeerRequest::BlobPut { hash, bytes } => node
+            .accept_blob(hash, bytes.into_vec())
+            .await
+            .map(|()| PeerResponse::Ack),
+        PeerRequest::BlobGet { hash } => node
+            .local_blob(hash)
+            .await
+            .map(|bytes| PeerResponse::Blob(bytes.map(serde_bytes::ByteBuf::from))),
+        PeerRequest::Infer {
+            model,
+            version,
+            inputs,
+        } => node
             .infer_local(&model, version, inputs)
             .await
-            .map(|served| PeerResponse::Inferred(served.map(|served| (served.outputs, served.replica)))),
+            .map(|served| {
+                PeerResponse::Inferred(served.map(|served| (served.outputs, served.replica)))
+            }),
         PeerRequest::ModelReports => Ok(PeerResponse::ModelReports(node.reports.replica_reports())),
     }
 }

@@ -20,7 +20,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use floe_storage::models::{Deployment, GpuShare, ReplicaChange, ReplicaRecord, GPU_MILLI_PER_DEVICE};
+use floe_storage::models::{
+    Deployment, GpuShare, ReplicaChange, ReplicaRecord, GPU_MILLI_PER_DEVICE,
+};
 use floe_storage::{Command, NodeId};
 
 use crate::models::ReplicaId;
@@ -71,13 +73,23 @@ struct Plan<'a> {
 
 /// The replica changes to propose (empty when nothing needs to change).
 pub fn plan(input: &PlanInput<'_>) -> Vec<ReplicaChange> {
-    let mut plan = Plan { input, placed: BTreeMap::new(), changes: Vec::new() };
+    let mut plan = Plan {
+        input,
+        placed: BTreeMap::new(),
+        changes: Vec::new(),
+    };
     let mut records: BTreeMap<ReplicaId, &ReplicaRecord> = BTreeMap::new();
     for record in input.replicas {
         let id = ReplicaId::of(record);
         match record.node {
             Some(node) if input.lost.contains(&node) => {
-                plan.changes.push(change(&id, None, None, false, format!("node {node} stopped reporting")));
+                plan.changes.push(change(
+                    &id,
+                    None,
+                    None,
+                    false,
+                    format!("node {node} stopped reporting"),
+                ));
             }
             Some(node) => {
                 let placed = Placed {
@@ -97,7 +109,11 @@ pub fn plan(input: &PlanInput<'_>) -> Vec<ReplicaChange> {
     }
     for deployment in input.deployments {
         for replica in 0..deployment.spec.replicas {
-            let id = ReplicaId { model: deployment.model.clone(), version: deployment.version, replica };
+            let id = ReplicaId {
+                model: deployment.model.clone(),
+                version: deployment.version,
+                replica,
+            };
             let needed = match records.get(&id) {
                 None => true,
                 Some(record) if record.node.is_none() => {
@@ -113,8 +129,22 @@ pub fn plan(input: &PlanInput<'_>) -> Vec<ReplicaChange> {
     plan.changes
 }
 
-fn change(id: &ReplicaId, node: Option<NodeId>, gpu: Option<GpuShare>, evicted: bool, reason: String) -> ReplicaChange {
-    ReplicaChange { model: id.model.clone(), version: id.version, replica: id.replica, node, gpu, evicted, reason }
+fn change(
+    id: &ReplicaId,
+    node: Option<NodeId>,
+    gpu: Option<GpuShare>,
+    evicted: bool,
+    reason: String,
+) -> ReplicaChange {
+    ReplicaChange {
+        model: id.model.clone(),
+        version: id.version,
+        replica: id.replica,
+        node,
+        gpu,
+        evicted,
+        reason,
+    }
 }
 
 /// A node a replica could go to, and what it would take.
@@ -137,7 +167,12 @@ impl Plan<'_> {
             .map(|r| r.memory_bytes)
             .max()
             .unwrap_or(0);
-        let size = self.input.model_sizes.get(&(model.to_string(), version)).copied().unwrap_or(0);
+        let size = self
+            .input
+            .model_sizes
+            .get(&(model.to_string(), version))
+            .copied()
+            .unwrap_or(0);
         // RSS deltas are noisy (other threads allocate and free meanwhile):
         // a replica is never counted below its weights plus the runtime's
         // fixed overhead.
@@ -168,7 +203,12 @@ impl Plan<'_> {
         GPU_MILLI_PER_DEVICE.saturating_sub(used)
     }
 
-    fn candidate(&self, report: &NodeReport, deployment: &Deployment, footprint: u64) -> Option<Candidate> {
+    fn candidate(
+        &self,
+        report: &NodeReport,
+        deployment: &Deployment,
+        footprint: u64,
+    ) -> Option<Candidate> {
         let node = report.node_id;
         let gpu = match deployment.spec.gpu_milli {
             0 => None,
@@ -179,7 +219,10 @@ impl Plan<'_> {
                     .map(|device| (self.gpu_free(node, device.id), device.id))
                     .filter(|(free, _)| *free >= milli)
                     .max_by_key(|(free, id)| (*free, std::cmp::Reverse(*id)))?;
-                Some(GpuShare { device: device.1, milli })
+                Some(GpuShare {
+                    device: device.1,
+                    milli,
+                })
             }
         };
         let here: &[Placed] = self.placed.get(&node).map_or(&[], Vec::as_slice);
@@ -191,7 +234,10 @@ impl Plan<'_> {
             let mut idle: Vec<&Placed> = here
                 .iter()
                 .filter(|placed| !placed.fresh && placed.last_used_ms <= idle_before)
-                .filter(|placed| !(placed.id.model == deployment.model && placed.id.version == deployment.version))
+                .filter(|placed| {
+                    !(placed.id.model == deployment.model
+                        && placed.id.version == deployment.version)
+                })
                 .collect();
             idle.sort_by_key(|placed| (placed.last_used_ms, placed.id.clone()));
             for victim in idle {
@@ -205,9 +251,17 @@ impl Plan<'_> {
                 return None;
             }
         }
-        let same_deployment =
-            here.iter().filter(|p| p.id.model == deployment.model && p.id.version == deployment.version).count();
-        Some(Candidate { node, gpu, evictions, same_deployment, load: load_score(report) })
+        let same_deployment = here
+            .iter()
+            .filter(|p| p.id.model == deployment.model && p.id.version == deployment.version)
+            .count();
+        Some(Candidate {
+            node,
+            gpu,
+            evictions,
+            same_deployment,
+            load: load_score(report),
+        })
     }
 
     fn place(&mut self, deployment: &Deployment, id: &ReplicaId) {
@@ -228,17 +282,35 @@ impl Plan<'_> {
         let placed_here = self.placed.entry(best.node).or_default();
         for victim in &best.evictions {
             placed_here.retain(|placed| placed.id != *victim);
-            let reason = format!("evicted from node {} (idle) to make room for {id}", best.node);
+            let reason = format!(
+                "evicted from node {} (idle) to make room for {id}",
+                best.node
+            );
             self.changes.push(change(victim, None, None, true, reason));
         }
-        placed_here.push(Placed { id: id.clone(), footprint, gpu: best.gpu, last_used_ms: self.input.now_ms, fresh: true });
-        let reason = format!("placed on node {} ({} MiB)", best.node, footprint / (1024 * 1024));
-        self.changes.push(change(id, Some(best.node), best.gpu, false, reason));
+        placed_here.push(Placed {
+            id: id.clone(),
+            footprint,
+            gpu: best.gpu,
+            last_used_ms: self.input.now_ms,
+            fresh: true,
+        });
+        let reason = format!(
+            "placed on node {} ({} MiB)",
+            best.node,
+            footprint / (1024 * 1024)
+        );
+        self.changes
+            .push(change(id, Some(best.node), best.gpu, false, reason));
     }
 }
 
 /// On the leader: proposes the changes `plan` finds.
-pub async fn place_replicas(node: &Node, reports: &BTreeMap<NodeId, NodeReport>, waiting_blocks: &BTreeSet<String>) {
+pub async fn place_replicas(
+    node: &Node,
+    reports: &BTreeMap<NodeId, NodeReport>,
+    waiting_blocks: &BTreeSet<String>,
+) {
     let read = (|| {
         let deployments = node.reader.deployments()?;
         let replicas = node.reader.replicas()?;
@@ -247,7 +319,10 @@ pub async fn place_replicas(node: &Node, reports: &BTreeMap<NodeId, NodeReport>,
         }
         let mut sizes = BTreeMap::new();
         for deployment in &deployments {
-            if let Some(model) = node.reader.model(&deployment.model, Some(deployment.version))? {
+            if let Some(model) = node
+                .reader
+                .model(&deployment.model, Some(deployment.version))?
+            {
                 sizes.insert((model.name, model.version), model.size);
             }
         }
@@ -263,9 +338,17 @@ pub async fn place_replicas(node: &Node, reports: &BTreeMap<NodeId, NodeReport>,
     };
     let members: Vec<NodeId> = node.members().0.keys().copied().collect();
     let mut lost: BTreeSet<NodeId> = node.reports.silent_nodes(&members).into_iter().collect();
-    lost.extend(replicas.iter().filter_map(|r| r.node).filter(|id| !members.contains(id)));
+    lost.extend(
+        replicas
+            .iter()
+            .filter_map(|r| r.node)
+            .filter(|id| !members.contains(id)),
+    );
     let latest = crate::models::latest_deployed(&deployments);
-    let mut wanted: BTreeSet<(String, u64)> = reports.values().flat_map(|r| r.model_demand.iter().cloned()).collect();
+    let mut wanted: BTreeSet<(String, u64)> = reports
+        .values()
+        .flat_map(|r| r.model_demand.iter().cloned())
+        .collect();
     for block in waiting_blocks {
         if let Some(found) = model_of_block(block, &latest) {
             wanted.insert(found);
@@ -288,9 +371,14 @@ pub async fn place_replicas(node: &Node, reports: &BTreeMap<NodeId, NodeReport>,
     for change in &changes {
         tracing::info!(model = %change.model, version = change.version, replica = change.replica, node = ?change.node, reason = %change.reason, "model replica change");
     }
-    let command = Command::ChangeReplicas { changes, at_ms: crate::runs::now_ms() };
+    let command = Command::ChangeReplicas {
+        changes,
+        at_ms: crate::runs::now_ms(),
+    };
     match node.write(command).await {
-        Ok(floe_storage::CommandResponse::Refused { reason }) => tracing::info!(%reason, "replica changes partly refused"),
+        Ok(floe_storage::CommandResponse::Refused { reason }) => {
+            tracing::info!(%reason, "replica changes partly refused")
+        }
         Ok(_) => {}
         Err(err) => tracing::debug!(error = %err, "replica changes not committed"),
     }
@@ -317,26 +405,64 @@ mod tests {
     const MIB: u64 = 1024 * 1024;
 
     fn deployment(model: &str, replicas: u32, gpu_milli: u32) -> Deployment {
-        let spec = DeploySpec { replicas, threads: 1, max_batch: 8, max_delay_ms: 2, queue: 64, gpu_milli };
-        Deployment { model: model.into(), version: 1, spec, created_at_ms: 0 }
+        let spec = DeploySpec {
+            replicas,
+            threads: 1,
+            max_batch: 8,
+            max_delay_ms: 2,
+            queue: 64,
+            gpu_milli,
+        };
+        Deployment {
+            model: model.into(),
+            version: 1,
+            spec,
+            created_at_ms: 0,
+        }
     }
 
     fn node(id: NodeId, budget_mib: u64, gpus: &[u32]) -> NodeReport {
         NodeReport {
             node_id: id,
             model_memory_budget: budget_mib * MIB,
-            gpus: gpus.iter().map(|&id| GpuDevice { id, name: String::new(), memory_bytes: 16 << 30 }).collect(),
+            gpus: gpus
+                .iter()
+                .map(|&id| GpuDevice {
+                    id,
+                    name: String::new(),
+                    memory_bytes: 16 << 30,
+                })
+                .collect(),
             ..NodeReport::default()
         }
     }
 
-    fn record(model: &str, replica: u32, node: Option<NodeId>, gpu: Option<GpuShare>, evicted: bool) -> ReplicaRecord {
-        ReplicaRecord { model: model.into(), version: 1, replica, node, gpu, evicted, since_ms: 0, reason: String::new() }
+    fn record(
+        model: &str,
+        replica: u32,
+        node: Option<NodeId>,
+        gpu: Option<GpuShare>,
+        evicted: bool,
+    ) -> ReplicaRecord {
+        ReplicaRecord {
+            model: model.into(),
+            version: 1,
+            replica,
+            node,
+            gpu,
+            evicted,
+            since_ms: 0,
+            reason: String::new(),
+        }
     }
 
     fn warm(model: &str, replica: u32, memory_mib: u64, last_used_ms: u64) -> ReplicaReport {
         ReplicaReport {
-            id: ReplicaId { model: model.into(), version: 1, replica },
+            id: ReplicaId {
+                model: model.into(),
+                version: 1,
+                replica,
+            },
             state: "warm".into(),
             detail: String::new(),
             memory_bytes: memory_mib * MIB,
@@ -371,7 +497,8 @@ mod tests {
         }
 
         fn model(&mut self, deployment: Deployment, size_mib: u64) {
-            self.sizes.insert((deployment.model.clone(), 1), size_mib * MIB);
+            self.sizes
+                .insert((deployment.model.clone(), 1), size_mib * MIB);
             self.deployments.push(deployment);
         }
 
@@ -390,18 +517,37 @@ mod tests {
     }
 
     fn placements(changes: &[ReplicaChange]) -> Vec<(String, u32, Option<NodeId>)> {
-        changes.iter().map(|c| (c.model.clone(), c.replica, c.node)).collect()
+        changes
+            .iter()
+            .map(|c| (c.model.clone(), c.replica, c.node))
+            .collect()
     }
 
     #[test]
     fn replicas_spread_over_nodes_with_memory() {
-        let mut world = World::new(vec![node(1, 1000, &[]), node(2, 1000, &[]), node(3, 40, &[])]);
+        let mut world = World::new(vec![
+            node(1, 1000, &[]),
+            node(2, 1000, &[]),
+            node(3, 40, &[]),
+        ]);
         world.model(deployment("det", 3, 0), 10);
         // det needs 2 × 10 + 16 = 36 MiB before it is measured: node 3 fits one.
         let changes = world.plan();
-        assert_eq!(placements(&changes), vec![("det".into(), 0, Some(1)), ("det".into(), 1, Some(2)), ("det".into(), 2, Some(3))]);
+        assert_eq!(
+            placements(&changes),
+            vec![
+                ("det".into(), 0, Some(1)),
+                ("det".into(), 1, Some(2)),
+                ("det".into(), 2, Some(3))
+            ]
+        );
         // With a measured footprint of 50 MiB node 3 no longer fits; node 1 takes two.
-        world.reports.get_mut(&1).unwrap().replicas.push(warm("det", 9, 50, 0));
+        world
+            .reports
+            .get_mut(&1)
+            .unwrap()
+            .replicas
+            .push(warm("det", 9, 50, 0));
         let changes = world.plan();
         assert_eq!(changes[2].node, Some(1), "{changes:?}");
     }
@@ -411,8 +557,15 @@ mod tests {
         let mut world = World::new(vec![node(1, 1000, &[0]), node(2, 1000, &[])]);
         world.model(deployment("rec", 3, 500), 10);
         let changes = world.plan();
-        let placed: Vec<_> = changes.iter().map(|c| (c.replica, c.node, c.gpu.map(|g| (g.device, g.milli)))).collect();
-        assert_eq!(placed, vec![(0, Some(1), Some((0, 500))), (1, Some(1), Some((0, 500)))], "the third fits nowhere");
+        let placed: Vec<_> = changes
+            .iter()
+            .map(|c| (c.replica, c.node, c.gpu.map(|g| (g.device, g.milli))))
+            .collect();
+        assert_eq!(
+            placed,
+            vec![(0, Some(1), Some((0, 500))), (1, Some(1), Some((0, 500)))],
+            "the third fits nowhere"
+        );
     }
 
     #[test]
@@ -422,7 +575,10 @@ mod tests {
         world.replicas.push(record("det", 0, Some(3), None, false));
         world.lost.insert(3);
         let changes = world.plan();
-        assert_eq!(placements(&changes), vec![("det".into(), 0, None), ("det".into(), 0, Some(1))]);
+        assert_eq!(
+            placements(&changes),
+            vec![("det".into(), 0, None), ("det".into(), 0, Some(1))]
+        );
         assert!(changes[0].reason.contains("node 3 stopped reporting"));
     }
 
@@ -433,13 +589,18 @@ mod tests {
         world.model(deployment("older", 1, 0), 10);
         world.model(deployment("new", 1, 0), 10);
         world.replicas.push(record("old", 0, Some(1), None, false));
-        world.replicas.push(record("older", 0, Some(1), None, false));
+        world
+            .replicas
+            .push(record("older", 0, Some(1), None, false));
         let report = world.reports.get_mut(&1).unwrap();
         report.replicas.push(warm("old", 0, 40, 500_000));
         report.replicas.push(warm("older", 0, 40, 100_000));
         // 80 of 100 MiB used; "new" needs 36: the least recently used goes.
         let changes = world.plan();
-        assert_eq!(placements(&changes), vec![("older".into(), 0, None), ("new".into(), 0, Some(1))]);
+        assert_eq!(
+            placements(&changes),
+            vec![("older".into(), 0, None), ("new".into(), 0, Some(1))]
+        );
         assert!(changes[0].evicted && changes[0].reason.contains("to make room for new@1#0"));
 
         // A replica used within the idle window is never evicted.
@@ -462,8 +623,14 @@ mod tests {
     #[test]
     fn blocks_name_their_model_version() {
         let latest: BTreeMap<String, u64> = [("det".to_string(), 4)].into_iter().collect();
-        assert_eq!(model_of_block("model.det.v2", &latest), Some(("det".into(), 2)));
-        assert_eq!(model_of_block("model.det", &latest), Some(("det".into(), 4)));
+        assert_eq!(
+            model_of_block("model.det.v2", &latest),
+            Some(("det".into(), 2))
+        );
+        assert_eq!(
+            model_of_block("model.det", &latest),
+            Some(("det".into(), 4))
+        );
         assert_eq!(model_of_block("model.rec", &latest), None);
         assert_eq!(model_of_block("ocr", &latest), None);
     }

@@ -14,8 +14,8 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::ApiError;
-use crate::raft_errors::write_error;
 use crate::queue::{ask, next, Reply};
+use crate::raft_errors::write_error;
 
 /// Most commands in one entry.
 pub const MAX_BATCH_COMMANDS: usize = 256;
@@ -49,7 +49,10 @@ pub(crate) fn take_batch(first: Pending, pending: &mut mpsc::Receiver<Pending>) 
 }
 
 /// Hands each caller its outcome.
-pub(crate) fn answer(replies: Vec<Reply<CommandResponse>>, outcomes: Vec<Result<CommandResponse, ApiError>>) {
+pub(crate) fn answer(
+    replies: Vec<Reply<CommandResponse>>,
+    outcomes: Vec<Result<CommandResponse, ApiError>>,
+) {
     for (reply, outcome) in replies.into_iter().zip(outcomes) {
         // A caller that gave up no longer listens; the write stands regardless.
         let _ = reply.send(outcome);
@@ -64,7 +67,12 @@ pub struct Proposer {
 
 impl Proposer {
     /// Starts the batching task; it stops when `cancel` fires.
-    pub fn start(raft: Raft, node_id: NodeId, timeout: Duration, cancel: CancellationToken) -> Proposer {
+    pub fn start(
+        raft: Raft,
+        node_id: NodeId,
+        timeout: Duration,
+        cancel: CancellationToken,
+    ) -> Proposer {
         let (queue, pending) = mpsc::channel(QUEUE_DEPTH);
         tokio::spawn(run(raft, node_id, timeout, pending, cancel));
         Proposer { queue }
@@ -72,17 +80,28 @@ impl Proposer {
 
     /// Proposes `command` and waits until it is applied on this leader.
     pub async fn propose(&self, command: Command) -> Result<CommandResponse, ApiError> {
-        let dropped = || ApiError::OutcomeUnknown("node stopped before the write was confirmed".into());
+        let dropped =
+            || ApiError::OutcomeUnknown("node stopped before the write was confirmed".into());
         ask(&self.queue, |reply| Pending { command, reply }, dropped).await
     }
 }
 
-async fn run(raft: Raft, node_id: NodeId, timeout: Duration, mut pending: mpsc::Receiver<Pending>, cancel: CancellationToken) {
+async fn run(
+    raft: Raft,
+    node_id: NodeId,
+    timeout: Duration,
+    mut pending: mpsc::Receiver<Pending>,
+    cancel: CancellationToken,
+) {
     let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     loop {
-        let Some(first) = next(&mut pending, &cancel).await else { return };
+        let Some(first) = next(&mut pending, &cancel).await else {
+            return;
+        };
         // Waiting for a slot is what lets the next batch fill up.
-        let Ok(permit) = in_flight.clone().acquire_owned().await else { return };
+        let Ok(permit) = in_flight.clone().acquire_owned().await else {
+            return;
+        };
         let batch = take_batch(first, &mut pending);
         let raft = raft.clone();
         tokio::spawn(async move {
@@ -93,9 +112,14 @@ async fn run(raft: Raft, node_id: NodeId, timeout: Duration, mut pending: mpsc::
 }
 
 async fn commit(raft: &Raft, node_id: NodeId, timeout: Duration, batch: Vec<Pending>) {
-    let (mut commands, replies): (Vec<Command>, Vec<_>) = batch.into_iter().map(|p| (p.command, p.reply)).unzip();
+    let (mut commands, replies): (Vec<Command>, Vec<_>) =
+        batch.into_iter().map(|p| (p.command, p.reply)).unzip();
     let count = commands.len();
-    let proposal = if count == 1 { commands.remove(0) } else { Command::Batch(commands) };
+    let proposal = if count == 1 {
+        commands.remove(0)
+    } else {
+        Command::Batch(commands)
+    };
     let outcome = match tokio::time::timeout(timeout, raft.client_write(proposal)).await {
         Err(_) => Err(ApiError::OutcomeUnknown(format!(
             "write not confirmed within {} ms: the leader may have lost its quorum",
@@ -110,7 +134,9 @@ async fn commit(raft: &Raft, node_id: NodeId, timeout: Duration, batch: Vec<Pend
         }
         Ok(response) if count == 1 => vec![Ok(response)],
         Ok(other) => {
-            let err = ApiError::Internal(format!("batch of {count} writes applied with unexpected result {other:?}"));
+            let err = ApiError::Internal(format!(
+                "batch of {count} writes applied with unexpected result {other:?}"
+            ));
             vec![Err(err); count]
         }
         Err(err) => vec![Err(err); count],
@@ -126,10 +152,20 @@ fn payload_bytes(command: &Command) -> usize {
             key.len() + expected.as_ref().map_or(0, Vec::len) + new.as_ref().map_or(0, Vec::len)
         }
         Command::TombstoneNode { .. } => 8,
-        Command::PutFlow { name, definition, hash, .. } => name.len() + definition.len() + hash.len(),
-        Command::StartRun { run_id, flow, input, correlation_id, idempotency_key, .. } => {
-            run_id.len() + flow.len() + input.len() + correlation_id.len() + idempotency_key.len()
-        }
+        Command::PutFlow {
+            name,
+            definition,
+            hash,
+            ..
+        } => name.len() + definition.len() + hash.len(),
+        Command::StartRun {
+            run_id,
+            flow,
+            input,
+            correlation_id,
+            idempotency_key,
+            ..
+        } => run_id.len() + flow.len() + input.len() + correlation_id.len() + idempotency_key.len(),
         Command::RunEvent { run_id, event, .. } => run_id.len() + event.len(),
         Command::AssignTask { task, worker, .. } => task.len() + worker.len(),
         Command::UnassignTask { task, .. } => task.len(),
@@ -137,11 +173,26 @@ fn payload_bytes(command: &Command) -> usize {
         Command::FireTimers { timers, .. } => timers.iter().map(String::len).sum(),
         Command::Batch(commands) => commands.iter().map(payload_bytes).sum(),
         Command::SetLimit { name, .. } => name.len() + 8,
-        Command::PutModel { name, hash, signature, .. } => name.len() + hash.len() + signature.len(),
+        Command::PutModel {
+            name,
+            hash,
+            signature,
+            ..
+        } => name.len() + hash.len() + signature.len(),
         Command::DeployModel { deployment } => deployment.model.len() + 48,
         Command::UndeployModel { name, .. } => name.len() + 8,
-        Command::ChangeReplicas { changes, .. } => changes.iter().map(|c| c.model.len() + c.reason.len() + 40).sum(),
-        Command::NodeSlots { offer, .. } => offer.slots.keys().map(|block| block.len() + 4).sum::<usize>() + 12,
+        Command::ChangeReplicas { changes, .. } => changes
+            .iter()
+            .map(|c| c.model.len() + c.reason.len() + 40)
+            .sum(),
+        Command::NodeSlots { offer, .. } => {
+            offer
+                .slots
+                .keys()
+                .map(|block| block.len() + 4)
+                .sum::<usize>()
+                + 12
+        }
     }
 }
 
@@ -152,8 +203,15 @@ mod tests {
     #[test]
     fn batch_size_counts_keys_and_values() {
         let batch = Command::Batch(vec![
-            Command::KvPut { key: "ab".into(), value: vec![0; 10] },
-            Command::KvCas { key: "c".into(), expected: Some(vec![0; 3]), new: None },
+            Command::KvPut {
+                key: "ab".into(),
+                value: vec![0; 10],
+            },
+            Command::KvCas {
+                key: "c".into(),
+                expected: Some(vec![0; 3]),
+                new: None,
+            },
         ]);
         assert_eq!(payload_bytes(&batch), 12 + 4);
     }

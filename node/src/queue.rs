@@ -18,12 +18,18 @@ pub(crate) async fn ask<I, T>(
     dropped: impl FnOnce() -> ApiError,
 ) -> Result<T, ApiError> {
     let (reply, answer) = oneshot::channel();
-    queue.send(make(reply)).await.map_err(|_| ApiError::Unavailable("node is shutting down".into()))?;
+    queue
+        .send(make(reply))
+        .await
+        .map_err(|_| ApiError::Unavailable("node is shutting down".into()))?;
     answer.await.map_err(|_| dropped())?
 }
 
 /// The next queued item, or `None` once `cancel` fires or every sender is gone.
-pub(crate) async fn next<I>(queue: &mut mpsc::Receiver<I>, cancel: &CancellationToken) -> Option<I> {
+pub(crate) async fn next<I>(
+    queue: &mut mpsc::Receiver<I>,
+    cancel: &CancellationToken,
+) -> Option<I> {
     tokio::select! {
         _ = cancel.cancelled() => None,
         item = queue.recv() => item,

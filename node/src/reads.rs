@@ -46,22 +46,33 @@ impl ReadRounds {
     /// The leader's commit index as confirmed by a round that began after
     /// this call; `leader_only` refuses it unless this node leads then.
     pub async fn read_index(&self, leader_only: bool) -> Result<Option<u64>, ApiError> {
-        let dropped = || ApiError::Unavailable("node stopped before the read index was confirmed".into());
+        let dropped =
+            || ApiError::Unavailable("node stopped before the read index was confirmed".into());
         ask(&self.queue, |reply| Waiter { leader_only, reply }, dropped).await
     }
 }
 
 /// Runs rounds one after another until `cancel` fires.
-pub async fn run(node: Arc<Node>, queue: ReadQueue, cancel: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(
+    node: Arc<Node>,
+    queue: ReadQueue,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
     let mut waiting = queue.0;
     loop {
-        let Some(first) = next(&mut waiting, &cancel).await else { return Ok(()) };
+        let Some(first) = next(&mut waiting, &cancel).await else {
+            return Ok(());
+        };
         let mut batch = vec![first];
         while let Ok(next) = waiting.try_recv() {
             batch.push(next);
         }
         let local = node.route_is_local();
-        let outcome = if local { node.confirm_leadership().await } else { forwarded_round(&node).await };
+        let outcome = if local {
+            node.confirm_leadership().await
+        } else {
+            forwarded_round(&node).await
+        };
         node.metrics.observe_read_round(batch.len());
         if let Err(err) = &outcome {
             // Every round fails the same way while the quorum is gone; a
@@ -72,7 +83,10 @@ pub async fn run(node: Arc<Node>, queue: ReadQueue, cancel: CancellationToken) -
         }
         for waiter in batch {
             let outcome = if waiter.leader_only && !local {
-                Err(ApiError::Unavailable(format!("node {} is not the leader", node.id)))
+                Err(ApiError::Unavailable(format!(
+                    "node {} is not the leader",
+                    node.id
+                )))
             } else {
                 outcome.clone()
             };

@@ -7,12 +7,12 @@ use std::time::Duration;
 use floe_storage::models::{DeploySpec, Deployment, ModelRecord, GPU_MILLI_PER_DEVICE};
 use floe_storage::{Command, CommandResponse, NodeId};
 
-use floe_engine::names::quote_bounded;
 use crate::error::ApiError;
 use crate::models::{ReplicaId, ReplicaReport};
 use crate::peer_api::{self, PeerRequest, PeerResponse};
 use crate::runs::now_ms;
 use crate::service::Node;
+use floe_engine::names::quote_bounded;
 
 /// What a registration produced.
 pub struct PutModel {
@@ -37,11 +37,15 @@ pub struct ReplicaView {
 /// A GPU fraction from the API as thousandths of a device.
 pub fn gpu_milli(fraction: f64) -> Result<u32, ApiError> {
     if !(0.0..=1.0).contains(&fraction) || fraction.is_nan() {
-        return Err(ApiError::InvalidArgument(format!("gpu {fraction} must be a fraction from 0 to 1")));
+        return Err(ApiError::InvalidArgument(format!(
+            "gpu {fraction} must be a fraction from 0 to 1"
+        )));
     }
     let milli = (fraction * f64::from(GPU_MILLI_PER_DEVICE)).round() as u32;
     if fraction > 0.0 && milli == 0 {
-        return Err(ApiError::InvalidArgument(format!("gpu {fraction} is below the smallest share, 0.001")));
+        return Err(ApiError::InvalidArgument(format!(
+            "gpu {fraction} is below the smallest share, 0.001"
+        )));
     }
     Ok(milli)
 }
@@ -62,11 +66,16 @@ impl Node {
     /// commits the record. Nothing is recorded when any step fails.
     pub async fn put_model(&self, name: &str, bytes: Vec<u8>) -> Result<PutModel, ApiError> {
         if !floe_engine::is_model_name(name) {
-            return Err(ApiError::InvalidArgument(format!("model name {} must match ^[a-z][a-z0-9_-]{{0,39}}$", quote_bounded(name))));
+            return Err(ApiError::InvalidArgument(format!(
+                "model name {} must match ^[a-z][a-z0-9_-]{{0,39}}$",
+                quote_bounded(name)
+            )));
         }
         let limit = self.config.inference.max_model_bytes;
         if bytes.is_empty() {
-            return Err(ApiError::InvalidArgument(format!("model {name}: the file is empty")));
+            return Err(ApiError::InvalidArgument(format!(
+                "model {name}: the file is empty"
+            )));
         }
         if bytes.len() as u64 > limit {
             return Err(ApiError::ResourceExhausted(format!(
@@ -78,11 +87,14 @@ impl Node {
         let bytes = std::sync::Arc::new(bytes);
         let checked = bytes.clone();
         let model = name.to_string();
-        let signature = tokio::task::spawn_blocking(move || floe_inference::inspect_model(&runtime, &model, &checked))
-            .await
-            .map_err(|err| ApiError::Internal(err.to_string()))?
-            .map_err(|err| ApiError::InvalidArgument(err.to_string()))?;
-        let signature_json = serde_json::to_string(&signature).map_err(|err| ApiError::Internal(err.to_string()))?;
+        let signature = tokio::task::spawn_blocking(move || {
+            floe_inference::inspect_model(&runtime, &model, &checked)
+        })
+        .await
+        .map_err(|err| ApiError::Internal(err.to_string()))?
+        .map_err(|err| ApiError::InvalidArgument(err.to_string()))?;
+        let signature_json =
+            serde_json::to_string(&signature).map_err(|err| ApiError::Internal(err.to_string()))?;
         let blob = self.store_blob(bytes.to_vec()).await?;
         let command = Command::PutModel {
             name: name.to_string(),
@@ -92,8 +104,15 @@ impl Node {
             at_ms: now_ms(),
         };
         match refused(self.write(command).await?)? {
-            CommandResponse::ModelPut { version, created } => Ok(PutModel { version, created, hash: blob.hash, signature_json }),
-            other => Err(ApiError::Internal(format!("model put applied with unexpected result {other:?}"))),
+            CommandResponse::ModelPut { version, created } => Ok(PutModel {
+                version,
+                created,
+                hash: blob.hash,
+                signature_json,
+            }),
+            other => Err(ApiError::Internal(format!(
+                "model put applied with unexpected result {other:?}"
+            ))),
         }
     }
 
@@ -108,7 +127,12 @@ impl Node {
     }
 
     /// Deploys `version` (0: the latest registered) with `spec`.
-    pub async fn deploy_model(&self, name: &str, version: u64, spec: DeploySpec) -> Result<u64, ApiError> {
+    pub async fn deploy_model(
+        &self,
+        name: &str,
+        version: u64,
+        spec: DeploySpec,
+    ) -> Result<u64, ApiError> {
         self.read_barrier().await?;
         let wanted = (version > 0).then_some(version);
         let Some(model) = self.reader.model(name, wanted).map_err(store_error)? else {
@@ -119,9 +143,18 @@ impl Node {
         };
         let problems = spec.problems();
         if !problems.is_empty() {
-            return Err(ApiError::InvalidArgument(format!("deployment of {}: {}", quote_bounded(name), problems.join("; "))));
+            return Err(ApiError::InvalidArgument(format!(
+                "deployment of {}: {}",
+                quote_bounded(name),
+                problems.join("; ")
+            )));
         }
-        let deployment = Deployment { model: name.to_string(), version: model.version, spec, created_at_ms: now_ms() };
+        let deployment = Deployment {
+            model: name.to_string(),
+            version: model.version,
+            spec,
+            created_at_ms: now_ms(),
+        };
         refused(self.write(Command::DeployModel { deployment }).await?)?;
         Ok(model.version)
     }
@@ -130,17 +163,34 @@ impl Node {
     pub async fn undeploy_model(&self, name: &str, version: u64) -> Result<u64, ApiError> {
         self.read_barrier().await?;
         let version = self.resolve_deployed_version(name, version)?;
-        refused(self.write(Command::UndeployModel { name: name.to_string(), version }).await?)?;
+        refused(
+            self.write(Command::UndeployModel {
+                name: name.to_string(),
+                version,
+            })
+            .await?,
+        )?;
         Ok(version)
     }
 
     /// Deployments (one model's, or all) with each replica's live state.
-    pub async fn model_status(&self, name: &str) -> Result<Vec<(Deployment, Vec<ReplicaView>)>, ApiError> {
+    pub async fn model_status(
+        &self,
+        name: &str,
+    ) -> Result<Vec<(Deployment, Vec<ReplicaView>)>, ApiError> {
         self.read_barrier().await?;
-        let deployments: Vec<Deployment> =
-            self.reader.deployments().map_err(store_error)?.into_iter().filter(|d| name.is_empty() || d.model == name).collect();
+        let deployments: Vec<Deployment> = self
+            .reader
+            .deployments()
+            .map_err(store_error)?
+            .into_iter()
+            .filter(|d| name.is_empty() || d.model == name)
+            .collect();
         if !name.is_empty() && deployments.is_empty() {
-            return Err(ApiError::NotFound(format!("model {} is not deployed", quote_bounded(name))));
+            return Err(ApiError::NotFound(format!(
+                "model {} is not deployed",
+                quote_bounded(name)
+            )));
         }
         let records = self.reader.replicas().map_err(store_error)?;
         let reports = self.leader_replica_reports().await;
@@ -148,9 +198,16 @@ impl Node {
         for deployment in deployments {
             let mut views = Vec::new();
             for replica in 0..deployment.spec.replicas {
-                let id = ReplicaId { model: deployment.model.clone(), version: deployment.version, replica };
+                let id = ReplicaId {
+                    model: deployment.model.clone(),
+                    version: deployment.version,
+                    replica,
+                };
                 let record = records.iter().find(|r| ReplicaId::of(r) == id);
-                let mut view = ReplicaView { replica, ..ReplicaView::default() };
+                let mut view = ReplicaView {
+                    replica,
+                    ..ReplicaView::default()
+                };
                 match record {
                     None => view.state = "pending".into(),
                     Some(record) if record.node.is_none() => {
@@ -189,7 +246,15 @@ impl Node {
             return Some(self.reports.replica_reports());
         }
         let addr = self.members().0.get(&leader)?.raft_addr.clone();
-        match peer_api::call(self, leader, &addr, &PeerRequest::ModelReports, Duration::from_secs(2)).await {
+        match peer_api::call(
+            self,
+            leader,
+            &addr,
+            &PeerRequest::ModelReports,
+            Duration::from_secs(2),
+        )
+        .await
+        {
             Ok(PeerResponse::ModelReports(reports)) => Some(reports),
             Ok(_) | Err(_) => None,
         }
@@ -208,6 +273,9 @@ mod tests {
         assert!(gpu_milli(1.5).is_err());
         assert!(gpu_milli(-0.1).is_err());
         assert!(gpu_milli(f64::NAN).is_err());
-        assert!(gpu_milli(0.0001).unwrap_err().to_string().contains("smallest share"));
+        assert!(gpu_milli(0.0001)
+            .unwrap_err()
+            .to_string()
+            .contains("smallest share"));
     }
 }

@@ -6,9 +6,9 @@ use floe_engine::run::{RunEvent, RunRecord, TaskFailure, TaskKey};
 use floe_storage::runs::{LimitScope, LimitState};
 use floe_storage::{Command, CommandResponse, RunFilter, RunPage};
 
-use floe_engine::names::quote_bounded;
 use crate::error::ApiError;
 use crate::service::Node;
+use floe_engine::names::quote_bounded;
 
 pub struct StartedRun {
     pub run_id: String,
@@ -41,9 +41,15 @@ impl Node {
     ) -> Result<StartedRun, ApiError> {
         // No flow can have such a name; refused here, before the log.
         if !floe_engine::is_flow_name(flow) {
-            return Err(ApiError::NotFound(format!("no flow named {}", quote_bounded(flow))));
+            return Err(ApiError::NotFound(format!(
+                "no flow named {}",
+                quote_bounded(flow)
+            )));
         }
-        for (field, text) in [("correlation id", correlation_id), ("idempotency key", idempotency_key)] {
+        for (field, text) in [
+            ("correlation id", correlation_id),
+            ("idempotency key", idempotency_key),
+        ] {
             if text.len() > MAX_RUN_KEY_BYTES {
                 return Err(ApiError::InvalidArgument(format!(
                     "{field} {} is longer than the limit of {MAX_RUN_KEY_BYTES} bytes (fixed)",
@@ -59,16 +65,27 @@ impl Node {
             run_id: new_run_id(),
             flow: flow.to_string(),
             version: version.unwrap_or(0),
-            input: serde_json::to_vec(&input_value).map_err(|err| ApiError::Internal(err.to_string()))?,
+            input: serde_json::to_vec(&input_value)
+                .map_err(|err| ApiError::Internal(err.to_string()))?,
             correlation_id: correlation_id.to_string(),
             idempotency_key: idempotency_key.to_string(),
             at_ms: now_ms(),
         };
         match self.write(command).await? {
-            CommandResponse::RunStarted { run_id, created, version } => Ok(StartedRun { run_id, created, version }),
+            CommandResponse::RunStarted {
+                run_id,
+                created,
+                version,
+            } => Ok(StartedRun {
+                run_id,
+                created,
+                version,
+            }),
             CommandResponse::RunRejected { reason } => Err(ApiError::InvalidArgument(reason)),
             CommandResponse::Missing { reason } => Err(ApiError::NotFound(reason)),
-            other => Err(ApiError::Internal(format!("unexpected apply result {other:?}"))),
+            other => Err(ApiError::Internal(format!(
+                "unexpected apply result {other:?}"
+            ))),
         }
     }
 
@@ -95,25 +112,47 @@ impl Node {
         let page_after = if page_token.is_empty() {
             None
         } else {
-            Some(hex::decode(page_token).map_err(|_| ApiError::InvalidArgument(format!("page token {} is not valid", quote_bounded(page_token))))?)
+            Some(hex::decode(page_token).map_err(|_| {
+                ApiError::InvalidArgument(format!(
+                    "page token {} is not valid",
+                    quote_bounded(page_token)
+                ))
+            })?)
         };
-        let limit = if limit == 0 { 50 } else { limit.min(crate::ops::MAX_LIST_LIMIT) };
-        self.reader.runs(filter, page_after.as_deref(), limit).map_err(|err| ApiError::Internal(err.to_string()))
+        let limit = if limit == 0 {
+            50
+        } else {
+            limit.min(crate::ops::MAX_LIST_LIMIT)
+        };
+        self.reader
+            .runs(filter, page_after.as_deref(), limit)
+            .map_err(|err| ApiError::Internal(err.to_string()))
     }
 
     /// Proposes one event for a run; a refusal names its reason.
     pub async fn run_event(&self, run_id: &str, event: RunEvent) -> Result<(), ApiError> {
-        let event = serde_json::to_vec(&event).map_err(|err| ApiError::Internal(err.to_string()))?;
-        let command = Command::RunEvent { run_id: run_id.to_string(), event, at_ms: now_ms() };
+        let event =
+            serde_json::to_vec(&event).map_err(|err| ApiError::Internal(err.to_string()))?;
+        let command = Command::RunEvent {
+            run_id: run_id.to_string(),
+            event,
+            at_ms: now_ms(),
+        };
         match self.write(command).await? {
             CommandResponse::RunUpdated => Ok(()),
             CommandResponse::RunRejected { reason } => Err(ApiError::FailedPrecondition(reason)),
-            other => Err(ApiError::Internal(format!("unexpected apply result {other:?}"))),
+            other => Err(ApiError::Internal(format!(
+                "unexpected apply result {other:?}"
+            ))),
         }
     }
 
     pub async fn cancel_run(&self, run_id: &str, reason: &str) -> Result<(), ApiError> {
-        let reason = if reason.is_empty() { "cancelled by request".to_string() } else { reason.to_string() };
+        let reason = if reason.is_empty() {
+            "cancelled by request".to_string()
+        } else {
+            reason.to_string()
+        };
         self.run_event(run_id, RunEvent::Cancel { reason }).await
     }
 
@@ -121,9 +160,21 @@ impl Node {
         self.run_event(run_id, RunEvent::Retry).await
     }
 
-    pub async fn signal_run(&self, run_id: &str, name: &str, payload: &[u8]) -> Result<(), ApiError> {
+    pub async fn signal_run(
+        &self,
+        run_id: &str,
+        name: &str,
+        payload: &[u8],
+    ) -> Result<(), ApiError> {
         let payload = self.payload_value(payload, "signal payload").await?;
-        self.run_event(run_id, RunEvent::Signal { name: name.to_string(), payload }).await
+        self.run_event(
+            run_id,
+            RunEvent::Signal {
+                name: name.to_string(),
+                payload,
+            },
+        )
+        .await
     }
 
     /// A result for one attempt, from `worker` (none: the node failed the
@@ -138,10 +189,18 @@ impl Node {
         let run_id = key.run_id.clone();
         let worker = worker.map(str::to_string);
         let event = match outcome {
-            Ok(output) => {
-                RunEvent::TaskCompleted { key, attempt, output: self.payload_value(output, "task output").await?, worker }
-            }
-            Err(failure) => RunEvent::TaskFailed { key, attempt, failure, worker },
+            Ok(output) => RunEvent::TaskCompleted {
+                key,
+                attempt,
+                output: self.payload_value(output, "task output").await?,
+                worker,
+            },
+            Err(failure) => RunEvent::TaskFailed {
+                key,
+                attempt,
+                failure,
+                worker,
+            },
         };
         self.run_event(&run_id, event).await
     }
@@ -152,19 +211,31 @@ pub fn parse_limit_scope(text: &str) -> Result<LimitScope, ApiError> {
     match text {
         "block" => Ok(LimitScope::Block),
         "flow" => Ok(LimitScope::Flow),
-        other => Err(ApiError::InvalidArgument(format!("limit scope {} is not \"block\" or \"flow\"", quote_bounded(other)))),
+        other => Err(ApiError::InvalidArgument(format!(
+            "limit scope {} is not \"block\" or \"flow\"",
+            quote_bounded(other)
+        ))),
     }
 }
 
 impl Node {
     /// Sets (`Some`) or clears a cluster-wide concurrency limit.
-    pub async fn set_limit(&self, scope: LimitScope, name: &str, limit: Option<u32>) -> Result<(), ApiError> {
+    pub async fn set_limit(
+        &self,
+        scope: LimitScope,
+        name: &str,
+        limit: Option<u32>,
+    ) -> Result<(), ApiError> {
         let valid_name = match scope {
             LimitScope::Block => floe_engine::is_block_name(name),
             LimitScope::Flow => floe_engine::is_flow_name(name),
         };
         if !valid_name {
-            return Err(ApiError::InvalidArgument(format!("{} name {} is not valid", scope.name(), quote_bounded(name))));
+            return Err(ApiError::InvalidArgument(format!(
+                "{} name {} is not valid",
+                scope.name(),
+                quote_bounded(name)
+            )));
         }
         if limit == Some(0) {
             return Err(ApiError::InvalidArgument(format!(
@@ -172,34 +243,65 @@ impl Node {
                 scope.name()
             )));
         }
-        self.write(Command::SetLimit { scope, name: name.to_string(), limit }).await.map(|_| ())
+        self.write(Command::SetLimit {
+            scope,
+            name: name.to_string(),
+            limit,
+        })
+        .await
+        .map(|_| ())
     }
 
     pub async fn list_limits(&self, linearizable: bool) -> Result<Vec<LimitState>, ApiError> {
         if linearizable {
             self.read_barrier().await?;
         }
-        self.reader.limits().map_err(|err| ApiError::Internal(err.to_string()))
+        self.reader
+            .limits()
+            .map_err(|err| ApiError::Internal(err.to_string()))
     }
 
     /// An attempt lost with its worker or node: re-delivered as a new attempt.
-    pub async fn task_lost(&self, key: TaskKey, attempt: u32, reason: String) -> Result<(), ApiError> {
+    pub async fn task_lost(
+        &self,
+        key: TaskKey,
+        attempt: u32,
+        reason: String,
+    ) -> Result<(), ApiError> {
         let run_id = key.run_id.clone();
-        self.run_event(&run_id, RunEvent::TaskLost { key, attempt, reason }).await
+        self.run_event(
+            &run_id,
+            RunEvent::TaskLost {
+                key,
+                attempt,
+                reason,
+            },
+        )
+        .await
     }
 }
 
 /// `run/step/item` (item `-` for none) back into a task key.
 pub fn parse_task_key(text: &str) -> Result<TaskKey, ApiError> {
     let mut parts = text.rsplitn(3, '/');
-    let (Some(item), Some(step_id), Some(run_id)) = (parts.next(), parts.next(), parts.next()) else {
-        return Err(ApiError::InvalidArgument(format!("task {} is not RUN/STEP/ITEM", quote_bounded(text))));
+    let (Some(item), Some(step_id), Some(run_id)) = (parts.next(), parts.next(), parts.next())
+    else {
+        return Err(ApiError::InvalidArgument(format!(
+            "task {} is not RUN/STEP/ITEM",
+            quote_bounded(text)
+        )));
     };
     let item = match item {
         "-" => None,
-        number => Some(number.parse().map_err(|_| ApiError::InvalidArgument(format!("task {} has a bad item", quote_bounded(text))))?),
+        number => Some(number.parse().map_err(|_| {
+            ApiError::InvalidArgument(format!("task {} has a bad item", quote_bounded(text)))
+        })?),
     };
-    Ok(TaskKey { run_id: run_id.to_string(), step_id: step_id.to_string(), item })
+    Ok(TaskKey {
+        run_id: run_id.to_string(),
+        step_id: step_id.to_string(),
+        item,
+    })
 }
 
 #[cfg(test)]
@@ -208,10 +310,24 @@ mod tests {
 
     #[test]
     fn task_keys_round_trip() {
-        let key = TaskKey { run_id: "abc.child".into(), step_id: "ocr".into(), item: Some(7) };
-        assert_eq!(parse_task_key(&floe_storage::runs::task_key_text(&key)).unwrap(), key);
-        let key = TaskKey { run_id: "abc".into(), step_id: "a".into(), item: None };
-        assert_eq!(parse_task_key(&floe_storage::runs::task_key_text(&key)).unwrap(), key);
+        let key = TaskKey {
+            run_id: "abc.child".into(),
+            step_id: "ocr".into(),
+            item: Some(7),
+        };
+        assert_eq!(
+            parse_task_key(&floe_storage::runs::task_key_text(&key)).unwrap(),
+            key
+        );
+        let key = TaskKey {
+            run_id: "abc".into(),
+            step_id: "a".into(),
+            item: None,
+        };
+        assert_eq!(
+            parse_task_key(&floe_storage::runs::task_key_text(&key)).unwrap(),
+            key
+        );
         assert!(parse_task_key("nothing").is_err());
     }
 }

@@ -69,25 +69,44 @@ impl Reports {
 
     /// Every fresh report's replicas, for model status.
     pub fn replica_reports(&self) -> Vec<(NodeId, Vec<crate::models::ReplicaReport>)> {
-        self.fresh().into_iter().map(|(id, report)| (id, report.replicas)).collect()
+        self.fresh()
+            .into_iter()
+            .map(|(id, report)| (id, report.replicas))
+            .collect()
     }
 
     pub(crate) fn fresh(&self) -> BTreeMap<NodeId, NodeReport> {
-        let Ok(latest) = self.latest.lock() else { return BTreeMap::new() };
-        latest.iter().filter(|(_, (at, _))| at.elapsed() < NODE_LEASE).map(|(id, (_, report))| (*id, report.clone())).collect()
+        let Ok(latest) = self.latest.lock() else {
+            return BTreeMap::new();
+        };
+        latest
+            .iter()
+            .filter(|(_, (at, _))| at.elapsed() < NODE_LEASE)
+            .map(|(id, (_, report))| (*id, report.clone()))
+            .collect()
     }
 
     pub(crate) fn silent_nodes(&self, members: &[NodeId]) -> Vec<NodeId> {
-        let leading_long_enough =
-            self.leader_since.lock().ok().and_then(|since| *since).is_some_and(|since| since.elapsed() >= NODE_LEASE);
+        let leading_long_enough = self
+            .leader_since
+            .lock()
+            .ok()
+            .and_then(|since| *since)
+            .is_some_and(|since| since.elapsed() >= NODE_LEASE);
         if !leading_long_enough {
             return Vec::new();
         }
-        let Ok(latest) = self.latest.lock() else { return Vec::new() };
+        let Ok(latest) = self.latest.lock() else {
+            return Vec::new();
+        };
         members
             .iter()
             .copied()
-            .filter(|id| latest.get(id).is_none_or(|(at, _)| at.elapsed() >= NODE_LEASE))
+            .filter(|id| {
+                latest
+                    .get(id)
+                    .is_none_or(|(at, _)| at.elapsed() >= NODE_LEASE)
+            })
             .collect()
     }
 
@@ -105,7 +124,9 @@ impl Reports {
 fn local_report(node: &Node) -> NodeReport {
     let queued = crate::workers::queued_blocks(node);
     let load = sysinfo::System::load_average().one as f32;
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) as f32;
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1) as f32;
     let mut system = sysinfo::System::new();
     system.refresh_memory();
     let memory_used_ratio = match system.total_memory() {
@@ -113,7 +134,11 @@ fn local_report(node: &Node) -> NodeReport {
         total => system.used_memory() as f32 / total as f32,
     };
     let mut free_slots = node.workers.free_slots(&queued);
-    let latest = node.reader.deployments().map(|d| crate::models::latest_deployed(&d)).unwrap_or_default();
+    let latest = node
+        .reader
+        .deployments()
+        .map(|d| crate::models::latest_deployed(&d))
+        .unwrap_or_default();
     for (block, room) in node.models.free_slots(&latest) {
         let waiting = queued.get(&block).copied().unwrap_or(0);
         *free_slots.entry(block).or_default() += room.saturating_sub(waiting);
@@ -158,9 +183,18 @@ pub async fn report(node: Arc<Node>, cancel: CancellationToken) -> anyhow::Resul
         match leader {
             Some(leader) if leader == node.id => node.reports.record(report),
             Some(leader) => {
-                let Some(addr) = node.members().0.get(&leader).map(|info| info.raft_addr.clone()) else { continue };
+                let Some(addr) = node
+                    .members()
+                    .0
+                    .get(&leader)
+                    .map(|info| info.raft_addr.clone())
+                else {
+                    continue;
+                };
                 let request = PeerRequest::Report(report);
-                if let Err(err) = peer_api::call(&node, leader, &addr, &request, REPORT_EVERY * 2).await {
+                if let Err(err) =
+                    peer_api::call(&node, leader, &addr, &request, REPORT_EVERY * 2).await
+                {
                     tracing::debug!(leader, error = %err, "node report not delivered");
                 }
             }
@@ -189,7 +223,11 @@ pub async fn schedule(node: Arc<Node>, cancel: CancellationToken) -> anyhow::Res
         let scanned = tokio::task::spawn_blocking(move || {
             let timers = reader.due_timers(now, BATCH)?;
             let ready = reader.ready_tasks(now, BATCH)?;
-            let limits = if ready.is_empty() { Vec::new() } else { reader.limits()? };
+            let limits = if ready.is_empty() {
+                Vec::new()
+            } else {
+                reader.limits()?
+            };
             Ok::<_, floe_storage::StoreError>((timers, ready, limits))
         })
         .await;
@@ -220,7 +258,11 @@ pub async fn schedule(node: Arc<Node>, cancel: CancellationToken) -> anyhow::Res
             }
             let pools: Vec<_> = task.spec.slot_pools().collect();
             let Some(target) = pick_node(&reports, &pools) else {
-                if task.spec.block.starts_with(floe_engine::INFERENCE_BLOCK_PREFIX) {
+                if task
+                    .spec
+                    .block
+                    .starts_with(floe_engine::INFERENCE_BLOCK_PREFIX)
+                {
                     waiting_blocks.insert(task.spec.block.clone());
                     if now.saturating_sub(task.scheduled_at_ms) >= no_replica_wait_ms {
                         starved.push(task);
@@ -246,7 +288,8 @@ pub async fn schedule(node: Arc<Node>, cancel: CancellationToken) -> anyhow::Res
             });
         }
         // Concurrent proposals become one batched entry on the leader.
-        let results = futures::future::join_all(writes.into_iter().map(|command| node.write(command))).await;
+        let results =
+            futures::future::join_all(writes.into_iter().map(|command| node.write(command))).await;
         for result in results {
             if let Err(err) = result {
                 tracing::debug!(error = %err, "scheduler proposal failed");
@@ -291,13 +334,24 @@ async fn fail_starved_inference(node: &Node, starved: Vec<TaskRecord>, waited_ms
 }
 
 /// Why an inference task found no replica, and whether waiting more may help.
-fn no_replica_failure(block: &str, deployments: &[floe_storage::models::Deployment], waited_ms: u64) -> (String, bool) {
-    let named = block.strip_prefix(floe_engine::INFERENCE_BLOCK_PREFIX).unwrap_or(block);
-    let (model, version) = match named.rsplit_once(".v").map(|(model, version)| (model, version.parse::<u64>())) {
+fn no_replica_failure(
+    block: &str,
+    deployments: &[floe_storage::models::Deployment],
+    waited_ms: u64,
+) -> (String, bool) {
+    let named = block
+        .strip_prefix(floe_engine::INFERENCE_BLOCK_PREFIX)
+        .unwrap_or(block);
+    let (model, version) = match named
+        .rsplit_once(".v")
+        .map(|(model, version)| (model, version.parse::<u64>()))
+    {
         Some((model, Ok(version))) => (model, Some(version)),
         _ => (named, None),
     };
-    let deployed = deployments.iter().any(|d| d.model == model && version.is_none_or(|wanted| d.version == wanted));
+    let deployed = deployments
+        .iter()
+        .any(|d| d.model == model && version.is_none_or(|wanted| d.version == wanted));
     let what = match version {
         Some(version) => format!("model {model} v{version}"),
         None => format!("model {model}"),
@@ -321,9 +375,17 @@ const LOAD_STEP_MILLI: u32 = 250;
 
 /// What `report` offers to placement inside apply.
 fn offer_of(report: &NodeReport) -> NodeSlots {
-    let slots = report.capacity.iter().filter(|(_, slots)| **slots > 0).map(|(block, slots)| (block.clone(), *slots)).collect();
+    let slots = report
+        .capacity
+        .iter()
+        .filter(|(_, slots)| **slots > 0)
+        .map(|(block, slots)| (block.clone(), *slots))
+        .collect();
     let load = (report.cpu_load + report.memory_used_ratio).clamp(0.0, 64.0);
-    NodeSlots { slots, load_milli: (load * 1000.0).round() as u32 }
+    NodeSlots {
+        slots,
+        load_milli: (load * 1000.0).round() as u32,
+    }
 }
 
 /// The offers to propose: a fresh report whose slots changed, or whose load
@@ -341,7 +403,10 @@ fn offer_changes(
         }
         let wanted = offer_of(report);
         let changed = match stored.get(id) {
-            Some(current) => current.slots != wanted.slots || current.load_milli.abs_diff(wanted.load_milli) >= LOAD_STEP_MILLI,
+            Some(current) => {
+                current.slots != wanted.slots
+                    || current.load_milli.abs_diff(wanted.load_milli) >= LOAD_STEP_MILLI
+            }
             None => !wanted.slots.is_empty(),
         };
         if changed {
@@ -358,10 +423,19 @@ fn offer_changes(
 
 /// Keeps the replicated offers in step with the nodes' reports.
 async fn sync_node_slots(node: &Arc<Node>, reports: &BTreeMap<NodeId, NodeReport>) {
-    let Ok(stored) = node.reader.node_slots() else { return };
+    let Ok(stored) = node.reader.node_slots() else {
+        return;
+    };
     // A removed node keeps no offer: nodes with one count as members here.
-    let members: std::collections::BTreeSet<NodeId> = node.members().0.into_keys().chain(stored.keys().copied()).collect();
-    let silent = node.reports.silent_nodes(&members.into_iter().collect::<Vec<_>>());
+    let members: std::collections::BTreeSet<NodeId> = node
+        .members()
+        .0
+        .into_keys()
+        .chain(stored.keys().copied())
+        .collect();
+    let silent = node
+        .reports
+        .silent_nodes(&members.into_iter().collect::<Vec<_>>());
     let writes = offer_changes(&stored, reports, &silent)
         .into_iter()
         .map(|(id, offer)| node.write(Command::NodeSlots { node: id, offer }));
@@ -385,18 +459,26 @@ impl Headroom {
             .iter()
             .filter_map(|state| {
                 let limit = u64::from(state.limit?);
-                Some(((state.scope, state.name.clone()), limit.saturating_sub(state.active)))
+                Some((
+                    (state.scope, state.name.clone()),
+                    limit.saturating_sub(state.active),
+                ))
             })
             .collect();
         Headroom { left }
     }
 
     fn scopes(task: &TaskRecord) -> [(LimitScope, String); 2] {
-        [(LimitScope::Block, task.spec.block.clone()), (LimitScope::Flow, task.flow.clone())]
+        [
+            (LimitScope::Block, task.spec.block.clone()),
+            (LimitScope::Flow, task.flow.clone()),
+        ]
     }
 
     fn allows(&self, task: &TaskRecord) -> bool {
-        Self::scopes(task).iter().all(|scope| self.left.get(scope).is_none_or(|left| *left > 0))
+        Self::scopes(task)
+            .iter()
+            .all(|scope| self.left.get(scope).is_none_or(|left| *left > 0))
     }
 
     fn take(&mut self, task: &TaskRecord) {
@@ -413,14 +495,27 @@ impl Headroom {
 fn pick_node<P: AsRef<str>>(reports: &BTreeMap<NodeId, NodeReport>, pools: &[P]) -> Option<NodeId> {
     reports
         .values()
-        .filter(|report| pools.iter().all(|pool| report.free_slots.get(pool.as_ref()).copied().unwrap_or(0) > 0))
-        .min_by(|a, b| load_score(a).total_cmp(&load_score(b)).then(a.node_id.cmp(&b.node_id)))
+        .filter(|report| {
+            pools
+                .iter()
+                .all(|pool| report.free_slots.get(pool.as_ref()).copied().unwrap_or(0) > 0)
+        })
+        .min_by(|a, b| {
+            load_score(a)
+                .total_cmp(&load_score(b))
+                .then(a.node_id.cmp(&b.node_id))
+        })
         .map(|report| report.node_id)
 }
 
 pub(crate) fn load_score(report: &NodeReport) -> f32 {
     // Labelled keys repeat their block's slots; count each slot once.
-    let free: u32 = report.free_slots.iter().filter(|(key, _)| !key.contains('[')).map(|(_, free)| free).sum();
+    let free: u32 = report
+        .free_slots
+        .iter()
+        .filter(|(key, _)| !key.contains('['))
+        .map(|(_, free)| free)
+        .sum();
     let busy = report.running_tasks as f32 / (report.running_tasks + free).max(1) as f32;
     busy + report.cpu_load + report.memory_used_ratio
 }
@@ -428,10 +523,15 @@ pub(crate) fn load_score(report: &NodeReport) -> f32 {
 async fn expire_silent_nodes(node: &Arc<Node>) {
     let members: Vec<NodeId> = node.members().0.keys().copied().collect();
     for silent in node.reports.silent_nodes(&members) {
-        let Ok(tasks) = node.reader.tasks_on_node(silent) else { continue };
+        let Ok(tasks) = node.reader.tasks_on_node(silent) else {
+            continue;
+        };
         for task in tasks {
             let reason = format!("node {silent} stopped reporting; lease expired");
-            if let Err(err) = node.task_lost(task.spec.key.clone(), task.spec.attempt, reason).await {
+            if let Err(err) = node
+                .task_lost(task.spec.key.clone(), task.spec.attempt, reason)
+                .await
+            {
                 tracing::debug!(node = silent, error = %err, "expiring a silent node's task");
             }
         }
@@ -452,7 +552,9 @@ pub async fn retain(node: Arc<Node>, cancel: CancellationToken) -> anyhow::Resul
         }
         let cutoff = now_ms().saturating_sub(retention);
         let reader = node.reader.clone();
-        let expired = match tokio::task::spawn_blocking(move || reader.finished_runs(cutoff, BATCH)).await {
+        let expired = match tokio::task::spawn_blocking(move || reader.finished_runs(cutoff, BATCH))
+            .await
+        {
             Ok(Ok(expired)) => expired,
             Ok(Err(err)) => {
                 crate::warn_limited!("retention scan failed", error = %err, "retention scan failed");
@@ -464,7 +566,13 @@ pub async fn retain(node: Arc<Node>, cancel: CancellationToken) -> anyhow::Resul
             continue;
         }
         let count = expired.len();
-        match node.write(Command::PurgeRuns { run_ids: expired, finished_before_ms: cutoff }).await {
+        match node
+            .write(Command::PurgeRuns {
+                run_ids: expired,
+                finished_before_ms: cutoff,
+            })
+            .await
+        {
             Ok(_) => tracing::info!(count, "finished runs past retention purged"),
             Err(err) => tracing::debug!(error = %err, "retention purge not committed"),
         }
@@ -475,15 +583,33 @@ pub async fn retain(node: Arc<Node>, cancel: CancellationToken) -> anyhow::Resul
 mod tests {
     #[test]
     fn a_starved_inference_task_is_told_why() {
-        let spec = floe_storage::models::DeploySpec { replicas: 1, threads: 1, max_batch: 1, max_delay_ms: 1, queue: 1, gpu_milli: 0 };
-        let deployments = vec![floe_storage::models::Deployment { model: "det".into(), version: 2, spec, created_at_ms: 0 }];
+        let spec = floe_storage::models::DeploySpec {
+            replicas: 1,
+            threads: 1,
+            max_batch: 1,
+            max_delay_ms: 1,
+            queue: 1,
+            gpu_milli: 0,
+        };
+        let deployments = vec![floe_storage::models::Deployment {
+            model: "det".into(),
+            version: 2,
+            spec,
+            created_at_ms: 0,
+        }];
         let (reason, retryable) = no_replica_failure("model.ghost", &deployments, 30_000);
         assert!(!retryable);
         assert_eq!(reason, "model ghost is not deployed; waited 30000 ms (inference.no_replica_wait_ms) for a deployment (floe model deploy)");
         let (reason, retryable) = no_replica_failure("model.det.v3", &deployments, 5);
-        assert!(!retryable && reason.starts_with("model det v3 is not deployed"), "{reason}");
+        assert!(
+            !retryable && reason.starts_with("model det v3 is not deployed"),
+            "{reason}"
+        );
         let (reason, retryable) = no_replica_failure("model.det.v2", &deployments, 5);
-        assert!(retryable && reason.starts_with("model det v2 had no warm replica for 5 ms"), "{reason}");
+        assert!(
+            retryable && reason.starts_with("model det v2 had no warm replica for 5 ms"),
+            "{reason}"
+        );
         let (_, retryable) = no_replica_failure("model.det", &deployments, 5);
         assert!(retryable);
     }
@@ -510,32 +636,67 @@ mod tests {
         .into_iter()
         .collect();
         assert_eq!(pick_node(&reports, &["ocr"]), Some(3));
-        assert_eq!(pick_node(&reports, &["classify"]), None, "no node serves the block");
+        assert_eq!(
+            pick_node(&reports, &["classify"]),
+            None,
+            "no node serves the block"
+        );
     }
 
     #[test]
     fn offers_follow_slot_changes_and_large_load_moves_only() {
         let mut reports: BTreeMap<NodeId, NodeReport> = BTreeMap::new();
         let mut first = report(1, "ocr", 2, 2, 0.30);
-        first.capacity = [("ocr".to_string(), 4), ("idle".to_string(), 0)].into_iter().collect();
+        first.capacity = [("ocr".to_string(), 4), ("idle".to_string(), 0)]
+            .into_iter()
+            .collect();
         reports.insert(1, first.clone());
         let stored = floe_storage::slots::Offers::new();
         let changes = offer_changes(&stored, &reports, &[]);
         assert_eq!(changes.len(), 1);
-        assert_eq!(changes[0].1.slots, [("ocr".to_string(), 4)].into_iter().collect(), "blocks without slots are left out");
+        assert_eq!(
+            changes[0].1.slots,
+            [("ocr".to_string(), 4)].into_iter().collect(),
+            "blocks without slots are left out"
+        );
         assert_eq!(changes[0].1.load_milli, 300);
         let stored: floe_storage::slots::Offers = changes.into_iter().collect();
-        assert!(offer_changes(&stored, &reports, &[]).is_empty(), "nothing changed");
+        assert!(
+            offer_changes(&stored, &reports, &[]).is_empty(),
+            "nothing changed"
+        );
         reports.get_mut(&1).unwrap().cpu_load = 0.5;
-        assert!(offer_changes(&stored, &reports, &[]).is_empty(), "a small load move is not proposed");
+        assert!(
+            offer_changes(&stored, &reports, &[]).is_empty(),
+            "a small load move is not proposed"
+        );
         reports.get_mut(&1).unwrap().cpu_load = 0.6;
-        assert_eq!(offer_changes(&stored, &reports, &[]).len(), 1, "a load step is");
+        assert_eq!(
+            offer_changes(&stored, &reports, &[]).len(),
+            1,
+            "a load step is"
+        );
         reports.get_mut(&1).unwrap().cpu_load = 0.3;
-        reports.get_mut(&1).unwrap().capacity.insert("ocr".into(), 5);
-        assert_eq!(offer_changes(&stored, &reports, &[])[0].1.slots["ocr"], 5, "a worker came");
+        reports
+            .get_mut(&1)
+            .unwrap()
+            .capacity
+            .insert("ocr".into(), 5);
+        assert_eq!(
+            offer_changes(&stored, &reports, &[])[0].1.slots["ocr"],
+            5,
+            "a worker came"
+        );
         let withdrawn = offer_changes(&stored, &BTreeMap::new(), &[1]);
-        assert_eq!(withdrawn, vec![(1, NodeSlots::default())], "a silent node offers nothing");
-        assert!(offer_changes(&BTreeMap::new(), &BTreeMap::new(), &[1]).is_empty(), "nothing to withdraw");
+        assert_eq!(
+            withdrawn,
+            vec![(1, NodeSlots::default())],
+            "a silent node offers nothing"
+        );
+        assert!(
+            offer_changes(&BTreeMap::new(), &BTreeMap::new(), &[1]).is_empty(),
+            "nothing to withdraw"
+        );
     }
 
     #[test]
@@ -546,16 +707,25 @@ mod tests {
         busy.free_slots.insert("ocr[gpu=yes]".into(), 1);
         let mut free = report(2, "ocr", 1, 1, 0.9);
         free.free_slots.insert("ocr[gpu=yes]".into(), 1);
-        let mut reports: BTreeMap<NodeId, NodeReport> = [(1, busy), (2, free)].into_iter().collect();
+        let mut reports: BTreeMap<NodeId, NodeReport> =
+            [(1, busy), (2, free)].into_iter().collect();
         assert_eq!(pick_node(&reports, &["ocr[gpu=yes]", "ocr"]), Some(2));
-        reports.get_mut(&2).unwrap().free_slots.insert("ocr".into(), 0);
+        reports
+            .get_mut(&2)
+            .unwrap()
+            .free_slots
+            .insert("ocr".into(), 0);
         assert_eq!(pick_node(&reports, &["ocr[gpu=yes]", "ocr"]), None);
     }
 
     #[test]
     fn ties_break_by_node_id() {
-        let reports: BTreeMap<NodeId, NodeReport> =
-            [(2, report(2, "a", 1, 0, 0.0)), (1, report(1, "a", 1, 0, 0.0))].into_iter().collect();
+        let reports: BTreeMap<NodeId, NodeReport> = [
+            (2, report(2, "a", 1, 0, 0.0)),
+            (1, report(1, "a", 1, 0, 0.0)),
+        ]
+        .into_iter()
+        .collect();
         assert_eq!(pick_node(&reports, &["a"]), Some(1));
     }
 
@@ -566,27 +736,57 @@ mod tests {
             "timeouts": {}
         }))
         .unwrap();
-        TaskRecord { spec, scheduled_at_ms: 0, assignment: None, flow: flow.to_string() }
+        TaskRecord {
+            spec,
+            scheduled_at_ms: 0,
+            assignment: None,
+            flow: flow.to_string(),
+        }
     }
 
     #[test]
     fn headroom_counts_down_per_block_and_per_flow() {
         let limits = vec![
-            LimitState { scope: LimitScope::Block, name: "ocr".into(), limit: Some(3), active: 1 },
-            LimitState { scope: LimitScope::Flow, name: "intake".into(), limit: Some(1), active: 0 },
-            LimitState { scope: LimitScope::Block, name: "free".into(), limit: None, active: 9 },
+            LimitState {
+                scope: LimitScope::Block,
+                name: "ocr".into(),
+                limit: Some(3),
+                active: 1,
+            },
+            LimitState {
+                scope: LimitScope::Flow,
+                name: "intake".into(),
+                limit: Some(1),
+                active: 0,
+            },
+            LimitState {
+                scope: LimitScope::Block,
+                name: "free".into(),
+                limit: None,
+                active: 9,
+            },
         ];
         let mut headroom = Headroom::new(&limits);
-        let (first, second, third) = (task("ocr", "other", "a"), task("ocr", "other", "b"), task("ocr", "other", "c"));
+        let (first, second, third) = (
+            task("ocr", "other", "a"),
+            task("ocr", "other", "b"),
+            task("ocr", "other", "c"),
+        );
         for placed in [&first, &second] {
             assert!(headroom.allows(placed));
             headroom.take(placed);
         }
-        assert!(!headroom.allows(&third), "block ocr: 1 active + 2 placed = its limit of 3");
+        assert!(
+            !headroom.allows(&third),
+            "block ocr: 1 active + 2 placed = its limit of 3"
+        );
         let intake = task("classify", "intake", "d");
         assert!(headroom.allows(&intake));
         headroom.take(&intake);
-        assert!(!headroom.allows(&task("classify", "intake", "e")), "flow intake allows one");
+        assert!(
+            !headroom.allows(&task("classify", "intake", "e")),
+            "flow intake allows one"
+        );
         assert!(headroom.allows(&task("free", "other", "f")), "no limit set");
     }
 }

@@ -8,7 +8,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use floe_raft::{ElectionOptions, Elections, NetworkFactory, Peers, RaftAdmission, RaftServer, RaftServerOptions, TlsMaterial, TransportOptions};
+use floe_raft::{
+    ElectionOptions, Elections, NetworkFactory, Peers, RaftAdmission, RaftServer,
+    RaftServerOptions, TlsMaterial, TransportOptions,
+};
 use floe_storage::{NodeId, NodeInfo, Raft, StateReader, Store, StoreOptions};
 use tokio_util::sync::CancellationToken;
 
@@ -57,7 +60,11 @@ impl Node {
     pub fn probe_info(&self) -> ProbeInfo {
         // An unreadable store counts as holding state: never bootstrap over it.
         let has_raft_state = self.store.has_raft_state().unwrap_or(true);
-        ProbeInfo { node_id: self.id, info: self.info.clone(), has_raft_state }
+        ProbeInfo {
+            node_id: self.id,
+            info: self.info.clone(),
+            has_raft_state,
+        }
     }
 
     pub fn local_status(&self) -> LocalStatus {
@@ -77,7 +84,10 @@ impl Node {
         let metrics = self.raft.metrics().borrow().clone();
         let membership = metrics.membership_config.membership();
         let voters: Vec<NodeId> = membership.voter_ids().collect();
-        let nodes = membership.nodes().map(|(id, info)| (*id, info.clone())).collect();
+        let nodes = membership
+            .nodes()
+            .map(|(id, info)| (*id, info.clone()))
+            .collect();
         (nodes, voters)
     }
 }
@@ -86,7 +96,10 @@ impl Node {
     /// Why this node must not write now, as an API error.
     pub(crate) fn refuse_if_degraded(&self) -> Result<(), crate::error::ApiError> {
         match self.disk.refusal() {
-            Some(reason) => Err(crate::error::ApiError::Unavailable(format!("node {} refuses writes: {reason}", self.id))),
+            Some(reason) => Err(crate::error::ApiError::Unavailable(format!(
+                "node {} refuses writes: {reason}",
+                self.id
+            ))),
             None => Ok(()),
         }
     }
@@ -149,7 +162,11 @@ pub fn role_name(metrics: &openraft::RaftMetrics<NodeId, NodeInfo>) -> String {
 
 fn election_options(config: &NodeConfig) -> ElectionOptions {
     let tuning = &config.raft;
-    ElectionOptions::from_timeouts(tuning.heartbeat_interval_ms, tuning.election_timeout_min_ms, tuning.election_timeout_max_ms)
+    ElectionOptions::from_timeouts(
+        tuning.heartbeat_interval_ms,
+        tuning.election_timeout_min_ms,
+        tuning.election_timeout_max_ms,
+    )
 }
 
 fn raft_config(config: &NodeConfig) -> anyhow::Result<openraft::Config> {
@@ -197,7 +214,11 @@ impl NodeFailure {
 /// fails; either way everything is drained when it returns, and after a
 /// failure it waits (bounded) until the store and sockets are released, so
 /// the node can be started again in this process.
-pub async fn run(config: NodeConfig, disk: DiskHealth, cancel: CancellationToken) -> Result<(), NodeFailure> {
+pub async fn run(
+    config: NodeConfig,
+    disk: DiskHealth,
+    cancel: CancellationToken,
+) -> Result<(), NodeFailure> {
     let started = match start(config, disk, cancel.clone()).await {
         Ok(started) => started,
         Err(error) => {
@@ -206,7 +227,10 @@ pub async fn run(config: NodeConfig, disk: DiskHealth, cancel: CancellationToken
             return Err(NodeFailure::Starting(error));
         }
     };
-    started.run_until_stopped(cancel).await.map_err(NodeFailure::Running)
+    started
+        .run_until_stopped(cancel)
+        .await
+        .map_err(NodeFailure::Running)
 }
 
 /// A node whose parts are all running.
@@ -217,22 +241,32 @@ struct Started {
     bootstrap: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
 
-async fn start(config: NodeConfig, disk: DiskHealth, cancel: CancellationToken) -> anyhow::Result<Started> {
+async fn start(
+    config: NodeConfig,
+    disk: DiskHealth,
+    cancel: CancellationToken,
+) -> anyhow::Result<Started> {
     let material = TlsMaterial::load(&config.tls.ca, &config.tls.cert, &config.tls.key)?;
     let fingerprint = material.ca_fingerprint().to_string();
     let store_dir = config.data_dir.clone();
-    let store_options = StoreOptions { cache_capacity_bytes: config.storage.cache_capacity_bytes, ..Default::default() };
+    let store_options = StoreOptions {
+        cache_capacity_bytes: config.storage.cache_capacity_bytes,
+        ..Default::default()
+    };
     let store = tokio::task::spawn_blocking(move || Store::open(&store_dir, store_options))
         .await?
         .with_context(|| format!("opening data dir {}", config.data_dir.display()))?;
     store.claim_identity(config.node_id, &fingerprint)?;
     let blob_dir = config.data_dir.join("blobs");
-    let blobs = tokio::task::spawn_blocking(move || floe_storage::BlobStore::open(&blob_dir)).await??;
+    let blobs =
+        tokio::task::spawn_blocking(move || floe_storage::BlobStore::open(&blob_dir)).await??;
 
     let declared_gpus = config.inference.gpus.clone();
-    let gpus = tokio::task::spawn_blocking(move || floe_inference::GpuInventory::declared_or_detected(declared_gpus))
-        .await?
-        .context("inference.gpus")?;
+    let gpus = tokio::task::spawn_blocking(move || {
+        floe_inference::GpuInventory::declared_or_detected(declared_gpus)
+    })
+    .await?
+    .context("inference.gpus")?;
     let info = NodeInfo {
         raft_addr: config.advertised_raft_addr().to_string(),
         api_addr: config.advertised_api_addr().to_string(),
@@ -240,7 +274,10 @@ async fn start(config: NodeConfig, disk: DiskHealth, cancel: CancellationToken) 
     };
     let mut transport_options = TransportOptions::default();
     if !config.raft_client_bind_addr.is_empty() {
-        transport_options.client_bind_addr = config.raft_client_bind_addr.parse().context("raft_client_bind_addr")?;
+        transport_options.client_bind_addr = config
+            .raft_client_bind_addr
+            .parse()
+            .context("raft_client_bind_addr")?;
     }
     let peers = Peers::new(&material, transport_options.clone())?;
     // Before Raft starts: a restart applies its log right away.
@@ -259,7 +296,13 @@ async fn start(config: NodeConfig, disk: DiskHealth, cancel: CancellationToken) 
     // Elections go through a pre-vote round (floe_raft::election): a node
     // that merely has not heard from the leader yet cannot depose it.
     raft.runtime_config().elect(false);
-    let elections = Elections::new(raft.clone(), store.log_store(), peers.clone(), config.node_id, election_options(&config));
+    let elections = Elections::new(
+        raft.clone(),
+        store.log_store(),
+        peers.clone(),
+        config.node_id,
+        election_options(&config),
+    );
 
     let metrics = Arc::new(NodeMetrics::default());
     let (forwarder, forward_queue) = crate::forwarder::Forwarder::new();
@@ -274,7 +317,12 @@ async fn start(config: NodeConfig, disk: DiskHealth, cancel: CancellationToken) 
         peers,
         fingerprint: fingerprint.clone(),
         metrics,
-        proposer: Proposer::start(raft.clone(), config.node_id, CLIENT_REQUEST_TIMEOUT, cancel.clone()),
+        proposer: Proposer::start(
+            raft.clone(),
+            config.node_id,
+            CLIENT_REQUEST_TIMEOUT,
+            cancel.clone(),
+        ),
         forwarder,
         reads,
         workers: Default::default(),
@@ -315,18 +363,33 @@ async fn start(config: NodeConfig, disk: DiskHealth, cancel: CancellationToken) 
         let cancel = cancel.clone();
         async move {
             // A node whose disk cannot take its vote must not campaign.
-            elections.run(move || !disk.is_degraded(), cancel.clone()).await;
+            elections
+                .run(move || !disk.is_degraded(), cancel.clone())
+                .await;
             if cancel.is_cancelled() {
                 Ok(())
             } else {
-                Err(anyhow::anyhow!("the raft core stopped; this node can no longer take part in elections"))
+                Err(anyhow::anyhow!(
+                    "the raft core stopped; this node can no longer take part in elections"
+                ))
             }
         }
     });
-    tasks.spawn(crate::metrics::track_leader_changes(node.clone(), cancel.clone()));
-    tasks.spawn(crate::forwarder::run(node.clone(), forward_queue, cancel.clone()));
+    tasks.spawn(crate::metrics::track_leader_changes(
+        node.clone(),
+        cancel.clone(),
+    ));
+    tasks.spawn(crate::forwarder::run(
+        node.clone(),
+        forward_queue,
+        cancel.clone(),
+    ));
     tasks.spawn(crate::reads::run(node.clone(), read_queue, cancel.clone()));
-    tasks.spawn(crate::grpc::serve(node.clone(), material.clone(), cancel.clone()));
+    tasks.spawn(crate::grpc::serve(
+        node.clone(),
+        material.clone(),
+        cancel.clone(),
+    ));
     tasks.spawn(crate::http::serve(node.clone(), cancel.clone()));
     tasks.spawn(crate::workers::dispatch(node.clone(), cancel.clone()));
     tasks.spawn(crate::scheduler::report(node.clone(), cancel.clone()));
@@ -335,14 +398,25 @@ async fn start(config: NodeConfig, disk: DiskHealth, cancel: CancellationToken) 
     tasks.spawn(crate::blobs::maintain(node.clone(), cancel.clone()));
     tasks.spawn(crate::models::maintain(node.clone(), cancel.clone()));
     // Bootstrap ends on its own once the cluster exists; it is not a server.
-    let bootstrap = (config.bootstrap.expect > 0).then(|| tokio::spawn(crate::bootstrap::run(node.clone(), cancel.clone())));
+    let bootstrap = (config.bootstrap.expect > 0)
+        .then(|| tokio::spawn(crate::bootstrap::run(node.clone(), cancel.clone())));
     tracing::info!(node_id = config.node_id, raft = %config.raft_addr, api = %config.api_addr, http = %config.http_addr, "node started");
-    Ok(Started { node, raft_server, tasks, bootstrap })
+    Ok(Started {
+        node,
+        raft_server,
+        tasks,
+        bootstrap,
+    })
 }
 
 impl Started {
     async fn run_until_stopped(self, cancel: CancellationToken) -> anyhow::Result<()> {
-        let Started { node, raft_server, mut tasks, bootstrap } = self;
+        let Started {
+            node,
+            raft_server,
+            mut tasks,
+            bootstrap,
+        } = self;
         let mut failure = None;
         tokio::select! {
             _ = cancel.cancelled() => {}
@@ -363,7 +437,11 @@ impl Started {
             }
         }
         let grace = Duration::from_millis(node.config.shutdown_grace_ms);
-        tracing::info!(node_id = node.id, grace_ms = node.config.shutdown_grace_ms, "node stopping");
+        tracing::info!(
+            node_id = node.id,
+            grace_ms = node.config.shutdown_grace_ms,
+            "node stopping"
+        );
         let stopping = std::time::Instant::now();
         // The Raft core stops first: nothing of this node campaigns or votes
         // while the rest winds down, and requests still waiting on it end now
@@ -372,7 +450,10 @@ impl Started {
         match tokio::time::timeout(grace, node.raft.shutdown()).await {
             Ok(Ok(())) => {}
             Ok(Err(err)) => tracing::warn!(error = %err, "raft shutdown"),
-            Err(_) => tracing::warn!(grace_ms = node.config.shutdown_grace_ms, "raft core did not stop within the grace period"),
+            Err(_) => tracing::warn!(
+                grace_ms = node.config.shutdown_grace_ms,
+                "raft core did not stop within the grace period"
+            ),
         }
         if let Some(bootstrap) = bootstrap {
             bootstrap.abort();
@@ -389,14 +470,25 @@ impl Started {
         })
         .await;
         if drained.is_err() {
-            tracing::warn!(grace_ms = node.config.shutdown_grace_ms, left = tasks.len(), "cutting off services still running after the grace period");
+            tracing::warn!(
+                grace_ms = node.config.shutdown_grace_ms,
+                left = tasks.len(),
+                "cutting off services still running after the grace period"
+            );
             tasks.abort_all();
             while tasks.join_next().await.is_some() {}
         }
-        if tokio::time::timeout(Duration::from_secs(1), raft_server.stopped()).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(1), raft_server.stopped())
+            .await
+            .is_err()
+        {
             tracing::warn!("raft server did not stop within 1 s");
         }
-        tracing::info!(node_id = node.id, took_ms = stopping.elapsed().as_millis() as u64, "node stopped");
+        tracing::info!(
+            node_id = node.id,
+            took_ms = stopping.elapsed().as_millis() as u64,
+            "node stopped"
+        );
         // Only a failed node may be started again in this process (`outage.rs`).
         if failure.is_some() {
             wait_until_released(node).await;
@@ -420,5 +512,9 @@ async fn wait_until_released(node: Arc<Node>) {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    tracing::warn!(node_id, holders = weak.strong_count(), "node state still held 5 s after stopping");
+    tracing::warn!(
+        node_id,
+        holders = weak.strong_count(),
+        "node state still held 5 s after stopping"
+    );
 }

@@ -53,7 +53,11 @@ pub struct WorkerConnection {
 impl WorkerConnection {
     pub fn client_options(self) -> ClientOptions {
         ClientOptions {
-            endpoints: self.endpoint.split(',').map(|endpoint| endpoint.trim().to_string()).collect(),
+            endpoints: self
+                .endpoint
+                .split(',')
+                .map(|endpoint| endpoint.trim().to_string())
+                .collect(),
             ca: self.ca,
             cert: self.cert,
             key: self.key,
@@ -76,12 +80,18 @@ pub struct WorkerOptions {
 }
 
 /// Serves tasks until `cancel` fires, reconnecting with backoff.
-pub async fn run_worker(options: WorkerOptions, handler: Arc<dyn Handler>, cancel: CancellationToken) -> anyhow::Result<()> {
+pub async fn run_worker(
+    options: WorkerOptions,
+    handler: Arc<dyn Handler>,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
     let mut backoff = Duration::from_millis(100);
     while !cancel.is_cancelled() {
         match serve_once(&options, handler.clone(), &cancel).await {
             Ok(()) => backoff = Duration::from_millis(100),
-            Err(err) => tracing::warn!(worker = %options.worker_id, error = %crate::client::error_chain(&err), "worker stream ended"),
+            Err(err) => {
+                tracing::warn!(worker = %options.worker_id, error = %crate::client::error_chain(&err), "worker stream ended")
+            }
         }
         tokio::select! {
             _ = cancel.cancelled() => break,
@@ -92,18 +102,34 @@ pub async fn run_worker(options: WorkerOptions, handler: Arc<dyn Handler>, cance
     Ok(())
 }
 
-async fn serve_once(options: &WorkerOptions, handler: Arc<dyn Handler>, cancel: &CancellationToken) -> anyhow::Result<()> {
+async fn serve_once(
+    options: &WorkerOptions,
+    handler: Arc<dyn Handler>,
+    cancel: &CancellationToken,
+) -> anyhow::Result<()> {
     let mut client = FloeClient::connect(&options.client).await?;
     let (outbound, outbound_rx) = mpsc::channel::<api::WorkerMessage>(256);
     let hello = api::WorkerHello {
         worker_id: options.worker_id.clone(),
         blocks: options.blocks.clone(),
         concurrency: options.concurrency,
-        labels: options.labels.iter().map(|(key, value)| (key.clone(), value.clone())).collect(),
+        labels: options
+            .labels
+            .iter()
+            .map(|(key, value)| (key.clone(), value.clone()))
+            .collect(),
         accepts_refusals: true,
     };
-    outbound.send(api::WorkerMessage { kind: Some(api::worker_message::Kind::Hello(hello)) }).await?;
-    let mut tasks = client.workers.attach(tokio_stream::wrappers::ReceiverStream::new(outbound_rx)).await?.into_inner();
+    outbound
+        .send(api::WorkerMessage {
+            kind: Some(api::worker_message::Kind::Hello(hello)),
+        })
+        .await?;
+    let mut tasks = client
+        .workers
+        .attach(tokio_stream::wrappers::ReceiverStream::new(outbound_rx))
+        .await?
+        .into_inner();
     tracing::info!(worker = %options.worker_id, endpoint = %client.endpoint, blocks = ?options.blocks, "worker connected");
     let slots = Arc::new(Semaphore::new(options.concurrency.max(1) as usize));
     loop {
@@ -111,7 +137,9 @@ async fn serve_once(options: &WorkerOptions, handler: Arc<dyn Handler>, cancel: 
             _ = cancel.cancelled() => return Ok(()),
             message = tasks.message() => message?,
         };
-        let Some(message) = message else { return Ok(()) };
+        let Some(message) = message else {
+            return Ok(());
+        };
         if let Some(refused) = &message.refused {
             log_refusal(&options.worker_id, refused);
             continue;
@@ -125,15 +153,29 @@ async fn serve_once(options: &WorkerOptions, handler: Arc<dyn Handler>, cancel: 
             let beating = CancellationToken::new();
             if message.heartbeat_ms > 0 {
                 let every = Duration::from_millis((message.heartbeat_ms / 3).max(1));
-                let (outbound, beating, task, attempt) = (outbound.clone(), beating.clone(), message.task.clone(), message.attempt);
+                let (outbound, beating, task, attempt) = (
+                    outbound.clone(),
+                    beating.clone(),
+                    message.task.clone(),
+                    message.attempt,
+                );
                 tokio::spawn(async move {
                     loop {
                         tokio::select! {
                             _ = beating.cancelled() => return,
                             _ = tokio::time::sleep(every) => {}
                         }
-                        let beat = api::TaskHeartbeat { task: task.clone(), attempt };
-                        if outbound.send(api::WorkerMessage { kind: Some(api::worker_message::Kind::Heartbeat(beat)) }).await.is_err() {
+                        let beat = api::TaskHeartbeat {
+                            task: task.clone(),
+                            attempt,
+                        };
+                        if outbound
+                            .send(api::WorkerMessage {
+                                kind: Some(api::worker_message::Kind::Heartbeat(beat)),
+                            })
+                            .await
+                            .is_err()
+                        {
                             return;
                         }
                     }
@@ -166,7 +208,11 @@ async fn serve_once(options: &WorkerOptions, handler: Arc<dyn Handler>, cancel: 
                     ..Default::default()
                 },
             };
-            let _ = outbound.send(api::WorkerMessage { kind: Some(api::worker_message::Kind::Result(result)) }).await;
+            let _ = outbound
+                .send(api::WorkerMessage {
+                    kind: Some(api::worker_message::Kind::Result(result)),
+                })
+                .await;
             drop(permit);
         });
     }

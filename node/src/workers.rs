@@ -12,10 +12,10 @@ use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
-use floe_engine::names::quote_bounded;
 use crate::api;
 use crate::runs::parse_task_key;
 use crate::service::Node;
+use floe_engine::names::quote_bounded;
 
 /// Tasks buffered towards one worker's stream.
 const WORKER_QUEUE: usize = 64;
@@ -98,7 +98,10 @@ impl WorkerRegistry {
 
     fn beat(&self, worker_id: &str, task: &str, attempt: u32) {
         if let Ok(mut workers) = self.workers.lock() {
-            if let Some(pushed) = workers.get_mut(worker_id).and_then(|worker| worker.in_flight.get_mut(task)) {
+            if let Some(pushed) = workers
+                .get_mut(worker_id)
+                .and_then(|worker| worker.in_flight.get_mut(task))
+            {
                 if pushed.attempt == attempt {
                     pushed.last_beat = std::time::Instant::now();
                 }
@@ -113,7 +116,9 @@ impl WorkerRegistry {
         if let Ok(mut workers) = self.workers.lock() {
             for worker in workers.values_mut() {
                 worker.in_flight.retain(|task, pushed| {
-                    let late = pushed.heartbeat.is_some_and(|limit| pushed.last_beat.elapsed() > limit);
+                    let late = pushed
+                        .heartbeat
+                        .is_some_and(|limit| pushed.last_beat.elapsed() > limit);
                     if late {
                         overdue.push((task.clone(), pushed.attempt));
                     }
@@ -130,16 +135,30 @@ impl WorkerRegistry {
     }
 
     pub fn running(&self) -> u32 {
-        self.workers.lock().map(|workers| workers.values().map(|w| w.in_flight.len() as u32).sum()).unwrap_or(0)
+        self.workers
+            .lock()
+            .map(|workers| workers.values().map(|w| w.in_flight.len() as u32).sum())
+            .unwrap_or(0)
     }
 
     fn is_pushed(&self, task: &str, attempt: u32) -> bool {
-        let answered = self.answered.lock().map(|answered| answered.get(task) == Some(&attempt)).unwrap_or(false);
+        let answered = self
+            .answered
+            .lock()
+            .map(|answered| answered.get(task) == Some(&attempt))
+            .unwrap_or(false);
         answered
             || self
                 .workers
                 .lock()
-                .map(|workers| workers.values().any(|worker| worker.in_flight.get(task).is_some_and(|f| f.attempt == attempt)))
+                .map(|workers| {
+                    workers.values().any(|worker| {
+                        worker
+                            .in_flight
+                            .get(task)
+                            .is_some_and(|f| f.attempt == attempt)
+                    })
+                })
                 .unwrap_or(false)
     }
 
@@ -148,12 +167,16 @@ impl WorkerRegistry {
     fn push(&self, task: &TaskRecord, input: Vec<u8>) -> bool {
         let text = task_key_text(&task.spec.key);
         let key = task.spec.placement_key();
-        let Ok(mut workers) = self.workers.lock() else { return false };
+        let Ok(mut workers) = self.workers.lock() else {
+            return false;
+        };
         let chosen = workers
             .iter_mut()
             .filter(|(_, worker)| worker.keys.contains(key.as_ref()) && worker.free() > 0)
             .min_by_key(|(_, worker)| worker.in_flight.len());
-        let Some((_, worker)) = chosen else { return false };
+        let Some((_, worker)) = chosen else {
+            return false;
+        };
         let message = api::WorkerTask {
             task: text.clone(),
             attempt: task.spec.attempt,
@@ -169,7 +192,14 @@ impl WorkerRegistry {
             return false;
         }
         let heartbeat = task.spec.timeouts.heartbeat_ms.map(Duration::from_millis);
-        worker.in_flight.insert(text, InFlight { attempt: task.spec.attempt, last_beat: std::time::Instant::now(), heartbeat });
+        worker.in_flight.insert(
+            text,
+            InFlight {
+                attempt: task.spec.attempt,
+                last_beat: std::time::Instant::now(),
+                heartbeat,
+            },
+        );
         true
     }
 
@@ -177,21 +207,36 @@ impl WorkerRegistry {
     fn has_room(&self, key: &str) -> bool {
         self.workers
             .lock()
-            .map(|workers| workers.values().any(|worker| worker.keys.contains(key) && worker.free() > 0))
+            .map(|workers| {
+                workers
+                    .values()
+                    .any(|worker| worker.keys.contains(key) && worker.free() > 0)
+            })
             .unwrap_or(false)
     }
 
     fn serves(&self, key: &str) -> bool {
-        self.workers.lock().map(|workers| workers.values().any(|worker| worker.keys.contains(key))).unwrap_or(false)
+        self.workers
+            .lock()
+            .map(|workers| workers.values().any(|worker| worker.keys.contains(key)))
+            .unwrap_or(false)
     }
 
     /// Tracks tasks no worker here serves; returns those waiting longer than `grace`.
-    fn unserved_for(&self, now_unserved: BTreeMap<String, u32>, grace: Duration) -> Vec<(String, u32)> {
-        let Ok(mut unserved) = self.unserved.lock() else { return Vec::new() };
+    fn unserved_for(
+        &self,
+        now_unserved: BTreeMap<String, u32>,
+        grace: Duration,
+    ) -> Vec<(String, u32)> {
+        let Ok(mut unserved) = self.unserved.lock() else {
+            return Vec::new();
+        };
         unserved.retain(|task, _| now_unserved.contains_key(task));
         let mut overdue = Vec::new();
         for (task, attempt) in now_unserved {
-            let since = *unserved.entry(task.clone()).or_insert_with(std::time::Instant::now);
+            let since = *unserved
+                .entry(task.clone())
+                .or_insert_with(std::time::Instant::now);
             if since.elapsed() >= grace {
                 overdue.push((task.clone(), attempt));
                 unserved.remove(&task);
@@ -215,7 +260,11 @@ impl WorkerRegistry {
             if let Some(worker) = workers.get_mut(worker_id) {
                 // A late answer for an older attempt must not free the slot
                 // of the attempt pushed since.
-                if worker.in_flight.get(task).is_some_and(|pushed| pushed.attempt == attempt) {
+                if worker
+                    .in_flight
+                    .get(task)
+                    .is_some_and(|pushed| pushed.attempt == attempt)
+                {
                     worker.in_flight.remove(task);
                 }
             }
@@ -231,7 +280,9 @@ impl WorkerRegistry {
         }
         if let Ok(mut workers) = self.workers.lock() {
             for worker in workers.values_mut() {
-                worker.in_flight.retain(|task, pushed| placed.get(task) == Some(&pushed.attempt));
+                worker
+                    .in_flight
+                    .retain(|task, pushed| placed.get(task) == Some(&pushed.attempt));
             }
         }
     }
@@ -245,9 +296,15 @@ pub async fn serve_worker(
     sender: mpsc::Sender<Result<api::WorkerTask, Status>>,
 ) {
     let hello = match incoming.message().await {
-        Ok(Some(api::WorkerMessage { kind: Some(api::worker_message::Kind::Hello(hello)) })) => hello,
+        Ok(Some(api::WorkerMessage {
+            kind: Some(api::worker_message::Kind::Hello(hello)),
+        })) => hello,
         _ => {
-            let _ = sender.send(Err(Status::invalid_argument("the first message on a worker stream must be hello"))).await;
+            let _ = sender
+                .send(Err(Status::invalid_argument(
+                    "the first message on a worker stream must be hello",
+                )))
+                .await;
             return;
         }
     };
@@ -267,7 +324,11 @@ pub async fn serve_worker(
             if !floe_engine::is_block_name(block) {
                 Some(format!("block name {} is not valid", quote_bounded(block)))
             } else if is_inference(block) {
-                Some(format!("block {}: names starting with {:?} are served by model replicas", quote_bounded(block), floe_engine::INFERENCE_BLOCK_PREFIX))
+                Some(format!(
+                    "block {}: names starting with {:?} are served by model replicas",
+                    quote_bounded(block),
+                    floe_engine::INFERENCE_BLOCK_PREFIX
+                ))
             } else {
                 None
             }
@@ -285,13 +346,19 @@ pub async fn serve_worker(
     let refusals = hello.accepts_refusals.then(|| sender.clone());
     let refused_sender = register(&node, &hello, sender);
     if let Some(sender) = refused_sender {
-        let message = format!("worker {} is already connected to node {}", quote_bounded(&worker_id), node.id);
+        let message = format!(
+            "worker {} is already connected to node {}",
+            quote_bounded(&worker_id),
+            node.id
+        );
         let _ = sender.send(Err(Status::already_exists(message))).await;
         return;
     }
     tracing::info!(node_id = node.id, worker = %worker_id, blocks = ?hello.blocks, labels = ?hello.labels, concurrency = hello.concurrency, "worker connected");
     node.workers.wake.notify_one();
-    let deliveries = Arc::new(tokio::sync::Semaphore::new(hello.concurrency.clamp(16, 1024) as usize));
+    let deliveries = Arc::new(tokio::sync::Semaphore::new(
+        hello.concurrency.clamp(16, 1024) as usize,
+    ));
 
     loop {
         // A stopping node ends worker streams, so its gRPC server can drain.
@@ -316,13 +383,17 @@ pub async fn serve_worker(
         match message.kind {
             Some(api::worker_message::Kind::Result(mut result)) => {
                 let outcome = if result.failed {
-                    Err(TaskFailure { error: result.error.clone(), retryable: result.retryable })
+                    Err(TaskFailure {
+                        error: result.error.clone(),
+                        retryable: result.retryable,
+                    })
                 } else {
                     Ok(std::mem::take(&mut result.output))
                 };
                 // The worker's slot frees now; the attempt stays answered (never
                 // pushed again) until its outcome is applied.
-                node.workers.finish(&worker_id, &result.task, result.attempt);
+                node.workers
+                    .finish(&worker_id, &result.task, result.attempt);
                 let key = match parse_task_key(&result.task) {
                     Ok(key) => key,
                     Err(err) => {
@@ -333,23 +404,41 @@ pub async fn serve_worker(
                 };
                 // Results commit concurrently (the proposer batches them); the
                 // permits bound how many one stream may have in flight.
-                let Ok(permit) = deliveries.clone().acquire_owned().await else { break };
-                let (node, worker_id, refusals) = (node.clone(), worker_id.clone(), refusals.clone());
+                let Ok(permit) = deliveries.clone().acquire_owned().await else {
+                    break;
+                };
+                let (node, worker_id, refusals) =
+                    (node.clone(), worker_id.clone(), refusals.clone());
                 tokio::spawn(async move {
                     let outcome = match &outcome {
                         Ok(output) => Ok(output.as_slice()),
                         Err(failure) => Err(failure.clone()),
                     };
                     let answered_output = outcome.is_ok();
-                    if let Err(err) = deliver_result(&node, key.clone(), result.attempt, &worker_id, outcome).await {
+                    if let Err(err) =
+                        deliver_result(&node, key.clone(), result.attempt, &worker_id, outcome)
+                            .await
+                    {
                         crate::warn_limited!("task result refused", worker = %worker_id, task = %result.task, attempt = result.attempt, error = %err, "task result refused");
                         refuse(refusals.as_ref(), &result.task, result.attempt, &err).await;
                         // An output refused for what it is (not JSON, over a limit)
                         // would leave the attempt open for good: fail it instead,
                         // so the step's error route decides.
-                        if answered_output && matches!(err, crate::error::ApiError::InvalidArgument(_) | crate::error::ApiError::ResourceExhausted(_)) {
-                            let failure = TaskFailure { error: format!("the worker's output was refused: {err}"), retryable: false };
-                            if let Err(err) = deliver_result(&node, key, result.attempt, &worker_id, Err(failure)).await {
+                        if answered_output
+                            && matches!(
+                                err,
+                                crate::error::ApiError::InvalidArgument(_)
+                                    | crate::error::ApiError::ResourceExhausted(_)
+                            )
+                        {
+                            let failure = TaskFailure {
+                                error: format!("the worker's output was refused: {err}"),
+                                retryable: false,
+                            };
+                            if let Err(err) =
+                                deliver_result(&node, key, result.attempt, &worker_id, Err(failure))
+                                    .await
+                            {
                                 tracing::debug!(worker = %worker_id, task = %result.task, error = %err, "failing the attempt after a refused output was refused");
                             }
                         }
@@ -357,14 +446,18 @@ pub async fn serve_worker(
                     drop(permit);
                 });
             }
-            Some(api::worker_message::Kind::Heartbeat(beat)) => node.workers.beat(&worker_id, &beat.task, beat.attempt),
+            Some(api::worker_message::Kind::Heartbeat(beat)) => {
+                node.workers.beat(&worker_id, &beat.task, beat.attempt)
+            }
             Some(api::worker_message::Kind::Hello(_)) => {
                 let message = format!(
                     "this stream already said hello as worker {}; a worker says hello once, as the first message of a new stream",
                     quote_bounded(&worker_id)
                 );
                 tracing::warn!(worker = %worker_id, "second hello on a worker stream refused");
-                let _ = answers.send(Err(Status::failed_precondition(message))).await;
+                let _ = answers
+                    .send(Err(Status::failed_precondition(message)))
+                    .await;
                 break;
             }
             None => {
@@ -384,15 +477,23 @@ pub async fn serve_worker(
         .and_then(|mut workers| workers.remove(&worker_id))
         .map(|conn| conn.in_flight)
         .unwrap_or_default();
-    let orphaned: Vec<(String, u32)> = orphaned.into_iter().map(|(task, pushed)| (task, pushed.attempt)).collect();
+    let orphaned: Vec<(String, u32)> = orphaned
+        .into_iter()
+        .map(|(task, pushed)| (task, pushed.attempt))
+        .collect();
     tracing::info!(node_id = node.id, worker = %worker_id, unanswered = orphaned.len(), "worker disconnected");
     if node.shutdown.is_cancelled() {
         // The leader re-delivers this node's attempts once its lease lapses.
         return;
     }
     for (task, attempt) in orphaned {
-        let Ok(key) = parse_task_key(&task) else { continue };
-        if let Err(err) = node.task_lost(key, attempt, format!("worker {worker_id} disconnected")).await {
+        let Ok(key) = parse_task_key(&task) else {
+            continue;
+        };
+        if let Err(err) = node
+            .task_lost(key, attempt, format!("worker {worker_id} disconnected"))
+            .await
+        {
             tracing::debug!(task = %task, error = %err, "orphaned task already settled");
         }
     }
@@ -417,7 +518,10 @@ async fn refuse(
         code: code_name(status.code()).to_string(),
         reason: status.message().to_string(),
     };
-    let message = api::WorkerTask { refused: Some(refused), ..Default::default() };
+    let message = api::WorkerTask {
+        refused: Some(refused),
+        ..Default::default()
+    };
     // The stream may have ended meanwhile; the refusal is logged either way.
     let _ = refusals.send(Ok(message)).await;
 }
@@ -439,11 +543,13 @@ fn code_name(code: tonic::Code) -> &'static str {
 /// The status a worker gets when its own stream fails: tonic's refusal of
 /// an oversize message becomes RESOURCE_EXHAUSTED naming the setting.
 fn stream_error_answer(node: &Node, status: Status) -> Status {
-    let oversize = status.code() == tonic::Code::OutOfRange && status.message().contains("message length too large");
+    let oversize = status.code() == tonic::Code::OutOfRange
+        && status.message().contains("message length too large");
     if !oversize {
         return status;
     }
-    crate::grpc_limits::TransportLimits::from_config(&node.config).oversize_status("/floe.v1.Workers/Attach", status.message())
+    crate::grpc_limits::TransportLimits::from_config(&node.config)
+        .oversize_status("/floe.v1.Workers/Attach", status.message())
 }
 
 /// How long a worker's result is retried while the cluster changes leader.
@@ -466,7 +572,10 @@ pub(crate) async fn deliver_result(
     let deadline = std::time::Instant::now() + RESULT_RETRY_LIMIT;
     let mut backoff = Duration::from_millis(50);
     loop {
-        match node.task_result(key.clone(), attempt, Some(worker), outcome.clone()).await {
+        match node
+            .task_result(key.clone(), attempt, Some(worker), outcome.clone())
+            .await
+        {
             Err(ApiError::Unavailable(reason) | ApiError::OutcomeUnknown(reason))
                 if std::time::Instant::now() < deadline && !node.shutdown.is_cancelled() =>
             {
@@ -485,17 +594,27 @@ fn register(
     hello: &api::WorkerHello,
     sender: mpsc::Sender<Result<api::WorkerTask, Status>>,
 ) -> Option<mpsc::Sender<Result<api::WorkerTask, Status>>> {
-    let Ok(mut workers) = node.workers.workers.lock() else { return Some(sender) };
+    let Ok(mut workers) = node.workers.workers.lock() else {
+        return Some(sender);
+    };
     if workers.contains_key(&hello.worker_id) {
         return Some(sender);
     }
-    let labels: BTreeMap<String, String> = hello.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    let labels: BTreeMap<String, String> = hello
+        .labels
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
     let subsets = floe_engine::label_subsets(&labels);
     let conn = WorkerConn {
         keys: hello
             .blocks
             .iter()
-            .flat_map(|block| subsets.iter().map(move |subset| floe_engine::placement_key(block, subset)))
+            .flat_map(|block| {
+                subsets
+                    .iter()
+                    .map(move |subset| floe_engine::placement_key(block, subset))
+            })
             .collect(),
         concurrency: hello.concurrency,
         in_flight: BTreeMap::new(),
@@ -518,7 +637,11 @@ pub async fn dispatch(node: Arc<Node>, cancel: CancellationToken) -> anyhow::Res
         // Only the records of attempts not handed out yet are read.
         let scan_node = node.clone();
         let placed = tokio::task::spawn_blocking(move || {
-            scan_node.reader.placed_tasks(scan_node.id, |task, attempt| !dispatched(&scan_node, task, attempt))
+            scan_node
+                .reader
+                .placed_tasks(scan_node.id, |task, attempt| {
+                    !dispatched(&scan_node, task, attempt)
+                })
         })
         .await;
         let placed = match placed {
@@ -529,12 +652,21 @@ pub async fn dispatch(node: Arc<Node>, cancel: CancellationToken) -> anyhow::Res
             }
             Err(_) => continue,
         };
-        let attempts: BTreeMap<String, u32> = placed.iter().map(|(text, attempt, _)| (text.clone(), *attempt)).collect();
+        let attempts: BTreeMap<String, u32> = placed
+            .iter()
+            .map(|(text, attempt, _)| (text.clone(), *attempt))
+            .collect();
         node.workers.retain(&attempts);
-        let placed: Vec<TaskRecord> = placed.into_iter().filter_map(|(_, _, record)| record).collect();
+        let placed: Vec<TaskRecord> = placed
+            .into_iter()
+            .filter_map(|(_, _, record)| record)
+            .collect();
         let mut unserved_now = BTreeMap::new();
         let latest = if placed.iter().any(|task| is_inference(&task.spec.block)) {
-            node.reader.deployments().map(|d| crate::models::latest_deployed(&d)).unwrap_or_default()
+            node.reader
+                .deployments()
+                .map(|d| crate::models::latest_deployed(&d))
+                .unwrap_or_default()
         } else {
             BTreeMap::new()
         };
@@ -546,7 +678,9 @@ pub async fn dispatch(node: Arc<Node>, cancel: CancellationToken) -> anyhow::Res
             if is_inference(&task.spec.block) {
                 // Run by a warm model replica here, not by a worker.
                 if node.models.serves(&task.spec.block, &latest) {
-                    let Some(input) = resolved_input(&node, task).await else { continue };
+                    let Some(input) = resolved_input(&node, task).await else {
+                        continue;
+                    };
                     crate::models::start_task(&node, task, input, &latest);
                 } else {
                     unserved_now.insert(text, task.spec.attempt);
@@ -555,7 +689,9 @@ pub async fn dispatch(node: Arc<Node>, cancel: CancellationToken) -> anyhow::Res
             }
             let key = task.spec.placement_key();
             if node.workers.has_room(&key) {
-                let Some(input) = worker_input(&node, task).await else { continue };
+                let Some(input) = worker_input(&node, task).await else {
+                    continue;
+                };
                 if node.workers.push(task, input) {
                     continue;
                 }
@@ -565,7 +701,9 @@ pub async fn dispatch(node: Arc<Node>, cancel: CancellationToken) -> anyhow::Res
             }
         }
         for (task, attempt) in node.workers.overdue() {
-            let Ok(key) = parse_task_key(&task) else { continue };
+            let Ok(key) = parse_task_key(&task) else {
+                continue;
+            };
             let timer = floe_engine::run::TimerKey {
                 run_id: key.run_id.clone(),
                 step_id: key.step_id.clone(),
@@ -574,15 +712,29 @@ pub async fn dispatch(node: Arc<Node>, cancel: CancellationToken) -> anyhow::Res
                 attempt,
             };
             tracing::info!(node_id = node.id, task = %task, attempt, "no heartbeat in time; attempt timed out");
-            if let Err(err) = node.run_event(&key.run_id, floe_engine::run::RunEvent::TimerFired { timer }).await {
+            if let Err(err) = node
+                .run_event(
+                    &key.run_id,
+                    floe_engine::run::RunEvent::TimerFired { timer },
+                )
+                .await
+            {
                 tracing::debug!(task = %task, error = %err, "heartbeat timeout not applied");
             }
         }
         for (task, attempt) in node.workers.unserved_for(unserved_now, UNSERVED_GRACE) {
-            let command = floe_storage::Command::UnassignTask { task: task.clone(), attempt, at_ms: crate::runs::now_ms() };
+            let command = floe_storage::Command::UnassignTask {
+                task: task.clone(),
+                attempt,
+                at_ms: crate::runs::now_ms(),
+            };
             match node.write(command).await {
-                Ok(_) => tracing::info!(node_id = node.id, task = %task, "task handed back: no worker here serves its block"),
-                Err(err) => tracing::debug!(task = %task, error = %err, "handing a task back failed"),
+                Ok(_) => {
+                    tracing::info!(node_id = node.id, task = %task, "task handed back: no worker here serves its block")
+                }
+                Err(err) => {
+                    tracing::debug!(task = %task, error = %err, "handing a task back failed")
+                }
             }
         }
     }
@@ -604,8 +756,14 @@ async fn resolved_input(node: &Node, task: &TaskRecord) -> Option<serde_json::Va
     };
     let text = task_key_text(&task.spec.key);
     crate::warn_limited!("task input not resolved", node_id = node.id, task = %text, attempt = task.spec.attempt, error = %failure, "task input not resolved");
-    let failure = TaskFailure { error: format!("input not available: {failure}"), retryable: true };
-    if let Err(err) = node.task_result(task.spec.key.clone(), task.spec.attempt, None, Err(failure)).await {
+    let failure = TaskFailure {
+        error: format!("input not available: {failure}"),
+        retryable: true,
+    };
+    if let Err(err) = node
+        .task_result(task.spec.key.clone(), task.spec.attempt, None, Err(failure))
+        .await
+    {
         tracing::debug!(task = %text, error = %err, "failing the attempt was refused");
     }
     None
@@ -618,7 +776,10 @@ const UNSERVED_GRACE: Duration = Duration::from_secs(1);
 /// task waits for a slot of its labels and of its block).
 pub fn queued_blocks(node: &Node) -> BTreeMap<String, u32> {
     let mut queued = BTreeMap::new();
-    if let Ok(placed) = node.reader.placed_tasks(node.id, |task, attempt| !dispatched(node, task, attempt)) {
+    if let Ok(placed) = node
+        .reader
+        .placed_tasks(node.id, |task, attempt| !dispatched(node, task, attempt))
+    {
         for task in placed.into_iter().filter_map(|(_, _, record)| record) {
             for pool in task.spec.slot_pools() {
                 *queued.entry(pool.into_owned()).or_default() += 1;
@@ -631,13 +792,23 @@ pub fn queued_blocks(node: &Node) -> BTreeMap<String, u32> {
 /// What is wrong with the labels a worker declared, if anything.
 fn label_problem(labels: &std::collections::HashMap<String, String>) -> Option<String> {
     if labels.len() > floe_engine::MAX_LABELS {
-        return Some(format!("at most {} labels per worker, found {}", floe_engine::MAX_LABELS, labels.len()));
+        return Some(format!(
+            "at most {} labels per worker, found {}",
+            floe_engine::MAX_LABELS,
+            labels.len()
+        ));
     }
     labels.iter().find_map(|(key, value)| {
         if !floe_engine::is_label_key(key) {
-            Some(format!("label key {} is not valid: must match ^[a-z][a-z0-9_.-]{{0,62}}$", quote_bounded(key)))
+            Some(format!(
+                "label key {} is not valid: must match ^[a-z][a-z0-9_.-]{{0,62}}$",
+                quote_bounded(key)
+            ))
         } else if !floe_engine::is_label_value(value) {
-            Some(format!("label {key}={}: the value must match ^[A-Za-z0-9][A-Za-z0-9_.-]{{0,62}}$", quote_bounded(value)))
+            Some(format!(
+                "label {key}={}: the value must match ^[A-Za-z0-9][A-Za-z0-9_.-]{{0,62}}$",
+                quote_bounded(value)
+            ))
         } else {
             None
         }
@@ -659,10 +830,22 @@ mod tests {
 
     #[test]
     fn declared_labels_are_checked() {
-        let labels = |pairs: &[(&str, &str)]| pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        assert_eq!(label_problem(&labels(&[("site", "north"), ("gpu", "yes")])), None);
-        assert!(label_problem(&labels(&[("Site", "north")])).unwrap().contains("label key \"Site\""));
-        assert!(label_problem(&labels(&[("site", "a=b")])).unwrap().contains("site=\"a=b\""));
+        let labels = |pairs: &[(&str, &str)]| {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        assert_eq!(
+            label_problem(&labels(&[("site", "north"), ("gpu", "yes")])),
+            None
+        );
+        assert!(label_problem(&labels(&[("Site", "north")]))
+            .unwrap()
+            .contains("label key \"Site\""));
+        assert!(label_problem(&labels(&[("site", "a=b")]))
+            .unwrap()
+            .contains("site=\"a=b\""));
         let five = labels(&[("a", "1"), ("b", "1"), ("c", "1"), ("d", "1"), ("e", "1")]);
         assert!(label_problem(&five).unwrap().contains("at most 4 labels"));
     }
@@ -671,7 +854,11 @@ mod tests {
     fn a_late_answer_for_an_older_attempt_keeps_the_current_attempts_slot() {
         let registry = WorkerRegistry::default();
         let (sender, _tasks) = worker_channel();
-        let pushed = InFlight { attempt: 2, last_beat: std::time::Instant::now(), heartbeat: None };
+        let pushed = InFlight {
+            attempt: 2,
+            last_beat: std::time::Instant::now(),
+            heartbeat: None,
+        };
         let conn = WorkerConn {
             keys: ["ocr".to_string()].into_iter().collect(),
             concurrency: 1,

@@ -39,7 +39,10 @@ impl Drop for WorkerGuard {
 }
 
 fn python_has_grpc() -> Result<(), String> {
-    match Command::new("python3").args(["-c", "import grpc, grpc_tools"]).output() {
+    match Command::new("python3")
+        .args(["-c", "import grpc, grpc_tools"])
+        .output()
+    {
         Ok(out) if out.status.success() => Ok(()),
         Ok(out) => Err(String::from_utf8_lossy(&out.stderr).trim().to_string()),
         Err(err) => Err(format!("python3: {err}")),
@@ -47,18 +50,34 @@ fn python_has_grpc() -> Result<(), String> {
 }
 
 fn generate_stubs(out: &Path) {
-    let status = Command::new("bash").arg(example_dir().join("generate.sh")).arg(out).status().expect("running generate.sh");
+    let status = Command::new("bash")
+        .arg(example_dir().join("generate.sh"))
+        .arg(out)
+        .status()
+        .expect("running generate.sh");
     assert!(status.success(), "generate.sh failed: {status}");
     assert!(out.join("floe_pb2_grpc.py").exists());
 }
 
 async fn start(client: &mut FloeClient, input: &[u8]) -> String {
-    let request = api::StartRunRequest { flow: "shout".into(), input: input.to_vec(), ..Default::default() };
-    client.runs.start(request).await.unwrap().into_inner().run_id
+    let request = api::StartRunRequest {
+        flow: "shout".into(),
+        input: input.to_vec(),
+        ..Default::default()
+    };
+    client
+        .runs
+        .start(request)
+        .await
+        .unwrap()
+        .into_inner()
+        .run_id
 }
 
 async fn finished(client: &mut FloeClient, run_id: &str) -> Value {
-    floe_node::harness::finished_run(client, run_id, WAIT).await.unwrap()
+    floe_node::harness::finished_run(client, run_id, WAIT)
+        .await
+        .unwrap()
 }
 
 /// Every error string in a run record: the run's and its attempts'.
@@ -91,7 +110,9 @@ async fn python_worker_serves_a_flow() {
     let stubs = tempfile::tempdir().unwrap();
     generate_stubs(stubs.path());
 
-    let cluster = TestCluster::start(ClusterOptions::new(BINARY, 1)).await.unwrap();
+    let cluster = TestCluster::start(ClusterOptions::new(BINARY, 1))
+        .await
+        .unwrap();
     let log = cluster.dir.join("python-worker.log");
     let log_file = File::create(&log).unwrap();
     let child = Command::new("python3")
@@ -104,7 +125,18 @@ async fn python_worker_serves_a_flow() {
         .arg(cluster.client_dir.join("client.pem"))
         .arg("--key")
         .arg(cluster.client_dir.join("client-key.pem"))
-        .args(["--id", "py1", "--block", "upper", "--block", "word_count", "--concurrency", "2", "--label", "lang=python"])
+        .args([
+            "--id",
+            "py1",
+            "--block",
+            "upper",
+            "--block",
+            "word_count",
+            "--concurrency",
+            "2",
+            "--label",
+            "lang=python",
+        ])
         .arg("--stubs")
         .arg(stubs.path())
         .env("PYTHONUNBUFFERED", "1")
@@ -117,10 +149,15 @@ async fn python_worker_serves_a_flow() {
 
     let mut client = cluster.client(1).await.unwrap();
     // The step requires a label only the Python worker declares.
-    let definition = br#"{"name":"shout","steps":[{"id":"up","type":"task","block":"upper","input":"input",
+    let definition =
+        br#"{"name":"shout","steps":[{"id":"up","type":"task","block":"upper","input":"input",
         "worker_labels":{"lang":"python"}}]}"#
-        .to_vec();
-    client.flows.put(api::PutFlowRequest { definition }).await.unwrap();
+            .to_vec();
+    client
+        .flows
+        .put(api::PutFlowRequest { definition })
+        .await
+        .unwrap();
 
     // The run waits for a worker serving `upper`: the Python one, once attached.
     let run_id = start(&mut client, b"\"hello\"").await;
@@ -136,7 +173,14 @@ async fn python_worker_serves_a_flow() {
     let run = finished(&mut client, &run_id).await;
     assert_eq!(run["status"], "Failed", "{run:#}");
     let errors = errors(&run);
-    assert!(errors.iter().any(|e| e.contains("must be a JSON string")), "errors {errors:?} in {run:#}");
+    assert!(
+        errors.iter().any(|e| e.contains("must be a JSON string")),
+        "errors {errors:?} in {run:#}"
+    );
     let attempts = run["steps"]["up"]["attempts"].as_array().unwrap();
-    assert_eq!(attempts.len(), 1, "a non-retryable failure is not retried: {run:#}");
+    assert_eq!(
+        attempts.len(),
+        1,
+        "a non-retryable failure is not retried: {run:#}"
+    );
 }

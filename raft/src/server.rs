@@ -71,7 +71,9 @@ pub struct RaftAdmission {
 impl RaftAdmission {
     /// `refusal` answers `Some(reason)` while requests must be refused.
     pub fn new(refusal: impl Fn() -> Option<String> + Send + Sync + 'static) -> Self {
-        RaftAdmission { refusal: Some(Arc::new(refusal)) }
+        RaftAdmission {
+            refusal: Some(Arc::new(refusal)),
+        }
     }
 
     /// Why a Raft request must be refused now, if it must.
@@ -82,7 +84,11 @@ impl RaftAdmission {
 
 impl std::fmt::Debug for RaftAdmission {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let kind = if self.refusal.is_some() { "conditional" } else { "always" };
+        let kind = if self.refusal.is_some() {
+            "conditional"
+        } else {
+            "always"
+        };
         f.debug_tuple("RaftAdmission").field(&kind).finish()
     }
 }
@@ -208,10 +214,17 @@ impl RaftServer {
             .transport_config()
             .map_err(|error| setup_error(error.to_string()))?;
         server_config.transport_config(Arc::new(transport));
-        let socket = std::net::UdpSocket::bind(addr).map_err(|error| setup_error(format!("bind: {error}")))?;
-        let runtime = quinn::default_runtime().ok_or_else(|| setup_error("no async runtime".into()))?;
-        let endpoint = Endpoint::new(stable_endpoint_config(tls), Some(server_config), socket, runtime)
+        let socket = std::net::UdpSocket::bind(addr)
             .map_err(|error| setup_error(format!("bind: {error}")))?;
+        let runtime =
+            quinn::default_runtime().ok_or_else(|| setup_error("no async runtime".into()))?;
+        let endpoint = Endpoint::new(
+            stable_endpoint_config(tls),
+            Some(server_config),
+            socket,
+            runtime,
+        )
+        .map_err(|error| setup_error(format!("bind: {error}")))?;
         let local_addr = endpoint
             .local_addr()
             .map_err(|error| setup_error(error.to_string()))?;
@@ -406,9 +419,13 @@ impl StreamContext {
                 total_len,
             } => self.receive_snapshot(vote, meta, total_len, recv).await,
             RequestBody::PreVote(rpc) => match &self.identity {
-                PeerIdentity::Node(from) => Ok(ResponseBody::PreVote(raft.pre_vote(*from, rpc).await)),
+                PeerIdentity::Node(from) => {
+                    Ok(ResponseBody::PreVote(raft.pre_vote(*from, rpc).await))
+                }
                 // `refusal` lets only nodes send Raft requests.
-                other => Err(RemoteError::Refused(format!("{other} may not ask for pre-votes"))),
+                other => Err(RemoteError::Refused(format!(
+                    "{other} may not ask for pre-votes"
+                ))),
             },
             RequestBody::App(payload) => self
                 .state
@@ -471,7 +488,10 @@ impl StreamContext {
 /// Both keys are derived from the node's private key, so they stay secret.
 fn stable_endpoint_config(tls: &TlsMaterial) -> quinn::EndpointConfig {
     use sha2::{Digest, Sha256};
-    let secret = Sha256::new().chain_update(b"floe quic stateless reset v1").chain_update(tls.key_pem()).finalize();
+    let secret = Sha256::new()
+        .chain_update(b"floe quic stateless reset v1")
+        .chain_update(tls.key_pem())
+        .finalize();
     let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &secret);
     let mut config = quinn::EndpointConfig::new(Arc::new(key));
     // The restarted endpoint only answers packets whose connection ids it
@@ -479,6 +499,8 @@ fn stable_endpoint_config(tls: &TlsMaterial) -> quinn::EndpointConfig {
     let mut cid_key = [0u8; 8];
     cid_key.copy_from_slice(&secret[..8]);
     let cid_key = u64::from_le_bytes(cid_key);
-    config.cid_generator(move || Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key)));
+    config.cid_generator(move || {
+        Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+    });
     config
 }

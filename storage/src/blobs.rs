@@ -36,7 +36,10 @@ pub struct BlobRef {
 
 impl BlobRef {
     pub fn of(bytes: &[u8]) -> BlobRef {
-        BlobRef { hash: hex::encode(Sha256::digest(bytes)), size: bytes.len() as u64 }
+        BlobRef {
+            hash: hex::encode(Sha256::digest(bytes)),
+            size: bytes.len() as u64,
+        }
     }
 
     /// The JSON form a run record carries in place of the payload.
@@ -53,13 +56,19 @@ impl BlobRef {
             return None;
         }
         let size = object.get("size")?.as_u64()?;
-        Some(BlobRef { hash: hash.to_string(), size })
+        Some(BlobRef {
+            hash: hash.to_string(),
+            size,
+        })
     }
 }
 
 /// Whether `text` is a lowercase hex sha256.
 pub fn is_hash(text: &str) -> bool {
-    text.len() == HASH_HEX_LEN && text.bytes().all(|byte| matches!(byte, b'0'..=b'9' | b'a'..=b'f'))
+    text.len() == HASH_HEX_LEN
+        && text
+            .bytes()
+            .all(|byte| matches!(byte, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 /// The hashes of every blob reference in serialized JSON, in order of
@@ -70,7 +79,9 @@ pub fn referenced_hashes(json: &[u8]) -> Vec<String> {
     let mut rest = json;
     while let Some(at) = find(rest, REF_MARKER) {
         let start = at + REF_MARKER.len();
-        let candidate = rest.get(start..start + HASH_HEX_LEN).and_then(|bytes| std::str::from_utf8(bytes).ok());
+        let candidate = rest
+            .get(start..start + HASH_HEX_LEN)
+            .and_then(|bytes| std::str::from_utf8(bytes).ok());
         if let Some(hash) = candidate.filter(|hash| is_hash(hash)) {
             if !hashes.iter().any(|seen| seen == hash) {
                 hashes.push(hash.to_string());
@@ -108,8 +119,12 @@ pub struct BlobStore {
 
 impl BlobStore {
     pub fn open(dir: &Path) -> Result<BlobStore, StoreError> {
-        fs::create_dir_all(dir).map_err(|error| StoreError::io(format!("create blob dir {}", dir.display()), error))?;
-        let store = BlobStore { dir: dir.to_path_buf(), aging: Arc::default() };
+        fs::create_dir_all(dir)
+            .map_err(|error| StoreError::io(format!("create blob dir {}", dir.display()), error))?;
+        let store = BlobStore {
+            dir: dir.to_path_buf(),
+            aging: Arc::default(),
+        };
         store.remove_partial_files()?;
         Ok(store)
     }
@@ -123,20 +138,30 @@ impl BlobStore {
     pub fn put(&self, bytes: &[u8]) -> Result<BlobRef, StoreError> {
         let blob = BlobRef::of(bytes);
         {
-            let _aging = self.aging.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let _aging = self
+                .aging
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
             if self.has(&blob.hash) {
                 // A new reference is coming: restart its grace period.
-                let touched = File::options().append(true).open(self.path(&blob.hash)).and_then(|file| file.set_modified(SystemTime::now()));
+                let touched = File::options()
+                    .append(true)
+                    .open(self.path(&blob.hash))
+                    .and_then(|file| file.set_modified(SystemTime::now()));
                 match touched {
                     Ok(()) => return Ok(blob),
                     Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(error) => return Err(StoreError::io(format!("refresh blob {}", blob.hash), error)),
+                    Err(error) => {
+                        return Err(StoreError::io(format!("refresh blob {}", blob.hash), error))
+                    }
                 }
             }
         }
         let final_path = self.path(&blob.hash);
         let parent = final_path.parent().unwrap_or(&self.dir).to_path_buf();
-        fs::create_dir_all(&parent).map_err(|error| StoreError::io(format!("create blob dir {}", parent.display()), error))?;
+        fs::create_dir_all(&parent).map_err(|error| {
+            StoreError::io(format!("create blob dir {}", parent.display()), error)
+        })?;
         let temp_path = parent.join(format!("{}.partial-{}", blob.hash, std::process::id()));
         let write = || -> std::io::Result<()> {
             let mut file = File::create(&temp_path)?;
@@ -158,7 +183,10 @@ impl BlobStore {
         if blob.hash != hash {
             return Err(StoreError::io(
                 format!("blob {hash}"),
-                std::io::Error::new(std::io::ErrorKind::InvalidData, format!("content hashes to {}", blob.hash)),
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("content hashes to {}", blob.hash),
+                ),
             ));
         }
         self.put(bytes)
@@ -189,14 +217,25 @@ impl BlobStore {
     }
 
     /// Removes the blob if it was last stored at least `grace` ago; true when it went.
-    pub fn remove_if_older(&self, hash: &str, grace: std::time::Duration) -> Result<bool, StoreError> {
-        let _aging = self.aging.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let modified = match fs::metadata(self.path(hash)).and_then(|metadata| metadata.modified()) {
+    pub fn remove_if_older(
+        &self,
+        hash: &str,
+        grace: std::time::Duration,
+    ) -> Result<bool, StoreError> {
+        let _aging = self
+            .aging
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let modified = match fs::metadata(self.path(hash)).and_then(|metadata| metadata.modified())
+        {
             Ok(modified) => modified,
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(false),
             Err(error) => return Err(StoreError::io(format!("stat blob {hash}"), error)),
         };
-        if SystemTime::now().duration_since(modified).map_or(true, |age| age < grace) {
+        if SystemTime::now()
+            .duration_since(modified)
+            .map_or(true, |age| age < grace)
+        {
             return Ok(false);
         }
         self.remove(hash)?;
@@ -217,7 +256,10 @@ impl BlobStore {
     /// Every blob here with its size and last modification time.
     pub fn list(&self) -> Result<Vec<(BlobRef, SystemTime)>, StoreError> {
         let mut blobs = Vec::new();
-        let read_dir = |dir: &Path| fs::read_dir(dir).map_err(|error| StoreError::io(format!("list {}", dir.display()), error));
+        let read_dir = |dir: &Path| {
+            fs::read_dir(dir)
+                .map_err(|error| StoreError::io(format!("list {}", dir.display()), error))
+        };
         for shard in read_dir(&self.dir)? {
             let shard = shard.map_err(|error| StoreError::io("list blob dir", error))?;
             if !shard.path().is_dir() {
@@ -229,9 +271,17 @@ impl BlobStore {
                 if !is_hash(&name) {
                     continue;
                 }
-                let metadata = entry.metadata().map_err(|error| StoreError::io(format!("stat blob {name}"), error))?;
+                let metadata = entry
+                    .metadata()
+                    .map_err(|error| StoreError::io(format!("stat blob {name}"), error))?;
                 let modified = metadata.modified().unwrap_or(SystemTime::UNIX_EPOCH);
-                blobs.push((BlobRef { hash: name, size: metadata.len() }, modified));
+                blobs.push((
+                    BlobRef {
+                        hash: name,
+                        size: metadata.len(),
+                    },
+                    modified,
+                ));
             }
         }
         blobs.sort();
@@ -240,13 +290,18 @@ impl BlobStore {
 
     /// Temporary files a crash left behind.
     fn remove_partial_files(&self) -> Result<(), StoreError> {
-        let Ok(shards) = fs::read_dir(&self.dir) else { return Ok(()) };
+        let Ok(shards) = fs::read_dir(&self.dir) else {
+            return Ok(());
+        };
         for shard in shards.flatten() {
-            let Ok(entries) = fs::read_dir(shard.path()) else { continue };
+            let Ok(entries) = fs::read_dir(shard.path()) else {
+                continue;
+            };
             for entry in entries.flatten() {
                 if entry.file_name().to_string_lossy().contains(".partial-") {
-                    fs::remove_file(entry.path())
-                        .map_err(|error| StoreError::io(format!("remove {}", entry.path().display()), error))?;
+                    fs::remove_file(entry.path()).map_err(|error| {
+                        StoreError::io(format!("remove {}", entry.path().display()), error)
+                    })?;
                 }
             }
         }
@@ -266,7 +321,11 @@ mod tests {
         assert_eq!(blob.size, 10);
         assert!(store.has(&blob.hash));
         assert_eq!(store.get(&blob.hash).unwrap().unwrap(), b"hello blob");
-        assert_eq!(store.put(b"hello blob").unwrap(), blob, "a second put is the same blob");
+        assert_eq!(
+            store.put(b"hello blob").unwrap(),
+            blob,
+            "a second put is the same blob"
+        );
         assert_eq!(store.list().unwrap().len(), 1);
         store.remove(&blob.hash).unwrap();
         assert!(store.get(&blob.hash).unwrap().is_none());
@@ -278,12 +337,26 @@ mod tests {
         let store = BlobStore::open(dir.path()).unwrap();
         let blob = store.put(b"kept").unwrap();
         let old = SystemTime::now() - std::time::Duration::from_secs(3600);
-        File::options().append(true).open(store.path(&blob.hash)).unwrap().set_modified(old).unwrap();
+        File::options()
+            .append(true)
+            .open(store.path(&blob.hash))
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
         store.put(b"kept").unwrap();
-        assert!(!store.remove_if_older(&blob.hash, std::time::Duration::from_secs(60)).unwrap());
+        assert!(!store
+            .remove_if_older(&blob.hash, std::time::Duration::from_secs(60))
+            .unwrap());
         assert!(store.has(&blob.hash));
-        File::options().append(true).open(store.path(&blob.hash)).unwrap().set_modified(old).unwrap();
-        assert!(store.remove_if_older(&blob.hash, std::time::Duration::from_secs(60)).unwrap());
+        File::options()
+            .append(true)
+            .open(store.path(&blob.hash))
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        assert!(store
+            .remove_if_older(&blob.hash, std::time::Duration::from_secs(60))
+            .unwrap());
         assert!(!store.has(&blob.hash));
     }
 
@@ -302,7 +375,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = BlobStore::open(dir.path()).unwrap();
         let other = BlobRef::of(b"something else");
-        let err = store.put_expecting(&other.hash, b"payload").unwrap_err().to_string();
+        let err = store
+            .put_expecting(&other.hash, b"payload")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains(&other.hash), "{err}");
         assert!(store.list().unwrap().is_empty());
     }
@@ -321,15 +397,27 @@ mod tests {
         let first = BlobRef::of(b"one");
         let second = BlobRef::of(b"two");
         assert_eq!(BlobRef::from_json(&first.to_json()), Some(first.clone()));
-        assert_eq!(BlobRef::from_json(&serde_json::json!({"$blob": "sha256:xyz", "size": 1})), None);
+        assert_eq!(
+            BlobRef::from_json(&serde_json::json!({"$blob": "sha256:xyz", "size": 1})),
+            None
+        );
         assert_eq!(BlobRef::from_json(&serde_json::json!({"size": 1})), None);
         let record = serde_json::json!({"input": first.to_json(), "steps": [{"output": second.to_json()}, {"output": first.to_json()}]});
         let bytes = serde_json::to_vec(&record).unwrap();
-        assert_eq!(referenced_hashes(&bytes), vec![first.hash.clone(), second.hash.clone()]);
+        assert_eq!(
+            referenced_hashes(&bytes),
+            vec![first.hash.clone(), second.hash.clone()]
+        );
         assert!(referenced_hashes(br#"{"$blob":"sha256:short"}"#).is_empty());
         // Other dollars around (and at the very start of) the text are skipped.
-        let noisy = format!(r#"$"$$blob","$blob":"sha256:{}","price":"$3","$blob":"sha256:{}""#, first.hash, second.hash);
-        assert_eq!(referenced_hashes(noisy.as_bytes()), vec![first.hash, second.hash]);
+        let noisy = format!(
+            r#"$"$$blob","$blob":"sha256:{}","price":"$3","$blob":"sha256:{}""#,
+            first.hash, second.hash
+        );
+        assert_eq!(
+            referenced_hashes(noisy.as_bytes()),
+            vec![first.hash, second.hash]
+        );
         assert!(referenced_hashes(b"$").is_empty() && referenced_hashes(b"").is_empty());
     }
 }

@@ -72,11 +72,19 @@ pub fn decode_bytes(record: impl FnOnce() -> String, bytes: &[u8]) -> Result<&[u
         return Err(StoreError::EmptyRecord { record: record() });
     };
     if version != FORMAT_VERSION {
-        return Err(StoreError::UnknownFormatVersion { record: record(), found: version, supported: FORMAT_VERSION });
+        return Err(StoreError::UnknownFormatVersion {
+            record: record(),
+            found: version,
+            supported: FORMAT_VERSION,
+        });
     }
     let (value, _read): (&serde_bytes::Bytes, usize) =
-        bincode::serde::borrow_decode_from_slice(payload, bincode_config())
-            .map_err(|source| StoreError::Decode { record: record(), source })?;
+        bincode::serde::borrow_decode_from_slice(payload, bincode_config()).map_err(|source| {
+            StoreError::Decode {
+                record: record(),
+                source,
+            }
+        })?;
     Ok(value)
 }
 
@@ -89,22 +97,40 @@ const BINARY_BODY: u8 = 0;
 /// see `floe_engine::run::json_text`) behind a marker byte, in the byte
 /// record form JSON records use. About a third of the JSON's size and
 /// several times faster to write and read, which apply does for every step.
-pub fn encode_structured<T: Serialize>(record: impl Fn() -> String, value: &T) -> Result<Vec<u8>, StoreError> {
+pub fn encode_structured<T: Serialize>(
+    record: impl Fn() -> String,
+    value: &T,
+) -> Result<Vec<u8>, StoreError> {
     let mut body = vec![BINARY_BODY];
-    bincode::serde::encode_into_std_write(value, &mut body, bincode_config())
-        .map_err(|source| StoreError::Encode { record: record(), source })?;
+    bincode::serde::encode_into_std_write(value, &mut body, bincode_config()).map_err(
+        |source| StoreError::Encode {
+            record: record(),
+            source,
+        },
+    )?;
     encode_bytes(record, &body)
 }
 
 /// Decodes a record stored by `encode_structured` or as JSON: the body's
 /// first byte tells which.
-pub fn decode_structured<T: DeserializeOwned>(record: impl Fn() -> String, bytes: &[u8]) -> Result<T, StoreError> {
+pub fn decode_structured<T: DeserializeOwned>(
+    record: impl Fn() -> String,
+    bytes: &[u8],
+) -> Result<T, StoreError> {
     let body = decode_bytes(&record, bytes)?;
     match body.split_first() {
-        Some((&BINARY_BODY, payload)) => bincode::serde::decode_from_slice(payload, bincode_config())
-            .map(|(value, _read)| value)
-            .map_err(|source| StoreError::Decode { record: record(), source }),
-        _ => floe_engine::limits::from_stored_text(body).map_err(|err| StoreError::Json { record: record(), reason: err.to_string() }),
+        Some((&BINARY_BODY, payload)) => {
+            bincode::serde::decode_from_slice(payload, bincode_config())
+                .map(|(value, _read)| value)
+                .map_err(|source| StoreError::Decode {
+                    record: record(),
+                    source,
+                })
+        }
+        _ => floe_engine::limits::from_stored_text(body).map_err(|err| StoreError::Json {
+            record: record(),
+            reason: err.to_string(),
+        }),
     }
 }
 
@@ -216,9 +242,12 @@ mod tests {
             created_at_ms: 10,
             updated_at_ms: 12,
             finished_at_ms: Some(12),
-            steps: [("first".to_string(), step(Some(serde_json::Value::Null))), ("second".to_string(), step(None))]
-                .into_iter()
-                .collect(),
+            steps: [
+                ("first".to_string(), step(Some(serde_json::Value::Null))),
+                ("second".to_string(), step(None)),
+            ]
+            .into_iter()
+            .collect(),
             outstanding: Default::default(),
             retry_points: vec!["second".into()],
         }
@@ -228,43 +257,71 @@ mod tests {
     fn structured_records_round_trip_and_are_smaller_than_json() {
         let run = sample_run();
         let binary = encode_structured(|| "run r-1".into(), &run).unwrap();
-        let back: floe_engine::run::RunRecord = decode_structured(|| "run r-1".into(), &binary).unwrap();
+        let back: floe_engine::run::RunRecord =
+            decode_structured(|| "run r-1".into(), &binary).unwrap();
         assert_eq!(back, run);
         let json = encode_bytes(|| "run r-1".into(), &serde_json::to_vec(&run).unwrap()).unwrap();
-        assert!(binary.len() < json.len(), "binary {} bytes, JSON {}", binary.len(), json.len());
+        assert!(
+            binary.len() < json.len(),
+            "binary {} bytes, JSON {}",
+            binary.len(),
+            json.len()
+        );
         // The API's JSON keeps values as JSON, not as text.
         let api = serde_json::to_value(&run).unwrap();
         assert_eq!(api["input"]["document"]["size"], 300000);
-        assert_eq!(api["steps"]["first"]["progress"]["items"][0]["status"], "completed");
+        assert_eq!(
+            api["steps"]["first"]["progress"]["items"][0]["status"],
+            "completed"
+        );
     }
 
     #[test]
     fn structured_records_keep_blob_references_findable() {
         let run = sample_run();
         let binary = encode_structured(|| "run r-1".into(), &run).unwrap();
-        assert_eq!(crate::blobs::referenced_hashes(&binary), vec!["ab".repeat(32)]);
+        assert_eq!(
+            crate::blobs::referenced_hashes(&binary),
+            vec!["ab".repeat(32)]
+        );
     }
 
     #[test]
     fn task_records_round_trip_with_labels_and_timeouts() {
         use floe_engine::run::{TaskKey, TaskSpec};
         let spec = TaskSpec {
-            key: TaskKey { run_id: "r-1".into(), step_id: "ocr".into(), item: Some(4) },
+            key: TaskKey {
+                run_id: "r-1".into(),
+                step_id: "ocr".into(),
+                item: Some(4),
+            },
             attempt: 2,
             block: "ocr".into(),
-            worker_labels: [("gpu".to_string(), "yes".to_string())].into_iter().collect(),
+            worker_labels: [("gpu".to_string(), "yes".to_string())]
+                .into_iter()
+                .collect(),
             input: serde_json::json!([1, {"a": null}]),
             not_before_ms: 99,
-            timeouts: floe_engine::Timeouts { start_to_close_ms: Some(5000), ..Default::default() },
+            timeouts: floe_engine::Timeouts {
+                start_to_close_ms: Some(5000),
+                ..Default::default()
+            },
         };
         let task = crate::runs::TaskRecord {
             spec,
             scheduled_at_ms: 98,
-            assignment: Some(crate::runs::Assignment { node: 3, worker: "w".into(), at_ms: 99 }),
+            assignment: Some(crate::runs::Assignment {
+                node: 3,
+                worker: "w".into(),
+                at_ms: 99,
+            }),
             flow: "chain".into(),
         };
         let binary = encode_structured(|| "task t".into(), &task).unwrap();
-        assert_eq!(decode_structured::<crate::runs::TaskRecord>(|| "task t".into(), &binary).unwrap(), task);
+        assert_eq!(
+            decode_structured::<crate::runs::TaskRecord>(|| "task t".into(), &binary).unwrap(),
+            task
+        );
     }
 
     #[test]
@@ -276,11 +333,15 @@ mod tests {
             step.output = step.output.take().filter(|output| !output.is_null());
         }
         let json = encode_bytes(|| "run r-1".into(), &serde_json::to_vec(&run).unwrap()).unwrap();
-        assert_eq!(decode_structured::<floe_engine::run::RunRecord>(|| "run r-1".into(), &json).unwrap(), run);
+        assert_eq!(
+            decode_structured::<floe_engine::run::RunRecord>(|| "run r-1".into(), &json).unwrap(),
+            run
+        );
         // A task record written before `worker_labels` was always stored.
         let old_task = br#"{"spec":{"key":{"run_id":"r","step_id":"s","item":null},"attempt":1,"block":"noop","input":{},"not_before_ms":0,"timeouts":{}},"scheduled_at_ms":1,"assignment":null,"flow":"f"}"#;
         let stored = encode_bytes(|| "task r/s/-".into(), old_task).unwrap();
-        let task: crate::runs::TaskRecord = decode_structured(|| "task r/s/-".into(), &stored).unwrap();
+        let task: crate::runs::TaskRecord =
+            decode_structured(|| "task r/s/-".into(), &stored).unwrap();
         assert!(task.spec.worker_labels.is_empty());
     }
 
@@ -290,11 +351,17 @@ mod tests {
         // Cut inside the body (the byte-string wrapper stays consistent).
         let body = decode_bytes(String::new, &binary).unwrap();
         let cut = encode_bytes(String::new, &body[..body.len() / 2]).unwrap();
-        let error = decode_structured::<floe_engine::run::RunRecord>(|| "sm_data_0 run r-1".into(), &cut).unwrap_err();
+        let error =
+            decode_structured::<floe_engine::run::RunRecord>(|| "sm_data_0 run r-1".into(), &cut)
+                .unwrap_err();
         assert!(matches!(error, StoreError::Decode { .. }), "{error}");
         assert!(error.to_string().contains("sm_data_0 run r-1"), "{error}");
         let neither = encode_bytes(String::new, b"\x07garbage").unwrap();
-        let error = decode_structured::<floe_engine::run::RunRecord>(|| "sm_data_0 run r-2".into(), &neither).unwrap_err();
+        let error = decode_structured::<floe_engine::run::RunRecord>(
+            || "sm_data_0 run r-2".into(),
+            &neither,
+        )
+        .unwrap_err();
         assert!(error.to_string().contains("sm_data_0 run r-2"), "{error}");
     }
 
@@ -307,7 +374,9 @@ mod tests {
             any::<i64>().prop_map(serde_json::Value::from),
             any::<bool>().prop_map(serde_json::Value::from),
             ".{0,40}".prop_map(serde_json::Value::from),
-            Just(serde_json::json!({"$blob": format!("sha256:{}", "cd".repeat(32)), "size": 300000})),
+            Just(
+                serde_json::json!({"$blob": format!("sha256:{}", "cd".repeat(32)), "size": 300000})
+            ),
         ];
         // The blob-reference leaf is an object itself: one level fewer around it.
         (leaf, 0..floe_engine::limits::MAX_VALUE_DEPTH, ".{0,12}").prop_map(|(leaf, depth, key)| {

@@ -86,7 +86,10 @@ pub enum StoreError {
     /// Apply refuses it alike on every replica and keeps nothing it did;
     /// `position` is where it sits in the batch being applied.
     #[error("{reason}")]
-    CommandRefused { position: Vec<usize>, reason: String },
+    CommandRefused {
+        position: Vec<usize>,
+        reason: String,
+    },
     /// A blocking task panicked or was cancelled.
     #[error("{context}: background task failed: {source}")]
     Task {

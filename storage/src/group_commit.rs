@@ -26,12 +26,18 @@ impl GroupCommit {
         let thread = std::thread::Builder::new()
             .name("floe-log-flush".into())
             .spawn(move || run(db, stats, pending))?;
-        Ok(GroupCommit { queue: Some(queue), thread: Some(thread) })
+        Ok(GroupCommit {
+            queue: Some(queue),
+            thread: Some(thread),
+        })
     }
 
     /// Queues `callback` to fire after the next flush. Fails (handing the
     /// callback back) only if the flusher thread is gone.
-    pub(crate) fn submit(&self, callback: LogFlushed<TypeConfig>) -> Result<(), LogFlushed<TypeConfig>> {
+    pub(crate) fn submit(
+        &self,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), LogFlushed<TypeConfig>> {
         match &self.queue {
             Some(queue) => queue.send(callback).map_err(|returned| returned.0),
             None => Err(callback),
@@ -67,7 +73,9 @@ fn run(db: sled::Db, stats: FlushStats, pending: mpsc::Receiver<LogFlushed<TypeC
             Err(error) => {
                 tracing::error!(error = %error, "log flush failed");
                 for callback in callbacks {
-                    callback.log_io_completed(Err(std::io::Error::other(format!("flush log appends: {error}"))));
+                    callback.log_io_completed(Err(std::io::Error::other(format!(
+                        "flush log appends: {error}"
+                    ))));
                 }
             }
         }

@@ -211,7 +211,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         if let Err(callback) = self.shared.group_commit.submit(callback) {
             callback.log_io_completed(Err(std::io::Error::other("log flusher thread stopped")));
             let error = std::io::Error::other("the flusher thread stopped");
-            return Err(write_logs_error(StoreError::io("append log entries", error)));
+            return Err(write_logs_error(StoreError::io(
+                "append log entries",
+                error,
+            )));
         }
         Ok(())
     }

@@ -54,12 +54,27 @@ impl DeploySpec {
                 problems.push(what.to_string());
             }
         };
-        check((1..=64).contains(&self.replicas), "replicas must be 1 to 64");
+        check(
+            (1..=64).contains(&self.replicas),
+            "replicas must be 1 to 64",
+        );
         check((1..=64).contains(&self.threads), "threads must be 1 to 64");
-        check((1..=1024).contains(&self.max_batch), "max_batch must be 1 to 1024");
-        check(self.max_delay_ms <= 10_000, "max_delay_ms must be at most 10000");
-        check((1..=65_536).contains(&self.queue), "queue must be 1 to 65536");
-        check(self.gpu_milli <= GPU_MILLI_PER_DEVICE, "gpu must be a fraction from 0 to 1");
+        check(
+            (1..=1024).contains(&self.max_batch),
+            "max_batch must be 1 to 1024",
+        );
+        check(
+            self.max_delay_ms <= 10_000,
+            "max_delay_ms must be at most 10000",
+        );
+        check(
+            (1..=65_536).contains(&self.queue),
+            "queue must be 1 to 65536",
+        );
+        check(
+            self.gpu_milli <= GPU_MILLI_PER_DEVICE,
+            "gpu must be a fraction from 0 to 1",
+        );
         problems
     }
 }
@@ -122,31 +137,77 @@ pub(crate) fn put_model(
     signature: &[u8],
     at_ms: u64,
 ) -> Result<CommandResponse, TxError> {
-    if let Some(version) = tx.get_json::<u64>(&keys::model_hash(name, hash), format_args!("model {name} hash"))? {
-        return Ok(CommandResponse::ModelPut { version, created: false });
+    if let Some(version) = tx.get_json::<u64>(
+        &keys::model_hash(name, hash),
+        format_args!("model {name} hash"),
+    )? {
+        return Ok(CommandResponse::ModelPut {
+            version,
+            created: false,
+        });
     }
     let signature: serde_json::Value = match serde_json::from_slice(signature) {
         Ok(signature) => signature,
-        Err(err) => return Ok(refused(format!("model {name}: signature is not JSON: {err}"))),
+        Err(err) => {
+            return Ok(refused(format!(
+                "model {name}: signature is not JSON: {err}"
+            )))
+        }
     };
-    let latest = tx.get_json::<u64>(&keys::model_latest(name), format_args!("model {name} latest"))?.unwrap_or(0);
+    let latest = tx
+        .get_json::<u64>(
+            &keys::model_latest(name),
+            format_args!("model {name} latest"),
+        )?
+        .unwrap_or(0);
     let version = latest + 1;
-    let record = ModelRecord { name: name.to_string(), version, hash: hash.to_string(), size, signature, created_at_ms: at_ms };
-    tx.put_json(keys::model_def(name, version), &record, format_args!("model {name} v{version}"))?;
-    tx.put_json(keys::model_hash(name, hash), &version, format_args!("model {name} hash"))?;
-    tx.put_json(keys::model_latest(name), &version, format_args!("model {name} latest"))?;
+    let record = ModelRecord {
+        name: name.to_string(),
+        version,
+        hash: hash.to_string(),
+        size,
+        signature,
+        created_at_ms: at_ms,
+    };
+    tx.put_json(
+        keys::model_def(name, version),
+        &record,
+        format_args!("model {name} v{version}"),
+    )?;
+    tx.put_json(
+        keys::model_hash(name, hash),
+        &version,
+        format_args!("model {name} hash"),
+    )?;
+    tx.put_json(
+        keys::model_latest(name),
+        &version,
+        format_args!("model {name} latest"),
+    )?;
     tx.mark(keys::blob_owner(hash, &keys::model_owner(name, version)))?;
-    Ok(CommandResponse::ModelPut { version, created: true })
+    Ok(CommandResponse::ModelPut {
+        version,
+        created: true,
+    })
 }
 
 pub(crate) fn deploy(tx: &RunTx<'_>, deployment: &Deployment) -> Result<CommandResponse, TxError> {
     let (name, version) = (&deployment.model, deployment.version);
-    if tx.get_json::<ModelRecord>(&keys::model_def(name, version), format_args!("model {name} v{version}"))?.is_none() {
+    if tx
+        .get_json::<ModelRecord>(
+            &keys::model_def(name, version),
+            format_args!("model {name} v{version}"),
+        )?
+        .is_none()
+    {
         return Ok(refused(format!("model {name} has no version {version}")));
     }
     let problems = deployment.spec.problems();
     if !problems.is_empty() {
-        return Ok(refused(format!("deployment of {name} v{version}: {}", problems.join("; "))));
+        return Ok(refused(format!(
+            "deployment of {name} v{version}: {}",
+            problems.join("; ")
+        )));
     }
     let key = keys::model_deployment(name, version);
     let what = format!("deployment {name} v{version}");
@@ -161,7 +222,11 @@ pub(crate) fn deploy(tx: &RunTx<'_>, deployment: &Deployment) -> Result<CommandR
     Ok(CommandResponse::Applied)
 }
 
-pub(crate) fn undeploy(tx: &RunTx<'_>, name: &str, version: u64) -> Result<CommandResponse, TxError> {
+pub(crate) fn undeploy(
+    tx: &RunTx<'_>,
+    name: &str,
+    version: u64,
+) -> Result<CommandResponse, TxError> {
     let key = keys::model_deployment(name, version);
     if tx.data.remove(key)?.is_none() {
         return Ok(refused(format!("model {name} v{version} is not deployed")));
@@ -175,14 +240,23 @@ fn remove_replicas(tx: &RunTx<'_>, name: &str, version: u64) -> Result<(), TxErr
     // Replica indexes are below 64 (DeploySpec::problems).
     for replica in 0..64 {
         let label = format!("replica {replica} of {name} v{version}");
-        set_replica(tx, keys::model_replica(name, version, replica), None, &label)?;
+        set_replica(
+            tx,
+            keys::model_replica(name, version, replica),
+            None,
+            &label,
+        )?;
     }
     Ok(())
 }
 
 /// Applies the leader's replica changes one by one; a refused change is
 /// skipped and its reason returned, the others still apply.
-pub(crate) fn change_replicas(tx: &RunTx<'_>, changes: &[ReplicaChange], at_ms: u64) -> Result<CommandResponse, TxError> {
+pub(crate) fn change_replicas(
+    tx: &RunTx<'_>,
+    changes: &[ReplicaChange],
+    at_ms: u64,
+) -> Result<CommandResponse, TxError> {
     let mut reasons = Vec::new();
     for change in changes {
         if let Some(reason) = change_replica(tx, change, at_ms)? {
@@ -196,15 +270,25 @@ pub(crate) fn change_replicas(tx: &RunTx<'_>, changes: &[ReplicaChange], at_ms: 
     }
 }
 
-fn change_replica(tx: &RunTx<'_>, change: &ReplicaChange, at_ms: u64) -> Result<Option<String>, TxError> {
+fn change_replica(
+    tx: &RunTx<'_>,
+    change: &ReplicaChange,
+    at_ms: u64,
+) -> Result<Option<String>, TxError> {
     let (name, version, replica) = (&change.model, change.version, change.replica);
     let label = format!("replica {replica} of {name} v{version}");
-    let Some(deployment) = tx.get_json::<Deployment>(&keys::model_deployment(name, version), format_args!("deployment {name} v{version}"))?
+    let Some(deployment) = tx.get_json::<Deployment>(
+        &keys::model_deployment(name, version),
+        format_args!("deployment {name} v{version}"),
+    )?
     else {
         return Ok(Some(format!("{label}: model is not deployed")));
     };
     if replica >= deployment.spec.replicas {
-        return Ok(Some(format!("{label}: the deployment has {} replicas", deployment.spec.replicas)));
+        return Ok(Some(format!(
+            "{label}: the deployment has {} replicas",
+            deployment.spec.replicas
+        )));
     }
     let key = keys::model_replica(name, version, replica);
     let Some(node) = change.node else {
@@ -230,7 +314,10 @@ fn change_replica(tx: &RunTx<'_>, change: &ReplicaChange, at_ms: u64) -> Result<
         (0, Some(_)) => return Ok(Some(format!("{label}: the deployment runs on the CPU"))),
         (_, None) => return Ok(Some(format!("{label}: the deployment needs a GPU share"))),
         (wanted, Some(share)) if share.milli != wanted => {
-            return Ok(Some(format!("{label}: share {} differs from the deployment's {wanted}", share.milli)));
+            return Ok(Some(format!(
+                "{label}: share {} differs from the deployment's {wanted}",
+                share.milli
+            )));
         }
         (_, Some(share)) => {
             let mine = tx
@@ -266,7 +353,12 @@ fn change_replica(tx: &RunTx<'_>, change: &ReplicaChange, at_ms: u64) -> Result<
 
 /// Writes (or with `None` removes) a replica record, moving the GPU share
 /// counters of the record it replaces and of the new one.
-fn set_replica(tx: &RunTx<'_>, key: Vec<u8>, record: Option<&ReplicaRecord>, label: &str) -> Result<(), TxError> {
+fn set_replica(
+    tx: &RunTx<'_>,
+    key: Vec<u8>,
+    record: Option<&ReplicaRecord>,
+    label: &str,
+) -> Result<(), TxError> {
     if let Some(old) = tx.get_json::<ReplicaRecord>(&key, format_args!("{label}"))? {
         if let (Some(node), Some(share)) = (old.node, old.gpu) {
             let used = gpu_used(tx, node, share.device)?;
@@ -290,7 +382,12 @@ fn set_replica(tx: &RunTx<'_>, key: Vec<u8>, record: Option<&ReplicaRecord>, lab
 
 /// Thousandths of GPU `device` on `node` held by placed replicas.
 fn gpu_used(tx: &RunTx<'_>, node: NodeId, device: u32) -> Result<u32, TxError> {
-    Ok(tx.get_json::<u32>(&keys::gpu_used(node, device), format_args!("GPU {device} of node {node}"))?.unwrap_or(0))
+    Ok(tx
+        .get_json::<u32>(
+            &keys::gpu_used(node, device),
+            format_args!("GPU {device} of node {node}"),
+        )?
+        .unwrap_or(0))
 }
 
 fn put_gpu_used(tx: &RunTx<'_>, node: NodeId, device: u32, used: u32) -> Result<(), TxError> {

@@ -11,12 +11,12 @@ use std::sync::Arc;
 use sha2::{Digest, Sha256};
 
 use crate::codec;
-use crate::keys;
 use crate::error::StoreError;
-use crate::state_machine::{read_applied_state, read_tombstones};
-use crate::store::{data_tree_name, DataGeneration, Shared};
+use crate::keys;
 use crate::models::{Deployment, ModelRecord, ReplicaRecord};
 use crate::runs::{placed_attempt, placed_record, LimitScope, LimitState, TaskRecord};
+use crate::state_machine::{read_applied_state, read_tombstones};
+use crate::store::{data_tree_name, DataGeneration, Shared};
 use crate::types::{FlowRecord, KvEntry, LogId, NodeId, StoredMembership};
 use floe_engine::run::RunRecord;
 
@@ -33,10 +33,18 @@ pub struct RunFilter {
 
 impl RunFilter {
     fn matches(&self, run: &RunRecord) -> bool {
-        let status_ok = self.status.as_deref().is_none_or(|status| crate::runs::status_name(run.status) == status);
+        let status_ok = self
+            .status
+            .as_deref()
+            .is_none_or(|status| crate::runs::status_name(run.status) == status);
         let flow_ok = self.flow.as_deref().is_none_or(|flow| run.flow == flow);
-        let correlation_ok = self.correlation_id.as_deref().is_none_or(|id| run.correlation_id == id);
-        let from_ok = self.created_from_ms.is_none_or(|from| run.created_at_ms >= from);
+        let correlation_ok = self
+            .correlation_id
+            .as_deref()
+            .is_none_or(|id| run.correlation_id == id);
+        let from_ok = self
+            .created_from_ms
+            .is_none_or(|from| run.created_at_ms >= from);
         let to_ok = self.created_to_ms.is_none_or(|to| run.created_at_ms < to);
         status_ok && flow_ok && correlation_ok && from_ok && to_ok
     }
@@ -50,7 +58,6 @@ pub struct RunPage {
     pub last_key: Option<Vec<u8>>,
     pub more: bool,
 }
-
 
 /// A cheap, clonable read handle on the applied state machine state.
 #[derive(Clone)]
@@ -115,7 +122,11 @@ impl StateReader {
             if !key.starts_with(&prefix_key) {
                 break;
             }
-            entries.push(decode_kv(&tree_name, &key[keys::KV_PREFIX.len()..], &bytes)?);
+            entries.push(decode_kv(
+                &tree_name,
+                &key[keys::KV_PREFIX.len()..],
+                &bytes,
+            )?);
         }
         Ok(entries)
     }
@@ -125,7 +136,10 @@ impl StateReader {
         let state = self.shared.read_active();
         let tree_name = data_tree_name(state.generation);
         let read = |key: Vec<u8>| {
-            state.data.get(key).map_err(|error| StoreError::sled(format!("read {tree_name} flow {name}"), error))
+            state
+                .data
+                .get(key)
+                .map_err(|error| StoreError::sled(format!("read {tree_name} flow {name}"), error))
         };
         let version = match version {
             Some(version) => version,
@@ -135,14 +149,20 @@ impl StateReader {
             },
         };
         match read(keys::flow_def(name, version))? {
-            Some(bytes) => codec::decode(|| format!("{tree_name} flow {name} v{version}"), &bytes).map(Some),
+            Some(bytes) => {
+                codec::decode(|| format!("{tree_name} flow {name} v{version}"), &bytes).map(Some)
+            }
             None => Ok(None),
         }
     }
 
     /// Up to `limit` flow names with their latest version, in name order,
     /// after `start_after` when given.
-    pub fn flows(&self, start_after: Option<&str>, limit: usize) -> Result<Vec<(String, u64)>, StoreError> {
+    pub fn flows(
+        &self,
+        start_after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, u64)>, StoreError> {
         let state = self.shared.read_active();
         let tree_name = data_tree_name(state.generation);
         let prefix = keys::FLOW_LATEST_PREFIX.as_bytes();
@@ -155,7 +175,8 @@ impl StateReader {
             if flows.len() >= limit {
                 break;
             }
-            let (key, bytes) = item.map_err(|error| StoreError::sled(format!("list {tree_name} flows"), error))?;
+            let (key, bytes) =
+                item.map_err(|error| StoreError::sled(format!("list {tree_name} flows"), error))?;
             if !key.starts_with(prefix) {
                 break;
             }
@@ -172,28 +193,49 @@ impl StateReader {
         let tree_name = data_tree_name(state.generation);
         let mut versions = Vec::new();
         for item in state.data.scan_prefix(keys::flow_defs_of(name)) {
-            let (_, bytes) = item.map_err(|error| StoreError::sled(format!("list {tree_name} flow {name}"), error))?;
-            versions.push(codec::decode(|| format!("{tree_name} flow {name}"), &bytes)?);
+            let (_, bytes) = item.map_err(|error| {
+                StoreError::sled(format!("list {tree_name} flow {name}"), error)
+            })?;
+            versions.push(codec::decode(
+                || format!("{tree_name} flow {name}"),
+                &bytes,
+            )?);
         }
         Ok(versions)
     }
 
-    fn get_json<T: serde::de::DeserializeOwned>(&self, key: &[u8], what: &str) -> Result<Option<T>, StoreError> {
+    fn get_json<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &[u8],
+        what: &str,
+    ) -> Result<Option<T>, StoreError> {
         let state = self.shared.read_active();
         json_in(&state, key, what)
     }
 
     /// Model `name` at `version`, or its latest version.
-    pub fn model(&self, name: &str, version: Option<u64>) -> Result<Option<ModelRecord>, StoreError> {
+    pub fn model(
+        &self,
+        name: &str,
+        version: Option<u64>,
+    ) -> Result<Option<ModelRecord>, StoreError> {
         let state = self.shared.read_active();
         let version = match version {
             Some(version) => version,
-            None => match json_in::<u64>(&state, &keys::model_latest(name), &format!("model {name} latest"))? {
+            None => match json_in::<u64>(
+                &state,
+                &keys::model_latest(name),
+                &format!("model {name} latest"),
+            )? {
                 Some(version) => version,
                 None => return Ok(None),
             },
         };
-        json_in(&state, &keys::model_def(name, version), &format!("model {name} v{version}"))
+        json_in(
+            &state,
+            &keys::model_def(name, version),
+            &format!("model {name} v{version}"),
+        )
     }
 
     /// Every version of model `name`, oldest first.
@@ -218,15 +260,23 @@ impl StateReader {
 
     /// The replicas of one deployment.
     pub fn replicas_of(&self, name: &str, version: u64) -> Result<Vec<ReplicaRecord>, StoreError> {
-        self.json_records(&keys::model_replicas_of(name, version), &format!("replicas of {name} v{version}"))
+        self.json_records(
+            &keys::model_replicas_of(name, version),
+            &format!("replicas of {name} v{version}"),
+        )
     }
 
-    fn json_records<T: serde::de::DeserializeOwned>(&self, prefix: &[u8], what: &str) -> Result<Vec<T>, StoreError> {
+    fn json_records<T: serde::de::DeserializeOwned>(
+        &self,
+        prefix: &[u8],
+        what: &str,
+    ) -> Result<Vec<T>, StoreError> {
         let state = self.shared.read_active();
         let tree_name = data_tree_name(state.generation);
         let mut records = Vec::new();
         for item in state.data.scan_prefix(prefix) {
-            let (key, _) = item.map_err(|error| StoreError::sled(format!("list {tree_name} {what}"), error))?;
+            let (key, _) =
+                item.map_err(|error| StoreError::sled(format!("list {tree_name} {what}"), error))?;
             if let Some(record) = json_in(&state, &key, what)? {
                 records.push(record);
             }
@@ -243,7 +293,12 @@ impl StateReader {
     /// most (correlation id, then flow, then status, then creation time);
     /// the remaining criteria are checked on the records. `page_after` is
     /// the last index key of the previous page.
-    pub fn runs(&self, filter: &RunFilter, page_after: Option<&[u8]>, limit: usize) -> Result<RunPage, StoreError> {
+    pub fn runs(
+        &self,
+        filter: &RunFilter,
+        page_after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<RunPage, StoreError> {
         let state = self.shared.read_active();
         let tree_name = data_tree_name(state.generation);
         let prefix = match (&filter.correlation_id, &filter.flow, &filter.status) {
@@ -264,11 +319,21 @@ impl StateReader {
         let mut page = RunPage::default();
         // Scanned index entries are bounded too, so a selective filter cannot scan everything.
         let mut scanned = 0usize;
-        for item in state.data.range::<Vec<u8>, _>((Bound::Included(lower), upper)).rev() {
-            let (key, _) = item.map_err(|error| StoreError::sled(format!("list {tree_name} runs"), error))?;
+        for item in state
+            .data
+            .range::<Vec<u8>, _>((Bound::Included(lower), upper))
+            .rev()
+        {
+            let (key, _) =
+                item.map_err(|error| StoreError::sled(format!("list {tree_name} runs"), error))?;
             scanned += 1;
-            let run_id = String::from_utf8_lossy(key.rsplit(|byte| *byte == b'/').next().unwrap_or_default()).into_owned();
-            if let Some(run) = json_in::<RunRecord>(&state, &keys::run(&run_id), &format!("run {run_id}"))? {
+            let run_id = String::from_utf8_lossy(
+                key.rsplit(|byte| *byte == b'/').next().unwrap_or_default(),
+            )
+            .into_owned();
+            if let Some(run) =
+                json_in::<RunRecord>(&state, &keys::run(&run_id), &format!("run {run_id}"))?
+            {
                 if filter.matches(&run) {
                     page.runs.push(run);
                 }
@@ -286,14 +351,26 @@ impl StateReader {
     }
 
     /// Ids of runs that finished at or before `finished_before_ms`, oldest first.
-    pub fn finished_runs(&self, finished_before_ms: u64, limit: usize) -> Result<Vec<String>, StoreError> {
+    pub fn finished_runs(
+        &self,
+        finished_before_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
         let state = self.shared.read_active();
         let tree_name = data_tree_name(state.generation);
         let upper = keys::run_by_finished(finished_before_ms, "~");
         let mut run_ids = Vec::new();
-        for item in state.data.range::<Vec<u8>, _>(keys::RUN_FINISHED_PREFIX.as_bytes().to_vec()..upper).take(limit) {
-            let (key, _) = item.map_err(|error| StoreError::sled(format!("scan {tree_name} finished runs"), error))?;
-            run_ids.push(String::from_utf8_lossy(&key[keys::RUN_FINISHED_PREFIX.len() + 21..]).into_owned());
+        for item in state
+            .data
+            .range::<Vec<u8>, _>(keys::RUN_FINISHED_PREFIX.as_bytes().to_vec()..upper)
+            .take(limit)
+        {
+            let (key, _) = item.map_err(|error| {
+                StoreError::sled(format!("scan {tree_name} finished runs"), error)
+            })?;
+            run_ids.push(
+                String::from_utf8_lossy(&key[keys::RUN_FINISHED_PREFIX.len() + 21..]).into_owned(),
+            );
         }
         Ok(run_ids)
     }
@@ -304,13 +381,20 @@ impl StateReader {
         let tree_name = data_tree_name(state.generation);
         let upper = keys::task_queue(now_ms, "~");
         let mut tasks = Vec::new();
-        for item in state.data.range::<Vec<u8>, _>(keys::TASK_QUEUE_PREFIX.as_bytes().to_vec()..upper) {
+        for item in state
+            .data
+            .range::<Vec<u8>, _>(keys::TASK_QUEUE_PREFIX.as_bytes().to_vec()..upper)
+        {
             if tasks.len() >= limit {
                 break;
             }
-            let (key, _) = item.map_err(|error| StoreError::sled(format!("scan {tree_name} task queue"), error))?;
-            let text = String::from_utf8_lossy(&key[keys::TASK_QUEUE_PREFIX.len() + 21..]).into_owned();
-            if let Some(task) = json_in::<TaskRecord>(&state, &keys::task(&text), &format!("task {text}"))? {
+            let (key, _) = item
+                .map_err(|error| StoreError::sled(format!("scan {tree_name} task queue"), error))?;
+            let text =
+                String::from_utf8_lossy(&key[keys::TASK_QUEUE_PREFIX.len() + 21..]).into_owned();
+            if let Some(task) =
+                json_in::<TaskRecord>(&state, &keys::task(&text), &format!("task {text}"))?
+            {
                 tasks.push(task);
             }
         }
@@ -330,7 +414,8 @@ impl StateReader {
         let prefix = keys::tasks_on_node(node);
         let mut tasks = Vec::new();
         for item in state.data.scan_prefix(&prefix) {
-            let (key, entry) = item.map_err(|error| StoreError::sled(format!("scan {tree_name} node tasks"), error))?;
+            let (key, entry) = item
+                .map_err(|error| StoreError::sled(format!("scan {tree_name} node tasks"), error))?;
             let text = String::from_utf8_lossy(&key[prefix.len()..]).into_owned();
             let (attempt, record) = match placed_attempt(&entry) {
                 Some(attempt) if !wanted(&text, attempt) => (attempt, None),
@@ -356,7 +441,8 @@ impl StateReader {
         let prefix = keys::tasks_on_node(node);
         let mut tasks = Vec::new();
         for item in state.data.scan_prefix(&prefix) {
-            let (key, entry) = item.map_err(|error| StoreError::sled(format!("scan {tree_name} node tasks"), error))?;
+            let (key, entry) = item
+                .map_err(|error| StoreError::sled(format!("scan {tree_name} node tasks"), error))?;
             let text = String::from_utf8_lossy(&key[prefix.len()..]).into_owned();
             if let Some(task) = placed_in(&state, &text, &entry)? {
                 tasks.push(task);
@@ -371,9 +457,15 @@ impl StateReader {
         let tree_name = data_tree_name(state.generation);
         let upper = keys::timer_due(now_ms, "~");
         let mut timers = Vec::new();
-        for item in state.data.range::<Vec<u8>, _>(keys::TIMER_PREFIX.as_bytes().to_vec()..upper).take(limit) {
-            let (key, _) = item.map_err(|error| StoreError::sled(format!("scan {tree_name} timers"), error))?;
-            timers.push(String::from_utf8_lossy(&key[keys::TIMER_PREFIX.len() + 21..]).into_owned());
+        for item in state
+            .data
+            .range::<Vec<u8>, _>(keys::TIMER_PREFIX.as_bytes().to_vec()..upper)
+            .take(limit)
+        {
+            let (key, _) =
+                item.map_err(|error| StoreError::sled(format!("scan {tree_name} timers"), error))?;
+            timers
+                .push(String::from_utf8_lossy(&key[keys::TIMER_PREFIX.len() + 21..]).into_owned());
         }
         Ok(timers)
     }
@@ -383,7 +475,11 @@ impl StateReader {
     pub fn node_slots(&self) -> Result<crate::slots::Offers, StoreError> {
         let state = self.shared.read_active();
         let tree_name = data_tree_name(state.generation);
-        match state.data.get(keys::NODE_SLOTS).map_err(|error| StoreError::sled(format!("read {tree_name} node slots"), error))? {
+        match state
+            .data
+            .get(keys::NODE_SLOTS)
+            .map_err(|error| StoreError::sled(format!("read {tree_name} node slots"), error))?
+        {
             Some(bytes) => codec::decode(|| format!("{tree_name} node slots"), &bytes),
             None => Ok(Default::default()),
         }
@@ -393,7 +489,11 @@ impl StateReader {
     pub fn placed_count(&self, node: NodeId, block: &str) -> Result<u32, StoreError> {
         let state = self.shared.read_active();
         let tree_name = data_tree_name(state.generation);
-        match state.data.get(keys::placed_count(node, block)).map_err(|error| StoreError::sled(format!("read {tree_name} placed count"), error))? {
+        match state
+            .data
+            .get(keys::placed_count(node, block))
+            .map_err(|error| StoreError::sled(format!("read {tree_name} placed count"), error))?
+        {
             Some(bytes) => codec::decode(|| format!("{tree_name} placed count"), &bytes),
             None => Ok(0),
         }
@@ -403,12 +503,16 @@ impl StateReader {
     pub fn limits(&self) -> Result<Vec<LimitState>, StoreError> {
         let state = self.shared.read_active();
         let tree_name = data_tree_name(state.generation);
-        let mut found: std::collections::BTreeMap<(LimitScope, String), LimitState> = Default::default();
+        let mut found: std::collections::BTreeMap<(LimitScope, String), LimitState> =
+            Default::default();
         for (prefix, is_limit) in [(keys::LIMIT_PREFIX, true), (keys::ACTIVE_PREFIX, false)] {
             for item in state.data.scan_prefix(prefix.as_bytes()) {
-                let (key, bytes) = item.map_err(|error| StoreError::sled(format!("scan {tree_name} limits"), error))?;
+                let (key, bytes) = item
+                    .map_err(|error| StoreError::sled(format!("scan {tree_name} limits"), error))?;
                 let rest = String::from_utf8_lossy(&key[prefix.len()..]).into_owned();
-                let Some((scope, name)) = rest.split_once('/') else { continue };
+                let Some((scope, name)) = rest.split_once('/') else {
+                    continue;
+                };
                 let scope = match scope {
                     "block" => LimitScope::Block,
                     "flow" => LimitScope::Flow,
@@ -416,13 +520,18 @@ impl StateReader {
                 };
                 let what = format!("{tree_name} {rest}");
                 let json = codec::decode_bytes(|| what.clone(), &bytes)?;
-                let entry = found.entry((scope, name.to_string())).or_insert_with(|| LimitState {
-                    scope,
-                    name: name.to_string(),
-                    limit: None,
-                    active: 0,
-                });
-                let parse_error = |err: serde_json::Error| StoreError::Json { record: what.clone(), reason: err.to_string() };
+                let entry = found
+                    .entry((scope, name.to_string()))
+                    .or_insert_with(|| LimitState {
+                        scope,
+                        name: name.to_string(),
+                        limit: None,
+                        active: 0,
+                    });
+                let parse_error = |err: serde_json::Error| StoreError::Json {
+                    record: what.clone(),
+                    reason: err.to_string(),
+                };
                 if is_limit {
                     entry.limit = Some(serde_json::from_slice(json).map_err(parse_error)?);
                 } else {
@@ -438,7 +547,10 @@ impl StateReader {
         let state = self.shared.read_active();
         let first = state.data.scan_prefix(keys::blob_owners_of(hash)).next();
         match first {
-            Some(Err(error)) => Err(StoreError::sled(format!("scan {} blob owners", data_tree_name(state.generation)), error)),
+            Some(Err(error)) => Err(StoreError::sled(
+                format!("scan {} blob owners", data_tree_name(state.generation)),
+                error,
+            )),
             Some(Ok(_)) => Ok(true),
             None => Ok(false),
         }
@@ -446,7 +558,11 @@ impl StateReader {
 
     /// Referenced blob hashes after `start_after`, in order, at most `limit`
     /// (for the repair loop, which walks them in pages).
-    pub fn referenced_blobs(&self, start_after: Option<&str>, limit: usize) -> Result<Vec<String>, StoreError> {
+    pub fn referenced_blobs(
+        &self,
+        start_after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
         let state = self.shared.read_active();
         let tree_name = data_tree_name(state.generation);
         let start = match start_after {
@@ -457,9 +573,13 @@ impl StateReader {
         let end = format!("{}~", keys::BLOB_OWNER_PREFIX).into_bytes();
         let mut hashes: Vec<String> = Vec::new();
         for item in state.data.range(start..end) {
-            let (key, _) = item.map_err(|error| StoreError::sled(format!("scan {tree_name} blob owners"), error))?;
+            let (key, _) = item.map_err(|error| {
+                StoreError::sled(format!("scan {tree_name} blob owners"), error)
+            })?;
             let rest = &key[keys::BLOB_OWNER_PREFIX.len()..];
-            let Some(hash) = rest.split(|byte| *byte == b'/').next() else { continue };
+            let Some(hash) = rest.split(|byte| *byte == b'/').next() else {
+                continue;
+            };
             let hash = String::from_utf8_lossy(hash).into_owned();
             if hashes.last() != Some(&hash) {
                 if hashes.len() >= limit {
@@ -532,7 +652,11 @@ impl StateReader {
 
 /// The record of placed task `text` from its node-index entry, or from
 /// `task/` for an entry an earlier release wrote (the attempt alone).
-fn placed_in(state: &DataGeneration, text: &str, entry: &[u8]) -> Result<Option<TaskRecord>, StoreError> {
+fn placed_in(
+    state: &DataGeneration,
+    text: &str,
+    entry: &[u8],
+) -> Result<Option<TaskRecord>, StoreError> {
     let tree_name = data_tree_name(state.generation);
     match placed_record(|| format!("{tree_name} task {text}"), entry)? {
         Some(record) => Ok(Some(record)),
@@ -544,9 +668,16 @@ fn placed_in(state: &DataGeneration, text: &str, entry: &[u8]) -> Result<Option<
 /// second `read_active` while holding one deadlocks as soon as a snapshot
 /// install waits for the write lock (std's RwLock queues new readers
 /// behind a waiting writer). Found by the chaos suite (snapshot-catchup).
-fn json_in<T: serde::de::DeserializeOwned>(state: &DataGeneration, key: &[u8], what: &str) -> Result<Option<T>, StoreError> {
+fn json_in<T: serde::de::DeserializeOwned>(
+    state: &DataGeneration,
+    key: &[u8],
+    what: &str,
+) -> Result<Option<T>, StoreError> {
     let tree_name = data_tree_name(state.generation);
-    let Some(bytes) = state.data.get(key).map_err(|error| StoreError::sled(format!("read {tree_name} {what}"), error))?
+    let Some(bytes) = state
+        .data
+        .get(key)
+        .map_err(|error| StoreError::sled(format!("read {tree_name} {what}"), error))?
     else {
         return Ok(None);
     };

@@ -12,7 +12,8 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use floe_engine::run::{
-    self, ChildOutcome, Effect, NewRun, RunError, RunEvent, RunRecord, RunStatus, TaskKey, TaskSpec, TimerKey,
+    self, ChildOutcome, Effect, NewRun, RunError, RunEvent, RunRecord, RunStatus, TaskKey,
+    TaskSpec, TimerKey,
 };
 use floe_engine::FlowDefinition;
 use serde::de::DeserializeOwned;
@@ -21,9 +22,9 @@ use sled::transaction::TransactionalTree;
 
 use crate::blobs;
 use crate::codec;
-use crate::slots;
 use crate::error::StoreError;
 use crate::keys;
+use crate::slots;
 use crate::types::{CommandResponse, FlowRecord};
 
 /// Names a record in errors; formatted only when one is reported (apply
@@ -102,33 +103,65 @@ pub(crate) struct RunTx<'a> {
 }
 
 impl RunTx<'_> {
-    pub(crate) fn get_json<T: DeserializeOwned>(&self, key: &[u8], what: Label<'_>) -> Result<Option<T>, TxError> {
-        let Some(bytes) = self.data.get(key)? else { return Ok(None) };
-        codec::decode_structured(|| format!("{} {what}", self.tree_name), &bytes).map(Some).map_err(abort)
+    pub(crate) fn get_json<T: DeserializeOwned>(
+        &self,
+        key: &[u8],
+        what: Label<'_>,
+    ) -> Result<Option<T>, TxError> {
+        let Some(bytes) = self.data.get(key)? else {
+            return Ok(None);
+        };
+        codec::decode_structured(|| format!("{} {what}", self.tree_name), &bytes)
+            .map(Some)
+            .map_err(abort)
     }
 
-    pub(crate) fn put_json<T: Serialize>(&self, key: Vec<u8>, value: &T, what: Label<'_>) -> Result<(), TxError> {
+    pub(crate) fn put_json<T: Serialize>(
+        &self,
+        key: Vec<u8>,
+        value: &T,
+        what: Label<'_>,
+    ) -> Result<(), TxError> {
         let json = to_json(value, self.tree_name, what)?;
-        let bytes = codec::encode_bytes(|| format!("{} {what}", self.tree_name), &json).map_err(abort)?;
+        let bytes =
+            codec::encode_bytes(|| format!("{} {what}", self.tree_name), &json).map_err(abort)?;
         self.data.insert(key, bytes)?;
         Ok(())
     }
 
     /// Stores a run or task record in its binary form (`get_json` reads
     /// it); hands back the stored bytes so callers can index what it holds.
-    fn put_structured<T: Serialize>(&self, key: Vec<u8>, value: &T, what: Label<'_>) -> Result<sled::IVec, TxError> {
+    fn put_structured<T: Serialize>(
+        &self,
+        key: Vec<u8>,
+        value: &T,
+        what: Label<'_>,
+    ) -> Result<sled::IVec, TxError> {
         let bytes = sled::IVec::from(encode_structured(self.tree_name, value, what)?);
         self.data.insert(key, bytes.clone())?;
         Ok(bytes)
     }
 
     /// A bincode record (counters, node offers).
-    pub(crate) fn get_record<T: DeserializeOwned>(&self, key: &[u8], what: Label<'_>) -> Result<Option<T>, TxError> {
-        let Some(bytes) = self.data.get(key)? else { return Ok(None) };
-        codec::decode(|| format!("{} {what}", self.tree_name), &bytes).map(Some).map_err(abort)
+    pub(crate) fn get_record<T: DeserializeOwned>(
+        &self,
+        key: &[u8],
+        what: Label<'_>,
+    ) -> Result<Option<T>, TxError> {
+        let Some(bytes) = self.data.get(key)? else {
+            return Ok(None);
+        };
+        codec::decode(|| format!("{} {what}", self.tree_name), &bytes)
+            .map(Some)
+            .map_err(abort)
     }
 
-    pub(crate) fn put_record<T: Serialize>(&self, key: Vec<u8>, value: &T, what: Label<'_>) -> Result<(), TxError> {
+    pub(crate) fn put_record<T: Serialize>(
+        &self,
+        key: Vec<u8>,
+        value: &T,
+        what: Label<'_>,
+    ) -> Result<(), TxError> {
         let bytes = codec::encode(|| format!("{} {what}", self.tree_name), value).map_err(abort)?;
         self.data.insert(key, bytes)?;
         Ok(())
@@ -157,8 +190,14 @@ impl RunTx<'_> {
                 return Ok(Some(found.clone()));
             }
         }
-        let Some(bytes) = self.data.get(keys::flow_def(name, version))? else { return Ok(None) };
-        let record: FlowRecord = codec::decode(|| format!("{} flow {name} v{version}", self.tree_name), &bytes).map_err(abort)?;
+        let Some(bytes) = self.data.get(keys::flow_def(name, version))? else {
+            return Ok(None);
+        };
+        let record: FlowRecord = codec::decode(
+            || format!("{} flow {name} v{version}", self.tree_name),
+            &bytes,
+        )
+        .map_err(abort)?;
         let definition = floe_engine::parse_flow(&record.definition).map_err(|errors| {
             abort(StoreError::Json {
                 record: format!("{} flow {name} v{version}", self.tree_name),
@@ -178,8 +217,16 @@ impl RunTx<'_> {
 
     /// Stores the record and moves its status and finish-time index entries
     /// from `previous` (status, finish time) when they changed.
-    fn save_run(&self, record: &RunRecord, previous: Option<(RunStatus, Option<u64>)>) -> Result<(), TxError> {
-        let stored = self.put_structured(keys::run(&record.run_id), record, format_args!("run {}", record.run_id))?;
+    fn save_run(
+        &self,
+        record: &RunRecord,
+        previous: Option<(RunStatus, Option<u64>)>,
+    ) -> Result<(), TxError> {
+        let stored = self.put_structured(
+            keys::run(&record.run_id),
+            record,
+            format_args!("run {}", record.run_id),
+        )?;
         self.changed_run(&record.run_id);
         // A run holds its blobs until it is purged: references only ever get
         // added. JSON values sit in the record as their text, so a byte scan finds them.
@@ -192,14 +239,27 @@ impl RunTx<'_> {
         };
         if previous_status != Some(record.status) {
             if let Some(previous) = previous_status {
-                self.data.remove(keys::run_by_status(status_name(previous), record.created_at_ms, &record.run_id))?;
+                self.data.remove(keys::run_by_status(
+                    status_name(previous),
+                    record.created_at_ms,
+                    &record.run_id,
+                ))?;
             }
-            self.mark(keys::run_by_status(status_name(record.status), record.created_at_ms, &record.run_id))?;
+            self.mark(keys::run_by_status(
+                status_name(record.status),
+                record.created_at_ms,
+                &record.run_id,
+            ))?;
         }
-        let finished = if record.status == RunStatus::Running { None } else { record.finished_at_ms };
+        let finished = if record.status == RunStatus::Running {
+            None
+        } else {
+            record.finished_at_ms
+        };
         if previous_finished != finished {
             if let Some(previous) = previous_finished {
-                self.data.remove(keys::run_by_finished(previous, &record.run_id))?;
+                self.data
+                    .remove(keys::run_by_finished(previous, &record.run_id))?;
             }
             if let Some(finished) = finished {
                 self.mark(keys::run_by_finished(finished, &record.run_id))?;
@@ -213,36 +273,64 @@ impl RunTx<'_> {
         let run_id = &record.run_id;
         self.data.remove(keys::run(run_id))?;
         self.changed_run(run_id);
-        self.data.remove(keys::run_by_created(record.created_at_ms, run_id))?;
-        self.data.remove(keys::run_by_status(status_name(record.status), record.created_at_ms, run_id))?;
-        self.data.remove(keys::run_by_flow(&record.flow, record.created_at_ms, run_id))?;
+        self.data
+            .remove(keys::run_by_created(record.created_at_ms, run_id))?;
+        self.data.remove(keys::run_by_status(
+            status_name(record.status),
+            record.created_at_ms,
+            run_id,
+        ))?;
+        self.data.remove(keys::run_by_flow(
+            &record.flow,
+            record.created_at_ms,
+            run_id,
+        ))?;
         if !record.correlation_id.is_empty() {
-            self.data.remove(keys::run_by_correlation(&record.correlation_id, record.created_at_ms, run_id))?;
+            self.data.remove(keys::run_by_correlation(
+                &record.correlation_id,
+                record.created_at_ms,
+                run_id,
+            ))?;
         }
         if let Some(finished) = record.finished_at_ms {
             self.data.remove(keys::run_by_finished(finished, run_id))?;
         }
         let stored = encode_structured(self.tree_name, record, format_args!("run {run_id}"))?;
         for hash in blobs::referenced_hashes(&stored) {
-            self.data.remove(keys::blob_owner(&hash, &keys::run_owner(run_id)))?;
+            self.data
+                .remove(keys::blob_owner(&hash, &keys::run_owner(run_id)))?;
         }
         if !record.idempotency_key.is_empty() {
             // Only if the key still names this run.
-            if self.data.get(keys::idempotency(&record.idempotency_key))?.as_deref() == Some(run_id.as_bytes()) {
-                self.data.remove(keys::idempotency(&record.idempotency_key))?;
+            if self
+                .data
+                .get(keys::idempotency(&record.idempotency_key))?
+                .as_deref()
+                == Some(run_id.as_bytes())
+            {
+                self.data
+                    .remove(keys::idempotency(&record.idempotency_key))?;
             }
         }
         Ok(())
     }
 }
 
-fn encode_structured<T: Serialize>(tree_name: &str, value: &T, what: Label<'_>) -> Result<Vec<u8>, TxError> {
+fn encode_structured<T: Serialize>(
+    tree_name: &str,
+    value: &T,
+    what: Label<'_>,
+) -> Result<Vec<u8>, TxError> {
     codec::encode_structured(|| format!("{tree_name} {what}"), value).map_err(abort)
 }
 
 fn to_json<T: Serialize>(value: &T, tree_name: &str, what: Label<'_>) -> Result<Vec<u8>, TxError> {
-    serde_json::to_vec(value)
-        .map_err(|err| abort(StoreError::Json { record: format!("{tree_name} {what}"), reason: err.to_string() }))
+    serde_json::to_vec(value).map_err(|err| {
+        abort(StoreError::Json {
+            record: format!("{tree_name} {what}"),
+            reason: err.to_string(),
+        })
+    })
 }
 
 pub fn status_name(status: RunStatus) -> &'static str {
@@ -263,8 +351,13 @@ pub fn task_key_text(key: &TaskKey) -> String {
 }
 
 pub fn timer_key_text(timer: &TimerKey) -> String {
-    let item = timer.item.map_or_else(|| "-".to_string(), |item| item.to_string());
-    format!("{}/{}/{item}/{}/{}", timer.run_id, timer.step_id, timer.purpose, timer.attempt)
+    let item = timer
+        .item
+        .map_or_else(|| "-".to_string(), |item| item.to_string());
+    format!(
+        "{}/{}/{item}/{}/{}",
+        timer.run_id, timer.step_id, timer.purpose, timer.attempt
+    )
 }
 
 /// Parameters of a run start, as decided by the proposer.
@@ -284,22 +377,39 @@ pub(crate) fn start_run(tx: &RunTx<'_>, start: StartRun<'_>) -> Result<CommandRe
         if let Some(bytes) = tx.data.get(keys::idempotency(start.idempotency_key))? {
             let run_id = String::from_utf8_lossy(&bytes).into_owned();
             let version = tx.run(&run_id)?.map_or(0, |run| run.version);
-            return Ok(CommandResponse::RunStarted { run_id, created: false, version });
+            return Ok(CommandResponse::RunStarted {
+                run_id,
+                created: false,
+                version,
+            });
         }
     }
     let version = match start.version {
         0 => match latest_flow_version(tx, start.flow)? {
             Some(latest) => latest,
-            None => return Ok(CommandResponse::Missing { reason: format!("no flow named {}", floe_engine::names::quote_bounded(start.flow)) }),
+            None => {
+                return Ok(CommandResponse::Missing {
+                    reason: format!(
+                        "no flow named {}",
+                        floe_engine::names::quote_bounded(start.flow)
+                    ),
+                })
+            }
         },
         pinned => pinned,
     };
     if tx.data.get(keys::run(start.run_id))?.is_some() {
-        return Ok(CommandResponse::RunRejected { reason: format!("run id {} is already taken", start.run_id) });
+        return Ok(CommandResponse::RunRejected {
+            reason: format!("run id {} is already taken", start.run_id),
+        });
     }
     let input: serde_json::Value = match serde_json::from_slice(start.input) {
         Ok(input) => input,
-        Err(err) => return Ok(CommandResponse::RunRejected { reason: format!("run input is not JSON: {err}") }),
+        Err(err) => {
+            return Ok(CommandResponse::RunRejected {
+                reason: format!("run input is not JSON: {err}"),
+            })
+        }
     };
     let new_run = NewRun {
         run_id: start.run_id.to_string(),
@@ -316,10 +426,17 @@ pub(crate) fn start_run(tx: &RunTx<'_>, start: StartRun<'_>) -> Result<CommandRe
         Err(Refusal::Refused(reason)) => return Ok(CommandResponse::RunRejected { reason }),
     }
     if !start.idempotency_key.is_empty() {
-        tx.data.insert(keys::idempotency(start.idempotency_key), start.run_id.as_bytes())?;
+        tx.data.insert(
+            keys::idempotency(start.idempotency_key),
+            start.run_id.as_bytes(),
+        )?;
     }
     drain(tx, work, start.at_ms, 0)?;
-    Ok(CommandResponse::RunStarted { run_id: start.run_id.to_string(), created: true, version })
+    Ok(CommandResponse::RunStarted {
+        run_id: start.run_id.to_string(),
+        created: true,
+        version,
+    })
 }
 
 fn latest_flow_version(tx: &RunTx<'_>, flow: &str) -> Result<Option<u64>, TxError> {
@@ -345,7 +462,9 @@ fn create_run(
 ) -> Result<Result<(), Refusal>, TxError> {
     let version = new_run.version;
     let Some(definition) = tx.definition(flow, version)? else {
-        return Ok(Err(Refusal::Missing(format!("flow {flow:?} has no version {version}"))));
+        return Ok(Err(Refusal::Missing(format!(
+            "flow {flow:?} has no version {version}"
+        ))));
     };
     // Bound first: the budget's borrow must end before effects start child runs.
     let started = run::start_within(&definition, new_run, at_ms, &mut tx.budget.borrow_mut());
@@ -359,16 +478,29 @@ fn create_run(
     start_placed(tx, &definition, &mut record, placed_now, at_ms)?;
     tx.save_run(&record, None)?;
     tx.mark(keys::run_by_created(record.created_at_ms, &record.run_id))?;
-    tx.mark(keys::run_by_flow(&record.flow, record.created_at_ms, &record.run_id))?;
+    tx.mark(keys::run_by_flow(
+        &record.flow,
+        record.created_at_ms,
+        &record.run_id,
+    ))?;
     if !record.correlation_id.is_empty() {
-        tx.mark(keys::run_by_correlation(&record.correlation_id, record.created_at_ms, &record.run_id))?;
+        tx.mark(keys::run_by_correlation(
+            &record.correlation_id,
+            record.created_at_ms,
+            &record.run_id,
+        ))?;
     }
     Ok(Ok(()))
 }
 
 /// Feeds `event` to run `run_id`; a refusal (stale attempt, finished run)
 /// comes back as `RunRejected` and changes nothing.
-pub(crate) fn run_event(tx: &RunTx<'_>, run_id: &str, event: RunEvent, at_ms: u64) -> Result<CommandResponse, TxError> {
+pub(crate) fn run_event(
+    tx: &RunTx<'_>,
+    run_id: &str,
+    event: RunEvent,
+    at_ms: u64,
+) -> Result<CommandResponse, TxError> {
     let mut work = VecDeque::new();
     work.push_back((run_id.to_string(), event));
     match drain(tx, work, at_ms, 0)? {
@@ -413,24 +545,54 @@ fn handle_one(
     work: &mut VecDeque<(String, RunEvent)>,
 ) -> Result<Option<String>, TxError> {
     let Some(mut record) = tx.run(run_id)? else {
-        return Ok(Some(format!("no run {}", floe_engine::names::quote_bounded(run_id))));
+        return Ok(Some(format!(
+            "no run {}",
+            floe_engine::names::quote_bounded(run_id)
+        )));
     };
     let Some(definition) = tx.definition(&record.flow, record.version)? else {
-        return Ok(Some(format!("run {run_id}: flow {} v{} is missing", record.flow, record.version)));
+        return Ok(Some(format!(
+            "run {run_id}: flow {} v{} is missing",
+            record.flow, record.version
+        )));
     };
-    if let RunEvent::TaskStarted { key, attempt, node, worker } = &event {
+    if let RunEvent::TaskStarted {
+        key,
+        attempt,
+        node,
+        worker,
+    } = &event
+    {
         assign_task(tx, &record, key, *attempt, *node, worker, at_ms)?;
     }
     // A settled attempt leaves the queues (before effects may schedule the next).
     let settled = match &event {
-        RunEvent::TaskCompleted { key, attempt, .. } | RunEvent::TaskFailed { key, attempt, .. } => Some((key.clone(), *attempt)),
+        RunEvent::TaskCompleted { key, attempt, .. }
+        | RunEvent::TaskFailed { key, attempt, .. } => Some((key.clone(), *attempt)),
         _ => None,
     };
-    let previous = (record.status, if record.status == RunStatus::Running { None } else { record.finished_at_ms });
-    let handled = run::handle_within(&definition, &mut record, event, at_ms, &mut tx.budget.borrow_mut());
+    let previous = (
+        record.status,
+        if record.status == RunStatus::Running {
+            None
+        } else {
+            record.finished_at_ms
+        },
+    );
+    let handled = run::handle_within(
+        &definition,
+        &mut record,
+        event,
+        at_ms,
+        &mut tx.budget.borrow_mut(),
+    );
     let effects = match handled {
         Ok(effects) => effects,
-        Err(RunError::StaleAttempt { key, attempt, current }) => {
+        Err(RunError::StaleAttempt {
+            key,
+            attempt,
+            current,
+        }) => {
             return Ok(Some(format!(
                 "stale attempt {attempt} for {}: the current attempt is {current}",
                 task_key_text(&key)
@@ -459,14 +621,35 @@ fn start_placed(
     at_ms: u64,
 ) -> Result<(), TxError> {
     for (key, attempt, node) in placed_now {
-        let event = RunEvent::TaskStarted { key: key.clone(), attempt, node, worker: String::new() };
-        let handled = run::handle_within(definition, record, event, at_ms, &mut tx.budget.borrow_mut());
+        let event = RunEvent::TaskStarted {
+            key: key.clone(),
+            attempt,
+            node,
+            worker: String::new(),
+        };
+        let handled = run::handle_within(
+            definition,
+            record,
+            event,
+            at_ms,
+            &mut tx.budget.borrow_mut(),
+        );
         match handled {
             Ok(effects) => {
                 // A start only cancels its schedule-to-start timer.
                 let (mut unused_work, mut unused_placed) = (VecDeque::new(), Vec::new());
-                apply_effects(tx, record, effects, at_ms, &mut unused_work, &mut unused_placed)?;
-                debug_assert!(unused_work.is_empty() && unused_placed.is_empty(), "a task start had further effects");
+                apply_effects(
+                    tx,
+                    record,
+                    effects,
+                    at_ms,
+                    &mut unused_work,
+                    &mut unused_placed,
+                )?;
+                debug_assert!(
+                    unused_work.is_empty() && unused_placed.is_empty(),
+                    "a task start had further effects"
+                );
             }
             // Cannot happen (the attempt was scheduled by this very event);
             // failing the whole apply over it would stop every node, so the
@@ -474,9 +657,19 @@ fn start_placed(
             // is still noted: that is how `find_task` reaches its record.
             Err(err) => {
                 tracing::warn!(run = %record.run_id, error = %err, "a task placed in the same entry did not start");
-                debug_assert!(false, "a task placed in the same entry did not start: {err}");
-                let attempts = record.steps.get_mut(&key.step_id).map(|step| &mut step.attempts);
-                if let Some(entry) = attempts.into_iter().flatten().find(|entry| entry.item == key.item && entry.attempt == attempt) {
+                debug_assert!(
+                    false,
+                    "a task placed in the same entry did not start: {err}"
+                );
+                let attempts = record
+                    .steps
+                    .get_mut(&key.step_id)
+                    .map(|step| &mut step.attempts);
+                if let Some(entry) = attempts
+                    .into_iter()
+                    .flatten()
+                    .find(|entry| entry.item == key.item && entry.attempt == attempt)
+                {
                     entry.node = Some(node);
                 }
             }
@@ -495,7 +688,9 @@ fn assign_task(
     at_ms: u64,
 ) -> Result<(), TxError> {
     let text = task_key_text(key);
-    let Some(found) = find_task(tx, run, key, &text)? else { return Ok(()) };
+    let Some(found) = find_task(tx, run, key, &text)? else {
+        return Ok(());
+    };
     let mut task = found.task;
     if task.spec.attempt != attempt {
         return Ok(());
@@ -505,14 +700,19 @@ fn assign_task(
         tx.changed_node(previous.node);
         slots::move_placed(tx, previous.node, &task.spec, -1)?;
     } else {
-        tx.data.remove(keys::task_queue(task.spec.not_before_ms, &text))?;
+        tx.data
+            .remove(keys::task_queue(task.spec.not_before_ms, &text))?;
         tx.changed_queue();
         count_placed(tx, &task, 1)?;
     }
     if found.under_task_key {
         tx.data.remove(keys::task(&text))?;
     }
-    task.assignment = Some(Assignment { node, worker: worker.to_string(), at_ms });
+    task.assignment = Some(Assignment {
+        node,
+        worker: worker.to_string(),
+        at_ms,
+    });
     store_placed(tx, &task, &text)?;
     slots::move_placed(tx, node, &task.spec, 1)?;
     Ok(())
@@ -528,7 +728,12 @@ struct FoundTask {
 /// The task `key` of `run`, wherever its record is. A placed task's record
 /// sits in its node-index entry (`tasknode/<node>/<key>`, after the
 /// attempt), so placing and finishing a task touch one key instead of two.
-fn find_task(tx: &RunTx<'_>, run: &RunRecord, key: &TaskKey, text: &str) -> Result<Option<FoundTask>, TxError> {
+fn find_task(
+    tx: &RunTx<'_>,
+    run: &RunRecord,
+    key: &TaskKey,
+    text: &str,
+) -> Result<Option<FoundTask>, TxError> {
     match queued_task(tx, text)? {
         Some(found) => Ok(Some(found)),
         None => placed_task(tx, run, key, text),
@@ -541,23 +746,43 @@ fn find_task_by_text(tx: &RunTx<'_>, text: &str) -> Result<Option<FoundTask>, Tx
     if let Some(found) = queued_task(tx, text)? {
         return Ok(Some(found));
     }
-    let Some(key) = parse_task_key(text) else { return Ok(None) };
-    let Some(run) = tx.run(&key.run_id)? else { return Ok(None) };
+    let Some(key) = parse_task_key(text) else {
+        return Ok(None);
+    };
+    let Some(run) = tx.run(&key.run_id)? else {
+        return Ok(None);
+    };
     placed_task(tx, &run, &key, text)
 }
 
 /// A record under `task/`: a queued task, or one placed by an earlier release.
 fn queued_task(tx: &RunTx<'_>, text: &str) -> Result<Option<FoundTask>, TxError> {
     let task = tx.get_json::<TaskRecord>(&keys::task(text), format_args!("task {text}"))?;
-    Ok(task.map(|task| FoundTask { task, under_task_key: true }))
+    Ok(task.map(|task| FoundTask {
+        task,
+        under_task_key: true,
+    }))
 }
 
 /// A record in a node-index entry. The node comes from the run's attempts,
 /// the newest first (a task has one record at a time).
-fn placed_task(tx: &RunTx<'_>, run: &RunRecord, key: &TaskKey, text: &str) -> Result<Option<FoundTask>, TxError> {
-    let Some(step) = run.steps.get(&key.step_id) else { return Ok(None) };
+fn placed_task(
+    tx: &RunTx<'_>,
+    run: &RunRecord,
+    key: &TaskKey,
+    text: &str,
+) -> Result<Option<FoundTask>, TxError> {
+    let Some(step) = run.steps.get(&key.step_id) else {
+        return Ok(None);
+    };
     let mut tried = Vec::new();
-    for node in step.attempts.iter().rev().filter(|attempt| attempt.item == key.item).filter_map(|attempt| attempt.node) {
+    for node in step
+        .attempts
+        .iter()
+        .rev()
+        .filter(|attempt| attempt.item == key.item)
+        .filter_map(|attempt| attempt.node)
+    {
         if tried.contains(&node) {
             continue;
         }
@@ -565,7 +790,10 @@ fn placed_task(tx: &RunTx<'_>, run: &RunRecord, key: &TaskKey, text: &str) -> Re
         if let Some(bytes) = tx.data.get(keys::task_on_node(node, text))? {
             let label = || format!("{} task {text} on node {node}", tx.tree_name);
             if let Some(task) = placed_record(label, &bytes).map_err(abort)? {
-                return Ok(Some(FoundTask { task, under_task_key: false }));
+                return Ok(Some(FoundTask {
+                    task,
+                    under_task_key: false,
+                }));
             }
         }
     }
@@ -575,7 +803,10 @@ fn placed_task(tx: &RunTx<'_>, run: &RunRecord, key: &TaskKey, text: &str) -> Re
 /// Stores a placed task in its node-index entry: the attempt (big-endian
 /// u32, all that entries written by earlier releases hold), then the record.
 fn store_placed(tx: &RunTx<'_>, task: &TaskRecord, text: &str) -> Result<(), TxError> {
-    let node = task.assignment.as_ref().map_or(0, |assignment| assignment.node);
+    let node = task
+        .assignment
+        .as_ref()
+        .map_or(0, |assignment| assignment.node);
     let record = encode_structured(tx.tree_name, task, format_args!("task {text}"))?;
     let mut entry = Vec::with_capacity(4 + record.len());
     entry.extend_from_slice(&task.spec.attempt.to_be_bytes());
@@ -587,7 +818,10 @@ fn store_placed(tx: &RunTx<'_>, task: &TaskRecord, text: &str) -> Result<(), TxE
 
 /// The record in a node-index entry; `None` for an entry of an earlier
 /// release (the attempt alone, or nothing), whose record is under `task/`.
-pub(crate) fn placed_record(record: impl Fn() -> String, entry: &[u8]) -> Result<Option<TaskRecord>, StoreError> {
+pub(crate) fn placed_record(
+    record: impl Fn() -> String,
+    entry: &[u8],
+) -> Result<Option<TaskRecord>, StoreError> {
     match entry.get(4..) {
         Some(stored) if !stored.is_empty() => codec::decode_structured(record, stored).map(Some),
         _ => Ok(None),
@@ -596,7 +830,10 @@ pub(crate) fn placed_record(record: impl Fn() -> String, entry: &[u8]) -> Result
 
 /// The attempt a node-index entry names, if it holds one.
 pub(crate) fn placed_attempt(entry: &[u8]) -> Option<u32> {
-    entry.get(..4).and_then(|bytes| <[u8; 4]>::try_from(bytes).ok()).map(u32::from_be_bytes)
+    entry
+        .get(..4)
+        .and_then(|bytes| <[u8; 4]>::try_from(bytes).ok())
+        .map(u32::from_be_bytes)
 }
 
 /// The inverse of `task_key_text` (step ids hold no `/`; a run id may).
@@ -608,11 +845,20 @@ pub fn parse_task_key(text: &str) -> Option<TaskKey> {
     };
     let step_id = parts.next()?.to_string();
     let run_id = parts.next()?.to_string();
-    Some(TaskKey { run_id, step_id, item })
+    Some(TaskKey {
+        run_id,
+        step_id,
+        item,
+    })
 }
 
 /// Removes the task only if it is still at `attempt`.
-fn remove_task_attempt(tx: &RunTx<'_>, run: &RunRecord, key: &TaskKey, attempt: u32) -> Result<(), TxError> {
+fn remove_task_attempt(
+    tx: &RunTx<'_>,
+    run: &RunRecord,
+    key: &TaskKey,
+    attempt: u32,
+) -> Result<(), TxError> {
     let text = task_key_text(key);
     match find_task(tx, run, key, &text)? {
         Some(found) if found.task.spec.attempt == attempt => drop_task(tx, &text, &found),
@@ -640,7 +886,8 @@ fn drop_task(tx: &RunTx<'_>, text: &str, found: &FoundTask) -> Result<(), TxErro
             slots::move_placed(tx, assignment.node, &task.spec, -1)?;
         }
         None => {
-            tx.data.remove(keys::task_queue(task.spec.not_before_ms, text))?;
+            tx.data
+                .remove(keys::task_queue(task.spec.not_before_ms, text))?;
             tx.changed_queue();
         }
     };
@@ -658,13 +905,22 @@ fn count_placed(tx: &RunTx<'_>, task: &TaskRecord, delta: i64) -> Result<(), TxE
     }
     for (scope, name) in scopes {
         let key = keys::active_count(scope.name(), name);
-        let current: u64 = tx.get_json(&key, format_args!("{} {name} placed count", scope.name()))?.unwrap_or(0);
+        let current: u64 = tx
+            .get_json(&key, format_args!("{} {name} placed count", scope.name()))?
+            .unwrap_or(0);
         let next = current.saturating_add_signed(delta);
-        debug_assert!(delta >= 0 || current > 0, "a placed-task counter went below zero");
+        debug_assert!(
+            delta >= 0 || current > 0,
+            "a placed-task counter went below zero"
+        );
         if next == 0 {
             tx.data.remove(key)?;
         } else {
-            tx.put_json(key, &next, format_args!("{} {name} placed count", scope.name()))?;
+            tx.put_json(
+                key,
+                &next,
+                format_args!("{} {name} placed count", scope.name()),
+            )?;
         }
     }
     Ok(())
@@ -678,10 +934,23 @@ fn limit_reached(tx: &RunTx<'_>, task: &TaskRecord) -> Result<Option<String>, Tx
     }
     for (scope, name) in scopes {
         let what = format!("{} {name}", scope.name());
-        let Some(limit) = tx.get_json::<u32>(&keys::limit(scope.name(), name), format_args!("{what} limit"))? else { continue };
-        let active: u64 = tx.get_json(&keys::active_count(scope.name(), name), format_args!("{what} placed count"))?.unwrap_or(0);
+        let Some(limit) = tx.get_json::<u32>(
+            &keys::limit(scope.name(), name),
+            format_args!("{what} limit"),
+        )?
+        else {
+            continue;
+        };
+        let active: u64 = tx
+            .get_json(
+                &keys::active_count(scope.name(), name),
+                format_args!("{what} placed count"),
+            )?
+            .unwrap_or(0);
         if active >= u64::from(limit) {
-            return Ok(Some(format!("{what} is at its concurrency limit ({active} of {limit} placed)")));
+            return Ok(Some(format!(
+                "{what} is at its concurrency limit ({active} of {limit} placed)"
+            )));
         }
     }
     Ok(None)
@@ -690,7 +959,12 @@ fn limit_reached(tx: &RunTx<'_>, task: &TaskRecord) -> Result<Option<String>, Tx
 /// Sets (or with `None` clears) a cluster-wide concurrency limit. Tasks
 /// placed already keep running; a lowered limit holds new placements back
 /// until enough of them finish.
-pub(crate) fn set_limit(tx: &RunTx<'_>, scope: LimitScope, name: &str, limit: Option<u32>) -> Result<CommandResponse, TxError> {
+pub(crate) fn set_limit(
+    tx: &RunTx<'_>,
+    scope: LimitScope,
+    name: &str,
+    limit: Option<u32>,
+) -> Result<CommandResponse, TxError> {
     let key = keys::limit(scope.name(), name);
     match limit {
         Some(limit) => tx.put_json(key, &limit, format_args!("{} {name} limit", scope.name()))?,
@@ -718,15 +992,25 @@ fn apply_effects(
                 // A new attempt replaces the previous one's record and index entry.
                 remove_task(tx, record, &spec.key)?;
                 let text = task_key_text(&spec.key);
-                let mut task = TaskRecord { spec, scheduled_at_ms: at_ms, assignment: None, flow: record.flow.clone() };
-                let node = if task.spec.not_before_ms <= at_ms && limit_reached(tx, &task)?.is_none() {
-                    slots::choose_node(tx, &task.spec)?
-                } else {
-                    None
+                let mut task = TaskRecord {
+                    spec,
+                    scheduled_at_ms: at_ms,
+                    assignment: None,
+                    flow: record.flow.clone(),
                 };
+                let node =
+                    if task.spec.not_before_ms <= at_ms && limit_reached(tx, &task)?.is_none() {
+                        slots::choose_node(tx, &task.spec)?
+                    } else {
+                        None
+                    };
                 match node {
                     Some(node) => {
-                        task.assignment = Some(Assignment { node, worker: String::new(), at_ms });
+                        task.assignment = Some(Assignment {
+                            node,
+                            worker: String::new(),
+                            at_ms,
+                        });
                         count_placed(tx, &task, 1)?;
                         slots::move_placed(tx, node, &task.spec, 1)?;
                         store_placed(tx, &task, &text)?;
@@ -742,21 +1026,38 @@ fn apply_effects(
             Effect::CancelTask { key } => remove_task(tx, record, &key)?,
             Effect::StartTimer { timer, due_ms } => {
                 let text = timer_key_text(&timer);
-                if let Some(old_due) = tx.get_json::<u64>(&keys::timer_by_key(&text), format_args!("timer {text}"))? {
+                if let Some(old_due) =
+                    tx.get_json::<u64>(&keys::timer_by_key(&text), format_args!("timer {text}"))?
+                {
                     tx.data.remove(keys::timer_due(old_due, &text))?;
                 }
-                tx.put_json(keys::timer_by_key(&text), &due_ms, format_args!("timer {text}"))?;
-                tx.put_json(keys::timer_due(due_ms, &text), &timer, format_args!("timer {text}"))?;
+                tx.put_json(
+                    keys::timer_by_key(&text),
+                    &due_ms,
+                    format_args!("timer {text}"),
+                )?;
+                tx.put_json(
+                    keys::timer_due(due_ms, &text),
+                    &timer,
+                    format_args!("timer {text}"),
+                )?;
                 tx.changed_queue();
             }
             Effect::CancelTimer { timer } => {
                 let text = timer_key_text(&timer);
-                if let Some(due) = tx.get_json::<u64>(&keys::timer_by_key(&text), format_args!("timer {text}"))? {
+                if let Some(due) =
+                    tx.get_json::<u64>(&keys::timer_by_key(&text), format_args!("timer {text}"))?
+                {
                     tx.data.remove(keys::timer_due(due, &text))?;
                     tx.data.remove(keys::timer_by_key(&text))?;
                 }
             }
-            Effect::StartChildRun { step_id, flow, version, input } => {
+            Effect::StartChildRun {
+                step_id,
+                flow,
+                version,
+                input,
+            } => {
                 // A retried parent re-enters the step: later children get a suffix.
                 let base = child_run_id(&record.run_id, &step_id);
                 let mut child_id = base.clone();
@@ -773,9 +1074,16 @@ fn apply_effects(
                     idempotency_key: String::new(),
                     parent: Some((record.run_id.clone(), step_id.clone())),
                 };
-                if let Err(Refusal::Missing(reason) | Refusal::Refused(reason)) = create_run(tx, &flow, new_run, at_ms, work)? {
-                    let outcome = ChildOutcome::Failed(format!("sub-flow {flow} v{version} did not start: {reason}"));
-                    work.push_back((record.run_id.clone(), RunEvent::ChildFinished { step_id, outcome }));
+                if let Err(Refusal::Missing(reason) | Refusal::Refused(reason)) =
+                    create_run(tx, &flow, new_run, at_ms, work)?
+                {
+                    let outcome = ChildOutcome::Failed(format!(
+                        "sub-flow {flow} v{version} did not start: {reason}"
+                    ));
+                    work.push_back((
+                        record.run_id.clone(),
+                        RunEvent::ChildFinished { step_id, outcome },
+                    ));
                 }
             }
             Effect::CancelChildRun { step_id } => {
@@ -783,22 +1091,42 @@ fn apply_effects(
                 let mut child_id = base.clone();
                 let mut round = 1;
                 // Only the newest child can still be running.
-                while tx.data.get(keys::run(&format!("{base}.{}", round + 1)))?.is_some() {
+                while tx
+                    .data
+                    .get(keys::run(&format!("{base}.{}", round + 1)))?
+                    .is_some()
+                {
                     round += 1;
                     child_id = format!("{base}.{round}");
                 }
-                work.push_back((child_id, RunEvent::Cancel { reason: format!("parent run {} ended", record.run_id) }));
+                work.push_back((
+                    child_id,
+                    RunEvent::Cancel {
+                        reason: format!("parent run {} ended", record.run_id),
+                    },
+                ));
             }
             Effect::RunFinished { status } => {
                 if let Some((parent_run, parent_step)) = &record.parent {
                     let outcome = match status {
-                        RunStatus::Completed => ChildOutcome::Completed(record.output.clone().unwrap_or(serde_json::Value::Null)),
+                        RunStatus::Completed => ChildOutcome::Completed(
+                            record.output.clone().unwrap_or(serde_json::Value::Null),
+                        ),
                         RunStatus::Cancelled => ChildOutcome::Cancelled,
-                        RunStatus::Failed | RunStatus::Running => {
-                            ChildOutcome::Failed(record.error.clone().unwrap_or_else(|| "sub-flow failed".into()))
-                        }
+                        RunStatus::Failed | RunStatus::Running => ChildOutcome::Failed(
+                            record
+                                .error
+                                .clone()
+                                .unwrap_or_else(|| "sub-flow failed".into()),
+                        ),
                     };
-                    work.push_back((parent_run.clone(), RunEvent::ChildFinished { step_id: parent_step.clone(), outcome }));
+                    work.push_back((
+                        parent_run.clone(),
+                        RunEvent::ChildFinished {
+                            step_id: parent_step.clone(),
+                            outcome,
+                        },
+                    ));
                 }
             }
         }
@@ -820,38 +1148,63 @@ pub(crate) fn assign(
     at_ms: u64,
 ) -> Result<CommandResponse, TxError> {
     let Some(FoundTask { task: record, .. }) = find_task_by_text(tx, task)? else {
-        return Ok(CommandResponse::RunRejected { reason: format!("no task {task}") });
+        return Ok(CommandResponse::RunRejected {
+            reason: format!("no task {task}"),
+        });
     };
     if record.spec.attempt != attempt {
         return Ok(CommandResponse::RunRejected {
-            reason: format!("stale attempt {attempt} for {task}: the current attempt is {}", record.spec.attempt),
+            reason: format!(
+                "stale attempt {attempt} for {task}: the current attempt is {}",
+                record.spec.attempt
+            ),
         });
     }
     if record.assignment.is_none() {
         if let Some(reason) = limit_reached(tx, &record)? {
-            return Ok(CommandResponse::RunRejected { reason: format!("task {task} not placed: {reason}") });
+            return Ok(CommandResponse::RunRejected {
+                reason: format!("task {task} not placed: {reason}"),
+            });
         }
     }
-    let event = RunEvent::TaskStarted { key: record.spec.key.clone(), attempt, node, worker: worker.to_string() };
+    let event = RunEvent::TaskStarted {
+        key: record.spec.key.clone(),
+        attempt,
+        node,
+        worker: worker.to_string(),
+    };
     run_event(tx, &record.spec.key.run_id.clone(), event, at_ms)
 }
 
-pub(crate) fn fire_timers(tx: &RunTx<'_>, timers: &[String], at_ms: u64) -> Result<CommandResponse, TxError> {
+pub(crate) fn fire_timers(
+    tx: &RunTx<'_>,
+    timers: &[String],
+    at_ms: u64,
+) -> Result<CommandResponse, TxError> {
     for (position, text) in timers.iter().enumerate() {
         // Once the entry's work budget is spent, the rest stay due and the
         // leader fires them in its next entry (the first always fires).
         if position > 0 && tx.budget.borrow().units() == 0 {
             break;
         }
-        let Some(due) = tx.get_json::<u64>(&keys::timer_by_key(text), format_args!("timer {text}"))? else { continue };
+        let Some(due) =
+            tx.get_json::<u64>(&keys::timer_by_key(text), format_args!("timer {text}"))?
+        else {
+            continue;
+        };
         if due > at_ms {
             continue;
         }
-        let Some(timer): Option<TimerKey> = tx.get_json(&keys::timer_due(due, text), format_args!("timer {text}"))? else {
+        let Some(timer): Option<TimerKey> =
+            tx.get_json(&keys::timer_due(due, text), format_args!("timer {text}"))?
+        else {
             continue;
         };
         // Firing reads and rewrites the run's record: charge it before.
-        let record_bytes = tx.data.get(keys::run(&timer.run_id))?.map_or(0, |bytes| bytes.len());
+        let record_bytes = tx
+            .data
+            .get(keys::run(&timer.run_id))?
+            .map_or(0, |bytes| bytes.len());
         let cost = 1 + record_bytes / run::BYTES_PER_UNIT;
         if position > 0 && cost > tx.budget.borrow().units() {
             break;
@@ -866,16 +1219,31 @@ pub(crate) fn fire_timers(tx: &RunTx<'_>, timers: &[String], at_ms: u64) -> Resu
     Ok(CommandResponse::RunUpdated)
 }
 
-pub(crate) fn unassign(tx: &RunTx<'_>, task: &str, attempt: u32, at_ms: u64) -> Result<CommandResponse, TxError> {
-    let Some(FoundTask { task: mut record, .. }) = find_task_by_text(tx, task)? else {
-        return Ok(CommandResponse::RunRejected { reason: format!("no task {task}") });
+pub(crate) fn unassign(
+    tx: &RunTx<'_>,
+    task: &str,
+    attempt: u32,
+    at_ms: u64,
+) -> Result<CommandResponse, TxError> {
+    let Some(FoundTask {
+        task: mut record, ..
+    }) = find_task_by_text(tx, task)?
+    else {
+        return Ok(CommandResponse::RunRejected {
+            reason: format!("no task {task}"),
+        });
     };
     let Some(assignment) = record.assignment.take() else {
-        return Ok(CommandResponse::RunRejected { reason: format!("task {task} is not placed on a node") });
+        return Ok(CommandResponse::RunRejected {
+            reason: format!("task {task} is not placed on a node"),
+        });
     };
     if record.spec.attempt != attempt {
         return Ok(CommandResponse::RunRejected {
-            reason: format!("stale attempt {attempt} for {task}: the current attempt is {}", record.spec.attempt),
+            reason: format!(
+                "stale attempt {attempt} for {task}: the current attempt is {}",
+                record.spec.attempt
+            ),
         });
     }
     tx.data.remove(keys::task_on_node(assignment.node, task))?;
@@ -893,20 +1261,29 @@ pub(crate) fn unassign(tx: &RunTx<'_>, task: &str, attempt: u32, at_ms: u64) -> 
 /// Deletes the given runs if they ended at or before `finished_before_ms`
 /// (retention). The leader picks them from the finish-time index; apply
 /// checks again, so a run retried meanwhile is kept.
-pub(crate) fn purge_runs(tx: &RunTx<'_>, run_ids: &[String], finished_before_ms: u64) -> Result<CommandResponse, TxError> {
+pub(crate) fn purge_runs(
+    tx: &RunTx<'_>,
+    run_ids: &[String],
+    finished_before_ms: u64,
+) -> Result<CommandResponse, TxError> {
     let mut purged = 0u64;
     for run_id in run_ids {
         let record = match tx.run(run_id) {
             Ok(Some(record)) => record,
             Ok(None) => continue,
             // One unreadable record must not hold back the others' purge.
-            Err(sled::transaction::ConflictableTransactionError::Abort(error)) if !error.is_storage_failure() => {
+            Err(sled::transaction::ConflictableTransactionError::Abort(error))
+                if !error.is_storage_failure() =>
+            {
                 tracing::warn!(run_id = %run_id, error = %error, "retention skips a run whose record does not read");
                 continue;
             }
             Err(other) => return Err(other),
         };
-        let expired = record.status != RunStatus::Running && record.finished_at_ms.is_some_and(|at| at <= finished_before_ms);
+        let expired = record.status != RunStatus::Running
+            && record
+                .finished_at_ms
+                .is_some_and(|at| at <= finished_before_ms);
         if expired {
             tx.delete_run(&record)?;
             purged += 1;
@@ -933,18 +1310,37 @@ mod tests {
     impl Fixture {
         fn new() -> Fixture {
             let dir = tempfile::tempdir().unwrap();
-            let tree = sled::open(dir.path()).unwrap().open_tree("sm_data_0").unwrap();
+            let tree = sled::open(dir.path())
+                .unwrap()
+                .open_tree("sm_data_0")
+                .unwrap();
             let definitions = DefinitionCache::default();
             let flow = floe_engine::parse_flow(FLOW.as_bytes()).unwrap();
-            definitions.flows.lock().unwrap().insert(("chain".into(), 1), Arc::new(flow));
-            Fixture { _dir: dir, tree, definitions }
+            definitions
+                .flows
+                .lock()
+                .unwrap()
+                .insert(("chain".into(), 1), Arc::new(flow));
+            Fixture {
+                _dir: dir,
+                tree,
+                definitions,
+            }
         }
 
         fn apply<R>(&self, step: impl Fn(&RunTx<'_>) -> Result<R, TxError>) -> R {
             let changes = std::cell::RefCell::new(AppliedChanges::default());
             let budget = std::cell::RefCell::new(run::WorkBudget::for_entry());
             self.tree
-                .transaction(|data| step(&RunTx { data, tree_name: "sm_data_0", definitions: &self.definitions, changes: &changes, budget: &budget }))
+                .transaction(|data| {
+                    step(&RunTx {
+                        data,
+                        tree_name: "sm_data_0",
+                        definitions: &self.definitions,
+                        changes: &changes,
+                        budget: &budget,
+                    })
+                })
                 .unwrap()
         }
 
@@ -965,18 +1361,32 @@ mod tests {
                 };
                 start_run(tx, command)
             };
-            assert!(matches!(self.apply(start), CommandResponse::RunStarted { created: true, .. }));
+            assert!(matches!(
+                self.apply(start),
+                CommandResponse::RunStarted { created: true, .. }
+            ));
         }
 
         fn complete(&self, run_id: &str, step: &str) -> CommandResponse {
-            let key = TaskKey { run_id: run_id.into(), step_id: step.into(), item: None };
-            let event = RunEvent::TaskCompleted { key, attempt: 1, output: serde_json::json!({"ok": step}), worker: None };
+            let key = TaskKey {
+                run_id: run_id.into(),
+                step_id: step.into(),
+                item: None,
+            };
+            let event = RunEvent::TaskCompleted {
+                key,
+                attempt: 1,
+                output: serde_json::json!({"ok": step}),
+                worker: None,
+            };
             self.apply(|tx| run_event(tx, run_id, event.clone(), 30))
         }
 
         fn counts_on(&self, node: u64) -> (u32, u64) {
             self.apply(|tx| {
-                let active: u64 = tx.get_json(&keys::active_count("block", "noop"), format_args!("count"))?.unwrap_or(0);
+                let active: u64 = tx
+                    .get_json(&keys::active_count("block", "noop"), format_args!("count"))?
+                    .unwrap_or(0);
                 Ok((slots::placed(tx, node, "noop")?, active))
             })
         }
@@ -992,26 +1402,45 @@ mod tests {
 
         let placed = store.apply(|tx| assign(tx, "r1/a/-", 1, 2, "w", 20));
         assert_eq!(placed, CommandResponse::RunUpdated);
-        assert!(!store.has(keys::task("r1/a/-")), "a placed task has no separate record");
+        assert!(
+            !store.has(keys::task("r1/a/-")),
+            "a placed task has no separate record"
+        );
         assert!(!store.has(keys::task_queue(0, "r1/a/-")));
-        let entry = store.tree.get(keys::task_on_node(2, "r1/a/-")).unwrap().unwrap();
+        let entry = store
+            .tree
+            .get(keys::task_on_node(2, "r1/a/-"))
+            .unwrap()
+            .unwrap();
         assert_eq!(placed_attempt(&entry), Some(1));
         let record = placed_record(|| "entry".into(), &entry).unwrap().unwrap();
-        assert_eq!(record.assignment.as_ref().map(|assignment| assignment.node), Some(2));
+        assert_eq!(
+            record.assignment.as_ref().map(|assignment| assignment.node),
+            Some(2)
+        );
         assert_eq!(store.counts_on(2), (1, 1));
 
         // The node is lost: back to the queue, then placed on node 3.
-        assert_eq!(store.apply(|tx| unassign(tx, "r1/a/-", 1, 25)), CommandResponse::RunUpdated);
+        assert_eq!(
+            store.apply(|tx| unassign(tx, "r1/a/-", 1, 25)),
+            CommandResponse::RunUpdated
+        );
         assert!(!store.has(keys::task_on_node(2, "r1/a/-")));
         assert!(store.has(keys::task("r1/a/-")) && store.has(keys::task_queue(25, "r1/a/-")));
         assert_eq!(store.counts_on(2), (0, 0));
-        assert_eq!(store.apply(|tx| assign(tx, "r1/a/-", 1, 3, "w", 26)), CommandResponse::RunUpdated);
+        assert_eq!(
+            store.apply(|tx| assign(tx, "r1/a/-", 1, 3, "w", 26)),
+            CommandResponse::RunUpdated
+        );
         assert!(!store.has(keys::task("r1/a/-")));
         assert!(store.has(keys::task_on_node(3, "r1/a/-")));
 
         // A stale attempt is refused by text, wherever the record lives.
         let stale = store.apply(|tx| assign(tx, "r1/a/-", 7, 2, "w", 27));
-        assert!(matches!(stale, CommandResponse::RunRejected { ref reason } if reason.contains("stale attempt 7")), "{stale:?}");
+        assert!(
+            matches!(stale, CommandResponse::RunRejected { ref reason } if reason.contains("stale attempt 7")),
+            "{stale:?}"
+        );
 
         // Completing frees node 3 and queues step b.
         assert_eq!(store.complete("r1", "a"), CommandResponse::RunUpdated);
@@ -1026,7 +1455,9 @@ mod tests {
         // One worker on node 2 labelled gpu=yes with two slots: a node offers
         // them under the block and under each label subset.
         let offer = slots::NodeSlots {
-            slots: [("noop".to_string(), 2), ("noop[gpu=yes]".to_string(), 2)].into_iter().collect(),
+            slots: [("noop".to_string(), 2), ("noop[gpu=yes]".to_string(), 2)]
+                .into_iter()
+                .collect(),
             load_milli: 0,
         };
         store.apply(|tx| slots::set_node_slots(tx, 2, &offer));
@@ -1038,26 +1469,50 @@ mod tests {
             }))
             .unwrap()
         };
-        let (plain, gpu) = (spec("p", serde_json::json!({})), spec("g", serde_json::json!({"gpu": "yes"})));
-        let choose = |task: &floe_engine::run::TaskSpec| store.apply(|tx| slots::choose_node(tx, task));
-        let place = |task: &floe_engine::run::TaskSpec, delta: i64| store.apply(|tx| slots::move_placed(tx, 2, task, delta));
+        let (plain, gpu) = (
+            spec("p", serde_json::json!({})),
+            spec("g", serde_json::json!({"gpu": "yes"})),
+        );
+        let choose =
+            |task: &floe_engine::run::TaskSpec| store.apply(|tx| slots::choose_node(tx, task));
+        let place = |task: &floe_engine::run::TaskSpec, delta: i64| {
+            store.apply(|tx| slots::move_placed(tx, 2, task, delta))
+        };
         let placed = |pool: &str| store.apply(|tx| slots::placed(tx, 2, pool));
 
         place(&plain, 1);
         place(&plain, 1);
-        assert_eq!(choose(&gpu), None, "both of the worker's slots hold unlabelled tasks");
+        assert_eq!(
+            choose(&gpu),
+            None,
+            "both of the worker's slots hold unlabelled tasks"
+        );
         assert_eq!(choose(&plain), None);
         place(&plain, -1);
         assert_eq!(choose(&gpu), Some(2));
         place(&gpu, 1);
-        assert_eq!((placed("noop"), placed("noop[gpu=yes]")), (2, 1), "a labelled task counts in both pools");
-        assert_eq!(choose(&plain), None, "its labelled sibling took the block's last slot");
+        assert_eq!(
+            (placed("noop"), placed("noop[gpu=yes]")),
+            (2, 1),
+            "a labelled task counts in both pools"
+        );
+        assert_eq!(
+            choose(&plain),
+            None,
+            "its labelled sibling took the block's last slot"
+        );
         assert_eq!(choose(&gpu), None);
         place(&gpu, -1);
         assert_eq!((placed("noop"), placed("noop[gpu=yes]")), (1, 0));
-        assert!(!store.has(keys::placed_count(2, "noop[gpu=yes]")), "an empty pool leaves no counter");
+        assert!(
+            !store.has(keys::placed_count(2, "noop[gpu=yes]")),
+            "an empty pool leaves no counter"
+        );
         // A node that offers the block without the labels never gets it.
-        let plain_only = slots::NodeSlots { slots: [("noop".to_string(), 8)].into_iter().collect(), load_milli: 0 };
+        let plain_only = slots::NodeSlots {
+            slots: [("noop".to_string(), 8)].into_iter().collect(),
+            load_milli: 0,
+        };
         store.apply(|tx| slots::set_node_slots(tx, 3, &plain_only));
         place(&plain, 1);
         assert_eq!(choose(&gpu), None);
@@ -1071,25 +1526,46 @@ mod tests {
         store.apply(|tx| assign(tx, "r1/a/-", 1, 2, "w", 20));
         // Rewrite the placement as earlier releases stored it: a JSON record
         // under `task/`, the attempt alone in the node entry.
-        let entry = store.tree.get(keys::task_on_node(2, "r1/a/-")).unwrap().unwrap();
+        let entry = store
+            .tree
+            .get(keys::task_on_node(2, "r1/a/-"))
+            .unwrap()
+            .unwrap();
         let record = placed_record(|| "entry".into(), &entry).unwrap().unwrap();
-        let json = codec::encode_bytes(|| "task".into(), &serde_json::to_vec(&record).unwrap()).unwrap();
+        let json =
+            codec::encode_bytes(|| "task".into(), &serde_json::to_vec(&record).unwrap()).unwrap();
         store.tree.insert(keys::task("r1/a/-"), json).unwrap();
-        store.tree.insert(keys::task_on_node(2, "r1/a/-"), &1u32.to_be_bytes()).unwrap();
+        store
+            .tree
+            .insert(keys::task_on_node(2, "r1/a/-"), &1u32.to_be_bytes())
+            .unwrap();
 
-        let on_node = store.apply(|tx| Ok(find_task_by_text(tx, "r1/a/-")?.map(|found| (found.task, found.under_task_key))));
+        let on_node = store.apply(|tx| {
+            Ok(find_task_by_text(tx, "r1/a/-")?.map(|found| (found.task, found.under_task_key)))
+        });
         assert_eq!(on_node, Some((record, true)));
         assert_eq!(store.complete("r1", "a"), CommandResponse::RunUpdated);
         assert!(!store.has(keys::task("r1/a/-")), "the old record is gone");
-        assert!(!store.has(keys::task_on_node(2, "r1/a/-")), "and its node entry");
+        assert!(
+            !store.has(keys::task_on_node(2, "r1/a/-")),
+            "and its node entry"
+        );
         assert_eq!(store.counts_on(2), (0, 0));
     }
 
     #[test]
     fn task_key_text_parses_back() {
         for key in [
-            TaskKey { run_id: "r1".into(), step_id: "a".into(), item: None },
-            TaskKey { run_id: "site/north/r1".into(), step_id: "ocr".into(), item: Some(12) },
+            TaskKey {
+                run_id: "r1".into(),
+                step_id: "a".into(),
+                item: None,
+            },
+            TaskKey {
+                run_id: "site/north/r1".into(),
+                step_id: "ocr".into(),
+                item: Some(12),
+            },
         ] {
             assert_eq!(parse_task_key(&task_key_text(&key)), Some(key));
         }

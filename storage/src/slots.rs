@@ -32,11 +32,17 @@ pub struct NodeSlots {
 pub type Offers = BTreeMap<NodeId, NodeSlots>;
 
 pub(crate) fn offers(tx: &RunTx<'_>) -> Result<Offers, TxError> {
-    Ok(tx.get_record::<Offers>(keys::NODE_SLOTS, format_args!("node slots"))?.unwrap_or_default())
+    Ok(tx
+        .get_record::<Offers>(keys::NODE_SLOTS, format_args!("node slots"))?
+        .unwrap_or_default())
 }
 
 /// Records `node`'s offer; an empty one withdraws the node from placement.
-pub(crate) fn set_node_slots(tx: &RunTx<'_>, node: NodeId, offer: &NodeSlots) -> Result<CommandResponse, TxError> {
+pub(crate) fn set_node_slots(
+    tx: &RunTx<'_>,
+    node: NodeId,
+    offer: &NodeSlots,
+) -> Result<CommandResponse, TxError> {
     let mut all = offers(tx)?;
     if offer.slots.is_empty() {
         all.remove(&node);
@@ -57,11 +63,18 @@ pub(crate) fn placed(tx: &RunTx<'_>, node: NodeId, pool: &str) -> Result<u32, Tx
 }
 
 fn count_at(tx: &RunTx<'_>, key: &[u8]) -> Result<u32, TxError> {
-    Ok(tx.get_record::<u32>(key, format_args!("placed count"))?.unwrap_or(0))
+    Ok(tx
+        .get_record::<u32>(key, format_args!("placed count"))?
+        .unwrap_or(0))
 }
 
 /// Moves the counts of `task`'s slot pools on `node` by `delta`.
-pub(crate) fn move_placed(tx: &RunTx<'_>, node: NodeId, task: &TaskSpec, delta: i64) -> Result<(), TxError> {
+pub(crate) fn move_placed(
+    tx: &RunTx<'_>,
+    node: NodeId,
+    task: &TaskSpec,
+    delta: i64,
+) -> Result<(), TxError> {
     for pool in task.slot_pools() {
         let key = keys::placed_count(node, &pool);
         let next = i64::from(count_at(tx, &key)?) + delta;
@@ -83,7 +96,9 @@ pub(crate) fn choose_node(tx: &RunTx<'_>, task: &TaskSpec) -> Result<Option<Node
     'nodes: for (node, offer) in offers(tx)? {
         let mut fullest = 0;
         for pool in &pools {
-            let Some(&slots) = offer.slots.get(pool.as_ref()) else { continue 'nodes };
+            let Some(&slots) = offer.slots.get(pool.as_ref()) else {
+                continue 'nodes;
+            };
             let placed = placed(tx, node, pool)?;
             if placed >= slots {
                 continue 'nodes;

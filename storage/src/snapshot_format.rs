@@ -35,8 +35,13 @@ pub(crate) struct SnapshotHeader {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub(crate) enum SnapshotRecord {
     /// A raw data-tree record: the value is itself a versioned record.
-    Data { key: Vec<u8>, value: Vec<u8> },
-    Tombstone { node_id: NodeId },
+    Data {
+        key: Vec<u8>,
+        value: Vec<u8>,
+    },
+    Tombstone {
+        node_id: NodeId,
+    },
 }
 
 /// Streams records into a snapshot file, hashing as it goes.

@@ -106,7 +106,10 @@ fn build(shared: &Shared) -> Result<Snapshot, StoreError> {
     for item in data.iter() {
         let (key_bytes, value_bytes) =
             item.map_err(|error| StoreError::sled(format!("read {tree_name}"), error))?;
-        writer.write_record(&SnapshotRecord::Data { key: key_bytes.to_vec(), value: value_bytes.to_vec() })?;
+        writer.write_record(&SnapshotRecord::Data {
+            key: key_bytes.to_vec(),
+            value: value_bytes.to_vec(),
+        })?;
         kv_count += 1;
     }
     for node_id in tombstones {
@@ -320,7 +323,10 @@ pub(crate) fn install(
     }
     drop(writes);
     tracing::info!(snapshot_id = %meta.snapshot_id, last_log_id = ?meta.last_log_id, generation = new_generation, "snapshot installed");
-    shared.listeners.publish(&crate::changes::AppliedChanges { everything: true, ..Default::default() });
+    shared.listeners.publish(&crate::changes::AppliedChanges {
+        everything: true,
+        ..Default::default()
+    });
 
     // The state is installed; keeping the file only spares a rebuild, so a
     // failure here is logged, not returned.

@@ -14,16 +14,16 @@ use sled::transaction::{ConflictableTransactionError, TransactionalTree};
 use sled::Transactional;
 
 use crate::codec;
+use crate::error::{run_blocking, StoreError};
 use crate::keys;
 use crate::models;
 use crate::runs::{self, DefinitionCache, RunTx, StartRun};
-use crate::error::{run_blocking, StoreError};
 use crate::snapshot::SnapshotFile;
 use crate::snapshot_store::SnapshotBuilder;
 use crate::store::{Shared, KEY_APPLIED, KEY_MEMBERSHIP, KEY_TOMBSTONES, SM_META_TREE};
 use crate::types::{
-    Command, CommandResponse, Entry, FlowRecord, KvEntry, LogId, NodeId, Snapshot, SnapshotMeta, StorageError,
-    StoredMembership, TypeConfig,
+    Command, CommandResponse, Entry, FlowRecord, KvEntry, LogId, NodeId, Snapshot, SnapshotMeta,
+    StorageError, StoredMembership, TypeConfig,
 };
 
 /// The state machine half of the store. Cheap to clone.
@@ -101,12 +101,19 @@ fn apply_batch(shared: &Shared, entries: &[Entry]) -> Result<Vec<CommandResponse
                 let response = match &entry.payload {
                     EntryPayload::Blank => CommandResponse::Applied,
                     EntryPayload::Membership(new_membership) => {
-                        membership = Some(StoredMembership::new(Some(entry.log_id), new_membership.clone()));
+                        membership = Some(StoredMembership::new(
+                            Some(entry.log_id),
+                            new_membership.clone(),
+                        ));
                         CommandResponse::Applied
                     }
-                    EntryPayload::Normal(command) => {
-                        apply_command(&apply, &mut tombstones, entry.log_id.index, &[position], command)?
-                    }
+                    EntryPayload::Normal(command) => apply_command(
+                        &apply,
+                        &mut tombstones,
+                        entry.log_id.index,
+                        &[position],
+                        command,
+                    )?,
                 };
                 responses.push(response);
             }
@@ -119,17 +126,27 @@ fn apply_batch(shared: &Shared, entries: &[Entry]) -> Result<Vec<CommandResponse
             if let Some(tombstones) = &tombstones {
                 put_tx(meta, KEY_TOMBSTONES, tombstones)?;
             }
-            Ok(BatchOutcome { responses, changes: changes.into_inner() })
+            Ok(BatchOutcome {
+                responses,
+                changes: changes.into_inner(),
+            })
         });
         match result {
             Ok(outcome) => {
                 shared.listeners.publish(&outcome.changes);
-                shared.apply_stats.record_batch(started.elapsed(), refused.len());
+                shared
+                    .apply_stats
+                    .record_batch(started.elapsed(), refused.len());
                 return Ok(outcome.responses);
             }
             Err(sled::transaction::TransactionError::Abort(error)) => match *error {
-                StoreError::CommandRefused { position, reason } if refused.len() < MAX_REFUSALS_PER_BATCH => {
-                    let index = position.first().and_then(|&at| entries.get(at)).map(|entry| entry.log_id.index);
+                StoreError::CommandRefused { position, reason }
+                    if refused.len() < MAX_REFUSALS_PER_BATCH =>
+                {
+                    let index = position
+                        .first()
+                        .and_then(|&at| entries.get(at))
+                        .map(|entry| entry.log_id.index);
                     tracing::warn!(log_index = ?index, position = ?position, reason = %reason, "command refused by apply; state unchanged");
                     refused.insert(position, reason);
                 }
@@ -183,7 +200,9 @@ fn apply_command(
     command: &Command,
 ) -> Result<CommandResponse, TxError> {
     if let Some(reason) = apply.refused.get(position) {
-        return Ok(CommandResponse::Unapplied { reason: reason.clone() });
+        return Ok(CommandResponse::Unapplied {
+            reason: reason.clone(),
+        });
     }
     if let Command::Batch(commands) = command {
         let mut responses = Vec::with_capacity(commands.len());
@@ -199,7 +218,9 @@ fn apply_command(
     }));
     let error = match outcome {
         Ok(Ok(response)) => return Ok(response),
-        Ok(Err(ConflictableTransactionError::Abort(error))) if !error.is_storage_failure() => error.to_string(),
+        Ok(Err(ConflictableTransactionError::Abort(error))) if !error.is_storage_failure() => {
+            error.to_string()
+        }
         Ok(Err(other)) => return Err(other),
         Err(panic) => {
             let message = panic
@@ -236,9 +257,23 @@ fn apply_one(
     command: &Command,
 ) -> Result<CommandResponse, TxError> {
     let (data, meta, data_tree_name) = (apply.data, apply.meta, apply.data_tree_name);
-    let runs = RunTx { data, tree_name: data_tree_name, definitions: apply.definitions, changes: apply.changes, budget: &apply.budget };
+    let runs = RunTx {
+        data,
+        tree_name: data_tree_name,
+        definitions: apply.definitions,
+        changes: apply.changes,
+        budget: &apply.budget,
+    };
     match command {
-        Command::StartRun { run_id, flow, version, input, correlation_id, idempotency_key, at_ms } => {
+        Command::StartRun {
+            run_id,
+            flow,
+            version,
+            input,
+            correlation_id,
+            idempotency_key,
+            at_ms,
+        } => {
             let start = StartRun {
                 run_id,
                 flow,
@@ -250,23 +285,46 @@ fn apply_one(
             };
             runs::start_run(&runs, start)
         }
-        Command::RunEvent { run_id, event, at_ms } => match serde_json::from_slice::<floe_engine::run::RunEvent>(event) {
+        Command::RunEvent {
+            run_id,
+            event,
+            at_ms,
+        } => match serde_json::from_slice::<floe_engine::run::RunEvent>(event) {
             Ok(event) => runs::run_event(&runs, run_id, event, *at_ms),
-            Err(err) => Ok(CommandResponse::RunRejected { reason: format!("run event for {run_id} is not valid: {err}") }),
+            Err(err) => Ok(CommandResponse::RunRejected {
+                reason: format!("run event for {run_id} is not valid: {err}"),
+            }),
         },
-        Command::AssignTask { task, attempt, node, worker, at_ms } => {
-            runs::assign(&runs, task, *attempt, *node, worker, *at_ms)
-        }
+        Command::AssignTask {
+            task,
+            attempt,
+            node,
+            worker,
+            at_ms,
+        } => runs::assign(&runs, task, *attempt, *node, worker, *at_ms),
         Command::FireTimers { timers, at_ms } => runs::fire_timers(&runs, timers, *at_ms),
-        Command::UnassignTask { task, attempt, at_ms } => runs::unassign(&runs, task, *attempt, *at_ms),
-        Command::PurgeRuns { run_ids, finished_before_ms } => runs::purge_runs(&runs, run_ids, *finished_before_ms),
+        Command::UnassignTask {
+            task,
+            attempt,
+            at_ms,
+        } => runs::unassign(&runs, task, *attempt, *at_ms),
+        Command::PurgeRuns {
+            run_ids,
+            finished_before_ms,
+        } => runs::purge_runs(&runs, run_ids, *finished_before_ms),
         Command::SetLimit { scope, name, limit } => runs::set_limit(&runs, *scope, name, *limit),
-        Command::PutModel { name, hash, size, signature, at_ms } => {
-            models::put_model(&runs, name, hash, *size, signature, *at_ms)
-        }
+        Command::PutModel {
+            name,
+            hash,
+            size,
+            signature,
+            at_ms,
+        } => models::put_model(&runs, name, hash, *size, signature, *at_ms),
         Command::DeployModel { deployment } => models::deploy(&runs, deployment),
         Command::UndeployModel { name, version } => models::undeploy(&runs, name, *version),
-        Command::ChangeReplicas { changes, at_ms } => models::change_replicas(&runs, changes, *at_ms),
+        Command::ChangeReplicas { changes, at_ms } => {
+            models::change_replicas(&runs, changes, *at_ms)
+        }
         Command::NodeSlots { node, offer } => crate::slots::set_node_slots(&runs, *node, offer),
         Command::KvPut { key, value } => {
             let entry = KvEntry {
@@ -318,14 +376,29 @@ fn apply_one(
                 revision: index,
             })
         }
-        Command::PutFlow { name, definition, hash, at_ms } => {
+        Command::PutFlow {
+            name,
+            definition,
+            hash,
+            at_ms,
+        } => {
             let hash_key = keys::flow_hash(name, hash);
             if let Some(bytes) = data.get(&hash_key)? {
-                let version: u64 = codec::decode(|| format!("{data_tree_name} flow {name} hash {hash}"), &bytes).map_err(abort)?;
-                return Ok(CommandResponse::FlowPut { version, created: false });
+                let version: u64 = codec::decode(
+                    || format!("{data_tree_name} flow {name} hash {hash}"),
+                    &bytes,
+                )
+                .map_err(abort)?;
+                return Ok(CommandResponse::FlowPut {
+                    version,
+                    created: false,
+                });
             }
             let latest: u64 = match data.get(keys::flow_latest(name))? {
-                Some(bytes) => codec::decode(|| format!("{data_tree_name} flow {name} latest"), &bytes).map_err(abort)?,
+                Some(bytes) => {
+                    codec::decode(|| format!("{data_tree_name} flow {name} latest"), &bytes)
+                        .map_err(abort)?
+                }
                 None => 0,
             };
             let version = latest + 1;
@@ -336,16 +409,29 @@ fn apply_one(
                 definition: definition.clone(),
                 created_at_ms: *at_ms,
             };
-            let encode_version = || codec::encode(|| format!("{data_tree_name} flow {name} version"), &version);
-            data.insert(keys::flow_def(name, version), codec::encode(|| format!("{data_tree_name} flow {name} v{version}"), &record).map_err(abort)?)?;
+            let encode_version =
+                || codec::encode(|| format!("{data_tree_name} flow {name} version"), &version);
+            data.insert(
+                keys::flow_def(name, version),
+                codec::encode(
+                    || format!("{data_tree_name} flow {name} v{version}"),
+                    &record,
+                )
+                .map_err(abort)?,
+            )?;
             data.insert(hash_key, encode_version().map_err(abort)?)?;
             data.insert(keys::flow_latest(name), encode_version().map_err(abort)?)?;
-            Ok(CommandResponse::FlowPut { version, created: true })
+            Ok(CommandResponse::FlowPut {
+                version,
+                created: true,
+            })
         }
         Command::Batch(_) => {
             // apply_command takes batches apart before they get here.
             debug_assert!(false, "a batch reached apply_one");
-            Ok(CommandResponse::Unapplied { reason: format!("log entry {index}: a batch nested where it is not expected") })
+            Ok(CommandResponse::Unapplied {
+                reason: format!("log entry {index}: a batch nested where it is not expected"),
+            })
         }
         Command::TombstoneNode { node_id } => {
             if tombstones.is_none() {

@@ -8,11 +8,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::codec;
 use crate::error::StoreError;
-use crate::log_store::LogStore;
 use crate::group_commit::GroupCommit;
-use crate::runs::DefinitionCache;
+use crate::log_store::LogStore;
 use crate::metrics::{ApplyStats, FlushStats};
 use crate::reader::StateReader;
+use crate::runs::DefinitionCache;
 use crate::snapshot::INCOMING_PREFIX;
 use crate::state_machine::StateMachineStore;
 
@@ -321,14 +321,20 @@ fn open_sled(db_path: &Path, options: &StoreOptions) -> Result<sled::Db, StoreEr
             Err(sled::Error::Io(error)) if error.to_string().contains("could not acquire lock") => {
                 if started.elapsed() > LOCK_WAIT {
                     return Err(StoreError::io(
-                        format!("data dir {} is in use by another process (its lock is held)", db_path.display()),
+                        format!(
+                            "data dir {} is in use by another process (its lock is held)",
+                            db_path.display()
+                        ),
                         error,
                     ));
                 }
                 std::thread::sleep(std::time::Duration::from_millis(20));
             }
             Err(error) => {
-                return Err(StoreError::sled(format!("open sled database {}", db_path.display()), error));
+                return Err(StoreError::sled(
+                    format!("open sled database {}", db_path.display()),
+                    error,
+                ));
             }
         }
     }

@@ -43,7 +43,8 @@ pub enum Command {
     /// Set `key` to `value`.
     KvPut {
         key: String,
-        #[serde(with = "serde_bytes")] value: Vec<u8>,
+        #[serde(with = "serde_bytes")]
+        value: Vec<u8>,
     },
     /// Remove `key`; a missing key is not an error.
     KvDelete { key: String },
@@ -51,8 +52,10 @@ pub enum Command {
     /// `expected` (`None` = the key must be absent). `new = None` deletes.
     KvCas {
         key: String,
-        #[serde(with = "serde_bytes")] expected: Option<Vec<u8>>,
-        #[serde(with = "serde_bytes")] new: Option<Vec<u8>>,
+        #[serde(with = "serde_bytes")]
+        expected: Option<Vec<u8>>,
+        #[serde(with = "serde_bytes")]
+        new: Option<Vec<u8>>,
     },
     /// Records that a node left the membership for good; its id is never
     /// accepted again.
@@ -61,7 +64,13 @@ pub enum Command {
     /// computed by the proposer). An identical definition returns its
     /// existing version; a changed one gets the next. `at_ms` is the
     /// proposer's clock, recorded as the creation time.
-    PutFlow { name: String, #[serde(with = "serde_bytes")] definition: Vec<u8>, hash: String, at_ms: u64 },
+    PutFlow {
+        name: String,
+        #[serde(with = "serde_bytes")]
+        definition: Vec<u8>,
+        hash: String,
+        at_ms: u64,
+    },
     /// Starts a run of `flow` at `version`; version 0 means the flow's
     /// latest version when the entry applies, so a start needs no read
     /// beforehand to stay linearizable. `input` is JSON. A repeated non-empty idempotency key returns the run
@@ -70,21 +79,40 @@ pub enum Command {
         run_id: String,
         flow: String,
         version: u64,
-        #[serde(with = "serde_bytes")] input: Vec<u8>,
+        #[serde(with = "serde_bytes")]
+        input: Vec<u8>,
         correlation_id: String,
         idempotency_key: String,
         at_ms: u64,
     },
     /// Feeds one event to a run; `event` is a JSON `floe_engine::run::RunEvent`.
-    RunEvent { run_id: String, #[serde(with = "serde_bytes")] event: Vec<u8>, at_ms: u64 },
+    RunEvent {
+        run_id: String,
+        #[serde(with = "serde_bytes")]
+        event: Vec<u8>,
+        at_ms: u64,
+    },
     /// The scheduler's placement of a task's current attempt on a node.
-    AssignTask { task: String, attempt: u32, node: NodeId, worker: String, at_ms: u64 },
+    AssignTask {
+        task: String,
+        attempt: u32,
+        node: NodeId,
+        worker: String,
+        at_ms: u64,
+    },
     /// Returns a placed task's current attempt to the queue (its node has no
     /// worker for it any more); the attempt is not consumed.
-    UnassignTask { task: String, attempt: u32, at_ms: u64 },
+    UnassignTask {
+        task: String,
+        attempt: u32,
+        at_ms: u64,
+    },
     /// Retention: deletes these runs if they finished at or before
     /// `finished_before_ms` (picked by the leader from the finish index).
-    PurgeRuns { run_ids: Vec<String>, finished_before_ms: u64 },
+    PurgeRuns {
+        run_ids: Vec<String>,
+        finished_before_ms: u64,
+    },
     /// Timers the leader found due at `at_ms` (by timer key text).
     FireTimers { timers: Vec<String>, at_ms: u64 },
     /// Several client commands proposed as one entry (proposal batching),
@@ -93,20 +121,39 @@ pub enum Command {
     /// Sets (`Some`) or clears (`None`) a cluster-wide concurrency limit:
     /// at most `limit` tasks of the block type or flow placed at once.
     /// (Appended last: a variant's position is its encoding in the log.)
-    SetLimit { scope: crate::runs::LimitScope, name: String, limit: Option<u32> },
+    SetLimit {
+        scope: crate::runs::LimitScope,
+        name: String,
+        limit: Option<u32>,
+    },
     /// Registers a model artifact already stored as blob `hash` (checked
     /// by loading it on the proposing node); `signature` is JSON. The same
     /// artifact again returns its existing version.
-    PutModel { name: String, hash: String, size: u64, #[serde(with = "serde_bytes")] signature: Vec<u8>, at_ms: u64 },
+    PutModel {
+        name: String,
+        hash: String,
+        size: u64,
+        #[serde(with = "serde_bytes")]
+        signature: Vec<u8>,
+        at_ms: u64,
+    },
     /// Creates or changes a deployment (changed settings rebuild its replicas).
-    DeployModel { deployment: crate::models::Deployment },
+    DeployModel {
+        deployment: crate::models::Deployment,
+    },
     /// Removes a deployment and its replicas.
     UndeployModel { name: String, version: u64 },
     /// The leader's replica placements, moves and evictions.
-    ChangeReplicas { changes: Vec<crate::models::ReplicaChange>, at_ms: u64 },
+    ChangeReplicas {
+        changes: Vec<crate::models::ReplicaChange>,
+        at_ms: u64,
+    },
     /// The slots a node offers to placement inside apply (`slots.rs`); an
     /// empty offer withdraws it (a silent node).
-    NodeSlots { node: NodeId, offer: crate::slots::NodeSlots },
+    NodeSlots {
+        node: NodeId,
+        offer: crate::slots::NodeSlots,
+    },
 }
 
 impl fmt::Display for Command {
@@ -118,18 +165,42 @@ impl fmt::Display for Command {
             Command::TombstoneNode { node_id } => write!(f, "tombstone-node {node_id}"),
             Command::Batch(commands) => write!(f, "batch of {}", commands.len()),
             Command::PutFlow { name, hash, .. } => write!(f, "put-flow {name} ({hash})"),
-            Command::StartRun { run_id, flow, version, .. } => write!(f, "start-run {run_id} ({flow} v{version})"),
+            Command::StartRun {
+                run_id,
+                flow,
+                version,
+                ..
+            } => write!(f, "start-run {run_id} ({flow} v{version})"),
             Command::RunEvent { run_id, .. } => write!(f, "run-event {run_id}"),
-            Command::AssignTask { task, attempt, node, .. } => write!(f, "assign-task {task}#{attempt} to node {node}"),
+            Command::AssignTask {
+                task,
+                attempt,
+                node,
+                ..
+            } => write!(f, "assign-task {task}#{attempt} to node {node}"),
             Command::FireTimers { timers, .. } => write!(f, "fire {} timers", timers.len()),
-            Command::UnassignTask { task, attempt, .. } => write!(f, "unassign-task {task}#{attempt}"),
+            Command::UnassignTask { task, attempt, .. } => {
+                write!(f, "unassign-task {task}#{attempt}")
+            }
             Command::PurgeRuns { run_ids, .. } => write!(f, "purge {} runs", run_ids.len()),
-            Command::SetLimit { scope, name, limit } => write!(f, "set-limit {} {name} {limit:?}", scope.name()),
+            Command::SetLimit { scope, name, limit } => {
+                write!(f, "set-limit {} {name} {limit:?}", scope.name())
+            }
             Command::PutModel { name, hash, .. } => write!(f, "put-model {name} ({hash})"),
-            Command::DeployModel { deployment } => write!(f, "deploy-model {} v{}", deployment.model, deployment.version),
-            Command::UndeployModel { name, version } => write!(f, "undeploy-model {name} v{version}"),
-            Command::ChangeReplicas { changes, .. } => write!(f, "change {} model replicas", changes.len()),
-            Command::NodeSlots { node, offer } => write!(f, "node-slots {node} ({} blocks)", offer.slots.len()),
+            Command::DeployModel { deployment } => write!(
+                f,
+                "deploy-model {} v{}",
+                deployment.model, deployment.version
+            ),
+            Command::UndeployModel { name, version } => {
+                write!(f, "undeploy-model {name} v{version}")
+            }
+            Command::ChangeReplicas { changes, .. } => {
+                write!(f, "change {} model replicas", changes.len())
+            }
+            Command::NodeSlots { node, offer } => {
+                write!(f, "node-slots {node} ({} blocks)", offer.slots.len())
+            }
         }
     }
 }
@@ -154,7 +225,11 @@ pub enum CommandResponse {
     FlowPut { version: u64, created: bool },
     /// A run was started (`created`) or an earlier run with the same
     /// idempotency key was found; `version` is the flow version it runs.
-    RunStarted { run_id: String, created: bool, version: u64 },
+    RunStarted {
+        run_id: String,
+        created: bool,
+        version: u64,
+    },
     /// A run event took effect.
     RunUpdated,
     /// Retention deleted this many runs.
@@ -229,9 +304,18 @@ mod tests {
     #[allow(clippy::enum_variant_names)]
     #[derive(Serialize)]
     enum PlainCommand {
-        KvPut { key: String, value: Vec<u8> },
-        KvDelete { key: String },
-        KvCas { key: String, expected: Option<Vec<u8>>, new: Option<Vec<u8>> },
+        KvPut {
+            key: String,
+            value: Vec<u8>,
+        },
+        KvDelete {
+            key: String,
+        },
+        KvCas {
+            key: String,
+            expected: Option<Vec<u8>>,
+            new: Option<Vec<u8>>,
+        },
     }
 
     #[test]
@@ -239,14 +323,42 @@ mod tests {
         let value = (0..=255u8).collect::<Vec<u8>>();
         let pairs = [
             (
-                crate::codec::encode(|| "x".into(), &Command::KvPut { key: "k".into(), value: value.clone() }).unwrap(),
-                crate::codec::encode(|| "x".into(), &PlainCommand::KvPut { key: "k".into(), value: value.clone() }).unwrap(),
+                crate::codec::encode(
+                    || "x".into(),
+                    &Command::KvPut {
+                        key: "k".into(),
+                        value: value.clone(),
+                    },
+                )
+                .unwrap(),
+                crate::codec::encode(
+                    || "x".into(),
+                    &PlainCommand::KvPut {
+                        key: "k".into(),
+                        value: value.clone(),
+                    },
+                )
+                .unwrap(),
             ),
             (
-                crate::codec::encode(|| "x".into(), &Command::KvCas { key: "k".into(), expected: None, new: Some(value.clone()) })
-                    .unwrap(),
-                crate::codec::encode(|| "x".into(), &PlainCommand::KvCas { key: "k".into(), expected: None, new: Some(value.clone()) })
-                    .unwrap(),
+                crate::codec::encode(
+                    || "x".into(),
+                    &Command::KvCas {
+                        key: "k".into(),
+                        expected: None,
+                        new: Some(value.clone()),
+                    },
+                )
+                .unwrap(),
+                crate::codec::encode(
+                    || "x".into(),
+                    &PlainCommand::KvCas {
+                        key: "k".into(),
+                        expected: None,
+                        new: Some(value.clone()),
+                    },
+                )
+                .unwrap(),
             ),
         ];
         for (new, plain) in pairs {

@@ -360,9 +360,20 @@ async fn a_batch_applies_its_commands_in_order_at_one_revision() {
     let store = open(dir.path());
     let mut sm = store.state_machine();
     let batch = Command::Batch(vec![
-        Command::KvPut { key: "x".into(), value: b"1".to_vec() },
-        Command::KvCas { key: "x".into(), expected: Some(b"1".to_vec()), new: Some(b"2".to_vec()) },
-        Command::KvCas { key: "x".into(), expected: Some(b"1".to_vec()), new: Some(b"3".to_vec()) },
+        Command::KvPut {
+            key: "x".into(),
+            value: b"1".to_vec(),
+        },
+        Command::KvCas {
+            key: "x".into(),
+            expected: Some(b"1".to_vec()),
+            new: Some(b"2".to_vec()),
+        },
+        Command::KvCas {
+            key: "x".into(),
+            expected: Some(b"1".to_vec()),
+            new: Some(b"3".to_vec()),
+        },
         Command::KvDelete { key: "y".into() },
     ]);
     let responses = sm.apply(vec![command_entry(1, 4, batch)]).await.unwrap();
@@ -370,8 +381,16 @@ async fn a_batch_applies_its_commands_in_order_at_one_revision() {
         responses,
         vec![CommandResponse::Batch(vec![
             CommandResponse::Put { revision: 4 },
-            CommandResponse::Cas { succeeded: true, current: Some(b"2".to_vec()), revision: 4 },
-            CommandResponse::Cas { succeeded: false, current: Some(b"2".to_vec()), revision: 4 },
+            CommandResponse::Cas {
+                succeeded: true,
+                current: Some(b"2".to_vec()),
+                revision: 4
+            },
+            CommandResponse::Cas {
+                succeeded: false,
+                current: Some(b"2".to_vec()),
+                revision: 4
+            },
             CommandResponse::Delete { existed: false },
         ])]
     );
@@ -388,30 +407,80 @@ async fn flow_versions_are_immutable_and_identical_definitions_reuse_theirs() {
         command_entry(
             1,
             index,
-            Command::PutFlow { name: "intake".into(), definition: hash.as_bytes().to_vec(), hash: hash.into(), at_ms: index },
+            Command::PutFlow {
+                name: "intake".into(),
+                definition: hash.as_bytes().to_vec(),
+                hash: hash.into(),
+                at_ms: index,
+            },
         )
     };
-    let responses = sm.apply(vec![put(1, "aaa"), put(2, "bbb"), put(3, "aaa"), put(4, "ccc")]).await.unwrap();
+    let responses = sm
+        .apply(vec![
+            put(1, "aaa"),
+            put(2, "bbb"),
+            put(3, "aaa"),
+            put(4, "ccc"),
+        ])
+        .await
+        .unwrap();
     assert_eq!(
         responses,
         vec![
-            CommandResponse::FlowPut { version: 1, created: true },
-            CommandResponse::FlowPut { version: 2, created: true },
-            CommandResponse::FlowPut { version: 1, created: false },
-            CommandResponse::FlowPut { version: 3, created: true },
+            CommandResponse::FlowPut {
+                version: 1,
+                created: true
+            },
+            CommandResponse::FlowPut {
+                version: 2,
+                created: true
+            },
+            CommandResponse::FlowPut {
+                version: 1,
+                created: false
+            },
+            CommandResponse::FlowPut {
+                version: 3,
+                created: true
+            },
         ]
     );
     let reader = store.reader();
     assert_eq!(reader.flow("intake", None).unwrap().unwrap().version, 3);
-    assert_eq!(reader.flow("intake", Some(2)).unwrap().unwrap().definition, b"bbb".to_vec());
+    assert_eq!(
+        reader.flow("intake", Some(2)).unwrap().unwrap().definition,
+        b"bbb".to_vec()
+    );
     assert!(reader.flow("intake", Some(9)).unwrap().is_none());
     assert!(reader.flow("other", None).unwrap().is_none());
-    let versions: Vec<u64> = reader.flow_versions("intake").unwrap().iter().map(|f| f.version).collect();
+    let versions: Vec<u64> = reader
+        .flow_versions("intake")
+        .unwrap()
+        .iter()
+        .map(|f| f.version)
+        .collect();
     assert_eq!(versions, vec![1, 2, 3]);
-    assert_eq!(reader.flows(None, 10).unwrap(), vec![("intake".to_string(), 3)]);
+    assert_eq!(
+        reader.flows(None, 10).unwrap(),
+        vec![("intake".to_string(), 3)]
+    );
     // Flows live beside key-value entries without showing up in key listings.
-    sm.apply(vec![command_entry(1, 5, Command::KvPut { key: "flow/x".into(), value: b"v".to_vec() })]).await.unwrap();
-    let keys: Vec<String> = reader.list("", None, 10).unwrap().into_iter().map(|(k, _)| k).collect();
+    sm.apply(vec![command_entry(
+        1,
+        5,
+        Command::KvPut {
+            key: "flow/x".into(),
+            value: b"v".to_vec(),
+        },
+    )])
+    .await
+    .unwrap();
+    let keys: Vec<String> = reader
+        .list("", None, 10)
+        .unwrap()
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
     assert_eq!(keys, vec!["flow/x".to_string()]);
 }
 
@@ -421,7 +490,9 @@ async fn a_start_without_a_version_runs_the_latest_when_it_applies() {
     let store = open(dir.path());
     let mut sm = store.state_machine();
     let flow = |output: &str, at_ms: u64| {
-        let json = format!(r#"{{"name": "calc", "steps": [{{"id": "t", "type": "transform", "output": "{output}"}}]}}"#);
+        let json = format!(
+            r#"{{"name": "calc", "steps": [{{"id": "t", "type": "transform", "output": "{output}"}}]}}"#
+        );
         let definition = floe_engine::parse_flow(json.as_bytes()).unwrap();
         Command::PutFlow {
             name: "calc".into(),
@@ -455,19 +526,61 @@ async fn a_start_without_a_version_runs_the_latest_when_it_applies() {
         ])
         .await
         .unwrap();
-    assert_eq!(responses[1], CommandResponse::RunStarted { run_id: "a".into(), created: true, version: 1 });
-    assert_eq!(responses[3], CommandResponse::RunStarted { run_id: "b".into(), created: true, version: 2 });
-    assert_eq!(responses[4], CommandResponse::RunStarted { run_id: "c".into(), created: true, version: 1 });
+    assert_eq!(
+        responses[1],
+        CommandResponse::RunStarted {
+            run_id: "a".into(),
+            created: true,
+            version: 1
+        }
+    );
+    assert_eq!(
+        responses[3],
+        CommandResponse::RunStarted {
+            run_id: "b".into(),
+            created: true,
+            version: 2
+        }
+    );
+    assert_eq!(
+        responses[4],
+        CommandResponse::RunStarted {
+            run_id: "c".into(),
+            created: true,
+            version: 1
+        }
+    );
     // A repeated key answers with the first run and the version it runs.
-    assert_eq!(responses[5], CommandResponse::RunStarted { run_id: "a".into(), created: false, version: 1 });
-    assert_eq!(responses[6], CommandResponse::Missing { reason: r#"no flow named "nope""#.into() });
-    assert_eq!(responses[7], CommandResponse::Missing { reason: r#"flow "calc" has no version 7"#.into() });
+    assert_eq!(
+        responses[5],
+        CommandResponse::RunStarted {
+            run_id: "a".into(),
+            created: false,
+            version: 1
+        }
+    );
+    assert_eq!(
+        responses[6],
+        CommandResponse::Missing {
+            reason: r#"no flow named "nope""#.into()
+        }
+    );
+    assert_eq!(
+        responses[7],
+        CommandResponse::Missing {
+            reason: r#"flow "calc" has no version 7"#.into()
+        }
+    );
     let reader = store.reader();
     let output = |run_id: &str| reader.run(run_id).unwrap().unwrap().output;
     assert_eq!(output("a"), Some(serde_json::json!(2)));
     assert_eq!(output("b"), Some(serde_json::json!(3)));
     assert_eq!(output("c"), Some(serde_json::json!(2)));
-    assert!(reader.run("d").unwrap().is_none() && reader.run("e").unwrap().is_none() && reader.run("f").unwrap().is_none());
+    assert!(
+        reader.run("d").unwrap().is_none()
+            && reader.run("e").unwrap().is_none()
+            && reader.run("f").unwrap().is_none()
+    );
 }
 
 #[tokio::test]
@@ -495,25 +608,56 @@ async fn retention_purges_only_runs_finished_before_the_cutoff() {
         at_ms,
     };
     let entries = vec![
-        command_entry(1, 1, flow("quick", r#"[{"id": "t", "type": "transform", "output": "input + 1"}]"#)),
-        command_entry(1, 2, flow("waits", r#"[{"id": "s", "type": "signal", "signal": "go"}]"#)),
+        command_entry(
+            1,
+            1,
+            flow(
+                "quick",
+                r#"[{"id": "t", "type": "transform", "output": "input + 1"}]"#,
+            ),
+        ),
+        command_entry(
+            1,
+            2,
+            flow(
+                "waits",
+                r#"[{"id": "s", "type": "signal", "signal": "go"}]"#,
+            ),
+        ),
         command_entry(1, 3, start("old", "quick", "k-old", 1_000)),
         command_entry(1, 4, start("new", "quick", "k-new", 9_000)),
         command_entry(1, 5, start("open", "waits", "", 1_000)),
     ];
     sm.apply(entries).await.unwrap();
     let reader = store.reader();
-    assert_eq!(reader.run("old").unwrap().unwrap().output, Some(serde_json::json!(2)));
+    assert_eq!(
+        reader.run("old").unwrap().unwrap().output,
+        Some(serde_json::json!(2))
+    );
     let due = reader.finished_runs(5_000, 10).unwrap();
-    assert_eq!(due, vec!["old".to_string()], "only the run finished by the cutoff is due");
+    assert_eq!(
+        due,
+        vec!["old".to_string()],
+        "only the run finished by the cutoff is due"
+    );
 
-    let purge = Command::PurgeRuns { run_ids: vec!["old".into(), "new".into(), "open".into()], finished_before_ms: 5_000 };
+    let purge = Command::PurgeRuns {
+        run_ids: vec!["old".into(), "new".into(), "open".into()],
+        finished_before_ms: 5_000,
+    };
     let responses = sm.apply(vec![command_entry(1, 6, purge)]).await.unwrap();
     assert_eq!(responses, vec![CommandResponse::RunsPurged { purged: 1 }]);
     assert!(reader.run("old").unwrap().is_none());
     assert!(reader.run("new").unwrap().is_some() && reader.run("open").unwrap().is_some());
     let listed: Vec<String> = reader
-        .runs(&floe_storage::RunFilter { correlation_id: Some("batch-7".into()), ..Default::default() }, None, 10)
+        .runs(
+            &floe_storage::RunFilter {
+                correlation_id: Some("batch-7".into()),
+                ..Default::default()
+            },
+            None,
+            10,
+        )
         .unwrap()
         .runs
         .into_iter()
@@ -523,10 +667,38 @@ async fn retention_purges_only_runs_finished_before_the_cutoff() {
     assert!(!listed.contains(&"old".to_string()), "{listed:?}");
     assert!(reader.finished_runs(u64::MAX, 10).unwrap() == vec!["new".to_string()]);
     // The purged run's idempotency key is free again; the kept one still answers.
-    let again = sm.apply(vec![command_entry(1, 7, start("old-2", "quick", "k-old", 20_000))]).await.unwrap();
-    assert_eq!(again, vec![CommandResponse::RunStarted { run_id: "old-2".into(), created: true, version: 1 }]);
-    let repeat = sm.apply(vec![command_entry(1, 8, start("new-2", "quick", "k-new", 20_000))]).await.unwrap();
-    assert_eq!(repeat, vec![CommandResponse::RunStarted { run_id: "new".into(), created: false, version: 1 }]);
+    let again = sm
+        .apply(vec![command_entry(
+            1,
+            7,
+            start("old-2", "quick", "k-old", 20_000),
+        )])
+        .await
+        .unwrap();
+    assert_eq!(
+        again,
+        vec![CommandResponse::RunStarted {
+            run_id: "old-2".into(),
+            created: true,
+            version: 1
+        }]
+    );
+    let repeat = sm
+        .apply(vec![command_entry(
+            1,
+            8,
+            start("new-2", "quick", "k-new", 20_000),
+        )])
+        .await
+        .unwrap();
+    assert_eq!(
+        repeat,
+        vec![CommandResponse::RunStarted {
+            run_id: "new".into(),
+            created: false,
+            version: 1
+        }]
+    );
 }
 
 #[tokio::test]
@@ -537,15 +709,37 @@ async fn model_versions_deployments_and_gpu_shares_hold_their_rules() {
     let mut sm = store.state_machine();
     let put = |index: u64, hash: &str| {
         let signature = br#"{"inputs":[],"outputs":[]}"#.to_vec();
-        command_entry(1, index, Command::PutModel { name: "det".into(), hash: hash.into(), size: 10, signature, at_ms: index })
+        command_entry(
+            1,
+            index,
+            Command::PutModel {
+                name: "det".into(),
+                hash: hash.into(),
+                size: 10,
+                signature,
+                at_ms: index,
+            },
+        )
     };
-    let responses = sm.apply(vec![put(1, "aa"), put(2, "bb"), put(3, "aa")]).await.unwrap();
+    let responses = sm
+        .apply(vec![put(1, "aa"), put(2, "bb"), put(3, "aa")])
+        .await
+        .unwrap();
     assert_eq!(
         responses,
         vec![
-            CommandResponse::ModelPut { version: 1, created: true },
-            CommandResponse::ModelPut { version: 2, created: true },
-            CommandResponse::ModelPut { version: 1, created: false },
+            CommandResponse::ModelPut {
+                version: 1,
+                created: true
+            },
+            CommandResponse::ModelPut {
+                version: 2,
+                created: true
+            },
+            CommandResponse::ModelPut {
+                version: 1,
+                created: false
+            },
         ]
     );
     let reader = store.reader();
@@ -553,13 +747,45 @@ async fn model_versions_deployments_and_gpu_shares_hold_their_rules() {
     assert_eq!(reader.model("det", Some(1)).unwrap().unwrap().hash, "aa");
     assert!(reader.blob_is_referenced("aa").unwrap() && reader.blob_is_referenced("bb").unwrap());
 
-    let spec = DeploySpec { replicas: 3, threads: 1, max_batch: 8, max_delay_ms: 2, queue: 64, gpu_milli: 400 };
-    let deploy = |index: u64, version: u64, spec: DeploySpec| {
-        command_entry(1, index, Command::DeployModel { deployment: Deployment { model: "det".into(), version, spec, created_at_ms: 0 } })
+    let spec = DeploySpec {
+        replicas: 3,
+        threads: 1,
+        max_batch: 8,
+        max_delay_ms: 2,
+        queue: 64,
+        gpu_milli: 400,
     };
-    let bad = DeploySpec { replicas: 0, gpu_milli: 1500, ..spec.clone() };
-    let responses = sm.apply(vec![deploy(4, 7, spec.clone()), deploy(5, 1, bad), deploy(6, 1, spec.clone())]).await.unwrap();
-    assert!(matches!(&responses[0], CommandResponse::Refused { reason } if reason.contains("no version 7")), "{responses:?}");
+    let deploy = |index: u64, version: u64, spec: DeploySpec| {
+        command_entry(
+            1,
+            index,
+            Command::DeployModel {
+                deployment: Deployment {
+                    model: "det".into(),
+                    version,
+                    spec,
+                    created_at_ms: 0,
+                },
+            },
+        )
+    };
+    let bad = DeploySpec {
+        replicas: 0,
+        gpu_milli: 1500,
+        ..spec.clone()
+    };
+    let responses = sm
+        .apply(vec![
+            deploy(4, 7, spec.clone()),
+            deploy(5, 1, bad),
+            deploy(6, 1, spec.clone()),
+        ])
+        .await
+        .unwrap();
+    assert!(
+        matches!(&responses[0], CommandResponse::Refused { reason } if reason.contains("no version 7")),
+        "{responses:?}"
+    );
     assert!(
         matches!(&responses[1], CommandResponse::Refused { reason } if reason.contains("replicas must be") && reason.contains("gpu must be")),
         "{responses:?}"
@@ -576,39 +802,123 @@ async fn model_versions_deployments_and_gpu_shares_hold_their_rules() {
         reason: String::new(),
     };
     let share = |milli| Some(GpuShare { device: 0, milli });
-    let changes = vec![place(0, Some(1), share(400)), place(1, Some(1), share(400)), place(2, Some(1), share(400))];
-    let responses = sm.apply(vec![command_entry(1, 7, Command::ChangeReplicas { changes, at_ms: 7 })]).await.unwrap();
+    let changes = vec![
+        place(0, Some(1), share(400)),
+        place(1, Some(1), share(400)),
+        place(2, Some(1), share(400)),
+    ];
+    let responses = sm
+        .apply(vec![command_entry(
+            1,
+            7,
+            Command::ChangeReplicas { changes, at_ms: 7 },
+        )])
+        .await
+        .unwrap();
     assert!(
         matches!(&responses[0], CommandResponse::Refused { reason } if reason.contains("replica 2") && reason.contains("200 thousandths left")),
         "two shares of 0.4 fit on one device, a third does not: {responses:?}"
     );
-    let wrong = vec![place(2, Some(2), share(300)), place(2, Some(2), None), place(5, Some(2), share(400))];
-    let responses = sm.apply(vec![command_entry(1, 8, Command::ChangeReplicas { changes: wrong, at_ms: 8 })]).await.unwrap();
-    let CommandResponse::Refused { reason } = &responses[0] else { panic!("{responses:?}") };
-    assert!(reason.contains("differs") && reason.contains("needs a GPU share") && reason.contains("has 3 replicas"), "{reason}");
+    let wrong = vec![
+        place(2, Some(2), share(300)),
+        place(2, Some(2), None),
+        place(5, Some(2), share(400)),
+    ];
+    let responses = sm
+        .apply(vec![command_entry(
+            1,
+            8,
+            Command::ChangeReplicas {
+                changes: wrong,
+                at_ms: 8,
+            },
+        )])
+        .await
+        .unwrap();
+    let CommandResponse::Refused { reason } = &responses[0] else {
+        panic!("{responses:?}")
+    };
+    assert!(
+        reason.contains("differs")
+            && reason.contains("needs a GPU share")
+            && reason.contains("has 3 replicas"),
+        "{reason}"
+    );
     // Moving replica 1 off node 1 frees its share for replica 2.
     let moves = vec![place(1, None, None), place(2, Some(1), share(400))];
-    let responses = sm.apply(vec![command_entry(1, 9, Command::ChangeReplicas { changes: moves, at_ms: 9 })]).await.unwrap();
+    let responses = sm
+        .apply(vec![command_entry(
+            1,
+            9,
+            Command::ChangeReplicas {
+                changes: moves,
+                at_ms: 9,
+            },
+        )])
+        .await
+        .unwrap();
     assert_eq!(responses, vec![CommandResponse::Applied]);
-    let placed: Vec<(u32, Option<u64>)> = reader.replicas().unwrap().iter().map(|r| (r.replica, r.node)).collect();
+    let placed: Vec<(u32, Option<u64>)> = reader
+        .replicas()
+        .unwrap()
+        .iter()
+        .map(|r| (r.replica, r.node))
+        .collect();
     assert_eq!(placed, vec![(0, Some(1)), (2, Some(1))]);
 
     // Undeploying drops the replicas and their shares: the device is free again.
     let responses = sm
         .apply(vec![
-            command_entry(1, 10, Command::UndeployModel { name: "det".into(), version: 1 }),
-            command_entry(1, 11, Command::UndeployModel { name: "det".into(), version: 1 }),
+            command_entry(
+                1,
+                10,
+                Command::UndeployModel {
+                    name: "det".into(),
+                    version: 1,
+                },
+            ),
+            command_entry(
+                1,
+                11,
+                Command::UndeployModel {
+                    name: "det".into(),
+                    version: 1,
+                },
+            ),
         ])
         .await
         .unwrap();
     assert_eq!(responses[0], CommandResponse::Applied);
-    assert!(matches!(&responses[1], CommandResponse::Refused { reason } if reason.contains("not deployed")));
+    assert!(
+        matches!(&responses[1], CommandResponse::Refused { reason } if reason.contains("not deployed"))
+    );
     assert!(reader.replicas().unwrap().is_empty() && reader.deployments().unwrap().is_empty());
-    let full = DeploySpec { replicas: 1, gpu_milli: 1000, ..spec };
+    let full = DeploySpec {
+        replicas: 1,
+        gpu_milli: 1000,
+        ..spec
+    };
     sm.apply(vec![deploy(12, 2, full)]).await.unwrap();
-    let whole = vec![ReplicaChange { version: 2, ..place(0, Some(1), share(1000)) }];
-    let responses = sm.apply(vec![command_entry(1, 13, Command::ChangeReplicas { changes: whole, at_ms: 13 })]).await.unwrap();
-    assert_eq!(responses, vec![CommandResponse::Applied], "a whole device once the shares are released");
+    let whole = vec![ReplicaChange {
+        version: 2,
+        ..place(0, Some(1), share(1000))
+    }];
+    let responses = sm
+        .apply(vec![command_entry(
+            1,
+            13,
+            Command::ChangeReplicas {
+                changes: whole,
+                at_ms: 13,
+            },
+        )])
+        .await
+        .unwrap();
+    assert_eq!(
+        responses,
+        vec![CommandResponse::Applied],
+        "a whole device once the shares are released"
+    );
 }
 
 #[tokio::test]
@@ -627,7 +937,10 @@ async fn ready_tasks_are_placed_in_the_entry_that_makes_them_ready() {
     .unwrap();
     let offer = |node: u64, slots: u32, load_milli: u32| Command::NodeSlots {
         node,
-        offer: NodeSlots { slots: [("noop".to_string(), slots)].into_iter().collect(), load_milli },
+        offer: NodeSlots {
+            slots: [("noop".to_string(), slots)].into_iter().collect(),
+            load_milli,
+        },
     };
     let start = |run_id: &str, at_ms: u64| Command::StartRun {
         run_id: run_id.into(),
@@ -639,9 +952,22 @@ async fn ready_tasks_are_placed_in_the_entry_that_makes_them_ready() {
         at_ms,
     };
     let completed = |run_id: &str, step: &str, attempt: u32| {
-        let key = TaskKey { run_id: run_id.into(), step_id: step.into(), item: None };
-        let event = RunEvent::TaskCompleted { key, attempt, output: serde_json::json!({"done": step}), worker: None };
-        Command::RunEvent { run_id: run_id.into(), event: serde_json::to_vec(&event).unwrap(), at_ms: 20 }
+        let key = TaskKey {
+            run_id: run_id.into(),
+            step_id: step.into(),
+            item: None,
+        };
+        let event = RunEvent::TaskCompleted {
+            key,
+            attempt,
+            output: serde_json::json!({"done": step}),
+            worker: None,
+        };
+        Command::RunEvent {
+            run_id: run_id.into(),
+            event: serde_json::to_vec(&event).unwrap(),
+            at_ms: 20,
+        }
     };
     let mut index = 0;
     let mut apply = |commands: Vec<Command>| {
@@ -661,43 +987,106 @@ async fn ready_tasks_are_placed_in_the_entry_that_makes_them_ready() {
         at_ms: 0,
     };
     // No offers yet: the first task waits in the queue for the scheduler.
-    sm.apply(apply(vec![put, start("queued", 10)])).await.unwrap();
+    sm.apply(apply(vec![put, start("queued", 10)]))
+        .await
+        .unwrap();
     assert_eq!(reader.ready_tasks(10, 10).unwrap().len(), 1);
 
     // Node 2 is less loaded; node 1 has one slot.
-    sm.apply(apply(vec![offer(1, 1, 100), offer(2, 2, 600)])).await.unwrap();
+    sm.apply(apply(vec![offer(1, 1, 100), offer(2, 2, 600)]))
+        .await
+        .unwrap();
     assert_eq!(reader.node_slots().unwrap().len(), 2);
-    sm.apply(apply(vec![start("r1", 10), start("r2", 10), start("r3", 10), start("r4", 10)])).await.unwrap();
+    sm.apply(apply(vec![
+        start("r1", 10),
+        start("r2", 10),
+        start("r3", 10),
+        start("r4", 10),
+    ]))
+    .await
+    .unwrap();
     let node_of = |run: &str, step: &str| {
         let record = reader.run(run).unwrap().unwrap();
-        record.steps.get(step).and_then(|step| step.attempts.last()).and_then(|attempt| attempt.node)
+        record
+            .steps
+            .get(step)
+            .and_then(|step| step.attempts.last())
+            .and_then(|attempt| attempt.node)
     };
-    assert_eq!(node_of("r1", "a"), Some(1), "node 1: 0 of 1 placed + 0.1 load beats node 2's 0.6");
+    assert_eq!(
+        node_of("r1", "a"),
+        Some(1),
+        "node 1: 0 of 1 placed + 0.1 load beats node 2's 0.6"
+    );
     assert_eq!(node_of("r2", "a"), Some(2), "node 1 is full");
     assert_eq!(node_of("r3", "a"), Some(2));
     assert_eq!(node_of("r4", "a"), None, "no free slot anywhere: queued");
     assert_eq!(reader.placed_count(1, "noop").unwrap(), 1);
     assert_eq!(reader.placed_count(2, "noop").unwrap(), 2);
-    let on_two: Vec<(String, u32)> =
-        reader.placed_tasks(2, |_, _| false).unwrap().into_iter().map(|(task, attempt, _)| (task, attempt)).collect();
-    assert_eq!(on_two, vec![("r2/a/-".to_string(), 1), ("r3/a/-".to_string(), 1)]);
+    let on_two: Vec<(String, u32)> = reader
+        .placed_tasks(2, |_, _| false)
+        .unwrap()
+        .into_iter()
+        .map(|(task, attempt, _)| (task, attempt))
+        .collect();
+    assert_eq!(
+        on_two,
+        vec![("r2/a/-".to_string(), 1), ("r3/a/-".to_string(), 1)]
+    );
     let started = reader.run("r1").unwrap().unwrap().steps["a"].attempts[0].started_at_ms;
-    assert_eq!(started, Some(10), "the attempt started in the entry that scheduled it");
+    assert_eq!(
+        started,
+        Some(10),
+        "the attempt started in the entry that scheduled it"
+    );
 
     // A completion frees its slot before the next step is placed, in the same entry.
-    sm.apply(apply(vec![completed("r1", "a", 1)])).await.unwrap();
-    assert_eq!(node_of("r1", "b"), Some(1), "step b took the slot step a freed on node 1");
+    sm.apply(apply(vec![completed("r1", "a", 1)]))
+        .await
+        .unwrap();
+    assert_eq!(
+        node_of("r1", "b"),
+        Some(1),
+        "step b took the slot step a freed on node 1"
+    );
     assert_eq!(reader.placed_count(1, "noop").unwrap(), 1);
-    assert_eq!(reader.run("r1").unwrap().unwrap().steps["b"].attempts[0].started_at_ms, Some(20));
+    assert_eq!(
+        reader.run("r1").unwrap().unwrap().steps["b"].attempts[0].started_at_ms,
+        Some(20)
+    );
 
     // A withdrawn node gets nothing new; the slots counted on it stay until its tasks end.
-    sm.apply(apply(vec![Command::NodeSlots { node: 1, offer: NodeSlots::default() }])).await.unwrap();
-    assert_eq!(reader.node_slots().unwrap().keys().copied().collect::<Vec<_>>(), vec![2]);
-    sm.apply(apply(vec![completed("r2", "a", 1)])).await.unwrap();
+    sm.apply(apply(vec![Command::NodeSlots {
+        node: 1,
+        offer: NodeSlots::default(),
+    }]))
+    .await
+    .unwrap();
+    assert_eq!(
+        reader
+            .node_slots()
+            .unwrap()
+            .keys()
+            .copied()
+            .collect::<Vec<_>>(),
+        vec![2]
+    );
+    sm.apply(apply(vec![completed("r2", "a", 1)]))
+        .await
+        .unwrap();
     assert_eq!(node_of("r2", "b"), Some(2));
-    sm.apply(apply(vec![completed("r1", "b", 1)])).await.unwrap();
-    assert_eq!(reader.placed_count(1, "noop").unwrap(), 0, "counts return to zero");
-    assert_eq!(reader.run("r1").unwrap().unwrap().status, floe_engine::run::RunStatus::Completed);
+    sm.apply(apply(vec![completed("r1", "b", 1)]))
+        .await
+        .unwrap();
+    assert_eq!(
+        reader.placed_count(1, "noop").unwrap(),
+        0,
+        "counts return to zero"
+    );
+    assert_eq!(
+        reader.run("r1").unwrap().unwrap().status,
+        floe_engine::run::RunStatus::Completed
+    );
 }
 
 #[tokio::test]
@@ -729,26 +1118,65 @@ async fn tasks_that_require_worker_labels_go_only_to_nodes_offering_them() {
     };
     let offer = |node: u64, keys: &[(&str, u32)]| Command::NodeSlots {
         node,
-        offer: NodeSlots { slots: keys.iter().map(|(key, slots)| (key.to_string(), *slots)).collect(), load_milli: 0 },
+        offer: NodeSlots {
+            slots: keys
+                .iter()
+                .map(|(key, slots)| (key.to_string(), *slots))
+                .collect(),
+            load_milli: 0,
+        },
     };
     let node_of = |run: &str| {
         let record = reader.run(run).unwrap().unwrap();
-        record.steps["a"].attempts.last().and_then(|attempt| attempt.node)
+        record.steps["a"]
+            .attempts
+            .last()
+            .and_then(|attempt| attempt.node)
     };
     // Node 1 serves the block without the label; node 2 with a south worker.
-    let commands = vec![put, offer(1, &[("noop", 4)]), offer(2, &[("noop", 1), ("noop[site=south]", 1)]), start("r1")];
-    let entries: Vec<_> = commands.into_iter().enumerate().map(|(i, c)| command_entry(1, i as u64 + 1, c)).collect();
+    let commands = vec![
+        put,
+        offer(1, &[("noop", 4)]),
+        offer(2, &[("noop", 1), ("noop[site=south]", 1)]),
+        start("r1"),
+    ];
+    let entries: Vec<_> = commands
+        .into_iter()
+        .enumerate()
+        .map(|(i, c)| command_entry(1, i as u64 + 1, c))
+        .collect();
     sm.apply(entries).await.unwrap();
     assert_eq!(node_of("r1"), None, "no node offers site=north: queued");
-    assert_eq!(reader.ready_tasks(10, 10).unwrap()[0].spec.placement_key(), "noop[site=north]");
+    assert_eq!(
+        reader.ready_tasks(10, 10).unwrap()[0].spec.placement_key(),
+        "noop[site=north]"
+    );
 
     // Node 3's worker is labelled site=north (and more): it gets the task,
     // though node 1 has more room and a lower id.
-    let commands = vec![offer(3, &[("noop", 1), ("noop[site=north]", 1), ("noop[gpu=yes,site=north]", 1)]), start("r2")];
-    let entries: Vec<_> = commands.into_iter().enumerate().map(|(i, c)| command_entry(1, i as u64 + 5, c)).collect();
+    let commands = vec![
+        offer(
+            3,
+            &[
+                ("noop", 1),
+                ("noop[site=north]", 1),
+                ("noop[gpu=yes,site=north]", 1),
+            ],
+        ),
+        start("r2"),
+    ];
+    let entries: Vec<_> = commands
+        .into_iter()
+        .enumerate()
+        .map(|(i, c)| command_entry(1, i as u64 + 5, c))
+        .collect();
     sm.apply(entries).await.unwrap();
     assert_eq!(node_of("r2"), Some(3));
     assert_eq!(reader.placed_count(3, "noop[site=north]").unwrap(), 1);
-    assert_eq!(reader.placed_count(3, "noop").unwrap(), 1, "and takes a slot of the block");
+    assert_eq!(
+        reader.placed_count(3, "noop").unwrap(),
+        1,
+        "and takes a slot of the block"
+    );
     assert_eq!(reader.placed_count(1, "noop").unwrap(), 0);
 }

@@ -17,7 +17,9 @@ pub struct NodeDigest {
 }
 
 async fn read_digest(http_addr: &str) -> Result<NodeDigest, String> {
-    let (code, body) = floe_node::harness::http_get(http_addr, "/debug/state-digest").await.map_err(|err| err.to_string())?;
+    let (code, body) = floe_node::harness::http_get(http_addr, "/debug/state-digest")
+        .await
+        .map_err(|err| err.to_string())?;
     if code != 200 {
         return Err(format!("HTTP {code}: {}", body.trim()));
     }
@@ -35,20 +37,33 @@ pub async fn check(nodes: &BTreeMap<u64, String>, limit: Duration) -> CheckResul
         for (id, addr) in nodes {
             last.insert(*id, read_digest(addr).await);
         }
-        let digests: Vec<&NodeDigest> = last.values().filter_map(|answer| answer.as_ref().ok()).collect();
+        let digests: Vec<&NodeDigest> = last
+            .values()
+            .filter_map(|answer| answer.as_ref().ok())
+            .collect();
         let all_answered = digests.len() == nodes.len();
-        let same_index = digests.windows(2).all(|pair| pair[0].applied_index == pair[1].applied_index);
+        let same_index = digests
+            .windows(2)
+            .all(|pair| pair[0].applied_index == pair[1].applied_index);
         if all_answered && same_index {
             let first = &digests[0];
             for other in &digests[1..] {
                 if other.digest != first.digest {
                     result.violation(format!(
                         "node {} and node {} differ at applied index {}: digest {} vs {}",
-                        first.node_id, other.node_id, first.applied_index, first.digest, other.digest
+                        first.node_id,
+                        other.node_id,
+                        first.applied_index,
+                        first.digest,
+                        other.digest
                     ));
                 }
             }
-            result.note(format!("{} nodes at applied index {}", digests.len(), first.applied_index));
+            result.note(format!(
+                "{} nodes at applied index {}",
+                digests.len(),
+                first.applied_index
+            ));
             return result;
         }
         if Instant::now() > deadline {
@@ -59,7 +74,10 @@ pub async fn check(nodes: &BTreeMap<u64, String>, limit: Duration) -> CheckResul
                     Err(err) => format!("node {id}: {err}"),
                 })
                 .collect();
-            result.violation(format!("nodes did not converge within {limit:?}: {}", summary.join(", ")));
+            result.violation(format!(
+                "nodes did not converge within {limit:?}: {}",
+                summary.join(", ")
+            ));
             return result;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;

@@ -24,9 +24,15 @@ pub fn check(exits: &[NodeExit]) -> CheckResult {
     for exit in exits {
         *per_node.entry(exit.node).or_default() += 1;
         if exit.excused {
-            result.note(format!("node {} exited at {:.1}s while its disk was full ({})", exit.node, exit.at_s, exit.status));
+            result.note(format!(
+                "node {} exited at {:.1}s while its disk was full ({})",
+                exit.node, exit.at_s, exit.status
+            ));
         } else {
-            result.violation(format!("node {} exited on its own at {:.1}s ({})", exit.node, exit.at_s, exit.status));
+            result.violation(format!(
+                "node {} exited on its own at {:.1}s ({})",
+                exit.node, exit.at_s, exit.status
+            ));
         }
     }
     for (node, count) in per_node {
@@ -42,7 +48,12 @@ mod tests {
     use super::*;
 
     fn exit(node: u64, excused: bool) -> NodeExit {
-        NodeExit { node, at_s: 1.0, status: "signal: 6 (SIGABRT)".into(), excused }
+        NodeExit {
+            node,
+            at_s: 1.0,
+            status: "signal: 6 (SIGABRT)".into(),
+            excused,
+        }
     }
 
     #[test]

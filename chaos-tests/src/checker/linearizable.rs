@@ -32,7 +32,12 @@ pub enum RegisterOp {
     Get { observed: Value },
     /// Compare-and-set. `succeeded: None` means the outcome is unknown.
     /// On failure the server reports the value it found (`observed`).
-    Cas { expected: Value, new: Value, succeeded: Option<bool>, observed: Value },
+    Cas {
+        expected: Value,
+        new: Value,
+        succeeded: Option<bool>,
+        observed: Value,
+    },
 }
 
 /// One operation of the history, with its times (any monotonic unit).
@@ -53,9 +58,14 @@ pub enum Verdict {
     Linearizable,
     /// No order explains the history. `stuck_at` names the operation whose
     /// response could not be explained by the longest partial order found.
-    NotLinearizable { stuck_at: String, linearized: usize },
+    NotLinearizable {
+        stuck_at: String,
+        linearized: usize,
+    },
     /// The search gave up after `steps` steps (reported, not a pass).
-    GaveUp { steps: u64 },
+    GaveUp {
+        steps: u64,
+    },
 }
 
 /// Possible register states after applying `op` to `state` (empty: the
@@ -69,7 +79,12 @@ fn step(state: Value, op: &RegisterOp, unknown: bool) -> Vec<Value> {
                 next.push(state);
             }
         }
-        RegisterOp::Cas { expected, new, succeeded, observed } => match succeeded {
+        RegisterOp::Cas {
+            expected,
+            new,
+            succeeded,
+            observed,
+        } => match succeeded {
             Some(true) if state == *expected => next.push(*new),
             Some(false) if state != *expected && state == *observed => next.push(state),
             None if state == *expected => next.push(*new),
@@ -125,8 +140,17 @@ impl Events {
             events.push(Event { op, is_call });
         }
         let prev = (0..count).map(|i| i.checked_sub(1)).collect();
-        let next = (0..count).map(|i| (i + 1 < count).then_some(i + 1)).collect();
-        Events { events, prev, next, head: (count > 0).then_some(0), call_of, return_of }
+        let next = (0..count)
+            .map(|i| (i + 1 < count).then_some(i + 1))
+            .collect();
+        Events {
+            events,
+            prev,
+            next,
+            head: (count > 0).then_some(0),
+            call_of,
+            return_of,
+        }
     }
 
     fn unlink(&mut self, index: usize) {
@@ -187,7 +211,12 @@ fn observed_values(ops: &[TimedOp]) -> HashSet<u32> {
         match &timed.op {
             RegisterOp::Put { .. } => {}
             RegisterOp::Get { observed: seen } => observed.extend(*seen),
-            RegisterOp::Cas { expected, observed: seen, succeeded, .. } => {
+            RegisterOp::Cas {
+                expected,
+                observed: seen,
+                succeeded,
+                ..
+            } => {
                 observed.extend(*expected);
                 if *succeeded == Some(false) {
                     observed.extend(*seen);
@@ -266,7 +295,11 @@ fn search(ops: &[TimedOp], initial: Value, max_steps: u64) -> Verdict {
                 }
             }
             first_candidate = 0;
-            cursor = if placed { events.head } else { events.next[index] };
+            cursor = if placed {
+                events.head
+            } else {
+                events.next[index]
+            };
         } else {
             // The response of an operation not yet placed: undo the last placement.
             if stack.len() >= deepest.0 {
@@ -286,7 +319,10 @@ fn search(ops: &[TimedOp], initial: Value, max_steps: u64) -> Verdict {
 }
 
 fn not_linearizable(ops: &[TimedOp], deepest: (usize, usize)) -> Verdict {
-    Verdict::NotLinearizable { stuck_at: ops[deepest.1].label.clone(), linearized: deepest.0 }
+    Verdict::NotLinearizable {
+        stuck_at: ops[deepest.1].label.clone(),
+        linearized: deepest.0,
+    }
 }
 
 #[cfg(test)]
@@ -296,7 +332,12 @@ mod tests {
     const STEPS: u64 = 1_000_000;
 
     fn op(op: RegisterOp, invoked: u64, completed: Option<u64>) -> TimedOp {
-        TimedOp { label: format!("{op:?} [{invoked}, {completed:?}]"), op, invoked, completed }
+        TimedOp {
+            label: format!("{op:?} [{invoked}, {completed:?}]"),
+            op,
+            invoked,
+            completed,
+        }
     }
     fn put(value: u32, from: u64, to: u64) -> TimedOp {
         op(RegisterOp::Put { value }, from, Some(to))
@@ -307,8 +348,24 @@ mod tests {
     fn get(observed: Value, from: u64, to: u64) -> TimedOp {
         op(RegisterOp::Get { observed }, from, Some(to))
     }
-    fn cas(expected: Value, new: u32, succeeded: bool, observed: Value, from: u64, to: u64) -> TimedOp {
-        op(RegisterOp::Cas { expected, new: Some(new), succeeded: Some(succeeded), observed }, from, Some(to))
+    fn cas(
+        expected: Value,
+        new: u32,
+        succeeded: bool,
+        observed: Value,
+        from: u64,
+        to: u64,
+    ) -> TimedOp {
+        op(
+            RegisterOp::Cas {
+                expected,
+                new: Some(new),
+                succeeded: Some(succeeded),
+                observed,
+            },
+            from,
+            Some(to),
+        )
     }
     fn is_ok(ops: &[TimedOp]) -> bool {
         check(ops, None, STEPS) == Verdict::Linearizable
@@ -316,7 +373,12 @@ mod tests {
 
     #[test]
     fn sequential_history_is_accepted() {
-        assert!(is_ok(&[put(1, 0, 1), get(Some(1), 2, 3), put(2, 4, 5), get(Some(2), 6, 7)]));
+        assert!(is_ok(&[
+            put(1, 0, 1),
+            get(Some(1), 2, 3),
+            put(2, 4, 5),
+            get(Some(2), 6, 7)
+        ]));
         assert!(is_ok(&[get(None, 0, 1)]));
     }
 
@@ -324,7 +386,10 @@ mod tests {
     fn stale_read_is_rejected() {
         // 2 overwrote 1 before the read began, yet the read saw 1.
         let history = [put(1, 0, 1), put(2, 2, 3), get(Some(1), 4, 5)];
-        assert!(matches!(check(&history, None, STEPS), Verdict::NotLinearizable { .. }));
+        assert!(matches!(
+            check(&history, None, STEPS),
+            Verdict::NotLinearizable { .. }
+        ));
     }
 
     #[test]
@@ -349,17 +414,30 @@ mod tests {
     #[test]
     fn reads_may_not_go_back_in_time() {
         // Two sequential reads during one write: new then old is impossible.
-        let history = [put(1, 0, 1), put(2, 2, 10), get(Some(2), 3, 4), get(Some(1), 5, 6)];
+        let history = [
+            put(1, 0, 1),
+            put(2, 2, 10),
+            get(Some(2), 3, 4),
+            get(Some(1), 5, 6),
+        ];
         assert!(!is_ok(&history));
     }
 
     #[test]
     fn cas_that_succeeded_twice_is_rejected() {
         // Two successful cas from the same expected value cannot both be right.
-        let history = [put(1, 0, 1), cas(Some(1), 2, true, None, 2, 5), cas(Some(1), 3, true, None, 3, 6)];
+        let history = [
+            put(1, 0, 1),
+            cas(Some(1), 2, true, None, 2, 5),
+            cas(Some(1), 3, true, None, 3, 6),
+        ];
         assert!(!is_ok(&history));
         // One succeeding and one failing (seeing the other's value) is fine.
-        let history = [put(1, 0, 1), cas(Some(1), 2, true, None, 2, 5), cas(Some(1), 3, false, Some(2), 3, 6)];
+        let history = [
+            put(1, 0, 1),
+            cas(Some(1), 2, true, None, 2, 5),
+            cas(Some(1), 3, false, Some(2), 3, 6),
+        ];
         assert!(is_ok(&history));
     }
 
@@ -374,20 +452,57 @@ mod tests {
     #[test]
     fn unknown_write_may_take_effect_late_or_never() {
         // Never: reads keep seeing 1.
-        assert!(is_ok(&[put(1, 0, 1), put_unknown(2, 2), get(Some(1), 3, 4), get(Some(1), 5, 6)]));
+        assert!(is_ok(&[
+            put(1, 0, 1),
+            put_unknown(2, 2),
+            get(Some(1), 3, 4),
+            get(Some(1), 5, 6)
+        ]));
         // Late: long after the client gave up.
-        assert!(is_ok(&[put(1, 0, 1), put_unknown(2, 2), get(Some(1), 30, 31), get(Some(2), 50, 51)]));
+        assert!(is_ok(&[
+            put(1, 0, 1),
+            put_unknown(2, 2),
+            get(Some(1), 30, 31),
+            get(Some(2), 50, 51)
+        ]));
         // But never before it was invoked.
-        assert!(!is_ok(&[put(1, 0, 1), get(Some(2), 2, 3), put_unknown(2, 4)]));
+        assert!(!is_ok(&[
+            put(1, 0, 1),
+            get(Some(2), 2, 3),
+            put_unknown(2, 4)
+        ]));
         // And once seen, it cannot be unseen.
-        assert!(!is_ok(&[put(1, 0, 1), put_unknown(2, 2), get(Some(2), 3, 4), get(Some(1), 5, 6)]));
+        assert!(!is_ok(&[
+            put(1, 0, 1),
+            put_unknown(2, 2),
+            get(Some(2), 3, 4),
+            get(Some(1), 5, 6)
+        ]));
     }
 
     #[test]
     fn unknown_cas_needs_its_expected_value_to_take_effect() {
-        let unknown = op(RegisterOp::Cas { expected: Some(1), new: Some(2), succeeded: None, observed: None }, 2, None);
+        let unknown = op(
+            RegisterOp::Cas {
+                expected: Some(1),
+                new: Some(2),
+                succeeded: None,
+                observed: None,
+            },
+            2,
+            None,
+        );
         assert!(is_ok(&[put(1, 0, 1), unknown.clone(), get(Some(2), 5, 6)]));
-        let wrong = op(RegisterOp::Cas { expected: Some(9), new: Some(2), succeeded: None, observed: None }, 2, None);
+        let wrong = op(
+            RegisterOp::Cas {
+                expected: Some(9),
+                new: Some(2),
+                succeeded: None,
+                observed: None,
+            },
+            2,
+            None,
+        );
         assert!(!is_ok(&[put(1, 0, 1), wrong, get(Some(2), 5, 6)]));
     }
 
@@ -403,7 +518,13 @@ mod tests {
             get(Some(2), 11, 12),
         ];
         assert!(is_ok(&history));
-        let impossible = [put(1, 0, 10), put(2, 0, 10), get(Some(1), 1, 2), get(Some(2), 3, 4), get(Some(1), 11, 12)];
+        let impossible = [
+            put(1, 0, 10),
+            put(2, 0, 10),
+            get(Some(1), 1, 2),
+            get(Some(2), 3, 4),
+            get(Some(1), 11, 12),
+        ];
         assert!(!is_ok(&impossible));
     }
 
@@ -423,10 +544,24 @@ mod tests {
 
     #[test]
     fn pruning_keeps_unknown_writes_that_something_depends_on() {
-        let unknown_cas = op(RegisterOp::Cas { expected: Some(2), new: Some(3), succeeded: None, observed: None }, 5, None);
+        let unknown_cas = op(
+            RegisterOp::Cas {
+                expected: Some(2),
+                new: Some(3),
+                succeeded: None,
+                observed: None,
+            },
+            5,
+            None,
+        );
         // The unknown put of 2 is only "observed" by the unknown cas's
         // expectation; the read of 3 needs both to have happened.
-        let history = [put(1, 0, 1), put_unknown(2, 2), unknown_cas, get(Some(3), 10, 11)];
+        let history = [
+            put(1, 0, 1),
+            put_unknown(2, 2),
+            unknown_cas,
+            get(Some(3), 10, 11),
+        ];
         assert!(is_ok(&history));
         assert_eq!(without_unobserved_unknowns(&history).len(), 4);
         let unobserved = [put(1, 0, 1), put_unknown(2, 2), get(Some(1), 10, 11)];

@@ -31,7 +31,12 @@ pub struct CheckResult {
 
 impl CheckResult {
     pub fn new(checker: &'static str) -> CheckResult {
-        CheckResult { checker, passed: true, violations: Vec::new(), notes: Vec::new() }
+        CheckResult {
+            checker,
+            passed: true,
+            violations: Vec::new(),
+            notes: Vec::new(),
+        }
     }
 
     pub fn violation(&mut self, text: impl Into<String>) {

@@ -35,7 +35,13 @@ fn describe(record: &OpRecord) -> String {
     let what = match &record.op {
         Op::Get { observed, .. } => format!("get -> {observed:?}"),
         Op::Put { value, .. } => format!("put {value:?}"),
-        Op::Cas { expected, new, succeeded, current, .. } => {
+        Op::Cas {
+            expected,
+            new,
+            succeeded,
+            current,
+            ..
+        } => {
             format!("cas {expected:?} -> {new:?}: succeeded {succeeded:?}, current {current:?}")
         }
         other => other.name().to_string(),
@@ -64,18 +70,37 @@ fn timed_ops(records: &[&OpRecord], interner: &mut Interner) -> Vec<TimedOp> {
                 if completed.is_none() {
                     continue;
                 }
-                RegisterOp::Get { observed: interner.optional(observed) }
+                RegisterOp::Get {
+                    observed: interner.optional(observed),
+                }
             }
-            Op::Put { value, .. } => RegisterOp::Put { value: interner.id(value) },
-            Op::Cas { expected, new, succeeded, current, .. } => RegisterOp::Cas {
+            Op::Put { value, .. } => RegisterOp::Put {
+                value: interner.id(value),
+            },
+            Op::Cas {
+                expected,
+                new,
+                succeeded,
+                current,
+                ..
+            } => RegisterOp::Cas {
                 expected: interner.optional(expected),
                 new: Some(interner.id(new)),
-                succeeded: if completed.is_some() { *succeeded } else { None },
+                succeeded: if completed.is_some() {
+                    *succeeded
+                } else {
+                    None
+                },
                 observed: interner.optional(current),
             },
             _ => continue,
         };
-        ops.push(TimedOp { op, invoked: record.invoked_us, completed, label: describe(record) });
+        ops.push(TimedOp {
+            op,
+            invoked: record.invoked_us,
+            completed,
+            label: describe(record),
+        });
     }
     ops
 }
@@ -112,7 +137,12 @@ pub fn check_linearizable(history: &[OpRecord]) -> CheckResult {
                 result.note(format!("key {key}: search gave up after {steps} steps ({} operations); inconclusive", ops.len()))
             }
         }
-        tracing::debug!(key, ops = ops.len(), elapsed_ms = started.elapsed().as_millis() as u64, "key checked");
+        tracing::debug!(
+            key,
+            ops = ops.len(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "key checked"
+        );
     }
     result
 }
@@ -127,24 +157,34 @@ pub fn check_set(history: &[OpRecord], final_keys: Option<&BTreeSet<String>>) ->
     };
     let (mut acked, mut failed, mut unknown) = (0, 0, 0);
     for record in history {
-        let Op::SetAdd { key } = &record.op else { continue };
+        let Op::SetAdd { key } = &record.op else {
+            continue;
+        };
         match record.outcome {
             Outcome::Ok => {
                 acked += 1;
                 if !final_keys.contains(key) {
-                    result.violation(format!("acknowledged write of {key} is missing at the end ({})", describe(record)));
+                    result.violation(format!(
+                        "acknowledged write of {key} is missing at the end ({})",
+                        describe(record)
+                    ));
                 }
             }
             Outcome::Fail => {
                 failed += 1;
                 if final_keys.contains(key) {
-                    result.violation(format!("write of {key} was reported as not applied, yet it is present ({})", describe(record)));
+                    result.violation(format!(
+                        "write of {key} was reported as not applied, yet it is present ({})",
+                        describe(record)
+                    ));
                 }
             }
             Outcome::Unknown => unknown += 1,
         }
     }
-    result.note(format!("{acked} acknowledged, {failed} failed, {unknown} unknown writes checked"));
+    result.note(format!(
+        "{acked} acknowledged, {failed} failed, {unknown} unknown writes checked"
+    ));
     result
 }
 
@@ -153,36 +193,87 @@ mod tests {
     use super::*;
 
     fn record(process: usize, op: Op, invoked: u64, completed: u64, outcome: Outcome) -> OpRecord {
-        OpRecord { process, node: 1, op, invoked_us: invoked, completed_us: completed, outcome, error: None }
+        OpRecord {
+            process,
+            node: 1,
+            op,
+            invoked_us: invoked,
+            completed_us: completed,
+            outcome,
+            error: None,
+        }
     }
     fn put(value: &str, from: u64, to: u64, outcome: Outcome) -> OpRecord {
-        record(0, Op::Put { key: "k".into(), value: value.into() }, from, to, outcome)
+        record(
+            0,
+            Op::Put {
+                key: "k".into(),
+                value: value.into(),
+            },
+            from,
+            to,
+            outcome,
+        )
     }
     fn get(observed: Option<&str>, from: u64, to: u64) -> OpRecord {
-        record(1, Op::Get { key: "k".into(), observed: observed.map(String::from) }, from, to, Outcome::Ok)
+        record(
+            1,
+            Op::Get {
+                key: "k".into(),
+                observed: observed.map(String::from),
+            },
+            from,
+            to,
+            Outcome::Ok,
+        )
     }
 
     #[test]
     fn a_stale_read_fails_the_checker_and_names_the_key() {
-        let history = vec![put("a", 0, 10, Outcome::Ok), put("b", 20, 30, Outcome::Ok), get(Some("a"), 40, 50)];
+        let history = vec![
+            put("a", 0, 10, Outcome::Ok),
+            put("b", 20, 30, Outcome::Ok),
+            get(Some("a"), 40, 50),
+        ];
         let result = check_linearizable(&history);
         assert!(!result.passed);
-        assert!(result.violations[0].contains("key k"), "{:?}", result.violations);
+        assert!(
+            result.violations[0].contains("key k"),
+            "{:?}",
+            result.violations
+        );
     }
 
     #[test]
     fn failed_writes_never_happened_and_unknown_ones_may_have() {
         // A failed put cannot explain a read of its value …
-        let history = vec![put("a", 0, 10, Outcome::Ok), put("b", 20, 30, Outcome::Fail), get(Some("b"), 40, 50)];
+        let history = vec![
+            put("a", 0, 10, Outcome::Ok),
+            put("b", 20, 30, Outcome::Fail),
+            get(Some("b"), 40, 50),
+        ];
         assert!(!check_linearizable(&history).passed);
         // … an unknown one can.
-        let history = vec![put("a", 0, 10, Outcome::Ok), put("b", 20, 30, Outcome::Unknown), get(Some("b"), 40, 50)];
+        let history = vec![
+            put("a", 0, 10, Outcome::Ok),
+            put("b", 20, 30, Outcome::Unknown),
+            get(Some("b"), 40, 50),
+        ];
         assert!(check_linearizable(&history).passed);
     }
 
     #[test]
     fn keys_are_independent_registers() {
-        let other = record(2, Op::Put { key: "other".into(), value: "b".into() }, 20, 30, Outcome::Ok);
+        let other = record(
+            2,
+            Op::Put {
+                key: "other".into(),
+                value: "b".into(),
+            },
+            20,
+            30,
+            Outcome::Ok,
+        );
         let history = vec![put("a", 0, 10, Outcome::Ok), other, get(Some("a"), 40, 50)];
         assert!(check_linearizable(&history).passed);
     }
@@ -190,12 +281,20 @@ mod tests {
     #[test]
     fn lost_and_phantom_set_writes_are_caught() {
         let add = |key: &str, outcome| record(0, Op::SetAdd { key: key.into() }, 0, 1, outcome);
-        let history = vec![add("s/1", Outcome::Ok), add("s/2", Outcome::Fail), add("s/3", Outcome::Unknown)];
+        let history = vec![
+            add("s/1", Outcome::Ok),
+            add("s/2", Outcome::Fail),
+            add("s/3", Outcome::Unknown),
+        ];
         let present: BTreeSet<String> = ["s/1".to_string()].into();
         assert!(check_set(&history, Some(&present)).passed);
         let lost: BTreeSet<String> = BTreeSet::new();
         let result = check_set(&history, Some(&lost));
-        assert!(!result.passed && result.violations[0].contains("s/1 is missing"), "{:?}", result.violations);
+        assert!(
+            !result.passed && result.violations[0].contains("s/1 is missing"),
+            "{:?}",
+            result.violations
+        );
         let phantom: BTreeSet<String> = ["s/1".to_string(), "s/2".to_string()].into();
         assert!(!check_set(&history, Some(&phantom)).passed);
         assert!(!check_set(&history, None).passed);

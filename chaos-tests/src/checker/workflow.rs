@@ -26,7 +26,11 @@ pub struct WorkflowEvidence {
 }
 
 pub fn check(evidence: &WorkflowEvidence) -> Vec<CheckResult> {
-    vec![check_acknowledged(evidence), check_terminal(evidence), check_fencing(evidence)]
+    vec![
+        check_acknowledged(evidence),
+        check_terminal(evidence),
+        check_fencing(evidence),
+    ]
 }
 
 /// Every acknowledged start still names its run, and the run exists.
@@ -34,7 +38,13 @@ fn check_acknowledged(evidence: &WorkflowEvidence) -> CheckResult {
     let mut result = CheckResult::new(RUNS_ACKNOWLEDGED);
     let mut acknowledged = 0;
     for record in &evidence.starts {
-        let Op::RunStart { idempotency_key, run_id: Some(run_id) } = &record.op else { continue };
+        let Op::RunStart {
+            idempotency_key,
+            run_id: Some(run_id),
+        } = &record.op
+        else {
+            continue;
+        };
         if record.outcome != Outcome::Ok {
             continue;
         }
@@ -49,7 +59,9 @@ fn check_acknowledged(evidence: &WorkflowEvidence) -> CheckResult {
         }
         if let Some(error) = evidence.read_errors.get(run_id) {
             if error.contains("NotFound") {
-                result.violation(format!("acknowledged run {run_id} (key {idempotency_key}) is gone: {error}"));
+                result.violation(format!(
+                    "acknowledged run {run_id} (key {idempotency_key}) is gone: {error}"
+                ));
             }
         }
     }
@@ -69,8 +81,14 @@ fn check_terminal(evidence: &WorkflowEvidence) -> CheckResult {
     run_ids.dedup();
     for run_id in run_ids {
         let Some(run) = evidence.runs.get(run_id) else {
-            let error = evidence.read_errors.get(run_id).map(String::as_str).unwrap_or("never read");
-            result.violation(format!("run {run_id} could not be read after the faults: {error}"));
+            let error = evidence
+                .read_errors
+                .get(run_id)
+                .map(String::as_str)
+                .unwrap_or("never read");
+            result.violation(format!(
+                "run {run_id} could not be read after the faults: {error}"
+            ));
             continue;
         };
         let status = run["status"].as_str().unwrap_or("?").to_string();
@@ -93,7 +111,10 @@ fn check_terminal(evidence: &WorkflowEvidence) -> CheckResult {
 fn slots(step: &Value) -> BTreeMap<Option<u64>, Vec<&Value>> {
     let mut slots: BTreeMap<Option<u64>, Vec<&Value>> = BTreeMap::new();
     for attempt in step["attempts"].as_array().into_iter().flatten() {
-        slots.entry(attempt["item"].as_u64()).or_default().push(attempt);
+        slots
+            .entry(attempt["item"].as_u64())
+            .or_default()
+            .push(attempt);
     }
     slots
 }
@@ -124,7 +145,9 @@ fn check_output(
             output["attempt"]
         ));
     }
-    let Some(exec) = output["exec"].as_str() else { return };
+    let Some(exec) = output["exec"].as_str() else {
+        return;
+    };
     match executions.get(exec) {
         None => result.note(format!("{place}: execution {exec} is not in the workers' logs (worker killed before its line was written?)")),
         Some(execution) if u64::from(execution.attempt) != last_attempt || execution.kind != "ok" => result.violation(format!(
@@ -138,10 +161,16 @@ fn check_output(
 /// No stale attempt accepted; no slot completed twice; attempt numbers only grow.
 fn check_fencing(evidence: &WorkflowEvidence) -> CheckResult {
     let mut result = CheckResult::new(FENCING);
-    let executions: HashMap<&str, &Execution> = evidence.executions.iter().map(|e| (e.exec.as_str(), e)).collect();
+    let executions: HashMap<&str, &Execution> = evidence
+        .executions
+        .iter()
+        .map(|e| (e.exec.as_str(), e))
+        .collect();
     let mut slots_checked = 0;
     for (run_id, run) in &evidence.runs {
-        let Some(steps) = run["steps"].as_object() else { continue };
+        let Some(steps) = run["steps"].as_object() else {
+            continue;
+        };
         for (step_id, step) in steps {
             for (item, attempts) in slots(step) {
                 slots_checked += 1;
@@ -149,9 +178,14 @@ fn check_fencing(evidence: &WorkflowEvidence) -> CheckResult {
                     Some(item) => format!("run {run_id} step {step_id} item {item}"),
                     None => format!("run {run_id} step {step_id}"),
                 };
-                let numbers: Vec<u64> = attempts.iter().filter_map(|attempt| attempt["attempt"].as_u64()).collect();
+                let numbers: Vec<u64> = attempts
+                    .iter()
+                    .filter_map(|attempt| attempt["attempt"].as_u64())
+                    .collect();
                 if numbers.windows(2).any(|pair| pair[0] >= pair[1]) {
-                    result.violation(format!("{place}: attempt numbers do not only grow: {numbers:?}"));
+                    result.violation(format!(
+                        "{place}: attempt numbers do not only grow: {numbers:?}"
+                    ));
                 }
                 let successes = attempts.iter().filter(|attempt| succeeded(attempt)).count();
                 if successes > 1 {
@@ -177,12 +211,18 @@ fn check_fencing(evidence: &WorkflowEvidence) -> CheckResult {
             if step_id == "pages" && step["status"] == "Completed" {
                 let items = step["output"].as_array().map(Vec::len).unwrap_or(0);
                 if items != MAP_ITEMS {
-                    result.violation(format!("run {run_id} step pages: {items} item outputs for {MAP_ITEMS} items"));
+                    result.violation(format!(
+                        "run {run_id} step pages: {items} item outputs for {MAP_ITEMS} items"
+                    ));
                 }
             }
         }
     }
-    let stale_replays = evidence.executions.iter().filter(|execution| execution.kind == "stale-replay").count();
+    let stale_replays = evidence
+        .executions
+        .iter()
+        .filter(|execution| execution.kind == "stale-replay")
+        .count();
     result.note(format!("{slots_checked} task slots checked; {stale_replays} late answers for superseded attempts were sent"));
     result
 }
@@ -225,7 +265,10 @@ mod tests {
     }
 
     fn fencing(evidence: &WorkflowEvidence) -> CheckResult {
-        check(evidence).into_iter().find(|result| result.checker == FENCING).unwrap()
+        check(evidence)
+            .into_iter()
+            .find(|result| result.checker == FENCING)
+            .unwrap()
     }
 
     #[test]
@@ -239,7 +282,11 @@ mod tests {
         let evidence = run_with_left(json!({ "attempt": 1, "exec": "e1", "stale": true }));
         let result = fencing(&evidence);
         assert!(!result.passed);
-        assert!(result.violations[0].contains("superseded attempt 1"), "{:?}", result.violations);
+        assert!(
+            result.violations[0].contains("superseded attempt 1"),
+            "{:?}",
+            result.violations
+        );
         let evidence = run_with_left(json!({ "attempt": 1, "exec": "e1" }));
         assert!(!fencing(&evidence).passed);
     }
@@ -256,20 +303,37 @@ mod tests {
         let start = OpRecord {
             process: 0,
             node: 1,
-            op: Op::RunStart { idempotency_key: "k-p0-1".into(), run_id: Some("r1".into()) },
+            op: Op::RunStart {
+                idempotency_key: "k-p0-1".into(),
+                run_id: Some("r1".into()),
+            },
             invoked_us: 0,
             completed_us: 5,
             outcome: Outcome::Ok,
             error: None,
         };
-        let mut evidence = WorkflowEvidence { starts: vec![start], ..Default::default() };
-        evidence.settled.run_ids.insert("k-p0-1".into(), "r2".into());
+        let mut evidence = WorkflowEvidence {
+            starts: vec![start],
+            ..Default::default()
+        };
+        evidence
+            .settled
+            .run_ids
+            .insert("k-p0-1".into(), "r2".into());
         let results = check(&evidence);
         assert!(!results[0].passed, "{:?}", results[0]);
-        evidence.settled.run_ids.insert("k-p0-1".into(), "r1".into());
-        evidence.runs.insert("r1".into(), json!({ "status": "Running", "steps": {} }));
+        evidence
+            .settled
+            .run_ids
+            .insert("k-p0-1".into(), "r1".into());
+        evidence
+            .runs
+            .insert("r1".into(), json!({ "status": "Running", "steps": {} }));
         let results = check(&evidence);
         assert!(results[0].passed);
-        assert!(!results[1].passed, "a running run must fail the terminal check");
+        assert!(
+            !results[1].passed,
+            "a running run must fail the terminal check"
+        );
     }
 }

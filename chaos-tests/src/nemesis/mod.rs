@@ -124,10 +124,18 @@ impl Selection {
     pub fn parse(text: &str) -> Result<Selection, String> {
         if text.contains(',') {
             let mut list = Vec::new();
-            for name in text.split(',').map(str::trim).filter(|name| !name.is_empty()) {
+            for name in text
+                .split(',')
+                .map(str::trim)
+                .filter(|name| !name.is_empty())
+            {
                 match Selection::parse(name)? {
                     Selection::One(nemesis) => list.push(nemesis),
-                    _ => return Err(format!("{name:?} cannot be part of a list; list nemesis names only")),
+                    _ => {
+                        return Err(format!(
+                            "{name:?} cannot be part of a list; list nemesis names only"
+                        ))
+                    }
                 }
             }
             return Ok(Selection::List(list));
@@ -138,7 +146,10 @@ impl Selection {
             "none" => Ok(Selection::None),
             name => Nemesis::parse(name).map(Selection::One).ok_or_else(|| {
                 let names: Vec<&str> = ALL.iter().map(|nemesis| nemesis.name()).collect();
-                format!("unknown nemesis {name:?}; expected all, random, none or one of: {}", names.join(", "))
+                format!(
+                    "unknown nemesis {name:?}; expected all, random, none or one of: {}",
+                    names.join(", ")
+                )
             }),
         }
     }

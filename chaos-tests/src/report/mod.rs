@@ -60,7 +60,11 @@ pub struct CellReport {
 impl CellReport {
     /// Checkers that found a violation.
     pub fn failed_checkers(&self) -> Vec<&'static str> {
-        self.checks.iter().filter(|check| !check.passed).map(|check| check.checker).collect()
+        self.checks
+            .iter()
+            .filter(|check| !check.passed)
+            .map(|check| check.checker)
+            .collect()
     }
 
     /// Percentage of the steady throughput kept during faults.

@@ -22,7 +22,11 @@ pub fn failover_ms(history: &[OpRecord], faults: &[ActiveFault]) -> Vec<u64> {
     for fault in faults {
         let first_ok = history
             .iter()
-            .filter(|record| record.op.is_write() && record.outcome == Outcome::Ok && record.invoked_us >= fault.started_us)
+            .filter(|record| {
+                record.op.is_write()
+                    && record.outcome == Outcome::Ok
+                    && record.invoked_us >= fault.started_us
+            })
             .map(|record| record.completed_us)
             .min();
         if let Some(completed) = first_ok {
@@ -39,7 +43,11 @@ pub fn ok_rate(history: &[OpRecord], from_us: u64, to_us: u64) -> f64 {
     }
     let count = history
         .iter()
-        .filter(|record| record.outcome == Outcome::Ok && record.completed_us >= from_us && record.completed_us < to_us)
+        .filter(|record| {
+            record.outcome == Outcome::Ok
+                && record.completed_us >= from_us
+                && record.completed_us < to_us
+        })
         .count();
     count as f64 / ((to_us - from_us) as f64 / 1e6)
 }
@@ -53,7 +61,11 @@ pub fn fault_rate(history: &[OpRecord], faults: &[ActiveFault]) -> f64 {
         span_us += end.saturating_sub(fault.started_us);
         count += history
             .iter()
-            .filter(|record| record.outcome == Outcome::Ok && record.completed_us >= fault.started_us && record.completed_us < end)
+            .filter(|record| {
+                record.outcome == Outcome::Ok
+                    && record.completed_us >= fault.started_us
+                    && record.completed_us < end
+            })
             .count();
     }
     if span_us == 0 {

@@ -20,7 +20,10 @@ const MAX_LOG: f64 = 4.0;
 const MAX_DOTS: usize = 20_000;
 
 fn escape(text: &str) -> String {
-    text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
 }
 
 pub fn render(title: &str, history: &[OpRecord], faults: &[ActiveFault], end_us: u64) -> String {
@@ -39,7 +42,11 @@ pub fn render(title: &str, history: &[OpRecord], faults: &[ActiveFault], end_us:
         r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" font-family="sans-serif" font-size="11">"#
     );
     let _ = writeln!(out, r#"<rect width="100%" height="100%" fill="white"/>"#);
-    let _ = writeln!(out, r#"<text x="{LEFT}" y="20" font-size="14">{}</text>"#, escape(title));
+    let _ = writeln!(
+        out,
+        r#"<text x="{LEFT}" y="20" font-size="14">{}</text>"#,
+        escape(title)
+    );
     for fault in faults {
         let start = x(fault.started_us);
         let end = x(fault.healed_us.unwrap_or(end_us)).max(start + 1.0);
@@ -49,21 +56,44 @@ pub fn render(title: &str, history: &[OpRecord], faults: &[ActiveFault], end_us:
             end - start,
             escape(&fault.description)
         );
-        let _ = writeln!(out, r##"<text x="{:.1}" y="{:.1}" fill="#b5651d">{}</text>"##, start + 2.0, TOP + 12.0, escape(fault.nemesis.name()));
+        let _ = writeln!(
+            out,
+            r##"<text x="{:.1}" y="{:.1}" fill="#b5651d">{}</text>"##,
+            start + 2.0,
+            TOP + 12.0,
+            escape(fault.nemesis.name())
+        );
     }
     // Axes and grid: latency decades and a tick every few seconds.
     for decade in (MIN_LOG as i32)..=(MAX_LOG as i32) {
         let ms = 10f64.powi(decade);
         let line_y = y((ms * 1000.0) as u64);
-        let label = if ms >= 1000.0 { format!("{} s", ms / 1000.0) } else { format!("{ms} ms") };
-        let _ = writeln!(out, r##"<line x1="{LEFT}" x2="{:.1}" y1="{line_y:.1}" y2="{line_y:.1}" stroke="#ddd"/>"##, WIDTH - RIGHT);
-        let _ = writeln!(out, r#"<text x="{:.1}" y="{:.1}" text-anchor="end">{label}</text>"#, LEFT - 6.0, line_y + 4.0);
+        let label = if ms >= 1000.0 {
+            format!("{} s", ms / 1000.0)
+        } else {
+            format!("{ms} ms")
+        };
+        let _ = writeln!(
+            out,
+            r##"<line x1="{LEFT}" x2="{:.1}" y1="{line_y:.1}" y2="{line_y:.1}" stroke="#ddd"/>"##,
+            WIDTH - RIGHT
+        );
+        let _ = writeln!(
+            out,
+            r#"<text x="{:.1}" y="{:.1}" text-anchor="end">{label}</text>"#,
+            LEFT - 6.0,
+            line_y + 4.0
+        );
     }
     let step_s = ((span_s / 12.0).ceil() as u64).max(1);
     let mut second = 0;
     while (second as f64) <= span_s {
         let tick_x = x(second * 1_000_000);
-        let _ = writeln!(out, r#"<text x="{tick_x:.1}" y="{:.1}" text-anchor="middle">{second}s</text>"#, HEIGHT - BOTTOM + 16.0);
+        let _ = writeln!(
+            out,
+            r#"<text x="{tick_x:.1}" y="{:.1}" text-anchor="middle">{second}s</text>"#,
+            HEIGHT - BOTTOM + 16.0
+        );
         second += step_s;
     }
     let _ = writeln!(
@@ -88,10 +118,19 @@ pub fn render(title: &str, history: &[OpRecord], faults: &[ActiveFault], end_us:
             y(record.latency_us())
         );
     }
-    let legend = [("#2a9d8f", "ok"), ("#e63946", "fail (not applied)"), ("#6a4c93", "unknown (timeout)"), ("#f4a259", "fault window")];
+    let legend = [
+        ("#2a9d8f", "ok"),
+        ("#e63946", "fail (not applied)"),
+        ("#6a4c93", "unknown (timeout)"),
+        ("#f4a259", "fault window"),
+    ];
     for (index, (colour, label)) in legend.iter().enumerate() {
         let legend_x = WIDTH - RIGHT - 540.0 + index as f64 * 135.0;
-        let _ = writeln!(out, r#"<rect x="{legend_x:.1}" y="10" width="10" height="10" fill="{colour}"/><text x="{:.1}" y="19">{label}</text>"#, legend_x + 14.0);
+        let _ = writeln!(
+            out,
+            r#"<rect x="{legend_x:.1}" y="10" width="10" height="10" fill="{colour}"/><text x="{:.1}" y="19">{label}</text>"#,
+            legend_x + 14.0
+        );
     }
     out.push_str("</svg>\n");
     out

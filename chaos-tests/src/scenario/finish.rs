@@ -56,7 +56,10 @@ pub(super) async fn final_checks(
             final_reads(client, namespace, config.register.keys, history, clock).await;
         }
         let final_set = match client.as_mut() {
-            Some(client) => register::list_all(client, &register::set_prefix(namespace)).await.ok().map(|keys| keys.into_iter().collect::<BTreeSet<_>>()),
+            Some(client) => register::list_all(client, &register::set_prefix(namespace))
+                .await
+                .ok()
+                .map(|keys| keys.into_iter().collect::<BTreeSet<_>>()),
             None => None,
         };
         let records = history.snapshot();
@@ -78,7 +81,13 @@ pub(super) async fn final_checks(
 
 /// One linearizable read of every register key, retried until it succeeds
 /// (bounded), appended to the history: the state the cluster ended in.
-async fn final_reads(client: &mut floe_node::client::FloeClient, namespace: &str, keys: usize, history: &History, clock: &Clock) {
+async fn final_reads(
+    client: &mut floe_node::client::FloeClient,
+    namespace: &str,
+    keys: usize,
+    history: &History,
+    clock: &Clock,
+) {
     for index in 0..keys {
         let key = register::register_key(namespace, index);
         for _ in 0..50 {
@@ -86,7 +95,15 @@ async fn final_reads(client: &mut floe_node::client::FloeClient, namespace: &str
             let (op, outcome, error) = register::get(client, &key, Duration::from_secs(3)).await;
             if outcome == Outcome::Ok {
                 let completed_us = clock.now_us();
-                history.push(OpRecord { process: 999, node: 0, op, invoked_us, completed_us, outcome, error });
+                history.push(OpRecord {
+                    process: 999,
+                    node: 0,
+                    op,
+                    invoked_us,
+                    completed_us,
+                    outcome,
+                    error,
+                });
                 break;
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
@@ -100,11 +117,17 @@ async fn collect_workflow(
     history: &History,
     workers: &mut [WorkerProcess],
 ) -> WorkflowEvidence {
-    let starts: Vec<OpRecord> = history.snapshot().into_iter().filter(|record| matches!(record.op, Op::RunStart { .. })).collect();
+    let starts: Vec<OpRecord> = history
+        .snapshot()
+        .into_iter()
+        .filter(|record| matches!(record.op, Op::RunStart { .. }))
+        .collect();
     let keys: Vec<String> = starts
         .iter()
         .filter_map(|record| match &record.op {
-            Op::RunStart { idempotency_key, .. } => Some(idempotency_key.clone()),
+            Op::RunStart {
+                idempotency_key, ..
+            } => Some(idempotency_key.clone()),
             _ => None,
         })
         .collect();
@@ -112,7 +135,11 @@ async fn collect_workflow(
     let settled = workflow::settle_keys(client, &keys, terminal_deadline).await;
     let mut run_ids: Vec<String> = settled.run_ids.values().cloned().collect();
     for record in &starts {
-        if let Op::RunStart { run_id: Some(run_id), .. } = &record.op {
+        if let Op::RunStart {
+            run_id: Some(run_id),
+            ..
+        } = &record.op
+        {
             run_ids.push(run_id.clone());
         }
     }
@@ -123,8 +150,18 @@ async fn collect_workflow(
     for worker in workers.iter_mut() {
         worker.kill();
     }
-    let executions = workers.iter().flat_map(|worker| read_executions(&worker.record)).collect();
-    WorkflowEvidence { starts, settled, runs, read_errors, executions, terminal_bound_s: config.timing.terminal_bound.as_secs() }
+    let executions = workers
+        .iter()
+        .flat_map(|worker| read_executions(&worker.record))
+        .collect();
+    WorkflowEvidence {
+        starts,
+        settled,
+        runs,
+        read_errors,
+        executions,
+        terminal_bound_s: config.timing.terminal_bound.as_secs(),
+    }
 }
 
 pub(super) fn write_artifacts(
@@ -142,7 +179,13 @@ pub(super) fn write_artifacts(
         lines.push('\n');
     }
     std::fs::write(&history_path, lines)?;
-    let title = format!("{} × {} on {} (seed {})", cell.nemesis_name, config.workload.name(), config.target.name(), cell.seed);
+    let title = format!(
+        "{} × {} on {} (seed {})",
+        cell.nemesis_name,
+        config.workload.name(),
+        config.target.name(),
+        cell.seed
+    );
     let timeline = svg::render(&title, records, &report.faults, end_us);
     let svg_path = dir.join("timeline.svg");
     std::fs::write(&svg_path, timeline)?;

@@ -19,7 +19,13 @@ pub(super) struct Load {
     pub(super) tasks: tokio::task::JoinSet<()>,
 }
 
-pub(super) fn start_load(config: &RunConfig, cell: &Cell, target: &SharedTarget, clock: Clock, history: &History) -> anyhow::Result<Load> {
+pub(super) fn start_load(
+    config: &RunConfig,
+    cell: &Cell,
+    target: &SharedTarget,
+    clock: Clock,
+    history: &History,
+) -> anyhow::Result<Load> {
     let stop = CancellationToken::new();
     let mut tasks = tokio::task::JoinSet::new();
     let nodes = with_target(target, |target| target.nodes());
@@ -78,10 +84,19 @@ pub(super) fn start_exit_monitor(
         while !stop.is_cancelled() {
             let found = with_target(&target, |target| target.poll_exits());
             for (node, status) in found {
-                let excused = *disk_full_active.lock().unwrap_or_else(|p| p.into_inner()) == Some(node);
+                let excused =
+                    *disk_full_active.lock().unwrap_or_else(|p| p.into_inner()) == Some(node);
                 tracing::warn!(node, status = %status, excused, "node exited on its own");
                 let at_s = clock.now_us() as f64 / 1e6;
-                exits.lock().unwrap_or_else(|p| p.into_inner()).push(NodeExit { node, at_s, status, excused });
+                exits
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(NodeExit {
+                        node,
+                        at_s,
+                        status,
+                        excused,
+                    });
                 let count = restarts.entry(node).or_default();
                 // A node stopped by a full disk is restarted when the disk is freed.
                 if *count < 3 && !excused {

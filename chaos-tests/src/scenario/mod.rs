@@ -109,7 +109,9 @@ async fn create_target(config: &RunConfig, spec: &ClusterSpec) -> anyhow::Result
     Ok(match &config.target {
         TargetChoice::Local { binary } => Box::new(LocalTarget::start(binary.clone(), spec).await?),
         TargetChoice::Containers(options) => Box::new(ContainerTarget::start(options, spec).await?),
-        TargetChoice::External { config } => Box::new(ExternalTarget::new(ExternalConfig::load(config)?)),
+        TargetChoice::External { config } => {
+            Box::new(ExternalTarget::new(ExternalConfig::load(config)?))
+        }
     })
 }
 
@@ -162,16 +164,28 @@ async fn sleep_until(clock: &Clock, at_us: u64) {
     }
 }
 
-async fn run_cell_inner(config: &RunConfig, cell: &Cell, dir: &std::path::Path, report: &mut CellReport) -> anyhow::Result<()> {
+async fn run_cell_inner(
+    config: &RunConfig,
+    cell: &Cell,
+    dir: &std::path::Path,
+    report: &mut CellReport,
+) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let mut rng = StdRng::seed_from_u64(cell.seed);
     let nemeses = nemeses_of(&cell.windows);
-    let disk_full_node = nemeses.contains(&Nemesis::DiskFull).then(|| rng.gen_range(1..=3u64));
+    let disk_full_node = nemeses
+        .contains(&Nemesis::DiskFull)
+        .then(|| rng.gen_range(1..=3u64));
     let spec = ClusterSpec {
         nodes: 3,
-        overrides: nemeses.iter().flat_map(|nemesis| nemesis.overrides()).collect(),
-        clock_skew: nemeses.contains(&Nemesis::ClockSkew) && matches!(config.target, TargetChoice::Local { .. }),
-        disk_full_node: disk_full_node.filter(|_| matches!(config.target, TargetChoice::Local { .. })),
+        overrides: nemeses
+            .iter()
+            .flat_map(|nemesis| nemesis.overrides())
+            .collect(),
+        clock_skew: nemeses.contains(&Nemesis::ClockSkew)
+            && matches!(config.target, TargetChoice::Local { .. }),
+        disk_full_node: disk_full_node
+            .filter(|_| matches!(config.target, TargetChoice::Local { .. })),
         dir: dir.join("cluster"),
     };
     tracing::info!(cell = %cell.label, seed = cell.seed, "starting scenario");
@@ -207,32 +221,63 @@ async fn drive(
     }
 
     // Workflow set-up: the flow and one worker per node.
-    let planned_end_ms = cell.windows.iter().map(|w| w.start_ms + w.length_ms).max().unwrap_or(0);
+    let planned_end_ms = cell
+        .windows
+        .iter()
+        .map(|w| w.start_ms + w.length_ms)
+        .max()
+        .unwrap_or(0);
     let mut workers: Vec<WorkerProcess> = Vec::new();
     if config.workload.workflow() {
         let mut client = workflow::connect_any(&all_nodes, setup_deadline).await?;
         workflow::install_flow(&mut client).await?;
-        let lifetime = Duration::from_millis(planned_end_ms) + config.timing.recovery + config.timing.terminal_bound + Duration::from_secs(120);
+        let lifetime = Duration::from_millis(planned_end_ms)
+            + config.timing.recovery
+            + config.timing.terminal_bound
+            + Duration::from_secs(120);
         for index in 0..config.workers {
             let mut rotated = nodes.clone();
             rotated.rotate_left(index % nodes.len());
             let options = with_target(target, |target| target.client_options(&rotated))?;
-            workers.push(WorkerProcess::spawn(&config.chaos_binary, dir, &format!("w{index}"), &options, lifetime)?);
+            workers.push(WorkerProcess::spawn(
+                &config.chaos_binary,
+                dir,
+                &format!("w{index}"),
+                &options,
+                lifetime,
+            )?);
         }
     }
 
     let exits = Arc::new(Mutex::new(Vec::new()));
     let disk_full_active = Arc::new(Mutex::new(None));
     let monitor_stop = CancellationToken::new();
-    let monitor = start_exit_monitor(target.clone(), clock, exits.clone(), disk_full_active.clone(), monitor_stop.clone());
+    let monitor = start_exit_monitor(
+        target.clone(),
+        clock,
+        exits.clone(),
+        disk_full_active.clone(),
+        monitor_stop.clone(),
+    );
     // Stops the monitor on every early return too.
     let _monitor_guard = monitor_stop.clone().drop_guard();
     let mut load = start_load(config, cell, target, clock, &history)?;
     let load_start_us = clock.now_us();
     // Bounded: the whole planned run plus generous time for recovery.
-    let watch_limit = Duration::from_millis(planned_end_ms) + config.timing.recovery + Duration::from_secs(180);
-    let watch = LeaderWatch::start(http_addrs(target), clock, Duration::from_millis(100), watch_limit);
-    let context = FaultContext { target: target.clone(), clock, disk_full_node: spec.disk_full_node, storm: Default::default() };
+    let watch_limit =
+        Duration::from_millis(planned_end_ms) + config.timing.recovery + Duration::from_secs(180);
+    let watch = LeaderWatch::start(
+        http_addrs(target),
+        clock,
+        Duration::from_millis(100),
+        watch_limit,
+    );
+    let context = FaultContext {
+        target: target.clone(),
+        clock,
+        disk_full_node: spec.disk_full_node,
+        storm: Default::default(),
+    };
 
     let mut faults: Vec<ActiveFault> = Vec::new();
     let mut skipped = Vec::new();
@@ -253,16 +298,26 @@ async fn drive(
         };
         tracing::info!(cell = %cell.label, fault = %fault.description, "fault injected");
         if window.nemesis == Nemesis::DiskFull {
-            *disk_full_active.lock().unwrap_or_else(|p| p.into_inner()) = fault.nodes.first().copied();
+            *disk_full_active.lock().unwrap_or_else(|p| p.into_inner()) =
+                fault.nodes.first().copied();
         }
         // Workers die too: every other fault takes one down until it heals.
-        let killed_worker = (!workers.is_empty() && index % 2 == 0).then(|| rng.gen_range(0..workers.len()));
+        let killed_worker =
+            (!workers.is_empty() && index % 2 == 0).then(|| rng.gen_range(0..workers.len()));
         if let Some(worker) = killed_worker {
             workers[worker].kill();
-            fault.notes.push(format!("worker {} killed", workers[worker].id));
+            fault
+                .notes
+                .push(format!("worker {} killed", workers[worker].id));
         }
-        sleep_until(&clock, load_start_us + (window.start_ms + window.length_ms) * 1000).await;
-        nemesis::heal(&mut fault, &context).await.map_err(|err| anyhow::anyhow!("healing {}: {err}", window.nemesis.name()))?;
+        sleep_until(
+            &clock,
+            load_start_us + (window.start_ms + window.length_ms) * 1000,
+        )
+        .await;
+        nemesis::heal(&mut fault, &context)
+            .await
+            .map_err(|err| anyhow::anyhow!("healing {}: {err}", window.nemesis.name()))?;
         *disk_full_active.lock().unwrap_or_else(|p| p.into_inner()) = None;
         if let Some(worker) = killed_worker {
             workers[worker].start(&config.chaos_binary)?;
@@ -281,14 +336,27 @@ async fn drive(
     tokio::time::sleep(config.timing.recovery).await;
     let load_end_us = clock.now_us();
     load.stop.cancel();
-    let drained = tokio::time::timeout(Duration::from_secs(15), async { while load.tasks.join_next().await.is_some() {} }).await;
+    let drained = tokio::time::timeout(Duration::from_secs(15), async {
+        while load.tasks.join_next().await.is_some() {}
+    })
+    .await;
     if drained.is_err() {
         load.tasks.abort_all();
     }
     let samples = watch.stop().await;
 
     let namespace = register::namespace(&cell.label, cell.seed);
-    let mut checks = final_checks(config, target, &all_nodes, &namespace, &history, &clock, &mut workers, exits.clone()).await;
+    let mut checks = final_checks(
+        config,
+        target,
+        &all_nodes,
+        &namespace,
+        &history,
+        &clock,
+        &mut workers,
+        exits.clone(),
+    )
+    .await;
     checks.push(fault_bounds(&faults));
     monitor_stop.cancel();
     let _ = monitor.await;
@@ -298,7 +366,10 @@ async fn drive(
 
     let records = history.snapshot();
     report.ops = count_ops(&records);
-    let first_fault_us = faults.first().map(|fault| fault.started_us).unwrap_or(load_end_us);
+    let first_fault_us = faults
+        .first()
+        .map(|fault| fault.started_us)
+        .unwrap_or(load_end_us);
     report.steady_ops_per_s = stats::ok_rate(&records, load_start_us + 500_000, first_fault_us);
     report.fault_ops_per_s = stats::fault_rate(&records, &faults);
     report.failover_ms = stats::failover_ms(&records, &faults);

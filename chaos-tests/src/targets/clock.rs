@@ -18,14 +18,20 @@ pub fn library() -> Option<PathBuf> {
         "/usr/lib/aarch64-linux-gnu/faketime/libfaketime.so.1",
         "/usr/lib/faketime/libfaketime.so.1",
     ];
-    candidates.iter().map(PathBuf::from).find(|path| path.exists())
+    candidates
+        .iter()
+        .map(PathBuf::from)
+        .find(|path| path.exists())
 }
 
 /// Environment for a node whose offset lives in `offset_file`.
 pub fn node_env(library: &Path, offset_file: &Path) -> Vec<(String, String)> {
     vec![
         ("LD_PRELOAD".into(), library.display().to_string()),
-        ("FAKETIME_TIMESTAMP_FILE".into(), offset_file.display().to_string()),
+        (
+            "FAKETIME_TIMESTAMP_FILE".into(),
+            offset_file.display().to_string(),
+        ),
         ("FAKETIME_CACHE_DURATION".into(), "1".into()),
         ("FAKETIME_DONT_FAKE_MONOTONIC".into(), "1".into()),
     ]
@@ -33,6 +39,10 @@ pub fn node_env(library: &Path, offset_file: &Path) -> Vec<(String, String)> {
 
 /// Writes an offset in libfaketime's relative format (`+120s`, `-30s`).
 pub fn write_offset(offset_file: &Path, offset_s: i64) -> std::io::Result<()> {
-    let text = if offset_s >= 0 { format!("+{offset_s}s\n") } else { format!("{offset_s}s\n") };
+    let text = if offset_s >= 0 {
+        format!("+{offset_s}s\n")
+    } else {
+        format!("{offset_s}s\n")
+    };
     std::fs::write(offset_file, text)
 }

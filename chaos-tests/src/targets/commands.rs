@@ -112,7 +112,12 @@ pub struct CommandCluster {
 }
 
 impl CommandCluster {
-    pub fn new(kind: &'static str, nodes: Vec<NodeAddresses>, tls: ClientTls, templates: CommandTemplates) -> CommandCluster {
+    pub fn new(
+        kind: &'static str,
+        nodes: Vec<NodeAddresses>,
+        tls: ClientTls,
+        templates: CommandTemplates,
+    ) -> CommandCluster {
         CommandCluster {
             kind,
             nodes,
@@ -125,19 +130,28 @@ impl CommandCluster {
     }
 
     fn node(&self, id: NodeId) -> anyhow::Result<&NodeAddresses> {
-        self.nodes.iter().find(|node| node.id == id).with_context(|| format!("no node {id} in the {} cluster", self.kind))
+        self.nodes
+            .iter()
+            .find(|node| node.id == id)
+            .with_context(|| format!("no node {id} in the {} cluster", self.kind))
     }
 
     /// Runs `template` for `node` through `sh -c`; fails on a non-zero exit.
     fn run(&self, what: &str, template: Option<&String>, node: NodeId) -> TargetResult<()> {
         let Some(template) = template else {
-            return unsupported(self.kind, &format!("{what} (no `{what}` command configured)"));
+            return unsupported(
+                self.kind,
+                &format!("{what} (no `{what}` command configured)"),
+            );
         };
         let command = substitute(template, node);
         tracing::info!(node, what, command = %command, "running fault command");
         let status = run_shell(&command, self.command_timeout)?;
         if !status.0 {
-            return Err(TargetError::Failed(anyhow::anyhow!("`{command}` failed: {}", status.1)));
+            return Err(TargetError::Failed(anyhow::anyhow!(
+                "`{command}` failed: {}",
+                status.1
+            )));
         }
         Ok(())
     }
@@ -189,7 +203,11 @@ impl CommandCluster {
     }
 
     pub fn stop(&mut self, node: NodeId) -> TargetResult<()> {
-        let template = self.templates.stop.as_ref().or(self.templates.kill.as_ref());
+        let template = self
+            .templates
+            .stop
+            .as_ref()
+            .or(self.templates.kill.as_ref());
         self.run("stop", template, node)?;
         self.down.insert(node);
         Ok(())
@@ -220,7 +238,9 @@ impl CommandCluster {
 
     /// Nodes that are down although this process did not take them down.
     pub fn poll_exits(&mut self) -> Vec<(NodeId, String)> {
-        let Some(template) = self.templates.status.clone() else { return Vec::new() };
+        let Some(template) = self.templates.status.clone() else {
+            return Vec::new();
+        };
         let mut exits = Vec::new();
         for id in self.node_ids() {
             if self.down.contains(&id) {
@@ -276,7 +296,14 @@ pub fn run_shell(command: &str, limit: Duration) -> anyhow::Result<(bool, String
             if detail.is_empty() {
                 detail = String::from_utf8_lossy(&output.stdout).trim().to_string();
             }
-            let tail: String = detail.chars().rev().take(400).collect::<Vec<_>>().into_iter().rev().collect();
+            let tail: String = detail
+                .chars()
+                .rev()
+                .take(400)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect();
             return Ok((status.success(), tail));
         }
         if std::time::Instant::now() > deadline {

@@ -52,20 +52,32 @@ fn compose_command() -> anyhow::Result<Vec<String>> {
 
 /// Whether a docker daemon answers.
 pub fn docker_available() -> bool {
-    let info = Command::new("docker").arg("info").stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).status();
+    let info = Command::new("docker")
+        .arg("info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status();
     matches!(info, Ok(status) if status.success()) && compose_command().is_ok()
 }
 
 fn checked(command: &mut Command, what: &str) -> anyhow::Result<()> {
-    let output = command.output().with_context(|| format!("running {what}"))?;
+    let output = command
+        .output()
+        .with_context(|| format!("running {what}"))?;
     if !output.status.success() {
-        bail!("{what} failed: {}{}", String::from_utf8_lossy(&output.stderr).trim(), String::from_utf8_lossy(&output.stdout).trim());
+        bail!(
+            "{what} failed: {}{}",
+            String::from_utf8_lossy(&output.stderr).trim(),
+            String::from_utf8_lossy(&output.stdout).trim()
+        );
     }
     Ok(())
 }
 
 fn image_exists() -> bool {
-    let inspect = Command::new("docker").args(["image", "inspect", IMAGE]).output();
+    let inspect = Command::new("docker")
+        .args(["image", "inspect", IMAGE])
+        .output();
     matches!(inspect, Ok(output) if output.status.success())
 }
 
@@ -77,15 +89,23 @@ pub fn templates() -> CommandTemplates {
         pause: Some("docker pause floe-node{node}".into()),
         resume: Some("docker unpause floe-node{node}".into()),
         isolate: Some("docker network disconnect floe-cluster floe-node{node}".into()),
-        heal: Some("docker network connect --alias node{node}.cluster floe-cluster floe-node{node}".into()),
-        status: Some("test \"$(docker inspect --format '{{.State.Running}}' floe-node{node})\" = true".into()),
+        heal: Some(
+            "docker network connect --alias node{node}.cluster floe-cluster floe-node{node}".into(),
+        ),
+        status: Some(
+            "test \"$(docker inspect --format '{{.State.Running}}' floe-node{node})\" = true"
+                .into(),
+        ),
     }
 }
 
 impl ContainerTarget {
     /// Builds the image if needed, creates certificates, starts the
     /// appliance and waits until every node is ready.
-    pub async fn start(options: &ContainerOptions, spec: &ClusterSpec) -> anyhow::Result<ContainerTarget> {
+    pub async fn start(
+        options: &ContainerOptions,
+        spec: &ClusterSpec,
+    ) -> anyhow::Result<ContainerTarget> {
         if spec.nodes != 3 {
             bail!("the container appliance has 3 nodes, not {}", spec.nodes);
         }
@@ -94,17 +114,27 @@ impl ContainerTarget {
         if options.rebuild_image || !image_exists() {
             let script = options.deploy_dir.join("build-image.sh");
             tokio::task::block_in_place(|| {
-                checked(Command::new(&script).arg(&options.binary).arg(IMAGE), "deploy/build-image.sh")
+                checked(
+                    Command::new(&script).arg(&options.binary).arg(IMAGE),
+                    "deploy/build-image.sh",
+                )
             })?;
         }
         let certs_dir = spec.dir.join("certs");
         std::fs::create_dir_all(&spec.dir)?;
         let script = options.deploy_dir.join("certs.sh");
         tokio::task::block_in_place(|| {
-            checked(Command::new(&script).arg(&certs_dir).arg(&options.binary), "deploy/certs.sh")
+            checked(
+                Command::new(&script).arg(&certs_dir).arg(&options.binary),
+                "deploy/certs.sh",
+            )
         })?;
         let nodes = (1..=3)
-            .map(|id| NodeAddresses { id, api: format!("127.0.0.1:{}", 17100 + id), http: format!("127.0.0.1:{}", 17200 + id) })
+            .map(|id| NodeAddresses {
+                id,
+                api: format!("127.0.0.1:{}", 17100 + id),
+                http: format!("127.0.0.1:{}", 17200 + id),
+            })
             .collect();
         let tls = ClientTls {
             ca: certs_dir.join("client/ca.pem"),
@@ -127,7 +157,10 @@ impl ContainerTarget {
     }
 
     fn compose(&self, args: &[&str]) -> anyhow::Result<()> {
-        let (program, rest) = self.compose.split_first().context("empty compose command")?;
+        let (program, rest) = self
+            .compose
+            .split_first()
+            .context("empty compose command")?;
         let mut command = Command::new(program);
         command
             .args(rest)
@@ -145,9 +178,13 @@ impl ContainerTarget {
     fn down(&mut self) {
         for id in 1..=3 {
             // A paused container cannot be stopped; unpause first.
-            let _ = run_shell(&format!("docker unpause floe-node{id} 2>/dev/null"), Duration::from_secs(20));
+            let _ = run_shell(
+                &format!("docker unpause floe-node{id} 2>/dev/null"),
+                Duration::from_secs(20),
+            );
         }
-        if let Err(err) = self.compose(&["down", "--volumes", "--remove-orphans", "--timeout", "5"]) {
+        if let Err(err) = self.compose(&["down", "--volumes", "--remove-orphans", "--timeout", "5"])
+        {
             tracing::warn!(error = %err, "compose down");
         }
         self.up = false;
@@ -157,7 +194,10 @@ impl ContainerTarget {
     pub fn save_logs(&self, dir: &Path) {
         for id in 1..=3 {
             let path = dir.join(format!("floe-node{id}.log"));
-            let _ = run_shell(&format!("docker logs floe-node{id} > '{}' 2>&1", path.display()), Duration::from_secs(20));
+            let _ = run_shell(
+                &format!("docker logs floe-node{id} > '{}' 2>&1", path.display()),
+                Duration::from_secs(20),
+            );
         }
     }
 }

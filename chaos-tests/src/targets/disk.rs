@@ -25,22 +25,38 @@ impl TmpfsMount {
     pub fn mount(path: &Path, size_mib: u64) -> anyhow::Result<TmpfsMount> {
         std::fs::create_dir_all(path).with_context(|| format!("creating {}", path.display()))?;
         let output = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size_mib}m"), "floe-chaos"])
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size_mib}m"),
+                "floe-chaos",
+            ])
             .arg(path)
             .output()
             .context("running mount (are we root?)")?;
         if !output.status.success() {
-            bail!("mount tmpfs on {}: {}", path.display(), String::from_utf8_lossy(&output.stderr).trim());
+            bail!(
+                "mount tmpfs on {}: {}",
+                path.display(),
+                String::from_utf8_lossy(&output.stderr).trim()
+            );
         }
         tracing::info!(path = %path.display(), size_mib, "tmpfs mounted for a disk-full fault");
-        Ok(TmpfsMount { path: path.to_path_buf(), mounted: true })
+        Ok(TmpfsMount {
+            path: path.to_path_buf(),
+            mounted: true,
+        })
     }
 
     /// Writes a ballast file until the filesystem is full.
     pub fn fill(&self) -> anyhow::Result<()> {
         use std::io::Write as _;
         let ballast = self.path.join(BALLAST);
-        let mut file = std::fs::OpenOptions::new().create(true).append(true).open(&ballast)?;
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&ballast)?;
         let chunk = vec![0u8; 1 << 20];
         // Bounded by the filesystem size; stops at the first ENOSPC.
         for _ in 0..4096 {
@@ -62,7 +78,8 @@ impl TmpfsMount {
     pub fn free(&self) -> anyhow::Result<()> {
         let ballast = self.path.join(BALLAST);
         if ballast.exists() {
-            std::fs::remove_file(&ballast).with_context(|| format!("removing {}", ballast.display()))?;
+            std::fs::remove_file(&ballast)
+                .with_context(|| format!("removing {}", ballast.display()))?;
         }
         Ok(())
     }

@@ -23,8 +23,10 @@ pub struct ExternalConfig {
 
 impl ExternalConfig {
     pub fn load(path: &Path) -> anyhow::Result<ExternalConfig> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        let config: ExternalConfig = toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let config: ExternalConfig =
+            toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
         if config.nodes.is_empty() {
             anyhow::bail!("{}: no [[node]] entries", path.display());
         }
@@ -38,7 +40,9 @@ pub struct ExternalTarget {
 
 impl ExternalTarget {
     pub fn new(config: ExternalConfig) -> ExternalTarget {
-        ExternalTarget { cluster: CommandCluster::new("external", config.nodes, config.tls, config.commands) }
+        ExternalTarget {
+            cluster: CommandCluster::new("external", config.nodes, config.tls, config.commands),
+        }
     }
 }
 

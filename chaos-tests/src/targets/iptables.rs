@@ -32,7 +32,11 @@ fn iptables(args: &[&str]) -> anyhow::Result<String> {
         .output()
         .context("running iptables (is it installed, and are we root?)")?;
     if !output.status.success() {
-        bail!("iptables {}: {}", args.join(" "), String::from_utf8_lossy(&output.stderr).trim());
+        bail!(
+            "iptables {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
     }
     Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
@@ -43,8 +47,20 @@ impl Firewall {
         sweep_stale();
         let chain = format!("{CHAIN_PREFIX}{}", std::process::id());
         iptables(&["-N", &chain])?;
-        let mut firewall = Firewall { chain, installed: true };
-        if let Err(err) = iptables(&["-I", "INPUT", "-m", "comment", "--comment", COMMENT, "-j", &firewall.chain]) {
+        let mut firewall = Firewall {
+            chain,
+            installed: true,
+        };
+        if let Err(err) = iptables(&[
+            "-I",
+            "INPUT",
+            "-m",
+            "comment",
+            "--comment",
+            COMMENT,
+            "-j",
+            &firewall.chain,
+        ]) {
             firewall.remove();
             return Err(err);
         }
@@ -55,7 +71,16 @@ impl Firewall {
     /// Drops packets between two addresses, both ways.
     pub fn cut(&self, a: &str, b: &str) -> anyhow::Result<()> {
         for (source, destination) in [(a, b), (b, a)] {
-            iptables(&["-A", &self.chain, "-s", source, "-d", destination, "-j", "DROP"])?;
+            iptables(&[
+                "-A",
+                &self.chain,
+                "-s",
+                source,
+                "-d",
+                destination,
+                "-j",
+                "DROP",
+            ])?;
         }
         tracing::info!(a, b, "link cut");
         Ok(())
@@ -67,7 +92,16 @@ impl Firewall {
     /// speak gRPC and HTTP over TCP, still reach it.
     pub fn cut_udp(&self, host: &str) -> anyhow::Result<()> {
         for direction in ["-s", "-d"] {
-            iptables(&["-A", &self.chain, "-p", "udp", direction, host, "-j", "DROP"])?;
+            iptables(&[
+                "-A",
+                &self.chain,
+                "-p",
+                "udp",
+                direction,
+                host,
+                "-j",
+                "DROP",
+            ])?;
         }
         tracing::info!(host, "node-to-node traffic cut");
         Ok(())
@@ -99,7 +133,18 @@ impl Drop for Firewall {
 fn remove_chain(chain: &str) {
     // A jump may have been inserted more than once by a crashed run; bounded.
     for _ in 0..8 {
-        if iptables(&["-D", "INPUT", "-m", "comment", "--comment", COMMENT, "-j", chain]).is_err() {
+        if iptables(&[
+            "-D",
+            "INPUT",
+            "-m",
+            "comment",
+            "--comment",
+            COMMENT,
+            "-j",
+            chain,
+        ])
+        .is_err()
+        {
             break;
         }
     }
@@ -114,9 +159,15 @@ fn remove_chain(chain: &str) {
 pub fn sweep_stale() {
     let Ok(rules) = iptables(&["-S"]) else { return };
     for line in rules.lines() {
-        let Some(chain) = line.strip_prefix("-N ") else { continue };
-        let Some(pid) = chain.strip_prefix(CHAIN_PREFIX) else { continue };
-        let alive = pid.parse::<u32>().is_ok_and(|pid| std::path::Path::new(&format!("/proc/{pid}")).exists());
+        let Some(chain) = line.strip_prefix("-N ") else {
+            continue;
+        };
+        let Some(pid) = chain.strip_prefix(CHAIN_PREFIX) else {
+            continue;
+        };
+        let alive = pid
+            .parse::<u32>()
+            .is_ok_and(|pid| std::path::Path::new(&format!("/proc/{pid}")).exists());
         if !alive {
             tracing::info!(chain, "removing a stale firewall chain");
             remove_chain(chain);

@@ -46,23 +46,34 @@ impl LocalTarget {
             mounts: BTreeMap::new(),
             dir: spec.dir.clone(),
         };
-        target.firewall = Some(Firewall::install().context("installing the firewall chain for partitions")?);
+        target.firewall =
+            Some(Firewall::install().context("installing the firewall chain for partitions")?);
         // Without libfaketime the clock-skew nemesis reports itself skipped.
-        let faketime = if spec.clock_skew { clock::library() } else { None };
+        let faketime = if spec.clock_skew {
+            clock::library()
+        } else {
+            None
+        };
         if spec.clock_skew && faketime.is_none() {
-            tracing::warn!("libfaketime is not installed (apt-get install faketime): no clock skew");
+            tracing::warn!(
+                "libfaketime is not installed (apt-get install faketime): no clock skew"
+            );
         }
         if let Some(library) = faketime {
             for id in 1..=spec.nodes {
                 let file = spec.dir.join(format!("node{id}.faketime"));
                 clock::write_offset(&file, 0)?;
-                target.cluster_mut()?.set_node_env(id, clock::node_env(&library, &file));
+                target
+                    .cluster_mut()?
+                    .set_node_env(id, clock::node_env(&library, &file));
                 target.clock_files.insert(id, file);
             }
         }
         if let Some(node) = spec.disk_full_node {
             let data_dir = target.cluster()?.node(node)?.data_dir();
-            target.mounts.insert(node, TmpfsMount::mount(&data_dir, DISK_FULL_TMPFS_MIB)?);
+            target
+                .mounts
+                .insert(node, TmpfsMount::mount(&data_dir, DISK_FULL_TMPFS_MIB)?);
             let floor = format!("storage.min_free_bytes={DISK_FULL_MIN_FREE_BYTES}");
             target.cluster_mut()?.set_node_overrides(node, vec![floor]);
         }
@@ -76,11 +87,15 @@ impl LocalTarget {
     }
 
     fn cluster(&self) -> anyhow::Result<&TestCluster> {
-        self.cluster.as_ref().context("the local cluster was torn down")
+        self.cluster
+            .as_ref()
+            .context("the local cluster was torn down")
     }
 
     fn cluster_mut(&mut self) -> anyhow::Result<&mut TestCluster> {
-        self.cluster.as_mut().context("the local cluster was torn down")
+        self.cluster
+            .as_mut()
+            .context("the local cluster was torn down")
     }
 
     fn host(&self, node: NodeId) -> anyhow::Result<String> {
@@ -98,7 +113,10 @@ impl Target for LocalTarget {
     }
 
     fn nodes(&self) -> Vec<NodeId> {
-        self.cluster.as_ref().map(|cluster| cluster.nodes.keys().copied().collect()).unwrap_or_default()
+        self.cluster
+            .as_ref()
+            .map(|cluster| cluster.nodes.keys().copied().collect())
+            .unwrap_or_default()
     }
 
     fn capabilities(&self) -> Capabilities {
@@ -138,10 +156,14 @@ impl Target for LocalTarget {
 
     fn stop(&mut self, node: NodeId) -> TargetResult<()> {
         let cluster = self.cluster_mut()?;
-        let Some(pid) = cluster.node(node)?.pid() else { return Ok(()) };
+        let Some(pid) = cluster.node(node)?.pid() else {
+            return Ok(());
+        };
         // A paused process cannot handle SIGTERM; resume it first.
         let _ = cluster.resume(node);
-        let sent = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+        let sent = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status();
         if !matches!(sent, Ok(status) if status.success()) {
             return Err(anyhow::anyhow!("kill -TERM {pid} (node {node}) failed").into());
         }
@@ -199,7 +221,10 @@ impl Target for LocalTarget {
 
     fn set_clock_offset(&mut self, node: NodeId, offset_s: i64) -> TargetResult<()> {
         let Some(file) = self.clock_files.get(&node) else {
-            return unsupported("local", "skew the clock of a node started without libfaketime");
+            return unsupported(
+                "local",
+                "skew the clock of a node started without libfaketime",
+            );
         };
         clock::write_offset(file, offset_s).map_err(anyhow::Error::from)?;
         tracing::info!(node, offset_s, "clock offset set");
@@ -210,7 +235,10 @@ impl Target for LocalTarget {
     /// node itself is left alone either way.
     fn set_disk_full(&mut self, node: NodeId, full: bool) -> TargetResult<()> {
         let Some(mount) = self.mounts.get(&node) else {
-            return unsupported("local", "fill the disk of a node whose data dir is not on a tmpfs");
+            return unsupported(
+                "local",
+                "fill the disk of a node whose data dir is not on a tmpfs",
+            );
         };
         if full {
             mount.fill()?;
@@ -221,7 +249,9 @@ impl Target for LocalTarget {
     }
 
     fn poll_exits(&mut self) -> Vec<(NodeId, String)> {
-        let Some(cluster) = self.cluster.as_mut() else { return Vec::new() };
+        let Some(cluster) = self.cluster.as_mut() else {
+            return Vec::new();
+        };
         let ids: Vec<NodeId> = cluster.nodes.keys().copied().collect();
         let mut exits = Vec::new();
         for id in ids {
@@ -235,7 +265,10 @@ impl Target for LocalTarget {
     }
 
     fn is_up(&self, node: NodeId) -> bool {
-        self.cluster.as_ref().and_then(|cluster| cluster.node(node).ok()).is_some_and(|node| node.is_running())
+        self.cluster
+            .as_ref()
+            .and_then(|cluster| cluster.node(node).ok())
+            .is_some_and(|node| node.is_running())
     }
 
     fn logs_location(&self) -> Option<PathBuf> {

@@ -82,25 +82,37 @@ pub trait Target: Send {
     /// Cuts the link between two nodes, both ways.
     fn cut_link(&mut self, a: NodeId, b: NodeId) -> TargetResult<()> {
         let _ = (a, b);
-        Err(TargetError::Unsupported { target: self.kind(), what: "cut single links".into() })
+        Err(TargetError::Unsupported {
+            target: self.kind(),
+            what: "cut single links".into(),
+        })
     }
     /// Drops only the node's node-to-node traffic (Raft over QUIC), both
     /// ways; its client API and HTTP ports stay reachable.
     fn isolate_peers(&mut self, node: NodeId) -> TargetResult<()> {
         let _ = node;
-        Err(TargetError::Unsupported { target: self.kind(), what: "drop only node-to-node traffic".into() })
+        Err(TargetError::Unsupported {
+            target: self.kind(),
+            what: "drop only node-to-node traffic".into(),
+        })
     }
     /// Restores every link cut by `isolate`, `isolate_peers` and `cut_link`.
     fn heal_network(&mut self) -> TargetResult<()>;
     /// Shifts the node's wall clock by `offset_s` seconds (0 resets it).
     fn set_clock_offset(&mut self, node: NodeId, offset_s: i64) -> TargetResult<()> {
         let _ = (node, offset_s);
-        Err(TargetError::Unsupported { target: self.kind(), what: "skew clocks".into() })
+        Err(TargetError::Unsupported {
+            target: self.kind(),
+            what: "skew clocks".into(),
+        })
     }
     /// Fills (or frees) the filesystem under the node's data dir.
     fn set_disk_full(&mut self, node: NodeId, full: bool) -> TargetResult<()> {
         let _ = (node, full);
-        Err(TargetError::Unsupported { target: self.kind(), what: "fill disks".into() })
+        Err(TargetError::Unsupported {
+            target: self.kind(),
+            what: "fill disks".into(),
+        })
     }
     /// Nodes that exited on their own since the last call, with how; the
     /// target then counts them as down (a later `start` brings them back).
@@ -115,5 +127,8 @@ pub trait Target: Send {
 }
 
 pub fn unsupported<T>(target: &'static str, what: &str) -> TargetResult<T> {
-    Err(TargetError::Unsupported { target, what: what.to_string() })
+    Err(TargetError::Unsupported {
+        target,
+        what: what.to_string(),
+    })
 }

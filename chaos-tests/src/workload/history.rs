@@ -20,12 +20,29 @@ pub enum Outcome {
 #[derive(Clone, Debug, Serialize)]
 #[serde(tag = "type", rename_all = "kebab-case")]
 pub enum Op {
-    Get { key: String, observed: Option<String> },
-    Put { key: String, value: String },
-    Cas { key: String, expected: Option<String>, new: String, succeeded: Option<bool>, current: Option<String> },
+    Get {
+        key: String,
+        observed: Option<String>,
+    },
+    Put {
+        key: String,
+        value: String,
+    },
+    Cas {
+        key: String,
+        expected: Option<String>,
+        new: String,
+        succeeded: Option<bool>,
+        current: Option<String>,
+    },
     /// A put of a fresh key into the "set" keyspace (presence check).
-    SetAdd { key: String },
-    RunStart { idempotency_key: String, run_id: Option<String> },
+    SetAdd {
+        key: String,
+    },
+    RunStart {
+        idempotency_key: String,
+        run_id: Option<String>,
+    },
 }
 
 impl Op {
@@ -73,7 +90,9 @@ pub struct Clock {
 
 impl Clock {
     pub fn new() -> Clock {
-        Clock { start: Instant::now() }
+        Clock {
+            start: Instant::now(),
+        }
     }
 
     pub fn now_us(&self) -> u64 {
@@ -97,12 +116,18 @@ impl History {
     pub fn push(&self, record: OpRecord) {
         // A poisoned lock only means another client panicked mid-push;
         // the vector itself is still consistent.
-        let mut records = self.records.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut records = self
+            .records
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         records.push(record);
     }
 
     pub fn snapshot(&self) -> Vec<OpRecord> {
-        let records = self.records.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let records = self
+            .records
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let mut copy = records.clone();
         copy.sort_by_key(|record| record.invoked_us);
         copy
@@ -133,9 +158,13 @@ pub fn classify(status: &tonic::Status) -> Outcome {
         };
     }
     let text = error_text(status);
-    let never_connected = ["Connection refused", "tcp connect error", "error trying to connect"]
-        .iter()
-        .any(|marker| text.contains(marker));
+    let never_connected = [
+        "Connection refused",
+        "tcp connect error",
+        "error trying to connect",
+    ]
+    .iter()
+    .any(|marker| text.contains(marker));
     if never_connected {
         Outcome::Fail
     } else {

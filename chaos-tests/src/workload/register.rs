@@ -68,7 +68,8 @@ pub async fn run_client(
     history: History,
     stop: CancellationToken,
 ) {
-    let mut rng = StdRng::seed_from_u64(seed ^ (process as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    let mut rng =
+        StdRng::seed_from_u64(seed ^ (process as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
     let mut client: Option<FloeClient> = None;
     // The last value this client saw per key: its next cas expects it.
     let mut last_seen: HashMap<String, Option<String>> = HashMap::new();
@@ -76,7 +77,14 @@ pub async fn run_client(
         if stop.is_cancelled() {
             break;
         }
-        let Some(connected) = connected(&mut client, &client_options, &stop, Duration::from_millis(100)).await else {
+        let Some(connected) = connected(
+            &mut client,
+            &client_options,
+            &stop,
+            Duration::from_millis(100),
+        )
+        .await
+        else {
             continue;
         };
         let key = register_key(&namespace, rng.gen_range(0..options.keys));
@@ -91,7 +99,12 @@ pub async fn run_client(
             let expected = last_seen.get(&key).cloned().flatten();
             cas(connected, &key, expected, &value, options.request_timeout).await
         } else {
-            set_add(connected, &format!("{}p{process}-{sequence}", set_prefix(&namespace)), options.request_timeout).await
+            set_add(
+                connected,
+                &format!("{}p{process}-{sequence}", set_prefix(&namespace)),
+                options.request_timeout,
+            )
+            .await
         };
         let completed_us = clock.now_us();
         match &op {
@@ -101,16 +114,38 @@ pub async fn run_client(
             Op::Put { key, value } if outcome == Outcome::Ok => {
                 last_seen.insert(key.clone(), Some(value.clone()));
             }
-            Op::Cas { key, new, succeeded: Some(true), .. } => {
+            Op::Cas {
+                key,
+                new,
+                succeeded: Some(true),
+                ..
+            } => {
                 last_seen.insert(key.clone(), Some(new.clone()));
             }
-            Op::Cas { key, current, succeeded: Some(false), .. } => {
+            Op::Cas {
+                key,
+                current,
+                succeeded: Some(false),
+                ..
+            } => {
                 last_seen.insert(key.clone(), current.clone());
             }
             _ => {}
         }
-        history.push(OpRecord { process, node, op, invoked_us, completed_us, outcome, error });
-        let think = if outcome == Outcome::Ok { options.think_time } else { Duration::from_millis(50) };
+        history.push(OpRecord {
+            process,
+            node,
+            op,
+            invoked_us,
+            completed_us,
+            outcome,
+            error,
+        });
+        let think = if outcome == Outcome::Ok {
+            options.think_time
+        } else {
+            Duration::from_millis(50)
+        };
         pause(&stop, think).await;
     }
 }
@@ -130,22 +165,41 @@ fn text(bytes: &[u8]) -> String {
 }
 
 pub async fn get(client: &mut FloeClient, key: &str, limit: Duration) -> Result3 {
-    let request = api::GetRequest { key: key.into(), consistency: api::ReadConsistency::Linearizable as i32 };
-    let op = Op::Get { key: key.into(), observed: None };
+    let request = api::GetRequest {
+        key: key.into(),
+        consistency: api::ReadConsistency::Linearizable as i32,
+    };
+    let op = Op::Get {
+        key: key.into(),
+        observed: None,
+    };
     match tokio::time::timeout(limit, client.kv.get(request)).await {
         Err(_) => timed_out(op),
         Ok(Err(status)) => failed(op, &status),
         Ok(Ok(reply)) => {
             let reply = reply.into_inner();
             let observed = reply.found.then(|| text(&reply.value));
-            (Op::Get { key: key.into(), observed }, Outcome::Ok, None)
+            (
+                Op::Get {
+                    key: key.into(),
+                    observed,
+                },
+                Outcome::Ok,
+                None,
+            )
         }
     }
 }
 
 async fn put(client: &mut FloeClient, key: &str, value: &str, limit: Duration) -> Result3 {
-    let request = api::PutRequest { key: key.into(), value: value.as_bytes().to_vec() };
-    let op = Op::Put { key: key.into(), value: value.into() };
+    let request = api::PutRequest {
+        key: key.into(),
+        value: value.as_bytes().to_vec(),
+    };
+    let op = Op::Put {
+        key: key.into(),
+        value: value.into(),
+    };
     match tokio::time::timeout(limit, client.kv.put(request)).await {
         Err(_) => timed_out(op),
         Ok(Err(status)) => failed(op, &status),
@@ -153,13 +207,25 @@ async fn put(client: &mut FloeClient, key: &str, value: &str, limit: Duration) -
     }
 }
 
-async fn cas(client: &mut FloeClient, key: &str, expected: Option<String>, new: &str, limit: Duration) -> Result3 {
+async fn cas(
+    client: &mut FloeClient,
+    key: &str,
+    expected: Option<String>,
+    new: &str,
+    limit: Duration,
+) -> Result3 {
     let request = api::CasRequest {
         key: key.into(),
         expected: expected.as_ref().map(|value| value.as_bytes().to_vec()),
         new_value: Some(new.as_bytes().to_vec()),
     };
-    let op = |succeeded, current| Op::Cas { key: key.into(), expected: expected.clone(), new: new.into(), succeeded, current };
+    let op = |succeeded, current| Op::Cas {
+        key: key.into(),
+        expected: expected.clone(),
+        new: new.into(),
+        succeeded,
+        current,
+    };
     match tokio::time::timeout(limit, client.kv.cas(request)).await {
         Err(_) => timed_out(op(None, None)),
         Ok(Err(status)) => failed(op(None, None), &status),
@@ -172,7 +238,10 @@ async fn cas(client: &mut FloeClient, key: &str, expected: Option<String>, new: 
 }
 
 async fn set_add(client: &mut FloeClient, key: &str, limit: Duration) -> Result3 {
-    let request = api::PutRequest { key: key.into(), value: b"1".to_vec() };
+    let request = api::PutRequest {
+        key: key.into(),
+        value: b"1".to_vec(),
+    };
     let op = Op::SetAdd { key: key.into() };
     match tokio::time::timeout(limit, client.kv.put(request)).await {
         Err(_) => timed_out(op),

@@ -66,12 +66,22 @@ struct Recorder {
 
 impl Recorder {
     fn next_exec(&self) -> String {
-        format!("{}-{}-{}", self.worker, std::process::id(), self.counter.fetch_add(1, Ordering::Relaxed))
+        format!(
+            "{}-{}-{}",
+            self.worker,
+            std::process::id(),
+            self.counter.fetch_add(1, Ordering::Relaxed)
+        )
     }
 
     fn record(&self, execution: &Execution) {
-        let Ok(line) = serde_json::to_string(execution) else { return };
-        let mut file = self.file.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let Ok(line) = serde_json::to_string(execution) else {
+            return;
+        };
+        let mut file = self
+            .file
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         // One write per line: a SIGKILL can only cut the last line short.
         let _ = file.write_all(format!("{line}\n").as_bytes());
     }
@@ -84,7 +94,11 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
         .append(true)
         .open(&args.record)
         .with_context(|| format!("opening {}", args.record.display()))?;
-    let recorder = Arc::new(Recorder { file: Mutex::new(file), worker: args.worker_id.clone(), counter: AtomicU64::new(0) });
+    let recorder = Arc::new(Recorder {
+        file: Mutex::new(file),
+        worker: args.worker_id.clone(),
+        counter: AtomicU64::new(0),
+    });
     let lifetime = tokio::time::sleep(args.max_lifetime);
     tokio::pin!(lifetime);
     let mut backoff = Duration::from_millis(100);
@@ -113,7 +127,11 @@ async fn serve_once(args: &WorkerArgs, recorder: Arc<Recorder>) -> anyhow::Resul
         // This worker has no use for the node's reasons; it keeps the plain stream.
         accepts_refusals: false,
     };
-    outbound.send(api::WorkerMessage { kind: Some(api::worker_message::Kind::Hello(hello)) }).await?;
+    outbound
+        .send(api::WorkerMessage {
+            kind: Some(api::worker_message::Kind::Hello(hello)),
+        })
+        .await?;
     let stream = tokio_stream::wrappers::ReceiverStream::new(outbound_rx);
     let mut tasks = client.workers.attach(stream).await?.into_inner();
     tracing::info!(worker = %args.worker_id, endpoint = %client.endpoint, "worker attached");
@@ -133,30 +151,59 @@ fn result_message(task: &str, attempt: u32, output: serde_json::Value) -> api::W
         output: serde_json::to_vec(&output).unwrap_or_else(|_| b"null".to_vec()),
         ..Default::default()
     };
-    api::WorkerMessage { kind: Some(api::worker_message::Kind::Result(result)) }
+    api::WorkerMessage {
+        kind: Some(api::worker_message::Kind::Result(result)),
+    }
 }
 
 /// Answers `attempt` of `task` from a short-lived stream of its own, and
 /// returns once the node has handled the answer (it reads a stream's
 /// messages in order and ends the stream after the last one).
-async fn late_answer(client: &mut FloeClient, zombie_id: String, message: api::WorkerMessage) -> anyhow::Result<()> {
-    let hello = api::WorkerHello { worker_id: zombie_id, blocks: vec![ZOMBIE_BLOCK.into()], concurrency: 1, labels: Default::default(), accepts_refusals: false };
-    let messages = vec![api::WorkerMessage { kind: Some(api::worker_message::Kind::Hello(hello)) }, message];
-    let mut replies = client.workers.attach(tokio_stream::iter(messages)).await?.into_inner();
+async fn late_answer(
+    client: &mut FloeClient,
+    zombie_id: String,
+    message: api::WorkerMessage,
+) -> anyhow::Result<()> {
+    let hello = api::WorkerHello {
+        worker_id: zombie_id,
+        blocks: vec![ZOMBIE_BLOCK.into()],
+        concurrency: 1,
+        labels: Default::default(),
+        accepts_refusals: false,
+    };
+    let messages = vec![
+        api::WorkerMessage {
+            kind: Some(api::worker_message::Kind::Hello(hello)),
+        },
+        message,
+    ];
+    let mut replies = client
+        .workers
+        .attach(tokio_stream::iter(messages))
+        .await?
+        .into_inner();
     // Bounded: the node ends the stream once our input ended.
     let drained = tokio::time::timeout(Duration::from_secs(10), async {
         while replies.message().await?.is_some() {}
         anyhow::Ok(())
     });
-    drained.await.context("the node did not end the zombie stream")?
+    drained
+        .await
+        .context("the node did not end the zombie stream")?
 }
 
-async fn execute(task: api::WorkerTask, outbound: mpsc::Sender<api::WorkerMessage>, recorder: Arc<Recorder>, mut client: FloeClient) {
+async fn execute(
+    task: api::WorkerTask,
+    outbound: mpsc::Sender<api::WorkerMessage>,
+    recorder: Arc<Recorder>,
+    mut client: FloeClient,
+) {
     // A little work, so tasks are in flight when faults hit.
     let millis = 10 + (task.attempt as u64 * 7 + task.task.len() as u64) % 40;
     tokio::time::sleep(Duration::from_millis(millis)).await;
     let item = u32::try_from(task.item).ok();
-    let input: serde_json::Value = serde_json::from_slice(&task.input).unwrap_or(serde_json::Value::Null);
+    let input: serde_json::Value =
+        serde_json::from_slice(&task.input).unwrap_or(serde_json::Value::Null);
     let execution = |exec: String, attempt: u32, kind: &str| Execution {
         worker: recorder.worker.clone(),
         exec,
@@ -178,29 +225,48 @@ async fn execute(task: api::WorkerTask, outbound: mpsc::Sender<api::WorkerMessag
             retryable: true,
             ..Default::default()
         };
-        let _ = outbound.send(api::WorkerMessage { kind: Some(api::worker_message::Kind::Result(result)) }).await;
+        let _ = outbound
+            .send(api::WorkerMessage {
+                kind: Some(api::worker_message::Kind::Result(result)),
+            })
+            .await;
         return;
     }
     if task.block == FLAKY_BLOCK {
         let stale_attempt = task.attempt - 1;
         let stale_exec = recorder.next_exec();
-        recorder.record(&execution(stale_exec.clone(), stale_attempt, "stale-replay"));
+        recorder.record(&execution(
+            stale_exec.clone(),
+            stale_attempt,
+            "stale-replay",
+        ));
         let output = json!({ "attempt": stale_attempt, "worker": recorder.worker, "exec": stale_exec, "stale": true });
         let zombie_id = format!("{}-zombie-{stale_exec}", recorder.worker);
-        if let Err(err) = late_answer(&mut client, zombie_id, result_message(&task.task, stale_attempt, output)).await {
+        if let Err(err) = late_answer(
+            &mut client,
+            zombie_id,
+            result_message(&task.task, stale_attempt, output),
+        )
+        .await
+        {
             tracing::info!(task = %task.task, error = %err, "late answer not delivered");
         }
     }
     recorder.record(&execution(exec.clone(), task.attempt, "ok"));
-    let output = json!({ "attempt": task.attempt, "worker": recorder.worker, "exec": exec, "input": input });
-    let _ = outbound.send(result_message(&task.task, task.attempt, output)).await;
+    let output =
+        json!({ "attempt": task.attempt, "worker": recorder.worker, "exec": exec, "input": input });
+    let _ = outbound
+        .send(result_message(&task.task, task.attempt, output))
+        .await;
 }
 
 /// Reads every complete line of a record file (a killed worker may leave
 /// the last one cut short).
 pub fn read_executions(path: &Path) -> Vec<Execution> {
     let text = std::fs::read_to_string(path).unwrap_or_default();
-    text.lines().filter_map(|line| serde_json::from_str(line).ok()).collect()
+    text.lines()
+        .filter_map(|line| serde_json::from_str(line).ok())
+        .collect()
 }
 
 /// A worker process the runner started; killed on drop.
@@ -214,7 +280,13 @@ pub struct WorkerProcess {
 
 impl WorkerProcess {
     /// Starts `chaos_binary worker …` against the given client settings.
-    pub fn spawn(chaos_binary: &Path, dir: &Path, id: &str, client: &ClientOptions, max_lifetime: Duration) -> anyhow::Result<WorkerProcess> {
+    pub fn spawn(
+        chaos_binary: &Path,
+        dir: &Path,
+        id: &str,
+        client: &ClientOptions,
+        max_lifetime: Duration,
+    ) -> anyhow::Result<WorkerProcess> {
         let record = dir.join(format!("{id}.executions"));
         let log = dir.join(format!("{id}.log"));
         let command = vec![
@@ -234,7 +306,13 @@ impl WorkerProcess {
             "--max-seconds".into(),
             max_lifetime.as_secs().max(1).to_string(),
         ];
-        let mut process = WorkerProcess { id: id.to_string(), record, child: None, command, log };
+        let mut process = WorkerProcess {
+            id: id.to_string(),
+            record,
+            child: None,
+            command,
+            log,
+        };
         process.start(chaos_binary)?;
         Ok(process)
     }
@@ -243,7 +321,10 @@ impl WorkerProcess {
         if self.child.is_some() {
             return Ok(());
         }
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)?;
         let child = Command::new(chaos_binary)
             .args(&self.command)
             .stdin(Stdio::null())

@@ -46,9 +46,17 @@ pub async fn install_flow(client: &mut FloeClient) -> anyhow::Result<u64> {
     let definition = serde_json::to_vec(&flow_definition())?;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        match client.flows.put(api::PutFlowRequest { definition: definition.clone() }).await {
+        match client
+            .flows
+            .put(api::PutFlowRequest {
+                definition: definition.clone(),
+            })
+            .await
+        {
             Ok(reply) => return Ok(reply.into_inner().version),
-            Err(status) if Instant::now() < deadline && status.code() != tonic::Code::InvalidArgument => {
+            Err(status)
+                if Instant::now() < deadline && status.code() != tonic::Code::InvalidArgument =>
+            {
                 tracing::debug!(error = %status, "flow put retried");
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
@@ -66,7 +74,11 @@ pub struct WorkflowOptions {
 
 impl Default for WorkflowOptions {
     fn default() -> Self {
-        WorkflowOptions { interval: Duration::from_millis(250), max_runs: 5_000, request_timeout: Duration::from_secs(3) }
+        WorkflowOptions {
+            interval: Duration::from_millis(250),
+            max_runs: 5_000,
+            request_timeout: Duration::from_secs(3),
+        }
     }
 }
 
@@ -92,21 +104,45 @@ pub async fn run_starter(
         if stop.is_cancelled() {
             break;
         }
-        let Some(connected) = connected(&mut client, &client_options, &stop, Duration::from_millis(200)).await else {
+        let Some(connected) = connected(
+            &mut client,
+            &client_options,
+            &stop,
+            Duration::from_millis(200),
+        )
+        .await
+        else {
             continue;
         };
         let key = format!("{key_prefix}-p{process}-{sequence}");
         let invoked_us = clock.now_us();
-        let (run_id, outcome, error) = start(connected, &key, sequence, options.request_timeout).await;
+        let (run_id, outcome, error) =
+            start(connected, &key, sequence, options.request_timeout).await;
         let completed_us = clock.now_us();
-        let op = Op::RunStart { idempotency_key: key, run_id };
-        history.push(OpRecord { process, node, op, invoked_us, completed_us, outcome, error });
+        let op = Op::RunStart {
+            idempotency_key: key,
+            run_id,
+        };
+        history.push(OpRecord {
+            process,
+            node,
+            op,
+            invoked_us,
+            completed_us,
+            outcome,
+            error,
+        });
         pause(&stop, options.interval).await;
     }
 }
 
 /// Starts (or finds, by its idempotency key) the run for `sequence`.
-pub async fn start(client: &mut FloeClient, key: &str, sequence: usize, limit: Duration) -> (Option<String>, Outcome, Option<String>) {
+pub async fn start(
+    client: &mut FloeClient,
+    key: &str,
+    sequence: usize,
+    limit: Duration,
+) -> (Option<String>, Outcome, Option<String>) {
     let request = api::StartRunRequest {
         flow: FLOW_NAME.into(),
         input: serde_json::to_vec(&run_input(sequence)).unwrap_or_default(),
@@ -140,15 +176,20 @@ pub struct Settled {
 pub async fn settle_keys(client: &mut FloeClient, keys: &[String], deadline: Instant) -> Settled {
     let mut settled = Settled::default();
     for key in keys {
-        let Some(sequence) = sequence_of(key) else { continue };
+        let Some(sequence) = sequence_of(key) else {
+            continue;
+        };
         loop {
-            let (run_id, outcome, error) = start(client, key, sequence, Duration::from_secs(3)).await;
+            let (run_id, outcome, error) =
+                start(client, key, sequence, Duration::from_secs(3)).await;
             if let (Some(run_id), Outcome::Ok) = (run_id, outcome) {
                 settled.run_ids.insert(key.clone(), run_id);
                 break;
             }
             if Instant::now() > deadline {
-                settled.unsettled.insert(key.clone(), error.unwrap_or_default());
+                settled
+                    .unsettled
+                    .insert(key.clone(), error.unwrap_or_default());
                 break;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -169,7 +210,9 @@ pub async fn wait_terminal(
     loop {
         let mut pending = 0;
         for run_id in run_ids {
-            let finished = records.get(run_id).is_some_and(|run| run["status"] != "Running");
+            let finished = records
+                .get(run_id)
+                .is_some_and(|run| run["status"] != "Running");
             if finished {
                 continue;
             }
@@ -195,11 +238,15 @@ pub async fn wait_terminal(
 }
 
 pub async fn get_run(client: &mut FloeClient, run_id: &str) -> Result<Value, String> {
-    let request = api::GetRunRequest { run_id: run_id.into(), consistency: api::ReadConsistency::Linearizable as i32 };
+    let request = api::GetRunRequest {
+        run_id: run_id.into(),
+        consistency: api::ReadConsistency::Linearizable as i32,
+    };
     match tokio::time::timeout(Duration::from_secs(3), client.runs.get(request)).await {
         Err(_) => Err("timed out".into()),
         Ok(Err(status)) => Err(error_text(&status)),
-        Ok(Ok(reply)) => serde_json::from_slice(&reply.into_inner().run).map_err(|err| format!("run record is not JSON: {err}")),
+        Ok(Ok(reply)) => serde_json::from_slice(&reply.into_inner().run)
+            .map_err(|err| format!("run record is not JSON: {err}")),
     }
 }
 
@@ -208,7 +255,9 @@ pub async fn connect_any(options: &ClientOptions, deadline: Instant) -> anyhow::
     loop {
         match FloeClient::connect(options).await {
             Ok(client) => return Ok(client),
-            Err(err) if Instant::now() > deadline => return Err(err).context("connecting for the final checks"),
+            Err(err) if Instant::now() > deadline => {
+                return Err(err).context("connecting for the final checks")
+            }
             Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
         }
     }

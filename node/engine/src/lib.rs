@@ -7,6 +7,7 @@
 //! `docs/flows.md` for the format.
 
 mod canonical;
+mod cost;
 mod error;
 pub mod expr;
 mod graph;
@@ -14,7 +15,6 @@ pub mod limits;
 mod mapping;
 mod model;
 pub mod names;
-mod cost;
 pub mod run;
 pub mod schema;
 mod step_values;
@@ -22,21 +22,22 @@ mod structure;
 mod validate;
 
 #[cfg(test)]
-mod tests;
-#[cfg(test)]
 mod expr_tests;
+#[cfg(test)]
+mod tests;
 
 pub use canonical::{canonical_bytes, content_hash};
 pub use error::{EvalError, ValidationError};
 pub use mapping::{evaluate_mapping, CompiledMapping};
 pub use model::{
     inference_block, Backoff, DecisionCase, DecisionStep, ErrorAction, FailStep, FlowDefinition,
-    ForkBranch, ForkStep, InferenceStep, JoinStep, TensorEncoding, INFERENCE_BLOCK_PREFIX, MapStep, MapTask, Mapping, RetryPolicy, SignalStep, Step, SubflowStep,
-    TaskStep, TerminateStep, Timeouts, TransformStep, WaitStep, STEP_TYPES,
+    ForkBranch, ForkStep, InferenceStep, JoinStep, MapStep, MapTask, Mapping, RetryPolicy,
+    SignalStep, Step, SubflowStep, TaskStep, TensorEncoding, TerminateStep, Timeouts,
+    TransformStep, WaitStep, INFERENCE_BLOCK_PREFIX, STEP_TYPES,
 };
 pub use names::{
-    is_block_name, is_flow_name, is_label_key, is_label_value, is_model_name, is_step_id, label_subsets, placement_key,
-    MAX_LABELS,
+    is_block_name, is_flow_name, is_label_key, is_label_value, is_model_name, is_step_id,
+    label_subsets, placement_key, MAX_LABELS,
 };
 pub use schema::{validate_input, InputSchema, SchemaType};
 

@@ -68,7 +68,9 @@ pub fn is_label_key(text: &str) -> bool {
 /// A label value: `^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$`.
 pub fn is_label_value(text: &str) -> bool {
     let mut chars = text.chars();
-    chars.next().is_some_and(|first| first.is_ascii_alphanumeric())
+    chars
+        .next()
+        .is_some_and(|first| first.is_ascii_alphanumeric())
         && text.len() <= MAX_NAME_CHARS
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.' || c == '-')
 }
@@ -80,7 +82,10 @@ pub fn placement_key(block: &str, labels: &std::collections::BTreeMap<String, St
     if labels.is_empty() {
         return block.to_string();
     }
-    let pairs: Vec<String> = labels.iter().map(|(key, value)| format!("{key}={value}")).collect();
+    let pairs: Vec<String> = labels
+        .iter()
+        .map(|(key, value)| format!("{key}={value}"))
+        .collect();
     format!("{block}[{}]", pairs.join(","))
 }
 
@@ -118,31 +123,64 @@ mod tests {
         assert!(is_block_name("ocr.v2-fast"));
         assert!(!is_block_name(""));
         assert!(is_label_key("site") && !is_label_key("Site") && !is_label_key("a=b"));
-        assert!(is_label_value("North-1.b") && !is_label_value("") && !is_label_value("a,b") && !is_label_value("[x"));
+        assert!(
+            is_label_value("North-1.b")
+                && !is_label_value("")
+                && !is_label_value("a,b")
+                && !is_label_value("[x")
+        );
     }
 
     #[test]
     fn quoted_text_is_bounded() {
         assert_eq!(quote_bounded("intake"), "\"intake\"");
-        assert_eq!(quote_bounded(&"a".repeat(MAX_QUOTED_BYTES)), format!("{:?}", "a".repeat(MAX_QUOTED_BYTES)));
+        assert_eq!(
+            quote_bounded(&"a".repeat(MAX_QUOTED_BYTES)),
+            format!("{:?}", "a".repeat(MAX_QUOTED_BYTES))
+        );
         let long = "b".repeat(10_240);
         let quoted = quote_bounded(&long);
-        assert_eq!(quoted, format!("{:?}… (10240 bytes)", "b".repeat(MAX_QUOTED_BYTES)));
+        assert_eq!(
+            quoted,
+            format!("{:?}… (10240 bytes)", "b".repeat(MAX_QUOTED_BYTES))
+        );
         // Cut at a character boundary: 'é' is two bytes, so 64 bytes is 32 of them.
         let accented = "é".repeat(100);
-        assert_eq!(quote_bounded(&accented), format!("{:?}… (200 bytes)", "é".repeat(32)));
+        assert_eq!(
+            quote_bounded(&accented),
+            format!("{:?}… (200 bytes)", "é".repeat(32))
+        );
         let mixed = format!("a{}", "é".repeat(100));
-        assert!(quote_bounded(&mixed).ends_with("… (201 bytes)"), "{}", quote_bounded(&mixed));
+        assert!(
+            quote_bounded(&mixed).ends_with("… (201 bytes)"),
+            "{}",
+            quote_bounded(&mixed)
+        );
     }
 
     #[test]
     fn placement_keys_and_the_requirements_a_worker_satisfies() {
-        let labels: std::collections::BTreeMap<String, String> =
-            [("site".to_string(), "north".to_string()), ("gpu".to_string(), "yes".to_string())].into_iter().collect();
+        let labels: std::collections::BTreeMap<String, String> = [
+            ("site".to_string(), "north".to_string()),
+            ("gpu".to_string(), "yes".to_string()),
+        ]
+        .into_iter()
+        .collect();
         assert_eq!(placement_key("ocr", &Default::default()), "ocr");
         assert_eq!(placement_key("ocr", &labels), "ocr[gpu=yes,site=north]");
-        let keys: Vec<String> = label_subsets(&labels).iter().map(|subset| placement_key("ocr", subset)).collect();
-        assert_eq!(keys, ["ocr", "ocr[gpu=yes]", "ocr[site=north]", "ocr[gpu=yes,site=north]"]);
+        let keys: Vec<String> = label_subsets(&labels)
+            .iter()
+            .map(|subset| placement_key("ocr", subset))
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                "ocr",
+                "ocr[gpu=yes]",
+                "ocr[site=north]",
+                "ocr[gpu=yes,site=north]"
+            ]
+        );
         assert_eq!(label_subsets(&Default::default()).len(), 1);
     }
 }

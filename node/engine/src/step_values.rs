@@ -4,7 +4,10 @@ use std::collections::BTreeMap;
 
 use crate::error::{push_index, push_key, ValidationError};
 use crate::model::{ErrorAction, RetryPolicy, Step, Timeouts, INFERENCE_BLOCK_PREFIX};
-use crate::names::{is_block_name, is_flow_name, is_label_key, is_label_value, is_model_name, is_step_id, quote_bounded, MAX_LABELS};
+use crate::names::{
+    is_block_name, is_flow_name, is_label_key, is_label_value, is_model_name, is_step_id,
+    quote_bounded, MAX_LABELS,
+};
 
 /// Most cases in one decision.
 pub const MAX_DECISION_CASES: usize = 100;
@@ -22,18 +25,34 @@ pub(crate) fn check_step_values(step: &Step, path: &str, errors: &mut Vec<Valida
                     format!("block names starting with \"{INFERENCE_BLOCK_PREFIX}\" are reserved for inference steps"),
                 ));
             }
-            check_worker_labels(&task.worker_labels, &push_key(path, "worker_labels"), errors);
-            check_attempt_policy(task.retry.as_ref(), task.timeouts.as_ref(), task.on_error.as_ref(), path, errors);
+            check_worker_labels(
+                &task.worker_labels,
+                &push_key(path, "worker_labels"),
+                errors,
+            );
+            check_attempt_policy(
+                task.retry.as_ref(),
+                task.timeouts.as_ref(),
+                task.on_error.as_ref(),
+                path,
+                errors,
+            );
         }
         Step::Inference(inference) => {
             if !is_model_name(&inference.model) {
                 errors.push(ValidationError::new(
                     push_key(path, "model"),
-                    format!("invalid model name {}: must match ^[a-z][a-z0-9_-]{{0,39}}$", quote_bounded(&inference.model)),
+                    format!(
+                        "invalid model name {}: must match ^[a-z][a-z0-9_-]{{0,39}}$",
+                        quote_bounded(&inference.model)
+                    ),
                 ));
             }
             if inference.version == Some(0) {
-                errors.push(ValidationError::new(push_key(path, "version"), "versions start at 1"));
+                errors.push(ValidationError::new(
+                    push_key(path, "version"),
+                    "versions start at 1",
+                ));
             }
             check_attempt_policy(
                 inference.retry.as_ref(),
@@ -107,7 +126,11 @@ pub(crate) fn check_step_values(step: &Step, path: &str, errors: &mut Vec<Valida
             }
             let task_path = push_key(path, "task");
             check_block(&map.task.block, &push_key(&task_path, "block"), errors);
-            check_worker_labels(&map.task.worker_labels, &push_key(&task_path, "worker_labels"), errors);
+            check_worker_labels(
+                &map.task.worker_labels,
+                &push_key(&task_path, "worker_labels"),
+                errors,
+            );
             if let Some(retry) = &map.task.retry {
                 check_retry(retry, &push_key(&task_path, "retry"), errors);
             }
@@ -203,7 +226,11 @@ fn check_attempt_policy(
     }
 }
 
-fn check_worker_labels(labels: &BTreeMap<String, String>, path: &str, errors: &mut Vec<ValidationError>) {
+fn check_worker_labels(
+    labels: &BTreeMap<String, String>,
+    path: &str,
+    errors: &mut Vec<ValidationError>,
+) {
     if labels.len() > MAX_LABELS {
         errors.push(ValidationError::new(
             path,
@@ -215,13 +242,19 @@ fn check_worker_labels(labels: &BTreeMap<String, String>, path: &str, errors: &m
         if !is_label_key(key) {
             errors.push(ValidationError::new(
                 label_path.clone(),
-                format!("invalid label key {}: must match ^[a-z][a-z0-9_.-]{{0,62}}$", quote_bounded(key)),
+                format!(
+                    "invalid label key {}: must match ^[a-z][a-z0-9_.-]{{0,62}}$",
+                    quote_bounded(key)
+                ),
             ));
         }
         if !is_label_value(value) {
             errors.push(ValidationError::new(
                 label_path,
-                format!("invalid label value {}: must match ^[A-Za-z0-9][A-Za-z0-9_.-]{{0,62}}$", quote_bounded(value)),
+                format!(
+                    "invalid label value {}: must match ^[A-Za-z0-9][A-Za-z0-9_.-]{{0,62}}$",
+                    quote_bounded(value)
+                ),
             ));
         }
     }
@@ -231,7 +264,10 @@ fn check_block(block: &str, path: &str, errors: &mut Vec<ValidationError>) {
     if !is_block_name(block) {
         errors.push(ValidationError::new(
             path,
-            format!("invalid block name {}: must match ^[a-z][a-z0-9_.-]{{0,62}}$", quote_bounded(block)),
+            format!(
+                "invalid block name {}: must match ^[a-z][a-z0-9_.-]{{0,62}}$",
+                quote_bounded(block)
+            ),
         ));
     }
 }

@@ -429,7 +429,10 @@ fn check_action(value: &Value, path: &str, errors: &mut Vec<ValidationError>) {
             "goto" | "fail" => check_shape(target, &key_path, Shape::Str, errors),
             _ => errors.push(ValidationError::new(
                 key_path,
-                format!("unknown field {}; expected one of: goto, fail", quote_bounded(key)),
+                format!(
+                    "unknown field {}; expected one of: goto, fail",
+                    quote_bounded(key)
+                ),
             )),
         }
     }

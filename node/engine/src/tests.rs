@@ -117,7 +117,10 @@ fn long_names_are_quoted_with_a_bounded_prefix() {
         let text = error.to_string();
         assert!(text.len() < 600, "{} bytes: {text}", text.len());
     }
-    assert!(unknown_field[0].to_string().contains("… (10241 bytes)"), "{unknown_field:#?}");
+    assert!(
+        unknown_field[0].to_string().contains("… (10241 bytes)"),
+        "{unknown_field:#?}"
+    );
 }
 
 #[test]
@@ -147,12 +150,32 @@ fn worker_labels_are_checked_and_reach_the_task() {
     let mut map = json!({"id": "m", "type": "map", "items": "input.list",
         "task": {"block": "noop", "input": "item", "worker_labels": {"a": "1", "b": "2", "c": "3", "d": "4", "e": "5"}}});
     let errors = errors_of(flow(vec![step, map.clone(), typed]));
-    assert_error(&errors, "$.steps[0].worker_labels.Site", "invalid label key \"Site\"");
-    assert_error(&errors, "$.steps[0].worker_labels.zone", "invalid label value \"a,b\"");
-    assert_error(&errors, "$.steps[2].worker_labels.rack", "expected a string");
-    assert_error(&errors, "$.steps[1].task.worker_labels", "at most 4 worker labels, found 5");
+    assert_error(
+        &errors,
+        "$.steps[0].worker_labels.Site",
+        "invalid label key \"Site\"",
+    );
+    assert_error(
+        &errors,
+        "$.steps[0].worker_labels.zone",
+        "invalid label value \"a,b\"",
+    );
+    assert_error(
+        &errors,
+        "$.steps[2].worker_labels.rack",
+        "expected a string",
+    );
+    assert_error(
+        &errors,
+        "$.steps[1].task.worker_labels",
+        "at most 4 worker labels, found 5",
+    );
     map["task"]["worker_labels"] = json!("site=north");
-    assert_error(&errors_of(flow(vec![map])), "$.steps[0].task.worker_labels", "expected an object of label values");
+    assert_error(
+        &errors_of(flow(vec![map])),
+        "$.steps[0].task.worker_labels",
+        "expected an object of label values",
+    );
 }
 
 #[test]
@@ -858,6 +881,8 @@ fn inference_steps_validate_model_version_input_and_policies() {
 
 #[test]
 fn model_blocks_are_reserved_for_inference_steps() {
-    let errors = errors_of(flow(vec![json!({"id": "a", "type": "task", "block": "model.ppocr-det", "input": "input"})]));
+    let errors = errors_of(flow(vec![
+        json!({"id": "a", "type": "task", "block": "model.ppocr-det", "input": "input"}),
+    ]));
     assert_error(&errors, "$.steps[0].block", "reserved for inference steps");
 }

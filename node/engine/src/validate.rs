@@ -44,7 +44,10 @@ pub(crate) fn check(draft: &Draft<'_>) -> Vec<ValidationError> {
         if !is_flow_name(name) {
             errors.push(ValidationError::new(
                 "$.name",
-                format!("invalid flow name {}: must match ^[a-z][a-z0-9_-]{{0,62}}$", quote_bounded(name)),
+                format!(
+                    "invalid flow name {}: must match ^[a-z][a-z0-9_-]{{0,62}}$",
+                    quote_bounded(name)
+                ),
             ));
         }
     }
@@ -56,14 +59,20 @@ pub(crate) fn check(draft: &Draft<'_>) -> Vec<ValidationError> {
         if !is_step_id(id) {
             errors.push(ValidationError::new(
                 id_path.clone(),
-                format!("invalid step id {}: must match ^[a-z][a-z0-9_]{{0,62}}$", quote_bounded(id)),
+                format!(
+                    "invalid step id {}: must match ^[a-z][a-z0-9_]{{0,62}}$",
+                    quote_bounded(id)
+                ),
             ));
         }
         if let Some(first_index) = first_index_of.get(id) {
             has_duplicates = true;
             errors.push(ValidationError::new(
                 id_path,
-                format!("duplicate step id {} (also used by $.steps[{first_index}])", quote_bounded(id)),
+                format!(
+                    "duplicate step id {} (also used by $.steps[{first_index}])",
+                    quote_bounded(id)
+                ),
             ));
         } else {
             first_index_of.insert(id, index);
@@ -134,7 +143,11 @@ fn check_references(
         if !all_ids.contains(target.as_str()) {
             errors.push(ValidationError::new(
                 target_path,
-                format!("step {} refers to unknown step {}", quote_bounded(step.id()), quote_bounded(&target)),
+                format!(
+                    "step {} refers to unknown step {}",
+                    quote_bounded(step.id()),
+                    quote_bounded(&target)
+                ),
             ));
         }
     }
@@ -153,7 +166,9 @@ fn step_expressions(step: &Step, path: &str) -> Vec<(String, String, bool)> {
     };
     match step {
         Step::Task(task) => add_mapping(&task.input, push_key(path, "input"), false, &mut found),
-        Step::Inference(inference) => add_mapping(&inference.input, push_key(path, "input"), false, &mut found),
+        Step::Inference(inference) => {
+            add_mapping(&inference.input, push_key(path, "input"), false, &mut found)
+        }
         Step::Decision(decision) => {
             let cases_path = push_key(path, "cases");
             for (index, case) in decision.cases.iter().enumerate() {

@@ -91,7 +91,10 @@ fn nodes_cpu_ms(cluster: &TestCluster) -> u64 {
         true,
         sysinfo::ProcessRefreshKind::nothing().with_cpu(),
     );
-    pids.iter().filter_map(|pid| system.process(*pid)).map(sysinfo::Process::accumulated_cpu_time).sum()
+    pids.iter()
+        .filter_map(|pid| system.process(*pid))
+        .map(sysinfo::Process::accumulated_cpu_time)
+        .sum()
 }
 
 fn ms(duration: Duration) -> String {
@@ -127,7 +130,12 @@ where
             (ok, failed, latencies)
         });
     }
-    let mut load = Load { ops: 0, errors: 0, elapsed: Duration::ZERO, latencies: Vec::new() };
+    let mut load = Load {
+        ops: 0,
+        errors: 0,
+        elapsed: Duration::ZERO,
+        latencies: Vec::new(),
+    };
     while let Some(Ok((ok, failed, latencies))) = workers.join_next().await {
         load.ops += ok;
         load.errors += failed;
@@ -167,12 +175,19 @@ impl EtcdTls {
         let mut members = Vec::new();
         for id in 1..=3 {
             let certs = cluster.node(id)?.dir.join("certs");
-            members.push((certs.join("ca.pem"), certs.join("node.pem"), certs.join("node-key.pem")));
+            members.push((
+                certs.join("ca.pem"),
+                certs.join("node.pem"),
+                certs.join("node-key.pem"),
+            ));
         }
         let read = |name: &str| std::fs::read(cluster.client_dir.join(name));
         let client = tonic::transport::ClientTlsConfig::new()
             .ca_certificate(tonic::transport::Certificate::from_pem(read("ca.pem")?))
-            .identity(tonic::transport::Identity::from_pem(read("client.pem")?, read("client-key.pem")?))
+            .identity(tonic::transport::Identity::from_pem(
+                read("client.pem")?,
+                read("client-key.pem")?,
+            ))
             .domain_name(floe_node::client::API_SERVER_NAME);
         Ok(EtcdTls { members, client })
     }
@@ -183,22 +198,55 @@ impl EtcdCluster {
         let mut peers = Vec::new();
         let mut client_urls = Vec::new();
         for member in 1..=3 {
-            peers.push((format!("e{member}"), format!("https://127.0.0.1:{}", free_port()?)));
+            peers.push((
+                format!("e{member}"),
+                format!("https://127.0.0.1:{}", free_port()?),
+            ));
             client_urls.push(format!("https://127.0.0.1:{}", free_port()?));
         }
-        let initial: Vec<String> = peers.iter().map(|(name, url)| format!("{name}={url}")).collect();
-        let mut cluster = EtcdCluster { children: Vec::new(), client_urls: client_urls.clone() };
-        for (((name, peer_url), client_url), (ca, cert, key)) in peers.iter().zip(&client_urls).zip(&tls.members) {
+        let initial: Vec<String> = peers
+            .iter()
+            .map(|(name, url)| format!("{name}={url}"))
+            .collect();
+        let mut cluster = EtcdCluster {
+            children: Vec::new(),
+            client_urls: client_urls.clone(),
+        };
+        for (((name, peer_url), client_url), (ca, cert, key)) in
+            peers.iter().zip(&client_urls).zip(&tls.members)
+        {
             let data = dir.join(name);
             std::fs::create_dir_all(&data)?;
             let log = std::fs::File::create(dir.join(format!("{name}.log")))?;
             let child = Command::new(binary)
                 .args(["--name", name, "--data-dir"])
                 .arg(&data)
-                .args(["--listen-peer-urls", peer_url, "--initial-advertise-peer-urls", peer_url])
-                .args(["--listen-client-urls", client_url, "--advertise-client-urls", client_url])
-                .args(["--initial-cluster", &initial.join(","), "--initial-cluster-state", "new"])
-                .args(["--heartbeat-interval", "100", "--election-timeout", "1000", "--log-level", "warn"])
+                .args([
+                    "--listen-peer-urls",
+                    peer_url,
+                    "--initial-advertise-peer-urls",
+                    peer_url,
+                ])
+                .args([
+                    "--listen-client-urls",
+                    client_url,
+                    "--advertise-client-urls",
+                    client_url,
+                ])
+                .args([
+                    "--initial-cluster",
+                    &initial.join(","),
+                    "--initial-cluster-state",
+                    "new",
+                ])
+                .args([
+                    "--heartbeat-interval",
+                    "100",
+                    "--election-timeout",
+                    "1000",
+                    "--log-level",
+                    "warn",
+                ])
                 .arg("--client-cert-auth")
                 .arg("--trusted-ca-file")
                 .arg(ca)
@@ -229,7 +277,11 @@ impl EtcdCluster {
         let deadline = Instant::now() + timeout;
         loop {
             for url in &self.client_urls {
-                if let Ok(channel) = Endpoint::from_shared(url.clone())?.tls_config(tls.client.clone())?.connect().await {
+                if let Ok(channel) = Endpoint::from_shared(url.clone())?
+                    .tls_config(tls.client.clone())?
+                    .connect()
+                    .await
+                {
                     let mut maintenance = etcd::maintenance_client::MaintenanceClient::new(channel);
                     if let Ok(status) = maintenance.status(etcd::StatusRequest {}).await {
                         let status = status.into_inner();
@@ -257,7 +309,11 @@ impl Drop for EtcdCluster {
     }
 }
 
-async fn floe_channels(cluster: &TestCluster, node: u64, count: usize) -> anyhow::Result<Vec<FloeClient>> {
+async fn floe_channels(
+    cluster: &TestCluster,
+    node: u64,
+    count: usize,
+) -> anyhow::Result<Vec<FloeClient>> {
     let mut clients = Vec::new();
     for _ in 0..count {
         clients.push(cluster.client(node).await?);
@@ -265,21 +321,36 @@ async fn floe_channels(cluster: &TestCluster, node: u64, count: usize) -> anyhow
     Ok(clients)
 }
 
-async fn etcd_channels(url: &str, tls: &EtcdTls, count: usize) -> anyhow::Result<Vec<etcd::kv_client::KvClient<Channel>>> {
+async fn etcd_channels(
+    url: &str,
+    tls: &EtcdTls,
+    count: usize,
+) -> anyhow::Result<Vec<etcd::kv_client::KvClient<Channel>>> {
     let mut clients = Vec::new();
     for _ in 0..count {
-        let channel = Endpoint::from_shared(url.to_string())?.tls_config(tls.client.clone())?.tcp_nodelay(true).connect().await?;
+        let channel = Endpoint::from_shared(url.to_string())?
+            .tls_config(tls.client.clone())?
+            .tcp_nodelay(true)
+            .connect()
+            .await?;
         clients.push(etcd::kv_client::KvClient::new(channel));
     }
     Ok(clients)
 }
 
 /// Times SIGKILL of the leader → first acknowledged write through a survivor.
-async fn failover_trials(cluster: &mut TestCluster, trials: usize) -> anyhow::Result<Vec<Duration>> {
+async fn failover_trials(
+    cluster: &mut TestCluster,
+    trials: usize,
+) -> anyhow::Result<Vec<Duration>> {
     let mut times = Vec::new();
     for trial in 0..trials {
         let leader = cluster.wait_leader(Duration::from_secs(30)).await?;
-        let survivors: Vec<u64> = cluster.running_ids().into_iter().filter(|id| *id != leader).collect();
+        let survivors: Vec<u64> = cluster
+            .running_ids()
+            .into_iter()
+            .filter(|id| *id != leader)
+            .collect();
         let mut options = cluster.client_options(&survivors)?;
         options.request_timeout = Duration::from_millis(150);
         let mut clients = Vec::new();
@@ -295,7 +366,10 @@ async fn failover_trials(cluster: &mut TestCluster, trials: usize) -> anyhow::Re
             let slot = attempt % clients.len();
             let client = &mut clients[slot];
             attempt += 1;
-            let request = api::PutRequest { key: format!("failover/{trial}"), value: b"x".to_vec() };
+            let request = api::PutRequest {
+                key: format!("failover/{trial}"),
+                value: b"x".to_vec(),
+            };
             if client.kv.put(request).await.is_ok() {
                 break;
             }
@@ -304,7 +378,10 @@ async fn failover_trials(cluster: &mut TestCluster, trials: usize) -> anyhow::Re
             }
         }
         let elapsed = killed.elapsed();
-        eprintln!("failover trial {trial}: killed node {leader}, first write after {} ms", elapsed.as_millis());
+        eprintln!(
+            "failover trial {trial}: killed node {leader}, first write after {} ms",
+            elapsed.as_millis()
+        );
         times.push(elapsed);
         cluster.spawn(leader)?;
         let all: Vec<u64> = cluster.nodes.keys().copied().collect();
@@ -317,7 +394,8 @@ async fn failover_trials(cluster: &mut TestCluster, trials: usize) -> anyhow::Re
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let binary = std::fs::canonicalize(&args.binary).with_context(|| format!("floe binary {}", args.binary.display()))?;
+    let binary = std::fs::canonicalize(&args.binary)
+        .with_context(|| format!("floe binary {}", args.binary.display()))?;
     if args.dir.exists() {
         std::fs::remove_dir_all(&args.dir)?;
     }
@@ -343,7 +421,11 @@ async fn main() -> anyhow::Result<()> {
     let leader = cluster.wait_leader(Duration::from_secs(30)).await?;
 
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let floe_rss: Vec<u64> = cluster.nodes.values().filter_map(|node| node.pid().and_then(rss_bytes)).collect();
+    let floe_rss: Vec<u64> = cluster
+        .nodes
+        .values()
+        .filter_map(|node| node.pid().and_then(rss_bytes))
+        .collect();
 
     let etcd_tls = EtcdTls::from_cluster(&cluster)?;
     let etcd_cluster = match &args.etcd {
@@ -357,7 +439,10 @@ async fn main() -> anyhow::Result<()> {
     let etcd_rss: Vec<u64> = match &etcd_cluster {
         Some(etcd) => {
             tokio::time::sleep(Duration::from_secs(2)).await;
-            etcd.children.iter().filter_map(|child| rss_bytes(child.id())).collect()
+            etcd.children
+                .iter()
+                .filter_map(|child| rss_bytes(child.id()))
+                .collect()
         }
         None => Vec::new(),
     };
@@ -372,13 +457,24 @@ async fn main() -> anyhow::Result<()> {
         let payload = value.clone();
         let floe = drive(concurrency, args.seconds, move |worker, seq| {
             let mut client = clients[worker % clients.len()].clone();
-            let request = api::PutRequest { key: format!("bench/{worker}/{}", seq % 1024), value: payload.clone() };
+            let request = api::PutRequest {
+                key: format!("bench/{worker}/{}", seq % 1024),
+                value: payload.clone(),
+            };
             async move { client.kv.put(request).await.is_ok() }
         })
         .await;
-        eprintln!("floe c={concurrency}: {:.0} writes/s ({} errors)", floe.per_second(), floe.errors);
+        eprintln!(
+            "floe c={concurrency}: {:.0} writes/s ({} errors)",
+            floe.per_second(),
+            floe.errors
+        );
         let breakdown = LeaderTimes::scrape(&cluster, leader).await?.since(&before);
-        breakdowns.push((concurrency, floe.latencies.iter().sum::<Duration>() / floe.ops.max(1) as u32, breakdown));
+        breakdowns.push((
+            concurrency,
+            floe.latencies.iter().sum::<Duration>() / floe.ops.max(1) as u32,
+            breakdown,
+        ));
         let etcd = match &etcd_leader {
             Some(url) => {
                 let clients = Arc::new(etcd_channels(url, &etcd_tls, connections).await?);
@@ -393,7 +489,11 @@ async fn main() -> anyhow::Result<()> {
                     async move { client.put(request).await.is_ok() }
                 })
                 .await;
-                eprintln!("etcd c={concurrency}: {:.0} writes/s ({} errors)", load.per_second(), load.errors);
+                eprintln!(
+                    "etcd c={concurrency}: {:.0} writes/s ({} errors)",
+                    load.per_second(),
+                    load.errors
+                );
                 Some(load)
             }
             None => None,
@@ -435,11 +535,21 @@ async fn main() -> anyhow::Result<()> {
         ms(percentile(&failovers, 0.99)),
         ms(failovers.last().copied().unwrap_or_default()),
     ));
-    let mib = |bytes: &[u64]| bytes.iter().map(|b| format!("{:.1}", *b as f64 / (1024.0 * 1024.0))).collect::<Vec<_>>().join(" / ");
+    let mib = |bytes: &[u64]| {
+        bytes
+            .iter()
+            .map(|b| format!("{:.1}", *b as f64 / (1024.0 * 1024.0)))
+            .collect::<Vec<_>>()
+            .join(" / ")
+    };
     report.push_str(&format!(
         "\n| idle RSS per node (MiB) | floe: {} | etcd: {} |\n|---|---|---|\n",
         mib(&floe_rss),
-        if etcd_rss.is_empty() { "-".into() } else { mib(&etcd_rss) }
+        if etcd_rss.is_empty() {
+            "-".into()
+        } else {
+            mib(&etcd_rss)
+        }
     ));
 
     println!("{report}");
@@ -460,10 +570,18 @@ struct LeaderTimes {
 impl LeaderTimes {
     async fn scrape(cluster: &TestCluster, leader: u64) -> anyhow::Result<LeaderTimes> {
         Ok(LeaderTimes {
-            writes: cluster.metric(leader, "floe_api_write_duration_seconds_count").await?,
-            write_seconds: cluster.metric(leader, "floe_api_write_duration_seconds_sum").await?,
-            flushes: cluster.metric(leader, "floe_storage_flush_duration_seconds_count").await?,
-            flush_seconds: cluster.metric(leader, "floe_storage_flush_duration_seconds_sum").await?,
+            writes: cluster
+                .metric(leader, "floe_api_write_duration_seconds_count")
+                .await?,
+            write_seconds: cluster
+                .metric(leader, "floe_api_write_duration_seconds_sum")
+                .await?,
+            flushes: cluster
+                .metric(leader, "floe_storage_flush_duration_seconds_count")
+                .await?,
+            flush_seconds: cluster
+                .metric(leader, "floe_storage_flush_duration_seconds_sum")
+                .await?,
         })
     }
 
@@ -497,7 +615,8 @@ async fn bench_runs(args: &Args, binary: &Path, dir: &Path) -> anyhow::Result<()
         cluster.spawn_worker(&format!("noop-{node}"), &[node], &["noop=stamp"], 64)?;
     }
     let mut client = cluster.client(1).await?;
-    let definition = std::fs::read("docs/examples/flows/three-step.json").context("run from the repository root")?;
+    let definition = std::fs::read("docs/examples/flows/three-step.json")
+        .context("run from the repository root")?;
     client.flows.put(api::PutFlowRequest { definition }).await?;
     let mut report = String::from(
         "Three-step runs (block `noop`, a `stamp` worker on each node), started and watched to completion by N concurrent clients. Node CPU: CPU time of the three node processes per completed run.\n\n| concurrency | completed runs/s | run p50 ms | run p99 ms | step hop p50 ms | step hop p99 ms | node CPU ms/run |\n|---:|---:|---:|---:|---:|---:|---:|\n",
@@ -518,14 +637,29 @@ async fn bench_runs(args: &Args, binary: &Path, dir: &Path) -> anyhow::Result<()
             let mut client = clients[worker % clients.len()].clone();
             let ids = ids.clone();
             async move {
-                let request = api::StartRunRequest { flow: "three-step".into(), input: b"{}".to_vec(), ..Default::default() };
-                let Ok(started) = client.runs.start(request).await else { return false };
+                let request = api::StartRunRequest {
+                    flow: "three-step".into(),
+                    input: b"{}".to_vec(),
+                    ..Default::default()
+                };
+                let Ok(started) = client.runs.start(request).await else {
+                    return false;
+                };
                 let run_id = started.into_inner().run_id;
-                let Ok(updates) = client.runs.watch(api::WatchRunRequest { run_id: run_id.clone() }).await else { return false };
+                let Ok(updates) = client
+                    .runs
+                    .watch(api::WatchRunRequest {
+                        run_id: run_id.clone(),
+                    })
+                    .await
+                else {
+                    return false;
+                };
                 let mut updates = updates.into_inner();
                 let mut completed = false;
                 while let Ok(Some(update)) = updates.message().await {
-                    let run: serde_json::Value = serde_json::from_slice(&update.run).unwrap_or_default();
+                    let run: serde_json::Value =
+                        serde_json::from_slice(&update.run).unwrap_or_default();
                     completed = run["status"] == "Completed";
                 }
                 if completed {
@@ -541,7 +675,13 @@ async fn bench_runs(args: &Args, binary: &Path, dir: &Path) -> anyhow::Result<()
         let ids: Vec<String> = run_ids.lock().map(|ids| ids.clone()).unwrap_or_default();
         let mut hops = Vec::new();
         for run_id in ids.iter().take(500) {
-            let reply = client.runs.get(api::GetRunRequest { run_id: run_id.clone(), consistency: 1 }).await?;
+            let reply = client
+                .runs
+                .get(api::GetRunRequest {
+                    run_id: run_id.clone(),
+                    consistency: 1,
+                })
+                .await?;
             let run: serde_json::Value = serde_json::from_slice(&reply.into_inner().run)?;
             // The stamp worker answers at once with the time a task reached
             // it: the difference between two steps is one completion → commit
@@ -555,7 +695,11 @@ async fn bench_runs(args: &Args, binary: &Path, dir: &Path) -> anyhow::Result<()
             }
         }
         hops.sort();
-        eprintln!("runs c={concurrency}: {:.0} completed/s ({} errors)", load.per_second(), load.errors);
+        eprintln!(
+            "runs c={concurrency}: {:.0} completed/s ({} errors)",
+            load.per_second(),
+            load.errors
+        );
         report.push_str(&format!(
             "| {concurrency} | {:.0} | {} | {} | {} | {} | {cpu_ms_per_run:.2} |\n",
             load.per_second(),

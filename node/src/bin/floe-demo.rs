@@ -36,7 +36,8 @@ fn floe(cluster: &TestCluster, id: u64, args: &[&str]) -> anyhow::Result<String>
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let binary = std::fs::canonicalize(&args.binary).with_context(|| format!("floe binary {}", args.binary.display()))?;
+    let binary = std::fs::canonicalize(&args.binary)
+        .with_context(|| format!("floe binary {}", args.binary.display()))?;
     if args.dir.exists() {
         std::fs::remove_dir_all(&args.dir)?;
     }
@@ -45,22 +46,47 @@ async fn main() -> anyhow::Result<()> {
 
     step("creating a cluster CA, three node certificates and a client certificate; starting three nodes");
     let runtime = floe_inference::DevRuntimeFiles::locate();
-    runtime.require().map_err(|missing| anyhow::anyhow!("{missing}; run `make inference-runtime`"))?;
+    runtime
+        .require()
+        .map_err(|missing| anyhow::anyhow!("{missing}; run `make inference-runtime`"))?;
     let mut options = ClusterOptions::new(&binary, 3);
     options.base_dir = Some(std::env::current_dir()?.join(&args.dir));
-    options.overrides = vec![format!("inference.ort_library={}", runtime.ort_library.display())];
+    options.overrides = vec![format!(
+        "inference.ort_library={}",
+        runtime.ort_library.display()
+    )];
     let formed = Instant::now();
     let mut cluster = TestCluster::start(options).await?;
     let leader = cluster.wait_leader(WAIT).await?;
-    summary.push(("cluster formed (expect-3 bootstrap)".into(), format!("{} ms", formed.elapsed().as_millis())));
+    summary.push((
+        "cluster formed (expect-3 bootstrap)".into(),
+        format!("{} ms", formed.elapsed().as_millis()),
+    ));
     for node in cluster.nodes.values() {
-        eprintln!("node {}: pid {:?}, data {}, log {}", node.id, node.pid(), node.data_dir().display(), node.log_path.display());
+        eprintln!(
+            "node {}: pid {:?}, data {}, log {}",
+            node.id,
+            node.pid(),
+            node.data_dir().display(),
+            node.log_path.display()
+        );
     }
     floe(&cluster, 1, &["cluster", "status"])?;
 
-    let follower = cluster.running_ids().into_iter().find(|id| *id != leader).context("no follower")?;
-    step(&format!("writing through follower node {follower} (forwarded to leader node {leader} over QUIC)"));
-    let keys = [("site/name", "north-plant"), ("site/line", "3"), ("model/ocr", "pp-ocrv4"), ("owner", "ops@site")];
+    let follower = cluster
+        .running_ids()
+        .into_iter()
+        .find(|id| *id != leader)
+        .context("no follower")?;
+    step(&format!(
+        "writing through follower node {follower} (forwarded to leader node {leader} over QUIC)"
+    ));
+    let keys = [
+        ("site/name", "north-plant"),
+        ("site/line", "3"),
+        ("model/ocr", "pp-ocrv4"),
+        ("owner", "ops@site"),
+    ];
     for (key, value) in keys {
         floe(&cluster, follower, &["kv", "put", key, value])?;
     }
@@ -73,24 +99,52 @@ async fn main() -> anyhow::Result<()> {
     let new_leader = cluster.wait_leader(WAIT).await?;
     let elected = killed_at.elapsed();
     let deadline = Instant::now() + WAIT;
-    while cluster.cli(survivor, &["kv", "put", "failover/probe", "written"])?.status.success().then_some(()).is_none() {
-        anyhow::ensure!(Instant::now() < deadline, "no write succeeded after the leader was killed");
+    while cluster
+        .cli(survivor, &["kv", "put", "failover/probe", "written"])?
+        .status
+        .success()
+        .then_some(())
+        .is_none()
+    {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "no write succeeded after the leader was killed"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let first_write = killed_at.elapsed();
-    eprintln!("new leader: node {new_leader} after {} ms; first write after {} ms", elected.as_millis(), first_write.as_millis());
-    summary.push(("failover: kill → new leader".into(), format!("{} ms", elected.as_millis())));
-    summary.push(("failover: kill → first write".into(), format!("{} ms", first_write.as_millis())));
+    eprintln!(
+        "new leader: node {new_leader} after {} ms; first write after {} ms",
+        elected.as_millis(),
+        first_write.as_millis()
+    );
+    summary.push((
+        "failover: kill → new leader".into(),
+        format!("{} ms", elected.as_millis()),
+    ));
+    summary.push((
+        "failover: kill → first write".into(),
+        format!("{} ms", first_write.as_millis()),
+    ));
     floe(&cluster, survivor, &["cluster", "status"])?;
     let mut intact = 0;
     for (key, value) in keys {
         let read = floe(&cluster, survivor, &["kv", "get", key])?;
-        anyhow::ensure!(read.trim() == value, "{key}: expected {value}, read {}", read.trim());
+        anyhow::ensure!(
+            read.trim() == value,
+            "{key}: expected {value}, read {}",
+            read.trim()
+        );
         intact += 1;
     }
-    summary.push(("acknowledged keys intact after failover".into(), format!("{intact}/{}", keys.len())));
+    summary.push((
+        "acknowledged keys intact after failover".into(),
+        format!("{intact}/{}", keys.len()),
+    ));
 
-    step(&format!("restarting node {leader}; it catches up from the new leader"));
+    step(&format!(
+        "restarting node {leader}; it catches up from the new leader"
+    ));
     let restarted = Instant::now();
     cluster.spawn(leader)?;
     cluster.wait_ready(&[leader], WAIT).await?;
@@ -103,8 +157,15 @@ async fn main() -> anyhow::Result<()> {
         anyhow::ensure!(Instant::now() < deadline, "node {leader} never caught up");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    summary.push((format!("node {leader} restart → caught up"), format!("{} ms", restarted.elapsed().as_millis())));
-    floe(&cluster, leader, &["kv", "get", "--local", "failover/probe"])?;
+    summary.push((
+        format!("node {leader} restart → caught up"),
+        format!("{} ms", restarted.elapsed().as_millis()),
+    ));
+    floe(
+        &cluster,
+        leader,
+        &["kv", "get", "--local", "failover/probe"],
+    )?;
     floe(&cluster, leader, &["cluster", "status"])?;
 
     let intake = document_intake(&mut cluster).await?;
@@ -116,12 +177,21 @@ async fn main() -> anyhow::Result<()> {
     for id in [1, 2, 3] {
         cluster.stop(id, Duration::from_secs(10)).await?;
     }
-    summary.push(("total".into(), format!("{:.1} s", started.elapsed().as_secs_f64())));
+    summary.push((
+        "total".into(),
+        format!("{:.1} s", started.elapsed().as_secs_f64()),
+    ));
 
     println!("\nfloe demo summary");
-    let rows: Vec<Vec<String>> = summary.into_iter().map(|(what, value)| vec![what, value]).collect();
+    let rows: Vec<Vec<String>> = summary
+        .into_iter()
+        .map(|(what, value)| vec![what, value])
+        .collect();
     print!("{}", floe_node::cli::table(&["STEP", "RESULT"], &rows));
-    println!("files (certificates, configs, data, logs): {}", args.dir.display());
+    println!(
+        "files (certificates, configs, data, logs): {}",
+        args.dir.display()
+    );
     Ok(())
 }
 
@@ -130,41 +200,89 @@ async fn main() -> anyhow::Result<()> {
 /// others wait for a review signal; both are validated two ways in parallel.
 async fn document_intake(cluster: &mut TestCluster) -> anyhow::Result<Vec<(String, String)>> {
     step("running the document-intake flow: workers in separate processes, runs started on every node");
-    floe(cluster, 1, &["flow", "put", "docs/examples/flows/document-intake.json"])?;
-    let blocks = ["classify=classify", "extract=sleep:30", "validate.schema=valid", "validate.totals=valid"];
+    floe(
+        cluster,
+        1,
+        &["flow", "put", "docs/examples/flows/document-intake.json"],
+    )?;
+    let blocks = [
+        "classify=classify",
+        "extract=sleep:30",
+        "validate.schema=valid",
+        "validate.totals=valid",
+    ];
     cluster.spawn_worker("intake-a", &[1, 2], &blocks, 4)?;
     cluster.spawn_worker("intake-b", &[3], &blocks, 4)?;
     let documents: Vec<String> = (1..=12)
-        .map(|n| if n % 4 == 0 { format!("blurry-receipt-{n}.png") } else { format!("invoice-{n}.pdf") })
+        .map(|n| {
+            if n % 4 == 0 {
+                format!("blurry-receipt-{n}.png")
+            } else {
+                format!("invoice-{n}.pdf")
+            }
+        })
         .collect();
     let started = Instant::now();
     let mut runs = Vec::new();
     for (position, document) in documents.iter().enumerate() {
         let via = (position as u64 % 3) + 1;
         let input = serde_json::json!({ "document": document }).to_string();
-        let run_id = cluster.cli_ok(via, &["run", "start", "document-intake", "--input", &input, "--idempotency-key", document])?;
+        let run_id = cluster.cli_ok(
+            via,
+            &[
+                "run",
+                "start",
+                "document-intake",
+                "--input",
+                &input,
+                "--idempotency-key",
+                document,
+            ],
+        )?;
         runs.push((document.clone(), run_id.trim().to_string()));
     }
     let mut finished: std::collections::BTreeMap<String, serde_json::Value> = Default::default();
     let mut reviewed = std::collections::BTreeSet::new();
     let deadline = Instant::now() + Duration::from_secs(60);
     while finished.len() < runs.len() {
-        anyhow::ensure!(Instant::now() < deadline, "document-intake runs did not finish within 60 s");
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "document-intake runs did not finish within 60 s"
+        );
         for (document, run_id) in &runs {
             if finished.contains_key(run_id) {
                 continue;
             }
-            let run: serde_json::Value = serde_json::from_str(&cluster.cli_ok(1, &["run", "get", run_id, "--json"])?)?;
+            let run: serde_json::Value =
+                serde_json::from_str(&cluster.cli_ok(1, &["run", "get", run_id, "--json"])?)?;
             if run["status"] != "Running" {
                 finished.insert(run_id.clone(), run);
-            } else if run["steps"]["review"]["status"] == "Running" && reviewed.insert(run_id.clone()) {
+            } else if run["steps"]["review"]["status"] == "Running"
+                && reviewed.insert(run_id.clone())
+            {
                 eprintln!("  {document}: low confidence, a reviewer approves it");
-                let payload = serde_json::json!({ "reviewer": "ops", "approved": true }).to_string();
-                cluster.cli_ok(2, &["run", "signal", run_id, "review.done", "--payload", &payload])?;
+                let payload =
+                    serde_json::json!({ "reviewer": "ops", "approved": true }).to_string();
+                cluster.cli_ok(
+                    2,
+                    &[
+                        "run",
+                        "signal",
+                        run_id,
+                        "review.done",
+                        "--payload",
+                        &payload,
+                    ],
+                )?;
             }
         }
         let done = finished.len();
-        eprint!("\r  [{}{}] {done}/{} runs finished", "#".repeat(done * 24 / runs.len()), ".".repeat(24 - done * 24 / runs.len()), runs.len());
+        eprint!(
+            "\r  [{}{}] {done}/{} runs finished",
+            "#".repeat(done * 24 / runs.len()),
+            ".".repeat(24 - done * 24 / runs.len()),
+            runs.len()
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     eprintln!();
@@ -176,13 +294,22 @@ async fn document_intake(cluster: &mut TestCluster) -> anyhow::Result<Vec<(Strin
         if run["status"] == "Completed" {
             completed += 1;
         }
-        let path = if run["steps"].get("review").is_some() { "review" } else { "automatic" };
+        let path = if run["steps"].get("review").is_some() {
+            "review"
+        } else {
+            "automatic"
+        };
         let nodes: std::collections::BTreeSet<String> = run["steps"]
             .as_object()
             .map(|steps| {
                 steps
                     .values()
-                    .filter_map(|step| step["attempts"].as_array().and_then(|a| a.last()).and_then(|a| a["node"].as_u64()))
+                    .filter_map(|step| {
+                        step["attempts"]
+                            .as_array()
+                            .and_then(|a| a.last())
+                            .and_then(|a| a["node"].as_u64())
+                    })
                     .map(|node| node.to_string())
                     .collect()
             })
@@ -192,17 +319,45 @@ async fn document_intake(cluster: &mut TestCluster) -> anyhow::Result<Vec<(Strin
             document.clone(),
             run["status"].as_str().unwrap_or("?").to_lowercase(),
             path.to_string(),
-            run["output"]["document_class"].as_str().unwrap_or("-").to_string(),
+            run["output"]["document_class"]
+                .as_str()
+                .unwrap_or("-")
+                .to_string(),
             run["output"]["valid"].to_string(),
             nodes.into_iter().collect::<Vec<_>>().join(","),
         ]);
     }
     println!();
-    print!("{}", floe_node::cli::table(&["RUN", "DOCUMENT", "STATUS", "PATH", "CLASS", "VALID", "TASK NODES"], &rows));
-    anyhow::ensure!(completed == runs.len(), "{} of {} runs completed", completed, runs.len());
+    print!(
+        "{}",
+        floe_node::cli::table(
+            &[
+                "RUN",
+                "DOCUMENT",
+                "STATUS",
+                "PATH",
+                "CLASS",
+                "VALID",
+                "TASK NODES"
+            ],
+            &rows
+        )
+    );
+    anyhow::ensure!(
+        completed == runs.len(),
+        "{} of {} runs completed",
+        completed,
+        runs.len()
+    );
     Ok(vec![
-        ("document-intake runs completed".into(), format!("{completed}/{}", runs.len())),
-        ("document-intake wall time (12 runs, 4 via review)".into(), format!("{} ms", took.as_millis())),
+        (
+            "document-intake runs completed".into(),
+            format!("{completed}/{}", runs.len()),
+        ),
+        (
+            "document-intake wall time (12 runs, 4 via review)".into(),
+            format!("{} ms", took.as_millis()),
+        ),
     ])
 }
 
@@ -216,29 +371,69 @@ const PAGES: [&[&str]; 4] = [
 
 /// The PP-OCR models registered and deployed once as shared replicas; the
 /// OCR flow on several pages at once, its model steps served by them.
-async fn ocr_pages(cluster: &mut TestCluster, runtime: &floe_inference::DevRuntimeFiles) -> anyhow::Result<Vec<(String, String)>> {
+async fn ocr_pages(
+    cluster: &mut TestCluster,
+    runtime: &floe_inference::DevRuntimeFiles,
+) -> anyhow::Result<Vec<(String, String)>> {
     use base64::Engine as _;
     step("registering the PP-OCRv4 models and deploying one warm replica of each (shared by every flow)");
-    for (name, file) in [("ppocr-det", "det.onnx"), ("ppocr-cls", "cls.onnx"), ("ppocr-rec", "rec.onnx")] {
+    for (name, file) in [
+        ("ppocr-det", "det.onnx"),
+        ("ppocr-cls", "cls.onnx"),
+        ("ppocr-rec", "rec.onnx"),
+    ] {
         let path = runtime.models_dir.join(file);
-        floe(cluster, 1, &["model", "put", name, &path.display().to_string()])?;
-        floe(cluster, 2, &["model", "deploy", name, "--replicas", "1", "--max-batch", "8", "--max-delay-ms", "5"])?;
+        floe(
+            cluster,
+            1,
+            &["model", "put", name, &path.display().to_string()],
+        )?;
+        floe(
+            cluster,
+            2,
+            &[
+                "model",
+                "deploy",
+                name,
+                "--replicas",
+                "1",
+                "--max-batch",
+                "8",
+                "--max-delay-ms",
+                "5",
+            ],
+        )?;
     }
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let status: serde_json::Value = serde_json::from_str(&cluster.cli_ok(3, &["model", "status", "--json"])?)?;
-        let warm = status.as_array().into_iter().flatten().flat_map(|d| d["replica_status"].as_array().cloned().unwrap_or_default()).filter(|r| r["state"] == "warm").count();
+        let status: serde_json::Value =
+            serde_json::from_str(&cluster.cli_ok(3, &["model", "status", "--json"])?)?;
+        let warm = status
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|d| d["replica_status"].as_array().cloned().unwrap_or_default())
+            .filter(|r| r["state"] == "warm")
+            .count();
         if warm == 3 {
             break;
         }
-        anyhow::ensure!(Instant::now() < deadline, "model replicas not warm within 60 s: {status}");
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "model replicas not warm within 60 s: {status}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     floe(cluster, 3, &["model", "status"])?;
 
     step("running the OCR flow on four pages at once: image stages in floe-ocr-worker, models on the shared replicas");
     floe(cluster, 1, &["flow", "put", "docs/examples/flows/ocr.json"])?;
-    cluster.spawn_client_process("floe-ocr-worker", "ocr-worker", &[1, 2, 3], &["--concurrency".into(), "2".into()])?;
+    cluster.spawn_client_process(
+        "floe-ocr-worker",
+        "ocr-worker",
+        &[1, 2, 3],
+        &["--concurrency".into(), "2".into()],
+    )?;
     let font = std::fs::read(&runtime.font)?;
     let pages_dir = cluster.dir.join("pages");
     std::fs::create_dir_all(&pages_dir)?;
@@ -263,21 +458,46 @@ async fn ocr_pages(cluster: &mut TestCluster, runtime: &floe_inference::DevRunti
     let mut rows = Vec::new();
     let mut matched = 0;
     for (path, expected, run_id) in &runs {
-        let run = floe_node::harness::finished_run(&mut client, run_id, Duration::from_secs(120)).await?;
-        let text = run["output"]["text"].as_str().unwrap_or("").replace('\n', " / ");
+        let run =
+            floe_node::harness::finished_run(&mut client, run_id, Duration::from_secs(120)).await?;
+        let text = run["output"]["text"]
+            .as_str()
+            .unwrap_or("")
+            .replace('\n', " / ");
         if run["status"] == "Completed" && text == *expected {
             matched += 1;
         }
-        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        rows.push(vec![name, run["status"].as_str().unwrap_or("?").to_lowercase(), text, expected.clone()]);
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        rows.push(vec![
+            name,
+            run["status"].as_str().unwrap_or("?").to_lowercase(),
+            text,
+            expected.clone(),
+        ]);
     }
     let took = started.elapsed();
     println!();
-    print!("{}", floe_node::cli::table(&["PAGE", "STATUS", "RECOGNISED", "RENDERED"], &rows));
+    print!(
+        "{}",
+        floe_node::cli::table(&["PAGE", "STATUS", "RECOGNISED", "RENDERED"], &rows)
+    );
     floe(cluster, 3, &["model", "status"])?;
-    anyhow::ensure!(matched == runs.len(), "{matched} of {} pages read back exactly", runs.len());
+    anyhow::ensure!(
+        matched == runs.len(),
+        "{matched} of {} pages read back exactly",
+        runs.len()
+    );
     Ok(vec![
-        ("OCR pages read back exactly (shared det/cls/rec replicas)".into(), format!("{matched}/{}", runs.len())),
-        ("OCR wall time (4 pages at once)".into(), format!("{} ms", took.as_millis())),
+        (
+            "OCR pages read back exactly (shared det/cls/rec replicas)".into(),
+            format!("{matched}/{}", runs.len()),
+        ),
+        (
+            "OCR wall time (4 pages at once)".into(),
+            format!("{} ms", took.as_millis()),
+        ),
     ])
 }

@@ -46,19 +46,31 @@ async fn timed(client: &mut FloeClient, request: &api::InferRequest) -> anyhow::
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let binary = std::fs::canonicalize(&args.binary).with_context(|| format!("floe binary {}", args.binary.display()))?;
+    let binary = std::fs::canonicalize(&args.binary)
+        .with_context(|| format!("floe binary {}", args.binary.display()))?;
     let runtime = floe_inference::DevRuntimeFiles::locate();
-    runtime.require().map_err(|missing| anyhow::anyhow!("{missing}; run `make inference-runtime`"))?;
+    runtime
+        .require()
+        .map_err(|missing| anyhow::anyhow!("{missing}; run `make inference-runtime`"))?;
     if args.dir.exists() {
         std::fs::remove_dir_all(&args.dir)?;
     }
     let mut options = ClusterOptions::new(&binary, 3);
     options.base_dir = Some(std::env::current_dir()?.join(&args.dir));
-    options.overrides = vec![format!("inference.ort_library={}", runtime.ort_library.display())];
+    options.overrides = vec![format!(
+        "inference.ort_library={}",
+        runtime.ort_library.display()
+    )];
     let cluster = TestCluster::start(options).await?;
     let mut client = cluster.client(1).await?;
     let onnx = std::fs::read(runtime.models_dir.join("cls.onnx"))?;
-    client.models.put(api::PutModelRequest { name: "cls".into(), onnx }).await?;
+    client
+        .models
+        .put(api::PutModelRequest {
+            name: "cls".into(),
+            onnx,
+        })
+        .await?;
     let deploy = api::DeployModelRequest {
         name: "cls".into(),
         version: 0,
@@ -72,8 +84,16 @@ async fn main() -> anyhow::Result<()> {
     client.models.deploy(deploy).await?;
     let deadline = Instant::now() + Duration::from_secs(60);
     let holder = loop {
-        let status = client.models.status(api::ModelStatusRequest { name: "cls".into() }).await?.into_inner();
-        let warm = status.deployments.iter().flat_map(|d| &d.replica_status).find(|r| r.state == "warm");
+        let status = client
+            .models
+            .status(api::ModelStatusRequest { name: "cls".into() })
+            .await?
+            .into_inner();
+        let warm = status
+            .deployments
+            .iter()
+            .flat_map(|d| &d.replica_status)
+            .find(|r| r.state == "warm");
         if let Some(replica) = warm {
             break replica.node;
         }
@@ -83,7 +103,11 @@ async fn main() -> anyhow::Result<()> {
     let outsider = (1..=3).find(|id| *id != holder).context("no second node")?;
     let tensor = floe_inference::Tensor::from_vec(vec![1, 3, 48, 192], vec![0.5f32; 3 * 48 * 192])?;
     let input = floe_node::grpc::tensor_to_wire(tensor);
-    let request = api::InferRequest { model: "cls".into(), version: 0, inputs: [("x".to_string(), input)].into_iter().collect() };
+    let request = api::InferRequest {
+        model: "cls".into(),
+        version: 0,
+        inputs: [("x".to_string(), input)].into_iter().collect(),
+    };
     let mut local_client = cluster.client(holder).await?;
     let mut remote_client = cluster.client(outsider).await?;
     // Warm both paths (connections, the QUIC channel, the session's first runs).
@@ -115,7 +139,13 @@ async fn main() -> anyhow::Result<()> {
         args.slice
     ));
     table.push_str("| path | p50 ms | p90 ms | p99 ms |\n|---|---|---|---|\n");
-    for (name, samples) in [(format!("client → node {holder} (local replica)"), &local), (format!("client → node {outsider} → QUIC → node {holder}"), &remote)] {
+    for (name, samples) in [
+        (format!("client → node {holder} (local replica)"), &local),
+        (
+            format!("client → node {outsider} → QUIC → node {holder}"),
+            &remote,
+        ),
+    ] {
         table.push_str(&format!(
             "| {name} | {:.3} | {:.3} | {:.3} |\n",
             percentile(samples, 0.5),
@@ -123,7 +153,9 @@ async fn main() -> anyhow::Result<()> {
             percentile(samples, 0.99)
         ));
     }
-    table.push_str(&format!("\nextra latency of the hop at p50: {p50_extra:.3} ms (target: under 1 ms)\n"));
+    table.push_str(&format!(
+        "\nextra latency of the hop at p50: {p50_extra:.3} ms (target: under 1 ms)\n"
+    ));
     print!("{table}");
     if let Some(out) = &args.out {
         std::fs::write(out, &table)?;

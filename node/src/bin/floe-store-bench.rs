@@ -35,7 +35,12 @@ impl Bench {
     fn open(dir: &Path) -> anyhow::Result<Bench> {
         let store = Store::open(dir, StoreOptions::default())?;
         let sm = store.state_machine();
-        Ok(Bench { store, sm, index: 0, clock_ms: 1_700_000_000_000 })
+        Ok(Bench {
+            store,
+            sm,
+            index: 0,
+            clock_ms: 1_700_000_000_000,
+        })
     }
 
     async fn apply(&mut self, commands: Vec<Command>) -> anyhow::Result<Vec<CommandResponse>> {
@@ -67,7 +72,11 @@ impl Bench {
     /// One step's placement and completion, as the scheduler and a worker would propose them.
     fn step(&mut self, run_id: &str, step: &str) -> anyhow::Result<[Command; 2]> {
         self.clock_ms += 1;
-        let key = floe_engine::run::TaskKey { run_id: run_id.into(), step_id: step.into(), item: None };
+        let key = floe_engine::run::TaskKey {
+            run_id: run_id.into(),
+            step_id: step.into(),
+            item: None,
+        };
         let event = floe_engine::run::RunEvent::TaskCompleted {
             key: key.clone(),
             attempt: 1,
@@ -75,8 +84,18 @@ impl Bench {
             worker: None,
         };
         Ok([
-            Command::AssignTask { task: task_key_text(&key), attempt: 1, node: 2, worker: String::new(), at_ms: self.clock_ms },
-            Command::RunEvent { run_id: run_id.into(), event: serde_json::to_vec(&event)?, at_ms: self.clock_ms + 1 },
+            Command::AssignTask {
+                task: task_key_text(&key),
+                attempt: 1,
+                node: 2,
+                worker: String::new(),
+                at_ms: self.clock_ms,
+            },
+            Command::RunEvent {
+                run_id: run_id.into(),
+                event: serde_json::to_vec(&event)?,
+                at_ms: self.clock_ms + 1,
+            },
         ])
     }
 
@@ -84,7 +103,9 @@ impl Bench {
     async fn fill(&mut self, prefix: &str, count: u64) -> anyhow::Result<()> {
         let mut done = 0;
         while done < count {
-            let ids: Vec<String> = (done..(done + FILL_BATCH).min(count)).map(|n| format!("{prefix}{n:010}")).collect();
+            let ids: Vec<String> = (done..(done + FILL_BATCH).min(count))
+                .map(|n| format!("{prefix}{n:010}"))
+                .collect();
             let starts = ids.iter().map(|id| self.start(id)).collect();
             self.apply(starts).await?;
             for step in ["first", "second", "third"] {
@@ -112,8 +133,14 @@ impl Bench {
         let mut gets = Vec::new();
         let mut lists = Vec::new();
         let filters = [
-            RunFilter { flow: Some("three-step".into()), ..Default::default() },
-            RunFilter { status: Some("completed".into()), ..Default::default() },
+            RunFilter {
+                flow: Some("three-step".into()),
+                ..Default::default()
+            },
+            RunFilter {
+                status: Some("completed".into()),
+                ..Default::default()
+            },
             RunFilter::default(),
         ];
         for n in 0..SAMPLES {
@@ -124,12 +151,28 @@ impl Bench {
             let began = Instant::now();
             let page = reader.runs(&filters[n % filters.len()], None, 50)?;
             lists.push(began.elapsed());
-            anyhow::ensure!(page.runs.len() == 50, "a page of 50 runs came back with {}", page.runs.len());
+            anyhow::ensure!(
+                page.runs.len() == 50,
+                "a page of 50 runs came back with {}",
+                page.runs.len()
+            );
         }
         Ok(vec![
-            ("start a run (apply)".into(), percentile(&mut starts, 0.5), percentile(&mut starts, 0.99)),
-            ("get a run".into(), percentile(&mut gets, 0.5), percentile(&mut gets, 0.99)),
-            ("list a page of 50".into(), percentile(&mut lists, 0.5), percentile(&mut lists, 0.99)),
+            (
+                "start a run (apply)".into(),
+                percentile(&mut starts, 0.5),
+                percentile(&mut starts, 0.99),
+            ),
+            (
+                "get a run".into(),
+                percentile(&mut gets, 0.5),
+                percentile(&mut gets, 0.99),
+            ),
+            (
+                "list a page of 50".into(),
+                percentile(&mut lists, 0.5),
+                percentile(&mut lists, 0.99),
+            ),
         ])
     }
 }
@@ -140,7 +183,9 @@ fn percentile(samples: &mut [Duration], fraction: f64) -> Duration {
 }
 
 fn dir_bytes(dir: &Path) -> u64 {
-    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
     entries
         .flatten()
         .map(|entry| match entry.metadata() {
@@ -153,7 +198,8 @@ fn dir_bytes(dir: &Path) -> u64 {
 
 async fn prepared(dir: &Path, runs: u64) -> anyhow::Result<(Bench, Duration)> {
     let mut bench = Bench::open(dir)?;
-    let flow = floe_engine::parse_flow(FLOW.as_bytes()).map_err(|errors| anyhow::anyhow!("{errors:?}"))?;
+    let flow =
+        floe_engine::parse_flow(FLOW.as_bytes()).map_err(|errors| anyhow::anyhow!("{errors:?}"))?;
     let put = Command::PutFlow {
         name: flow.name.clone(),
         definition: floe_engine::canonical_bytes(&flow),
@@ -185,7 +231,11 @@ async fn main() -> anyhow::Result<()> {
     let disk = dir_bytes(&big_dir);
 
     println!("store with {runs} finished three-step runs: filled in {:.1} s ({:.0} runs/s through apply)", fill_time.as_secs_f64(), runs as f64 / fill_time.as_secs_f64());
-    println!("on disk: {:.1} MiB, {} bytes per finished run (sled files, including its own overhead)\n", disk as f64 / 1048576.0, disk / runs.max(1));
+    println!(
+        "on disk: {:.1} MiB, {} bytes per finished run (sled files, including its own overhead)\n",
+        disk as f64 / 1048576.0,
+        disk / runs.max(1)
+    );
     println!("| operation | 1,000 runs p50 | p99 | {runs} runs p50 | p99 | p50 ratio |");
     println!("|---|---|---|---|---|---|");
     for ((name, small_p50, small_p99), (_, big_p50, big_p99)) in baseline.iter().zip(&scaled) {

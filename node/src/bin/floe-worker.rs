@@ -44,7 +44,9 @@ struct Args {
 
 fn parse_label(text: &str) -> Result<(String, String), String> {
     match text.split_once('=') {
-        Some((key, value)) if !key.is_empty() && !value.is_empty() => Ok((key.to_string(), value.to_string())),
+        Some((key, value)) if !key.is_empty() && !value.is_empty() => {
+            Ok((key.to_string(), value.to_string()))
+        }
         _ => Err(format!("label {text:?} is not KEY=VALUE")),
     }
 }
@@ -96,8 +98,16 @@ impl Blocks {
 
 fn classify(input: &Value) -> Value {
     let text = input.to_string();
-    let score = text.bytes().fold(0u32, |acc, byte| acc.wrapping_mul(31).wrapping_add(u32::from(byte)));
-    let label = if text.contains("invoice") { "invoice" } else if text.contains("receipt") { "receipt" } else { "letter" };
+    let score = text.bytes().fold(0u32, |acc, byte| {
+        acc.wrapping_mul(31).wrapping_add(u32::from(byte))
+    });
+    let label = if text.contains("invoice") {
+        "invoice"
+    } else if text.contains("receipt") {
+        "receipt"
+    } else {
+        "letter"
+    };
     json!({ "label": label, "confidence": if text.contains("blurry") { 0.42 } else { 0.8 + f64::from(score % 20) / 100.0 } })
 }
 
@@ -105,7 +115,10 @@ impl Handler for Blocks {
     fn run(&self, task: Task) -> BoxFuture<'static, Result<Value, TaskError>> {
         let behaviour = self.behaviours.get(&task.block).cloned();
         let outcome: Result<Value, TaskError> = match &behaviour {
-            None => Err(TaskError { message: format!("this worker does not serve block {}", task.block), retryable: false }),
+            None => Err(TaskError {
+                message: format!("this worker does not serve block {}", task.block),
+                retryable: false,
+            }),
             Some(Behaviour::Echo) | Some(Behaviour::Sleep(_)) => Ok(task.input.clone()),
             Some(Behaviour::Classify) => Ok(classify(&task.input)),
             Some(Behaviour::Valid) => {
@@ -115,14 +128,23 @@ impl Handler for Blocks {
                 }
                 Ok(output)
             }
-            Some(Behaviour::Fail) => Err(TaskError { message: "block fails by design".into(), retryable: true }),
-            Some(Behaviour::Reject) => Err(TaskError { message: "input rejected".into(), retryable: false }),
-            Some(Behaviour::FailFirst(n)) if task.attempt <= *n => {
-                Err(TaskError { message: format!("attempt {} fails by design", task.attempt), retryable: true })
-            }
+            Some(Behaviour::Fail) => Err(TaskError {
+                message: "block fails by design".into(),
+                retryable: true,
+            }),
+            Some(Behaviour::Reject) => Err(TaskError {
+                message: "input rejected".into(),
+                retryable: false,
+            }),
+            Some(Behaviour::FailFirst(n)) if task.attempt <= *n => Err(TaskError {
+                message: format!("attempt {} fails by design", task.attempt),
+                retryable: true,
+            }),
             Some(Behaviour::FailFirst(_)) => Ok(task.input.clone()),
             Some(Behaviour::Stamp) => {
-                let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default();
                 Ok(json!({ "received_at_us": now.as_micros() as u64 }))
             }
         };
@@ -146,14 +168,25 @@ async fn main() -> anyhow::Result<()> {
     floe_node::cli::init_logging("info");
     let mut behaviours = BTreeMap::new();
     for spec in &args.blocks {
-        let (name, behaviour) = spec.split_once('=').ok_or_else(|| anyhow::anyhow!("--block {spec:?} is not NAME=BEHAVIOUR"))?;
+        let (name, behaviour) = spec
+            .split_once('=')
+            .ok_or_else(|| anyhow::anyhow!("--block {spec:?} is not NAME=BEHAVIOUR"))?;
         behaviours.insert(name.to_string(), parse_behaviour(behaviour)?);
     }
     let record = match &args.record {
-        Some(path) => Some(Mutex::new(std::fs::OpenOptions::new().create(true).append(true).open(path)?)),
+        Some(path) => Some(Mutex::new(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)?,
+        )),
         None => None,
     };
-    let blocks = Arc::new(Blocks { behaviours: behaviours.clone(), worker_id: args.id.clone(), record });
+    let blocks = Arc::new(Blocks {
+        behaviours: behaviours.clone(),
+        worker_id: args.id.clone(),
+        record,
+    });
     let options = WorkerOptions {
         client: args.connection.client_options(),
         worker_id: args.id,

@@ -132,7 +132,11 @@ impl RaftRpcHandler for FakeRaft {
                 granted,
                 term: rpc.term + 1,
                 leader: (!granted).then_some(7),
-                reason: if granted { String::new() } else { format!("node {from} asked") },
+                reason: if granted {
+                    String::new()
+                } else {
+                    format!("node {from} asked")
+                },
             }
         })
     }

@@ -71,17 +71,32 @@ async fn raft_requests_are_refused_while_not_admitted_and_app_requests_still_ser
     let admission = crate::RaftAdmission::new(move || {
         (!gate.load(Ordering::SeqCst)).then(|| "data dir /d is full".to_string())
     });
-    let server = TestServer::start_admitting(&ca.node(1), 1, localhost(), Default::default(), admission);
+    let server =
+        TestServer::start_admitting(&ca.node(1), 1, localhost(), Default::default(), admission);
     let client = peers(&ca.node(2));
 
-    let reason = refusal(client.call(1, &server.addr(), vote_request(), RPC_TIMEOUT).await);
+    let reason = refusal(
+        client
+            .call(1, &server.addr(), vote_request(), RPC_TIMEOUT)
+            .await,
+    );
     assert_eq!(reason, "data dir /d is full");
-    assert_eq!(server.raft.calls.load(Ordering::SeqCst), 0, "a refused request must not reach raft");
-    let reply = client.call_app(1, &server.addr(), b"hi".to_vec(), RPC_TIMEOUT).await.unwrap();
+    assert_eq!(
+        server.raft.calls.load(Ordering::SeqCst),
+        0,
+        "a refused request must not reach raft"
+    );
+    let reply = client
+        .call_app(1, &server.addr(), b"hi".to_vec(), RPC_TIMEOUT)
+        .await
+        .unwrap();
     assert_eq!(reply, b"node 2: hi");
 
     admitted.store(true, Ordering::SeqCst);
-    let response = client.call(1, &server.addr(), vote_request(), RPC_TIMEOUT).await.unwrap();
+    let response = client
+        .call(1, &server.addr(), vote_request(), RPC_TIMEOUT)
+        .await
+        .unwrap();
     assert!(matches!(response, ResponseBody::Vote(vote) if vote.vote_granted));
     assert_eq!(server.raft.calls.load(Ordering::SeqCst), 1);
     server.stop().await;
@@ -497,7 +512,10 @@ async fn a_handshake_that_does_not_complete_in_time_is_dropped() {
 }
 
 fn pre_vote_request() -> RequestBody {
-    RequestBody::PreVote(crate::election::PreVoteRequest { term: 4, last_log_id: None })
+    RequestBody::PreVote(crate::election::PreVoteRequest {
+        term: 4,
+        last_log_id: None,
+    })
 }
 
 #[tokio::test]
@@ -506,8 +524,13 @@ async fn pre_vote_reaches_the_handler_with_the_askers_certified_id() {
     let server = TestServer::start(&ca.node(1), 1, localhost());
     for (asker, granted) in [(3, true), (2, false)] {
         let client = peers(&ca.node(asker));
-        let response = client.call(1, &server.addr(), pre_vote_request(), RPC_TIMEOUT).await.unwrap();
-        let ResponseBody::PreVote(answer) = response else { panic!("expected a pre-vote answer, got {response:?}") };
+        let response = client
+            .call(1, &server.addr(), pre_vote_request(), RPC_TIMEOUT)
+            .await
+            .unwrap();
+        let ResponseBody::PreVote(answer) = response else {
+            panic!("expected a pre-vote answer, got {response:?}")
+        };
         assert_eq!(answer.granted, granted, "{answer:?}");
         assert_eq!(answer.term, 5);
         if !granted {
@@ -524,8 +547,14 @@ async fn client_certificate_may_not_ask_for_pre_votes() {
     let ca = TestCa::new("c");
     let server = TestServer::start(&ca.node(1), 1, localhost());
     let cli = peers(&ca.client("cli"));
-    let reason = refusal(cli.call(1, &server.addr(), pre_vote_request(), RPC_TIMEOUT).await);
-    assert!(reason.contains("client cli") && reason.contains("pre-vote"), "{reason}");
+    let reason = refusal(
+        cli.call(1, &server.addr(), pre_vote_request(), RPC_TIMEOUT)
+            .await,
+    );
+    assert!(
+        reason.contains("client cli") && reason.contains("pre-vote"),
+        "{reason}"
+    );
     assert_eq!(server.raft.calls.load(Ordering::SeqCst), 0);
     server.stop().await;
 }

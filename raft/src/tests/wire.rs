@@ -52,15 +52,26 @@ fn request_kinds_keep_their_tags() {
     use crate::wire::RequestBody;
     let tag = |body: &RequestBody| encode_frame(body).unwrap()[5];
     assert_eq!(tag(&RequestBody::App(vec![])), 3);
-    assert_eq!(tag(&RequestBody::PreVote(PreVoteRequest { term: 1, last_log_id: None })), 4);
+    assert_eq!(
+        tag(&RequestBody::PreVote(PreVoteRequest {
+            term: 1,
+            last_log_id: None
+        })),
+        4
+    );
 }
 
 #[tokio::test]
 async fn pre_vote_frames_round_trip() {
     use crate::election::PreVoteResponse;
-    let answer: Result<PreVoteResponse, RemoteError> =
-        Ok(PreVoteResponse { granted: false, term: 9, leader: Some(2), reason: "heard from leader 2 10 ms ago".into() });
+    let answer: Result<PreVoteResponse, RemoteError> = Ok(PreVoteResponse {
+        granted: false,
+        term: 9,
+        leader: Some(2),
+        reason: "heard from leader 2 10 ms ago".into(),
+    });
     let frame = encode_frame(&answer).unwrap();
-    let decoded: Result<PreVoteResponse, RemoteError> = read_frame(&mut frame.as_slice()).await.unwrap();
+    let decoded: Result<PreVoteResponse, RemoteError> =
+        read_frame(&mut frame.as_slice()).await.unwrap();
     assert_eq!(decoded, answer);
 }

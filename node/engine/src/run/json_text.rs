@@ -20,7 +20,9 @@ pub fn serialize<T: Serialize, S: Serializer>(value: &T, serializer: S) -> Resul
     }
 }
 
-pub fn deserialize<'de, T: DeserializeOwned, D: Deserializer<'de>>(deserializer: D) -> Result<T, D::Error> {
+pub fn deserialize<'de, T: DeserializeOwned, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<T, D::Error> {
     if deserializer.is_human_readable() {
         T::deserialize(deserializer)
     } else {
@@ -31,7 +33,10 @@ pub fn deserialize<'de, T: DeserializeOwned, D: Deserializer<'de>>(deserializer:
 pub mod option {
     use super::*;
 
-    pub fn serialize<T: Serialize, S: Serializer>(value: &Option<T>, serializer: S) -> Result<S::Ok, S::Error> {
+    pub fn serialize<T: Serialize, S: Serializer>(
+        value: &Option<T>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
         match value {
             _ if serializer.is_human_readable() => value.serialize(serializer),
             Some(value) => serializer.serialize_some(&Text(value)),
@@ -39,7 +44,9 @@ pub mod option {
         }
     }
 
-    pub fn deserialize<'de, T: DeserializeOwned, D: Deserializer<'de>>(deserializer: D) -> Result<Option<T>, D::Error> {
+    pub fn deserialize<'de, T: DeserializeOwned, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Option<T>, D::Error> {
         if deserializer.is_human_readable() {
             Option::<T>::deserialize(deserializer)
         } else {
@@ -63,7 +70,9 @@ struct FromText<T>(T);
 
 impl<'de, T: DeserializeOwned> Deserialize<'de> for FromText<T> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_str(TextVisitor(PhantomData)).map(FromText)
+        deserializer
+            .deserialize_str(TextVisitor(PhantomData))
+            .map(FromText)
     }
 }
 

@@ -49,7 +49,10 @@ pub struct WorkBudget {
 impl WorkBudget {
     /// A whole entry's budget.
     pub fn for_entry() -> WorkBudget {
-        WorkBudget { units: ENTRY_WORK_UNITS, events: 0 }
+        WorkBudget {
+            units: ENTRY_WORK_UNITS,
+            events: 0,
+        }
     }
 
     /// Units left.
@@ -100,7 +103,12 @@ pub(super) struct Machine<'a> {
 pub const MAX_RUN_VALUE_BYTES: usize = 4 * 1024 * 1024;
 
 impl<'a> Machine<'a> {
-    pub(super) fn new(def: &'a FlowDefinition, run: &'a mut RunRecord, now: u64, budget: &'a mut WorkBudget) -> Self {
+    pub(super) fn new(
+        def: &'a FlowDefinition,
+        run: &'a mut RunRecord,
+        now: u64,
+        budget: &'a mut WorkBudget,
+    ) -> Self {
         budget.events += 1;
         Machine {
             budget,
@@ -162,9 +170,17 @@ impl<'a> Machine<'a> {
                 output,
                 worker,
             } => {
-                let within_limits = crate::limits::check_value_depth(|| format!("the output of task {key:?} attempt {attempt}"), &output)
-                    .map_err(|too_deep| too_deep.to_string())
-                    .and_then(|()| self.note_produced(|| format!("the output of task {key:?} attempt {attempt}"), &output));
+                let within_limits = crate::limits::check_value_depth(
+                    || format!("the output of task {key:?} attempt {attempt}"),
+                    &output,
+                )
+                .map_err(|too_deep| too_deep.to_string())
+                .and_then(|()| {
+                    self.note_produced(
+                        || format!("the output of task {key:?} attempt {attempt}"),
+                        &output,
+                    )
+                });
                 match within_limits {
                     Ok(()) => self.on_task_completed(&key, attempt, output)?,
                     // Refused at the door too; a worker cannot retry its way past it.
@@ -204,8 +220,11 @@ impl<'a> Machine<'a> {
             } => self.on_task_started(&key, attempt, node, worker),
             RunEvent::TimerFired { timer } => self.on_timer_fired(timer),
             RunEvent::Signal { name, payload } => {
-                crate::limits::check_value_depth(|| format!("the payload of signal {name:?}"), &payload)
-                    .map_err(|too_deep| RunError::NotApplicable(too_deep.to_string()))?;
+                crate::limits::check_value_depth(
+                    || format!("the payload of signal {name:?}"),
+                    &payload,
+                )
+                .map_err(|too_deep| RunError::NotApplicable(too_deep.to_string()))?;
                 self.on_signal(&name, payload)
             }
             RunEvent::ChildFinished { step_id, outcome } => {
@@ -283,7 +302,8 @@ impl<'a> Machine<'a> {
             match work {
                 Work::Enter(step_id) => {
                     let cost = 1 + self.held_value_bytes() / BYTES_PER_UNIT;
-                    let must_enter = entered == 0 && (self.budget.events == 1 || cost <= ALWAYS_ENTERED_UNITS);
+                    let must_enter =
+                        entered == 0 && (self.budget.events == 1 || cost <= ALWAYS_ENTERED_UNITS);
                     if !must_enter && (entered >= MAX_STEPS_PER_EVENT || cost > self.budget.units) {
                         self.defer(step_id);
                         continue;
@@ -324,7 +344,9 @@ impl<'a> Machine<'a> {
     /// A continuation timer fired: enter its step now.
     pub(super) fn on_continue(&mut self, timer: &TimerKey) -> Result<(), RunError> {
         if !self.run.outstanding.timers.remove(timer) {
-            return Err(RunError::NotApplicable(format!("continuation {timer:?} is not pending")));
+            return Err(RunError::NotApplicable(format!(
+                "continuation {timer:?} is not pending"
+            )));
         }
         self.work.push_back(Work::Enter(timer.step_id.clone()));
         Ok(())
@@ -555,7 +577,10 @@ impl<'a> Machine<'a> {
                 StepStatus::Running | StepStatus::Cancelled => return,
             };
             let mut entry = Map::new();
-            entry.insert("output".to_string(), record.output.clone().unwrap_or(Value::Null));
+            entry.insert(
+                "output".to_string(),
+                record.output.clone().unwrap_or(Value::Null),
+            );
             entry.insert("status".to_string(), Value::String(status.to_string()));
             steps.insert(step_id.clone(), Value::Object(entry));
         };
@@ -589,8 +614,13 @@ impl<'a> Machine<'a> {
         let describe = |error: EvalError| describe_eval_error(step_id, field_path, error);
         let compiled = CompiledMapping::compile(mapping).map_err(describe)?;
         let mut variables = variables;
-        variables.insert("steps".to_string(), self.steps_variable(mapping_steps(&compiled).as_ref()));
-        let value = compiled.evaluate(&Value::Object(variables)).map_err(describe)?;
+        variables.insert(
+            "steps".to_string(),
+            self.steps_variable(mapping_steps(&compiled).as_ref()),
+        );
+        let value = compiled
+            .evaluate(&Value::Object(variables))
+            .map_err(describe)?;
         self.check_produced(step_id, field_path, value)
     }
 
@@ -605,7 +635,8 @@ impl<'a> Machine<'a> {
         let expression = Expression::compile(source).map_err(|reason| {
             format!("step {step_id:?} at {path}: expression {source:?} does not compile: {reason}")
         })?;
-        let needed = (!expression.has_dynamic_steps_access()).then(|| expression.referenced_steps());
+        let needed =
+            (!expression.has_dynamic_steps_access()).then(|| expression.referenced_steps());
         let mut variables = variables;
         variables.insert("steps".to_string(), self.steps_variable(needed.as_ref()));
         let value = expression
@@ -619,8 +650,11 @@ impl<'a> Machine<'a> {
     /// one that would take the run past [`MAX_RUN_VALUE_BYTES`], fails the
     /// step.
     fn check_produced(&self, step_id: &str, path: &str, value: Value) -> Result<Value, String> {
-        crate::limits::check_value_depth(|| format!("the value step {step_id:?} produced at {path}"), &value)
-            .map_err(|too_deep| too_deep.to_string())?;
+        crate::limits::check_value_depth(
+            || format!("the value step {step_id:?} produced at {path}"),
+            &value,
+        )
+        .map_err(|too_deep| too_deep.to_string())?;
         self.note_produced(|| format!("step {step_id:?} at {path}"), &value)?;
         Ok(value)
     }
@@ -638,7 +672,11 @@ impl<'a> Machine<'a> {
     }
 
     /// Counts `value` against the run's [`MAX_RUN_VALUE_BYTES`].
-    pub(super) fn note_produced(&self, what: impl FnOnce() -> String, value: &Value) -> Result<(), String> {
+    pub(super) fn note_produced(
+        &self,
+        what: impl FnOnce() -> String,
+        value: &Value,
+    ) -> Result<(), String> {
         let held = self.held_value_bytes();
         let total = held.saturating_add(crate::expr::serialized_size(value));
         if total > MAX_RUN_VALUE_BYTES {
@@ -677,7 +715,9 @@ fn record_value_bytes(run: &RunRecord) -> usize {
     let size = crate::expr::serialized_size;
     let mut total = size(&run.input) + run.output.as_ref().map_or(0, size);
     for record in run.steps.values() {
-        total += record.input.as_ref().map_or(0, size) + record.output.as_ref().map_or(0, size) + size(&record.progress);
+        total += record.input.as_ref().map_or(0, size)
+            + record.output.as_ref().map_or(0, size)
+            + size(&record.progress);
     }
     total
 }

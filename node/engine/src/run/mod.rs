@@ -66,7 +66,10 @@ pub(crate) mod tests;
 
 pub use backoff::{backoff_delay_ms, jittered_delay_ms, retry_delay_ms};
 pub use history::{history_between, HistoryEvent, HistoryKind};
-pub use machine::{WorkBudget, ALWAYS_ENTERED_UNITS, BYTES_PER_UNIT, ENTRY_WORK_UNITS, MAX_RUN_VALUE_BYTES, MAX_STEPS_PER_EVENT};
+pub use machine::{
+    WorkBudget, ALWAYS_ENTERED_UNITS, BYTES_PER_UNIT, ENTRY_WORK_UNITS, MAX_RUN_VALUE_BYTES,
+    MAX_STEPS_PER_EVENT,
+};
 
 /// Identifies one task slot: a task step, or one item of a map step.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -116,7 +119,10 @@ impl TaskSpec {
         if self.worker_labels.is_empty() {
             std::borrow::Cow::Borrowed(&self.block)
         } else {
-            std::borrow::Cow::Owned(crate::names::placement_key(&self.block, &self.worker_labels))
+            std::borrow::Cow::Owned(crate::names::placement_key(
+                &self.block,
+                &self.worker_labels,
+            ))
         }
     }
 
@@ -127,7 +133,8 @@ impl TaskSpec {
     /// block within its workers' slots.
     pub fn slot_pools(&self) -> impl Iterator<Item = std::borrow::Cow<'_, str>> {
         let labelled = !self.worker_labels.is_empty();
-        std::iter::once(self.placement_key()).chain(labelled.then_some(std::borrow::Cow::Borrowed(self.block.as_str())))
+        std::iter::once(self.placement_key())
+            .chain(labelled.then_some(std::borrow::Cow::Borrowed(self.block.as_str())))
     }
 }
 
@@ -375,8 +382,14 @@ pub fn start_within(
     now_ms: u64,
     budget: &mut WorkBudget,
 ) -> Result<(RunRecord, Vec<Effect>), RunError> {
-    if let Err(too_deep) = crate::limits::check_value_depth(|| "run input".to_string(), &new_run.input) {
-        return Err(RunError::BadInput { flow: def.name.clone(), version: new_run.version, problems: vec![too_deep.to_string()] });
+    if let Err(too_deep) =
+        crate::limits::check_value_depth(|| "run input".to_string(), &new_run.input)
+    {
+        return Err(RunError::BadInput {
+            flow: def.name.clone(),
+            version: new_run.version,
+            problems: vec![too_deep.to_string()],
+        });
     }
     if let Some(schema) = &def.input {
         let problems = crate::schema::validate_input(schema, &new_run.input);

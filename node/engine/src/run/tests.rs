@@ -1443,9 +1443,18 @@ fn an_inference_step_schedules_its_model_block_with_inputs_and_encoding() {
 fn transform_chain(count: usize, nesting: bool) -> FlowDefinition {
     let steps: Vec<Value> = (0..count)
         .map(|index| {
-            let previous = if index == 0 { "input".to_string() } else { format!("steps.t{}.output", index - 1) };
-            let output = if nesting { json!(format!("[{previous}]")) } else { json!(previous) };
-            let mut step = json!({"id": format!("t{index}"), "type": "transform", "output": output});
+            let previous = if index == 0 {
+                "input".to_string()
+            } else {
+                format!("steps.t{}.output", index - 1)
+            };
+            let output = if nesting {
+                json!(format!("[{previous}]"))
+            } else {
+                json!(previous)
+            };
+            let mut step =
+                json!({"id": format!("t{index}"), "type": "transform", "output": output});
             if index + 1 < count {
                 step["next"] = json!(format!("t{}", index + 1));
             }
@@ -1457,7 +1466,11 @@ fn transform_chain(count: usize, nesting: bool) -> FlowDefinition {
 
 /// Fires every continuation timer the effects started, in order, until
 /// none is left; returns the final effects and how many entries it took.
-fn continue_until_done(def: &FlowDefinition, run: &mut RunRecord, mut effects: Vec<Effect>) -> (Vec<Effect>, usize) {
+fn continue_until_done(
+    def: &FlowDefinition,
+    run: &mut RunRecord,
+    mut effects: Vec<Effect>,
+) -> (Vec<Effect>, usize) {
     let mut entries = 1;
     loop {
         let continuations: Vec<TimerKey> = effects
@@ -1475,7 +1488,15 @@ fn continue_until_done(def: &FlowDefinition, run: &mut RunRecord, mut effects: V
         }
         let mut next = Vec::new();
         for timer in continuations {
-            next.extend(handle(def, run, RunEvent::TimerFired { timer }, 1_000 + entries as u64).expect("continuation applies"));
+            next.extend(
+                handle(
+                    def,
+                    run,
+                    RunEvent::TimerFired { timer },
+                    1_000 + entries as u64,
+                )
+                .expect("continuation applies"),
+            );
         }
         entries += 1;
         effects = next;
@@ -1486,7 +1507,11 @@ fn continue_until_done(def: &FlowDefinition, run: &mut RunRecord, mut effects: V
 fn a_long_chain_of_system_steps_continues_in_later_entries() {
     let def = transform_chain(200, false);
     let (mut run, effects) = start_ok(&def, json!({"n": 1}));
-    assert_eq!(run.status, RunStatus::Running, "200 steps do not fit in one entry");
+    assert_eq!(
+        run.status,
+        RunStatus::Running,
+        "200 steps do not fit in one entry"
+    );
     assert_eq!(run.steps.len(), MAX_STEPS_PER_EVENT);
     assert_eq!(run.outstanding.timers.len(), 1);
     let (effects, entries) = continue_until_done(&def, &mut run, effects);
@@ -1500,11 +1525,36 @@ fn a_long_chain_of_system_steps_continues_in_later_entries() {
 fn a_pending_continuation_is_cancelled_with_its_run_and_a_stale_one_refused() {
     let def = transform_chain(100, false);
     let (mut run, effects) = start_ok(&def, json!(1));
-    let pending = run.outstanding.timers.iter().next().cloned().expect("a continuation");
-    let effects_after_cancel = handle(&def, &mut run, RunEvent::Cancel { reason: "stop".into() }, 2_000).unwrap();
-    assert!(effects_after_cancel.contains(&Effect::CancelTimer { timer: pending.clone() }), "{effects_after_cancel:?}");
+    let pending = run
+        .outstanding
+        .timers
+        .iter()
+        .next()
+        .cloned()
+        .expect("a continuation");
+    let effects_after_cancel = handle(
+        &def,
+        &mut run,
+        RunEvent::Cancel {
+            reason: "stop".into(),
+        },
+        2_000,
+    )
+    .unwrap();
+    assert!(
+        effects_after_cancel.contains(&Effect::CancelTimer {
+            timer: pending.clone()
+        }),
+        "{effects_after_cancel:?}"
+    );
     assert_eq!(run.status, RunStatus::Cancelled);
-    assert!(handle(&def, &mut run, RunEvent::TimerFired { timer: pending }, 2_001).is_err());
+    assert!(handle(
+        &def,
+        &mut run,
+        RunEvent::TimerFired { timer: pending },
+        2_001
+    )
+    .is_err());
     drop(effects);
 }
 
@@ -1516,7 +1566,10 @@ fn a_value_nested_past_the_limit_fails_the_step_that_builds_it() {
     assert_eq!(finished(&effects), Some(RunStatus::Failed));
     let error = run.error.clone().unwrap_or_default();
     // t0 holds [1] (depth 1), so t64 would build depth 65.
-    assert!(error.contains("\"t64\"") && error.contains("limit of 64"), "{error}");
+    assert!(
+        error.contains("\"t64\"") && error.contains("limit of 64"),
+        "{error}"
+    );
     assert_eq!(run.steps["t63"].status, StepStatus::Completed);
     let stored = run.steps["t63"].output.clone().unwrap();
     assert_eq!(crate::limits::value_depth(&stored, 100), 64);
@@ -1527,18 +1580,39 @@ fn deep_input_signal_and_task_output_are_refused_or_fail_the_attempt() {
     let deep = (0..70).fold(json!(1), |value, _| json!([value]));
     let def = example("three-step");
     let err = start(&def, new_run(deep.clone()), 1_000).unwrap_err();
-    assert!(err.to_string().contains("run input nests deeper than the limit of 64"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("run input nests deeper than the limit of 64"),
+        "{err}"
+    );
 
     let (mut run, _) = start_ok(&def, json!({"x": 1}));
     let effects = complete(&def, &mut run, "first", None, 1, deep);
-    assert_eq!(finished(&effects), Some(RunStatus::Failed), "a deep output is not retried");
-    assert!(run.steps["first"].attempts[0].error.clone().unwrap_or_default().contains("limit of 64"));
+    assert_eq!(
+        finished(&effects),
+        Some(RunStatus::Failed),
+        "a deep output is not retried"
+    );
+    assert!(run.steps["first"].attempts[0]
+        .error
+        .clone()
+        .unwrap_or_default()
+        .contains("limit of 64"));
 
     let def = signal_flow(None);
     let (mut run, _) = start_ok(&def, json!({}));
     let before = run.clone();
     let deep = (0..70).fold(json!(1), |value, _| json!({"a": value}));
-    let err = handle(&def, &mut run, RunEvent::Signal { name: "review.done".into(), payload: deep }, 2_000).unwrap_err();
+    let err = handle(
+        &def,
+        &mut run,
+        RunEvent::Signal {
+            name: "review.done".into(),
+            payload: deep,
+        },
+        2_000,
+    )
+    .unwrap_err();
     assert!(err.to_string().contains("limit of 64"), "{err}");
     assert_eq!(run, before);
 }
@@ -1551,7 +1625,16 @@ fn a_run_that_would_hold_more_than_its_value_budget_fails_the_step() {
     let (effects, _) = continue_until_done(&def, &mut run, effects);
     assert_eq!(finished(&effects), Some(RunStatus::Failed));
     let error = run.error.clone().unwrap_or_default();
-    assert!(error.contains("more than the limit of 4194304"), "{}", &error[..error.len().min(300)]);
-    let held: usize = run.steps.values().filter_map(|step| step.output.as_ref()).map(crate::expr::serialized_size).sum();
+    assert!(
+        error.contains("more than the limit of 4194304"),
+        "{}",
+        &error[..error.len().min(300)]
+    );
+    let held: usize = run
+        .steps
+        .values()
+        .filter_map(|step| step.output.as_ref())
+        .map(crate::expr::serialized_size)
+        .sum();
     assert!(held <= MAX_RUN_VALUE_BYTES, "{held}");
 }
