@@ -236,11 +236,16 @@ impl Elections {
     /// For a leader: how long it has gone without a quorum acknowledging it,
     /// once that is past [`ElectionOptions::isolation_after`].
     pub fn quorum_lost_for(&self) -> Option<Duration> {
-        let metrics = self.inner.raft.metrics().borrow().clone();
-        if metrics.state != ServerState::Leader {
+        // Asked on every write: read the two fields, do not clone the metrics.
+        let (state, acked) = {
+            let metrics = self.inner.raft.metrics();
+            let metrics = metrics.borrow();
+            (metrics.state, metrics.millis_since_quorum_ack)
+        };
+        if state != ServerState::Leader {
             return None;
         }
-        let age = Duration::from_millis(metrics.millis_since_quorum_ack?);
+        let age = Duration::from_millis(acked?);
         (age >= self.inner.options.isolation_after()).then_some(age)
     }
 
