@@ -23,7 +23,7 @@ build: setup
 demo: build inference-runtime
 	$(RELEASE_BIN)/floe-demo --binary $(RELEASE_BIN)/floe
 
-test: setup test-unit test-cluster
+test: setup lint test-unit test-cluster
 
 # Unit and property tests of every crate.
 test-unit: inference-runtime
@@ -54,7 +54,7 @@ inference-runtime:
 # Pools against calling ONNX Runtime directly, batching, warm vs cold, memory.
 bench-inference: inference-runtime build
 	$(CARGO) run --release -p floe-inference --bin floe-inference-bench -- --seconds 3 --out bench-inference.md
-	$(CARGO) run --release -p floe-node --bin floe-infer-bench -- --binary $(RELEASE_BIN)/floe --out bench-infer-hop.md
+	$(CARGO) run --release -p floe-tools --bin floe-infer-bench -- --binary $(RELEASE_BIN)/floe --out bench-infer-hop.md
 
 # Throughput, latency, failover and memory against etcd 3.4 (Debian's
 # etcd-server, installed here when missing). Prints a Markdown table and
@@ -63,7 +63,10 @@ bench: build
 	@command -v etcd >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq etcd-server; }
 	$(RELEASE_BIN)/floe-bench --binary $(RELEASE_BIN)/floe --etcd "$$(command -v etcd)" --out bench-results.md
 
+# The gate `make test` starts with: formatting (rustfmt.toml) and clippy with
+# the workspace lints (Cargo.toml), warnings as errors.
 lint:
+	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 # --- chaos suite (docs/chaos.md) -------------------------------------------

@@ -138,7 +138,7 @@ pub struct WorkerArgs {
 impl WorkerArgs {
     pub fn into_options(self) -> crate::workload::worker::WorkerArgs {
         crate::workload::worker::WorkerArgs {
-            client: floe_node::client::ClientOptions {
+            client: floe_api::client::ClientOptions {
                 endpoints: self
                     .endpoint
                     .split(',')

@@ -50,10 +50,8 @@ async fn poll(addr: &str) -> Option<Poll> {
     // Metrics first, readiness second: a node counts as leading only when
     // both agree, so a leadership lost between the two reads is not
     // recorded under the newer term.
-    let (_, metrics) = floe_node::harness::http_get(addr, "/metrics").await.ok()?;
-    let (status, readiness) = floe_node::harness::http_get(addr, "/health/readyz")
-        .await
-        .ok()?;
+    let (_, metrics) = floe_harness::http_get(addr, "/metrics").await.ok()?;
+    let (status, readiness) = floe_harness::http_get(addr, "/health/readyz").await.ok()?;
     let gauge = |name: &str| -> Option<f64> {
         metrics.lines().find_map(|line| {
             line.strip_prefix(name)?

@@ -9,8 +9,8 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use crate::api;
-use crate::client::{ClientOptions, FloeClient, Repeat};
 use crate::config::NodeConfig;
+use floe_api::client::{ClientOptions, FloeClient, Repeat};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -1360,7 +1360,7 @@ pub fn report(err: &anyhow::Error) -> i32 {
         eprintln!("{}", exit.message);
         return exit.code;
     }
-    eprintln!("error: {}", crate::client::error_chain(err));
+    eprintln!("error: {}", floe_api::client::error_chain(err));
     EXIT_ERROR
 }
 

@@ -110,7 +110,7 @@ impl Default for RunsConfig {
 }
 
 /// The largest `runs.max_payload_bytes` accepted.
-pub const MAX_PAYLOAD_CEILING: u64 = 48 * 1024 * 1024;
+pub use floe_api::MAX_PAYLOAD_CEILING;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]

@@ -15,10 +15,7 @@ use std::task::{Context, Poll};
 
 use tonic::codegen::http;
 
-/// Response header: the leader's gRPC API address (`host:port`).
-pub const LEADER_API_HEADER: &str = "floe-leader-api";
-/// Response header on floe's own `UNAVAILABLE` refusals: nothing was applied.
-pub const UNAPPLIED_HEADER: &str = "floe-unapplied";
+pub use floe_api::headers::{leader_of, proves_unapplied, LEADER_API_HEADER, UNAPPLIED_HEADER};
 
 /// The leader's API address now, if this node knows a leader other than itself.
 pub type LeaderLookup = Arc<dyn Fn() -> Option<String> + Send + Sync>;
@@ -90,21 +87,31 @@ where
     }
 }
 
-/// The leader's address a refusal names, if any.
-pub fn leader_of(status: &tonic::Status) -> Option<String> {
-    let value = status.metadata().get(LEADER_API_HEADER)?.to_str().ok()?;
-    let value = value.trim();
-    (!value.is_empty()).then(|| value.to_string())
-}
-
-/// Whether the node that refused the call says nothing was applied.
-pub fn proves_unapplied(status: &tonic::Status) -> bool {
-    status.code() == tonic::Code::Unavailable && status.metadata().get(UNAPPLIED_HEADER).is_some()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::ApiError;
+    use floe_api::failover::Repeat;
+    use tonic::Status;
+
+    #[test]
+    fn writes_repeat_only_when_provably_not_applied() {
+        let refused: Status = ApiError::Unavailable("no leader known to node 1".into()).into();
+        let unknown: Status = ApiError::OutcomeUnknown("write not confirmed".into()).into();
+        let broken = Status::unavailable("error reading a body from connection");
+        let not_connected =
+            Status::unavailable("tcp connect error: Connection refused (os error 111)");
+        assert!(Repeat::Write.allows(&refused) && Repeat::Write.allows(&not_connected));
+        assert!(!Repeat::Write.allows(&unknown) && !Repeat::Write.allows(&broken));
+        for status in [&refused, &unknown, &broken, &not_connected] {
+            assert!(
+                Repeat::Read.allows(status) && Repeat::Idempotent.allows(status),
+                "{status:?}"
+            );
+        }
+        let answer: Status = ApiError::NotFound("no run r1".into()).into();
+        assert!(!Repeat::Read.allows(&answer) && !Repeat::Idempotent.allows(&answer));
+    }
 
     #[test]
     fn floe_refusals_say_nothing_was_applied_and_carry_the_hint_through_headers() {

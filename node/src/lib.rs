@@ -1,25 +1,19 @@
 //! floe-node: the `floe` binary's library — config, CLI, the gRPC and HTTP
 //! API, and the node runtime that ties storage, Raft and transport together.
 
-pub mod api {
-    //! Generated from `proto/floe.proto`.
-    #![allow(clippy::all, missing_docs)]
-    tonic::include_proto!("floe.v1");
-}
+/// The public gRPC API, generated in `floe-api` from `node/api/proto/floe.proto`.
+pub use floe_api::proto as api;
 pub mod blobs;
 pub mod bootstrap;
 pub mod changes;
 pub mod cli;
-pub mod client;
 pub mod config;
 pub mod disk;
 pub mod error;
-pub mod failover;
 pub mod flows;
 pub mod forwarder;
 pub mod grpc;
 pub mod grpc_limits;
-pub mod harness;
 pub mod http;
 pub mod leader_hint;
 pub mod log_limit;
@@ -39,5 +33,4 @@ pub mod runs;
 pub mod scheduler;
 pub mod service;
 pub mod watch_cli;
-pub mod worker;
 pub mod workers;

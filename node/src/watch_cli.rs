@@ -17,7 +17,7 @@ use crate::cli::{
     connect, event_json, event_line, print_json, print_run, status_error, ClientArgs, Exit,
     EXIT_RUN_NOT_COMPLETED, EXIT_STREAM_LOST,
 };
-use crate::client::{FloeClient, Repeat};
+use floe_api::client::{FloeClient, Repeat};
 
 /// Most times `--follow` opens the watch again in one watch's lifetime.
 pub const MAX_RECONNECTS: u32 = 10;
@@ -85,7 +85,7 @@ pub async fn watch(args: &ClientArgs, run_id: String, follow: bool) -> anyhow::R
         if let Err(err) = conn.reconnect_elsewhere().await {
             eprintln!(
                 "watch of run {run_id}: {}",
-                crate::client::error_chain(&err)
+                floe_api::client::error_chain(&err)
             );
         }
     }

@@ -5,8 +5,8 @@
 
 use std::time::{Duration, Instant};
 
+use floe_harness::{ClusterOptions, TestCluster};
 use floe_node::api;
-use floe_node::harness::{ClusterOptions, TestCluster};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_floe");
 const WAIT: Duration = Duration::from_secs(30);
@@ -25,7 +25,7 @@ async fn put(cluster: &TestCluster, via: u64, key: &str) -> Result<(), tonic::St
 
 async fn readiness(cluster: &TestCluster, id: u64) -> (u16, serde_json::Value) {
     let addr = cluster.node(id).unwrap().http_addr.clone();
-    let (code, body) = floe_node::harness::http_get(&addr, "/health/readyz")
+    let (code, body) = floe_harness::http_get(&addr, "/health/readyz")
         .await
         .unwrap();
     (code, serde_json::from_str(&body).unwrap())

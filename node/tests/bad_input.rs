@@ -5,9 +5,9 @@
 
 use std::time::{Duration, Instant};
 
+use floe_api::client::FloeClient;
+use floe_harness::{ClusterOptions, TestCluster};
 use floe_node::api;
-use floe_node::client::FloeClient;
-use floe_node::harness::{ClusterOptions, TestCluster};
 use serde_json::{json, Value};
 use tokio::io::AsyncReadExt;
 
@@ -305,7 +305,7 @@ async fn a_worker_is_told_why_its_result_was_refused() {
     worker
         .result(&task.task, task.attempt, b"\"done\"".to_vec())
         .await;
-    let run = floe_node::harness::finished_run(&mut client, &run_id, WAIT)
+    let run = floe_harness::finished_run(&mut client, &run_id, WAIT)
         .await
         .unwrap();
     assert_eq!(run["output"], json!("done"), "{run:#}");
@@ -333,7 +333,7 @@ async fn a_worker_is_told_why_its_result_was_refused() {
         let refused = worker.refusal().await;
         assert_eq!(refused.code, code, "{refused:?}");
         assert!(refused.reason.contains(reason), "{refused:?}");
-        let run = floe_node::harness::finished_run(&mut client, &run_id, WAIT)
+        let run = floe_harness::finished_run(&mut client, &run_id, WAIT)
             .await
             .unwrap();
         assert_eq!(run["status"], json!("Failed"), "{run:#}");
@@ -432,7 +432,7 @@ async fn an_inference_step_for_a_model_with_no_deployment_fails_after_the_wait()
         .unwrap();
     let started = Instant::now();
     let run_id = start(&mut client, "ghostly", b"{}".to_vec()).await.unwrap();
-    let run = floe_node::harness::finished_run(&mut client, &run_id, WAIT)
+    let run = floe_harness::finished_run(&mut client, &run_id, WAIT)
         .await
         .unwrap();
     assert_eq!(run["status"], "Failed", "{run:#}");

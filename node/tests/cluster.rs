@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
+use floe_harness::{ClusterOptions, Formation, TestCluster};
 use floe_node::api;
-use floe_node::harness::{ClusterOptions, Formation, TestCluster};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_floe");
 const WAIT: Duration = Duration::from_secs(30);

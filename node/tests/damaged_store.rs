@@ -15,9 +15,9 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use floe_api::client::{ClientOptions, FloeClient};
+use floe_harness::http_get;
 use floe_node::api;
-use floe_node::client::{ClientOptions, FloeClient};
-use floe_node::harness::http_get;
 
 const FIXTURE: &str = "tests/fixtures/store-damaged-by-deep-value.tar.gz";
 const DEADLINE: Duration = Duration::from_secs(60);

@@ -12,9 +12,9 @@ use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use floe_api::client::FloeClient;
+use floe_harness::{http_get, ClusterOptions, TestCluster};
 use floe_node::api;
-use floe_node::client::FloeClient;
-use floe_node::harness::{http_get, ClusterOptions, TestCluster};
 use tokio_util::sync::CancellationToken;
 
 const BINARY: &str = env!("CARGO_BIN_EXE_floe");

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use floe_node::harness::{ClusterOptions, TestCluster};
+use floe_harness::{ClusterOptions, TestCluster};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_floe");
 const WAIT: Duration = Duration::from_secs(30);

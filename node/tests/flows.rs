@@ -4,8 +4,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use floe_harness::{ClusterOptions, TestCluster};
 use floe_node::api;
-use floe_node::harness::{ClusterOptions, TestCluster};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_floe");
 

@@ -12,10 +12,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use floe_api::client::FloeClient;
+use floe_harness::{http_get, ClusterOptions, TestCluster};
 use floe_node::api;
 use floe_node::api::worker_message::Kind;
-use floe_node::client::FloeClient;
-use floe_node::harness::{http_get, ClusterOptions, TestCluster};
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 use tonic::Code;
@@ -163,7 +163,7 @@ async fn get_run(client: &mut FloeClient, run_id: &str) -> Result<Value, tonic::
 }
 
 async fn finished(client: &mut FloeClient, run_id: &str) -> Value {
-    floe_node::harness::finished_run(client, run_id, WAIT)
+    floe_harness::finished_run(client, run_id, WAIT)
         .await
         .unwrap()
 }
@@ -776,9 +776,8 @@ async fn chains_of_transforms_end_and_the_cluster_answers_meanwhile() {
     )
     .await;
     let nesting_run =
-        floe_node::harness::finished_run(&mut client, &nesting, Duration::from_secs(60)).await;
-    let flat_run =
-        floe_node::harness::finished_run(&mut client, &flat, Duration::from_secs(60)).await;
+        floe_harness::finished_run(&mut client, &nesting, Duration::from_secs(60)).await;
+    let flat_run = floe_harness::finished_run(&mut client, &flat, Duration::from_secs(60)).await;
     // A few more rounds after the runs ended, then the probe stops.
     tokio::time::sleep(Duration::from_millis(300)).await;
     stop.store(true, Ordering::SeqCst);
@@ -872,8 +871,7 @@ async fn expressions_that_explode_fail_their_step() {
                 let run_id =
                     start_patiently(&mut cluster, &mut client, &mut findings, &name, &input).await;
                 let run =
-                    floe_node::harness::finished_run(&mut client, &run_id, Duration::from_secs(60))
-                        .await;
+                    floe_harness::finished_run(&mut client, &run_id, Duration::from_secs(60)).await;
                 outcomes.push((name, step, Some(run)));
             }
             Err(status) => {

@@ -4,9 +4,9 @@
 
 use std::time::{Duration, Instant};
 
+use floe_api::client::FloeClient;
+use floe_harness::{ClusterOptions, TestCluster};
 use floe_node::api;
-use floe_node::client::FloeClient;
-use floe_node::harness::{ClusterOptions, TestCluster};
 use serde_json::{json, Value};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_floe");
@@ -35,7 +35,7 @@ async fn start(client: &mut FloeClient, flow: &str, input: &[u8]) -> Result<Stri
 }
 
 async fn finished(client: &mut FloeClient, run_id: &str) -> Value {
-    floe_node::harness::finished_run(client, run_id, WAIT)
+    floe_harness::finished_run(client, run_id, WAIT)
         .await
         .unwrap()
 }

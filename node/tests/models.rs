@@ -4,10 +4,10 @@
 
 use std::time::{Duration, Instant};
 
+use floe_api::client::FloeClient;
+use floe_harness::{ClusterOptions, TestCluster};
 use floe_inference::{DevRuntimeFiles, Tensor};
 use floe_node::api;
-use floe_node::client::FloeClient;
-use floe_node::harness::{ClusterOptions, TestCluster};
 use serde_json::{json, Value};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_floe");
@@ -313,7 +313,7 @@ async fn models_register_deploy_serve_flows_and_move_off_a_dead_node() {
         .unwrap()
         .into_inner()
         .run_id;
-    let run = floe_node::harness::finished_run(&mut client, &run_id, WAIT)
+    let run = floe_harness::finished_run(&mut client, &run_id, WAIT)
         .await
         .unwrap();
     assert_eq!(run["status"], "Completed", "{}", summary(&run));
@@ -371,7 +371,7 @@ async fn models_register_deploy_serve_flows_and_move_off_a_dead_node() {
         .unwrap()
         .into_inner()
         .run_id;
-    let run = floe_node::harness::finished_run(&mut client, &run_id, WAIT)
+    let run = floe_harness::finished_run(&mut client, &run_id, WAIT)
         .await
         .unwrap();
     assert_eq!(run["status"], "Failed", "{}", summary(&run));
@@ -592,7 +592,7 @@ async fn the_ocr_flow_reads_rendered_pages_through_shared_replicas() {
         ));
     }
     for (lines, run_id) in runs {
-        let run = floe_node::harness::finished_run(&mut client, &run_id, WAIT)
+        let run = floe_harness::finished_run(&mut client, &run_id, WAIT)
             .await
             .unwrap();
         assert_eq!(run["status"], "Completed", "{}", summary(&run));

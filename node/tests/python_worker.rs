@@ -8,9 +8,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use floe_api::client::FloeClient;
+use floe_harness::{ClusterOptions, TestCluster};
 use floe_node::api;
-use floe_node::client::FloeClient;
-use floe_node::harness::{ClusterOptions, TestCluster};
 use serde_json::{json, Value};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_floe");
@@ -75,7 +75,7 @@ async fn start(client: &mut FloeClient, input: &[u8]) -> String {
 }
 
 async fn finished(client: &mut FloeClient, run_id: &str) -> Value {
-    floe_node::harness::finished_run(client, run_id, WAIT)
+    floe_harness::finished_run(client, run_id, WAIT)
         .await
         .unwrap()
 }

@@ -4,9 +4,9 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use floe_api::client::FloeClient;
+use floe_harness::{ClusterOptions, TestCluster};
 use floe_node::api;
-use floe_node::client::FloeClient;
-use floe_node::harness::{ClusterOptions, TestCluster};
 use serde_json::{json, Value};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_floe");

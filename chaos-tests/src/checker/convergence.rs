@@ -17,7 +17,7 @@ pub struct NodeDigest {
 }
 
 async fn read_digest(http_addr: &str) -> Result<NodeDigest, String> {
-    let (code, body) = floe_node::harness::http_get(http_addr, "/debug/state-digest")
+    let (code, body) = floe_harness::http_get(http_addr, "/debug/state-digest")
         .await
         .map_err(|err| err.to_string())?;
     if code != 200 {

@@ -104,7 +104,7 @@ pub async fn find_leader(target: &SharedTarget, limit: Duration) -> Option<NodeI
     let deadline = Instant::now() + limit;
     loop {
         for (id, addr) in http_addrs(target) {
-            if let Ok((_, body)) = floe_node::harness::http_get(&addr, "/health/readyz").await {
+            if let Ok((_, body)) = floe_harness::http_get(&addr, "/health/readyz").await {
                 let readiness: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
                 if readiness["role"] == "leader" && readiness["leader"].as_u64() == Some(id) {
                     return Some(id);
@@ -124,7 +124,7 @@ pub async fn wait_all_ready(target: &SharedTarget, limit: Duration) -> bool {
     for (_, addr) in http_addrs(target) {
         loop {
             if matches!(
-                floe_node::harness::http_get(&addr, "/health/readyz").await,
+                floe_harness::http_get(&addr, "/health/readyz").await,
                 Ok((200, _))
             ) {
                 break;
@@ -140,7 +140,7 @@ pub async fn wait_all_ready(target: &SharedTarget, limit: Duration) -> bool {
 
 /// One gauge from a node's `/metrics`.
 pub async fn metric(addr: &str, name: &str) -> Option<f64> {
-    let (_, body) = floe_node::harness::http_get(addr, "/metrics").await.ok()?;
+    let (_, body) = floe_harness::http_get(addr, "/metrics").await.ok()?;
     body.lines().find_map(|line| {
         line.strip_prefix(name)?
             .strip_prefix(' ')?
@@ -483,7 +483,7 @@ pub async fn heal(fault: &mut ActiveFault, ctx: &FaultContext) -> TargetResult<(
             let addr = with_target(target, |target| target.http_addr(node))?;
             let stayed_up = with_target(target, |target| target.is_up(node));
             if stayed_up {
-                let readiness = match floe_node::harness::http_get(&addr, "/health/readyz").await {
+                let readiness = match floe_harness::http_get(&addr, "/health/readyz").await {
                     Ok((code, body)) => format!(
                         "readyz {code}: {}",
                         body.chars().take(200).collect::<String>()

@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use floe_node::api;
-use floe_node::client::FloeClient;
+use floe_api::client::FloeClient;
+use floe_api::proto as api;
 use tokio_util::sync::CancellationToken;
 
 use crate::nemesis::inject::{with_target, SharedTarget};

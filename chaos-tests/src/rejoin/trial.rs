@@ -71,7 +71,7 @@ async fn term_of(target: &SharedTarget, node: Option<NodeId>) -> Option<u64> {
 async fn wait_caught_up(addr: &str, commit_index: u64, bound: Duration) -> Option<u64> {
     let started = Instant::now();
     while started.elapsed() < bound {
-        if let Ok((200, body)) = floe_node::harness::http_get(addr, "/health/readyz").await {
+        if let Ok((200, body)) = floe_harness::http_get(addr, "/health/readyz").await {
             let readiness: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
             if readiness["applied_index"]
                 .as_u64()

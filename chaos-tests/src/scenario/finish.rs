@@ -33,7 +33,7 @@ pub(super) fn count_ops(records: &[OpRecord]) -> OpCounts {
 pub(super) async fn final_checks(
     config: &RunConfig,
     target: &SharedTarget,
-    all_nodes: &floe_node::client::ClientOptions,
+    all_nodes: &floe_api::client::ClientOptions,
     namespace: &str,
     history: &History,
     clock: &Clock,
@@ -82,7 +82,7 @@ pub(super) async fn final_checks(
 /// One linearizable read of every register key, retried until it succeeds
 /// (bounded), appended to the history: the state the cluster ended in.
 async fn final_reads(
-    client: &mut floe_node::client::FloeClient,
+    client: &mut floe_api::client::FloeClient,
     namespace: &str,
     keys: usize,
     history: &History,
@@ -113,7 +113,7 @@ async fn final_reads(
 
 async fn collect_workflow(
     config: &RunConfig,
-    client: &mut floe_node::client::FloeClient,
+    client: &mut floe_api::client::FloeClient,
     history: &History,
     workers: &mut [WorkerProcess],
 ) -> WorkflowEvidence {

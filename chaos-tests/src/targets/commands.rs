@@ -8,7 +8,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use floe_node::client::ClientOptions;
+use floe_api::client::ClientOptions;
 use serde::Deserialize;
 
 use super::{unsupported, Capabilities, NodeId, TargetError, TargetResult};

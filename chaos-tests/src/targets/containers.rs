@@ -11,7 +11,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use floe_node::client::ClientOptions;
+use floe_api::client::ClientOptions;
 
 use super::commands::{run_shell, ClientTls, CommandCluster, CommandTemplates, NodeAddresses};
 use super::{Capabilities, ClusterSpec, NodeId, Target, TargetResult};
@@ -207,7 +207,7 @@ async fn wait_ready(target: &ContainerTarget, limit: Duration) -> anyhow::Result
     for id in target.nodes() {
         let addr = target.http_addr(id)?;
         loop {
-            let answer = floe_node::harness::http_get(&addr, "/health/readyz").await;
+            let answer = floe_harness::http_get(&addr, "/health/readyz").await;
             if matches!(answer, Ok((200, _))) {
                 break;
             }

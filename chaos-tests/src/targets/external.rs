@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use floe_node::client::ClientOptions;
+use floe_api::client::ClientOptions;
 use serde::Deserialize;
 
 use super::commands::{ClientTls, CommandCluster, CommandTemplates, NodeAddresses};

@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
-use floe_node::client::ClientOptions;
-use floe_node::harness::{ClusterOptions, TestCluster};
+use floe_api::client::ClientOptions;
+use floe_harness::{ClusterOptions, TestCluster};
 
 use super::clock;
 use super::disk::TmpfsMount;

@@ -8,7 +8,7 @@
 
 use std::path::PathBuf;
 
-use floe_node::client::ClientOptions;
+use floe_api::client::ClientOptions;
 
 pub mod clock;
 pub mod commands;

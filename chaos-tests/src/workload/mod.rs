@@ -8,7 +8,7 @@ pub mod workflow;
 
 use std::time::Duration;
 
-use floe_node::client::{ClientOptions, FloeClient};
+use floe_api::client::{ClientOptions, FloeClient};
 use tokio_util::sync::CancellationToken;
 
 /// Waits `duration`, or less when the workload is told to stop.

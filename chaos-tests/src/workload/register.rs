@@ -7,8 +7,8 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use floe_node::api;
-use floe_node::client::{ClientOptions, FloeClient};
+use floe_api::client::{ClientOptions, FloeClient};
+use floe_api::proto as api;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio_util::sync::CancellationToken;

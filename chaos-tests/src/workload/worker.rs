@@ -23,8 +23,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
-use floe_node::api;
-use floe_node::client::{ClientOptions, FloeClient};
+use floe_api::client::{ClientOptions, FloeClient};
+use floe_api::proto as api;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::sync::mpsc;

@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use floe_node::api;
-use floe_node::client::{ClientOptions, FloeClient};
+use floe_api::client::{ClientOptions, FloeClient};
+use floe_api::proto as api;
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 

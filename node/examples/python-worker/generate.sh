@@ -3,7 +3,7 @@
 # Usage: ./generate.sh [OUT_DIR]
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-proto_dir="$here/../../proto"
+proto_dir="$here/../../api/proto"
 out="${1:-$here/gen}"
 mkdir -p "$out"
 python3 -m grpc_tools.protoc \

@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::api;
-use crate::client::{ClientOptions, FloeClient};
+use floe_api::client::{ClientOptions, FloeClient};
+use floe_api::proto as api;
 
 /// How the cluster is formed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -420,6 +420,13 @@ impl TestCluster {
         args: &[String],
     ) -> anyhow::Result<()> {
         let binary = self.options.binary.with_file_name(binary);
+        if !binary.is_file() {
+            // The workers live in floe-tools: `cargo test -p floe-node` alone does not build them.
+            bail!(
+                "{} not found next to the floe binary; build it with `cargo build -p floe-tools`",
+                binary.display()
+            );
+        }
         let mut endpoints = Vec::new();
         for node in nodes {
             endpoints.push(self.node(*node)?.api_addr.clone());

@@ -4,9 +4,5 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     std::env::set_var("PROTOC", protoc);
     println!("cargo:rerun-if-changed=proto");
     tonic_prost_build::configure().compile_protos(&["proto/floe.proto"], &["proto"])?;
-    // etcd's put API, for the benchmark's comparison run only (no server side).
-    tonic_prost_build::configure()
-        .build_server(false)
-        .compile_protos(&["proto/bench/etcd_kv.proto"], &["proto/bench"])?;
     Ok(())
 }

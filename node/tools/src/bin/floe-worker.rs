@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use clap::Parser;
-use floe_node::worker::{run_worker, Handler, Task, TaskError, WorkerConnection, WorkerOptions};
+use floe_api::worker::{run_worker, Handler, Task, TaskError, WorkerConnection, WorkerOptions};
 use futures::future::BoxFuture;
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
@@ -165,7 +165,7 @@ impl Handler for Blocks {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    floe_node::cli::init_logging("info");
+    floe_tools::init_logging("info");
     let mut behaviours = BTreeMap::new();
     for spec in &args.blocks {
         let (name, behaviour) = spec

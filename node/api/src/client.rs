@@ -15,13 +15,13 @@ use tonic::Status;
 use crate::failover::{jittered_pause, next_endpoint, NO_TIMEOUT_BUDGET};
 pub use crate::failover::{Repeat, TRIES_PER_ENDPOINT};
 
-use crate::api::blobs_client::BlobsClient;
-use crate::api::cluster_client::ClusterClient;
-use crate::api::flows_client::FlowsClient;
-use crate::api::kv_client::KvClient;
-use crate::api::models_client::ModelsClient;
-use crate::api::runs_client::RunsClient;
-use crate::api::workers_client::WorkersClient;
+use crate::proto::blobs_client::BlobsClient;
+use crate::proto::cluster_client::ClusterClient;
+use crate::proto::flows_client::FlowsClient;
+use crate::proto::kv_client::KvClient;
+use crate::proto::models_client::ModelsClient;
+use crate::proto::runs_client::RunsClient;
+use crate::proto::workers_client::WorkersClient;
 
 /// The DNS name every node certificate carries for its API.
 pub const API_SERVER_NAME: &str = "api.floe";
@@ -54,7 +54,7 @@ pub struct FloeClient {
 }
 
 /// Largest message a client accepts: a node's payload ceiling plus framing.
-const CLIENT_MESSAGE_LIMIT: usize = crate::config::MAX_PAYLOAD_CEILING as usize + 1024 * 1024;
+const CLIENT_MESSAGE_LIMIT: usize = crate::MAX_PAYLOAD_CEILING as usize + 1024 * 1024;
 
 fn read(path: &Path, what: &str) -> anyhow::Result<Vec<u8>> {
     std::fs::read(path).map_err(|err| anyhow::anyhow!("{what} {}: {err}", path.display()))
@@ -134,7 +134,7 @@ impl FloeClient {
             if !repeat.allows(&status) {
                 return Err(status);
             }
-            let hint = crate::leader_hint::leader_of(&status);
+            let hint = crate::headers::leader_of(&status);
             loop {
                 let Some(next) = next_endpoint(
                     &self.options.endpoints,

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Parser;
-use floe_node::harness::{ClusterOptions, TestCluster};
+use floe_harness::{ClusterOptions, TestCluster};
 
 #[derive(Parser)]
 #[command(about = "Run the floe demo on a local three-node cluster")]
@@ -458,8 +458,7 @@ async fn ocr_pages(
     let mut rows = Vec::new();
     let mut matched = 0;
     for (path, expected, run_id) in &runs {
-        let run =
-            floe_node::harness::finished_run(&mut client, run_id, Duration::from_secs(120)).await?;
+        let run = floe_harness::finished_run(&mut client, run_id, Duration::from_secs(120)).await?;
         let text = run["output"]["text"]
             .as_str()
             .unwrap_or("")

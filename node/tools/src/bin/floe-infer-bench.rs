@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Parser;
-use floe_node::api;
-use floe_node::client::FloeClient;
-use floe_node::harness::{ClusterOptions, TestCluster};
+use floe_api::client::FloeClient;
+use floe_api::proto as api;
+use floe_harness::{ClusterOptions, TestCluster};
 
 #[derive(Parser)]
 #[command(about = "Cross-node inference hop latency on a local three-node cluster")]

@@ -9,8 +9,8 @@ use futures::future::BoxFuture;
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-use crate::api;
 use crate::client::{ClientOptions, FloeClient};
+use crate::proto as api;
 
 /// A task as the handler sees it.
 #[derive(Clone, Debug)]

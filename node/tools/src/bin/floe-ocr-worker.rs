@@ -11,10 +11,10 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::Parser;
+use floe_api::worker::{run_worker, Handler, Task, TaskError, WorkerConnection, WorkerOptions};
 use floe_inference::ocr::stages::{self, StageError};
 use floe_inference::ocr::{Charset, OcrOptions};
 use floe_inference::{inspect_model, DevRuntimeFiles, ModelSignature, OrtRuntime};
-use floe_node::worker::{run_worker, Handler, Task, TaskError, WorkerConnection, WorkerOptions};
 use futures::future::BoxFuture;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
@@ -183,7 +183,7 @@ impl Handler for OcrHandler {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    floe_node::cli::init_logging("info");
+    floe_tools::init_logging("info");
     let dev_files = DevRuntimeFiles::locate();
     let ort_lib = args.ort_lib.clone().unwrap_or(dev_files.ort_library);
     let model_path = |given: &Option<PathBuf>, file: &str| {

@@ -18,7 +18,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tonic::{Code, Status};
 
-use crate::leader_hint::proves_unapplied;
+use crate::headers::proves_unapplied;
 
 /// Each endpoint is tried at most this often per call.
 pub const TRIES_PER_ENDPOINT: u32 = 2;
@@ -117,29 +117,9 @@ pub fn jittered_pause(tries: &HashMap<String, u32>) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::error::ApiError;
 
     fn endpoints() -> Vec<String> {
         vec!["a:1".into(), "b:2".into(), "c:3".into()]
-    }
-
-    #[test]
-    fn writes_repeat_only_when_provably_not_applied() {
-        let refused: Status = ApiError::Unavailable("no leader known to node 1".into()).into();
-        let unknown: Status = ApiError::OutcomeUnknown("write not confirmed".into()).into();
-        let broken = Status::unavailable("error reading a body from connection");
-        let not_connected =
-            Status::unavailable("tcp connect error: Connection refused (os error 111)");
-        assert!(Repeat::Write.allows(&refused) && Repeat::Write.allows(&not_connected));
-        assert!(!Repeat::Write.allows(&unknown) && !Repeat::Write.allows(&broken));
-        for status in [&refused, &unknown, &broken, &not_connected] {
-            assert!(
-                Repeat::Read.allows(status) && Repeat::Idempotent.allows(status),
-                "{status:?}"
-            );
-        }
-        let answer: Status = ApiError::NotFound("no run r1".into()).into();
-        assert!(!Repeat::Read.allows(&answer) && !Repeat::Idempotent.allows(&answer));
     }
 
     #[test]

@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Parser;
-use floe_node::api;
-use floe_node::client::FloeClient;
-use floe_node::harness::{ClusterOptions, TestCluster};
+use floe_api::client::FloeClient;
+use floe_api::proto as api;
+use floe_harness::{ClusterOptions, TestCluster};
 use tonic::transport::{Channel, Endpoint};
 
 mod etcd {
@@ -188,7 +188,7 @@ impl EtcdTls {
                 read("client.pem")?,
                 read("client-key.pem")?,
             ))
-            .domain_name(floe_node::client::API_SERVER_NAME);
+            .domain_name(floe_api::client::API_SERVER_NAME);
         Ok(EtcdTls { members, client })
     }
 }
