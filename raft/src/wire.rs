@@ -71,7 +71,7 @@ pub enum FrameError {
     /// One snapshot chunk took longer than allowed.
     #[error("snapshot chunk at offset {offset} not sent within {after:?}")]
     ChunkTimeout { offset: u64, after: Duration },
-    /// Reading from or writing to the stream (or the snapshot file) failed.
+    /// Reading from or writing to the stream (or the snapshot body) failed.
     #[error("stream i/o: {0}")]
     Io(#[from] io::Error),
 }
