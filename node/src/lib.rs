@@ -27,6 +27,7 @@ pub mod placement;
 pub mod proposer;
 mod queue;
 pub mod raft_errors;
+pub mod raft_group;
 pub mod reads;
 pub mod registry;
 pub mod runs;

@@ -12,7 +12,7 @@ use floe_raft::{
     ElectionOptions, Elections, NetworkFactory, Peers, RaftAdmission, RaftServer,
     RaftServerOptions, TlsMaterial, TransportOptions,
 };
-use floe_storage::{NodeId, NodeInfo, Raft, StateReader, Store, StoreOptions};
+use floe_storage::{NodeId, NodeInfo, Raft, StateReader, Store, StoreOptions, TypeConfig};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::NodeConfig;
@@ -51,7 +51,7 @@ pub struct Node {
     /// Free space and writability of the data dir (see `disk.rs`).
     pub disk: DiskHealth,
     /// Pre-vote rounds, leader hints, quorum loss (see floe_raft::election).
-    pub elections: Elections,
+    pub elections: Elections<TypeConfig>,
     /// Fires when the node stops; long-lived streams (workers, watches) end on it.
     pub shutdown: CancellationToken,
 }
@@ -280,13 +280,14 @@ async fn start(
             .context("raft_client_bind_addr")?;
     }
     let peers = Peers::new(&material, transport_options.clone())?;
+    let group = crate::raft_group::transport(peers.clone(), config.node_id, store.snapshot_dir());
     // Before Raft starts: a restart applies its log right away.
     let changes = crate::changes::ChangeHub::new(config.node_id);
     store.on_applied(changes.listener());
     let raft = Raft::new(
         config.node_id,
         Arc::new(raft_config(&config)?),
-        NetworkFactory::new(peers.clone(), config.node_id),
+        NetworkFactory::new(group.clone()),
         store.log_store(),
         store.state_machine(),
     )
@@ -299,8 +300,7 @@ async fn start(
     let elections = Elections::new(
         raft.clone(),
         store.log_store(),
-        peers.clone(),
-        config.node_id,
+        group,
         election_options(&config),
     );
 
@@ -339,7 +339,6 @@ async fn start(
     let server_options = RaftServerOptions {
         node_id: config.node_id,
         bind_addr: raft_bind,
-        snapshot_dir: node.store.snapshot_dir(),
         transport: transport_options,
         // Appends, votes and snapshots all write: refused while the disk cannot take them.
         admission: {

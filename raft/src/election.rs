@@ -20,16 +20,40 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use floe_storage::{LogId, LogStore, NodeId, Raft};
+use futures::future::BoxFuture;
 use openraft::storage::RaftLogStorage;
-use openraft::ServerState;
+use openraft::{Instant as _, Raft, ServerState};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
-use crate::peers::{Peers, TransportError};
+use crate::group::GroupTransport;
+use crate::peers::TransportError;
 use crate::wire::{FrameError, RequestBody, ResponseBody};
+use crate::{NodeId, RaftTypes};
+
+type LogId = openraft::LogId<NodeId>;
+
+/// Where elections read this node's last log id from: a pre-vote carries
+/// it, and a voter compares it with its own. Read from the log store, not
+/// the Raft core, so a busy core does not hold up an answer. Every openraft
+/// log store that can be cloned is one.
+pub trait LastLogId<C: RaftTypes>: Send + Sync + 'static {
+    /// The id of the last entry in the log; `None` when empty or unreadable.
+    fn last_log_id(&self) -> BoxFuture<'static, Option<LogId>>;
+}
+
+impl<C, L> LastLogId<C> for L
+where
+    C: RaftTypes,
+    L: RaftLogStorage<C> + Clone,
+{
+    fn last_log_id(&self) -> BoxFuture<'static, Option<LogId>> {
+        let mut log = self.clone();
+        Box::pin(async move { log.get_log_state().await.ok()?.last_log_id })
+    }
+}
 
 /// "Would you vote for me?" — asked before a real election.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -157,38 +181,43 @@ pub(crate) fn decide(
     }
 }
 
-/// This node's elections: answers pre-votes, tracks leader contact, and
-/// (in [`Elections::run`]) decides when to campaign.
-#[derive(Clone)]
-pub struct Elections {
-    inner: Arc<Inner>,
+/// This node's elections in one Raft group: answers pre-votes, tracks
+/// leader contact, and (in [`Elections::run`]) decides when to campaign.
+pub struct Elections<C: RaftTypes> {
+    inner: Arc<Inner<C>>,
 }
 
-struct Inner {
-    raft: Raft,
-    log: LogStore,
-    peers: Peers,
-    our_id: NodeId,
+impl<C: RaftTypes> Clone for Elections<C> {
+    fn clone(&self) -> Self {
+        Elections {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+struct Inner<C: RaftTypes> {
+    raft: Raft<C>,
+    log: Arc<dyn LastLogId<C>>,
+    transport: GroupTransport<C>,
     options: ElectionOptions,
     /// A leader named by a voter's pre-vote answer, and when.
     hint: Mutex<Option<(NodeId, Instant)>>,
     stopped: AtomicBool,
 }
 
-impl Elections {
+impl<C: RaftTypes> Elections<C> {
+    /// Elections of the group `transport` serves; `log` is that group's log.
     pub fn new(
-        raft: Raft,
-        log: LogStore,
-        peers: Peers,
-        our_id: NodeId,
+        raft: Raft<C>,
+        log: impl LastLogId<C>,
+        transport: GroupTransport<C>,
         options: ElectionOptions,
     ) -> Self {
         Elections {
             inner: Arc::new(Inner {
                 raft,
-                log,
-                peers,
-                our_id,
+                log: Arc::new(log),
+                transport,
                 options,
                 hint: Mutex::new(None),
                 stopped: AtomicBool::new(false),
@@ -196,8 +225,13 @@ impl Elections {
         }
     }
 
-    pub fn raft(&self) -> &Raft {
+    pub fn raft(&self) -> &Raft<C> {
         &self.inner.raft
+    }
+
+    /// The group's side of the transport.
+    pub fn transport(&self) -> &GroupTransport<C> {
+        &self.inner.transport
     }
 
     pub fn options(&self) -> ElectionOptions {
@@ -218,8 +252,7 @@ impl Elections {
     }
 
     async fn last_log_id(&self) -> Option<LogId> {
-        let mut log = self.inner.log.clone();
-        log.get_log_state().await.ok()?.last_log_id
+        self.inner.log.last_log_id().await
     }
 
     /// The leader this node knows of: openraft's, else a recent pre-vote hint.
@@ -282,7 +315,7 @@ impl Elections {
     fn welcome_back(&self, node: NodeId) {
         let this = self.clone();
         tokio::spawn(async move {
-            this.inner.peers.forget_failures(node).await;
+            this.inner.transport.peers.forget_failures(node).await;
             let _ = this.inner.raft.trigger().heartbeat().await;
         });
     }
@@ -319,7 +352,7 @@ impl Elections {
             }
             let voters: BTreeSet<NodeId> =
                 metrics.membership_config.membership().voter_ids().collect();
-            if !voters.contains(&self.inner.our_id) {
+            if !voters.contains(&self.inner.transport.our_id) {
                 continue;
             }
             let Ok(contact) = self.contact_age().await else {
@@ -343,7 +376,7 @@ impl Elections {
             let heard = matches!(self.contact_age().await, Ok(Some(age)) if age < timeout);
             if granted * 2 > voters.len() && !changed && !heard {
                 info!(
-                    node = self.inner.our_id,
+                    node = self.inner.transport.our_id,
                     silent_ms = silent.as_millis() as u64,
                     granted,
                     voters = voters.len(),
@@ -354,7 +387,7 @@ impl Elections {
                 }
             } else {
                 debug!(
-                    node = self.inner.our_id,
+                    node = self.inner.transport.our_id,
                     granted, asked, changed, heard, "not campaigning"
                 );
             }
@@ -376,16 +409,21 @@ impl Elections {
         let ttl = self.inner.options.lease().max(Duration::from_millis(100));
         let mut answers: futures::stream::FuturesUnordered<_> = membership
             .voter_ids()
-            .filter(|id| *id != self.inner.our_id)
+            .filter(|id| *id != self.inner.transport.our_id)
             .filter_map(|id| {
-                let addr = membership.get_node(&id)?.raft_addr.clone();
-                let peers = self.inner.peers.clone();
+                let transport = &self.inner.transport;
+                let addr = transport.address.of(membership.get_node(&id)?).to_string();
+                let transport = transport.clone();
                 let request = request.clone();
-                Some(async move { (id, ask(&peers, id, &addr, request, ttl).await) })
+                Some(async move { (id, ask(&transport, id, &addr, request, ttl).await) })
             })
             .collect();
         let asked = answers.len();
-        let mut granted = usize::from(membership.voter_ids().any(|id| id == self.inner.our_id));
+        let mut granted = usize::from(
+            membership
+                .voter_ids()
+                .any(|id| id == self.inner.transport.our_id),
+        );
         while granted * 2 <= voters {
             let Some((id, answer)) = answers.next().await else {
                 break;
@@ -408,15 +446,17 @@ impl Elections {
 /// One pre-vote call. A peer of the previous release does not know the
 /// request and resets the stream: it runs classic elections itself, so its
 /// answer counts as a yes (its real vote still checks logs and leases).
-async fn ask(
-    peers: &Peers,
+async fn ask<C: RaftTypes>(
+    transport: &GroupTransport<C>,
     target: NodeId,
     addr: &str,
     request: PreVoteRequest,
     ttl: Duration,
 ) -> Option<PreVoteResponse> {
-    match peers
-        .call(target, addr, RequestBody::PreVote(request), ttl)
+    let body = RequestBody::<C>::PreVote(request);
+    match transport
+        .peers
+        .call(target, addr, transport.group, body, ttl)
         .await
     {
         Ok(ResponseBody::PreVote(response)) => Some(response),

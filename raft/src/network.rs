@@ -3,7 +3,6 @@
 use std::future::Future;
 use std::time::Duration;
 
-use floe_storage::{NodeId, NodeInfo, Snapshot, TypeConfig, Vote};
 use openraft::error::{
     Fatal, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError as RaftRemoteError,
     ReplicationClosed, StreamingError, Timeout, Unreachable,
@@ -12,65 +11,73 @@ use openraft::network::{RPCOption, RPCTypes, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
 };
-use openraft::{StorageError, StorageIOError};
+use openraft::{Snapshot, StorageError, StorageIOError, Vote};
 
-use crate::peers::{Peers, TransportError};
+use crate::group::{GroupTransport, OutgoingBody};
+use crate::peers::TransportError;
 use crate::wire::{
-    read_frame, send_snapshot_body, write_frame, FrameError, RemoteError, RequestBody,
-    ResponseBody, ResponseFrame,
+    read_frame, send_snapshot_body, write_request, FrameError, RemoteError, RequestBody,
+    ResponseBody, ResponseFrame, SnapshotSource,
 };
+use crate::{NodeId, RaftTypes};
 
-/// Builds one [`PeerNetwork`] per replication target; give it to `Raft::new`.
-#[derive(Clone)]
-pub struct NetworkFactory {
-    peers: Peers,
-    our_id: NodeId,
+/// Builds one [`PeerNetwork`] per replication target of one Raft group;
+/// give it to `Raft::new`.
+pub struct NetworkFactory<C: RaftTypes> {
+    transport: GroupTransport<C>,
 }
 
-impl NetworkFactory {
-    /// `our_id` is this node's id (openraft's timeout errors name both ends).
-    pub fn new(peers: Peers, our_id: NodeId) -> Self {
-        NetworkFactory { peers, our_id }
+impl<C: RaftTypes> NetworkFactory<C> {
+    pub fn new(transport: GroupTransport<C>) -> Self {
+        NetworkFactory { transport }
     }
 }
 
-impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
-    type Network = PeerNetwork;
+impl<C: RaftTypes> Clone for NetworkFactory<C> {
+    fn clone(&self) -> Self {
+        NetworkFactory {
+            transport: self.transport.clone(),
+        }
+    }
+}
 
-    async fn new_client(&mut self, target: NodeId, node: &NodeInfo) -> PeerNetwork {
+impl<C: RaftTypes> RaftNetworkFactory<C> for NetworkFactory<C> {
+    type Network = PeerNetwork<C>;
+
+    async fn new_client(&mut self, target: NodeId, node: &C::Node) -> PeerNetwork<C> {
         PeerNetwork {
-            peers: self.peers.clone(),
-            our_id: self.our_id,
+            addr: self.transport.address.of(node).to_string(),
+            transport: self.transport.clone(),
             target,
-            addr: node.raft_addr.clone(),
         }
     }
 }
 
 /// The connection to one peer as openraft sees it.
-pub struct PeerNetwork {
-    peers: Peers,
-    our_id: NodeId,
+pub struct PeerNetwork<C: RaftTypes> {
+    transport: GroupTransport<C>,
     target: NodeId,
     addr: String,
 }
 
-type RaftRpcError = RPCError<NodeId, NodeInfo, RaftError<NodeId>>;
-type SnapshotError = StreamingError<TypeConfig, Fatal<NodeId>>;
+type RaftRpcError<C> = RPCError<NodeId, <C as openraft::RaftTypeConfig>::Node, RaftError<NodeId>>;
+type SnapshotError<C> = StreamingError<C, Fatal<NodeId>>;
 
-impl RaftNetwork<TypeConfig> for PeerNetwork {
+impl<C: RaftTypes> RaftNetwork<C> for PeerNetwork<C> {
     async fn append_entries(
         &mut self,
-        rpc: AppendEntriesRequest<TypeConfig>,
+        rpc: AppendEntriesRequest<C>,
         option: RPCOption,
-    ) -> Result<AppendEntriesResponse<NodeId>, RaftRpcError> {
+    ) -> Result<AppendEntriesResponse<NodeId>, RaftRpcError<C>> {
         let entry_count = rpc.entries.len() as u64;
         let ttl = option.hard_ttl();
         let result = self
+            .transport
             .peers
             .call(
                 self.target,
                 &self.addr,
+                self.transport.group,
                 RequestBody::AppendEntries(rpc),
                 ttl,
             )
@@ -95,11 +102,13 @@ impl RaftNetwork<TypeConfig> for PeerNetwork {
         &mut self,
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
-    ) -> Result<VoteResponse<NodeId>, RaftRpcError> {
+    ) -> Result<VoteResponse<NodeId>, RaftRpcError<C>> {
         let ttl = option.hard_ttl();
+        let body = RequestBody::<C>::Vote(rpc);
         match self
+            .transport
             .peers
-            .call(self.target, &self.addr, RequestBody::Vote(rpc), ttl)
+            .call(self.target, &self.addr, self.transport.group, body, ttl)
             .await
         {
             Ok(ResponseBody::Vote(response)) => Ok(response),
@@ -110,20 +119,25 @@ impl RaftNetwork<TypeConfig> for PeerNetwork {
 
     async fn full_snapshot(
         &mut self,
-        vote: Vote,
-        snapshot: Snapshot,
+        vote: Vote<NodeId>,
+        snapshot: Snapshot<C>,
         cancel: impl Future<Output = ReplicationClosed> + Send + 'static,
         option: RPCOption,
-    ) -> Result<SnapshotResponse<NodeId>, SnapshotError> {
+    ) -> Result<SnapshotResponse<NodeId>, SnapshotError<C>> {
         let ttl = option.hard_ttl();
         let signature = snapshot.meta.signature();
-        let total_len = snapshot.snapshot.len().await.map_err(|error| {
+        let body = OutgoingBody {
+            bodies: &*self.transport.snapshots,
+            body: &*snapshot.snapshot,
+        };
+        let total_len = body.total_len().await.map_err(|error| {
             StreamingError::StorageError(StorageError::IO {
                 source: StorageIOError::read_snapshot(Some(signature), &error),
             })
         })?;
 
         let connection = self
+            .transport
             .peers
             .connection(self.target, &self.addr, ttl)
             .await
@@ -138,20 +152,23 @@ impl RaftNetwork<TypeConfig> for PeerNetwork {
             )
         })?;
 
-        let header = self.peers.request_frame(RequestBody::Snapshot {
-            vote,
-            meta: snapshot.meta.clone(),
-            total_len,
-        });
+        let header = self.transport.peers.request_frame(
+            self.transport.group,
+            RequestBody::<C>::Snapshot {
+                vote,
+                meta: snapshot.meta.clone(),
+                total_len,
+            },
+        );
         let target = self.target;
         let stream_error = |source| TransportError::Stream { target, source };
         let outcome = {
             let transfer = async {
-                tokio::time::timeout(ttl, write_frame(&mut send, &header))
+                tokio::time::timeout(ttl, write_request(&mut send, &header))
                     .await
                     .map_err(|_| TransportError::Timeout { target, after: ttl })?
                     .map_err(stream_error)?;
-                send_snapshot_body(&mut send, &*snapshot.snapshot, total_len, ttl)
+                send_snapshot_body(&mut send, &body, total_len, ttl)
                     .await
                     .map_err(stream_error)?;
                 let _ = send.finish();
@@ -169,7 +186,7 @@ impl RaftNetwork<TypeConfig> for PeerNetwork {
         };
         match outcome {
             Ok(ResponseBody::Snapshot(response)) => Ok(response),
-            Ok(other) => Err(SnapshotError::Network(NetworkError::new(
+            Ok(other) => Err(StreamingError::Network(NetworkError::new(
                 &TransportError::UnexpectedResponse {
                     target,
                     expected: "snapshot",
@@ -200,8 +217,8 @@ enum SnapshotFailure {
 }
 use SnapshotFailure::{Cancelled, Failed};
 
-impl PeerNetwork {
-    fn rpc_error(&self, error: TransportError, action: RPCTypes, ttl: Duration) -> RaftRpcError {
+impl<C: RaftTypes> PeerNetwork<C> {
+    fn rpc_error(&self, error: TransportError, action: RPCTypes, ttl: Duration) -> RaftRpcError<C> {
         match error {
             TransportError::Timeout { .. } => RPCError::Timeout(self.timeout(action, ttl)),
             TransportError::Remote {
@@ -213,7 +230,7 @@ impl PeerNetwork {
         }
     }
 
-    fn snapshot_error(&self, error: TransportError, ttl: Duration) -> SnapshotError {
+    fn snapshot_error(&self, error: TransportError, ttl: Duration) -> SnapshotError<C> {
         match error {
             TransportError::Timeout { .. } => {
                 StreamingError::Timeout(self.timeout(RPCTypes::InstallSnapshot, ttl))
@@ -236,13 +253,13 @@ impl PeerNetwork {
     fn timeout(&self, action: RPCTypes, ttl: Duration) -> Timeout<NodeId> {
         Timeout {
             action,
-            id: self.our_id,
+            id: self.transport.our_id,
             target: self.target,
             timeout: ttl,
         }
     }
 
-    fn unexpected(&self, expected: &'static str, got: ResponseBody) -> RaftRpcError {
+    fn unexpected(&self, expected: &'static str, got: ResponseBody) -> RaftRpcError<C> {
         let error = TransportError::UnexpectedResponse {
             target: self.target,
             expected,
@@ -253,13 +270,14 @@ impl PeerNetwork {
 }
 
 /// Errors after which openraft should back off rather than retry at once:
-/// no connection, or a refusal that will not change on a retry.
+/// no connection, or a refusal that will not change on a retry (a peer
+/// that does not serve the group included).
 fn is_unreachable(error: &TransportError) -> bool {
     matches!(
         error,
         TransportError::Unreachable { .. }
             | TransportError::Remote {
-                source: RemoteError::Refused(_),
+                source: RemoteError::Refused(_) | RemoteError::UnknownGroup { .. },
                 ..
             }
             | TransportError::Tls(_)

@@ -5,16 +5,16 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use floe_storage::NodeId;
 use quinn::{Connection, Endpoint};
 use serde::{Deserialize, Serialize};
 use tracing::{debug, warn};
 
 use crate::tls::{node_dns_name, PeerIdentity, TlsError, TlsMaterial, RAFT_ALPN};
 use crate::wire::{
-    read_frame, write_frame, FrameError, RemoteError, RequestBody, RequestFrame, ResponseBody,
-    ResponseFrame,
+    encode_request, read_frame, AppRequest, FrameError, GroupId, RemoteError, RequestBody,
+    RequestFrame, ResponseBody, ResponseFrame, DEFAULT_GROUP,
 };
+use crate::{NodeId, RaftTypes};
 
 /// Transport settings shared by the client ([`Peers`]) and the server side.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -171,6 +171,8 @@ impl Peers {
     }
 
     /// Sends an opaque request to node `target`'s [`crate::AppHandler`].
+    /// Such requests are the node's, not a Raft group's: they travel as
+    /// group 0 frames, which every release reads.
     pub async fn call_app(
         &self,
         target: NodeId,
@@ -178,10 +180,10 @@ impl Peers {
         payload: Vec<u8>,
         timeout: Duration,
     ) -> Result<Vec<u8>, TransportError> {
-        match self
-            .call(target, addr, RequestBody::App(payload), timeout)
-            .await?
-        {
+        let request = self.request_frame(DEFAULT_GROUP, AppRequest(payload));
+        let frame =
+            encode_request(&request).map_err(|source| TransportError::Stream { target, source })?;
+        match self.exchange(target, addr, frame, timeout).await? {
             ResponseBody::App(reply) => Ok(reply),
             other => Err(TransportError::UnexpectedResponse {
                 target,
@@ -224,14 +226,32 @@ impl Peers {
         self.inner.endpoint.close(0u32.into(), b"shutdown");
     }
 
-    /// One request/response exchange on a fresh stream within `timeout`.
-    pub(crate) async fn call(
+    /// One request/response exchange with Raft group `group` on node
+    /// `target`, on a fresh stream within `timeout`.
+    pub(crate) async fn call<C: RaftTypes>(
         &self,
         target: NodeId,
         addr: &str,
-        body: RequestBody,
+        group: GroupId,
+        body: RequestBody<C>,
         timeout: Duration,
     ) -> Result<ResponseBody, TransportError> {
+        let request = self.request_frame(group, body);
+        let frame =
+            encode_request(&request).map_err(|source| TransportError::Stream { target, source })?;
+        self.exchange(target, addr, frame, timeout).await
+    }
+
+    /// Sends one encoded request frame on a fresh stream and reads the
+    /// response, within `timeout`.
+    async fn exchange(
+        &self,
+        target: NodeId,
+        addr: &str,
+        frame: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<ResponseBody, TransportError> {
+        use tokio::io::AsyncWriteExt;
         let started = Instant::now();
         let connection = self.connection(target, addr, timeout).await?;
         let remaining = timeout.saturating_sub(started.elapsed());
@@ -241,9 +261,10 @@ impl Peers {
                 .await
                 .map_err(|source| TransportError::Connection { target, source })?;
             let stream_error = |source| TransportError::Stream { target, source };
-            write_frame(&mut send, &self.request_frame(body))
+            // Through tokio's trait, as frames are written everywhere else.
+            AsyncWriteExt::write_all(&mut send, &frame)
                 .await
-                .map_err(stream_error)?;
+                .map_err(|error| stream_error(FrameError::Io(error)))?;
             // Finishing only fails if the stream was already reset; the read below reports why.
             let _ = send.finish();
             let response: ResponseFrame = read_frame(&mut recv).await.map_err(stream_error)?;
@@ -257,9 +278,10 @@ impl Peers {
             })?
     }
 
-    /// Wraps a request body with our identity and cluster fingerprint.
-    pub(crate) fn request_frame(&self, body: RequestBody) -> RequestFrame {
+    /// Wraps a request body for `group` with our identity and cluster fingerprint.
+    pub(crate) fn request_frame<B>(&self, group: GroupId, body: B) -> RequestFrame<B> {
         RequestFrame {
+            group,
             from: self.inner.identity.clone(),
             cluster: self.inner.fingerprint.clone(),
             body,

@@ -1,17 +1,16 @@
 //! The QUIC server: accepts peers, checks who they are, dispatches requests.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use floe_storage::snapshot::SnapshotFile;
-use floe_storage::{NodeId, Snapshot, SnapshotMeta, Vote};
 use futures::future::BoxFuture;
 use openraft::error::{Fatal, RaftError};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
 };
+use openraft::{Snapshot, SnapshotMeta, Vote};
 use quinn::{Endpoint, RecvStream, SendStream};
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
@@ -19,12 +18,14 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::election::{Elections, PreVoteRequest, PreVoteResponse};
+use crate::group::{IncomingBody, SnapshotBodies};
 use crate::peers::TransportOptions;
 use crate::tls::{peer_identity, PeerIdentity, TlsError, TlsMaterial, RAFT_ALPN};
 use crate::wire::{
-    read_frame, receive_snapshot_body, write_frame, RemoteError, RequestBody, RequestFrame,
-    ResponseBody, ResponseFrame,
+    read_request, receive_snapshot_body, write_frame, GroupId, RemoteError, RequestBody,
+    RequestFrame, ResponseBody, ResponseFrame,
 };
+use crate::{NodeId, RaftTypes};
 
 /// How long a peer may take to send a request header after opening a stream.
 const REQUEST_HEADER_TIMEOUT: Duration = Duration::from_secs(30);
@@ -41,7 +42,8 @@ pub trait AppHandler: Send + Sync + 'static {
     ) -> BoxFuture<'static, Result<Vec<u8>, String>>;
 }
 
-/// Where the server listens and keeps incoming snapshots.
+/// Where the server listens. (Incoming snapshots go where each group's
+/// [`SnapshotBodies`] puts them.)
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RaftServerOptions {
@@ -49,8 +51,6 @@ pub struct RaftServerOptions {
     pub node_id: NodeId,
     /// UDP address to listen on.
     pub bind_addr: SocketAddr,
-    /// Directory incoming snapshots are written to before install.
-    pub snapshot_dir: PathBuf,
     /// QUIC keep-alive and idle timeouts.
     #[serde(default)]
     pub transport: TransportOptions,
@@ -111,24 +111,24 @@ pub enum ServerError {
 }
 
 /// The Raft calls the server dispatches to; a trait so tests can stand in.
-pub(crate) trait RaftRpcHandler: Send + Sync + 'static {
+pub(crate) trait RaftRpcHandler<C: RaftTypes>: Send + Sync + 'static {
     fn vote(
         &self,
         rpc: VoteRequest<NodeId>,
     ) -> BoxFuture<'static, Result<VoteResponse<NodeId>, RaftError<NodeId>>>;
     fn append_entries(
         &self,
-        rpc: AppendEntriesRequest<floe_storage::TypeConfig>,
+        rpc: AppendEntriesRequest<C>,
     ) -> BoxFuture<'static, Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>>;
     fn install_full_snapshot(
         &self,
-        vote: Vote,
-        snapshot: Snapshot,
+        vote: Vote<NodeId>,
+        snapshot: Snapshot<C>,
     ) -> BoxFuture<'static, Result<SnapshotResponse<NodeId>, Fatal<NodeId>>>;
     fn pre_vote(&self, from: NodeId, rpc: PreVoteRequest) -> BoxFuture<'static, PreVoteResponse>;
 }
 
-impl RaftRpcHandler for Elections {
+impl<C: RaftTypes> RaftRpcHandler<C> for Elections<C> {
     fn vote(
         &self,
         rpc: VoteRequest<NodeId>,
@@ -139,7 +139,7 @@ impl RaftRpcHandler for Elections {
 
     fn append_entries(
         &self,
-        rpc: AppendEntriesRequest<floe_storage::TypeConfig>,
+        rpc: AppendEntriesRequest<C>,
     ) -> BoxFuture<'static, Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>> {
         let raft = self.raft().clone();
         Box::pin(async move { raft.append_entries(rpc).await })
@@ -147,8 +147,8 @@ impl RaftRpcHandler for Elections {
 
     fn install_full_snapshot(
         &self,
-        vote: Vote,
-        snapshot: Snapshot,
+        vote: Vote<NodeId>,
+        snapshot: Snapshot<C>,
     ) -> BoxFuture<'static, Result<SnapshotResponse<NodeId>, Fatal<NodeId>>> {
         let raft = self.raft().clone();
         Box::pin(async move { raft.install_full_snapshot(vote, snapshot).await })
@@ -160,6 +160,13 @@ impl RaftRpcHandler for Elections {
     }
 }
 
+/// A Raft group this server serves: where its requests go, and how its
+/// incoming snapshot bodies are written.
+pub(crate) struct ServedGroup<C: RaftTypes> {
+    pub raft: Arc<dyn RaftRpcHandler<C>>,
+    pub snapshots: Arc<dyn SnapshotBodies<C>>,
+}
+
 /// Handle to the running server; dropping it does not stop the server,
 /// cancelling the token given to [`RaftServer::start`] does.
 pub struct RaftServer {
@@ -167,10 +174,9 @@ pub struct RaftServer {
     task: JoinHandle<()>,
 }
 
-struct ServerState {
+struct ServerState<C: RaftTypes> {
     fingerprint: String,
-    snapshot_dir: PathBuf,
-    raft: Arc<dyn RaftRpcHandler>,
+    groups: BTreeMap<GroupId, ServedGroup<C>>,
     app: Arc<dyn AppHandler>,
     admission: RaftAdmission,
     handshake_timeout: Duration,
@@ -178,21 +184,28 @@ struct ServerState {
 
 impl RaftServer {
     /// Binds the QUIC endpoint and starts accepting peers until `shutdown`.
-    /// Must be called inside a tokio runtime.
-    pub fn start(
+    /// Serves the Raft group of `elections` (its transport's group id); a
+    /// request for any other group is answered with
+    /// [`RemoteError::UnknownGroup`]. Must be called inside a tokio runtime.
+    pub fn start<C: RaftTypes>(
         options: RaftServerOptions,
         tls: &TlsMaterial,
-        elections: Elections,
+        elections: Elections<C>,
         app: Arc<dyn AppHandler>,
         shutdown: CancellationToken,
     ) -> Result<RaftServer, ServerError> {
-        RaftServer::start_with(options, tls, Arc::new(elections), app, shutdown)
+        let group = ServedGroup {
+            snapshots: elections.transport().snapshots.clone(),
+            raft: Arc::new(elections.clone()),
+        };
+        let groups = BTreeMap::from([(elections.transport().group(), group)]);
+        RaftServer::start_with(options, tls, groups, app, shutdown)
     }
 
-    pub(crate) fn start_with(
+    pub(crate) fn start_with<C: RaftTypes>(
         options: RaftServerOptions,
         tls: &TlsMaterial,
-        raft: Arc<dyn RaftRpcHandler>,
+        groups: BTreeMap<GroupId, ServedGroup<C>>,
         app: Arc<dyn AppHandler>,
         shutdown: CancellationToken,
     ) -> Result<RaftServer, ServerError> {
@@ -231,8 +244,7 @@ impl RaftServer {
 
         let state = Arc::new(ServerState {
             fingerprint: tls.ca_fingerprint().to_string(),
-            snapshot_dir: options.snapshot_dir,
-            raft,
+            groups,
             app,
             admission: options.admission,
             handshake_timeout: Duration::from_millis(options.transport.handshake_timeout_ms),
@@ -255,7 +267,11 @@ impl RaftServer {
     }
 }
 
-async fn accept_loop(endpoint: Endpoint, state: Arc<ServerState>, shutdown: CancellationToken) {
+async fn accept_loop<C: RaftTypes>(
+    endpoint: Endpoint,
+    state: Arc<ServerState<C>>,
+    shutdown: CancellationToken,
+) {
     loop {
         let incoming = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -270,9 +286,9 @@ async fn accept_loop(endpoint: Endpoint, state: Arc<ServerState>, shutdown: Canc
     info!("raft server stopped");
 }
 
-async fn serve_connection(
+async fn serve_connection<C: RaftTypes>(
     incoming: quinn::Incoming,
-    state: Arc<ServerState>,
+    state: Arc<ServerState<C>>,
     shutdown: CancellationToken,
 ) {
     let peer_addr = incoming.remote_address();
@@ -318,17 +334,17 @@ async fn serve_connection(
     }
 }
 
-struct StreamContext {
+struct StreamContext<C: RaftTypes> {
     peer_addr: SocketAddr,
     identity: PeerIdentity,
-    state: Arc<ServerState>,
+    state: Arc<ServerState<C>>,
 }
 
-impl StreamContext {
+impl<C: RaftTypes> StreamContext<C> {
     async fn serve(self, mut send: SendStream, mut recv: RecvStream) {
         let header = tokio::time::timeout(
             REQUEST_HEADER_TIMEOUT,
-            read_frame::<_, RequestFrame>(&mut recv),
+            read_request::<_, RequestBody<C>>(&mut recv),
         )
         .await;
         let request = match header {
@@ -345,29 +361,18 @@ impl StreamContext {
             }
         };
 
-        let admission_refusal = match request.body.is_raft() {
-            true => self.state.admission.refusal(),
-            false => None,
-        };
-        let response = match (self.refusal(&request), admission_refusal) {
-            (Some(reason), _) => {
-                warn!(
-                    peer = %self.peer_addr,
-                    claimed = %request.from,
-                    identity = %self.identity,
-                    kind = request.body.kind(),
-                    reason = %reason,
-                    "peer request refused"
-                );
-                Err(RemoteError::Refused(reason))
-            }
-            // Expected while it lasts, with peers retrying every few hundred
-            // ms: no warning each time.
-            (None, Some(reason)) => {
-                debug!(peer = %self.peer_addr, kind = request.body.kind(), reason = %reason, "raft request not admitted");
-                Err(RemoteError::Refused(reason))
-            }
-            (None, None) => self.dispatch(request.body, &mut recv).await,
+        let response = if let Some(reason) = self.refusal(&request) {
+            warn!(
+                peer = %self.peer_addr,
+                claimed = %request.from,
+                identity = %self.identity,
+                kind = request.body.kind(),
+                reason = %reason,
+                "peer request refused"
+            );
+            Err(RemoteError::Refused(reason))
+        } else {
+            self.route(request, &mut recv).await
         };
         if let Err(error) = write_frame(&mut send, &response).await {
             debug!(peer = %self.peer_addr, error = %error, "cannot send response");
@@ -377,7 +382,7 @@ impl StreamContext {
     }
 
     /// Why a request must not be served, if it must not.
-    fn refusal(&self, request: &RequestFrame) -> Option<String> {
+    fn refusal(&self, request: &RequestFrame<RequestBody<C>>) -> Option<String> {
         if request.cluster != self.state.fingerprint {
             return Some(format!(
                 "cluster CA fingerprint {} differs from ours {}",
@@ -400,8 +405,48 @@ impl StreamContext {
         None
     }
 
-    async fn dispatch(&self, body: RequestBody, recv: &mut RecvStream) -> ResponseFrame {
-        let raft = &self.state.raft;
+    /// Hands an admitted request to the node layer or to its Raft group.
+    async fn route(
+        &self,
+        request: RequestFrame<RequestBody<C>>,
+        recv: &mut RecvStream,
+    ) -> ResponseFrame {
+        let body = match request.body {
+            // The node's, not a group's: never routed by group.
+            RequestBody::App(payload) => return self.serve_app(payload).await,
+            raft_request => raft_request,
+        };
+        let Some(group) = self.state.groups.get(&request.group) else {
+            warn!(peer = %self.peer_addr, identity = %self.identity, group = request.group, kind = body.kind(), "request for a raft group this node does not serve");
+            return Err(RemoteError::UnknownGroup {
+                group: request.group,
+            });
+        };
+        if let Some(reason) = self.state.admission.refusal() {
+            // Expected while it lasts, with peers retrying every few hundred
+            // ms: no warning each time.
+            debug!(peer = %self.peer_addr, kind = body.kind(), reason = %reason, "raft request not admitted");
+            return Err(RemoteError::Refused(reason));
+        }
+        self.dispatch(group, body, recv).await
+    }
+
+    async fn serve_app(&self, payload: Vec<u8>) -> ResponseFrame {
+        self.state
+            .app
+            .handle(self.identity.clone(), payload)
+            .await
+            .map(ResponseBody::App)
+            .map_err(RemoteError::App)
+    }
+
+    async fn dispatch(
+        &self,
+        group: &ServedGroup<C>,
+        body: RequestBody<C>,
+        recv: &mut RecvStream,
+    ) -> ResponseFrame {
+        let raft = &group.raft;
         match body {
             RequestBody::Vote(rpc) => raft
                 .vote(rpc)
@@ -417,7 +462,10 @@ impl StreamContext {
                 vote,
                 meta,
                 total_len,
-            } => self.receive_snapshot(vote, meta, total_len, recv).await,
+            } => {
+                self.receive_snapshot(group, vote, meta, total_len, recv)
+                    .await
+            }
             RequestBody::PreVote(rpc) => match &self.identity {
                 PeerIdentity::Node(from) => {
                     Ok(ResponseBody::PreVote(raft.pre_vote(*from, rpc).await))
@@ -427,20 +475,15 @@ impl StreamContext {
                     "{other} may not ask for pre-votes"
                 ))),
             },
-            RequestBody::App(payload) => self
-                .state
-                .app
-                .handle(self.identity.clone(), payload)
-                .await
-                .map(ResponseBody::App)
-                .map_err(RemoteError::App),
+            RequestBody::App(payload) => self.serve_app(payload).await,
         }
     }
 
     async fn receive_snapshot(
         &self,
-        vote: Vote,
-        meta: SnapshotMeta,
+        group: &ServedGroup<C>,
+        vote: Vote<NodeId>,
+        meta: SnapshotMeta<NodeId, C::Node>,
         total_len: u64,
         recv: &mut RecvStream,
     ) -> ResponseFrame {
@@ -449,28 +492,36 @@ impl StreamContext {
             warn!(peer = %self.peer_addr, snapshot_id = %snapshot_id, error = %error, "{what}");
             RemoteError::Failed(format!("snapshot {snapshot_id}: {what}: {error}"))
         };
-        let mut file = SnapshotFile::create_incoming(&self.state.snapshot_dir)
+        let bodies = &*group.snapshots;
+        let mut body = bodies
+            .create_incoming()
             .await
-            .map_err(|error| failed("cannot create incoming snapshot file", &error))?;
+            .map_err(|error| failed("cannot create incoming snapshot body", &error))?;
         let received = async {
-            receive_snapshot_body(recv, &mut file, total_len)
+            let mut incoming = IncomingBody {
+                bodies,
+                body: &mut body,
+            };
+            receive_snapshot_body(recv, &mut incoming, total_len)
                 .await
                 .map_err(|error| failed("snapshot transfer failed", &error))?;
-            file.finish_receiving()
+            bodies
+                .finish_incoming(&mut body)
                 .await
-                .map_err(|error| failed("cannot sync snapshot file", &error))
-        };
-        if let Err(error) = received.await {
-            // A partial file must never be mistaken for a snapshot.
-            let _ = tokio::fs::remove_file(file.path()).await;
+                .map_err(|error| failed("cannot sync snapshot body", &error))
+        }
+        .await;
+        if let Err(error) = received {
+            // A partial body must never be mistaken for a snapshot.
+            bodies.discard_incoming(body).await;
             return Err(error);
         }
         info!(peer = %self.peer_addr, snapshot_id = %snapshot_id, bytes = total_len, "snapshot received");
         let snapshot = Snapshot {
             meta,
-            snapshot: Box::new(file),
+            snapshot: Box::new(body),
         };
-        self.state
+        group
             .raft
             .install_full_snapshot(vote, snapshot)
             .await

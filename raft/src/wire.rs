@@ -6,26 +6,42 @@
 //!
 //! A frame is a big-endian `u32` length, then that many bytes: one format
 //! version byte and a bincode (serde, standard config) payload.
+//!
+//! Every request is for one Raft group. A request for group 0 (the only
+//! group today) is written in format version 1, byte for byte as releases
+//! before group ids wrote it, so those peers still read it; a request for
+//! any other group is version 2: the group id, then version 1's payload.
+//! Both are read. Responses are always version 1.
 
 use std::future::Future;
 use std::io;
 use std::time::Duration;
 
-use floe_storage::snapshot::SnapshotFile;
-use floe_storage::{NodeId, SnapshotMeta, TypeConfig, Vote};
 use openraft::error::{Fatal, RaftError};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
 };
+use openraft::{SnapshotMeta, Vote};
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Serialize, Serializer};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::election::{PreVoteRequest, PreVoteResponse};
 use crate::tls::PeerIdentity;
+use crate::{NodeId, RaftTypes};
 
-/// Version byte of every frame; bump when the payload types change shape.
+/// A Raft group's id. Several groups may share one connection; group 0 is
+/// the one every cluster has.
+pub type GroupId = u64;
+/// The group of a cluster with one Raft group.
+pub const DEFAULT_GROUP: GroupId = 0;
+
+/// Version byte of responses and of group-0 requests; bump when the
+/// payload types change shape.
 pub const FORMAT_VERSION: u8 = 1;
+/// Version byte of requests for groups other than 0: the group id precedes
+/// version 1's payload.
+pub const GROUP_FORMAT_VERSION: u8 = 2;
 /// Largest accepted frame (version byte + payload), in bytes.
 pub const MAX_FRAME_BYTES: usize = 64 * 1024 * 1024;
 /// Size of the raw chunks a snapshot body is streamed in.
@@ -38,8 +54,8 @@ pub enum FrameError {
     #[error("frame of {len} bytes exceeds the {max} byte limit")]
     TooLarge { len: usize, max: usize },
     /// The peer speaks a format version we do not know.
-    #[error("unsupported frame format version {found} (this node speaks {FORMAT_VERSION})")]
-    UnsupportedVersion { found: u8 },
+    #[error("unsupported frame format version {found} (this node reads up to version {newest})")]
+    UnsupportedVersion { found: u8, newest: u8 },
     /// A zero-length frame has no version byte.
     #[error("empty frame")]
     Empty,
@@ -55,30 +71,36 @@ pub enum FrameError {
     /// One snapshot chunk took longer than allowed.
     #[error("snapshot chunk at offset {offset} not sent within {after:?}")]
     ChunkTimeout { offset: u64, after: Duration },
-    /// Reading from or writing to the stream (or the snapshot file) failed.
+    /// Reading from or writing to the stream (or the snapshot body) failed.
     #[error("stream i/o: {0}")]
     Io(#[from] io::Error),
 }
 
-/// A request: who sends it, under which cluster CA, and what it asks.
+/// A request: for which group, who sends it, under which cluster CA, and
+/// what it asks.
 #[derive(Debug, Serialize, Deserialize)]
-pub(crate) struct RequestFrame {
+pub(crate) struct RequestFrame<B> {
+    /// Not part of version 1's payload: a version 2 frame carries it before
+    /// the payload (see [`encode_request`]).
+    #[serde(skip)]
+    pub group: GroupId,
     /// The identity the sender claims; must match its certificate.
     pub from: PeerIdentity,
     /// The sender's CA fingerprint; must match ours.
     pub cluster: String,
-    pub body: RequestBody,
+    pub body: B,
 }
 
 /// What a request asks for.
 #[derive(Debug, Serialize, Deserialize)]
-pub(crate) enum RequestBody {
-    AppendEntries(AppendEntriesRequest<TypeConfig>),
+#[serde(bound = "")]
+pub(crate) enum RequestBody<C: RaftTypes> {
+    AppendEntries(AppendEntriesRequest<C>),
     Vote(VoteRequest<NodeId>),
     /// Followed on the stream by `total_len` raw bytes, then the stream's end.
     Snapshot {
-        vote: Vote,
-        meta: SnapshotMeta,
+        vote: Vote<NodeId>,
+        meta: SnapshotMeta<NodeId, C::Node>,
         total_len: u64,
     },
     /// Opaque to the transport; handled by the node layer.
@@ -87,7 +109,20 @@ pub(crate) enum RequestBody {
     PreVote(PreVoteRequest),
 }
 
-impl RequestBody {
+/// The tag of [`RequestBody::App`].
+const APP_TAG: u32 = 3;
+
+/// A node-layer request, encoded exactly as [`RequestBody::App`]: such
+/// requests belong to no group, so they are sent without a type configuration.
+pub(crate) struct AppRequest(pub Vec<u8>);
+
+impl Serialize for AppRequest {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_newtype_variant("RequestBody", APP_TAG, "App", &self.0)
+    }
+}
+
+impl<C: RaftTypes> RequestBody<C> {
     /// Raft RPCs may only come from nodes.
     pub fn is_raft(&self) -> bool {
         !matches!(self, RequestBody::App(_))
@@ -147,6 +182,10 @@ pub enum RemoteError {
     /// The request could not be processed (bad snapshot body, disk error, ...).
     #[error("request failed: {0}")]
     Failed(String),
+    /// This node serves no Raft group with this id (appended: older
+    /// variants keep their tags).
+    #[error("raft group {group} is not served by this node")]
+    UnknownGroup { group: GroupId },
 }
 
 /// Every response frame carries one of these.
@@ -156,8 +195,24 @@ fn bincode_config() -> impl bincode::config::Config {
     bincode::config::standard().with_limit::<MAX_FRAME_BYTES>()
 }
 
-/// Encodes `value` as one complete frame (length prefix included).
+/// Encodes `value` as one complete version 1 frame (length prefix included).
 pub(crate) fn encode_frame<T: Serialize>(value: &T) -> Result<Vec<u8>, FrameError> {
+    encode_versioned(FORMAT_VERSION, value)
+}
+
+/// Encodes a request: version 1 for group 0, so that peers of releases
+/// before group ids read it; version 2 with the group id otherwise.
+pub(crate) fn encode_request<B: Serialize>(
+    request: &RequestFrame<B>,
+) -> Result<Vec<u8>, FrameError> {
+    if request.group == DEFAULT_GROUP {
+        encode_versioned(FORMAT_VERSION, request)
+    } else {
+        encode_versioned(GROUP_FORMAT_VERSION, &(request.group, request))
+    }
+}
+
+fn encode_versioned<T: Serialize>(version: u8, value: &T) -> Result<Vec<u8>, FrameError> {
     let payload = bincode::serde::encode_to_vec(value, bincode_config())?;
     let frame_len = payload.len() + 1;
     if frame_len > MAX_FRAME_BYTES {
@@ -169,7 +224,7 @@ pub(crate) fn encode_frame<T: Serialize>(value: &T) -> Result<Vec<u8>, FrameErro
     let mut frame = Vec::with_capacity(4 + frame_len);
     // frame_len <= MAX_FRAME_BYTES (64 MiB) fits in u32.
     frame.extend_from_slice(&(frame_len as u32).to_be_bytes());
-    frame.push(FORMAT_VERSION);
+    frame.push(version);
     frame.extend_from_slice(&payload);
     Ok(frame)
 }
@@ -185,11 +240,62 @@ where
     Ok(())
 }
 
-/// Reads one frame; the length is checked before anything is allocated.
+/// Writes one request frame (see [`encode_request`]).
+pub(crate) async fn write_request<W, B>(
+    writer: &mut W,
+    request: &RequestFrame<B>,
+) -> Result<(), FrameError>
+where
+    W: AsyncWrite + Unpin,
+    B: Serialize,
+{
+    let frame = encode_request(request)?;
+    writer.write_all(&frame).await?;
+    Ok(())
+}
+
+/// Reads one version 1 frame (a response).
 pub(crate) async fn read_frame<R, T>(reader: &mut R) -> Result<T, FrameError>
 where
     R: AsyncRead + Unpin,
     T: DeserializeOwned,
+{
+    let frame = read_frame_bytes(reader).await?;
+    match frame[0] {
+        FORMAT_VERSION => decode(&frame[1..]),
+        found => Err(FrameError::UnsupportedVersion {
+            found,
+            newest: FORMAT_VERSION,
+        }),
+    }
+}
+
+/// Reads one request frame of either version; version 1 is group 0's.
+pub(crate) async fn read_request<R, B>(reader: &mut R) -> Result<RequestFrame<B>, FrameError>
+where
+    R: AsyncRead + Unpin,
+    B: DeserializeOwned,
+{
+    let frame = read_frame_bytes(reader).await?;
+    match frame[0] {
+        FORMAT_VERSION => decode(&frame[1..]),
+        GROUP_FORMAT_VERSION => {
+            let (group, mut request): (GroupId, RequestFrame<B>) = decode(&frame[1..])?;
+            request.group = group;
+            Ok(request)
+        }
+        found => Err(FrameError::UnsupportedVersion {
+            found,
+            newest: GROUP_FORMAT_VERSION,
+        }),
+    }
+}
+
+/// Reads one frame's bytes (version byte first); the length is checked
+/// before anything is allocated.
+async fn read_frame_bytes<R>(reader: &mut R) -> Result<Vec<u8>, FrameError>
+where
+    R: AsyncRead + Unpin,
 {
     let mut length_bytes = [0u8; 4];
     reader.read_exact(&mut length_bytes).await?;
@@ -205,16 +311,16 @@ where
     }
     let mut frame = vec![0u8; frame_len];
     reader.read_exact(&mut frame).await?;
-    let version = frame[0];
-    if version != FORMAT_VERSION {
-        return Err(FrameError::UnsupportedVersion { found: version });
-    }
-    let (value, _) = bincode::serde::decode_from_slice(&frame[1..], bincode_config())?;
+    Ok(frame)
+}
+
+fn decode<T: DeserializeOwned>(payload: &[u8]) -> Result<T, FrameError> {
+    let (value, _) = bincode::serde::decode_from_slice(payload, bincode_config())?;
     Ok(value)
 }
 
 /// Where snapshot bytes come from on the sending side.
-pub trait SnapshotSource: Sync {
+pub(crate) trait SnapshotSource: Sync {
     /// Total size in bytes.
     fn total_len(&self) -> impl Future<Output = io::Result<u64>> + Send;
     /// Reads up to `len` bytes at `offset`.
@@ -226,29 +332,9 @@ pub trait SnapshotSource: Sync {
 }
 
 /// Where snapshot bytes go on the receiving side.
-pub trait SnapshotSink: Send {
+pub(crate) trait SnapshotSink: Send {
     /// Appends bytes.
     fn write_chunk(&mut self, chunk: &[u8]) -> impl Future<Output = io::Result<()>> + Send;
-}
-
-impl SnapshotSource for SnapshotFile {
-    fn total_len(&self) -> impl Future<Output = io::Result<u64>> + Send {
-        self.len()
-    }
-
-    fn read_chunk(
-        &self,
-        offset: u64,
-        len: usize,
-    ) -> impl Future<Output = io::Result<Vec<u8>>> + Send {
-        self.read_at(offset, len)
-    }
-}
-
-impl SnapshotSink for SnapshotFile {
-    fn write_chunk(&mut self, chunk: &[u8]) -> impl Future<Output = io::Result<()>> + Send {
-        SnapshotFile::write_chunk(self, chunk)
-    }
 }
 
 /// Streams `total_len` bytes of `source` in [`SNAPSHOT_CHUNK_BYTES`] chunks.

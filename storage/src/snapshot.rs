@@ -1,6 +1,7 @@
 //! Snapshot files: built from a consistent view, streamed, never held whole in memory.
 //!
-//! CONTRACT (used by floe-raft's transport; keep these signatures):
+//! CONTRACT (floe-node streams snapshots over floe-raft's transport with
+//! these, in `node/src/raft_group.rs`; keep these signatures):
 //! - `SnapshotFile::create_incoming(dir)`  receiver side: a fresh empty file in `dir`
 //! - `write_chunk(&mut self, &[u8])`       receiver side: append bytes
 //! - `finish_receiving(&mut self)`         receiver side: fsync before install

@@ -1,24 +1,107 @@
-//! Shared test fixtures: a CA in a tempdir, servers with fake Raft handlers.
+//! Shared test fixtures: a CA in a tempdir, servers with fake Raft handlers,
+//! and a type configuration of the tests' own (the transport knows no other).
 
+use std::collections::BTreeMap;
+use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use floe_storage::{NodeId, Snapshot, TypeConfig, Vote};
 use futures::future::BoxFuture;
 use openraft::error::{Fatal, RaftError};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
 };
+use openraft::BasicNode;
 use tempfile::TempDir;
 use tokio_util::sync::CancellationToken;
 
 use crate::certs::{create_ca, create_client, create_node};
 use crate::election::{PreVoteRequest, PreVoteResponse};
-use crate::server::{AppHandler, RaftRpcHandler, RaftServer, RaftServerOptions};
+use crate::group::{GroupTransport, NodeAddress, SnapshotBodies};
+use crate::peers::Peers;
+use crate::server::{AppHandler, RaftRpcHandler, RaftServer, RaftServerOptions, ServedGroup};
 use crate::tls::{PeerIdentity, TlsMaterial};
+use crate::wire::{GroupId, DEFAULT_GROUP};
+use crate::NodeId;
+
+openraft::declare_raft_types!(
+    /// A type configuration unlike floe's: string commands, openraft's
+    /// `BasicNode`, and snapshot bodies held in memory.
+    pub TestConfig:
+        D = String,
+        R = String,
+        NodeId = u64,
+        Node = BasicNode,
+        Entry = openraft::Entry<TestConfig>,
+        SnapshotData = Vec<u8>,
+        AsyncRuntime = openraft::TokioRuntime,
+        Responder = openraft::impls::OneshotResponder<TestConfig>,
+);
+
+pub type Vote = openraft::Vote<NodeId>;
+pub type Snapshot = openraft::Snapshot<TestConfig>;
+pub type SnapshotMeta = openraft::SnapshotMeta<NodeId, BasicNode>;
+
+/// Snapshot bodies in memory; counts the bodies thrown away.
+#[derive(Default)]
+pub struct MemoryBodies {
+    pub finished: AtomicUsize,
+    pub discarded: AtomicUsize,
+}
+
+impl SnapshotBodies<TestConfig> for MemoryBodies {
+    fn len<'a>(&'a self, body: &'a Vec<u8>) -> BoxFuture<'a, io::Result<u64>> {
+        Box::pin(async move { Ok(body.len() as u64) })
+    }
+
+    fn read_chunk<'a>(
+        &'a self,
+        body: &'a Vec<u8>,
+        offset: u64,
+        len: usize,
+    ) -> BoxFuture<'a, io::Result<Vec<u8>>> {
+        let start = (offset as usize).min(body.len());
+        let end = start.saturating_add(len).min(body.len());
+        Box::pin(async move { Ok(body[start..end].to_vec()) })
+    }
+
+    fn create_incoming(&self) -> BoxFuture<'_, io::Result<Vec<u8>>> {
+        Box::pin(async { Ok(Vec::new()) })
+    }
+
+    fn write_chunk<'a>(
+        &'a self,
+        body: &'a mut Vec<u8>,
+        chunk: &'a [u8],
+    ) -> BoxFuture<'a, io::Result<()>> {
+        body.extend_from_slice(chunk);
+        Box::pin(async { Ok(()) })
+    }
+
+    fn finish_incoming<'a>(&'a self, _body: &'a mut Vec<u8>) -> BoxFuture<'a, io::Result<()>> {
+        self.finished.fetch_add(1, Ordering::SeqCst);
+        Box::pin(async { Ok(()) })
+    }
+
+    fn discard_incoming(&self, _body: Vec<u8>) -> BoxFuture<'_, ()> {
+        self.discarded.fetch_add(1, Ordering::SeqCst);
+        Box::pin(async {})
+    }
+}
+
+/// Group `group`'s transport from node `our_id`, with bodies in memory.
+pub fn group_transport(peers: Peers, group: GroupId, our_id: NodeId) -> GroupTransport<TestConfig> {
+    GroupTransport::new(
+        peers,
+        group,
+        our_id,
+        NodeAddress::new(|node: &BasicNode| node.addr.as_str()),
+        Arc::new(MemoryBodies::default()),
+    )
+}
 
 /// A cluster CA in its own tempdir; node and client material next to it.
 pub struct TestCa {
@@ -83,7 +166,7 @@ pub struct FakeRaft {
     pub installed: Arc<Mutex<Option<Vec<u8>>>>,
 }
 
-impl RaftRpcHandler for FakeRaft {
+impl RaftRpcHandler<TestConfig> for FakeRaft {
     fn vote(
         &self,
         rpc: VoteRequest<NodeId>,
@@ -98,7 +181,7 @@ impl RaftRpcHandler for FakeRaft {
 
     fn append_entries(
         &self,
-        _rpc: AppendEntriesRequest<TypeConfig>,
+        _rpc: AppendEntriesRequest<TestConfig>,
     ) -> BoxFuture<'static, Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>> {
         self.calls.fetch_add(1, Ordering::SeqCst);
         Box::pin(async { Ok(AppendEntriesResponse::Success) })
@@ -112,13 +195,7 @@ impl RaftRpcHandler for FakeRaft {
         self.calls.fetch_add(1, Ordering::SeqCst);
         let installed = self.installed.clone();
         Box::pin(async move {
-            let file = snapshot.snapshot;
-            let len = file.len().await.map_err(|_| Fatal::Panicked)?;
-            let bytes = file
-                .read_at(0, len as usize)
-                .await
-                .map_err(|_| Fatal::Panicked)?;
-            *installed.lock().unwrap() = Some(bytes);
+            *installed.lock().unwrap() = Some(*snapshot.snapshot);
             Ok(SnapshotResponse::new(vote))
         })
     }
@@ -142,13 +219,22 @@ impl RaftRpcHandler for FakeRaft {
     }
 }
 
-/// A running server with fake Raft and echo app handlers.
+/// Group 0 served by a default [`FakeRaft`], bodies in memory.
+pub fn fake_groups() -> BTreeMap<GroupId, ServedGroup<TestConfig>> {
+    let group = ServedGroup {
+        raft: Arc::new(FakeRaft::default()) as Arc<dyn RaftRpcHandler<TestConfig>>,
+        snapshots: Arc::new(MemoryBodies::default()) as Arc<dyn SnapshotBodies<TestConfig>>,
+    };
+    BTreeMap::from([(DEFAULT_GROUP, group)])
+}
+
+/// A running server with fake Raft and echo app handlers, serving one group.
 pub struct TestServer {
     pub server: RaftServer,
     pub shutdown: CancellationToken,
     pub raft: Arc<FakeRaft>,
+    pub snapshots: Arc<MemoryBodies>,
     pub app: Arc<EchoApp>,
-    pub _snapshots: TempDir,
 }
 
 impl TestServer {
@@ -172,26 +258,41 @@ impl TestServer {
         raft: FakeRaft,
         admission: crate::RaftAdmission,
     ) -> TestServer {
-        let snapshots = tempfile::tempdir().unwrap();
+        TestServer::start_serving(tls, node_id, bind_addr, raft, admission, DEFAULT_GROUP)
+    }
+
+    /// A server whose one Raft group is `group`.
+    pub fn start_serving(
+        tls: &TlsMaterial,
+        node_id: NodeId,
+        bind_addr: SocketAddr,
+        raft: FakeRaft,
+        admission: crate::RaftAdmission,
+        served_group: GroupId,
+    ) -> TestServer {
         let options = RaftServerOptions {
             node_id,
             bind_addr,
-            snapshot_dir: snapshots.path().to_path_buf(),
             transport: Default::default(),
             admission,
         };
         let raft = Arc::new(raft);
+        let snapshots = Arc::new(MemoryBodies::default());
+        let group = ServedGroup {
+            raft: raft.clone() as Arc<dyn RaftRpcHandler<TestConfig>>,
+            snapshots: snapshots.clone() as Arc<dyn SnapshotBodies<TestConfig>>,
+        };
         let app = Arc::new(EchoApp::default());
         let shutdown = CancellationToken::new();
+        let groups = BTreeMap::from([(served_group, group)]);
         let server =
-            RaftServer::start_with(options, tls, raft.clone(), app.clone(), shutdown.clone())
-                .unwrap();
+            RaftServer::start_with(options, tls, groups, app.clone(), shutdown.clone()).unwrap();
         TestServer {
             server,
             shutdown,
             raft,
+            snapshots,
             app,
-            _snapshots: snapshots,
         }
     }
 

@@ -2,24 +2,33 @@
 
 use std::time::Duration;
 
-use floe_storage::snapshot::SnapshotFile;
-use floe_storage::{NodeInfo, Snapshot, SnapshotMeta, Vote};
 use openraft::error::{RPCError, ReplicationClosed, StreamingError};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::VoteRequest;
+use openraft::BasicNode;
 
-use super::harness::{localhost, FakeRaft, TestCa, TestServer};
+use super::harness::{
+    group_transport, localhost, FakeRaft, Snapshot, SnapshotMeta, TestCa, TestConfig, TestServer,
+    Vote,
+};
 use crate::network::{NetworkFactory, PeerNetwork};
 use crate::peers::{Peers, TransportOptions};
+use crate::wire::{GroupId, DEFAULT_GROUP};
 
-async fn network_to(ca: &TestCa, our_id: u64, target: u64, addr: &str) -> PeerNetwork {
+async fn network_to(ca: &TestCa, our_id: u64, target: u64, addr: &str) -> PeerNetwork<TestConfig> {
+    group_network_to(ca, DEFAULT_GROUP, our_id, target, addr).await
+}
+
+async fn group_network_to(
+    ca: &TestCa,
+    group: GroupId,
+    our_id: u64,
+    target: u64,
+    addr: &str,
+) -> PeerNetwork<TestConfig> {
     let peers = Peers::new(&ca.node(our_id), TransportOptions::default()).unwrap();
-    let mut factory = NetworkFactory::new(peers, our_id);
-    let node = NodeInfo {
-        raft_addr: addr.to_string(),
-        ..NodeInfo::default()
-    };
-    factory.new_client(target, &node).await
+    let mut factory = NetworkFactory::new(group_transport(peers, group, our_id));
+    factory.new_client(target, &BasicNode::new(addr)).await
 }
 
 fn vote() -> VoteRequest<u64> {
@@ -85,19 +94,14 @@ async fn errors_map_to_what_openraft_expects() {
     server.stop().await;
 }
 
-async fn snapshot_of(bytes: &[u8], dir: &std::path::Path) -> Snapshot {
-    let mut file = SnapshotFile::create_incoming(dir).await.unwrap();
-    for chunk in bytes.chunks(300_000) {
-        file.write_chunk(chunk).await.unwrap();
-    }
-    file.finish_receiving().await.unwrap();
+fn snapshot_of(bytes: &[u8]) -> Snapshot {
     let meta = SnapshotMeta {
         snapshot_id: "test-1".to_string(),
         ..SnapshotMeta::default()
     };
     Snapshot {
         meta,
-        snapshot: Box::new(file),
+        snapshot: Box::new(bytes.to_vec()),
     }
 }
 
@@ -106,11 +110,10 @@ async fn full_snapshot_is_installed_byte_identical() {
     let ca = TestCa::new("c");
     let server = TestServer::start(&ca.node(1), 1, localhost());
     let mut network = network_to(&ca, 2, 1, &server.addr()).await;
-    let source_dir = tempfile::tempdir().unwrap();
     let bytes: Vec<u8> = (0..3_500_000u32)
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
         .collect();
-    let snapshot = snapshot_of(&bytes, source_dir.path()).await;
+    let snapshot = snapshot_of(&bytes);
 
     let never = futures::future::pending::<ReplicationClosed>();
     let response = network
@@ -143,8 +146,7 @@ async fn cancelled_snapshot_is_not_installed() {
     let ca = TestCa::new("c");
     let server = TestServer::start(&ca.node(1), 1, localhost());
     let mut network = network_to(&ca, 2, 1, &server.addr()).await;
-    let source_dir = tempfile::tempdir().unwrap();
-    let snapshot = snapshot_of(&vec![7u8; 4_000_000], source_dir.path()).await;
+    let snapshot = snapshot_of(&vec![7u8; 4_000_000]);
 
     let cancel = futures::future::ready(ReplicationClosed::new("leader stepped down"));
     let result = network
@@ -162,7 +164,7 @@ async fn cancelled_snapshot_is_not_installed() {
 
     // The same peer then receives a complete snapshot; only that one is installed.
     let complete = vec![9u8; 1_500_000];
-    let snapshot = snapshot_of(&complete, source_dir.path()).await;
+    let snapshot = snapshot_of(&complete);
     let never = futures::future::pending::<ReplicationClosed>();
     network
         .full_snapshot(
@@ -178,5 +180,13 @@ async fn cancelled_snapshot_is_not_installed() {
         1
     );
     assert!(server.raft.installed.lock().unwrap().as_deref() == Some(&complete[..]));
+    assert_eq!(
+        server
+            .snapshots
+            .finished
+            .load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "only the complete body is finished"
+    );
     server.stop().await;
 }

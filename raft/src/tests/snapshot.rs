@@ -4,14 +4,14 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
-use floe_storage::snapshot::SnapshotFile;
 use sha2::{Digest, Sha256};
 
 use super::harness::{localhost, TestCa};
 use crate::peers::{Peers, TransportOptions};
 use crate::tls::RAFT_ALPN;
 use crate::wire::{
-    read_frame, receive_snapshot_body, send_snapshot_body, write_frame, FrameError, SnapshotSource,
+    read_frame, receive_snapshot_body, send_snapshot_body, write_frame, FrameError, SnapshotSink,
+    SnapshotSource,
 };
 
 /// An in-memory source that records the largest chunk it was asked for.
@@ -34,6 +34,19 @@ impl SnapshotSource for MemorySource {
     }
 }
 
+/// An in-memory sink.
+#[derive(Default)]
+struct MemorySink {
+    bytes: Vec<u8>,
+}
+
+impl SnapshotSink for MemorySink {
+    async fn write_chunk(&mut self, chunk: &[u8]) -> io::Result<()> {
+        self.bytes.extend_from_slice(chunk);
+        Ok(())
+    }
+}
+
 fn pseudo_random(len: usize) -> Vec<u8> {
     let mut state = 0x2545_f491_4f6c_dd1du64;
     (0..len)
@@ -47,7 +60,7 @@ fn pseudo_random(len: usize) -> Vec<u8> {
 }
 
 /// Sends `announced` as the length but streams `source`; returns what the
-/// receiver got (or its error) read back from a real `SnapshotFile`.
+/// receiver got (or its error).
 async fn transfer(source: MemorySource, announced: u64) -> Result<Vec<u8>, FrameError> {
     let ca = TestCa::new("snap");
     let server_tls = ca.node(1);
@@ -61,23 +74,14 @@ async fn transfer(source: MemorySource, announced: u64) -> Result<Vec<u8>, Frame
     )
     .unwrap();
     let addr = endpoint.local_addr().unwrap().to_string();
-    let receive_dir = tempfile::tempdir().unwrap();
-    let dir = receive_dir.path().to_path_buf();
 
     let receiver = tokio::spawn(async move {
         let connection = endpoint.accept().await.unwrap().await.unwrap();
         let (mut send, mut recv) = connection.accept_bi().await.unwrap();
         let announced: u64 = read_frame(&mut recv).await.unwrap();
-        let mut file = SnapshotFile::create_incoming(&dir).await.unwrap();
-        let result = receive_snapshot_body(&mut recv, &mut file, announced).await;
-        let outcome = match result {
-            Ok(()) => {
-                file.finish_receiving().await.unwrap();
-                let len = file.len().await.unwrap();
-                Ok(file.read_at(0, len as usize).await.unwrap())
-            }
-            Err(error) => Err(error),
-        };
+        let mut sink = MemorySink::default();
+        let result = receive_snapshot_body(&mut recv, &mut sink, announced).await;
+        let outcome = result.map(|()| sink.bytes);
         write_frame(&mut send, &true).await.unwrap();
         send.finish().unwrap();
         // Keep the connection until the sender has read the ack.

@@ -3,13 +3,12 @@
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use floe_storage::Vote;
 use openraft::raft::VoteRequest;
 
-use super::harness::{deadline, localhost, TestCa, TestServer};
+use super::harness::{deadline, localhost, TestCa, TestConfig, TestServer, Vote};
 use crate::peers::{Peers, TransportError, TransportOptions};
 use crate::tls::PeerIdentity;
-use crate::wire::{RemoteError, RequestBody, ResponseBody};
+use crate::wire::{RemoteError, RequestBody, ResponseBody, DEFAULT_GROUP};
 
 const RPC_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -17,7 +16,7 @@ fn peers(tls: &crate::TlsMaterial) -> Peers {
     Peers::new(tls, TransportOptions::default()).unwrap()
 }
 
-fn vote_request() -> RequestBody {
+fn vote_request() -> RequestBody<TestConfig> {
     RequestBody::Vote(VoteRequest::new(Vote::new(1, 2), None))
 }
 
@@ -77,7 +76,13 @@ async fn raft_requests_are_refused_while_not_admitted_and_app_requests_still_ser
 
     let reason = refusal(
         client
-            .call(1, &server.addr(), vote_request(), RPC_TIMEOUT)
+            .call(
+                1,
+                &server.addr(),
+                DEFAULT_GROUP,
+                vote_request(),
+                RPC_TIMEOUT,
+            )
             .await,
     );
     assert_eq!(reason, "data dir /d is full");
@@ -94,7 +99,13 @@ async fn raft_requests_are_refused_while_not_admitted_and_app_requests_still_ser
 
     admitted.store(true, Ordering::SeqCst);
     let response = client
-        .call(1, &server.addr(), vote_request(), RPC_TIMEOUT)
+        .call(
+            1,
+            &server.addr(),
+            DEFAULT_GROUP,
+            vote_request(),
+            RPC_TIMEOUT,
+        )
         .await
         .unwrap();
     assert!(matches!(response, ResponseBody::Vote(vote) if vote.vote_granted));
@@ -108,7 +119,13 @@ async fn node_can_send_raft_requests() {
     let server = TestServer::start(&ca.node(1), 1, localhost());
     let client = peers(&ca.node(2));
     let response = client
-        .call(1, &server.addr(), vote_request(), RPC_TIMEOUT)
+        .call(
+            1,
+            &server.addr(),
+            DEFAULT_GROUP,
+            vote_request(),
+            RPC_TIMEOUT,
+        )
         .await
         .unwrap();
     assert!(matches!(response, ResponseBody::Vote(vote) if vote.vote_granted));
@@ -186,8 +203,14 @@ async fn request_claiming_another_node_is_refused() {
     .unwrap();
 
     let reason = refusal(
-        liar.call(1, &server.addr(), vote_request(), RPC_TIMEOUT)
-            .await,
+        liar.call(
+            1,
+            &server.addr(),
+            DEFAULT_GROUP,
+            vote_request(),
+            RPC_TIMEOUT,
+        )
+        .await,
     );
     assert!(
         reason.contains("node 2") && reason.contains("node 3"),
@@ -210,8 +233,14 @@ async fn client_certificate_may_send_app_but_not_raft_requests() {
     let cli = peers(&ca.client("cli"));
 
     let reason = refusal(
-        cli.call(1, &server.addr(), vote_request(), RPC_TIMEOUT)
-            .await,
+        cli.call(
+            1,
+            &server.addr(),
+            DEFAULT_GROUP,
+            vote_request(),
+            RPC_TIMEOUT,
+        )
+        .await,
     );
     assert!(
         reason.contains("client cli") && reason.contains("vote"),
@@ -305,14 +334,13 @@ async fn server_refuses_to_start_with_another_nodes_certificate() {
     let options = crate::RaftServerOptions {
         node_id: 1,
         bind_addr: localhost(),
-        snapshot_dir: ca.dir.path().join("snap"),
         transport: Default::default(),
         admission: Default::default(),
     };
     let result = crate::server::RaftServer::start_with(
         options,
         &ca.node(2),
-        std::sync::Arc::new(super::harness::FakeRaft::default()),
+        super::harness::fake_groups(),
         std::sync::Arc::new(super::harness::EchoApp::default()),
         tokio_util::sync::CancellationToken::new(),
     );
@@ -461,7 +489,6 @@ fn server_with_handshake_timeout(
     let options = crate::RaftServerOptions {
         node_id: 1,
         bind_addr: localhost(),
-        snapshot_dir: ca.dir.path().join(format!("snap-{handshake_timeout_ms}")),
         transport: TransportOptions {
             idle_timeout_ms: 60_000,
             handshake_timeout_ms,
@@ -472,7 +499,7 @@ fn server_with_handshake_timeout(
     crate::server::RaftServer::start_with(
         options,
         &ca.node(1),
-        std::sync::Arc::new(super::harness::FakeRaft::default()),
+        super::harness::fake_groups(),
         std::sync::Arc::new(super::harness::EchoApp::default()),
         tokio_util::sync::CancellationToken::new(),
     )
@@ -511,7 +538,7 @@ async fn a_handshake_that_does_not_complete_in_time_is_dropped() {
     );
 }
 
-fn pre_vote_request() -> RequestBody {
+fn pre_vote_request() -> RequestBody<TestConfig> {
     RequestBody::PreVote(crate::election::PreVoteRequest {
         term: 4,
         last_log_id: None,
@@ -525,7 +552,13 @@ async fn pre_vote_reaches_the_handler_with_the_askers_certified_id() {
     for (asker, granted) in [(3, true), (2, false)] {
         let client = peers(&ca.node(asker));
         let response = client
-            .call(1, &server.addr(), pre_vote_request(), RPC_TIMEOUT)
+            .call(
+                1,
+                &server.addr(),
+                DEFAULT_GROUP,
+                pre_vote_request(),
+                RPC_TIMEOUT,
+            )
             .await
             .unwrap();
         let ResponseBody::PreVote(answer) = response else {
@@ -548,8 +581,14 @@ async fn client_certificate_may_not_ask_for_pre_votes() {
     let server = TestServer::start(&ca.node(1), 1, localhost());
     let cli = peers(&ca.client("cli"));
     let reason = refusal(
-        cli.call(1, &server.addr(), pre_vote_request(), RPC_TIMEOUT)
-            .await,
+        cli.call(
+            1,
+            &server.addr(),
+            DEFAULT_GROUP,
+            pre_vote_request(),
+            RPC_TIMEOUT,
+        )
+        .await,
     );
     assert!(
         reason.contains("client cli") && reason.contains("pre-vote"),
