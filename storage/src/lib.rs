@@ -20,6 +20,8 @@ mod group_commit;
 mod identity;
 mod keys;
 mod log_store;
+#[cfg(test)]
+mod memory;
 mod metrics;
 pub mod models;
 mod reader;
@@ -29,6 +31,7 @@ pub mod snapshot;
 mod snapshot_format;
 mod snapshot_store;
 mod state_machine;
+pub mod state_store;
 mod store;
 pub mod types;
 

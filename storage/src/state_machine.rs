@@ -32,9 +32,13 @@ pub struct StateMachineStore {
     pub(crate) shared: Arc<Shared>,
 }
 
-type TxError = ConflictableTransactionError<Box<StoreError>>;
+use crate::state_store::{SledStateTx, StateTx, TxError};
 
 fn abort(error: StoreError) -> TxError {
+    TxError::abort(error)
+}
+
+fn abort_meta(error: StoreError) -> ConflictableTransactionError<Box<StoreError>> {
     ConflictableTransactionError::Abort(Box::new(error))
 }
 
@@ -81,13 +85,16 @@ fn apply_batch(shared: &Shared, entries: &[Entry]) -> Result<Vec<CommandResponse
         let result = (&data_tree, &shared.sm_meta).transaction(|(data, meta)| {
             // May run more than once (sled retries on conflict), so it only
             // reads and writes through the transaction.
-            let mut tombstones: Option<BTreeSet<NodeId>> = None;
             let mut membership: Option<StoredMembership> = None;
             let mut responses = Vec::with_capacity(entries.len());
             let changes = std::cell::RefCell::new(crate::changes::AppliedChanges::default());
-            let apply = ApplyTx {
+            let state_tx = SledStateTx {
                 data,
                 meta,
+                tree_name: &data_tree_name,
+            };
+            let apply = ApplyTx {
+                tx: &state_tx,
                 data_tree_name: &data_tree_name,
                 definitions: &shared.definitions,
                 changes: &changes,
@@ -107,13 +114,9 @@ fn apply_batch(shared: &Shared, entries: &[Entry]) -> Result<Vec<CommandResponse
                         ));
                         CommandResponse::Applied
                     }
-                    EntryPayload::Normal(command) => apply_command(
-                        &apply,
-                        &mut tombstones,
-                        entry.log_id.index,
-                        &[position],
-                        command,
-                    )?,
+                    EntryPayload::Normal(command) => {
+                        apply_command(&apply, entry.log_id.index, &[position], command)?
+                    }
                 };
                 responses.push(response);
             }
@@ -122,9 +125,6 @@ fn apply_batch(shared: &Shared, entries: &[Entry]) -> Result<Vec<CommandResponse
             }
             if let Some(membership) = &membership {
                 put_tx(meta, KEY_MEMBERSHIP, membership)?;
-            }
-            if let Some(tombstones) = &tombstones {
-                put_tx(meta, KEY_TOMBSTONES, tombstones)?;
             }
             Ok(BatchOutcome {
                 responses,
@@ -163,20 +163,19 @@ fn put_tx<T: serde::Serialize>(
     meta: &TransactionalTree,
     key: &[u8],
     value: &T,
-) -> Result<(), TxError> {
+) -> Result<(), ConflictableTransactionError<Box<StoreError>>> {
     let bytes = codec::encode(
         || format!("{SM_META_TREE} {}", String::from_utf8_lossy(key)),
         value,
     )
-    .map_err(abort)?;
+    .map_err(abort_meta)?;
     meta.insert(key, bytes)?;
     Ok(())
 }
 
 /// The transaction's trees and what apply needs besides them.
 struct ApplyTx<'a> {
-    data: &'a TransactionalTree,
-    meta: &'a TransactionalTree,
+    tx: &'a dyn StateTx,
     data_tree_name: &'a str,
     definitions: &'a DefinitionCache,
     changes: &'a std::cell::RefCell<crate::changes::AppliedChanges>,
@@ -194,7 +193,6 @@ struct ApplyTx<'a> {
 /// refused on the next try; only storage failures pass through as they are.
 fn apply_command(
     apply: &ApplyTx<'_>,
-    tombstones: &mut Option<BTreeSet<NodeId>>,
     index: u64,
     position: &[usize],
     command: &Command,
@@ -209,18 +207,16 @@ fn apply_command(
         for (at, command) in commands.iter().enumerate() {
             let mut inner = position.to_vec();
             inner.push(at);
-            responses.push(apply_command(apply, tombstones, index, &inner, command)?);
+            responses.push(apply_command(apply, index, &inner, command)?);
         }
         return Ok(CommandResponse::Batch(responses));
     }
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        apply_one(apply, tombstones, index, command)
+        apply_one(apply, index, command)
     }));
     let error = match outcome {
         Ok(Ok(response)) => return Ok(response),
-        Ok(Err(ConflictableTransactionError::Abort(error))) if !error.is_storage_failure() => {
-            error.to_string()
-        }
+        Ok(Err(TxError::Abort(error))) if !error.is_storage_failure() => error.to_string(),
         Ok(Err(other)) => return Err(other),
         Err(panic) => {
             let message = panic
@@ -231,7 +227,7 @@ fn apply_command(
             format!("apply panicked: {message}")
         }
     };
-    Err(abort(StoreError::CommandRefused {
+    Err(TxError::abort(StoreError::CommandRefused {
         position: position.to_vec(),
         reason: format!("log entry {index}: {}: {error}; the command was refused and nothing it changed was kept", bounded(&command.to_string())),
     }))
@@ -252,11 +248,10 @@ fn bounded(text: &str) -> String {
 
 fn apply_one(
     apply: &ApplyTx<'_>,
-    tombstones: &mut Option<BTreeSet<NodeId>>,
     index: u64,
     command: &Command,
 ) -> Result<CommandResponse, TxError> {
-    let (data, meta, data_tree_name) = (apply.data, apply.meta, apply.data_tree_name);
+    let (data, data_tree_name) = (apply.tx, apply.data_tree_name);
     let runs = RunTx {
         data,
         tree_name: data_tree_name,
@@ -333,15 +328,15 @@ fn apply_one(
             };
             let bytes =
                 codec::encode(kv_record_name(data_tree_name, key), &entry).map_err(abort)?;
-            data.insert(keys::kv(key), bytes)?;
+            data.insert(&keys::kv(key), bytes)?;
             Ok(CommandResponse::Put { revision: index })
         }
         Command::KvDelete { key } => {
-            let existed = data.remove(keys::kv(key))?.is_some();
+            let existed = data.remove(&keys::kv(key))?;
             Ok(CommandResponse::Delete { existed })
         }
         Command::KvCas { key, expected, new } => {
-            let current: Option<KvEntry> = match data.get(keys::kv(key))? {
+            let current: Option<KvEntry> = match data.get(&keys::kv(key))? {
                 Some(bytes) => Some(
                     codec::decode(kv_record_name(data_tree_name, key), &bytes).map_err(abort)?,
                 ),
@@ -364,10 +359,10 @@ fn apply_one(
                     };
                     let bytes = codec::encode(kv_record_name(data_tree_name, key), &entry)
                         .map_err(abort)?;
-                    data.insert(keys::kv(key), bytes)?;
+                    data.insert(&keys::kv(key), bytes)?;
                 }
                 None => {
-                    data.remove(keys::kv(key))?;
+                    data.remove(&keys::kv(key))?;
                 }
             }
             Ok(CommandResponse::Cas {
@@ -394,7 +389,7 @@ fn apply_one(
                     created: false,
                 });
             }
-            let latest: u64 = match data.get(keys::flow_latest(name))? {
+            let latest: u64 = match data.get(&keys::flow_latest(name))? {
                 Some(bytes) => {
                     codec::decode(|| format!("{data_tree_name} flow {name} latest"), &bytes)
                         .map_err(abort)?
@@ -412,15 +407,15 @@ fn apply_one(
             let encode_version =
                 || codec::encode(|| format!("{data_tree_name} flow {name} version"), &version);
             data.insert(
-                keys::flow_def(name, version),
+                &keys::flow_def(name, version),
                 codec::encode(
                     || format!("{data_tree_name} flow {name} v{version}"),
                     &record,
                 )
                 .map_err(abort)?,
             )?;
-            data.insert(hash_key, encode_version().map_err(abort)?)?;
-            data.insert(keys::flow_latest(name), encode_version().map_err(abort)?)?;
+            data.insert(&hash_key, encode_version().map_err(abort)?)?;
+            data.insert(&keys::flow_latest(name), encode_version().map_err(abort)?)?;
             Ok(CommandResponse::FlowPut {
                 version,
                 created: true,
@@ -434,18 +429,18 @@ fn apply_one(
             })
         }
         Command::TombstoneNode { node_id } => {
-            if tombstones.is_none() {
-                let bytes = meta.get(KEY_TOMBSTONES)?;
-                let loaded = match bytes {
-                    Some(bytes) => codec::decode(|| format!("{SM_META_TREE} tombstones"), &bytes)
-                        .map_err(abort)?,
-                    None => BTreeSet::new(),
-                };
-                *tombstones = Some(loaded);
-            }
-            if let Some(set) = tombstones.as_mut() {
-                set.insert(*node_id);
-            }
+            // Read and written in the transaction: a later command of the
+            // batch sees it.
+            let name = || format!("{SM_META_TREE} tombstones");
+            let mut tombstones: BTreeSet<NodeId> = match data.get_meta(KEY_TOMBSTONES)? {
+                Some(bytes) => codec::decode(name, &bytes).map_err(abort)?,
+                None => BTreeSet::new(),
+            };
+            tombstones.insert(*node_id);
+            data.insert_meta(
+                KEY_TOMBSTONES,
+                codec::encode(name, &tombstones).map_err(abort)?,
+            )?;
             Ok(CommandResponse::Applied)
         }
     }

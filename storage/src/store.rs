@@ -138,6 +138,13 @@ impl Shared {
         (active.generation, active.data.clone())
     }
 
+    /// A read view of the active data tree, holding it while it lives.
+    pub(crate) fn data_view(&self) -> crate::state_store::DataView<'_> {
+        let active = self.read_active();
+        let tree_name = data_tree_name(active.generation);
+        crate::state_store::DataView { active, tree_name }
+    }
+
     pub(crate) fn swap_active(&self, new: DataGeneration) -> DataGeneration {
         let mut active = self
             .active
