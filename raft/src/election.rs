@@ -20,7 +20,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use floe_storage::{LogId, LogStore, NodeId, Raft};
+use floe_state::{LogStore, Raft};
+use floe_storage::{LogId, NodeId};
 use openraft::storage::RaftLogStorage;
 use openraft::ServerState;
 use rand::Rng;

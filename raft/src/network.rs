@@ -3,7 +3,8 @@
 use std::future::Future;
 use std::time::Duration;
 
-use floe_storage::{NodeId, NodeInfo, Snapshot, TypeConfig, Vote};
+use floe_state::{Snapshot, TypeConfig};
+use floe_storage::{NodeId, NodeInfo, Vote};
 use openraft::error::{
     Fatal, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError as RaftRemoteError,
     ReplicationClosed, StreamingError, Timeout, Unreachable,

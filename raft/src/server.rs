@@ -5,8 +5,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use floe_state::Snapshot;
 use floe_storage::snapshot::SnapshotFile;
-use floe_storage::{NodeId, Snapshot, SnapshotMeta, Vote};
+use floe_storage::{NodeId, SnapshotMeta, Vote};
 use futures::future::BoxFuture;
 use openraft::error::{Fatal, RaftError};
 use openraft::raft::{
@@ -118,7 +119,7 @@ pub(crate) trait RaftRpcHandler: Send + Sync + 'static {
     ) -> BoxFuture<'static, Result<VoteResponse<NodeId>, RaftError<NodeId>>>;
     fn append_entries(
         &self,
-        rpc: AppendEntriesRequest<floe_storage::TypeConfig>,
+        rpc: AppendEntriesRequest<floe_state::TypeConfig>,
     ) -> BoxFuture<'static, Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>>;
     fn install_full_snapshot(
         &self,
@@ -139,7 +140,7 @@ impl RaftRpcHandler for Elections {
 
     fn append_entries(
         &self,
-        rpc: AppendEntriesRequest<floe_storage::TypeConfig>,
+        rpc: AppendEntriesRequest<floe_state::TypeConfig>,
     ) -> BoxFuture<'static, Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>> {
         let raft = self.raft().clone();
         Box::pin(async move { raft.append_entries(rpc).await })

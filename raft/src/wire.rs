@@ -11,8 +11,9 @@ use std::future::Future;
 use std::io;
 use std::time::Duration;
 
+use floe_state::TypeConfig;
 use floe_storage::snapshot::SnapshotFile;
-use floe_storage::{NodeId, SnapshotMeta, TypeConfig, Vote};
+use floe_storage::{NodeId, SnapshotMeta, Vote};
 use openraft::error::{Fatal, RaftError};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,

@@ -6,7 +6,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use floe_storage::{NodeId, Snapshot, TypeConfig, Vote};
+use floe_state::{Snapshot, TypeConfig};
+use floe_storage::{NodeId, Vote};
 use futures::future::BoxFuture;
 use openraft::error::{Fatal, RaftError};
 use openraft::raft::{

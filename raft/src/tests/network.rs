@@ -2,8 +2,9 @@
 
 use std::time::Duration;
 
+use floe_state::Snapshot;
 use floe_storage::snapshot::SnapshotFile;
-use floe_storage::{NodeInfo, Snapshot, SnapshotMeta, Vote};
+use floe_storage::{NodeInfo, SnapshotMeta, Vote};
 use openraft::error::{RPCError, ReplicationClosed, StreamingError};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::VoteRequest;

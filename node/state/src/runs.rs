@@ -1,5 +1,5 @@
 //! Runs inside apply: the run engine (floe-engine) decides, this module
-//! stores. Every change of one command happens in the caller's sled
+//! stores. Every change of one command happens in the caller's store
 //! transaction; run records, tasks, timers and indexes never disagree.
 //!
 //! Run and task records are bincode with their JSON values as text
@@ -19,18 +19,18 @@ use floe_engine::FlowDefinition;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::blobs;
 use crate::codec;
-use crate::error::StoreError;
 use crate::keys;
 use crate::slots;
 use crate::types::{CommandResponse, FlowRecord};
+use floe_storage::blobs;
+use floe_storage::StoreError;
 
 /// Names a record in errors; formatted only when one is reported (apply
 /// reads and writes dozens of records per entry).
 pub(crate) type Label<'a> = std::fmt::Arguments<'a>;
 
-pub(crate) use crate::state_store::TxError;
+pub(crate) use floe_storage::state_store::TxError;
 
 pub(crate) fn abort(error: StoreError) -> TxError {
     TxError::abort(error)
@@ -92,7 +92,7 @@ pub(crate) struct DefinitionCache {
 
 /// The transaction and what it needs to read definitions.
 pub(crate) struct RunTx<'a> {
-    pub(crate) data: &'a dyn crate::state_store::StateTx,
+    pub(crate) data: &'a dyn floe_storage::state_store::StateTx,
     pub(crate) tree_name: &'a str,
     pub(crate) definitions: &'a DefinitionCache,
     pub(crate) changes: &'a std::cell::RefCell<crate::changes::AppliedChanges>,

@@ -1,6 +1,6 @@
 //! openraft's storage conformance suite, run on the real sled store.
 
-use floe_storage::{LogStore, StateMachineStore, StorageError, Store, StoreOptions, TypeConfig};
+use floe_state::{LogStore, StateMachineStore, StorageError, Store, StoreOptions, TypeConfig};
 use openraft::testing::{StoreBuilder, Suite};
 use tempfile::TempDir;
 

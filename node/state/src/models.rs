@@ -13,7 +13,7 @@ use crate::runs::RunTx;
 use crate::types::CommandResponse;
 use crate::NodeId;
 
-use crate::state_store::TxError;
+use floe_storage::state_store::TxError;
 
 /// Thousandths of a device: shares are integers so sums are exact.
 pub const GPU_MILLI_PER_DEVICE: u32 = 1000;

@@ -5,7 +5,7 @@
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 
-use crate::state_store::{StateTx, TxError};
+use floe_storage::state_store::{StateTx, TxError};
 
 type Tree = BTreeMap<Vec<u8>, Vec<u8>>;
 
@@ -43,6 +43,14 @@ impl MemoryState {
 
     pub(crate) fn insert(&self, key: &[u8], value: &[u8]) {
         self.data.borrow_mut().insert(key.to_vec(), value.to_vec());
+    }
+
+    /// Every data record, in key order.
+    pub(crate) fn records(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let data = self.data.borrow();
+        data.iter()
+            .map(|(key, value)| (key.clone(), value.clone()))
+            .collect()
     }
 }
 

@@ -1,23 +1,20 @@
 //! Read access to the applied state for the node's API.
 //!
-//! Methods are synchronous sled reads: cheap for `get`, proportional to the
+//! Methods are synchronous reads through the store's read view
+//! ([`StateView`]): cheap for `get`, proportional to the
 //! result for `list`, and to the whole state for `state_digest` (call that
 //! one from a blocking thread).
 
 use std::collections::BTreeSet;
 use std::ops::Bound;
-use std::sync::Arc;
 
-use sha2::{Digest, Sha256};
+use floe_storage::state_store::StateView;
+use floe_storage::StoreError;
 
 use crate::codec;
-use crate::error::StoreError;
 use crate::keys;
 use crate::models::{Deployment, ModelRecord, ReplicaRecord};
 use crate::runs::{placed_attempt, placed_record, LimitScope, LimitState, TaskRecord};
-use crate::state_machine::{read_applied_state, read_tombstones};
-use crate::state_store::StateView;
-use crate::store::Shared;
 use crate::types::{FlowRecord, KvEntry, LogId, NodeId, StoredMembership};
 use floe_engine::run::RunRecord;
 
@@ -63,13 +60,13 @@ pub struct RunPage {
 /// A cheap, clonable read handle on the applied state machine state.
 #[derive(Clone)]
 pub struct StateReader {
-    pub(crate) shared: Arc<Shared>,
+    pub(crate) store: floe_storage::Store,
 }
 
 impl std::fmt::Debug for StateReader {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("StateReader")
-            .field("dir", &self.shared.dir)
+            .field("dir", &self.store.dir())
             .finish_non_exhaustive()
     }
 }
@@ -86,7 +83,7 @@ fn decode_kv(tree_name: &str, key: &[u8], bytes: &[u8]) -> Result<(String, KvEnt
 impl StateReader {
     /// The entry stored under `key`, if any.
     pub fn get(&self, key: &str) -> Result<Option<KvEntry>, StoreError> {
-        let state = self.shared.data_view();
+        let state = self.store.data_view();
         let tree_name = state.tree_name();
         let bytes = state
             .get(&keys::kv(key))
@@ -105,7 +102,7 @@ impl StateReader {
         start_after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<(String, KvEntry)>, StoreError> {
-        let state = self.shared.data_view();
+        let state = self.store.data_view();
         let tree_name = state.tree_name();
         let prefix_key = keys::kv(prefix);
         let start = match start_after {
@@ -128,7 +125,7 @@ impl StateReader {
 
     /// Flow `name` at `version`, or its latest version when `None`.
     pub fn flow(&self, name: &str, version: Option<u64>) -> Result<Option<FlowRecord>, StoreError> {
-        let state = self.shared.data_view();
+        let state = self.store.data_view();
         let tree_name = state.tree_name();
         let read = |key: Vec<u8>| {
             state
@@ -157,7 +154,7 @@ impl StateReader {
         start_after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<(String, u64)>, StoreError> {
-        let state = self.shared.data_view();
+        let state = self.store.data_view();
         let tree_name = state.tree_name();
         let prefix = keys::FLOW_LATEST_PREFIX.as_bytes();
         let start = match start_after {
@@ -183,7 +180,7 @@ impl StateReader {
 
     /// Every version of flow `name`, oldest first.
     pub fn flow_versions(&self, name: &str) -> Result<Vec<FlowRecord>, StoreError> {
-        let state = self.shared.data_view();
+        let state = self.store.data_view();
         let tree_name = state.tree_name();
         let mut versions = Vec::new();
         for item in state.scan_prefix(&keys::flow_defs_of(name)) {
@@ -202,7 +199,7 @@ impl StateReader {
         key: &[u8],
         what: &str,
     ) -> Result<Option<T>, StoreError> {
-        let state = self.shared.data_view();
+        let state = self.store.data_view();
         json_in(&state, key, what)
     }
 
@@ -212,7 +209,7 @@ impl StateReader {
         name: &str,
         version: Option<u64>,
     ) -> Result<Option<ModelRecord>, StoreError> {
-        let state = self.shared.data_view();
+        let state = self.store.data_view();
         let version = match version {
             Some(version) => version,
             None => match json_in::<u64>(
@@ -264,7 +261,7 @@ impl StateReader {
         prefix: &[u8],
         what: &str,
     ) -> Result<Vec<T>, StoreError> {
-        let state = self.shared.data_view();
+        let state = self.store.data_view();
         let tree_name = state.tree_name();
         let mut records = Vec::new();
         for item in state.scan_prefix(prefix) {
@@ -292,7 +289,7 @@ impl StateReader {
         page_after: Option<&[u8]>,
         limit: usize,
     ) -> Result<RunPage, StoreError> {
-        let state = self.shared.data_view();
+        let state = self.store.data_view();
         let tree_name = state.tree_name();
         let prefix = match (&filter.correlation_id, &filter.flow, &filter.status) {
             (Some(correlation), _, _) => format!("runs/corr/{correlation}/"),
@@ -344,7 +341,7 @@ impl StateReader {
         finished_before_ms: u64,
         limit: usize,
     ) -> Result<Vec<String>, StoreError> {
-        let state = self.shared.data_view();
+        let state = self.store.data_view();
         let tree_name = state.tree_name();
         let upper = keys::run_by_finished(finished_before_ms, "~");
         let mut run_ids = Vec::new();
@@ -366,7 +363,7 @@ impl StateReader {
 
     /// Tasks waiting for a worker whose backoff has passed by `now_ms`, oldest first.
     pub fn ready_tasks(&self, now_ms: u64, limit: usize) -> Result<Vec<TaskRecord>, StoreError> {
-        let state = self.shared.data_view();
+        let state = self.store.data_view();
         let tree_name = state.tree_name();
         let upper = keys::task_queue(now_ms, "~");
         let mut tasks = Vec::new();
@@ -398,7 +395,7 @@ impl StateReader {
         node: NodeId,
         wanted: impl Fn(&str, u32) -> bool,
     ) -> Result<Vec<(String, u32, Option<TaskRecord>)>, StoreError> {
-        let state = self.shared.data_view();
+        let state = self.store.data_view();
         let tree_name = state.tree_name();
         let prefix = keys::tasks_on_node(node);
         let mut tasks = Vec::new();
@@ -425,7 +422,7 @@ impl StateReader {
 
     /// Tasks the scheduler placed on `node`.
     pub fn tasks_on_node(&self, node: NodeId) -> Result<Vec<TaskRecord>, StoreError> {
-        let state = self.shared.data_view();
+        let state = self.store.data_view();
         let tree_name = state.tree_name();
         let prefix = keys::tasks_on_node(node);
         let mut tasks = Vec::new();
@@ -442,7 +439,7 @@ impl StateReader {
 
     /// Keys of timers due by `now_ms`, earliest first.
     pub fn due_timers(&self, now_ms: u64, limit: usize) -> Result<Vec<String>, StoreError> {
-        let state = self.shared.data_view();
+        let state = self.store.data_view();
         let tree_name = state.tree_name();
         let upper = keys::timer_due(now_ms, "~");
         let mut timers = Vec::new();
@@ -464,7 +461,7 @@ impl StateReader {
     /// What each node offers to placement inside apply, and how many tasks
     /// of each block are placed on it now.
     pub fn node_slots(&self) -> Result<crate::slots::Offers, StoreError> {
-        let state = self.shared.data_view();
+        let state = self.store.data_view();
         let tree_name = state.tree_name();
         match state
             .get(keys::NODE_SLOTS)
@@ -477,7 +474,7 @@ impl StateReader {
 
     /// Tasks of `block` placed on `node` now (as apply counts them).
     pub fn placed_count(&self, node: NodeId, block: &str) -> Result<u32, StoreError> {
-        let state = self.shared.data_view();
+        let state = self.store.data_view();
         let tree_name = state.tree_name();
         match state
             .get(&keys::placed_count(node, block))
@@ -490,7 +487,7 @@ impl StateReader {
 
     /// Every concurrency limit and every block or flow with tasks placed now.
     pub fn limits(&self) -> Result<Vec<LimitState>, StoreError> {
-        let state = self.shared.data_view();
+        let state = self.store.data_view();
         let tree_name = state.tree_name();
         let mut found: std::collections::BTreeMap<(LimitScope, String), LimitState> =
             Default::default();
@@ -533,7 +530,7 @@ impl StateReader {
 
     /// Whether any record still refers to blob `hash`.
     pub fn blob_is_referenced(&self, hash: &str) -> Result<bool, StoreError> {
-        let state = self.shared.data_view();
+        let state = self.store.data_view();
         let first = state.scan_prefix(&keys::blob_owners_of(hash)).next();
         match first {
             Some(Err(error)) => {
@@ -551,7 +548,7 @@ impl StateReader {
         start_after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<String>, StoreError> {
-        let state = self.shared.data_view();
+        let state = self.store.data_view();
         let tree_name = state.tree_name();
         let start = match start_after {
             // '0' follows '/': this skips every owner of `hash` and nothing else.
@@ -585,55 +582,31 @@ impl StateReader {
 
     /// Every node id removed for good.
     pub fn tombstones(&self) -> Result<BTreeSet<NodeId>, StoreError> {
-        read_tombstones(&self.shared)
+        self.store.tombstones()
     }
 
     /// The last log id applied to the state machine.
     pub fn applied_log_id(&self) -> Result<Option<LogId>, StoreError> {
-        Ok(read_applied_state(&self.shared)?.0)
+        Ok(self.store.applied_state()?.0)
     }
 
     /// The last membership applied to the state machine.
     pub fn last_membership(&self) -> Result<StoredMembership, StoreError> {
-        Ok(read_applied_state(&self.shared)?.1)
+        Ok(self.store.applied_state()?.1)
     }
 
     /// sha256 (hex) over every applied record (key-value entries, flows, …)
     /// and tombstone, in order: equal on nodes that applied the same log
     /// prefix. Reads the whole state; call from a blocking thread.
     pub fn state_digest(&self) -> Result<String, StoreError> {
-        let _consistent = self.shared.lock_consistent_view();
-        self.digest_locked()
+        self.store.state_digest()
     }
 
     /// The applied log id and the state digest, read under one lock so the
     /// two describe the same state (the chaos suite compares nodes by them).
     /// Reads the whole state; call from a blocking thread.
     pub fn applied_state_digest(&self) -> Result<(Option<LogId>, String), StoreError> {
-        let _consistent = self.shared.lock_consistent_view();
-        let applied = read_applied_state(&self.shared)?.0;
-        Ok((applied, self.digest_locked()?))
-    }
-
-    fn digest_locked(&self) -> Result<String, StoreError> {
-        let state = self.shared.data_view();
-        let tree_name = state.tree_name();
-        let mut hasher = Sha256::new();
-        for item in state.range((Bound::Unbounded, Bound::Unbounded)) {
-            let (key, bytes) =
-                item.map_err(|error| error.context(format!("digest {tree_name}")))?;
-            // Records are deterministic encodings, so raw bytes compare states.
-            hasher.update(b"record");
-            hasher.update((key.len() as u64).to_be_bytes());
-            hasher.update(&key);
-            hasher.update((bytes.len() as u64).to_be_bytes());
-            hasher.update(&bytes);
-        }
-        for node_id in read_tombstones(&self.shared)? {
-            hasher.update(b"tombstone");
-            hasher.update(node_id.to_be_bytes());
-        }
-        Ok(hex::encode(hasher.finalize()))
+        self.store.applied_state_digest()
     }
 }
 
