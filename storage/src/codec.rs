@@ -93,10 +93,11 @@ pub fn decode_bytes(record: impl FnOnce() -> String, bytes: &[u8]) -> Result<&[u
 /// records) never start with a zero byte.
 const BINARY_BODY: u8 = 0;
 
-/// Encodes a run or task record: bincode (its JSON-only fields as text,
-/// see `floe_engine::run::json_text`) behind a marker byte, in the byte
-/// record form JSON records use. About a third of the JSON's size and
-/// several times faster to write and read, which apply does for every step.
+/// Encodes a structured record (floe-state's runs and tasks): bincode (the
+/// value's JSON-only fields held as text by its own serde) behind a marker
+/// byte, in the byte record form JSON records use. About a third of the
+/// JSON's size and several times faster to write and read, which apply
+/// does for every step.
 pub fn encode_structured<T: Serialize>(
     record: impl Fn() -> String,
     value: &T,
