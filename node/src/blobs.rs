@@ -12,8 +12,8 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use floe_storage::blobs::BlobRef;
-use floe_storage::NodeId;
+use floe_state::blobs::BlobRef;
+use floe_state::NodeId;
 use futures::stream::{FuturesUnordered, StreamExt};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
@@ -167,7 +167,7 @@ impl Node {
     /// The blob's bytes, from this node or, when missing here, from a peer
     /// (then kept here too).
     pub async fn load_blob(&self, hash: &str) -> Result<Vec<u8>, ApiError> {
-        if !floe_storage::blobs::is_hash(hash) {
+        if !floe_state::blobs::is_hash(hash) {
             return Err(ApiError::InvalidArgument(format!(
                 "{} is not a sha256 blob address",
                 quote_bounded(hash)
@@ -337,7 +337,7 @@ pub async fn sweep(node: &Node) -> Result<usize, ApiError> {
     let grace = Duration::from_millis(node.config.storage.blob_gc_grace_ms);
     let node_id = node.id;
     tokio::task::spawn_blocking(move || -> Result<usize, ApiError> {
-        let internal = |err: floe_storage::StoreError| ApiError::Internal(err.to_string());
+        let internal = |err: floe_state::StoreError| ApiError::Internal(err.to_string());
         let now = SystemTime::now();
         let mut removed = 0;
         for (blob, modified) in blobs.list().map_err(internal)? {
@@ -377,7 +377,7 @@ pub async fn repair(node: &Node) -> Result<usize, ApiError> {
                 .filter(|hash| !blobs.has(hash))
                 .cloned()
                 .collect();
-            Ok::<_, floe_storage::StoreError>((page, missing))
+            Ok::<_, floe_state::StoreError>((page, missing))
         })
         .await
         .map_err(blocking_error)?

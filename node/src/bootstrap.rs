@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use floe_storage::NodeId;
+use floe_state::NodeId;
 use tokio_util::sync::CancellationToken;
 
 use crate::peer_api::{self, PeerRequest, PeerResponse};
@@ -79,7 +79,7 @@ pub async fn run(node: Arc<Node>, cancel: CancellationToken) -> anyhow::Result<(
 async fn probe_all(
     node: &Arc<Node>,
     peers: &[(NodeId, String)],
-) -> Result<Option<BTreeMap<NodeId, floe_storage::NodeInfo>>, String> {
+) -> Result<Option<BTreeMap<NodeId, floe_state::NodeInfo>>, String> {
     let mut members = BTreeMap::new();
     let mut missing = Vec::new();
     for (id, addr) in peers {

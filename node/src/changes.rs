@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use floe_storage::{AppliedChanges, NodeId};
+use floe_state::{AppliedChanges, NodeId};
 use tokio::sync::{watch, Notify};
 
 pub struct ChangeHub {
@@ -31,7 +31,7 @@ impl ChangeHub {
     }
 
     /// The store's listener; runs on the applying thread, so it only signals.
-    pub fn listener(self: &Arc<Self>) -> floe_storage::ChangeListener {
+    pub fn listener(self: &Arc<Self>) -> floe_state::ChangeListener {
         let hub = Arc::downgrade(self);
         Arc::new(move |changes: &AppliedChanges| {
             if let Some(hub) = hub.upgrade() {

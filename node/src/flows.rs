@@ -3,7 +3,7 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use floe_storage::{Command, CommandResponse, FlowRecord};
+use floe_state::{Command, CommandResponse, FlowRecord};
 
 use crate::error::ApiError;
 use crate::service::Node;

@@ -9,7 +9,7 @@
 
 use std::sync::Arc;
 
-use floe_storage::{Command, CommandResponse};
+use floe_state::{Command, CommandResponse};
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 

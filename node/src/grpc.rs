@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use floe_raft::TlsMaterial;
-use floe_storage::{Command, CommandResponse, KvEntry};
+use floe_state::{Command, CommandResponse, KvEntry};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
@@ -505,7 +505,7 @@ pub fn tensor_from_wire(data: api::TensorData) -> Result<floe_inference::Tensor,
     floe_inference::Tensor::new(dtype, shape, data.data).map_err(|err| err.to_string())
 }
 
-fn model_info(record: floe_storage::models::ModelRecord) -> api::ModelInfo {
+fn model_info(record: floe_state::models::ModelRecord) -> api::ModelInfo {
     api::ModelInfo {
         name: record.name,
         version: record.version,
@@ -547,7 +547,7 @@ impl Models for ModelsApi {
         request: Request<api::DeployModelRequest>,
     ) -> Result<Response<api::DeployModelResponse>, Status> {
         let request = request.into_inner();
-        let spec = floe_storage::models::DeploySpec {
+        let spec = floe_state::models::DeploySpec {
             replicas: request.replicas,
             threads: request.threads,
             max_batch: request.max_batch,
@@ -715,7 +715,7 @@ impl Runs for RunsApi {
         request: Request<api::ListRunsRequest>,
     ) -> Result<Response<api::ListRunsResponse>, Status> {
         let request = request.into_inner();
-        let filter = floe_storage::RunFilter {
+        let filter = floe_state::RunFilter {
             flow: non_empty(request.flow),
             status: non_empty(request.status),
             correlation_id: non_empty(request.correlation_id),
@@ -747,7 +747,7 @@ impl Runs for RunsApi {
                 run_id: run.run_id.clone(),
                 flow: run.flow.clone(),
                 version: run.version,
-                status: floe_storage::runs::status_name(run.status).to_string(),
+                status: floe_state::runs::status_name(run.status).to_string(),
                 created_at_ms: run.created_at_ms,
                 finished_at_ms: run.finished_at_ms.unwrap_or(0),
                 correlation_id: run.correlation_id.clone(),

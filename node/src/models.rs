@@ -19,9 +19,9 @@ use floe_engine::run::TaskFailure;
 use floe_inference::{
     Device, Encoding, GpuDevice, GpuInventory, OrtRuntime, Pool, PoolHandle, PoolOptions, TensorMap,
 };
-use floe_storage::models::{DeploySpec, Deployment, GpuShare, ReplicaRecord};
-use floe_storage::runs::{task_key_text, TaskRecord};
-use floe_storage::NodeId;
+use floe_state::models::{DeploySpec, Deployment, GpuShare, ReplicaRecord};
+use floe_state::runs::{task_key_text, TaskRecord};
+use floe_state::NodeId;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::Notify;
@@ -329,7 +329,7 @@ pub async fn maintain(node: Arc<Node>, cancel: CancellationToken) -> anyhow::Res
         }
         let reader = node.reader.clone();
         let read = tokio::task::spawn_blocking(move || {
-            Ok::<_, floe_storage::StoreError>((reader.replicas()?, reader.deployments()?))
+            Ok::<_, floe_state::StoreError>((reader.replicas()?, reader.deployments()?))
         })
         .await;
         let (records, deployments) = match read {

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::time::Duration;
 
-use floe_storage::{Command, CommandResponse, KvEntry, NodeId, NodeInfo};
+use floe_state::{Command, CommandResponse, KvEntry, NodeId, NodeInfo};
 
 use crate::error::ApiError;
 use crate::peer_api::{self, PeerRequest, PeerResponse};

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use floe_raft::{AppHandler, PeerIdentity};
-use floe_storage::{Command, CommandResponse, NodeId, NodeInfo};
+use floe_state::{Command, CommandResponse, NodeId, NodeInfo};
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 

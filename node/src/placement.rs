@@ -20,10 +20,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use floe_storage::models::{
+use floe_state::models::{
     Deployment, GpuShare, ReplicaChange, ReplicaRecord, GPU_MILLI_PER_DEVICE,
 };
-use floe_storage::{Command, NodeId};
+use floe_state::{Command, NodeId};
 
 use crate::models::ReplicaId;
 use crate::scheduler::{load_score, NodeReport};
@@ -326,7 +326,7 @@ pub async fn place_replicas(
                 sizes.insert((model.name, model.version), model.size);
             }
         }
-        Ok::<_, floe_storage::StoreError>(Some((deployments, replicas, sizes)))
+        Ok::<_, floe_state::StoreError>(Some((deployments, replicas, sizes)))
     })();
     let (deployments, replicas, sizes) = match read {
         Ok(Some(found)) => found,
@@ -376,7 +376,7 @@ pub async fn place_replicas(
         at_ms: crate::runs::now_ms(),
     };
     match node.write(command).await {
-        Ok(floe_storage::CommandResponse::Refused { reason }) => {
+        Ok(floe_state::CommandResponse::Refused { reason }) => {
             tracing::info!(%reason, "replica changes partly refused")
         }
         Ok(_) => {}
@@ -400,7 +400,7 @@ mod tests {
     use super::*;
     use crate::models::ReplicaReport;
     use floe_inference::GpuDevice;
-    use floe_storage::models::DeploySpec;
+    use floe_state::models::DeploySpec;
 
     const MIB: u64 = 1024 * 1024;
 

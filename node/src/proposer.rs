@@ -9,7 +9,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use floe_storage::{Command, CommandResponse, NodeId, Raft};
+use floe_state::{Command, CommandResponse, NodeId, Raft};
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use floe_storage::{NodeId, NodeInfo};
+use floe_state::{NodeId, NodeInfo};
 use openraft::error::{
     CheckIsLeaderError, ClientWriteError, Fatal, ForwardToLeader, InitializeError, RaftError,
 };

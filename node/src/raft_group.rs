@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use floe_raft::{GroupTransport, NodeAddress, Peers, SnapshotBodies, DEFAULT_GROUP};
 use floe_storage::snapshot::SnapshotFile;
-use floe_storage::{NodeId, NodeInfo, TypeConfig};
+use floe_state::{NodeId, NodeInfo, TypeConfig};
 use futures::future::BoxFuture;
 
 /// The transport of the cluster's one Raft group; incoming snapshots are

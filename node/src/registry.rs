@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 
-use floe_storage::models::{DeploySpec, Deployment, ModelRecord, GPU_MILLI_PER_DEVICE};
-use floe_storage::{Command, CommandResponse, NodeId};
+use floe_state::models::{DeploySpec, Deployment, ModelRecord, GPU_MILLI_PER_DEVICE};
+use floe_state::{Command, CommandResponse, NodeId};
 
 use crate::error::ApiError;
 use crate::models::{ReplicaId, ReplicaReport};
@@ -50,7 +50,7 @@ pub fn gpu_milli(fraction: f64) -> Result<u32, ApiError> {
     Ok(milli)
 }
 
-fn store_error(err: floe_storage::StoreError) -> ApiError {
+fn store_error(err: floe_state::StoreError) -> ApiError {
     ApiError::Internal(err.to_string())
 }
 

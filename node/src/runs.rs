@@ -3,8 +3,8 @@
 //! in the command; the state machine and the run engine do the rest.
 
 use floe_engine::run::{RunEvent, RunRecord, TaskFailure, TaskKey};
-use floe_storage::runs::{LimitScope, LimitState};
-use floe_storage::{Command, CommandResponse, RunFilter, RunPage};
+use floe_state::runs::{LimitScope, LimitState};
+use floe_state::{Command, CommandResponse, RunFilter, RunPage};
 
 use crate::error::ApiError;
 use crate::service::Node;
@@ -316,7 +316,7 @@ mod tests {
             item: Some(7),
         };
         assert_eq!(
-            parse_task_key(&floe_storage::runs::task_key_text(&key)).unwrap(),
+            parse_task_key(&floe_state::runs::task_key_text(&key)).unwrap(),
             key
         );
         let key = TaskKey {
@@ -325,7 +325,7 @@ mod tests {
             item: None,
         };
         assert_eq!(
-            parse_task_key(&floe_storage::runs::task_key_text(&key)).unwrap(),
+            parse_task_key(&floe_state::runs::task_key_text(&key)).unwrap(),
             key
         );
         assert!(parse_task_key("nothing").is_err());

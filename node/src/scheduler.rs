@@ -11,9 +11,9 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use floe_storage::runs::{task_key_text, LimitScope, LimitState, TaskRecord};
-use floe_storage::slots::NodeSlots;
-use floe_storage::{Command, NodeId};
+use floe_state::runs::{task_key_text, LimitScope, LimitState, TaskRecord};
+use floe_state::slots::NodeSlots;
+use floe_state::{Command, NodeId};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
@@ -228,7 +228,7 @@ pub async fn schedule(node: Arc<Node>, cancel: CancellationToken) -> anyhow::Res
             } else {
                 reader.limits()?
             };
-            Ok::<_, floe_storage::StoreError>((timers, ready, limits))
+            Ok::<_, floe_state::StoreError>((timers, ready, limits))
         })
         .await;
         let (timers, ready, limits) = match scanned {
@@ -336,7 +336,7 @@ async fn fail_starved_inference(node: &Node, starved: Vec<TaskRecord>, waited_ms
 /// Why an inference task found no replica, and whether waiting more may help.
 fn no_replica_failure(
     block: &str,
-    deployments: &[floe_storage::models::Deployment],
+    deployments: &[floe_state::models::Deployment],
     waited_ms: u64,
 ) -> (String, bool) {
     let named = block
@@ -392,7 +392,7 @@ fn offer_of(report: &NodeReport) -> NodeSlots {
 /// moved by a step, and an empty offer for a node that went silent (its
 /// tasks are about to be taken back; none may be placed there meanwhile).
 fn offer_changes(
-    stored: &floe_storage::slots::Offers,
+    stored: &floe_state::slots::Offers,
     reports: &BTreeMap<NodeId, NodeReport>,
     silent: &[NodeId],
 ) -> Vec<(NodeId, NodeSlots)> {
@@ -583,7 +583,7 @@ pub async fn retain(node: Arc<Node>, cancel: CancellationToken) -> anyhow::Resul
 mod tests {
     #[test]
     fn a_starved_inference_task_is_told_why() {
-        let spec = floe_storage::models::DeploySpec {
+        let spec = floe_state::models::DeploySpec {
             replicas: 1,
             threads: 1,
             max_batch: 1,
@@ -591,7 +591,7 @@ mod tests {
             queue: 1,
             gpu_milli: 0,
         };
-        let deployments = vec![floe_storage::models::Deployment {
+        let deployments = vec![floe_state::models::Deployment {
             model: "det".into(),
             version: 2,
             spec,
@@ -651,7 +651,7 @@ mod tests {
             .into_iter()
             .collect();
         reports.insert(1, first.clone());
-        let stored = floe_storage::slots::Offers::new();
+        let stored = floe_state::slots::Offers::new();
         let changes = offer_changes(&stored, &reports, &[]);
         assert_eq!(changes.len(), 1);
         assert_eq!(
@@ -660,7 +660,7 @@ mod tests {
             "blocks without slots are left out"
         );
         assert_eq!(changes[0].1.load_milli, 300);
-        let stored: floe_storage::slots::Offers = changes.into_iter().collect();
+        let stored: floe_state::slots::Offers = changes.into_iter().collect();
         assert!(
             offer_changes(&stored, &reports, &[]).is_empty(),
             "nothing changed"

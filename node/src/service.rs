@@ -12,7 +12,7 @@ use floe_raft::{
     ElectionOptions, Elections, NetworkFactory, Peers, RaftAdmission, RaftServer,
     RaftServerOptions, TlsMaterial, TransportOptions,
 };
-use floe_storage::{NodeId, NodeInfo, Raft, StateReader, Store, StoreOptions, TypeConfig};
+use floe_state::{NodeId, NodeInfo, Raft, StateReader, Store, StoreOptions, TypeConfig};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::NodeConfig;
@@ -31,7 +31,7 @@ pub struct Node {
     pub raft: Raft,
     pub store: Store,
     /// Large payloads and model artifacts, by content hash (see `blobs.rs`).
-    pub blobs: floe_storage::BlobStore,
+    pub blobs: floe_state::BlobStore,
     pub reader: StateReader,
     pub peers: Peers,
     pub fingerprint: String,
@@ -259,7 +259,7 @@ async fn start(
     store.claim_identity(config.node_id, &fingerprint)?;
     let blob_dir = config.data_dir.join("blobs");
     let blobs =
-        tokio::task::spawn_blocking(move || floe_storage::BlobStore::open(&blob_dir)).await??;
+        tokio::task::spawn_blocking(move || floe_state::BlobStore::open(&blob_dir)).await??;
 
     let declared_gpus = config.inference.gpus.clone();
     let gpus = tokio::task::spawn_blocking(move || {

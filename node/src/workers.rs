@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use floe_engine::run::TaskFailure;
-use floe_storage::runs::{task_key_text, TaskRecord};
+use floe_state::runs::{task_key_text, TaskRecord};
 use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
@@ -723,7 +723,7 @@ pub async fn dispatch(node: Arc<Node>, cancel: CancellationToken) -> anyhow::Res
             }
         }
         for (task, attempt) in node.workers.unserved_for(unserved_now, UNSERVED_GRACE) {
-            let command = floe_storage::Command::UnassignTask {
+            let command = floe_state::Command::UnassignTask {
                 task: task.clone(),
                 attempt,
                 at_ms: crate::runs::now_ms(),

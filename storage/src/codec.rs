@@ -93,10 +93,11 @@ pub fn decode_bytes(record: impl FnOnce() -> String, bytes: &[u8]) -> Result<&[u
 /// records) never start with a zero byte.
 const BINARY_BODY: u8 = 0;
 
-/// Encodes a run or task record: bincode (its JSON-only fields as text,
-/// see `floe_engine::run::json_text`) behind a marker byte, in the byte
-/// record form JSON records use. About a third of the JSON's size and
-/// several times faster to write and read, which apply does for every step.
+/// Encodes a structured record (floe-state's runs and tasks): bincode (the
+/// value's JSON-only fields held as text by its own serde) behind a marker
+/// byte, in the byte record form JSON records use. About a third of the
+/// JSON's size and several times faster to write and read, which apply
+/// does for every step.
 pub fn encode_structured<T: Serialize>(
     record: impl Fn() -> String,
     value: &T,
@@ -112,10 +113,12 @@ pub fn encode_structured<T: Serialize>(
 }
 
 /// Decodes a record stored by `encode_structured` or as JSON: the body's
-/// first byte tells which.
-pub fn decode_structured<T: DeserializeOwned>(
+/// first byte tells which; `from_json` reads the JSON form (the caller
+/// knows its values' limits).
+pub fn decode_structured_with<T: DeserializeOwned>(
     record: impl Fn() -> String,
     bytes: &[u8],
+    from_json: impl FnOnce(&[u8]) -> Result<T, serde_json::Error>,
 ) -> Result<T, StoreError> {
     let body = decode_bytes(&record, bytes)?;
     match body.split_first() {
@@ -127,7 +130,7 @@ pub fn decode_structured<T: DeserializeOwned>(
                     source,
                 })
         }
-        _ => floe_engine::limits::from_stored_text(body).map_err(|err| StoreError::Json {
+        _ => from_json(body).map_err(|err| StoreError::Json {
             record: record(),
             reason: err.to_string(),
         }),
@@ -137,7 +140,13 @@ pub fn decode_structured<T: DeserializeOwned>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::types::KvEntry;
+
+    /// A record shaped like a key-value entry.
+    #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+    struct KvEntry {
+        value: Vec<u8>,
+        revision: u64,
+    }
 
     #[test]
     fn round_trip_keeps_the_value() {
@@ -201,256 +210,5 @@ mod tests {
         .unwrap();
         let error = decode::<KvEntry>(|| "sm_data_0 key \"a\"".into(), &bytes[..10]).unwrap_err();
         assert!(matches!(error, StoreError::Decode { .. }), "{error}");
-    }
-
-    /// A finished two-step run with the JSON shapes records meet: nested
-    /// values, a `null` output kept as `Some(Null)`, a missing one, a blob
-    /// reference, map-like progress.
-    fn sample_run() -> floe_engine::run::RunRecord {
-        use floe_engine::run::{AttemptRecord, RunRecord, RunStatus, StepRecord, StepStatus};
-        let blob = format!("sha256:{}", "ab".repeat(32));
-        let step = |output: Option<serde_json::Value>| StepRecord {
-            status: StepStatus::Completed,
-            started_at_ms: 10,
-            finished_at_ms: Some(12),
-            input: Some(serde_json::json!({"pages": [1, 2.5, "three"], "nested": {"ok": true}})),
-            output,
-            error: None,
-            attempts: vec![AttemptRecord {
-                attempt: 1,
-                item: None,
-                scheduled_at_ms: 10,
-                node: Some(2),
-                worker: Some("w-1".into()),
-                started_at_ms: Some(11),
-                finished_at_ms: Some(12),
-                error: None,
-            }],
-            progress: serde_json::json!({"items": [{"status": "completed", "first_attempt": 1}]}),
-        };
-        RunRecord {
-            run_id: "r-1".into(),
-            flow: "chain".into(),
-            version: 3,
-            status: RunStatus::Completed,
-            input: serde_json::json!({"document": {"$blob": blob, "size": 300000}, "unicode": "\u{e9}\u{1f600}"}),
-            output: Some(serde_json::Value::Null),
-            error: Some("a \"quoted\" reason".into()),
-            correlation_id: "c-7".into(),
-            idempotency_key: String::new(),
-            parent: Some(("p".into(), "sub".into())),
-            created_at_ms: 10,
-            updated_at_ms: 12,
-            finished_at_ms: Some(12),
-            steps: [
-                ("first".to_string(), step(Some(serde_json::Value::Null))),
-                ("second".to_string(), step(None)),
-            ]
-            .into_iter()
-            .collect(),
-            outstanding: Default::default(),
-            retry_points: vec!["second".into()],
-        }
-    }
-
-    #[test]
-    fn structured_records_round_trip_and_are_smaller_than_json() {
-        let run = sample_run();
-        let binary = encode_structured(|| "run r-1".into(), &run).unwrap();
-        let back: floe_engine::run::RunRecord =
-            decode_structured(|| "run r-1".into(), &binary).unwrap();
-        assert_eq!(back, run);
-        let json = encode_bytes(|| "run r-1".into(), &serde_json::to_vec(&run).unwrap()).unwrap();
-        assert!(
-            binary.len() < json.len(),
-            "binary {} bytes, JSON {}",
-            binary.len(),
-            json.len()
-        );
-        // The API's JSON keeps values as JSON, not as text.
-        let api = serde_json::to_value(&run).unwrap();
-        assert_eq!(api["input"]["document"]["size"], 300000);
-        assert_eq!(
-            api["steps"]["first"]["progress"]["items"][0]["status"],
-            "completed"
-        );
-    }
-
-    #[test]
-    fn structured_records_keep_blob_references_findable() {
-        let run = sample_run();
-        let binary = encode_structured(|| "run r-1".into(), &run).unwrap();
-        assert_eq!(
-            crate::blobs::referenced_hashes(&binary),
-            vec!["ab".repeat(32)]
-        );
-    }
-
-    #[test]
-    fn task_records_round_trip_with_labels_and_timeouts() {
-        use floe_engine::run::{TaskKey, TaskSpec};
-        let spec = TaskSpec {
-            key: TaskKey {
-                run_id: "r-1".into(),
-                step_id: "ocr".into(),
-                item: Some(4),
-            },
-            attempt: 2,
-            block: "ocr".into(),
-            worker_labels: [("gpu".to_string(), "yes".to_string())]
-                .into_iter()
-                .collect(),
-            input: serde_json::json!([1, {"a": null}]),
-            not_before_ms: 99,
-            timeouts: floe_engine::Timeouts {
-                start_to_close_ms: Some(5000),
-                ..Default::default()
-            },
-        };
-        let task = crate::runs::TaskRecord {
-            spec,
-            scheduled_at_ms: 98,
-            assignment: Some(crate::runs::Assignment {
-                node: 3,
-                worker: "w".into(),
-                at_ms: 99,
-            }),
-            flow: "chain".into(),
-        };
-        let binary = encode_structured(|| "task t".into(), &task).unwrap();
-        assert_eq!(
-            decode_structured::<crate::runs::TaskRecord>(|| "task t".into(), &binary).unwrap(),
-            task
-        );
-    }
-
-    #[test]
-    fn records_stored_as_json_still_read() {
-        // JSON cannot tell a `null` output from none (the engine stores none).
-        let mut run = sample_run();
-        run.output = None;
-        for step in run.steps.values_mut() {
-            step.output = step.output.take().filter(|output| !output.is_null());
-        }
-        let json = encode_bytes(|| "run r-1".into(), &serde_json::to_vec(&run).unwrap()).unwrap();
-        assert_eq!(
-            decode_structured::<floe_engine::run::RunRecord>(|| "run r-1".into(), &json).unwrap(),
-            run
-        );
-        // A task record written before `worker_labels` was always stored.
-        let old_task = br#"{"spec":{"key":{"run_id":"r","step_id":"s","item":null},"attempt":1,"block":"noop","input":{},"not_before_ms":0,"timeouts":{}},"scheduled_at_ms":1,"assignment":null,"flow":"f"}"#;
-        let stored = encode_bytes(|| "task r/s/-".into(), old_task).unwrap();
-        let task: crate::runs::TaskRecord =
-            decode_structured(|| "task r/s/-".into(), &stored).unwrap();
-        assert!(task.spec.worker_labels.is_empty());
-    }
-
-    #[test]
-    fn damaged_structured_records_name_the_record() {
-        let binary = encode_structured(|| "run r-1".into(), &sample_run()).unwrap();
-        // Cut inside the body (the byte-string wrapper stays consistent).
-        let body = decode_bytes(String::new, &binary).unwrap();
-        let cut = encode_bytes(String::new, &body[..body.len() / 2]).unwrap();
-        let error =
-            decode_structured::<floe_engine::run::RunRecord>(|| "sm_data_0 run r-1".into(), &cut)
-                .unwrap_err();
-        assert!(matches!(error, StoreError::Decode { .. }), "{error}");
-        assert!(error.to_string().contains("sm_data_0 run r-1"), "{error}");
-        let neither = encode_bytes(String::new, b"\x07garbage").unwrap();
-        let error = decode_structured::<floe_engine::run::RunRecord>(
-            || "sm_data_0 run r-2".into(),
-            &neither,
-        )
-        .unwrap_err();
-        assert!(error.to_string().contains("sm_data_0 run r-2"), "{error}");
-    }
-
-    /// A JSON value nested up to the 64-level value limit,
-    /// alternating arrays and objects around a leaf that is never `null`
-    /// (an optional output of `null` is stored as absent by design).
-    fn nested_value() -> impl proptest::strategy::Strategy<Value = serde_json::Value> {
-        use proptest::prelude::*;
-        let leaf = prop_oneof![
-            any::<i64>().prop_map(serde_json::Value::from),
-            any::<bool>().prop_map(serde_json::Value::from),
-            ".{0,40}".prop_map(serde_json::Value::from),
-            Just(
-                serde_json::json!({"$blob": format!("sha256:{}", "cd".repeat(32)), "size": 300000})
-            ),
-        ];
-        // The blob-reference leaf is an object itself: one level fewer around it.
-        (leaf, 0..floe_engine::limits::MAX_VALUE_DEPTH, ".{0,12}").prop_map(|(leaf, depth, key)| {
-            let mut value = leaf;
-            for level in 0..depth {
-                value = if level % 2 == 0 {
-                    serde_json::Value::Array(vec![value, serde_json::Value::from(level)])
-                } else {
-                    serde_json::json!({ key.clone(): value, "n": level })
-                };
-            }
-            value
-        })
-    }
-
-    proptest::proptest! {
-        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
-
-        /// Whatever passes the door's value limits stores and reads back,
-        /// in every record that carries values: run records, task records,
-        /// the log's commands (run start, run event), key-value entries.
-        #[test]
-        fn records_holding_values_at_the_limits_round_trip(value in nested_value(), other in nested_value()) {
-            proptest::prop_assert!(floe_engine::limits::value_depth(&value, 100) <= floe_engine::limits::MAX_VALUE_DEPTH);
-            let mut run = sample_run();
-            run.input = value.clone();
-            run.output = Some(other.clone());
-            for step in run.steps.values_mut() {
-                step.input = Some(value.clone());
-                step.output = Some(other.clone());
-                step.progress = value.clone();
-            }
-            let bytes = encode_structured(|| "run r-1".into(), &run).unwrap();
-            proptest::prop_assert_eq!(decode_structured::<floe_engine::run::RunRecord>(|| "run r-1".into(), &bytes).unwrap(), run);
-
-            let task = crate::runs::TaskRecord {
-                spec: floe_engine::run::TaskSpec {
-                    key: floe_engine::run::TaskKey { run_id: "r-1".into(), step_id: "a".into(), item: Some(3) },
-                    attempt: 2,
-                    block: "ocr".into(),
-                    worker_labels: Default::default(),
-                    input: value.clone(),
-                    not_before_ms: 0,
-                    timeouts: Default::default(),
-                },
-                scheduled_at_ms: 5,
-                assignment: None,
-                flow: "chain".into(),
-            };
-            let bytes = encode_structured(|| "task".into(), &task).unwrap();
-            proptest::prop_assert_eq!(decode_structured::<crate::runs::TaskRecord>(|| "task".into(), &bytes).unwrap(), task);
-
-            let event = floe_engine::run::RunEvent::Signal { name: "go".into(), payload: other.clone() };
-            let commands = vec![
-                crate::types::Command::StartRun {
-                    run_id: "r-1".into(),
-                    flow: "chain".into(),
-                    version: 0,
-                    input: serde_json::to_vec(&value).unwrap(),
-                    correlation_id: String::new(),
-                    idempotency_key: String::new(),
-                    at_ms: 1,
-                },
-                crate::types::Command::RunEvent { run_id: "r-1".into(), event: serde_json::to_vec(&event).unwrap(), at_ms: 2 },
-                crate::types::Command::KvPut { key: "k".into(), value: serde_json::to_vec(&other).unwrap() },
-            ];
-            for command in commands {
-                let bytes = encode(|| "log entry".into(), &command).unwrap();
-                let back: crate::types::Command = decode(|| "log entry".into(), &bytes).unwrap();
-                proptest::prop_assert_eq!(&back, &command);
-            }
-            // What apply parses out of a run event reads back as sent.
-            let parsed: floe_engine::run::RunEvent = floe_engine::limits::from_stored_text(&serde_json::to_vec(&event).unwrap()).unwrap();
-            proptest::prop_assert_eq!(parsed, event);
-        }
     }
 }

@@ -9,20 +9,21 @@
 use std::sync::mpsc;
 use std::time::Instant;
 
-use openraft::storage::LogFlushed;
-
 use crate::metrics::FlushStats;
-use crate::types::TypeConfig;
+
+/// openraft's flush callback of one append (`LogFlushed`), whatever the
+/// type configuration: it is told how the flush went.
+pub(crate) type FlushCallback = Box<dyn FnOnce(std::io::Result<()>) + Send>;
 
 pub(crate) struct GroupCommit {
-    queue: Option<mpsc::Sender<LogFlushed<TypeConfig>>>,
+    queue: Option<mpsc::Sender<FlushCallback>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl GroupCommit {
     /// Starts the flusher thread; it ends when the store (the sender) is dropped.
     pub(crate) fn start(db: sled::Db, stats: FlushStats) -> std::io::Result<GroupCommit> {
-        let (queue, pending) = mpsc::channel::<LogFlushed<TypeConfig>>();
+        let (queue, pending) = mpsc::channel::<FlushCallback>();
         let thread = std::thread::Builder::new()
             .name("floe-log-flush".into())
             .spawn(move || run(db, stats, pending))?;
@@ -34,10 +35,7 @@ impl GroupCommit {
 
     /// Queues `callback` to fire after the next flush. Fails (handing the
     /// callback back) only if the flusher thread is gone.
-    pub(crate) fn submit(
-        &self,
-        callback: LogFlushed<TypeConfig>,
-    ) -> Result<(), LogFlushed<TypeConfig>> {
+    pub(crate) fn submit(&self, callback: FlushCallback) -> Result<(), FlushCallback> {
         match &self.queue {
             Some(queue) => queue.send(callback).map_err(|returned| returned.0),
             None => Err(callback),
@@ -56,7 +54,7 @@ impl Drop for GroupCommit {
     }
 }
 
-fn run(db: sled::Db, stats: FlushStats, pending: mpsc::Receiver<LogFlushed<TypeConfig>>) {
+fn run(db: sled::Db, stats: FlushStats, pending: mpsc::Receiver<FlushCallback>) {
     while let Ok(first) = pending.recv() {
         let mut callbacks = vec![first];
         callbacks.extend(pending.try_iter());
@@ -67,13 +65,13 @@ fn run(db: sled::Db, stats: FlushStats, pending: mpsc::Receiver<LogFlushed<TypeC
             Ok(_) => {
                 tracing::trace!(appends = callbacks.len(), "log appends flushed");
                 for callback in callbacks {
-                    callback.log_io_completed(Ok(()));
+                    callback(Ok(()));
                 }
             }
             Err(error) => {
                 tracing::error!(error = %error, "log flush failed");
                 for callback in callbacks {
-                    callback.log_io_completed(Err(std::io::Error::other(format!(
+                    callback(Err(std::io::Error::other(format!(
                         "flush log appends: {error}"
                     ))));
                 }

@@ -4,21 +4,54 @@
 //! purge) is flushed to disk before it is acknowledged.
 
 use std::fmt::Debug;
+use std::marker::PhantomData;
 use std::ops::{Bound, RangeBounds};
 use std::sync::Arc;
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
-use openraft::{ErrorSubject, ErrorVerb, OptionalSend, RaftLogReader};
+use openraft::{ErrorSubject, ErrorVerb, OptionalSend, RaftLogReader, RaftTypeConfig};
 
 use crate::codec;
 use crate::error::{run_blocking, StoreError};
 use crate::store::{Shared, KEY_COMMITTED, KEY_LAST_PURGED, KEY_VOTE, RAFT_META_TREE};
-use crate::types::{Entry, LogId, StorageError, TypeConfig, Vote};
+use crate::types::{LogId, NodeId, NodeInfo, StorageError, Vote};
+
+/// What the store needs of a Raft type configuration: floe's node id and
+/// node, openraft's entry (serde, stored with the record codec) and
+/// snapshot files. The commands are the configuration's own business.
+pub trait StoreConfig:
+    RaftTypeConfig<
+    NodeId = NodeId,
+    Node = NodeInfo,
+    Entry = openraft::Entry<Self>,
+    SnapshotData = crate::snapshot::SnapshotFile,
+>
+{
+}
+
+impl<C> StoreConfig for C where
+    C: RaftTypeConfig<
+        NodeId = NodeId,
+        Node = NodeInfo,
+        Entry = openraft::Entry<C>,
+        SnapshotData = crate::snapshot::SnapshotFile,
+    >
+{
+}
 
 /// The Raft log half of the store; also its own log reader. Cheap to clone.
-#[derive(Clone)]
-pub struct LogStore {
+pub struct LogStore<C> {
     pub(crate) shared: Arc<Shared>,
+    pub(crate) config: PhantomData<fn() -> C>,
+}
+
+impl<C> Clone for LogStore<C> {
+    fn clone(&self) -> Self {
+        LogStore {
+            shared: Arc::clone(&self.shared),
+            config: PhantomData,
+        }
+    }
 }
 
 fn index_key(index: u64) -> [u8; 8] {
@@ -45,7 +78,7 @@ fn write_logs_error(error: StoreError) -> StorageError {
     error.into_storage(ErrorSubject::Logs, ErrorVerb::Write)
 }
 
-impl LogStore {
+impl<C: StoreConfig> LogStore<C> {
     fn put_meta<T: serde::Serialize>(&self, key: &[u8], value: &T) -> Result<(), StoreError> {
         let name = || format!("{RAFT_META_TREE} {}", String::from_utf8_lossy(key));
         let bytes = codec::encode(name, value)?;
@@ -73,7 +106,7 @@ impl LogStore {
             return Ok(None);
         };
         let index = u64::from_be_bytes(key.as_ref().try_into().unwrap_or_default());
-        let entry: Entry = codec::decode(entry_record_name(index), &bytes)?;
+        let entry: openraft::Entry<C> = codec::decode(entry_record_name(index), &bytes)?;
         Ok(Some(entry.log_id))
     }
 
@@ -99,11 +132,11 @@ impl LogStore {
     }
 }
 
-impl RaftLogReader<TypeConfig> for LogStore {
+impl<C: StoreConfig> RaftLogReader<C> for LogStore<C> {
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
         &mut self,
         range: RB,
-    ) -> Result<Vec<Entry>, StorageError> {
+    ) -> Result<Vec<openraft::Entry<C>>, StorageError> {
         let key_range = (map_bound(range.start_bound()), map_bound(range.end_bound()));
         let shared = Arc::clone(&self.shared);
         run_blocking("read log entries", move || {
@@ -112,7 +145,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
                 let (key, bytes) =
                     item.map_err(|error| StoreError::sled("read log entries", error))?;
                 let index = u64::from_be_bytes(key.as_ref().try_into().unwrap_or_default());
-                let entry: Entry = codec::decode(entry_record_name(index), &bytes)?;
+                let entry: openraft::Entry<C> = codec::decode(entry_record_name(index), &bytes)?;
                 entries.push(entry);
             }
             Ok(entries)
@@ -122,10 +155,10 @@ impl RaftLogReader<TypeConfig> for LogStore {
     }
 }
 
-impl RaftLogStorage<TypeConfig> for LogStore {
-    type LogReader = LogStore;
+impl<C: StoreConfig> RaftLogStorage<C> for LogStore<C> {
+    type LogReader = LogStore<C>;
 
-    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
+    async fn get_log_state(&mut self) -> Result<LogState<C>, StorageError> {
         let last_purged_log_id: Option<LogId> =
             self.get_meta(KEY_LAST_PURGED).map_err(read_logs_error)?;
         let last_entry = self.last_entry_log_id().map_err(read_logs_error)?;
@@ -176,13 +209,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.get_meta(KEY_COMMITTED).map_err(read_logs_error)
     }
 
-    async fn append<I>(
-        &mut self,
-        entries: I,
-        callback: LogFlushed<TypeConfig>,
-    ) -> Result<(), StorageError>
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<C>) -> Result<(), StorageError>
     where
-        I: IntoIterator<Item = Entry> + OptionalSend,
+        I: IntoIterator<Item = openraft::Entry<C>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
         let mut batch = sled::Batch::default();
@@ -208,8 +237,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             callback.log_io_completed(Ok(()));
             return Ok(());
         }
-        if let Err(callback) = self.shared.group_commit.submit(callback) {
-            callback.log_io_completed(Err(std::io::Error::other("log flusher thread stopped")));
+        let flushed = Box::new(move |result| callback.log_io_completed(result));
+        if let Err(flushed) = self.shared.group_commit.submit(flushed) {
+            flushed(Err(std::io::Error::other("log flusher thread stopped")));
             let error = std::io::Error::other("the flusher thread stopped");
             return Err(write_logs_error(StoreError::io(
                 "append log entries",

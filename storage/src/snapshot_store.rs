@@ -9,6 +9,7 @@
 use std::collections::BTreeSet;
 use std::fs::File;
 use std::io::BufReader;
+use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -17,6 +18,7 @@ use sled::Transactional;
 
 use crate::codec;
 use crate::error::{run_blocking, StoreError};
+use crate::log_store::StoreConfig;
 use crate::snapshot::{PositionalReader, SnapshotFile};
 use crate::snapshot_format::{SnapshotHeader, SnapshotReader, SnapshotRecord, SnapshotWriter};
 use crate::state_machine::{read_applied_state, read_tombstones};
@@ -24,7 +26,7 @@ use crate::store::{
     data_tree_name, DataGeneration, Shared, KEY_APPLIED, KEY_GENERATION, KEY_MEMBERSHIP,
     KEY_TOMBSTONES, SM_META_TREE,
 };
-use crate::types::{NodeId, Snapshot, SnapshotMeta, StorageError, TypeConfig};
+use crate::types::{NodeId, SnapshotMeta, StorageError};
 
 const SNAPSHOT_PREFIX: &str = "snapshot-";
 const SNAPSHOT_SUFFIX: &str = ".snap";
@@ -33,14 +35,15 @@ const SNAPSHOT_SUFFIX: &str = ".snap";
 const INSTALL_BATCH_RECORDS: usize = 1024;
 
 /// Builds a snapshot file from a consistent view of the state machine.
-pub struct SnapshotBuilder {
+pub struct SnapshotBuilder<C> {
     pub(crate) shared: Arc<Shared>,
+    pub(crate) config: PhantomData<fn() -> C>,
 }
 
-impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
-    async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
+impl<C: StoreConfig> RaftSnapshotBuilder<C> for SnapshotBuilder<C> {
+    async fn build_snapshot(&mut self) -> Result<openraft::Snapshot<C>, StorageError> {
         let shared = Arc::clone(&self.shared);
-        run_blocking("build snapshot", move || build(&shared))
+        run_blocking("build snapshot", move || build::<C>(&shared))
             .await
             .map_err(|error| error.into_storage(ErrorSubject::Snapshot(None), ErrorVerb::Write))
     }
@@ -74,7 +77,7 @@ fn ensure_dir(dir: &Path) -> Result<(), StoreError> {
     std::fs::create_dir_all(dir).map_err(io_error(format!("create {}", dir.display())))
 }
 
-fn build(shared: &Shared) -> Result<Snapshot, StoreError> {
+fn build<C: StoreConfig>(shared: &Shared) -> Result<openraft::Snapshot<C>, StoreError> {
     let _files = shared.lock_snapshot_files();
     // Held while streaming: applies wait, so the file is one consistent state.
     let consistent = shared.lock_consistent_view();
@@ -132,7 +135,7 @@ fn build(shared: &Shared) -> Result<Snapshot, StoreError> {
     tracing::info!(snapshot_id = %meta.snapshot_id, kv_count, path = %final_path.display(), "snapshot built");
     let snapshot = SnapshotFile::open_existing(&final_path)
         .map_err(io_error(format!("open {}", final_path.display())))?;
-    Ok(Snapshot {
+    Ok(openraft::Snapshot {
         meta,
         snapshot: Box::new(snapshot),
     })
@@ -169,7 +172,9 @@ fn read_header(file: &SnapshotFile) -> Result<SnapshotHeader, StoreError> {
 }
 
 /// The newest complete snapshot file, with its meta read from the header.
-pub(crate) fn current(shared: &Shared) -> Result<Option<Snapshot>, StoreError> {
+pub(crate) fn current<C: StoreConfig>(
+    shared: &Shared,
+) -> Result<Option<openraft::Snapshot<C>>, StoreError> {
     let _files = shared.lock_snapshot_files();
     let mut newest: Option<(SnapshotMeta, SnapshotFile)> = None;
     for path in list_snapshot_files(&shared.snapshot_dir()) {
@@ -189,7 +194,7 @@ pub(crate) fn current(shared: &Shared) -> Result<Option<Snapshot>, StoreError> {
             newest = Some((header.meta, file));
         }
     }
-    Ok(newest.map(|(meta, file)| Snapshot {
+    Ok(newest.map(|(meta, file)| openraft::Snapshot {
         meta,
         snapshot: Box::new(file),
     }))
@@ -323,10 +328,6 @@ pub(crate) fn install(
     }
     drop(writes);
     tracing::info!(snapshot_id = %meta.snapshot_id, last_log_id = ?meta.last_log_id, generation = new_generation, "snapshot installed");
-    shared.listeners.publish(&crate::changes::AppliedChanges {
-        everything: true,
-        ..Default::default()
-    });
 
     // The state is installed; keeping the file only spares a rebuild, so a
     // failure here is logged, not returned.

@@ -1,46 +1,79 @@
-//! The replicated state machine: deterministic apply over the active data generation.
+//! openraft's state machine over the active data generation: applied log
+//! id, membership, snapshots, and the transaction a batch of entries is
+//! applied in. What a command does is the [`Applier`]'s business (floe-state).
 //!
-//! Apply is a pure function of (state, entry): no clock, no randomness, no
-//! I/O but the store. A batch is applied in one sled transaction over the
-//! data tree and `sm_meta`, so the applied log id never disagrees with the
-//! data, whatever the moment of a crash.
+//! A batch is applied in one sled transaction over the data tree and
+//! `sm_meta`, so the applied log id never disagrees with the data, whatever
+//! the moment of a crash.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::marker::PhantomData;
 use std::sync::Arc;
 
 use openraft::storage::RaftStateMachine;
-use openraft::{EntryPayload, ErrorSubject, ErrorVerb, OptionalSend};
+use openraft::{EntryPayload, ErrorSubject, ErrorVerb, OptionalSend, RaftTypeConfig};
 use sled::transaction::{ConflictableTransactionError, TransactionalTree};
 use sled::Transactional;
 
 use crate::codec;
 use crate::error::{run_blocking, StoreError};
-use crate::keys;
-use crate::models;
-use crate::runs::{self, DefinitionCache, RunTx, StartRun};
+use crate::log_store::StoreConfig;
 use crate::snapshot::SnapshotFile;
 use crate::snapshot_store::SnapshotBuilder;
+use crate::state_store::{SledStateTx, StateTx, TxError};
 use crate::store::{Shared, KEY_APPLIED, KEY_MEMBERSHIP, KEY_TOMBSTONES, SM_META_TREE};
-use crate::types::{
-    Command, CommandResponse, Entry, FlowRecord, KvEntry, LogId, NodeId, Snapshot, SnapshotMeta,
-    StorageError, StoredMembership, TypeConfig,
-};
+use crate::types::{LogId, NodeId, SnapshotMeta, StorageError, StoredMembership};
+
+/// Commands refused by an earlier try of a batch, by position (the entry's
+/// place in the batch, then places in nested batches), with the reason.
+pub type Refusals = BTreeMap<Vec<usize>, String>;
+
+/// Applies the commands of one Raft type configuration. Apply must be
+/// deterministic: no clock, no randomness, no I/O but the [`StateTx`].
+pub trait Applier: Send + Sync + 'static {
+    /// The Raft type configuration whose commands this applies.
+    type Config: StoreConfig<R: Default>;
+    /// What one try of a batch gathers besides its responses (what it
+    /// changed); handed to [`Applier::committed`] once the batch commits.
+    type Batch: Default;
+
+    /// Applies the command of the log entry at `index`, the `position`th of
+    /// its batch, inside `tx`. A command that cannot be applied for a
+    /// reason of its own aborts with [`StoreError::CommandRefused`] naming
+    /// its position: the batch is applied again with it in `refused`.
+    fn apply(
+        &self,
+        tx: &dyn StateTx,
+        batch: &mut Self::Batch,
+        index: u64,
+        position: usize,
+        command: &<Self::Config as RaftTypeConfig>::D,
+        refused: &Refusals,
+    ) -> Result<<Self::Config as RaftTypeConfig>::R, TxError>;
+
+    /// Called on the applying thread after a batch committed.
+    fn committed(&self, batch: Self::Batch);
+
+    /// Called after a snapshot replaced the whole state.
+    fn snapshot_installed(&self);
+}
+
+type Response<A> = <<A as Applier>::Config as RaftTypeConfig>::R;
+type Entry<A> = openraft::Entry<<A as Applier>::Config>;
 
 /// The state machine half of the store. Cheap to clone.
-#[derive(Clone)]
-pub struct StateMachineStore {
+pub struct StateMachineStore<A> {
     pub(crate) shared: Arc<Shared>,
+    pub(crate) applier: Arc<A>,
 }
 
-type TxError = ConflictableTransactionError<Box<StoreError>>;
-
-fn abort(error: StoreError) -> TxError {
-    ConflictableTransactionError::Abort(Box::new(error))
-}
-
-fn kv_record_name(tree: &str, key: &str) -> impl Fn() -> String {
-    let name = format!("{tree} key {key:?}");
-    move || name.clone()
+impl<A> Clone for StateMachineStore<A> {
+    fn clone(&self) -> Self {
+        StateMachineStore {
+            shared: Arc::clone(&self.shared),
+            applier: Arc::clone(&self.applier),
+        }
+    }
 }
 
 /// Reads `applied` and `membership` from `sm_meta`.
@@ -57,18 +90,20 @@ pub(crate) fn read_tombstones(shared: &Shared) -> Result<BTreeSet<NodeId>, Store
     Ok(Shared::get_record(&shared.sm_meta, SM_META_TREE, KEY_TOMBSTONES)?.unwrap_or_default())
 }
 
-/// What one transaction attempt changes besides the data itself.
-struct BatchOutcome {
-    responses: Vec<CommandResponse>,
-    changes: crate::changes::AppliedChanges,
-}
+/// The metadata key of the set of node ids removed for good (a
+/// `BTreeSet<NodeId>` in the record codec), written by apply.
+pub const TOMBSTONES_KEY: &[u8] = KEY_TOMBSTONES;
 
 /// How often one batch may be re-applied without a refused command before
 /// apply gives up on it: each retry refuses one more command, so this is
 /// far above any batch openraft hands over, and only a bug reaches it.
 const MAX_REFUSALS_PER_BATCH: usize = 4096;
 
-fn apply_batch(shared: &Shared, entries: &[Entry]) -> Result<Vec<CommandResponse>, StoreError> {
+fn apply_batch<A: Applier>(
+    shared: &Shared,
+    applier: &A,
+    entries: &[Entry<A>],
+) -> Result<Vec<Response<A>>, StoreError> {
     let started = std::time::Instant::now();
     let _writes = shared.lock_writes();
     let (generation, data_tree) = shared.active_while_locked();
@@ -76,43 +111,36 @@ fn apply_batch(shared: &Shared, entries: &[Entry]) -> Result<Vec<CommandResponse
     // A command that cannot be applied aborts the transaction with its
     // position; the batch is then applied again with that command refused,
     // so nothing it wrote is kept and every replica refuses it alike.
-    let mut refused: BTreeMap<Vec<usize>, String> = BTreeMap::new();
+    let mut refused = Refusals::new();
     loop {
         let result = (&data_tree, &shared.sm_meta).transaction(|(data, meta)| {
             // May run more than once (sled retries on conflict), so it only
             // reads and writes through the transaction.
-            let mut tombstones: Option<BTreeSet<NodeId>> = None;
             let mut membership: Option<StoredMembership> = None;
             let mut responses = Vec::with_capacity(entries.len());
-            let changes = std::cell::RefCell::new(crate::changes::AppliedChanges::default());
-            let apply = ApplyTx {
+            let mut batch = A::Batch::default();
+            let tx = SledStateTx {
                 data,
                 meta,
-                data_tree_name: &data_tree_name,
-                definitions: &shared.definitions,
-                changes: &changes,
-                refused: &refused,
-                budget: std::cell::RefCell::new(floe_engine::run::WorkBudget::for_entry()),
+                tree_name: &data_tree_name,
             };
             for (position, entry) in entries.iter().enumerate() {
-                // Each entry has a budget of its own, so replicas that get
-                // entries in other batches still decide alike.
-                *apply.budget.borrow_mut() = floe_engine::run::WorkBudget::for_entry();
                 let response = match &entry.payload {
-                    EntryPayload::Blank => CommandResponse::Applied,
+                    EntryPayload::Blank => Response::<A>::default(),
                     EntryPayload::Membership(new_membership) => {
                         membership = Some(StoredMembership::new(
                             Some(entry.log_id),
                             new_membership.clone(),
                         ));
-                        CommandResponse::Applied
+                        Response::<A>::default()
                     }
-                    EntryPayload::Normal(command) => apply_command(
-                        &apply,
-                        &mut tombstones,
+                    EntryPayload::Normal(command) => applier.apply(
+                        &tx,
+                        &mut batch,
                         entry.log_id.index,
-                        &[position],
+                        position,
                         command,
+                        &refused,
                     )?,
                 };
                 responses.push(response);
@@ -123,21 +151,15 @@ fn apply_batch(shared: &Shared, entries: &[Entry]) -> Result<Vec<CommandResponse
             if let Some(membership) = &membership {
                 put_tx(meta, KEY_MEMBERSHIP, membership)?;
             }
-            if let Some(tombstones) = &tombstones {
-                put_tx(meta, KEY_TOMBSTONES, tombstones)?;
-            }
-            Ok(BatchOutcome {
-                responses,
-                changes: changes.into_inner(),
-            })
+            Ok((responses, batch))
         });
         match result {
-            Ok(outcome) => {
-                shared.listeners.publish(&outcome.changes);
+            Ok((responses, batch)) => {
+                applier.committed(batch);
                 shared
                     .apply_stats
                     .record_batch(started.elapsed(), refused.len());
-                return Ok(outcome.responses);
+                return Ok(responses);
             }
             Err(sled::transaction::TransactionError::Abort(error)) => match *error {
                 StoreError::CommandRefused { position, reason }
@@ -163,330 +185,55 @@ fn put_tx<T: serde::Serialize>(
     meta: &TransactionalTree,
     key: &[u8],
     value: &T,
-) -> Result<(), TxError> {
+) -> Result<(), ConflictableTransactionError<Box<StoreError>>> {
     let bytes = codec::encode(
         || format!("{SM_META_TREE} {}", String::from_utf8_lossy(key)),
         value,
     )
-    .map_err(abort)?;
+    .map_err(|error| ConflictableTransactionError::Abort(Box::new(error)))?;
     meta.insert(key, bytes)?;
     Ok(())
 }
 
-/// The transaction's trees and what apply needs besides them.
-struct ApplyTx<'a> {
-    data: &'a TransactionalTree,
-    meta: &'a TransactionalTree,
-    data_tree_name: &'a str,
-    definitions: &'a DefinitionCache,
-    changes: &'a std::cell::RefCell<crate::changes::AppliedChanges>,
-    /// Commands an earlier try of this batch could not apply, by position,
-    /// with the reason they are refused.
-    refused: &'a BTreeMap<Vec<usize>, String>,
-    /// What the current entry may still spend on entering steps.
-    budget: std::cell::RefCell<floe_engine::run::WorkBudget>,
-}
-
-/// Applies one command at `position` (its entry's place in the batch, then
-/// its place in nested `Command::Batch`es). A command that fails for a
-/// reason of its own (an unreadable record, a value that does not encode, a
-/// panic in the engine) aborts the transaction as `CommandRefused`, to be
-/// refused on the next try; only storage failures pass through as they are.
-fn apply_command(
-    apply: &ApplyTx<'_>,
-    tombstones: &mut Option<BTreeSet<NodeId>>,
-    index: u64,
-    position: &[usize],
-    command: &Command,
-) -> Result<CommandResponse, TxError> {
-    if let Some(reason) = apply.refused.get(position) {
-        return Ok(CommandResponse::Unapplied {
-            reason: reason.clone(),
-        });
-    }
-    if let Command::Batch(commands) = command {
-        let mut responses = Vec::with_capacity(commands.len());
-        for (at, command) in commands.iter().enumerate() {
-            let mut inner = position.to_vec();
-            inner.push(at);
-            responses.push(apply_command(apply, tombstones, index, &inner, command)?);
-        }
-        return Ok(CommandResponse::Batch(responses));
-    }
-    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        apply_one(apply, tombstones, index, command)
-    }));
-    let error = match outcome {
-        Ok(Ok(response)) => return Ok(response),
-        Ok(Err(ConflictableTransactionError::Abort(error))) if !error.is_storage_failure() => {
-            error.to_string()
-        }
-        Ok(Err(other)) => return Err(other),
-        Err(panic) => {
-            let message = panic
-                .downcast_ref::<&str>()
-                .map(|text| text.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "no message".to_string());
-            format!("apply panicked: {message}")
-        }
-    };
-    Err(abort(StoreError::CommandRefused {
-        position: position.to_vec(),
-        reason: format!("log entry {index}: {}: {error}; the command was refused and nothing it changed was kept", bounded(&command.to_string())),
-    }))
-}
-
-/// A command's description, cut short: names in it come from clients.
-fn bounded(text: &str) -> String {
-    const MAX: usize = 200;
-    if text.len() <= MAX {
-        return text.to_string();
-    }
-    let mut end = MAX;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}… ({} bytes)", &text[..end], text.len())
-}
-
-fn apply_one(
-    apply: &ApplyTx<'_>,
-    tombstones: &mut Option<BTreeSet<NodeId>>,
-    index: u64,
-    command: &Command,
-) -> Result<CommandResponse, TxError> {
-    let (data, meta, data_tree_name) = (apply.data, apply.meta, apply.data_tree_name);
-    let runs = RunTx {
-        data,
-        tree_name: data_tree_name,
-        definitions: apply.definitions,
-        changes: apply.changes,
-        budget: &apply.budget,
-    };
-    match command {
-        Command::StartRun {
-            run_id,
-            flow,
-            version,
-            input,
-            correlation_id,
-            idempotency_key,
-            at_ms,
-        } => {
-            let start = StartRun {
-                run_id,
-                flow,
-                version: *version,
-                input,
-                correlation_id,
-                idempotency_key,
-                at_ms: *at_ms,
-            };
-            runs::start_run(&runs, start)
-        }
-        Command::RunEvent {
-            run_id,
-            event,
-            at_ms,
-        } => match serde_json::from_slice::<floe_engine::run::RunEvent>(event) {
-            Ok(event) => runs::run_event(&runs, run_id, event, *at_ms),
-            Err(err) => Ok(CommandResponse::RunRejected {
-                reason: format!("run event for {run_id} is not valid: {err}"),
-            }),
-        },
-        Command::AssignTask {
-            task,
-            attempt,
-            node,
-            worker,
-            at_ms,
-        } => runs::assign(&runs, task, *attempt, *node, worker, *at_ms),
-        Command::FireTimers { timers, at_ms } => runs::fire_timers(&runs, timers, *at_ms),
-        Command::UnassignTask {
-            task,
-            attempt,
-            at_ms,
-        } => runs::unassign(&runs, task, *attempt, *at_ms),
-        Command::PurgeRuns {
-            run_ids,
-            finished_before_ms,
-        } => runs::purge_runs(&runs, run_ids, *finished_before_ms),
-        Command::SetLimit { scope, name, limit } => runs::set_limit(&runs, *scope, name, *limit),
-        Command::PutModel {
-            name,
-            hash,
-            size,
-            signature,
-            at_ms,
-        } => models::put_model(&runs, name, hash, *size, signature, *at_ms),
-        Command::DeployModel { deployment } => models::deploy(&runs, deployment),
-        Command::UndeployModel { name, version } => models::undeploy(&runs, name, *version),
-        Command::ChangeReplicas { changes, at_ms } => {
-            models::change_replicas(&runs, changes, *at_ms)
-        }
-        Command::NodeSlots { node, offer } => crate::slots::set_node_slots(&runs, *node, offer),
-        Command::KvPut { key, value } => {
-            let entry = KvEntry {
-                value: value.clone(),
-                revision: index,
-            };
-            let bytes =
-                codec::encode(kv_record_name(data_tree_name, key), &entry).map_err(abort)?;
-            data.insert(keys::kv(key), bytes)?;
-            Ok(CommandResponse::Put { revision: index })
-        }
-        Command::KvDelete { key } => {
-            let existed = data.remove(keys::kv(key))?.is_some();
-            Ok(CommandResponse::Delete { existed })
-        }
-        Command::KvCas { key, expected, new } => {
-            let current: Option<KvEntry> = match data.get(keys::kv(key))? {
-                Some(bytes) => Some(
-                    codec::decode(kv_record_name(data_tree_name, key), &bytes).map_err(abort)?,
-                ),
-                None => None,
-            };
-            let current_value = current.as_ref().map(|entry| &entry.value);
-            if current_value != expected.as_ref() {
-                let revision = current.as_ref().map_or(0, |entry| entry.revision);
-                return Ok(CommandResponse::Cas {
-                    succeeded: false,
-                    current: current.map(|entry| entry.value),
-                    revision,
-                });
-            }
-            match new {
-                Some(value) => {
-                    let entry = KvEntry {
-                        value: value.clone(),
-                        revision: index,
-                    };
-                    let bytes = codec::encode(kv_record_name(data_tree_name, key), &entry)
-                        .map_err(abort)?;
-                    data.insert(keys::kv(key), bytes)?;
-                }
-                None => {
-                    data.remove(keys::kv(key))?;
-                }
-            }
-            Ok(CommandResponse::Cas {
-                succeeded: true,
-                current: new.clone(),
-                revision: index,
-            })
-        }
-        Command::PutFlow {
-            name,
-            definition,
-            hash,
-            at_ms,
-        } => {
-            let hash_key = keys::flow_hash(name, hash);
-            if let Some(bytes) = data.get(&hash_key)? {
-                let version: u64 = codec::decode(
-                    || format!("{data_tree_name} flow {name} hash {hash}"),
-                    &bytes,
-                )
-                .map_err(abort)?;
-                return Ok(CommandResponse::FlowPut {
-                    version,
-                    created: false,
-                });
-            }
-            let latest: u64 = match data.get(keys::flow_latest(name))? {
-                Some(bytes) => {
-                    codec::decode(|| format!("{data_tree_name} flow {name} latest"), &bytes)
-                        .map_err(abort)?
-                }
-                None => 0,
-            };
-            let version = latest + 1;
-            let record = FlowRecord {
-                name: name.clone(),
-                version,
-                hash: hash.clone(),
-                definition: definition.clone(),
-                created_at_ms: *at_ms,
-            };
-            let encode_version =
-                || codec::encode(|| format!("{data_tree_name} flow {name} version"), &version);
-            data.insert(
-                keys::flow_def(name, version),
-                codec::encode(
-                    || format!("{data_tree_name} flow {name} v{version}"),
-                    &record,
-                )
-                .map_err(abort)?,
-            )?;
-            data.insert(hash_key, encode_version().map_err(abort)?)?;
-            data.insert(keys::flow_latest(name), encode_version().map_err(abort)?)?;
-            Ok(CommandResponse::FlowPut {
-                version,
-                created: true,
-            })
-        }
-        Command::Batch(_) => {
-            // apply_command takes batches apart before they get here.
-            debug_assert!(false, "a batch reached apply_one");
-            Ok(CommandResponse::Unapplied {
-                reason: format!("log entry {index}: a batch nested where it is not expected"),
-            })
-        }
-        Command::TombstoneNode { node_id } => {
-            if tombstones.is_none() {
-                let bytes = meta.get(KEY_TOMBSTONES)?;
-                let loaded = match bytes {
-                    Some(bytes) => codec::decode(|| format!("{SM_META_TREE} tombstones"), &bytes)
-                        .map_err(abort)?,
-                    None => BTreeSet::new(),
-                };
-                *tombstones = Some(loaded);
-            }
-            if let Some(set) = tombstones.as_mut() {
-                set.insert(*node_id);
-            }
-            Ok(CommandResponse::Applied)
-        }
-    }
-}
-
-impl RaftStateMachine<TypeConfig> for StateMachineStore {
-    type SnapshotBuilder = SnapshotBuilder;
+impl<A: Applier> RaftStateMachine<A::Config> for StateMachineStore<A> {
+    type SnapshotBuilder = SnapshotBuilder<A::Config>;
 
     async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
         read_applied_state(&self.shared)
             .map_err(|error| error.into_storage(ErrorSubject::StateMachine, ErrorVerb::Read))
     }
 
-    async fn apply<I>(&mut self, entries: I) -> Result<Vec<CommandResponse>, StorageError>
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Response<A>>, StorageError>
     where
-        I: IntoIterator<Item = Entry> + OptionalSend,
+        I: IntoIterator<Item = Entry<A>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let entries: Vec<Entry> = entries.into_iter().collect();
+        let entries: Vec<Entry<A>> = entries.into_iter().collect();
         let Some(last_log_id) = entries.last().map(|entry| entry.log_id) else {
             return Ok(Vec::new());
         };
         let shared = Arc::clone(&self.shared);
+        let applier = Arc::clone(&self.applier);
         let dir = self.shared.dir.clone();
-        let responses = run_blocking("apply log entries", move || apply_batch(&shared, &entries))
-            .await
-            .map_err(|error| {
-                // Only a failing store gets here (commands that cannot be
-                // applied are refused instead): say what to do about it.
-                tracing::error!(
-                    %last_log_id,
-                    data_dir = %dir.display(),
-                    error = %error,
-                    "the store failed while applying entries; the node stops serving. A full or read-only disk: \
-                     the node starts again by itself once the data dir takes writes. Otherwise check the disk and \
-                     file system under the data dir (permissions, I/O errors in the kernel log) and restart the node; \
-                     if its data is damaged, replace the data dir and let the node catch up from the others \
-                     (docs/operations.md, \"When apply refuses or stops\")"
-                );
-                error.into_storage(ErrorSubject::Apply(last_log_id), ErrorVerb::Write)
-            })?;
+        let responses = run_blocking("apply log entries", move || {
+            apply_batch(&shared, applier.as_ref(), &entries)
+        })
+        .await
+        .map_err(|error| {
+            // Only a failing store gets here (commands that cannot be
+            // applied are refused instead): say what to do about it.
+            tracing::error!(
+                %last_log_id,
+                data_dir = %dir.display(),
+                error = %error,
+                "the store failed while applying entries; the node stops serving. A full or read-only disk: \
+                 the node starts again by itself once the data dir takes writes. Otherwise check the disk and \
+                 file system under the data dir (permissions, I/O errors in the kernel log) and restart the node; \
+                 if its data is damaged, replace the data dir and let the node catch up from the others \
+                 (docs/operations.md, \"When apply refuses or stops\")"
+            );
+            error.into_storage(ErrorSubject::Apply(last_log_id), ErrorVerb::Write)
+        })?;
         tracing::trace!(%last_log_id, count = responses.len(), "entries applied");
         Ok(responses)
     }
@@ -494,6 +241,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
         SnapshotBuilder {
             shared: Arc::clone(&self.shared),
+            config: PhantomData,
         }
     }
 
@@ -513,9 +261,12 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         snapshot: Box<SnapshotFile>,
     ) -> Result<(), StorageError> {
         let shared = Arc::clone(&self.shared);
+        let applier = Arc::clone(&self.applier);
         let install_meta = meta.clone();
         run_blocking("install snapshot", move || {
-            crate::snapshot_store::install(&shared, &install_meta, *snapshot)
+            crate::snapshot_store::install(&shared, &install_meta, *snapshot)?;
+            applier.snapshot_installed();
+            Ok(())
         })
         .await
         .map_err(|error| {
@@ -526,10 +277,12 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         })
     }
 
-    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
+    async fn get_current_snapshot(
+        &mut self,
+    ) -> Result<Option<openraft::Snapshot<A::Config>>, StorageError> {
         let shared = Arc::clone(&self.shared);
         run_blocking("read current snapshot", move || {
-            crate::snapshot_store::current(&shared)
+            crate::snapshot_store::current::<A::Config>(&shared)
         })
         .await
         .map_err(|error| error.into_storage(ErrorSubject::Snapshot(None), ErrorVerb::Read))

@@ -11,10 +11,10 @@ use crate::error::StoreError;
 use crate::group_commit::GroupCommit;
 use crate::log_store::LogStore;
 use crate::metrics::{ApplyStats, FlushStats};
-use crate::reader::StateReader;
-use crate::runs::DefinitionCache;
 use crate::snapshot::INCOMING_PREFIX;
-use crate::state_machine::StateMachineStore;
+use crate::state_machine::{read_applied_state, read_tombstones, Applier, StateMachineStore};
+use crate::state_store::DataView;
+use crate::types::{LogId, NodeId, StoredMembership};
 
 pub(crate) const LOG_TREE: &str = "log";
 pub(crate) const RAFT_META_TREE: &str = "raft_meta";
@@ -78,8 +78,6 @@ pub(crate) struct Shared {
     pub(crate) flush_stats: FlushStats,
     pub(crate) apply_stats: ApplyStats,
     pub(crate) group_commit: GroupCommit,
-    pub(crate) definitions: DefinitionCache,
-    pub(crate) listeners: crate::changes::Listeners,
 }
 
 impl Shared {
@@ -136,6 +134,13 @@ impl Shared {
     pub(crate) fn active_while_locked(&self) -> (u64, sled::Tree) {
         let active = self.read_active();
         (active.generation, active.data.clone())
+    }
+
+    /// A read view of the active data tree, holding it while it lives.
+    pub(crate) fn data_view(&self) -> DataView<'_> {
+        let active = self.read_active();
+        let tree_name = data_tree_name(active.generation);
+        DataView { active, tree_name }
     }
 
     pub(crate) fn swap_active(&self, new: DataGeneration) -> DataGeneration {
@@ -228,8 +233,6 @@ impl Store {
             flush_stats,
             apply_stats: ApplyStats::default(),
             group_commit,
-            definitions: DefinitionCache::default(),
-            listeners: Default::default(),
         };
         remove_partial_snapshot_files(&shared.snapshot_dir())?;
         tracing::info!(dir = %dir.display(), generation, "store opened");
@@ -239,29 +242,75 @@ impl Store {
     }
 
     /// The Raft log half, for `openraft::Raft::new`.
-    pub fn log_store(&self) -> LogStore {
+    pub fn log_store<C>(&self) -> LogStore<C> {
         LogStore {
             shared: Arc::clone(&self.shared),
+            config: std::marker::PhantomData,
         }
     }
 
-    /// The state machine half, for `openraft::Raft::new`.
-    pub fn state_machine(&self) -> StateMachineStore {
+    /// The state machine half, for `openraft::Raft::new`: `applier` decides
+    /// what each command does. Give every half of one store the same applier.
+    pub fn state_machine<A: Applier>(&self, applier: Arc<A>) -> StateMachineStore<A> {
         StateMachineStore {
             shared: Arc::clone(&self.shared),
+            applier,
         }
     }
 
-    /// Tells `listener` what each committed batch of entries changed.
-    pub fn on_applied(&self, listener: crate::changes::ChangeListener) {
-        self.shared.listeners.set(listener);
+    /// A read view of the applied data, holding the active generation
+    /// while it lives (keep it short: a snapshot install waits for it).
+    pub fn data_view(&self) -> DataView<'_> {
+        self.shared.data_view()
     }
 
-    /// A cheap, clonable read handle on the applied state.
-    pub fn reader(&self) -> StateReader {
-        StateReader {
-            shared: Arc::clone(&self.shared),
+    /// The last log id applied to the state machine, and the last membership.
+    pub fn applied_state(&self) -> Result<(Option<LogId>, StoredMembership), StoreError> {
+        read_applied_state(&self.shared)
+    }
+
+    /// Every node id removed for good.
+    pub fn tombstones(&self) -> Result<std::collections::BTreeSet<NodeId>, StoreError> {
+        read_tombstones(&self.shared)
+    }
+
+    /// sha256 (hex) over every applied record and tombstone, in order:
+    /// equal on nodes that applied the same log prefix. Reads the whole
+    /// state; call from a blocking thread.
+    pub fn state_digest(&self) -> Result<String, StoreError> {
+        let _consistent = self.shared.lock_consistent_view();
+        self.digest_locked()
+    }
+
+    /// The applied log id and the state digest, read under one lock so the
+    /// two describe the same state (the chaos suite compares nodes by them).
+    /// Reads the whole state; call from a blocking thread.
+    pub fn applied_state_digest(&self) -> Result<(Option<LogId>, String), StoreError> {
+        let _consistent = self.shared.lock_consistent_view();
+        let applied = read_applied_state(&self.shared)?.0;
+        Ok((applied, self.digest_locked()?))
+    }
+
+    fn digest_locked(&self) -> Result<String, StoreError> {
+        use sha2::{Digest, Sha256};
+        let state = self.shared.read_active();
+        let tree_name = data_tree_name(state.generation);
+        let mut hasher = Sha256::new();
+        for item in state.data.iter() {
+            let (key, bytes) =
+                item.map_err(|error| StoreError::sled(format!("digest {tree_name}"), error))?;
+            // Records are deterministic encodings, so raw bytes compare states.
+            hasher.update(b"record");
+            hasher.update((key.len() as u64).to_be_bytes());
+            hasher.update(&key);
+            hasher.update((bytes.len() as u64).to_be_bytes());
+            hasher.update(&bytes);
         }
+        for node_id in read_tombstones(&self.shared)? {
+            hasher.update(b"tombstone");
+            hasher.update(node_id.to_be_bytes());
+        }
+        Ok(hex::encode(hasher.finalize()))
     }
 
     /// Where snapshot files live; incoming snapshots are created here too.

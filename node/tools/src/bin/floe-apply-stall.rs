@@ -9,14 +9,14 @@
 
 use std::time::{Duration, Instant};
 
-use floe_storage::{Command, CommandResponse, Entry, LogId, Store, StoreOptions};
+use floe_state::{Command, CommandResponse, Entry, LogId, Store, StoreOptions};
 use openraft::storage::RaftStateMachine;
 use openraft::{CommittedLeaderId, EntryPayload};
 
 struct Bench {
     _dir: tempfile::TempDir,
     store: Store,
-    sm: floe_storage::StateMachineStore,
+    sm: floe_state::StateMachineStore,
     index: u64,
     clock_ms: u64,
 }

@@ -10,8 +10,8 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use floe_storage::runs::task_key_text;
-use floe_storage::{Command, CommandResponse, Entry, LogId, RunFilter, Store, StoreOptions};
+use floe_state::runs::task_key_text;
+use floe_state::{Command, CommandResponse, Entry, LogId, RunFilter, Store, StoreOptions};
 use openraft::storage::RaftStateMachine;
 use openraft::{CommittedLeaderId, EntryPayload};
 
@@ -26,7 +26,7 @@ const SAMPLES: usize = 300;
 
 struct Bench {
     store: Store,
-    sm: floe_storage::StateMachineStore,
+    sm: floe_state::StateMachineStore,
     index: u64,
     clock_ms: u64,
 }

@@ -1,5 +1,5 @@
 //! Runs inside apply: the run engine (floe-engine) decides, this module
-//! stores. Every change of one command happens in the caller's sled
+//! stores. Every change of one command happens in the caller's store
 //! transaction; run records, tasks, timers and indexes never disagree.
 //!
 //! Run and task records are bincode with their JSON values as text
@@ -18,23 +18,22 @@ use floe_engine::run::{
 use floe_engine::FlowDefinition;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use sled::transaction::TransactionalTree;
 
-use crate::blobs;
 use crate::codec;
-use crate::error::StoreError;
 use crate::keys;
 use crate::slots;
 use crate::types::{CommandResponse, FlowRecord};
+use floe_storage::blobs;
+use floe_storage::StoreError;
 
 /// Names a record in errors; formatted only when one is reported (apply
 /// reads and writes dozens of records per entry).
 pub(crate) type Label<'a> = std::fmt::Arguments<'a>;
 
-pub(crate) type TxError = sled::transaction::ConflictableTransactionError<Box<StoreError>>;
+pub(crate) use floe_storage::state_store::TxError;
 
 pub(crate) fn abort(error: StoreError) -> TxError {
-    sled::transaction::ConflictableTransactionError::Abort(Box::new(error))
+    TxError::abort(error)
 }
 
 /// How deep sub-flows may nest (a guard against a flow that starts itself).
@@ -93,7 +92,7 @@ pub(crate) struct DefinitionCache {
 
 /// The transaction and what it needs to read definitions.
 pub(crate) struct RunTx<'a> {
-    pub(crate) data: &'a TransactionalTree,
+    pub(crate) data: &'a dyn floe_storage::state_store::StateTx,
     pub(crate) tree_name: &'a str,
     pub(crate) definitions: &'a DefinitionCache,
     pub(crate) changes: &'a std::cell::RefCell<crate::changes::AppliedChanges>,
@@ -125,7 +124,7 @@ impl RunTx<'_> {
         let json = to_json(value, self.tree_name, what)?;
         let bytes =
             codec::encode_bytes(|| format!("{} {what}", self.tree_name), &json).map_err(abort)?;
-        self.data.insert(key, bytes)?;
+        self.data.insert(&key, bytes)?;
         Ok(())
     }
 
@@ -136,9 +135,9 @@ impl RunTx<'_> {
         key: Vec<u8>,
         value: &T,
         what: Label<'_>,
-    ) -> Result<sled::IVec, TxError> {
-        let bytes = sled::IVec::from(encode_structured(self.tree_name, value, what)?);
-        self.data.insert(key, bytes.clone())?;
+    ) -> Result<Vec<u8>, TxError> {
+        let bytes = encode_structured(self.tree_name, value, what)?;
+        self.data.insert(&key, bytes.clone())?;
         Ok(bytes)
     }
 
@@ -163,7 +162,7 @@ impl RunTx<'_> {
         what: Label<'_>,
     ) -> Result<(), TxError> {
         let bytes = codec::encode(|| format!("{} {what}", self.tree_name), value).map_err(abort)?;
-        self.data.insert(key, bytes)?;
+        self.data.insert(&key, bytes)?;
         Ok(())
     }
 
@@ -180,7 +179,7 @@ impl RunTx<'_> {
     }
 
     pub(crate) fn mark(&self, key: Vec<u8>) -> Result<(), TxError> {
-        self.data.insert(key, Vec::<u8>::new())?;
+        self.data.insert(&key, Vec::new())?;
         Ok(())
     }
 
@@ -190,7 +189,7 @@ impl RunTx<'_> {
                 return Ok(Some(found.clone()));
             }
         }
-        let Some(bytes) = self.data.get(keys::flow_def(name, version))? else {
+        let Some(bytes) = self.data.get(&keys::flow_def(name, version))? else {
             return Ok(None);
         };
         let record: FlowRecord = codec::decode(
@@ -239,7 +238,7 @@ impl RunTx<'_> {
         };
         if previous_status != Some(record.status) {
             if let Some(previous) = previous_status {
-                self.data.remove(keys::run_by_status(
+                self.data.remove(&keys::run_by_status(
                     status_name(previous),
                     record.created_at_ms,
                     &record.run_id,
@@ -259,7 +258,7 @@ impl RunTx<'_> {
         if previous_finished != finished {
             if let Some(previous) = previous_finished {
                 self.data
-                    .remove(keys::run_by_finished(previous, &record.run_id))?;
+                    .remove(&keys::run_by_finished(previous, &record.run_id))?;
             }
             if let Some(finished) = finished {
                 self.mark(keys::run_by_finished(finished, &record.run_id))?;
@@ -271,45 +270,45 @@ impl RunTx<'_> {
     /// Deletes a finished run and every index entry that names it.
     fn delete_run(&self, record: &RunRecord) -> Result<(), TxError> {
         let run_id = &record.run_id;
-        self.data.remove(keys::run(run_id))?;
+        self.data.remove(&keys::run(run_id))?;
         self.changed_run(run_id);
         self.data
-            .remove(keys::run_by_created(record.created_at_ms, run_id))?;
-        self.data.remove(keys::run_by_status(
+            .remove(&keys::run_by_created(record.created_at_ms, run_id))?;
+        self.data.remove(&keys::run_by_status(
             status_name(record.status),
             record.created_at_ms,
             run_id,
         ))?;
-        self.data.remove(keys::run_by_flow(
+        self.data.remove(&keys::run_by_flow(
             &record.flow,
             record.created_at_ms,
             run_id,
         ))?;
         if !record.correlation_id.is_empty() {
-            self.data.remove(keys::run_by_correlation(
+            self.data.remove(&keys::run_by_correlation(
                 &record.correlation_id,
                 record.created_at_ms,
                 run_id,
             ))?;
         }
         if let Some(finished) = record.finished_at_ms {
-            self.data.remove(keys::run_by_finished(finished, run_id))?;
+            self.data.remove(&keys::run_by_finished(finished, run_id))?;
         }
         let stored = encode_structured(self.tree_name, record, format_args!("run {run_id}"))?;
         for hash in blobs::referenced_hashes(&stored) {
             self.data
-                .remove(keys::blob_owner(&hash, &keys::run_owner(run_id)))?;
+                .remove(&keys::blob_owner(&hash, &keys::run_owner(run_id)))?;
         }
         if !record.idempotency_key.is_empty() {
             // Only if the key still names this run.
             if self
                 .data
-                .get(keys::idempotency(&record.idempotency_key))?
+                .get(&keys::idempotency(&record.idempotency_key))?
                 .as_deref()
                 == Some(run_id.as_bytes())
             {
                 self.data
-                    .remove(keys::idempotency(&record.idempotency_key))?;
+                    .remove(&keys::idempotency(&record.idempotency_key))?;
             }
         }
         Ok(())
@@ -374,7 +373,7 @@ pub struct StartRun<'a> {
 
 pub(crate) fn start_run(tx: &RunTx<'_>, start: StartRun<'_>) -> Result<CommandResponse, TxError> {
     if !start.idempotency_key.is_empty() {
-        if let Some(bytes) = tx.data.get(keys::idempotency(start.idempotency_key))? {
+        if let Some(bytes) = tx.data.get(&keys::idempotency(start.idempotency_key))? {
             let run_id = String::from_utf8_lossy(&bytes).into_owned();
             let version = tx.run(&run_id)?.map_or(0, |run| run.version);
             return Ok(CommandResponse::RunStarted {
@@ -398,7 +397,7 @@ pub(crate) fn start_run(tx: &RunTx<'_>, start: StartRun<'_>) -> Result<CommandRe
         },
         pinned => pinned,
     };
-    if tx.data.get(keys::run(start.run_id))?.is_some() {
+    if tx.data.get(&keys::run(start.run_id))?.is_some() {
         return Ok(CommandResponse::RunRejected {
             reason: format!("run id {} is already taken", start.run_id),
         });
@@ -427,8 +426,8 @@ pub(crate) fn start_run(tx: &RunTx<'_>, start: StartRun<'_>) -> Result<CommandRe
     }
     if !start.idempotency_key.is_empty() {
         tx.data.insert(
-            keys::idempotency(start.idempotency_key),
-            start.run_id.as_bytes(),
+            &keys::idempotency(start.idempotency_key),
+            start.run_id.as_bytes().to_vec(),
         )?;
     }
     drain(tx, work, start.at_ms, 0)?;
@@ -696,17 +695,17 @@ fn assign_task(
         return Ok(());
     }
     if let Some(previous) = &task.assignment {
-        tx.data.remove(keys::task_on_node(previous.node, &text))?;
+        tx.data.remove(&keys::task_on_node(previous.node, &text))?;
         tx.changed_node(previous.node);
         slots::move_placed(tx, previous.node, &task.spec, -1)?;
     } else {
         tx.data
-            .remove(keys::task_queue(task.spec.not_before_ms, &text))?;
+            .remove(&keys::task_queue(task.spec.not_before_ms, &text))?;
         tx.changed_queue();
         count_placed(tx, &task, 1)?;
     }
     if found.under_task_key {
-        tx.data.remove(keys::task(&text))?;
+        tx.data.remove(&keys::task(&text))?;
     }
     task.assignment = Some(Assignment {
         node,
@@ -787,7 +786,7 @@ fn placed_task(
             continue;
         }
         tried.push(node);
-        if let Some(bytes) = tx.data.get(keys::task_on_node(node, text))? {
+        if let Some(bytes) = tx.data.get(&keys::task_on_node(node, text))? {
             let label = || format!("{} task {text} on node {node}", tx.tree_name);
             if let Some(task) = placed_record(label, &bytes).map_err(abort)? {
                 return Ok(Some(FoundTask {
@@ -811,7 +810,7 @@ fn store_placed(tx: &RunTx<'_>, task: &TaskRecord, text: &str) -> Result<(), TxE
     let mut entry = Vec::with_capacity(4 + record.len());
     entry.extend_from_slice(&task.spec.attempt.to_be_bytes());
     entry.extend_from_slice(&record);
-    tx.data.insert(keys::task_on_node(node, text), entry)?;
+    tx.data.insert(&keys::task_on_node(node, text), entry)?;
     tx.changed_node(node);
     Ok(())
 }
@@ -880,19 +879,19 @@ fn drop_task(tx: &RunTx<'_>, text: &str, found: &FoundTask) -> Result<(), TxErro
     let task = &found.task;
     match &task.assignment {
         Some(assignment) => {
-            tx.data.remove(keys::task_on_node(assignment.node, text))?;
+            tx.data.remove(&keys::task_on_node(assignment.node, text))?;
             tx.changed_node(assignment.node);
             count_placed(tx, task, -1)?;
             slots::move_placed(tx, assignment.node, &task.spec, -1)?;
         }
         None => {
             tx.data
-                .remove(keys::task_queue(task.spec.not_before_ms, text))?;
+                .remove(&keys::task_queue(task.spec.not_before_ms, text))?;
             tx.changed_queue();
         }
     };
     if found.under_task_key {
-        tx.data.remove(keys::task(text))?;
+        tx.data.remove(&keys::task(text))?;
     }
     Ok(())
 }
@@ -914,7 +913,7 @@ fn count_placed(tx: &RunTx<'_>, task: &TaskRecord, delta: i64) -> Result<(), TxE
             "a placed-task counter went below zero"
         );
         if next == 0 {
-            tx.data.remove(key)?;
+            tx.data.remove(&key)?;
         } else {
             tx.put_json(
                 key,
@@ -969,7 +968,7 @@ pub(crate) fn set_limit(
     match limit {
         Some(limit) => tx.put_json(key, &limit, format_args!("{} {name} limit", scope.name()))?,
         None => {
-            tx.data.remove(key)?;
+            tx.data.remove(&key)?;
         }
     }
     Ok(CommandResponse::Applied)
@@ -1029,7 +1028,7 @@ fn apply_effects(
                 if let Some(old_due) =
                     tx.get_json::<u64>(&keys::timer_by_key(&text), format_args!("timer {text}"))?
                 {
-                    tx.data.remove(keys::timer_due(old_due, &text))?;
+                    tx.data.remove(&keys::timer_due(old_due, &text))?;
                 }
                 tx.put_json(
                     keys::timer_by_key(&text),
@@ -1048,8 +1047,8 @@ fn apply_effects(
                 if let Some(due) =
                     tx.get_json::<u64>(&keys::timer_by_key(&text), format_args!("timer {text}"))?
                 {
-                    tx.data.remove(keys::timer_due(due, &text))?;
-                    tx.data.remove(keys::timer_by_key(&text))?;
+                    tx.data.remove(&keys::timer_due(due, &text))?;
+                    tx.data.remove(&keys::timer_by_key(&text))?;
                 }
             }
             Effect::StartChildRun {
@@ -1062,7 +1061,7 @@ fn apply_effects(
                 let base = child_run_id(&record.run_id, &step_id);
                 let mut child_id = base.clone();
                 let mut round = 1;
-                while tx.data.get(keys::run(&child_id))?.is_some() {
+                while tx.data.get(&keys::run(&child_id))?.is_some() {
                     round += 1;
                     child_id = format!("{base}.{round}");
                 }
@@ -1093,7 +1092,7 @@ fn apply_effects(
                 // Only the newest child can still be running.
                 while tx
                     .data
-                    .get(keys::run(&format!("{base}.{}", round + 1)))?
+                    .get(&keys::run(&format!("{base}.{}", round + 1)))?
                     .is_some()
                 {
                     round += 1;
@@ -1203,15 +1202,15 @@ pub(crate) fn fire_timers(
         // Firing reads and rewrites the run's record: charge it before.
         let record_bytes = tx
             .data
-            .get(keys::run(&timer.run_id))?
+            .get(&keys::run(&timer.run_id))?
             .map_or(0, |bytes| bytes.len());
         let cost = 1 + record_bytes / run::BYTES_PER_UNIT;
         if position > 0 && cost > tx.budget.borrow().units() {
             break;
         }
         tx.budget.borrow_mut().spend(cost);
-        tx.data.remove(keys::timer_due(due, text))?;
-        tx.data.remove(keys::timer_by_key(text))?;
+        tx.data.remove(&keys::timer_due(due, text))?;
+        tx.data.remove(&keys::timer_by_key(text))?;
         let run_id = timer.run_id.clone();
         // A refusal (the run moved on) is expected here and changes nothing.
         run_event(tx, &run_id, RunEvent::TimerFired { timer }, at_ms)?;
@@ -1246,7 +1245,7 @@ pub(crate) fn unassign(
             ),
         });
     }
-    tx.data.remove(keys::task_on_node(assignment.node, task))?;
+    tx.data.remove(&keys::task_on_node(assignment.node, task))?;
     tx.changed_node(assignment.node);
     count_placed(tx, &record, -1)?;
     slots::move_placed(tx, assignment.node, &record.spec, -1)?;
@@ -1272,9 +1271,7 @@ pub(crate) fn purge_runs(
             Ok(Some(record)) => record,
             Ok(None) => continue,
             // One unreadable record must not hold back the others' purge.
-            Err(sled::transaction::ConflictableTransactionError::Abort(error))
-                if !error.is_storage_failure() =>
-            {
+            Err(TxError::Abort(error)) if !error.is_storage_failure() => {
                 tracing::warn!(run_id = %run_id, error = %error, "retention skips a run whose record does not read");
                 continue;
             }
@@ -1302,18 +1299,12 @@ mod tests {
         {"id": "b", "type": "task", "block": "noop", "input": "steps.a.output"}]}"#;
 
     struct Fixture {
-        _dir: tempfile::TempDir,
-        tree: sled::Tree,
+        state: crate::memory::MemoryState,
         definitions: DefinitionCache,
     }
 
     impl Fixture {
         fn new() -> Fixture {
-            let dir = tempfile::tempdir().unwrap();
-            let tree = sled::open(dir.path())
-                .unwrap()
-                .open_tree("sm_data_0")
-                .unwrap();
             let definitions = DefinitionCache::default();
             let flow = floe_engine::parse_flow(FLOW.as_bytes()).unwrap();
             definitions
@@ -1322,8 +1313,7 @@ mod tests {
                 .unwrap()
                 .insert(("chain".into(), 1), Arc::new(flow));
             Fixture {
-                _dir: dir,
-                tree,
+                state: Default::default(),
                 definitions,
             }
         }
@@ -1331,11 +1321,11 @@ mod tests {
         fn apply<R>(&self, step: impl Fn(&RunTx<'_>) -> Result<R, TxError>) -> R {
             let changes = std::cell::RefCell::new(AppliedChanges::default());
             let budget = std::cell::RefCell::new(run::WorkBudget::for_entry());
-            self.tree
+            self.state
                 .transaction(|data| {
                     step(&RunTx {
                         data,
-                        tree_name: "sm_data_0",
+                        tree_name: "memory",
                         definitions: &self.definitions,
                         changes: &changes,
                         budget: &budget,
@@ -1345,7 +1335,7 @@ mod tests {
         }
 
         fn has(&self, key: Vec<u8>) -> bool {
-            self.tree.get(key).unwrap().is_some()
+            self.state.get(&key).is_some()
         }
 
         fn start(&self, run_id: &str) {
@@ -1407,11 +1397,7 @@ mod tests {
             "a placed task has no separate record"
         );
         assert!(!store.has(keys::task_queue(0, "r1/a/-")));
-        let entry = store
-            .tree
-            .get(keys::task_on_node(2, "r1/a/-"))
-            .unwrap()
-            .unwrap();
+        let entry = store.state.get(&keys::task_on_node(2, "r1/a/-")).unwrap();
         assert_eq!(placed_attempt(&entry), Some(1));
         let record = placed_record(|| "entry".into(), &entry).unwrap().unwrap();
         assert_eq!(
@@ -1526,19 +1512,14 @@ mod tests {
         store.apply(|tx| assign(tx, "r1/a/-", 1, 2, "w", 20));
         // Rewrite the placement as earlier releases stored it: a JSON record
         // under `task/`, the attempt alone in the node entry.
-        let entry = store
-            .tree
-            .get(keys::task_on_node(2, "r1/a/-"))
-            .unwrap()
-            .unwrap();
+        let entry = store.state.get(&keys::task_on_node(2, "r1/a/-")).unwrap();
         let record = placed_record(|| "entry".into(), &entry).unwrap().unwrap();
         let json =
             codec::encode_bytes(|| "task".into(), &serde_json::to_vec(&record).unwrap()).unwrap();
-        store.tree.insert(keys::task("r1/a/-"), json).unwrap();
+        store.state.insert(&keys::task("r1/a/-"), &json);
         store
-            .tree
-            .insert(keys::task_on_node(2, "r1/a/-"), &1u32.to_be_bytes())
-            .unwrap();
+            .state
+            .insert(&keys::task_on_node(2, "r1/a/-"), &1u32.to_be_bytes());
 
         let on_node = store.apply(|tx| {
             Ok(find_task_by_text(tx, "r1/a/-")?.map(|found| (found.task, found.under_task_key)))

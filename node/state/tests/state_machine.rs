@@ -3,7 +3,7 @@
 mod common;
 
 use common::{command_entry, log_id, payload, put};
-use floe_storage::{Command, CommandResponse, KvEntry, Store, StoreOptions, Vote};
+use floe_state::{Command, CommandResponse, KvEntry, Store, StoreOptions, Vote};
 use openraft::storage::{RaftLogStorage, RaftLogStorageExt, RaftStateMachine};
 use openraft::{RaftLogReader, RaftSnapshotBuilder};
 
@@ -11,7 +11,7 @@ fn open(dir: &std::path::Path) -> Store {
     Store::open(dir, StoreOptions::default()).expect("open store")
 }
 
-fn cas(index: u64, key: &str, expected: Option<&[u8]>, new: Option<&[u8]>) -> floe_storage::Entry {
+fn cas(index: u64, key: &str, expected: Option<&[u8]>, new: Option<&[u8]>) -> floe_state::Entry {
     command_entry(
         1,
         index,
@@ -651,7 +651,7 @@ async fn retention_purges_only_runs_finished_before_the_cutoff() {
     assert!(reader.run("new").unwrap().is_some() && reader.run("open").unwrap().is_some());
     let listed: Vec<String> = reader
         .runs(
-            &floe_storage::RunFilter {
+            &floe_state::RunFilter {
                 correlation_id: Some("batch-7".into()),
                 ..Default::default()
             },
@@ -703,7 +703,7 @@ async fn retention_purges_only_runs_finished_before_the_cutoff() {
 
 #[tokio::test]
 async fn model_versions_deployments_and_gpu_shares_hold_their_rules() {
-    use floe_storage::models::{DeploySpec, Deployment, GpuShare, ReplicaChange};
+    use floe_state::models::{DeploySpec, Deployment, GpuShare, ReplicaChange};
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());
     let mut sm = store.state_machine();
@@ -924,7 +924,7 @@ async fn model_versions_deployments_and_gpu_shares_hold_their_rules() {
 #[tokio::test]
 async fn ready_tasks_are_placed_in_the_entry_that_makes_them_ready() {
     use floe_engine::run::{RunEvent, TaskKey};
-    use floe_storage::slots::NodeSlots;
+    use floe_state::slots::NodeSlots;
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());
     let mut sm = store.state_machine();
@@ -1091,7 +1091,7 @@ async fn ready_tasks_are_placed_in_the_entry_that_makes_them_ready() {
 
 #[tokio::test]
 async fn tasks_that_require_worker_labels_go_only_to_nodes_offering_them() {
-    use floe_storage::slots::NodeSlots;
+    use floe_state::slots::NodeSlots;
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());
     let mut sm = store.state_machine();

@@ -13,7 +13,7 @@ use crate::runs::RunTx;
 use crate::types::CommandResponse;
 use crate::NodeId;
 
-type TxError = sled::transaction::ConflictableTransactionError<Box<crate::StoreError>>;
+use floe_storage::state_store::TxError;
 
 /// Thousandths of a device: shares are integers so sums are exact.
 pub const GPU_MILLI_PER_DEVICE: u32 = 1000;
@@ -228,7 +228,7 @@ pub(crate) fn undeploy(
     version: u64,
 ) -> Result<CommandResponse, TxError> {
     let key = keys::model_deployment(name, version);
-    if tx.data.remove(key)?.is_none() {
+    if !tx.data.remove(&key)? {
         return Ok(refused(format!("model {name} v{version} is not deployed")));
     }
     remove_replicas(tx, name, version)?;
@@ -374,7 +374,7 @@ fn set_replica(
             tx.put_json(key, record, format_args!("{label}"))
         }
         None => {
-            tx.data.remove(key)?;
+            tx.data.remove(&key)?;
             Ok(())
         }
     }
@@ -393,7 +393,7 @@ fn gpu_used(tx: &RunTx<'_>, node: NodeId, device: u32) -> Result<u32, TxError> {
 fn put_gpu_used(tx: &RunTx<'_>, node: NodeId, device: u32, used: u32) -> Result<(), TxError> {
     let key = keys::gpu_used(node, device);
     if used == 0 {
-        tx.data.remove(key)?;
+        tx.data.remove(&key)?;
         return Ok(());
     }
     tx.put_json(key, &used, format_args!("GPU {device} of node {node}"))

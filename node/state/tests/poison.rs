@@ -7,7 +7,7 @@
 mod common;
 
 use common::command_entry;
-use floe_storage::{Command, CommandResponse, Store, StoreOptions};
+use floe_state::{Command, CommandResponse, Store, StoreOptions};
 use openraft::storage::RaftStateMachine;
 use serde_json::{json, Value};
 
@@ -197,7 +197,7 @@ async fn runs_stored_deeper_than_the_parser_limit_read_cancel_and_purge() {
     deep_open.input = nested(300);
     for (run_id, record) in [("finished", &deep_finished), ("open", &deep_open)] {
         let bytes =
-            floe_storage::codec::encode_structured(|| format!("run {run_id}"), record).unwrap();
+            floe_state::codec::encode_structured(|| format!("run {run_id}"), record).unwrap();
         overwrite_raw(dir.path(), format!("run/{run_id}").as_bytes(), bytes);
     }
 
@@ -209,7 +209,7 @@ async fn runs_stored_deeper_than_the_parser_limit_read_cancel_and_purge() {
         "reads back whole"
     );
     let page = reader
-        .runs(&floe_storage::RunFilter::default(), None, 10)
+        .runs(&floe_state::RunFilter::default(), None, 10)
         .unwrap();
     assert_eq!(page.runs.len(), 2, "listing includes them");
 

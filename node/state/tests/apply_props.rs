@@ -8,9 +8,9 @@ mod common;
 
 use common::command_entry;
 use floe_engine::run::{ChildOutcome, RunEvent, TaskFailure, TaskKey, TimerKey};
-use floe_storage::runs::{task_key_text, timer_key_text, LimitScope};
-use floe_storage::slots::NodeSlots;
-use floe_storage::{Command, Store, StoreOptions};
+use floe_state::runs::{task_key_text, timer_key_text, LimitScope};
+use floe_state::slots::NodeSlots;
+use floe_state::{Command, Store, StoreOptions};
 use openraft::storage::RaftStateMachine;
 use proptest::prelude::*;
 use serde_json::{json, Value};

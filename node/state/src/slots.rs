@@ -79,7 +79,7 @@ pub(crate) fn move_placed(
         let key = keys::placed_count(node, &pool);
         let next = i64::from(count_at(tx, &key)?) + delta;
         if next <= 0 {
-            tx.data.remove(key)?;
+            tx.data.remove(&key)?;
         } else {
             tx.put_record(key, &(next as u32), format_args!("placed count"))?;
         }

@@ -16,7 +16,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use common::{log_id, payload, put};
-use floe_storage::{Command, Store, StoreOptions, Vote};
+use floe_state::{Command, Store, StoreOptions, Vote};
 use openraft::storage::{RaftLogStorage, RaftLogStorageExt, RaftStateMachine};
 use openraft::{EntryPayload, RaftLogReader, RaftSnapshotBuilder};
 

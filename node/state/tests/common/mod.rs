@@ -1,7 +1,7 @@
 //! Helpers shared by the storage integration tests.
 #![allow(dead_code)]
 
-use floe_storage::{Command, Entry, LogId};
+use floe_state::{Command, Entry, LogId};
 use openraft::{CommittedLeaderId, EntryPayload};
 
 pub fn log_id(term: u64, index: u64) -> LogId {

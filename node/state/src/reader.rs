@@ -1,22 +1,20 @@
 //! Read access to the applied state for the node's API.
 //!
-//! Methods are synchronous sled reads: cheap for `get`, proportional to the
+//! Methods are synchronous reads through the store's read view
+//! ([`StateView`]): cheap for `get`, proportional to the
 //! result for `list`, and to the whole state for `state_digest` (call that
 //! one from a blocking thread).
 
 use std::collections::BTreeSet;
 use std::ops::Bound;
-use std::sync::Arc;
 
-use sha2::{Digest, Sha256};
+use floe_storage::state_store::StateView;
+use floe_storage::StoreError;
 
 use crate::codec;
-use crate::error::StoreError;
 use crate::keys;
 use crate::models::{Deployment, ModelRecord, ReplicaRecord};
 use crate::runs::{placed_attempt, placed_record, LimitScope, LimitState, TaskRecord};
-use crate::state_machine::{read_applied_state, read_tombstones};
-use crate::store::{data_tree_name, DataGeneration, Shared};
 use crate::types::{FlowRecord, KvEntry, LogId, NodeId, StoredMembership};
 use floe_engine::run::RunRecord;
 
@@ -62,13 +60,13 @@ pub struct RunPage {
 /// A cheap, clonable read handle on the applied state machine state.
 #[derive(Clone)]
 pub struct StateReader {
-    pub(crate) shared: Arc<Shared>,
+    pub(crate) store: floe_storage::Store,
 }
 
 impl std::fmt::Debug for StateReader {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("StateReader")
-            .field("dir", &self.shared.dir)
+            .field("dir", &self.store.dir())
             .finish_non_exhaustive()
     }
 }
@@ -85,12 +83,11 @@ fn decode_kv(tree_name: &str, key: &[u8], bytes: &[u8]) -> Result<(String, KvEnt
 impl StateReader {
     /// The entry stored under `key`, if any.
     pub fn get(&self, key: &str) -> Result<Option<KvEntry>, StoreError> {
-        let state = self.shared.read_active();
-        let tree_name = data_tree_name(state.generation);
+        let state = self.store.data_view();
+        let tree_name = state.tree_name();
         let bytes = state
-            .data
-            .get(keys::kv(key))
-            .map_err(|error| StoreError::sled(format!("read {tree_name} key {key:?}"), error))?;
+            .get(&keys::kv(key))
+            .map_err(|error| error.context(format!("read {tree_name} key {key:?}")))?;
         match bytes {
             Some(bytes) => codec::decode(|| format!("{tree_name} key {key:?}"), &bytes).map(Some),
             None => Ok(None),
@@ -105,41 +102,35 @@ impl StateReader {
         start_after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<(String, KvEntry)>, StoreError> {
-        let state = self.shared.read_active();
-        let tree_name = data_tree_name(state.generation);
+        let state = self.store.data_view();
+        let tree_name = state.tree_name();
         let prefix_key = keys::kv(prefix);
         let start = match start_after {
             Some(after) if after >= prefix => Bound::Excluded(keys::kv(after)),
             _ => Bound::Included(prefix_key.clone()),
         };
         let mut entries = Vec::new();
-        for item in state.data.range::<Vec<u8>, _>((start, Bound::Unbounded)) {
+        for item in state.range((start, Bound::Unbounded)) {
             if entries.len() >= limit {
                 break;
             }
-            let (key, bytes) =
-                item.map_err(|error| StoreError::sled(format!("list {tree_name}"), error))?;
+            let (key, bytes) = item.map_err(|error| error.context(format!("list {tree_name}")))?;
             if !key.starts_with(&prefix_key) {
                 break;
             }
-            entries.push(decode_kv(
-                &tree_name,
-                &key[keys::KV_PREFIX.len()..],
-                &bytes,
-            )?);
+            entries.push(decode_kv(tree_name, &key[keys::KV_PREFIX.len()..], &bytes)?);
         }
         Ok(entries)
     }
 
     /// Flow `name` at `version`, or its latest version when `None`.
     pub fn flow(&self, name: &str, version: Option<u64>) -> Result<Option<FlowRecord>, StoreError> {
-        let state = self.shared.read_active();
-        let tree_name = data_tree_name(state.generation);
+        let state = self.store.data_view();
+        let tree_name = state.tree_name();
         let read = |key: Vec<u8>| {
             state
-                .data
-                .get(key)
-                .map_err(|error| StoreError::sled(format!("read {tree_name} flow {name}"), error))
+                .get(&key)
+                .map_err(|error| error.context(format!("read {tree_name} flow {name}")))
         };
         let version = match version {
             Some(version) => version,
@@ -163,20 +154,20 @@ impl StateReader {
         start_after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<(String, u64)>, StoreError> {
-        let state = self.shared.read_active();
-        let tree_name = data_tree_name(state.generation);
+        let state = self.store.data_view();
+        let tree_name = state.tree_name();
         let prefix = keys::FLOW_LATEST_PREFIX.as_bytes();
         let start = match start_after {
             Some(after) => Bound::Excluded(keys::flow_latest(after)),
             None => Bound::Included(prefix.to_vec()),
         };
         let mut flows = Vec::new();
-        for item in state.data.range::<Vec<u8>, _>((start, Bound::Unbounded)) {
+        for item in state.range((start, Bound::Unbounded)) {
             if flows.len() >= limit {
                 break;
             }
             let (key, bytes) =
-                item.map_err(|error| StoreError::sled(format!("list {tree_name} flows"), error))?;
+                item.map_err(|error| error.context(format!("list {tree_name} flows")))?;
             if !key.starts_with(prefix) {
                 break;
             }
@@ -189,13 +180,12 @@ impl StateReader {
 
     /// Every version of flow `name`, oldest first.
     pub fn flow_versions(&self, name: &str) -> Result<Vec<FlowRecord>, StoreError> {
-        let state = self.shared.read_active();
-        let tree_name = data_tree_name(state.generation);
+        let state = self.store.data_view();
+        let tree_name = state.tree_name();
         let mut versions = Vec::new();
-        for item in state.data.scan_prefix(keys::flow_defs_of(name)) {
-            let (_, bytes) = item.map_err(|error| {
-                StoreError::sled(format!("list {tree_name} flow {name}"), error)
-            })?;
+        for item in state.scan_prefix(&keys::flow_defs_of(name)) {
+            let (_, bytes) =
+                item.map_err(|error| error.context(format!("list {tree_name} flow {name}")))?;
             versions.push(codec::decode(
                 || format!("{tree_name} flow {name}"),
                 &bytes,
@@ -209,7 +199,7 @@ impl StateReader {
         key: &[u8],
         what: &str,
     ) -> Result<Option<T>, StoreError> {
-        let state = self.shared.read_active();
+        let state = self.store.data_view();
         json_in(&state, key, what)
     }
 
@@ -219,7 +209,7 @@ impl StateReader {
         name: &str,
         version: Option<u64>,
     ) -> Result<Option<ModelRecord>, StoreError> {
-        let state = self.shared.read_active();
+        let state = self.store.data_view();
         let version = match version {
             Some(version) => version,
             None => match json_in::<u64>(
@@ -271,12 +261,12 @@ impl StateReader {
         prefix: &[u8],
         what: &str,
     ) -> Result<Vec<T>, StoreError> {
-        let state = self.shared.read_active();
-        let tree_name = data_tree_name(state.generation);
+        let state = self.store.data_view();
+        let tree_name = state.tree_name();
         let mut records = Vec::new();
-        for item in state.data.scan_prefix(prefix) {
+        for item in state.scan_prefix(prefix) {
             let (key, _) =
-                item.map_err(|error| StoreError::sled(format!("list {tree_name} {what}"), error))?;
+                item.map_err(|error| error.context(format!("list {tree_name} {what}")))?;
             if let Some(record) = json_in(&state, &key, what)? {
                 records.push(record);
             }
@@ -299,8 +289,8 @@ impl StateReader {
         page_after: Option<&[u8]>,
         limit: usize,
     ) -> Result<RunPage, StoreError> {
-        let state = self.shared.read_active();
-        let tree_name = data_tree_name(state.generation);
+        let state = self.store.data_view();
+        let tree_name = state.tree_name();
         let prefix = match (&filter.correlation_id, &filter.flow, &filter.status) {
             (Some(correlation), _, _) => format!("runs/corr/{correlation}/"),
             (None, Some(flow), _) => format!("runs/flow/{flow}/"),
@@ -319,13 +309,8 @@ impl StateReader {
         let mut page = RunPage::default();
         // Scanned index entries are bounded too, so a selective filter cannot scan everything.
         let mut scanned = 0usize;
-        for item in state
-            .data
-            .range::<Vec<u8>, _>((Bound::Included(lower), upper))
-            .rev()
-        {
-            let (key, _) =
-                item.map_err(|error| StoreError::sled(format!("list {tree_name} runs"), error))?;
+        for item in state.range((Bound::Included(lower), upper)).rev() {
+            let (key, _) = item.map_err(|error| error.context(format!("list {tree_name} runs")))?;
             scanned += 1;
             let run_id = String::from_utf8_lossy(
                 key.rsplit(|byte| *byte == b'/').next().unwrap_or_default(),
@@ -356,18 +341,19 @@ impl StateReader {
         finished_before_ms: u64,
         limit: usize,
     ) -> Result<Vec<String>, StoreError> {
-        let state = self.shared.read_active();
-        let tree_name = data_tree_name(state.generation);
+        let state = self.store.data_view();
+        let tree_name = state.tree_name();
         let upper = keys::run_by_finished(finished_before_ms, "~");
         let mut run_ids = Vec::new();
         for item in state
-            .data
-            .range::<Vec<u8>, _>(keys::RUN_FINISHED_PREFIX.as_bytes().to_vec()..upper)
+            .range((
+                Bound::Included(keys::RUN_FINISHED_PREFIX.as_bytes().to_vec()),
+                Bound::Excluded(upper),
+            ))
             .take(limit)
         {
-            let (key, _) = item.map_err(|error| {
-                StoreError::sled(format!("scan {tree_name} finished runs"), error)
-            })?;
+            let (key, _) =
+                item.map_err(|error| error.context(format!("scan {tree_name} finished runs")))?;
             run_ids.push(
                 String::from_utf8_lossy(&key[keys::RUN_FINISHED_PREFIX.len() + 21..]).into_owned(),
             );
@@ -377,19 +363,19 @@ impl StateReader {
 
     /// Tasks waiting for a worker whose backoff has passed by `now_ms`, oldest first.
     pub fn ready_tasks(&self, now_ms: u64, limit: usize) -> Result<Vec<TaskRecord>, StoreError> {
-        let state = self.shared.read_active();
-        let tree_name = data_tree_name(state.generation);
+        let state = self.store.data_view();
+        let tree_name = state.tree_name();
         let upper = keys::task_queue(now_ms, "~");
         let mut tasks = Vec::new();
-        for item in state
-            .data
-            .range::<Vec<u8>, _>(keys::TASK_QUEUE_PREFIX.as_bytes().to_vec()..upper)
-        {
+        for item in state.range((
+            Bound::Included(keys::TASK_QUEUE_PREFIX.as_bytes().to_vec()),
+            Bound::Excluded(upper),
+        )) {
             if tasks.len() >= limit {
                 break;
             }
-            let (key, _) = item
-                .map_err(|error| StoreError::sled(format!("scan {tree_name} task queue"), error))?;
+            let (key, _) =
+                item.map_err(|error| error.context(format!("scan {tree_name} task queue")))?;
             let text =
                 String::from_utf8_lossy(&key[keys::TASK_QUEUE_PREFIX.len() + 21..]).into_owned();
             if let Some(task) =
@@ -409,13 +395,13 @@ impl StateReader {
         node: NodeId,
         wanted: impl Fn(&str, u32) -> bool,
     ) -> Result<Vec<(String, u32, Option<TaskRecord>)>, StoreError> {
-        let state = self.shared.read_active();
-        let tree_name = data_tree_name(state.generation);
+        let state = self.store.data_view();
+        let tree_name = state.tree_name();
         let prefix = keys::tasks_on_node(node);
         let mut tasks = Vec::new();
-        for item in state.data.scan_prefix(&prefix) {
-            let (key, entry) = item
-                .map_err(|error| StoreError::sled(format!("scan {tree_name} node tasks"), error))?;
+        for item in state.scan_prefix(&prefix) {
+            let (key, entry) =
+                item.map_err(|error| error.context(format!("scan {tree_name} node tasks")))?;
             let text = String::from_utf8_lossy(&key[prefix.len()..]).into_owned();
             let (attempt, record) = match placed_attempt(&entry) {
                 Some(attempt) if !wanted(&text, attempt) => (attempt, None),
@@ -436,13 +422,13 @@ impl StateReader {
 
     /// Tasks the scheduler placed on `node`.
     pub fn tasks_on_node(&self, node: NodeId) -> Result<Vec<TaskRecord>, StoreError> {
-        let state = self.shared.read_active();
-        let tree_name = data_tree_name(state.generation);
+        let state = self.store.data_view();
+        let tree_name = state.tree_name();
         let prefix = keys::tasks_on_node(node);
         let mut tasks = Vec::new();
-        for item in state.data.scan_prefix(&prefix) {
-            let (key, entry) = item
-                .map_err(|error| StoreError::sled(format!("scan {tree_name} node tasks"), error))?;
+        for item in state.scan_prefix(&prefix) {
+            let (key, entry) =
+                item.map_err(|error| error.context(format!("scan {tree_name} node tasks")))?;
             let text = String::from_utf8_lossy(&key[prefix.len()..]).into_owned();
             if let Some(task) = placed_in(&state, &text, &entry)? {
                 tasks.push(task);
@@ -453,17 +439,19 @@ impl StateReader {
 
     /// Keys of timers due by `now_ms`, earliest first.
     pub fn due_timers(&self, now_ms: u64, limit: usize) -> Result<Vec<String>, StoreError> {
-        let state = self.shared.read_active();
-        let tree_name = data_tree_name(state.generation);
+        let state = self.store.data_view();
+        let tree_name = state.tree_name();
         let upper = keys::timer_due(now_ms, "~");
         let mut timers = Vec::new();
         for item in state
-            .data
-            .range::<Vec<u8>, _>(keys::TIMER_PREFIX.as_bytes().to_vec()..upper)
+            .range((
+                Bound::Included(keys::TIMER_PREFIX.as_bytes().to_vec()),
+                Bound::Excluded(upper),
+            ))
             .take(limit)
         {
             let (key, _) =
-                item.map_err(|error| StoreError::sled(format!("scan {tree_name} timers"), error))?;
+                item.map_err(|error| error.context(format!("scan {tree_name} timers")))?;
             timers
                 .push(String::from_utf8_lossy(&key[keys::TIMER_PREFIX.len() + 21..]).into_owned());
         }
@@ -473,12 +461,11 @@ impl StateReader {
     /// What each node offers to placement inside apply, and how many tasks
     /// of each block are placed on it now.
     pub fn node_slots(&self) -> Result<crate::slots::Offers, StoreError> {
-        let state = self.shared.read_active();
-        let tree_name = data_tree_name(state.generation);
+        let state = self.store.data_view();
+        let tree_name = state.tree_name();
         match state
-            .data
             .get(keys::NODE_SLOTS)
-            .map_err(|error| StoreError::sled(format!("read {tree_name} node slots"), error))?
+            .map_err(|error| error.context(format!("read {tree_name} node slots")))?
         {
             Some(bytes) => codec::decode(|| format!("{tree_name} node slots"), &bytes),
             None => Ok(Default::default()),
@@ -487,12 +474,11 @@ impl StateReader {
 
     /// Tasks of `block` placed on `node` now (as apply counts them).
     pub fn placed_count(&self, node: NodeId, block: &str) -> Result<u32, StoreError> {
-        let state = self.shared.read_active();
-        let tree_name = data_tree_name(state.generation);
+        let state = self.store.data_view();
+        let tree_name = state.tree_name();
         match state
-            .data
-            .get(keys::placed_count(node, block))
-            .map_err(|error| StoreError::sled(format!("read {tree_name} placed count"), error))?
+            .get(&keys::placed_count(node, block))
+            .map_err(|error| error.context(format!("read {tree_name} placed count")))?
         {
             Some(bytes) => codec::decode(|| format!("{tree_name} placed count"), &bytes),
             None => Ok(0),
@@ -501,14 +487,14 @@ impl StateReader {
 
     /// Every concurrency limit and every block or flow with tasks placed now.
     pub fn limits(&self) -> Result<Vec<LimitState>, StoreError> {
-        let state = self.shared.read_active();
-        let tree_name = data_tree_name(state.generation);
+        let state = self.store.data_view();
+        let tree_name = state.tree_name();
         let mut found: std::collections::BTreeMap<(LimitScope, String), LimitState> =
             Default::default();
         for (prefix, is_limit) in [(keys::LIMIT_PREFIX, true), (keys::ACTIVE_PREFIX, false)] {
-            for item in state.data.scan_prefix(prefix.as_bytes()) {
-                let (key, bytes) = item
-                    .map_err(|error| StoreError::sled(format!("scan {tree_name} limits"), error))?;
+            for item in state.scan_prefix(prefix.as_bytes()) {
+                let (key, bytes) =
+                    item.map_err(|error| error.context(format!("scan {tree_name} limits")))?;
                 let rest = String::from_utf8_lossy(&key[prefix.len()..]).into_owned();
                 let Some((scope, name)) = rest.split_once('/') else {
                     continue;
@@ -544,13 +530,12 @@ impl StateReader {
 
     /// Whether any record still refers to blob `hash`.
     pub fn blob_is_referenced(&self, hash: &str) -> Result<bool, StoreError> {
-        let state = self.shared.read_active();
-        let first = state.data.scan_prefix(keys::blob_owners_of(hash)).next();
+        let state = self.store.data_view();
+        let first = state.scan_prefix(&keys::blob_owners_of(hash)).next();
         match first {
-            Some(Err(error)) => Err(StoreError::sled(
-                format!("scan {} blob owners", data_tree_name(state.generation)),
-                error,
-            )),
+            Some(Err(error)) => {
+                Err(error.context(format!("scan {} blob owners", state.tree_name())))
+            }
             Some(Ok(_)) => Ok(true),
             None => Ok(false),
         }
@@ -563,8 +548,8 @@ impl StateReader {
         start_after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<String>, StoreError> {
-        let state = self.shared.read_active();
-        let tree_name = data_tree_name(state.generation);
+        let state = self.store.data_view();
+        let tree_name = state.tree_name();
         let start = match start_after {
             // '0' follows '/': this skips every owner of `hash` and nothing else.
             Some(hash) => format!("{}{hash}0", keys::BLOB_OWNER_PREFIX).into_bytes(),
@@ -572,10 +557,9 @@ impl StateReader {
         };
         let end = format!("{}~", keys::BLOB_OWNER_PREFIX).into_bytes();
         let mut hashes: Vec<String> = Vec::new();
-        for item in state.data.range(start..end) {
-            let (key, _) = item.map_err(|error| {
-                StoreError::sled(format!("scan {tree_name} blob owners"), error)
-            })?;
+        for item in state.range((Bound::Included(start), Bound::Excluded(end))) {
+            let (key, _) =
+                item.map_err(|error| error.context(format!("scan {tree_name} blob owners")))?;
             let rest = &key[keys::BLOB_OWNER_PREFIX.len()..];
             let Some(hash) = rest.split(|byte| *byte == b'/').next() else {
                 continue;
@@ -598,66 +582,42 @@ impl StateReader {
 
     /// Every node id removed for good.
     pub fn tombstones(&self) -> Result<BTreeSet<NodeId>, StoreError> {
-        read_tombstones(&self.shared)
+        self.store.tombstones()
     }
 
     /// The last log id applied to the state machine.
     pub fn applied_log_id(&self) -> Result<Option<LogId>, StoreError> {
-        Ok(read_applied_state(&self.shared)?.0)
+        Ok(self.store.applied_state()?.0)
     }
 
     /// The last membership applied to the state machine.
     pub fn last_membership(&self) -> Result<StoredMembership, StoreError> {
-        Ok(read_applied_state(&self.shared)?.1)
+        Ok(self.store.applied_state()?.1)
     }
 
     /// sha256 (hex) over every applied record (key-value entries, flows, …)
     /// and tombstone, in order: equal on nodes that applied the same log
     /// prefix. Reads the whole state; call from a blocking thread.
     pub fn state_digest(&self) -> Result<String, StoreError> {
-        let _consistent = self.shared.lock_consistent_view();
-        self.digest_locked()
+        self.store.state_digest()
     }
 
     /// The applied log id and the state digest, read under one lock so the
     /// two describe the same state (the chaos suite compares nodes by them).
     /// Reads the whole state; call from a blocking thread.
     pub fn applied_state_digest(&self) -> Result<(Option<LogId>, String), StoreError> {
-        let _consistent = self.shared.lock_consistent_view();
-        let applied = read_applied_state(&self.shared)?.0;
-        Ok((applied, self.digest_locked()?))
-    }
-
-    fn digest_locked(&self) -> Result<String, StoreError> {
-        let state = self.shared.read_active();
-        let tree_name = data_tree_name(state.generation);
-        let mut hasher = Sha256::new();
-        for item in state.data.iter() {
-            let (key, bytes) =
-                item.map_err(|error| StoreError::sled(format!("digest {tree_name}"), error))?;
-            // Records are deterministic encodings, so raw bytes compare states.
-            hasher.update(b"record");
-            hasher.update((key.len() as u64).to_be_bytes());
-            hasher.update(&key);
-            hasher.update((bytes.len() as u64).to_be_bytes());
-            hasher.update(&bytes);
-        }
-        for node_id in read_tombstones(&self.shared)? {
-            hasher.update(b"tombstone");
-            hasher.update(node_id.to_be_bytes());
-        }
-        Ok(hex::encode(hasher.finalize()))
+        self.store.applied_state_digest()
     }
 }
 
 /// The record of placed task `text` from its node-index entry, or from
 /// `task/` for an entry an earlier release wrote (the attempt alone).
 fn placed_in(
-    state: &DataGeneration,
+    state: &dyn StateView,
     text: &str,
     entry: &[u8],
 ) -> Result<Option<TaskRecord>, StoreError> {
-    let tree_name = data_tree_name(state.generation);
+    let tree_name = state.tree_name();
     match placed_record(|| format!("{tree_name} task {text}"), entry)? {
         Some(record) => Ok(Some(record)),
         None => json_in::<TaskRecord>(state, &keys::task(text), &format!("task {text}")),
@@ -669,15 +629,14 @@ fn placed_in(
 /// install waits for the write lock (std's RwLock queues new readers
 /// behind a waiting writer). Found by the chaos suite (snapshot-catchup).
 fn json_in<T: serde::de::DeserializeOwned>(
-    state: &DataGeneration,
+    state: &dyn StateView,
     key: &[u8],
     what: &str,
 ) -> Result<Option<T>, StoreError> {
-    let tree_name = data_tree_name(state.generation);
+    let tree_name = state.tree_name();
     let Some(bytes) = state
-        .data
         .get(key)
-        .map_err(|error| StoreError::sled(format!("read {tree_name} {what}"), error))?
+        .map_err(|error| error.context(format!("read {tree_name} {what}")))?
     else {
         return Ok(None);
     };
