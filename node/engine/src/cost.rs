@@ -271,6 +271,14 @@ pub(crate) fn internal_name(name: &str) -> Option<&'static str> {
         .map(|(_, internal)| *internal)
 }
 
+/// Whether the internal function `name` always returns a bool.
+pub(crate) fn returns_bool(name: &str) -> bool {
+    name == HAS_FUNCTION
+        || ["contains", "startsWith", "endsWith", "matches"]
+            .iter()
+            .any(|standard| internal_name(standard) == Some(name))
+}
+
 /// The name a function is called by in the source: a charged standard
 /// function's own name rather than its internal one.
 fn public_name<'a>(ftx: &FunctionContext<'a, '_>) -> &'a str {

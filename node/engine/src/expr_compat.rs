@@ -74,9 +74,55 @@ fn conditional(id: u64, condition: IdedExpr, then: IdedExpr, otherwise: IdedExpr
     call(id, operators::CONDITIONAL, vec![condition, then, otherwise])
 }
 
+fn literal_bool(id: u64, value: bool) -> IdedExpr {
+    IdedExpr {
+        id,
+        expr: Expr::Literal(LiteralValue::Boolean(CelBool::from(value))),
+    }
+}
+
+/// Whether `expr` (as the cost rewrite left it, before this one) is
+/// always a bool when it has a value: then `expr || b` need not evaluate
+/// `expr` twice.
+fn is_boolean(expr: &IdedExpr) -> bool {
+    let Expr::Call(call_expr) = &expr.expr else {
+        return matches!(expr.expr, Expr::Literal(LiteralValue::Boolean(_)));
+    };
+    let name = call_expr.func_name.as_str();
+    match name {
+        operators::LOGICAL_AND | operators::LOGICAL_NOT => true,
+        operators::LOGICAL_OR => call_expr.args.iter().all(is_boolean),
+        _ if name == crate::cost::OPERATOR_FUNCTION => {
+            let operator = call_expr.args.last().and_then(|last| match &last.expr {
+                Expr::Literal(LiteralValue::String(operator)) => Some(operator.inner()),
+                _ => None,
+            });
+            operator.is_some_and(|operator| {
+                [
+                    operators::EQUALS,
+                    operators::NOT_EQUALS,
+                    operators::LESS,
+                    operators::LESS_EQUALS,
+                    operators::GREATER,
+                    operators::GREATER_EQUALS,
+                    operators::IN,
+                ]
+                .contains(&operator)
+            })
+        }
+        _ => crate::cost::returns_bool(name),
+    }
+}
+
 /// Rewrites the logical operators, the conditional and indexing into their
 /// 0.10 forms, innermost first (so no generated node is rewritten again).
 pub(crate) fn rewrite(expr: &mut IdedExpr) {
+    let boolean_left = match &expr.expr {
+        Expr::Call(call_expr) if call_expr.func_name == operators::LOGICAL_OR => {
+            call_expr.args.first().is_some_and(is_boolean)
+        }
+        _ => false,
+    };
     for child in crate::expr::children_mut(expr) {
         rewrite(child);
     }
@@ -94,18 +140,19 @@ pub(crate) fn rewrite(expr: &mut IdedExpr) {
         (operators::LOGICAL_AND, 2) => {
             let right = call_expr.args.pop().unwrap_or_default();
             let left = call_expr.args.pop().unwrap_or_default();
-            let false_literal = IdedExpr {
-                id,
-                expr: Expr::Literal(LiteralValue::Boolean(CelBool::from(false))),
-            };
-            *expr = conditional(id, truthy(left), truthy(right), false_literal);
+            *expr = conditional(id, truthy(left), truthy(right), literal_bool(id, false));
         }
         (operators::LOGICAL_OR, 2) => {
-            // `left` is evaluated twice when it is true: CEL has no binding
-            // to keep it, and it is free of side effects.
             let right = call_expr.args.pop().unwrap_or_default();
             let left = call_expr.args.pop().unwrap_or_default();
-            *expr = conditional(id, truthy(left.clone()), left, right);
+            *expr = if boolean_left {
+                conditional(id, truthy(left), literal_bool(id, true), right)
+            } else {
+                // The value of a true `left` is the result, and CEL has no
+                // binding to keep it: `left` is evaluated again (it is
+                // free of side effects; its work is charged again).
+                conditional(id, truthy(left.clone()), left, right)
+            };
         }
         (operators::LOGICAL_NOT, 1) => call_expr.func_name = NOT_FUNCTION.to_string(),
         (operators::NEGATE, 1) => call_expr.func_name = NEGATE_FUNCTION.to_string(),

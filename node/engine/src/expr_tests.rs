@@ -436,3 +436,15 @@ fn copies_of_large_values_are_charged() {
         );
     }
 }
+
+#[test]
+fn a_boolean_left_of_or_is_evaluated_once() {
+    // The map costs over half the budget: evaluated twice it would not fit.
+    let expression = Expression::compile("input.l.map(x, x).size() > 0 || false").unwrap();
+    assert_eq!(
+        expression
+            .evaluate(&json!({"input": {"l": list_of(2500)}}))
+            .unwrap(),
+        json!(true)
+    );
+}
