@@ -11,10 +11,9 @@ use std::collections::{BTreeSet, HashMap};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, LazyLock, Mutex};
 
-use cel_interpreter::objects::Key;
-use cel_interpreter::{Context, Value as CelValue};
-use cel_parser::ast::{operators, CallExpr, EntryExpr, Expr, IdedExpr, MapExpr, SelectExpr};
-use cel_parser::reference::Val;
+use cel::common::ast::{operators, EntryExpr, Expr, IdedExpr, LiteralValue};
+use cel::objects::Key;
+use cel::{Context, DeclarationError, Env, Value as CelValue};
 use serde_json::{Map, Number, Value};
 
 use crate::error::{shorten, EvalError};
@@ -59,14 +58,25 @@ impl PartialEq for Expression {
     }
 }
 
-/// CEL's standard functions and ours, registered once: a fresh context
-/// registers every function again, which cost more than evaluating a
-/// short mapping. Each evaluation adds its variables in a child scope.
-static FUNCTIONS: LazyLock<Context<'static>> = LazyLock::new(|| {
-    let mut context = Context::default();
-    crate::cost::register(&mut context);
-    context
-});
+thread_local! {
+    /// CEL's standard library and floe's functions, registered once per
+    /// thread: a fresh context registers every function again, which cost
+    /// more than evaluating a short mapping. Each evaluation adds its
+    /// variables in a child scope.
+    static FUNCTIONS: Result<Context<'static, 'static>, DeclarationError> = evaluation_context();
+}
+
+fn evaluation_context() -> Result<Context<'static, 'static>, DeclarationError> {
+    // No optional values (`a.?b`, `optional.of`): the parser does not accept
+    // their syntax either. A map literal with a repeated key keeps the last
+    // value, as floe's expressions always have.
+    let mut env = Env::default().with_optional_support(false).with_stdlib();
+    env.set_error_on_duplicate_map_keys(false);
+    let mut context = Context::with_env(Arc::new(env));
+    crate::cost::register(&mut context)?;
+    crate::expr_compat::register(&mut context)?;
+    Ok(context)
+}
 
 /// Operators the interpreter evaluates itself, without a registered function.
 const INTERPRETER_OPERATORS: &[&str] = &[
@@ -106,77 +116,15 @@ const MACROS: &[(&str, &str)] = &[
     (operators::FILTER, "list.filter(x, predicate)"),
 ];
 
-/// Function names CEL defines; the ones [`FUNCTIONS`] provides are listed
-/// in the error for an unknown function.
-const CEL_FUNCTION_NAMES: &[&str] = &[
-    "contains",
-    "size",
-    "max",
-    "min",
-    "startsWith",
-    "endsWith",
-    "string",
-    "bytes",
-    "double",
-    "int",
-    "uint",
-    "matches",
-    "duration",
-    "timestamp",
-    "type",
-    "dyn",
-    "getFullYear",
-    "getMonth",
-    "getDayOfYear",
-    "getDayOfMonth",
-    "getDate",
-    "getDayOfWeek",
-    "getHours",
-    "getMinutes",
-    "getSeconds",
-    "getMilliseconds",
-];
-
-/// Whether evaluation can call `name`: asks the context itself, as the
-/// interpreter does when it resolves a member (`{}.name` is a function
-/// value exactly when the context has a function of that name).
-fn context_has_function(name: &str) -> bool {
-    let probe = IdedExpr {
-        id: 0,
-        expr: Expr::Select(SelectExpr {
-            operand: Box::new(IdedExpr {
-                id: 0,
-                expr: Expr::Map(MapExpr {
-                    entries: Vec::new(),
-                }),
-            }),
-            field: name.to_string(),
-            test: false,
-        }),
-    };
-    matches!(
-        CelValue::resolve(&probe, &FUNCTIONS),
-        Ok(CelValue::Function(..))
-    )
-}
-
-/// The functions an expression may call, for messages.
-static KNOWN_FUNCTIONS: LazyLock<Vec<&'static str>> = LazyLock::new(|| {
-    CEL_FUNCTION_NAMES
-        .iter()
-        .copied()
-        .filter(|name| context_has_function(name))
-        .collect()
-});
-
 /// Refuses calls evaluation would not find: an unknown function, or a
 /// macro called with the wrong arguments (the parser then leaves a call).
 fn check_functions(expr: &IdedExpr) -> Result<(), String> {
     if let Expr::Call(call) = &expr.expr {
         let name = call.func_name.as_str();
         let internal = crate::cost::is_internal_function(name);
-        let known =
-            !internal && (INTERPRETER_OPERATORS.contains(&name) || context_has_function(name));
+        let known = !internal
+            && (INTERPRETER_OPERATORS.contains(&name)
+                || crate::cost::FUNCTION_NAMES.contains(&name));
         if !known {
             if let Some((_, usage)) = MACROS.iter().find(|(macro_name, _)| *macro_name == name) {
                 return Err(format!(
@@ -186,7 +134,7 @@ fn check_functions(expr: &IdedExpr) -> Result<(), String> {
             return Err(format!(
                 "unknown function `{}`; the functions are {} and the macros {}",
                 shorten(name, 64),
-                KNOWN_FUNCTIONS.join(", "),
+                crate::cost::FUNCTION_NAMES.join(", "),
                 MACROS
                     .iter()
                     .map(|(name, _)| *name)
@@ -213,7 +161,7 @@ fn comprehension_nesting(expr: &IdedExpr) -> usize {
                 &comprehension.result,
             ]
             .into_iter()
-            .map(|part| comprehension_nesting(part))
+            .map(comprehension_nesting)
             .max()
             .unwrap_or(0);
             let body = comprehension_nesting(&comprehension.loop_cond)
@@ -293,7 +241,7 @@ impl Expression {
         check_source_complexity(src)?;
         // The parser is generated code; a panic in it must not take the
         // caller (the Raft apply loop) down with it.
-        let parsed = quietly(|| cel_parser::Parser::new().parse(src))
+        let parsed = quietly(|| cel::parser::Parser::new().parse(src))
             .map_err(|_| "syntax error: the CEL parser could not read this expression (an operator without operands, \
                  a backtick or a bad escape?)".to_string())?;
         let mut tree = parsed.map_err(|errors| {
@@ -309,6 +257,7 @@ impl Expression {
                 .collect();
             messages.join("; ")
         })?;
+        crate::expr_compat::strip_leading_dots(&mut tree);
         let depth = tree_depth(&tree, 0);
         if depth > MAX_TREE_DEPTH {
             return Err(format!(
@@ -327,8 +276,10 @@ impl Expression {
         analyze(&tree, &mut Vec::new(), &mut analysis)?;
         // Operators outside comprehensions are charged too: 255 of them
         // concatenating 1 MiB strings would copy gigabytes.
-        crate::cost::charge_operators(&mut tree);
+        crate::cost_rewrite::charge_operators(&mut tree);
         wrap_comprehension_ranges(&mut tree);
+        // Last: what it adds is not charged (the steps' costs are taken).
+        crate::expr_compat::rewrite(&mut tree);
         Ok(Expression {
             source: src.to_string(),
             tree,
@@ -366,13 +317,20 @@ impl Expression {
                 found: crate::error::kind_of(vars),
             });
         };
-        let mut context = FUNCTIONS.new_inner_scope();
-        for (name, value) in variables {
-            let cel_value = json_to_cel(value);
-            context.add_variable_from_value(name.as_str(), cel_value);
-        }
-        let outcome =
-            crate::cost::with_budget(|| quietly(|| CelValue::resolve(&self.tree, &context)));
+        let outcome = FUNCTIONS.with(|functions| {
+            let functions = match functions {
+                Ok(functions) => functions,
+                Err(error) => {
+                    return Ok(Err(cel::ExecutionError::InternalError(error.to_string())))
+                }
+            };
+            let mut context = functions.new_inner_scope();
+            for (name, value) in variables {
+                let cel_value = json_to_cel(value);
+                context.add_variable_from_value(name.as_str(), cel_value);
+            }
+            crate::cost::with_budget(|| quietly(|| CelValue::resolve(&self.tree, &context)))
+        });
         let resolved = match outcome {
             Ok(Ok(value)) => value,
             Ok(Err(error)) => {
@@ -561,11 +519,11 @@ fn children(expr: &IdedExpr) -> Vec<&IdedExpr> {
             .chain(call.args.iter())
             .collect(),
         Expr::Comprehension(comprehension) => vec![
-            comprehension.iter_range.as_ref(),
-            comprehension.accu_init.as_ref(),
-            comprehension.loop_cond.as_ref(),
-            comprehension.loop_step.as_ref(),
-            comprehension.result.as_ref(),
+            &comprehension.iter_range,
+            &comprehension.accu_init,
+            &comprehension.loop_cond,
+            &comprehension.loop_step,
+            &comprehension.result,
         ],
         Expr::List(list) => list.elements.iter().collect(),
         Expr::Map(map) => map
@@ -599,11 +557,11 @@ pub(crate) fn children_mut(expr: &mut IdedExpr) -> Vec<&mut IdedExpr> {
             .chain(call.args.iter_mut())
             .collect(),
         Expr::Comprehension(comprehension) => vec![
-            comprehension.iter_range.as_mut(),
-            comprehension.accu_init.as_mut(),
-            comprehension.loop_cond.as_mut(),
-            comprehension.loop_step.as_mut(),
-            comprehension.result.as_mut(),
+            &mut comprehension.iter_range,
+            &mut comprehension.accu_init,
+            &mut comprehension.loop_cond,
+            &mut comprehension.loop_step,
+            &mut comprehension.result,
         ],
         Expr::List(list) => list.elements.iter_mut().collect(),
         Expr::Map(map) => map
@@ -661,12 +619,12 @@ fn analyze(
             }
         }
         Expr::Call(call) if call.func_name == operators::INDEX && call.args.len() == 2 => {
-            if let (Expr::Ident(name), Expr::Literal(Val::String(step))) =
+            if let (Expr::Ident(name), Expr::Literal(LiteralValue::String(step))) =
                 (&call.args[0].expr, &call.args[1].expr)
             {
                 if name == "steps" && !is_bound(name, bound) {
                     analysis.free_variables.insert(name.clone());
-                    analysis.referenced_steps.insert(step.clone());
+                    analysis.referenced_steps.insert(step.inner().to_string());
                     return Ok(());
                 }
             }
@@ -707,26 +665,9 @@ fn analyze(
 /// which charges the comprehension before it runs, and makes the costly
 /// operators of its body charge by operand size (`cost.rs`).
 fn wrap_comprehension_ranges(expr: &mut IdedExpr) {
+    let id = expr.id;
     if let Expr::Comprehension(comprehension) = &mut expr.expr {
-        let step_cost = crate::cost::step_cost(&comprehension.loop_cond, &comprehension.loop_step);
-        crate::cost::charge_operators(&mut comprehension.loop_cond);
-        crate::cost::charge_operators(&mut comprehension.loop_step);
-        let range = std::mem::take(comprehension.iter_range.as_mut());
-        let id = range.id;
-        *comprehension.iter_range = IdedExpr {
-            id,
-            expr: Expr::Call(CallExpr {
-                func_name: crate::cost::ITERATION_FUNCTION.to_string(),
-                target: None,
-                args: vec![
-                    range,
-                    IdedExpr {
-                        id,
-                        expr: Expr::Literal(Val::Int(step_cost)),
-                    },
-                ],
-            }),
-        };
+        crate::cost_rewrite::charge_step(comprehension, id);
     }
     for child in children_mut(expr) {
         wrap_comprehension_ranges(child);
@@ -756,7 +697,7 @@ pub fn json_to_cel(value: &Value) -> CelValue {
                 .iter()
                 .map(|(key, item)| (Key::String(Arc::new(key.clone())), json_to_cel(item)))
                 .collect();
-            CelValue::Map(cel_interpreter::objects::Map { map: Arc::new(map) })
+            CelValue::Map(cel::objects::Map { map: Arc::new(map) })
         }
     }
 }
@@ -797,7 +738,6 @@ pub fn cel_to_json(value: &CelValue) -> Result<Value, String> {
         }
         CelValue::Bytes(_) => return Err("bytes have no JSON form; use string(b)".to_string()),
         CelValue::Function(name, _) => return Err(format!("function {name} is not a value")),
-        #[allow(unreachable_patterns)]
         other => return Err(format!("{:?} values have no JSON form", other.type_of())),
     };
     Ok(json)

@@ -8,8 +8,11 @@
 
 mod canonical;
 mod cost;
+mod cost_functions;
+mod cost_rewrite;
 mod error;
 pub mod expr;
+mod expr_compat;
 mod graph;
 pub mod limits;
 mod mapping;
