@@ -8,8 +8,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use floe_raft::{GroupTransport, NodeAddress, Peers, SnapshotBodies, DEFAULT_GROUP};
-use floe_storage::snapshot::SnapshotFile;
 use floe_state::{NodeId, NodeInfo, TypeConfig};
+use floe_storage::snapshot::SnapshotFile;
 use futures::future::BoxFuture;
 
 /// The transport of the cluster's one Raft group; incoming snapshots are
