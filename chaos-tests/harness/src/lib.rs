@@ -6,6 +6,8 @@
 //! its processes; when the thread is panicking the directory (configs, data,
 //! logs) is kept and the tail of each log is printed.
 
+pub mod fixture;
+
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
