@@ -30,7 +30,7 @@ test-unit: inference-runtime
 	$(CARGO) test --workspace --lib --bins
 
 # Integration tests of every crate, one at a time: storage conformance and
-# crash tests, the inference tests (the real ONNX Runtime on the PP-OCR
+# crash tests, the inference and OCR tests (the real ONNX Runtime on the PP-OCR
 # models), and the black-box cluster tests, which start several node
 # processes each, and the bounded chaos matrix (every nemesis once on local
 # processes, two on the container appliance when docker works; libfaketime

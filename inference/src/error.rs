@@ -73,9 +73,6 @@ pub enum Error {
 
     #[error(transparent)]
     Gpu(#[from] GpuError),
-
-    #[error("ocr: {0}")]
-    Ocr(String),
 }
 
 impl Error {

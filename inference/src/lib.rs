@@ -1,19 +1,17 @@
 //! floe-inference: warm ONNX Runtime model replicas ("pools") that every workflow on
-//! a node shares, with dynamic batching, bounded queues, GPU fractions, and the
-//! PP-OCR pipeline built on them.
+//! a node shares, with dynamic batching, bounded queues and GPU fractions. What
+//! runs on them (the PP-OCR pipeline is floe-ocr) lives outside this crate.
 //!
 //! - `runtime`: load ONNX Runtime once per process (`OrtRuntime::load`).
 //! - `signature`: what a model takes and returns (`inspect_model`).
 //! - `tensor`: `Tensor`, the wire type for inputs and outputs.
 //! - `pool`: `Pool::start` → `PoolHandle::infer`; `batcher` merges and splits batches.
 //! - `gpu`: GPU inventory and fractional allocation.
-//! - `ocr`: PP-OCRv4 pre/post-processing and `OcrPipeline`.
 
 mod batcher;
 pub mod error;
 pub mod gpu;
 pub mod memory;
-pub mod ocr;
 pub mod pool;
 pub mod runtime;
 pub mod session;

@@ -502,9 +502,9 @@ fn page_png_base64(files: &DevRuntimeFiles, lines: &[&str]) -> String {
     let font = std::fs::read(&files.font).unwrap();
     let rendered: Vec<_> = lines
         .iter()
-        .map(|text| floe_inference::ocr::render_text_line(&font, text, 40.0, 24).unwrap())
+        .map(|text| floe_ocr::render_text_line(&font, text, 40.0, 24).unwrap())
         .collect();
-    let page = floe_inference::ocr::stack_lines(&rendered, 16);
+    let page = floe_ocr::stack_lines(&rendered, 16);
     let mut png = Vec::new();
     page.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
         .unwrap();

@@ -442,9 +442,9 @@ async fn ocr_pages(
     for (index, lines) in PAGES.iter().enumerate() {
         let rendered = lines
             .iter()
-            .map(|text| floe_inference::ocr::render_text_line(&font, text, 40.0, 24))
+            .map(|text| floe_ocr::render_text_line(&font, text, 40.0, 24))
             .collect::<Result<Vec<_>, _>>()?;
-        let page = floe_inference::ocr::stack_lines(&rendered, 16);
+        let page = floe_ocr::stack_lines(&rendered, 16);
         let path = pages_dir.join(format!("page-{}.png", index + 1));
         page.save(&path)?;
         let image = base64::engine::general_purpose::STANDARD.encode(std::fs::read(&path)?);

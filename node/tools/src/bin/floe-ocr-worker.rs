@@ -1,6 +1,6 @@
 //! The image work of the OCR flow (`docs/examples/flows/ocr.json`) as a worker:
 //! blocks `ocr.prepare`, `ocr.lines`, `ocr.orient` and `ocr.decode`, each one of
-//! `floe_inference::ocr::stages`. The three model runs between them are the
+//! `floe_ocr::stages`. The three model runs between them are the
 //! flow's `inference` steps, served by the nodes' pools, not by this worker.
 //!
 //! At start-up the worker reads the models' input names and the rec model's
@@ -12,9 +12,9 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use clap::Parser;
 use floe_api::worker::{run_worker, Handler, Task, TaskError, WorkerConnection, WorkerOptions};
-use floe_inference::ocr::stages::{self, StageError};
-use floe_inference::ocr::{Charset, OcrOptions};
 use floe_inference::{inspect_model, DevRuntimeFiles, ModelSignature, OrtRuntime};
+use floe_ocr::stages::{self, StageError};
+use floe_ocr::{Charset, OcrOptions};
 use futures::future::BoxFuture;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;

@@ -25,16 +25,16 @@ use image::RgbImage;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
-use super::crop::rotate_half_turn;
-use super::ctc::{ctc_greedy_decode, Charset};
-use super::detect::TextBox;
-use super::pipeline::{
+use crate::crop::rotate_half_turn;
+use crate::ctc::{ctc_greedy_decode, Charset};
+use crate::detect::TextBox;
+use crate::pipeline::{
     decode_image, is_upside_down, line_crops, page_boxes, probability_map_size, recognised_line,
     OcrOptions,
 };
-use super::preprocess::{cls_input, det_input, rec_input, rec_width, REC_MIN_WIDTH};
-use crate::tensor::{Tensor, TensorMap};
-use crate::tensor_json::{tensors_from_json, tensors_to_json, Encoding, JsonTensorError};
+use crate::preprocess::{cls_input, det_input, rec_input, rec_width, REC_MIN_WIDTH};
+use floe_inference::tensor_json::{tensors_from_json, tensors_to_json, Encoding, JsonTensorError};
+use floe_inference::{Tensor, TensorMap};
 
 /// A stage input that cannot be used: `path` names the field (`input.image`,
 /// `input.lines[2].crop`), `reason` says what is wrong with it.

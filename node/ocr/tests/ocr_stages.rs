@@ -10,11 +10,11 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use base64::Engine as _;
-use floe_inference::ocr::stages::{self, StageError};
-use floe_inference::ocr::{stack_lines, Charset, OcrOptions, OcrPipeline, TextBox};
 use floe_inference::{
     inspect_model, tensors_from_json, tensors_to_json, Encoding, PoolHandle, Tensor, TensorMap,
 };
+use floe_ocr::stages::{self, StageError};
+use floe_ocr::{stack_lines, Charset, OcrOptions, OcrPipeline, TextBox};
 use image::RgbImage;
 use serde_json::{json, Value};
 

@@ -9,8 +9,8 @@ use std::io::Cursor;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use floe_inference::ocr::{stack_lines, OcrOptions, OcrPipeline};
-use floe_inference::{Error, PoolHandle};
+use floe_inference::PoolHandle;
+use floe_ocr::{stack_lines, Error, OcrOptions, OcrPipeline};
 use futures::future::join_all;
 use image::RgbImage;
 

@@ -11,14 +11,14 @@ use image::RgbImage;
 use serde::{Deserialize, Serialize};
 use tracing::debug;
 
-use super::crop::{crop_line, rotate_half_turn};
-use super::ctc::{ctc_greedy_decode, Charset, Decoded};
-use super::detect::{extract_boxes, DetPostprocess, TextBox};
-use super::preprocess::{cls_input, det_input, rec_input, rec_width, DetPreprocess};
+use crate::crop::{crop_line, rotate_half_turn};
+use crate::ctc::{ctc_greedy_decode, Charset, Decoded};
+use crate::detect::{extract_boxes, DetPostprocess, TextBox};
 use crate::error::{Error, Result};
-use crate::pool::PoolHandle;
-use crate::signature::Dim;
-use crate::tensor::{Tensor, TensorMap};
+use crate::preprocess::{cls_input, det_input, rec_input, rec_width, DetPreprocess};
+use floe_inference::Dim;
+use floe_inference::PoolHandle;
+use floe_inference::{Tensor, TensorMap};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]

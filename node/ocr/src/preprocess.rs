@@ -6,7 +6,7 @@ use image::RgbImage;
 use ndarray::Array4;
 use serde::{Deserialize, Serialize};
 
-use crate::tensor::Tensor;
+use floe_inference::Tensor;
 
 /// Height of cls and rec inputs.
 pub const LINE_HEIGHT: u32 = 48;

@@ -3,7 +3,7 @@
 use image::imageops;
 use image::RgbImage;
 
-use super::detect::TextBox;
+use crate::detect::TextBox;
 
 /// The pixels of `text_box` (page coordinates, rounded outwards). Crops at least
 /// 1.5 times taller than wide are taken as vertical text and turned 90° counter-
