@@ -64,13 +64,20 @@ async fn data_dirs_of_the_previous_release_open_and_their_runs_complete() {
         .unwrap()
         .into_inner()
         .versions;
-    assert_eq!(versions.iter().map(|v| v.version).collect::<Vec<_>>(), [1, 2]);
+    assert_eq!(
+        versions.iter().map(|v| v.version).collect::<Vec<_>>(),
+        [1, 2]
+    );
 
     // Finished before the upgrade: read back whole.
-    let v1 = finished_run(&mut client, &runs["chain_v1"], WAIT).await.unwrap();
+    let v1 = finished_run(&mut client, &runs["chain_v1"], WAIT)
+        .await
+        .unwrap();
     assert_eq!(v1["status"], "Completed", "{v1:#}");
     assert_eq!(v1["output"], json!({"n": 10, "version": "1"}), "{v1:#}");
-    let v2 = finished_run(&mut client, &runs["chain_v2"], WAIT).await.unwrap();
+    let v2 = finished_run(&mut client, &runs["chain_v2"], WAIT)
+        .await
+        .unwrap();
     assert_eq!(v2["output"], json!({"n": 15, "version": "2"}), "{v2:#}");
 
     // The idempotency key written by the previous release still finds its run.
@@ -89,7 +96,9 @@ async fn data_dirs_of_the_previous_release_open_and_their_runs_complete() {
     assert!(!again.created);
 
     // The timer set by the previous release fires on this one.
-    let paused = finished_run(&mut client, &runs["pause"], WAIT).await.unwrap();
+    let paused = finished_run(&mut client, &runs["pause"], WAIT)
+        .await
+        .unwrap();
     assert_eq!(paused["status"], "Completed", "{paused:#}");
     assert_eq!(paused["output"], json!({"held": "p"}), "{paused:#}");
 
@@ -102,7 +111,12 @@ async fn data_dirs_of_the_previous_release_open_and_their_runs_complete() {
         .unwrap();
     for (name, doc) in [("work_a", "a"), ("work_b", "b")] {
         let run = finished_run(&mut client, &runs[name], WAIT).await.unwrap();
-        assert_eq!(run["status"], "Completed", "{name}: {run:#}\n{}", cluster.logs());
+        assert_eq!(
+            run["status"],
+            "Completed",
+            "{name}: {run:#}\n{}",
+            cluster.logs()
+        );
         assert_eq!(run["output"]["echoed"], json!({"doc": doc}), "{run:#}");
     }
     let correlated = client
@@ -138,7 +152,9 @@ async fn data_dirs_of_the_previous_release_open_and_their_runs_complete() {
         .await
         .unwrap()
         .into_inner();
-    let run = finished_run(&mut client, &fresh.run_id, WAIT).await.unwrap();
+    let run = finished_run(&mut client, &fresh.run_id, WAIT)
+        .await
+        .unwrap();
     assert_eq!(run["output"]["echoed"], json!({"doc": "c"}), "{run:#}");
     let _ = worker.kill();
     let _ = worker.wait();

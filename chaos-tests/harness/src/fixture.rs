@@ -162,7 +162,11 @@ impl FixtureCluster {
     pub fn client_options(&self) -> ClientOptions {
         let pki = self.dir.path().join("pki/admin");
         ClientOptions {
-            endpoints: self.nodes.iter().map(|node| node.api_addr.clone()).collect(),
+            endpoints: self
+                .nodes
+                .iter()
+                .map(|node| node.api_addr.clone())
+                .collect(),
             ca: pki.join("ca.pem"),
             cert: pki.join("client.pem"),
             key: pki.join("client-key.pem"),
