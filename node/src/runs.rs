@@ -6,7 +6,7 @@ use floe_engine::run::{RunEvent, RunRecord, TaskFailure, TaskKey};
 use floe_state::runs::{LimitScope, LimitState};
 use floe_state::{Command, CommandResponse, RunFilter, RunPage};
 
-use crate::error::ApiError;
+use crate::error::{unexpected_answer, ApiError};
 use crate::service::Node;
 use floe_engine::names::quote_bounded;
 
@@ -81,11 +81,7 @@ impl Node {
                 created,
                 version,
             }),
-            CommandResponse::RunRejected { reason } => Err(ApiError::InvalidArgument(reason)),
-            CommandResponse::Missing { reason } => Err(ApiError::NotFound(reason)),
-            other => Err(ApiError::Internal(format!(
-                "unexpected apply result {other:?}"
-            ))),
+            other => Err(unexpected_answer(&other)),
         }
     }
 
@@ -140,10 +136,7 @@ impl Node {
         };
         match self.write(command).await? {
             CommandResponse::RunUpdated => Ok(()),
-            CommandResponse::RunRejected { reason } => Err(ApiError::FailedPrecondition(reason)),
-            other => Err(ApiError::Internal(format!(
-                "unexpected apply result {other:?}"
-            ))),
+            other => Err(unexpected_answer(&other)),
         }
     }
 

@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use crate::codec;
 use crate::keys;
 use crate::slots;
-use crate::types::{CommandResponse, FlowRecord};
+use crate::types::{CommandResponse, FlowRecord, Rejection};
 use floe_storage::blobs;
 use floe_storage::StoreError;
 
@@ -387,28 +387,21 @@ pub(crate) fn start_run(tx: &RunTx<'_>, start: StartRun<'_>) -> Result<CommandRe
         0 => match latest_flow_version(tx, start.flow)? {
             Some(latest) => latest,
             None => {
-                return Ok(CommandResponse::Missing {
-                    reason: format!(
-                        "no flow named {}",
-                        floe_engine::names::quote_bounded(start.flow)
-                    ),
-                })
+                return Ok(Rejection::NotFound(format!(
+                    "no flow named {}",
+                    floe_engine::names::quote_bounded(start.flow)
+                ))
+                .into())
             }
         },
         pinned => pinned,
     };
     if tx.data.get(&keys::run(start.run_id))?.is_some() {
-        return Ok(CommandResponse::RunRejected {
-            reason: format!("run id {} is already taken", start.run_id),
-        });
+        return Ok(Rejection::Invalid(format!("run id {} is already taken", start.run_id)).into());
     }
     let input: serde_json::Value = match serde_json::from_slice(start.input) {
         Ok(input) => input,
-        Err(err) => {
-            return Ok(CommandResponse::RunRejected {
-                reason: format!("run input is not JSON: {err}"),
-            })
-        }
+        Err(err) => return Ok(Rejection::Invalid(format!("run input is not JSON: {err}")).into()),
     };
     let new_run = NewRun {
         run_id: start.run_id.to_string(),
@@ -421,8 +414,8 @@ pub(crate) fn start_run(tx: &RunTx<'_>, start: StartRun<'_>) -> Result<CommandRe
     let mut work = VecDeque::new();
     match create_run(tx, start.flow, new_run, start.at_ms, &mut work)? {
         Ok(()) => {}
-        Err(Refusal::Missing(reason)) => return Ok(CommandResponse::Missing { reason }),
-        Err(Refusal::Refused(reason)) => return Ok(CommandResponse::RunRejected { reason }),
+        Err(Refusal::Missing(reason)) => return Ok(Rejection::NotFound(reason).into()),
+        Err(Refusal::Refused(reason)) => return Ok(Rejection::Invalid(reason).into()),
     }
     if !start.idempotency_key.is_empty() {
         tx.data.insert(
@@ -493,7 +486,7 @@ fn create_run(
 }
 
 /// Feeds `event` to run `run_id`; a refusal (stale attempt, finished run)
-/// comes back as `RunRejected` and changes nothing.
+/// comes back as a `FailedPrecondition` rejection and changes nothing.
 pub(crate) fn run_event(
     tx: &RunTx<'_>,
     run_id: &str,
@@ -503,7 +496,7 @@ pub(crate) fn run_event(
     let mut work = VecDeque::new();
     work.push_back((run_id.to_string(), event));
     match drain(tx, work, at_ms, 0)? {
-        Some(reason) => Ok(CommandResponse::RunRejected { reason }),
+        Some(reason) => Ok(Rejection::FailedPrecondition(reason).into()),
         None => Ok(CommandResponse::RunUpdated),
     }
 }
@@ -1147,23 +1140,18 @@ pub(crate) fn assign(
     at_ms: u64,
 ) -> Result<CommandResponse, TxError> {
     let Some(FoundTask { task: record, .. }) = find_task_by_text(tx, task)? else {
-        return Ok(CommandResponse::RunRejected {
-            reason: format!("no task {task}"),
-        });
+        return Ok(Rejection::FailedPrecondition(format!("no task {task}")).into());
     };
     if record.spec.attempt != attempt {
-        return Ok(CommandResponse::RunRejected {
-            reason: format!(
-                "stale attempt {attempt} for {task}: the current attempt is {}",
-                record.spec.attempt
-            ),
-        });
+        return Ok(Rejection::Stale(format!(
+            "stale attempt {attempt} for {task}: the current attempt is {}",
+            record.spec.attempt
+        ))
+        .into());
     }
     if record.assignment.is_none() {
         if let Some(reason) = limit_reached(tx, &record)? {
-            return Ok(CommandResponse::RunRejected {
-                reason: format!("task {task} not placed: {reason}"),
-            });
+            return Ok(Rejection::LimitReached(format!("task {task} not placed: {reason}")).into());
         }
     }
     let event = RunEvent::TaskStarted {
@@ -1228,22 +1216,19 @@ pub(crate) fn unassign(
         task: mut record, ..
     }) = find_task_by_text(tx, task)?
     else {
-        return Ok(CommandResponse::RunRejected {
-            reason: format!("no task {task}"),
-        });
+        return Ok(Rejection::FailedPrecondition(format!("no task {task}")).into());
     };
     let Some(assignment) = record.assignment.take() else {
-        return Ok(CommandResponse::RunRejected {
-            reason: format!("task {task} is not placed on a node"),
-        });
+        return Ok(
+            Rejection::FailedPrecondition(format!("task {task} is not placed on a node")).into(),
+        );
     };
     if record.spec.attempt != attempt {
-        return Ok(CommandResponse::RunRejected {
-            reason: format!(
-                "stale attempt {attempt} for {task}: the current attempt is {}",
-                record.spec.attempt
-            ),
-        });
+        return Ok(Rejection::Stale(format!(
+            "stale attempt {attempt} for {task}: the current attempt is {}",
+            record.spec.attempt
+        ))
+        .into());
     }
     tx.data.remove(&keys::task_on_node(assignment.node, task))?;
     tx.changed_node(assignment.node);
@@ -1424,7 +1409,7 @@ mod tests {
         // A stale attempt is refused by text, wherever the record lives.
         let stale = store.apply(|tx| assign(tx, "r1/a/-", 7, 2, "w", 27));
         assert!(
-            matches!(stale, CommandResponse::RunRejected { ref reason } if reason.contains("stale attempt 7")),
+            matches!(stale, CommandResponse::Rejected(Rejection::Stale(ref reason)) if reason.contains("stale attempt 7")),
             "{stale:?}"
         );
 
