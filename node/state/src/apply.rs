@@ -407,7 +407,7 @@ mod tests {
                 at_ms: 2,
             },
             Command::AssignTask {
-                task: runs::task_key_text(&task_a),
+                task: task_a.to_string(),
                 attempt: 1,
                 node: 2,
                 worker: "w1".into(),

@@ -341,14 +341,6 @@ pub fn status_name(status: RunStatus) -> &'static str {
     }
 }
 
-/// The canonical text of a task key, used in index keys.
-pub fn task_key_text(key: &TaskKey) -> String {
-    match key.item {
-        Some(item) => format!("{}/{}/{item}", key.run_id, key.step_id),
-        None => format!("{}/{}/-", key.run_id, key.step_id),
-    }
-}
-
 pub fn timer_key_text(timer: &TimerKey) -> String {
     let item = timer
         .item
@@ -586,8 +578,7 @@ fn handle_one(
             current,
         }) => {
             return Ok(Some(format!(
-                "stale attempt {attempt} for {}: the current attempt is {current}",
-                task_key_text(&key)
+                "stale attempt {attempt} for {key}: the current attempt is {current}"
             )))
         }
         Err(err) => return Ok(Some(err.to_string())),
@@ -679,7 +670,7 @@ fn assign_task(
     worker: &str,
     at_ms: u64,
 ) -> Result<(), TxError> {
-    let text = task_key_text(key);
+    let text = key.to_string();
     let Some(found) = find_task(tx, run, key, &text)? else {
         return Ok(());
     };
@@ -738,7 +729,7 @@ fn find_task_by_text(tx: &RunTx<'_>, text: &str) -> Result<Option<FoundTask>, Tx
     if let Some(found) = queued_task(tx, text)? {
         return Ok(Some(found));
     }
-    let Some(key) = parse_task_key(text) else {
+    let Some(key) = text.parse::<TaskKey>().ok() else {
         return Ok(None);
     };
     let Some(run) = tx.run(&key.run_id)? else {
@@ -828,22 +819,6 @@ pub(crate) fn placed_attempt(entry: &[u8]) -> Option<u32> {
         .map(u32::from_be_bytes)
 }
 
-/// The inverse of `task_key_text` (step ids hold no `/`; a run id may).
-pub fn parse_task_key(text: &str) -> Option<TaskKey> {
-    let mut parts = text.rsplitn(3, '/');
-    let item = match parts.next()? {
-        "-" => None,
-        item => Some(item.parse().ok()?),
-    };
-    let step_id = parts.next()?.to_string();
-    let run_id = parts.next()?.to_string();
-    Some(TaskKey {
-        run_id,
-        step_id,
-        item,
-    })
-}
-
 /// Removes the task only if it is still at `attempt`.
 fn remove_task_attempt(
     tx: &RunTx<'_>,
@@ -851,7 +826,7 @@ fn remove_task_attempt(
     key: &TaskKey,
     attempt: u32,
 ) -> Result<(), TxError> {
-    let text = task_key_text(key);
+    let text = key.to_string();
     match find_task(tx, run, key, &text)? {
         Some(found) if found.task.spec.attempt == attempt => drop_task(tx, &text, &found),
         _ => Ok(()),
@@ -859,7 +834,7 @@ fn remove_task_attempt(
 }
 
 fn remove_task(tx: &RunTx<'_>, run: &RunRecord, key: &TaskKey) -> Result<(), TxError> {
-    let text = task_key_text(key);
+    let text = key.to_string();
     match find_task(tx, run, key, &text)? {
         Some(found) => drop_task(tx, &text, &found),
         None => Ok(()),
@@ -983,7 +958,7 @@ fn apply_effects(
             Effect::ScheduleTask(spec) => {
                 // A new attempt replaces the previous one's record and index entry.
                 remove_task(tx, record, &spec.key)?;
-                let text = task_key_text(&spec.key);
+                let text = spec.key.to_string();
                 let mut task = TaskRecord {
                     spec,
                     scheduled_at_ms: at_ms,
@@ -1517,25 +1492,5 @@ mod tests {
             "and its node entry"
         );
         assert_eq!(store.counts_on(2), (0, 0));
-    }
-
-    #[test]
-    fn task_key_text_parses_back() {
-        for key in [
-            TaskKey {
-                run_id: "r1".into(),
-                step_id: "a".into(),
-                item: None,
-            },
-            TaskKey {
-                run_id: "site/north/r1".into(),
-                step_id: "ocr".into(),
-                item: Some(12),
-            },
-        ] {
-            assert_eq!(parse_task_key(&task_key_text(&key)), Some(key));
-        }
-        assert_eq!(parse_task_key("r1/a"), None);
-        assert_eq!(parse_task_key("r1/a/x"), None);
     }
 }
