@@ -24,6 +24,26 @@ pub enum ApiError {
     ResourceExhausted(String),
 }
 
+/// The one mapping from apply's refusals to API errors (and so gRPC
+/// codes). The message is apply's, unchanged.
+pub fn rejection_error(rejection: floe_state::Rejection) -> ApiError {
+    use floe_state::Rejection;
+    match rejection {
+        Rejection::NotFound(message) => ApiError::NotFound(message),
+        Rejection::Invalid(message) => ApiError::InvalidArgument(message),
+        Rejection::FailedPrecondition(message)
+        | Rejection::Stale(message)
+        | Rejection::LimitReached(message)
+        | Rejection::Unapplied(message) => ApiError::FailedPrecondition(message),
+    }
+}
+
+/// An apply answer of a kind the command never produces (not a refusal:
+/// those go through [`rejection_error`]).
+pub fn unexpected_answer(response: &floe_state::CommandResponse) -> ApiError {
+    ApiError::Internal(format!("unexpected apply result {response:?}"))
+}
+
 /// Longest message a gRPC status carries. Clients read it from a header,
 /// and most refuse headers past 8–16 KiB, so a longer one would hide the
 /// error it describes. Messages quote names through
@@ -105,5 +125,52 @@ mod tests {
             wide.len() <= MAX_STATUS_MESSAGE_BYTES && wide.contains("6000 bytes in all"),
             "{wide}"
         );
+    }
+
+    #[test]
+    fn every_rejection_kind_has_one_code_and_keeps_its_message() {
+        use floe_state::{CommandResponse, Rejection};
+        let cases = [
+            (
+                Rejection::NotFound("no flow named \"x\"".into()),
+                tonic::Code::NotFound,
+            ),
+            (
+                Rejection::Invalid("run input is not JSON".into()),
+                tonic::Code::InvalidArgument,
+            ),
+            (
+                Rejection::FailedPrecondition("run r is finished".into()),
+                tonic::Code::FailedPrecondition,
+            ),
+            (
+                Rejection::Stale("stale attempt 2 for t".into()),
+                tonic::Code::FailedPrecondition,
+            ),
+            (
+                Rejection::LimitReached("task t not placed".into()),
+                tonic::Code::FailedPrecondition,
+            ),
+            (
+                Rejection::Unapplied("log entry 3: record".into()),
+                tonic::Code::FailedPrecondition,
+            ),
+        ];
+        for (rejection, code) in cases {
+            let message = rejection.message().to_string();
+            let response = CommandResponse::Rejected(rejection);
+            let status = tonic::Status::from(rejection_error(response.rejection().unwrap()));
+            assert_eq!(status.code(), code, "{message}");
+            assert!(status.message().ends_with(&message), "{}", status.message());
+        }
+        // A leader of the previous release answers in free text.
+        let legacy = CommandResponse::Missing {
+            reason: "no flow named \"x\"".into(),
+        };
+        assert_eq!(
+            rejection_error(legacy.rejection().unwrap()),
+            ApiError::NotFound("no flow named \"x\"".into())
+        );
+        assert!(CommandResponse::RunUpdated.rejection().is_none());
     }
 }

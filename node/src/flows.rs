@@ -5,7 +5,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use floe_state::{Command, CommandResponse, FlowRecord};
 
-use crate::error::ApiError;
+use crate::error::{unexpected_answer, ApiError};
 use crate::service::Node;
 use floe_engine::names::quote_bounded;
 
@@ -64,9 +64,7 @@ impl Node {
                 created,
                 hash,
             }),
-            other => Err(ApiError::Internal(format!(
-                "unexpected apply result {other:?}"
-            ))),
+            other => Err(unexpected_answer(&other)),
         }
     }
 

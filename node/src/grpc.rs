@@ -245,7 +245,7 @@ fn linearizable(consistency: i32) -> Result<bool, Status> {
 }
 
 fn unexpected(response: CommandResponse) -> Status {
-    ApiError::Internal(format!("unexpected apply result {response:?}")).into()
+    crate::error::unexpected_answer(&response).into()
 }
 
 #[tonic::async_trait]

@@ -20,7 +20,7 @@ use floe_inference::{
     Device, Encoding, GpuDevice, GpuInventory, OrtRuntime, Pool, PoolHandle, PoolOptions, TensorMap,
 };
 use floe_state::models::{DeploySpec, Deployment, GpuShare, ReplicaRecord};
-use floe_state::runs::{task_key_text, TaskRecord};
+use floe_state::runs::TaskRecord;
 use floe_state::NodeId;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -534,7 +534,7 @@ pub fn start_task(
     else {
         return false;
     };
-    let text = task_key_text(&task.spec.key);
+    let text = task.spec.key.to_string();
     if let Ok(mut running) = node.models.running.lock() {
         running.insert(text.clone(), (task.spec.attempt, replica.clone()));
     }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use floe_state::{Command, CommandResponse, KvEntry, NodeId, NodeInfo};
 
-use crate::error::ApiError;
+use crate::error::{rejection_error, ApiError};
 use crate::peer_api::{self, PeerRequest, PeerResponse};
 use crate::raft_errors::{initialize_error, leadership_error, write_error};
 use crate::service::{Node, CLIENT_REQUEST_TIMEOUT};
@@ -80,20 +80,26 @@ impl Node {
         }
     }
 
-    /// Proposes `command`, forwarding to the leader when this node is not it.
+    /// Proposes `command`, forwarding to the leader when this node is not it;
+    /// apply's refusal comes back as its API error ([`rejection_error`]).
     pub async fn write(&self, command: Command) -> Result<CommandResponse, ApiError> {
+        let response = self.write_answer(command).await?;
+        match response.rejection() {
+            Some(rejection) => Err(rejection_error(rejection)),
+            None => Ok(response),
+        }
+    }
+
+    /// [`Node::write`] that hands back a refusal as apply answered it, for
+    /// callers that act on its kind (a partly refused placement).
+    pub async fn write_answer(&self, command: Command) -> Result<CommandResponse, ApiError> {
         validate_command(&command)?;
         // Fails fast here too rather than forward: a client retries elsewhere.
         self.refuse_if_degraded()?;
-        let response = match self.route()? {
+        match self.route()? {
             Route::Local => self.write_as_leader(command).await,
             // Travels with other writes waiting here (see `forwarder.rs`).
             Route::Forward { .. } => self.forwarder.forward(command).await,
-        }?;
-        match response {
-            // Apply could not carry the command out; nothing changed.
-            CommandResponse::Unapplied { reason } => Err(ApiError::FailedPrecondition(reason)),
-            other => Ok(other),
         }
     }
 

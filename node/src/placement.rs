@@ -375,8 +375,12 @@ pub async fn place_replicas(
         changes,
         at_ms: crate::runs::now_ms(),
     };
-    match node.write(command).await {
-        Ok(floe_state::CommandResponse::Refused { reason }) => {
+    match node.write_answer(command).await {
+        Ok(response) if response.rejection().is_some() => {
+            let reason = response
+                .rejection()
+                .map(|r| r.into_message())
+                .unwrap_or_default();
             tracing::info!(%reason, "replica changes partly refused")
         }
         Ok(_) => {}

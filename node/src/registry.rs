@@ -54,13 +54,6 @@ fn store_error(err: floe_state::StoreError) -> ApiError {
     ApiError::Internal(err.to_string())
 }
 
-fn refused(response: CommandResponse) -> Result<CommandResponse, ApiError> {
-    match response {
-        CommandResponse::Refused { reason } => Err(ApiError::FailedPrecondition(reason)),
-        other => Ok(other),
-    }
-}
-
 impl Node {
     /// Checks the file by loading it, stores it as a replicated blob, then
     /// commits the record. Nothing is recorded when any step fails.
@@ -103,7 +96,7 @@ impl Node {
             signature: signature_json.clone().into_bytes(),
             at_ms: now_ms(),
         };
-        match refused(self.write(command).await?)? {
+        match self.write(command).await? {
             CommandResponse::ModelPut { version, created } => Ok(PutModel {
                 version,
                 created,
@@ -155,7 +148,7 @@ impl Node {
             spec,
             created_at_ms: now_ms(),
         };
-        refused(self.write(Command::DeployModel { deployment }).await?)?;
+        self.write(Command::DeployModel { deployment }).await?;
         Ok(model.version)
     }
 
@@ -163,13 +156,11 @@ impl Node {
     pub async fn undeploy_model(&self, name: &str, version: u64) -> Result<u64, ApiError> {
         self.read_barrier().await?;
         let version = self.resolve_deployed_version(name, version)?;
-        refused(
-            self.write(Command::UndeployModel {
-                name: name.to_string(),
-                version,
-            })
-            .await?,
-        )?;
+        self.write(Command::UndeployModel {
+            name: name.to_string(),
+            version,
+        })
+        .await?;
         Ok(version)
     }
 

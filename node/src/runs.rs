@@ -6,7 +6,7 @@ use floe_engine::run::{RunEvent, RunRecord, TaskFailure, TaskKey};
 use floe_state::runs::{LimitScope, LimitState};
 use floe_state::{Command, CommandResponse, RunFilter, RunPage};
 
-use crate::error::ApiError;
+use crate::error::{unexpected_answer, ApiError};
 use crate::service::Node;
 use floe_engine::names::quote_bounded;
 
@@ -81,11 +81,7 @@ impl Node {
                 created,
                 version,
             }),
-            CommandResponse::RunRejected { reason } => Err(ApiError::InvalidArgument(reason)),
-            CommandResponse::Missing { reason } => Err(ApiError::NotFound(reason)),
-            other => Err(ApiError::Internal(format!(
-                "unexpected apply result {other:?}"
-            ))),
+            other => Err(unexpected_answer(&other)),
         }
     }
 
@@ -140,10 +136,7 @@ impl Node {
         };
         match self.write(command).await? {
             CommandResponse::RunUpdated => Ok(()),
-            CommandResponse::RunRejected { reason } => Err(ApiError::FailedPrecondition(reason)),
-            other => Err(ApiError::Internal(format!(
-                "unexpected apply result {other:?}"
-            ))),
+            other => Err(unexpected_answer(&other)),
         }
     }
 
@@ -281,27 +274,10 @@ impl Node {
     }
 }
 
-/// `run/step/item` (item `-` for none) back into a task key.
+/// A task's text (`TaskKey`'s one parser) as the API takes it.
 pub fn parse_task_key(text: &str) -> Result<TaskKey, ApiError> {
-    let mut parts = text.rsplitn(3, '/');
-    let (Some(item), Some(step_id), Some(run_id)) = (parts.next(), parts.next(), parts.next())
-    else {
-        return Err(ApiError::InvalidArgument(format!(
-            "task {} is not RUN/STEP/ITEM",
-            quote_bounded(text)
-        )));
-    };
-    let item = match item {
-        "-" => None,
-        number => Some(number.parse().map_err(|_| {
-            ApiError::InvalidArgument(format!("task {} has a bad item", quote_bounded(text)))
-        })?),
-    };
-    Ok(TaskKey {
-        run_id: run_id.to_string(),
-        step_id: step_id.to_string(),
-        item,
-    })
+    text.parse()
+        .map_err(|err: floe_engine::run::TaskTextError| ApiError::InvalidArgument(err.to_string()))
 }
 
 #[cfg(test)]
@@ -315,19 +291,13 @@ mod tests {
             step_id: "ocr".into(),
             item: Some(7),
         };
-        assert_eq!(
-            parse_task_key(&floe_state::runs::task_key_text(&key)).unwrap(),
-            key
-        );
+        assert_eq!(parse_task_key(&key.to_string()).unwrap(), key);
         let key = TaskKey {
             run_id: "abc".into(),
             step_id: "a".into(),
             item: None,
         };
-        assert_eq!(
-            parse_task_key(&floe_state::runs::task_key_text(&key)).unwrap(),
-            key
-        );
+        assert_eq!(parse_task_key(&key.to_string()).unwrap(), key);
         assert!(parse_task_key("nothing").is_err());
     }
 }

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use floe_state::runs::{task_key_text, LimitScope, LimitState, TaskRecord};
+use floe_state::runs::{LimitScope, LimitState, TaskRecord};
 use floe_state::slots::NodeSlots;
 use floe_state::{Command, NodeId};
 use serde::{Deserialize, Serialize};
@@ -280,7 +280,7 @@ pub async fn schedule(node: Arc<Node>, cancel: CancellationToken) -> anyhow::Res
                 report.running_tasks += 1;
             }
             writes.push(Command::AssignTask {
-                task: task_key_text(&task.spec.key),
+                task: task.spec.key.to_string(),
                 attempt: task.spec.attempt,
                 node: target,
                 worker: String::new(),

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use floe_engine::run::TaskFailure;
-use floe_state::runs::{task_key_text, TaskRecord};
+use floe_state::runs::TaskRecord;
 use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
@@ -165,7 +165,7 @@ impl WorkerRegistry {
     /// Pushes `task` to the least busy worker serving its block with the
     /// labels it requires; false when none has room.
     fn push(&self, task: &TaskRecord, input: Vec<u8>) -> bool {
-        let text = task_key_text(&task.spec.key);
+        let text = task.spec.key.to_string();
         let key = task.spec.placement_key();
         let Ok(mut workers) = self.workers.lock() else {
             return false;
@@ -671,7 +671,7 @@ pub async fn dispatch(node: Arc<Node>, cancel: CancellationToken) -> anyhow::Res
             BTreeMap::new()
         };
         for task in &placed {
-            let text = task_key_text(&task.spec.key);
+            let text = task.spec.key.to_string();
             if dispatched(&node, &text, task.spec.attempt) {
                 continue;
             }
@@ -754,7 +754,7 @@ async fn resolved_input(node: &Node, task: &TaskRecord) -> Option<serde_json::Va
         Ok(resolved) => return Some(resolved),
         Err(err) => err.to_string(),
     };
-    let text = task_key_text(&task.spec.key);
+    let text = task.spec.key.to_string();
     crate::warn_limited!("task input not resolved", node_id = node.id, task = %text, attempt = task.spec.attempt, error = %failure, "task input not resolved");
     let failure = TaskFailure {
         error: format!("input not available: {failure}"),

@@ -18,7 +18,7 @@ use crate::codec;
 use crate::keys;
 use crate::models;
 use crate::runs::{self, DefinitionCache, RunTx, StartRun};
-use crate::types::{Command, CommandResponse, FlowRecord, KvEntry, NodeId, TypeConfig};
+use crate::types::{Command, CommandResponse, FlowRecord, KvEntry, NodeId, Rejection, TypeConfig};
 
 /// The metadata tree's name, for error messages.
 const SM_META_TREE: &str = "sm_meta";
@@ -113,9 +113,7 @@ fn apply_command(
     command: &Command,
 ) -> Result<CommandResponse, TxError> {
     if let Some(reason) = apply.refused.get(position) {
-        return Ok(CommandResponse::Unapplied {
-            reason: reason.clone(),
-        });
+        return Ok(Rejection::Unapplied(reason.clone()).into());
     }
     if let Command::Batch(commands) = command {
         let mut responses = Vec::with_capacity(commands.len());
@@ -201,9 +199,10 @@ fn apply_one(
             at_ms,
         } => match serde_json::from_slice::<floe_engine::run::RunEvent>(event) {
             Ok(event) => runs::run_event(&runs, run_id, event, *at_ms),
-            Err(err) => Ok(CommandResponse::RunRejected {
-                reason: format!("run event for {run_id} is not valid: {err}"),
-            }),
+            Err(err) => Ok(Rejection::FailedPrecondition(format!(
+                "run event for {run_id} is not valid: {err}"
+            ))
+            .into()),
         },
         Command::AssignTask {
             task,
@@ -339,9 +338,10 @@ fn apply_one(
         Command::Batch(_) => {
             // apply_command takes batches apart before they get here.
             debug_assert!(false, "a batch reached apply_one");
-            Ok(CommandResponse::Unapplied {
-                reason: format!("log entry {index}: a batch nested where it is not expected"),
-            })
+            Ok(Rejection::Unapplied(format!(
+                "log entry {index}: a batch nested where it is not expected"
+            ))
+            .into())
         }
         Command::TombstoneNode { node_id } => {
             // Read and written in the transaction: a later command of the
@@ -407,7 +407,7 @@ mod tests {
                 at_ms: 2,
             },
             Command::AssignTask {
-                task: runs::task_key_text(&task_a),
+                task: task_a.to_string(),
                 attempt: 1,
                 node: 2,
                 worker: "w1".into(),

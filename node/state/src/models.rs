@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::keys;
 use crate::runs::RunTx;
-use crate::types::CommandResponse;
+use crate::types::{CommandResponse, Rejection};
 use crate::NodeId;
 
 use floe_storage::state_store::TxError;
@@ -126,7 +126,7 @@ pub struct ReplicaChange {
 }
 
 fn refused(reason: String) -> CommandResponse {
-    CommandResponse::Refused { reason }
+    Rejection::FailedPrecondition(reason).into()
 }
 
 pub(crate) fn put_model(

@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use crate::codec;
 use crate::keys;
 use crate::slots;
-use crate::types::{CommandResponse, FlowRecord};
+use crate::types::{CommandResponse, FlowRecord, Rejection};
 use floe_storage::blobs;
 use floe_storage::StoreError;
 
@@ -341,14 +341,6 @@ pub fn status_name(status: RunStatus) -> &'static str {
     }
 }
 
-/// The canonical text of a task key, used in index keys.
-pub fn task_key_text(key: &TaskKey) -> String {
-    match key.item {
-        Some(item) => format!("{}/{}/{item}", key.run_id, key.step_id),
-        None => format!("{}/{}/-", key.run_id, key.step_id),
-    }
-}
-
 pub fn timer_key_text(timer: &TimerKey) -> String {
     let item = timer
         .item
@@ -387,28 +379,21 @@ pub(crate) fn start_run(tx: &RunTx<'_>, start: StartRun<'_>) -> Result<CommandRe
         0 => match latest_flow_version(tx, start.flow)? {
             Some(latest) => latest,
             None => {
-                return Ok(CommandResponse::Missing {
-                    reason: format!(
-                        "no flow named {}",
-                        floe_engine::names::quote_bounded(start.flow)
-                    ),
-                })
+                return Ok(Rejection::NotFound(format!(
+                    "no flow named {}",
+                    floe_engine::names::quote_bounded(start.flow)
+                ))
+                .into())
             }
         },
         pinned => pinned,
     };
     if tx.data.get(&keys::run(start.run_id))?.is_some() {
-        return Ok(CommandResponse::RunRejected {
-            reason: format!("run id {} is already taken", start.run_id),
-        });
+        return Ok(Rejection::Invalid(format!("run id {} is already taken", start.run_id)).into());
     }
     let input: serde_json::Value = match serde_json::from_slice(start.input) {
         Ok(input) => input,
-        Err(err) => {
-            return Ok(CommandResponse::RunRejected {
-                reason: format!("run input is not JSON: {err}"),
-            })
-        }
+        Err(err) => return Ok(Rejection::Invalid(format!("run input is not JSON: {err}")).into()),
     };
     let new_run = NewRun {
         run_id: start.run_id.to_string(),
@@ -421,8 +406,8 @@ pub(crate) fn start_run(tx: &RunTx<'_>, start: StartRun<'_>) -> Result<CommandRe
     let mut work = VecDeque::new();
     match create_run(tx, start.flow, new_run, start.at_ms, &mut work)? {
         Ok(()) => {}
-        Err(Refusal::Missing(reason)) => return Ok(CommandResponse::Missing { reason }),
-        Err(Refusal::Refused(reason)) => return Ok(CommandResponse::RunRejected { reason }),
+        Err(Refusal::Missing(reason)) => return Ok(Rejection::NotFound(reason).into()),
+        Err(Refusal::Refused(reason)) => return Ok(Rejection::Invalid(reason).into()),
     }
     if !start.idempotency_key.is_empty() {
         tx.data.insert(
@@ -493,7 +478,7 @@ fn create_run(
 }
 
 /// Feeds `event` to run `run_id`; a refusal (stale attempt, finished run)
-/// comes back as `RunRejected` and changes nothing.
+/// comes back as a `FailedPrecondition` rejection and changes nothing.
 pub(crate) fn run_event(
     tx: &RunTx<'_>,
     run_id: &str,
@@ -503,7 +488,7 @@ pub(crate) fn run_event(
     let mut work = VecDeque::new();
     work.push_back((run_id.to_string(), event));
     match drain(tx, work, at_ms, 0)? {
-        Some(reason) => Ok(CommandResponse::RunRejected { reason }),
+        Some(reason) => Ok(Rejection::FailedPrecondition(reason).into()),
         None => Ok(CommandResponse::RunUpdated),
     }
 }
@@ -593,8 +578,7 @@ fn handle_one(
             current,
         }) => {
             return Ok(Some(format!(
-                "stale attempt {attempt} for {}: the current attempt is {current}",
-                task_key_text(&key)
+                "stale attempt {attempt} for {key}: the current attempt is {current}"
             )))
         }
         Err(err) => return Ok(Some(err.to_string())),
@@ -686,7 +670,7 @@ fn assign_task(
     worker: &str,
     at_ms: u64,
 ) -> Result<(), TxError> {
-    let text = task_key_text(key);
+    let text = key.to_string();
     let Some(found) = find_task(tx, run, key, &text)? else {
         return Ok(());
     };
@@ -745,7 +729,7 @@ fn find_task_by_text(tx: &RunTx<'_>, text: &str) -> Result<Option<FoundTask>, Tx
     if let Some(found) = queued_task(tx, text)? {
         return Ok(Some(found));
     }
-    let Some(key) = parse_task_key(text) else {
+    let Some(key) = text.parse::<TaskKey>().ok() else {
         return Ok(None);
     };
     let Some(run) = tx.run(&key.run_id)? else {
@@ -835,22 +819,6 @@ pub(crate) fn placed_attempt(entry: &[u8]) -> Option<u32> {
         .map(u32::from_be_bytes)
 }
 
-/// The inverse of `task_key_text` (step ids hold no `/`; a run id may).
-pub fn parse_task_key(text: &str) -> Option<TaskKey> {
-    let mut parts = text.rsplitn(3, '/');
-    let item = match parts.next()? {
-        "-" => None,
-        item => Some(item.parse().ok()?),
-    };
-    let step_id = parts.next()?.to_string();
-    let run_id = parts.next()?.to_string();
-    Some(TaskKey {
-        run_id,
-        step_id,
-        item,
-    })
-}
-
 /// Removes the task only if it is still at `attempt`.
 fn remove_task_attempt(
     tx: &RunTx<'_>,
@@ -858,7 +826,7 @@ fn remove_task_attempt(
     key: &TaskKey,
     attempt: u32,
 ) -> Result<(), TxError> {
-    let text = task_key_text(key);
+    let text = key.to_string();
     match find_task(tx, run, key, &text)? {
         Some(found) if found.task.spec.attempt == attempt => drop_task(tx, &text, &found),
         _ => Ok(()),
@@ -866,7 +834,7 @@ fn remove_task_attempt(
 }
 
 fn remove_task(tx: &RunTx<'_>, run: &RunRecord, key: &TaskKey) -> Result<(), TxError> {
-    let text = task_key_text(key);
+    let text = key.to_string();
     match find_task(tx, run, key, &text)? {
         Some(found) => drop_task(tx, &text, &found),
         None => Ok(()),
@@ -990,7 +958,7 @@ fn apply_effects(
             Effect::ScheduleTask(spec) => {
                 // A new attempt replaces the previous one's record and index entry.
                 remove_task(tx, record, &spec.key)?;
-                let text = task_key_text(&spec.key);
+                let text = spec.key.to_string();
                 let mut task = TaskRecord {
                     spec,
                     scheduled_at_ms: at_ms,
@@ -1147,23 +1115,18 @@ pub(crate) fn assign(
     at_ms: u64,
 ) -> Result<CommandResponse, TxError> {
     let Some(FoundTask { task: record, .. }) = find_task_by_text(tx, task)? else {
-        return Ok(CommandResponse::RunRejected {
-            reason: format!("no task {task}"),
-        });
+        return Ok(Rejection::FailedPrecondition(format!("no task {task}")).into());
     };
     if record.spec.attempt != attempt {
-        return Ok(CommandResponse::RunRejected {
-            reason: format!(
-                "stale attempt {attempt} for {task}: the current attempt is {}",
-                record.spec.attempt
-            ),
-        });
+        return Ok(Rejection::Stale(format!(
+            "stale attempt {attempt} for {task}: the current attempt is {}",
+            record.spec.attempt
+        ))
+        .into());
     }
     if record.assignment.is_none() {
         if let Some(reason) = limit_reached(tx, &record)? {
-            return Ok(CommandResponse::RunRejected {
-                reason: format!("task {task} not placed: {reason}"),
-            });
+            return Ok(Rejection::LimitReached(format!("task {task} not placed: {reason}")).into());
         }
     }
     let event = RunEvent::TaskStarted {
@@ -1228,22 +1191,19 @@ pub(crate) fn unassign(
         task: mut record, ..
     }) = find_task_by_text(tx, task)?
     else {
-        return Ok(CommandResponse::RunRejected {
-            reason: format!("no task {task}"),
-        });
+        return Ok(Rejection::FailedPrecondition(format!("no task {task}")).into());
     };
     let Some(assignment) = record.assignment.take() else {
-        return Ok(CommandResponse::RunRejected {
-            reason: format!("task {task} is not placed on a node"),
-        });
+        return Ok(
+            Rejection::FailedPrecondition(format!("task {task} is not placed on a node")).into(),
+        );
     };
     if record.spec.attempt != attempt {
-        return Ok(CommandResponse::RunRejected {
-            reason: format!(
-                "stale attempt {attempt} for {task}: the current attempt is {}",
-                record.spec.attempt
-            ),
-        });
+        return Ok(Rejection::Stale(format!(
+            "stale attempt {attempt} for {task}: the current attempt is {}",
+            record.spec.attempt
+        ))
+        .into());
     }
     tx.data.remove(&keys::task_on_node(assignment.node, task))?;
     tx.changed_node(assignment.node);
@@ -1424,7 +1384,7 @@ mod tests {
         // A stale attempt is refused by text, wherever the record lives.
         let stale = store.apply(|tx| assign(tx, "r1/a/-", 7, 2, "w", 27));
         assert!(
-            matches!(stale, CommandResponse::RunRejected { ref reason } if reason.contains("stale attempt 7")),
+            matches!(stale, CommandResponse::Rejected(Rejection::Stale(ref reason)) if reason.contains("stale attempt 7")),
             "{stale:?}"
         );
 
@@ -1532,25 +1492,5 @@ mod tests {
             "and its node entry"
         );
         assert_eq!(store.counts_on(2), (0, 0));
-    }
-
-    #[test]
-    fn task_key_text_parses_back() {
-        for key in [
-            TaskKey {
-                run_id: "r1".into(),
-                step_id: "a".into(),
-                item: None,
-            },
-            TaskKey {
-                run_id: "site/north/r1".into(),
-                step_id: "ocr".into(),
-                item: Some(12),
-            },
-        ] {
-            assert_eq!(parse_task_key(&task_key_text(&key)), Some(key));
-        }
-        assert_eq!(parse_task_key("r1/a"), None);
-        assert_eq!(parse_task_key("r1/a/x"), None);
     }
 }

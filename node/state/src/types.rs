@@ -233,6 +233,92 @@ pub enum CommandResponse {
     /// every replica, nothing changed. The reason names the entry and the
     /// record. (Appended last: a variant's position is its encoding.)
     Unapplied { reason: String },
+    /// A command refused by apply, with its kind. Apply answers every
+    /// refusal this way; `RunRejected`, `Refused`, `Missing` and `Unapplied`
+    /// above are kept for their positions and read through
+    /// [`CommandResponse::rejection`]. (Appended last.)
+    Rejected(Rejection),
+}
+
+impl CommandResponse {
+    /// The refusal this response carries, if it is one. The free-text
+    /// variants of earlier releases (a leader of the previous release
+    /// answering a forwarded write) read as the kind their callers gave
+    /// them most often.
+    pub fn rejection(&self) -> Option<Rejection> {
+        match self {
+            CommandResponse::Rejected(rejection) => Some(rejection.clone()),
+            CommandResponse::RunRejected { reason } | CommandResponse::Refused { reason } => {
+                Some(Rejection::FailedPrecondition(reason.clone()))
+            }
+            CommandResponse::Missing { reason } => Some(Rejection::NotFound(reason.clone())),
+            CommandResponse::Unapplied { reason } => Some(Rejection::Unapplied(reason.clone())),
+            _ => None,
+        }
+    }
+}
+
+/// Why apply refused a command. A refused command changes nothing it
+/// names (except `ChangeReplicas`, whose other changes still apply). The
+/// kind says what a client can do about it; the message names what and
+/// where, and is what the client sees.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Rejection {
+    /// The command names something that does not exist (a run start's
+    /// flow or flow version).
+    NotFound(String),
+    /// The command itself is not acceptable (a run start's input, a run id
+    /// already taken, a start the engine refuses).
+    Invalid(String),
+    /// The state does not allow it now (a finished run, an unknown task, a
+    /// model version not registered or not deployed).
+    FailedPrecondition(String),
+    /// The command speaks of an attempt that has been superseded.
+    Stale(String),
+    /// A concurrency limit holds the task back.
+    LimitReached(String),
+    /// Apply could not carry the command out (a record it reads does not
+    /// decode, a value it would store does not encode), alike on every
+    /// replica.
+    Unapplied(String),
+}
+
+impl Rejection {
+    /// The message, naming what and where.
+    pub fn message(&self) -> &str {
+        match self {
+            Rejection::NotFound(message)
+            | Rejection::Invalid(message)
+            | Rejection::FailedPrecondition(message)
+            | Rejection::Stale(message)
+            | Rejection::LimitReached(message)
+            | Rejection::Unapplied(message) => message,
+        }
+    }
+
+    /// The message, taken out.
+    pub fn into_message(self) -> String {
+        match self {
+            Rejection::NotFound(message)
+            | Rejection::Invalid(message)
+            | Rejection::FailedPrecondition(message)
+            | Rejection::Stale(message)
+            | Rejection::LimitReached(message)
+            | Rejection::Unapplied(message) => message,
+        }
+    }
+}
+
+impl fmt::Display for Rejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.message())
+    }
+}
+
+impl From<Rejection> for CommandResponse {
+    fn from(rejection: Rejection) -> CommandResponse {
+        CommandResponse::Rejected(rejection)
+    }
 }
 
 /// One immutable version of a flow definition.
@@ -345,5 +431,27 @@ mod tests {
             let _: Command = crate::codec::decode(|| "x".into(), &plain).unwrap();
         }
         let _ = PlainCommand::KvDelete { key: String::new() };
+    }
+
+    /// Forwarded writes carry responses between nodes: the variants of
+    /// earlier releases keep their tags, the typed refusal comes after them.
+    #[test]
+    fn response_tags_are_stable() {
+        // As the peer API encodes them (bincode, standard config).
+        let encode = |response: &CommandResponse| {
+            bincode::serde::encode_to_vec(response, bincode::config::standard()).unwrap()
+        };
+        let tag = |response: &CommandResponse| encode(response)[0];
+        let reason = || "r".to_string();
+        assert_eq!(tag(&CommandResponse::RunRejected { reason: reason() }), 8);
+        assert_eq!(tag(&CommandResponse::Refused { reason: reason() }), 11);
+        assert_eq!(tag(&CommandResponse::Missing { reason: reason() }), 12);
+        assert_eq!(tag(&CommandResponse::Unapplied { reason: reason() }), 13);
+        let rejected = CommandResponse::Rejected(Rejection::Stale(reason()));
+        assert_eq!(tag(&rejected), 14);
+        let (decoded, _): (CommandResponse, usize) =
+            bincode::serde::decode_from_slice(&encode(&rejected), bincode::config::standard())
+                .unwrap();
+        assert_eq!(decoded, rejected);
     }
 }

@@ -7,7 +7,7 @@
 mod common;
 
 use common::command_entry;
-use floe_state::{Command, CommandResponse, Store, StoreOptions};
+use floe_state::{Command, CommandResponse, Rejection, Store, StoreOptions};
 use openraft::storage::RaftStateMachine;
 use serde_json::{json, Value};
 
@@ -53,7 +53,7 @@ fn cas(key: &str) -> Command {
 }
 
 fn refused(response: &CommandResponse) -> bool {
-    matches!(response, CommandResponse::Unapplied { reason } if reason.contains("kv/a") || reason.contains("\"a\""))
+    matches!(response, CommandResponse::Rejected(Rejection::Unapplied(reason)) if reason.contains("kv/a") || reason.contains("\"a\""))
 }
 
 #[tokio::test]
@@ -93,7 +93,7 @@ async fn a_command_whose_record_does_not_decode_is_refused_and_the_rest_apply() 
     assert_eq!(inner[0], CommandResponse::Put { revision: 4 });
     assert!(refused(&inner[1]), "{inner:?}");
     assert_eq!(inner[2], CommandResponse::Put { revision: 4 });
-    if let CommandResponse::Unapplied { reason } = &responses[0] {
+    if let CommandResponse::Rejected(Rejection::Unapplied(reason)) = &responses[0] {
         assert!(
             reason.contains("log entry 2")
                 && reason.contains("kv-cas a")
@@ -325,7 +325,10 @@ async fn one_entry_enters_a_bounded_number_of_steps_and_chains_continue_in_later
             .await
             .unwrap();
         assert!(
-            !matches!(responses[0], CommandResponse::Unapplied { .. }),
+            !matches!(
+                responses[0],
+                CommandResponse::Rejected(Rejection::Unapplied(_))
+            ),
             "{responses:?}"
         );
         let now = steps_entered(&store, RUNS);

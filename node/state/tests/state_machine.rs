@@ -3,7 +3,7 @@
 mod common;
 
 use common::{command_entry, log_id, payload, put};
-use floe_state::{Command, CommandResponse, KvEntry, Store, StoreOptions, Vote};
+use floe_state::{Command, CommandResponse, KvEntry, Rejection, Store, StoreOptions, Vote};
 use openraft::storage::{RaftLogStorage, RaftLogStorageExt, RaftStateMachine};
 use openraft::{RaftLogReader, RaftSnapshotBuilder};
 
@@ -561,15 +561,13 @@ async fn a_start_without_a_version_runs_the_latest_when_it_applies() {
     );
     assert_eq!(
         responses[6],
-        CommandResponse::Missing {
-            reason: r#"no flow named "nope""#.into()
-        }
+        CommandResponse::Rejected(Rejection::NotFound(r#"no flow named "nope""#.into()))
     );
     assert_eq!(
         responses[7],
-        CommandResponse::Missing {
-            reason: r#"flow "calc" has no version 7"#.into()
-        }
+        CommandResponse::Rejected(Rejection::NotFound(
+            r#"flow "calc" has no version 7"#.into()
+        ))
     );
     let reader = store.reader();
     let output = |run_id: &str| reader.run(run_id).unwrap().unwrap().output;
@@ -783,11 +781,11 @@ async fn model_versions_deployments_and_gpu_shares_hold_their_rules() {
         .await
         .unwrap();
     assert!(
-        matches!(&responses[0], CommandResponse::Refused { reason } if reason.contains("no version 7")),
+        matches!(&responses[0], CommandResponse::Rejected(Rejection::FailedPrecondition(reason)) if reason.contains("no version 7")),
         "{responses:?}"
     );
     assert!(
-        matches!(&responses[1], CommandResponse::Refused { reason } if reason.contains("replicas must be") && reason.contains("gpu must be")),
+        matches!(&responses[1], CommandResponse::Rejected(Rejection::FailedPrecondition(reason)) if reason.contains("replicas must be") && reason.contains("gpu must be")),
         "{responses:?}"
     );
     assert_eq!(responses[2], CommandResponse::Applied);
@@ -816,7 +814,7 @@ async fn model_versions_deployments_and_gpu_shares_hold_their_rules() {
         .await
         .unwrap();
     assert!(
-        matches!(&responses[0], CommandResponse::Refused { reason } if reason.contains("replica 2") && reason.contains("200 thousandths left")),
+        matches!(&responses[0], CommandResponse::Rejected(Rejection::FailedPrecondition(reason)) if reason.contains("replica 2") && reason.contains("200 thousandths left")),
         "two shares of 0.4 fit on one device, a third does not: {responses:?}"
     );
     let wrong = vec![
@@ -835,7 +833,7 @@ async fn model_versions_deployments_and_gpu_shares_hold_their_rules() {
         )])
         .await
         .unwrap();
-    let CommandResponse::Refused { reason } = &responses[0] else {
+    let CommandResponse::Rejected(Rejection::FailedPrecondition(reason)) = &responses[0] else {
         panic!("{responses:?}")
     };
     assert!(
@@ -890,7 +888,7 @@ async fn model_versions_deployments_and_gpu_shares_hold_their_rules() {
         .unwrap();
     assert_eq!(responses[0], CommandResponse::Applied);
     assert!(
-        matches!(&responses[1], CommandResponse::Refused { reason } if reason.contains("not deployed"))
+        matches!(&responses[1], CommandResponse::Rejected(Rejection::FailedPrecondition(reason)) if reason.contains("not deployed"))
     );
     assert!(reader.replicas().unwrap().is_empty() && reader.deployments().unwrap().is_empty());
     let full = DeploySpec {

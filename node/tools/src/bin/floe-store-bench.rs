@@ -10,7 +10,6 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use floe_state::runs::task_key_text;
 use floe_state::{Command, CommandResponse, Entry, LogId, RunFilter, Store, StoreOptions};
 use openraft::storage::RaftStateMachine;
 use openraft::{CommittedLeaderId, EntryPayload};
@@ -85,7 +84,7 @@ impl Bench {
         };
         Ok([
             Command::AssignTask {
-                task: task_key_text(&key),
+                task: key.to_string(),
                 attempt: 1,
                 node: 2,
                 worker: String::new(),
