@@ -74,11 +74,11 @@ async fn data_dirs_of_the_previous_release_open_and_their_runs_complete() {
         .await
         .unwrap();
     assert_eq!(v1["status"], "Completed", "{v1:#}");
-    assert_eq!(v1["output"], json!({"n": 10, "version": "1"}), "{v1:#}");
+    assert_eq!(v1["output"], json!({"n": 10, "version": 1}), "{v1:#}");
     let v2 = finished_run(&mut client, &runs["chain_v2"], WAIT)
         .await
         .unwrap();
-    assert_eq!(v2["output"], json!({"n": 15, "version": "2"}), "{v2:#}");
+    assert_eq!(v2["output"], json!({"n": 15, "version": 2}), "{v2:#}");
 
     // The idempotency key written by the previous release still finds its run.
     let again = client
