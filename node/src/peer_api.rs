@@ -14,7 +14,8 @@ use crate::error::ApiError;
 use crate::service::Node;
 
 /// Bumped when a message changes shape; a node refuses a version it cannot read.
-const PEER_API_VERSION: u8 = 2;
+/// 3: forwarded writes answer refusals as `CommandResponse::Rejected`.
+const PEER_API_VERSION: u8 = 3;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum PeerRequest {
@@ -272,5 +273,24 @@ async fn serve(
                 PeerResponse::Inferred(served.map(|served| (served.outputs, served.replica)))
             }),
         PeerRequest::ModelReports => Ok(PeerResponse::ModelReports(node.reports.replica_reports())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_message_of_another_release_is_refused_naming_both_versions() {
+        let mut bytes = encode(&PeerRequest::ModelReports).unwrap();
+        let back: PeerRequest = decode(&bytes).unwrap();
+        assert!(matches!(back, PeerRequest::ModelReports));
+        // The previous release wrote version 2.
+        bytes[0] = 2;
+        let error = decode::<PeerRequest>(&bytes).unwrap_err().to_string();
+        assert!(
+            error.contains("version 2") && error.contains("reads 3"),
+            "{error}"
+        );
     }
 }
