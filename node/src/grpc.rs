@@ -17,12 +17,14 @@ use crate::api::kv_server::{Kv, KvServer};
 use crate::api::models_server::{Models, ModelsServer};
 use crate::api::runs_server::{Runs, RunsServer};
 use crate::api::workers_server::{Workers, WorkersServer};
+use crate::call_context::{CallContext, CallContextLayer};
 use crate::error::ApiError;
 use crate::grpc_limits::{OversizeAnswerLayer, TransportLimits};
 use crate::leader_hint::{LeaderHintLayer, LeaderLookup};
 use crate::peer_api::{self, PeerRequest, PeerResponse};
 use crate::service::Node;
 use floe_engine::names::quote_bounded;
+use tracing::Instrument;
 
 /// A client that opens a connection and does not finish the TLS handshake
 /// within this is disconnected, so idle sockets cannot pile up.
@@ -47,6 +49,7 @@ pub async fn serve(
     let limits = TransportLimits::from_config(&node.config);
     tonic::transport::Server::builder()
         .tls_config(tls)?
+        .layer(CallContextLayer)
         .layer(OversizeAnswerLayer::new(limits.clone()))
         .layer(LeaderHintLayer::new(leader_lookup(&node)))
         .add_service(
@@ -900,12 +903,14 @@ impl Workers for WorkersApi {
         &self,
         request: Request<tonic::Streaming<api::WorkerMessage>>,
     ) -> Result<Response<Self::AttachStream>, Status> {
+        // The stream outlives this call: its logs keep naming the caller.
+        let call = CallContext::of(&request);
+        let span = tracing::info_span!("worker stream", caller = %call.caller);
         let (sender, receiver) = crate::workers::worker_channel();
-        tokio::spawn(crate::workers::serve_worker(
-            self.node.clone(),
-            request.into_inner(),
-            sender,
-        ));
+        tokio::spawn(
+            crate::workers::serve_worker(self.node.clone(), request.into_inner(), sender)
+                .instrument(span),
+        );
         Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
             receiver,
         )))

@@ -5,6 +5,7 @@
 pub use floe_api::proto as api;
 pub mod blobs;
 pub mod bootstrap;
+pub mod call_context;
 pub mod changes;
 pub mod cli;
 pub mod config;

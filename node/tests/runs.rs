@@ -131,6 +131,14 @@ async fn three_step_runs_complete_through_workers_on_other_nodes() {
             assert_eq!(attempts[0]["worker"], "w1", "{step}: {run:#}");
         }
     }
+    // The node names who opened the worker stream: the certificate's client.
+    let log = cluster.log_tail(2, 2000);
+    assert!(
+        log.lines()
+            .any(|line| line.contains("worker stream{caller=client harness}")
+                && line.contains("worker connected")),
+        "{log}"
+    );
 
     // The live stream and a replay after the end tell the same story.
     let live = tokio::time::timeout(WAIT, watched)

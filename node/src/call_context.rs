@@ -1,0 +1,176 @@
+//! Who makes each API call: one `CallContext` per request, from the client
+//! certificate its TLS handshake proved, built in one place (a tower layer
+//! on the gRPC server) and carried in the request's extensions, where every
+//! handler finds it with [`CallContext::of`]. Every log line written while
+//! the call runs names the caller and the method.
+//!
+//! Nothing is refused on it yet; the authorization check that comes with
+//! roles and namespaces reads it.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use floe_raft::PeerIdentity;
+use tonic::codegen::http;
+use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+use tracing::Instrument;
+
+/// Who is calling, as the client certificate proves it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Caller {
+    /// A client certificate (`client-<name>.floe`): the CLI, a worker, a program.
+    Client(String),
+    /// A node certificate (`node-<id>.floe`) presented as a client.
+    Node(u64),
+    /// No certificate, or one without a floe identity; says why.
+    Unidentified(String),
+}
+
+impl fmt::Display for Caller {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Caller::Client(name) => write!(f, "client {name}"),
+            Caller::Node(id) => write!(f, "node {id}"),
+            Caller::Unidentified(why) => write!(f, "unidentified ({why})"),
+        }
+    }
+}
+
+/// One call's context: the caller and the gRPC method (`/floe.v1.Runs/Start`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CallContext {
+    pub caller: Caller,
+    pub method: String,
+}
+
+impl CallContext {
+    /// The context the layer attached to `request`. A request that did not
+    /// pass the layer (a handler called directly) has an unidentified caller.
+    pub fn of<T>(request: &tonic::Request<T>) -> CallContext {
+        request
+            .extensions()
+            .get::<CallContext>()
+            .cloned()
+            .unwrap_or_else(|| CallContext {
+                caller: Caller::Unidentified("no call context".into()),
+                method: String::new(),
+            })
+    }
+
+    /// The caller named by the leaf of a verified certificate chain.
+    pub fn caller_from_certs(certs: Option<&[rustls::pki_types::CertificateDer<'_>]>) -> Caller {
+        let Some(leaf) = certs.and_then(|chain| chain.first()) else {
+            return Caller::Unidentified("no client certificate".into());
+        };
+        match floe_raft::tls::identity_from_cert(leaf) {
+            Ok(PeerIdentity::Client(name)) => Caller::Client(name),
+            Ok(PeerIdentity::Node(id)) => Caller::Node(id),
+            Err(error) => Caller::Unidentified(error.to_string()),
+        }
+    }
+
+    fn from_http<B>(request: &http::Request<B>) -> CallContext {
+        let certs = request
+            .extensions()
+            .get::<TlsConnectInfo<TcpConnectInfo>>()
+            .and_then(|info| info.peer_certs());
+        CallContext {
+            caller: Self::caller_from_certs(certs.as_deref().map(|chain| chain.as_slice())),
+            method: request.uri().path().to_string(),
+        }
+    }
+}
+
+/// Attaches a [`CallContext`] to every request and runs the call in a
+/// tracing span that names it.
+#[derive(Clone, Default)]
+pub struct CallContextLayer;
+
+impl<S> tower::Layer<S> for CallContextLayer {
+    type Service = WithCallContext<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        WithCallContext { inner }
+    }
+}
+
+#[derive(Clone)]
+pub struct WithCallContext<S> {
+    inner: S,
+}
+
+impl<S, RequestBody> tower::Service<http::Request<RequestBody>> for WithCallContext<S>
+where
+    S: tower::Service<http::Request<RequestBody>>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, context: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(context)
+    }
+
+    fn call(&mut self, mut request: http::Request<RequestBody>) -> Self::Future {
+        let call = CallContext::from_http(&request);
+        let span = tracing::debug_span!("call", method = %call.method, caller = %call.caller);
+        request.extensions_mut().insert(call);
+        Box::pin(self.inner.call(request).instrument(span))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustls::pki_types::CertificateDer;
+
+    fn der(path: &std::path::Path) -> CertificateDer<'static> {
+        let pem = std::fs::read(path).unwrap();
+        let mut reader = pem.as_slice();
+        let cert = rustls_pemfile::certs(&mut reader).next().unwrap().unwrap();
+        cert
+    }
+
+    #[test]
+    fn the_caller_is_the_identity_its_certificate_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca_dir = dir.path().join("ca");
+        let ca = floe_raft::certs::create_ca(&ca_dir, "test").unwrap();
+        let client =
+            floe_raft::certs::create_client(&ca_dir, "ops-admin", &dir.path().join("c")).unwrap();
+        let node = floe_raft::certs::create_node(&ca_dir, 7, &[], &dir.path().join("n")).unwrap();
+
+        let client_cert = der(&client.cert);
+        assert_eq!(
+            CallContext::caller_from_certs(Some(&[client_cert])),
+            Caller::Client("ops-admin".into())
+        );
+        let node_cert = der(&node.cert);
+        assert_eq!(
+            CallContext::caller_from_certs(Some(&[node_cert])),
+            Caller::Node(7)
+        );
+        // The CA's own certificate names no floe identity.
+        let caller = CallContext::caller_from_certs(Some(&[der(&ca.cert)]));
+        assert!(
+            matches!(&caller, Caller::Unidentified(why) if why.contains("subjectAltName") || why.contains("no node")),
+            "{caller}"
+        );
+        assert_eq!(
+            CallContext::caller_from_certs(None),
+            Caller::Unidentified("no client certificate".into())
+        );
+    }
+
+    #[test]
+    fn a_handler_called_without_the_layer_sees_an_unidentified_caller() {
+        let request = tonic::Request::new(());
+        assert!(matches!(
+            CallContext::of(&request).caller,
+            Caller::Unidentified(_)
+        ));
+    }
+}
