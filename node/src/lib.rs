@@ -7,6 +7,8 @@ pub mod blobs;
 pub mod bootstrap;
 pub mod changes;
 pub mod cli;
+pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod disk;
 pub mod error;
