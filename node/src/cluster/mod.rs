@@ -3,13 +3,19 @@
 //! changes. Everything that touches the Raft core, the proposer, the
 //! forwarder, the read rounds, the elections or the peer transport goes
 //! through [`ClusterHandle`]; the API, scheduler, placement and workers
-//! never read Raft's metrics themselves.
+//! never read Raft's metrics themselves. The queues in front of Raft live
+//! here too: `proposer.rs` (batching on the leader), `forwarder.rs`
+//! (writes bound for the leader), `reads.rs` (shared ReadIndex rounds).
 //!
 //! Not here: what is applied (floe-state), the key-value and run APIs
 //! (`ops.rs`, `runs.rs`, ...), which only call `write` and `read_barrier`.
 
 mod barrier;
+mod forwarder;
 mod membership;
+mod proposer;
+mod queue;
+mod reads;
 mod writes;
 
 use std::collections::BTreeMap;
@@ -22,14 +28,14 @@ use openraft::RaftMetrics;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use self::forwarder::{ForwardQueue, Forwarder};
+use self::proposer::Proposer;
+use self::reads::{ReadQueue, ReadRounds};
 use crate::clock::Clock;
 use crate::disk::DiskHealth;
 use crate::error::ApiError;
-use crate::forwarder::{ForwardQueue, Forwarder};
 use crate::metrics::NodeMetrics;
 use crate::peer_api::{PeerRequest, PeerResponse};
-use crate::proposer::Proposer;
-use crate::reads::{ReadQueue, ReadRounds};
 use crate::service::CLIENT_REQUEST_TIMEOUT;
 
 /// What the cluster component is built from.
@@ -146,16 +152,12 @@ impl ClusterHandle {
             }
         });
         tasks.spawn(track_leader_changes(self.clone(), cancel.clone()));
-        tasks.spawn(crate::forwarder::run(
+        tasks.spawn(self::forwarder::run(
             self.clone(),
             queues.forward,
             cancel.clone(),
         ));
-        tasks.spawn(crate::reads::run(
-            self.clone(),
-            queues.reads,
-            cancel.clone(),
-        ));
+        tasks.spawn(self::reads::run(self.clone(), queues.reads, cancel.clone()));
     }
 
     /// Stops elections and then the Raft core, waiting at most `grace`:

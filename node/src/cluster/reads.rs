@@ -9,11 +9,11 @@
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::cluster::ClusterHandle;
+use super::queue::{ask, next, Reply};
+use super::ClusterHandle;
 use crate::error::ApiError;
 use crate::ops::unexpected;
 use crate::peer_api::{PeerRequest, PeerResponse};
-use crate::queue::{ask, next, Reply};
 
 /// Queued reads before callers wait.
 const QUEUE_DEPTH: usize = 4096;

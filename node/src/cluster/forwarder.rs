@@ -13,12 +13,12 @@ use floe_state::{Command, CommandResponse};
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-use crate::cluster::ClusterHandle;
+use super::proposer::{answer, take_batch, Pending};
+use super::queue::{ask, next};
+use super::ClusterHandle;
 use crate::error::ApiError;
 use crate::ops::unexpected;
 use crate::peer_api::{PeerRequest, PeerResponse};
-use crate::proposer::{answer, take_batch, Pending};
-use crate::queue::{ask, next};
 
 /// Forwards in flight at once: enough that a batch reaches the leader while
 /// the previous one commits, few enough that batches form under load.
