@@ -19,7 +19,7 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::ApiError;
-use crate::peer_api::{self, PeerRequest, PeerResponse};
+use crate::peer_api::{PeerRequest, PeerResponse};
 use crate::service::Node;
 use floe_engine::names::quote_bounded;
 
@@ -103,7 +103,7 @@ impl Node {
             .map_err(blocking_error)?
             .map_err(|err| ApiError::Internal(err.to_string()))?;
 
-        let (nodes, voters) = self.members();
+        let (nodes, voters) = self.cluster.members();
         let others: Vec<(NodeId, String)> = voters
             .iter()
             .filter(|id| **id != self.id)
@@ -121,10 +121,9 @@ impl Node {
                     bytes: serde_bytes::ByteBuf::from(bytes.to_vec()),
                 };
                 let timeout = blob_timeout(bytes.len());
-                let peers = self.peers.clone();
+                let cluster = self.cluster.clone();
                 async move {
-                    let outcome =
-                        peer_api::call_via(&peers, peer, &raft_addr, &request, timeout).await;
+                    let outcome = cluster.call(peer, &raft_addr, &request, timeout).await;
                     (peer, outcome)
                 }
             })
@@ -186,20 +185,21 @@ impl Node {
     }
 
     async fn fetch_blob(&self, hash: &str) -> Result<Vec<u8>, ApiError> {
-        let (nodes, _) = self.members();
+        let (nodes, _) = self.cluster.members();
         let mut problems = Vec::new();
         for (peer, info) in nodes.iter().filter(|(id, _)| **id != self.id) {
             let request = PeerRequest::BlobGet {
                 hash: hash.to_string(),
             };
-            match peer_api::call(
-                self,
-                *peer,
-                &info.raft_addr,
-                &request,
-                blob_timeout(64 * 1024 * 1024),
-            )
-            .await
+            match self
+                .cluster
+                .call(
+                    *peer,
+                    &info.raft_addr,
+                    &request,
+                    blob_timeout(64 * 1024 * 1024),
+                )
+                .await
             {
                 Ok(PeerResponse::Blob(Some(bytes))) => {
                     let blobs = self.blobs.clone();
@@ -360,7 +360,7 @@ pub async fn sweep(node: &Node) -> Result<usize, ApiError> {
 /// Fetches referenced blobs missing here (a voter that was down when they
 /// were written, or that caught up by snapshot). Returns how many it fetched.
 pub async fn repair(node: &Node) -> Result<usize, ApiError> {
-    let (_, voters) = node.members();
+    let (_, voters) = node.cluster.members();
     if !voters.contains(&node.id) {
         return Ok(0);
     }

@@ -12,7 +12,7 @@ use std::time::Duration;
 use floe_state::NodeId;
 use tokio_util::sync::CancellationToken;
 
-use crate::peer_api::{self, PeerRequest, PeerResponse};
+use crate::peer_api::{PeerRequest, PeerResponse};
 use crate::service::Node;
 
 pub async fn run(node: Arc<Node>, cancel: CancellationToken) -> anyhow::Result<()> {
@@ -44,7 +44,7 @@ pub async fn run(node: Arc<Node>, cancel: CancellationToken) -> anyhow::Result<(
         }
         match probe_all(&node, &peers).await {
             Ok(Some(members)) => {
-                let result = node.raft.initialize(members).await;
+                let result = node.cluster.initialize(members).await;
                 match result {
                     Ok(()) => {
                         tracing::info!(node_id = node.id, expect = peers.len(), "cluster formed")
@@ -84,10 +84,14 @@ async fn probe_all(
     let mut missing = Vec::new();
     for (id, addr) in peers {
         if *id == node.id {
-            members.insert(node.id, node.info.clone());
+            members.insert(node.id, node.cluster.info().clone());
             continue;
         }
-        match peer_api::call(node, *id, addr, &PeerRequest::Probe, Duration::from_secs(1)).await {
+        match node
+            .cluster
+            .call(*id, addr, &PeerRequest::Probe, Duration::from_secs(1))
+            .await
+        {
             Ok(PeerResponse::Probe(probe)) if probe.node_id == *id => {
                 if probe.has_raft_state {
                     return Ok(None);

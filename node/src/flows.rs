@@ -1,8 +1,6 @@
 //! Flow definitions through the API: validated here (every problem, with its
 //! JSON path), stored through the Raft log as immutable versions.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use floe_state::{Command, CommandResponse, FlowRecord};
 
 use crate::error::{unexpected_answer, ApiError};
@@ -39,7 +37,7 @@ impl Node {
                 lines.join("\n")
             ))
         })?;
-        self.read_barrier().await?;
+        self.cluster.read_barrier().await?;
         let missing = self.missing_subflows(&flow)?;
         if !missing.is_empty() {
             return Err(ApiError::InvalidArgument(format!(
@@ -55,9 +53,9 @@ impl Node {
             name: name.clone(),
             definition: floe_engine::canonical_bytes(&flow),
             hash: hash.clone(),
-            at_ms: now_ms(),
+            at_ms: self.clock.now_ms(),
         };
-        match self.write(command).await? {
+        match self.cluster.write(command).await? {
             CommandResponse::FlowPut { version, created } => Ok(PutFlowOutcome {
                 name,
                 version,
@@ -100,7 +98,7 @@ impl Node {
         linearizable: bool,
     ) -> Result<FlowRecord, ApiError> {
         if linearizable {
-            self.read_barrier().await?;
+            self.cluster.read_barrier().await?;
         }
         let found = self
             .reader
@@ -122,7 +120,7 @@ impl Node {
         linearizable: bool,
     ) -> Result<(Vec<(String, u64)>, bool), ApiError> {
         if linearizable {
-            self.read_barrier().await?;
+            self.cluster.read_barrier().await?;
         }
         let limit = if limit == 0 {
             100
@@ -144,7 +142,7 @@ impl Node {
         linearizable: bool,
     ) -> Result<Vec<FlowRecord>, ApiError> {
         if linearizable {
-            self.read_barrier().await?;
+            self.cluster.read_barrier().await?;
         }
         let versions = self
             .reader
@@ -158,12 +156,4 @@ impl Node {
         }
         Ok(versions)
     }
-}
-
-/// The proposer's clock; apply never reads one.
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|elapsed| elapsed.as_millis() as u64)
-        .unwrap_or(0)
 }

@@ -21,7 +21,7 @@ use crate::call_context::{CallContext, CallContextLayer};
 use crate::error::ApiError;
 use crate::grpc_limits::{OversizeAnswerLayer, TransportLimits};
 use crate::leader_hint::{LeaderHintLayer, LeaderLookup};
-use crate::peer_api::{self, PeerRequest, PeerResponse};
+use crate::peer_api::{PeerRequest, PeerResponse};
 use crate::service::Node;
 use floe_engine::names::quote_bounded;
 use tracing::Instrument;
@@ -93,17 +93,8 @@ pub async fn serve(
 
 /// The leader's API address, while this node knows a leader other than itself.
 fn leader_lookup(node: &Arc<Node>) -> LeaderLookup {
-    let node = node.clone();
-    Arc::new(move || {
-        let metrics = node.raft.metrics().borrow().clone();
-        // Includes a leader named in pre-vote answers, before its first heartbeat.
-        let leader = node
-            .elections
-            .leader_hint()
-            .filter(|leader| *leader != node.id)?;
-        let info = metrics.membership_config.membership().get_node(&leader)?;
-        Some(info.api_addr.clone()).filter(|addr| !addr.is_empty())
-    })
+    let cluster = node.cluster.clone();
+    Arc::new(move || cluster.leader_api_addr())
 }
 
 struct ClusterApi {
@@ -120,7 +111,7 @@ impl Cluster for ClusterApi {
         &self,
         _request: Request<api::InitRequest>,
     ) -> Result<Response<api::InitResponse>, Status> {
-        self.node.init_cluster().await?;
+        self.node.cluster.init_cluster().await?;
         Ok(Response::new(api::InitResponse {
             node_id: self.node.id,
         }))
@@ -136,6 +127,7 @@ impl Cluster for ClusterApi {
         }
         let (voters, learners) = self
             .node
+            .cluster
             .join(request.node_id, &request.raft_addr, request.learner_only)
             .await?;
         Ok(Response::new(api::JoinResponse { voters, learners }))
@@ -145,7 +137,11 @@ impl Cluster for ClusterApi {
         &self,
         request: Request<api::RemoveRequest>,
     ) -> Result<Response<api::RemoveResponse>, Status> {
-        let (voters, learners) = self.node.remove(request.into_inner().node_id).await?;
+        let (voters, learners) = self
+            .node
+            .cluster
+            .remove(request.into_inner().node_id)
+            .await?;
         Ok(Response::new(api::RemoveResponse { voters, learners }))
     }
 
@@ -159,29 +155,25 @@ impl Cluster for ClusterApi {
 
 /// This node's metrics plus every member's own answer, asked concurrently.
 async fn cluster_status(node: &Arc<Node>) -> api::StatusResponse {
-    let metrics = node.raft.metrics().borrow().clone();
-    let committed = node
-        .raft
-        .with_raft_state(|state| state.committed)
-        .await
-        .ok()
-        .flatten();
-    let (nodes, voters) = node.members();
+    let metrics = node.cluster.raft_metrics();
+    let commit_index = node.cluster.committed_index().await;
+    let (nodes, voters) = node.cluster.members();
     let mut answers = Vec::new();
     for (id, info) in nodes {
         let node = node.clone();
         answers.push(async move {
             let status = if id == node.id {
-                Ok(node.local_status())
+                Ok(node.cluster.local_status())
             } else {
-                match peer_api::call(
-                    &node,
-                    id,
-                    &info.raft_addr,
-                    &PeerRequest::LocalStatus,
-                    Duration::from_secs(1),
-                )
-                .await
+                match node
+                    .cluster
+                    .call(
+                        id,
+                        &info.raft_addr,
+                        &PeerRequest::LocalStatus,
+                        Duration::from_secs(1),
+                    )
+                    .await
                 {
                     Ok(PeerResponse::LocalStatus(status)) => Ok(status),
                     Ok(other) => Err(format!("unexpected answer {other:?}")),
@@ -230,7 +222,7 @@ async fn cluster_status(node: &Arc<Node>) -> api::StatusResponse {
         leader_id: metrics.current_leader.unwrap_or(0),
         has_leader: metrics.current_leader.is_some(),
         term: metrics.current_term,
-        commit_index: committed.map(|id| id.index).unwrap_or(0),
+        commit_index,
         applied_index: metrics.last_applied.map(|id| id.index).unwrap_or(0),
         nodes,
         cluster_fingerprint: node.fingerprint.clone(),
@@ -260,6 +252,7 @@ impl Kv for KvApi {
         let request = request.into_inner();
         match self
             .node
+            .cluster
             .write(Command::KvPut {
                 key: request.key,
                 value: request.value,
@@ -300,7 +293,7 @@ impl Kv for KvApi {
             expected: request.expected,
             new: request.new_value,
         };
-        match self.node.write(command).await? {
+        match self.node.cluster.write(command).await? {
             CommandResponse::Cas {
                 succeeded,
                 current,
@@ -321,6 +314,7 @@ impl Kv for KvApi {
     ) -> Result<Response<api::DeleteResponse>, Status> {
         match self
             .node
+            .cluster
             .write(Command::KvDelete {
                 key: request.into_inner().key,
             })

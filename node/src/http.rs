@@ -9,7 +9,8 @@ use axum::{Json, Router};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::service::{role_name, Node};
+use crate::cluster::role_name;
+use crate::service::Node;
 
 pub async fn serve(node: Arc<Node>, cancel: CancellationToken) -> anyhow::Result<()> {
     let addr = node.config.http_addr.clone();
@@ -43,14 +44,8 @@ struct Readiness {
 /// Ready = a data dir that takes writes, a member of a cluster with a known
 /// leader, applied up to the commit index.
 async fn readyz(State(node): State<Arc<Node>>) -> (StatusCode, Json<Readiness>) {
-    let metrics = node.raft.metrics().borrow().clone();
-    let committed = node
-        .raft
-        .with_raft_state(|state| state.committed)
-        .await
-        .ok()
-        .flatten();
-    let commit_index = committed.map(|id| id.index).unwrap_or(0);
+    let metrics = node.cluster.raft_metrics();
+    let commit_index = node.cluster.committed_index().await;
     let applied_index = metrics.last_applied.map(|id| id.index).unwrap_or(0);
     let member = metrics
         .membership_config
@@ -67,7 +62,7 @@ async fn readyz(State(node): State<Arc<Node>>) -> (StatusCode, Json<Readiness>) 
         && metrics.state != openraft::ServerState::Leader
     {
         Some("leadership from the stored vote is not confirmed yet".to_string())
-    } else if let Some(age) = node.elections.quorum_lost_for() {
+    } else if let Some(age) = node.cluster.quorum_lost_for() {
         Some(format!(
             "leader without a quorum: no majority has acknowledged it for {} ms",
             age.as_millis()

@@ -3,10 +3,8 @@
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
-
-use tokio_util::sync::CancellationToken;
 
 use crate::service::Node;
 
@@ -68,33 +66,12 @@ impl NodeMetrics {
             .fetch_add(reads as u64, Ordering::Relaxed);
     }
 
+    pub(crate) fn count_leader_change(&self) {
+        self.leader_changes.fetch_add(1, Ordering::Relaxed);
+    }
+
     pub fn leader_changes(&self) -> u64 {
         self.leader_changes.load(Ordering::Relaxed)
-    }
-}
-
-/// Counts leader changes seen by this node (including "no leader" → leader).
-pub async fn track_leader_changes(
-    node: Arc<Node>,
-    cancel: CancellationToken,
-) -> anyhow::Result<()> {
-    let mut watch = node.raft.metrics();
-    let mut last_leader = watch.borrow().current_leader;
-    loop {
-        tokio::select! {
-            _ = cancel.cancelled() => return Ok(()),
-            changed = watch.changed() => {
-                if changed.is_err() {
-                    return Ok(());
-                }
-            }
-        }
-        let leader = watch.borrow().current_leader;
-        if leader.is_some() && leader != last_leader {
-            node.metrics.leader_changes.fetch_add(1, Ordering::Relaxed);
-            tracing::info!(node_id = node.id, leader = ?leader, "leader changed");
-        }
-        last_leader = leader;
     }
 }
 
@@ -133,14 +110,8 @@ fn histogram(
 
 /// The `/metrics` page.
 pub async fn render(node: &Node) -> String {
-    let metrics = node.raft.metrics().borrow().clone();
-    let committed = node
-        .raft
-        .with_raft_state(|state| state.committed)
-        .await
-        .ok()
-        .flatten();
-    let commit_index = committed.map(|id| id.index).unwrap_or(0);
+    let metrics = node.cluster.raft_metrics();
+    let commit_index = node.cluster.committed_index().await;
     let applied_index = metrics.last_applied.map(|id| id.index).unwrap_or(0);
     let mut out = String::new();
     gauge(
@@ -189,7 +160,7 @@ pub async fn render(node: &Node) -> String {
         &mut out,
         "floe_raft_is_leader",
         "1 when this node is the leader.",
-        f64::from(u8::from(metrics.current_leader == Some(node.id))),
+        f64::from(u8::from(node.cluster.is_leader())),
     );
     counter(
         &mut out,
@@ -198,7 +169,7 @@ pub async fn render(node: &Node) -> String {
         node.metrics.leader_changes(),
     );
     let _ = writeln!(out, "# HELP floe_raft_peer_rtt_seconds QUIC round-trip time to each peer.\n# TYPE floe_raft_peer_rtt_seconds gauge");
-    for (peer, rtt) in node.peers.rtts() {
+    for (peer, rtt) in node.cluster.peer_rtts() {
         let _ = writeln!(
             out,
             "floe_raft_peer_rtt_seconds{{peer=\"{peer}\"}} {}",

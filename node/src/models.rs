@@ -28,7 +28,6 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::ApiError;
-use crate::runs::now_ms;
 use crate::service::Node;
 use floe_engine::names::quote_bounded;
 
@@ -107,18 +106,21 @@ pub struct ModelManager {
     /// when they last asked: the leader places evicted replicas again.
     demand: Mutex<BTreeMap<(String, u64), Instant>>,
     gpus: GpuInventory,
+    /// Stamps replicas' last use (`last_used_ms`).
+    clock: crate::clock::Clock,
     /// Fires when a replica changes state.
     pub changed: Notify,
 }
 
 impl ModelManager {
-    pub fn new(gpus: GpuInventory) -> ModelManager {
+    pub fn new(gpus: GpuInventory, clock: crate::clock::Clock) -> ModelManager {
         ModelManager {
             runtime: OnceLock::new(),
             replicas: Mutex::new(BTreeMap::new()),
             running: Mutex::new(BTreeMap::new()),
             demand: Mutex::new(BTreeMap::new()),
             gpus,
+            clock,
             changed: Notify::new(),
         }
     }
@@ -275,7 +277,9 @@ impl ModelManager {
     fn touch(&self, id: &ReplicaId) {
         if let Ok(replicas) = self.replicas.lock() {
             if let Some(local) = replicas.get(id) {
-                local.last_used_ms.store(now_ms(), Ordering::Relaxed);
+                local
+                    .last_used_ms
+                    .store(self.clock.now_ms(), Ordering::Relaxed);
             }
         }
     }
@@ -399,7 +403,7 @@ fn reconcile(node: &Arc<Node>, records: &[ReplicaRecord], deployments: &[Deploym
                 state: LocalState::Loading,
                 spec: spec.clone(),
                 gpu: *gpu,
-                last_used_ms: Arc::new(AtomicU64::new(now_ms())),
+                last_used_ms: Arc::new(AtomicU64::new(node.clock.now_ms())),
                 tasks: 0,
             };
             replicas.insert(id.clone(), local);
@@ -499,7 +503,9 @@ async fn finish_load(
                         LocalState::Failed(reason)
                     }
                 };
-                local.last_used_ms.store(now_ms(), Ordering::Relaxed);
+                local
+                    .last_used_ms
+                    .store(node.clock.now_ms(), Ordering::Relaxed);
             }
             _ => orphan = outcome.ok(),
         }
@@ -713,7 +719,7 @@ impl Node {
         version: u64,
         inputs: &TensorMap,
     ) -> Result<Option<Served>, ApiError> {
-        let Some(info) = self.members().0.get(&holder).cloned() else {
+        let Some(info) = self.cluster.members().0.get(&holder).cloned() else {
             return Ok(None);
         };
         let request = crate::peer_api::PeerRequest::Infer {
@@ -722,7 +728,11 @@ impl Node {
             inputs: inputs.clone(),
         };
         let timeout = Duration::from_secs(60);
-        match crate::peer_api::call(self, holder, &info.raft_addr, &request, timeout).await? {
+        match self
+            .cluster
+            .call(holder, &info.raft_addr, &request, timeout)
+            .await?
+        {
             crate::peer_api::PeerResponse::Inferred(Some((outputs, replica))) => Ok(Some(Served {
                 outputs,
                 node: holder,

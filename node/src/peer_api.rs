@@ -116,18 +116,8 @@ pub fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, ApiError>
     Ok(message)
 }
 
-/// Sends `request` to `target` and decodes its answer.
-pub async fn call(
-    node: &Node,
-    target: NodeId,
-    raft_addr: &str,
-    request: &PeerRequest,
-    timeout: Duration,
-) -> Result<PeerResponse, ApiError> {
-    call_via(&node.peers, target, raft_addr, request, timeout).await
-}
-
-/// [`call`] for tasks that outlive a borrow of the node.
+/// Sends `request` to `target` and decodes its answer (reached through
+/// `ClusterHandle::call`).
 pub async fn call_via(
     peers: &floe_raft::Peers,
     target: NodeId,
@@ -154,17 +144,17 @@ async fn call_mapped(
     decode::<Result<PeerResponse, ApiError>>(&reply)?
 }
 
-/// [`call`] to the leader with a forwarded client request: a transport
+/// [`call_via`] to the leader with a forwarded client request: a transport
 /// failure says that it was the leader that could not be reached or did not
 /// answer, which a client needs to make sense of the refusal.
 pub async fn call_leader(
-    node: &Node,
+    peers: &floe_raft::Peers,
     leader: NodeId,
     raft_addr: &str,
     request: &PeerRequest,
     timeout: Duration,
 ) -> Result<PeerResponse, ApiError> {
-    call_mapped(&node.peers, leader, raft_addr, request, timeout, |err| match err {
+    call_mapped(peers, leader, raft_addr, request, timeout, |err| match err {
         ApiError::Unavailable(reason) => ApiError::Unavailable(format!("the leader, {reason}; retry")),
         ApiError::OutcomeUnknown(reason) => ApiError::OutcomeUnknown(format!(
             "the leader, {reason}; it may have failed or lost its quorum, and the request may or may not have been applied"
@@ -219,22 +209,23 @@ async fn serve(
     // Forwarded requests are served locally only: a second hop could loop while
     // leadership moves, so a stale forward fails and the client retries.
     match request {
-        PeerRequest::Probe => Ok(PeerResponse::Probe(node.probe_info())),
+        PeerRequest::Probe => Ok(PeerResponse::Probe(node.cluster.probe_info())),
         PeerRequest::Write(command) => node
+            .cluster
             .write_as_leader(command)
             .await
             .map(PeerResponse::Written),
         PeerRequest::WriteMany(commands) => {
             let writes = commands
                 .into_iter()
-                .map(|command| node.write_as_leader(command));
+                .map(|command| node.cluster.write_as_leader(command));
             Ok(PeerResponse::WrittenMany(
                 futures::future::join_all(writes).await,
             ))
         }
         PeerRequest::ReadIndex => node
-            .reads
-            .read_index(true)
+            .cluster
+            .read_index_as_leader()
             .await
             .map(PeerResponse::ReadIndex),
         PeerRequest::Join {
@@ -242,14 +233,16 @@ async fn serve(
             raft_addr,
             learner_only,
         } => node
+            .cluster
             .join_as_leader(node_id, &raft_addr, learner_only)
             .await
             .map(|(voters, learners)| PeerResponse::Membership { voters, learners }),
         PeerRequest::Remove { node_id } => node
+            .cluster
             .remove_as_leader(node_id)
             .await
             .map(|(voters, learners)| PeerResponse::Membership { voters, learners }),
-        PeerRequest::LocalStatus => Ok(PeerResponse::LocalStatus(node.local_status())),
+        PeerRequest::LocalStatus => Ok(PeerResponse::LocalStatus(node.cluster.local_status())),
         PeerRequest::Report(report) => {
             node.reports.record(report);
             Ok(PeerResponse::Ack)

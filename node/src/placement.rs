@@ -336,7 +336,7 @@ pub async fn place_replicas(
             return;
         }
     };
-    let members: Vec<NodeId> = node.members().0.keys().copied().collect();
+    let members: Vec<NodeId> = node.cluster.members().0.keys().copied().collect();
     let mut lost: BTreeSet<NodeId> = node.reports.silent_nodes(&members).into_iter().collect();
     lost.extend(
         replicas
@@ -361,7 +361,7 @@ pub async fn place_replicas(
         reports,
         lost: &lost,
         wanted: &wanted,
-        now_ms: crate::runs::now_ms(),
+        now_ms: node.clock.now_ms(),
         idle_evict_ms: node.config.inference.idle_evict_ms,
     };
     let changes = plan(&input);
@@ -373,9 +373,9 @@ pub async fn place_replicas(
     }
     let command = Command::ChangeReplicas {
         changes,
-        at_ms: crate::runs::now_ms(),
+        at_ms: node.clock.now_ms(),
     };
-    match node.write_answer(command).await {
+    match node.cluster.write_answer(command).await {
         Ok(response) if response.rejection().is_some() => {
             let reason = response
                 .rejection()

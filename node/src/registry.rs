@@ -9,8 +9,7 @@ use floe_state::{Command, CommandResponse, NodeId};
 
 use crate::error::ApiError;
 use crate::models::{ReplicaId, ReplicaReport};
-use crate::peer_api::{self, PeerRequest, PeerResponse};
-use crate::runs::now_ms;
+use crate::peer_api::{PeerRequest, PeerResponse};
 use crate::service::Node;
 use floe_engine::names::quote_bounded;
 
@@ -94,9 +93,9 @@ impl Node {
             hash: blob.hash.clone(),
             size: blob.size,
             signature: signature_json.clone().into_bytes(),
-            at_ms: now_ms(),
+            at_ms: self.clock.now_ms(),
         };
-        match self.write(command).await? {
+        match self.cluster.write(command).await? {
             CommandResponse::ModelPut { version, created } => Ok(PutModel {
                 version,
                 created,
@@ -111,7 +110,7 @@ impl Node {
 
     /// Registered versions: every model's, or one model's.
     pub async fn list_models(&self, name: &str) -> Result<Vec<ModelRecord>, ApiError> {
-        self.read_barrier().await?;
+        self.cluster.read_barrier().await?;
         if name.is_empty() {
             self.reader.models().map_err(store_error)
         } else {
@@ -126,7 +125,7 @@ impl Node {
         version: u64,
         spec: DeploySpec,
     ) -> Result<u64, ApiError> {
-        self.read_barrier().await?;
+        self.cluster.read_barrier().await?;
         let wanted = (version > 0).then_some(version);
         let Some(model) = self.reader.model(name, wanted).map_err(store_error)? else {
             return Err(ApiError::NotFound(match wanted {
@@ -146,21 +145,24 @@ impl Node {
             model: name.to_string(),
             version: model.version,
             spec,
-            created_at_ms: now_ms(),
+            created_at_ms: self.clock.now_ms(),
         };
-        self.write(Command::DeployModel { deployment }).await?;
+        self.cluster
+            .write(Command::DeployModel { deployment })
+            .await?;
         Ok(model.version)
     }
 
     /// Removes a deployment (0: the highest deployed version).
     pub async fn undeploy_model(&self, name: &str, version: u64) -> Result<u64, ApiError> {
-        self.read_barrier().await?;
+        self.cluster.read_barrier().await?;
         let version = self.resolve_deployed_version(name, version)?;
-        self.write(Command::UndeployModel {
-            name: name.to_string(),
-            version,
-        })
-        .await?;
+        self.cluster
+            .write(Command::UndeployModel {
+                name: name.to_string(),
+                version,
+            })
+            .await?;
         Ok(version)
     }
 
@@ -169,7 +171,7 @@ impl Node {
         &self,
         name: &str,
     ) -> Result<Vec<(Deployment, Vec<ReplicaView>)>, ApiError> {
-        self.read_barrier().await?;
+        self.cluster.read_barrier().await?;
         let deployments: Vec<Deployment> = self
             .reader
             .deployments()
@@ -232,19 +234,20 @@ impl Node {
 
     /// The leader's latest replica reports; `None` when it cannot be asked.
     async fn leader_replica_reports(&self) -> Option<Vec<(NodeId, Vec<ReplicaReport>)>> {
-        let leader = self.raft.metrics().borrow().current_leader?;
+        let leader = self.cluster.leader()?;
         if leader == self.id {
             return Some(self.reports.replica_reports());
         }
-        let addr = self.members().0.get(&leader)?.raft_addr.clone();
-        match peer_api::call(
-            self,
-            leader,
-            &addr,
-            &PeerRequest::ModelReports,
-            Duration::from_secs(2),
-        )
-        .await
+        let addr = self.cluster.members().0.get(&leader)?.raft_addr.clone();
+        match self
+            .cluster
+            .call(
+                leader,
+                &addr,
+                &PeerRequest::ModelReports,
+                Duration::from_secs(2),
+            )
+            .await
         {
             Ok(PeerResponse::ModelReports(reports)) => Some(reports),
             Ok(_) | Err(_) => None,

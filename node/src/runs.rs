@@ -20,13 +20,6 @@ fn new_run_id() -> String {
     format!("{:032x}", rand::random::<u128>())
 }
 
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|elapsed| elapsed.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 /// Longest correlation id or idempotency key: both are index keys.
 pub const MAX_RUN_KEY_BYTES: usize = 256;
 
@@ -69,9 +62,9 @@ impl Node {
                 .map_err(|err| ApiError::Internal(err.to_string()))?,
             correlation_id: correlation_id.to_string(),
             idempotency_key: idempotency_key.to_string(),
-            at_ms: now_ms(),
+            at_ms: self.clock.now_ms(),
         };
-        match self.write(command).await? {
+        match self.cluster.write(command).await? {
             CommandResponse::RunStarted {
                 run_id,
                 created,
@@ -87,7 +80,7 @@ impl Node {
 
     pub async fn get_run(&self, run_id: &str, linearizable: bool) -> Result<RunRecord, ApiError> {
         if linearizable {
-            self.read_barrier().await?;
+            self.cluster.read_barrier().await?;
         }
         self.reader
             .run(run_id)
@@ -103,7 +96,7 @@ impl Node {
         linearizable: bool,
     ) -> Result<RunPage, ApiError> {
         if linearizable {
-            self.read_barrier().await?;
+            self.cluster.read_barrier().await?;
         }
         let page_after = if page_token.is_empty() {
             None
@@ -132,9 +125,9 @@ impl Node {
         let command = Command::RunEvent {
             run_id: run_id.to_string(),
             event,
-            at_ms: now_ms(),
+            at_ms: self.clock.now_ms(),
         };
-        match self.write(command).await? {
+        match self.cluster.write(command).await? {
             CommandResponse::RunUpdated => Ok(()),
             other => Err(unexpected_answer(&other)),
         }
@@ -236,18 +229,19 @@ impl Node {
                 scope.name()
             )));
         }
-        self.write(Command::SetLimit {
-            scope,
-            name: name.to_string(),
-            limit,
-        })
-        .await
-        .map(|_| ())
+        self.cluster
+            .write(Command::SetLimit {
+                scope,
+                name: name.to_string(),
+                limit,
+            })
+            .await
+            .map(|_| ())
     }
 
     pub async fn list_limits(&self, linearizable: bool) -> Result<Vec<LimitState>, ApiError> {
         if linearizable {
-            self.read_barrier().await?;
+            self.cluster.read_barrier().await?;
         }
         self.reader
             .limits()

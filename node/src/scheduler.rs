@@ -17,8 +17,8 @@ use floe_state::{Command, NodeId};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
-use crate::peer_api::{self, PeerRequest};
-use crate::runs::now_ms;
+use crate::clock::Clock;
+use crate::peer_api::PeerRequest;
 use crate::service::Node;
 
 const REPORT_EVERY: Duration = Duration::from_millis(200);
@@ -52,8 +52,9 @@ pub struct NodeReport {
 }
 
 /// The leader's view of the nodes' reports.
-#[derive(Default)]
 pub struct Reports {
+    /// Ages reports and leadership.
+    clock: Clock,
     latest: Mutex<BTreeMap<NodeId, (Instant, NodeReport)>>,
     /// When this node last became leader; a node never heard from since
     /// then counts as silent once a lease has passed.
@@ -61,9 +62,17 @@ pub struct Reports {
 }
 
 impl Reports {
+    pub fn new(clock: Clock) -> Reports {
+        Reports {
+            clock,
+            latest: Mutex::new(BTreeMap::new()),
+            leader_since: Mutex::new(None),
+        }
+    }
+
     pub fn record(&self, report: NodeReport) {
         if let Ok(mut latest) = self.latest.lock() {
-            latest.insert(report.node_id, (Instant::now(), report));
+            latest.insert(report.node_id, (self.clock.now(), report));
         }
     }
 
@@ -81,7 +90,7 @@ impl Reports {
         };
         latest
             .iter()
-            .filter(|(_, (at, _))| at.elapsed() < NODE_LEASE)
+            .filter(|(_, (at, _))| self.clock.since(*at) < NODE_LEASE)
             .map(|(id, (_, report))| (*id, report.clone()))
             .collect()
     }
@@ -92,7 +101,7 @@ impl Reports {
             .lock()
             .ok()
             .and_then(|since| *since)
-            .is_some_and(|since| since.elapsed() >= NODE_LEASE);
+            .is_some_and(|since| self.clock.since(since) >= NODE_LEASE);
         if !leading_long_enough {
             return Vec::new();
         }
@@ -105,7 +114,7 @@ impl Reports {
             .filter(|id| {
                 latest
                     .get(id)
-                    .is_none_or(|(at, _)| at.elapsed() >= NODE_LEASE)
+                    .is_none_or(|(at, _)| self.clock.since(*at) >= NODE_LEASE)
             })
             .collect()
     }
@@ -113,7 +122,7 @@ impl Reports {
     fn note_leadership(&self, leading: bool) {
         if let Ok(mut since) = self.leader_since.lock() {
             match (leading, since.is_some()) {
-                (true, false) => *since = Some(Instant::now()),
+                (true, false) => *since = Some(self.clock.now()),
                 (false, true) => *since = None,
                 _ => {}
             }
@@ -170,7 +179,7 @@ pub async fn report(node: Arc<Node>, cancel: CancellationToken) -> anyhow::Resul
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return Ok(()),
-            _ = tokio::time::sleep(REPORT_EVERY) => {}
+            _ = node.clock.sleep(REPORT_EVERY) => {}
         }
         let report = {
             let node = node.clone();
@@ -179,11 +188,12 @@ pub async fn report(node: Arc<Node>, cancel: CancellationToken) -> anyhow::Resul
                 Err(_) => continue,
             }
         };
-        let leader = node.raft.metrics().borrow().current_leader;
+        let leader = node.cluster.leader();
         match leader {
             Some(leader) if leader == node.id => node.reports.record(report),
             Some(leader) => {
                 let Some(addr) = node
+                    .cluster
                     .members()
                     .0
                     .get(&leader)
@@ -192,8 +202,10 @@ pub async fn report(node: Arc<Node>, cancel: CancellationToken) -> anyhow::Resul
                     continue;
                 };
                 let request = PeerRequest::Report(report);
-                if let Err(err) =
-                    peer_api::call(&node, leader, &addr, &request, REPORT_EVERY * 2).await
+                if let Err(err) = node
+                    .cluster
+                    .call(leader, &addr, &request, REPORT_EVERY * 2)
+                    .await
                 {
                     tracing::debug!(leader, error = %err, "node report not delivered");
                 }
@@ -206,19 +218,19 @@ pub async fn report(node: Arc<Node>, cancel: CancellationToken) -> anyhow::Resul
 /// The leader's loop: place ready tasks, fire due timers, expire silent nodes.
 pub async fn schedule(node: Arc<Node>, cancel: CancellationToken) -> anyhow::Result<()> {
     // New ready tasks come with applied changes; timers and reports need the clock too.
-    let mut last_placement = Instant::now();
+    let mut last_placement = node.clock.now();
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return Ok(()),
             _ = node.changes.queue.notified() => {}
-            _ = tokio::time::sleep(SCHEDULE_EVERY) => {}
+            _ = node.clock.sleep(SCHEDULE_EVERY) => {}
         }
-        let leading = node.raft.metrics().borrow().current_leader == Some(node.id);
+        let leading = node.cluster.is_leader();
         node.reports.note_leadership(leading);
         if !leading {
             continue;
         }
-        let now = now_ms();
+        let now = node.clock.now_ms();
         let reader = node.reader.clone();
         let scanned = tokio::task::spawn_blocking(move || {
             let timers = reader.due_timers(now, BATCH)?;
@@ -288,8 +300,12 @@ pub async fn schedule(node: Arc<Node>, cancel: CancellationToken) -> anyhow::Res
             });
         }
         // Concurrent proposals become one batched entry on the leader.
-        let results =
-            futures::future::join_all(writes.into_iter().map(|command| node.write(command))).await;
+        let results = futures::future::join_all(
+            writes
+                .into_iter()
+                .map(|command| node.cluster.write(command)),
+        )
+        .await;
         for result in results {
             if let Err(err) = result {
                 tracing::debug!(error = %err, "scheduler proposal failed");
@@ -297,8 +313,8 @@ pub async fn schedule(node: Arc<Node>, cancel: CancellationToken) -> anyhow::Res
         }
         fail_starved_inference(&node, starved, no_replica_wait_ms).await;
         expire_silent_nodes(&node).await;
-        if last_placement.elapsed() >= crate::placement::PLACE_EVERY {
-            last_placement = Instant::now();
+        if node.clock.since(last_placement) >= crate::placement::PLACE_EVERY {
+            last_placement = node.clock.now();
             crate::placement::place_replicas(&node, &reports_before, &waiting_blocks).await;
         }
     }
@@ -428,6 +444,7 @@ async fn sync_node_slots(node: &Arc<Node>, reports: &BTreeMap<NodeId, NodeReport
     };
     // A removed node keeps no offer: nodes with one count as members here.
     let members: std::collections::BTreeSet<NodeId> = node
+        .cluster
         .members()
         .0
         .into_keys()
@@ -438,7 +455,7 @@ async fn sync_node_slots(node: &Arc<Node>, reports: &BTreeMap<NodeId, NodeReport
         .silent_nodes(&members.into_iter().collect::<Vec<_>>());
     let writes = offer_changes(&stored, reports, &silent)
         .into_iter()
-        .map(|(id, offer)| node.write(Command::NodeSlots { node: id, offer }));
+        .map(|(id, offer)| node.cluster.write(Command::NodeSlots { node: id, offer }));
     for result in futures::future::join_all(writes).await {
         if let Err(err) = result {
             tracing::debug!(error = %err, "node slots not proposed");
@@ -521,7 +538,7 @@ pub(crate) fn load_score(report: &NodeReport) -> f32 {
 }
 
 async fn expire_silent_nodes(node: &Arc<Node>) {
-    let members: Vec<NodeId> = node.members().0.keys().copied().collect();
+    let members: Vec<NodeId> = node.cluster.members().0.keys().copied().collect();
     for silent in node.reports.silent_nodes(&members) {
         let Ok(tasks) = node.reader.tasks_on_node(silent) else {
             continue;
@@ -545,12 +562,12 @@ pub async fn retain(node: Arc<Node>, cancel: CancellationToken) -> anyhow::Resul
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return Ok(()),
-            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = node.clock.sleep(Duration::from_secs(1)) => {}
         }
-        if node.raft.metrics().borrow().current_leader != Some(node.id) {
+        if !node.cluster.is_leader() {
             continue;
         }
-        let cutoff = now_ms().saturating_sub(retention);
+        let cutoff = node.clock.now_ms().saturating_sub(retention);
         let reader = node.reader.clone();
         let expired = match tokio::task::spawn_blocking(move || reader.finished_runs(cutoff, BATCH))
             .await
@@ -567,6 +584,7 @@ pub async fn retain(node: Arc<Node>, cancel: CancellationToken) -> anyhow::Resul
         }
         let count = expired.len();
         match node
+            .cluster
             .write(Command::PurgeRuns {
                 run_ids: expired,
                 finished_before_ms: cutoff,
@@ -624,6 +642,26 @@ mod tests {
             cpu_load: cpu,
             ..NodeReport::default()
         }
+    }
+
+    #[test]
+    fn reports_age_out_and_silent_nodes_count_after_a_lease_of_leadership() {
+        let manual = crate::clock::ManualClock::new(0);
+        let reports = Reports::new(manual.clock());
+        reports.note_leadership(true);
+        reports.record(report(1, "ocr", 1, 0, 0.0));
+        // A new leader waits a lease before calling anyone silent.
+        assert!(reports.silent_nodes(&[1, 2]).is_empty());
+        manual.advance(NODE_LEASE - Duration::from_millis(1));
+        reports.record(report(2, "ocr", 1, 0, 0.0));
+        assert!(reports.silent_nodes(&[1, 2]).is_empty());
+        manual.advance(Duration::from_millis(1));
+        assert_eq!(reports.silent_nodes(&[1, 2]), vec![1]);
+        assert_eq!(reports.fresh().keys().copied().collect::<Vec<_>>(), vec![2]);
+        // Losing leadership resets the wait.
+        reports.note_leadership(false);
+        reports.note_leadership(true);
+        assert!(reports.silent_nodes(&[1, 2]).is_empty());
     }
 
     #[test]

@@ -2,7 +2,6 @@
 //! the bootstrap task, all drained on one cancellation token. `outage.rs`
 //! runs it, and runs it again after its data dir failed.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,14 +11,15 @@ use floe_raft::{
     ElectionOptions, Elections, NetworkFactory, Peers, RaftAdmission, RaftServer,
     RaftServerOptions, TlsMaterial, TransportOptions,
 };
-use floe_state::{NodeId, NodeInfo, Raft, StateReader, Store, StoreOptions, TypeConfig};
+use floe_state::{NodeId, NodeInfo, Raft, StateReader, Store, StoreOptions};
 use tokio_util::sync::CancellationToken;
 
+use crate::clock::Clock;
+use crate::cluster::{ClusterHandle, ClusterParts};
 use crate::config::NodeConfig;
 use crate::disk::DiskHealth;
 use crate::metrics::NodeMetrics;
-use crate::peer_api::{LocalStatus, PeerApi, ProbeInfo};
-use crate::proposer::Proposer;
+use crate::peer_api::PeerApi;
 
 /// How long a client request may wait for the cluster before it fails.
 pub const CLIENT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
@@ -27,20 +27,16 @@ pub const CLIENT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// Shared state of a running node, reached through `Arc<Node>`.
 pub struct Node {
     pub id: NodeId,
-    pub info: NodeInfo,
-    pub raft: Raft,
+    /// Leadership, writes, read barriers and the membership (see `cluster/`).
+    pub cluster: ClusterHandle,
+    /// The node's one clock (see `clock.rs`).
+    pub clock: Clock,
     pub store: Store,
     /// Large payloads and model artifacts, by content hash (see `blobs.rs`).
     pub blobs: floe_state::BlobStore,
     pub reader: StateReader,
-    pub peers: Peers,
     pub fingerprint: String,
     pub metrics: Arc<NodeMetrics>,
-    pub proposer: Proposer,
-    /// Writes on their way to the leader (see `forwarder.rs`).
-    pub forwarder: crate::forwarder::Forwarder,
-    /// Linearizable reads waiting for a shared ReadIndex round (see `reads.rs`).
-    pub reads: crate::reads::ReadRounds,
     pub workers: crate::workers::WorkerRegistry,
     /// Model replicas on this node (see `models.rs`).
     pub models: crate::models::ModelManager,
@@ -50,114 +46,8 @@ pub struct Node {
     pub config: NodeConfig,
     /// Free space and writability of the data dir (see `disk.rs`).
     pub disk: DiskHealth,
-    /// Pre-vote rounds, leader hints, quorum loss (see floe_raft::election).
-    pub elections: Elections<TypeConfig>,
     /// Fires when the node stops; long-lived streams (workers, watches) end on it.
     pub shutdown: CancellationToken,
-}
-
-impl Node {
-    pub fn probe_info(&self) -> ProbeInfo {
-        // An unreadable store counts as holding state: never bootstrap over it.
-        let has_raft_state = self.store.has_raft_state().unwrap_or(true);
-        ProbeInfo {
-            node_id: self.id,
-            info: self.info.clone(),
-            has_raft_state,
-        }
-    }
-
-    pub fn local_status(&self) -> LocalStatus {
-        let metrics = self.raft.metrics().borrow().clone();
-        LocalStatus {
-            node_id: self.id,
-            role: role_name(&metrics),
-            term: metrics.current_term,
-            last_log_index: metrics.last_log_index.unwrap_or(0),
-            applied_index: metrics.last_applied.map(|id| id.index).unwrap_or(0),
-            current_leader: metrics.current_leader,
-        }
-    }
-
-    /// Members with their addresses, from this node's view of the membership.
-    pub fn members(&self) -> (BTreeMap<NodeId, NodeInfo>, Vec<NodeId>) {
-        let metrics = self.raft.metrics().borrow().clone();
-        let membership = metrics.membership_config.membership();
-        let voters: Vec<NodeId> = membership.voter_ids().collect();
-        let nodes = membership
-            .nodes()
-            .map(|(id, info)| (*id, info.clone()))
-            .collect();
-        (nodes, voters)
-    }
-}
-
-impl Node {
-    /// Why this node must not write now, as an API error.
-    pub(crate) fn refuse_if_degraded(&self) -> Result<(), crate::error::ApiError> {
-        match self.disk.refusal() {
-            Some(reason) => Err(crate::error::ApiError::Unavailable(format!(
-                "node {} refuses writes: {reason}",
-                self.id
-            ))),
-            None => Ok(()),
-        }
-    }
-}
-
-/// Follows the disk's condition: a degraded leader stops heartbeating, so
-/// the healthy nodes elect another leader; heartbeats resume with the disk.
-/// (A degraded node does not campaign: the election driver asks the disk.)
-async fn follow_disk(node: Arc<Node>, cancel: CancellationToken) -> anyhow::Result<()> {
-    let mut disk = node.disk.subscribe();
-    loop {
-        let degraded = disk.borrow_and_update().degraded.is_some();
-        node.raft.runtime_config().heartbeat(!degraded);
-        tokio::select! {
-            _ = cancel.cancelled() => return Ok(()),
-            changed = disk.changed() => {
-                if changed.is_err() {
-                    return Ok(());
-                }
-            }
-        }
-    }
-}
-
-/// Ends with an error when the Raft core stops on its own (a storage
-/// failure, a panic), naming why; ends quietly on `cancel`.
-async fn watch_raft_core(raft: Raft, cancel: CancellationToken) -> anyhow::Result<()> {
-    let mut metrics = raft.metrics();
-    loop {
-        // A stopping node shuts its core down itself: not a failure.
-        if cancel.is_cancelled() {
-            return Ok(());
-        }
-        if let Err(fatal) = &metrics.borrow_and_update().running_state {
-            anyhow::bail!("raft core stopped: {fatal}");
-        }
-        tokio::select! {
-            biased;
-            _ = cancel.cancelled() => return Ok(()),
-            changed = metrics.changed() => {
-                if changed.is_err() {
-                    anyhow::bail!("raft core stopped");
-                }
-            }
-        }
-    }
-}
-
-pub fn role_name(metrics: &openraft::RaftMetrics<NodeId, NodeInfo>) -> String {
-    use openraft::ServerState;
-    match metrics.state {
-        ServerState::Leader => "leader",
-        ServerState::Follower => "follower",
-        ServerState::Candidate => "candidate",
-        ServerState::Learner => "learner",
-        ServerState::Shutdown => "shutdown",
-    }
-    .to_string()
 }
 
 fn election_options(config: &NodeConfig) -> ElectionOptions {
@@ -304,34 +194,38 @@ async fn start(
         election_options(&config),
     );
 
+    let clock = Clock::system();
     let metrics = Arc::new(NodeMetrics::default());
-    let (forwarder, forward_queue) = crate::forwarder::Forwarder::new();
-    let (reads, read_queue) = crate::reads::ReadRounds::new();
+    let (cluster, cluster_queues) = ClusterHandle::new(
+        ClusterParts {
+            id: config.node_id,
+            info,
+            raft: raft.clone(),
+            store: store.clone(),
+            peers,
+            elections: elections.clone(),
+            disk: disk.clone(),
+            metrics: metrics.clone(),
+            heartbeat: Duration::from_millis(config.raft.heartbeat_interval_ms),
+            clock: clock.clone(),
+        },
+        cancel.clone(),
+    );
     let node = Arc::new(Node {
         id: config.node_id,
-        info,
-        raft: raft.clone(),
+        cluster: cluster.clone(),
+        clock: clock.clone(),
         reader: store.reader(),
         store,
         blobs,
-        peers,
         fingerprint: fingerprint.clone(),
         metrics,
-        proposer: Proposer::start(
-            raft.clone(),
-            config.node_id,
-            CLIENT_REQUEST_TIMEOUT,
-            cancel.clone(),
-        ),
-        forwarder,
-        reads,
         workers: Default::default(),
-        models: crate::models::ModelManager::new(gpus),
-        reports: Default::default(),
+        models: crate::models::ModelManager::new(gpus, clock.clone()),
+        reports: crate::scheduler::Reports::new(clock),
         changes,
         config: config.clone(),
         disk: disk.clone(),
-        elections: elections.clone(),
         shutdown: cancel.clone(),
     });
 
@@ -356,34 +250,7 @@ async fn start(
     .with_context(|| format!("listening for QUIC on {raft_bind}"))?;
 
     let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(watch_raft_core(raft.clone(), cancel.clone()));
-    tasks.spawn(follow_disk(node.clone(), cancel.clone()));
-    tasks.spawn({
-        let cancel = cancel.clone();
-        async move {
-            // A node whose disk cannot take its vote must not campaign.
-            elections
-                .run(move || !disk.is_degraded(), cancel.clone())
-                .await;
-            if cancel.is_cancelled() {
-                Ok(())
-            } else {
-                Err(anyhow::anyhow!(
-                    "the raft core stopped; this node can no longer take part in elections"
-                ))
-            }
-        }
-    });
-    tasks.spawn(crate::metrics::track_leader_changes(
-        node.clone(),
-        cancel.clone(),
-    ));
-    tasks.spawn(crate::forwarder::run(
-        node.clone(),
-        forward_queue,
-        cancel.clone(),
-    ));
-    tasks.spawn(crate::reads::run(node.clone(), read_queue, cancel.clone()));
+    cluster.spawn_services(cluster_queues, &mut tasks, &cancel);
     tasks.spawn(crate::grpc::serve(
         node.clone(),
         material.clone(),
@@ -431,7 +298,7 @@ impl Started {
         }
         // A stopped Raft core is the cause whichever service noticed first.
         if failure.is_some() {
-            if let Err(fatal) = &node.raft.metrics().borrow().running_state {
+            if let Some(fatal) = node.cluster.core_failure() {
                 failure = Some(anyhow::anyhow!("raft core stopped: {fatal}"));
             }
         }
@@ -445,15 +312,7 @@ impl Started {
         // The Raft core stops first: nothing of this node campaigns or votes
         // while the rest winds down, and requests still waiting on it end now
         // with an error instead of at their deadline.
-        node.elections.stop();
-        match tokio::time::timeout(grace, node.raft.shutdown()).await {
-            Ok(Ok(())) => {}
-            Ok(Err(err)) => tracing::warn!(error = %err, "raft shutdown"),
-            Err(_) => tracing::warn!(
-                grace_ms = node.config.shutdown_grace_ms,
-                "raft core did not stop within the grace period"
-            ),
-        }
+        node.cluster.stop(grace).await;
         if let Some(bootstrap) = bootstrap {
             bootstrap.abort();
             if let Ok(Ok(Err(err))) = tokio::time::timeout(grace, bootstrap).await {

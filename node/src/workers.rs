@@ -726,9 +726,9 @@ pub async fn dispatch(node: Arc<Node>, cancel: CancellationToken) -> anyhow::Res
             let command = floe_state::Command::UnassignTask {
                 task: task.clone(),
                 attempt,
-                at_ms: crate::runs::now_ms(),
+                at_ms: node.clock.now_ms(),
             };
-            match node.write(command).await {
+            match node.cluster.write(command).await {
                 Ok(_) => {
                     tracing::info!(node_id = node.id, task = %task, "task handed back: no worker here serves its block")
                 }

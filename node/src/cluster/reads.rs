@@ -6,16 +6,14 @@
 //! taken after each of them began, which is all linearizability asks. A
 //! lone read starts a round at once.
 
-use std::sync::Arc;
-
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::queue::{ask, next, Reply};
+use super::ClusterHandle;
 use crate::error::ApiError;
 use crate::ops::unexpected;
 use crate::peer_api::{PeerRequest, PeerResponse};
-use crate::queue::{ask, next, Reply};
-use crate::service::Node;
 
 /// Queued reads before callers wait.
 const QUEUE_DEPTH: usize = 4096;
@@ -54,7 +52,7 @@ impl ReadRounds {
 
 /// Runs rounds one after another until `cancel` fires.
 pub async fn run(
-    node: Arc<Node>,
+    cluster: ClusterHandle,
     queue: ReadQueue,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
@@ -67,25 +65,25 @@ pub async fn run(
         while let Ok(next) = waiting.try_recv() {
             batch.push(next);
         }
-        let local = node.route_is_local();
+        let local = cluster.route_is_local();
         let outcome = if local {
-            node.confirm_leadership().await
+            cluster.confirm_leadership().await
         } else {
-            forwarded_round(&node).await
+            forwarded_round(&cluster).await
         };
-        node.metrics.observe_read_round(batch.len());
+        cluster.metrics().observe_read_round(batch.len());
         if let Err(err) = &outcome {
             // Every round fails the same way while the quorum is gone; a
             // round that reached its quorum is no failure, whoever missed it.
             if let Some(suppressed) = crate::log_limit::allow("read round failed") {
-                tracing::warn!(node_id = node.id, suppressed, error = %err, "read round failed");
+                tracing::warn!(node_id = cluster.id(), suppressed, error = %err, "read round failed");
             }
         }
         for waiter in batch {
             let outcome = if waiter.leader_only && !local {
                 Err(ApiError::Unavailable(format!(
                     "node {} is not the leader",
-                    node.id
+                    cluster.id()
                 )))
             } else {
                 outcome.clone()
@@ -96,8 +94,8 @@ pub async fn run(
     }
 }
 
-async fn forwarded_round(node: &Node) -> Result<Option<u64>, ApiError> {
-    match node.forward(PeerRequest::ReadIndex).await? {
+async fn forwarded_round(cluster: &ClusterHandle) -> Result<Option<u64>, ApiError> {
+    match cluster.forward(PeerRequest::ReadIndex).await? {
         PeerResponse::ReadIndex(index) => Ok(index),
         other => Err(unexpected(&other)),
     }

@@ -13,12 +13,12 @@ use floe_state::{Command, CommandResponse};
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 
+use super::proposer::{answer, take_batch, Pending};
+use super::queue::{ask, next};
+use super::ClusterHandle;
 use crate::error::ApiError;
 use crate::ops::unexpected;
 use crate::peer_api::{PeerRequest, PeerResponse};
-use crate::proposer::{answer, take_batch, Pending};
-use crate::queue::{ask, next};
-use crate::service::Node;
 
 /// Forwards in flight at once: enough that a batch reaches the leader while
 /// the previous one commits, few enough that batches form under load.
@@ -52,7 +52,7 @@ impl Forwarder {
 
 /// Drains the queue until `cancel` fires.
 pub async fn run(
-    node: Arc<Node>,
+    cluster: ClusterHandle,
     mut pending: ForwardQueue,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
@@ -63,30 +63,30 @@ pub async fn run(
         };
         let permit = in_flight.clone().acquire_owned().await?;
         let batch = take_batch(first, &mut pending);
-        let node = node.clone();
+        let cluster = cluster.clone();
         tokio::spawn(async move {
-            send(&node, batch).await;
+            send(&cluster, batch).await;
             drop(permit);
         });
     }
 }
 
-async fn send(node: &Node, batch: Vec<Pending>) {
+async fn send(cluster: &ClusterHandle, batch: Vec<Pending>) {
     let (mut commands, replies): (Vec<Command>, Vec<_>) =
         batch.into_iter().map(|p| (p.command, p.reply)).unzip();
     let count = commands.len();
-    let outcomes: Vec<Result<CommandResponse, ApiError>> = if node.route_is_local() {
+    let outcomes: Vec<Result<CommandResponse, ApiError>> = if cluster.route_is_local() {
         // Leadership came here while these waited: propose them directly.
         futures::future::join_all(
             commands
                 .into_iter()
-                .map(|command| node.write_as_leader(command)),
+                .map(|command| cluster.write_as_leader(command)),
         )
         .await
     } else if count == 1 {
-        node.metrics.observe_forward(1);
+        cluster.metrics().observe_forward(1);
         let request = PeerRequest::Write(commands.remove(0));
-        vec![node
+        vec![cluster
             .forward(request)
             .await
             .and_then(|response| match response {
@@ -94,8 +94,8 @@ async fn send(node: &Node, batch: Vec<Pending>) {
                 other => Err(unexpected(&other)),
             })]
     } else {
-        node.metrics.observe_forward(count);
-        match node.forward(PeerRequest::WriteMany(commands)).await {
+        cluster.metrics().observe_forward(count);
+        match cluster.forward(PeerRequest::WriteMany(commands)).await {
             Ok(PeerResponse::WrittenMany(outcomes)) if outcomes.len() == count => outcomes,
             Ok(other) => vec![Err(unexpected(&other)); count],
             Err(err) => vec![Err(err); count],

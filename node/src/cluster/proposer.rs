@@ -13,8 +13,8 @@ use floe_state::{Command, CommandResponse, NodeId, Raft};
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 
+use super::queue::{ask, next, Reply};
 use crate::error::ApiError;
-use crate::queue::{ask, next, Reply};
 use crate::raft_errors::write_error;
 
 /// Most commands in one entry.
