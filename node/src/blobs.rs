@@ -10,7 +10,7 @@
 //! period (they may belong to a write still on its way through the log).
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, UNIX_EPOCH};
 
 use floe_state::blobs::BlobRef;
 use floe_state::NodeId;
@@ -318,7 +318,7 @@ pub async fn maintain(node: Arc<Node>, cancel: CancellationToken) -> anyhow::Res
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return Ok(()),
-            _ = tokio::time::sleep(MAINTENANCE_INTERVAL) => {}
+            _ = node.clock.sleep(MAINTENANCE_INTERVAL) => {}
         }
         if let Err(err) = sweep(&node).await {
             crate::warn_limited!("blob sweep failed", node_id = node.id, error = %err, "blob sweep failed");
@@ -336,9 +336,10 @@ pub async fn sweep(node: &Node) -> Result<usize, ApiError> {
     let reader = node.reader.clone();
     let grace = Duration::from_millis(node.config.storage.blob_gc_grace_ms);
     let node_id = node.id;
+    // Blob ages are file modification times, so the node clock's wall time.
+    let now = UNIX_EPOCH + Duration::from_millis(node.clock.now_ms());
     tokio::task::spawn_blocking(move || -> Result<usize, ApiError> {
         let internal = |err: floe_state::StoreError| ApiError::Internal(err.to_string());
-        let now = SystemTime::now();
         let mut removed = 0;
         for (blob, modified) in blobs.list().map_err(internal)? {
             let old_enough = now.duration_since(modified).is_ok_and(|age| age >= grace);

@@ -37,6 +37,8 @@ const TASKS_PER_BATCH_SLOT: u32 = 2;
 
 /// How often a node compares its replicas with the committed placements.
 const RECONCILE_EVERY: Duration = Duration::from_millis(250);
+/// How long an unanswered request for a model version counts as demand.
+const DEMAND_FOR: Duration = Duration::from_secs(10);
 
 /// One replica of one deployed model version.
 #[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -106,7 +108,7 @@ pub struct ModelManager {
     /// when they last asked: the leader places evicted replicas again.
     demand: Mutex<BTreeMap<(String, u64), Instant>>,
     gpus: GpuInventory,
-    /// Stamps replicas' last use (`last_used_ms`).
+    /// Stamps replicas' last use (`last_used_ms`) and ages `demand`.
     clock: crate::clock::Clock,
     /// Fires when a replica changes state.
     pub changed: Notify,
@@ -193,13 +195,14 @@ impl ModelManager {
         let Ok(mut demand) = self.demand.lock() else {
             return Vec::new();
         };
-        demand.retain(|_, at| at.elapsed() < Duration::from_secs(10));
+        let now = self.clock.now();
+        demand.retain(|_, at| now.saturating_duration_since(*at) < DEMAND_FOR);
         demand.keys().cloned().collect()
     }
 
     fn note_demand(&self, model: &str, version: u64) {
         if let Ok(mut demand) = self.demand.lock() {
-            demand.insert((model.to_string(), version), Instant::now());
+            demand.insert((model.to_string(), version), self.clock.now());
         }
     }
 
@@ -329,7 +332,7 @@ pub async fn maintain(node: Arc<Node>, cancel: CancellationToken) -> anyhow::Res
     loop {
         tokio::select! {
             _ = cancel.cancelled() => break,
-            _ = tokio::time::sleep(RECONCILE_EVERY) => {}
+            _ = node.clock.sleep(RECONCILE_EVERY) => {}
         }
         let reader = node.reader.clone();
         let read = tokio::task::spawn_blocking(move || {
@@ -429,7 +432,7 @@ async fn load_replica(
     spec: &DeploySpec,
     gpu: Option<GpuShare>,
 ) -> Result<PoolHandle, String> {
-    let started = Instant::now();
+    let started = node.clock.now();
     let runtime = node
         .models
         .runtime(&node.ort_library())
@@ -474,7 +477,7 @@ async fn load_replica(
         node_id = node.id,
         replica = %id,
         memory_mib = pool.stats().memory_bytes / (1024 * 1024),
-        load_ms = started.elapsed().as_millis() as u64,
+        load_ms = node.clock.since(started).as_millis() as u64,
         "model replica warm"
     );
     Ok(pool)
@@ -666,7 +669,7 @@ impl Node {
     ) -> Result<Served, ApiError> {
         let version = self.resolve_deployed_version(model, version)?;
         let deadline =
-            Instant::now() + Duration::from_millis(self.config.inference.cold_start_wait_ms);
+            self.clock.now() + Duration::from_millis(self.config.inference.cold_start_wait_ms);
         let mut problems = Vec::new();
         loop {
             if let Some(served) = self.infer_local(model, version, inputs.clone()).await? {
@@ -694,7 +697,7 @@ impl Node {
                 }
             }
             self.models.note_demand(model, version);
-            if Instant::now() >= deadline || self.shutdown.is_cancelled() {
+            if self.clock.now() >= deadline || self.shutdown.is_cancelled() {
                 let detail = if problems.is_empty() {
                     "no replica is placed".to_string()
                 } else {
@@ -707,7 +710,7 @@ impl Node {
             }
             tokio::select! {
                 _ = self.models.changed.notified() => {}
-                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                _ = self.clock.sleep(Duration::from_millis(100)) => {}
             }
         }
     }

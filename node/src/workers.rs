@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use floe_engine::run::TaskFailure;
 use floe_state::runs::TaskRecord;
@@ -40,7 +40,7 @@ struct WorkerConn {
 struct InFlight {
     attempt: u32,
     /// Since the push or the last heartbeat.
-    last_beat: std::time::Instant,
+    last_beat: Instant,
     heartbeat: Option<Duration>,
 }
 
@@ -55,7 +55,7 @@ impl WorkerConn {
 pub struct WorkerRegistry {
     workers: Mutex<BTreeMap<String, WorkerConn>>,
     /// Placed tasks no worker here serves, since when (to hand them back).
-    unserved: Mutex<BTreeMap<String, std::time::Instant>>,
+    unserved: Mutex<BTreeMap<String, Instant>>,
     /// Attempts answered by a worker whose outcome is not applied yet:
     /// never pushed again, even though they are still placed here.
     answered: Mutex<BTreeMap<String, u32>>,
@@ -96,14 +96,15 @@ impl WorkerRegistry {
         capacity
     }
 
-    fn beat(&self, worker_id: &str, task: &str, attempt: u32) {
+    /// Records a heartbeat for `attempt`, received at `now` (node clock).
+    fn beat(&self, worker_id: &str, task: &str, attempt: u32, now: Instant) {
         if let Ok(mut workers) = self.workers.lock() {
             if let Some(pushed) = workers
                 .get_mut(worker_id)
                 .and_then(|worker| worker.in_flight.get_mut(task))
             {
                 if pushed.attempt == attempt {
-                    pushed.last_beat = std::time::Instant::now();
+                    pushed.last_beat = now;
                 }
             }
         }
@@ -111,14 +112,15 @@ impl WorkerRegistry {
 
     /// Pushed attempts whose worker sent no heartbeat in time; they are
     /// taken back (and remembered as answered, so never pushed again).
-    fn overdue(&self) -> Vec<(String, u32)> {
+    /// `now` is the node clock's monotonic time.
+    fn overdue(&self, now: Instant) -> Vec<(String, u32)> {
         let mut overdue = Vec::new();
         if let Ok(mut workers) = self.workers.lock() {
             for worker in workers.values_mut() {
                 worker.in_flight.retain(|task, pushed| {
-                    let late = pushed
-                        .heartbeat
-                        .is_some_and(|limit| pushed.last_beat.elapsed() > limit);
+                    let late = pushed.heartbeat.is_some_and(|limit| {
+                        now.saturating_duration_since(pushed.last_beat) > limit
+                    });
                     if late {
                         overdue.push((task.clone(), pushed.attempt));
                     }
@@ -163,8 +165,9 @@ impl WorkerRegistry {
     }
 
     /// Pushes `task` to the least busy worker serving its block with the
-    /// labels it requires; false when none has room.
-    fn push(&self, task: &TaskRecord, input: Vec<u8>) -> bool {
+    /// labels it requires; false when none has room. `now` starts its
+    /// heartbeat deadline.
+    fn push(&self, task: &TaskRecord, input: Vec<u8>, now: Instant) -> bool {
         let text = task.spec.key.to_string();
         let key = task.spec.placement_key();
         let Ok(mut workers) = self.workers.lock() else {
@@ -196,7 +199,7 @@ impl WorkerRegistry {
             text,
             InFlight {
                 attempt: task.spec.attempt,
-                last_beat: std::time::Instant::now(),
+                last_beat: now,
                 heartbeat,
             },
         );
@@ -222,11 +225,13 @@ impl WorkerRegistry {
             .unwrap_or(false)
     }
 
-    /// Tracks tasks no worker here serves; returns those waiting longer than `grace`.
+    /// Tracks tasks no worker here serves; returns those waiting longer than
+    /// `grace` by `now` (the node clock's monotonic time).
     fn unserved_for(
         &self,
         now_unserved: BTreeMap<String, u32>,
         grace: Duration,
+        now: Instant,
     ) -> Vec<(String, u32)> {
         let Ok(mut unserved) = self.unserved.lock() else {
             return Vec::new();
@@ -234,10 +239,8 @@ impl WorkerRegistry {
         unserved.retain(|task, _| now_unserved.contains_key(task));
         let mut overdue = Vec::new();
         for (task, attempt) in now_unserved {
-            let since = *unserved
-                .entry(task.clone())
-                .or_insert_with(std::time::Instant::now);
-            if since.elapsed() >= grace {
+            let since = *unserved.entry(task.clone()).or_insert(now);
+            if now.saturating_duration_since(since) >= grace {
                 overdue.push((task.clone(), attempt));
                 unserved.remove(&task);
             }
@@ -447,7 +450,8 @@ pub async fn serve_worker(
                 });
             }
             Some(api::worker_message::Kind::Heartbeat(beat)) => {
-                node.workers.beat(&worker_id, &beat.task, beat.attempt)
+                node.workers
+                    .beat(&worker_id, &beat.task, beat.attempt, node.clock.now())
             }
             Some(api::worker_message::Kind::Hello(_)) => {
                 let message = format!(
@@ -569,7 +573,7 @@ pub(crate) async fn deliver_result(
     outcome: Result<&[u8], TaskFailure>,
 ) -> Result<(), crate::error::ApiError> {
     use crate::error::ApiError;
-    let deadline = std::time::Instant::now() + RESULT_RETRY_LIMIT;
+    let deadline = node.clock.now() + RESULT_RETRY_LIMIT;
     let mut backoff = Duration::from_millis(50);
     loop {
         match node
@@ -577,10 +581,10 @@ pub(crate) async fn deliver_result(
             .await
         {
             Err(ApiError::Unavailable(reason) | ApiError::OutcomeUnknown(reason))
-                if std::time::Instant::now() < deadline && !node.shutdown.is_cancelled() =>
+                if node.clock.now() < deadline && !node.shutdown.is_cancelled() =>
             {
                 tracing::debug!(task = ?key, attempt, reason = %reason, "task result not proposed yet; retrying");
-                tokio::time::sleep(backoff).await;
+                node.clock.sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(1));
             }
             other => return other,
@@ -632,7 +636,7 @@ pub async fn dispatch(node: Arc<Node>, cancel: CancellationToken) -> anyhow::Res
             _ = node.workers.wake.notified() => {}
             _ = node.changes.tasks_here.notified() => {}
             // Heartbeat deadlines and the unserved grace need the clock.
-            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            _ = node.clock.sleep(Duration::from_millis(100)) => {}
         }
         // Only the records of attempts not handed out yet are read.
         let scan_node = node.clone();
@@ -692,7 +696,7 @@ pub async fn dispatch(node: Arc<Node>, cancel: CancellationToken) -> anyhow::Res
                 let Some(input) = worker_input(&node, task).await else {
                     continue;
                 };
-                if node.workers.push(task, input) {
+                if node.workers.push(task, input, node.clock.now()) {
                     continue;
                 }
             }
@@ -700,7 +704,7 @@ pub async fn dispatch(node: Arc<Node>, cancel: CancellationToken) -> anyhow::Res
                 unserved_now.insert(text, task.spec.attempt);
             }
         }
-        for (task, attempt) in node.workers.overdue() {
+        for (task, attempt) in node.workers.overdue(node.clock.now()) {
             let Ok(key) = parse_task_key(&task) else {
                 continue;
             };
@@ -722,7 +726,8 @@ pub async fn dispatch(node: Arc<Node>, cancel: CancellationToken) -> anyhow::Res
                 tracing::debug!(task = %task, error = %err, "heartbeat timeout not applied");
             }
         }
-        for (task, attempt) in node.workers.unserved_for(unserved_now, UNSERVED_GRACE) {
+        let now = node.clock.now();
+        for (task, attempt) in node.workers.unserved_for(unserved_now, UNSERVED_GRACE, now) {
             let command = floe_state::Command::UnassignTask {
                 task: task.clone(),
                 attempt,
@@ -871,5 +876,70 @@ mod tests {
         assert!(registry.is_pushed("t", 2));
         registry.finish("w", "t", 2);
         assert_eq!(registry.running(), 0);
+    }
+
+    #[test]
+    fn an_attempt_is_taken_back_once_its_heartbeat_is_overdue_by_the_node_clock() {
+        let manual = crate::clock::ManualClock::new(0);
+        let clock = manual.clock();
+        let registry = WorkerRegistry::default();
+        let (sender, _tasks) = worker_channel();
+        let pushed = InFlight {
+            attempt: 1,
+            last_beat: clock.now(),
+            heartbeat: Some(Duration::from_secs(5)),
+        };
+        let conn = WorkerConn {
+            keys: ["ocr".to_string()].into_iter().collect(),
+            concurrency: 1,
+            in_flight: [("t".to_string(), pushed)].into_iter().collect(),
+            sender,
+        };
+        registry.workers.lock().unwrap().insert("w".into(), conn);
+
+        manual.advance(Duration::from_secs(4));
+        assert!(
+            registry.overdue(clock.now()).is_empty(),
+            "4 s of a 5 s limit"
+        );
+        // A heartbeat restarts the limit; one for another attempt does not.
+        registry.beat("w", "t", 1, clock.now());
+        registry.beat("w", "t", 7, clock.now());
+        manual.advance(Duration::from_secs(5));
+        assert!(
+            registry.overdue(clock.now()).is_empty(),
+            "5 s is not past the limit"
+        );
+        assert_eq!(registry.running(), 1);
+
+        manual.advance(Duration::from_millis(1));
+        assert_eq!(registry.overdue(clock.now()), vec![("t".to_string(), 1)]);
+        assert_eq!(registry.running(), 0, "the slot is freed");
+        assert!(registry.is_pushed("t", 1), "remembered as answered");
+        assert!(registry.overdue(clock.now()).is_empty(), "taken back once");
+    }
+
+    #[test]
+    fn unserved_tasks_are_handed_back_after_the_grace_by_the_node_clock() {
+        let manual = crate::clock::ManualClock::new(0);
+        let clock = manual.clock();
+        let registry = WorkerRegistry::default();
+        let unserved = || {
+            [("t".to_string(), 3)]
+                .into_iter()
+                .collect::<BTreeMap<_, _>>()
+        };
+        assert!(registry
+            .unserved_for(unserved(), UNSERVED_GRACE, clock.now())
+            .is_empty());
+        manual.advance(UNSERVED_GRACE - Duration::from_millis(1));
+        assert!(registry
+            .unserved_for(unserved(), UNSERVED_GRACE, clock.now())
+            .is_empty());
+        manual.advance(Duration::from_millis(1));
+        assert_eq!(
+            registry.unserved_for(unserved(), UNSERVED_GRACE, clock.now()),
+            vec![("t".to_string(), 3)]
+        );
     }
 }
