@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use floe_raft::{AppHandler, PeerIdentity};
+use floe_raft::{AppHandler, PeerIdentity, PeerTransport};
 use floe_state::{Command, CommandResponse, NodeId, NodeInfo};
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
@@ -119,17 +119,17 @@ pub fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, ApiError>
 /// Sends `request` to `target` and decodes its answer (reached through
 /// `ClusterHandle::call`).
 pub async fn call_via(
-    peers: &floe_raft::Peers,
+    network: &dyn PeerTransport,
     target: NodeId,
     raft_addr: &str,
     request: &PeerRequest,
     timeout: Duration,
 ) -> Result<PeerResponse, ApiError> {
-    call_mapped(peers, target, raft_addr, request, timeout, |err| err).await
+    call_mapped(network, target, raft_addr, request, timeout, |err| err).await
 }
 
 async fn call_mapped(
-    peers: &floe_raft::Peers,
+    network: &dyn PeerTransport,
     target: NodeId,
     raft_addr: &str,
     request: &PeerRequest,
@@ -137,7 +137,7 @@ async fn call_mapped(
     transport: impl FnOnce(ApiError) -> ApiError,
 ) -> Result<PeerResponse, ApiError> {
     let payload = encode(request)?;
-    let reply = peers
+    let reply = network
         .call_app(target, raft_addr, payload, timeout)
         .await
         .map_err(|err| transport(transport_error(target, err)))?;
@@ -148,13 +148,13 @@ async fn call_mapped(
 /// failure says that it was the leader that could not be reached or did not
 /// answer, which a client needs to make sense of the refusal.
 pub async fn call_leader(
-    peers: &floe_raft::Peers,
+    network: &dyn PeerTransport,
     leader: NodeId,
     raft_addr: &str,
     request: &PeerRequest,
     timeout: Duration,
 ) -> Result<PeerResponse, ApiError> {
-    call_mapped(peers, leader, raft_addr, request, timeout, |err| match err {
+    call_mapped(network, leader, raft_addr, request, timeout, |err| match err {
         ApiError::Unavailable(reason) => ApiError::Unavailable(format!("the leader, {reason}; retry")),
         ApiError::OutcomeUnknown(reason) => ApiError::OutcomeUnknown(format!(
             "the leader, {reason}; it may have failed or lost its quorum, and the request may or may not have been applied"
@@ -271,7 +271,86 @@ async fn serve(
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+
+    use floe_raft::TransportError;
+
     use super::*;
+
+    type Answer = fn(PeerRequest) -> Result<PeerResponse, ApiError>;
+
+    /// An in-process network: each listed node answers with a function; any
+    /// other node is unreachable.
+    struct InMemory {
+        nodes: HashMap<NodeId, Answer>,
+    }
+
+    impl PeerTransport for InMemory {
+        fn call_app<'a>(
+            &'a self,
+            target: NodeId,
+            addr: &'a str,
+            payload: Vec<u8>,
+            _timeout: Duration,
+        ) -> BoxFuture<'a, Result<Vec<u8>, TransportError>> {
+            Box::pin(async move {
+                let Some(answer) = self.nodes.get(&target) else {
+                    return Err(TransportError::Unreachable {
+                        target,
+                        addr: addr.to_string(),
+                        reason: "not in the in-memory network".into(),
+                    });
+                };
+                let outcome = decode::<PeerRequest>(&payload).and_then(answer);
+                Ok(encode(&outcome).unwrap())
+            })
+        }
+
+        fn rtts(&self) -> Vec<(NodeId, Duration)> {
+            Vec::new()
+        }
+    }
+
+    fn probe(request: PeerRequest) -> Result<PeerResponse, ApiError> {
+        assert!(matches!(request, PeerRequest::Probe), "{request:?}");
+        Ok(PeerResponse::Probe(ProbeInfo {
+            node_id: 2,
+            info: NodeInfo {
+                raft_addr: "node-2:raft".into(),
+                api_addr: "node-2:api".into(),
+                http_addr: "node-2:http".into(),
+            },
+            has_raft_state: true,
+        }))
+    }
+
+    #[tokio::test]
+    async fn leader_calls_run_over_any_peer_transport() {
+        let network = InMemory {
+            nodes: HashMap::from([(2, probe as Answer)]),
+        };
+        let timeout = Duration::from_secs(1);
+        let answer = call_leader(&network, 2, "node-2:raft", &PeerRequest::Probe, timeout)
+            .await
+            .unwrap();
+        let PeerResponse::Probe(probe) = answer else {
+            panic!("not a probe answer: {answer:?}");
+        };
+        assert_eq!(probe.node_id, 2);
+        assert!(probe.has_raft_state);
+
+        // A leader that cannot be reached is named as the leader and as unavailable.
+        let error = call_leader(&network, 3, "node-3:raft", &PeerRequest::Probe, timeout)
+            .await
+            .unwrap_err();
+        let ApiError::Unavailable(reason) = &error else {
+            panic!("not unavailable: {error:?}");
+        };
+        assert!(
+            reason.starts_with("the leader, node 3 unreachable"),
+            "{reason}"
+        );
+    }
 
     #[test]
     fn a_message_of_another_release_is_refused_naming_both_versions() {

@@ -202,7 +202,7 @@ async fn start(
             info,
             raft: raft.clone(),
             store: store.clone(),
-            peers,
+            transport: Arc::new(peers),
             elections: elections.clone(),
             disk: disk.clone(),
             metrics: metrics.clone(),

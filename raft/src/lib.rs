@@ -6,6 +6,8 @@
 //! - [`wire`]: the frame format spoken on QUIC streams; request frames name
 //!   the Raft group they are for.
 //! - [`peers`]: outgoing connections, one per peer, with backoff.
+//! - [`transport`]: [`PeerTransport`], the node layer's view of [`Peers`]
+//!   for application requests, so a simulated network can stand in.
 //! - [`group`]: one Raft group's side of the transport ([`GroupTransport`]):
 //!   its id, how to find a member's address, how to stream its snapshots.
 //! - [`network`]: openraft's `RaftNetworkFactory`/`RaftNetwork` over [`Peers`].
@@ -26,6 +28,7 @@ pub mod network;
 pub mod peers;
 pub mod server;
 pub mod tls;
+pub mod transport;
 pub mod wire;
 
 #[cfg(test)]
@@ -37,6 +40,7 @@ pub use network::{NetworkFactory, PeerNetwork};
 pub use peers::{Peers, TransportError, TransportOptions};
 pub use server::{AppHandler, RaftAdmission, RaftServer, RaftServerOptions, ServerError};
 pub use tls::{PeerIdentity, TlsError, TlsMaterial, RAFT_ALPN};
+pub use transport::PeerTransport;
 pub use wire::{GroupId, RemoteError, DEFAULT_GROUP};
 
 /// A node id: the number in a node's certificate (`node-<id>.floe`).

@@ -22,7 +22,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use floe_raft::{Elections, Peers};
+use floe_raft::{Elections, PeerTransport};
 use floe_state::{NodeId, NodeInfo, Raft, StateReader, Store, TypeConfig};
 use openraft::RaftMetrics;
 use tokio::task::JoinSet;
@@ -44,7 +44,8 @@ pub struct ClusterParts {
     pub info: NodeInfo,
     pub raft: Raft,
     pub store: Store,
-    pub peers: Peers,
+    /// Application requests to other nodes (QUIC in a real node).
+    pub transport: Arc<dyn PeerTransport>,
     pub elections: Elections<TypeConfig>,
     pub disk: DiskHealth,
     pub metrics: Arc<NodeMetrics>,
@@ -72,7 +73,7 @@ struct Inner {
     raft: Raft,
     store: Store,
     reader: StateReader,
-    peers: Peers,
+    transport: Arc<dyn PeerTransport>,
     proposer: Proposer,
     /// Writes on their way to the leader (see `forwarder.rs`).
     forwarder: Forwarder,
@@ -99,7 +100,7 @@ impl ClusterHandle {
             raft: parts.raft,
             reader: parts.store.reader(),
             store: parts.store,
-            peers: parts.peers,
+            transport: parts.transport,
             proposer,
             forwarder,
             reads,
@@ -248,7 +249,7 @@ impl ClusterHandle {
 
     /// QUIC round-trip time to each peer this node has talked to.
     pub fn peer_rtts(&self) -> Vec<(NodeId, Duration)> {
-        self.inner.peers.rtts()
+        self.inner.transport.rtts()
     }
 
     /// Sends `request` to node `target` at `raft_addr` and decodes its answer.
@@ -259,7 +260,14 @@ impl ClusterHandle {
         request: &PeerRequest,
         timeout: Duration,
     ) -> Result<PeerResponse, ApiError> {
-        crate::peer_api::call_via(&self.inner.peers, target, raft_addr, request, timeout).await
+        crate::peer_api::call_via(
+            self.inner.transport.as_ref(),
+            target,
+            raft_addr,
+            request,
+            timeout,
+        )
+        .await
     }
 
     /// Why this node must not write now, as an API error.

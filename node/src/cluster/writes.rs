@@ -67,7 +67,7 @@ impl ClusterHandle {
                     m.current_term != term || m.current_leader.is_some_and(|l| l != leader)
                 });
                 tokio::select! {
-                    answer = peer_api::call_leader(&self.inner.peers, leader, &addr, &request, CLIENT_REQUEST_TIMEOUT) => answer,
+                    answer = peer_api::call_leader(self.inner.transport.as_ref(), leader, &addr, &request, CLIENT_REQUEST_TIMEOUT) => answer,
                     Ok(now) = moved_on => Err(ApiError::OutcomeUnknown(format!(
                         "leader {leader} was replaced (term {term} → {}) while the request was in flight; it may or may not have been applied",
                         now.current_term
