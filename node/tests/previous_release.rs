@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
+use floe_api::client::{FloeClient, Repeat};
 use floe_harness::finished_run;
 use floe_harness::fixture::FixtureCluster;
 use floe_node::api;
@@ -30,16 +31,24 @@ fn runs_written(cluster: &FixtureCluster) -> BTreeMap<String, String> {
         .collect()
 }
 
-async fn kv_get(client: &mut floe_api::client::FloeClient, key: &str) -> Vec<u8> {
+// Every call goes through `FloeClient::call`, which tries again where that is
+// safe: right after the nodes start, a read barrier may miss its quorum.
+async fn kv_get(client: &mut FloeClient, key: &str) -> Vec<u8> {
+    let key = key.to_string();
     client
-        .kv
-        .get(api::GetRequest {
-            key: key.into(),
-            ..Default::default()
+        .call(Repeat::Read, |mut node| {
+            let key = key.clone();
+            async move {
+                node.kv
+                    .get(api::GetRequest {
+                        key,
+                        ..Default::default()
+                    })
+                    .await
+            }
         })
         .await
         .unwrap()
-        .into_inner()
         .value
 }
 
@@ -55,14 +64,16 @@ async fn data_dirs_of_the_previous_release_open_and_their_runs_complete() {
 
     assert_eq!(kv_get(&mut client, "canary").await, b"alive".to_vec());
     let versions = client
-        .flows
-        .versions(api::FlowVersionsRequest {
-            name: "chain".into(),
-            ..Default::default()
+        .call(Repeat::Read, |mut node| async move {
+            node.flows
+                .versions(api::FlowVersionsRequest {
+                    name: "chain".into(),
+                    ..Default::default()
+                })
+                .await
         })
         .await
         .unwrap()
-        .into_inner()
         .versions;
     assert_eq!(
         versions.iter().map(|v| v.version).collect::<Vec<_>>(),
@@ -82,16 +93,18 @@ async fn data_dirs_of_the_previous_release_open_and_their_runs_complete() {
 
     // The idempotency key written by the previous release still finds its run.
     let again = client
-        .runs
-        .start(api::StartRunRequest {
-            flow: "chain".into(),
-            input: br#"{"n": 5}"#.to_vec(),
-            idempotency_key: "fixture-key".into(),
-            ..Default::default()
+        .call(Repeat::Idempotent, |mut node| async move {
+            node.runs
+                .start(api::StartRunRequest {
+                    flow: "chain".into(),
+                    input: br#"{"n": 5}"#.to_vec(),
+                    idempotency_key: "fixture-key".into(),
+                    ..Default::default()
+                })
+                .await
         })
         .await
-        .unwrap()
-        .into_inner();
+        .unwrap();
     assert_eq!(again.run_id, runs["chain_v2"]);
     assert!(!again.created);
 
@@ -120,38 +133,46 @@ async fn data_dirs_of_the_previous_release_open_and_their_runs_complete() {
         assert_eq!(run["output"]["echoed"], json!({"doc": doc}), "{run:#}");
     }
     let correlated = client
-        .runs
-        .list(api::ListRunsRequest {
-            correlation_id: "fixture-corr".into(),
-            limit: 10,
-            ..Default::default()
+        .call(Repeat::Read, |mut node| async move {
+            node.runs
+                .list(api::ListRunsRequest {
+                    correlation_id: "fixture-corr".into(),
+                    limit: 10,
+                    ..Default::default()
+                })
+                .await
         })
         .await
         .unwrap()
-        .into_inner()
         .runs;
     assert_eq!(correlated.len(), 1);
     assert_eq!(correlated[0].run_id, runs["work_a"]);
 
     // New writes on the old data: a key and a run of each flow version.
     client
-        .kv
-        .put(api::PutRequest {
-            key: "after".into(),
-            value: b"upgraded".to_vec(),
+        .call(Repeat::Write, |mut node| async move {
+            node.kv
+                .put(api::PutRequest {
+                    key: "after".into(),
+                    value: b"upgraded".to_vec(),
+                })
+                .await
         })
         .await
         .unwrap();
     let fresh = client
-        .runs
-        .start(api::StartRunRequest {
-            flow: "work".into(),
-            input: br#"{"doc": "c"}"#.to_vec(),
-            ..Default::default()
+        .call(Repeat::Idempotent, |mut node| async move {
+            node.runs
+                .start(api::StartRunRequest {
+                    flow: "work".into(),
+                    input: br#"{"doc": "c"}"#.to_vec(),
+                    idempotency_key: "after-upgrade".into(),
+                    ..Default::default()
+                })
+                .await
         })
         .await
-        .unwrap()
-        .into_inner();
+        .unwrap();
     let run = finished_run(&mut client, &fresh.run_id, WAIT)
         .await
         .unwrap();

@@ -146,7 +146,7 @@ impl FixtureCluster {
                 }
             }
             if ready == self.nodes.len() {
-                return Ok(());
+                return self.wait_for_linearizable_read(deadline).await;
             }
             if !self.all_running() {
                 bail!("a node exited:\n{}", self.logs());
@@ -155,6 +155,34 @@ impl FixtureCluster {
                 bail!("not ready within {READY_DEADLINE:?}:\n{}", self.logs());
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Ready nodes may still miss the first read barrier's quorum on a busy
+    /// machine; a read that went through proves the cluster serves.
+    async fn wait_for_linearizable_read(&self, deadline: Instant) -> anyhow::Result<()> {
+        let mut client = self.client().await?;
+        loop {
+            let read = client
+                .call(floe_api::client::Repeat::Read, |mut node| async move {
+                    node.kv
+                        .get(floe_api::proto::GetRequest {
+                            key: "floe-fixture-ready".into(),
+                            ..Default::default()
+                        })
+                        .await
+                })
+                .await;
+            match read {
+                Ok(_) => return Ok(()),
+                Err(status) if Instant::now() >= deadline => {
+                    bail!(
+                        "no linearizable read within {READY_DEADLINE:?}: {status}\n{}",
+                        self.logs()
+                    )
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
         }
     }
 
