@@ -10,9 +10,11 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use floe_raft::PeerIdentity;
+use rustls::pki_types::CertificateDer;
 use tonic::codegen::http;
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use tracing::Instrument;
@@ -38,10 +40,13 @@ impl fmt::Display for Caller {
     }
 }
 
-/// One call's context: the caller and the gRPC method (`/floe.v1.Runs/Start`).
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// One call's context: who calls and the gRPC method (`/floe.v1.Runs/Start`).
+/// It holds the connection's verified certificate chain (shared, not
+/// copied) and reads the caller from it only when asked, so a call whose
+/// caller nobody reads pays no certificate parsing.
+#[derive(Clone, Debug)]
 pub struct CallContext {
-    pub caller: Caller,
+    certs: Option<Arc<Vec<CertificateDer<'static>>>>,
     pub method: String,
 }
 
@@ -54,13 +59,18 @@ impl CallContext {
             .get::<CallContext>()
             .cloned()
             .unwrap_or_else(|| CallContext {
-                caller: Caller::Unidentified("no call context".into()),
+                certs: None,
                 method: String::new(),
             })
     }
 
+    /// Who calls, from the leaf of the connection's verified chain.
+    pub fn caller(&self) -> Caller {
+        Self::caller_from_certs(self.certs.as_deref().map(|chain| chain.as_slice()))
+    }
+
     /// The caller named by the leaf of a verified certificate chain.
-    pub fn caller_from_certs(certs: Option<&[rustls::pki_types::CertificateDer<'_>]>) -> Caller {
+    pub fn caller_from_certs(certs: Option<&[CertificateDer<'_>]>) -> Caller {
         let Some(leaf) = certs.and_then(|chain| chain.first()) else {
             return Caller::Unidentified("no client certificate".into());
         };
@@ -77,7 +87,7 @@ impl CallContext {
             .get::<TlsConnectInfo<TcpConnectInfo>>()
             .and_then(|info| info.peer_certs());
         CallContext {
-            caller: Self::caller_from_certs(certs.as_deref().map(|chain| chain.as_slice())),
+            certs,
             method: request.uri().path().to_string(),
         }
     }
@@ -116,7 +126,8 @@ where
 
     fn call(&mut self, mut request: http::Request<RequestBody>) -> Self::Future {
         let call = CallContext::from_http(&request);
-        let span = tracing::debug_span!("call", method = %call.method, caller = %call.caller);
+        // The fields are only evaluated when the span is enabled (debug).
+        let span = tracing::debug_span!("call", method = %call.method, caller = %call.caller());
         request.extensions_mut().insert(call);
         Box::pin(self.inner.call(request).instrument(span))
     }
@@ -125,7 +136,6 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rustls::pki_types::CertificateDer;
 
     fn der(path: &std::path::Path) -> CertificateDer<'static> {
         let pem = std::fs::read(path).unwrap();
@@ -169,7 +179,7 @@ mod tests {
     fn a_handler_called_without_the_layer_sees_an_unidentified_caller() {
         let request = tonic::Request::new(());
         assert!(matches!(
-            CallContext::of(&request).caller,
+            CallContext::of(&request).caller(),
             Caller::Unidentified(_)
         ));
     }

@@ -899,7 +899,7 @@ impl Workers for WorkersApi {
     ) -> Result<Response<Self::AttachStream>, Status> {
         // The stream outlives this call: its logs keep naming the caller.
         let call = CallContext::of(&request);
-        let span = tracing::info_span!("worker stream", caller = %call.caller);
+        let span = tracing::info_span!("worker stream", caller = %call.caller());
         let (sender, receiver) = crate::workers::worker_channel();
         tokio::spawn(
             crate::workers::serve_worker(self.node.clone(), request.into_inner(), sender)
