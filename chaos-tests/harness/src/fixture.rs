@@ -212,13 +212,7 @@ impl FixtureCluster {
     /// `<name>.log` in the fixture directory. Killed when the returned child
     /// is dropped by the caller with `kill`.
     pub fn spawn_worker(&self, binary_name: &str, args: &[&str]) -> anyhow::Result<Child> {
-        let binary = self.binary.with_file_name(binary_name);
-        if !binary.is_file() {
-            bail!(
-                "{} not found next to the floe binary; build it with `cargo build -p floe-tools`",
-                binary.display()
-            );
-        }
+        let binary = crate::tool_binary(&self.binary, binary_name)?;
         let options = self.client_options();
         let log = std::fs::File::create(self.dir.path().join(format!("{binary_name}.log")))?;
         Command::new(&binary)

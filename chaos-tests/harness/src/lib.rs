@@ -421,14 +421,7 @@ impl TestCluster {
         nodes: &[u64],
         args: &[String],
     ) -> anyhow::Result<()> {
-        let binary = self.options.binary.with_file_name(binary);
-        if !binary.is_file() {
-            // The workers live in floe-tools: `cargo test -p floe-node` alone does not build them.
-            bail!(
-                "{} not found next to the floe binary; build it with `cargo build -p floe-tools`",
-                binary.display()
-            );
-        }
+        let binary = tool_binary(&self.options.binary, binary)?;
         let mut endpoints = Vec::new();
         for node in nodes {
             endpoints.push(self.node(*node)?.api_addr.clone());
@@ -820,6 +813,20 @@ pub async fn finished_run(
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// A tool binary (a worker) next to the `floe` binary under test. The
+/// workers live in floe-tools: `cargo test -p floe-node` alone does not
+/// build them, so a missing one is named with the command that does.
+pub fn tool_binary(floe: &Path, name: &str) -> anyhow::Result<PathBuf> {
+    let binary = floe.with_file_name(name);
+    if !binary.is_file() {
+        bail!(
+            "{} not found next to the floe binary; build it with `cargo build -p floe-tools`",
+            binary.display()
+        );
+    }
+    Ok(binary)
 }
 
 pub async fn http_get(addr: &str, path: &str) -> anyhow::Result<(u16, String)> {
