@@ -18,9 +18,12 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
+use crate::call_context::CallContext;
+use crate::clock::Clock;
+use crate::cluster::ClusterHandle;
+use crate::config::RunsConfig;
 use crate::error::ApiError;
 use crate::peer_api::{PeerRequest, PeerResponse};
-use crate::service::Node;
 use floe_engine::names::quote_bounded;
 
 /// How long pushing one blob to one peer may take, plus a share per MiB.
@@ -39,7 +42,38 @@ fn blocking_error(err: tokio::task::JoinError) -> ApiError {
     ApiError::Internal(format!("blob store thread: {err}"))
 }
 
-impl Node {
+/// Handle to the blob component; cheap to clone.
+#[derive(Clone)]
+pub struct BlobService {
+    cluster: ClusterHandle,
+    store: floe_state::BlobStore,
+    clock: Clock,
+    /// The payload limits (`runs.inline_payload_bytes`, `runs.max_payload_bytes`).
+    limits: RunsConfig,
+    /// How long an unreferenced blob is kept (`storage.blob_gc_grace_ms`).
+    gc_grace: Duration,
+}
+
+impl BlobService {
+    pub fn new(
+        cluster: ClusterHandle,
+        store: floe_state::BlobStore,
+        limits: RunsConfig,
+        gc_grace: Duration,
+    ) -> BlobService {
+        BlobService {
+            clock: cluster.clock().clone(),
+            cluster,
+            store,
+            limits,
+            gc_grace,
+        }
+    }
+
+    fn id(&self) -> floe_state::NodeId {
+        self.cluster.id()
+    }
+
     /// Parses a client's or worker's JSON payload; one over the inline limit
     /// becomes a replicated blob and the returned value is its reference.
     ///
@@ -48,11 +82,11 @@ impl Node {
     /// the small ones (a count, a status) and pass the large ones on as
     /// references, which workers and model replicas receive resolved.
     pub async fn payload_value(&self, bytes: &[u8], what: &str) -> Result<Value, ApiError> {
-        let (value, inline) = check_payload(bytes, what, &self.config.runs)?;
+        let (value, inline) = check_payload(bytes, what, &self.limits)?;
         if inline {
             return Ok(value);
         }
-        let limit = self.config.runs.inline_payload_bytes as usize;
+        let limit = self.limits.inline_payload_bytes as usize;
         let Value::Object(mut fields) = value else {
             return self.payload_blob(bytes.to_vec(), what).await;
         };
@@ -87,15 +121,15 @@ impl Node {
     }
 
     async fn payload_blob(&self, bytes: Vec<u8>, what: &str) -> Result<Value, ApiError> {
-        let blob = self.store_blob(bytes).await?;
-        tracing::debug!(node_id = self.id, blob = %blob.hash, size = blob.size, what, "payload stored as a blob");
+        let blob = self.store(bytes).await?;
+        tracing::debug!(node_id = self.id(), blob = %blob.hash, size = blob.size, what, "payload stored as a blob");
         Ok(blob.to_json())
     }
 
     /// Stores `bytes` here and on a majority of voters; returns once they
     /// hold it durably. The remaining voters are served in the background.
-    pub async fn store_blob(&self, bytes: Vec<u8>) -> Result<BlobRef, ApiError> {
-        let blobs = self.blobs.clone();
+    pub async fn store(&self, bytes: Vec<u8>) -> Result<BlobRef, ApiError> {
+        let blobs = self.store.clone();
         let bytes = Arc::new(bytes);
         let local_bytes = bytes.clone();
         let blob = tokio::task::spawn_blocking(move || blobs.put(&local_bytes))
@@ -106,11 +140,11 @@ impl Node {
         let (nodes, voters) = self.cluster.members();
         let others: Vec<(NodeId, String)> = voters
             .iter()
-            .filter(|id| **id != self.id)
+            .filter(|id| **id != self.id())
             .filter_map(|id| nodes.get(id).map(|info| (*id, info.raft_addr.clone())))
             .collect();
         let quorum = voters.len() / 2 + 1;
-        let local_copies = usize::from(voters.contains(&self.id));
+        let local_copies = usize::from(voters.contains(&self.id()));
         let mut needed = quorum.saturating_sub(local_copies);
 
         let mut pushes: FuturesUnordered<_> = others
@@ -136,7 +170,7 @@ impl Node {
             match outcome {
                 Ok(_) => needed -= 1,
                 Err(err) => {
-                    crate::warn_limited!(format!("blob not stored on peer {peer}"), node_id = self.id, peer, blob = %blob.hash, error = %err, "blob not stored on peer");
+                    crate::warn_limited!(format!("blob not stored on peer {peer}"), node_id = self.id(), peer, blob = %blob.hash, error = %err, "blob not stored on peer");
                     failures.push(format!("node {peer}: {err}"));
                 }
             }
@@ -163,16 +197,21 @@ impl Node {
         Ok(blob)
     }
 
+    /// The blob at `hash` for an API caller.
+    pub async fn get(&self, _ctx: &CallContext, hash: &str) -> Result<Vec<u8>, ApiError> {
+        self.load(hash).await
+    }
+
     /// The blob's bytes, from this node or, when missing here, from a peer
     /// (then kept here too).
-    pub async fn load_blob(&self, hash: &str) -> Result<Vec<u8>, ApiError> {
+    pub async fn load(&self, hash: &str) -> Result<Vec<u8>, ApiError> {
         if !floe_state::blobs::is_hash(hash) {
             return Err(ApiError::InvalidArgument(format!(
                 "{} is not a sha256 blob address",
                 quote_bounded(hash)
             )));
         }
-        let blobs = self.blobs.clone();
+        let blobs = self.store.clone();
         let wanted = hash.to_string();
         let local = tokio::task::spawn_blocking(move || blobs.get(&wanted))
             .await
@@ -181,13 +220,13 @@ impl Node {
         if let Some(bytes) = local {
             return Ok(bytes);
         }
-        self.fetch_blob(hash).await
+        self.fetch(hash).await
     }
 
-    async fn fetch_blob(&self, hash: &str) -> Result<Vec<u8>, ApiError> {
+    async fn fetch(&self, hash: &str) -> Result<Vec<u8>, ApiError> {
         let (nodes, _) = self.cluster.members();
         let mut problems = Vec::new();
-        for (peer, info) in nodes.iter().filter(|(id, _)| **id != self.id) {
+        for (peer, info) in nodes.iter().filter(|(id, _)| **id != self.id()) {
             let request = PeerRequest::BlobGet {
                 hash: hash.to_string(),
             };
@@ -202,7 +241,7 @@ impl Node {
                 .await
             {
                 Ok(PeerResponse::Blob(Some(bytes))) => {
-                    let blobs = self.blobs.clone();
+                    let blobs = self.store.clone();
                     let expected = hash.to_string();
                     let bytes = bytes.into_vec();
                     let stored = tokio::task::spawn_blocking(move || {
@@ -228,9 +267,9 @@ impl Node {
 
     /// `value` with every blob reference replaced by the JSON it stands for
     /// (what workers receive: they never see references).
-    pub async fn resolve_blobs(&self, value: &Value) -> Result<Value, ApiError> {
+    pub async fn resolve(&self, value: &Value) -> Result<Value, ApiError> {
         if let Some(blob) = BlobRef::from_json(value) {
-            let bytes = self.load_blob(&blob.hash).await?;
+            let bytes = self.load(&blob.hash).await?;
             return serde_json::from_slice(&bytes).map_err(|err| {
                 ApiError::Internal(format!("blob sha256:{} is not JSON: {err}", blob.hash))
             });
@@ -239,14 +278,14 @@ impl Node {
             Value::Array(items) => {
                 let mut resolved = Vec::with_capacity(items.len());
                 for item in items {
-                    resolved.push(Box::pin(self.resolve_blobs(item)).await?);
+                    resolved.push(Box::pin(self.resolve(item)).await?);
                 }
                 Ok(Value::Array(resolved))
             }
             Value::Object(fields) => {
                 let mut resolved = serde_json::Map::with_capacity(fields.len());
                 for (name, field) in fields {
-                    resolved.insert(name.clone(), Box::pin(self.resolve_blobs(field)).await?);
+                    resolved.insert(name.clone(), Box::pin(self.resolve(field)).await?);
                 }
                 Ok(Value::Object(resolved))
             }
@@ -255,14 +294,14 @@ impl Node {
     }
 
     /// Serves a peer's copy of a blob.
-    pub async fn accept_blob(&self, hash: String, bytes: Vec<u8>) -> Result<(), ApiError> {
+    pub async fn accept(&self, hash: String, bytes: Vec<u8>) -> Result<(), ApiError> {
         if bytes.len() as u64 > crate::config::MAX_PAYLOAD_CEILING {
             return Err(ApiError::InvalidArgument(format!(
                 "blob {hash} is {} bytes; too large",
                 bytes.len()
             )));
         }
-        let blobs = self.blobs.clone();
+        let blobs = self.store.clone();
         tokio::task::spawn_blocking(move || blobs.put_expecting(&hash, &bytes))
             .await
             .map_err(blocking_error)?
@@ -271,8 +310,8 @@ impl Node {
     }
 
     /// This node's copy of a blob, for a peer.
-    pub async fn local_blob(&self, hash: String) -> Result<Option<Vec<u8>>, ApiError> {
-        let blobs = self.blobs.clone();
+    pub async fn local(&self, hash: String) -> Result<Option<Vec<u8>>, ApiError> {
+        let blobs = self.store.clone();
         tokio::task::spawn_blocking(move || blobs.get(&hash))
             .await
             .map_err(blocking_error)?
@@ -287,7 +326,7 @@ const MIN_FIELD_BLOB_BYTES: usize = 1024;
 pub fn check_payload(
     bytes: &[u8],
     what: &str,
-    limits: &crate::config::RunsConfig,
+    limits: &RunsConfig,
 ) -> Result<(Value, bool), ApiError> {
     if bytes.len() as u64 > limits.max_payload_bytes {
         return Err(ApiError::ResourceExhausted(format!(
@@ -314,31 +353,32 @@ pub fn check_payload(
 
 /// Deletes unreferenced blobs past their grace and fetches referenced ones
 /// this node lacks, every [`MAINTENANCE_INTERVAL`].
-pub async fn maintain(node: Arc<Node>, cancel: CancellationToken) -> anyhow::Result<()> {
-    loop {
-        tokio::select! {
-            _ = cancel.cancelled() => return Ok(()),
-            _ = node.clock.sleep(MAINTENANCE_INTERVAL) => {}
-        }
-        if let Err(err) = sweep(&node).await {
-            crate::warn_limited!("blob sweep failed", node_id = node.id, error = %err, "blob sweep failed");
-        }
-        if let Err(err) = repair(&node).await {
-            crate::warn_limited!("blob repair failed", node_id = node.id, error = %err, "blob repair failed");
+impl BlobService {
+    pub async fn maintain(self, cancel: CancellationToken) -> anyhow::Result<()> {
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return Ok(()),
+                _ = self.clock.sleep(MAINTENANCE_INTERVAL) => {}
+            }
+            if let Err(err) = self.sweep().await {
+                crate::warn_limited!("blob sweep failed", node_id = self.id(), error = %err, "blob sweep failed");
+            }
+            if let Err(err) = self.repair().await {
+                crate::warn_limited!("blob repair failed", node_id = self.id(), error = %err, "blob repair failed");
+            }
         }
     }
-}
 
-/// Removes blobs that no applied record refers to and that are older than
-/// `storage.blob_gc_grace_ms`. Returns how many went.
-pub async fn sweep(node: &Node) -> Result<usize, ApiError> {
-    let blobs = node.blobs.clone();
-    let reader = node.reader.clone();
-    let grace = Duration::from_millis(node.config.storage.blob_gc_grace_ms);
-    let node_id = node.id;
-    // Blob ages are file modification times, so the node clock's wall time.
-    let now = UNIX_EPOCH + Duration::from_millis(node.clock.now_ms());
-    tokio::task::spawn_blocking(move || -> Result<usize, ApiError> {
+    /// Removes blobs that no applied record refers to and that are older than
+    /// `storage.blob_gc_grace_ms`. Returns how many went.
+    pub async fn sweep(&self) -> Result<usize, ApiError> {
+        let blobs = self.store.clone();
+        let reader = self.cluster.reader().clone();
+        let grace = self.gc_grace;
+        let node_id = self.id();
+        // Blob ages are file modification times, so the node clock's wall time.
+        let now = UNIX_EPOCH + Duration::from_millis(self.clock.now_ms());
+        tokio::task::spawn_blocking(move || -> Result<usize, ApiError> {
         let internal = |err: floe_state::StoreError| ApiError::Internal(err.to_string());
         let mut removed = 0;
         for (blob, modified) in blobs.list().map_err(internal)? {
@@ -356,45 +396,46 @@ pub async fn sweep(node: &Node) -> Result<usize, ApiError> {
     })
     .await
     .map_err(blocking_error)?
-}
-
-/// Fetches referenced blobs missing here (a voter that was down when they
-/// were written, or that caught up by snapshot). Returns how many it fetched.
-pub async fn repair(node: &Node) -> Result<usize, ApiError> {
-    let (_, voters) = node.cluster.members();
-    if !voters.contains(&node.id) {
-        return Ok(0);
     }
-    let mut fetched = 0;
-    let mut after: Option<String> = None;
-    loop {
-        let reader = node.reader.clone();
-        let blobs = node.blobs.clone();
-        let start = after.clone();
-        let (page, missing) = tokio::task::spawn_blocking(move || {
-            let page = reader.referenced_blobs(start.as_deref(), REPAIR_PAGE)?;
-            let missing: Vec<String> = page
-                .iter()
-                .filter(|hash| !blobs.has(hash))
-                .cloned()
-                .collect();
-            Ok::<_, floe_state::StoreError>((page, missing))
-        })
-        .await
-        .map_err(blocking_error)?
-        .map_err(|err| ApiError::Internal(err.to_string()))?;
-        for hash in missing {
-            match node.fetch_blob(&hash).await {
-                Ok(_) => fetched += 1,
-                Err(err) => {
-                    crate::warn_limited!("referenced blob not fetched", node_id = node.id, blob = %hash, error = %err, "referenced blob missing here and not fetched")
+
+    /// Fetches referenced blobs missing here (a voter that was down when they
+    /// were written, or that caught up by snapshot). Returns how many it fetched.
+    pub async fn repair(&self) -> Result<usize, ApiError> {
+        let (_, voters) = self.cluster.members();
+        if !voters.contains(&self.id()) {
+            return Ok(0);
+        }
+        let mut fetched = 0;
+        let mut after: Option<String> = None;
+        loop {
+            let reader = self.cluster.reader().clone();
+            let blobs = self.store.clone();
+            let start = after.clone();
+            let (page, missing) = tokio::task::spawn_blocking(move || {
+                let page = reader.referenced_blobs(start.as_deref(), REPAIR_PAGE)?;
+                let missing: Vec<String> = page
+                    .iter()
+                    .filter(|hash| !blobs.has(hash))
+                    .cloned()
+                    .collect();
+                Ok::<_, floe_state::StoreError>((page, missing))
+            })
+            .await
+            .map_err(blocking_error)?
+            .map_err(|err| ApiError::Internal(err.to_string()))?;
+            for hash in missing {
+                match self.fetch(&hash).await {
+                    Ok(_) => fetched += 1,
+                    Err(err) => {
+                        crate::warn_limited!("referenced blob not fetched", node_id = self.id(), blob = %hash, error = %err, "referenced blob missing here and not fetched")
+                    }
                 }
             }
+            if page.len() < REPAIR_PAGE {
+                return Ok(fetched);
+            }
+            after = page.last().cloned();
         }
-        if page.len() < REPAIR_PAGE {
-            return Ok(fetched);
-        }
-        after = page.last().cloned();
     }
 }
 

@@ -6,28 +6,36 @@
 //! procedure a no-op, so it can never form a second cluster.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use floe_state::NodeId;
 use tokio_util::sync::CancellationToken;
 
+use crate::cluster::ClusterHandle;
 use crate::peer_api::{PeerRequest, PeerResponse};
-use crate::service::Node;
 
-pub async fn run(node: Arc<Node>, cancel: CancellationToken) -> anyhow::Result<()> {
-    let peers = node.config.bootstrap_peers()?;
-    let lowest = peers.iter().map(|(id, _)| *id).min().unwrap_or(node.id);
-    if node.store.has_raft_state()? {
+/// Forms the cluster from `peers` (id and Raft address, this node among
+/// them) once all of them answer with no Raft state; a no-op otherwise.
+pub async fn run(
+    cluster: ClusterHandle,
+    peers: Vec<(NodeId, String)>,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
+    let lowest = peers
+        .iter()
+        .map(|(id, _)| *id)
+        .min()
+        .unwrap_or(cluster.id());
+    if cluster.store().has_raft_state()? {
         tracing::info!(
-            node_id = node.id,
+            node_id = cluster.id(),
             "raft state present; bootstrap not needed"
         );
         return Ok(());
     }
-    if node.id != lowest {
+    if cluster.id() != lowest {
         tracing::info!(
-            node_id = node.id,
+            node_id = cluster.id(),
             initializer = lowest,
             "waiting for the lowest id to form the cluster"
         );
@@ -39,31 +47,35 @@ pub async fn run(node: Arc<Node>, cancel: CancellationToken) -> anyhow::Result<(
             return Ok(());
         }
         // Anything may have formed the cluster meanwhile (a join, a restart).
-        if node.store.has_raft_state()? {
+        if cluster.store().has_raft_state()? {
             return Ok(());
         }
-        match probe_all(&node, &peers).await {
+        match probe_all(&cluster, &peers).await {
             Ok(Some(members)) => {
-                let result = node.cluster.initialize(members).await;
+                let result = cluster.initialize(members).await;
                 match result {
                     Ok(()) => {
-                        tracing::info!(node_id = node.id, expect = peers.len(), "cluster formed")
+                        tracing::info!(
+                            node_id = cluster.id(),
+                            expect = peers.len(),
+                            "cluster formed"
+                        )
                     }
                     Err(err) => {
-                        tracing::info!(node_id = node.id, error = %err, "initialize skipped")
+                        tracing::info!(node_id = cluster.id(), error = %err, "initialize skipped")
                     }
                 }
                 return Ok(());
             }
             Ok(None) => {
                 tracing::info!(
-                    node_id = node.id,
+                    node_id = cluster.id(),
                     "a peer already holds raft state; not bootstrapping"
                 );
                 return Ok(());
             }
             Err(waiting_for) => {
-                tracing::debug!(node_id = node.id, waiting_for = %waiting_for, "bootstrap waiting for peers");
+                tracing::debug!(node_id = cluster.id(), waiting_for = %waiting_for, "bootstrap waiting for peers");
             }
         }
         tokio::select! {
@@ -77,18 +89,17 @@ pub async fn run(node: Arc<Node>, cancel: CancellationToken) -> anyhow::Result<(
 /// `Ok(Some(members))` when every peer is up and empty; `Ok(None)` when one
 /// holds state; `Err(description)` while some are unreachable.
 async fn probe_all(
-    node: &Arc<Node>,
+    cluster: &ClusterHandle,
     peers: &[(NodeId, String)],
 ) -> Result<Option<BTreeMap<NodeId, floe_state::NodeInfo>>, String> {
     let mut members = BTreeMap::new();
     let mut missing = Vec::new();
     for (id, addr) in peers {
-        if *id == node.id {
-            members.insert(node.id, node.cluster.info().clone());
+        if *id == cluster.id() {
+            members.insert(cluster.id(), cluster.info().clone());
             continue;
         }
-        match node
-            .cluster
+        match cluster
             .call(*id, addr, &PeerRequest::Probe, Duration::from_secs(1))
             .await
         {

@@ -28,6 +28,8 @@ pub enum Caller {
     Node(u64),
     /// No certificate, or one without a floe identity; says why.
     Unidentified(String),
+    /// Work this node does on its own (the scheduler, the dispatcher), named.
+    Local(&'static str),
 }
 
 impl fmt::Display for Caller {
@@ -36,6 +38,7 @@ impl fmt::Display for Caller {
             Caller::Client(name) => write!(f, "client {name}"),
             Caller::Node(id) => write!(f, "node {id}"),
             Caller::Unidentified(why) => write!(f, "unidentified ({why})"),
+            Caller::Local(part) => write!(f, "this node's {part}"),
         }
     }
 }
@@ -47,6 +50,8 @@ impl fmt::Display for Caller {
 #[derive(Clone, Debug)]
 pub struct CallContext {
     certs: Option<Arc<Vec<CertificateDer<'static>>>>,
+    /// Set for work the node starts itself; then there is no certificate.
+    local: Option<&'static str>,
     pub method: String,
 }
 
@@ -60,12 +65,26 @@ impl CallContext {
             .cloned()
             .unwrap_or_else(|| CallContext {
                 certs: None,
+                local: None,
                 method: String::new(),
             })
     }
 
+    /// The context of work this node does on its own: `part` names the
+    /// component (`scheduler`, `dispatcher`) in logs and, later, in audit.
+    pub fn local(part: &'static str) -> CallContext {
+        CallContext {
+            certs: None,
+            local: Some(part),
+            method: String::new(),
+        }
+    }
+
     /// Who calls, from the leaf of the connection's verified chain.
     pub fn caller(&self) -> Caller {
+        if let Some(part) = self.local {
+            return Caller::Local(part);
+        }
         Self::caller_from_certs(self.certs.as_deref().map(|chain| chain.as_slice()))
     }
 
@@ -88,6 +107,7 @@ impl CallContext {
             .and_then(|info| info.peer_certs());
         CallContext {
             certs,
+            local: None,
             method: request.uri().path().to_string(),
         }
     }
@@ -173,6 +193,13 @@ mod tests {
             CallContext::caller_from_certs(None),
             Caller::Unidentified("no client certificate".into())
         );
+    }
+
+    #[test]
+    fn work_the_node_starts_itself_names_the_part() {
+        let ctx = CallContext::local("scheduler");
+        assert_eq!(ctx.caller(), Caller::Local("scheduler"));
+        assert_eq!(ctx.caller().to_string(), "this node's scheduler");
     }
 
     #[test]

@@ -40,6 +40,11 @@ pub fn rejection_error(rejection: floe_state::Rejection) -> ApiError {
 
 /// An apply answer of a kind the command never produces (not a refusal:
 /// those go through [`rejection_error`]).
+/// How a stream ends when its node stops: `UNAVAILABLE`, safe to resume elsewhere.
+pub fn shutting_down(node_id: floe_state::NodeId) -> tonic::Status {
+    ApiError::Unavailable(format!("node {node_id} is shutting down")).into()
+}
+
 pub fn unexpected_answer(response: &floe_state::CommandResponse) -> ApiError {
     ApiError::Internal(format!("unexpected apply result {response:?}"))
 }

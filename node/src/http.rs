@@ -1,7 +1,5 @@
 //! HTTP for operators and orchestrators: liveness, readiness and metrics.
 
-use std::sync::Arc;
-
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
@@ -9,17 +7,19 @@ use axum::{Json, Router};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::cluster::role_name;
-use crate::service::Node;
+use crate::cluster::{role_name, ClusterHandle};
 
-pub async fn serve(node: Arc<Node>, cancel: CancellationToken) -> anyhow::Result<()> {
-    let addr = node.config.http_addr.clone();
+pub async fn serve(
+    cluster: ClusterHandle,
+    addr: String,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
     let router = Router::new()
         .route("/health/livez", get(|| async { "ok\n" }))
         .route("/health/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/debug/state-digest", get(state_digest))
-        .with_state(node);
+        .with_state(cluster);
     let listener = tokio::net::TcpListener::bind(&addr)
         .await
         .map_err(|err| anyhow::anyhow!("HTTP listener on {addr}: {err}"))?;
@@ -43,26 +43,26 @@ struct Readiness {
 
 /// Ready = a data dir that takes writes, a member of a cluster with a known
 /// leader, applied up to the commit index.
-async fn readyz(State(node): State<Arc<Node>>) -> (StatusCode, Json<Readiness>) {
-    let metrics = node.cluster.raft_metrics();
-    let commit_index = node.cluster.committed_index().await;
+async fn readyz(State(cluster): State<ClusterHandle>) -> (StatusCode, Json<Readiness>) {
+    let metrics = cluster.raft_metrics();
+    let commit_index = cluster.committed_index().await;
     let applied_index = metrics.last_applied.map(|id| id.index).unwrap_or(0);
     let member = metrics
         .membership_config
         .membership()
-        .get_node(&node.id)
+        .get_node(&cluster.id())
         .is_some();
-    let reason = if let Some(disk) = node.disk.reason() {
+    let reason = if let Some(disk) = cluster.disk().reason() {
         Some(disk)
     } else if !member {
         Some("not a member of a cluster yet".to_string())
     } else if metrics.current_leader.is_none() {
         Some("no known leader".to_string())
-    } else if metrics.current_leader == Some(node.id)
+    } else if metrics.current_leader == Some(cluster.id())
         && metrics.state != openraft::ServerState::Leader
     {
         Some("leadership from the stored vote is not confirmed yet".to_string())
-    } else if let Some(age) = node.cluster.quorum_lost_for() {
+    } else if let Some(age) = cluster.quorum_lost_for() {
         Some(format!(
             "leader without a quorum: no majority has acknowledged it for {} ms",
             age.as_millis()
@@ -80,7 +80,7 @@ async fn readyz(State(node): State<Arc<Node>>) -> (StatusCode, Json<Readiness>) 
     };
     let body = Readiness {
         ready,
-        node_id: node.id,
+        node_id: cluster.id(),
         role: role_name(&metrics),
         leader: metrics.current_leader,
         member,
@@ -92,9 +92,9 @@ async fn readyz(State(node): State<Arc<Node>>) -> (StatusCode, Json<Readiness>) 
 }
 
 async fn metrics(
-    State(node): State<Arc<Node>>,
+    State(cluster): State<ClusterHandle>,
 ) -> ([(axum::http::HeaderName, &'static str); 1], String) {
-    let body = crate::metrics::render(&node).await;
+    let body = crate::metrics::render(&cluster).await;
     (
         [(
             axum::http::header::CONTENT_TYPE,
@@ -117,13 +117,13 @@ struct StateDigest {
 /// chaos suite compares nodes with it. Hashes the whole state, so it runs
 /// on a blocking thread.
 async fn state_digest(
-    State(node): State<Arc<Node>>,
+    State(cluster): State<ClusterHandle>,
 ) -> Result<Json<StateDigest>, (StatusCode, String)> {
-    let reader = node.reader.clone();
+    let reader = cluster.reader().clone();
     let computed = tokio::task::spawn_blocking(move || reader.applied_state_digest()).await;
     match computed {
         Ok(Ok((applied, digest))) => Ok(Json(StateDigest {
-            node_id: node.id,
+            node_id: cluster.id(),
             applied_index: applied.map(|id| id.index).unwrap_or(0),
             applied_term: applied.map(|id| id.leader_id.term).unwrap_or(0),
             digest,

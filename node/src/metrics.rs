@@ -6,8 +6,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use crate::service::Node;
-
 const LATENCY_BUCKETS: [f64; 12] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
 ];
@@ -109,9 +107,9 @@ fn histogram(
 }
 
 /// The `/metrics` page.
-pub async fn render(node: &Node) -> String {
-    let metrics = node.cluster.raft_metrics();
-    let commit_index = node.cluster.committed_index().await;
+pub async fn render(cluster: &crate::cluster::ClusterHandle) -> String {
+    let metrics = cluster.raft_metrics();
+    let commit_index = cluster.committed_index().await;
     let applied_index = metrics.last_applied.map(|id| id.index).unwrap_or(0);
     let mut out = String::new();
     gauge(
@@ -160,23 +158,23 @@ pub async fn render(node: &Node) -> String {
         &mut out,
         "floe_raft_is_leader",
         "1 when this node is the leader.",
-        f64::from(u8::from(node.cluster.is_leader())),
+        f64::from(u8::from(cluster.is_leader())),
     );
     counter(
         &mut out,
         "floe_raft_leader_changes_total",
         "Leader changes seen by this node.",
-        node.metrics.leader_changes(),
+        cluster.metrics().leader_changes(),
     );
     let _ = writeln!(out, "# HELP floe_raft_peer_rtt_seconds QUIC round-trip time to each peer.\n# TYPE floe_raft_peer_rtt_seconds gauge");
-    for (peer, rtt) in node.cluster.peer_rtts() {
+    for (peer, rtt) in cluster.peer_rtts() {
         let _ = writeln!(
             out,
             "floe_raft_peer_rtt_seconds{{peer=\"{peer}\"}} {}",
             rtt.as_secs_f64()
         );
     }
-    let flushes = node.store.flush_stats().histogram();
+    let flushes = cluster.store().flush_stats().histogram();
     let (bounds, cumulative): (Vec<f64>, Vec<u64>) = flushes.buckets.into_iter().unzip();
     histogram(
         &mut out,
@@ -187,7 +185,7 @@ pub async fn render(node: &Node) -> String {
         flushes.sum_seconds,
         flushes.count,
     );
-    let applies = node.store.apply_stats();
+    let applies = cluster.store().apply_stats();
     let apply_durations = applies.durations();
     let (bounds, cumulative): (Vec<f64>, Vec<u64>) = apply_durations.buckets.into_iter().unzip();
     histogram(
@@ -204,34 +202,34 @@ pub async fn render(node: &Node) -> String {
         &mut out,
         "floe_api_writes_total",
         "Writes proposed on this node as leader that committed.",
-        node.metrics.writes_ok.load(Ordering::Relaxed),
+        cluster.metrics().writes_ok.load(Ordering::Relaxed),
     );
     counter(
         &mut out,
         "floe_api_write_failures_total",
         "Writes proposed on this node as leader that failed.",
-        node.metrics.writes_failed.load(Ordering::Relaxed),
+        cluster.metrics().writes_failed.load(Ordering::Relaxed),
     );
     counter(
         &mut out,
         "floe_api_forwarded_writes_total",
         "Writes this node sent to the leader.",
-        node.metrics.forwarded_writes.load(Ordering::Relaxed),
+        cluster.metrics().forwarded_writes.load(Ordering::Relaxed),
     );
     counter(
         &mut out,
         "floe_api_forwards_total",
         "Requests to the leader that carried them (several writes travel together under load).",
-        node.metrics.forwards.load(Ordering::Relaxed),
+        cluster.metrics().forwards.load(Ordering::Relaxed),
     );
-    counter(&mut out, "floe_api_linearizable_reads_total", "Reads on this node that waited for a ReadIndex round (including followers' rounds served as leader).", node.metrics.linearizable_reads.load(Ordering::Relaxed));
+    counter(&mut out, "floe_api_linearizable_reads_total", "Reads on this node that waited for a ReadIndex round (including followers' rounds served as leader).", cluster.metrics().linearizable_reads.load(Ordering::Relaxed));
     counter(
         &mut out,
         "floe_api_read_rounds_total",
         "ReadIndex rounds this node ran (reads waiting at once share one).",
-        node.metrics.read_rounds.load(Ordering::Relaxed),
+        cluster.metrics().read_rounds.load(Ordering::Relaxed),
     );
-    if let Ok(histo) = node.metrics.write_latency.lock() {
+    if let Ok(histo) = cluster.metrics().write_latency.lock() {
         histogram(
             &mut out,
             "floe_api_write_duration_seconds",
@@ -242,7 +240,11 @@ pub async fn render(node: &Node) -> String {
             histo.count,
         );
     }
-    render_disk(&mut out, node.disk.free_bytes(), node.disk.is_degraded());
+    render_disk(
+        &mut out,
+        cluster.disk().free_bytes(),
+        cluster.disk().is_degraded(),
+    );
     if let Some(rss) = resident_memory_bytes() {
         gauge(
             &mut out,

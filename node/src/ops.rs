@@ -1,12 +1,11 @@
-//! The key-value API and the limits every command is checked against
-//! before it is proposed (`validate_command`). Writes, routing to the
+//! The limits every command is checked against before it is proposed
+//! (`validate_command`); the key-value API is `kv.rs`. Writes, routing to the
 //! leader and read barriers are the cluster component's (`cluster/`).
 
-use floe_state::{Command, KvEntry};
+use floe_state::Command;
 
 use crate::error::ApiError;
 use crate::peer_api::PeerResponse;
-use crate::service::Node;
 use floe_engine::names::quote_bounded;
 
 /// Largest key and value the key-value API accepts.
@@ -15,49 +14,7 @@ pub const MAX_VALUE_BYTES: usize = 1024 * 1024;
 pub const MAX_LIST_LIMIT: usize = 10_000;
 pub const MAX_FLOW_BYTES: usize = 1024 * 1024;
 
-impl Node {
-    pub async fn get(&self, key: &str, linearizable: bool) -> Result<Option<KvEntry>, ApiError> {
-        validate_key(key)?;
-        // Test-only defect for the chaos suite: no ReadIndex barrier, so a
-        // lagging or cut-off node serves stale "linearizable" reads.
-        if linearizable && !cfg!(feature = "defect-stale-reads") {
-            self.cluster.read_barrier().await?;
-        }
-        self.reader.get(key).map_err(internal)
-    }
-
-    pub async fn list(
-        &self,
-        prefix: &str,
-        start_after: Option<&str>,
-        limit: usize,
-        linearizable: bool,
-    ) -> Result<(Vec<(String, KvEntry)>, bool), ApiError> {
-        let limit = clamp_limit(limit)?;
-        if linearizable {
-            self.cluster.read_barrier().await?;
-        }
-        self.list_local(prefix, start_after, limit)
-    }
-
-    fn list_local(
-        &self,
-        prefix: &str,
-        start_after: Option<&str>,
-        limit: usize,
-    ) -> Result<(Vec<(String, KvEntry)>, bool), ApiError> {
-        // One extra row tells the caller whether another page exists.
-        let mut items = self
-            .reader
-            .list(prefix, start_after, limit + 1)
-            .map_err(internal)?;
-        let more = items.len() > limit;
-        items.truncate(limit);
-        Ok((items, more))
-    }
-}
-
-fn validate_key(key: &str) -> Result<(), ApiError> {
+pub(crate) fn validate_key(key: &str) -> Result<(), ApiError> {
     if key.is_empty() {
         return Err(ApiError::InvalidArgument("key is empty".into()));
     }
@@ -134,7 +91,7 @@ pub(crate) fn validate_command(command: &Command) -> Result<(), ApiError> {
     }
 }
 
-fn clamp_limit(limit: usize) -> Result<usize, ApiError> {
+pub(crate) fn clamp_limit(limit: usize) -> Result<usize, ApiError> {
     match limit {
         0 => Ok(100),
         n if n > MAX_LIST_LIMIT => Err(ApiError::InvalidArgument(format!(
@@ -144,7 +101,7 @@ fn clamp_limit(limit: usize) -> Result<usize, ApiError> {
     }
 }
 
-fn internal(err: impl std::fmt::Display) -> ApiError {
+pub(crate) fn internal(err: impl std::fmt::Display) -> ApiError {
     ApiError::Internal(err.to_string())
 }
 

@@ -2,16 +2,13 @@
 //! reads, join/remove on the leader, probes for bootstrap and status. They ride
 //! the QUIC transport's opaque `App` channel, bincode-encoded.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use floe_raft::{AppHandler, PeerIdentity, PeerTransport};
+use floe_raft::PeerTransport;
 use floe_state::{Command, CommandResponse, NodeId, NodeInfo};
-use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
 use crate::error::ApiError;
-use crate::service::Node;
 
 /// Bumped when a message changes shape; a node refuses a version it cannot read.
 /// 3: forwarded writes answer refusals as `CommandResponse::Rejected`.
@@ -36,7 +33,7 @@ pub enum PeerRequest {
     /// This node's own view: role, term, indexes.
     LocalStatus,
     /// A node's worker capacity and load, for the leader's scheduler.
-    Report(crate::scheduler::NodeReport),
+    Report(crate::reports::NodeReport),
     /// Keep this blob (durably) before its reference is proposed.
     BlobPut {
         hash: String,
@@ -73,7 +70,7 @@ pub enum PeerResponse {
     Blob(Option<serde_bytes::ByteBuf>),
     /// Outputs and the replica index; `None`: no warm replica here.
     Inferred(Option<(floe_inference::TensorMap, u32)>),
-    ModelReports(Vec<(NodeId, Vec<crate::models::ReplicaReport>)>),
+    ModelReports(Vec<(NodeId, Vec<crate::reports::ReplicaReport>)>),
     WrittenMany(Vec<Result<CommandResponse, ApiError>>),
 }
 
@@ -173,107 +170,12 @@ fn transport_error(target: NodeId, err: floe_raft::TransportError) -> ApiError {
     }
 }
 
-/// Serves peer requests for the transport.
-pub struct PeerApi {
-    pub node: Arc<Node>,
-}
-
-impl AppHandler for PeerApi {
-    fn handle(
-        &self,
-        from: PeerIdentity,
-        request: Vec<u8>,
-    ) -> BoxFuture<'static, Result<Vec<u8>, String>> {
-        let node = self.node.clone();
-        Box::pin(async move {
-            let outcome = match decode::<PeerRequest>(&request) {
-                Ok(request) => serve(&node, from, request).await,
-                Err(err) => Err(err),
-            };
-            encode(&outcome).map_err(|err| err.to_string())
-        })
-    }
-}
-
-async fn serve(
-    node: &Node,
-    from: PeerIdentity,
-    request: PeerRequest,
-) -> Result<PeerResponse, ApiError> {
-    match &request {
-        PeerRequest::BlobPut { hash, bytes } => {
-            tracing::debug!(?from, blob = %hash, size = bytes.len(), "peer blob put")
-        }
-        other => tracing::debug!(?from, request = ?other, "peer request"),
-    }
-    // Forwarded requests are served locally only: a second hop could loop while
-    // leadership moves, so a stale forward fails and the client retries.
-    match request {
-        PeerRequest::Probe => Ok(PeerResponse::Probe(node.cluster.probe_info())),
-        PeerRequest::Write(command) => node
-            .cluster
-            .write_as_leader(command)
-            .await
-            .map(PeerResponse::Written),
-        PeerRequest::WriteMany(commands) => {
-            let writes = commands
-                .into_iter()
-                .map(|command| node.cluster.write_as_leader(command));
-            Ok(PeerResponse::WrittenMany(
-                futures::future::join_all(writes).await,
-            ))
-        }
-        PeerRequest::ReadIndex => node
-            .cluster
-            .read_index_as_leader()
-            .await
-            .map(PeerResponse::ReadIndex),
-        PeerRequest::Join {
-            node_id,
-            raft_addr,
-            learner_only,
-        } => node
-            .cluster
-            .join_as_leader(node_id, &raft_addr, learner_only)
-            .await
-            .map(|(voters, learners)| PeerResponse::Membership { voters, learners }),
-        PeerRequest::Remove { node_id } => node
-            .cluster
-            .remove_as_leader(node_id)
-            .await
-            .map(|(voters, learners)| PeerResponse::Membership { voters, learners }),
-        PeerRequest::LocalStatus => Ok(PeerResponse::LocalStatus(node.cluster.local_status())),
-        PeerRequest::Report(report) => {
-            node.reports.record(report);
-            Ok(PeerResponse::Ack)
-        }
-        PeerRequest::BlobPut { hash, bytes } => node
-            .accept_blob(hash, bytes.into_vec())
-            .await
-            .map(|()| PeerResponse::Ack),
-        PeerRequest::BlobGet { hash } => node
-            .local_blob(hash)
-            .await
-            .map(|bytes| PeerResponse::Blob(bytes.map(serde_bytes::ByteBuf::from))),
-        PeerRequest::Infer {
-            model,
-            version,
-            inputs,
-        } => node
-            .infer_local(&model, version, inputs)
-            .await
-            .map(|served| {
-                PeerResponse::Inferred(served.map(|served| (served.outputs, served.replica)))
-            }),
-        PeerRequest::ModelReports => Ok(PeerResponse::ModelReports(node.reports.replica_reports())),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;
 
     use floe_raft::TransportError;
+    use futures::future::BoxFuture;
 
     use super::*;
 

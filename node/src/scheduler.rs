@@ -8,345 +8,322 @@
 //! schedules new attempts elsewhere.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use floe_state::runs::{LimitScope, LimitState, TaskRecord};
 use floe_state::slots::NodeSlots;
 use floe_state::{Command, NodeId};
-use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
+use crate::call_context::CallContext;
+use crate::changes::ChangeHub;
 use crate::clock::Clock;
+use crate::cluster::ClusterHandle;
+use crate::models::ModelService;
 use crate::peer_api::PeerRequest;
-use crate::service::Node;
+use crate::reports::{load_score, NodeReport, Reports};
+use crate::runs::RunService;
+use crate::workers::WorkerHub;
 
 const REPORT_EVERY: Duration = Duration::from_millis(200);
 const SCHEDULE_EVERY: Duration = Duration::from_millis(10);
-/// A node silent this long loses its tasks.
-pub const NODE_LEASE: Duration = Duration::from_secs(3);
 const BATCH: usize = 256;
 
-/// What a node tells the leader about itself.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct NodeReport {
-    pub node_id: NodeId,
-    /// Free worker slots per placement key (a block, or a block with worker
-    /// labels), net of tasks placed and not yet pushed.
-    pub free_slots: BTreeMap<String, u32>,
-    /// All worker and model replica slots per placement key, busy or not:
-    /// what the node offers to placement inside apply.
-    pub capacity: BTreeMap<String, u32>,
-    pub running_tasks: u32,
-    /// 1-minute load average divided by cores.
-    pub cpu_load: f32,
-    pub memory_used_ratio: f32,
-    /// Memory model replicas may take here (`inference.memory_budget_bytes`).
-    pub model_memory_budget: u64,
-    /// This node's model replicas and their state.
-    pub replicas: Vec<crate::models::ReplicaReport>,
-    /// GPUs offered to replicas.
-    pub gpus: Vec<floe_inference::GpuDevice>,
-    /// Model versions asked for here with no warm replica anywhere.
-    pub model_demand: Vec<(String, u64)>,
-}
-
-/// The leader's view of the nodes' reports.
-pub struct Reports {
-    /// Ages reports and leadership.
+/// Handle to the scheduler: this node's load reports to the leader and, on
+/// the leader, task placement, timers, node leases, replica placement and
+/// retention; cheap to clone.
+#[derive(Clone)]
+pub struct Scheduler {
+    cluster: ClusterHandle,
+    runs: RunService,
+    workers: WorkerHub,
+    models: ModelService,
+    reports: Arc<Reports>,
+    changes: Arc<ChangeHub>,
     clock: Clock,
-    latest: Mutex<BTreeMap<NodeId, (Instant, NodeReport)>>,
-    /// When this node last became leader; a node never heard from since
-    /// then counts as silent once a lease has passed.
-    leader_since: Mutex<Option<Instant>>,
+    options: SchedulerOptions,
 }
 
-impl Reports {
-    pub fn new(clock: Clock) -> Reports {
-        Reports {
-            clock,
-            latest: Mutex::new(BTreeMap::new()),
-            leader_since: Mutex::new(None),
+/// The settings the scheduler reads.
+#[derive(Clone, Debug)]
+pub struct SchedulerOptions {
+    /// `inference.no_replica_wait_ms`.
+    pub no_replica_wait_ms: u64,
+    /// `inference.memory_budget_bytes` (0: half the memory).
+    pub model_memory_budget: u64,
+    /// `runs.retention_ms`.
+    pub retention_ms: u64,
+}
+
+/// What the scheduler is built from.
+pub struct SchedulerParts {
+    pub cluster: ClusterHandle,
+    pub runs: RunService,
+    pub workers: WorkerHub,
+    pub models: ModelService,
+    pub reports: Arc<Reports>,
+    pub changes: Arc<ChangeHub>,
+    pub options: SchedulerOptions,
+}
+
+impl Scheduler {
+    pub fn new(parts: SchedulerParts) -> Scheduler {
+        Scheduler {
+            clock: parts.cluster.clock().clone(),
+            cluster: parts.cluster,
+            runs: parts.runs,
+            workers: parts.workers,
+            models: parts.models,
+            reports: parts.reports,
+            changes: parts.changes,
+            options: parts.options,
         }
     }
 
-    pub fn record(&self, report: NodeReport) {
-        if let Ok(mut latest) = self.latest.lock() {
-            latest.insert(report.node_id, (self.clock.now(), report));
-        }
+    /// Its three loops; each ends on `cancel`.
+    pub fn spawn(
+        &self,
+        tasks: &mut tokio::task::JoinSet<anyhow::Result<()>>,
+        cancel: &CancellationToken,
+    ) {
+        tasks.spawn(self.clone().report(cancel.clone()));
+        tasks.spawn(self.clone().schedule(cancel.clone()));
+        tasks.spawn(self.clone().retain(cancel.clone()));
     }
 
-    /// Every fresh report's replicas, for model status.
-    pub fn replica_reports(&self) -> Vec<(NodeId, Vec<crate::models::ReplicaReport>)> {
-        self.fresh()
-            .into_iter()
-            .map(|(id, report)| (id, report.replicas))
-            .collect()
+    fn id(&self) -> NodeId {
+        self.cluster.id()
     }
 
-    pub(crate) fn fresh(&self) -> BTreeMap<NodeId, NodeReport> {
-        let Ok(latest) = self.latest.lock() else {
-            return BTreeMap::new();
+    fn local_report(&self) -> NodeReport {
+        let queued = self.workers.queued_blocks();
+        let load = sysinfo::System::load_average().one as f32;
+        let cores = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1) as f32;
+        let mut system = sysinfo::System::new();
+        system.refresh_memory();
+        let memory_used_ratio = match system.total_memory() {
+            0 => 0.0,
+            total => system.used_memory() as f32 / total as f32,
         };
-        latest
-            .iter()
-            .filter(|(_, (at, _))| self.clock.since(*at) < NODE_LEASE)
-            .map(|(id, (_, report))| (*id, report.clone()))
-            .collect()
+        let mut free_slots = self.workers.registry().free_slots(&queued);
+        let latest = self
+            .cluster
+            .reader()
+            .deployments()
+            .map(|d| crate::models::latest_deployed(&d))
+            .unwrap_or_default();
+        for (block, room) in self.models.local().free_slots(&latest) {
+            let waiting = queued.get(&block).copied().unwrap_or(0);
+            *free_slots.entry(block).or_default() += room.saturating_sub(waiting);
+        }
+        let mut capacity = self.workers.registry().capacity();
+        for (block, slots) in self.models.local().capacity(&latest) {
+            *capacity.entry(block).or_default() += slots;
+        }
+        let model_memory_budget = match self.options.model_memory_budget {
+            0 => system.total_memory() / 2,
+            budget => budget,
+        };
+        NodeReport {
+            node_id: self.id(),
+            free_slots,
+            capacity,
+            running_tasks: self.workers.registry().running() + self.models.local().running_count(),
+            cpu_load: load / cores,
+            memory_used_ratio,
+            model_memory_budget,
+            replicas: self.models.local().reports(),
+            gpus: self.models.local().gpus().to_vec(),
+            model_demand: self.models.local().demand(),
+        }
     }
 
-    pub(crate) fn silent_nodes(&self, members: &[NodeId]) -> Vec<NodeId> {
-        let leading_long_enough = self
-            .leader_since
-            .lock()
-            .ok()
-            .and_then(|since| *since)
-            .is_some_and(|since| self.clock.since(since) >= NODE_LEASE);
-        if !leading_long_enough {
-            return Vec::new();
+    /// Sends this node's report to the leader (or records it, on the leader).
+    pub async fn report(self, cancel: CancellationToken) -> anyhow::Result<()> {
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return Ok(()),
+                _ = self.clock.sleep(REPORT_EVERY) => {}
+            }
+            let report = {
+                let scheduler = self.clone();
+                match tokio::task::spawn_blocking(move || scheduler.local_report()).await {
+                    Ok(report) => report,
+                    Err(_) => continue,
+                }
+            };
+            let leader = self.cluster.leader();
+            match leader {
+                Some(leader) if leader == self.id() => self.reports.record(report),
+                Some(leader) => {
+                    let Some(addr) = self
+                        .cluster
+                        .members()
+                        .0
+                        .get(&leader)
+                        .map(|info| info.raft_addr.clone())
+                    else {
+                        continue;
+                    };
+                    let request = PeerRequest::Report(report);
+                    if let Err(err) = self
+                        .cluster
+                        .call(leader, &addr, &request, REPORT_EVERY * 2)
+                        .await
+                    {
+                        tracing::debug!(leader, error = %err, "node report not delivered");
+                    }
+                }
+                None => {}
+            }
         }
-        let Ok(latest) = self.latest.lock() else {
-            return Vec::new();
-        };
-        members
-            .iter()
-            .copied()
-            .filter(|id| {
-                latest
-                    .get(id)
-                    .is_none_or(|(at, _)| self.clock.since(*at) >= NODE_LEASE)
+    }
+
+    /// The leader's loop: place ready tasks, fire due timers, expire silent nodes.
+    pub async fn schedule(self, cancel: CancellationToken) -> anyhow::Result<()> {
+        let ctx = CallContext::local("scheduler");
+        // New ready tasks come with applied changes; timers and reports need the clock too.
+        let mut last_placement = self.clock.now();
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return Ok(()),
+                _ = self.changes.queue.notified() => {}
+                _ = self.clock.sleep(SCHEDULE_EVERY) => {}
+            }
+            let leading = self.cluster.is_leader();
+            self.reports.note_leadership(leading);
+            if !leading {
+                continue;
+            }
+            let now = self.clock.now_ms();
+            let reader = self.cluster.reader().clone();
+            let scanned = tokio::task::spawn_blocking(move || {
+                let timers = reader.due_timers(now, BATCH)?;
+                let ready = reader.ready_tasks(now, BATCH)?;
+                let limits = if ready.is_empty() {
+                    Vec::new()
+                } else {
+                    reader.limits()?
+                };
+                Ok::<_, floe_state::StoreError>((timers, ready, limits))
             })
-            .collect()
-    }
-
-    fn note_leadership(&self, leading: bool) {
-        if let Ok(mut since) = self.leader_since.lock() {
-            match (leading, since.is_some()) {
-                (true, false) => *since = Some(self.clock.now()),
-                (false, true) => *since = None,
-                _ => {}
-            }
-        }
-    }
-}
-
-fn local_report(node: &Node) -> NodeReport {
-    let queued = crate::workers::queued_blocks(node);
-    let load = sysinfo::System::load_average().one as f32;
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1) as f32;
-    let mut system = sysinfo::System::new();
-    system.refresh_memory();
-    let memory_used_ratio = match system.total_memory() {
-        0 => 0.0,
-        total => system.used_memory() as f32 / total as f32,
-    };
-    let mut free_slots = node.workers.free_slots(&queued);
-    let latest = node
-        .reader
-        .deployments()
-        .map(|d| crate::models::latest_deployed(&d))
-        .unwrap_or_default();
-    for (block, room) in node.models.free_slots(&latest) {
-        let waiting = queued.get(&block).copied().unwrap_or(0);
-        *free_slots.entry(block).or_default() += room.saturating_sub(waiting);
-    }
-    let mut capacity = node.workers.capacity();
-    for (block, slots) in node.models.capacity(&latest) {
-        *capacity.entry(block).or_default() += slots;
-    }
-    let model_memory_budget = match node.config.inference.memory_budget_bytes {
-        0 => system.total_memory() / 2,
-        budget => budget,
-    };
-    NodeReport {
-        node_id: node.id,
-        free_slots,
-        capacity,
-        running_tasks: node.workers.running() + node.models.running_count(),
-        cpu_load: load / cores,
-        memory_used_ratio,
-        model_memory_budget,
-        replicas: node.models.reports(),
-        gpus: node.models.gpus().to_vec(),
-        model_demand: node.models.demand(),
-    }
-}
-
-/// Sends this node's report to the leader (or records it, on the leader).
-pub async fn report(node: Arc<Node>, cancel: CancellationToken) -> anyhow::Result<()> {
-    loop {
-        tokio::select! {
-            _ = cancel.cancelled() => return Ok(()),
-            _ = node.clock.sleep(REPORT_EVERY) => {}
-        }
-        let report = {
-            let node = node.clone();
-            match tokio::task::spawn_blocking(move || local_report(&node)).await {
-                Ok(report) => report,
+            .await;
+            let (timers, ready, limits) = match scanned {
+                Ok(Ok(found)) => found,
+                Ok(Err(err)) => {
+                    crate::warn_limited!("scheduler scan failed", error = %err, "scheduler scan failed");
+                    continue;
+                }
                 Err(_) => continue,
+            };
+            let mut writes = Vec::new();
+            if !timers.is_empty() {
+                writes.push(Command::FireTimers { timers, at_ms: now });
             }
-        };
-        let leader = node.cluster.leader();
-        match leader {
-            Some(leader) if leader == node.id => node.reports.record(report),
-            Some(leader) => {
-                let Some(addr) = node
-                    .cluster
-                    .members()
-                    .0
-                    .get(&leader)
-                    .map(|info| info.raft_addr.clone())
-                else {
+            let mut reports = self.reports.fresh();
+            self.sync_node_slots(&reports).await;
+            let reports_before = reports.clone();
+            // Inference blocks with ready tasks and no replica to run them.
+            let mut waiting_blocks = std::collections::BTreeSet::new();
+            // Inference tasks that waited past `inference.no_replica_wait_ms`.
+            let mut starved = Vec::new();
+            let no_replica_wait_ms = self.options.no_replica_wait_ms;
+            let mut headroom = Headroom::new(&limits);
+            for task in ready {
+                if !headroom.allows(&task) {
+                    continue;
+                }
+                let pools: Vec<_> = task.spec.slot_pools().collect();
+                let Some(target) = pick_node(&reports, &pools) else {
+                    if task
+                        .spec
+                        .block
+                        .starts_with(floe_engine::INFERENCE_BLOCK_PREFIX)
+                    {
+                        waiting_blocks.insert(task.spec.block.clone());
+                        if now.saturating_sub(task.scheduled_at_ms) >= no_replica_wait_ms {
+                            starved.push(task);
+                        }
+                    }
                     continue;
                 };
-                let request = PeerRequest::Report(report);
-                if let Err(err) = node
-                    .cluster
-                    .call(leader, &addr, &request, REPORT_EVERY * 2)
-                    .await
-                {
-                    tracing::debug!(leader, error = %err, "node report not delivered");
-                }
-            }
-            None => {}
-        }
-    }
-}
-
-/// The leader's loop: place ready tasks, fire due timers, expire silent nodes.
-pub async fn schedule(node: Arc<Node>, cancel: CancellationToken) -> anyhow::Result<()> {
-    // New ready tasks come with applied changes; timers and reports need the clock too.
-    let mut last_placement = node.clock.now();
-    loop {
-        tokio::select! {
-            _ = cancel.cancelled() => return Ok(()),
-            _ = node.changes.queue.notified() => {}
-            _ = node.clock.sleep(SCHEDULE_EVERY) => {}
-        }
-        let leading = node.cluster.is_leader();
-        node.reports.note_leadership(leading);
-        if !leading {
-            continue;
-        }
-        let now = node.clock.now_ms();
-        let reader = node.reader.clone();
-        let scanned = tokio::task::spawn_blocking(move || {
-            let timers = reader.due_timers(now, BATCH)?;
-            let ready = reader.ready_tasks(now, BATCH)?;
-            let limits = if ready.is_empty() {
-                Vec::new()
-            } else {
-                reader.limits()?
-            };
-            Ok::<_, floe_state::StoreError>((timers, ready, limits))
-        })
-        .await;
-        let (timers, ready, limits) = match scanned {
-            Ok(Ok(found)) => found,
-            Ok(Err(err)) => {
-                crate::warn_limited!("scheduler scan failed", error = %err, "scheduler scan failed");
-                continue;
-            }
-            Err(_) => continue,
-        };
-        let mut writes = Vec::new();
-        if !timers.is_empty() {
-            writes.push(Command::FireTimers { timers, at_ms: now });
-        }
-        let mut reports = node.reports.fresh();
-        sync_node_slots(&node, &reports).await;
-        let reports_before = reports.clone();
-        // Inference blocks with ready tasks and no replica to run them.
-        let mut waiting_blocks = std::collections::BTreeSet::new();
-        // Inference tasks that waited past `inference.no_replica_wait_ms`.
-        let mut starved = Vec::new();
-        let no_replica_wait_ms = node.config.inference.no_replica_wait_ms;
-        let mut headroom = Headroom::new(&limits);
-        for task in ready {
-            if !headroom.allows(&task) {
-                continue;
-            }
-            let pools: Vec<_> = task.spec.slot_pools().collect();
-            let Some(target) = pick_node(&reports, &pools) else {
-                if task
-                    .spec
-                    .block
-                    .starts_with(floe_engine::INFERENCE_BLOCK_PREFIX)
-                {
-                    waiting_blocks.insert(task.spec.block.clone());
-                    if now.saturating_sub(task.scheduled_at_ms) >= no_replica_wait_ms {
-                        starved.push(task);
+                headroom.take(&task);
+                if let Some(report) = reports.get_mut(&target) {
+                    for pool in &pools {
+                        if let Some(slots) = report.free_slots.get_mut(pool.as_ref()) {
+                            *slots = slots.saturating_sub(1);
+                        }
                     }
+                    report.running_tasks += 1;
                 }
-                continue;
-            };
-            headroom.take(&task);
-            if let Some(report) = reports.get_mut(&target) {
-                for pool in &pools {
-                    if let Some(slots) = report.free_slots.get_mut(pool.as_ref()) {
-                        *slots = slots.saturating_sub(1);
-                    }
+                writes.push(Command::AssignTask {
+                    task: task.spec.key.to_string(),
+                    attempt: task.spec.attempt,
+                    node: target,
+                    worker: String::new(),
+                    at_ms: now,
+                });
+            }
+            // Concurrent proposals become one batched entry on the leader.
+            let results = futures::future::join_all(
+                writes
+                    .into_iter()
+                    .map(|command| self.cluster.write(command)),
+            )
+            .await;
+            for result in results {
+                if let Err(err) = result {
+                    tracing::debug!(error = %err, "scheduler proposal failed");
                 }
-                report.running_tasks += 1;
             }
-            writes.push(Command::AssignTask {
-                task: task.spec.key.to_string(),
-                attempt: task.spec.attempt,
-                node: target,
-                worker: String::new(),
-                at_ms: now,
-            });
-        }
-        // Concurrent proposals become one batched entry on the leader.
-        let results = futures::future::join_all(
-            writes
-                .into_iter()
-                .map(|command| node.cluster.write(command)),
-        )
-        .await;
-        for result in results {
-            if let Err(err) = result {
-                tracing::debug!(error = %err, "scheduler proposal failed");
+            self.fail_starved_inference(&ctx, starved, no_replica_wait_ms)
+                .await;
+            self.expire_silent_nodes(&ctx).await;
+            if self.clock.since(last_placement) >= crate::models::PLACE_EVERY {
+                last_placement = self.clock.now();
+                self.models
+                    .place_replicas(&reports_before, &waiting_blocks)
+                    .await;
             }
-        }
-        fail_starved_inference(&node, starved, no_replica_wait_ms).await;
-        expire_silent_nodes(&node).await;
-        if node.clock.since(last_placement) >= crate::placement::PLACE_EVERY {
-            last_placement = node.clock.now();
-            crate::placement::place_replicas(&node, &reports_before, &waiting_blocks).await;
         }
     }
-}
 
-/// Fails the attempts of inference tasks that found no replica to run them
-/// for `inference.no_replica_wait_ms`, saying why. A model with no
-/// deployment cannot get one by waiting: its failure is final. A deployed
-/// one whose replicas are not placed or not warm may still come up: that
-/// failure is retryable, so the step's retry policy decides.
-async fn fail_starved_inference(node: &Node, starved: Vec<TaskRecord>, waited_ms: u64) {
-    if starved.is_empty() {
-        return;
-    }
-    let deployments = match node.reader.deployments() {
-        Ok(deployments) => deployments,
-        Err(err) => {
-            crate::warn_limited!("reading deployments for waiting inference tasks", error = %err, "reading deployments for waiting inference tasks");
+    /// Fails the attempts of inference tasks that found no replica to run them
+    /// for `inference.no_replica_wait_ms`, saying why. A model with no
+    /// deployment cannot get one by waiting: its failure is final. A deployed
+    /// one whose replicas are not placed or not warm may still come up: that
+    /// failure is retryable, so the step's retry policy decides.
+    async fn fail_starved_inference(
+        &self,
+        ctx: &CallContext,
+        starved: Vec<TaskRecord>,
+        waited_ms: u64,
+    ) {
+        if starved.is_empty() {
             return;
         }
-    };
-    let failures = starved.into_iter().map(|task| {
+        let deployments = match self.cluster.reader().deployments() {
+            Ok(deployments) => deployments,
+            Err(err) => {
+                crate::warn_limited!("reading deployments for waiting inference tasks", error = %err, "reading deployments for waiting inference tasks");
+                return;
+            }
+        };
+        let failures = starved.into_iter().map(|task| {
         let (error, retryable) = no_replica_failure(&task.spec.block, &deployments, waited_ms);
         async move {
             let failure = floe_engine::run::TaskFailure { error, retryable };
             let attempt = task.spec.attempt;
-            if let Err(err) = node.task_result(task.spec.key.clone(), attempt, None, Err(failure)).await {
+            if let Err(err) = self.runs.task_result(ctx, task.spec.key.clone(), attempt, None, Err(failure)).await {
                 tracing::debug!(task = ?task.spec.key, attempt, error = %err, "failing a starved inference task");
             }
         }
     });
-    futures::future::join_all(failures).await;
+        futures::future::join_all(failures).await;
+    }
 }
 
 /// Why an inference task found no replica, and whether waiting more may help.
@@ -438,27 +415,29 @@ fn offer_changes(
 }
 
 /// Keeps the replicated offers in step with the nodes' reports.
-async fn sync_node_slots(node: &Arc<Node>, reports: &BTreeMap<NodeId, NodeReport>) {
-    let Ok(stored) = node.reader.node_slots() else {
-        return;
-    };
-    // A removed node keeps no offer: nodes with one count as members here.
-    let members: std::collections::BTreeSet<NodeId> = node
-        .cluster
-        .members()
-        .0
-        .into_keys()
-        .chain(stored.keys().copied())
-        .collect();
-    let silent = node
-        .reports
-        .silent_nodes(&members.into_iter().collect::<Vec<_>>());
-    let writes = offer_changes(&stored, reports, &silent)
-        .into_iter()
-        .map(|(id, offer)| node.cluster.write(Command::NodeSlots { node: id, offer }));
-    for result in futures::future::join_all(writes).await {
-        if let Err(err) = result {
-            tracing::debug!(error = %err, "node slots not proposed");
+impl Scheduler {
+    async fn sync_node_slots(&self, reports: &BTreeMap<NodeId, NodeReport>) {
+        let Ok(stored) = self.cluster.reader().node_slots() else {
+            return;
+        };
+        // A removed node keeps no offer: nodes with one count as members here.
+        let members: std::collections::BTreeSet<NodeId> = self
+            .cluster
+            .members()
+            .0
+            .into_keys()
+            .chain(stored.keys().copied())
+            .collect();
+        let silent = self
+            .reports
+            .silent_nodes(&members.into_iter().collect::<Vec<_>>());
+        let writes = offer_changes(&stored, reports, &silent)
+            .into_iter()
+            .map(|(id, offer)| self.cluster.write(Command::NodeSlots { node: id, offer }));
+        for result in futures::future::join_all(writes).await {
+            if let Err(err) = result {
+                tracing::debug!(error = %err, "node slots not proposed");
+            }
         }
     }
 }
@@ -525,74 +504,67 @@ fn pick_node<P: AsRef<str>>(reports: &BTreeMap<NodeId, NodeReport>, pools: &[P])
         .map(|report| report.node_id)
 }
 
-pub(crate) fn load_score(report: &NodeReport) -> f32 {
-    // Labelled keys repeat their block's slots; count each slot once.
-    let free: u32 = report
-        .free_slots
-        .iter()
-        .filter(|(key, _)| !key.contains('['))
-        .map(|(_, free)| free)
-        .sum();
-    let busy = report.running_tasks as f32 / (report.running_tasks + free).max(1) as f32;
-    busy + report.cpu_load + report.memory_used_ratio
-}
-
-async fn expire_silent_nodes(node: &Arc<Node>) {
-    let members: Vec<NodeId> = node.cluster.members().0.keys().copied().collect();
-    for silent in node.reports.silent_nodes(&members) {
-        let Ok(tasks) = node.reader.tasks_on_node(silent) else {
-            continue;
-        };
-        for task in tasks {
-            let reason = format!("node {silent} stopped reporting; lease expired");
-            if let Err(err) = node
-                .task_lost(task.spec.key.clone(), task.spec.attempt, reason)
-                .await
-            {
-                tracing::debug!(node = silent, error = %err, "expiring a silent node's task");
+impl Scheduler {
+    async fn expire_silent_nodes(&self, ctx: &CallContext) {
+        let members: Vec<NodeId> = self.cluster.members().0.keys().copied().collect();
+        for silent in self.reports.silent_nodes(&members) {
+            let Ok(tasks) = self.cluster.reader().tasks_on_node(silent) else {
+                continue;
+            };
+            for task in tasks {
+                let reason = format!("node {silent} stopped reporting; lease expired");
+                if let Err(err) = self
+                    .runs
+                    .task_lost(ctx, task.spec.key.clone(), task.spec.attempt, reason)
+                    .await
+                {
+                    tracing::debug!(node = silent, error = %err, "expiring a silent node's task");
+                }
             }
         }
     }
-}
 
-/// On the leader: deletes runs that finished longer ago than the retention,
-/// a bounded batch per second, through the log.
-pub async fn retain(node: Arc<Node>, cancel: CancellationToken) -> anyhow::Result<()> {
-    let retention = node.config.runs.retention_ms;
-    loop {
-        tokio::select! {
-            _ = cancel.cancelled() => return Ok(()),
-            _ = node.clock.sleep(Duration::from_secs(1)) => {}
-        }
-        if !node.cluster.is_leader() {
-            continue;
-        }
-        let cutoff = node.clock.now_ms().saturating_sub(retention);
-        let reader = node.reader.clone();
-        let expired = match tokio::task::spawn_blocking(move || reader.finished_runs(cutoff, BATCH))
-            .await
-        {
-            Ok(Ok(expired)) => expired,
-            Ok(Err(err)) => {
-                crate::warn_limited!("retention scan failed", error = %err, "retention scan failed");
+    /// On the leader: deletes runs that finished longer ago than the retention,
+    /// a bounded batch per second, through the log.
+    pub async fn retain(self, cancel: CancellationToken) -> anyhow::Result<()> {
+        let retention = self.options.retention_ms;
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return Ok(()),
+                _ = self.clock.sleep(Duration::from_secs(1)) => {}
+            }
+            if !self.cluster.is_leader() {
                 continue;
             }
-            Err(_) => continue,
-        };
-        if expired.is_empty() {
-            continue;
-        }
-        let count = expired.len();
-        match node
-            .cluster
-            .write(Command::PurgeRuns {
-                run_ids: expired,
-                finished_before_ms: cutoff,
+            let cutoff = self.clock.now_ms().saturating_sub(retention);
+            let reader = self.cluster.reader().clone();
+            let expired = match tokio::task::spawn_blocking(move || {
+                reader.finished_runs(cutoff, BATCH)
             })
             .await
-        {
-            Ok(_) => tracing::info!(count, "finished runs past retention purged"),
-            Err(err) => tracing::debug!(error = %err, "retention purge not committed"),
+            {
+                Ok(Ok(expired)) => expired,
+                Ok(Err(err)) => {
+                    crate::warn_limited!("retention scan failed", error = %err, "retention scan failed");
+                    continue;
+                }
+                Err(_) => continue,
+            };
+            if expired.is_empty() {
+                continue;
+            }
+            let count = expired.len();
+            match self
+                .cluster
+                .write(Command::PurgeRuns {
+                    run_ids: expired,
+                    finished_before_ms: cutoff,
+                })
+                .await
+            {
+                Ok(_) => tracing::info!(count, "finished runs past retention purged"),
+                Err(err) => tracing::debug!(error = %err, "retention purge not committed"),
+            }
         }
     }
 }
@@ -642,26 +614,6 @@ mod tests {
             cpu_load: cpu,
             ..NodeReport::default()
         }
-    }
-
-    #[test]
-    fn reports_age_out_and_silent_nodes_count_after_a_lease_of_leadership() {
-        let manual = crate::clock::ManualClock::new(0);
-        let reports = Reports::new(manual.clock());
-        reports.note_leadership(true);
-        reports.record(report(1, "ocr", 1, 0, 0.0));
-        // A new leader waits a lease before calling anyone silent.
-        assert!(reports.silent_nodes(&[1, 2]).is_empty());
-        manual.advance(NODE_LEASE - Duration::from_millis(1));
-        reports.record(report(2, "ocr", 1, 0, 0.0));
-        assert!(reports.silent_nodes(&[1, 2]).is_empty());
-        manual.advance(Duration::from_millis(1));
-        assert_eq!(reports.silent_nodes(&[1, 2]), vec![1]);
-        assert_eq!(reports.fresh().keys().copied().collect::<Vec<_>>(), vec![2]);
-        // Losing leadership resets the wait.
-        reports.note_leadership(false);
-        reports.note_leadership(true);
-        assert!(reports.silent_nodes(&[1, 2]).is_empty());
     }
 
     #[test]

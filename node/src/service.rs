@@ -11,44 +11,25 @@ use floe_raft::{
     ElectionOptions, Elections, NetworkFactory, Peers, RaftAdmission, RaftServer,
     RaftServerOptions, TlsMaterial, TransportOptions,
 };
-use floe_state::{NodeId, NodeInfo, Raft, StateReader, Store, StoreOptions};
+use floe_state::{NodeInfo, Raft, Store, StoreOptions};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use crate::blobs::BlobService;
 use crate::clock::Clock;
 use crate::cluster::{ClusterHandle, ClusterParts};
 use crate::config::NodeConfig;
 use crate::disk::DiskHealth;
+use crate::grpc::GrpcServices;
+use crate::grpc_limits::TransportLimits;
+use crate::kv::KvService;
 use crate::metrics::NodeMetrics;
-use crate::peer_api::PeerApi;
-
-/// How long a client request may wait for the cluster before it fails.
-pub const CLIENT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Shared state of a running node, reached through `Arc<Node>`.
-pub struct Node {
-    pub id: NodeId,
-    /// Leadership, writes, read barriers and the membership (see `cluster/`).
-    pub cluster: ClusterHandle,
-    /// The node's one clock (see `clock.rs`).
-    pub clock: Clock,
-    pub store: Store,
-    /// Large payloads and model artifacts, by content hash (see `blobs.rs`).
-    pub blobs: floe_state::BlobStore,
-    pub reader: StateReader,
-    pub fingerprint: String,
-    pub metrics: Arc<NodeMetrics>,
-    pub workers: crate::workers::WorkerRegistry,
-    /// Model replicas on this node (see `models.rs`).
-    pub models: crate::models::ModelManager,
-    pub reports: crate::scheduler::Reports,
-    /// Wake-ups from applied state (see `changes.rs`).
-    pub changes: Arc<crate::changes::ChangeHub>,
-    pub config: NodeConfig,
-    /// Free space and writability of the data dir (see `disk.rs`).
-    pub disk: DiskHealth,
-    /// Fires when the node stops; long-lived streams (workers, watches) end on it.
-    pub shutdown: CancellationToken,
-}
+use crate::models::{ModelParts, ModelService};
+use crate::peer_server::PeerApi;
+use crate::reports::Reports;
+use crate::runs::RunService;
+use crate::scheduler::{Scheduler, SchedulerOptions, SchedulerParts};
+use crate::workers::{HubParts, WorkerHub};
 
 fn election_options(config: &NodeConfig) -> ElectionOptions {
     let tuning = &config.raft;
@@ -125,7 +106,8 @@ pub async fn run(
 
 /// A node whose parts are all running.
 struct Started {
-    node: Arc<Node>,
+    cluster: ClusterHandle,
+    config: NodeConfig,
     raft_server: RaftServer,
     tasks: tokio::task::JoinSet<anyhow::Result<()>>,
     bootstrap: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
@@ -211,22 +193,50 @@ async fn start(
         },
         cancel.clone(),
     );
-    let node = Arc::new(Node {
-        id: config.node_id,
-        cluster: cluster.clone(),
-        clock: clock.clone(),
-        reader: store.reader(),
-        store,
+    // The components, each from the ones below it: cluster → blobs → runs
+    // → models → workers → scheduler; handlers get the handles they call.
+    let blobs = BlobService::new(
+        cluster.clone(),
         blobs,
-        fingerprint: fingerprint.clone(),
-        metrics,
-        workers: Default::default(),
-        models: crate::models::ModelManager::new(gpus, clock.clone()),
-        reports: crate::scheduler::Reports::new(clock),
-        changes,
-        config: config.clone(),
-        disk: disk.clone(),
+        config.runs.clone(),
+        Duration::from_millis(config.storage.blob_gc_grace_ms),
+    );
+    let runs = RunService::new(cluster.clone(), blobs.clone(), changes.clone());
+    let reports = Arc::new(Reports::new(clock));
+    // Freed worker slots, new workers and warm replicas all wake the dispatcher.
+    let dispatch = Arc::new(Notify::new());
+    let models = ModelService::new(ModelParts {
+        cluster: cluster.clone(),
+        blobs: blobs.clone(),
+        gpus,
+        reports: reports.clone(),
+        config: config.inference.clone(),
+        dispatch: dispatch.clone(),
         shutdown: cancel.clone(),
+    });
+    let limits = TransportLimits::from_config(&config);
+    let workers = WorkerHub::new(HubParts {
+        cluster: cluster.clone(),
+        runs: runs.clone(),
+        blobs: blobs.clone(),
+        models: models.clone(),
+        wake: dispatch,
+        changes: changes.clone(),
+        limits: limits.clone(),
+        shutdown: cancel.clone(),
+    });
+    let scheduler = Scheduler::new(SchedulerParts {
+        cluster: cluster.clone(),
+        runs: runs.clone(),
+        workers: workers.clone(),
+        models: models.clone(),
+        reports: reports.clone(),
+        changes,
+        options: SchedulerOptions {
+            no_replica_wait_ms: config.inference.no_replica_wait_ms,
+            model_memory_budget: config.inference.memory_budget_bytes,
+            retention_ms: config.runs.retention_ms,
+        },
     });
 
     let raft_bind: SocketAddr = config.raft_addr.parse().context("raft_addr")?;
@@ -244,7 +254,12 @@ async fn start(
         server_options,
         &material,
         elections.clone(),
-        Arc::new(PeerApi { node: node.clone() }),
+        Arc::new(PeerApi {
+            cluster: cluster.clone(),
+            blobs: blobs.clone(),
+            models: models.clone(),
+            reports,
+        }),
         cancel.clone(),
     )
     .with_context(|| format!("listening for QUIC on {raft_bind}"))?;
@@ -252,23 +267,44 @@ async fn start(
     let mut tasks = tokio::task::JoinSet::new();
     cluster.spawn_services(cluster_queues, &mut tasks, &cancel);
     tasks.spawn(crate::grpc::serve(
-        node.clone(),
+        GrpcServices {
+            cluster: cluster.clone(),
+            kv: KvService::new(cluster.clone()),
+            runs,
+            blobs: blobs.clone(),
+            models: models.clone(),
+            workers: workers.clone(),
+            fingerprint,
+            limits,
+        },
+        config.api_addr.clone(),
         material.clone(),
         cancel.clone(),
     ));
-    tasks.spawn(crate::http::serve(node.clone(), cancel.clone()));
-    tasks.spawn(crate::workers::dispatch(node.clone(), cancel.clone()));
-    tasks.spawn(crate::scheduler::report(node.clone(), cancel.clone()));
-    tasks.spawn(crate::scheduler::schedule(node.clone(), cancel.clone()));
-    tasks.spawn(crate::scheduler::retain(node.clone(), cancel.clone()));
-    tasks.spawn(crate::blobs::maintain(node.clone(), cancel.clone()));
-    tasks.spawn(crate::models::maintain(node.clone(), cancel.clone()));
+    tasks.spawn(crate::http::serve(
+        cluster.clone(),
+        config.http_addr.clone(),
+        cancel.clone(),
+    ));
+    tasks.spawn(workers.dispatch(cancel.clone()));
+    scheduler.spawn(&mut tasks, &cancel);
+    tasks.spawn(blobs.maintain(cancel.clone()));
+    tasks.spawn(models.maintain(cancel.clone()));
     // Bootstrap ends on its own once the cluster exists; it is not a server.
-    let bootstrap = (config.bootstrap.expect > 0)
-        .then(|| tokio::spawn(crate::bootstrap::run(node.clone(), cancel.clone())));
+    let bootstrap = if config.bootstrap.expect > 0 {
+        let peers = config.bootstrap_peers()?;
+        Some(tokio::spawn(crate::bootstrap::run(
+            cluster.clone(),
+            peers,
+            cancel.clone(),
+        )))
+    } else {
+        None
+    };
     tracing::info!(node_id = config.node_id, raft = %config.raft_addr, api = %config.api_addr, http = %config.http_addr, "node started");
     Ok(Started {
-        node,
+        cluster,
+        config,
         raft_server,
         tasks,
         bootstrap,
@@ -278,7 +314,8 @@ async fn start(
 impl Started {
     async fn run_until_stopped(self, cancel: CancellationToken) -> anyhow::Result<()> {
         let Started {
-            node,
+            cluster,
+            config,
             raft_server,
             mut tasks,
             bootstrap,
@@ -298,21 +335,21 @@ impl Started {
         }
         // A stopped Raft core is the cause whichever service noticed first.
         if failure.is_some() {
-            if let Some(fatal) = node.cluster.core_failure() {
+            if let Some(fatal) = cluster.core_failure() {
                 failure = Some(anyhow::anyhow!("raft core stopped: {fatal}"));
             }
         }
-        let grace = Duration::from_millis(node.config.shutdown_grace_ms);
+        let grace = Duration::from_millis(config.shutdown_grace_ms);
         tracing::info!(
-            node_id = node.id,
-            grace_ms = node.config.shutdown_grace_ms,
+            node_id = cluster.id(),
+            grace_ms = config.shutdown_grace_ms,
             "node stopping"
         );
         let stopping = std::time::Instant::now();
         // The Raft core stops first: nothing of this node campaigns or votes
         // while the rest winds down, and requests still waiting on it end now
         // with an error instead of at their deadline.
-        node.cluster.stop(grace).await;
+        cluster.stop(grace).await;
         if let Some(bootstrap) = bootstrap {
             bootstrap.abort();
             if let Ok(Ok(Err(err))) = tokio::time::timeout(grace, bootstrap).await {
@@ -329,7 +366,7 @@ impl Started {
         .await;
         if drained.is_err() {
             tracing::warn!(
-                grace_ms = node.config.shutdown_grace_ms,
+                grace_ms = config.shutdown_grace_ms,
                 left = tasks.len(),
                 "cutting off services still running after the grace period"
             );
@@ -343,13 +380,13 @@ impl Started {
             tracing::warn!("raft server did not stop within 1 s");
         }
         tracing::info!(
-            node_id = node.id,
+            node_id = cluster.id(),
             took_ms = stopping.elapsed().as_millis() as u64,
             "node stopped"
         );
         // Only a failed node may be started again in this process (`outage.rs`).
         if failure.is_some() {
-            wait_until_released(node).await;
+            wait_until_released(cluster).await;
         }
         match failure {
             Some(err) => Err(err),
@@ -360,19 +397,19 @@ impl Started {
 
 /// Waits (bounded) until nothing holds the node any more, so its store and
 /// sockets are closed before the node is started again in this process.
-async fn wait_until_released(node: Arc<Node>) {
-    let node_id = node.id;
-    let weak = Arc::downgrade(&node);
-    drop(node);
+async fn wait_until_released(cluster: ClusterHandle) {
+    let node_id = cluster.id();
+    let weak = cluster.downgrade();
+    drop(cluster);
     for _ in 0..100 {
-        if weak.strong_count() == 0 {
+        if weak.holders() == 0 {
             return;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     tracing::warn!(
         node_id,
-        holders = weak.strong_count(),
+        holders = weak.holders(),
         "node state still held 5 s after stopping"
     );
 }

@@ -13,8 +13,15 @@ use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
 use crate::api;
-use crate::runs::parse_task_key;
-use crate::service::Node;
+use crate::blobs::BlobService;
+use crate::call_context::CallContext;
+use crate::changes::ChangeHub;
+use crate::clock::Clock;
+use crate::cluster::ClusterHandle;
+use crate::error::ApiError;
+use crate::grpc_limits::TransportLimits;
+use crate::models::{InferenceTask, ModelService};
+use crate::runs::{parse_task_key, RunService};
 use floe_engine::names::quote_bounded;
 
 /// Tasks buffered towards one worker's stream.
@@ -50,6 +57,71 @@ impl WorkerConn {
     }
 }
 
+/// Handle to the worker hub: the workers attached to this node, their
+/// streams, and the dispatcher that pushes this node's placed tasks to them
+/// or to its model replicas; cheap to clone.
+#[derive(Clone)]
+pub struct WorkerHub {
+    inner: Arc<HubInner>,
+}
+
+struct HubInner {
+    cluster: ClusterHandle,
+    runs: RunService,
+    blobs: BlobService,
+    models: ModelService,
+    registry: WorkerRegistry,
+    /// Wakes on applied changes that place tasks here.
+    changes: Arc<ChangeHub>,
+    clock: Clock,
+    /// For the answer to a worker message past the transport limit.
+    limits: TransportLimits,
+    shutdown: CancellationToken,
+}
+
+/// What the worker hub is built from.
+pub struct HubParts {
+    pub cluster: ClusterHandle,
+    pub runs: RunService,
+    pub blobs: BlobService,
+    pub models: ModelService,
+    /// Shared with the model component, which wakes the dispatcher too.
+    pub wake: Arc<Notify>,
+    pub changes: Arc<ChangeHub>,
+    pub limits: TransportLimits,
+    pub shutdown: CancellationToken,
+}
+
+impl WorkerHub {
+    pub fn new(parts: HubParts) -> WorkerHub {
+        WorkerHub {
+            inner: Arc::new(HubInner {
+                clock: parts.cluster.clock().clone(),
+                cluster: parts.cluster,
+                runs: parts.runs,
+                blobs: parts.blobs,
+                models: parts.models,
+                registry: WorkerRegistry {
+                    wake: parts.wake,
+                    ..WorkerRegistry::default()
+                },
+                changes: parts.changes,
+                limits: parts.limits,
+                shutdown: parts.shutdown,
+            }),
+        }
+    }
+
+    /// The attached workers and what they run now (load reports).
+    pub fn registry(&self) -> &WorkerRegistry {
+        &self.inner.registry
+    }
+
+    fn id(&self) -> floe_state::NodeId {
+        self.inner.cluster.id()
+    }
+}
+
 /// The workers connected to this node and the tasks pushed to them.
 #[derive(Default)]
 pub struct WorkerRegistry {
@@ -60,7 +132,7 @@ pub struct WorkerRegistry {
     /// never pushed again, even though they are still placed here.
     answered: Mutex<BTreeMap<String, u32>>,
     /// Wakes the dispatcher (new worker, freed slot, new assignment).
-    pub wake: Notify,
+    wake: Arc<Notify>,
 }
 
 impl WorkerRegistry {
@@ -291,217 +363,241 @@ impl WorkerRegistry {
     }
 }
 
-/// Serves one worker's stream until it disconnects; its unanswered tasks are
-/// then failed (retryable), so the run engine schedules a new attempt.
-pub async fn serve_worker(
-    node: Arc<Node>,
-    mut incoming: tonic::Streaming<api::WorkerMessage>,
-    sender: mpsc::Sender<Result<api::WorkerTask, Status>>,
-) {
-    let hello = match incoming.message().await {
-        Ok(Some(api::WorkerMessage {
-            kind: Some(api::worker_message::Kind::Hello(hello)),
-        })) => hello,
-        _ => {
-            let _ = sender
-                .send(Err(Status::invalid_argument(
-                    "the first message on a worker stream must be hello",
-                )))
-                .await;
+impl WorkerHub {
+    /// Serves one worker's stream until it disconnects; its unanswered tasks are
+    /// then failed (retryable), so the run engine schedules a new attempt.
+    pub async fn serve(
+        self,
+        ctx: CallContext,
+        mut incoming: tonic::Streaming<api::WorkerMessage>,
+        sender: mpsc::Sender<Result<api::WorkerTask, Status>>,
+    ) {
+        let hello = match incoming.message().await {
+            Ok(Some(api::WorkerMessage {
+                kind: Some(api::worker_message::Kind::Hello(hello)),
+            })) => hello,
+            _ => {
+                let _ = sender
+                    .send(Err(Status::invalid_argument(
+                        "the first message on a worker stream must be hello",
+                    )))
+                    .await;
+                return;
+            }
+        };
+        let problem = if hello.worker_id.is_empty() {
+            Some("worker_id is empty".to_string())
+        } else if hello.worker_id.len() > MAX_WORKER_ID_BYTES {
+            Some(format!(
+                "worker_id {} is longer than the limit of {MAX_WORKER_ID_BYTES} bytes (fixed)",
+                floe_engine::names::quote_bounded(&hello.worker_id)
+            ))
+        } else if hello.blocks.is_empty() {
+            Some("a worker must serve at least one block".to_string())
+        } else if hello.concurrency == 0 {
+            Some("concurrency must be at least 1".to_string())
+        } else {
+            hello.blocks.iter().find_map(|block| {
+                if !floe_engine::is_block_name(block) {
+                    Some(format!("block name {} is not valid", quote_bounded(block)))
+                } else if is_inference(block) {
+                    Some(format!(
+                        "block {}: names starting with {:?} are served by model replicas",
+                        quote_bounded(block),
+                        floe_engine::INFERENCE_BLOCK_PREFIX
+                    ))
+                } else {
+                    None
+                }
+            })
+        }
+        .or_else(|| label_problem(&hello.labels));
+        if let Some(problem) = problem {
+            let _ = sender.send(Err(Status::invalid_argument(problem))).await;
             return;
         }
-    };
-    let problem = if hello.worker_id.is_empty() {
-        Some("worker_id is empty".to_string())
-    } else if hello.worker_id.len() > MAX_WORKER_ID_BYTES {
-        Some(format!(
-            "worker_id {} is longer than the limit of {MAX_WORKER_ID_BYTES} bytes (fixed)",
-            floe_engine::names::quote_bounded(&hello.worker_id)
-        ))
-    } else if hello.blocks.is_empty() {
-        Some("a worker must serve at least one block".to_string())
-    } else if hello.concurrency == 0 {
-        Some("concurrency must be at least 1".to_string())
-    } else {
-        hello.blocks.iter().find_map(|block| {
-            if !floe_engine::is_block_name(block) {
-                Some(format!("block name {} is not valid", quote_bounded(block)))
-            } else if is_inference(block) {
-                Some(format!(
-                    "block {}: names starting with {:?} are served by model replicas",
-                    quote_bounded(block),
-                    floe_engine::INFERENCE_BLOCK_PREFIX
-                ))
-            } else {
-                None
-            }
-        })
-    }
-    .or_else(|| label_problem(&hello.labels));
-    if let Some(problem) = problem {
-        let _ = sender.send(Err(Status::invalid_argument(problem))).await;
-        return;
-    }
-    let worker_id = hello.worker_id.clone();
-    // Refusals and the stream's own errors go to the worker through this
-    // copy; the dispatcher pushes tasks through the one registered.
-    let answers = sender.clone();
-    let refusals = hello.accepts_refusals.then(|| sender.clone());
-    let refused_sender = register(&node, &hello, sender);
-    if let Some(sender) = refused_sender {
-        let message = format!(
-            "worker {} is already connected to node {}",
-            quote_bounded(&worker_id),
-            node.id
-        );
-        let _ = sender.send(Err(Status::already_exists(message))).await;
-        return;
-    }
-    tracing::info!(node_id = node.id, worker = %worker_id, blocks = ?hello.blocks, labels = ?hello.labels, concurrency = hello.concurrency, "worker connected");
-    node.workers.wake.notify_one();
-    let deliveries = Arc::new(tokio::sync::Semaphore::new(
-        hello.concurrency.clamp(16, 1024) as usize,
-    ));
+        let worker_id = hello.worker_id.clone();
+        // Refusals and the stream's own errors go to the worker through this
+        // copy; the dispatcher pushes tasks through the one registered.
+        let answers = sender.clone();
+        let refusals = hello.accepts_refusals.then(|| sender.clone());
+        let refused_sender = self.register(&hello, sender);
+        if let Some(sender) = refused_sender {
+            let message = format!(
+                "worker {} is already connected to node {}",
+                quote_bounded(&worker_id),
+                self.id()
+            );
+            let _ = sender.send(Err(Status::already_exists(message))).await;
+            return;
+        }
+        tracing::info!(node_id = self.id(), worker = %worker_id, blocks = ?hello.blocks, labels = ?hello.labels, concurrency = hello.concurrency, "worker connected");
+        self.inner.registry.wake.notify_one();
+        let deliveries = Arc::new(tokio::sync::Semaphore::new(
+            hello.concurrency.clamp(16, 1024) as usize,
+        ));
 
-    loop {
-        // A stopping node ends worker streams, so its gRPC server can drain.
-        let message = tokio::select! {
-            _ = node.shutdown.cancelled() => {
-                let _ = answers.send(Err(crate::grpc::shutting_down(&node))).await;
-                break;
-            }
-            message = incoming.message() => match message {
-                Ok(Some(message)) => message,
-                Ok(None) => break,
-                Err(status) => {
-                    // Typically a message past the transport limit: the
-                    // worker learns why its stream ends instead of an OK.
-                    let status = stream_error_answer(&node, status);
-                    tracing::warn!(worker = %worker_id, code = ?status.code(), error = %status.message(), "worker stream failed");
-                    let _ = answers.send(Err(status)).await;
+        loop {
+            // A stopping node ends worker streams, so its gRPC server can drain.
+            let message = tokio::select! {
+                _ = self.inner.shutdown.cancelled() => {
+                    let _ = answers.send(Err(crate::error::shutting_down(self.id()))).await;
                     break;
                 }
-            },
-        };
-        match message.kind {
-            Some(api::worker_message::Kind::Result(mut result)) => {
-                let outcome = if result.failed {
-                    Err(TaskFailure {
-                        error: result.error.clone(),
-                        retryable: result.retryable,
-                    })
-                } else {
-                    Ok(std::mem::take(&mut result.output))
-                };
-                // The worker's slot frees now; the attempt stays answered (never
-                // pushed again) until its outcome is applied.
-                node.workers
-                    .finish(&worker_id, &result.task, result.attempt);
-                let key = match parse_task_key(&result.task) {
-                    Ok(key) => key,
-                    Err(err) => {
-                        tracing::warn!(worker = %worker_id, error = %err, "task result for a malformed task key");
-                        refuse(refusals.as_ref(), &result.task, result.attempt, &err).await;
-                        continue;
+                message = incoming.message() => match message {
+                    Ok(Some(message)) => message,
+                    Ok(None) => break,
+                    Err(status) => {
+                        // Typically a message past the transport limit: the
+                        // worker learns why its stream ends instead of an OK.
+                        let status = stream_error_answer(&self.inner.limits, status);
+                        tracing::warn!(worker = %worker_id, code = ?status.code(), error = %status.message(), "worker stream failed");
+                        let _ = answers.send(Err(status)).await;
+                        break;
                     }
-                };
-                // Results commit concurrently (the proposer batches them); the
-                // permits bound how many one stream may have in flight.
-                let Ok(permit) = deliveries.clone().acquire_owned().await else {
-                    break;
-                };
-                let (node, worker_id, refusals) =
-                    (node.clone(), worker_id.clone(), refusals.clone());
-                tokio::spawn(async move {
-                    let outcome = match &outcome {
-                        Ok(output) => Ok(output.as_slice()),
-                        Err(failure) => Err(failure.clone()),
+                },
+            };
+            match message.kind {
+                Some(api::worker_message::Kind::Result(mut result)) => {
+                    let outcome = if result.failed {
+                        Err(TaskFailure {
+                            error: result.error.clone(),
+                            retryable: result.retryable,
+                        })
+                    } else {
+                        Ok(std::mem::take(&mut result.output))
                     };
-                    let answered_output = outcome.is_ok();
-                    if let Err(err) =
-                        deliver_result(&node, key.clone(), result.attempt, &worker_id, outcome)
+                    // The worker's slot frees now; the attempt stays answered (never
+                    // pushed again) until its outcome is applied.
+                    self.inner
+                        .registry
+                        .finish(&worker_id, &result.task, result.attempt);
+                    let key = match parse_task_key(&result.task) {
+                        Ok(key) => key,
+                        Err(err) => {
+                            tracing::warn!(worker = %worker_id, error = %err, "task result for a malformed task key");
+                            refuse(refusals.as_ref(), &result.task, result.attempt, &err).await;
+                            continue;
+                        }
+                    };
+                    // Results commit concurrently (the proposer batches them); the
+                    // permits bound how many one stream may have in flight.
+                    let Ok(permit) = deliveries.clone().acquire_owned().await else {
+                        break;
+                    };
+                    let (hub, ctx, worker_id, refusals) = (
+                        self.clone(),
+                        ctx.clone(),
+                        worker_id.clone(),
+                        refusals.clone(),
+                    );
+                    tokio::spawn(async move {
+                        let outcome = match &outcome {
+                            Ok(output) => Ok(output.as_slice()),
+                            Err(failure) => Err(failure.clone()),
+                        };
+                        let answered_output = outcome.is_ok();
+                        if let Err(err) = hub
+                            .deliver_result(&ctx, key.clone(), result.attempt, &worker_id, outcome)
                             .await
-                    {
-                        crate::warn_limited!("task result refused", worker = %worker_id, task = %result.task, attempt = result.attempt, error = %err, "task result refused");
-                        refuse(refusals.as_ref(), &result.task, result.attempt, &err).await;
-                        // An output refused for what it is (not JSON, over a limit)
-                        // would leave the attempt open for good: fail it instead,
-                        // so the step's error route decides.
-                        if answered_output
-                            && matches!(
-                                err,
-                                crate::error::ApiError::InvalidArgument(_)
-                                    | crate::error::ApiError::ResourceExhausted(_)
-                            )
                         {
-                            let failure = TaskFailure {
-                                error: format!("the worker's output was refused: {err}"),
-                                retryable: false,
-                            };
-                            if let Err(err) =
-                                deliver_result(&node, key, result.attempt, &worker_id, Err(failure))
-                                    .await
+                            crate::warn_limited!("task result refused", worker = %worker_id, task = %result.task, attempt = result.attempt, error = %err, "task result refused");
+                            refuse(refusals.as_ref(), &result.task, result.attempt, &err).await;
+                            // An output refused for what it is (not JSON, over a limit)
+                            // would leave the attempt open for good: fail it instead,
+                            // so the step's error route decides.
+                            if answered_output
+                                && matches!(
+                                    err,
+                                    crate::error::ApiError::InvalidArgument(_)
+                                        | crate::error::ApiError::ResourceExhausted(_)
+                                )
                             {
-                                tracing::debug!(worker = %worker_id, task = %result.task, error = %err, "failing the attempt after a refused output was refused");
+                                let failure = TaskFailure {
+                                    error: format!("the worker's output was refused: {err}"),
+                                    retryable: false,
+                                };
+                                if let Err(err) = hub
+                                    .deliver_result(
+                                        &ctx,
+                                        key,
+                                        result.attempt,
+                                        &worker_id,
+                                        Err(failure),
+                                    )
+                                    .await
+                                {
+                                    tracing::debug!(worker = %worker_id, task = %result.task, error = %err, "failing the attempt after a refused output was refused");
+                                }
                             }
                         }
-                    }
-                    drop(permit);
-                });
-            }
-            Some(api::worker_message::Kind::Heartbeat(beat)) => {
-                node.workers
-                    .beat(&worker_id, &beat.task, beat.attempt, node.clock.now())
-            }
-            Some(api::worker_message::Kind::Hello(_)) => {
-                let message = format!(
+                        drop(permit);
+                    });
+                }
+                Some(api::worker_message::Kind::Heartbeat(beat)) => self.inner.registry.beat(
+                    &worker_id,
+                    &beat.task,
+                    beat.attempt,
+                    self.inner.clock.now(),
+                ),
+                Some(api::worker_message::Kind::Hello(_)) => {
+                    let message = format!(
                     "this stream already said hello as worker {}; a worker says hello once, as the first message of a new stream",
                     quote_bounded(&worker_id)
                 );
-                tracing::warn!(worker = %worker_id, "second hello on a worker stream refused");
-                let _ = answers
-                    .send(Err(Status::failed_precondition(message)))
-                    .await;
-                break;
-            }
-            None => {
-                let message = "a worker message must be a hello, a result or a heartbeat; this one is empty (or of a newer kind)";
-                tracing::warn!(worker = %worker_id, "empty message on a worker stream refused");
-                let _ = answers.send(Err(Status::invalid_argument(message))).await;
-                break;
+                    tracing::warn!(worker = %worker_id, "second hello on a worker stream refused");
+                    let _ = answers
+                        .send(Err(Status::failed_precondition(message)))
+                        .await;
+                    break;
+                }
+                None => {
+                    let message = "a worker message must be a hello, a result or a heartbeat; this one is empty (or of a newer kind)";
+                    tracing::warn!(worker = %worker_id, "empty message on a worker stream refused");
+                    let _ = answers.send(Err(Status::invalid_argument(message))).await;
+                    break;
+                }
             }
         }
-    }
 
-    let orphaned = node
-        .workers
-        .workers
-        .lock()
-        .ok()
-        .and_then(|mut workers| workers.remove(&worker_id))
-        .map(|conn| conn.in_flight)
-        .unwrap_or_default();
-    let orphaned: Vec<(String, u32)> = orphaned
-        .into_iter()
-        .map(|(task, pushed)| (task, pushed.attempt))
-        .collect();
-    tracing::info!(node_id = node.id, worker = %worker_id, unanswered = orphaned.len(), "worker disconnected");
-    if node.shutdown.is_cancelled() {
-        // The leader re-delivers this node's attempts once its lease lapses.
-        return;
-    }
-    for (task, attempt) in orphaned {
-        let Ok(key) = parse_task_key(&task) else {
-            continue;
-        };
-        if let Err(err) = node
-            .task_lost(key, attempt, format!("worker {worker_id} disconnected"))
-            .await
-        {
-            tracing::debug!(task = %task, error = %err, "orphaned task already settled");
+        let orphaned = self
+            .inner
+            .registry
+            .workers
+            .lock()
+            .ok()
+            .and_then(|mut workers| workers.remove(&worker_id))
+            .map(|conn| conn.in_flight)
+            .unwrap_or_default();
+        let orphaned: Vec<(String, u32)> = orphaned
+            .into_iter()
+            .map(|(task, pushed)| (task, pushed.attempt))
+            .collect();
+        tracing::info!(node_id = self.id(), worker = %worker_id, unanswered = orphaned.len(), "worker disconnected");
+        if self.inner.shutdown.is_cancelled() {
+            // The leader re-delivers this node's attempts once its lease lapses.
+            return;
         }
+        for (task, attempt) in orphaned {
+            let Ok(key) = parse_task_key(&task) else {
+                continue;
+            };
+            if let Err(err) = self
+                .inner
+                .runs
+                .task_lost(
+                    &ctx,
+                    key,
+                    attempt,
+                    format!("worker {worker_id} disconnected"),
+                )
+                .await
+            {
+                tracing::debug!(task = %task, error = %err, "orphaned task already settled");
+            }
+        }
+        self.inner.registry.wake.notify_one();
     }
-    node.workers.wake.notify_one();
 }
 
 /// Longest worker id: it is recorded on every attempt the worker answers.
@@ -546,253 +642,311 @@ fn code_name(code: tonic::Code) -> &'static str {
 
 /// The status a worker gets when its own stream fails: tonic's refusal of
 /// an oversize message becomes RESOURCE_EXHAUSTED naming the setting.
-fn stream_error_answer(node: &Node, status: Status) -> Status {
+fn stream_error_answer(limits: &TransportLimits, status: Status) -> Status {
     let oversize = status.code() == tonic::Code::OutOfRange
         && status.message().contains("message length too large");
     if !oversize {
         return status;
     }
-    crate::grpc_limits::TransportLimits::from_config(&node.config)
-        .oversize_status("/floe.v1.Workers/Attach", status.message())
+    limits.oversize_status("/floe.v1.Workers/Attach", status.message())
 }
 
 /// How long a worker's result is retried while the cluster changes leader.
 const RESULT_RETRY_LIMIT: Duration = Duration::from_secs(30);
 
-/// Proposes a worker's result, retrying while the outcome is unavailable or
-/// unknown (a leader change under the proposal). Dropping it instead would
-/// leave its attempt open for good: its worker is still connected and its
-/// node still holds the lease, so nothing else would ever end the attempt.
-/// Retrying is safe: a result that was applied meanwhile is refused as
-/// finished. (Found by the chaos suite: kill-leader, pause-leader.)
-pub(crate) async fn deliver_result(
-    node: &Node,
-    key: floe_engine::run::TaskKey,
-    attempt: u32,
-    worker: &str,
-    outcome: Result<&[u8], TaskFailure>,
-) -> Result<(), crate::error::ApiError> {
-    use crate::error::ApiError;
-    let deadline = node.clock.now() + RESULT_RETRY_LIMIT;
-    let mut backoff = Duration::from_millis(50);
-    loop {
-        match node
-            .task_result(key.clone(), attempt, Some(worker), outcome.clone())
-            .await
-        {
-            Err(ApiError::Unavailable(reason) | ApiError::OutcomeUnknown(reason))
-                if node.clock.now() < deadline && !node.shutdown.is_cancelled() =>
-            {
-                tracing::debug!(task = ?key, attempt, reason = %reason, "task result not proposed yet; retrying");
-                node.clock.sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(1));
-            }
-            other => return other,
-        }
-    }
-}
-
-/// Adds the worker; hands the sender back when its id is already connected.
-fn register(
-    node: &Node,
-    hello: &api::WorkerHello,
-    sender: mpsc::Sender<Result<api::WorkerTask, Status>>,
-) -> Option<mpsc::Sender<Result<api::WorkerTask, Status>>> {
-    let Ok(mut workers) = node.workers.workers.lock() else {
-        return Some(sender);
-    };
-    if workers.contains_key(&hello.worker_id) {
-        return Some(sender);
-    }
-    let labels: BTreeMap<String, String> = hello
-        .labels
-        .iter()
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    let subsets = floe_engine::label_subsets(&labels);
-    let conn = WorkerConn {
-        keys: hello
-            .blocks
-            .iter()
-            .flat_map(|block| {
-                subsets
-                    .iter()
-                    .map(move |subset| floe_engine::placement_key(block, subset))
-            })
-            .collect(),
-        concurrency: hello.concurrency,
-        in_flight: BTreeMap::new(),
-        sender,
-    };
-    workers.insert(hello.worker_id.clone(), conn);
-    None
-}
-
-/// Pushes the tasks placed on this node to its workers as slots free up.
-pub async fn dispatch(node: Arc<Node>, cancel: CancellationToken) -> anyhow::Result<()> {
-    loop {
-        tokio::select! {
-            _ = cancel.cancelled() => return Ok(()),
-            _ = node.workers.wake.notified() => {}
-            _ = node.changes.tasks_here.notified() => {}
-            // Heartbeat deadlines and the unserved grace need the clock.
-            _ = node.clock.sleep(Duration::from_millis(100)) => {}
-        }
-        // Only the records of attempts not handed out yet are read.
-        let scan_node = node.clone();
-        let placed = tokio::task::spawn_blocking(move || {
-            scan_node
-                .reader
-                .placed_tasks(scan_node.id, |task, attempt| {
-                    !dispatched(&scan_node, task, attempt)
-                })
-        })
-        .await;
-        let placed = match placed {
-            Ok(Ok(placed)) => placed,
-            Ok(Err(err)) => {
-                crate::warn_limited!("reading this node's tasks", error = %err, "reading this node's tasks");
-                continue;
-            }
-            Err(_) => continue,
-        };
-        let attempts: BTreeMap<String, u32> = placed
-            .iter()
-            .map(|(text, attempt, _)| (text.clone(), *attempt))
-            .collect();
-        node.workers.retain(&attempts);
-        let placed: Vec<TaskRecord> = placed
-            .into_iter()
-            .filter_map(|(_, _, record)| record)
-            .collect();
-        let mut unserved_now = BTreeMap::new();
-        let latest = if placed.iter().any(|task| is_inference(&task.spec.block)) {
-            node.reader
-                .deployments()
-                .map(|d| crate::models::latest_deployed(&d))
-                .unwrap_or_default()
-        } else {
-            BTreeMap::new()
-        };
-        for task in &placed {
-            let text = task.spec.key.to_string();
-            if dispatched(&node, &text, task.spec.attempt) {
-                continue;
-            }
-            if is_inference(&task.spec.block) {
-                // Run by a warm model replica here, not by a worker.
-                if node.models.serves(&task.spec.block, &latest) {
-                    let Some(input) = resolved_input(&node, task).await else {
-                        continue;
-                    };
-                    crate::models::start_task(&node, task, input, &latest);
-                } else {
-                    unserved_now.insert(text, task.spec.attempt);
-                }
-                continue;
-            }
-            let key = task.spec.placement_key();
-            if node.workers.has_room(&key) {
-                let Some(input) = worker_input(&node, task).await else {
-                    continue;
-                };
-                if node.workers.push(task, input, node.clock.now()) {
-                    continue;
-                }
-            }
-            if !node.workers.serves(&key) {
-                unserved_now.insert(text, task.spec.attempt);
-            }
-        }
-        for (task, attempt) in node.workers.overdue(node.clock.now()) {
-            let Ok(key) = parse_task_key(&task) else {
-                continue;
-            };
-            let timer = floe_engine::run::TimerKey {
-                run_id: key.run_id.clone(),
-                step_id: key.step_id.clone(),
-                item: key.item,
-                purpose: "heartbeat".into(),
-                attempt,
-            };
-            tracing::info!(node_id = node.id, task = %task, attempt, "no heartbeat in time; attempt timed out");
-            if let Err(err) = node
-                .run_event(
-                    &key.run_id,
-                    floe_engine::run::RunEvent::TimerFired { timer },
-                )
+impl WorkerHub {
+    /// Proposes a worker's result, retrying while the outcome is unavailable or
+    /// unknown (a leader change under the proposal). Dropping it instead would
+    /// leave its attempt open for good: its worker is still connected and its
+    /// node still holds the lease, so nothing else would ever end the attempt.
+    /// Retrying is safe: a result that was applied meanwhile is refused as
+    /// finished. (Found by the chaos suite: kill-leader, pause-leader.)
+    async fn deliver_result(
+        &self,
+        ctx: &CallContext,
+        key: floe_engine::run::TaskKey,
+        attempt: u32,
+        worker: &str,
+        outcome: Result<&[u8], TaskFailure>,
+    ) -> Result<(), ApiError> {
+        let clock = &self.inner.clock;
+        let deadline = clock.now() + RESULT_RETRY_LIMIT;
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            match self
+                .inner
+                .runs
+                .task_result(ctx, key.clone(), attempt, Some(worker), outcome.clone())
                 .await
             {
-                tracing::debug!(task = %task, error = %err, "heartbeat timeout not applied");
+                Err(ApiError::Unavailable(reason) | ApiError::OutcomeUnknown(reason))
+                    if clock.now() < deadline && !self.inner.shutdown.is_cancelled() =>
+                {
+                    tracing::debug!(task = ?key, attempt, reason = %reason, "task result not proposed yet; retrying");
+                    clock.sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                }
+                other => return other,
             }
         }
-        let now = node.clock.now();
-        for (task, attempt) in node.workers.unserved_for(unserved_now, UNSERVED_GRACE, now) {
-            let command = floe_state::Command::UnassignTask {
-                task: task.clone(),
-                attempt,
-                at_ms: node.clock.now_ms(),
+    }
+
+    /// Adds the worker; hands the sender back when its id is already connected.
+    fn register(
+        &self,
+        hello: &api::WorkerHello,
+        sender: mpsc::Sender<Result<api::WorkerTask, Status>>,
+    ) -> Option<mpsc::Sender<Result<api::WorkerTask, Status>>> {
+        let Ok(mut workers) = self.inner.registry.workers.lock() else {
+            return Some(sender);
+        };
+        if workers.contains_key(&hello.worker_id) {
+            return Some(sender);
+        }
+        let labels: BTreeMap<String, String> = hello
+            .labels
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let subsets = floe_engine::label_subsets(&labels);
+        let conn = WorkerConn {
+            keys: hello
+                .blocks
+                .iter()
+                .flat_map(|block| {
+                    subsets
+                        .iter()
+                        .map(move |subset| floe_engine::placement_key(block, subset))
+                })
+                .collect(),
+            concurrency: hello.concurrency,
+            in_flight: BTreeMap::new(),
+            sender,
+        };
+        workers.insert(hello.worker_id.clone(), conn);
+        None
+    }
+
+    /// Pushes the tasks placed on this node to its workers as slots free up.
+    pub async fn dispatch(self, cancel: CancellationToken) -> anyhow::Result<()> {
+        let ctx = CallContext::local("dispatcher");
+        let inner = &self.inner;
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return Ok(()),
+                _ = inner.registry.wake.notified() => {}
+                _ = inner.changes.tasks_here.notified() => {}
+                // Heartbeat deadlines and the unserved grace need the clock.
+                _ = inner.clock.sleep(Duration::from_millis(100)) => {}
+            }
+            // Only the records of attempts not handed out yet are read.
+            let hub = self.clone();
+            let placed = tokio::task::spawn_blocking(move || {
+                hub.inner
+                    .cluster
+                    .reader()
+                    .placed_tasks(hub.id(), |task, attempt| !hub.dispatched(task, attempt))
+            })
+            .await;
+            let placed = match placed {
+                Ok(Ok(placed)) => placed,
+                Ok(Err(err)) => {
+                    crate::warn_limited!("reading this node's tasks", error = %err, "reading this node's tasks");
+                    continue;
+                }
+                Err(_) => continue,
             };
-            match node.cluster.write(command).await {
-                Ok(_) => {
-                    tracing::info!(node_id = node.id, task = %task, "task handed back: no worker here serves its block")
+            let attempts: BTreeMap<String, u32> = placed
+                .iter()
+                .map(|(text, attempt, _)| (text.clone(), *attempt))
+                .collect();
+            inner.registry.retain(&attempts);
+            let placed: Vec<TaskRecord> = placed
+                .into_iter()
+                .filter_map(|(_, _, record)| record)
+                .collect();
+            let mut unserved_now = BTreeMap::new();
+            let latest = if placed.iter().any(|task| is_inference(&task.spec.block)) {
+                inner
+                    .cluster
+                    .reader()
+                    .deployments()
+                    .map(|d| crate::models::latest_deployed(&d))
+                    .unwrap_or_default()
+            } else {
+                BTreeMap::new()
+            };
+            for task in &placed {
+                let text = task.spec.key.to_string();
+                if self.dispatched(&text, task.spec.attempt) {
+                    continue;
                 }
-                Err(err) => {
-                    tracing::debug!(task = %task, error = %err, "handing a task back failed")
+                if is_inference(&task.spec.block) {
+                    // Run by a warm model replica here, not by a worker.
+                    if inner.models.local().serves(&task.spec.block, &latest) {
+                        if let Some(started) = inner.models.start_task(task, &latest) {
+                            self.run_inference(&ctx, task, started).await;
+                        }
+                    } else {
+                        unserved_now.insert(text, task.spec.attempt);
+                    }
+                    continue;
+                }
+                let key = task.spec.placement_key();
+                if inner.registry.has_room(&key) {
+                    let Some(input) = self.worker_input(&ctx, task).await else {
+                        continue;
+                    };
+                    if inner.registry.push(task, input, inner.clock.now()) {
+                        continue;
+                    }
+                }
+                if !inner.registry.serves(&key) {
+                    unserved_now.insert(text, task.spec.attempt);
+                }
+            }
+            for (task, attempt) in inner.registry.overdue(inner.clock.now()) {
+                let Ok(key) = parse_task_key(&task) else {
+                    continue;
+                };
+                let timer = floe_engine::run::TimerKey {
+                    run_id: key.run_id.clone(),
+                    step_id: key.step_id.clone(),
+                    item: key.item,
+                    purpose: "heartbeat".into(),
+                    attempt,
+                };
+                tracing::info!(node_id = self.id(), task = %task, attempt, "no heartbeat in time; attempt timed out");
+                if let Err(err) = inner
+                    .runs
+                    .run_event(
+                        &ctx,
+                        &key.run_id,
+                        floe_engine::run::RunEvent::TimerFired { timer },
+                    )
+                    .await
+                {
+                    tracing::debug!(task = %task, error = %err, "heartbeat timeout not applied");
+                }
+            }
+            let now = inner.clock.now();
+            for (task, attempt) in inner
+                .registry
+                .unserved_for(unserved_now, UNSERVED_GRACE, now)
+            {
+                let command = floe_state::Command::UnassignTask {
+                    task: task.clone(),
+                    attempt,
+                    at_ms: inner.clock.now_ms(),
+                };
+                match inner.cluster.write(command).await {
+                    Ok(_) => {
+                        tracing::info!(node_id = self.id(), task = %task, "task handed back: no worker here serves its block")
+                    }
+                    Err(err) => {
+                        tracing::debug!(task = %task, error = %err, "handing a task back failed")
+                    }
                 }
             }
         }
     }
-}
 
-/// The task's input as a worker receives it: JSON, blob references resolved.
-async fn worker_input(node: &Node, task: &TaskRecord) -> Option<Vec<u8>> {
-    let input = resolved_input(node, task).await?;
-    Some(serde_json::to_vec(&input).unwrap_or_else(|_| b"null".to_vec()))
-}
-
-/// The task's input with blob references resolved. When a referenced blob
-/// cannot be had, the attempt fails (retryable) with the reason, so the
-/// run's retry policy decides, instead of the task silently waiting here.
-async fn resolved_input(node: &Node, task: &TaskRecord) -> Option<serde_json::Value> {
-    let failure = match node.resolve_blobs(&task.spec.input).await {
-        Ok(resolved) => return Some(resolved),
-        Err(err) => err.to_string(),
-    };
-    let text = task.spec.key.to_string();
-    crate::warn_limited!("task input not resolved", node_id = node.id, task = %text, attempt = task.spec.attempt, error = %failure, "task input not resolved");
-    let failure = TaskFailure {
-        error: format!("input not available: {failure}"),
-        retryable: true,
-    };
-    if let Err(err) = node
-        .task_result(task.spec.key.clone(), task.spec.attempt, None, Err(failure))
-        .await
-    {
-        tracing::debug!(task = %text, error = %err, "failing the attempt was refused");
+    /// Runs an inference task on the replica slot it holds and delivers its
+    /// result; the slot frees once the attempt counts as answered.
+    async fn run_inference(&self, ctx: &CallContext, task: &TaskRecord, started: InferenceTask) {
+        let Some(input) = self.resolved_input(ctx, task).await else {
+            return;
+        };
+        let hub = self.clone();
+        let ctx = ctx.clone();
+        let (key, attempt) = (task.spec.key.clone(), task.spec.attempt);
+        tokio::spawn(async move {
+            let text = key.to_string();
+            let outcome = started.run(input).await;
+            let outcome = match &outcome {
+                Ok(output) => Ok(output.as_slice()),
+                Err(failure) => Err(failure.clone()),
+            };
+            let delivered = hub
+                .deliver_result(&ctx, key, attempt, &started.replica(), outcome)
+                .await;
+            if let Err(err) = delivered {
+                crate::warn_limited!("inference result refused", task = %text, attempt, error = %err, "inference result refused");
+            }
+            hub.inner.registry.mark_answered(&text, attempt);
+            drop(started);
+        });
     }
-    None
+
+    /// The task's input as a worker receives it: JSON, blob references resolved.
+    async fn worker_input(&self, ctx: &CallContext, task: &TaskRecord) -> Option<Vec<u8>> {
+        let input = self.resolved_input(ctx, task).await?;
+        Some(serde_json::to_vec(&input).unwrap_or_else(|_| b"null".to_vec()))
+    }
+
+    /// The task's input with blob references resolved. When a referenced blob
+    /// cannot be had, the attempt fails (retryable) with the reason, so the
+    /// run's retry policy decides, instead of the task silently waiting here.
+    async fn resolved_input(
+        &self,
+        ctx: &CallContext,
+        task: &TaskRecord,
+    ) -> Option<serde_json::Value> {
+        let failure = match self.inner.blobs.resolve(&task.spec.input).await {
+            Ok(resolved) => return Some(resolved),
+            Err(err) => err.to_string(),
+        };
+        let text = task.spec.key.to_string();
+        crate::warn_limited!("task input not resolved", node_id = self.id(), task = %text, attempt = task.spec.attempt, error = %failure, "task input not resolved");
+        let failure = TaskFailure {
+            error: format!("input not available: {failure}"),
+            retryable: true,
+        };
+        if let Err(err) = self
+            .inner
+            .runs
+            .task_result(
+                ctx,
+                task.spec.key.clone(),
+                task.spec.attempt,
+                None,
+                Err(failure),
+            )
+            .await
+        {
+            tracing::debug!(task = %text, error = %err, "failing the attempt was refused");
+        }
+        None
+    }
+
+    /// Tasks placed on this node but not pushed yet, per slot pool (a labelled
+    /// task waits for a slot of its labels and of its block).
+    pub fn queued_blocks(&self) -> BTreeMap<String, u32> {
+        let mut queued = BTreeMap::new();
+        if let Ok(placed) = self
+            .inner
+            .cluster
+            .reader()
+            .placed_tasks(self.id(), |task, attempt| !self.dispatched(task, attempt))
+        {
+            for task in placed.into_iter().filter_map(|(_, _, record)| record) {
+                for pool in task.spec.slot_pools() {
+                    *queued.entry(pool.into_owned()).or_default() += 1;
+                }
+            }
+        }
+        queued
+    }
+
+    /// Whether this attempt was handed to a worker or a model replica here.
+    fn dispatched(&self, task: &str, attempt: u32) -> bool {
+        self.inner.registry.is_pushed(task, attempt)
+            || self.inner.models.local().is_running(task, attempt)
+    }
 }
 
 /// How long a task placed here may wait for a worker serving its block.
 const UNSERVED_GRACE: Duration = Duration::from_secs(1);
-
-/// Tasks placed on this node but not pushed yet, per slot pool (a labelled
-/// task waits for a slot of its labels and of its block).
-pub fn queued_blocks(node: &Node) -> BTreeMap<String, u32> {
-    let mut queued = BTreeMap::new();
-    if let Ok(placed) = node
-        .reader
-        .placed_tasks(node.id, |task, attempt| !dispatched(node, task, attempt))
-    {
-        for task in placed.into_iter().filter_map(|(_, _, record)| record) {
-            for pool in task.spec.slot_pools() {
-                *queued.entry(pool.into_owned()).or_default() += 1;
-            }
-        }
-    }
-    queued
-}
 
 /// What is wrong with the labels a worker declared, if anything.
 fn label_problem(labels: &std::collections::HashMap<String, String>) -> Option<String> {
@@ -822,11 +976,6 @@ fn label_problem(labels: &std::collections::HashMap<String, String>) -> Option<S
 
 fn is_inference(block: &str) -> bool {
     block.starts_with(floe_engine::INFERENCE_BLOCK_PREFIX)
-}
-
-/// Whether this attempt was handed to a worker or a model replica here.
-fn dispatched(node: &Node, task: &str, attempt: u32) -> bool {
-    node.workers.is_pushed(task, attempt) || node.models.is_running(task, attempt)
 }
 
 #[cfg(test)]

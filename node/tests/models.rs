@@ -433,7 +433,7 @@ async fn idle_replicas_are_evicted_for_a_new_model_and_come_back_on_demand() {
     // A budget for one replica of this model but not two: an unmeasured
     // replica is assumed to take twice its file plus 16 MiB, a measured one
     // at least its file plus 16 MiB.
-    let budget = floe_node::placement::estimated_footprint(onnx.len() as u64) * 3 / 2;
+    let budget = floe_node::models::estimated_footprint(onnx.len() as u64) * 3 / 2;
     let mut options = options(1, &files);
     options
         .overrides

@@ -2,9 +2,9 @@
 //! concurrent reads (see `reads.rs`).
 
 use super::{bounded, ClusterHandle};
+use crate::cluster::CLIENT_REQUEST_TIMEOUT;
 use crate::error::ApiError;
 use crate::raft_errors::leadership_error;
-use crate::service::CLIENT_REQUEST_TIMEOUT;
 
 impl ClusterHandle {
     /// Makes this node's state at least as new as every write committed

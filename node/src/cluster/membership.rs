@@ -9,11 +9,11 @@ use openraft::error::{InitializeError, RaftError};
 
 use super::writes::Route;
 use super::{bounded, role_name, ClusterHandle};
+use crate::cluster::CLIENT_REQUEST_TIMEOUT;
 use crate::error::ApiError;
 use crate::ops::unexpected;
 use crate::peer_api::{LocalStatus, PeerRequest, PeerResponse, ProbeInfo};
 use crate::raft_errors::{initialize_error, write_error};
-use crate::service::CLIENT_REQUEST_TIMEOUT;
 
 /// Voters and learners, as a membership change answers.
 pub type MembershipIds = (Vec<NodeId>, Vec<NodeId>);

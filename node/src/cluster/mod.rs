@@ -36,9 +36,11 @@ use crate::disk::DiskHealth;
 use crate::error::ApiError;
 use crate::metrics::NodeMetrics;
 use crate::peer_api::{PeerRequest, PeerResponse};
-use crate::service::CLIENT_REQUEST_TIMEOUT;
 
 /// What the cluster component is built from.
+/// How long a client request may wait for the cluster before it fails.
+pub const CLIENT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
 pub struct ClusterParts {
     pub id: NodeId,
     pub info: NodeInfo,
@@ -65,6 +67,17 @@ pub struct ClusterQueues {
 #[derive(Clone)]
 pub struct ClusterHandle {
     inner: Arc<Inner>,
+}
+
+/// A reference to the cluster component that does not keep it (nor its
+/// store) alive: says when every handle is gone.
+pub struct WeakCluster(std::sync::Weak<Inner>);
+
+impl WeakCluster {
+    /// How many handles still hold the component.
+    pub fn holders(&self) -> usize {
+        self.0.strong_count()
+    }
 }
 
 struct Inner {
@@ -188,6 +201,11 @@ impl ClusterHandle {
         self.inner.id
     }
 
+    /// A reference that does not keep the component alive.
+    pub fn downgrade(&self) -> WeakCluster {
+        WeakCluster(Arc::downgrade(&self.inner))
+    }
+
     /// This node's addresses, as it announces them to the cluster.
     pub fn info(&self) -> &NodeInfo {
         &self.inner.info
@@ -195,6 +213,22 @@ impl ClusterHandle {
 
     pub(crate) fn metrics(&self) -> &NodeMetrics {
         &self.inner.metrics
+    }
+
+    /// The store under the Raft log and the applied state (for its
+    /// statistics and Raft state checks).
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    /// Free space and writability of the data dir.
+    pub fn disk(&self) -> &DiskHealth {
+        &self.inner.disk
+    }
+
+    /// The applied state, as this node has it.
+    pub fn reader(&self) -> &StateReader {
+        &self.inner.reader
     }
 
     pub fn clock(&self) -> &Clock {

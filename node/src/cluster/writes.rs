@@ -4,9 +4,9 @@
 use floe_state::{Command, CommandResponse, NodeId};
 
 use super::ClusterHandle;
+use crate::cluster::CLIENT_REQUEST_TIMEOUT;
 use crate::error::{rejection_error, ApiError};
 use crate::peer_api::{self, PeerRequest, PeerResponse};
-use crate::service::CLIENT_REQUEST_TIMEOUT;
 
 /// Where a request must go when this node cannot serve it.
 pub(super) enum Route {

@@ -7,10 +7,11 @@ use std::time::Duration;
 use floe_state::models::{DeploySpec, Deployment, ModelRecord, GPU_MILLI_PER_DEVICE};
 use floe_state::{Command, CommandResponse, NodeId};
 
+use crate::call_context::CallContext;
 use crate::error::ApiError;
-use crate::models::{ReplicaId, ReplicaReport};
+use crate::models::ModelService;
 use crate::peer_api::{PeerRequest, PeerResponse};
-use crate::service::Node;
+use crate::reports::{ReplicaId, ReplicaReport};
 use floe_engine::names::quote_bounded;
 
 /// What a registration produced.
@@ -53,17 +54,22 @@ fn store_error(err: floe_state::StoreError) -> ApiError {
     ApiError::Internal(err.to_string())
 }
 
-impl Node {
+impl ModelService {
     /// Checks the file by loading it, stores it as a replicated blob, then
     /// commits the record. Nothing is recorded when any step fails.
-    pub async fn put_model(&self, name: &str, bytes: Vec<u8>) -> Result<PutModel, ApiError> {
+    pub async fn put_model(
+        &self,
+        _ctx: &CallContext,
+        name: &str,
+        bytes: Vec<u8>,
+    ) -> Result<PutModel, ApiError> {
         if !floe_engine::is_model_name(name) {
             return Err(ApiError::InvalidArgument(format!(
                 "model name {} must match ^[a-z][a-z0-9_-]{{0,39}}$",
                 quote_bounded(name)
             )));
         }
-        let limit = self.config.inference.max_model_bytes;
+        let limit = self.inner.config.max_model_bytes;
         if bytes.is_empty() {
             return Err(ApiError::InvalidArgument(format!(
                 "model {name}: the file is empty"
@@ -75,7 +81,7 @@ impl Node {
                 bytes.len()
             )));
         }
-        let runtime = self.models.runtime(&self.ort_library()).await?;
+        let runtime = self.inner.manager.runtime(&self.ort_library()).await?;
         let bytes = std::sync::Arc::new(bytes);
         let checked = bytes.clone();
         let model = name.to_string();
@@ -87,15 +93,15 @@ impl Node {
         .map_err(|err| ApiError::InvalidArgument(err.to_string()))?;
         let signature_json =
             serde_json::to_string(&signature).map_err(|err| ApiError::Internal(err.to_string()))?;
-        let blob = self.store_blob(bytes.to_vec()).await?;
+        let blob = self.inner.blobs.store(bytes.to_vec()).await?;
         let command = Command::PutModel {
             name: name.to_string(),
             hash: blob.hash.clone(),
             size: blob.size,
             signature: signature_json.clone().into_bytes(),
-            at_ms: self.clock.now_ms(),
+            at_ms: self.inner.clock.now_ms(),
         };
-        match self.cluster.write(command).await? {
+        match self.inner.cluster.write(command).await? {
             CommandResponse::ModelPut { version, created } => Ok(PutModel {
                 version,
                 created,
@@ -109,25 +115,40 @@ impl Node {
     }
 
     /// Registered versions: every model's, or one model's.
-    pub async fn list_models(&self, name: &str) -> Result<Vec<ModelRecord>, ApiError> {
-        self.cluster.read_barrier().await?;
+    pub async fn list_models(
+        &self,
+        _ctx: &CallContext,
+        name: &str,
+    ) -> Result<Vec<ModelRecord>, ApiError> {
+        self.inner.cluster.read_barrier().await?;
         if name.is_empty() {
-            self.reader.models().map_err(store_error)
+            self.inner.cluster.reader().models().map_err(store_error)
         } else {
-            self.reader.model_versions(name).map_err(store_error)
+            self.inner
+                .cluster
+                .reader()
+                .model_versions(name)
+                .map_err(store_error)
         }
     }
 
     /// Deploys `version` (0: the latest registered) with `spec`.
     pub async fn deploy_model(
         &self,
+        _ctx: &CallContext,
         name: &str,
         version: u64,
         spec: DeploySpec,
     ) -> Result<u64, ApiError> {
-        self.cluster.read_barrier().await?;
+        self.inner.cluster.read_barrier().await?;
         let wanted = (version > 0).then_some(version);
-        let Some(model) = self.reader.model(name, wanted).map_err(store_error)? else {
+        let Some(model) = self
+            .inner
+            .cluster
+            .reader()
+            .model(name, wanted)
+            .map_err(store_error)?
+        else {
             return Err(ApiError::NotFound(match wanted {
                 Some(version) => format!("model {} has no version {version}", quote_bounded(name)),
                 None => format!("model {} is not registered", quote_bounded(name)),
@@ -145,19 +166,26 @@ impl Node {
             model: name.to_string(),
             version: model.version,
             spec,
-            created_at_ms: self.clock.now_ms(),
+            created_at_ms: self.inner.clock.now_ms(),
         };
-        self.cluster
+        self.inner
+            .cluster
             .write(Command::DeployModel { deployment })
             .await?;
         Ok(model.version)
     }
 
     /// Removes a deployment (0: the highest deployed version).
-    pub async fn undeploy_model(&self, name: &str, version: u64) -> Result<u64, ApiError> {
-        self.cluster.read_barrier().await?;
+    pub async fn undeploy_model(
+        &self,
+        _ctx: &CallContext,
+        name: &str,
+        version: u64,
+    ) -> Result<u64, ApiError> {
+        self.inner.cluster.read_barrier().await?;
         let version = self.resolve_deployed_version(name, version)?;
-        self.cluster
+        self.inner
+            .cluster
             .write(Command::UndeployModel {
                 name: name.to_string(),
                 version,
@@ -169,11 +197,14 @@ impl Node {
     /// Deployments (one model's, or all) with each replica's live state.
     pub async fn model_status(
         &self,
+        _ctx: &CallContext,
         name: &str,
     ) -> Result<Vec<(Deployment, Vec<ReplicaView>)>, ApiError> {
-        self.cluster.read_barrier().await?;
+        self.inner.cluster.read_barrier().await?;
         let deployments: Vec<Deployment> = self
-            .reader
+            .inner
+            .cluster
+            .reader()
             .deployments()
             .map_err(store_error)?
             .into_iter()
@@ -185,7 +216,12 @@ impl Node {
                 quote_bounded(name)
             )));
         }
-        let records = self.reader.replicas().map_err(store_error)?;
+        let records = self
+            .inner
+            .cluster
+            .reader()
+            .replicas()
+            .map_err(store_error)?;
         let reports = self.leader_replica_reports().await;
         let mut out = Vec::new();
         for deployment in deployments {
@@ -234,12 +270,20 @@ impl Node {
 
     /// The leader's latest replica reports; `None` when it cannot be asked.
     async fn leader_replica_reports(&self) -> Option<Vec<(NodeId, Vec<ReplicaReport>)>> {
-        let leader = self.cluster.leader()?;
-        if leader == self.id {
-            return Some(self.reports.replica_reports());
+        let leader = self.inner.cluster.leader()?;
+        if leader == self.id() {
+            return Some(self.inner.reports.replica_reports());
         }
-        let addr = self.cluster.members().0.get(&leader)?.raft_addr.clone();
+        let addr = self
+            .inner
+            .cluster
+            .members()
+            .0
+            .get(&leader)?
+            .raft_addr
+            .clone();
         match self
+            .inner
             .cluster
             .call(
                 leader,

@@ -25,9 +25,8 @@ use floe_state::models::{
 };
 use floe_state::{Command, NodeId};
 
-use crate::models::ReplicaId;
-use crate::scheduler::{load_score, NodeReport};
-use crate::service::Node;
+use crate::models::ModelService;
+use crate::reports::{load_score, NodeReport, ReplicaId};
 
 pub const PLACE_EVERY: Duration = Duration::from_millis(500);
 
@@ -305,86 +304,95 @@ impl Plan<'_> {
     }
 }
 
-/// On the leader: proposes the changes `plan` finds.
-pub async fn place_replicas(
-    node: &Node,
-    reports: &BTreeMap<NodeId, NodeReport>,
-    waiting_blocks: &BTreeSet<String>,
-) {
-    let read = (|| {
-        let deployments = node.reader.deployments()?;
-        let replicas = node.reader.replicas()?;
-        if deployments.is_empty() && replicas.is_empty() {
-            return Ok(None);
-        }
-        let mut sizes = BTreeMap::new();
-        for deployment in &deployments {
-            if let Some(model) = node
-                .reader
-                .model(&deployment.model, Some(deployment.version))?
-            {
-                sizes.insert((model.name, model.version), model.size);
+impl ModelService {
+    /// On the leader: proposes the changes `plan` finds.
+    pub async fn place_replicas(
+        &self,
+        reports: &BTreeMap<NodeId, NodeReport>,
+        waiting_blocks: &BTreeSet<String>,
+    ) {
+        let read = (|| {
+            let deployments = self.inner.cluster.reader().deployments()?;
+            let replicas = self.inner.cluster.reader().replicas()?;
+            if deployments.is_empty() && replicas.is_empty() {
+                return Ok(None);
+            }
+            let mut sizes = BTreeMap::new();
+            for deployment in &deployments {
+                if let Some(model) = self
+                    .inner
+                    .cluster
+                    .reader()
+                    .model(&deployment.model, Some(deployment.version))?
+                {
+                    sizes.insert((model.name, model.version), model.size);
+                }
+            }
+            Ok::<_, floe_state::StoreError>(Some((deployments, replicas, sizes)))
+        })();
+        let (deployments, replicas, sizes) = match read {
+            Ok(Some(found)) => found,
+            Ok(None) => return,
+            Err(err) => {
+                crate::warn_limited!("reading deployments for placement", error = %err, "reading deployments for placement");
+                return;
+            }
+        };
+        let members: Vec<NodeId> = self.inner.cluster.members().0.keys().copied().collect();
+        let mut lost: BTreeSet<NodeId> = self
+            .inner
+            .reports
+            .silent_nodes(&members)
+            .into_iter()
+            .collect();
+        lost.extend(
+            replicas
+                .iter()
+                .filter_map(|r| r.node)
+                .filter(|id| !members.contains(id)),
+        );
+        let latest = crate::models::latest_deployed(&deployments);
+        let mut wanted: BTreeSet<(String, u64)> = reports
+            .values()
+            .flat_map(|r| r.model_demand.iter().cloned())
+            .collect();
+        for block in waiting_blocks {
+            if let Some(found) = model_of_block(block, &latest) {
+                wanted.insert(found);
             }
         }
-        Ok::<_, floe_state::StoreError>(Some((deployments, replicas, sizes)))
-    })();
-    let (deployments, replicas, sizes) = match read {
-        Ok(Some(found)) => found,
-        Ok(None) => return,
-        Err(err) => {
-            crate::warn_limited!("reading deployments for placement", error = %err, "reading deployments for placement");
+        let input = PlanInput {
+            deployments: &deployments,
+            replicas: &replicas,
+            model_sizes: &sizes,
+            reports,
+            lost: &lost,
+            wanted: &wanted,
+            now_ms: self.inner.clock.now_ms(),
+            idle_evict_ms: self.inner.config.idle_evict_ms,
+        };
+        let changes = plan(&input);
+        if changes.is_empty() {
             return;
         }
-    };
-    let members: Vec<NodeId> = node.cluster.members().0.keys().copied().collect();
-    let mut lost: BTreeSet<NodeId> = node.reports.silent_nodes(&members).into_iter().collect();
-    lost.extend(
-        replicas
-            .iter()
-            .filter_map(|r| r.node)
-            .filter(|id| !members.contains(id)),
-    );
-    let latest = crate::models::latest_deployed(&deployments);
-    let mut wanted: BTreeSet<(String, u64)> = reports
-        .values()
-        .flat_map(|r| r.model_demand.iter().cloned())
-        .collect();
-    for block in waiting_blocks {
-        if let Some(found) = model_of_block(block, &latest) {
-            wanted.insert(found);
+        for change in &changes {
+            tracing::info!(model = %change.model, version = change.version, replica = change.replica, node = ?change.node, reason = %change.reason, "model replica change");
         }
-    }
-    let input = PlanInput {
-        deployments: &deployments,
-        replicas: &replicas,
-        model_sizes: &sizes,
-        reports,
-        lost: &lost,
-        wanted: &wanted,
-        now_ms: node.clock.now_ms(),
-        idle_evict_ms: node.config.inference.idle_evict_ms,
-    };
-    let changes = plan(&input);
-    if changes.is_empty() {
-        return;
-    }
-    for change in &changes {
-        tracing::info!(model = %change.model, version = change.version, replica = change.replica, node = ?change.node, reason = %change.reason, "model replica change");
-    }
-    let command = Command::ChangeReplicas {
-        changes,
-        at_ms: node.clock.now_ms(),
-    };
-    match node.cluster.write_answer(command).await {
-        Ok(response) if response.rejection().is_some() => {
-            let reason = response
-                .rejection()
-                .map(|r| r.into_message())
-                .unwrap_or_default();
-            tracing::info!(%reason, "replica changes partly refused")
+        let command = Command::ChangeReplicas {
+            changes,
+            at_ms: self.inner.clock.now_ms(),
+        };
+        match self.inner.cluster.write_answer(command).await {
+            Ok(response) if response.rejection().is_some() => {
+                let reason = response
+                    .rejection()
+                    .map(|r| r.into_message())
+                    .unwrap_or_default();
+                tracing::info!(%reason, "replica changes partly refused")
+            }
+            Ok(_) => {}
+            Err(err) => tracing::debug!(error = %err, "replica changes not committed"),
         }
-        Ok(_) => {}
-        Err(err) => tracing::debug!(error = %err, "replica changes not committed"),
     }
 }
 
@@ -402,7 +410,7 @@ fn model_of_block(block: &str, latest: &BTreeMap<String, u64>) -> Option<(String
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::models::ReplicaReport;
+    use crate::reports::ReplicaReport;
     use floe_inference::GpuDevice;
     use floe_state::models::DeploySpec;
 

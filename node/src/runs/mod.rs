@@ -2,12 +2,22 @@
 //! version, the clock) is decided here, on the proposing node, and carried
 //! in the command; the state machine and the run engine do the rest.
 
+mod flows;
+
+pub use flows::PutFlowOutcome;
+
 use floe_engine::run::{RunEvent, RunRecord, TaskFailure, TaskKey};
 use floe_state::runs::{LimitScope, LimitState};
 use floe_state::{Command, CommandResponse, RunFilter, RunPage};
 
 use crate::error::{unexpected_answer, ApiError};
-use crate::service::Node;
+use std::sync::Arc;
+
+use crate::blobs::BlobService;
+use crate::call_context::CallContext;
+use crate::changes::{ChangeHub, RunWatch};
+use crate::clock::Clock;
+use crate::cluster::ClusterHandle;
 use floe_engine::names::quote_bounded;
 
 pub struct StartedRun {
@@ -23,9 +33,57 @@ fn new_run_id() -> String {
 /// Longest correlation id or idempotency key: both are index keys.
 pub const MAX_RUN_KEY_BYTES: usize = 256;
 
-impl Node {
+/// Handle to the run component (runs, flows and concurrency limits);
+/// cheap to clone. Every API operation takes the caller's context, which
+/// the authorization check reads.
+#[derive(Clone)]
+pub struct RunService {
+    cluster: ClusterHandle,
+    blobs: BlobService,
+    changes: Arc<ChangeHub>,
+    clock: Clock,
+}
+
+impl RunService {
+    pub fn new(cluster: ClusterHandle, blobs: BlobService, changes: Arc<ChangeHub>) -> RunService {
+        RunService {
+            clock: cluster.clock().clone(),
+            cluster,
+            blobs,
+            changes,
+        }
+    }
+
+    /// The run now and a subscription to its later changes, taken before
+    /// the read so no change falls in between. A run already applied here
+    /// needs no quorum round; one not here yet (started a moment ago through
+    /// another node) takes a read barrier, and one absent after it does not
+    /// exist.
+    pub async fn watch(
+        &self,
+        ctx: &CallContext,
+        run_id: &str,
+    ) -> Result<(RunRecord, RunWatch), ApiError> {
+        let changes = self.changes.watch_run(run_id);
+        let first = match self.local_run(run_id) {
+            Some(run) => run,
+            None => self.get_run(ctx, run_id, true).await?,
+        };
+        Ok((first, changes))
+    }
+
+    /// The run as this node has applied it (what watch streams follow).
+    pub fn local_run(&self, run_id: &str) -> Option<RunRecord> {
+        self.cluster.reader().run(run_id).ok().flatten()
+    }
+
+    pub fn node_id(&self) -> floe_state::NodeId {
+        self.cluster.id()
+    }
+
     pub async fn start_run(
         &self,
+        _ctx: &CallContext,
         flow: &str,
         version: Option<u64>,
         input: &[u8],
@@ -50,7 +108,7 @@ impl Node {
                 )));
             }
         }
-        let input_value = self.payload_value(input, "run input").await?;
+        let input_value = self.blobs.payload_value(input, "run input").await?;
         // The version is resolved where the start applies (0: the latest
         // then), so a start reads nothing first and still sees every flow
         // put that finished before it.
@@ -78,11 +136,17 @@ impl Node {
         }
     }
 
-    pub async fn get_run(&self, run_id: &str, linearizable: bool) -> Result<RunRecord, ApiError> {
+    pub async fn get_run(
+        &self,
+        _ctx: &CallContext,
+        run_id: &str,
+        linearizable: bool,
+    ) -> Result<RunRecord, ApiError> {
         if linearizable {
             self.cluster.read_barrier().await?;
         }
-        self.reader
+        self.cluster
+            .reader()
             .run(run_id)
             .map_err(|err| ApiError::Internal(err.to_string()))?
             .ok_or_else(|| ApiError::NotFound(format!("no run {}", quote_bounded(run_id))))
@@ -90,6 +154,7 @@ impl Node {
 
     pub async fn list_runs(
         &self,
+        _ctx: &CallContext,
         filter: &RunFilter,
         page_token: &str,
         limit: usize,
@@ -113,13 +178,19 @@ impl Node {
         } else {
             limit.min(crate::ops::MAX_LIST_LIMIT)
         };
-        self.reader
+        self.cluster
+            .reader()
             .runs(filter, page_after.as_deref(), limit)
             .map_err(|err| ApiError::Internal(err.to_string()))
     }
 
     /// Proposes one event for a run; a refusal names its reason.
-    pub async fn run_event(&self, run_id: &str, event: RunEvent) -> Result<(), ApiError> {
+    pub async fn run_event(
+        &self,
+        _ctx: &CallContext,
+        run_id: &str,
+        event: RunEvent,
+    ) -> Result<(), ApiError> {
         let event =
             serde_json::to_vec(&event).map_err(|err| ApiError::Internal(err.to_string()))?;
         let command = Command::RunEvent {
@@ -133,27 +204,35 @@ impl Node {
         }
     }
 
-    pub async fn cancel_run(&self, run_id: &str, reason: &str) -> Result<(), ApiError> {
+    pub async fn cancel_run(
+        &self,
+        ctx: &CallContext,
+        run_id: &str,
+        reason: &str,
+    ) -> Result<(), ApiError> {
         let reason = if reason.is_empty() {
             "cancelled by request".to_string()
         } else {
             reason.to_string()
         };
-        self.run_event(run_id, RunEvent::Cancel { reason }).await
+        self.run_event(ctx, run_id, RunEvent::Cancel { reason })
+            .await
     }
 
-    pub async fn retry_run(&self, run_id: &str) -> Result<(), ApiError> {
-        self.run_event(run_id, RunEvent::Retry).await
+    pub async fn retry_run(&self, ctx: &CallContext, run_id: &str) -> Result<(), ApiError> {
+        self.run_event(ctx, run_id, RunEvent::Retry).await
     }
 
     pub async fn signal_run(
         &self,
+        ctx: &CallContext,
         run_id: &str,
         name: &str,
         payload: &[u8],
     ) -> Result<(), ApiError> {
-        let payload = self.payload_value(payload, "signal payload").await?;
+        let payload = self.blobs.payload_value(payload, "signal payload").await?;
         self.run_event(
+            ctx,
             run_id,
             RunEvent::Signal {
                 name: name.to_string(),
@@ -167,6 +246,7 @@ impl Node {
     /// attempt itself); a stale attempt is refused.
     pub async fn task_result(
         &self,
+        ctx: &CallContext,
         key: TaskKey,
         attempt: u32,
         worker: Option<&str>,
@@ -178,7 +258,7 @@ impl Node {
             Ok(output) => RunEvent::TaskCompleted {
                 key,
                 attempt,
-                output: self.payload_value(output, "task output").await?,
+                output: self.blobs.payload_value(output, "task output").await?,
                 worker,
             },
             Err(failure) => RunEvent::TaskFailed {
@@ -188,7 +268,7 @@ impl Node {
                 worker,
             },
         };
-        self.run_event(&run_id, event).await
+        self.run_event(ctx, &run_id, event).await
     }
 }
 
@@ -204,10 +284,11 @@ pub fn parse_limit_scope(text: &str) -> Result<LimitScope, ApiError> {
     }
 }
 
-impl Node {
+impl RunService {
     /// Sets (`Some`) or clears a cluster-wide concurrency limit.
     pub async fn set_limit(
         &self,
+        _ctx: &CallContext,
         scope: LimitScope,
         name: &str,
         limit: Option<u32>,
@@ -239,11 +320,16 @@ impl Node {
             .map(|_| ())
     }
 
-    pub async fn list_limits(&self, linearizable: bool) -> Result<Vec<LimitState>, ApiError> {
+    pub async fn list_limits(
+        &self,
+        _ctx: &CallContext,
+        linearizable: bool,
+    ) -> Result<Vec<LimitState>, ApiError> {
         if linearizable {
             self.cluster.read_barrier().await?;
         }
-        self.reader
+        self.cluster
+            .reader()
             .limits()
             .map_err(|err| ApiError::Internal(err.to_string()))
     }
@@ -251,12 +337,14 @@ impl Node {
     /// An attempt lost with its worker or node: re-delivered as a new attempt.
     pub async fn task_lost(
         &self,
+        ctx: &CallContext,
         key: TaskKey,
         attempt: u32,
         reason: String,
     ) -> Result<(), ApiError> {
         let run_id = key.run_id.clone();
         self.run_event(
+            ctx,
             &run_id,
             RunEvent::TaskLost {
                 key,

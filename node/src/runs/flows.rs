@@ -3,8 +3,9 @@
 
 use floe_state::{Command, CommandResponse, FlowRecord};
 
+use crate::call_context::CallContext;
 use crate::error::{unexpected_answer, ApiError};
-use crate::service::Node;
+use crate::runs::RunService;
 use floe_engine::names::quote_bounded;
 
 /// The outcome of storing a definition.
@@ -15,9 +16,13 @@ pub struct PutFlowOutcome {
     pub hash: String,
 }
 
-impl Node {
+impl RunService {
     /// Validates `definition` (JSON) and stores it; nothing is stored on error.
-    pub async fn put_flow(&self, definition: &[u8]) -> Result<PutFlowOutcome, ApiError> {
+    pub async fn put_flow(
+        &self,
+        _ctx: &CallContext,
+        definition: &[u8],
+    ) -> Result<PutFlowOutcome, ApiError> {
         if definition.len() > floe_engine::MAX_DEFINITION_BYTES {
             return Err(ApiError::ResourceExhausted(format!(
                 "flow definition is {} bytes, more than the fixed limit of {} (1 MiB)",
@@ -78,7 +83,8 @@ impl Node {
             };
             let version = u64::from(subflow.version);
             let found = self
-                .reader
+                .cluster
+                .reader()
                 .flow(&subflow.flow, Some(version))
                 .map_err(|err| ApiError::Internal(err.to_string()))?;
             if found.is_none() {
@@ -93,6 +99,7 @@ impl Node {
 
     pub async fn get_flow(
         &self,
+        _ctx: &CallContext,
         name: &str,
         version: Option<u64>,
         linearizable: bool,
@@ -101,7 +108,8 @@ impl Node {
             self.cluster.read_barrier().await?;
         }
         let found = self
-            .reader
+            .cluster
+            .reader()
             .flow(name, version)
             .map_err(|err| ApiError::Internal(err.to_string()))?;
         found.ok_or_else(|| match version {
@@ -115,6 +123,7 @@ impl Node {
 
     pub async fn list_flows(
         &self,
+        _ctx: &CallContext,
         start_after: Option<&str>,
         limit: usize,
         linearizable: bool,
@@ -128,7 +137,8 @@ impl Node {
             limit.min(crate::ops::MAX_LIST_LIMIT)
         };
         let mut flows = self
-            .reader
+            .cluster
+            .reader()
             .flows(start_after, limit + 1)
             .map_err(|err| ApiError::Internal(err.to_string()))?;
         let more = flows.len() > limit;
@@ -138,6 +148,7 @@ impl Node {
 
     pub async fn flow_versions(
         &self,
+        _ctx: &CallContext,
         name: &str,
         linearizable: bool,
     ) -> Result<Vec<FlowRecord>, ApiError> {
@@ -145,7 +156,8 @@ impl Node {
             self.cluster.read_barrier().await?;
         }
         let versions = self
-            .reader
+            .cluster
+            .reader()
             .flow_versions(name)
             .map_err(|err| ApiError::Internal(err.to_string()))?;
         if versions.is_empty() {

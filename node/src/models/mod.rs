@@ -22,14 +22,24 @@ use floe_inference::{
 use floe_state::models::{DeploySpec, Deployment, GpuShare, ReplicaRecord};
 use floe_state::runs::TaskRecord;
 use floe_state::NodeId;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::Value;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use crate::blobs::BlobService;
+use crate::clock::Clock;
+use crate::cluster::ClusterHandle;
+use crate::config::InferenceConfig;
 use crate::error::ApiError;
-use crate::service::Node;
+use crate::reports::{ReplicaId, ReplicaReport, Reports};
+
+mod placement;
+mod registry;
+
 use floe_engine::names::quote_bounded;
+pub use placement::{estimated_footprint, PLACE_EVERY};
+pub use registry::{gpu_milli, PutModel, ReplicaView};
 
 /// Inference tasks a warm replica takes at once, per `max_batch`: enough
 /// for the next batch to form while one runs.
@@ -39,48 +49,6 @@ const TASKS_PER_BATCH_SLOT: u32 = 2;
 const RECONCILE_EVERY: Duration = Duration::from_millis(250);
 /// How long an unanswered request for a model version counts as demand.
 const DEMAND_FOR: Duration = Duration::from_secs(10);
-
-/// One replica of one deployed model version.
-#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct ReplicaId {
-    pub model: String,
-    pub version: u64,
-    pub replica: u32,
-}
-
-impl ReplicaId {
-    pub fn of(record: &ReplicaRecord) -> ReplicaId {
-        ReplicaId {
-            model: record.model.clone(),
-            version: record.version,
-            replica: record.replica,
-        }
-    }
-}
-
-impl std::fmt::Display for ReplicaId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}@{}#{}", self.model, self.version, self.replica)
-    }
-}
-
-/// A replica as its node reports it to the leader.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct ReplicaReport {
-    pub id: ReplicaId,
-    /// `loading`, `warm` or `failed`.
-    pub state: String,
-    /// Why it failed, when it did.
-    pub detail: String,
-    pub memory_bytes: u64,
-    pub queue_depth: u32,
-    pub queue_capacity: u32,
-    pub p50_ms: f64,
-    pub p99_ms: f64,
-    pub completed: u64,
-    /// Wall clock of its last request (its load, when never used).
-    pub last_used_ms: u64,
-}
 
 enum LocalState {
     Loading,
@@ -96,6 +64,68 @@ struct LocalReplica {
     last_used_ms: Arc<AtomicU64>,
     /// Inference tasks running on it now.
     tasks: u32,
+}
+
+/// Handle to the model component: this node's replicas, direct inference,
+/// the registry API and (on the leader) replica placement; cheap to clone.
+#[derive(Clone)]
+pub struct ModelService {
+    inner: Arc<ModelInner>,
+}
+
+struct ModelInner {
+    cluster: ClusterHandle,
+    blobs: BlobService,
+    manager: ModelManager,
+    /// The leader's view of every node's replicas (model status, placement).
+    reports: Arc<Reports>,
+    config: InferenceConfig,
+    clock: Clock,
+    /// Wakes the dispatcher when a replica turns warm or frees a task slot.
+    dispatch: Arc<Notify>,
+    shutdown: CancellationToken,
+}
+
+/// What the model component is built from.
+pub struct ModelParts {
+    pub cluster: ClusterHandle,
+    pub blobs: BlobService,
+    pub gpus: GpuInventory,
+    pub reports: Arc<Reports>,
+    pub config: InferenceConfig,
+    pub dispatch: Arc<Notify>,
+    pub shutdown: CancellationToken,
+}
+
+impl ModelService {
+    pub fn new(parts: ModelParts) -> ModelService {
+        let clock = parts.cluster.clock().clone();
+        ModelService {
+            inner: Arc::new(ModelInner {
+                manager: ModelManager::new(parts.gpus, clock.clone()),
+                cluster: parts.cluster,
+                blobs: parts.blobs,
+                reports: parts.reports,
+                config: parts.config,
+                clock,
+                dispatch: parts.dispatch,
+                shutdown: parts.shutdown,
+            }),
+        }
+    }
+
+    /// The replicas on this node, for load reports and dispatch.
+    pub fn local(&self) -> &ModelManager {
+        &self.inner.manager
+    }
+
+    fn id(&self) -> NodeId {
+        self.inner.cluster.id()
+    }
+
+    pub fn ort_library(&self) -> std::path::PathBuf {
+        self.inner.config.ort_library.clone()
+    }
 }
 
 /// The replicas on this node and the inference tasks they run.
@@ -325,199 +355,210 @@ pub fn latest_deployed(deployments: &[Deployment]) -> BTreeMap<String, u64> {
     latest
 }
 
-/// Keeps this node's replicas in line with the committed placements.
-pub async fn maintain(node: Arc<Node>, cancel: CancellationToken) -> anyhow::Result<()> {
-    // A fixed period, not every applied entry: placements change seldom and
-    // busy run traffic must not pay for rereading them.
-    loop {
-        tokio::select! {
-            _ = cancel.cancelled() => break,
-            _ = node.clock.sleep(RECONCILE_EVERY) => {}
-        }
-        let reader = node.reader.clone();
-        let read = tokio::task::spawn_blocking(move || {
-            Ok::<_, floe_state::StoreError>((reader.replicas()?, reader.deployments()?))
-        })
-        .await;
-        let (records, deployments) = match read {
-            Ok(Ok(found)) => found,
-            Ok(Err(err)) => {
-                crate::warn_limited!("reading model placements", error = %err, "reading model placements");
-                continue;
+impl ModelService {
+    /// Keeps this node's replicas in line with the committed placements.
+    pub async fn maintain(self, cancel: CancellationToken) -> anyhow::Result<()> {
+        // A fixed period, not every applied entry: placements change seldom and
+        // busy run traffic must not pay for rereading them.
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = self.inner.clock.sleep(RECONCILE_EVERY) => {}
             }
-            Err(_) => continue,
+            let reader = self.inner.cluster.reader().clone();
+            let read = tokio::task::spawn_blocking(move || {
+                Ok::<_, floe_state::StoreError>((reader.replicas()?, reader.deployments()?))
+            })
+            .await;
+            let (records, deployments) = match read {
+                Ok(Ok(found)) => found,
+                Ok(Err(err)) => {
+                    crate::warn_limited!("reading model placements", error = %err, "reading model placements");
+                    continue;
+                }
+                Err(_) => continue,
+            };
+            self.reconcile(&records, &deployments);
+        }
+        let pools: Vec<PoolHandle> = match self.inner.manager.replicas.lock() {
+            Ok(mut replicas) => std::mem::take(&mut *replicas)
+                .into_values()
+                .filter_map(|local| match local.state {
+                    LocalState::Warm(pool) => Some(pool),
+                    _ => None,
+                })
+                .collect(),
+            Err(_) => Vec::new(),
         };
-        reconcile(&node, &records, &deployments);
+        for pool in pools {
+            pool.shutdown().await;
+        }
+        Ok(())
     }
-    let pools: Vec<PoolHandle> = match node.models.replicas.lock() {
-        Ok(mut replicas) => std::mem::take(&mut *replicas)
-            .into_values()
-            .filter_map(|local| match local.state {
-                LocalState::Warm(pool) => Some(pool),
-                _ => None,
-            })
-            .collect(),
-        Err(_) => Vec::new(),
-    };
-    for pool in pools {
-        pool.shutdown().await;
-    }
-    Ok(())
-}
 
-fn reconcile(node: &Arc<Node>, records: &[ReplicaRecord], deployments: &[Deployment]) {
-    let specs: BTreeMap<(String, u64), &DeploySpec> = deployments
-        .iter()
-        .map(|d| ((d.model.clone(), d.version), &d.spec))
-        .collect();
-    let wanted: BTreeMap<ReplicaId, (DeploySpec, Option<GpuShare>)> = records
-        .iter()
-        .filter(|record| record.node == Some(node.id))
-        .filter_map(|record| {
-            let spec = specs.get(&(record.model.clone(), record.version))?;
-            Some((ReplicaId::of(record), ((*spec).clone(), record.gpu)))
-        })
-        .collect();
-    let mut to_stop = Vec::new();
-    let mut to_load = Vec::new();
-    if let Ok(mut replicas) = node.models.replicas.lock() {
-        let stale: Vec<ReplicaId> = replicas
+    fn reconcile(&self, records: &[ReplicaRecord], deployments: &[Deployment]) {
+        let specs: BTreeMap<(String, u64), &DeploySpec> = deployments
             .iter()
-            .filter(|(id, local)| {
-                wanted
-                    .get(*id)
-                    .is_none_or(|(spec, gpu)| *spec != local.spec || *gpu != local.gpu)
-            })
-            .map(|(id, _)| id.clone())
+            .map(|d| ((d.model.clone(), d.version), &d.spec))
             .collect();
-        for id in stale {
-            if let Some(local) = replicas.remove(&id) {
-                tracing::info!(node_id = node.id, replica = %id, "model replica removed from this node");
-                if let LocalState::Warm(pool) = local.state {
-                    to_stop.push(pool);
+        let wanted: BTreeMap<ReplicaId, (DeploySpec, Option<GpuShare>)> = records
+            .iter()
+            .filter(|record| record.node == Some(self.id()))
+            .filter_map(|record| {
+                let spec = specs.get(&(record.model.clone(), record.version))?;
+                Some((ReplicaId::of(record), ((*spec).clone(), record.gpu)))
+            })
+            .collect();
+        let mut to_stop = Vec::new();
+        let mut to_load = Vec::new();
+        if let Ok(mut replicas) = self.inner.manager.replicas.lock() {
+            let stale: Vec<ReplicaId> = replicas
+                .iter()
+                .filter(|(id, local)| {
+                    wanted
+                        .get(*id)
+                        .is_none_or(|(spec, gpu)| *spec != local.spec || *gpu != local.gpu)
+                })
+                .map(|(id, _)| id.clone())
+                .collect();
+            for id in stale {
+                if let Some(local) = replicas.remove(&id) {
+                    tracing::info!(node_id = self.id(), replica = %id, "model replica removed from this node");
+                    if let LocalState::Warm(pool) = local.state {
+                        to_stop.push(pool);
+                    }
                 }
             }
-        }
-        for (id, (spec, gpu)) in &wanted {
-            if replicas.contains_key(id) {
-                continue;
-            }
-            let local = LocalReplica {
-                state: LocalState::Loading,
-                spec: spec.clone(),
-                gpu: *gpu,
-                last_used_ms: Arc::new(AtomicU64::new(node.clock.now_ms())),
-                tasks: 0,
-            };
-            replicas.insert(id.clone(), local);
-            to_load.push((id.clone(), spec.clone(), *gpu));
-        }
-    }
-    for pool in to_stop {
-        // Queued requests still get answers; new ones go elsewhere.
-        tokio::spawn(async move { pool.shutdown().await });
-    }
-    for (id, spec, gpu) in to_load {
-        let node = node.clone();
-        tokio::spawn(async move {
-            let outcome = load_replica(&node, &id, &spec, gpu).await;
-            finish_load(&node, &id, &spec, gpu, outcome).await;
-        });
-    }
-}
-
-async fn load_replica(
-    node: &Node,
-    id: &ReplicaId,
-    spec: &DeploySpec,
-    gpu: Option<GpuShare>,
-) -> Result<PoolHandle, String> {
-    let started = node.clock.now();
-    let runtime = node
-        .models
-        .runtime(&node.ort_library())
-        .await
-        .map_err(|err| err.to_string())?;
-    let record = node
-        .reader
-        .model(&id.model, Some(id.version))
-        .map_err(|err| err.to_string())?
-        .ok_or_else(|| format!("model {} has no version {}", id.model, id.version))?;
-    let bytes = node
-        .load_blob(&record.hash)
-        .await
-        .map_err(|err| format!("model artifact: {err}"))?;
-    let device = match gpu {
-        None => Device::Cpu,
-        Some(share) => {
-            let device =
-                node.models.gpus.device(share.device).ok_or_else(|| {
-                    format!("GPU {} is not in this node's inventory", share.device)
-                })?;
-            Device::Cuda {
-                device_id: share.device,
-                mem_limit_bytes: device.memory_bytes / 1000 * u64::from(share.milli),
-            }
-        }
-    };
-    let options = PoolOptions {
-        name: id.to_string(),
-        replicas: 1,
-        intra_threads: spec.threads as usize,
-        max_batch: spec.max_batch as usize,
-        max_delay: Duration::from_millis(spec.max_delay_ms),
-        queue_capacity: spec.queue as usize,
-        device,
-        ..PoolOptions::default()
-    };
-    let pool = Pool::start(&runtime, bytes, options)
-        .await
-        .map_err(|err| err.to_string())?;
-    tracing::info!(
-        node_id = node.id,
-        replica = %id,
-        memory_mib = pool.stats().memory_bytes / (1024 * 1024),
-        load_ms = node.clock.since(started).as_millis() as u64,
-        "model replica warm"
-    );
-    Ok(pool)
-}
-
-async fn finish_load(
-    node: &Node,
-    id: &ReplicaId,
-    spec: &DeploySpec,
-    gpu: Option<GpuShare>,
-    outcome: Result<PoolHandle, String>,
-) {
-    let mut orphan = None;
-    if let Ok(mut replicas) = node.models.replicas.lock() {
-        match replicas.get_mut(id) {
-            // Still wanted with the settings it was built from.
-            Some(local)
-                if local.spec == *spec
-                    && local.gpu == gpu
-                    && matches!(local.state, LocalState::Loading) =>
-            {
-                local.state = match outcome {
-                    Ok(pool) => LocalState::Warm(pool),
-                    Err(reason) => {
-                        tracing::warn!(node_id = node.id, replica = %id, error = %reason, "model replica failed to load");
-                        LocalState::Failed(reason)
-                    }
+            for (id, (spec, gpu)) in &wanted {
+                if replicas.contains_key(id) {
+                    continue;
+                }
+                let local = LocalReplica {
+                    state: LocalState::Loading,
+                    spec: spec.clone(),
+                    gpu: *gpu,
+                    last_used_ms: Arc::new(AtomicU64::new(self.inner.clock.now_ms())),
+                    tasks: 0,
                 };
-                local
-                    .last_used_ms
-                    .store(node.clock.now_ms(), Ordering::Relaxed);
+                replicas.insert(id.clone(), local);
+                to_load.push((id.clone(), spec.clone(), *gpu));
             }
-            _ => orphan = outcome.ok(),
+        }
+        for pool in to_stop {
+            // Queued requests still get answers; new ones go elsewhere.
+            tokio::spawn(async move { pool.shutdown().await });
+        }
+        for (id, spec, gpu) in to_load {
+            let service = self.clone();
+            tokio::spawn(async move {
+                let outcome = service.load_replica(&id, &spec, gpu).await;
+                service.finish_load(&id, &spec, gpu, outcome).await;
+            });
         }
     }
-    if let Some(pool) = orphan {
-        pool.shutdown().await;
+
+    async fn load_replica(
+        &self,
+        id: &ReplicaId,
+        spec: &DeploySpec,
+        gpu: Option<GpuShare>,
+    ) -> Result<PoolHandle, String> {
+        let started = self.inner.clock.now();
+        let runtime = self
+            .inner
+            .manager
+            .runtime(&self.ort_library())
+            .await
+            .map_err(|err| err.to_string())?;
+        let record = self
+            .inner
+            .cluster
+            .reader()
+            .model(&id.model, Some(id.version))
+            .map_err(|err| err.to_string())?
+            .ok_or_else(|| format!("model {} has no version {}", id.model, id.version))?;
+        let bytes = self
+            .inner
+            .blobs
+            .load(&record.hash)
+            .await
+            .map_err(|err| format!("model artifact: {err}"))?;
+        let device = match gpu {
+            None => Device::Cpu,
+            Some(share) => {
+                let device = self
+                    .inner
+                    .manager
+                    .gpus
+                    .device(share.device)
+                    .ok_or_else(|| {
+                        format!("GPU {} is not in this node's inventory", share.device)
+                    })?;
+                Device::Cuda {
+                    device_id: share.device,
+                    mem_limit_bytes: device.memory_bytes / 1000 * u64::from(share.milli),
+                }
+            }
+        };
+        let options = PoolOptions {
+            name: id.to_string(),
+            replicas: 1,
+            intra_threads: spec.threads as usize,
+            max_batch: spec.max_batch as usize,
+            max_delay: Duration::from_millis(spec.max_delay_ms),
+            queue_capacity: spec.queue as usize,
+            device,
+            ..PoolOptions::default()
+        };
+        let pool = Pool::start(&runtime, bytes, options)
+            .await
+            .map_err(|err| err.to_string())?;
+        tracing::info!(
+            node_id = self.id(),
+            replica = %id,
+            memory_mib = pool.stats().memory_bytes / (1024 * 1024),
+            load_ms = self.inner.clock.since(started).as_millis() as u64,
+            "model replica warm"
+        );
+        Ok(pool)
     }
-    node.models.changed.notify_waiters();
-    node.workers.wake.notify_one();
+
+    async fn finish_load(
+        &self,
+        id: &ReplicaId,
+        spec: &DeploySpec,
+        gpu: Option<GpuShare>,
+        outcome: Result<PoolHandle, String>,
+    ) {
+        let mut orphan = None;
+        if let Ok(mut replicas) = self.inner.manager.replicas.lock() {
+            match replicas.get_mut(id) {
+                // Still wanted with the settings it was built from.
+                Some(local)
+                    if local.spec == *spec
+                        && local.gpu == gpu
+                        && matches!(local.state, LocalState::Loading) =>
+                {
+                    local.state = match outcome {
+                        Ok(pool) => LocalState::Warm(pool),
+                        Err(reason) => {
+                            tracing::warn!(node_id = self.id(), replica = %id, error = %reason, "model replica failed to load");
+                            LocalState::Failed(reason)
+                        }
+                    };
+                    local
+                        .last_used_ms
+                        .store(self.inner.clock.now_ms(), Ordering::Relaxed);
+                }
+                _ => orphan = outcome.ok(),
+            }
+        }
+        if let Some(pool) = orphan {
+            pool.shutdown().await;
+        }
+        self.inner.manager.changed.notify_waiters();
+        self.inner.dispatch.notify_one();
+    }
 }
 
 /// The input an inference task carries: `{"inputs": {...}, "outputs": "base64"|"list"}`.
@@ -528,49 +569,61 @@ struct InferenceTaskInput {
     outputs: floe_engine::TensorEncoding,
 }
 
-/// Starts an inference task placed here on a warm replica with room; false
-/// when none has room now.
-pub fn start_task(
-    node: &Arc<Node>,
-    task: &TaskRecord,
-    input: Value,
-    latest: &BTreeMap<String, u64>,
-) -> bool {
-    let block = task.spec.block.clone();
-    let Some((replica, pool)) = node
-        .models
-        .pick(|id| block_matches(&block, id, latest), true)
-    else {
-        return false;
-    };
-    let text = task.spec.key.to_string();
-    if let Ok(mut running) = node.models.running.lock() {
-        running.insert(text.clone(), (task.spec.attempt, replica.clone()));
+/// An inference task holding a task slot of a warm replica here: the
+/// dispatcher runs it and delivers its result; dropping it frees the slot.
+pub struct InferenceTask {
+    service: ModelService,
+    replica: ReplicaId,
+    pool: PoolHandle,
+    text: String,
+}
+
+impl ModelService {
+    /// Takes a task slot on a warm replica with room for an inference task
+    /// placed here; none when no replica has room now.
+    pub fn start_task(
+        &self,
+        task: &TaskRecord,
+        latest: &BTreeMap<String, u64>,
+    ) -> Option<InferenceTask> {
+        let manager = &self.inner.manager;
+        let block = &task.spec.block;
+        let (replica, pool) = manager.pick(|id| block_matches(block, id, latest), true)?;
+        let text = task.spec.key.to_string();
+        if let Ok(mut running) = manager.running.lock() {
+            running.insert(text.clone(), (task.spec.attempt, replica.clone()));
+        }
+        manager.adjust_tasks(&replica, 1);
+        manager.touch(&replica);
+        Some(InferenceTask {
+            service: self.clone(),
+            replica,
+            pool,
+            text,
+        })
     }
-    node.models.adjust_tasks(&replica, 1);
-    node.models.touch(&replica);
-    let node = node.clone();
-    let (key, attempt) = (task.spec.key.clone(), task.spec.attempt);
-    tokio::spawn(async move {
-        let outcome = run_inference_task(&pool, input).await;
-        let outcome = match &outcome {
-            Ok(output) => Ok(output.as_slice()),
-            Err(failure) => Err(failure.clone()),
-        };
-        let delivered =
-            crate::workers::deliver_result(&node, key, attempt, &replica.to_string(), outcome)
-                .await;
-        if let Err(err) = delivered {
-            crate::warn_limited!("inference result refused", task = %text, attempt, error = %err, "inference result refused");
+}
+
+impl InferenceTask {
+    /// The replica running it, as the attempt records its worker.
+    pub fn replica(&self) -> String {
+        self.replica.to_string()
+    }
+
+    pub async fn run(&self, input: Value) -> Result<Vec<u8>, TaskFailure> {
+        run_inference_task(&self.pool, input).await
+    }
+}
+
+impl Drop for InferenceTask {
+    fn drop(&mut self) {
+        let manager = &self.service.inner.manager;
+        if let Ok(mut running) = manager.running.lock() {
+            running.remove(&self.text);
         }
-        node.workers.mark_answered(&text, attempt);
-        if let Ok(mut running) = node.models.running.lock() {
-            running.remove(&text);
-        }
-        node.models.adjust_tasks(&replica, -1);
-        node.workers.wake.notify_one();
-    });
-    true
+        manager.adjust_tasks(&self.replica, -1);
+        self.service.inner.dispatch.notify_one();
+    }
 }
 
 async fn run_inference_task(pool: &PoolHandle, input: Value) -> Result<Vec<u8>, TaskFailure> {
@@ -630,11 +683,7 @@ pub struct Served {
     pub replica: u32,
 }
 
-impl Node {
-    pub fn ort_library(&self) -> std::path::PathBuf {
-        self.config.inference.ort_library.clone()
-    }
-
+impl ModelService {
     /// Runs a request on a warm replica of this node, if it has one.
     pub async fn infer_local(
         &self,
@@ -643,16 +692,17 @@ impl Node {
         inputs: TensorMap,
     ) -> Result<Option<Served>, ApiError> {
         let Some((id, pool)) = self
-            .models
+            .inner
+            .manager
             .pick(|id| id.model == model && id.version == version, false)
         else {
             return Ok(None);
         };
-        self.models.touch(&id);
+        self.inner.manager.touch(&id);
         let outputs = pool.infer(inputs).await.map_err(api_error)?;
         Ok(Some(Served {
             outputs,
-            node: self.id,
+            node: self.id(),
             replica: id.replica,
         }))
     }
@@ -663,25 +713,28 @@ impl Node {
     /// again after an eviction.
     pub async fn infer(
         &self,
+        _ctx: &crate::call_context::CallContext,
         model: &str,
         version: u64,
         inputs: TensorMap,
     ) -> Result<Served, ApiError> {
         let version = self.resolve_deployed_version(model, version)?;
         let deadline =
-            self.clock.now() + Duration::from_millis(self.config.inference.cold_start_wait_ms);
+            self.inner.clock.now() + Duration::from_millis(self.inner.config.cold_start_wait_ms);
         let mut problems = Vec::new();
         loop {
             if let Some(served) = self.infer_local(model, version, inputs.clone()).await? {
                 return Ok(served);
             }
             let holders: Vec<NodeId> = self
-                .reader
+                .inner
+                .cluster
+                .reader()
                 .replicas_of(model, version)
                 .map_err(|err| ApiError::Internal(err.to_string()))?
                 .iter()
                 .filter_map(|record| record.node)
-                .filter(|id| *id != self.id)
+                .filter(|id| *id != self.id())
                 .collect::<BTreeSet<_>>()
                 .into_iter()
                 .collect();
@@ -696,21 +749,21 @@ impl Node {
                     Err(err) => problems.push(format!("node {holder}: {err}")),
                 }
             }
-            self.models.note_demand(model, version);
-            if self.clock.now() >= deadline || self.shutdown.is_cancelled() {
+            self.inner.manager.note_demand(model, version);
+            if self.inner.clock.now() >= deadline || self.inner.shutdown.is_cancelled() {
                 let detail = if problems.is_empty() {
                     "no replica is placed".to_string()
                 } else {
                     problems.join("; ")
                 };
-                let waited_ms = self.config.inference.cold_start_wait_ms;
+                let waited_ms = self.inner.config.cold_start_wait_ms;
                 return Err(ApiError::Unavailable(format!(
                     "model {model} v{version} has no warm replica after {waited_ms} ms (inference.cold_start_wait_ms): {detail}"
                 )));
             }
             tokio::select! {
-                _ = self.models.changed.notified() => {}
-                _ = self.clock.sleep(Duration::from_millis(100)) => {}
+                _ = self.inner.manager.changed.notified() => {}
+                _ = self.inner.clock.sleep(Duration::from_millis(100)) => {}
             }
         }
     }
@@ -722,7 +775,7 @@ impl Node {
         version: u64,
         inputs: &TensorMap,
     ) -> Result<Option<Served>, ApiError> {
-        let Some(info) = self.cluster.members().0.get(&holder).cloned() else {
+        let Some(info) = self.inner.cluster.members().0.get(&holder).cloned() else {
             return Ok(None);
         };
         let request = crate::peer_api::PeerRequest::Infer {
@@ -732,6 +785,7 @@ impl Node {
         };
         let timeout = Duration::from_secs(60);
         match self
+            .inner
             .cluster
             .call(holder, &info.raft_addr, &request, timeout)
             .await?
@@ -751,7 +805,9 @@ impl Node {
     /// `version`, or with 0 the highest deployed version of `model`.
     pub fn resolve_deployed_version(&self, model: &str, version: u64) -> Result<u64, ApiError> {
         let deployments = self
-            .reader
+            .inner
+            .cluster
+            .reader()
             .deployments()
             .map_err(|err| ApiError::Internal(err.to_string()))?;
         let deployed: Vec<u64> = deployments
