@@ -94,7 +94,7 @@ async fn readyz(State(cluster): State<ClusterHandle>) -> (StatusCode, Json<Readi
 async fn metrics(
     State(cluster): State<ClusterHandle>,
 ) -> ([(axum::http::HeaderName, &'static str); 1], String) {
-    let body = crate::metrics::render(&cluster).await;
+    let body = cluster.render_metrics().await;
     (
         [(
             axum::http::header::CONTENT_TYPE,

@@ -13,6 +13,7 @@
 mod barrier;
 mod forwarder;
 mod membership;
+mod metrics_page;
 mod proposer;
 mod queue;
 mod reads;

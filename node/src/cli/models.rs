@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use clap::Subcommand;
 use serde_json::{json, Value};
 
+use super::{connect, print_json, status_error, table, ClientArgs};
 use crate::api;
-use crate::cli::{connect, print_json, status_error, table, ClientArgs};
 
 #[derive(Subcommand, Debug)]
 pub enum ModelCommand {

@@ -12,11 +12,11 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::api;
-use crate::cli::{
+use super::{
     connect, event_json, event_line, print_json, print_run, status_error, ClientArgs, Exit,
     EXIT_RUN_NOT_COMPLETED, EXIT_STREAM_LOST,
 };
+use crate::api;
 use floe_api::client::{FloeClient, Repeat};
 
 /// Most times `--follow` opens the watch again in one watch's lifetime.

@@ -1,6 +1,9 @@
 //! The `floe` command line: data on stdout, messages on stderr; tables for
 //! people and `--json` for scripts.
 
+mod models;
+mod watch;
+
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -50,7 +53,7 @@ pub enum Command {
     Limit(LimitCommand),
     /// ONNX models: register, deploy warm replicas, status, direct inference.
     #[command(subcommand)]
-    Model(crate::model_cli::ModelCommand),
+    Model(models::ModelCommand),
 }
 
 #[derive(Subcommand, Debug)]
@@ -396,7 +399,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Run(command) => run_command(command).await,
         Command::Blob(command) => blob(command).await,
         Command::Limit(command) => limit(command).await,
-        Command::Model(command) => crate::model_cli::model(command).await,
+        Command::Model(command) => models::model(command).await,
     }
 }
 
@@ -1288,7 +1291,7 @@ async fn run_command(command: RunCommand) -> anyhow::Result<()> {
             client,
             run_id,
             follow,
-        } => crate::watch_cli::watch(&client, run_id, follow).await?,
+        } => watch::watch(&client, run_id, follow).await?,
     }
     Ok(())
 }
