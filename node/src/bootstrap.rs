@@ -80,7 +80,7 @@ pub async fn run(
         }
         tokio::select! {
             _ = cancel.cancelled() => return Ok(()),
-            _ = tokio::time::sleep(backoff) => {}
+            _ = cluster.clock().sleep(backoff) => {}
         }
         backoff = (backoff * 2).min(Duration::from_secs(2));
     }

@@ -18,6 +18,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::clock::Clock;
+
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -42,6 +44,8 @@ struct Shared {
     /// Free bytes needed to leave the degraded state.
     resume_free_bytes: u64,
     started: Instant,
+    /// Times the samples (the node's clock).
+    clock: Clock,
     /// Milliseconds after `started` of the last sample.
     sampled_at_ms: AtomicU64,
     free_bytes: AtomicU64,
@@ -57,24 +61,27 @@ pub struct DiskHealth {
 
 impl DiskHealth {
     /// Reads the filesystem once, then keeps sampling it until `cancel` fires.
-    pub fn start(data_dir: &Path, min_free_bytes: u64, cancel: CancellationToken) -> DiskHealth {
-        let health = DiskHealth::new(data_dir, min_free_bytes);
+    pub fn start(
+        data_dir: &Path,
+        min_free_bytes: u64,
+        clock: Clock,
+        cancel: CancellationToken,
+    ) -> DiskHealth {
+        let health = DiskHealth::new(data_dir, min_free_bytes, clock);
         health.sample();
         let sampler = health.clone();
         tokio::spawn(async move {
-            let mut ticks = tokio::time::interval(SAMPLE_INTERVAL);
-            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
                     _ = cancel.cancelled() => return,
-                    _ = ticks.tick() => sampler.sample(),
+                    _ = sampler.shared.clock.sleep(SAMPLE_INTERVAL) => sampler.sample(),
                 }
             }
         });
         health
     }
 
-    fn new(data_dir: &Path, min_free_bytes: u64) -> DiskHealth {
+    fn new(data_dir: &Path, min_free_bytes: u64, clock: Clock) -> DiskHealth {
         let initial = DiskState {
             free_bytes: 0,
             read_only: false,
@@ -84,7 +91,8 @@ impl DiskHealth {
             data_dir: data_dir.to_path_buf(),
             min_free_bytes,
             resume_free_bytes: min_free_bytes.saturating_add(min_free_bytes / 8),
-            started: Instant::now(),
+            started: clock.now(),
+            clock,
             sampled_at_ms: AtomicU64::new(0),
             free_bytes: AtomicU64::new(0),
             degraded: AtomicBool::new(false),
@@ -126,7 +134,7 @@ impl DiskHealth {
     /// For write paths: re-reads the filesystem if the last sample is
     /// stale (one statvfs call, no data I/O), then says why not to write.
     pub fn refusal(&self) -> Option<String> {
-        let now_ms = self.shared.started.elapsed().as_millis() as u64;
+        let now_ms = self.shared.clock.since(self.shared.started).as_millis() as u64;
         let sampled_ms = self.shared.sampled_at_ms.load(Ordering::Relaxed);
         if now_ms.saturating_sub(sampled_ms) > FRESH_FOR.as_millis() as u64 {
             self.sample();
@@ -141,7 +149,7 @@ impl DiskHealth {
     pub fn sample(&self) {
         let shared = &self.shared;
         shared.sampled_at_ms.store(
-            shared.started.elapsed().as_millis() as u64,
+            shared.clock.since(shared.started).as_millis() as u64,
             Ordering::Relaxed,
         );
         let was_degraded = self.is_degraded();
@@ -246,7 +254,7 @@ mod tests {
 
     #[test]
     fn degrades_under_the_floor_and_resumes_above_it_plus_an_eighth() {
-        let health = DiskHealth::new(Path::new("/data"), 800);
+        let health = DiskHealth::new(Path::new("/data"), 800, Clock::system());
         assert_eq!(health.judge(800, false, false), None);
         let under = health.judge(799, false, false).expect("under the floor");
         assert!(
@@ -265,17 +273,27 @@ mod tests {
     #[tokio::test]
     async fn samples_a_real_filesystem() {
         let dir = tempfile::tempdir().unwrap();
-        let health = DiskHealth::start(dir.path(), 0, CancellationToken::new());
+        let health = DiskHealth::start(dir.path(), 0, Clock::system(), CancellationToken::new());
         assert!(!health.is_degraded(), "{:?}", health.reason());
         assert!(health.free_bytes() > 0);
         assert_eq!(health.refusal(), None);
         probe_writable(dir.path()).unwrap();
-        let full = DiskHealth::start(dir.path(), u64::MAX, CancellationToken::new());
+        let full = DiskHealth::start(
+            dir.path(),
+            u64::MAX,
+            Clock::system(),
+            CancellationToken::new(),
+        );
         assert!(full.is_degraded());
         assert!(full
             .refusal()
             .is_some_and(|reason| reason.contains(&dir.path().display().to_string())));
-        let missing = DiskHealth::start(&dir.path().join("missing"), 0, CancellationToken::new());
+        let missing = DiskHealth::start(
+            &dir.path().join("missing"),
+            0,
+            Clock::system(),
+            CancellationToken::new(),
+        );
         assert!(missing
             .reason()
             .is_some_and(|reason| reason.contains("cannot read the filesystem")));

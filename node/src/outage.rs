@@ -12,7 +12,7 @@
 //! log. Any other failure stops the process, as before.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -20,6 +20,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use tokio_util::sync::CancellationToken;
 
+use crate::clock::Clock;
 use crate::config::NodeConfig;
 use crate::disk::{probe_writable, DiskHealth};
 use crate::service::NodeFailure;
@@ -76,16 +77,26 @@ pub async fn serve(config: NodeConfig, cancel: CancellationToken) -> anyhow::Res
     if let Err(error) = std::fs::create_dir_all(&config.data_dir) {
         tracing::debug!(data_dir = %config.data_dir.display(), error = %error, "cannot create the data dir yet");
     }
+    // The process's one clock: the disk sampler, restarts and every
+    // component of every run of the node read it.
+    let clock = Clock::system();
     let disk = DiskHealth::start(
         &config.data_dir,
         config.storage.min_free_bytes,
+        clock.clone(),
         cancel.clone(),
     );
     let mut restart_delays = RestartDelay::new();
     let mut restarting = false;
     loop {
-        let started = Instant::now();
-        let result = crate::service::run(config.clone(), disk.clone(), cancel.child_token()).await;
+        let started = clock.now();
+        let result = crate::service::run(
+            config.clone(),
+            disk.clone(),
+            clock.clone(),
+            cancel.child_token(),
+        )
+        .await;
         let failure = match result {
             Ok(()) => return Ok(()),
             Err(failure) if cancel.is_cancelled() => return Err(failure.into_error()),
@@ -97,9 +108,9 @@ pub async fn serve(config: NodeConfig, cancel: CancellationToken) -> anyhow::Res
         if !retry_start && !is_disk_failure(failure.error(), &disk) {
             return Err(failure.into_error());
         }
-        let restart_delay = restart_delays.after_failure(started.elapsed());
+        let restart_delay = restart_delays.after_failure(clock.since(started));
         let reason = report(&failure, &disk, restart_delay);
-        if !wait_for_disk(&config, &disk, reason, restart_delay, &cancel).await {
+        if !wait_for_disk(&config, &disk, &clock, reason, restart_delay, &cancel).await {
             return Ok(());
         }
         tracing::info!(data_dir = %config.data_dir.display(), free_bytes = disk.free_bytes(), "data dir takes writes again: starting the node");
@@ -134,6 +145,7 @@ fn report(failure: &NodeFailure, disk: &DiskHealth, restart_delay: Duration) -> 
 async fn wait_for_disk(
     config: &NodeConfig,
     disk: &DiskHealth,
+    clock: &Clock,
     reason: String,
     delay: Duration,
     cancel: &CancellationToken,
@@ -147,15 +159,16 @@ async fn wait_for_disk(
     let server = tokio::spawn(serve_health(
         config.http_addr.clone(),
         state,
+        clock.clone(),
         server_cancel.clone(),
     ));
-    let earliest = tokio::time::Instant::now() + delay;
+    let earliest = clock.now() + delay;
     let resumed = loop {
         tokio::select! {
             _ = cancel.cancelled() => break false,
-            _ = tokio::time::sleep(RECHECK_INTERVAL) => {}
+            _ = clock.sleep(RECHECK_INTERVAL) => {}
         }
-        if tokio::time::Instant::now() < earliest || disk.refusal().is_some() {
+        if clock.now() < earliest || disk.refusal().is_some() {
             continue;
         }
         let dir = config.data_dir.clone();
@@ -181,7 +194,7 @@ struct Waiting {
 
 /// Health checks while the node's services are stopped. Binding is
 /// retried (the node's server may still be releasing the address).
-async fn serve_health(addr: String, state: Arc<Waiting>, cancel: CancellationToken) {
+async fn serve_health(addr: String, state: Arc<Waiting>, clock: Clock, cancel: CancellationToken) {
     let router = Router::new()
         .route("/health/livez", get(|| async { "ok\n" }))
         .route("/health/readyz", get(readyz))
@@ -198,7 +211,7 @@ async fn serve_health(addr: String, state: Arc<Waiting>, cancel: CancellationTok
         }
         tokio::select! {
             _ = cancel.cancelled() => return,
-            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            _ = clock.sleep(Duration::from_millis(100)) => {}
         }
     }
     let Some(listener) = listener else {
@@ -274,7 +287,7 @@ mod tests {
     #[tokio::test]
     async fn only_disk_errors_count_as_a_disk_failure() {
         let dir = tempfile::tempdir().unwrap();
-        let disk = DiskHealth::start(dir.path(), 0, CancellationToken::new());
+        let disk = DiskHealth::start(dir.path(), 0, Clock::system(), CancellationToken::new());
         let full =
             anyhow::anyhow!("append log entries: IO error: No space left on device (os error 28)");
         let read_only = anyhow::Error::msg(

@@ -88,9 +88,10 @@ impl NodeFailure {
 pub async fn run(
     config: NodeConfig,
     disk: DiskHealth,
+    clock: Clock,
     cancel: CancellationToken,
 ) -> Result<(), NodeFailure> {
-    let started = match start(config, disk, cancel.clone()).await {
+    let started = match start(config, disk, clock, cancel.clone()).await {
         Ok(started) => started,
         Err(error) => {
             // Whatever had started (the proposer) stops with it.
@@ -116,6 +117,7 @@ struct Started {
 async fn start(
     config: NodeConfig,
     disk: DiskHealth,
+    clock: Clock,
     cancel: CancellationToken,
 ) -> anyhow::Result<Started> {
     let material = TlsMaterial::load(&config.tls.ca, &config.tls.cert, &config.tls.key)?;
@@ -176,7 +178,6 @@ async fn start(
         election_options(&config),
     );
 
-    let clock = Clock::system();
     let metrics = Arc::new(NodeMetrics::default());
     let (cluster, cluster_queues) = ClusterHandle::new(
         ClusterParts {
@@ -345,7 +346,8 @@ impl Started {
             grace_ms = config.shutdown_grace_ms,
             "node stopping"
         );
-        let stopping = std::time::Instant::now();
+        let clock = cluster.clock().clone();
+        let stopping = clock.now();
         // The Raft core stops first: nothing of this node campaigns or votes
         // while the rest winds down, and requests still waiting on it end now
         // with an error instead of at their deadline.
@@ -356,7 +358,7 @@ impl Started {
                 tracing::warn!(error = %err, "bootstrap failed");
             }
         }
-        let drained = tokio::time::timeout(grace.saturating_sub(stopping.elapsed()), async {
+        let drained = tokio::time::timeout(grace.saturating_sub(clock.since(stopping)), async {
             while let Some(result) = tasks.join_next().await {
                 if let Ok(Err(err)) = result {
                     failure.get_or_insert(err);
@@ -381,7 +383,7 @@ impl Started {
         }
         tracing::info!(
             node_id = cluster.id(),
-            took_ms = stopping.elapsed().as_millis() as u64,
+            took_ms = clock.since(stopping).as_millis() as u64,
             "node stopped"
         );
         // Only a failed node may be started again in this process (`outage.rs`).
@@ -400,12 +402,13 @@ impl Started {
 async fn wait_until_released(cluster: ClusterHandle) {
     let node_id = cluster.id();
     let weak = cluster.downgrade();
+    let clock = cluster.clock().clone();
     drop(cluster);
     for _ in 0..100 {
         if weak.holders() == 0 {
             return;
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        clock.sleep(Duration::from_millis(50)).await;
     }
     tracing::warn!(
         node_id,
