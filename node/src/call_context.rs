@@ -24,6 +24,8 @@ use tracing::Instrument;
 pub enum Caller {
     /// A client certificate (`client-<name>.floe`): the CLI, a worker, a program.
     Client(String),
+    /// A client certificate confined to one namespace (`floe://<namespace>/<name>`).
+    ScopedClient { namespace: String, name: String },
     /// A node certificate (`node-<id>.floe`) presented as a client.
     Node(u64),
     /// No certificate, or one without a floe identity; says why.
@@ -36,6 +38,7 @@ impl fmt::Display for Caller {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Caller::Client(name) => write!(f, "client {name}"),
+            Caller::ScopedClient { namespace, name } => write!(f, "client {namespace}/{name}"),
             Caller::Node(id) => write!(f, "node {id}"),
             Caller::Unidentified(why) => write!(f, "unidentified ({why})"),
             Caller::Local(part) => write!(f, "this node's {part}"),
@@ -70,6 +73,15 @@ impl CallContext {
             })
     }
 
+    /// The context of a request that did not pass the layer: no caller.
+    pub fn unchecked(method: &str) -> CallContext {
+        CallContext {
+            certs: None,
+            local: None,
+            method: method.to_string(),
+        }
+    }
+
     /// The context of work this node does on its own: `part` names the
     /// component (`scheduler`, `dispatcher`) in logs and, later, in audit.
     pub fn local(part: &'static str) -> CallContext {
@@ -95,6 +107,9 @@ impl CallContext {
         };
         match floe_raft::tls::identity_from_cert(leaf) {
             Ok(PeerIdentity::Client(name)) => Caller::Client(name),
+            Ok(PeerIdentity::ScopedClient { namespace, name }) => {
+                Caller::ScopedClient { namespace, name }
+            }
             Ok(PeerIdentity::Node(id)) => Caller::Node(id),
             Err(error) => Caller::Unidentified(error.to_string()),
         }

@@ -43,6 +43,18 @@ pub struct NodeConfig {
     pub storage: StorageConfig,
     pub runs: RunsConfig,
     pub inference: InferenceConfig,
+    pub auth: AuthConfig,
+}
+
+/// Access control (`access.rs`): every API call is checked against the
+/// roles granted in the replicated state; these principals are admins
+/// cluster-wide whatever the state says, so a new cluster has its first
+/// admin.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Principals (client certificate names) that are always admins.
+    pub admins: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -191,6 +203,7 @@ impl Default for NodeConfig {
             storage: StorageConfig::default(),
             runs: RunsConfig::default(),
             inference: InferenceConfig::default(),
+            auth: AuthConfig::default(),
         }
     }
 }
@@ -464,6 +477,11 @@ impl NodeConfig {
                 "storage.cache_capacity_bytes",
                 "must be at least 1048576 (1 MiB)".into(),
             );
+        }
+        for (position, admin) in self.auth.admins.iter().enumerate() {
+            if let Some(problem) = floe_state::access::principal_problem(admin) {
+                return invalid(&format!("auth.admins[{position}]"), problem);
+            }
         }
         let peers = self.bootstrap_peers()?;
         if self.bootstrap.expect > 0 {

@@ -22,6 +22,13 @@ pub enum ApiError {
     /// Out of capacity now (a full model queue); retrying later is safe.
     #[error("resource exhausted: {0}")]
     ResourceExhausted(String),
+    /// The call names no identity floe accepts (appended: peers decode by position).
+    #[error("unauthenticated: {0}")]
+    Unauthenticated(String),
+    /// The caller's roles do not allow it; the message names the principal,
+    /// the action and the namespace.
+    #[error("permission denied: {0}")]
+    PermissionDenied(String),
 }
 
 /// The one mapping from apply's refusals to API errors (and so gRPC
@@ -38,13 +45,13 @@ pub fn rejection_error(rejection: floe_state::Rejection) -> ApiError {
     }
 }
 
-/// An apply answer of a kind the command never produces (not a refusal:
-/// those go through [`rejection_error`]).
 /// How a stream ends when its node stops: `UNAVAILABLE`, safe to resume elsewhere.
 pub fn shutting_down(node_id: floe_state::NodeId) -> tonic::Status {
     ApiError::Unavailable(format!("node {node_id} is shutting down")).into()
 }
 
+/// An apply answer of a kind the command never produces (not a refusal:
+/// those go through [`rejection_error`]).
 pub fn unexpected_answer(response: &floe_state::CommandResponse) -> ApiError {
     ApiError::Internal(format!("unexpected apply result {response:?}"))
 }
@@ -92,6 +99,8 @@ impl From<ApiError> for tonic::Status {
             ApiError::FailedPrecondition(_) => tonic::Status::failed_precondition(message),
             ApiError::Internal(_) => tonic::Status::internal(message),
             ApiError::ResourceExhausted(_) => tonic::Status::resource_exhausted(message),
+            ApiError::Unauthenticated(_) => tonic::Status::unauthenticated(message),
+            ApiError::PermissionDenied(_) => tonic::Status::permission_denied(message),
         }
     }
 }

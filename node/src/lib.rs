@@ -3,6 +3,7 @@
 
 /// The public gRPC API, generated in `floe-api` from `node/api/proto/floe.proto`.
 pub use floe_api::proto as api;
+pub mod access;
 pub mod blobs;
 pub mod bootstrap;
 pub mod call_context;

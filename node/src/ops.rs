@@ -84,7 +84,9 @@ pub(crate) fn validate_command(command: &Command) -> Result<(), ApiError> {
         | Command::DeployModel { .. }
         | Command::UndeployModel { .. }
         | Command::ChangeReplicas { .. }
-        | Command::NodeSlots { .. } => Ok(()),
+        | Command::NodeSlots { .. }
+        | Command::GrantRole { .. }
+        | Command::RevokeRole { .. } => Ok(()),
         Command::Batch(_) => Err(ApiError::InvalidArgument(
             "batches are formed by the leader, not sent to it".into(),
         )),

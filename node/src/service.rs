@@ -15,6 +15,7 @@ use floe_state::{NodeInfo, Raft, Store, StoreOptions};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use crate::access::AccessControl;
 use crate::blobs::BlobService;
 use crate::clock::Clock;
 use crate::cluster::{ClusterHandle, ClusterParts};
@@ -270,6 +271,7 @@ async fn start(
     tasks.spawn(crate::grpc::serve(
         GrpcServices {
             cluster: cluster.clone(),
+            access: AccessControl::new(cluster.clone(), &config.auth.admins),
             kv: KvService::new(cluster.clone()),
             runs,
             blobs: blobs.clone(),

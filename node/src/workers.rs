@@ -327,10 +327,10 @@ impl WorkerRegistry {
         }
     }
 
-    fn finish(&self, worker_id: &str, task: &str, attempt: u32) {
-        if let Ok(mut answered) = self.answered.lock() {
-            answered.insert(task.to_string(), attempt);
-        }
+    /// Frees the slot of an answered attempt; whether that attempt was
+    /// pushed to this worker and still open (a worker answers only its own).
+    fn finish(&self, worker_id: &str, task: &str, attempt: u32) -> bool {
+        let mut was_pushed = false;
         if let Ok(mut workers) = self.workers.lock() {
             if let Some(worker) = workers.get_mut(worker_id) {
                 // A late answer for an older attempt must not free the slot
@@ -341,10 +341,17 @@ impl WorkerRegistry {
                     .is_some_and(|pushed| pushed.attempt == attempt)
                 {
                     worker.in_flight.remove(task);
+                    was_pushed = true;
                 }
             }
         }
-        self.wake.notify_one();
+        if was_pushed {
+            if let Ok(mut answered) = self.answered.lock() {
+                answered.insert(task.to_string(), attempt);
+            }
+            self.wake.notify_one();
+        }
+        was_pushed
     }
 
     /// Forgets pushed tasks that are no longer placed on this node
@@ -468,10 +475,23 @@ impl WorkerHub {
                         Ok(std::mem::take(&mut result.output))
                     };
                     // The worker's slot frees now; the attempt stays answered (never
-                    // pushed again) until its outcome is applied.
-                    self.inner
+                    // pushed again) until its outcome is applied. A worker answers
+                    // only what was pushed to it and is still open.
+                    if !self
+                        .inner
                         .registry
-                        .finish(&worker_id, &result.task, result.attempt);
+                        .finish(&worker_id, &result.task, result.attempt)
+                    {
+                        let err = ApiError::FailedPrecondition(format!(
+                            "task {} attempt {} is not open on worker {}: never pushed to it, already answered, or taken back",
+                            quote_bounded(&result.task),
+                            result.attempt,
+                            quote_bounded(&worker_id)
+                        ));
+                        crate::warn_limited!("result for a task not pushed to the worker", worker = %worker_id, task = %result.task, attempt = result.attempt, "result for a task not pushed to the worker refused");
+                        refuse(refusals.as_ref(), &result.task, result.attempt, &err).await;
+                        continue;
+                    }
                     let key = match parse_task_key(&result.task) {
                         Ok(key) => key,
                         Err(err) => {
@@ -1020,11 +1040,16 @@ mod tests {
             sender,
         };
         registry.workers.lock().unwrap().insert("w".into(), conn);
-        registry.finish("w", "t", 1);
+        assert!(!registry.finish("w", "t", 1), "attempt 1 is not open");
         assert_eq!(registry.running(), 1, "attempt 2 still holds the slot");
         assert!(registry.is_pushed("t", 2));
-        registry.finish("w", "t", 2);
+        assert!(registry.finish("w", "t", 2));
         assert_eq!(registry.running(), 0);
+        assert!(!registry.finish("w", "t", 2), "answered once");
+        assert!(
+            !registry.finish("other", "t", 2),
+            "not pushed to another worker"
+        );
     }
 
     #[test]

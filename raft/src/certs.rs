@@ -133,14 +133,37 @@ pub fn create_node(
 /// Creates `client.pem`, `client-key.pem` and a copy of `ca.pem` in `out_dir`
 /// for a client (CLI, SDK, worker) called `name`.
 pub fn create_client(ca_dir: &Path, name: &str, out_dir: &Path) -> Result<LeafPaths, CertError> {
+    create_client_in(ca_dir, name, None, out_dir)
+}
+
+/// A client certificate; with a namespace it also carries the URI
+/// `floe://<namespace>/<name>`, which confines the client to that namespace.
+pub fn create_client_in(
+    ca_dir: &Path,
+    name: &str,
+    namespace: Option<&str>,
+    out_dir: &Path,
+) -> Result<LeafPaths, CertError> {
     validate_client_name(name)?;
+    let mut sans = vec![dns_san(&client_dns_name(name))?];
+    if let Some(namespace) = namespace {
+        validate_client_name(namespace).map_err(|_| CertError::InvalidName {
+            name: namespace.to_string(),
+            reason: "namespace names use letters, digits and inner '-' (at most 63)".to_string(),
+        })?;
+        let uri = format!("{}{namespace}/{name}", crate::tls::SCOPE_URI_PREFIX);
+        let uri = uri
+            .try_into()
+            .map_err(|error: rcgen::Error| CertError::InvalidName {
+                name: namespace.to_string(),
+                reason: error.to_string(),
+            })?;
+        sans.push(SanType::URI(uri));
+    }
     let paths = leaf_paths(out_dir, CLIENT_CERT_FILE, CLIENT_KEY_FILE);
     refuse_existing(&[&paths.ca, &paths.cert, &paths.key])?;
 
-    let mut params = leaf_params(
-        &format!("floe client {name}"),
-        vec![dns_san(&client_dns_name(name))?],
-    );
+    let mut params = leaf_params(&format!("floe client {name}"), sans);
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
     write_leaf(ca_dir, &params, &paths)?;
     Ok(paths)

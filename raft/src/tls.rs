@@ -68,6 +68,9 @@ pub enum PeerIdentity {
     Node(u64),
     /// A client such as the CLI or a worker (`client-<name>.floe`).
     Client(String),
+    /// A client confined to one namespace: `client-<name>.floe` plus the
+    /// URI `floe://<namespace>/<name>`.
+    ScopedClient { namespace: String, name: String },
 }
 
 impl fmt::Display for PeerIdentity {
@@ -75,6 +78,9 @@ impl fmt::Display for PeerIdentity {
         match self {
             PeerIdentity::Node(id) => write!(f, "node {id}"),
             PeerIdentity::Client(name) => write!(f, "client {name}"),
+            PeerIdentity::ScopedClient { namespace, name } => {
+                write!(f, "client {namespace}/{name}")
+            }
         }
     }
 }
@@ -250,12 +256,49 @@ pub fn identity_from_cert(cert: &CertificateDer<'_>) -> Result<PeerIdentity, Tls
         }
         found = Some(identity);
     }
-    found.ok_or_else(|| {
+    let found = found.ok_or_else(|| {
         TlsError::Identity(
             "no node-<id>.floe or client-<name>.floe name in certificate".to_string(),
         )
-    })
+    })?;
+    let scopes: Vec<&str> = san
+        .value
+        .general_names
+        .iter()
+        .filter_map(|name| match name {
+            GeneralName::URI(uri) => uri.strip_prefix(SCOPE_URI_PREFIX),
+            _ => None,
+        })
+        .collect();
+    match (found, scopes.as_slice()) {
+        (found, []) => Ok(found),
+        (PeerIdentity::Client(name), [scope]) => {
+            let (namespace, scoped_name) = scope.split_once('/').ok_or_else(|| {
+                TlsError::Identity(format!(
+                    "{SCOPE_URI_PREFIX}{scope} is not {SCOPE_URI_PREFIX}<namespace>/<name>"
+                ))
+            })?;
+            if scoped_name != name || namespace.is_empty() || namespace.contains('/') {
+                return Err(TlsError::Identity(format!(
+                    "{SCOPE_URI_PREFIX}{scope} does not name client {name} in one namespace"
+                )));
+            }
+            Ok(PeerIdentity::ScopedClient {
+                namespace: namespace.to_string(),
+                name,
+            })
+        }
+        (PeerIdentity::Client(name), _) => Err(TlsError::Identity(format!(
+            "client {name}: the certificate names more than one namespace"
+        ))),
+        (found, _) => Err(TlsError::Identity(format!(
+            "{found}: a namespace URI belongs on client certificates only"
+        ))),
+    }
 }
+
+/// The URI form of a namespaced client identity: `floe://<namespace>/<name>`.
+pub const SCOPE_URI_PREFIX: &str = "floe://";
 
 fn identity_from_dns_name(dns: &str) -> Option<PeerIdentity> {
     let stem = dns.strip_suffix(".floe")?;

@@ -193,6 +193,17 @@ fn payload_bytes(command: &Command) -> usize {
                 .sum::<usize>()
                 + 12
         }
+        Command::GrantRole { grant } => {
+            grant.principal.len()
+                + grant.granted_by.len()
+                + grant.namespace.as_ref().map_or(0, String::len)
+                + 16
+        }
+        Command::RevokeRole {
+            principal,
+            namespace,
+            ..
+        } => principal.len() + namespace.as_ref().map_or(0, String::len) + 8,
     }
 }
 

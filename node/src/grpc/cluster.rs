@@ -51,6 +51,24 @@ impl Cluster for ClusterApi {
         Ok(Response::new(api::RemoveResponse { voters, learners }))
     }
 
+    async fn state_digest(
+        &self,
+        _request: Request<api::StateDigestRequest>,
+    ) -> Result<Response<api::StateDigestResponse>, Status> {
+        // Hashes the whole state: on a blocking thread.
+        let reader = self.cluster.reader().clone();
+        let (applied, digest) = tokio::task::spawn_blocking(move || reader.applied_state_digest())
+            .await
+            .map_err(|error| ApiError::Internal(format!("state digest task: {error}")))?
+            .map_err(|error| ApiError::Internal(format!("state digest: {error}")))?;
+        Ok(Response::new(api::StateDigestResponse {
+            node_id: self.cluster.id(),
+            applied_index: applied.map(|id| id.index).unwrap_or(0),
+            applied_term: applied.map(|id| id.leader_id.term).unwrap_or(0),
+            digest,
+        }))
+    }
+
     async fn status(
         &self,
         _request: Request<api::StatusRequest>,

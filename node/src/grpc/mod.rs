@@ -2,6 +2,7 @@
 //! by the cluster CA. One file per service; each holds the handles of the
 //! components it calls and passes every call's context on.
 
+mod access;
 mod blobs;
 mod cluster;
 mod flows;
@@ -17,7 +18,9 @@ use floe_raft::TlsMaterial;
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
+use crate::access::{AccessControl, AccessLayer};
 use crate::api;
+use crate::api::access_server::AccessServer;
 use crate::api::blobs_server::BlobsServer;
 use crate::api::cluster_server::ClusterServer;
 use crate::api::flows_server::FlowsServer;
@@ -42,6 +45,7 @@ pub use models::{tensor_from_wire, tensor_to_wire};
 #[derive(Clone)]
 pub struct GrpcServices {
     pub cluster: ClusterHandle,
+    pub access: AccessControl,
     pub kv: KvService,
     pub runs: RunService,
     pub blobs: BlobService,
@@ -77,6 +81,7 @@ pub async fn serve(
     tonic::transport::Server::builder()
         .tls_config(tls)?
         .layer(CallContextLayer)
+        .layer(AccessLayer::new(services.access.clone()))
         .layer(OversizeAnswerLayer::new(limits.clone()))
         .layer(LeaderHintLayer::new(leader_lookup(&services.cluster)))
         .add_service(
@@ -121,6 +126,12 @@ pub async fn serve(
             })
             .max_decoding_message_size(limits.models)
             .max_encoding_message_size(limits.models),
+        )
+        .add_service(
+            AccessServer::new(access::AccessApi {
+                access: services.access.clone(),
+            })
+            .max_decoding_message_size(limits.small),
         )
         .add_service(
             KvServer::new(kv::KvApi { kv: services.kv })

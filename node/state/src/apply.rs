@@ -234,6 +234,12 @@ fn apply_one(
         Command::ChangeReplicas { changes, at_ms } => {
             models::change_replicas(&runs, changes, *at_ms)
         }
+        Command::GrantRole { grant } => crate::access::grant(data, grant),
+        Command::RevokeRole {
+            principal,
+            role,
+            namespace,
+        } => crate::access::revoke(data, principal, *role, namespace.as_deref()),
         Command::NodeSlots { node, offer } => crate::slots::set_node_slots(&runs, *node, offer),
         Command::KvPut { key, value } => {
             let entry = KvEntry {

@@ -32,8 +32,31 @@
 //! - `placed/<node:020>/<pool>`          → u32 tasks placed on the node now in a slot pool:
 //!   a placement key (block, or block with labels); a labelled task counts
 //!   under its key and under its block
+//! - `access/grant/<principal>|<namespace or *>|<role>` → `Grant` (a role
+//!   granted to a principal; `*`: cluster-wide)
 
 pub(crate) const KV_PREFIX: &[u8] = b"kv/";
+pub(crate) const GRANT_PREFIX: &str = "access/grant/";
+
+/// One grant's key. Principal and namespace names hold no `|` and no `*`
+/// (`access::principal_problem`), so keys of different grants never meet.
+pub(crate) fn grant(
+    principal: &str,
+    namespace: Option<&str>,
+    role: crate::access::Role,
+) -> Vec<u8> {
+    format!(
+        "{GRANT_PREFIX}{principal}|{}|{}",
+        namespace.unwrap_or("*"),
+        role.name()
+    )
+    .into_bytes()
+}
+
+/// The prefix of every grant of `principal`.
+pub(crate) fn grants_of(principal: &str) -> Vec<u8> {
+    format!("{GRANT_PREFIX}{principal}|").into_bytes()
+}
 const FLOW_DEF_PREFIX: &str = "flow/def/";
 pub(crate) const FLOW_LATEST_PREFIX: &str = "flow/latest/";
 

@@ -8,6 +8,7 @@
 //! interface ([`floe_storage::state_store::StateTx`]); floe-storage keeps
 //! the log, snapshots and the sled trees underneath.
 
+pub mod access;
 mod apply;
 mod changes;
 pub mod codec;

@@ -11,6 +11,7 @@ use std::ops::Bound;
 use floe_storage::state_store::StateView;
 use floe_storage::StoreError;
 
+use crate::access::Grant;
 use crate::codec;
 use crate::keys;
 use crate::models::{Deployment, ModelRecord, ReplicaRecord};
@@ -483,6 +484,29 @@ impl StateReader {
             Some(bytes) => codec::decode(|| format!("{tree_name} placed count"), &bytes),
             None => Ok(0),
         }
+    }
+
+    /// Every grant of `principal`.
+    pub fn grants_of(&self, principal: &str) -> Result<Vec<Grant>, StoreError> {
+        self.grants_under(&keys::grants_of(principal), usize::MAX)
+    }
+
+    /// Up to `limit` grants, ordered by principal.
+    pub fn grants(&self, limit: usize) -> Result<Vec<Grant>, StoreError> {
+        self.grants_under(keys::GRANT_PREFIX.as_bytes(), limit)
+    }
+
+    fn grants_under(&self, prefix: &[u8], limit: usize) -> Result<Vec<Grant>, StoreError> {
+        let state = self.store.data_view();
+        let tree_name = state.tree_name();
+        let mut grants = Vec::new();
+        for item in state.scan_prefix(prefix).take(limit) {
+            let (key, bytes) =
+                item.map_err(|error| error.context(format!("scan {tree_name} grants")))?;
+            let what = || format!("{tree_name} {}", String::from_utf8_lossy(&key));
+            grants.push(codec::decode(what, &bytes)?);
+        }
+        Ok(grants)
     }
 
     /// Every concurrency limit and every block or flow with tasks placed now.

@@ -136,6 +136,14 @@ pub enum Command {
         node: NodeId,
         offer: crate::slots::NodeSlots,
     },
+    /// Grants a role to a principal (`access.rs`), replacing the same grant.
+    GrantRole { grant: crate::access::Grant },
+    /// Takes one grant back; answers whether it was there.
+    RevokeRole {
+        principal: String,
+        role: crate::access::Role,
+        namespace: Option<String>,
+    },
 }
 
 impl fmt::Display for Command {
@@ -183,6 +191,23 @@ impl fmt::Display for Command {
             Command::NodeSlots { node, offer } => {
                 write!(f, "node-slots {node} ({} blocks)", offer.slots.len())
             }
+            Command::GrantRole { grant } => write!(
+                f,
+                "grant {} to {} in {}",
+                grant.role.name(),
+                grant.principal,
+                grant.namespace.as_deref().unwrap_or("the cluster")
+            ),
+            Command::RevokeRole {
+                principal,
+                role,
+                namespace,
+            } => write!(
+                f,
+                "revoke {} from {principal} in {}",
+                role.name(),
+                namespace.as_deref().unwrap_or("the cluster")
+            ),
         }
     }
 }

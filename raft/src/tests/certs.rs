@@ -128,6 +128,22 @@ fn ca_node_and_client_certificates_round_trip() {
         PeerIdentity::Client("cli".to_string())
     );
     assert_eq!(client_material.ca_fingerprint(), material.ca_fingerprint());
+
+    let scoped =
+        crate::certs::create_client_in(&ca_dir, "alice", Some("lab"), &root.path().join("scoped"))
+            .unwrap();
+    let scoped = TlsMaterial::load(&scoped.ca, &scoped.cert, &scoped.key).unwrap();
+    assert_eq!(
+        scoped.identity().unwrap(),
+        PeerIdentity::ScopedClient {
+            namespace: "lab".to_string(),
+            name: "alice".to_string()
+        }
+    );
+    assert!(
+        crate::certs::create_client_in(&ca_dir, "bob", Some("a/b"), &root.path().join("x"))
+            .is_err()
+    );
 }
 
 #[test]
