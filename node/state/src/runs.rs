@@ -493,6 +493,35 @@ pub(crate) fn run_event(
     }
 }
 
+/// What a typed run event must meet before the engine sees it: the task or
+/// timer it names belongs to the run it is for, and its value nests no
+/// deeper than values may where they enter. (A JSON event of an earlier
+/// release applies as that release applied it.)
+pub(crate) fn check_event(run_id: &str, event: &RunEvent) -> Result<(), Rejection> {
+    if let Some(named) = event.named_run_id() {
+        if named != run_id {
+            return Err(Rejection::Invalid(format!(
+                "an event for run {} names run {}",
+                floe_engine::names::quote_bounded(run_id),
+                floe_engine::names::quote_bounded(named)
+            )));
+        }
+    }
+    if let Some(value) = event.value() {
+        floe_engine::limits::check_value_depth(
+            || {
+                format!(
+                    "the value of an event for run {}",
+                    floe_engine::names::quote_bounded(run_id)
+                )
+            },
+            value,
+        )
+        .map_err(|too_deep| Rejection::Invalid(too_deep.to_string()))?;
+    }
+    Ok(())
+}
+
 /// Processes queued events (the first is the caller's; the rest come from
 /// sub-flow starts and completions). Returns the refusal of the first event.
 fn drain(
