@@ -91,8 +91,9 @@ pub enum Command {
         attempt: u32,
         at_ms: u64,
     },
-    /// Retention: deletes these runs if they finished at or before
-    /// `finished_before_ms` (picked by the leader from the finish index).
+    /// Retention: deletes these runs (by address text, a default run's id)
+    /// if they finished at or before `finished_before_ms` (picked by the
+    /// leader from the finish index).
     PurgeRuns {
         run_ids: Vec<String>,
         finished_before_ms: u64,

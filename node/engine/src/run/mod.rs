@@ -57,6 +57,7 @@ mod event_form;
 mod history;
 pub mod json_text;
 mod machine;
+mod run_text;
 mod steps;
 mod task_text;
 mod tasks;
@@ -72,7 +73,8 @@ pub use machine::{
     WorkBudget, ALWAYS_ENTERED_UNITS, BYTES_PER_UNIT, ENTRY_WORK_UNITS, MAX_RUN_VALUE_BYTES,
     MAX_STEPS_PER_EVENT,
 };
-pub use task_text::{TaskAddress, TaskTextError, DEFAULT_NAMESPACE, DEFAULT_PARTITION};
+pub use run_text::{RunAddress, RunTextError, DEFAULT_NAMESPACE, DEFAULT_PARTITION};
+pub use task_text::{TaskAddress, TaskTextError};
 
 /// Identifies one task slot: a task step, or one item of a map step.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
