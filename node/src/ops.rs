@@ -63,6 +63,7 @@ pub(crate) fn validate_command(command: &Command) -> Result<(), ApiError> {
         Command::PutFlow { .. } => Ok(()),
         Command::StartRun { .. }
         | Command::RunEvent { .. }
+        | Command::RunEventTyped { .. }
         | Command::AssignTask { .. }
         | Command::UnassignTask { .. }
         | Command::PurgeRuns { .. }

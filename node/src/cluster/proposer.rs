@@ -167,6 +167,7 @@ fn payload_bytes(command: &Command) -> usize {
             ..
         } => run_id.len() + flow.len() + input.len() + correlation_id.len() + idempotency_key.len(),
         Command::RunEvent { run_id, event, .. } => run_id.len() + event.len(),
+        Command::RunEventTyped { run_id, event, .. } => run_id.len() + event.payload_bytes(),
         Command::AssignTask { task, worker, .. } => task.len() + worker.len(),
         Command::UnassignTask { task, .. } => task.len(),
         Command::PurgeRuns { run_ids, .. } => run_ids.iter().map(String::len).sum(),

@@ -191,9 +191,7 @@ impl RunService {
         run_id: &str,
         event: RunEvent,
     ) -> Result<(), ApiError> {
-        let event =
-            serde_json::to_vec(&event).map_err(|err| ApiError::Internal(err.to_string()))?;
-        let command = Command::RunEvent {
+        let command = Command::RunEventTyped {
             run_id: run_id.to_string(),
             event,
             at_ms: self.clock.now_ms(),

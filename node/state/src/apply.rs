@@ -204,6 +204,14 @@ fn apply_one(
             ))
             .into()),
         },
+        Command::RunEventTyped {
+            run_id,
+            event,
+            at_ms,
+        } => match runs::check_event(run_id, event) {
+            Ok(()) => runs::run_event(&runs, run_id, event.clone(), *at_ms),
+            Err(rejection) => Ok(rejection.into()),
+        },
         Command::AssignTask {
             task,
             attempt,
@@ -430,6 +438,187 @@ mod tests {
             },
             Command::TombstoneNode { node_id: 9 },
         ]
+    }
+
+    /// Applies `commands` to a fresh in-memory store, one entry each.
+    fn apply_in_memory(commands: &[Command]) -> (Vec<CommandResponse>, MemoryState) {
+        let applier = StateApplier::default();
+        let memory = MemoryState::default();
+        let mut responses = Vec::new();
+        for (at, command) in commands.iter().enumerate() {
+            let index = at as u64 + 1;
+            let response = memory
+                .transaction(|tx| {
+                    applier.apply(
+                        tx,
+                        &mut AppliedChanges::default(),
+                        index,
+                        0,
+                        command,
+                        &Refusals::new(),
+                    )
+                })
+                .unwrap();
+            responses.push(response);
+        }
+        (responses, memory)
+    }
+
+    /// Events through a run's life: a result, a failure that fails the
+    /// run, a retry, a signal nobody waits for, a cancel.
+    fn run_events() -> Vec<(String, RunEvent)> {
+        let key = |step: &str| TaskKey {
+            run_id: "r1".into(),
+            step_id: step.into(),
+            item: None,
+        };
+        vec![
+            (
+                "r1".into(),
+                RunEvent::TaskCompleted {
+                    key: key("a"),
+                    attempt: 1,
+                    output: serde_json::json!({"text": "\u{e9}t\u{e9}", "n": u64::MAX}),
+                    worker: Some("w1".into()),
+                },
+            ),
+            (
+                "r1".into(),
+                RunEvent::TaskFailed {
+                    key: key("b"),
+                    attempt: 1,
+                    failure: floe_engine::run::TaskFailure {
+                        error: "bad input".into(),
+                        retryable: false,
+                    },
+                    worker: None,
+                },
+            ),
+            ("r1".into(), RunEvent::Retry),
+            (
+                "r1".into(),
+                RunEvent::Signal {
+                    name: "go".into(),
+                    payload: serde_json::json!([1.5, null]),
+                },
+            ),
+            (
+                "r1".into(),
+                RunEvent::Cancel {
+                    reason: "enough".into(),
+                },
+            ),
+            ("r9".into(), RunEvent::Retry),
+        ]
+    }
+
+    fn with_events(typed: bool) -> Vec<Command> {
+        let mut commands: Vec<Command> = commands()
+            .into_iter()
+            .filter(|command| !matches!(command, Command::RunEvent { .. }))
+            .collect();
+        for (at, (run_id, event)) in run_events().into_iter().enumerate() {
+            let at_ms = 10 + at as u64;
+            commands.push(if typed {
+                Command::RunEventTyped {
+                    run_id,
+                    event,
+                    at_ms,
+                }
+            } else {
+                Command::RunEvent {
+                    run_id,
+                    event: serde_json::to_vec(&event).unwrap(),
+                    at_ms,
+                }
+            });
+        }
+        commands
+    }
+
+    /// The JSON variant (logs of earlier releases) still applies, and the
+    /// typed one leaves the same records and answers.
+    #[test]
+    fn typed_and_json_events_give_the_same_state() {
+        let (json_responses, json_state) = apply_in_memory(&with_events(false));
+        let (typed_responses, typed_state) = apply_in_memory(&with_events(true));
+        assert_eq!(json_responses, typed_responses);
+        assert_eq!(json_state.records(), typed_state.records());
+        // The events took effect: the result and the failure were applied,
+        // the unknown run was refused.
+        let events = &json_responses[json_responses.len() - run_events().len()..];
+        assert_eq!(events[0], CommandResponse::RunUpdated);
+        assert_eq!(events[1], CommandResponse::RunUpdated);
+        assert!(
+            matches!(
+                events[5],
+                CommandResponse::Rejected(Rejection::FailedPrecondition(_))
+            ),
+            "{:?}",
+            events[5]
+        );
+    }
+
+    /// A typed event whose task names another run, or whose value nests
+    /// past the limit, is refused as invalid and changes nothing.
+    #[test]
+    fn typed_events_that_fail_their_checks_are_refused() {
+        let mut nested = serde_json::json!(1);
+        for _ in 0..floe_engine::limits::MAX_VALUE_DEPTH {
+            nested = serde_json::json!([nested]);
+        }
+        let too_deep = serde_json::json!([nested.clone()]);
+        let refused = [
+            RunEvent::TaskCompleted {
+                key: TaskKey {
+                    run_id: "r2".into(),
+                    step_id: "a".into(),
+                    item: None,
+                },
+                attempt: 1,
+                output: serde_json::json!(1),
+                worker: None,
+            },
+            RunEvent::Signal {
+                name: "go".into(),
+                payload: too_deep,
+            },
+        ];
+        let (_, before) = apply_in_memory(&commands()[..3]);
+        for event in refused {
+            let mut sequence = commands()[..3].to_vec();
+            sequence.push(Command::RunEventTyped {
+                run_id: "r1".into(),
+                event,
+                at_ms: 9,
+            });
+            let (responses, after) = apply_in_memory(&sequence);
+            assert!(
+                matches!(&responses[3], CommandResponse::Rejected(Rejection::Invalid(message)) if message.contains("r1")),
+                "{:?}",
+                responses[3]
+            );
+            assert_eq!(after.records(), before.records());
+        }
+        // At the limit it reaches the run (which waits on no signal).
+        let mut sequence = commands()[..3].to_vec();
+        sequence.push(Command::RunEventTyped {
+            run_id: "r1".into(),
+            event: RunEvent::Signal {
+                name: "go".into(),
+                payload: nested,
+            },
+            at_ms: 9,
+        });
+        let (responses, _) = apply_in_memory(&sequence);
+        assert!(
+            !matches!(
+                responses[3],
+                CommandResponse::Rejected(Rejection::Invalid(_))
+            ),
+            "{:?}",
+            responses[3]
+        );
     }
 
     /// The same commands over the in-memory store and over sled leave the

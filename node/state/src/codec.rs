@@ -182,6 +182,213 @@ mod tests {
         assert!(error.to_string().contains("sm_data_0 run r-2"), "{error}");
     }
 
+    /// Values a client or a flow can put into a run event: nested to the
+    /// limit and past it, large, non-ASCII and control characters, numbers
+    /// at the edges of what a JSON value holds (integers to u64 and i64,
+    /// the rest as f64: a longer integer arrives as its f64).
+    fn hostile_values() -> Vec<serde_json::Value> {
+        use serde_json::json;
+        let mut deep = json!("leaf");
+        for level in 0..floe_engine::limits::MAX_VALUE_DEPTH {
+            deep = if level % 2 == 0 {
+                json!([deep])
+            } else {
+                json!({ "k\u{0}\"": deep })
+            };
+        }
+        let mut deeper = json!(1);
+        for _ in 0..300 {
+            deeper = json!([deeper]);
+        }
+        let beyond_u64: serde_json::Value =
+            serde_json::from_str("123456789012345678901234567890").unwrap();
+        assert!(beyond_u64.is_f64());
+        vec![
+            json!(null),
+            json!(""),
+            deep,
+            deeper,
+            json!("\u{e9}\u{1f600} \u{202e}rtl \u{0}\u{7f}\"\\\n"),
+            json!("x".repeat(1 << 20)),
+            json!({"\u{1f600}": vec!["\u{e9}"; 1000]}),
+            json!([u64::MAX, i64::MIN, i64::MAX, 0, -1]),
+            json!([
+                f64::MAX,
+                f64::MIN,
+                f64::MIN_POSITIVE,
+                5e-324,
+                0.1,
+                -0.0,
+                1e300,
+                2.5
+            ]),
+            beyond_u64,
+            json!({"$blob": format!("sha256:{}", "ef".repeat(32)), "size": 300000}),
+        ]
+    }
+
+    fn every_event_kind(value: &serde_json::Value) -> Vec<floe_engine::run::RunEvent> {
+        use floe_engine::run::{ChildOutcome, RunEvent, TaskFailure, TaskKey, TimerKey};
+        let key = TaskKey {
+            run_id: "r-\u{e9}/1".into(),
+            step_id: "ocr".into(),
+            item: Some(u32::MAX),
+        };
+        vec![
+            RunEvent::TaskCompleted {
+                key: key.clone(),
+                attempt: u32::MAX,
+                output: value.clone(),
+                worker: None,
+            },
+            RunEvent::TaskCompleted {
+                key: key.clone(),
+                attempt: 1,
+                output: value.clone(),
+                worker: Some("w-\u{1f600}".into()),
+            },
+            RunEvent::TaskFailed {
+                key: key.clone(),
+                attempt: 1,
+                failure: TaskFailure {
+                    error: "a \"bad\" input\n".into(),
+                    retryable: false,
+                },
+                worker: None,
+            },
+            RunEvent::TaskFailed {
+                key: key.clone(),
+                attempt: 2,
+                failure: TaskFailure {
+                    error: String::new(),
+                    retryable: true,
+                },
+                worker: Some(String::new()),
+            },
+            RunEvent::TaskLost {
+                key: key.clone(),
+                attempt: 3,
+                reason: "node 2 left".into(),
+            },
+            RunEvent::TaskStarted {
+                key,
+                attempt: 4,
+                node: u64::MAX,
+                worker: "w".into(),
+            },
+            RunEvent::TimerFired {
+                timer: TimerKey {
+                    run_id: "r-1".into(),
+                    step_id: "wait".into(),
+                    item: None,
+                    purpose: "heartbeat".into(),
+                    attempt: 0,
+                },
+            },
+            RunEvent::Signal {
+                name: "\u{e9}".into(),
+                payload: value.clone(),
+            },
+            RunEvent::ChildFinished {
+                step_id: "sub".into(),
+                outcome: ChildOutcome::Completed(value.clone()),
+            },
+            RunEvent::ChildFinished {
+                step_id: "sub".into(),
+                outcome: ChildOutcome::Failed("child failed".into()),
+            },
+            RunEvent::ChildFinished {
+                step_id: "sub".into(),
+                outcome: ChildOutcome::Cancelled,
+            },
+            RunEvent::Cancel {
+                reason: "\u{0}".into(),
+            },
+            RunEvent::Retry,
+        ]
+    }
+
+    /// Every kind of typed run event, with every hostile value, reads back
+    /// from the log as it was proposed, and its JSON form is the one the
+    /// old variant carries.
+    #[test]
+    fn typed_run_events_of_every_kind_round_trip() {
+        use crate::types::Command;
+        for value in hostile_values() {
+            for event in every_event_kind(&value) {
+                let json_before = serde_json::to_string(&event).unwrap();
+                let command = Command::RunEventTyped {
+                    run_id: "r-\u{e9}/1".into(),
+                    event,
+                    at_ms: u64::MAX,
+                };
+                let bytes = encode(|| "log entry".into(), &command).unwrap();
+                let back: Command = decode(|| "log entry".into(), &bytes).unwrap();
+                assert_eq!(back, command);
+                let Command::RunEventTyped { event, .. } = back else {
+                    unreachable!("decoded as another variant")
+                };
+                assert_eq!(serde_json::to_string(&event).unwrap(), json_before);
+                // The same event through the old variant's JSON reads alike.
+                let through_json: floe_engine::run::RunEvent =
+                    floe_engine::limits::from_stored_text(json_before.as_bytes()).unwrap();
+                assert_eq!(through_json, event);
+            }
+        }
+    }
+
+    /// Values travel as their JSON text: a large value costs its text and
+    /// little more, and a blob reference inside stays findable by the byte
+    /// scan that keeps blobs alive.
+    #[test]
+    fn typed_event_values_are_stored_as_their_text() {
+        let value = serde_json::json!({"doc": {"$blob": format!("sha256:{}", "ef".repeat(32)), "size": 3}, "pad": "y".repeat(4096)});
+        let event = floe_engine::run::RunEvent::Signal {
+            name: "go".into(),
+            payload: value.clone(),
+        };
+        let text = serde_json::to_vec(&value).unwrap();
+        let command = crate::types::Command::RunEventTyped {
+            run_id: "r".into(),
+            event,
+            at_ms: 1,
+        };
+        let bytes = encode(|| "log entry".into(), &command).unwrap();
+        assert!(bytes
+            .windows(text.len())
+            .any(|window| window == text.as_slice()));
+        assert!(bytes.len() < text.len() + 32, "{} bytes", bytes.len());
+        assert_eq!(
+            floe_storage::blobs::referenced_hashes(&bytes),
+            vec!["ef".repeat(32)]
+        );
+    }
+
+    /// Appending the typed variant leaves every earlier variant's tag (its
+    /// position) as the stored logs of earlier releases hold it.
+    #[test]
+    fn the_typed_variant_comes_after_every_earlier_one() {
+        use crate::types::Command;
+        let tag = |command: &Command| encode(|| "log entry".into(), command).unwrap()[1];
+        let old = Command::RunEvent {
+            run_id: "r".into(),
+            event: b"\"Retry\"".to_vec(),
+            at_ms: 1,
+        };
+        let slots = Command::NodeSlots {
+            node: 1,
+            offer: Default::default(),
+        };
+        let typed = Command::RunEventTyped {
+            run_id: "r".into(),
+            event: floe_engine::run::RunEvent::Retry,
+            at_ms: 1,
+        };
+        assert_eq!(tag(&old), 6);
+        assert_eq!(tag(&slots), 17);
+        assert_eq!(tag(&typed), 18);
+    }
+
     /// A JSON value nested up to the 64-level value limit,
     /// alternating arrays and objects around a leaf that is never `null`
     /// (an optional output of `null` is stored as absent by design).
@@ -214,7 +421,7 @@ mod tests {
 
         /// Whatever passes the door's value limits stores and reads back,
         /// in every record that carries values: run records, task records,
-        /// the log's commands (run start, run event), key-value entries.
+        /// the log's commands (run start, run events JSON and typed), key-value entries.
         #[test]
         fn records_holding_values_at_the_limits_round_trip(value in nested_value(), other in nested_value()) {
             proptest::prop_assert!(floe_engine::limits::value_depth(&value, 100) <= floe_engine::limits::MAX_VALUE_DEPTH);
@@ -247,6 +454,16 @@ mod tests {
             proptest::prop_assert_eq!(decode_structured::<crate::runs::TaskRecord>(|| "task".into(), &bytes).unwrap(), task);
 
             let event = floe_engine::run::RunEvent::Signal { name: "go".into(), payload: other.clone() };
+            let completed = floe_engine::run::RunEvent::TaskCompleted {
+                key: floe_engine::run::TaskKey { run_id: "r-1".into(), step_id: "a".into(), item: Some(3) },
+                attempt: 2,
+                output: value.clone(),
+                worker: None,
+            };
+            let child = floe_engine::run::RunEvent::ChildFinished {
+                step_id: "sub".into(),
+                outcome: floe_engine::run::ChildOutcome::Completed(other.clone()),
+            };
             let commands = vec![
                 crate::types::Command::StartRun {
                     run_id: "r-1".into(),
@@ -258,6 +475,12 @@ mod tests {
                     at_ms: 1,
                 },
                 crate::types::Command::RunEvent { run_id: "r-1".into(), event: serde_json::to_vec(&event).unwrap(), at_ms: 2 },
+                crate::types::Command::RunEventTyped { run_id: "r-1".into(), event: event.clone(), at_ms: 2 },
+                crate::types::Command::RunEventTyped { run_id: "r-1".into(), event: completed, at_ms: 3 },
+                crate::types::Command::Batch(vec![
+                    crate::types::Command::RunEventTyped { run_id: "r-1".into(), event: child, at_ms: 4 },
+                    crate::types::Command::KvDelete { key: "k".into() },
+                ]),
                 crate::types::Command::KvPut { key: "k".into(), value: serde_json::to_vec(&other).unwrap() },
             ];
             for command in commands {

@@ -17,7 +17,7 @@ use crate::keys;
 use crate::models::{Deployment, ModelRecord, ReplicaRecord};
 use crate::runs::{placed_attempt, placed_record, LimitScope, LimitState, TaskRecord};
 use crate::types::{FlowRecord, KvEntry, LogId, NodeId, StoredMembership};
-use floe_engine::run::RunRecord;
+use floe_engine::run::{RunAddress, RunRecord};
 
 /// Criteria for listing runs; all that are set must hold.
 #[derive(Clone, Debug, Default)]
@@ -275,9 +275,14 @@ impl StateReader {
         Ok(records)
     }
 
-    /// Run `run_id`'s record.
+    /// Run `run_id`'s record (a run of the default namespace and partition).
     pub fn run(&self, run_id: &str) -> Result<Option<RunRecord>, StoreError> {
-        self.get_json(&keys::run(run_id), &format!("run {run_id}"))
+        self.run_at(&RunAddress::local(run_id))
+    }
+
+    /// The record of the run at `address`.
+    pub fn run_at(&self, address: &RunAddress) -> Result<Option<RunRecord>, StoreError> {
+        self.get_json(&keys::run(address), &format!("run {address}"))
     }
 
     /// Runs matching `filter`, newest first, from the index that narrows it
@@ -293,10 +298,10 @@ impl StateReader {
         let state = self.store.data_view();
         let tree_name = state.tree_name();
         let prefix = match (&filter.correlation_id, &filter.flow, &filter.status) {
-            (Some(correlation), _, _) => format!("runs/corr/{correlation}/"),
-            (None, Some(flow), _) => format!("runs/flow/{flow}/"),
-            (None, None, Some(status)) => format!("runs/status/{status}/"),
-            (None, None, None) => "runs/created/".to_string(),
+            (Some(correlation), _, _) => keys::runs_with_correlation(correlation),
+            (None, Some(flow), _) => keys::runs_of_flow(flow),
+            (None, None, Some(status)) => keys::runs_with_status(status),
+            (None, None, None) => keys::RUN_CREATED_PREFIX.to_string(),
         };
         let lower = format!("{prefix}{:020}", filter.created_from_ms.unwrap_or(0)).into_bytes();
         let upper = match filter.created_to_ms {
@@ -313,15 +318,14 @@ impl StateReader {
         for item in state.range((Bound::Included(lower), upper)).rev() {
             let (key, _) = item.map_err(|error| error.context(format!("list {tree_name} runs")))?;
             scanned += 1;
-            let run_id = String::from_utf8_lossy(
-                key.rsplit(|byte| *byte == b'/').next().unwrap_or_default(),
-            )
-            .into_owned();
-            if let Some(run) =
-                json_in::<RunRecord>(&state, &keys::run(&run_id), &format!("run {run_id}"))?
-            {
-                if filter.matches(&run) {
-                    page.runs.push(run);
+            let listed = keys::run_in_index(&key, prefix.as_bytes());
+            if let Some(address) = listed {
+                let record =
+                    json_in::<RunRecord>(&state, &keys::run(&address), &format!("run {address}"))?;
+                if let Some(run) = record {
+                    if filter.matches(&run) {
+                        page.runs.push(run);
+                    }
                 }
             }
             page.last_key = Some(key.to_vec());
@@ -336,7 +340,8 @@ impl StateReader {
         Ok(page)
     }
 
-    /// Ids of runs that finished at or before `finished_before_ms`, oldest first.
+    /// Runs that finished at or before `finished_before_ms`, oldest first,
+    /// by address text (a default run's is its id).
     pub fn finished_runs(
         &self,
         finished_before_ms: u64,
@@ -344,7 +349,7 @@ impl StateReader {
     ) -> Result<Vec<String>, StoreError> {
         let state = self.store.data_view();
         let tree_name = state.tree_name();
-        let upper = keys::run_by_finished(finished_before_ms, "~");
+        let upper = keys::runs_finished_through(finished_before_ms);
         let mut run_ids = Vec::new();
         for item in state
             .range((
@@ -355,9 +360,9 @@ impl StateReader {
         {
             let (key, _) =
                 item.map_err(|error| error.context(format!("scan {tree_name} finished runs")))?;
-            run_ids.push(
-                String::from_utf8_lossy(&key[keys::RUN_FINISHED_PREFIX.len() + 21..]).into_owned(),
-            );
+            if let Some(address) = keys::run_in_index(&key, keys::RUN_FINISHED_PREFIX.as_bytes()) {
+                run_ids.push(address.to_string());
+            }
         }
         Ok(run_ids)
     }

@@ -12,8 +12,8 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use floe_engine::run::{
-    self, ChildOutcome, Effect, NewRun, RunError, RunEvent, RunRecord, RunStatus, TaskKey,
-    TaskSpec, TimerKey,
+    self, ChildOutcome, Effect, NewRun, RunAddress, RunError, RunEvent, RunRecord, RunStatus,
+    TaskKey, TaskSpec, TimerKey,
 };
 use floe_engine::FlowDefinition;
 use serde::de::DeserializeOwned;
@@ -211,7 +211,11 @@ impl RunTx<'_> {
     }
 
     fn run(&self, run_id: &str) -> Result<Option<RunRecord>, TxError> {
-        self.get_json(&keys::run(run_id), format_args!("run {run_id}"))
+        self.run_at(&local(run_id))
+    }
+
+    fn run_at(&self, address: &RunAddress) -> Result<Option<RunRecord>, TxError> {
+        self.get_json(&keys::run(address), format_args!("run {address}"))
     }
 
     /// Stores the record and moves its status and finish-time index entries
@@ -221,8 +225,9 @@ impl RunTx<'_> {
         record: &RunRecord,
         previous: Option<(RunStatus, Option<u64>)>,
     ) -> Result<(), TxError> {
+        let address = local(&record.run_id);
         let stored = self.put_structured(
-            keys::run(&record.run_id),
+            keys::run(&address),
             record,
             format_args!("run {}", record.run_id),
         )?;
@@ -230,7 +235,7 @@ impl RunTx<'_> {
         // A run holds its blobs until it is purged: references only ever get
         // added. JSON values sit in the record as their text, so a byte scan finds them.
         for hash in blobs::referenced_hashes(&stored) {
-            self.mark(keys::blob_owner(&hash, &keys::run_owner(&record.run_id)))?;
+            self.mark(keys::blob_owner(&hash, &keys::run_owner(&address)))?;
         }
         let (previous_status, previous_finished) = match previous {
             Some((status, finished)) => (Some(status), finished),
@@ -241,13 +246,13 @@ impl RunTx<'_> {
                 self.data.remove(&keys::run_by_status(
                     status_name(previous),
                     record.created_at_ms,
-                    &record.run_id,
+                    &address,
                 ))?;
             }
             self.mark(keys::run_by_status(
                 status_name(record.status),
                 record.created_at_ms,
-                &record.run_id,
+                &address,
             ))?;
         }
         let finished = if record.status == RunStatus::Running {
@@ -258,57 +263,53 @@ impl RunTx<'_> {
         if previous_finished != finished {
             if let Some(previous) = previous_finished {
                 self.data
-                    .remove(&keys::run_by_finished(previous, &record.run_id))?;
+                    .remove(&keys::run_by_finished(previous, &address))?;
             }
             if let Some(finished) = finished {
-                self.mark(keys::run_by_finished(finished, &record.run_id))?;
+                self.mark(keys::run_by_finished(finished, &address))?;
             }
         }
         Ok(())
     }
 
-    /// Deletes a finished run and every index entry that names it.
-    fn delete_run(&self, record: &RunRecord) -> Result<(), TxError> {
+    /// Deletes a finished run (at `address`) and every index entry that names it.
+    fn delete_run(&self, address: &RunAddress, record: &RunRecord) -> Result<(), TxError> {
         let run_id = &record.run_id;
-        self.data.remove(&keys::run(run_id))?;
+        self.data.remove(&keys::run(address))?;
         self.changed_run(run_id);
         self.data
-            .remove(&keys::run_by_created(record.created_at_ms, run_id))?;
+            .remove(&keys::run_by_created(record.created_at_ms, address))?;
         self.data.remove(&keys::run_by_status(
             status_name(record.status),
             record.created_at_ms,
-            run_id,
+            address,
         ))?;
         self.data.remove(&keys::run_by_flow(
             &record.flow,
             record.created_at_ms,
-            run_id,
+            address,
         ))?;
         if !record.correlation_id.is_empty() {
             self.data.remove(&keys::run_by_correlation(
                 &record.correlation_id,
                 record.created_at_ms,
-                run_id,
+                address,
             ))?;
         }
         if let Some(finished) = record.finished_at_ms {
-            self.data.remove(&keys::run_by_finished(finished, run_id))?;
+            self.data
+                .remove(&keys::run_by_finished(finished, address))?;
         }
         let stored = encode_structured(self.tree_name, record, format_args!("run {run_id}"))?;
         for hash in blobs::referenced_hashes(&stored) {
             self.data
-                .remove(&keys::blob_owner(&hash, &keys::run_owner(run_id)))?;
+                .remove(&keys::blob_owner(&hash, &keys::run_owner(address)))?;
         }
         if !record.idempotency_key.is_empty() {
             // Only if the key still names this run.
-            if self
-                .data
-                .get(&keys::idempotency(&record.idempotency_key))?
-                .as_deref()
-                == Some(run_id.as_bytes())
-            {
-                self.data
-                    .remove(&keys::idempotency(&record.idempotency_key))?;
+            let idempotency = keys::idempotency(address, &record.idempotency_key);
+            if self.data.get(&idempotency)?.as_deref() == Some(address.to_string().as_bytes()) {
+                self.data.remove(&idempotency)?;
             }
         }
         Ok(())
@@ -341,13 +342,23 @@ pub fn status_name(status: RunStatus) -> &'static str {
     }
 }
 
+/// Every run is in the default namespace and partition until runs carry
+/// their own (records and commands name runs by id alone).
+fn local(run_id: impl Into<String>) -> RunAddress {
+    RunAddress::local(run_id)
+}
+
+/// A timer's key text: `<run>/<step>/<item>/<purpose>/<attempt>`.
 pub fn timer_key_text(timer: &TimerKey) -> String {
     let item = timer
         .item
         .map_or_else(|| "-".to_string(), |item| item.to_string());
     format!(
         "{}/{}/{item}/{}/{}",
-        timer.run_id, timer.step_id, timer.purpose, timer.attempt
+        local(&timer.run_id),
+        timer.step_id,
+        timer.purpose,
+        timer.attempt
     )
 }
 
@@ -364,12 +375,18 @@ pub struct StartRun<'a> {
 }
 
 pub(crate) fn start_run(tx: &RunTx<'_>, start: StartRun<'_>) -> Result<CommandResponse, TxError> {
+    let address = local(start.run_id);
     if !start.idempotency_key.is_empty() {
-        if let Some(bytes) = tx.data.get(&keys::idempotency(start.idempotency_key))? {
-            let run_id = String::from_utf8_lossy(&bytes).into_owned();
-            let version = tx.run(&run_id)?.map_or(0, |run| run.version);
+        if let Some(bytes) = tx
+            .data
+            .get(&keys::idempotency(&address, start.idempotency_key))?
+        {
+            // The earlier run's address text: its id, in the default namespace.
+            let earlier = String::from_utf8_lossy(&bytes).into_owned();
+            let Ok(earlier_address) = earlier.parse::<RunAddress>();
+            let version = tx.run_at(&earlier_address)?.map_or(0, |run| run.version);
             return Ok(CommandResponse::RunStarted {
-                run_id,
+                run_id: earlier,
                 created: false,
                 version,
             });
@@ -388,7 +405,7 @@ pub(crate) fn start_run(tx: &RunTx<'_>, start: StartRun<'_>) -> Result<CommandRe
         },
         pinned => pinned,
     };
-    if tx.data.get(&keys::run(start.run_id))?.is_some() {
+    if tx.data.get(&keys::run(&address))?.is_some() {
         return Ok(Rejection::Invalid(format!("run id {} is already taken", start.run_id)).into());
     }
     let input: serde_json::Value = match serde_json::from_slice(start.input) {
@@ -411,8 +428,8 @@ pub(crate) fn start_run(tx: &RunTx<'_>, start: StartRun<'_>) -> Result<CommandRe
     }
     if !start.idempotency_key.is_empty() {
         tx.data.insert(
-            &keys::idempotency(start.idempotency_key),
-            start.run_id.as_bytes().to_vec(),
+            &keys::idempotency(&address, start.idempotency_key),
+            address.to_string().into_bytes(),
         )?;
     }
     drain(tx, work, start.at_ms, 0)?;
@@ -461,17 +478,18 @@ fn create_run(
     apply_effects(tx, &record, effects, at_ms, work, &mut placed_now)?;
     start_placed(tx, &definition, &mut record, placed_now, at_ms)?;
     tx.save_run(&record, None)?;
-    tx.mark(keys::run_by_created(record.created_at_ms, &record.run_id))?;
+    let address = local(&record.run_id);
+    tx.mark(keys::run_by_created(record.created_at_ms, &address))?;
     tx.mark(keys::run_by_flow(
         &record.flow,
         record.created_at_ms,
-        &record.run_id,
+        &address,
     ))?;
     if !record.correlation_id.is_empty() {
         tx.mark(keys::run_by_correlation(
             &record.correlation_id,
             record.created_at_ms,
-            &record.run_id,
+            &address,
         ))?;
     }
     Ok(Ok(()))
@@ -491,6 +509,35 @@ pub(crate) fn run_event(
         Some(reason) => Ok(Rejection::FailedPrecondition(reason).into()),
         None => Ok(CommandResponse::RunUpdated),
     }
+}
+
+/// What a typed run event must meet before the engine sees it: the task or
+/// timer it names belongs to the run it is for, and its value nests no
+/// deeper than values may where they enter. (A JSON event of an earlier
+/// release applies as that release applied it.)
+pub(crate) fn check_event(run_id: &str, event: &RunEvent) -> Result<(), Rejection> {
+    if let Some(named) = event.named_run_id() {
+        if named != run_id {
+            return Err(Rejection::Invalid(format!(
+                "an event for run {} names run {}",
+                floe_engine::names::quote_bounded(run_id),
+                floe_engine::names::quote_bounded(named)
+            )));
+        }
+    }
+    if let Some(value) = event.value() {
+        floe_engine::limits::check_value_depth(
+            || {
+                format!(
+                    "the value of an event for run {}",
+                    floe_engine::names::quote_bounded(run_id)
+                )
+            },
+            value,
+        )
+        .map_err(|too_deep| Rejection::Invalid(too_deep.to_string()))?;
+    }
+    Ok(())
 }
 
 /// Processes queued events (the first is the caller's; the rest come from
@@ -1029,7 +1076,7 @@ fn apply_effects(
                 let base = child_run_id(&record.run_id, &step_id);
                 let mut child_id = base.clone();
                 let mut round = 1;
-                while tx.data.get(&keys::run(&child_id))?.is_some() {
+                while tx.data.get(&keys::run(&local(&child_id)))?.is_some() {
                     round += 1;
                     child_id = format!("{base}.{round}");
                 }
@@ -1060,7 +1107,7 @@ fn apply_effects(
                 // Only the newest child can still be running.
                 while tx
                     .data
-                    .get(&keys::run(&format!("{base}.{}", round + 1)))?
+                    .get(&keys::run(&local(format!("{base}.{}", round + 1))))?
                     .is_some()
                 {
                     round += 1;
@@ -1165,7 +1212,7 @@ pub(crate) fn fire_timers(
         // Firing reads and rewrites the run's record: charge it before.
         let record_bytes = tx
             .data
-            .get(&keys::run(&timer.run_id))?
+            .get(&keys::run(&local(&timer.run_id)))?
             .map_or(0, |bytes| bytes.len());
         let cost = 1 + record_bytes / run::BYTES_PER_UNIT;
         if position > 0 && cost > tx.budget.borrow().units() {
@@ -1222,17 +1269,18 @@ pub(crate) fn unassign(
 /// checks again, so a run retried meanwhile is kept.
 pub(crate) fn purge_runs(
     tx: &RunTx<'_>,
-    run_ids: &[String],
+    runs: &[String],
     finished_before_ms: u64,
 ) -> Result<CommandResponse, TxError> {
     let mut purged = 0u64;
-    for run_id in run_ids {
-        let record = match tx.run(run_id) {
+    for run_text in runs {
+        let Ok(address) = run_text.parse::<RunAddress>();
+        let record = match tx.run_at(&address) {
             Ok(Some(record)) => record,
             Ok(None) => continue,
             // One unreadable record must not hold back the others' purge.
             Err(TxError::Abort(error)) if !error.is_storage_failure() => {
-                tracing::warn!(run_id = %run_id, error = %error, "retention skips a run whose record does not read");
+                tracing::warn!(run = %run_text, error = %error, "retention skips a run whose record does not read");
                 continue;
             }
             Err(other) => return Err(other),
@@ -1242,7 +1290,7 @@ pub(crate) fn purge_runs(
                 .finished_at_ms
                 .is_some_and(|at| at <= finished_before_ms);
         if expired {
-            tx.delete_run(&record)?;
+            tx.delete_run(&address, &record)?;
             purged += 1;
         }
     }

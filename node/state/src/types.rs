@@ -20,7 +20,7 @@ pub use floe_storage::types::{
 /// Byte fields are serde bytes: in bincode the same length-then-bytes form
 /// as a plain `Vec<u8>`, so stored logs read unchanged, but decoded at once
 /// instead of byte by byte.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Command {
     /// Set `key` to `value`.
     KvPut {
@@ -68,6 +68,8 @@ pub enum Command {
         at_ms: u64,
     },
     /// Feeds one event to a run; `event` is a JSON `floe_engine::run::RunEvent`.
+    /// Written by earlier releases: still applied, no longer proposed
+    /// (see `RunEventTyped`).
     RunEvent {
         run_id: String,
         #[serde(with = "serde_bytes")]
@@ -89,8 +91,9 @@ pub enum Command {
         attempt: u32,
         at_ms: u64,
     },
-    /// Retention: deletes these runs if they finished at or before
-    /// `finished_before_ms` (picked by the leader from the finish index).
+    /// Retention: deletes these runs (by address text, a default run's id)
+    /// if they finished at or before `finished_before_ms` (picked by the
+    /// leader from the finish index).
     PurgeRuns {
         run_ids: Vec<String>,
         finished_before_ms: u64,
@@ -136,6 +139,14 @@ pub enum Command {
         node: NodeId,
         offer: crate::slots::NodeSlots,
     },
+    /// Feeds one event to a run, carried typed (values inside it as their
+    /// JSON text). What nodes propose; a node of a release before it cannot
+    /// read it. (Appended last: a variant's position is its encoding.)
+    RunEventTyped {
+        run_id: String,
+        event: floe_engine::run::RunEvent,
+        at_ms: u64,
+    },
     /// Grants a role to a principal (`access.rs`), replacing the same grant.
     GrantRole { grant: crate::access::Grant },
     /// Takes one grant back; answers whether it was there.
@@ -161,7 +172,9 @@ impl fmt::Display for Command {
                 version,
                 ..
             } => write!(f, "start-run {run_id} ({flow} v{version})"),
-            Command::RunEvent { run_id, .. } => write!(f, "run-event {run_id}"),
+            Command::RunEvent { run_id, .. } | Command::RunEventTyped { run_id, .. } => {
+                write!(f, "run-event {run_id}")
+            }
             Command::AssignTask {
                 task,
                 attempt,

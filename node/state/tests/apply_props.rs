@@ -245,6 +245,20 @@ fn event_bytes() -> impl Strategy<Value = Vec<u8>> {
     ]
 }
 
+/// A typed event: any kind, or a result whose output nests past the value
+/// limit (apply refuses it; the JSON variant's parser stopped at 128).
+fn typed_event() -> impl Strategy<Value = RunEvent> {
+    prop_oneof![
+        6 => run_event(),
+        1 => (1usize..250).prop_map(|depth| RunEvent::TaskCompleted {
+            key: TaskKey { run_id: "r0".into(), step_id: "a".into(), item: None },
+            attempt: 1,
+            output: nested_arrays(depth),
+            worker: None,
+        }),
+    ]
+}
+
 /// A flow put: a real flow, or (with `garbage`) bytes no proposer would
 /// let through, which apply must refuse or store without failing later.
 fn flow_put(garbage: bool) -> BoxedStrategy<Command> {
@@ -290,6 +304,8 @@ fn single_command(garbage: bool) -> BoxedStrategy<Command> {
             }),
         6 => (prop_oneof![4 => pick(RUNS), 1 => text()], event_bytes(), at_ms.clone())
             .prop_map(|(run_id, event, at_ms)| Command::RunEvent { run_id, event, at_ms }),
+        6 => (prop_oneof![4 => pick(RUNS), 1 => text()], typed_event(), at_ms.clone())
+            .prop_map(|(run_id, event, at_ms)| Command::RunEventTyped { run_id, event, at_ms }),
         3 => (task_text(), 0u32..4, 0u64..5, text(), at_ms.clone())
             .prop_map(|(task, attempt, node, worker, at_ms)| Command::AssignTask { task, attempt, node, worker, at_ms }),
         2 => (task_text(), 0u32..4, at_ms.clone()).prop_map(|(task, attempt, at_ms)| Command::UnassignTask { task, attempt, at_ms }),

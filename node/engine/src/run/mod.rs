@@ -53,9 +53,11 @@ use serde_json::Value;
 use crate::model::{FlowDefinition, Timeouts};
 
 mod backoff;
+mod event_form;
 mod history;
 pub mod json_text;
 mod machine;
+mod run_text;
 mod steps;
 mod task_text;
 mod tasks;
@@ -71,7 +73,8 @@ pub use machine::{
     WorkBudget, ALWAYS_ENTERED_UNITS, BYTES_PER_UNIT, ENTRY_WORK_UNITS, MAX_RUN_VALUE_BYTES,
     MAX_STEPS_PER_EVENT,
 };
-pub use task_text::{TaskAddress, TaskTextError, DEFAULT_NAMESPACE, DEFAULT_PARTITION};
+pub use run_text::{RunAddress, RunTextError, DEFAULT_NAMESPACE, DEFAULT_PARTITION};
+pub use task_text::{TaskAddress, TaskTextError};
 
 /// Identifies one task slot: a task step, or one item of a map step.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -257,26 +260,37 @@ pub struct TaskFailure {
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum ChildOutcome {
-    Completed(Value),
+    Completed(#[serde(with = "json_text")] Value),
     Failed(String),
     Cancelled,
 }
 
+/// What happens to a run. The JSON form (the log entries of earlier
+/// releases) leaves out an absent `worker`; the binary form (the log's
+/// typed run events) writes every field in order and JSON values as their
+/// text, as run records do (see `event_form` and `json_text`). A variant's
+/// position is its binary encoding in the log: only ever append.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum RunEvent {
+    #[serde(
+        serialize_with = "event_form::task_completed::serialize",
+        deserialize_with = "event_form::task_completed::deserialize"
+    )]
     TaskCompleted {
         key: TaskKey,
         attempt: u32,
         output: Value,
         /// The worker that answered (recorded on the attempt).
-        #[serde(default, skip_serializing_if = "Option::is_none")]
         worker: Option<String>,
     },
+    #[serde(
+        serialize_with = "event_form::task_failed::serialize",
+        deserialize_with = "event_form::task_failed::deserialize"
+    )]
     TaskFailed {
         key: TaskKey,
         attempt: u32,
         failure: TaskFailure,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
         worker: Option<String>,
     },
     /// The attempt was lost with its worker or node (not the task's fault):
@@ -299,6 +313,7 @@ pub enum RunEvent {
     },
     Signal {
         name: String,
+        #[serde(with = "json_text")]
         payload: Value,
     },
     ChildFinished {
@@ -310,6 +325,74 @@ pub enum RunEvent {
     },
     /// Retry a failed run from its failed step(s).
     Retry,
+}
+
+impl RunEvent {
+    /// The run the event itself names (a task's or a timer's), if any.
+    pub fn named_run_id(&self) -> Option<&str> {
+        match self {
+            RunEvent::TaskCompleted { key, .. }
+            | RunEvent::TaskFailed { key, .. }
+            | RunEvent::TaskLost { key, .. }
+            | RunEvent::TaskStarted { key, .. } => Some(&key.run_id),
+            RunEvent::TimerFired { timer } => Some(&timer.run_id),
+            RunEvent::Signal { .. }
+            | RunEvent::ChildFinished { .. }
+            | RunEvent::Cancel { .. }
+            | RunEvent::Retry => None,
+        }
+    }
+
+    /// The JSON value the event carries (a task's output, a signal's
+    /// payload, a child run's output), if any.
+    pub fn value(&self) -> Option<&Value> {
+        match self {
+            RunEvent::TaskCompleted { output, .. } => Some(output),
+            RunEvent::Signal { payload, .. } => Some(payload),
+            RunEvent::ChildFinished {
+                outcome: ChildOutcome::Completed(output),
+                ..
+            } => Some(output),
+            _ => None,
+        }
+    }
+
+    /// About how many bytes the event takes in a log entry: its texts and
+    /// the JSON text of its value. Counts the value's text without
+    /// building it.
+    pub fn payload_bytes(&self) -> usize {
+        let texts = match self {
+            RunEvent::TaskCompleted { key, worker, .. } => {
+                task_key_bytes(key) + worker.as_ref().map_or(0, String::len)
+            }
+            RunEvent::TaskFailed {
+                key,
+                failure,
+                worker,
+                ..
+            } => task_key_bytes(key) + failure.error.len() + worker.as_ref().map_or(0, String::len),
+            RunEvent::TaskLost { key, reason, .. } => task_key_bytes(key) + reason.len(),
+            RunEvent::TaskStarted { key, worker, .. } => task_key_bytes(key) + worker.len(),
+            RunEvent::TimerFired { timer } => {
+                timer.run_id.len() + timer.step_id.len() + timer.purpose.len()
+            }
+            RunEvent::Signal { name, .. } => name.len(),
+            RunEvent::ChildFinished { step_id, outcome } => {
+                step_id.len()
+                    + match outcome {
+                        ChildOutcome::Failed(error) => error.len(),
+                        ChildOutcome::Completed(_) | ChildOutcome::Cancelled => 0,
+                    }
+            }
+            RunEvent::Cancel { reason } => reason.len(),
+            RunEvent::Retry => 0,
+        };
+        texts + self.value().map_or(0, crate::expr::serialized_size)
+    }
+}
+
+fn task_key_bytes(key: &TaskKey) -> usize {
+    key.run_id.len() + key.step_id.len()
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

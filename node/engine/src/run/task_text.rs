@@ -1,23 +1,19 @@
 //! The text form of a task's address: the one formatter and the one parser.
 //!
 //! `run/step/item` (item `-` for none), as index keys and the worker API
-//! have always carried it. A namespace and a partition other than the
-//! defaults go in front, `namespace:partition:run/step/item`; the defaults
-//! are never written, so the keys of earlier releases read unchanged and
-//! a default key's text is the same bytes as before. Step ids hold no `/`
-//! (a run id may); generated run ids are hex with `.step` suffixes, never
-//! `name:digits:`, so an old key never reads as a prefixed one.
+//! have always carried it, where `run` is the run's address text
+//! (`run_text`): a namespace and a partition other than the defaults go in
+//! front, `namespace:partition:run/step/item`; the defaults are never
+//! written, so the keys of earlier releases read unchanged and a default
+//! key's text is the same bytes as before. Step ids hold no `/` (a run id
+//! may), so the run part is everything before the last two `/`.
 
 use std::fmt;
 use std::str::FromStr;
 
+use super::run_text::{split_run_text, write_run_text, DEFAULT_NAMESPACE, DEFAULT_PARTITION};
 use super::TaskKey;
 use crate::names::quote_bounded;
-
-/// The namespace of every task today.
-pub const DEFAULT_NAMESPACE: &str = "default";
-/// The partition of every task today.
-pub const DEFAULT_PARTITION: u32 = 0;
 
 /// A task slot's full address: its key, and the namespace and partition it
 /// belongs to (only the defaults exist yet; the fields make room for more).
@@ -64,12 +60,10 @@ fn write_task_text(
     partition: u32,
     key: &TaskKey,
 ) -> fmt::Result {
-    if namespace != DEFAULT_NAMESPACE || partition != DEFAULT_PARTITION {
-        write!(f, "{namespace}:{partition}:")?;
-    }
+    write_run_text(f, namespace, partition, &key.run_id)?;
     match key.item {
-        Some(item) => write!(f, "{}/{}/{item}", key.run_id, key.step_id),
-        None => write!(f, "{}/{}/-", key.run_id, key.step_id),
+        Some(item) => write!(f, "/{}/{item}", key.step_id),
+        None => write!(f, "/{}/-", key.step_id),
     }
 }
 
@@ -86,32 +80,17 @@ impl fmt::Display for TaskKey {
     }
 }
 
-/// `name:digits:` in front of the run id, if there is one.
-fn split_prefix(text: &str) -> Option<(&str, u32, &str)> {
-    let (namespace, rest) = text.split_once(':')?;
-    let (partition, rest) = rest.split_once(':')?;
-    if !crate::names::is_flow_name(namespace) || partition.is_empty() {
-        return None;
-    }
-    if !partition.bytes().all(|byte| byte.is_ascii_digit()) {
-        return None;
-    }
-    Some((namespace, partition.parse().ok()?, rest))
-}
-
 impl FromStr for TaskAddress {
     type Err = TaskTextError;
 
     fn from_str(text: &str) -> Result<TaskAddress, TaskTextError> {
-        let (namespace, partition, bare) = match split_prefix(text) {
-            Some((namespace, partition, bare)) => (namespace, partition, bare),
-            None => (DEFAULT_NAMESPACE, DEFAULT_PARTITION, text),
-        };
-        let mut parts = bare.rsplitn(3, '/');
-        let (Some(item), Some(step_id), Some(run_id)) = (parts.next(), parts.next(), parts.next())
+        let mut parts = text.rsplitn(3, '/');
+        let (Some(item), Some(step_id), Some(run_text)) =
+            (parts.next(), parts.next(), parts.next())
         else {
             return Err(TaskTextError::Shape(text.to_string()));
         };
+        let (namespace, partition, run_id) = split_run_text(run_text);
         let item = match item {
             "-" => None,
             number => Some(
@@ -215,6 +194,27 @@ mod tests {
             }
             .to_string(),
             "billing:7:r1/a/-"
+        );
+    }
+
+    /// A default task whose run id reads as a prefix keeps its address.
+    #[test]
+    fn a_lookalike_run_id_keeps_its_task_apart() {
+        let lookalike = TaskAddress::local(key("billing:7:r1", "a", None));
+        let other = TaskAddress {
+            namespace: "billing".into(),
+            partition: 7,
+            key: key("r1", "a", None),
+        };
+        assert_eq!(lookalike.to_string(), "default:0:billing:7:r1/a/-");
+        assert_ne!(lookalike.to_string(), other.to_string());
+        assert_eq!(
+            lookalike.to_string().parse::<TaskAddress>().unwrap(),
+            lookalike
+        );
+        assert_eq!(
+            lookalike.to_string().parse::<TaskKey>().unwrap(),
+            lookalike.key
         );
     }
 

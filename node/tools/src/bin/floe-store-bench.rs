@@ -90,9 +90,9 @@ impl Bench {
                 worker: String::new(),
                 at_ms: self.clock_ms,
             },
-            Command::RunEvent {
+            Command::RunEventTyped {
                 run_id: run_id.into(),
-                event: serde_json::to_vec(&event)?,
+                event,
                 at_ms: self.clock_ms + 1,
             },
         ])
