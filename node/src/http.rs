@@ -18,7 +18,6 @@ pub async fn serve(
         .route("/health/livez", get(|| async { "ok\n" }))
         .route("/health/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .route("/debug/state-digest", get(state_digest))
         .with_state(cluster);
     let listener = tokio::net::TcpListener::bind(&addr)
         .await
@@ -102,39 +101,4 @@ async fn metrics(
         )],
         body,
     )
-}
-
-#[derive(Serialize)]
-struct StateDigest {
-    node_id: u64,
-    applied_index: u64,
-    applied_term: u64,
-    /// sha256 over every applied record: equal on nodes at the same applied index.
-    digest: String,
-}
-
-/// The applied index and a digest of the state at it, read together; the
-/// chaos suite compares nodes with it. Hashes the whole state, so it runs
-/// on a blocking thread.
-async fn state_digest(
-    State(cluster): State<ClusterHandle>,
-) -> Result<Json<StateDigest>, (StatusCode, String)> {
-    let reader = cluster.reader().clone();
-    let computed = tokio::task::spawn_blocking(move || reader.applied_state_digest()).await;
-    match computed {
-        Ok(Ok((applied, digest))) => Ok(Json(StateDigest {
-            node_id: cluster.id(),
-            applied_index: applied.map(|id| id.index).unwrap_or(0),
-            applied_term: applied.map(|id| id.leader_id.term).unwrap_or(0),
-            digest,
-        })),
-        Ok(Err(err)) => Err((
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("state digest: {err}"),
-        )),
-        Err(err) => Err((
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("state digest task: {err}"),
-        )),
-    }
 }

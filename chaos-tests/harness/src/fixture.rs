@@ -91,8 +91,11 @@ impl FixtureCluster {
                 .create(true)
                 .append(true)
                 .open(&log_path)?;
+            // The fixtures' client certificate (`pki/admin`, named admin)
+            // administers the cluster: they predate access control.
             let child = Command::new(&self.binary)
                 .args(["serve", "--config", &format!("node{}.toml", node.id)])
+                .args(["--set", "auth.admins=admin"])
                 .current_dir(self.dir.path())
                 .stdout(Stdio::from(log.try_clone()?))
                 .stderr(Stdio::from(log))

@@ -20,6 +20,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use floe_api::client::{ClientOptions, FloeClient};
 use floe_api::proto as api;
 
+/// The name of the harness's client certificate, which every CLI call,
+/// client and worker of a test cluster presents; the nodes list it in
+/// `auth.admins`.
+pub const HARNESS_CLIENT: &str = "harness";
+
 /// How the cluster is formed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Formation {
@@ -216,7 +221,7 @@ impl TestCluster {
             "--ca-dir",
             &path_str(&cluster.ca_dir),
             "--name",
-            "harness",
+            HARNESS_CLIENT,
             "--out",
             &path_str(&cluster.client_dir),
         ])?;
@@ -293,6 +298,8 @@ impl TestCluster {
             cert = path_str(&node.dir.join("certs/node.pem")),
             key = path_str(&node.dir.join("certs/node-key.pem")),
         );
+        // The harness's one client certificate administers the cluster.
+        text.push_str(&format!("\n[auth]\nadmins = [{HARNESS_CLIENT:?}]\n"));
         if self.options.loopback_per_node {
             text.insert_str(
                 0,

@@ -1,41 +1,72 @@
 //! All nodes converge: once the workloads stop and the faults are healed,
 //! every node reaches the same applied index with the same state digest
-//! (`GET /debug/state-digest`, computed under one lock with the index).
+//! (`Cluster/StateDigest`, an admin call, computed under one lock with the
+//! index).
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use serde::Deserialize;
+use floe_api::client::{error_chain, ClientOptions, FloeClient};
+use floe_api::proto as api;
 
 use super::{CheckResult, CONVERGENCE};
 
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NodeDigest {
     pub node_id: u64,
     pub applied_index: u64,
     pub digest: String,
 }
 
-async fn read_digest(http_addr: &str) -> Result<NodeDigest, String> {
-    let (code, body) = floe_harness::http_get(http_addr, "/debug/state-digest")
-        .await
-        .map_err(|err| err.to_string())?;
-    if code != 200 {
-        return Err(format!("HTTP {code}: {}", body.trim()));
+/// One node's digest through `client` (connected to that node alone),
+/// connecting first when there is none.
+async fn read_digest(
+    options: &ClientOptions,
+    client: &mut Option<FloeClient>,
+) -> Result<NodeDigest, String> {
+    if client.is_none() {
+        *client = Some(
+            FloeClient::connect(options)
+                .await
+                .map_err(|err| error_chain(&err))?,
+        );
     }
-    serde_json::from_str(&body).map_err(|err| format!("bad digest answer: {err}"))
+    let Some(connected) = client.as_mut() else {
+        return Err("not connected".into());
+    };
+    match connected
+        .cluster
+        .state_digest(api::StateDigestRequest {})
+        .await
+    {
+        Ok(answer) => {
+            let answer = answer.into_inner();
+            Ok(NodeDigest {
+                node_id: answer.node_id,
+                applied_index: answer.applied_index,
+                digest: answer.digest,
+            })
+        }
+        Err(status) => {
+            *client = None;
+            Err(format!("{:?}: {}", status.code(), status.message()))
+        }
+    }
 }
 
-/// Polls every node until all report one applied index; then their digests
-/// must be equal. Nodes still behind at `limit` are a violation too.
-pub async fn check(nodes: &BTreeMap<u64, String>, limit: Duration) -> CheckResult {
+/// Polls every node (its client options name that node alone) until all
+/// report one applied index; then their digests must be equal. Nodes still
+/// behind at `limit` are a violation too.
+pub async fn check(nodes: &BTreeMap<u64, ClientOptions>, limit: Duration) -> CheckResult {
     let mut result = CheckResult::new(CONVERGENCE);
     let deadline = Instant::now() + limit;
     let mut last: BTreeMap<u64, Result<NodeDigest, String>> = BTreeMap::new();
+    let mut clients: BTreeMap<u64, Option<FloeClient>> = BTreeMap::new();
     loop {
         last.clear();
-        for (id, addr) in nodes {
-            last.insert(*id, read_digest(addr).await);
+        for (id, options) in nodes {
+            let client = clients.entry(*id).or_default();
+            last.insert(*id, read_digest(options, client).await);
         }
         let digests: Vec<&NodeDigest> = last
             .values()

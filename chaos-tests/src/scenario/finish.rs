@@ -9,7 +9,8 @@ use super::{Cell, RunConfig};
 use crate::checker::crashes::NodeExit;
 use crate::checker::workflow::WorkflowEvidence;
 use crate::checker::{self, CheckResult};
-use crate::nemesis::inject::{http_addrs, SharedTarget};
+use crate::nemesis::inject::{with_target, SharedTarget};
+use floe_api::client::ClientOptions;
 use crate::report::{svg, CellReport, OpCounts};
 use crate::workload::history::{Clock, History, Op, OpRecord, Outcome};
 use crate::workload::register;
@@ -72,8 +73,14 @@ pub(super) async fn final_checks(
             checks.extend(checker::workflow::check(&evidence));
         }
     }
-    let http: BTreeMap<u64, String> = http_addrs(target).into_iter().collect();
-    checks.push(checker::convergence::check(&http, Duration::from_secs(30)).await);
+    let nodes: BTreeMap<u64, ClientOptions> = with_target(target, |target| {
+        target
+            .nodes()
+            .into_iter()
+            .filter_map(|id| target.client_options(&[id]).ok().map(|options| (id, options)))
+            .collect()
+    });
+    checks.push(checker::convergence::check(&nodes, Duration::from_secs(30)).await);
     let exits = exits.lock().unwrap_or_else(|p| p.into_inner()).clone();
     checks.push(checker::crashes::check(&exits));
     checks

@@ -19,6 +19,7 @@ use crate::proto::blobs_client::BlobsClient;
 use crate::proto::cluster_client::ClusterClient;
 use crate::proto::flows_client::FlowsClient;
 use crate::proto::kv_client::KvClient;
+use crate::proto::access_client::AccessClient;
 use crate::proto::models_client::ModelsClient;
 use crate::proto::runs_client::RunsClient;
 use crate::proto::workers_client::WorkersClient;
@@ -47,6 +48,7 @@ pub struct FloeClient {
     pub workers: WorkersClient<Channel>,
     pub blobs: BlobsClient<Channel>,
     pub models: ModelsClient<Channel>,
+    pub access: AccessClient<Channel>,
     /// The endpoint this client is bound to now.
     pub endpoint: String,
     options: Arc<ClientOptions>,
@@ -191,6 +193,7 @@ async fn open(
             .max_decoding_message_size(CLIENT_MESSAGE_LIMIT)
             .max_encoding_message_size(CLIENT_MESSAGE_LIMIT),
         blobs: BlobsClient::new(channel.clone()).max_decoding_message_size(CLIENT_MESSAGE_LIMIT),
+        access: AccessClient::new(channel.clone()),
         models: ModelsClient::new(channel)
             .max_decoding_message_size(CLIENT_MESSAGE_LIMIT)
             .max_encoding_message_size(CLIENT_MESSAGE_LIMIT),

@@ -1,6 +1,7 @@
 //! The `floe` command line: data on stdout, messages on stderr; tables for
 //! people and `--json` for scripts.
 
+mod access;
 mod models;
 mod watch;
 
@@ -54,6 +55,9 @@ pub enum Command {
     /// ONNX models: register, deploy warm replicas, status, direct inference.
     #[command(subcommand)]
     Model(models::ModelCommand),
+    /// Who may do what: grant, revoke and list roles; whoami.
+    #[command(subcommand)]
+    Access(access::AccessCommand),
 }
 
 #[derive(Subcommand, Debug)]
@@ -140,8 +144,12 @@ pub enum CertCommand {
     CreateClient {
         #[arg(long)]
         ca_dir: PathBuf,
+        /// The principal the certificate names.
         #[arg(long)]
         name: String,
+        /// Confine the client to this namespace (adds floe://NAMESPACE/NAME).
+        #[arg(long)]
+        namespace: Option<String>,
         #[arg(long)]
         out: PathBuf,
     },
@@ -388,6 +396,7 @@ macro_rules! call {
             .map_err(status_error)?
     }};
 }
+pub(crate) use call;
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
@@ -400,6 +409,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Blob(command) => blob(command).await,
         Command::Limit(command) => limit(command).await,
         Command::Model(command) => models::model(command).await,
+        Command::Access(command) => access::access(command).await,
     }
 }
 
@@ -570,8 +580,14 @@ fn cert(command: CertCommand) -> anyhow::Result<()> {
                 paths.key.display()
             );
         }
-        CertCommand::CreateClient { ca_dir, name, out } => {
-            let paths = floe_raft::certs::create_client(&ca_dir, &name, &out)?;
+        CertCommand::CreateClient {
+            ca_dir,
+            name,
+            namespace,
+            out,
+        } => {
+            let paths =
+                floe_raft::certs::create_client_in(&ca_dir, &name, namespace.as_deref(), &out)?;
             eprintln!(
                 "created client {name:?} certificate {} and key {}",
                 paths.cert.display(),
