@@ -367,6 +367,32 @@ mod tests {
     }
 
     #[test]
+    fn the_documented_table_is_the_table_in_the_code() {
+        let doc = include_str!("../../docs/operations.md");
+        let start = doc
+            .find("| action (gRPC method) | role needed |")
+            .expect("the role table in docs/operations.md");
+        let mut documented = Vec::new();
+        for line in doc[start..].lines().skip(2) {
+            let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+            if cells.len() < 4 {
+                break;
+            }
+            let method = format!("/floe.v1.{}", cells[1].replacen('.', "/", 1));
+            let need = match cells[2] {
+                "any identity" => Need::Identity,
+                role => Need::Role(Role::parse(role).expect("a role name")),
+            };
+            documented.push((method, need));
+        }
+        let coded: Vec<(String, Need)> = RULES
+            .iter()
+            .map(|(method, need)| (method.to_string(), *need))
+            .collect();
+        assert_eq!(documented, coded);
+    }
+
+    #[test]
     fn actions_read_as_service_and_method() {
         assert_eq!(action_name("/floe.v1.Runs/Start"), "Runs.Start");
     }

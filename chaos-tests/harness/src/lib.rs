@@ -648,6 +648,46 @@ impl TestCluster {
         })
     }
 
+    /// Client options for nodes `ids` presenting client certificate `name`
+    /// (confined to `namespace` when given), made on first use.
+    pub fn client_options_as(
+        &self,
+        name: &str,
+        namespace: Option<&str>,
+        ids: &[u64],
+    ) -> anyhow::Result<ClientOptions> {
+        let dir = self.dir.join("clients").join(match namespace {
+            Some(namespace) => format!("{namespace}.{name}"),
+            None => name.to_string(),
+        });
+        if !dir.join("client.pem").exists() {
+            let (ca_dir, out) = (path_str(&self.ca_dir), path_str(&dir));
+            let mut args = vec!["cert", "create-client", "--ca-dir", &ca_dir, "--name", name];
+            if let Some(namespace) = namespace {
+                args.extend(["--namespace", namespace]);
+            }
+            args.extend(["--out", &out]);
+            self.run_floe(&args)?;
+        }
+        Ok(ClientOptions {
+            ca: dir.join("ca.pem"),
+            cert: dir.join("client.pem"),
+            key: dir.join("client-key.pem"),
+            ..self.client_options(ids)?
+        })
+    }
+
+    /// Client options for nodes `ids` presenting node `node`'s own certificate.
+    pub fn client_options_as_node(&self, node: u64, ids: &[u64]) -> anyhow::Result<ClientOptions> {
+        let certs = self.node(node)?.dir.join("certs");
+        Ok(ClientOptions {
+            ca: certs.join("ca.pem"),
+            cert: certs.join("node.pem"),
+            key: certs.join("node-key.pem"),
+            ..self.client_options(ids)?
+        })
+    }
+
     /// A gRPC client bound to one node.
     pub async fn client(&self, id: u64) -> anyhow::Result<FloeClient> {
         FloeClient::connect(&self.client_options(&[id])?).await

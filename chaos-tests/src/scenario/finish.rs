@@ -10,12 +10,12 @@ use crate::checker::crashes::NodeExit;
 use crate::checker::workflow::WorkflowEvidence;
 use crate::checker::{self, CheckResult};
 use crate::nemesis::inject::{with_target, SharedTarget};
-use floe_api::client::ClientOptions;
 use crate::report::{svg, CellReport, OpCounts};
 use crate::workload::history::{Clock, History, Op, OpRecord, Outcome};
 use crate::workload::register;
 use crate::workload::worker::{read_executions, WorkerProcess};
 use crate::workload::workflow;
+use floe_api::client::ClientOptions;
 
 pub(super) fn count_ops(records: &[OpRecord]) -> OpCounts {
     let mut counts = OpCounts::default();
@@ -77,7 +77,12 @@ pub(super) async fn final_checks(
         target
             .nodes()
             .into_iter()
-            .filter_map(|id| target.client_options(&[id]).ok().map(|options| (id, options)))
+            .filter_map(|id| {
+                target
+                    .client_options(&[id])
+                    .ok()
+                    .map(|options| (id, options))
+            })
             .collect()
     });
     checks.push(checker::convergence::check(&nodes, Duration::from_secs(30)).await);

@@ -15,11 +15,11 @@ use tonic::Status;
 use crate::failover::{jittered_pause, next_endpoint, NO_TIMEOUT_BUDGET};
 pub use crate::failover::{Repeat, TRIES_PER_ENDPOINT};
 
+use crate::proto::access_client::AccessClient;
 use crate::proto::blobs_client::BlobsClient;
 use crate::proto::cluster_client::ClusterClient;
 use crate::proto::flows_client::FlowsClient;
 use crate::proto::kv_client::KvClient;
-use crate::proto::access_client::AccessClient;
 use crate::proto::models_client::ModelsClient;
 use crate::proto::runs_client::RunsClient;
 use crate::proto::workers_client::WorkersClient;

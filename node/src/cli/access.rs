@@ -113,7 +113,11 @@ pub async fn access(command: AccessCommand) -> anyhow::Result<()> {
         }
         AccessCommand::List { client, principal } => {
             let mut conn = connect(&client).await?;
-            let reply = call!(conn, Read, access.list(api::ListGrantsRequest { principal }));
+            let reply = call!(
+                conn,
+                Read,
+                access.list(api::ListGrantsRequest { principal })
+            );
             if client.json {
                 print_json(serde_json::Value::Array(
                     reply.grants.iter().map(grant_json).collect(),
