@@ -150,6 +150,7 @@ impl WorkerArgs {
                 connect_timeout: Duration::from_secs(1),
                 // The task stream lives as long as the worker.
                 request_timeout: Duration::ZERO,
+                token: None,
             },
             worker_id: self.id,
             record: self.record,

@@ -1,7 +1,8 @@
 //! The one authorization check. Every gRPC call passes it, in a tower layer
 //! in front of every service (`AccessLayer`): the call's method names the
 //! role it needs (`RULES`, one table, also in docs/operations.md), the
-//! caller's client certificate names the principal, and the grants in the
+//! caller's API token (`authorization: Bearer …`) or else its client
+//! certificate names the principal, and the grants in the
 //! replicated state (floe-state's `access.rs`) or the `auth.admins` setting
 //! say whether the principal holds that role in the namespace the call
 //! acts in. Deny by default: a method missing from the table is refused.
@@ -9,15 +10,16 @@
 //! Until resources carry namespaces, every call acts in `default`; a
 //! principal confined to another namespace can therefore do nothing yet.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
-use floe_state::access::{Grant, Role};
+use floe_state::access::{Grant, Role, TokenRecord};
 use floe_state::{Command, CommandResponse};
+use sha2::{Digest, Sha256};
 use tonic::codegen::http;
 
 use crate::call_context::{CallContext, Caller};
@@ -46,6 +48,9 @@ pub const RULES: &[(&str, Need)] = &[
     ("/floe.v1.Access/Revoke", Need::Role(Role::Admin)),
     ("/floe.v1.Access/List", Need::Role(Role::Admin)),
     ("/floe.v1.Access/WhoAmI", Need::Identity),
+    ("/floe.v1.Access/CreateToken", Need::Role(Role::Admin)),
+    ("/floe.v1.Access/ListTokens", Need::Role(Role::Admin)),
+    ("/floe.v1.Access/RevokeToken", Need::Role(Role::Admin)),
     ("/floe.v1.Flows/Put", Need::Role(Role::Operator)),
     ("/floe.v1.Flows/Get", Need::Role(Role::Viewer)),
     ("/floe.v1.Flows/List", Need::Role(Role::Viewer)),
@@ -90,6 +95,8 @@ pub struct Principal {
     pub name: String,
     /// The one namespace a confined identity may act in.
     pub confined_to: Option<String>,
+    /// The API token it presented, by id (none: its certificate).
+    pub token: Option<String>,
 }
 
 impl fmt::Display for Principal {
@@ -106,10 +113,12 @@ impl Principal {
             Caller::Client(name) => Ok(Principal {
                 name,
                 confined_to: None,
+                token: None,
             }),
             Caller::ScopedClient { namespace, name } => Ok(Principal {
                 name: format!("{namespace}/{name}"),
                 confined_to: Some(namespace),
+                token: None,
             }),
             Caller::Node(id) => Err(ApiError::Unauthenticated(format!(
                 "the certificate of node {id} is a node identity, not an API client; use a client certificate (floe cert create-client)"
@@ -125,12 +134,56 @@ impl Principal {
     }
 }
 
-/// The access-control component: the check, the grants (replicated
-/// through the cluster component) and the bootstrap admins; cheap to clone.
+impl Principal {
+    /// The principal an API token stands for.
+    fn of_token(token: &TokenRecord) -> Principal {
+        Principal {
+            name: token.principal.clone(),
+            confined_to: token
+                .principal
+                .split_once('/')
+                .map(|(namespace, _)| namespace.to_string()),
+            token: Some(token.id.clone()),
+        }
+    }
+}
+
+/// The access-control component: the check, the grants and tokens
+/// (replicated through the cluster component) and the bootstrap admins;
+/// cheap to clone.
 #[derive(Clone)]
 pub struct AccessControl {
     cluster: ClusterHandle,
     admins: Arc<BTreeSet<String>>,
+    /// Tokens verified here: id → (sha256 of the secret, the stored hash it
+    /// matched). A later call with the same secret skips the slow hash; a
+    /// token revoked or replaced no longer matches its stored record.
+    verified: Arc<Mutex<HashMap<String, Verified>>>,
+}
+
+/// A token verified on this node: the sha256 of the secret presented and
+/// the stored hash it matched.
+type Verified = ([u8; 32], String);
+
+/// What an API token looks like: `floe_<16 hex id>_<64 hex secret>`.
+const TOKEN_PREFIX: &str = "floe_";
+/// Most tokens verified tokens remembered (one per live token, at most).
+const MAX_VERIFIED_TOKENS: usize = 10_000;
+/// Most tokens one list answers.
+pub const MAX_LISTED_TOKENS: usize = 10_000;
+/// Longest token lifetime: a year.
+pub const MAX_TOKEN_TTL_MS: u64 = 366 * 24 * 3600 * 1000;
+
+/// A token's id and secret, if `text` has a token's shape.
+fn split_token(text: &str) -> Option<(&str, &str)> {
+    let (id, secret) = text.strip_prefix(TOKEN_PREFIX)?.split_once('_')?;
+    let hex = |part: &str, len: usize| {
+        part.len() == len
+            && part
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
+    (hex(id, 16) && hex(secret, 64)).then_some((id, secret))
 }
 
 /// Most grants one list answers.
@@ -141,6 +194,115 @@ impl AccessControl {
         AccessControl {
             cluster,
             admins: Arc::new(admins.iter().cloned().collect()),
+            verified: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+
+    /// Who calls: the principal of the API token the call presents, or
+    /// else of its client certificate.
+    pub async fn principal(&self, ctx: &CallContext) -> Result<Principal, ApiError> {
+        match ctx.bearer() {
+            Some(token) => self.token_principal(token).await,
+            None => Principal::of(ctx),
+        }
+    }
+
+    async fn token_principal(&self, text: &str) -> Result<Principal, ApiError> {
+        let refused = |why: &str| ApiError::Unauthenticated(format!("API token refused: {why}"));
+        let (id, secret) =
+            split_token(text).ok_or_else(|| refused("not a floe token (floe_<id>_<secret>)"))?;
+        let token = self
+            .cluster
+            .reader()
+            .token(id)
+            .map_err(|error| ApiError::Internal(format!("reading token {id}: {error}")))?
+            .ok_or_else(|| refused(&format!("token {id} does not exist or was revoked")))?;
+        if self.cluster.clock().now_ms() > token.expires_at_ms {
+            return Err(refused(&format!("token {id} expired")));
+        }
+        let presented: [u8; 32] = Sha256::digest(secret.as_bytes()).into();
+        let known = self
+            .verified
+            .lock()
+            .ok()
+            .and_then(|verified| verified.get(id).cloned());
+        if known.is_some_and(|(digest, hash)| digest == presented && hash == token.hash) {
+            return Ok(Principal::of_token(&token));
+        }
+        let (hash, secret) = (token.hash.clone(), secret.to_string());
+        let matches = tokio::task::spawn_blocking(move || verify_secret(&hash, &secret))
+            .await
+            .map_err(|error| ApiError::Internal(format!("token check: {error}")))?;
+        if !matches {
+            return Err(refused(&format!("wrong secret for token {id}")));
+        }
+        if let Ok(mut verified) = self.verified.lock() {
+            if verified.len() >= MAX_VERIFIED_TOKENS {
+                verified.clear();
+            }
+            verified.insert(id.to_string(), (presented, token.hash.clone()));
+        }
+        Ok(Principal::of_token(&token))
+    }
+
+    /// Makes an API token for `principal`, valid for `ttl_ms`: its text,
+    /// shown once (only its hash is stored), and its id.
+    pub async fn create_token(
+        &self,
+        ctx: &CallContext,
+        principal: &str,
+        ttl_ms: u64,
+    ) -> Result<(String, TokenRecord), ApiError> {
+        let by = self.principal(ctx).await?;
+        check_names(principal, None)?;
+        if ttl_ms == 0 || ttl_ms > MAX_TOKEN_TTL_MS {
+            return Err(ApiError::InvalidArgument(format!(
+                "a token lives 1 ms to {} days; {ttl_ms} ms is outside that",
+                MAX_TOKEN_TTL_MS / (24 * 3600 * 1000)
+            )));
+        }
+        let id = hex::encode(rand::random::<[u8; 8]>());
+        let secret = hex::encode(rand::random::<[u8; 32]>());
+        let hashed = secret.clone();
+        let hash = tokio::task::spawn_blocking(move || hash_secret(&hashed))
+            .await
+            .map_err(|error| ApiError::Internal(format!("token hash: {error}")))??;
+        let now = self.cluster.clock().now_ms();
+        let token = TokenRecord {
+            id: id.clone(),
+            principal: principal.to_string(),
+            hash,
+            created_at_ms: now,
+            expires_at_ms: now.saturating_add(ttl_ms),
+            created_by: by.name,
+        };
+        let command = Command::CreateToken {
+            token: token.clone(),
+        };
+        match self.cluster.write(command).await? {
+            CommandResponse::Applied => Ok((format!("{TOKEN_PREFIX}{id}_{secret}"), token)),
+            other => Err(unexpected_answer(&other)),
+        }
+    }
+
+    /// Every token (up to [`MAX_LISTED_TOKENS`]), without secrets.
+    pub async fn list_tokens(&self, _ctx: &CallContext) -> Result<Vec<TokenRecord>, ApiError> {
+        self.cluster.read_barrier().await?;
+        self.cluster
+            .reader()
+            .tokens(MAX_LISTED_TOKENS)
+            .map_err(|error| ApiError::Internal(format!("reading tokens: {error}")))
+    }
+
+    /// Revokes token `id` cluster-wide; whether it existed.
+    pub async fn revoke_token(&self, _ctx: &CallContext, id: &str) -> Result<bool, ApiError> {
+        if let Some(problem) = floe_state::access::token_id_problem(id) {
+            return Err(ApiError::InvalidArgument(problem));
+        }
+        let command = Command::RevokeToken { id: id.to_string() };
+        match self.cluster.write(command).await? {
+            CommandResponse::Delete { existed } => Ok(existed),
+            other => Err(unexpected_answer(&other)),
         }
     }
 
@@ -152,7 +314,7 @@ impl AccessControl {
         role: Role,
         namespace: Option<&str>,
     ) -> Result<(), ApiError> {
-        let by = Principal::of(ctx)?;
+        let by = self.principal(ctx).await?;
         check_names(principal, namespace)?;
         let grant = Grant {
             principal: principal.to_string(),
@@ -216,8 +378,8 @@ impl AccessControl {
 
     /// The check: the principal the call names, if its roles allow the
     /// call's method in `namespace`.
-    pub fn check(&self, ctx: &CallContext, namespace: &str) -> Result<Principal, ApiError> {
-        let principal = Principal::of(ctx)?;
+    pub async fn check(&self, ctx: &CallContext, namespace: &str) -> Result<Principal, ApiError> {
+        let principal = self.principal(ctx).await?;
         let Some(need) = rule(&ctx.method) else {
             return Err(ApiError::PermissionDenied(format!(
                 "{} is not a method floe knows; nothing is allowed by default",
@@ -256,6 +418,24 @@ impl AccessControl {
             here && grant.role.includes(role)
         }))
     }
+}
+
+fn hash_secret(secret: &str) -> Result<String, ApiError> {
+    use argon2::password_hash::{rand_core::OsRng, PasswordHasher, SaltString};
+    let salt = SaltString::generate(&mut OsRng);
+    argon2::Argon2::default()
+        .hash_password(secret.as_bytes(), &salt)
+        .map(|hash| hash.to_string())
+        .map_err(|error| ApiError::Internal(format!("hashing a token: {error}")))
+}
+
+fn verify_secret(hash: &str, secret: &str) -> bool {
+    use argon2::password_hash::{PasswordHash, PasswordVerifier};
+    PasswordHash::new(hash).is_ok_and(|parsed| {
+        argon2::Argon2::default()
+            .verify_password(secret.as_bytes(), &parsed)
+            .is_ok()
+    })
 }
 
 fn check_names(principal: &str, namespace: Option<&str>) -> Result<(), ApiError> {
@@ -308,8 +488,12 @@ pub struct Checked<S> {
 
 impl<S, RequestBody, ResponseBody> tower::Service<http::Request<RequestBody>> for Checked<S>
 where
-    S: tower::Service<http::Request<RequestBody>, Response = http::Response<ResponseBody>>,
+    S: tower::Service<http::Request<RequestBody>, Response = http::Response<ResponseBody>>
+        + Clone
+        + Send
+        + 'static,
     S::Future: Send + 'static,
+    RequestBody: Send + 'static,
     ResponseBody: Default + Send + 'static,
 {
     type Response = http::Response<ResponseBody>;
@@ -326,14 +510,19 @@ where
             .get::<CallContext>()
             .cloned()
             .unwrap_or_else(|| CallContext::unchecked(request.uri().path()));
-        match self.access.check(&ctx, DEFAULT_NAMESPACE) {
-            Ok(_) => Box::pin(self.inner.call(request)),
-            Err(refusal) => {
-                crate::warn_limited!(format!("call refused: {}", ctx.method), method = %ctx.method, caller = %ctx.caller(), error = %refusal, "call refused");
-                let status = tonic::Status::from(refusal);
-                Box::pin(async move { Ok(status.into_http()) })
+        // The service polled ready is the one that takes the call.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let access = self.access.clone();
+        Box::pin(async move {
+            match access.check(&ctx, DEFAULT_NAMESPACE).await {
+                Ok(_) => inner.call(request).await,
+                Err(refusal) => {
+                    crate::warn_limited!(format!("call refused: {}", ctx.method), method = %ctx.method, caller = %ctx.caller(), error = %refusal, "call refused");
+                    Ok(tonic::Status::from(refusal).into_http())
+                }
             }
-        }
+        })
     }
 }
 

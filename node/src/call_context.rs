@@ -55,6 +55,8 @@ pub struct CallContext {
     certs: Option<Arc<Vec<CertificateDer<'static>>>>,
     /// Set for work the node starts itself; then there is no certificate.
     local: Option<&'static str>,
+    /// An API token presented as `authorization: Bearer <token>`.
+    bearer: Option<Arc<str>>,
     pub method: String,
 }
 
@@ -66,11 +68,7 @@ impl CallContext {
             .extensions()
             .get::<CallContext>()
             .cloned()
-            .unwrap_or_else(|| CallContext {
-                certs: None,
-                local: None,
-                method: String::new(),
-            })
+            .unwrap_or_else(|| CallContext::unchecked(""))
     }
 
     /// The context of a request that did not pass the layer: no caller.
@@ -78,6 +76,7 @@ impl CallContext {
         CallContext {
             certs: None,
             local: None,
+            bearer: None,
             method: method.to_string(),
         }
     }
@@ -88,8 +87,14 @@ impl CallContext {
         CallContext {
             certs: None,
             local: Some(part),
+            bearer: None,
             method: String::new(),
         }
+    }
+
+    /// The API token the call presents, if any.
+    pub fn bearer(&self) -> Option<&str> {
+        self.bearer.as_deref()
     }
 
     /// Who calls, from the leaf of the connection's verified chain.
@@ -120,9 +125,16 @@ impl CallContext {
             .extensions()
             .get::<TlsConnectInfo<TcpConnectInfo>>()
             .and_then(|info| info.peer_certs());
+        let bearer = request
+            .headers()
+            .get(http::header::AUTHORIZATION)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.strip_prefix("Bearer "))
+            .map(|token| Arc::from(token.trim()));
         CallContext {
             certs,
             local: None,
+            bearer,
             method: request.uri().path().to_string(),
         }
     }

@@ -87,7 +87,9 @@ pub(crate) fn validate_command(command: &Command) -> Result<(), ApiError> {
         | Command::ChangeReplicas { .. }
         | Command::NodeSlots { .. }
         | Command::GrantRole { .. }
-        | Command::RevokeRole { .. } => Ok(()),
+        | Command::RevokeRole { .. }
+        | Command::CreateToken { .. }
+        | Command::RevokeToken { .. } => Ok(()),
         Command::Batch(_) => Err(ApiError::InvalidArgument(
             "batches are formed by the leader, not sent to it".into(),
         )),

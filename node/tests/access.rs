@@ -105,6 +105,26 @@ async fn call(client: &mut FloeClient, method: &str) -> Code {
         ),
         "/floe.v1.Access/List" => code(client.access.list(api::ListGrantsRequest::default()).await),
         "/floe.v1.Access/WhoAmI" => code(client.access.who_am_i(api::WhoAmIRequest {}).await),
+        "/floe.v1.Access/CreateToken" => code(
+            client
+                .access
+                .create_token(api::CreateTokenRequest {
+                    principal: "probe".into(),
+                    ttl_ms: 0,
+                })
+                .await,
+        ),
+        "/floe.v1.Access/ListTokens" => {
+            code(client.access.list_tokens(api::ListTokensRequest {}).await)
+        }
+        "/floe.v1.Access/RevokeToken" => code(
+            client
+                .access
+                .revoke_token(api::RevokeTokenRequest {
+                    id: "0000000000000000".into(),
+                })
+                .await,
+        ),
         "/floe.v1.Flows/Put" => code(
             client
                 .flows
@@ -491,5 +511,132 @@ async fn grants_survive_a_restart_of_every_node() {
     assert_eq!(
         call(&mut ops, "/floe.v1.Kv/Put").await,
         Code::PermissionDenied
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_tokens_stand_for_their_principal_until_revoked_or_expired() {
+    let cluster = TestCluster::start(ClusterOptions::new(BINARY, 3))
+        .await
+        .unwrap();
+    let mut admin = cluster.client(1).await.unwrap();
+    grant(&mut admin, "scripted", "viewer", "default").await;
+    let created = admin
+        .access
+        .create_token(api::CreateTokenRequest {
+            principal: "scripted".into(),
+            ttl_ms: 60_000,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let token = created.token.clone();
+    let id = created.info.unwrap().id;
+    assert!(token.starts_with(&format!("floe_{id}_")), "{token}");
+
+    // A token alone, no client certificate, on another node.
+    let token_only = |token: Option<String>, node: u64| {
+        let mut options = cluster.client_options(&[node]).unwrap();
+        options.cert = Default::default();
+        options.key = Default::default();
+        options.token = token;
+        options
+    };
+    let mut scripted = FloeClient::connect(&token_only(Some(token.clone()), 2))
+        .await
+        .unwrap();
+    let me = scripted
+        .access
+        .who_am_i(api::WhoAmIRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(me.principal, "scripted");
+    assert_eq!(call(&mut scripted, "/floe.v1.Runs/List").await, Code::Ok);
+    assert_eq!(
+        call(&mut scripted, "/floe.v1.Runs/Start").await,
+        Code::PermissionDenied
+    );
+
+    // Listed without its secret.
+    let listed = admin
+        .access
+        .list_tokens(api::ListTokensRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.tokens.len(), 1);
+    assert!(!format!("{listed:?}").contains(&token[token.len() - 64..]));
+
+    // A wrong secret, and no identity at all, are unauthenticated.
+    let forged = format!("floe_{id}_{}", "0".repeat(64));
+    let mut forger = FloeClient::connect(&token_only(Some(forged), 3))
+        .await
+        .unwrap();
+    let refused = forger
+        .runs
+        .list(api::ListRunsRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::Unauthenticated);
+    assert!(
+        refused.message().contains("wrong secret"),
+        "{}",
+        refused.message()
+    );
+    let mut anonymous = FloeClient::connect(&token_only(None, 3)).await.unwrap();
+    assert_eq!(
+        call(&mut anonymous, "/floe.v1.Runs/List").await,
+        Code::Unauthenticated
+    );
+
+    // Revoked: refused on the next calls, on every node.
+    let existed = admin
+        .access
+        .revoke_token(api::RevokeTokenRequest { id: id.clone() })
+        .await
+        .unwrap()
+        .into_inner()
+        .existed;
+    assert!(existed);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let code = call(&mut scripted, "/floe.v1.Runs/List").await;
+        if code == Code::Unauthenticated {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "revoked token still works: {code:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Expired: refused once its time is up.
+    let short = admin
+        .access
+        .create_token(api::CreateTokenRequest {
+            principal: "scripted".into(),
+            ttl_ms: 1_500,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .token;
+    let mut short_lived = FloeClient::connect(&token_only(Some(short), 1))
+        .await
+        .unwrap();
+    assert_eq!(call(&mut short_lived, "/floe.v1.Runs/List").await, Code::Ok);
+    tokio::time::sleep(Duration::from_millis(2_000)).await;
+    let expired = short_lived
+        .runs
+        .list(api::ListRunsRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(expired.code(), Code::Unauthenticated);
+    assert!(
+        expired.message().contains("expired"),
+        "{}",
+        expired.message()
     );
 }

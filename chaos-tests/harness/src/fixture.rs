@@ -203,6 +203,7 @@ impl FixtureCluster {
             key: pki.join("client-key.pem"),
             connect_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(10),
+            token: None,
         }
     }
 

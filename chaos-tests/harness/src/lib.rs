@@ -645,6 +645,7 @@ impl TestCluster {
             key: self.client_dir.join("client-key.pem"),
             connect_timeout: Duration::from_secs(2),
             request_timeout: Duration::from_secs(10),
+            token: None,
         })
     }
 

@@ -183,6 +183,7 @@ impl CommandCluster {
             key: self.tls.key.clone(),
             connect_timeout: Duration::from_secs(1),
             request_timeout: Duration::from_secs(10),
+            token: None,
         })
     }
 

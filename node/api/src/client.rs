@@ -1,5 +1,6 @@
 //! A gRPC client for the CLI, tests and benchmarks: TLS with a client
-//! certificate, trying each given endpoint until one connects, and
+//! certificate and/or an API token, trying each given endpoint until one
+//! connects, and
 //! [`FloeClient::call`], which sends a call again on another node when the
 //! failure shows that is safe (see `failover.rs`).
 
@@ -9,6 +10,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::Status;
 
@@ -37,18 +40,39 @@ pub struct ClientOptions {
     pub connect_timeout: Duration,
     /// Zero: no deadline (long-lived streams).
     pub request_timeout: Duration,
+    /// An API token, sent as `authorization: Bearer <token>` on every call;
+    /// with one, the certificate may be left out (empty paths).
+    pub token: Option<String>,
 }
+
+/// Adds the API token, if any, to every call.
+#[derive(Clone)]
+pub struct Bearer(Option<MetadataValue<Ascii>>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+        if let Some(value) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// The channel every service client sends through.
+pub type Transport = InterceptedService<Channel, Bearer>;
 
 #[derive(Clone)]
 pub struct FloeClient {
-    pub kv: KvClient<Channel>,
-    pub cluster: ClusterClient<Channel>,
-    pub flows: FlowsClient<Channel>,
-    pub runs: RunsClient<Channel>,
-    pub workers: WorkersClient<Channel>,
-    pub blobs: BlobsClient<Channel>,
-    pub models: ModelsClient<Channel>,
-    pub access: AccessClient<Channel>,
+    pub kv: KvClient<Transport>,
+    pub cluster: ClusterClient<Transport>,
+    pub flows: FlowsClient<Transport>,
+    pub runs: RunsClient<Transport>,
+    pub workers: WorkersClient<Transport>,
+    pub blobs: BlobsClient<Transport>,
+    pub models: ModelsClient<Transport>,
+    pub access: AccessClient<Transport>,
     /// The endpoint this client is bound to now.
     pub endpoint: String,
     options: Arc<ClientOptions>,
@@ -65,13 +89,15 @@ fn read(path: &Path, what: &str) -> anyhow::Result<Vec<u8>> {
 impl FloeClient {
     /// Connects to the first of `options.endpoints` that answers.
     pub async fn connect(options: &ClientOptions) -> anyhow::Result<FloeClient> {
-        let tls = ClientTlsConfig::new()
+        let mut tls = ClientTlsConfig::new()
             .ca_certificate(Certificate::from_pem(read(&options.ca, "CA certificate")?))
-            .identity(Identity::from_pem(
+            .domain_name(API_SERVER_NAME);
+        if !options.cert.as_os_str().is_empty() {
+            tls = tls.identity(Identity::from_pem(
                 read(&options.cert, "client certificate")?,
                 read(&options.key, "client key")?,
-            ))
-            .domain_name(API_SERVER_NAME);
+            ));
+        }
         let options = Arc::new(options.clone());
         let mut failures = Vec::new();
         for endpoint in &options.endpoints {
@@ -182,6 +208,13 @@ async fn open(
         transport = transport.timeout(options.request_timeout);
     }
     let channel = transport.connect().await?;
+    let bearer = match &options.token {
+        Some(token) => Bearer(Some(format!("Bearer {token}").parse().map_err(|_| {
+            anyhow::anyhow!("the API token holds characters a header cannot carry")
+        })?)),
+        None => Bearer(None),
+    };
+    let channel = InterceptedService::new(channel, bearer);
     Ok(FloeClient {
         kv: KvClient::new(channel.clone()),
         cluster: ClusterClient::new(channel.clone()),

@@ -64,6 +64,7 @@ impl WorkerConnection {
             connect_timeout: Duration::from_secs(2),
             // Zero: no deadline; the task stream lives as long as the worker.
             request_timeout: Duration::ZERO,
+            token: None,
         }
     }
 }

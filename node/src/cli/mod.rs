@@ -58,6 +58,9 @@ pub enum Command {
     /// Who may do what: grant, revoke and list roles; whoami.
     #[command(subcommand)]
     Access(access::AccessCommand),
+    /// API tokens for scripts and the console: create, list, revoke.
+    #[command(subcommand)]
+    Token(access::TokenCommand),
 }
 
 #[derive(Subcommand, Debug)]
@@ -182,6 +185,10 @@ pub struct ClientArgs {
         global = true
     )]
     pub key_file: PathBuf,
+    /// An API token (`floe token create`), sent with every call; with one,
+    /// no client certificate is needed.
+    #[arg(long, env = "FLOE_TOKEN", global = true, hide_env_values = true)]
+    pub token: Option<String>,
     /// Print JSON instead of tables.
     #[arg(long, global = true)]
     pub json: bool,
@@ -410,6 +417,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Limit(command) => limit(command).await,
         Command::Model(command) => models::model(command).await,
         Command::Access(command) => access::access(command).await,
+        Command::Token(command) => access::token(command).await,
     }
 }
 
@@ -598,6 +606,15 @@ fn cert(command: CertCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `path`, or none (empty) when a token is given and no file is there.
+fn certificate_or_none(path: &std::path::Path, has_token: bool) -> PathBuf {
+    if has_token && !path.exists() {
+        PathBuf::new()
+    } else {
+        path.to_path_buf()
+    }
+}
+
 pub(crate) async fn connect(args: &ClientArgs) -> anyhow::Result<FloeClient> {
     let options = ClientOptions {
         endpoints: args
@@ -607,10 +624,12 @@ pub(crate) async fn connect(args: &ClientArgs) -> anyhow::Result<FloeClient> {
             .filter(|e| !e.is_empty())
             .collect(),
         ca: args.ca.clone(),
-        cert: args.cert.clone(),
-        key: args.key_file.clone(),
+        // A token stands in for a certificate the caller does not have.
+        cert: certificate_or_none(&args.cert, args.token.is_some()),
+        key: certificate_or_none(&args.key_file, args.token.is_some()),
         connect_timeout: Duration::from_secs(3),
         request_timeout: Duration::from_secs(args.timeout),
+        token: args.token.clone(),
     };
     FloeClient::connect(&options).await
 }

@@ -205,6 +205,10 @@ fn payload_bytes(command: &Command) -> usize {
             namespace,
             ..
         } => principal.len() + namespace.as_ref().map_or(0, String::len) + 8,
+        Command::CreateToken { token } => {
+            token.id.len() + token.principal.len() + token.hash.len() + token.created_by.len() + 16
+        }
+        Command::RevokeToken { id } => id.len(),
     }
 }
 

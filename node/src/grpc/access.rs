@@ -1,8 +1,8 @@
 //! The access API: grants, and the caller's own identity.
 
-use floe_state::access::{Grant, Role};
+use floe_state::access::{Grant, Role, TokenRecord};
 
-use crate::access::{AccessControl, Principal};
+use crate::access::AccessControl;
 use crate::api::access_server::Access;
 use tonic::{Request, Response, Status};
 
@@ -37,8 +37,57 @@ fn grant_info(grant: Grant) -> api::GrantInfo {
     }
 }
 
+fn token_info(token: TokenRecord) -> api::TokenInfo {
+    api::TokenInfo {
+        id: token.id,
+        principal: token.principal,
+        created_at_ms: token.created_at_ms,
+        expires_at_ms: token.expires_at_ms,
+        created_by: token.created_by,
+    }
+}
+
 #[tonic::async_trait]
 impl Access for AccessApi {
+    async fn create_token(
+        &self,
+        request: Request<api::CreateTokenRequest>,
+    ) -> Result<Response<api::CreateTokenResponse>, Status> {
+        let ctx = CallContext::of(&request);
+        let request = request.into_inner();
+        let (token, record) = self
+            .access
+            .create_token(&ctx, &request.principal, request.ttl_ms)
+            .await?;
+        Ok(Response::new(api::CreateTokenResponse {
+            token,
+            info: Some(token_info(record)),
+        }))
+    }
+
+    async fn list_tokens(
+        &self,
+        request: Request<api::ListTokensRequest>,
+    ) -> Result<Response<api::ListTokensResponse>, Status> {
+        let ctx = CallContext::of(&request);
+        let tokens = self.access.list_tokens(&ctx).await?;
+        Ok(Response::new(api::ListTokensResponse {
+            tokens: tokens.into_iter().map(token_info).collect(),
+        }))
+    }
+
+    async fn revoke_token(
+        &self,
+        request: Request<api::RevokeTokenRequest>,
+    ) -> Result<Response<api::RevokeTokenResponse>, Status> {
+        let ctx = CallContext::of(&request);
+        let existed = self
+            .access
+            .revoke_token(&ctx, &request.into_inner().id)
+            .await?;
+        Ok(Response::new(api::RevokeTokenResponse { existed }))
+    }
+
     async fn grant(
         &self,
         request: Request<api::GrantRequest>,
@@ -95,7 +144,7 @@ impl Access for AccessApi {
         request: Request<api::WhoAmIRequest>,
     ) -> Result<Response<api::WhoAmIResponse>, Status> {
         let ctx = CallContext::of(&request);
-        let principal = Principal::of(&ctx)?;
+        let principal = self.access.principal(&ctx).await?;
         let grants = self.access.grants_of(&principal)?;
         Ok(Response::new(api::WhoAmIResponse {
             bootstrap_admin: self.access.is_bootstrap_admin(&principal),

@@ -76,6 +76,74 @@ pub struct Grant {
     pub granted_by: String,
 }
 
+/// An API token: who it stands for, until when, and a slow hash of its
+/// secret (the secret itself is shown once, when it is made, and stored
+/// nowhere).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenRecord {
+    /// Public, random: names the token in lists, revocation and audit.
+    pub id: String,
+    pub principal: String,
+    /// The secret's argon2id hash (PHC string).
+    pub hash: String,
+    pub created_at_ms: u64,
+    /// Wall-clock ms after which it is refused.
+    pub expires_at_ms: u64,
+    pub created_by: String,
+}
+
+/// What is wrong with a token id, if anything: 16 lowercase hex digits.
+pub fn token_id_problem(id: &str) -> Option<String> {
+    let valid = id.len() == 16
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    (!valid).then(|| {
+        format!(
+            "token id {} is not 16 lowercase hex digits",
+            floe_engine::names::quote_bounded(id)
+        )
+    })
+}
+
+/// Longest argon2 hash string a token record keeps.
+pub const MAX_TOKEN_HASH_BYTES: usize = 256;
+
+/// Stores a new token; an id already taken is refused.
+pub(crate) fn create_token(
+    tx: &dyn StateTx,
+    token: &TokenRecord,
+) -> Result<CommandResponse, TxError> {
+    if let Some(problem) =
+        token_id_problem(&token.id).or_else(|| principal_problem(&token.principal))
+    {
+        return refused(problem);
+    }
+    if token.hash.is_empty() || token.hash.len() > MAX_TOKEN_HASH_BYTES {
+        return refused(format!(
+            "token {}: its hash must be 1 to {MAX_TOKEN_HASH_BYTES} bytes",
+            token.id
+        ));
+    }
+    let key = keys::token(&token.id);
+    if tx.get(&key)?.is_some() {
+        return refused(format!("token id {} is taken", token.id));
+    }
+    let bytes = codec::encode(|| format!("{} token {}", tx.tree_name(), token.id), token)
+        .map_err(TxError::abort)?;
+    tx.insert(&key, bytes)?;
+    Ok(CommandResponse::Applied)
+}
+
+/// Removes a token at once; whether it was there.
+pub(crate) fn revoke_token(tx: &dyn StateTx, id: &str) -> Result<CommandResponse, TxError> {
+    if let Some(problem) = token_id_problem(id) {
+        return refused(problem);
+    }
+    let existed = tx.remove(&keys::token(id))?;
+    Ok(CommandResponse::Delete { existed })
+}
+
 /// Longest principal and namespace name.
 pub const MAX_NAME_BYTES: usize = 63;
 

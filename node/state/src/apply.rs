@@ -248,6 +248,8 @@ fn apply_one(
             role,
             namespace,
         } => crate::access::revoke(data, principal, *role, namespace.as_deref()),
+        Command::CreateToken { token } => crate::access::create_token(data, token),
+        Command::RevokeToken { id } => crate::access::revoke_token(data, id),
         Command::NodeSlots { node, offer } => crate::slots::set_node_slots(&runs, *node, offer),
         Command::KvPut { key, value } => {
             let entry = KvEntry {

@@ -36,6 +36,8 @@
 //!   under its key and under its block
 //! - `access/grant/<principal>|<namespace or *>|<role>` → `Grant` (a role
 //!   granted to a principal; `*`: cluster-wide)
+//! - `access/token/<id>`                 → `TokenRecord` (an API token: its
+//!   principal, expiry and the secret's argon2 hash)
 //!
 //! `<run>` is a run's address text, `RunAddress`'s one formatter (and a
 //! task key's run part is the same text): the bare run id in the default
@@ -60,6 +62,12 @@ pub(crate) fn grant(
         role.name()
     )
     .into_bytes()
+}
+
+pub(crate) const TOKEN_PREFIX: &str = "access/token/";
+
+pub(crate) fn token(id: &str) -> Vec<u8> {
+    format!("{TOKEN_PREFIX}{id}").into_bytes()
 }
 
 /// The prefix of every grant of `principal`.

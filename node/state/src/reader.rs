@@ -11,7 +11,7 @@ use std::ops::Bound;
 use floe_storage::state_store::StateView;
 use floe_storage::StoreError;
 
-use crate::access::Grant;
+use crate::access::{Grant, TokenRecord};
 use crate::codec;
 use crate::keys;
 use crate::models::{Deployment, ModelRecord, ReplicaRecord};
@@ -489,6 +489,33 @@ impl StateReader {
             Some(bytes) => codec::decode(|| format!("{tree_name} placed count"), &bytes),
             None => Ok(0),
         }
+    }
+
+    /// The API token `id`, if it exists.
+    pub fn token(&self, id: &str) -> Result<Option<TokenRecord>, StoreError> {
+        let state = self.store.data_view();
+        let tree_name = state.tree_name();
+        match state
+            .get(&keys::token(id))
+            .map_err(|error| error.context(format!("read {tree_name} token")))?
+        {
+            Some(bytes) => codec::decode(|| format!("{tree_name} token {id}"), &bytes).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Up to `limit` API tokens, ordered by id.
+    pub fn tokens(&self, limit: usize) -> Result<Vec<TokenRecord>, StoreError> {
+        let state = self.store.data_view();
+        let tree_name = state.tree_name();
+        let mut tokens = Vec::new();
+        for item in state.scan_prefix(keys::TOKEN_PREFIX.as_bytes()).take(limit) {
+            let (key, bytes) =
+                item.map_err(|error| error.context(format!("scan {tree_name} tokens")))?;
+            let what = || format!("{tree_name} {}", String::from_utf8_lossy(&key));
+            tokens.push(codec::decode(what, &bytes)?);
+        }
+        Ok(tokens)
     }
 
     /// Every grant of `principal`.

@@ -155,6 +155,10 @@ pub enum Command {
         role: crate::access::Role,
         namespace: Option<String>,
     },
+    /// Stores a new API token (its secret hashed by the proposer).
+    CreateToken { token: crate::access::TokenRecord },
+    /// Removes an API token; answers whether it was there.
+    RevokeToken { id: String },
 }
 
 impl fmt::Display for Command {
@@ -211,6 +215,10 @@ impl fmt::Display for Command {
                 grant.principal,
                 grant.namespace.as_deref().unwrap_or("the cluster")
             ),
+            Command::CreateToken { token } => {
+                write!(f, "create-token {} for {}", token.id, token.principal)
+            }
+            Command::RevokeToken { id } => write!(f, "revoke-token {id}"),
             Command::RevokeRole {
                 principal,
                 role,
