@@ -21,14 +21,21 @@ pub fn encode<T: Serialize>(
     record: impl FnOnce() -> String,
     value: &T,
 ) -> Result<Vec<u8>, StoreError> {
-    let mut bytes = vec![FORMAT_VERSION];
-    let payload = bincode::serde::encode_to_vec(value, bincode_config()).map_err(|source| {
-        StoreError::Encode {
+    encode_after(vec![FORMAT_VERSION], record, value)
+}
+
+/// Appends `value`'s bincode to `bytes` (encoded in place, not copied).
+fn encode_after<T: Serialize>(
+    mut bytes: Vec<u8>,
+    record: impl FnOnce() -> String,
+    value: &T,
+) -> Result<Vec<u8>, StoreError> {
+    bincode::serde::encode_into_std_write(value, &mut bytes, bincode_config()).map_err(
+        |source| StoreError::Encode {
             record: record(),
             source,
-        }
-    })?;
-    bytes.extend_from_slice(&payload);
+        },
+    )?;
     Ok(bytes)
 }
 
@@ -61,8 +68,14 @@ pub fn decode<T: DeserializeOwned>(
 /// is the same as `encode` of a `Vec<u8>` (a length, then the bytes), so
 /// either function reads what the other wrote.
 pub fn encode_bytes(record: impl FnOnce() -> String, value: &[u8]) -> Result<Vec<u8>, StoreError> {
-    encode(record, &serde_bytes::Bytes::new(value))
+    let mut bytes = Vec::with_capacity(1 + MAX_LENGTH_PREFIX + value.len());
+    bytes.push(FORMAT_VERSION);
+    encode_after(bytes, record, &serde_bytes::Bytes::new(value))
 }
+
+/// The longest length bincode writes before a byte string (a marker byte
+/// and a `u64`).
+const MAX_LENGTH_PREFIX: usize = 9;
 
 /// Decodes a versioned byte-string record without copying it: the bytes
 /// come back as a slice of `bytes` (a `Vec<u8>` through serde is read one

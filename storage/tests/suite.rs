@@ -51,7 +51,7 @@ impl Applier for PutApplier {
         command: &Put,
         _refused: &Refusals,
     ) -> Result<Done, TxError> {
-        tx.insert(command.key.as_bytes(), command.value.clone())?;
+        tx.insert(command.key.as_bytes(), command.value.as_slice().into())?;
         Ok(Done)
     }
 

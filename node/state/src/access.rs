@@ -131,7 +131,7 @@ pub(crate) fn create_token(
     }
     let bytes = codec::encode(|| format!("{} token {}", tx.tree_name(), token.id), token)
         .map_err(TxError::abort)?;
-    tx.insert(&key, bytes)?;
+    tx.insert(&key, bytes.into())?;
     Ok(CommandResponse::Applied)
 }
 
@@ -196,7 +196,7 @@ pub(crate) fn grant(tx: &dyn StateTx, grant: &Grant) -> Result<CommandResponse, 
         grant,
     )
     .map_err(TxError::abort)?;
-    tx.insert(&key, bytes)?;
+    tx.insert(&key, bytes.into())?;
     Ok(CommandResponse::Applied)
 }
 

@@ -83,9 +83,9 @@ fn abort(error: StoreError) -> TxError {
     TxError::abort(error)
 }
 
-fn kv_record_name(tree: &str, key: &str) -> impl Fn() -> String {
-    let name = format!("{tree} key {key:?}");
-    move || name.clone()
+/// Names a key-value record in errors; formatted only when one is reported.
+fn kv_record_name<'a>(tree: &'a str, key: &'a str) -> impl Fn() -> String + 'a {
+    move || format!("{tree} key {key:?}")
 }
 
 /// The transaction's trees and what apply needs besides them.
@@ -258,7 +258,7 @@ fn apply_one(
             };
             let bytes =
                 codec::encode(kv_record_name(data_tree_name, key), &entry).map_err(abort)?;
-            data.insert(&keys::kv(key), bytes)?;
+            data.insert(&keys::kv(key), bytes.into())?;
             Ok(CommandResponse::Put { revision: index })
         }
         Command::KvDelete { key } => {
@@ -289,7 +289,7 @@ fn apply_one(
                     };
                     let bytes = codec::encode(kv_record_name(data_tree_name, key), &entry)
                         .map_err(abort)?;
-                    data.insert(&keys::kv(key), bytes)?;
+                    data.insert(&keys::kv(key), bytes.into())?;
                 }
                 None => {
                     data.remove(&keys::kv(key))?;
@@ -342,10 +342,14 @@ fn apply_one(
                     || format!("{data_tree_name} flow {name} v{version}"),
                     &record,
                 )
-                .map_err(abort)?,
+                .map_err(abort)?
+                .into(),
             )?;
-            data.insert(&hash_key, encode_version().map_err(abort)?)?;
-            data.insert(&keys::flow_latest(name), encode_version().map_err(abort)?)?;
+            data.insert(&hash_key, encode_version().map_err(abort)?.into())?;
+            data.insert(
+                &keys::flow_latest(name),
+                encode_version().map_err(abort)?.into(),
+            )?;
             Ok(CommandResponse::FlowPut {
                 version,
                 created: true,
@@ -370,7 +374,7 @@ fn apply_one(
             tombstones.insert(*node_id);
             data.insert_meta(
                 TOMBSTONES_KEY,
-                codec::encode(name, &tombstones).map_err(abort)?,
+                codec::encode(name, &tombstones).map_err(abort)?.into(),
             )?;
             Ok(CommandResponse::Applied)
         }
@@ -666,7 +670,10 @@ mod tests {
         let view = store.storage().data_view();
         let sled_records: Vec<(Vec<u8>, Vec<u8>)> = view
             .range((Bound::Unbounded, Bound::Unbounded))
-            .map(|item| item.unwrap())
+            .map(|item| {
+                let (key, value) = item.unwrap();
+                (key.to_vec(), value.to_vec())
+            })
             .collect();
         drop(view);
 

@@ -5,9 +5,9 @@
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 
-use floe_storage::state_store::{StateTx, TxError};
+use floe_storage::state_store::{StateTx, StoredBytes, TxError};
 
-type Tree = BTreeMap<Vec<u8>, Vec<u8>>;
+type Tree = BTreeMap<Vec<u8>, StoredBytes>;
 
 /// The state machine's data and metadata trees, in memory.
 #[derive(Default)]
@@ -38,18 +38,18 @@ impl MemoryState {
     }
 
     pub(crate) fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
-        self.data.borrow().get(key).cloned()
+        self.data.borrow().get(key).map(|value| value.to_vec())
     }
 
     pub(crate) fn insert(&self, key: &[u8], value: &[u8]) {
-        self.data.borrow_mut().insert(key.to_vec(), value.to_vec());
+        self.data.borrow_mut().insert(key.to_vec(), value.into());
     }
 
     /// Every data record, in key order.
     pub(crate) fn records(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
         let data = self.data.borrow();
         data.iter()
-            .map(|(key, value)| (key.clone(), value.clone()))
+            .map(|(key, value)| (key.clone(), value.to_vec()))
             .collect()
     }
 }
@@ -59,11 +59,11 @@ impl StateTx for MemoryTx {
         "memory"
     }
 
-    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, TxError> {
+    fn get(&self, key: &[u8]) -> Result<Option<StoredBytes>, TxError> {
         Ok(self.data.borrow().get(key).cloned())
     }
 
-    fn insert(&self, key: &[u8], value: Vec<u8>) -> Result<(), TxError> {
+    fn insert(&self, key: &[u8], value: StoredBytes) -> Result<(), TxError> {
         self.data.borrow_mut().insert(key.to_vec(), value);
         Ok(())
     }
@@ -72,11 +72,11 @@ impl StateTx for MemoryTx {
         Ok(self.data.borrow_mut().remove(key).is_some())
     }
 
-    fn get_meta(&self, key: &[u8]) -> Result<Option<Vec<u8>>, TxError> {
+    fn get_meta(&self, key: &[u8]) -> Result<Option<StoredBytes>, TxError> {
         Ok(self.meta.borrow().get(key).cloned())
     }
 
-    fn insert_meta(&self, key: &[u8], value: Vec<u8>) -> Result<(), TxError> {
+    fn insert_meta(&self, key: &[u8], value: StoredBytes) -> Result<(), TxError> {
         self.meta.borrow_mut().insert(key.to_vec(), value);
         Ok(())
     }

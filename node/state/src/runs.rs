@@ -30,6 +30,7 @@ use floe_storage::StoreError;
 /// reads and writes dozens of records per entry).
 pub(crate) type Label<'a> = std::fmt::Arguments<'a>;
 
+use floe_storage::state_store::StoredBytes;
 pub(crate) use floe_storage::state_store::TxError;
 
 pub(crate) fn abort(error: StoreError) -> TxError {
@@ -124,7 +125,7 @@ impl RunTx<'_> {
         let json = to_json(value, self.tree_name, what)?;
         let bytes =
             codec::encode_bytes(|| format!("{} {what}", self.tree_name), &json).map_err(abort)?;
-        self.data.insert(&key, bytes)?;
+        self.data.insert(&key, bytes.into())?;
         Ok(())
     }
 
@@ -135,8 +136,8 @@ impl RunTx<'_> {
         key: Vec<u8>,
         value: &T,
         what: Label<'_>,
-    ) -> Result<Vec<u8>, TxError> {
-        let bytes = encode_structured(self.tree_name, value, what)?;
+    ) -> Result<StoredBytes, TxError> {
+        let bytes = StoredBytes::from(encode_structured(self.tree_name, value, what)?);
         self.data.insert(&key, bytes.clone())?;
         Ok(bytes)
     }
@@ -162,7 +163,7 @@ impl RunTx<'_> {
         what: Label<'_>,
     ) -> Result<(), TxError> {
         let bytes = codec::encode(|| format!("{} {what}", self.tree_name), value).map_err(abort)?;
-        self.data.insert(&key, bytes)?;
+        self.data.insert(&key, bytes.into())?;
         Ok(())
     }
 
@@ -179,7 +180,7 @@ impl RunTx<'_> {
     }
 
     pub(crate) fn mark(&self, key: Vec<u8>) -> Result<(), TxError> {
-        self.data.insert(&key, Vec::new())?;
+        self.data.insert(&key, StoredBytes::default())?;
         Ok(())
     }
 
@@ -429,7 +430,7 @@ pub(crate) fn start_run(tx: &RunTx<'_>, start: StartRun<'_>) -> Result<CommandRe
     if !start.idempotency_key.is_empty() {
         tx.data.insert(
             &keys::idempotency(&address, start.idempotency_key),
-            address.to_string().into_bytes(),
+            address.to_string().into_bytes().into(),
         )?;
     }
     drain(tx, work, start.at_ms, 0)?;
@@ -841,7 +842,8 @@ fn store_placed(tx: &RunTx<'_>, task: &TaskRecord, text: &str) -> Result<(), TxE
     let mut entry = Vec::with_capacity(4 + record.len());
     entry.extend_from_slice(&task.spec.attempt.to_be_bytes());
     entry.extend_from_slice(&record);
-    tx.data.insert(&keys::task_on_node(node, text), entry)?;
+    tx.data
+        .insert(&keys::task_on_node(node, text), entry.into())?;
     tx.changed_node(node);
     Ok(())
 }
