@@ -9,9 +9,9 @@ use serde::{Deserialize, Serialize};
 
 use floe_storage::state_store::{StateTx, TxError};
 
+use crate::answers::{CommandResponse, Rejection};
 use crate::codec;
 use crate::keys;
-use crate::types::{CommandResponse, Rejection};
 
 /// What a grant lets its principal do. Viewer, submitter, operator and
 /// admin each include the ones before; worker stands alone (admin includes it).
@@ -190,7 +190,11 @@ pub(crate) fn grant(tx: &dyn StateTx, grant: &Grant) -> Result<CommandResponse, 
     if let Some(problem) = grant.namespace.as_deref().and_then(namespace_problem) {
         return refused(problem);
     }
-    let key = keys::grant(&grant.principal, grant.namespace.as_deref(), grant.role);
+    let key = keys::grant(
+        &grant.principal,
+        grant.namespace.as_deref(),
+        grant.role.name(),
+    );
     let bytes = codec::encode(
         || format!("{} grant of {}", tx.tree_name(), grant.principal),
         grant,
@@ -213,7 +217,7 @@ pub(crate) fn revoke(
     if let Some(problem) = namespace.and_then(namespace_problem) {
         return refused(problem);
     }
-    let existed = tx.remove(&keys::grant(principal, namespace, role))?;
+    let existed = tx.remove(&keys::grant(principal, namespace, role.name()))?;
     Ok(CommandResponse::Delete { existed })
 }
 

@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 use std::sync::{Arc, RwLock};
 
-use crate::types::NodeId;
+use floe_storage::types::NodeId;
 
 /// The changes of one committed batch of entries (or of a snapshot install,
 /// where `everything` is set: anything may have changed).

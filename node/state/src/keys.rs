@@ -51,15 +51,11 @@ pub(crate) const GRANT_PREFIX: &str = "access/grant/";
 
 /// One grant's key. Principal and namespace names hold no `|` and no `*`
 /// (`access::principal_problem`), so keys of different grants never meet.
-pub(crate) fn grant(
-    principal: &str,
-    namespace: Option<&str>,
-    role: crate::access::Role,
-) -> Vec<u8> {
+/// `role` is the role's name (`Role::name`).
+pub(crate) fn grant(principal: &str, namespace: Option<&str>, role: &str) -> Vec<u8> {
     format!(
-        "{GRANT_PREFIX}{principal}|{}|{}",
-        namespace.unwrap_or("*"),
-        role.name()
+        "{GRANT_PREFIX}{principal}|{}|{role}",
+        namespace.unwrap_or("*")
     )
     .into_bytes()
 }

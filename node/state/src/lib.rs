@@ -9,6 +9,7 @@
 //! the log, snapshots and the sled trees underneath.
 
 pub mod access;
+mod answers;
 mod apply;
 mod changes;
 pub mod codec;

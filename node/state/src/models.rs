@@ -8,9 +8,9 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::answers::{CommandResponse, Rejection};
 use crate::keys;
 use crate::runs::RunTx;
-use crate::types::{CommandResponse, Rejection};
 use crate::NodeId;
 
 use floe_storage::state_store::TxError;

@@ -19,10 +19,10 @@ use floe_engine::FlowDefinition;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use crate::answers::{CommandResponse, FlowRecord, Rejection};
 use crate::codec;
 use crate::keys;
 use crate::slots;
-use crate::types::{CommandResponse, FlowRecord, Rejection};
 use floe_storage::blobs;
 use floe_storage::StoreError;
 

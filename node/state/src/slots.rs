@@ -14,9 +14,10 @@ use std::collections::BTreeMap;
 use floe_engine::run::TaskSpec;
 use serde::{Deserialize, Serialize};
 
+use crate::answers::CommandResponse;
 use crate::keys;
 use crate::runs::{RunTx, TxError};
-use crate::types::{CommandResponse, NodeId};
+use floe_storage::types::NodeId;
 
 /// What a node offers to placement.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
