@@ -255,7 +255,8 @@ impl Expression {
                     )
                 })
                 .collect();
-            messages.join("; ")
+            // One error per bad token: an expression can give hundreds.
+            shorten(&messages.join("; "), MAX_REASON_CHARS)
         })?;
         crate::expr_compat::strip_leading_dots(&mut tree);
         let depth = tree_depth(&tree, 0);
@@ -376,7 +377,7 @@ impl Expression {
     }
 }
 
-/// Longest reason an execution error gives, in characters.
+/// Longest reason a compile or execution error gives, in characters.
 const MAX_REASON_CHARS: usize = 512;
 
 /// CEL's message for an execution error, with each value it names described

@@ -480,3 +480,17 @@ fn execution_errors_are_deterministic_and_bounded() {
     assert!(message.contains("(10000 bytes)"), "{message}");
     assert!(message.len() < 1024, "{} bytes", message.len());
 }
+
+/// The parser reports every bad token; the reason is cut so that a flow's
+/// error stays within a status message (4 KiB) however many there are.
+#[test]
+fn syntax_errors_are_bounded_however_many_there_are() {
+    let source = format!("steps.ocr.output.filter(page, page =={})", "%".repeat(200));
+    let reason = compile_error(&source);
+    assert!(reason.starts_with("syntax error at 1:"), "{reason}");
+    assert!(
+        reason.chars().count() <= 513,
+        "{} chars",
+        reason.chars().count()
+    );
+}
