@@ -99,7 +99,7 @@ pub enum Command {
     FireTimers { timers: Vec<String>, at_ms: u64 },
     /// Several client commands proposed as one entry (proposal batching),
     /// applied in order; they share the entry's log index as revision.
-    Batch(Vec<Command>),
+    Batch(#[serde(deserialize_with = "deserialize_batch")] Vec<Command>),
     /// Sets (`Some`) or clears (`None`) a cluster-wide concurrency limit:
     /// at most `limit` tasks of the block type or flow placed at once.
     /// (Appended last: a variant's position is its encoding in the log.)
@@ -220,7 +220,7 @@ pub enum CommandResponse {
     /// stale attempt, finished run); the reason names what and where.
     RunRejected { reason: String },
     /// One response per command of a `Command::Batch`, in order.
-    Batch(Vec<CommandResponse>),
+    Batch(#[serde(deserialize_with = "deserialize_batch")] Vec<CommandResponse>),
     /// A model version stored (`created`) or found identical to `version`.
     ModelPut { version: u64, created: bool },
     /// A command refused, changing nothing it names; the reason says why.
@@ -341,6 +341,41 @@ pub struct KvEntry {
     pub revision: u64,
 }
 
+/// Deepest nesting of batches a decoded command (or response) may have. The proposer
+/// never nests them; the limit is there because decoding (and applying)
+/// recurses once per level, and a peer's frame of a few megabytes could
+/// otherwise nest batches deep enough to overflow the thread's stack.
+pub const MAX_BATCH_NESTING: usize = 8;
+
+thread_local! {
+    static BATCH_DEPTH: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Decodes a batch's commands (or responses), refusing batches nested past
+/// [`MAX_BATCH_NESTING`] before decoding deeper.
+fn deserialize_batch<'de, D, T>(deserializer: D) -> Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    /// Restores the depth however decoding ends.
+    struct Level(usize);
+    impl Drop for Level {
+        fn drop(&mut self) {
+            BATCH_DEPTH.with(|depth| depth.set(self.0));
+        }
+    }
+    let outer = BATCH_DEPTH.with(|depth| depth.get());
+    if outer >= MAX_BATCH_NESTING {
+        return Err(serde::de::Error::custom(format!(
+            "batches nested more than {MAX_BATCH_NESTING} deep"
+        )));
+    }
+    let _level = Level(outer);
+    BATCH_DEPTH.with(|depth| depth.set(outer + 1));
+    Vec::<T>::deserialize(deserializer)
+}
+
 openraft::declare_raft_types!(
     /// floe's Raft type configuration.
     pub TypeConfig:
@@ -453,5 +488,47 @@ mod tests {
             bincode::serde::decode_from_slice(&encode(&rejected), bincode::config::standard())
                 .unwrap();
         assert_eq!(decoded, rejected);
+    }
+
+    fn nested_batch(levels: usize) -> Command {
+        let mut command = Command::KvDelete { key: "k".into() };
+        for _ in 0..levels {
+            command = Command::Batch(vec![command]);
+        }
+        command
+    }
+
+    fn decode_command(bytes: &[u8]) -> Result<Command, bincode::error::DecodeError> {
+        bincode::serde::decode_from_slice(bytes, bincode::config::standard()).map(|(c, _)| c)
+    }
+
+    /// Batches nest at most MAX_BATCH_NESTING deep when decoded; a deeper
+    /// nesting (one from a peer's frame of a million levels overflowed the
+    /// stack) is refused, and the depth count starts afresh afterwards.
+    #[test]
+    fn batches_nested_past_the_limit_are_refused_when_decoded() {
+        let standard = bincode::config::standard();
+        let deepest = nested_batch(MAX_BATCH_NESTING);
+        let bytes = bincode::serde::encode_to_vec(&deepest, standard).unwrap();
+        assert_eq!(decode_command(&bytes).unwrap(), deepest);
+        let deeper =
+            bincode::serde::encode_to_vec(nested_batch(MAX_BATCH_NESTING + 1), standard).unwrap();
+        let error = decode_command(&deeper).unwrap_err().to_string();
+        assert!(error.contains("batches nested more than 8 deep"), "{error}");
+        // Batch's tag then a length of one, a million times over: 2 MB.
+        let mut hostile = [11u8, 1].repeat(1_000_000);
+        hostile.extend(
+            bincode::serde::encode_to_vec(Command::KvDelete { key: "k".into() }, standard).unwrap(),
+        );
+        assert!(decode_command(&hostile).is_err());
+        assert_eq!(decode_command(&bytes).unwrap(), deepest);
+        // Responses to batches nest the same way.
+        let tag =
+            bincode::serde::encode_to_vec(CommandResponse::Batch(Vec::new()), standard).unwrap()[0];
+        let mut hostile = [tag, 1].repeat(1_000_000);
+        hostile.extend(bincode::serde::encode_to_vec(CommandResponse::Applied, standard).unwrap());
+        let decoded: Result<(CommandResponse, usize), _> =
+            bincode::serde::decode_from_slice(&hostile, standard);
+        assert!(decoded.is_err());
     }
 }
