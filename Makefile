@@ -3,7 +3,7 @@ CARGO ?= cargo
 RELEASE_BIN := target/release
 
 .PHONY: all setup build demo test test-unit test-cluster python-worker-deps inference-runtime bench bench-inference lint clean \
-	faketime test-chaos chaos chaos-soak chaos-containers chaos-defects chaos-rejoin image
+	faketime test-chaos chaos chaos-soak chaos-containers chaos-defects chaos-rejoin image fuzz fuzz-seeds
 
 all: build
 
@@ -116,6 +116,33 @@ chaos-containers:
 # target dirs of their own and asserts the suite catches each. Slow.
 chaos-defects: faketime
 	$(CARGO) test -p floe-chaos --test defects -- --ignored --test-threads=1 --nocapture
+
+# --- fuzzing (docs/security.md) --------------------------------------------
+# One target (fuzz/src/lib.rs) under AFL++ for FUZZ_SECONDS, from its corpus
+# in fuzz/corpus/; findings under $(FUZZ_OUT)/<target>/default/crashes. The
+# AFL build (fuzz/afl/, not a workspace member) has a target dir of its own.
+# cargo-afl comes from crates.io and builds AFL++ from the source it ships
+# (gcc, make); `config --build` refuses when that is done, hence the `|| true`.
+FUZZ_TARGET ?= flow
+FUZZ_SECONDS ?= 600
+FUZZ_OUT ?= fuzz-out
+FUZZ_BUILD_DIR := $(CURDIR)/target/afl
+
+fuzz:
+	@command -v cargo-afl >/dev/null || $(CARGO) install --locked cargo-afl
+	@$(CARGO) afl config --build >/dev/null 2>&1 || true
+	cd fuzz/afl && CARGO_TARGET_DIR=$(FUZZ_BUILD_DIR) $(CARGO) afl build --release
+	@mkdir -p $(FUZZ_OUT)
+	AFL_NO_UI=1 AFL_AUTORESUME=1 AFL_SKIP_CPUFREQ=1 AFL_I_DONT_CARE_ABOUT_MISSING_CRASHES=1 \
+	  nice -n 19 $(CARGO) afl fuzz -V $(FUZZ_SECONDS) -t 5000 -i fuzz/corpus/$(FUZZ_TARGET) \
+	  -o $(FUZZ_OUT)/$(FUZZ_TARGET) -- $(FUZZ_BUILD_DIR)/release/floe-afl $(FUZZ_TARGET)
+	@grep -E '^(execs_done|execs_per_sec|corpus_count|saved_crashes|saved_hangs) ' \
+	  $(FUZZ_OUT)/$(FUZZ_TARGET)/default/fuzzer_stats
+
+# Rewrites the generated seeds (peer frames, snapshots, certificates, the
+# default config) in fuzz/corpus/ with floe's own encoders.
+fuzz-seeds:
+	$(CARGO) run -p floe-fuzz --bin floe-fuzz-seeds
 
 # The container image floe:local (FROM scratch: our binary and its libraries).
 image:

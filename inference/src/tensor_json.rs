@@ -28,6 +28,23 @@ pub struct JsonTensorError {
     pub reason: String,
 }
 
+/// Most bytes of a client's name (a tensor, a field, a dtype) an error quotes.
+const MAX_QUOTED_BYTES: usize = 64;
+
+/// `text` cut to [`MAX_QUOTED_BYTES`] at a character boundary, with its
+/// length when cut: an error names the offending value without echoing a
+/// megabyte of it (the API carries the message in a status header).
+fn bounded(text: &str) -> String {
+    if text.len() <= MAX_QUOTED_BYTES {
+        return text.to_string();
+    }
+    let mut cut = MAX_QUOTED_BYTES;
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}… ({} bytes)", &text[..cut], text.len())
+}
+
 fn problem(path: &str, reason: impl Into<String>) -> JsonTensorError {
     JsonTensorError {
         path: path.to_string(),
@@ -65,14 +82,14 @@ pub fn tensor_from_json(value: &Value, path: &str) -> Result<Tensor, JsonTensorE
         .find(|key| !matches!(key.as_str(), "dtype" | "shape" | "b64" | "data"))
     {
         return Err(problem(
-            &format!("{path}.{unknown}"),
+            &format!("{path}.{}", bounded(unknown)),
             "unknown tensor field (expected dtype, shape, b64 or data)",
         ));
     }
     let dtype_path = format!("{path}.dtype");
     let dtype = match fields.get("dtype") {
         Some(Value::String(name)) => dtype_from_name(name)
-            .ok_or_else(|| problem(&dtype_path, format!("unknown dtype {name:?}")))?,
+            .ok_or_else(|| problem(&dtype_path, format!("unknown dtype {:?}", bounded(name))))?,
         Some(_) => return Err(problem(&dtype_path, "dtype is a string such as \"f32\"")),
         None => return Err(problem(&dtype_path, "missing")),
     };
@@ -199,7 +216,7 @@ pub fn tensors_from_json(value: &Value, path: &str) -> Result<TensorMap, JsonTen
         .map(|(name, tensor)| {
             Ok((
                 name.clone(),
-                tensor_from_json(tensor, &format!("{path}.{name}"))?,
+                tensor_from_json(tensor, &format!("{path}.{}", bounded(name)))?,
             ))
         })
         .collect()
@@ -219,6 +236,28 @@ pub fn tensors_to_json(tensors: &TensorMap, encoding: Encoding) -> Value {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// A long tensor name, field name or dtype is quoted cut, with its
+    /// length: the whole error stays small enough for a status message.
+    #[test]
+    fn errors_quote_long_names_cut() {
+        let long = "n".repeat(30_000);
+        let inputs = [
+            json!({ long.clone(): {"dtype": "f32", "shape": [1]} }),
+            json!({"x": {"dtype": "f32", "shape": [1], long.clone(): 1}}),
+            json!({"x": {"dtype": long.clone(), "shape": [1], "data": [1]}}),
+        ];
+        for input in inputs {
+            let error = tensors_from_json(&input, "$").unwrap_err().to_string();
+            assert!(
+                error.len() < 300,
+                "{} bytes: {}",
+                error.len(),
+                &error[..200]
+            );
+            assert!(error.contains("… (30000 bytes)"), "{error}");
+        }
+    }
 
     #[test]
     fn base64_round_trip_is_exact() {

@@ -108,7 +108,12 @@ pub fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, ApiError>
             "peer message version {version}, this node reads {PEER_API_VERSION}; upgrade all nodes to one release"
         )));
     }
-    let (message, _) = bincode::serde::decode_from_slice(body, bincode::config::standard())
+    // The limit bounds what a length prefix may make the decoder allocate
+    // before it finds the bytes missing: without it, a string that claims
+    // exabytes aborts the process. A message rides one peer frame, so it
+    // never needs more than a frame holds.
+    let config = bincode::config::standard().with_limit::<{ floe_raft::wire::MAX_FRAME_BYTES }>();
+    let (message, _) = bincode::serde::decode_from_slice(body, config)
         .map_err(|err| ApiError::Internal(format!("decoding peer message: {err}")))?;
     Ok(message)
 }
@@ -224,6 +229,27 @@ mod tests {
             },
             has_raft_state: true,
         }))
+    }
+
+    /// A length prefix claiming 2^62 bytes for a blob's hash: refused as
+    /// over the limit, where an unlimited decoder would try to allocate it
+    /// and abort the process.
+    #[test]
+    fn a_length_past_the_frame_limit_is_refused_not_allocated() {
+        let mut bytes = vec![PEER_API_VERSION, 8, 253];
+        bytes.extend_from_slice(&(1u64 << 62).to_le_bytes());
+        let hash = "9f86d081".to_string();
+        let honest = encode(&PeerRequest::BlobGet { hash: hash.clone() }).unwrap();
+        assert_eq!(honest[..2], bytes[..2], "variant 8 is BlobGet");
+        match decode::<PeerRequest>(&bytes) {
+            Err(ApiError::Internal(message)) => {
+                assert!(message.contains("LimitExceeded"), "{message}")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            matches!(decode::<PeerRequest>(&honest), Ok(PeerRequest::BlobGet { hash: read }) if read == hash)
+        );
     }
 
     #[tokio::test]

@@ -319,6 +319,26 @@ fn decode<T: DeserializeOwned>(payload: &[u8]) -> Result<T, FrameError> {
     Ok(value)
 }
 
+/// Reads `bytes` as the peer server reads a request off a stream and
+/// returns the request encoded again. Public for floe's fuzz targets
+/// (`fuzz/`), which feed it arbitrary bytes: it must refuse them with an
+/// error, and what it accepts must re-encode to a fixed point.
+#[doc(hidden)]
+pub fn reencode_request<C: RaftTypes>(bytes: &[u8]) -> Result<Vec<u8>, FrameError> {
+    let mut reader = bytes;
+    // A byte slice is always ready, so this never waits.
+    let request = futures::executor::block_on(read_request::<_, RequestBody<C>>(&mut reader))?;
+    encode_request(&request)
+}
+
+/// [`reencode_request`] for a response frame, as a caller reads it.
+#[doc(hidden)]
+pub fn reencode_response(bytes: &[u8]) -> Result<Vec<u8>, FrameError> {
+    let mut reader = bytes;
+    let response: ResponseFrame = futures::executor::block_on(read_frame(&mut reader))?;
+    encode_frame(&response)
+}
+
 /// Where snapshot bytes come from on the sending side.
 pub(crate) trait SnapshotSource: Sync {
     /// Total size in bytes.

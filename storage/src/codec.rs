@@ -12,8 +12,16 @@ use crate::error::StoreError;
 /// The record format this build writes and reads.
 pub const FORMAT_VERSION: u8 = 1;
 
-fn bincode_config() -> bincode::config::Configuration {
-    bincode::config::standard()
+/// Most bytes one decode may claim. Without a limit a length prefix in a
+/// corrupt record (or in a snapshot a peer sent) makes the decoder allocate
+/// whatever it claims before finding the bytes missing, and a claim of
+/// exabytes aborts the process. bincode counts every integer at its full
+/// width, so this is a multiple of the largest record (a snapshot record,
+/// 256 MiB).
+const MAX_DECODE_BYTES: usize = 1024 * 1024 * 1024;
+
+fn bincode_config() -> impl bincode::config::Config {
+    bincode::config::standard().with_limit::<MAX_DECODE_BYTES>()
 }
 
 /// Encodes `value` as a versioned record; `record` names it in errors.
@@ -171,6 +179,20 @@ mod tests {
         assert_eq!(bytes[0], FORMAT_VERSION);
         let decoded: KvEntry = decode(|| "kv a".into(), &bytes).unwrap();
         assert_eq!(decoded, entry);
+    }
+
+    /// A string whose length prefix claims 2^62 bytes: refused as over the
+    /// limit instead of allocated (which aborts the process).
+    #[test]
+    fn a_length_past_the_limit_is_refused_not_allocated() {
+        let mut bytes = vec![FORMAT_VERSION, 253];
+        bytes.extend_from_slice(&(1u64 << 62).to_le_bytes());
+        let error = decode::<String>(|| "snapshot header".into(), &bytes).unwrap_err();
+        assert!(
+            matches!(&error, StoreError::Decode { record, .. } if record == "snapshot header"),
+            "{error:?}"
+        );
+        assert!(error.to_string().contains("LimitExceeded"), "{error}");
     }
 
     #[test]

@@ -34,6 +34,8 @@ pub use blobs::{BlobRef, BlobStore};
 pub use error::StoreError;
 pub use log_store::{LogStore, StoreConfig};
 pub use metrics::{ApplyStats, FlushHistogram, FlushStats, FLUSH_BUCKETS_SECONDS};
+#[doc(hidden)]
+pub use snapshot_format::fuzzing as snapshot_fuzzing;
 pub use snapshot_store::SnapshotBuilder;
 pub use state_machine::{Applier, StateMachineStore};
 pub use store::{Store, StoreOptions};

@@ -242,3 +242,48 @@ impl<R: Read> SnapshotReader<R> {
         StoreError::io(format!("read snapshot {}", self.path.display()), error)
     }
 }
+
+/// The snapshot reader and writer for floe's fuzz targets (`fuzz/`), which
+/// feed the reader arbitrary bytes and build seed snapshots with the writer.
+#[doc(hidden)]
+pub mod fuzzing {
+    use std::path::Path;
+
+    use super::{SnapshotHeader, SnapshotReader, SnapshotRecord, SnapshotWriter};
+    use crate::error::StoreError;
+    use crate::types::{NodeId, SnapshotMeta};
+
+    /// One record of a snapshot file.
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    pub enum Record {
+        Data { key: Vec<u8>, value: Vec<u8> },
+        Tombstone { node_id: NodeId },
+    }
+
+    /// Reads a whole snapshot file from `bytes`, checksum included.
+    pub fn read(bytes: &[u8]) -> Result<(SnapshotMeta, Vec<Record>), StoreError> {
+        let mut reader = SnapshotReader::open(bytes, Path::new("<bytes>"))?;
+        let meta = reader.header().meta.clone();
+        let mut records = Vec::new();
+        while let Some(record) = reader.next_record()? {
+            records.push(match record {
+                SnapshotRecord::Data { key, value } => Record::Data { key, value },
+                SnapshotRecord::Tombstone { node_id } => Record::Tombstone { node_id },
+            });
+        }
+        Ok((meta, records))
+    }
+
+    /// Writes a snapshot file holding `records` in order.
+    pub fn write(meta: &SnapshotMeta, records: &[Record]) -> Result<Vec<u8>, StoreError> {
+        let header = SnapshotHeader { meta: meta.clone() };
+        let mut writer = SnapshotWriter::new(Vec::new(), Path::new("<bytes>"), &header)?;
+        for record in records {
+            writer.write_record(&match record.clone() {
+                Record::Data { key, value } => SnapshotRecord::Data { key, value },
+                Record::Tombstone { node_id } => SnapshotRecord::Tombstone { node_id },
+            })?;
+        }
+        writer.finish()
+    }
+}

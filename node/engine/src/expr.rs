@@ -255,7 +255,8 @@ impl Expression {
                     )
                 })
                 .collect();
-            messages.join("; ")
+            // One error per bad token: an expression can give hundreds.
+            shorten(&messages.join("; "), MAX_REASON_CHARS)
         })?;
         crate::expr_compat::strip_leading_dots(&mut tree);
         let depth = tree_depth(&tree, 0);
@@ -336,7 +337,7 @@ impl Expression {
             Ok(Err(error)) => {
                 return Err(EvalError::Execution {
                     expression: self.short_source(),
-                    reason: error.to_string(),
+                    reason: execution_reason(&error),
                 })
             }
             Err(_) => {
@@ -373,6 +374,79 @@ impl Expression {
 
     fn short_source(&self) -> String {
         shorten(&self.source, 120)
+    }
+}
+
+/// Longest reason a compile or execution error gives, in characters.
+const MAX_REASON_CHARS: usize = 512;
+
+/// CEL's message for an execution error, with each value it names described
+/// by kind and size instead of printed whole. Apply stores the message in
+/// the run on every replica: a printed map lists its entries in the
+/// interpreter's random hash order, so replicas would store different
+/// messages for one failure, and a printed input can be megabytes long.
+#[allow(deprecated)] // the 0.10 variants floe's own functions raise (expr_compat.rs)
+fn execution_reason(error: &cel::ExecutionError) -> String {
+    use cel::ExecutionError as Cel;
+    let reason = match error {
+        Cel::UnsupportedTargetType { target } => {
+            format!("Invalid argument type: {}", describe_value(target))
+        }
+        Cel::NotSupportedAsMethod { method, target } => format!(
+            "Method {} not supported on {}",
+            crate::names::quote_bounded(method),
+            describe_value(target)
+        ),
+        Cel::UnsupportedKeyType(value) => {
+            format!("Unable to use {} as a key", describe_value(value))
+        }
+        Cel::ValuesNotComparable(left, right) => format!(
+            "{} can not be compared to {}",
+            describe_value(left),
+            describe_value(right)
+        ),
+        Cel::UnsupportedUnaryOperator(operator, value) => format!(
+            "Unsupported unary operator '{operator}': {}",
+            describe_value(value)
+        ),
+        Cel::UnsupportedBinaryOperator(operator, left, right) => format!(
+            "Unsupported binary operator '{operator}': {}, {}",
+            describe_value(left),
+            describe_value(right)
+        ),
+        Cel::UnsupportedMapIndex(value) => {
+            format!("Cannot use {} as map index", describe_value(value))
+        }
+        Cel::UnsupportedListIndex(value) => {
+            format!("Cannot use {} as list index", describe_value(value))
+        }
+        Cel::UnsupportedIndex(index, target) => format!(
+            "Cannot use {} to index {}",
+            describe_value(index),
+            describe_value(target)
+        ),
+        Cel::DivisionByZero(value) => format!("Division by zero of {}", describe_value(value)),
+        Cel::RemainderByZero(value) => format!("Remainder by zero of {}", describe_value(value)),
+        other => other.to_string(),
+    };
+    shorten(&reason, MAX_REASON_CHARS)
+}
+
+/// A CEL value for an error message: scalars as CEL prints them, strings
+/// quoted within bounds, containers by their size.
+fn describe_value(value: &CelValue) -> String {
+    match value {
+        CelValue::List(items) => format!("a list of {} items", items.len()),
+        CelValue::Map(map) => format!("a map of {} entries", map.map.len()),
+        CelValue::String(text) => format!("String({})", crate::names::quote_bounded(text)),
+        CelValue::Bytes(bytes) => format!("Bytes of {} bytes", bytes.len()),
+        CelValue::Function(name, _) => format!("function {}", crate::names::quote_bounded(name)),
+        CelValue::Int(_)
+        | CelValue::UInt(_)
+        | CelValue::Float(_)
+        | CelValue::Bool(_)
+        | CelValue::Null => format!("{value:?}"),
+        _ => "a value of another kind".to_string(),
     }
 }
 

@@ -448,3 +448,49 @@ fn a_boolean_left_of_or_is_evaluated_once() {
         json!(true)
     );
 }
+
+/// An execution error names the values it is about by kind, not printed
+/// whole: the interpreter's maps iterate in a random order, so a printed
+/// map would differ from replica to replica (apply stores the message in
+/// the run), and a printed input could be megabytes long.
+#[test]
+fn execution_errors_are_deterministic_and_bounded() {
+    let entries: serde_json::Map<String, Value> = (0..2000)
+        .map(|index| (format!("key{index}"), json!("x".repeat(50))))
+        .collect();
+    let variables = json!({"input": {"s": "abc", "m": entries}});
+    let expression = Expression::compile("size(input.s) + input.m").expect("compiles");
+    let first = expression.evaluate(&variables).expect_err("int plus map");
+    for _ in 0..10 {
+        assert_eq!(expression.evaluate(&variables), Err(first.clone()));
+    }
+    let message = first.to_string();
+    assert!(
+        message.contains("Int(3), a map of 2000 entries"),
+        "{message}"
+    );
+    assert!(message.len() < 1024, "{} bytes: {message}", message.len());
+    let long_key = "k".repeat(10_000);
+    let indexed = json!({"input": {"l": [1], "k": long_key}});
+    let message = Expression::compile("input.l[input.k]")
+        .expect("compiles")
+        .evaluate(&indexed)
+        .expect_err("string list index")
+        .to_string();
+    assert!(message.contains("(10000 bytes)"), "{message}");
+    assert!(message.len() < 1024, "{} bytes", message.len());
+}
+
+/// The parser reports every bad token; the reason is cut so that a flow's
+/// error stays within a status message (4 KiB) however many there are.
+#[test]
+fn syntax_errors_are_bounded_however_many_there_are() {
+    let source = format!("steps.ocr.output.filter(page, page =={})", "%".repeat(200));
+    let reason = compile_error(&source);
+    assert!(reason.starts_with("syntax error at 1:"), "{reason}");
+    assert!(
+        reason.chars().count() <= 513,
+        "{} chars",
+        reason.chars().count()
+    );
+}

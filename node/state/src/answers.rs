@@ -40,7 +40,7 @@ pub enum CommandResponse {
     /// stale attempt, finished run); the reason names what and where.
     RunRejected { reason: String },
     /// One response per command of a `Command::Batch`, in order.
-    Batch(Vec<CommandResponse>),
+    Batch(#[serde(deserialize_with = "deserialize_batch")] Vec<CommandResponse>),
     /// A model version stored (`created`) or found identical to `version`.
     ModelPut { version: u64, created: bool },
     /// A command refused, changing nothing it names; the reason says why.
@@ -159,4 +159,39 @@ pub struct KvEntry {
     pub value: Vec<u8>,
     /// Log index of the command that last wrote this key.
     pub revision: u64,
+}
+
+/// Deepest nesting of batches a decoded command (or response) may have. The proposer
+/// never nests them; the limit is there because decoding (and applying)
+/// recurses once per level, and a peer's frame of a few megabytes could
+/// otherwise nest batches deep enough to overflow the thread's stack.
+pub const MAX_BATCH_NESTING: usize = 8;
+
+thread_local! {
+    static BATCH_DEPTH: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Decodes a batch's commands (or responses), refusing batches nested past
+/// [`MAX_BATCH_NESTING`] before decoding deeper.
+pub(crate) fn deserialize_batch<'de, D, T>(deserializer: D) -> Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    /// Restores the depth however decoding ends.
+    struct Level(usize);
+    impl Drop for Level {
+        fn drop(&mut self) {
+            BATCH_DEPTH.with(|depth| depth.set(self.0));
+        }
+    }
+    let outer = BATCH_DEPTH.with(|depth| depth.get());
+    if outer >= MAX_BATCH_NESTING {
+        return Err(serde::de::Error::custom(format!(
+            "batches nested more than {MAX_BATCH_NESTING} deep"
+        )));
+    }
+    let _level = Level(outer);
+    BATCH_DEPTH.with(|depth| depth.set(outer + 1));
+    Vec::<T>::deserialize(deserializer)
 }

@@ -9,7 +9,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-pub use crate::answers::{CommandResponse, FlowRecord, KvEntry, Rejection};
+pub use crate::answers::{CommandResponse, FlowRecord, KvEntry, Rejection, MAX_BATCH_NESTING};
 pub use floe_storage::types::{
     LogId, NodeId, NodeInfo, SnapshotMeta, StorageError, StoredMembership, Vote,
 };
@@ -103,7 +103,7 @@ pub enum Command {
     FireTimers { timers: Vec<String>, at_ms: u64 },
     /// Several client commands proposed as one entry (proposal batching),
     /// applied in order; they share the entry's log index as revision.
-    Batch(Vec<Command>),
+    Batch(#[serde(deserialize_with = "crate::answers::deserialize_batch")] Vec<Command>),
     /// Sets (`Some`) or clears (`None`) a cluster-wide concurrency limit:
     /// at most `limit` tasks of the block type or flow placed at once.
     /// (Appended last: a variant's position is its encoding in the log.)
@@ -346,5 +346,47 @@ mod tests {
             bincode::serde::decode_from_slice(&encode(&rejected), bincode::config::standard())
                 .unwrap();
         assert_eq!(decoded, rejected);
+    }
+
+    fn nested_batch(levels: usize) -> Command {
+        let mut command = Command::KvDelete { key: "k".into() };
+        for _ in 0..levels {
+            command = Command::Batch(vec![command]);
+        }
+        command
+    }
+
+    fn decode_command(bytes: &[u8]) -> Result<Command, bincode::error::DecodeError> {
+        bincode::serde::decode_from_slice(bytes, bincode::config::standard()).map(|(c, _)| c)
+    }
+
+    /// Batches nest at most MAX_BATCH_NESTING deep when decoded; a deeper
+    /// nesting (one from a peer's frame of a million levels overflowed the
+    /// stack) is refused, and the depth count starts afresh afterwards.
+    #[test]
+    fn batches_nested_past_the_limit_are_refused_when_decoded() {
+        let standard = bincode::config::standard();
+        let deepest = nested_batch(MAX_BATCH_NESTING);
+        let bytes = bincode::serde::encode_to_vec(&deepest, standard).unwrap();
+        assert_eq!(decode_command(&bytes).unwrap(), deepest);
+        let deeper =
+            bincode::serde::encode_to_vec(nested_batch(MAX_BATCH_NESTING + 1), standard).unwrap();
+        let error = decode_command(&deeper).unwrap_err().to_string();
+        assert!(error.contains("batches nested more than 8 deep"), "{error}");
+        // Batch's tag then a length of one, a million times over: 2 MB.
+        let mut hostile = [11u8, 1].repeat(1_000_000);
+        hostile.extend(
+            bincode::serde::encode_to_vec(Command::KvDelete { key: "k".into() }, standard).unwrap(),
+        );
+        assert!(decode_command(&hostile).is_err());
+        assert_eq!(decode_command(&bytes).unwrap(), deepest);
+        // Responses to batches nest the same way.
+        let tag =
+            bincode::serde::encode_to_vec(CommandResponse::Batch(Vec::new()), standard).unwrap()[0];
+        let mut hostile = [tag, 1].repeat(1_000_000);
+        hostile.extend(bincode::serde::encode_to_vec(CommandResponse::Applied, standard).unwrap());
+        let decoded: Result<(CommandResponse, usize), _> =
+            bincode::serde::decode_from_slice(&hostile, standard);
+        assert!(decoded.is_err());
     }
 }
