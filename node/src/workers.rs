@@ -474,6 +474,14 @@ impl WorkerHub {
                     } else {
                         Ok(std::mem::take(&mut result.output))
                     };
+                    let key = match parse_task_key(&result.task) {
+                        Ok(key) => key,
+                        Err(err) => {
+                            tracing::warn!(worker = %worker_id, error = %err, "task result for a malformed task key");
+                            refuse(refusals.as_ref(), &result.task, result.attempt, &err).await;
+                            continue;
+                        }
+                    };
                     // The worker's slot frees now; the attempt stays answered (never
                     // pushed again) until its outcome is applied. A worker answers
                     // only what was pushed to it and is still open.
@@ -492,14 +500,6 @@ impl WorkerHub {
                         refuse(refusals.as_ref(), &result.task, result.attempt, &err).await;
                         continue;
                     }
-                    let key = match parse_task_key(&result.task) {
-                        Ok(key) => key,
-                        Err(err) => {
-                            tracing::warn!(worker = %worker_id, error = %err, "task result for a malformed task key");
-                            refuse(refusals.as_ref(), &result.task, result.attempt, &err).await;
-                            continue;
-                        }
-                    };
                     // Results commit concurrently (the proposer batches them); the
                     // permits bound how many one stream may have in flight.
                     let Ok(permit) = deliveries.clone().acquire_owned().await else {
